@@ -21,11 +21,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
-    JPEGBaseline8Bit,
     PYDICOM_IMPLEMENTATION_UID,
-    RLELossless,
     UID,
     ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    RLELossless,
     UltrasoundMultiFrameImageStorage,
 )
 
@@ -175,7 +175,9 @@ def _dataset(
 
     ds.PatientName = study.patient_name
     ds.PatientID = study.patient_id
-    ds.PatientBirthDate = study.patient_birth_date.strftime("%Y%m%d") if study.patient_birth_date else ""
+    ds.PatientBirthDate = (
+        study.patient_birth_date.strftime("%Y%m%d") if study.patient_birth_date else ""
+    )
     ds.PatientSex = study.patient_sex
 
     ds.StudyInstanceUID = study.study_instance_uid

@@ -1,0 +1,119 @@
+"""What a cine's header says: frame timing, the calibrated tissue region and the lung zone."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+
+from lus_pacs.domain import FrameTiming, Region, RegionSource
+from lus_pacs.settings import DEFAULT_ZONE_RULES, ZoneRule
+
+_FRAME_TIME = Tag(0x0018, 0x1063)
+_FRAME_TIME_VECTOR = Tag(0x0018, 0x1065)
+_CM = 3
+"""PhysicalUnitsXDirection value for centimetres."""
+
+
+def frame_timing(ds: Dataset) -> FrameTiming:
+    """The frame rate, from the attribute the file points at first, then the fallbacks.
+
+    Order: what ``FrameIncrementPointer`` names (``FrameTimeVector`` or ``FrameTime``), then
+    ``FrameTime``, ``CineRate``, ``RecommendedDisplayFrameRate``. A value that is missing, zero
+    or unreadable is skipped; ``fps`` is None when no attribute gives a rate.
+    """
+    pointers = _as_list(ds.get("FrameIncrementPointer"))
+    candidates = [Tag(p) for p in pointers if Tag(p) in (_FRAME_TIME, _FRAME_TIME_VECTOR)]
+    candidates += [t for t in (_FRAME_TIME, _FRAME_TIME_VECTOR) if t not in candidates]
+    for tag in candidates:
+        fps = _fps_from_times(ds, tag)
+        if fps is not None:
+            return FrameTiming(fps, "FrameTimeVector" if tag == _FRAME_TIME_VECTOR else "FrameTime")
+    for keyword in ("CineRate", "RecommendedDisplayFrameRate"):
+        rate = _positive(ds.get(keyword))
+        if rate is not None:
+            return FrameTiming(rate, keyword)
+    return FrameTiming(None, "none")
+
+
+def _fps_from_times(ds: Dataset, tag: Any) -> float | None:
+    if tag not in ds:
+        return None
+    values = _as_list(ds[tag].value)
+    if tag == _FRAME_TIME_VECTOR:
+        # The first entry is the time of the first frame since itself: zero.
+        values = values[1:]
+    times = [t for t in (_positive(v) for v in values) if t is not None]
+    if not times:
+        return None
+    return 1000.0 / (sum(times) / len(times))
+
+
+def ultrasound_region(ds: Dataset, rows: int, cols: int) -> Region | None:
+    """The 2D tissue region from ``SequenceOfUltrasoundRegions``, ends exclusive.
+
+    Takes the largest region with RegionSpatialFormat 1 (2D) and RegionDataType 1 (tissue),
+    clipped to the image. None when the file has no such region.
+    """
+    best: Region | None = None
+    for item in ds.get("SequenceOfUltrasoundRegions", ()):
+        if item.get("RegionSpatialFormat") != 1 or item.get("RegionDataType") != 1:
+            continue
+        try:
+            x0 = max(0, int(item.RegionLocationMinX0))
+            y0 = max(0, int(item.RegionLocationMinY0))
+            x1 = min(cols, int(item.RegionLocationMaxX1) + 1)
+            y1 = min(rows, int(item.RegionLocationMaxY1) + 1)
+        except (AttributeError, TypeError, ValueError):
+            continue
+        if x1 <= x0 or y1 <= y0:
+            continue
+        region = Region(
+            x0,
+            y0,
+            x1,
+            y1,
+            RegionSource.DICOM,
+            cm_per_pixel_x=_cm_per_pixel(item, "X"),
+            cm_per_pixel_y=_cm_per_pixel(item, "Y"),
+        )
+        if best is None or region.width * region.height > best.width * best.height:
+            best = region
+    return best
+
+
+def _cm_per_pixel(item: Dataset, axis: str) -> float | None:
+    if item.get(f"PhysicalUnits{axis}Direction") != _CM:
+        return None
+    return _positive(item.get(f"PhysicalDelta{axis}"))
+
+
+def lung_zone(ds: Dataset, rules: Iterable[ZoneRule] = DEFAULT_ZONE_RULES) -> str | None:
+    """The zone label (R1, L3, ...) found by the first rule whose attribute matches, upper-cased."""
+    for rule in rules:
+        value = ds.get(rule.attribute)
+        if value is None:
+            continue
+        match = re.search(rule.pattern, str(value))
+        if match:
+            return match["zone"].upper()
+    return None
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
+        return [value]
+    return list(value)
+
+
+def _positive(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None

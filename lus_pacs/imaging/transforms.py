@@ -1,0 +1,293 @@
+"""MONAI transforms that turn a :class:`~lus_pacs.domain.Cine` into each model's input.
+
+Array transforms do the work; the dictionary versions (``...d``) are thin wrappers for training
+pipelines that carry an image and its label together.
+
+* Paper 001 (B-lines): the tissue region at 64 x 64, cut into 1-second windows overlapping by
+  20 %: :func:`b_line_windows`.
+* Paper 003 (severity, segmentation): each frame fitted into 200 rows x 260 columns, aspect kept,
+  zero padded, scaled to [-1, 1]: :func:`severity_frames`; :func:`to_source_geometry` maps a
+  label map back onto the source image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from monai.config import KeysCollection
+from monai.transforms import (
+    Compose,
+    EnsureType,
+    MapTransform,
+    Resize,
+    ScaleIntensityRange,
+    SpatialPad,
+    SqueezeDim,
+    Transform,
+)
+from monai.utils import convert_to_tensor, ensure_tuple_rep
+
+from lus_pacs.domain import Cine
+
+B_LINE_SIZE = (64, 64)
+"""Rows and columns of a paper 001 frame."""
+SEVERITY_SIZE = (200, 260)
+"""Rows and columns of a paper 003 frame."""
+
+
+class CropTissue(Transform):
+    """The tissue region of a cine as a (1, frames, rows, columns) float32 array in [0, 1].
+
+    Parameters
+    ----------
+    frames:
+        1-based frame numbers to keep, in the order given; all frames when None.
+    """
+
+    def __init__(self, frames: Sequence[int] | None = None) -> None:
+        self.frames = None if frames is None else tuple(frames)
+
+    def __call__(self, cine: Cine) -> npt.NDArray[np.float32]:
+        tissue = cine.tissue()
+        if self.frames is not None:
+            tissue = tissue[_frame_indices(self.frames, cine.n_frames)]
+        return np.divide(tissue[None], 255, dtype=np.float32)
+
+
+class CropTissued(MapTransform):
+    """Dictionary version of :class:`CropTissue`: replaces each key's Cine by its tissue array."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        frames: Sequence[int] | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.crop = CropTissue(frames)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.crop(d[key])
+        return d
+
+
+class TemporalWindows(Transform):
+    """Cut (channels, frames, rows, columns) into fixed-length windows of time.
+
+    Windows last ``round(fps * seconds)`` frames (at least one) and start every
+    ``round(length * (1 - overlap))`` frames; the last window is aligned to the end of the clip so
+    that every frame is in at least one window. A clip shorter than one window is padded by
+    repeating its last frame, and gives one window.
+
+    Parameters
+    ----------
+    fps:
+        Frame rate of the clip.
+    seconds:
+        Duration of a window.
+    overlap:
+        Fraction of a window shared with the next one, in [0, 1).
+    """
+
+    def __init__(self, fps: float, seconds: float = 1.0, overlap: float = 0.2) -> None:
+        if not fps > 0 or not seconds > 0:
+            raise ValueError(
+                f"TemporalWindows needs a positive fps and seconds; got fps={fps}, "
+                f"seconds={seconds}."
+            )
+        if not 0 <= overlap < 1:
+            raise ValueError(f"TemporalWindows overlap must be in [0, 1); got {overlap}.")
+        self.length = max(1, round(fps * seconds))
+        self.stride = max(1, round(self.length * (1 - overlap)))
+
+    def starts(self, n_frames: int) -> list[int]:
+        """0-based first frame of each window of a clip of ``n_frames`` frames."""
+        last = max(0, n_frames - self.length)
+        starts = list(range(0, last + 1, self.stride))
+        if starts[-1] != last:
+            starts.append(last)
+        return starts
+
+    def __call__(
+        self, img: npt.NDArray[np.float32] | torch.Tensor
+    ) -> tuple[torch.Tensor, list[int]]:
+        """Windows, shape (windows, channels, length, rows, columns), and their 0-based starts."""
+        x = convert_to_tensor(img, track_meta=False)
+        if x.ndim != 4:
+            raise ValueError(
+                "TemporalWindows needs (channels, frames, rows, columns); "
+                f"got shape {tuple(x.shape)}."
+            )
+        missing = self.length - x.shape[1]
+        if missing > 0:
+            x = torch.cat([x, x[:, -1:].expand(-1, missing, -1, -1)], dim=1)
+        starts = self.starts(int(x.shape[1]))
+        return torch.stack([x[:, s : s + self.length] for s in starts]), starts
+
+
+class FitAndPad(Transform):
+    """Resize channel-first 2D images to fit ``spatial_size`` keeping the aspect ratio, then pad.
+
+    The image is scaled by the largest factor that fits both sides and padded with zeros, centred
+    (an odd remainder goes after). :func:`to_source_geometry` undoes it.
+
+    Parameters
+    ----------
+    spatial_size:
+        Rows and columns of the output.
+    mode:
+        Interpolation, as MONAI's ``Resize``: "bilinear" for images (anti-aliased when shrinking),
+        "nearest-exact" for label maps (pixel centres, as :func:`to_source_geometry` samples).
+    """
+
+    def __init__(self, spatial_size: tuple[int, int], mode: str = "bilinear") -> None:
+        self.spatial_size = spatial_size
+        self.mode = mode
+        self.pad = SpatialPad(spatial_size, method="symmetric")
+
+    def __call__(self, img: npt.NDArray[np.generic] | torch.Tensor) -> torch.Tensor:
+        x = convert_to_tensor(img, track_meta=False)
+        size = _fitted_size((int(x.shape[-2]), int(x.shape[-1])), self.spatial_size)
+        smooth = self.mode not in ("nearest", "nearest-exact")
+        resize = Resize(size, mode=self.mode, anti_aliasing=smooth)
+        return convert_to_tensor(self.pad(resize(x)), track_meta=False)
+
+
+class FitAndPadd(MapTransform):
+    """Dictionary version of :class:`FitAndPad`, with one interpolation mode per key."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        spatial_size: tuple[int, int],
+        mode: str | Sequence[str] = "bilinear",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        modes = ensure_tuple_rep(mode, len(self.keys))
+        self.fits = {
+            key: FitAndPad(spatial_size, m) for key, m in zip(self.keys, modes, strict=True)
+        }
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.fits[key](d[key])
+        return d
+
+
+def b_line_windows(cine: Cine, default_fps: float) -> tuple[torch.Tensor, list[int]]:
+    """Paper 001's input: the tissue at 64 x 64 in 1-second windows overlapping by 20 %.
+
+    Parameters
+    ----------
+    cine:
+        The cine loop.
+    default_fps:
+        The frame rate used when the file does not give one.
+
+    Returns
+    -------
+    windows:
+        float32 in [0, 1], shape (windows, 1, frames per second, 64, 64).
+    starts:
+        1-based number of the first frame of each window; a window covers ``starts[i]`` to
+        ``starts[i] + frames per second - 1`` (a clip shorter than a second repeats its last
+        frame).
+    """
+    fps = cine.timing.fps or default_fps
+    # Area averaging is the anti-aliased shrink here; trilinear with smoothing is 200x slower.
+    frames = Compose([CropTissue(), Resize((-1, *B_LINE_SIZE), mode="area")])(cine)
+    windows, starts = TemporalWindows(fps)(frames)
+    return windows, [s + 1 for s in starts]
+
+
+def severity_frames(cine: Cine, frames: Sequence[int] | None = None) -> torch.Tensor:
+    """Paper 003's input: frames fitted into 200 x 260, zero padded, intensities in [-1, 1].
+
+    Parameters
+    ----------
+    cine:
+        The cine loop; only its tissue region is used.
+    frames:
+        1-based frame numbers, in the order wanted; all frames when None.
+
+    Returns
+    -------
+    torch.Tensor
+        float32, shape (frames, 1, 200, 260); padding is -1 (black).
+    """
+    pipeline = Compose(
+        [
+            CropTissue(frames),
+            SqueezeDim(dim=0),  # frames become channels, so one resize serves them all
+            FitAndPad(SEVERITY_SIZE),
+            ScaleIntensityRange(a_min=0.0, a_max=1.0, b_min=-1.0, b_max=1.0),
+            EnsureType(data_type="tensor", dtype=torch.float32, track_meta=False),
+        ]
+    )
+    out: torch.Tensor = pipeline(cine)
+    return out.unsqueeze(1)
+
+
+def to_source_geometry(
+    mask: npt.NDArray[np.generic], cine: Cine, background: int = 0
+) -> npt.NDArray[np.generic]:
+    """Map a label map from the fitted model geometry back onto the full source image.
+
+    Undoes :class:`FitAndPad` (as used by :func:`severity_frames`) with nearest-neighbour
+    sampling, so labels stay labels, and places the result in the tissue region.
+
+    Parameters
+    ----------
+    mask:
+        Labels, shape (rows, columns) of the model's input (200 x 260 for paper 003).
+    cine:
+        The cine the model's input was made from.
+    background:
+        The label written outside the tissue region.
+
+    Returns
+    -------
+    numpy.ndarray
+        Same dtype as ``mask``, shape (rows, columns) of the source image.
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"to_source_geometry needs a 2D label map; got shape {mask.shape}.")
+    r = cine.region
+    rows, cols = _fitted_size((r.height, r.width), (int(mask.shape[0]), int(mask.shape[1])))
+    top, left = (mask.shape[0] - rows) // 2, (mask.shape[1] - cols) // 2
+    fitted = mask[top : top + rows, left : left + cols]
+    # Nearest neighbour by pixel centres, for any label dtype (cv2 has no int64).
+    ys = ((np.arange(r.height) + 0.5) * rows / r.height).astype(np.intp)
+    xs = ((np.arange(r.width) + 0.5) * cols / r.width).astype(np.intp)
+    out = np.full(cine.frames.shape[1:], background, dtype=mask.dtype)
+    out[r.y0 : r.y1, r.x0 : r.x1] = fitted[np.ix_(ys, xs)]
+    return out
+
+
+def _fitted_size(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
+    """The largest (rows, columns) with the aspect ratio of ``size`` that fits in ``box``."""
+    scale = min(box[0] / size[0], box[1] / size[1])
+    return (
+        min(box[0], max(1, round(size[0] * scale))),
+        min(box[1], max(1, round(size[1] * scale))),
+    )
+
+
+def _frame_indices(frames: Sequence[int], n_frames: int) -> npt.NDArray[np.intp]:
+    numbers = np.asarray(frames, dtype=np.intp)
+    if numbers.ndim != 1 or numbers.size == 0:
+        raise ValueError("Frame numbers must be a non-empty sequence of integers.")
+    if numbers.min() < 1 or numbers.max() > n_frames:
+        raise ValueError(
+            f"Frame numbers must be between 1 and {n_frames}; got {frames}. "
+            "Frame indexing is 1-based."
+        )
+    return numbers - 1

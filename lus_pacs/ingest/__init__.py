@@ -1,0 +1,1 @@
+"""Getting cine loops into the node: DICOM from scanners and archives, and exported videos."""

@@ -1,0 +1,407 @@
+"""Exported videos (mp4, avi, mov, mpeg, gif) imported as US Multi-frame instances.
+
+A video carries no patient, no scanner and no calibration. The import writes what the file does
+say (pixels, frame rate, when it was made, its name) and derives everything else from the file,
+so importing the same file twice gives the same UIDs and the same instance.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import numpy.typing as npt
+from pydicom.uid import generate_uid
+from tqdm import tqdm
+
+from lus_pacs import __version__
+from lus_pacs.errors import UnreadableImageError
+from lus_pacs.imaging.writer import (
+    CineInstance,
+    CineSyntax,
+    Equipment,
+    StudyIdentity,
+    write_us_cine,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_FRAMES = 3000
+"""Longest clip read by default: a minute at 50 fps, far beyond a lung-ultrasound loop."""
+MAX_BYTES = 2 * 1024**3
+"""Largest decoded clip (RGB bytes) read by default; a long HD video would exhaust memory."""
+DEFAULT_FPS = 30.0
+"""Frame rate assumed when the file gives none (as ``Settings.default_fps``)."""
+
+_MIN_FPS, _MAX_FPS = 0.1, 1000.0
+_UNKNOWN_TIME = dt.datetime(1970, 1, 1)
+"""Study and acquisition time of a video that does not say when it was made: fixed, not the
+import time, so that the same file always gives the same instance."""
+_EQUIPMENT = Equipment(
+    manufacturer="lus-pacs video import",
+    model_name="video import",
+    software_versions=__version__,
+    device_serial_number="none",
+)
+
+
+@dataclass(frozen=True, eq=False)
+class VideoClip:
+    """The decoded frames of a video file and its frame rate."""
+
+    frames: npt.NDArray[np.uint8]
+    """RGB pixels, shape (frames, rows, columns, 3), square pixels."""
+    fps: float
+    fps_source: str
+    """Where ``fps`` came from: "timestamps", "average_rate", "guessed_rate" or "default"."""
+    source: str
+    """The file name."""
+    created: dt.datetime | None = None
+    """When the container says it was made (``creation_time``, UTC), if it says."""
+
+    def __post_init__(self) -> None:
+        if self.frames.dtype != np.uint8 or self.frames.ndim != 4 or self.frames.shape[3] != 3:
+            raise ValueError(
+                "VideoClip.frames must be uint8 of shape (frames, rows, columns, 3); "
+                f"got {self.frames.dtype} {self.frames.shape}."
+            )
+        if not self.fps > 0:
+            raise ValueError(f"VideoClip.fps must be positive; got {self.fps}.")
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+
+@dataclass(frozen=True)
+class Imported:
+    source: Path
+    output: Path
+
+
+@dataclass(frozen=True)
+class Refusal:
+    source: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What :func:`import_videos` did with each file."""
+
+    imported: tuple[Imported, ...]
+    refused: tuple[Refusal, ...]
+
+
+def read_video(
+    path: Path,
+    *,
+    max_frames: int = MAX_FRAMES,
+    max_bytes: int = MAX_BYTES,
+    default_fps: float = DEFAULT_FPS,
+) -> VideoClip:
+    """Decode the first video stream of ``path`` to RGB frames.
+
+    The container is recognised from its content, not its extension (several ``.avi`` files of
+    the POCUS dataset are MP4 inside). Non-square pixels are resampled to square ones, the way a
+    player shows them, and transparent GIF pixels become black.
+
+    Parameters
+    ----------
+    path:
+        The video file.
+    max_frames, max_bytes:
+        A clip with more frames, or more decoded RGB bytes, is refused instead of filling memory.
+    default_fps:
+        The frame rate used when neither the frame timestamps nor the stream give one.
+
+    Raises
+    ------
+    UnreadableImageError
+        The file is not a video, has no video stream, no decodable frame, fails to decode or is
+        over the limits.
+    """
+    name = path.name
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError) as exc:
+        raise UnreadableImageError(name, f"not a video file PyAV can open ({exc})") from exc
+    with container:
+        if not container.streams.video:
+            raise UnreadableImageError(name, "the file has no video stream")
+        stream = container.streams.video[0]
+        if stream.frames > max_frames:
+            raise UnreadableImageError(name, _too_many_frames(stream.frames, max_frames))
+        stream.thread_type = "AUTO"
+        try:
+            frames, times = _decode(container, stream, name, max_frames, max_bytes)
+        except av.FFmpegError as exc:
+            raise UnreadableImageError(name, f"the video decoder failed: {exc}") from exc
+        if not frames:
+            raise UnreadableImageError(name, "the video stream has no decodable frame")
+        fps, fps_source = _frame_rate(times, stream, default_fps)
+        created = _creation_time(container.metadata, stream.metadata)
+    return VideoClip(np.stack(frames), fps, fps_source, name, created)
+
+
+def import_video(
+    path: Path,
+    out_dir: Path,
+    *,
+    patient_id: str | None = None,
+    zone: str | None = None,
+    syntax: CineSyntax | str = CineSyntax.JPEG,
+    monochrome: bool = False,
+    reuse_existing: bool = False,
+    max_frames: int = MAX_FRAMES,
+) -> Path:
+    """Write the video ``path`` as one US Multi-frame instance in ``out_dir``.
+
+    Each video becomes its own study. The UIDs come from the file's content and the arguments,
+    so the same file imported the same way always gives the same instance.
+
+    Parameters
+    ----------
+    path:
+        The video file.
+    out_dir:
+        Where the instance is written, as ``<file stem>-<12 hex digits>.dcm``.
+    patient_id:
+        Defaults to ``VID-`` and a hash of the file name.
+    zone:
+        The lung zone (for example ``R1``), written to SeriesDescription as ``Lung R1``.
+    syntax:
+        The transfer syntax; RLE avoids a second lossy step after the video codec.
+    monochrome:
+        Store luminance only (B-mode is grey): a third of the size, what the pipeline decodes to.
+    reuse_existing:
+        Return the instance already in ``out_dir`` for this file and arguments without
+        decoding again (a cache).
+    max_frames:
+        Longer videos are refused.
+
+    Returns
+    -------
+    Path
+        The written (or reused) DICOM file.
+
+    Raises
+    ------
+    UnreadableImageError
+        The file cannot be read as a video (see :func:`read_video`).
+    """
+    syntax = CineSyntax(syntax)
+    if zone is not None and not zone.strip():
+        raise ValueError(f"{path.name}: zone must be a label such as 'R1', or None; got {zone!r}")
+    try:
+        content_hash = _sha256(path)
+    except OSError as exc:
+        raise UnreadableImageError(path.name, f"cannot read the file ({exc})") from exc
+    patient = patient_id if patient_id is not None else _default_patient_id(path.name)
+    key = hashlib.sha256(
+        "\n".join([content_hash, patient, zone or "", syntax.value, str(monochrome)]).encode()
+    ).hexdigest()
+    target = out_dir / f"{_safe_stem(path.stem)}-{key[:12]}.dcm"
+    if reuse_existing and target.is_file():
+        return target
+
+    clip = read_video(path, max_frames=max_frames)
+    frames = _luminance(clip.frames) if monochrome else clip.frames
+    when = clip.created or _UNKNOWN_TIME
+    study = StudyIdentity(
+        patient_id=patient,
+        # A bare ID in PN reads as the retired name form (dciodvfy warns); give it components.
+        patient_name=f"Video^{patient}",
+        study_instance_uid=generate_uid(entropy_srcs=[key, "study"]),
+        study_date=when.date(),
+        study_time=when.time(),
+        study_id=key[:8],
+        accession_number="",
+        study_description="Lung ultrasound (imported video)",
+    )
+    instance = CineInstance(
+        series_instance_uid=generate_uid(entropy_srcs=[key, "series"]),
+        series_number=1,
+        series_description=f"Lung {zone.strip()}" if zone else "Imported video",
+        sop_instance_uid=generate_uid(entropy_srcs=[key, "instance"]),
+        instance_number=1,
+        fps=clip.fps,
+        acquisition_datetime=when,
+        image_comments=f"Imported from {clip.source}; frame rate from {clip.fps_source}",
+        derived=True,
+    )
+    write_us_cine(
+        target, frames, study=study, instance=instance, equipment=_EQUIPMENT, syntax=syntax
+    )
+    return target
+
+
+def import_videos(
+    paths: Iterable[Path],
+    out_dir: Path,
+    *,
+    patient_id: str | None = None,
+    zone: str | None = None,
+    syntax: CineSyntax | str = CineSyntax.JPEG,
+    monochrome: bool = False,
+    reuse_existing: bool = False,
+    max_frames: int = MAX_FRAMES,
+    progress: bool = True,
+) -> ImportReport:
+    """Import many videos with :func:`import_video`; a file that cannot be read is recorded
+    with its reason and the others go on.
+
+    Parameters
+    ----------
+    paths:
+        The video files.
+    progress:
+        Show a progress bar (on stderr).
+
+    Other parameters are those of :func:`import_video`, applied to every file.
+    """
+    paths = list(paths)
+    imported: list[Imported] = []
+    refused: list[Refusal] = []
+    for path in tqdm(paths, desc="Importing videos", unit="file", disable=not progress):
+        try:
+            output = import_video(
+                path,
+                out_dir,
+                patient_id=patient_id,
+                zone=zone,
+                syntax=syntax,
+                monochrome=monochrome,
+                reuse_existing=reuse_existing,
+                max_frames=max_frames,
+            )
+        except UnreadableImageError as exc:
+            log.warning("Refused %s: %s", path, exc.reason)
+            refused.append(Refusal(path, exc.reason))
+        else:
+            imported.append(Imported(path, output))
+    return ImportReport(tuple(imported), tuple(refused))
+
+
+def _decode(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    name: str,
+    max_frames: int,
+    max_bytes: int,
+) -> tuple[list[npt.NDArray[np.uint8]], list[float | None]]:
+    frames: list[npt.NDArray[np.uint8]] = []
+    times: list[float | None] = []
+    size: tuple[int, int] | None = None
+    for frame in container.decode(stream):
+        if size is None:
+            size = _square_pixels(frame.width, frame.height, stream.sample_aspect_ratio)
+        if len(frames) == max_frames:
+            raise UnreadableImageError(name, _too_many_frames(len(frames) + 1, max_frames))
+        if (len(frames) + 1) * size[0] * size[1] * 3 > max_bytes:
+            raise UnreadableImageError(
+                name,
+                f"the decoded clip is larger than {max_bytes} bytes after {len(frames)} frames "
+                f"of {size[0]}x{size[1]}; cut or downscale the video, or raise max_bytes",
+            )
+        frames.append(_rgb(frame, size))
+        times.append(frame.time)
+    return frames, times
+
+
+def _square_pixels(width: int, height: int, aspect: Fraction | None) -> tuple[int, int]:
+    """The frame size with square pixels; grows one side so no resolution is lost."""
+    if not aspect or aspect == 1:
+        return width, height
+    if aspect > 1:
+        return round(width * aspect), height
+    return width, round(height / aspect)
+
+
+def _rgb(frame: av.VideoFrame, size: tuple[int, int]) -> npt.NDArray[np.uint8]:
+    width, height = size
+    if any(component.is_alpha for component in frame.format.components):
+        rgba = frame.reformat(width=width, height=height, format="rgba").to_ndarray()
+        alpha = rgba[..., 3:].astype(np.uint16)
+        premultiplied: npt.NDArray[np.uint8] = (rgba[..., :3] * alpha // 255).astype(np.uint8)
+        return premultiplied
+    return np.asarray(
+        frame.reformat(width=width, height=height, format="rgb24").to_ndarray(), np.uint8
+    )
+
+
+def _frame_rate(
+    times: list[float | None], stream: av.video.stream.VideoStream, default_fps: float
+) -> tuple[float, str]:
+    # The timestamps of the frames actually decoded come first. average_rate is the stream's
+    # frame count over its duration, and QuickTime edit lists break that: one POCUS .mov reports
+    # 55.5 fps for a 60 fps clip whose first 18 frames the edit list drops, and variable-rate
+    # screen recordings report r_frame_rate (guessed_rate) 60 for an average of 50. Where the
+    # timestamps are sound the three agree (AVI, MPEG-PS, MP4); GIF timestamps come from the
+    # frame delays (ffmpeg reads delays under 2/100 s as 10/100 s, like browsers), so a GIF
+    # gives its real playing rate. The stream rates remain for files whose frames carry no
+    # timestamps, and the default for a one-frame file.
+    known = [t for t in times if t is not None]
+    if len(known) == len(times) >= 2:
+        span = max(known) - min(known)
+        if span > 0 and _MIN_FPS <= (fps := (len(known) - 1) / span) <= _MAX_FPS:
+            return fps, "timestamps"
+    for source, rate in (
+        ("average_rate", stream.average_rate),
+        ("guessed_rate", stream.guessed_rate),
+    ):
+        if rate and _MIN_FPS <= float(rate) <= _MAX_FPS:
+            return float(rate), source
+    return default_fps, "default"
+
+
+def _creation_time(*metadata: dict[str, str]) -> dt.datetime | None:
+    for tags in metadata:
+        try:
+            when = dt.datetime.fromisoformat(tags.get("creation_time", ""))
+        except ValueError:
+            continue
+        if when.tzinfo is not None:
+            when = when.astimezone(dt.UTC).replace(tzinfo=None)
+        return when
+    return None
+
+
+def _luminance(frames: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """BT.601 luma, the Y that a JPEG YBR_FULL scanner cine decodes to."""
+    grey = np.empty(frames.shape[:3], dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY, dst=grey[i])
+    return grey
+
+
+def _too_many_frames(count: int, max_frames: int) -> str:
+    return (
+        f"the video has {count} frames or more, over the limit of {max_frames}; "
+        "cut it into loops or raise max_frames"
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _default_patient_id(file_name: str) -> str:
+    return "VID-" + hashlib.sha256(file_name.encode()).hexdigest()[:10].upper()
+
+
+def _safe_stem(stem: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", stem) or "video"

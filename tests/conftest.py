@@ -1,0 +1,52 @@
+"""Fixtures shared by every test folder: simulated exams made once per session with the CLI."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.tools import run_cli
+
+
+@pytest.fixture(scope="session")
+def synth_exams(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The acceptance set: ``lus-pacs synth --patients 3 --seed 1`` (convex, 6 zones, JPEG)."""
+    out = tmp_path_factory.mktemp("synth")
+    run_cli("synth", "--out", str(out), "--patients", "3", "--seed", "1", "--workers", "2")
+    return out
+
+
+@pytest.fixture(scope="session")
+def linear_exams(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small linear-probe set, where B-lines are vertical in the image."""
+    out = tmp_path_factory.mktemp("linear")
+    run_cli(
+        "synth",
+        "--out",
+        str(out),
+        "--patients",
+        "4",
+        "--seed",
+        "7",
+        "--probe",
+        "linear",
+        "--frames",
+        "24",
+        "--zones",
+        "6",
+        "--workers",
+        "2",
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def pocus_dir() -> Path:
+    """The real POCUS clips: $LUS_PACS_POCUS_DIR, else ``<repo root>/../shared/data/pocus``."""
+    env = os.environ.get("LUS_PACS_POCUS_DIR")
+    folder = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared/data/pocus"
+    if not (folder / "labels.csv").is_file():
+        pytest.skip(f"POCUS clips not found at {folder} (set LUS_PACS_POCUS_DIR)")
+    return folder

@@ -1,0 +1,256 @@
+"""Reading cines: every ultrasound file shipped with pydicom and pydicom-data, and our own."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from lus_pacs.domain import RegionSource
+from lus_pacs.errors import UnreadableImageError
+from lus_pacs.imaging.decode import decode_dataset, read_cine
+from lus_pacs.imaging.writer import (
+    CineInstance,
+    CineSyntax,
+    Equipment,
+    StudyIdentity,
+    UltrasoundRegion,
+    write_us_cine,
+)
+
+_US_CLASSES = ("1.2.840.10008.5.1.4.1.1.6", "1.2.840.10008.5.1.4.1.1.3")
+
+
+def _shipped_us_files() -> list[Path]:
+    """Every file of pydicom's test files and pydicom-data whose modality or class is US."""
+    folders = {
+        Path(pydicom.data.__file__).parent / "test_files",
+        Path(str(get_testdata_file("color3d_jpeg_baseline.dcm"))).parent,
+    }
+    found = []
+    for folder in folders:
+        for path in sorted(folder.rglob("*.dcm")):
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except (pydicom.errors.InvalidDicomError, OSError, EOFError):
+                continue
+            if ds.get("Modality") == "US" or str(ds.get("SOPClassUID", "")).startswith(_US_CLASSES):
+                found.append(path)
+    return found
+
+
+SHIPPED = _shipped_us_files()
+
+
+def _reference_luminance(path: Path) -> np.ndarray:
+    """Independent of the reader: pydicom's RGB (palette applied), weighted to luma."""
+    ds = pydicom.dcmread(path)
+    pixels = ds.pixel_array
+    palette = ds.PhotometricInterpretation == "PALETTE COLOR"
+    if palette:
+        pixels = pydicom.pixels.apply_color_lut(pixels, ds)
+        pixels = pixels / 257.0 if pixels.max() > 255 else pixels
+    if palette or ds.SamplesPerPixel == 3:
+        pixels = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    grey = np.rint(pixels).astype(np.uint8)
+    return grey.reshape(int(ds.get("NumberOfFrames") or 1), ds.Rows, ds.Columns)
+
+
+def test_the_shipped_files_cover_every_kind() -> None:
+    names = {p.name for p in SHIPPED}
+    for expected in (
+        "color3d_jpeg_baseline.dcm",  # 120-frame JPEG Baseline cine
+        "OBXXXX1A.dcm",  # palette colour
+        "OBXXXX1A_rle_2frame.dcm",  # RLE
+        "OBXXXX1A_expb.dcm",  # big endian
+        "US1_J2KI.dcm",  # JPEG 2000
+        "JPGLosslessP14SV1_1s_1f_8b.dcm",  # JPEG lossless
+        "gdcm-US-ALOKA-16.dcm",  # 16-bit palette
+    ):
+        assert expected in names
+    assert len(SHIPPED) >= 20
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_us_file_is_read_or_refused_with_a_reason(path: Path) -> None:
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    refusal: UnreadableImageError | None = None
+    try:
+        cine = read_cine(path)
+    except UnreadableImageError as exc:
+        refusal = exc
+    if refusal is not None:
+        assert str(refusal).startswith(f"{path.name}: ")
+        assert refusal.reason
+        return
+    rows, cols = header.Rows, header.Columns
+    assert cine.frames.shape == (int(header.get("NumberOfFrames") or 1), rows, cols)
+    if "FrameTime" in header:
+        assert cine.timing.fps == pytest.approx(1000 / float(header.FrameTime))
+    else:
+        assert cine.timing.fps is None
+    regions = [
+        r
+        for r in header.get("SequenceOfUltrasoundRegions", [])
+        if r.RegionSpatialFormat == 1 and r.RegionDataType == 1
+    ]
+    if regions:
+        assert cine.region.source is RegionSource.DICOM
+        first = max(
+            regions,
+            key=lambda r: (
+                (r.RegionLocationMaxX1 - r.RegionLocationMinX0)
+                * (r.RegionLocationMaxY1 - r.RegionLocationMinY0)
+            ),
+        )
+        assert (cine.region.x0, cine.region.y0) == (
+            first.RegionLocationMinX0,
+            first.RegionLocationMinY0,
+        )
+        assert cine.region.x1 == min(cols, first.RegionLocationMaxX1 + 1)
+        assert cine.region.y1 == min(rows, first.RegionLocationMaxY1 + 1)
+    reference = _reference_luminance(path)
+    assert np.abs(reference.astype(np.int16) - cine.frames).mean() <= 2.0
+
+
+def test_the_same_image_in_other_encodings_reads_the_same() -> None:
+    def grey(name: str) -> np.ndarray:
+        return read_cine(Path(str(get_testdata_file(name)))).frames
+
+    little = grey("OBXXXX1A_2frame.dcm")
+    np.testing.assert_array_equal(grey("OBXXXX1A_expb_2frame.dcm"), little)
+    np.testing.assert_array_equal(grey("OBXXXX1A_rle_2frame.dcm"), little)
+    np.testing.assert_array_equal(grey("US1_J2KR.dcm"), grey("US1_UNCR.dcm"))
+    np.testing.assert_array_equal(grey("gdcm-US-ALOKA-16_big.dcm"), grey("gdcm-US-ALOKA-16.dcm"))
+    assert little.mean() > 5
+
+
+def test_the_120_frame_jpeg_cine() -> None:
+    path = Path(str(get_testdata_file("color3d_jpeg_baseline.dcm")))
+    cine = read_cine(path)
+    assert cine.frames.shape == (120, 480, 640)
+    assert cine.timing.fps == pytest.approx(30.0, rel=1e-3)
+    assert cine.timing.source == "FrameTime"
+    assert cine.region.source is RegionSource.DICOM
+    assert cine.region.cm_per_pixel_x == pytest.approx(0.0510497, rel=1e-4)
+    assert cine.source.sop_instance_uid == pydicom.dcmread(path).SOPInstanceUID
+
+
+def _study() -> StudyIdentity:
+    return StudyIdentity(
+        patient_id="P1",
+        patient_name="Test^Patient",
+        study_instance_uid=pydicom.uid.generate_uid(),
+        study_date=dt.date(2026, 1, 1),
+        study_time=dt.time(9, 0),
+        study_id="1",
+        accession_number="A1",
+    )
+
+
+def _write(path: Path, frames: np.ndarray, syntax: CineSyntax, **kwargs: object) -> Path:
+    instance = CineInstance(
+        series_instance_uid=pydicom.uid.generate_uid(),
+        series_number=1,
+        series_description="Lung L3",
+        sop_instance_uid=pydicom.uid.generate_uid(),
+        instance_number=1,
+        fps=25.0,
+        acquisition_datetime=dt.datetime(2026, 1, 1, 9, 0),
+    )
+    equipment = Equipment("test", "test", "1", "1")
+    write_us_cine(
+        path,
+        frames,
+        study=_study(),
+        instance=instance,
+        equipment=equipment,
+        syntax=syntax,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    return path
+
+
+@pytest.mark.parametrize("syntax", list(CineSyntax))
+@pytest.mark.parametrize("colour", [False, True])
+def test_our_own_files_round_trip(tmp_path: Path, syntax: CineSyntax, colour: bool) -> None:
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:48, 0:64]
+    grey = np.stack([(x * 3 + y + 20 * k) % 256 for k in range(5)]).astype(np.uint8)
+    frames = np.repeat(grey[..., None], 3, axis=3) if colour else grey
+    if colour:  # a tint that the luminance must weigh, not ignore
+        frames = frames.copy()
+        frames[..., 0] = np.clip(frames[..., 0].astype(int) + rng.integers(0, 30), 0, 255)
+    region = UltrasoundRegion(4, 3, 59, 44, 0.02, 0.02)
+    path = _write(tmp_path / "c.dcm", frames, syntax, regions=[region])
+    cine = read_cine(path)
+    expected = (
+        np.rint(frames.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
+        if colour
+        else frames
+    )
+    tolerance = 3.0 if syntax is CineSyntax.JPEG else 0.5
+    assert np.abs(cine.frames.astype(np.float32) - expected).mean() <= tolerance
+    assert cine.timing.fps == pytest.approx(25.0)
+    assert cine.source.zone == "L3"
+    assert (cine.region.x0, cine.region.y0, cine.region.x1, cine.region.y1) == (4, 3, 60, 45)
+    assert cine.region.cm_per_pixel_y == pytest.approx(0.02)
+
+
+def _plain_dataset(pixels: np.ndarray, photometric: str, bits: int) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = pydicom.uid.UltrasoundImageStorage
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16 if bits > 8 else 8
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.tobytes()
+    return ds
+
+
+def test_monochrome1_is_inverted_and_16_bit_scaled() -> None:
+    ramp = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (8, 1))
+    inverted = decode_dataset(_plain_dataset(ramp, "MONOCHROME1", 8), "m1")
+    np.testing.assert_array_equal(inverted.frames[0], 255 - ramp)
+    wide = (ramp.astype(np.uint16) * 16 + 8).astype(np.uint16)  # 12 bits stored
+    scaled = decode_dataset(_plain_dataset(wide, "MONOCHROME2", 12), "m2")
+    assert np.abs(scaled.frames[0].astype(int) - ramp).max() <= 1
+
+
+def test_a_file_that_is_not_dicom_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "noise.dcm"
+    path.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(UnreadableImageError, match=r"^noise\.dcm: not a DICOM file"):
+        read_cine(path)
+
+
+def test_a_segmentation_is_refused_by_class() -> None:
+    path = Path(str(get_testdata_file("liver.dcm")))
+    with pytest.raises(UnreadableImageError, match=r"^liver\.dcm: SOP class .*66\.4 is not"):
+        read_cine(path)
+
+
+def test_missing_and_corrupt_pixels_are_refused(tmp_path: Path) -> None:
+    ds = _plain_dataset(np.zeros((4, 4), np.uint8), "MONOCHROME2", 8)
+    del ds.PixelData
+    with pytest.raises(UnreadableImageError, match="no Pixel Data"):
+        decode_dataset(ds, "empty")
+    path = _write(tmp_path / "j.dcm", np.full((3, 32, 32), 90, np.uint8), CineSyntax.JPEG)
+    broken = pydicom.dcmread(path)
+    data = bytearray(broken.PixelData)
+    data[-400:] = b"\x00" * 400  # the last frame's entropy-coded data and its EOI
+    broken.PixelData = bytes(data)
+    with pytest.raises(UnreadableImageError, match=r"^broken: JPEG frame 3 is truncated"):
+        decode_dataset(broken, "broken")

@@ -1,0 +1,82 @@
+"""Frame timing, tissue region and zone from the header."""
+
+from __future__ import annotations
+
+import pytest
+from pydicom.dataset import Dataset
+
+from lus_pacs.domain import RegionSource
+from lus_pacs.imaging.metadata import frame_timing, lung_zone, ultrasound_region
+from lus_pacs.settings import ZoneRule
+
+
+def _ds(**attributes: object) -> Dataset:
+    ds = Dataset()
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("attributes", "fps", "source"),
+    [
+        (
+            {"FrameIncrementPointer": 0x00181065, "FrameTimeVector": [0, 40, 40, 40]},
+            25.0,
+            "FrameTimeVector",
+        ),
+        (
+            {"FrameIncrementPointer": 0x00181063, "FrameTime": "33.3333", "CineRate": 10},
+            30.0,
+            "FrameTime",
+        ),
+        ({"FrameTime": "0", "CineRate": 24}, 24.0, "CineRate"),
+        ({"RecommendedDisplayFrameRate": 15}, 15.0, "RecommendedDisplayFrameRate"),
+        ({"FrameTime": "", "CineRate": 0}, None, "none"),
+        ({}, None, "none"),
+    ],
+)
+def test_frame_timing(attributes: dict, fps: float | None, source: str) -> None:
+    timing = frame_timing(_ds(**attributes))
+    assert timing.source == source
+    if fps is None:
+        assert timing.fps is None
+    else:
+        assert timing.fps == pytest.approx(fps, rel=1e-4)
+
+
+def _region(x0: int, y0: int, x1: int, y1: int, data_type: int = 1) -> Dataset:
+    return _ds(
+        RegionSpatialFormat=1,
+        RegionDataType=data_type,
+        RegionLocationMinX0=x0,
+        RegionLocationMinY0=y0,
+        RegionLocationMaxX1=x1,
+        RegionLocationMaxY1=y1,
+        PhysicalUnitsXDirection=3,
+        PhysicalUnitsYDirection=3,
+        PhysicalDeltaX=0.05,
+        PhysicalDeltaY=0.04,
+    )
+
+
+def test_the_largest_tissue_region_clipped_to_the_image() -> None:
+    doppler = _region(0, 0, 639, 479, data_type=2)  # a colour-flow region is not tissue
+    ds = _ds(
+        SequenceOfUltrasoundRegions=[_region(10, 20, 99, 99), _region(100, 30, 700, 400), doppler]
+    )
+    region = ultrasound_region(ds, rows=480, cols=640)
+    assert region is not None
+    assert (region.x0, region.y0, region.x1, region.y1) == (100, 30, 640, 401)
+    assert region.source is RegionSource.DICOM
+    assert (region.cm_per_pixel_x, region.cm_per_pixel_y) == (0.05, 0.04)
+    assert ultrasound_region(_ds(SequenceOfUltrasoundRegions=[doppler]), 480, 640) is None
+    assert ultrasound_region(_ds(), 480, 640) is None
+
+
+def test_zone_from_the_first_matching_rule() -> None:
+    assert lung_zone(_ds(SeriesDescription="Lung r2", ImageComments="Zone L1")) == "R2"
+    assert lung_zone(_ds(SeriesDescription="Lung", ImageComments="zone L1")) == "L1"
+    assert lung_zone(_ds(SeriesDescription="Abdomen")) is None
+    site = [ZoneRule(attribute="StationName", pattern=r"bay-(?P<zone>[rl]\d)")]
+    assert lung_zone(_ds(StationName="bay-l4"), site) == "L4"

@@ -1,0 +1,179 @@
+"""Video import: small videos made here with PyAV become valid, faithful US Multi-frame DICOM."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pydicom
+import pytest
+
+from lus_pacs.errors import UnreadableImageError
+from lus_pacs.imaging.writer import CineSyntax
+from lus_pacs.ingest.video import import_video, import_videos, read_video
+from tests.tools import dciodvfy_errors
+
+N_FRAMES, ROWS, COLS = 12, 45, 61  # odd sizes on purpose
+
+
+def _frames() -> np.ndarray:
+    """Smooth colour gradients with a bright square moving right: (frames, rows, cols, 3)."""
+    y, x = np.mgrid[0:ROWS, 0:COLS]
+    out = np.empty((N_FRAMES, ROWS, COLS, 3), np.uint8)
+    for i in range(N_FRAMES):
+        grey = (40 + 2 * x + y).astype(np.uint8)
+        grey[10:20, 5 + 3 * i : 15 + 3 * i] = 230
+        out[i] = np.stack([grey, grey * 0.8, grey * 0.6], axis=-1).astype(np.uint8)
+    return out
+
+
+def _write_video(path: Path, frames: np.ndarray, fps: int, aspect: Fraction | None = None) -> Path:
+    """mp4 (H.264 4:4:4, near lossless) or gif (grey palette, lossless for grey frames)."""
+    gif = path.suffix == ".gif"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("gif" if gif else "libx264", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "gray" if gif else "yuv444p"
+        if not gif:
+            stream.options = {"crf": "1"}
+        if aspect is not None:
+            stream.codec_context.sample_aspect_ratio = aspect
+        for frame in frames:
+            image = av.VideoFrame.from_ndarray(
+                frame[..., 0] if gif else frame, format="gray" if gif else "rgb24"
+            )
+            for packet in stream.encode(image):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, np.ndarray, int]]:
+    """Each kind of test video: (file, the frames it was made from, fps)."""
+    folder = tmp_path_factory.mktemp("videos")
+    colour = _frames()
+    grey = np.repeat(colour[..., :1], 3, axis=-1)
+    return {
+        "mp4": (_write_video(folder / "clip.mp4", colour, 25), colour, 25),
+        "gif": (_write_video(folder / "clip.gif", grey, 20), grey, 20),
+    }
+
+
+@pytest.mark.parametrize("kind", ["mp4", "gif"])
+def test_read_video_gives_the_frames_and_rate(videos: dict, kind: str) -> None:
+    path, source, fps = videos[kind]
+    clip = read_video(path)
+    assert clip.frames.shape == (N_FRAMES, ROWS, COLS, 3)
+    assert clip.frames.dtype == np.uint8
+    assert clip.fps == pytest.approx(fps, rel=1e-6)
+    assert clip.fps_source == "timestamps"
+    assert clip.source == path.name
+    error = np.abs(clip.frames.astype(np.int16) - source).mean()
+    assert error < (0.01 if kind == "gif" else 1.5)
+
+
+@pytest.mark.parametrize("kind", ["mp4", "gif"])
+def test_import_writes_valid_faithful_dicom(videos: dict, kind: str, tmp_path: Path) -> None:
+    path, source, fps = videos[kind]
+    dicom = import_video(path, tmp_path, zone="R2")
+    assert dciodvfy_errors(dicom) == []
+    ds = pydicom.dcmread(dicom)
+    assert ds.SOPClassUID == pydicom.uid.UltrasoundMultiFrameImageStorage
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGBaseline8Bit
+    assert (ds.NumberOfFrames, ds.Rows, ds.Columns) == (N_FRAMES, ROWS, COLS)
+    assert float(ds.FrameTime) == pytest.approx(1000 / fps, rel=1e-5)
+    assert ds.SeriesDescription == "Lung R2"
+    assert ds.ImageType[0] == "DERIVED"
+    assert ds.Manufacturer == "lus-pacs video import"
+    assert ds.PatientID.startswith("VID-")
+    assert "SequenceOfUltrasoundRegions" not in ds
+    pixels = ds.pixel_array  # pydicom converts YBR_FULL_422 to RGB
+    assert pixels.shape == source.shape
+    assert np.abs(pixels.astype(np.int16) - source).mean() < 3.0
+
+
+def test_rle_monochrome_keeps_the_luminance_exactly(videos: dict, tmp_path: Path) -> None:
+    path, source, _ = videos["gif"]
+    dicom = import_video(path, tmp_path, syntax=CineSyntax.RLE, monochrome=True)
+    assert dciodvfy_errors(dicom) == []
+    ds = pydicom.dcmread(dicom)
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
+    assert ds.PhotometricInterpretation == "MONOCHROME2"
+    np.testing.assert_array_equal(ds.pixel_array, source[..., 0])
+
+
+def test_same_file_same_uids(videos: dict, tmp_path: Path) -> None:
+    path = videos["mp4"][0]
+    first = import_video(path, tmp_path / "a")
+    second = import_video(path, tmp_path / "b")
+    other_patient = import_video(path, tmp_path / "c", patient_id="P42")
+
+    def uids(dicom: Path) -> tuple[str, str, str]:
+        ds = pydicom.dcmread(dicom, stop_before_pixels=True)
+        return ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+
+    assert first.name == second.name
+    assert uids(first) == uids(second)
+    assert len(set(uids(first))) == 3
+    assert pydicom.dcmread(other_patient).PatientID == "P42"
+    assert not set(uids(other_patient)) & set(uids(first))
+
+
+def test_reuse_existing_does_not_write_again(videos: dict, tmp_path: Path) -> None:
+    path = videos["gif"][0]
+    dicom = import_video(path, tmp_path)
+    dicom.write_bytes(b"kept")
+    assert import_video(path, tmp_path, reuse_existing=True) == dicom
+    assert dicom.read_bytes() == b"kept"
+
+
+def test_non_square_pixels_are_made_square(tmp_path: Path) -> None:
+    path = _write_video(tmp_path / "wide.mp4", _frames(), 25, aspect=Fraction(2, 1))
+    assert read_video(path).frames.shape == (N_FRAMES, ROWS, 2 * COLS, 3)
+
+
+def test_garbage_named_mp4_is_refused_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.mp4"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes())
+    with pytest.raises(UnreadableImageError, match=r"^garbage\.mp4: not a video") as caught:
+        import_video(path, tmp_path / "out")
+    assert caught.value.source == "garbage.mp4"
+    assert not (tmp_path / "out").exists()
+
+
+def test_audio_only_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "sound.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=8000)
+        samples = np.zeros((1, 1024), np.float32)
+        for _ in range(4):
+            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+            frame.sample_rate = 8000
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    with pytest.raises(UnreadableImageError, match="no video stream"):
+        read_video(path)
+
+
+def test_too_many_frames_is_refused_with_the_limit(videos: dict) -> None:
+    with pytest.raises(UnreadableImageError, match="over the limit of 5"):
+        read_video(videos["mp4"][0], max_frames=5)
+    with pytest.raises(UnreadableImageError, match="larger than 10000 bytes"):
+        read_video(videos["gif"][0], max_bytes=10_000)
+
+
+def test_import_videos_collects_refusals_and_goes_on(videos: dict, tmp_path: Path) -> None:
+    bad = tmp_path / "empty.avi"
+    bad.write_bytes(b"")
+    good = [videos["mp4"][0], videos["gif"][0]]
+    report = import_videos([good[0], bad, good[1]], tmp_path / "out", progress=False)
+    assert [i.source for i in report.imported] == good
+    assert all(i.output.is_file() for i in report.imported)
+    assert [r.source for r in report.refused] == [bad]
+    assert report.refused[0].reason
