@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+from tests.tools import run_cli
 
 
 def test_help_does_not_import_torch() -> None:
@@ -29,3 +32,58 @@ def test_synth_rejects_an_unknown_zone_scheme() -> None:
     result = CliRunner().invoke(app, ["synth", "--out", "x", "--zones", "7"])
     assert result.exit_code != 0
     assert "6, 8, 12 or 14" in result.output
+
+
+def test_inspect_reads_cines_and_refuses_what_is_not_one(synth_exams: Path, tmp_path: Path) -> None:
+    cine = next(synth_exams.glob("*/L2.dcm"))
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not dicom at all" * 64)
+    exe = Path(sys.executable).with_name("lus-pacs")
+    result = subprocess.run(
+        [str(exe), "inspect", str(cine), str(junk)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 1
+    assert f"{cine}: 60 frames 640x480, 30.0 fps (FrameTime), zone L2" in result.stdout
+    assert "from dicom" in result.stdout
+    assert f"{junk}: refused: not a DICOM file" in result.stderr
+
+
+def test_import_video_writes_dicom_and_reports_refusals(tmp_path: Path) -> None:
+    import av
+    import numpy as np
+
+    video = tmp_path / "loop.mp4"
+    with av.open(str(video), "w") as out:
+        stream = out.add_stream("libx264", rate=20)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for k in range(10):
+            frame = np.full((48, 64, 3), 20 * k, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    bad = tmp_path / "bad.avi"
+    bad.write_bytes(b"\0" * 100)
+    exe = Path(sys.executable).with_name("lus-pacs")
+    result = subprocess.run(
+        [
+            str(exe),
+            "import-video",
+            str(video),
+            str(bad),
+            "--out",
+            str(tmp_path / "out"),
+            "--zone",
+            "R3",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "1 imported, 1 refused" in result.stdout
+    assert "refused" in result.stderr
+    assert "bad.avi" in result.stderr
+    (written,) = (tmp_path / "out").glob("*.dcm")
+    inspected = run_cli("inspect", str(written))
+    assert "10 frames 64x48, 20.0 fps (FrameTime), zone R3" in inspected.stdout

@@ -184,11 +184,14 @@ def _render_frame(
         v = float(_smooth_window(np.array([(phase - b.phase_on) % 1.0]), 0.0, b.duty)[0])
         if b.duty >= 0.999:
             v = 1.0
+        if v <= _B_LINE_SEEN:
+            # A fading B-line is either drawn and counted or gone: a faint line on the screen
+            # labelled "no B-line" would teach the models the wrong thing.
+            continue
         profile = np.clip(1.0 - np.abs(x_lung_l - b.x_cm) / (b.width_cm / 2), 0, 1) ** 0.5
         b_cov = np.maximum(b_cov, v * b.strength * profile)
         b_vis = np.maximum(b_vis, v * profile)
-        if v > _B_LINE_SEEN:
-            visible_b.append(b.x_cm)
+        visible_b.append(b.x_cm)
 
     # Consolidations: lung coordinates, from the lung surface down to an irregular border.
     xl_grid = x + off_x - lung_shift
