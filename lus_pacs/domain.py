@@ -101,3 +101,71 @@ class Cine:
         """The frames cropped to the tissue region."""
         r = self.region
         return self.frames[:, r.y0 : r.y1, r.x0 : r.x1]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Identifies the algorithm behind a finding, as every result object must."""
+
+    name: str
+    """The bundle's folder name under ``models/`` (``b_lines``, ``severity``, ...)."""
+    version: str
+    """The bundle version (``configs/metadata.json``)."""
+    title: str
+    """What a radiologist reads: the model family and paper."""
+
+
+@dataclass(frozen=True)
+class BLineFindings:
+    """What the B-line model (paper 001) says about one cine. Frames are 1-based."""
+
+    present: bool
+    probability: float
+    """Clip-level probability that B-lines are present."""
+    frames: tuple[int, ...]
+    """The frames the model attends to as B-line frames."""
+    key_frame: int | None
+    """The representative B-line frame (highest attention); None when absent."""
+    frame_scores: tuple[float, ...]
+    """Per-frame attention, normalised to a maximum of 1; one value per frame."""
+    model: ModelInfo
+
+    def __post_init__(self) -> None:
+        if any(f < 1 for f in self.frames) or (self.key_frame is not None and self.key_frame < 1):
+            raise ValueError("B-line frame numbers must be >= 1. Frame indexing is 1-based.")
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"probability must be within [0, 1]; got {self.probability}")
+
+
+class KeyFrameReason(StrEnum):
+    B_LINES = "b_lines"
+    """The representative B-line frame."""
+    SEVERITY = "severity"
+    """The highest-severity frame."""
+    BEST = "best"
+    """The frame a clinician would keep (key-frame model)."""
+
+
+@dataclass(frozen=True)
+class KeyFrame:
+    frame: int
+    """1-based."""
+    reason: KeyFrameReason
+
+
+@dataclass(frozen=True)
+class Findings:
+    """Everything the models found in one cine: the content of its result objects.
+
+    A model that did not run leaves its field None; nothing is ever filled in for it.
+    """
+
+    source: SourceRef
+    n_frames: int
+    fps: float | None
+    b_lines: BLineFindings | None = None
+    key_frames: tuple[KeyFrame, ...] = ()
+
+    @property
+    def models(self) -> tuple[ModelInfo, ...]:
+        return tuple(f.model for f in (self.b_lines,) if f is not None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -35,26 +36,87 @@ DEFAULT_ZONE_RULES = (
 )
 
 
+class DicomDestination(BaseModel):
+    """A DICOM node results are sent to by C-STORE."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str
+    port: int = Field(gt=0, lt=65536)
+
+
 class Settings(BaseModel):
     """Everything configurable about the node; defaults run it with no file at all."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    ae_title: str = Field(default="LUSPACS", min_length=1, max_length=16)
+    host: str = "127.0.0.1"
+    """Address the DICOM listener binds to; 0.0.0.0 to accept scanners on the network."""
+    port: int = Field(default=11112, gt=0, lt=65536)
+    allowed_calling_aes: tuple[str, ...] = ()
+    """Calling AE titles allowed to associate; empty accepts any (logged as a warning)."""
+    unsupported_sop_class: Literal["refuse", "ignore"] = "refuse"
+    """An instance that is not an ultrasound or secondary-capture image: refused with status
+    0x0122, or acknowledged and dropped."""
+    destinations: tuple[DicomDestination, ...] = ()
+    """Where results are sent by C-STORE; with none, results stay in the results folder."""
+    output_kinds: tuple[Literal["sr", "kos"], ...] = ("sr", "kos")
+    models_dir: Path = Field(default_factory=lambda: Path(__file__).resolve().parents[1] / "models")
+    models: tuple[str, ...] = ("b_lines",)
+    """The bundles under ``models_dir`` the node runs."""
+    study_quiet_s: float = Field(default=30.0, gt=0)
+    """A study is complete this long after its last instance (or on association release)."""
+    retry_budget: int = Field(default=6, ge=0)
+    """Delivery attempts after the first before a result is marked failed."""
+    retry_base_s: float = Field(default=2.0, gt=0)
+    retry_max_s: float = Field(default=300.0, gt=0)
     data_dir: Path = Path("lus-pacs-data")
     pocus_dir: Path = Path("../shared/data/pocus")
     zone_rules: tuple[ZoneRule, ...] = Field(default=DEFAULT_ZONE_RULES)
     default_fps: float = Field(default=30.0, gt=0)
     """Frame rate assumed for a cine whose file gives none."""
 
+    @field_validator("destinations")
+    @classmethod
+    def _unique_names(cls, value: tuple[DicomDestination, ...]) -> tuple[DicomDestination, ...]:
+        names = [d.name for d in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"destination names must be unique; got {names}")
+        return value
 
-def load_settings(path: Path | None) -> Settings:
-    """Settings from a TOML file, or the embedded defaults when ``path`` is None."""
-    if path is None:
-        return Settings()
+    @property
+    def incoming_dir(self) -> Path:
+        return self.data_dir / "incoming"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.data_dir / "results"
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "jobs.sqlite"
+
+    def destination(self, name: str) -> DicomDestination:
+        for d in self.destinations:
+            if d.name == name:
+                return d
+        raise ConfigError(
+            f"destination {name!r} is not configured; known: {[d.name for d in self.destinations]}"
+        )
+
+
+def load_settings(path: Path | None, **overrides: object) -> Settings:
+    """Settings from a TOML file, or the embedded defaults when ``path`` is None; ``overrides``
+    (command-line options) win over both."""
     try:
-        with path.open("rb") as f:
-            raw = tomllib.load(f)
-        return Settings(**raw)
+        raw: dict[str, object] = {}
+        if path is not None:
+            with path.open("rb") as f:
+                raw = tomllib.load(f)
+        return Settings.model_validate({**raw, **overrides})
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: no such configuration file") from exc
     except (tomllib.TOMLDecodeError, ValidationError) as exc:

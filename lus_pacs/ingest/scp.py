@@ -1,0 +1,158 @@
+"""The node's DICOM listener: C-ECHO, and C-STORE of ultrasound cines.
+
+The C-STORE handler does one thing: write the instance durably (temp file, fsync, rename),
+record it in the job store, then answer 0x0000. Nothing is acknowledged that is not on disk and
+queued; processing happens elsewhere, off the association threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from pydicom.uid import UID
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from lus_pacs.imaging.decode import IMAGE_SOP_CLASSES
+from lus_pacs.queue.store import Instance, JobStore
+from lus_pacs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+REFUSED_SOP_CLASS = 0x0122
+"""Refused: SOP Class not supported."""
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+
+
+class Receiver:
+    """The event handlers of one listener, with what they need passed in.
+
+    Parameters
+    ----------
+    settings:
+        The node's settings (incoming folder, unsupported-class policy).
+    store:
+        Where each instance is recorded before it is acknowledged.
+    models:
+        The model versions key of the jobs this node makes (see :func:`models_key`).
+    on_stored:
+        Called after an instance is acknowledged, to wake the worker.
+    on_study_complete:
+        Called with the studies an association sent, when it is released.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        models: str,
+        on_stored: Callable[[], None],
+        on_study_complete: Callable[[list[str]], None],
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._models = models
+        self._on_stored = on_stored
+        self._on_study_complete = on_study_complete
+        self._studies: dict[int, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def handle_echo(self, event: evt.Event) -> int:
+        return SUCCESS
+
+    def handle_store(self, event: evt.Event) -> int:
+        request = event.request
+        sop_class = str(getattr(request, "AffectedSOPClassUID", ""))
+        sop_instance = str(getattr(request, "AffectedSOPInstanceUID", ""))
+        calling = event.assoc.requestor.ae_title
+        if sop_class not in IMAGE_SOP_CLASSES:
+            name = UID(sop_class).name
+            if self._settings.unsupported_sop_class == "ignore":
+                log.info("Ignored %s from %s: %s is not processed", sop_instance, calling, name)
+                return SUCCESS
+            log.warning("Refused %s from %s: %s is not processed", sop_instance, calling, name)
+            return REFUSED_SOP_CLASS
+        try:
+            ds = event.dataset
+            study, series = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+        except Exception as exc:  # a malformed dataset must never escape into pynetdicom
+            log.warning("Refused %s from %s: unreadable dataset (%s)", sop_instance, calling, exc)
+            return CANNOT_UNDERSTAND
+        path = self._settings.incoming_dir / _safe(study) / f"{_safe(sop_instance)}.dcm"
+        try:
+            _write_durably(path, event.encoded_dataset(include_meta=True))
+            new = self._store.record_instance(
+                Instance(sop_instance, sop_class, study, series, calling, path), self._models
+            )
+        except Exception as exc:  # disk full, database locked: the sender retries later
+            log.error("Could not store %s from %s: %s", sop_instance, calling, exc)
+            return OUT_OF_RESOURCES
+        with self._lock:
+            self._studies.setdefault(id(event.assoc), set()).add(study)
+        log.info(
+            "Stored %s (%s) from %s%s",
+            sop_instance,
+            IMAGE_SOP_CLASSES[sop_class],
+            calling,
+            "" if new else "; already processed with these models",
+        )
+        if new:
+            self._on_stored()
+        return SUCCESS
+
+    def handle_released(self, event: evt.Event) -> None:
+        with self._lock:
+            studies = self._studies.pop(id(event.assoc), set())
+        if studies:
+            self._on_study_complete(sorted(studies))
+
+    def handlers(self) -> list[tuple[object, Callable[..., object]]]:
+        return [
+            (evt.EVT_C_ECHO, self.handle_echo),
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_RELEASED, self.handle_released),
+            (evt.EVT_ABORTED, self.handle_released),
+        ]
+
+
+def make_ae(settings: Settings) -> AE:
+    """The application entity: every storage class is accepted at association so that an
+    unsupported instance gets a precise C-STORE status instead of a rejected context."""
+    ae = AE(ae_title=settings.ae_title)
+    ae.add_supported_context(Verification)
+    for context in StoragePresentationContexts:
+        if context.abstract_syntax is not None:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    for sop_class in IMAGE_SOP_CLASSES:  # retired US classes are not in pynetdicom's list
+        ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+    if settings.allowed_calling_aes:
+        ae.require_calling_aet = list(settings.allowed_calling_aes)
+    else:
+        log.warning("No calling-AE allow-list configured: any AE may send to %s", ae.ae_title)
+    ae.maximum_pdu_size = 0  # no limit: cines are large
+    return ae
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a crash
+    finally:
+        os.close(directory)
+
+
+def _safe(uid: str) -> str:
+    return "".join(c for c in uid if c.isdigit() or c == ".") or "unknown"
