@@ -194,3 +194,102 @@ def demo(
         )
         typer.echo(f"  {record.dicom.relative_to(out)}: {describe(cine)}; {truth}")
     typer.echo(f"montage of the frames by severity: {out / 'montage.png'}")
+
+
+def _logging(verbose: bool = True) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    port: Annotated[int | None, typer.Option(help="DICOM port; overrides the settings.")] = None,
+) -> None:
+    """Run the node: receive cines by C-STORE, process them, send the results on."""
+    import signal
+    import threading
+
+    from lus_pacs.node import Node
+    from lus_pacs.settings import load_settings
+
+    _logging()
+    overrides = {"port": port} if port is not None else {}
+    node = Node(load_settings(config, **overrides))
+    node.start()
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        stopping.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        node.stop()
+
+
+@app.command()
+def process(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM cines, or folders of them.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for result files and summary.jsonl.")],
+    config: ConfigOption = None,
+) -> None:
+    """The node's stages with no network: result DICOM files and summary.jsonl in OUT.
+
+    Exits 1 when any file could not be processed; the reason is printed.
+    """
+    from lus_pacs.errors import LusPacsError
+    from lus_pacs.pipeline import Models, dumps, process_file
+    from lus_pacs.settings import load_settings
+
+    settings = load_settings(config)
+    models = Models.load(settings)
+    files = sorted(
+        f for p in paths for f in ([p] if p.is_file() else p.rglob("*.dcm")) if f.is_file()
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    with (out / "summary.jsonl").open("w") as summary:
+        for path in files:
+            try:
+                record, _ = process_file(path, models, settings, out)
+            except LusPacsError as exc:
+                typer.echo(f"{path}: failed: {exc}", err=True)
+                failed += 1
+                continue
+            summary.write(dumps(record) + "\n")
+            typer.echo(f"{path}: {record.get('b_lines', {})}")
+    typer.echo(f"{len(files) - failed} processed, {failed} failed; results in {out}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(config: ConfigOption = None) -> None:
+    """List the node's jobs by state, with each delivery and its last error."""
+    from lus_pacs.queue.store import JobStore
+    from lus_pacs.settings import load_settings
+
+    store = JobStore(load_settings(config).store_path)
+    counts = store.counts()
+    typer.echo(", ".join(f"{state.value}: {n}" for state, n in sorted(counts.items())) or "no jobs")
+    for job in store.jobs():
+        typer.echo(f"job {job.id} {job.state.value} {job.sop_instance_uid}")
+        if job.error:
+            typer.echo(f"    error: {job.error}")
+        for destination, state, attempts, error in job.deliveries:
+            detail = f" ({error})" if error else ""
+            typer.echo(f"    -> {destination}: {state.value} after {attempts} attempt(s){detail}")
+
+
+@app.command()
+def retry(config: ConfigOption = None) -> None:
+    """Give failed jobs a fresh retry budget; a running node picks them up."""
+    from lus_pacs.queue.store import JobStore
+    from lus_pacs.settings import load_settings
+
+    n = JobStore(load_settings(config).store_path).retry_failed()
+    typer.echo(f"{n} failed job(s) queued again")

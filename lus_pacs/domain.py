@@ -140,6 +140,8 @@ class BLineFindings:
 class KeyFrameReason(StrEnum):
     B_LINES = "b_lines"
     """The representative B-line frame."""
+    ATTENTION = "attention"
+    """No B-lines found: the frame the B-line model attended to most, for review."""
     SEVERITY = "severity"
     """The highest-severity frame."""
     BEST = "best"

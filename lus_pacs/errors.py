@@ -28,3 +28,24 @@ class UnreadableImageError(LusPacsError):
 
 class AnnotationError(LusPacsError):
     """An annotation file (VIA, LabelMe, frame-score CSV) is malformed."""
+
+
+class ExportError(LusPacsError):
+    """Results were not delivered to a destination (PACS, archive).
+
+    Parameters
+    ----------
+    destination:
+        The destination's configured name.
+    reason:
+        What failed and where (AE title, host:port, status, SOP Instance UID).
+    """
+
+    def __init__(self, destination: str, reason: str) -> None:
+        super().__init__(f"export to {destination!r} failed: {reason}")
+        self.destination = destination
+        self.reason = reason
+
+
+class ModelError(LusPacsError):
+    """A model bundle under ``models/`` is incomplete or does not fit the code that loads it."""

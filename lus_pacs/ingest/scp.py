@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
+from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from lus_pacs.imaging.decode import IMAGE_SOP_CLASSES
@@ -112,7 +113,7 @@ class Receiver:
         if studies:
             self._on_study_complete(sorted(studies))
 
-    def handlers(self) -> list[tuple[object, Callable[..., object]]]:
+    def handlers(self) -> list[EventHandlerType]:
         return [
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),

@@ -27,9 +27,11 @@ class Listener:
         self.completed: list[str] = []
         self.released = threading.Event()
         receiver = Receiver(settings, self.store, "m@1", self._stored, self._complete)
-        self.server = make_ae(settings).start_server(
+        server = make_ae(settings).start_server(
             ("127.0.0.1", 0), block=False, evt_handlers=receiver.handlers()
         )
+        assert server is not None
+        self.server = server
         self.port = int(self.server.server_address[1])
 
     def _stored(self) -> None:

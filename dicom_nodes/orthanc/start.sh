@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs Orthanc, the test PACS, in the foreground on loopback (the caller backgrounds it).
+#   start.sh DATA_DIR DICOM_PORT HTTP_PORT [AET] [MODALITIES_JSON]
+# DATA_DIR receives orthanc.json, orthanc.pid and the database (db/); reusing it keeps the stored
+# instances. MODALITIES_JSON is Orthanc's DicomModalities, e.g. '{"node": ["LUSPACS", "127.0.0.1", 11112]}'.
+# ORTHANC_DICOMWEB_PLUGIN overrides the plugin path of the Debian package orthanc-dicomweb.
+set -euo pipefail
+usage="usage: start.sh DATA_DIR DICOM_PORT HTTP_PORT [AET] [MODALITIES_JSON]"
+data_dir=${1:?$usage}
+dicom_port=${2:?$usage}
+http_port=${3:?$usage}
+aet=${4:-ORTHANC}
+modalities=${5:-"{}"}
+plugin=${ORTHANC_DICOMWEB_PLUGIN:-/usr/share/orthanc/plugins/libOrthancDicomWeb.so}
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+for port in "$dicom_port" "$http_port"; do
+  [[ "$port" =~ ^[0-9]+$ && "$port" -ge 1 && "$port" -le 65535 ]] || {
+    echo "start.sh: port '$port' is not a number in 1..65535" >&2
+    exit 2
+  }
+done
+[[ "$aet" =~ ^[A-Za-z0-9_.-]{1,16}$ ]] || {
+  echo "start.sh: AE title '$aet' must be 1-16 characters of A-Z a-z 0-9 _ . -" >&2
+  exit 2
+}
+command -v Orthanc >/dev/null || {
+  echo "start.sh: Orthanc not found; run: bash dicom_nodes/install-system.sh dicom_nodes/debian-packages.txt" >&2
+  exit 2
+}
+[[ -f "$plugin" ]] || {
+  echo "start.sh: DICOMweb plugin $plugin not found; install the Debian package orthanc-dicomweb" >&2
+  exit 2
+}
+
+mkdir -p "$data_dir"
+data_dir=$(cd "$data_dir" && pwd)
+config=$(<"$here/orthanc.template.json")
+# Quoted replacements: bash 5.2 would otherwise expand '&' in them to the matched text.
+config=${config//@DATA_DIR@/"$data_dir"}
+config=${config//@DICOMWEB_PLUGIN@/"$plugin"}
+config=${config//@HTTP_PORT@/"$http_port"}
+config=${config//@DICOM_PORT@/"$dicom_port"}
+config=${config//@DICOM_AET@/"$aet"}
+config=${config//@MODALITIES@/"$modalities"}
+printf '%s\n' "$config" >"$data_dir/orthanc.json"
+echo $$ >"$data_dir/orthanc.pid"
+# exec keeps this PID, so the caller (and stop.sh) signal Orthanc itself.
+exec Orthanc "$data_dir/orthanc.json"

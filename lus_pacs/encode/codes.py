@@ -1,0 +1,81 @@
+"""Every coded concept the result objects use, standard where one exists, private otherwise.
+
+No standard codes exist for B-lines, A-lines or the LUS score, so they live in the private
+coding scheme ``99LUSPACS``; every object that uses one declares the scheme in its
+``CodingSchemeIdentificationSequence`` (:func:`coding_scheme_identification`).
+"""
+
+from __future__ import annotations
+
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from lus_pacs import __version__
+
+SCHEME_DESIGNATOR = "99LUSPACS"
+"""Private coding scheme designators start with "99" (PS3.16 section 8.1)."""
+SCHEME_NAME = "lus-pacs lung ultrasound concepts"
+SCHEME_ORGANIZATION = "lus-pacs project (research software)"
+
+
+def coding_scheme_identification() -> CodingSchemeIdentificationItem:
+    """The ``CodingSchemeIdentificationSequence`` item declaring the private scheme."""
+    return CodingSchemeIdentificationItem(
+        designator=SCHEME_DESIGNATOR,
+        name=SCHEME_NAME,
+        version=__version__,
+        responsible_organization=SCHEME_ORGANIZATION,
+    )
+
+
+def _private(value: str, meaning: str) -> Code:
+    return Code(value=value, scheme_designator=SCHEME_DESIGNATOR, meaning=meaning)
+
+
+# Private concepts: nothing standard says these.
+B_LINES = _private("LUS001", "B-lines")
+A_LINES = _private("LUS002", "A-lines")
+LUS_SCORE = _private("LUS003", "Lung ultrasound score")
+B_LINE_FRAMES = _private("LUS004", "B-line frames")
+"""Concept name of the count of frames the B-line model attends to."""
+LUNG_ZONE = _private("LUS005", "Lung ultrasound zone")
+"""Concept name of the zone label (R1..R7, L1..L7) as scanned; zone schemes differ between
+protocols, so the label is kept as text rather than mapped onto CID 6171."""
+
+# Standard concepts.
+LUNG = codes.SCT.Lung  # 39607008
+PLEURA = codes.SCT.Pleura  # 3120008
+PRESENT = codes.SCT.Present  # 52101004
+ABSENT = Code(value="2667000", scheme_designator="SCT", meaning="Absent")
+"""pydicom 3.0's ``codes.SCT.Absent`` is 272519000 "Absence findings", the parent concept;
+CID 240/241 list 2667000 "Absent" beside 52101004 "Present"."""
+RIGHT = codes.SCT.Right  # CID 244
+LEFT = codes.SCT.Left  # CID 244
+FINDING_SITE = codes.SCT.FindingSite
+LATERALITY = codes.SCT.Laterality
+FINDING = codes.DCM.Finding  # 121071, TID 1501 finding type
+PROBABILITY = codes.DCM.Probability  # 122157
+BEST_ILLUSTRATION = codes.DCM.BestIllustrationOfFinding  # 121080: the representative frame
+SOURCE_OF_MEASUREMENT = codes.DCM.SourceOfMeasurement  # 121112
+COMMENT = codes.DCM.Comment  # 121106: carries the research-software notice
+PROCEDURE = codes.SCT.DiagnosticUltrasonography  # 16310003
+OF_INTEREST = codes.DCM.OfInterest  # 113000, KOS document title (CID 7010)
+BEST_IN_SET = codes.DCM.BestInSet  # 113013, KOS document title (CID 7010)
+
+# Algorithm identification (TID 4019): highdicom writes these names; readers look them up here.
+ALGORITHM_NAME = codes.DCM.AlgorithmName  # 111001
+ALGORITHM_VERSION = codes.DCM.AlgorithmVersion  # 111003
+ALGORITHM_MANUFACTURER = codes.DCM.AlgorithmManufacturer  # 122405
+
+# Units (UCUM).
+UNITLESS = codes.UCUM.NoUnits  # "1": a probability in [0, 1]
+FRAMES = Code(value="{frames}", scheme_designator="UCUM", meaning="frames")
+
+
+def laterality_for_zone(zone: str | None) -> Code | None:
+    """Right or left (CID 244) from a zone label such as ``R2`` or ``L1``; None when unknown."""
+    if not zone:
+        return None
+    side = zone.strip().upper()[:1]
+    return {"R": RIGHT, "L": LEFT}.get(side)

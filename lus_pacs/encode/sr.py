@@ -1,0 +1,189 @@
+"""The per-cine Comprehensive SR (TID 1500 Measurement Report) of what the models found.
+
+Content tree (TID 1500 > TID 1501, one measurement group for the cine)::
+
+    Imaging Measurement Report
+      Observer: device lus-pacs; Procedure reported: diagnostic ultrasonography
+      Image Library: the source cine
+      Imaging Measurements
+        Measurement Group
+          Tracking Identifier "B-lines, zone R2" + Tracking UID
+          Finding = B-lines                                  (only with B-line findings)
+          Finding Site = Lung, Laterality = Right, Lung ultrasound zone = "R2"
+          Algorithm Name / Version / Manufacturer (TID 4019)  (one per model that ran)
+          Probability = 0.87 {1}
+          B-line frames = 5 {frames}  <- Source of Measurement: cine, frames 3..7
+          B-lines = Present | Absent
+          Source of Measurement: the cine
+          Best illustration of finding: cine, the key frame
+      Comment: research-software notice
+
+A model that did not run leaves nothing in the tree: no B-line item is ever made up.
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+from pydicom import Dataset
+from pydicom.uid import generate_uid
+
+from lus_pacs import __version__
+from lus_pacs.domain import BLineFindings, Findings
+from lus_pacs.encode import codes
+from lus_pacs.encode.common import (
+    MANUFACTURER,
+    RESEARCH_NOTICE,
+    algorithm_identification,
+    check_frames,
+    copy_retired_patient_attributes,
+    device_observer,
+    source_header,
+)
+
+SERIES_DESCRIPTION = "lus-pacs AI findings (research only, not a medical device)"
+
+_CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
+_HAS_CONCEPT_MOD = hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD
+
+
+def encode_sr(
+    findings: Findings,
+    source: Dataset,
+    *,
+    series_number: int = 900,
+    instance_uid: str | None = None,
+    series_uid: str | None = None,
+) -> Dataset:
+    """Encode the findings on one cine as a Comprehensive SR in a new series of its study.
+
+    Parameters
+    ----------
+    findings:
+        What the models found in the cine.
+    source:
+        The cine's header (pixel data is neither needed nor copied). Patient and study
+        attributes are copied from it; its SOP Instance UID must be ``findings.source``'s.
+    series_number:
+        Series Number of the new SR series.
+    instance_uid, series_uid:
+        SOP Instance UID and Series Instance UID of the SR; new UIDs when None.
+
+    Returns
+    -------
+    pydicom.Dataset
+        The SR document (a :class:`highdicom.sr.ComprehensiveSR`), ready for ``save_as``.
+
+    Raises
+    ------
+    lus_pacs.errors.UnreadableImageError
+        When the source header lacks the UIDs needed to reference it.
+    ValueError
+        When the findings belong to another instance or name frames the source lacks.
+    """
+    header = source_header(source, findings)
+    sop_instance_uid = instance_uid or generate_uid()
+    # Derived, so that encoding the same findings with the same UIDs gives the same tree.
+    tracking_uid = generate_uid(entropy_srcs=[sop_instance_uid, "tracking"])
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=device_observer()),
+        procedure_reported=codes.PROCEDURE,
+        imaging_measurements=[_cine_group(findings, header, tracking_uid)],
+        referenced_images=[header],
+    )
+    report[0].ContentSequence.append(
+        hd.sr.TextContentItem(
+            name=codes.COMMENT, value=RESEARCH_NOTICE, relationship_type=_CONTAINS
+        )
+    )
+    sr = hd.sr.ComprehensiveSR(
+        evidence=[header],
+        content=report[0],
+        series_instance_uid=series_uid or generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        series_description=SERIES_DESCRIPTION,
+        manufacturer_model_name=MANUFACTURER,
+        software_versions=__version__,
+        coding_schemes=[codes.coding_scheme_identification()],
+    )
+    copy_retired_patient_attributes(header, sr)
+    return sr
+
+
+def _cine_group(
+    findings: Findings, header: Dataset, tracking_uid: str
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 for the cine: where it was scanned, and what each model that ran found."""
+    zone = findings.source.zone
+    b = findings.b_lines
+    subject = "B-lines" if b is not None else "Lung ultrasound cine"
+    tracking = hd.sr.TrackingIdentifier(
+        uid=tracking_uid, identifier=f"{subject}, zone {zone}" if zone else subject
+    )
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        finding_type=codes.B_LINES if b is not None else None,
+        algorithm_id=algorithm_identification(b.model) if b is not None else None,
+        finding_sites=[_finding_site(zone)],
+        measurements=_b_line_measurements(b, header) if b is not None else None,
+        qualitative_evaluations=(
+            [
+                hd.sr.QualitativeEvaluation(
+                    name=codes.B_LINES, value=codes.PRESENT if b.present else codes.ABSENT
+                )
+            ]
+            if b is not None
+            else None
+        ),
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(header)],
+    )
+    # The key frames (the KOS lists the same frames with the reason for each).
+    key_frames = sorted({k.frame for k in findings.key_frames})
+    if key_frames:
+        group[0].ContentSequence.append(
+            hd.sr.ImageContentItem(
+                name=codes.BEST_ILLUSTRATION,
+                referenced_sop_class_uid=header.SOPClassUID,
+                referenced_sop_instance_uid=header.SOPInstanceUID,
+                referenced_frame_numbers=check_frames(key_frames, header, "Key frames"),
+                relationship_type=_CONTAINS,
+            )
+        )
+    return group
+
+
+def _finding_site(zone: str | None) -> hd.sr.FindingSite:
+    """Lung, with the side (CID 244) and the zone label when the zone is known."""
+    site = hd.sr.FindingSite(
+        anatomic_location=codes.LUNG, laterality=codes.laterality_for_zone(zone)
+    )
+    if zone:
+        zone_item = hd.sr.TextContentItem(
+            name=codes.LUNG_ZONE, value=zone, relationship_type=_HAS_CONCEPT_MOD
+        )
+        if "ContentSequence" in site:
+            site.ContentSequence.append(zone_item)
+        else:
+            site.ContentSequence = hd.sr.ContentSequence([zone_item])
+    return site
+
+
+def _b_line_measurements(b: BLineFindings, header: Dataset) -> list[hd.sr.Measurement]:
+    frames = check_frames(b.frames, header, "B-line frames")
+    return [
+        # float(): highdicom refuses numpy scalars such as np.float32.
+        hd.sr.Measurement(name=codes.PROBABILITY, value=float(b.probability), unit=codes.UNITLESS),
+        hd.sr.Measurement(
+            name=codes.B_LINE_FRAMES,
+            value=len(frames),
+            unit=codes.FRAMES,
+            referenced_images=(
+                [hd.sr.SourceImageForMeasurement.from_source_image(header, frames)]
+                if frames
+                else None
+            ),
+        ),
+    ]

@@ -1,0 +1,1 @@
+"""Sending results out of the node: DIMSE C-STORE to PACS (``dimse``)."""

@@ -1,0 +1,300 @@
+"""C-STORE and C-ECHO to one DICOM destination: one association, one attempt.
+
+Retries and backoff belong to the job store, which records each attempt durably; this module only
+says, for one attempt, what was delivered, or raises :class:`ExportError` saying what was not.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, ExplicitVRLittleEndian
+from pynetdicom import AE, VerificationPresentationContexts, evt
+from pynetdicom.association import Association
+from pynetdicom.status import code_to_category
+
+from lus_pacs.errors import ExportError
+from lus_pacs.settings import DicomDestination
+
+logger = logging.getLogger(__name__)
+
+MAX_CONTEXTS = 128
+"""Presentation contexts one association can propose (PS3.8: odd context IDs 1..255)."""
+
+_DELIVERED = ("Success", "Warning")
+"""Status categories that mean the destination kept the instance (0xB000, 0xB006, 0xB007 warn)."""
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One instance to send, described before the association opens."""
+
+    source: Dataset | Path
+    sop_class: UID
+    sop_instance: UID
+    transfer_syntax: UID
+
+    @property
+    def label(self) -> str:
+        where = f" from {self.source}" if isinstance(self.source, Path) else ""
+        return f"{self.sop_class.name} {self.sop_instance}{where}"
+
+
+def store(
+    datasets_or_paths: Sequence[Dataset | Path],
+    destination: DicomDestination,
+    *,
+    calling_ae: str,
+    timeout: float = 30.0,
+) -> list[int]:
+    """Send instances to ``destination`` by C-STORE over a single association.
+
+    Each SOP class is proposed with the instance's own transfer syntax and with Explicit VR Little
+    Endian, as separate presentation contexts, so the destination can accept either. A compressed
+    instance whose own syntax is refused is decompressed and sent in Explicit VR Little Endian.
+
+    Parameters
+    ----------
+    datasets_or_paths:
+        Datasets (with ``file_meta.TransferSyntaxUID``) or DICOM files to send, in order.
+    destination:
+        The node to send to.
+    calling_ae:
+        This node's AE title.
+    timeout:
+        Seconds allowed for the TCP connection, association negotiation and each response.
+
+    Returns
+    -------
+    list[int]
+        The C-STORE status of each instance, in input order: 0x0000, or a warning such as 0xB000,
+        0xB006 or 0xB007 (the destination kept the instance).
+
+    Raises
+    ------
+    ExportError
+        An input cannot be read, the association is refused, rejected or aborted, or any instance
+        is not delivered (failure status, no accepted presentation context, no response). The
+        message names the destination, its AE title, host:port and each SOP Instance UID.
+    """
+    if not datasets_or_paths:
+        return []
+    items = [_describe(source, destination) for source in datasets_or_paths]
+    contexts = _contexts(items)
+    if len(contexts) > MAX_CONTEXTS:
+        raise ExportError(
+            destination.name,
+            f"{len(contexts)} presentation contexts needed (SOP class x transfer syntax), "
+            f"one association allows {MAX_CONTEXTS}: send fewer SOP classes per call",
+        )
+    ae = _application_entity(calling_ae, timeout)
+    for sop_class, syntax in contexts:
+        ae.add_requested_context(sop_class, [syntax])
+
+    assoc = _associate(ae, destination)
+    statuses: list[int] = []
+    failures: list[str] = []
+    try:
+        accepted = {
+            (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
+        }
+        for item in items:
+            if not assoc.is_established:
+                raise ExportError(
+                    destination.name,
+                    f"association with {_where(destination)} ended (aborted by the peer) after "
+                    f"{len(statuses)} of {len(items)} instances were delivered",
+                )
+            try:
+                payload = _payload(item, accepted)
+            except (OSError, ValueError, RuntimeError, NotImplementedError) as exc:
+                failures.append(
+                    f"{item.label}: only uncompressed was accepted and decompressing failed: {exc}"
+                )
+                continue
+            if payload is None:
+                failures.append(
+                    f"{item.label}: no presentation context accepted for it in "
+                    f"{item.transfer_syntax.name} or {ExplicitVRLittleEndian.name}"
+                )
+                continue
+            try:
+                status = assoc.send_c_store(payload)
+            except ValueError as exc:
+                # pynetdicom cannot encode it in the accepted transfer syntax.
+                failures.append(f"{item.label}: cannot be encoded for sending: {exc}")
+                continue
+            if "Status" not in status:
+                raise ExportError(
+                    destination.name,
+                    f"{_where(destination)} sent no C-STORE response for {item.label} "
+                    f"(association aborted or no answer within {timeout:g} s); "
+                    f"{len(statuses)} of {len(items)} instances were delivered before",
+                )
+            code = int(status.Status)
+            category = code_to_category(code)
+            if category not in _DELIVERED:
+                comment = f", {status.ErrorComment}" if "ErrorComment" in status else ""
+                failures.append(f"{item.label}: status 0x{code:04X} ({category}{comment})")
+                continue
+            if category == "Warning":
+                logger.warning(
+                    "%s kept %s with warning status 0x%04X",
+                    _where(destination),
+                    item.sop_instance,
+                    code,
+                )
+            statuses.append(code)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        else:
+            assoc.abort()
+
+    if failures:
+        raise ExportError(
+            destination.name,
+            f"{_where(destination)} did not take {len(failures)} of {len(items)} instances: "
+            + "; ".join(failures),
+        )
+    logger.info("sent %d instances to %s", len(items), _where(destination))
+    return statuses
+
+
+def echo(destination: DicomDestination, *, calling_ae: str, timeout: float = 10.0) -> bool:
+    """Whether ``destination`` answers a C-ECHO with success; the reason it does not is logged."""
+    ae = _application_entity(calling_ae, timeout)
+    ae.requested_contexts = VerificationPresentationContexts
+    try:
+        assoc = _associate(ae, destination)
+    except ExportError as exc:
+        logger.warning("C-ECHO: %s", exc)
+        return False
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        else:
+            assoc.abort()
+    if "Status" not in status:
+        logger.warning("C-ECHO: no response from %s", _where(destination))
+        return False
+    if int(status.Status) != 0x0000:
+        logger.warning("C-ECHO: %s answered 0x%04X", _where(destination), int(status.Status))
+        return False
+    return True
+
+
+def _where(destination: DicomDestination) -> str:
+    return f"{destination.ae_title}@{destination.host}:{destination.port}"
+
+
+def _application_entity(calling_ae: str, timeout: float) -> AE:
+    ae = AE(ae_title=calling_ae)
+    ae.connection_timeout = timeout
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    return ae
+
+
+def _describe(source: Dataset | Path, destination: DicomDestination) -> _Item:
+    """What is sent, read before the association so a bad input never opens one."""
+    header: Dataset
+    meta: Dataset
+    if isinstance(source, Path):
+        try:
+            header = dcmread(source, stop_before_pixels=True)
+        except (OSError, InvalidDicomError) as exc:
+            raise ExportError(destination.name, f"cannot read {source}: {exc}") from exc
+        meta = header.file_meta
+        name = str(source)
+    else:
+        header = source
+        meta = source.get("file_meta", Dataset())
+        name = f"dataset {source.get('SOPInstanceUID', '(no SOP Instance UID)')}"
+    missing = [kw for kw in ("SOPClassUID", "SOPInstanceUID") if kw not in header]
+    if "TransferSyntaxUID" not in meta:
+        missing.append("file_meta.TransferSyntaxUID")
+    if missing:
+        raise ExportError(
+            destination.name,
+            f"{name} lacks {', '.join(missing)}: set them before sending "
+            "(a transfer syntax is needed to negotiate the presentation context)",
+        )
+    return _Item(
+        source=source,
+        sop_class=UID(header.SOPClassUID),
+        sop_instance=UID(header.SOPInstanceUID),
+        transfer_syntax=UID(meta.TransferSyntaxUID),
+    )
+
+
+def _contexts(items: Sequence[_Item]) -> list[tuple[UID, UID]]:
+    """(SOP class, transfer syntax) pairs to propose, each as its own presentation context."""
+    pairs: dict[tuple[UID, UID], None] = {}
+    for item in items:
+        pairs[item.sop_class, item.transfer_syntax] = None
+        pairs[item.sop_class, ExplicitVRLittleEndian] = None
+    return list(pairs)
+
+
+def _associate(ae: AE, destination: DicomDestination) -> Association:
+    """An established association, or ExportError saying which step failed."""
+    connected: list[bool] = []
+    assoc = ae.associate(
+        destination.host,
+        destination.port,
+        ae_title=destination.ae_title,
+        evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: connected.append(True))],
+    )
+    if assoc.is_established:
+        return assoc
+    where = _where(destination)
+    answer = assoc.acceptor.primitive
+    if assoc.is_rejected and answer is not None:
+        reason = (
+            f"association rejected by {where}: {answer.reason_str} "
+            f"({answer.result_str}, source: {answer.source_str}); check the destination's "
+            f"AE title and that it accepts calling AE {ae.ae_title!r}"
+        )
+    elif not connected:
+        reason = (
+            f"cannot connect to {where} (connection refused, host unreachable or no answer "
+            f"within {ae.connection_timeout:g} s): is the destination running?"
+        )
+    elif assoc.rejected_contexts and not assoc.accepted_contexts:
+        offered = sorted({UID(cx.abstract_syntax or "").name for cx in assoc.rejected_contexts})
+        reason = f"{where} accepted no presentation context (offered: {', '.join(offered)})"
+    else:
+        reason = (
+            f"association with {where} aborted during negotiation "
+            f"(or no answer within {ae.acse_timeout:g} s)"
+        )
+    raise ExportError(destination.name, reason)
+
+
+def _payload(item: _Item, accepted: set[tuple[str, str]]) -> Dataset | Path | None:
+    """What to hand to C-STORE given the accepted contexts, or None if none fits."""
+    own = item.transfer_syntax
+    if (item.sop_class, own) in accepted:
+        return item.source
+    uncompressed = {
+        ts for sop, ts in accepted if sop == item.sop_class and not UID(ts).is_compressed
+    }
+    if not uncompressed:
+        return None
+    if not own.is_compressed:
+        # pynetdicom re-encodes between implicit and explicit VR little endian.
+        return item.source
+    if ExplicitVRLittleEndian not in uncompressed:
+        return None
+    dataset = dcmread(item.source) if isinstance(item.source, Path) else item.source.copy()
+    dataset.decompress()
+    return dataset

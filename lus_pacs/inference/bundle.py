@@ -1,0 +1,113 @@
+"""Load a MONAI bundle from ``models/<name>/``: its network with trained weights, and its configs.
+
+A bundle holds ``configs/metadata.json`` (MONAI's metadata: version, inputs, outputs, metrics),
+``configs/inference.json`` (``network_def`` and the decision settings) and ``models/model.pt``
+(a state dict, loaded with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.bundle import ConfigParser
+from torch import nn
+
+from lus_pacs.domain import ModelInfo
+from lus_pacs.errors import ModelError
+
+METADATA = Path("configs/metadata.json")
+INFERENCE = Path("configs/inference.json")
+WEIGHTS = Path("models/model.pt")
+NETWORK_PACKAGE = "lus_pacs.nets."
+"""Where every ``network_def`` must point: a bundle names code of this package, nothing else."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded bundle: the network in eval mode on the CPU, who it is, and its settings."""
+
+    network: nn.Module
+    model: ModelInfo
+    config: Mapping[str, Any]
+    """``configs/inference.json`` as written (``network_def``, thresholds, ...)."""
+    metadata: Mapping[str, Any]
+    """``configs/metadata.json`` as written."""
+
+
+def load_bundle(folder: Path) -> Bundle:
+    """Instantiate the bundle's ``network_def`` and load its weights.
+
+    Parameters
+    ----------
+    folder:
+        The bundle folder, e.g. ``models/b_lines``; its name becomes :attr:`ModelInfo.name`.
+
+    Raises
+    ------
+    ModelError
+        A file is missing or unreadable, ``network_def`` is absent or points outside
+        ``lus_pacs.nets``, or the weights do not fit the network.
+    """
+    folder = Path(folder)
+    for part in (METADATA, INFERENCE, WEIGHTS):
+        if not (folder / part).is_file():
+            raise ModelError(
+                f"Model bundle {folder} is incomplete: {part} is missing. A bundle needs "
+                f"{METADATA}, {INFERENCE} and {WEIGHTS}; train it again or restore the file."
+            )
+    metadata = _read_json(folder / METADATA)
+    config = _read_json(folder / INFERENCE)
+
+    network_def = config.get("network_def")
+    target = network_def.get("_target_") if isinstance(network_def, Mapping) else None
+    if not isinstance(target, str) or not target.startswith(NETWORK_PACKAGE):
+        raise ModelError(
+            f"{folder / INFERENCE}: network_def must be a mapping whose _target_ names a class "
+            f"in {NETWORK_PACKAGE[:-1]} (got {target!r})."
+        )
+    for key in ("version", "name"):
+        if not isinstance(metadata.get(key), str):
+            raise ModelError(f"{folder / METADATA}: '{key}' must be a string.")
+
+    parser = ConfigParser()
+    parser.read_meta(dict(metadata))
+    parser.read_config(dict(config))
+    try:
+        network = parser.get_parsed_content("network_def")
+    except Exception as exc:  # ConfigParser wraps import and argument errors alike
+        raise ModelError(f"{folder / INFERENCE}: cannot build network_def ({exc})") from exc
+    if not isinstance(network, nn.Module):
+        raise ModelError(f"{folder / INFERENCE}: network_def {target} is not a torch module.")
+
+    try:
+        state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
+        network.load_state_dict(state)
+    except (OSError, RuntimeError, ValueError, TypeError) as exc:
+        raise ModelError(
+            f"{folder / WEIGHTS}: not a state dict that fits {target} ({exc}). "
+            "Were the weights trained with another network_def?"
+        ) from exc
+    network.eval()
+    return Bundle(
+        network=network,
+        model=ModelInfo(
+            name=folder.resolve().name, version=metadata["version"], title=metadata["name"]
+        ),
+        config=config,
+        metadata=metadata,
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not readable JSON ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise ModelError(f"{path}: must hold a JSON object, not {type(doc).__name__}.")
+    return doc

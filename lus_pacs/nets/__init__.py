@@ -1,0 +1,1 @@
+"""Network definitions that the model bundles under ``models/`` instantiate."""

@@ -1,0 +1,191 @@
+"""The running node: the DICOM listener, one processing worker, one exporter, the study watcher.
+
+The listener only stores and queues. The worker loads the models once and processes jobs in
+order; the exporter delivers result files with retries and exponential backoff. All state is in
+the job store, so killing the process at any point loses nothing that was acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pynetdicom.transport import ThreadedAssociationServer
+
+from lus_pacs.errors import ExportError, LusPacsError
+from lus_pacs.export.dimse import store as c_store
+from lus_pacs.ingest.scp import Receiver, make_ae
+from lus_pacs.pipeline import Models, dumps, process_file
+from lus_pacs.queue.store import JobStore
+from lus_pacs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_IDLE_S = 0.5
+
+
+class Node:
+    """Start with :meth:`start`, stop with :meth:`stop`; ``port`` is the bound DICOM port."""
+
+    def __init__(self, settings: Settings, models: Models | None = None) -> None:
+        self.settings = settings
+        self.store = JobStore(settings.store_path)
+        self.models = models if models is not None else Models.load(settings)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._released: list[str] = []
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._server: ThreadedAssociationServer | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the node is not started")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        recovered = self.store.recover()
+        if recovered:
+            log.info("Resuming %d job(s) interrupted by the last stop", recovered)
+        receiver = Receiver(
+            self.settings, self.store, self.models.key, self._wake.set, self._study_released
+        )
+        ae = make_ae(self.settings)
+        self._server = ae.start_server(
+            (self.settings.host, self.settings.port), block=False, evt_handlers=receiver.handlers()
+        )
+        if self._server is None:  # pynetdicom returns None only when blocking
+            raise RuntimeError("the DICOM listener did not start")
+        for target in (self._process_loop, self._export_loop, self._study_loop):
+            thread = threading.Thread(target=target, name=target.__name__, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info(
+            "%s listening on %s:%d, models %s, destinations %s",
+            self.settings.ae_title,
+            self.settings.host,
+            self.port,
+            self.models.key,
+            [d.name for d in self.settings.destinations] or "none (results folder only)",
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._server is not None:
+            self._server.shutdown()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def _study_released(self, studies: list[str]) -> None:
+        self.store.complete_studies(studies)
+        with self._lock:
+            self._released.extend(studies)
+
+    # Processing
+
+    def _process_loop(self) -> None:
+        while not self._stop.is_set():
+            job = self.store.claim_job()
+            if job is None:
+                self._wake.wait(_IDLE_S)
+                self._wake.clear()
+                continue
+            uid = job.instance.sop_instance_uid
+            out_dir = self.settings.results_dir / job.instance.study_instance_uid
+            try:
+                record, outputs = process_file(
+                    job.instance.path, self.models, self.settings, out_dir
+                )
+            except LusPacsError as exc:
+                log.error("Failed %s: %s", uid, exc)
+                self.store.fail_job(job.id, str(exc))
+                continue
+            except Exception as exc:  # one bad cine must not stop the worker
+                log.exception("Failed %s: unexpected error", uid)
+                self.store.fail_job(job.id, f"unexpected error: {exc!r}")
+                continue
+            self.store.finish_job(
+                job.id, dumps(record), outputs, [d.name for d in self.settings.destinations]
+            )
+            summary = record.get("b_lines", {})
+            log.info("Processed %s (zone %s): %s", uid, record["source"]["zone"], summary)
+
+    # Delivering
+
+    def _export_loop(self) -> None:
+        while not self._stop.is_set():
+            due = self.store.due_deliveries()
+            if not due:
+                self._stop.wait(_IDLE_S)
+                continue
+            for delivery in due:
+                destination = self.settings.destination(delivery.destination)
+                try:
+                    c_store(
+                        [o.path for o in delivery.outputs],
+                        destination,
+                        calling_ae=self.settings.ae_title,
+                    )
+                except ExportError as exc:
+                    retry_at = self._retry_at(delivery.attempts)
+                    self.store.delivery_failed(
+                        delivery.job_id, delivery.destination, str(exc), retry_at
+                    )
+                    log.warning(
+                        "Delivery of job %d to %s failed (attempt %d): %s%s",
+                        delivery.job_id,
+                        destination.name,
+                        delivery.attempts + 1,
+                        exc,
+                        "" if retry_at else "; retry budget spent, marked failed",
+                    )
+                    continue
+                self.store.delivered(delivery.job_id, delivery.destination)
+                log.info("Delivered job %d to %s", delivery.job_id, destination.name)
+
+    def _retry_at(self, attempts: int) -> float | None:
+        """When to try again after ``attempts + 1`` failures; None when the budget is spent."""
+        if attempts >= self.settings.retry_budget:
+            return None
+        delay = min(self.settings.retry_max_s, self.settings.retry_base_s * 2**attempts)
+        return time.time() + delay
+
+    # Studies
+
+    def _study_loop(self) -> None:
+        pending: set[str] = set()
+        while not self._stop.wait(_IDLE_S):
+            with self._lock:
+                pending.update(self._released)
+                self._released.clear()
+            pending.update(self.store.quiet_studies(self.settings.study_quiet_s))
+            for study in sorted(pending):
+                if self.store.study_done(study):
+                    self._summarise(study)
+                    pending.discard(study)
+
+    def _summarise(self, study: str) -> None:
+        records = [json.loads(r) for r in self.store.records(study)]
+        summary: dict[str, Any] = {
+            "study_instance_uid": study,
+            "cines": len(records),
+            "zones": sorted({r["source"]["zone"] or "?" for r in records}),
+            "b_line_zones": sorted(
+                {r["source"]["zone"] or "?" for r in records if r.get("b_lines", {}).get("present")}
+            ),
+        }
+        folder = self.settings.results_dir / study
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "study-summary.json"
+        path.write_text(json.dumps(summary, indent=1))
+        log.info("Study %s complete: %s", study, summary)
+
+
+def summary_path(settings: Settings, study: str) -> Path:
+    return settings.results_dir / study / "study-summary.json"

@@ -1,0 +1,189 @@
+"""The stages between a stored cine and its result files, as functions over typed values:
+
+decode (``imaging``) -> inference (``inference``) -> encode (``encode``) -> files + record.
+
+The live node and ``lus-pacs process`` call the same :func:`process_file`; only what happens to
+the files afterwards (C-STORE or nothing) differs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from lus_pacs.domain import Findings, KeyFrame, KeyFrameReason
+from lus_pacs.imaging.decode import decode_dataset
+from lus_pacs.inference.b_lines import BLineModel
+from lus_pacs.queue.store import Output
+from lus_pacs.settings import Settings
+
+OUTPUT_SERIES = {"sr": 900, "kos": 901}
+"""Series number of each kind of result object in the source's study."""
+
+
+@dataclass(frozen=True, eq=False)
+class Models:
+    """The model bundles the node runs, loaded once."""
+
+    b_lines: BLineModel | None
+
+    @classmethod
+    def load(cls, settings: Settings) -> Models:
+        enabled = set(settings.models)
+        b_lines = BLineModel.load(settings.models_dir / "b_lines") if "b_lines" in enabled else None
+        return cls(b_lines=b_lines)
+
+    @property
+    def key(self) -> str:
+        """Names and versions, the identity of a result: ``b_lines@0.1.0``."""
+        infos = [m.model for m in (self.b_lines,) if m is not None]
+        return ",".join(f"{i.name}@{i.version}" for i in infos) or "none"
+
+
+def analyse(header: Dataset, name: str, models: Models, settings: Settings) -> Findings:
+    """Decode the cine and run every enabled model on it."""
+    cine = decode_dataset(header, name, zone_rules=settings.zone_rules)
+    b_lines = models.b_lines.predict(cine, settings.default_fps) if models.b_lines else None
+    key_frames: list[KeyFrame] = []
+    if b_lines is not None and b_lines.present and b_lines.key_frame is not None:
+        key_frames.append(KeyFrame(b_lines.key_frame, KeyFrameReason.B_LINES))
+    elif b_lines is not None and b_lines.frame_scores:
+        # Every cine gets a frame to review: the model's own choice, labelled as such.
+        most = max(range(len(b_lines.frame_scores)), key=b_lines.frame_scores.__getitem__)
+        key_frames.append(KeyFrame(most + 1, KeyFrameReason.ATTENTION))
+    return Findings(
+        source=cine.source,
+        n_frames=cine.n_frames,
+        fps=cine.timing.fps,
+        b_lines=b_lines,
+        key_frames=tuple(key_frames),
+    )
+
+
+def encode(
+    findings: Findings, header: Dataset, kinds: Sequence[str], models_key: str
+) -> list[tuple[str, Dataset]]:
+    """The result objects of one cine. UIDs derive from the source instance and the model
+    versions, so encoding the same result again (after a crash) gives the same objects."""
+    from lus_pacs.encode.kos import encode_kos
+    from lus_pacs.encode.sr import encode_sr
+
+    source_uid = findings.source.sop_instance_uid
+    out: list[tuple[str, Dataset]] = []
+    for kind in kinds:
+        uid = str(generate_uid(entropy_srcs=[source_uid, models_key, kind, "instance"]))
+        series = str(generate_uid(entropy_srcs=[source_uid, models_key, kind, "series"]))
+        if kind == "sr":
+            out.append(
+                (
+                    kind,
+                    encode_sr(
+                        findings,
+                        header,
+                        series_number=OUTPUT_SERIES[kind],
+                        instance_uid=uid,
+                        series_uid=series,
+                    ),
+                )
+            )
+        elif kind == "kos":
+            kos = encode_kos(
+                findings,
+                header,
+                series_number=OUTPUT_SERIES[kind],
+                instance_uid=uid,
+                series_uid=series,
+            )
+            if kos is not None:
+                out.append((kind, kos))
+    return out
+
+
+def write_outputs(objects: Sequence[tuple[str, Dataset]], folder: Path) -> list[Output]:
+    """Each object as a DICOM file, written durably, named by its SOP Instance UID."""
+    folder.mkdir(parents=True, exist_ok=True)
+    outputs = []
+    for kind, ds in objects:
+        path = folder / f"{kind}-{ds.SOPInstanceUID}.dcm"
+        tmp = path.with_name(f".{path.name}.part")
+        with tmp.open("wb") as f:
+            ds.save_as(f, enforce_file_format=True)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        outputs.append(Output(kind, str(ds.SOPInstanceUID), path))
+    return outputs
+
+
+def result_record(
+    findings: Findings, outputs: Sequence[Output], timings_ms: dict[str, float]
+) -> dict[str, Any]:
+    """The JSON record of one cine (also what the SR encodes). Frames are 1-based; the keys
+    of models that did not run are absent."""
+    src = findings.source
+    record: dict[str, Any] = {
+        "source": {
+            "sop_instance_uid": src.sop_instance_uid,
+            "series_instance_uid": src.series_instance_uid,
+            "study_instance_uid": src.study_instance_uid,
+            "patient_id": src.patient_id,
+            "zone": src.zone,
+            "frames": findings.n_frames,
+            "fps": findings.fps,
+        }
+    }
+    if findings.b_lines is not None:
+        b = findings.b_lines
+        record["b_lines"] = {
+            "present": b.present,
+            "probability": round(b.probability, 4),
+            "frames": list(b.frames),
+            "key_frame": b.key_frame,
+        }
+    record["key_frames"] = [
+        {"frame": k.frame, "reason": k.reason.value} for k in findings.key_frames
+    ]
+    record["outputs"] = [
+        {"kind": o.kind, "sop_instance_uid": o.sop_instance_uid, "path": o.path.name}
+        for o in outputs
+    ]
+    record["models"] = {m.name: m.version for m in findings.models}
+    record["timings_ms"] = {k: round(v, 1) for k, v in timings_ms.items()}
+    return record
+
+
+def process_file(
+    path: Path, models: Models, settings: Settings, out_dir: Path
+) -> tuple[dict[str, Any], list[Output]]:
+    """Every stage for one stored cine: its result files in ``out_dir`` and its record.
+
+    Raises
+    ------
+    UnreadableImageError
+        The cine cannot be decoded; the message names the file and the reason.
+    """
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    header = pydicom.dcmread(path)
+    timings["read"] = (time.perf_counter() - start) * 1000
+    start = time.perf_counter()
+    findings = analyse(header, path.name, models, settings)
+    timings["decode+inference"] = (time.perf_counter() - start) * 1000
+    start = time.perf_counter()
+    objects = encode(findings, header, settings.output_kinds, models.key)
+    outputs = write_outputs(objects, out_dir)
+    timings["encode"] = (time.perf_counter() - start) * 1000
+    return result_record(findings, outputs, timings), outputs
+
+
+def dumps(record: dict[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True)

@@ -1,0 +1,268 @@
+"""The per-cine Comprehensive SR: valid to dciodvfy and dcmtk, and saying exactly what was found."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom import Dataset
+from pydicom.uid import ComprehensiveSRStorage, generate_uid
+
+from lus_pacs.domain import BLineFindings
+from lus_pacs.encode import codes, encode_kos, encode_sr
+from lus_pacs.errors import UnreadableImageError
+from tests.encode import tree, validators
+from tests.encode.conftest import B_LINE_FRAMES, KEY_FRAMES, MODEL, Source
+
+# The vendor cine's PatientName "PLA" has one component; highdicom warns, and we copy it as is.
+pytestmark = pytest.mark.filterwarnings('ignore:The string "PLA":UserWarning')
+
+PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyID",
+)
+
+
+def _write(ds: Dataset, path: Path) -> Dataset:
+    ds.save_as(path, enforce_file_format=True)
+    return pydicom.dcmread(path)
+
+
+def test_sr_is_valid_dicom_and_parses(cine: Source, tmp_path: Path) -> None:
+    path = tmp_path / "sr.dcm"
+    encode_sr(cine.findings(), cine.header).save_as(path, enforce_file_format=True)
+
+    iod = validators.dciodvfy(path)
+    assert iod.errors == [], str(iod)
+    dump = validators.dsrdump(path)
+    assert dump.returncode == 0, str(dump)
+    assert "B-line frames" in "\n".join(dump.lines)
+
+
+def test_sr_agrees_with_its_source_and_kos(cine: Source, tmp_path: Path) -> None:
+    findings = cine.findings(key_frames=KEY_FRAMES)
+    sr = tmp_path / "sr.dcm"
+    kos = tmp_path / "kos.dcm"
+    encode_sr(findings, cine.header).save_as(sr, enforce_file_format=True)
+    key_objects = encode_kos(findings, cine.header)
+    assert key_objects is not None
+    key_objects.save_as(kos, enforce_file_format=True)
+
+    entities = validators.dcentvfy(cine.path, sr, kos)
+    assert entities.errors == [], str(entities)
+
+
+def test_sr_copies_patient_and_study_in_a_new_series(cine: Source, tmp_path: Path) -> None:
+    sr = _write(encode_sr(cine.findings(), cine.header), tmp_path / "sr.dcm")
+
+    for keyword in PATIENT_STUDY:
+        assert sr.get(keyword, "") == cine.header.get(keyword, ""), keyword
+    assert sr.SOPClassUID == ComprehensiveSRStorage
+    assert sr.Modality == "SR"
+    assert sr.SeriesNumber == 900
+    assert sr.SeriesInstanceUID != cine.header.SeriesInstanceUID
+    assert "not a medical device" in sr.SeriesDescription
+    assert sr.VerificationFlag == "UNVERIFIED"
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
+    assert evidence.StudyInstanceUID == cine.header.StudyInstanceUID
+    referenced = evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert referenced.ReferencedSOPInstanceUID == cine.header.SOPInstanceUID
+
+
+def test_sr_references_b_line_frames_and_key_frame(cine: Source, tmp_path: Path) -> None:
+    sr = _write(encode_sr(cine.findings(key_frames=KEY_FRAMES), cine.header), tmp_path / "sr.dcm")
+
+    images = [item for item in tree.items(sr) if item.ValueType == "IMAGE"]
+    assert images
+    for item in images:
+        ref = item.ReferencedSOPSequence[0]
+        assert ref.ReferencedSOPInstanceUID == cine.header.SOPInstanceUID
+        assert ref.ReferencedSOPClassUID == cine.header.SOPClassUID
+    (count,) = tree.named(sr, codes.B_LINE_FRAMES)
+    assert float(count.MeasuredValueSequence[0].NumericValue) == len(B_LINE_FRAMES)
+    (source_of_count,) = tree.named(count, codes.SOURCE_OF_MEASUREMENT)
+    assert tree.frames(source_of_count) == list(B_LINE_FRAMES)
+    (key,) = tree.named(sr, codes.BEST_ILLUSTRATION)
+    assert tree.frames(key) == sorted({k.frame for k in KEY_FRAMES})
+
+
+def test_sr_reads_back_through_highdicom(right_cine: Source, tmp_path: Path) -> None:
+    path = tmp_path / "sr.dcm"
+    encode_sr(right_cine.findings(), right_cine.header).save_as(path, enforce_file_format=True)
+
+    report = hd.sr.srread(path).content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    (group,) = report.get_image_measurement_groups(finding_type=codes.B_LINES)
+    (site,) = group.finding_sites
+    assert site.value == codes.LUNG
+    assert site.laterality == codes.RIGHT
+    (count,) = group.get_measurements(name=codes.B_LINE_FRAMES)
+    (image,) = count.referenced_images
+    assert image.referenced_sop_instance_uid == right_cine.header.SOPInstanceUID
+    assert image.referenced_frame_numbers == list(B_LINE_FRAMES)
+    (probability,) = group.get_measurements(name=codes.PROBABILITY)
+    assert probability.value == pytest.approx(0.87)
+    assert probability.unit == codes.UNITLESS
+    (presence,) = group.get_qualitative_evaluations(name=codes.B_LINES)
+    assert presence.value == codes.PRESENT
+
+
+def test_sr_names_the_algorithm_and_says_it_is_research(cine: Source, tmp_path: Path) -> None:
+    sr = _write(encode_sr(cine.findings(), cine.header), tmp_path / "sr.dcm")
+
+    (name,) = tree.named(sr, codes.ALGORITHM_NAME)
+    (version,) = tree.named(sr, codes.ALGORITHM_VERSION)
+    assert (name.TextValue, version.TextValue) == (MODEL.name, MODEL.version)
+    (comment,) = tree.named(sr, codes.COMMENT)
+    assert "simulated data" in comment.TextValue
+    assert "Not a medical device" in comment.TextValue
+    (manufacturer,) = tree.named(sr, codes.ALGORITHM_MANUFACTURER)
+    assert "not a medical device" in manufacturer.TextValue
+
+
+def test_sr_declares_its_private_coding_scheme(cine: Source, tmp_path: Path) -> None:
+    sr = _write(encode_sr(cine.findings(), cine.header), tmp_path / "sr.dcm")
+
+    declared = {s.CodingSchemeDesignator for s in sr.CodingSchemeIdentificationSequence}
+    used = {
+        item.ConceptNameCodeSequence[0].CodingSchemeDesignator
+        for item in tree.items(sr)
+        if "ConceptNameCodeSequence" in item
+    }
+    assert codes.SCHEME_DESIGNATOR in used
+    assert codes.SCHEME_DESIGNATOR in declared
+
+
+@pytest.mark.parametrize(("fixture", "side"), [("right_cine", "R"), ("left_cine", "L")])
+def test_finding_site_laterality_follows_the_zone(
+    fixture: str, side: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    cine: Source = request.getfixturevalue(fixture)
+    sr = _write(encode_sr(cine.findings(), cine.header), tmp_path / "sr.dcm")
+
+    (site,) = tree.named(sr, codes.FINDING_SITE)
+    assert tree.code_value(site) == codes.LUNG
+    (laterality,) = tree.named(site, codes.LATERALITY)
+    assert tree.code_value(laterality) == {"R": codes.RIGHT, "L": codes.LEFT}[side]
+    (zone,) = tree.named(site, codes.LUNG_ZONE)
+    assert zone.TextValue == cine.ref().zone
+    assert zone.TextValue.startswith(side)
+
+
+def test_finding_site_without_zone_has_no_laterality(vendor_cine: Source, tmp_path: Path) -> None:
+    assert vendor_cine.ref().zone is None
+    sr = _write(encode_sr(vendor_cine.findings(), vendor_cine.header), tmp_path / "sr.dcm")
+
+    (site,) = tree.named(sr, codes.FINDING_SITE)
+    assert tree.code_value(site) == codes.LUNG
+    assert tree.named(site, codes.LATERALITY) == []
+    assert tree.named(site, codes.LUNG_ZONE) == []
+
+
+def test_absent_b_lines_are_said_absent_without_frames(right_cine: Source, tmp_path: Path) -> None:
+    findings = right_cine.findings(present=False)
+    sr = _write(encode_sr(findings, right_cine.header), tmp_path / "sr.dcm")
+
+    (presence,) = tree.named(sr, codes.B_LINES)
+    assert tree.code_value(presence) == codes.ABSENT
+    (count,) = tree.named(sr, codes.B_LINE_FRAMES)
+    assert float(count.MeasuredValueSequence[0].NumericValue) == 0
+    assert tree.named(count, codes.SOURCE_OF_MEASUREMENT) == []
+    assert tree.named(sr, codes.BEST_ILLUSTRATION) == []
+    assert validators.dciodvfy(tmp_path / "sr.dcm").errors == []
+
+
+def test_sr_without_b_lines_says_nothing_about_them(cine: Source, tmp_path: Path) -> None:
+    path = tmp_path / "sr.dcm"
+    sr = _write(encode_sr(cine.findings(b_lines=False), cine.header), path)
+
+    found = {name for item in tree.items(sr) if (name := tree.concept(item))} | {
+        tree.code_value(item) for item in tree.items(sr) if item.ValueType == "CODE"
+    }
+    for absent in (
+        codes.B_LINES,
+        codes.B_LINE_FRAMES,
+        codes.PROBABILITY,
+        codes.BEST_ILLUSTRATION,
+        codes.ALGORITHM_NAME,
+    ):
+        assert absent not in found, absent
+    assert codes.FINDING_SITE in found
+    assert tree.named(sr, codes.COMMENT)
+    assert validators.dciodvfy(path).errors == []
+    assert validators.dsrdump(path).returncode == 0
+
+
+def test_uids_and_series_number_are_the_callers(right_cine: Source) -> None:
+    instance, series = generate_uid(), generate_uid()
+    sr = encode_sr(
+        right_cine.findings(),
+        right_cine.header,
+        series_number=907,
+        instance_uid=instance,
+        series_uid=series,
+    )
+    assert (sr.SOPInstanceUID, sr.SeriesInstanceUID, sr.SeriesNumber) == (instance, series, 907)
+    assert sr.file_meta.MediaStorageSOPInstanceUID == instance
+    again = encode_sr(right_cine.findings(), right_cine.header, instance_uid=instance)
+    tracking = [i.UID for i in tree.items(sr) if i.ValueType == "UIDREF"]
+    assert tracking == [i.UID for i in tree.items(again) if i.ValueType == "UIDREF"]
+
+
+def test_frame_numbers_below_one_are_refused_by_the_domain(right_cine: Source) -> None:
+    b_lines = right_cine.findings().b_lines
+    assert b_lines is not None
+    with pytest.raises(ValueError, match="1-based"):
+        replace(b_lines, frames=(0, 1))
+    with pytest.raises(ValueError, match="1-based"):
+        replace(b_lines, key_frame=0)
+
+
+def test_frames_beyond_the_cine_are_refused(right_cine: Source) -> None:
+    findings = right_cine.findings()
+    assert findings.b_lines is not None
+    beyond: BLineFindings = replace(findings.b_lines, frames=(right_cine.n_frames + 1,))
+    with pytest.raises(ValueError, match="NumberOfFrames"):
+        encode_sr(replace(findings, b_lines=beyond), right_cine.header)
+
+
+def test_findings_of_another_cine_are_refused(right_cine: Source, left_cine: Source) -> None:
+    with pytest.raises(ValueError, match="findings are for SOP Instance"):
+        encode_sr(left_cine.findings(), right_cine.header)
+
+
+def test_a_source_without_study_uid_is_refused(right_cine: Source) -> None:
+    header = copy.deepcopy(right_cine.header)
+    del header.StudyInstanceUID
+    with pytest.raises(UnreadableImageError, match="StudyInstanceUID"):
+        encode_sr(right_cine.findings(), header)
+
+
+def test_numpy_values_from_inference_are_accepted(right_cine: Source, tmp_path: Path) -> None:
+    findings = right_cine.findings()
+    assert findings.b_lines is not None
+    b_lines = replace(
+        findings.b_lines,
+        probability=np.float32(0.5),  # type: ignore[arg-type]
+        frames=tuple(np.arange(2, 5)),
+    )
+    sr = _write(encode_sr(replace(findings, b_lines=b_lines), right_cine.header), tmp_path / "s")
+
+    (probability,) = tree.named(sr, codes.PROBABILITY)
+    assert float(probability.MeasuredValueSequence[0].NumericValue) == 0.5
+    (count,) = tree.named(sr, codes.B_LINE_FRAMES)
+    (source_of_count,) = tree.named(count, codes.SOURCE_OF_MEASUREMENT)
+    assert tree.frames(source_of_count) == [2, 3, 4]

@@ -1,0 +1,205 @@
+"""C-STORE and C-ECHO against a real Orthanc, and against pynetdicom SCPs for the statuses and
+transfer syntax refusals Orthanc does not produce."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
+
+from lus_pacs.errors import ExportError
+from lus_pacs.export.dimse import echo, store
+from lus_pacs.settings import DicomDestination
+from tests.orthanc import OrthancHandle, free_ports, running_orthanc
+
+CALLING_AE = "LUSPACS"
+
+
+def _testdata(name: str) -> Path:
+    path = get_testdata_file(name)
+    assert path is not None, name
+    return Path(path)
+
+
+CT = _testdata("CT_small.dcm")
+COMPREHENSIVE_SR = _testdata("test-SR.dcm")
+MR_RLE = _testdata("MR_small_RLE.dcm")
+
+
+def _uid(path: Path) -> str:
+    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+@pytest.fixture(scope="module")
+def shared_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancHandle]:
+    # A graceful Orthanc shutdown takes about 2.5 s: one for the module, emptied per test.
+    with running_orthanc(tmp_path_factory.mktemp("pacs"), aet="TESTPACS") as handle:
+        yield handle
+
+
+@pytest.fixture
+def orthanc(shared_orthanc: OrthancHandle) -> OrthancHandle:
+    shared_orthanc.clear()
+    return shared_orthanc
+
+
+def _pacs(orthanc: OrthancHandle) -> DicomDestination:
+    return DicomDestination(
+        name="test-pacs", ae_title=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port
+    )
+
+
+def _closed_port() -> DicomDestination:
+    (port,) = free_ports(1)
+    return DicomDestination(name="nowhere", ae_title="PACS", host="127.0.0.1", port=port)
+
+
+def _renumbered(path: Path) -> Dataset:
+    ds = dcmread(path)
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds
+
+
+def test_echo(orthanc: OrthancHandle) -> None:
+    assert echo(_pacs(orthanc), calling_ae=CALLING_AE)
+    assert not echo(_closed_port(), calling_ae=CALLING_AE, timeout=2)
+
+
+def test_store_lands_in_orthanc_in_its_own_transfer_syntax(orthanc: OrthancHandle) -> None:
+    sr = dcmread(COMPREHENSIVE_SR)
+    assert sr.SOPClassUID.name == "Comprehensive SR Storage"
+
+    statuses = store([CT, sr, MR_RLE], _pacs(orthanc), calling_ae=CALLING_AE)
+
+    assert statuses == [0x0000, 0x0000, 0x0000]
+    assert orthanc.count() == 3
+    assert orthanc.sop_instance_uids() == {_uid(CT), sr.SOPInstanceUID, _uid(MR_RLE)}
+    ids = {item["MainDicomTags"]["SOPInstanceUID"]: item["ID"] for item in orthanc.instances()}
+    assert orthanc.instance_tags(ids[sr.SOPInstanceUID])["SOPClassUID"] == sr.SOPClassUID
+    assert orthanc.metadata(ids[_uid(MR_RLE)], "TransferSyntax") == RLELossless
+    assert orthanc.metadata(ids[_uid(CT)], "RemoteAET") == CALLING_AE
+    # The DICOMweb plugin serves them too (QIDO-RS), as OHIF will read them.
+    studies = {study["0020000D"]["Value"][0] for study in orthanc.get("/dicom-web/studies")}
+    assert sr.StudyInstanceUID in studies
+
+
+def test_store_to_closed_port_names_the_destination() -> None:
+    with pytest.raises(ExportError, match=r"'nowhere'.*cannot connect to PACS@127\.0\.0\.1:\d+"):
+        store([CT], _closed_port(), calling_ae=CALLING_AE, timeout=2)
+
+
+def test_wrong_called_ae_is_rejected(orthanc: OrthancHandle) -> None:
+    wrong = _pacs(orthanc).model_copy(update={"ae_title": "NOTORTHANC"})
+    with pytest.raises(ExportError, match=r"rejected by NOTORTHANC@.*Called AE title not recog"):
+        store([CT], wrong, calling_ae=CALLING_AE)
+    assert orthanc.count() == 0
+
+
+def test_unreadable_file_fails_before_anything_is_sent(
+    orthanc: OrthancHandle, tmp_path: Path
+) -> None:
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not dicom")
+    with pytest.raises(ExportError, match=r"cannot read .*junk\.dcm"):
+        store([CT, junk], _pacs(orthanc), calling_ae=CALLING_AE)
+    assert orthanc.count() == 0
+
+
+def test_outage_then_recovery(tmp_path: Path) -> None:
+    with running_orthanc(tmp_path, aet="TESTPACS") as orthanc:
+        pacs = _pacs(orthanc)
+        before = _renumbered(CT)
+        assert store([before], pacs, calling_ae=CALLING_AE) == [0x0000]
+
+        orthanc.stop()
+        during = _renumbered(CT)
+        with pytest.raises(ExportError, match=r"'test-pacs'.*cannot connect"):
+            store([during], pacs, calling_ae=CALLING_AE, timeout=2)
+
+        orthanc.start()
+        assert store([during], pacs, calling_ae=CALLING_AE) == [0x0000]
+        assert orthanc.sop_instance_uids() == {before.SOPInstanceUID, during.SOPInstanceUID}
+
+
+@dataclass
+class MrOnlyScp:
+    """A pynetdicom SCP taking MR Image Storage in Explicit VR Little Endian only."""
+
+    destination: DicomDestination
+    received: list[Dataset] = field(default_factory=list)
+    answers: list[int | None] = field(default_factory=list)
+    """Statuses to answer, in order; 0x0000 once empty. None: abort the association instead."""
+
+
+@pytest.fixture
+def mr_scp() -> Iterator[MrOnlyScp]:
+    ae = AE("MRSCP")
+    ae.add_supported_context(MRImageStorage, ExplicitVRLittleEndian)
+    scp = MrOnlyScp(DicomDestination(name="mr-only", ae_title="MRSCP", host="127.0.0.1", port=1))
+
+    def on_store(event: evt.Event) -> int:
+        dataset = event.dataset
+        dataset.file_meta = event.file_meta
+        scp.received.append(dataset)
+        answer = scp.answers.pop(0) if scp.answers else 0x0000
+        if answer is None:
+            event.assoc.abort()
+            return 0xA700
+        return answer
+
+    server = ae.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    assert server is not None
+    try:
+        scp.destination = scp.destination.model_copy(update={"port": server.server_address[1]})
+        yield scp
+    finally:
+        server.shutdown()
+
+
+def test_compressed_instance_is_decompressed_when_its_syntax_is_refused(mr_scp: MrOnlyScp) -> None:
+    assert store([MR_RLE], mr_scp.destination, calling_ae=CALLING_AE) == [0x0000]
+    (got,) = mr_scp.received
+    assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    np.testing.assert_array_equal(got.pixel_array, dcmread(MR_RLE).pixel_array)
+
+
+def test_sop_class_the_destination_refuses_is_reported(mr_scp: MrOnlyScp) -> None:
+    with pytest.raises(
+        ExportError, match=rf"1 of 2 .*CT Image Storage {_uid(CT)}.*no presentation context"
+    ):
+        store([CT, MR_RLE], mr_scp.destination, calling_ae=CALLING_AE)
+    assert len(mr_scp.received) == 1
+
+
+@pytest.mark.parametrize("warning", [0xB000, 0xB006, 0xB007])
+def test_warning_status_counts_as_delivered(mr_scp: MrOnlyScp, warning: int) -> None:
+    mr_scp.answers.append(warning)
+    assert store([MR_RLE], mr_scp.destination, calling_ae=CALLING_AE) == [warning]
+
+
+def test_failure_status_names_code_and_instance(mr_scp: MrOnlyScp) -> None:
+    mr_scp.answers.append(0xA700)
+    with pytest.raises(
+        ExportError, match=rf"'mr-only'.*MRSCP@.*{_uid(MR_RLE)}.*status 0xA700 \(Failure"
+    ):
+        store([MR_RLE], mr_scp.destination, calling_ae=CALLING_AE)
+
+
+def test_abort_mid_transfer_says_how_far_it_got(mr_scp: MrOnlyScp) -> None:
+    mr_scp.answers.extend([0x0000, None])
+    first, second = _renumbered(MR_RLE), _renumbered(MR_RLE)
+    with pytest.raises(
+        ExportError, match=rf"no C-STORE response for .*{second.SOPInstanceUID}.*1 of 3 instances"
+    ):
+        store([first, second, MR_RLE], mr_scp.destination, calling_ae=CALLING_AE, timeout=5)

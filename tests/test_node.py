@@ -1,0 +1,220 @@
+"""The node end to end with its real neighbours on loopback: dcmtk's storescu as the scanner,
+``lus-pacs serve`` as a process, Orthanc as the PACS, dciodvfy as the judge."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from tests.node_process import NodeProcess, echo, lus_pacs, storescu, wait_for, write_config
+from tests.orthanc import OrthancHandle, running_orthanc
+from tests.tools import dciodvfy_errors
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("storescu") is None or shutil.which("Orthanc") is None,
+    reason="dcmtk or Orthanc not installed (make install adds them)",
+)
+
+SR = pydicom.uid.ComprehensiveSRStorage
+KOS = pydicom.uid.KeyObjectSelectionDocumentStorage
+
+
+@pytest.fixture(scope="module")
+def sources(synth_exams: Path) -> list[Path]:
+    """Three zones of a simulated exam and pydicom's real 120-frame JPEG Baseline cine."""
+    exam = sorted(p for p in synth_exams.iterdir() if p.is_dir())[0]
+    real = Path(str(get_testdata_file("color3d_jpeg_baseline.dcm")))
+    return [exam / "R1.dcm", exam / "R2.dcm", exam / "L1.dcm", real]
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[OrthancHandle]:
+    with running_orthanc(tmp_path) as handle:
+        yield handle
+
+
+def _by_class(orthanc: OrthancHandle) -> dict[str, list[pydicom.Dataset]]:
+    out: dict[str, list[pydicom.Dataset]] = {}
+    for ds in orthanc.datasets():
+        out.setdefault(str(ds.SOPClassUID), []).append(ds)
+    return out
+
+
+def _referenced(ds: pydicom.Dataset) -> list[tuple[str, list[int]]]:
+    """(SOP Instance UID, frame numbers) of every image reference in an SR or KOS tree."""
+    found = []
+    for item in ds.get("ContentSequence", []):
+        for ref in item.get("ReferencedSOPSequence", []):
+            value = ref.get("ReferencedFrameNumber")
+            values = value if isinstance(value, pydicom.multival.MultiValue) else [value]
+            frames = [int(f) for f in values if f is not None]
+            found.append((str(ref.ReferencedSOPInstanceUID), frames))
+        found += _referenced(item)
+    return found
+
+
+def test_pushed_cines_come_back_to_pacs_as_sr_and_kos(
+    tmp_path: Path, orthanc: OrthancHandle, sources: list[Path]
+) -> None:
+    node = NodeProcess(write_config(tmp_path, orthanc))
+    node.start()
+    try:
+        assert echo(node.port).returncode == 0
+        assert echo(node.port, aet="INTRUDER").returncode != 0
+        pushed = storescu(node.port, sources)
+        assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+        wait_for(lambda: orthanc.count() >= 2 * len(sources), 240, "an SR and a KOS per source")
+    finally:
+        node.stop()
+    results = _by_class(orthanc)
+    assert len(results[SR]) == len(results[KOS]) == len(sources)
+    for path in sources:
+        source = pydicom.dcmread(path, stop_before_pixels=True)
+        for kind in (SR, KOS):
+            (obj,) = [
+                ds
+                for ds in results[kind]
+                if any(uid == source.SOPInstanceUID for uid, _ in _referenced(ds))
+            ]
+            assert obj.StudyInstanceUID == source.StudyInstanceUID
+            assert obj.PatientID == source.PatientID
+            assert obj.SeriesInstanceUID != source.SeriesInstanceUID
+            frames = [f for uid, fs in _referenced(obj) for f in fs if uid == source.SOPInstanceUID]
+            assert frames, f"{kind} of {path.name} references no frame"
+            assert all(1 <= f <= int(source.NumberOfFrames) for f in frames)
+    for ds in results[SR] + results[KOS]:
+        out = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(out, enforce_file_format=True)
+        assert dciodvfy_errors(out) == [], out
+    summaries = list((tmp_path / "node" / "results").glob("*/study-summary.json"))
+    assert summaries, node.log_text()[-2000:]
+    assert json.loads(summaries[0].read_text())["cines"] >= 1
+
+
+def test_a_crash_after_acknowledging_loses_nothing_and_sends_once(
+    tmp_path: Path, orthanc: OrthancHandle, sources: list[Path]
+) -> None:
+    node = NodeProcess(write_config(tmp_path, orthanc))
+    node.start()
+    pushed = storescu(node.port, sources[:3])
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    node.kill()  # acknowledged, and at most partly processed or sent
+    before = orthanc.count()
+    assert before < 6
+    node.start()
+    try:
+        wait_for(lambda: orthanc.count() >= 6, 180, "every result after the restart")
+        status = lus_pacs("status", "--config", str(node.config))
+        wait_for(
+            lambda: "sent: 3" in lus_pacs("status", "--config", str(node.config)).stdout,
+            30,
+            "all jobs sent",
+        )
+    finally:
+        node.stop()
+    assert orthanc.count() == 6, status.stdout  # exactly once: no duplicate results
+
+
+def test_outage_retries_then_budget_zero_fails_visibly_and_retry_delivers(
+    tmp_path: Path, orthanc: OrthancHandle, sources: list[Path]
+) -> None:
+    orthanc.stop()
+    (tmp_path / "a").mkdir()
+    node = NodeProcess(write_config(tmp_path / "a", orthanc))
+    node.start()
+    try:
+        assert storescu(node.port, sources[:1]).returncode == 0
+        wait_for(
+            lambda: "attempt" in node.log_text() and "failed" in node.log_text(),
+            120,
+            "a failed delivery attempt",
+        )
+        orthanc.start()
+        wait_for(lambda: orthanc.count() == 2, 120, "the results after the PACS came back")
+    finally:
+        node.stop()
+
+    orthanc.stop()
+    (tmp_path / "b").mkdir()
+    config = write_config(tmp_path / "b", orthanc, retry_budget=0)
+    node = NodeProcess(config)
+    node.start()
+    try:
+        assert storescu(node.port, sources[1:2]).returncode == 0
+        wait_for(
+            lambda: "failed: 1" in lus_pacs("status", "--config", str(config)).stdout,
+            120,
+            "the job shown as failed",
+        )
+        status = lus_pacs("status", "--config", str(config)).stdout
+        assert "-> pacs: failed after 1 attempt(s)" in status
+        orthanc.start()
+        assert "1 failed job(s) queued again" in lus_pacs("retry", "--config", str(config)).stdout
+        wait_for(lambda: orthanc.count() == 4, 120, "the retried results")
+    finally:
+        node.stop()
+
+
+def test_bad_input_fails_with_a_reason_and_the_node_keeps_serving(
+    tmp_path: Path, orthanc: OrthancHandle, sources: list[Path]
+) -> None:
+    broken = pydicom.dcmread(sources[0])
+    broken.SOPInstanceUID = pydicom.uid.generate_uid()
+    data = bytearray(broken.PixelData)
+    broken.PixelData = bytes(data[: len(data) - 5000])  # the last frame loses its end
+    truncated = tmp_path / "truncated.dcm"
+    broken.save_as(truncated, enforce_file_format=True)
+    ct = Path(str(get_testdata_file("CT_small.dcm")))
+    config = write_config(tmp_path, orthanc)
+    node = NodeProcess(config)
+    node.start()
+    try:
+        refused = storescu(node.port, [ct])
+        assert "Refused: SOPClassNotSupported" in refused.stdout + refused.stderr
+        assert storescu(node.port, [truncated]).returncode == 0  # acknowledged: it is on disk
+        wait_for(
+            lambda: f"Failed {broken.SOPInstanceUID}" in node.log_text(),
+            120,
+            "the processing failure in the log",
+        )
+        assert storescu(node.port, sources[1:2]).returncode == 0
+        wait_for(lambda: orthanc.count() == 2, 180, "the next cine's results")
+    finally:
+        node.stop()
+    assert "truncated" in node.log_text()
+    status = lus_pacs("status", "--config", str(config)).stdout
+    assert f"failed {broken.SOPInstanceUID}" in status
+
+
+def test_process_gives_the_records_the_node_made(
+    tmp_path: Path, orthanc: OrthancHandle, sources: list[Path]
+) -> None:
+    config = write_config(tmp_path, orthanc)
+    node = NodeProcess(config)
+    node.start()
+    try:
+        assert storescu(node.port, sources[:2]).returncode == 0
+        wait_for(lambda: orthanc.count() == 4, 180, "the node's results")
+    finally:
+        node.stop()
+    from lus_pacs.queue.store import JobStore
+
+    node_records = [json.loads(r) for r in JobStore(tmp_path / "node" / "jobs.sqlite").records()]
+    out = tmp_path / "offline"
+    result = lus_pacs("process", *map(str, sources[:2]), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    offline = [json.loads(line) for line in (out / "summary.jsonl").read_text().splitlines()]
+
+    def comparable(record: dict) -> dict:
+        return {k: v for k, v in record.items() if k not in ("timings_ms",)}
+
+    key = lambda r: r["source"]["sop_instance_uid"]  # noqa: E731
+    assert sorted(map(comparable, offline), key=key) == sorted(
+        map(comparable, node_records), key=key
+    )
