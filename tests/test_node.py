@@ -11,6 +11,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate, generate_frames
 
 from tests.node_process import NodeProcess, echo, lus_pacs, storescu, wait_for, write_config
 from tests.orthanc import OrthancHandle, running_orthanc
@@ -166,8 +167,9 @@ def test_bad_input_fails_with_a_reason_and_the_node_keeps_serving(
 ) -> None:
     broken = pydicom.dcmread(sources[0])
     broken.SOPInstanceUID = pydicom.uid.generate_uid()
-    data = bytearray(broken.PixelData)
-    broken.PixelData = bytes(data[: len(data) - 5000])  # the last frame loses its end
+    frames = list(generate_frames(broken.PixelData, number_of_frames=broken.NumberOfFrames))
+    frames[-1] = frames[-1][: len(frames[-1]) // 2]  # the last frame loses its second half
+    broken.PixelData = encapsulate(frames)
     truncated = tmp_path / "truncated.dcm"
     broken.save_as(truncated, enforce_file_format=True)
     ct = Path(str(get_testdata_file("CT_small.dcm")))
