@@ -176,24 +176,66 @@ def demo(
     ),
     config: ConfigOption = None,
 ) -> None:
-    """The main job on the embedded defaults: simulate an exam, then read it back as the node
-    would and print what it holds."""
-    from lus_pacs.imaging.decode import read_cine
-    from lus_pacs.settings import load_settings
+    """The main job on the embedded defaults: start the node, push a simulated exam to it by
+    C-STORE as a scanner would, wait for the results and print the findings per zone."""
+    import json
+    import time
+
+    from lus_pacs.export.dimse import store
+    from lus_pacs.node import Node, summary_path
+    from lus_pacs.queue.store import JobState
+    from lus_pacs.settings import DicomDestination, load_settings
     from lus_pacs.synth.exam import SynthOptions, synthesize
 
-    settings = load_settings(config)
+    _logging(verbose=False)
     typer.echo("lus-pacs demo: research software trained on simulated data, not a medical device.")
-    records = synthesize(out, SynthOptions(patients=1, seed=2026, frames=45))
-    typer.echo(f"simulated one 6-zone exam in {out} (ground truth beside each cine)")
-    for record in records:
-        cine = read_cine(record.dicom, zone_rules=settings.zone_rules)
-        truth = (
-            f"truth: severity {record.severity}, B-lines {'yes' if record.b_lines else 'no'}, "
-            f"consolidation {'yes' if record.consolidation else 'no'}"
+    records = synthesize(out / "scanner", SynthOptions(patients=1, seed=2026, frames=45))
+    typer.echo(f"simulated a 6-zone exam in {out / 'scanner'} (ground truth beside each cine)")
+    settings = load_settings(
+        config, data_dir=out / "node", port=0, allowed_calling_aes=["DEMO-SCANNER"]
+    )
+    node = Node(settings)
+    node.start()
+    try:
+        scanner_view = DicomDestination(
+            name="node", ae_title=settings.ae_title, host="127.0.0.1", port=node.port
         )
-        typer.echo(f"  {record.dicom.relative_to(out)}: {describe(cine)}; {truth}")
-    typer.echo(f"montage of the frames by severity: {out / 'montage.png'}")
+        started = time.monotonic()
+        store([r.dicom for r in records], scanner_view, calling_ae="DEMO-SCANNER")
+        typer.echo(f"pushed {len(records)} cines to {settings.ae_title} on port {node.port}")
+        study = str(pydicom_study(records[0].dicom))
+        deadline = started + 300
+        while time.monotonic() < deadline and not summary_path(settings, study).exists():
+            time.sleep(0.5)
+        counts = node.store.counts()
+    finally:
+        node.stop()
+    if not summary_path(settings, study).exists():
+        typer.echo(f"the node did not finish in time: {counts}", err=True)
+        raise typer.Exit(1)
+    typer.echo(
+        f"processed in {time.monotonic() - started:.1f} s: {counts.get(JobState.SENT, 0)} cines"
+    )
+    truth = {r.zone: r for r in records}
+    for text in node.store.records(study):
+        record = json.loads(text)
+        zone = record["source"]["zone"]
+        b = record["b_lines"]
+        found = f"B-lines {'present' if b['present'] else 'absent'} (p={b['probability']:.2f})"
+        if b["present"]:
+            found += f", {len(b['frames'])} frames, key frame {b['key_frame']}"
+        expected = "present" if truth[zone].b_lines else "absent"
+        typer.echo(f"  zone {zone}: {found}; simulated truth: B-lines {expected}")
+    typer.echo(f"results (SR, KOS) and study summary: {settings.results_dir / study}")
+
+
+def pydicom_study(path: Path) -> str:
+    """The StudyInstanceUID of a DICOM file."""
+    from pydicom import dcmread
+
+    return str(
+        dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID
+    )
 
 
 def _logging(verbose: bool = True) -> None:

@@ -55,7 +55,8 @@ class Settings(BaseModel):
     ae_title: str = Field(default="LUSPACS", min_length=1, max_length=16)
     host: str = "127.0.0.1"
     """Address the DICOM listener binds to; 0.0.0.0 to accept scanners on the network."""
-    port: int = Field(default=11112, gt=0, lt=65536)
+    port: int = Field(default=11112, ge=0, lt=65536)
+    """DICOM port; 0 takes any free port (tests, demo)."""
     allowed_calling_aes: tuple[str, ...] = ()
     """Calling AE titles allowed to associate; empty accepts any (logged as a warning)."""
     unsupported_sop_class: Literal["refuse", "ignore"] = "refuse"
@@ -120,4 +121,4 @@ def load_settings(path: Path | None, **overrides: object) -> Settings:
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: no such configuration file") from exc
     except (tomllib.TOMLDecodeError, ValidationError) as exc:
-        raise ConfigError(f"{path}: invalid configuration: {exc}") from exc
+        raise ConfigError(f"{path or 'settings'}: invalid configuration: {exc}") from exc

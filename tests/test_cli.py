@@ -87,3 +87,14 @@ def test_import_video_writes_dicom_and_reports_refusals(tmp_path: Path) -> None:
     (written,) = (tmp_path / "out").glob("*.dcm")
     inspected = run_cli("inspect", str(written))
     assert "10 frames 64x48, 20.0 fps (FrameTime), zone R3" in inspected.stdout
+
+
+def test_demo_pushes_an_exam_through_the_node(tmp_path: Path) -> None:
+    result = run_cli("demo", "--out", str(tmp_path / "demo"))
+    zones = [line for line in result.stdout.splitlines() if line.startswith("  zone ")]
+    assert len(zones) == 6
+    assert all("simulated truth: B-lines" in z for z in zones)
+    assert "processed in" in result.stdout
+    results = list((tmp_path / "demo" / "node" / "results").glob("*/*.dcm"))
+    assert len([r for r in results if r.name.startswith("sr-")]) == 6
+    assert len([r for r in results if r.name.startswith("kos-")]) == 6

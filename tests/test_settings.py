@@ -1,0 +1,38 @@
+"""Settings: the shipped files load, and mistakes are refused with the file named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lus_pacs.errors import ConfigError
+from lus_pacs.settings import Settings, load_settings
+
+CONFIG = Path(__file__).resolve().parents[1] / "config"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG.glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_configuration_loads(path: Path) -> None:
+    settings = load_settings(path)
+    assert settings.ae_title
+
+
+def test_the_example_file_states_the_embedded_defaults() -> None:
+    assert load_settings(CONFIG / "lus-pacs.toml") == Settings()
+
+
+def test_overrides_win_and_errors_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(
+        'port = 104\n[[destinations]]\nname = "pacs"\nae_title = "PACS"\n'
+        'host = "127.0.0.1"\nport = 4242\n'
+    )
+    settings = load_settings(path, port=11112)
+    assert settings.port == 11112
+    assert settings.destination("pacs").port == 4242
+    with pytest.raises(ConfigError, match="'nowhere' is not configured"):
+        settings.destination("nowhere")
+    path.write_text("port = 70000\n")
+    with pytest.raises(ConfigError, match=r"node\.toml: invalid configuration"):
+        load_settings(path)
