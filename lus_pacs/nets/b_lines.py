@@ -12,7 +12,7 @@ which frames show B-lines.
 The paper averages the weighted outputs instead, ``(1/n) sum_t a_t h_t``. That is the same model
 up to a constant factor the classifier's weights absorb, but the factor 1/n (1/30 at 30 fps)
 shrinks the classifier's input so much that, with Adam's bounded steps, the logits stayed within
-+-0.2 after the few hundred steps a CPU affords; the sum does not have that handicap.
++-0.25 after the few hundred steps a CPU affords; the sum does not have that handicap.
 
 The paper does not give the channel counts; the defaults here (8, 8, 16, 16, unpadded as in
 Keras) keep the network near 0.7 M parameters, under 3 MB of float32 weights.
