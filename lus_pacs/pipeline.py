@@ -9,7 +9,6 @@ the files afterwards (C-STORE or nothing) differs.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from lus_pacs.domain import Findings, KeyFrame, KeyFrameReason
+from lus_pacs.durable import durable_file
 from lus_pacs.imaging.decode import decode_dataset
 from lus_pacs.inference.b_lines import BLineModel
 from lus_pacs.queue.store import Output
@@ -114,12 +114,8 @@ def write_outputs(objects: Sequence[tuple[str, Dataset]], folder: Path) -> list[
     outputs = []
     for kind, ds in objects:
         path = folder / f"{kind}-{ds.SOPInstanceUID}.dcm"
-        tmp = path.with_name(f".{path.name}.part")
-        with tmp.open("wb") as f:
+        with durable_file(path) as f:
             ds.save_as(f, enforce_file_format=True)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
         outputs.append(Output(kind, str(ds.SOPInstanceUID), path))
     return outputs
 

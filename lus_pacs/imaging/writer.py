@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -30,6 +29,7 @@ from pydicom.uid import (
 )
 
 from lus_pacs import __version__
+from lus_pacs.durable import durable_file
 
 US_MULTIFRAME = UltrasoundMultiFrameImageStorage
 
@@ -148,13 +148,8 @@ def write_us_cine(
     ds = _dataset(frames, study, instance, equipment, regions, syntax)
     _set_pixels(ds, frames, syntax, jpeg_quality)
     ds.file_meta = _file_meta(ds, syntax)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    with tmp.open("wb") as f:
+    with durable_file(path) as f:
         ds.save_as(f, enforce_file_format=True)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 def _dataset(

@@ -8,16 +8,15 @@ queued; processing happens elsewhere, off the association threads.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
 from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from lus_pacs.durable import durable_file
 from lus_pacs.imaging.decode import IMAGE_SOP_CLASSES
 from lus_pacs.queue.store import Instance, JobStore
 from lus_pacs.settings import Settings
@@ -87,7 +86,8 @@ class Receiver:
             return CANNOT_UNDERSTAND
         path = self._settings.incoming_dir / _safe(study) / f"{_safe(sop_instance)}.dcm"
         try:
-            _write_durably(path, event.encoded_dataset(include_meta=True))
+            with durable_file(path) as f:
+                f.write(event.encoded_dataset(include_meta=True))
             new = self._store.record_instance(
                 Instance(sop_instance, sop_class, study, series, calling, path), self._models
             )
@@ -138,21 +138,6 @@ def make_ae(settings: Settings) -> AE:
         log.warning("No calling-AE allow-list configured: any AE may send to %s", ae.ae_title)
     ae.maximum_pdu_size = 0  # no limit: cines are large
     return ae
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a crash
-    finally:
-        os.close(directory)
 
 
 def _safe(uid: str) -> str:
