@@ -52,10 +52,7 @@ def _referenced(ds: pydicom.Dataset) -> list[tuple[str, list[int]]]:
     found = []
     for item in ds.get("ContentSequence", []):
         for ref in item.get("ReferencedSOPSequence", []):
-            value = ref.get("ReferencedFrameNumber")
-            values = value if isinstance(value, pydicom.multival.MultiValue) else [value]
-            frames = [int(f) for f in values if f is not None]
-            found.append((str(ref.ReferencedSOPInstanceUID), frames))
+            found.append((str(ref.ReferencedSOPInstanceUID), _frames_of(ref)))
         found += _referenced(item)
     return found
 
@@ -220,3 +217,45 @@ def test_process_gives_the_records_the_node_made(
     assert sorted(map(comparable, offline), key=key) == sorted(
         map(comparable, node_records), key=key
     )
+
+
+def test_the_sr_key_frame_points_into_the_true_b_line_frames(
+    tmp_path: Path, orthanc: OrthancHandle, synth_exams: Path
+) -> None:
+    truths = [json.loads(p.read_text()) for p in sorted(synth_exams.glob("*/*.truth.json"))]
+    # The cine with the most B-line frames: the clearest case for a small model.
+    truth = max(truths, key=lambda t: len(t["clip"]["b_line_frames"]))
+    assert truth["clip"]["b_lines"]
+    cine = synth_exams / truth["patient_id"] / truth["file"]
+    node = NodeProcess(write_config(tmp_path, orthanc))
+    node.start()
+    try:
+        assert storescu(node.port, [cine]).returncode == 0
+        wait_for(lambda: orthanc.count() == 2, 180, "the SR and KOS of the cine")
+    finally:
+        node.stop()
+    (sr,) = _by_class(orthanc)[SR]
+    best = [
+        item
+        for item in _walk(sr)
+        if item.get("ConceptNameCodeSequence")
+        and item.ConceptNameCodeSequence[0].CodeValue == "121080"  # Best illustration of finding
+    ]
+    (key,) = best
+    frames = _frames_of(key.ReferencedSOPSequence[0])
+    assert frames
+    assert set(frames) <= set(truth["clip"]["b_line_frames"])
+
+
+def _walk(ds: pydicom.Dataset) -> list[pydicom.Dataset]:
+    items = []
+    for item in ds.get("ContentSequence", []):
+        items.append(item)
+        items += _walk(item)
+    return items
+
+
+def _frames_of(ref: pydicom.Dataset) -> list[int]:
+    value = ref.get("ReferencedFrameNumber")
+    values = value if isinstance(value, pydicom.multival.MultiValue) else [value]
+    return [int(v) for v in values if v is not None]
