@@ -21,10 +21,14 @@ from pydicom.uid import generate_uid
 
 from lus_pacs.domain import Findings, KeyFrame, KeyFrameReason
 from lus_pacs.durable import durable_file
+from lus_pacs.errors import ConfigError
 from lus_pacs.imaging.decode import decode_dataset
 from lus_pacs.inference.b_lines import BLineModel
 from lus_pacs.queue.store import Output
 from lus_pacs.settings import Settings
+
+AVAILABLE_MODELS = ("b_lines",)
+"""Bundles the node knows how to run; the other model families come with their issues."""
 
 OUTPUT_SERIES = {"sr": 900, "kos": 901}
 """Series number of each kind of result object in the source's study."""
@@ -39,6 +43,11 @@ class Models:
     @classmethod
     def load(cls, settings: Settings) -> Models:
         enabled = set(settings.models)
+        unknown = enabled - set(AVAILABLE_MODELS)
+        if unknown:
+            raise ConfigError(
+                f"models {sorted(unknown)} are not available; available: {list(AVAILABLE_MODELS)}"
+            )
         b_lines = BLineModel.load(settings.models_dir / "b_lines") if "b_lines" in enabled else None
         return cls(b_lines=b_lines)
 
