@@ -1,22 +1,23 @@
-"""Train paper 001's B-line model on simulated exams and write its bundle.
+"""Train paper 001's B-line networks on simulated exams (and the POCUS clips); write the bundle.
 
 Windows are the network's input as the node makes it (:func:`b_line_windows`); a window is
 positive when any of its frames shows a B-line. As in the paper only these window labels
-supervise the network: the attention learns where the B-lines are on its own. Patients are split
-into five groups (:func:`split_by_group`); the first is the validation set.
+supervise the network: the attention learns where the B-lines are on its own.
 
-Validation is measured at two levels:
+The real POCUS clips (optional) only say whether a clip shows B-lines somewhere. For simplicity
+every window of a clip is labelled with the clip's label, although a positive clip may have
+windows without B-lines; clips whose ``b_lines`` is not recorded are skipped. Their windows are
+resampled in time to the simulated window length (nearest frame) so that they batch together.
 
-* window: the network's own task (the paper's "one-second clip"), probability >= threshold;
-* cine: what the node reports (:func:`findings_from_windows`), probability = max over windows.
-
-Key-frame accuracy is the fraction of positive windows (cines) whose highest-attention frame
-(the node's key frame) is a true B-line frame; the ``mixed`` variants count only those where some
-frames show no B-line, the only ones where a wrong choice is possible.
+Simulated patients and POCUS sources (:attr:`PocusClip.group`) are dealt into ``n_folds`` folds
+(:func:`split_by_group`). :func:`train_b_lines` validates on the first and writes the bundle;
+:func:`cross_validate_b_lines` trains once per fold and gives each fold's metrics and their mean.
+Metrics are those of :mod:`lus_pacs.training.evaluate_b_lines`.
 
 Usage::
 
-    python -m lus_pacs.training.train_b_lines --data DIR --out models/b_lines --epochs N --seed S
+    python -m lus_pacs.training.train_b_lines --data DIR --out models/b_lines --epochs N --seed S \
+        [--arch c2d_lstm_att|c2d_att|c3d_att|c2d_lstm] [--pocus DIR --pocus-cache DIR] [--folds K]
 """
 
 from __future__ import annotations
@@ -34,19 +35,42 @@ from typing import Any
 
 import monai
 import numpy as np
-import numpy.typing as npt
 import torch
+from torch import nn
 from torch.nn.functional import binary_cross_entropy_with_logits
 from tqdm import tqdm
 
 from lus_pacs import __version__
-from lus_pacs.domain import ModelInfo
 from lus_pacs.imaging.transforms import b_line_windows
-from lus_pacs.inference.b_lines import findings_from_windows
-from lus_pacs.nets.b_lines import C2DLSTMAttention
+from lus_pacs.nets.b_lines import ARCHITECTURES
+from lus_pacs.training.evaluate_b_lines import (
+    ATTENTION_THRESHOLD,
+    THRESHOLD,
+    Windows,
+    auc,
+    load_windows,
+    pocus_metrics,
+    predict,
+    simulated_metrics,
+)
+from lus_pacs.training.pocus import PocusClip, load_clip, read_labels
 from lus_pacs.training.simulated import SimulatedCine, find_simulated
 from lus_pacs.training.splits import split_by_group
 
+__all__ = [
+    "ARCHITECTURES",
+    "DEFAULT_ARCH",
+    "CrossValidation",
+    "Windows",
+    "auc",
+    "cross_validate_b_lines",
+    "load_pocus_windows",
+    "load_windows",
+    "network_args",
+    "train_b_lines",
+]
+
+DEFAULT_ARCH = "c2d_lstm_att"
 NETWORK_ARGS: dict[str, Any] = {
     "image_size": 64,
     "channels": [8, 8, 16, 16],
@@ -54,49 +78,78 @@ NETWORK_ARGS: dict[str, Any] = {
     "hidden_size": 16,
     "dropout": 0.2,
 }
-THRESHOLD = 0.5
-ATTENTION_THRESHOLD = 0.5
+"""Arguments of the LSTM networks; the others take the same less ``hidden_size``."""
 BUNDLE_VERSION = "0.1.0"
-TITLE = "B-line detection, CNN + bidirectional LSTM + temporal attention (paper 001)"
+TITLES = {
+    "c2d_lstm_att": "CNN + bidirectional LSTM + temporal attention",
+    "c2d_att": "CNN + temporal attention (baseline C2D+A)",
+    "c3d_att": "3D CNN + temporal attention (baseline C3D+A)",
+    "c2d_lstm": "CNN + bidirectional LSTM, no attention (baseline C2D+LSTM)",
+}
 
 
 @dataclass(frozen=True)
-class Windows:
-    """The windows of a set of cines, with their truth."""
+class CrossValidation:
+    """The validation metrics of every fold of :func:`cross_validate_b_lines`, and their mean."""
 
-    x: torch.Tensor
-    """(windows, 1, frames, 64, 64) float32 in [0, 1]."""
-    label: torch.Tensor
-    """(windows,) float32: 1 when any frame of the window shows a B-line."""
-    frame_truth: npt.NDArray[np.bool_]
-    """(windows, frames): B-line at each position of the window."""
-    cine: npt.NDArray[np.intp]
-    """(windows,) index of the window's cine in the list it was made from."""
-    starts: tuple[int, ...]
-    """1-based first frame of each window."""
+    arch: str
+    folds: tuple[dict[str, float], ...]
+    mean: dict[str, float]
+    """Mean over the folds of each metric, ignoring folds where it is NaN."""
 
 
-def load_windows(cines: Sequence[SimulatedCine], progress: bool = True) -> Windows:
-    """Cut every cine into the network's windows (the cine's own frame rate sets their length)."""
-    xs, labels, truths, owner, starts = [], [], [], [], []
-    for i, sim in enumerate(tqdm(cines, desc="windows", unit="cine", disable=not progress)):
-        x, first = b_line_windows(sim.load(), default_fps=sim.fps)
-        positive = np.array([f.b_line_count > 0 for f in sim.frames])
-        length = x.shape[2]
-        for s in first:
-            index = np.minimum(np.arange(s - 1, s - 1 + length), sim.n_frames - 1)
-            truths.append(positive[index])
-            labels.append(float(positive[index].any()))
-        xs.append(x)
-        owner.extend([i] * len(first))
-        starts.extend(first)
-    return Windows(
-        x=torch.cat(xs),
-        label=torch.tensor(labels, dtype=torch.float32),
-        frame_truth=np.stack(truths),
-        cine=np.asarray(owner, dtype=np.intp),
-        starts=tuple(starts),
-    )
+def architecture(arch: str) -> type[nn.Module]:
+    """The network class named ``arch``; a ValueError lists the names there are."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(
+            f"Unknown B-line architecture {arch!r}; available options are "
+            f"{', '.join(ARCHITECTURES)}."
+        )
+    return ARCHITECTURES[arch]
+
+
+def network_args(arch: str) -> dict[str, Any]:
+    """The constructor arguments of architecture ``arch`` (as written into the bundle)."""
+    architecture(arch)
+    if arch in ("c2d_lstm_att", "c2d_lstm"):
+        return dict(NETWORK_ARGS)
+    return {k: v for k, v in NETWORK_ARGS.items() if k != "hidden_size"}
+
+
+def load_pocus_windows(
+    clips: Sequence[PocusClip],
+    pocus_dir: Path,
+    cache_dir: Path,
+    length: int,
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows (n, 1, ``length``, 64, 64) of the clips with a ``b_lines`` label, and the labels.
+
+    Every window carries its clip's label; windows are resampled to ``length`` frames.
+    """
+    xs, labels = [], []
+    labelled = [c for c in clips if c.b_lines is not None]
+    for clip in tqdm(labelled, desc="pocus windows", unit="clip", disable=not progress):
+        x, _ = b_line_windows(load_clip(clip, pocus_dir, cache_dir), default_fps=clip.fps)
+        index = np.round(np.linspace(0, x.shape[2] - 1, length)).astype(np.intp)
+        xs.append(x[:, :, torch.from_numpy(index)])
+        labels.extend([float(bool(clip.b_lines))] * len(x))
+    if not xs:
+        return torch.zeros(0, 1, length, 64, 64), torch.zeros(0)
+    return torch.cat(xs), torch.tensor(labels, dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class _Data:
+    """Everything loaded once: simulated windows and the labelled POCUS clips' windows."""
+
+    cines: list[SimulatedCine]
+    windows: Windows
+    clips: list[PocusClip]
+    pocus_x: torch.Tensor
+    pocus_label: torch.Tensor
+    pocus_clip: torch.Tensor
+    """(windows,) index into ``clips`` of each POCUS window."""
 
 
 def train_b_lines(
@@ -105,13 +158,16 @@ def train_b_lines(
     *,
     epochs: int,
     seed: int,
+    arch: str = DEFAULT_ARCH,
+    pocus_dir: Path | None = None,
+    pocus_cache: Path | None = None,
     lr: float = 1e-4,
     batch_size: int = 20,
     weight_decay: float = 1e-5,
     n_folds: int = 5,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Train on the simulated exams under ``data_root``; write the bundle into ``out_dir``.
+    """Train on the data; validate on the first fold; write the bundle into ``out_dir``.
 
     Parameters
     ----------
@@ -122,46 +178,45 @@ def train_b_lines(
         ``docs/`` is left alone.
     epochs, seed, lr, batch_size, weight_decay:
         Adam with L2 ``weight_decay``; the paper used lr 1e-4, batch 20, L2 1e-5.
+    arch:
+        A key of :data:`ARCHITECTURES`.
+    pocus_dir, pocus_cache:
+        The POCUS dataset and the folder its DICOM imports are cached in, to train (and
+        validate at clip level) on the real clips too; both or neither.
     n_folds:
-        Patient groups; the first is the validation set.
+        Patient (and POCUS source) folds; the first is the validation set.
     progress:
         Show tqdm progress bars.
 
     Returns
     -------
     dict
-        Validation metrics (``window_*``, ``clip_*``, ``key_frame_*``), as written into
+        Validation metrics (:mod:`lus_pacs.training.evaluate_b_lines`), as written into
         ``configs/metadata.json``'s ``eval_metrics``.
     """
     started = time.perf_counter()
-    cines = find_simulated(data_root)
-    if not cines:
-        raise FileNotFoundError(f"No simulated cines (*/*.truth.json) under {data_root}.")
-    folds = split_by_group(cines, key=lambda c: c.patient_id, n_folds=n_folds, seed=seed)
-    val_cines = folds[0]
-    train_cines = [c for fold in folds[1:] for c in fold]
-    train = load_windows(train_cines, progress)
-    val = load_windows(val_cines, progress)
-
-    with _deterministic(seed):
-        network = C2DLSTMAttention(**NETWORK_ARGS)
-        _fit(network, train, epochs, lr, batch_size, weight_decay, seed, progress)
-    probabilities, attention = _predict(network, val.x, batch_size)
-    metrics = _evaluate(probabilities, attention, val, val_cines)
-
+    network_class = architecture(arch)
+    data = _load(data_root, pocus_dir, pocus_cache, progress)
+    sim_folds, pocus_folds = _folds(data, n_folds, seed)
+    network, metrics, counts = _train_fold(
+        network_class,
+        arch,
+        data,
+        sim_folds,
+        pocus_folds,
+        0,
+        epochs,
+        seed,
+        lr,
+        batch_size,
+        weight_decay,
+        pocus_dir,
+        pocus_cache,
+        progress,
+    )
     n_params = sum(p.numel() for p in network.parameters())
-    data = {
-        "root": str(data_root),
-        "patients_train": len({c.patient_id for c in train_cines}),
-        "patients_validation": len({c.patient_id for c in val_cines}),
-        "cines_train": len(train_cines),
-        "cines_validation": len(val_cines),
-        "windows_train": len(train.label),
-        "windows_train_positive": int(train.label.sum()),
-        "windows_validation": len(val.label),
-        "windows_validation_positive": int(val.label.sum()),
-    }
     training = {
+        "arch": arch,
         "epochs": epochs,
         "seed": seed,
         "lr": lr,
@@ -170,13 +225,181 @@ def train_b_lines(
         "parameters": n_params,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    _write_bundle(out_dir, network, metrics, data, training)
+    counts = {"root": str(data_root), "pocus": str(pocus_dir) if pocus_dir else None, **counts}
+    _write_bundle(out_dir, network, arch, metrics, counts, training)
     return metrics
 
 
+def cross_validate_b_lines(
+    data_root: Path,
+    *,
+    epochs: int,
+    seed: int,
+    arch: str = DEFAULT_ARCH,
+    folds: int = 5,
+    pocus_dir: Path | None = None,
+    pocus_cache: Path | None = None,
+    lr: float = 1e-4,
+    batch_size: int = 20,
+    weight_decay: float = 1e-5,
+    progress: bool = True,
+) -> CrossValidation:
+    """Patient- and source-level ``folds``-fold cross-validation; nothing is written.
+
+    Each fold in turn is the validation set of a network trained on the others, with the same
+    ``seed``. Parameters as :func:`train_b_lines`.
+    """
+    network_class = architecture(arch)
+    data = _load(data_root, pocus_dir, pocus_cache, progress)
+    sim_folds, pocus_folds = _folds(data, folds, seed)
+    per_fold = []
+    for k in range(folds):
+        _, metrics, _ = _train_fold(
+            network_class,
+            arch,
+            data,
+            sim_folds,
+            pocus_folds,
+            k,
+            epochs,
+            seed,
+            lr,
+            batch_size,
+            weight_decay,
+            pocus_dir,
+            pocus_cache,
+            progress,
+        )
+        per_fold.append(metrics)
+    mean = {}
+    for key in per_fold[0]:
+        values = np.array([m.get(key, math.nan) for m in per_fold], dtype=float)
+        finite = values[~np.isnan(values)]
+        mean[key] = round(float(finite.mean()), 4) if len(finite) else float("nan")
+    return CrossValidation(arch, tuple(per_fold), mean)
+
+
+def _load(
+    data_root: Path, pocus_dir: Path | None, pocus_cache: Path | None, progress: bool
+) -> _Data:
+    if (pocus_dir is None) != (pocus_cache is None):
+        raise ValueError("Give pocus_dir and pocus_cache together (the cache may be empty).")
+    cines = find_simulated(data_root)
+    if not cines:
+        raise FileNotFoundError(f"No simulated cines (*/*.truth.json) under {data_root}.")
+    windows = load_windows(cines, progress)
+    clips: list[PocusClip] = []
+    pocus_x, pocus_label = torch.zeros(0, *windows.x.shape[1:]), torch.zeros(0)
+    owner: list[int] = []
+    if pocus_dir is not None and pocus_cache is not None:
+        clips = [c for c in read_labels(pocus_dir / "labels.csv") if c.b_lines is not None]
+        xs, labels = [], []
+        for i, clip in enumerate(tqdm(clips, desc="pocus", unit="clip", disable=not progress)):
+            x, label = load_pocus_windows([clip], pocus_dir, pocus_cache, windows.x.shape[2], False)
+            xs.append(x)
+            labels.append(label)
+            owner.extend([i] * len(x))
+        pocus_x, pocus_label = torch.cat(xs), torch.cat(labels)
+    return _Data(cines, windows, clips, pocus_x, pocus_label, torch.tensor(owner, dtype=torch.long))
+
+
+def _folds(data: _Data, n_folds: int, seed: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Indices of simulated cines and POCUS clips in each fold, kept whole by patient/source."""
+    sim = split_by_group(
+        range(len(data.cines)), key=lambda i: data.cines[i].patient_id, n_folds=n_folds, seed=seed
+    )
+    pocus: list[list[int]] = [[] for _ in range(n_folds)]
+    if data.clips:
+        pocus = split_by_group(
+            range(len(data.clips)), key=lambda i: data.clips[i].group, n_folds=n_folds, seed=seed
+        )
+    return sim, pocus
+
+
+def _train_fold(
+    network_class: type[nn.Module],
+    arch: str,
+    data: _Data,
+    sim_folds: list[list[int]],
+    pocus_folds: list[list[int]],
+    k: int,
+    epochs: int,
+    seed: int,
+    lr: float,
+    batch_size: int,
+    weight_decay: float,
+    pocus_dir: Path | None,
+    pocus_cache: Path | None,
+    progress: bool,
+) -> tuple[nn.Module, dict[str, float], dict[str, Any]]:
+    """Train on every fold but ``k``; the validation metrics and the data counts."""
+    val_cines = sim_folds[k]
+    train_cines = [i for j, fold in enumerate(sim_folds) if j != k for i in fold]
+    val_clips = pocus_folds[k]
+    w = data.windows
+    # Fold by fold, so that the order of training windows (hence the batches) is that of
+    # training on the training folds alone.
+    rows = [np.flatnonzero(w.cine == i) for i in train_cines]
+    train_rows = torch.from_numpy(np.concatenate(rows))
+    pocus_rows = ~torch.isin(data.pocus_clip, torch.tensor(val_clips, dtype=torch.long))
+    x = torch.cat([w.x[train_rows], data.pocus_x[pocus_rows]])
+    label = torch.cat([w.label[train_rows], data.pocus_label[pocus_rows]])
+
+    with _deterministic(seed):
+        network = network_class(**network_args(arch))
+        _fit(network, x, label, epochs, lr, batch_size, weight_decay, seed, progress)
+
+    val = _select(w, val_cines)
+    probabilities, attention = predict(network, val.x, batch_size)
+    metrics, _ = simulated_metrics(
+        probabilities,
+        attention,
+        val,
+        [data.cines[i] for i in val_cines],
+        threshold=THRESHOLD,
+        attention_threshold=ATTENTION_THRESHOLD,
+    )
+    if val_clips and pocus_dir is not None and pocus_cache is not None:
+        clips = [data.clips[i] for i in val_clips]
+        metrics.update(
+            pocus_metrics(
+                network, clips, pocus_dir, pocus_cache, batch_size=batch_size, progress=progress
+            )
+        )
+    counts = {
+        "patients_train": len({data.cines[i].patient_id for i in train_cines}),
+        "patients_validation": len({data.cines[i].patient_id for i in val_cines}),
+        "cines_train": len(train_cines),
+        "cines_validation": len(val_cines),
+        "windows_train": len(train_rows),
+        "windows_train_positive": int(w.label[train_rows].sum()),
+        "windows_validation": len(val.label),
+        "windows_validation_positive": int(val.label.sum()),
+        "pocus_clips_train": len(data.clips) - len(val_clips),
+        "pocus_clips_validation": len(val_clips),
+        "pocus_windows_train": int(pocus_rows.sum()),
+        "pocus_groups_validation": sorted({data.clips[i].group for i in val_clips}),
+    }
+    return network, metrics, counts
+
+
+def _select(windows: Windows, cines: Sequence[int]) -> Windows:
+    """The windows of ``cines``, their ``cine`` renumbered to positions in ``cines``."""
+    position = {c: i for i, c in enumerate(cines)}
+    rows = np.flatnonzero(np.isin(windows.cine, list(cines)))
+    return Windows(
+        x=windows.x[torch.from_numpy(rows)],
+        label=windows.label[torch.from_numpy(rows)],
+        frame_truth=windows.frame_truth[rows],
+        cine=np.array([position[int(c)] for c in windows.cine[rows]], dtype=np.intp),
+        starts=tuple(windows.starts[r] for r in rows),
+    )
+
+
 def _fit(
-    network: C2DLSTMAttention,
-    train: Windows,
+    network: nn.Module,
+    x_all: torch.Tensor,
+    label: torch.Tensor,
     epochs: int,
     lr: float,
     batch_size: int,
@@ -186,7 +409,7 @@ def _fit(
 ) -> None:
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.Adam(network.parameters(), lr=lr, weight_decay=weight_decay)
-    n = len(train.label)
+    n = len(label)
     steps = epochs * -(-n // batch_size)
     network.train()
     with tqdm(total=steps, desc="train b_lines", unit="batch", disable=not progress) as bar:
@@ -195,110 +418,18 @@ def _fit(
             total = 0.0
             for first in range(0, n, batch_size):
                 index = order[first : first + batch_size]
-                x = train.x[index]
+                x = x_all[index]
                 # The paper's augmentation: horizontally flipped frames (half of them here).
                 flip = torch.rand(len(index), generator=generator) < 0.5
                 x = torch.where(flip[:, None, None, None, None], x.flip(-1), x)
                 out = network(x)
-                loss = binary_cross_entropy_with_logits(out.logit, train.label[index])
+                loss = binary_cross_entropy_with_logits(out.logit, label[index])
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
                 total += loss.item() * len(index)
                 bar.update()
-            bar.set_postfix(epoch=epoch + 1, loss=f"{total / n:.4f}")
-
-
-def _predict(
-    network: C2DLSTMAttention, x: torch.Tensor, batch_size: int
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    network.eval()
-    probabilities, attention = [], []
-    with torch.inference_mode():
-        for first in range(0, len(x), batch_size):
-            out = network(x[first : first + batch_size])
-            probabilities.append(torch.sigmoid(out.logit).double().numpy())
-            attention.append(out.attention.double().numpy())
-    return np.concatenate(probabilities), np.concatenate(attention)
-
-
-def _evaluate(
-    probabilities: npt.NDArray[np.float64],
-    attention: npt.NDArray[np.float64],
-    val: Windows,
-    cines: Sequence[SimulatedCine],
-) -> dict[str, float]:
-    label = val.label.numpy() > 0.5
-    metrics = {f"window_{k}": v for k, v in _binary(label, probabilities).items()}
-
-    positive = label
-    mixed = positive & ~val.frame_truth.all(axis=1)
-    key = np.argmax(attention, axis=1)
-    hit = val.frame_truth[np.arange(len(key)), key]
-    metrics["key_frame_accuracy_window"] = _mean(hit[positive])
-    metrics["key_frame_accuracy_window_mixed"] = _mean(hit[mixed])
-    metrics["windows_mixed"] = float(mixed.sum())
-
-    info = ModelInfo("b_lines", BUNDLE_VERSION, TITLE)
-    clip_truth, clip_prob, clip_hit, clip_mixed, iou = [], [], [], [], []
-    for i, sim in enumerate(cines):
-        rows = np.flatnonzero(val.cine == i)
-        findings = findings_from_windows(
-            probabilities[rows],
-            attention[rows],
-            [val.starts[r] for r in rows],
-            sim.n_frames,
-            threshold=THRESHOLD,
-            attention_threshold=ATTENTION_THRESHOLD,
-            model=info,
-        )
-        truth = set(sim.b_line_frames)
-        clip_truth.append(bool(truth))
-        clip_prob.append(findings.probability)
-        if truth and findings.key_frame is not None:
-            clip_hit.append(findings.key_frame in truth)
-            clip_mixed.append(len(truth) < sim.n_frames)
-            predicted = set(findings.frames)
-            iou.append(len(truth & predicted) / len(truth | predicted))
-    metrics.update(
-        {f"clip_{k}": v for k, v in _binary(np.array(clip_truth), np.array(clip_prob)).items()}
-    )
-    hits, mixed_cines = np.array(clip_hit, dtype=bool), np.array(clip_mixed, dtype=bool)
-    metrics["key_frame_accuracy_clip"] = _mean(hits)
-    metrics["key_frame_accuracy_clip_mixed"] = _mean(hits[mixed_cines])
-    metrics["clips_mixed"] = float(mixed_cines.sum())
-    metrics["clip_frame_iou"] = _mean(np.array(iou))
-    return metrics
-
-
-def _binary(truth: npt.NDArray[np.bool_], probability: npt.NDArray[np.float64]) -> dict[str, float]:
-    predicted = probability >= THRESHOLD
-    tp = float((predicted & truth).sum())
-    precision = tp / max(float(predicted.sum()), 1.0)
-    recall = tp / max(float(truth.sum()), 1.0)
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {
-        "precision": round(precision, 4),
-        "recall": round(recall, 4),
-        "f1": round(f1, 4),
-        "auc": round(auc(truth, probability), 4),
-        "n": float(len(truth)),
-        "n_positive": float(truth.sum()),
-    }
-
-
-def auc(truth: npt.NDArray[np.bool_], score: npt.NDArray[np.floating]) -> float:
-    """Area under the ROC curve (Mann-Whitney; ties count a half); NaN without both classes."""
-    pos, neg = score[truth], score[~truth]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
-
-
-def _mean(values: npt.NDArray[np.bool_] | npt.NDArray[np.float64]) -> float:
-    return round(float(values.mean()), 4) if len(values) else float("nan")
+            bar.set_postfix(epoch=epoch + 1, loss=f"{total / max(n, 1):.4f}")
 
 
 @contextmanager
@@ -315,7 +446,8 @@ def _deterministic(seed: int) -> Iterator[None]:
 
 def _write_bundle(
     out_dir: Path,
-    network: C2DLSTMAttention,
+    network: nn.Module,
+    arch: str,
     metrics: dict[str, float],
     data: dict[str, Any],
     training: dict[str, Any],
@@ -325,7 +457,10 @@ def _write_bundle(
     torch.save(network.state_dict(), out_dir / "models" / "model.pt")
     inference = {
         "imports": [],
-        "network_def": {"_target_": "lus_pacs.nets.b_lines.C2DLSTMAttention", **NETWORK_ARGS},
+        "network_def": {
+            "_target_": f"lus_pacs.nets.b_lines.{type(network).__name__}",
+            **network_args(arch),
+        },
         "threshold": THRESHOLD,
         "attention_threshold": ATTENTION_THRESHOLD,
     }
@@ -341,7 +476,7 @@ def _metadata(
         "0.8.1/meta_schema_20220324.json",
         "version": BUNDLE_VERSION,
         "changelog": {BUNDLE_VERSION: "first version, trained on simulated exams only"},
-        "name": TITLE,
+        "name": f"B-line detection, {TITLES[training['arch']]} (paper 001)",
         "monai_version": monai.__version__,
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": np.__version__,
@@ -351,9 +486,8 @@ def _metadata(
         },
         "task": "B-line detection and temporal localisation in lung-ultrasound cine loops",
         "description": (
-            "Per-frame 2D CNN (four 3x3 convolutions with batch norm and ReLU, two max-poolings, "
-            "FC to a 256-d feature), bidirectional LSTM (16 units a direction), Bahdanau temporal "
-            "attention and an FC classifier, applied to 1-second windows of the tissue region "
+            f"{TITLES[training['arch']]} (lus_pacs.nets.b_lines, paper 001's Table 1), "
+            "applied to 1-second windows of the tissue region "
             "resized to 64x64. Gives the probability that a window shows B-lines and the "
             "attention of each frame. Research use only; not a medical device."
         ),
@@ -427,20 +561,35 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="output of `lus-pacs synth`")
-    parser.add_argument("--out", type=Path, required=True, help="the bundle folder")
+    parser.add_argument("--out", type=Path, help="the bundle folder (not with --folds)")
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--arch", default=DEFAULT_ARCH, choices=list(ARCHITECTURES))
+    parser.add_argument("--pocus", type=Path, help="the POCUS dataset folder (labels.csv)")
+    parser.add_argument("--pocus-cache", type=Path, help="folder for the clips' DICOM imports")
+    parser.add_argument("--folds", type=int, help="cross-validate over this many folds instead")
+    parser.add_argument("--n-folds", type=int, default=5, help="folds; the first validates")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=20)
     args = parser.parse_args(argv)
-    metrics = train_b_lines(
-        args.data,
-        args.out,
-        epochs=args.epochs,
-        seed=args.seed,
-        lr=args.lr,
-        batch_size=args.batch_size,
-    )
+    common: dict[str, Any] = {
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "arch": args.arch,
+        "pocus_dir": args.pocus,
+        "pocus_cache": args.pocus_cache,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+    }
+    if args.folds is not None:
+        result = cross_validate_b_lines(args.data, folds=args.folds, **common)
+        print(
+            json.dumps({"arch": result.arch, "folds": result.folds, "mean": result.mean}, indent=2)
+        )
+        return
+    if args.out is None:
+        parser.error("--out is required unless --folds is given")
+    metrics = train_b_lines(args.data, args.out, n_folds=args.n_folds, **common)
     print(json.dumps(metrics, indent=2))
 
 

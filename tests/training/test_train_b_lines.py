@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lus_pacs.nets.b_lines import ARCHITECTURES
+from lus_pacs.training.train_b_lines import (
+    architecture,
+    cross_validate_b_lines,
+    network_args,
+    train_b_lines,
+)
+from tests.tools import run_cli
+
+SEED = 3
+
+
+@pytest.fixture(scope="module")
+def two_patients(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bl-two")
+    args = ["--patients", "2", "--seed", "5", "--frames", "20", "--fps", "10", "--workers", "2"]
+    run_cli("synth", "--out", str(out), *args)
+    return out
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_one_epoch_of_every_architecture(two_patients: Path, tmp_path: Path, arch: str) -> None:
+    metrics = train_b_lines(
+        two_patients, tmp_path, epochs=1, seed=SEED, arch=arch, n_folds=2, progress=False
+    )
+    for key in (
+        "window_precision",
+        "window_recall",
+        "window_f1",
+        "window_auc",
+        "clip_f1",
+        "localisation_iou_0.1",
+        "localisation_iou_0.4",
+        "key_frame_accuracy",
+    ):
+        assert key in metrics
+    config = json.loads((tmp_path / "configs/inference.json").read_text())
+    assert config["network_def"]["_target_"].endswith(ARCHITECTURES[arch].__name__)
+    assert json.loads((tmp_path / "configs/metadata.json").read_text())["training"]["arch"] == arch
+
+    torch.manual_seed(SEED)
+    untrained = architecture(arch)(**network_args(arch)).state_dict()
+    trained = torch.load(tmp_path / "models/model.pt", weights_only=True)
+    assert trained.keys() == untrained.keys()
+    assert any(not torch.equal(trained[k], untrained[k]) for k in trained if "weight" in k)
+
+
+def test_same_seed_same_weights(two_patients: Path, tmp_path: Path) -> None:
+    for run in ("a", "b"):
+        train_b_lines(
+            two_patients, tmp_path / run, epochs=1, seed=SEED, arch="c2d_att", n_folds=2,
+            progress=False,
+        )  # fmt: skip
+    a = torch.load(tmp_path / "a/models/model.pt", weights_only=True)
+    b = torch.load(tmp_path / "b/models/model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cross_validation_gives_every_fold_and_the_mean(two_patients: Path) -> None:
+    result = cross_validate_b_lines(
+        two_patients, epochs=1, seed=SEED, arch="c2d_att", folds=2, progress=False
+    )
+    assert len(result.folds) == 2
+    assert result.folds[0].keys() == result.mean.keys()
+    assert result.folds[0]["clip_n"] + result.folds[1]["clip_n"] == 12  # every cine once
+    assert result.mean["clip_n"] == 6
+
+
+def test_unknown_architecture_lists_the_options(two_patients: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="c2d_lstm_att, c2d_att, c3d_att, c2d_lstm"):
+        train_b_lines(two_patients, tmp_path, epochs=1, seed=0, arch="c3d", progress=False)
