@@ -13,6 +13,8 @@ Simulated exams have frame-level truth, so everything of the paper is measured o
   frame; a missed cine counts as wrong. ``key_frame_accuracy_detected`` counts only the cines
   the network flagged, ``key_frame_accuracy_window`` the positive windows' highest-attention
   frame.
+* ``*_mixed``: the same over the cines with B-lines in some frames but not all, the only ones
+  where reporting every frame is wrong (``clips_mixed`` of them).
 
 The POCUS clips only say whether a clip shows B-lines, so they get ``pocus_*`` clip-level
 precision, recall, F1 and AUC; each clip goes through the network at its own frame rate.
@@ -189,7 +191,7 @@ def simulated_metrics(
     hit = windows.frame_truth[np.arange(len(key)), key]
     metrics["key_frame_accuracy_window"] = _mean(hit[label])
 
-    findings, clip_truth, key_hits, detected_hits, ious = [], [], [], [], []
+    findings, clip_truth, key_hits, detected_hits, ious, mixed = [], [], [], [], [], []
     for i, sim in enumerate(cines):
         rows = np.flatnonzero(windows.cine == i)
         found = findings_from_windows(
@@ -205,6 +207,7 @@ def simulated_metrics(
         truth = set(sim.b_line_frames)
         clip_truth.append(bool(truth))
         if truth:
+            mixed.append(len(truth) < sim.n_frames)
             ious.append(frame_iou(found.frames, truth))
             key_hits.append(found.key_frame in truth)
             if found.key_frame is not None:
@@ -218,6 +221,11 @@ def simulated_metrics(
     )
     for t, accuracy in localisation_accuracy(ious).items():
         metrics[f"localisation_iou_{t}"] = accuracy
+    some = np.array(mixed, dtype=bool)
+    for t, accuracy in localisation_accuracy(np.array(ious)[some].tolist()).items():
+        metrics[f"localisation_mixed_iou_{t}"] = accuracy
+    metrics["key_frame_accuracy_mixed"] = _mean(np.array(key_hits, dtype=bool)[some])
+    metrics["clips_mixed"] = float(some.sum())
     metrics["clip_frame_iou"] = _mean(np.array(ious))
     metrics["key_frame_accuracy"] = _mean(np.array(key_hits, dtype=bool))
     metrics["key_frame_accuracy_detected"] = _mean(np.array(detected_hits, dtype=bool))

@@ -95,6 +95,7 @@ def test_evaluate_a_network_on_simulated_cines(tmp_path: Path) -> None:
     plots = tmp_path / "plots"
     metrics = evaluate(C2DAttention(), simulated_root=data, plots=plots, progress=False)
     assert metrics["clip_n"] == 6
+    assert {"localisation_mixed_iou_0.3", "key_frame_accuracy_mixed", "clips_mixed"} <= set(metrics)
     accuracy = [metrics[f"localisation_iou_{t}"] for t in IOU_THRESHOLDS]
     assert accuracy == sorted(accuracy, reverse=True) or all(math.isnan(a) for a in accuracy)
     assert len(list((tmp_path / "plots").glob("*.png"))) == 6
