@@ -335,3 +335,30 @@ def retry(config: ConfigOption = None) -> None:
 
     n = JobStore(load_settings(config).store_path).retry_failed()
     typer.echo(f"{n} failed job(s) queued again")
+
+
+train_app = typer.Typer(help="Train a model family (writes a MONAI bundle).", no_args_is_help=True)
+evaluate_app = typer.Typer(
+    help="Measure a model family the way its paper does.", no_args_is_help=True
+)
+app.add_typer(train_app, name="train")
+app.add_typer(evaluate_app, name="evaluate")
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@train_app.command("b-lines", context_settings=_PASS_THROUGH, add_help_option=False)
+def train_b_lines(ctx: typer.Context) -> None:
+    """Paper 001's networks (--arch c2d_lstm_att|c2d_att|c3d_att|c2d_lstm) on simulated exams
+    and the POCUS clips; --folds N cross-validates. Options: `lus-pacs train b-lines --help`."""
+    from lus_pacs.training.train_b_lines import main
+
+    main(ctx.args)
+
+
+@evaluate_app.command("b-lines", context_settings=_PASS_THROUGH, add_help_option=False)
+def evaluate_b_lines(ctx: typer.Context) -> None:
+    """Precision, recall, F1, localisation at IoU 0.1-0.4, key-frame accuracy, AUC, and
+    attention plots. Options: `lus-pacs evaluate b-lines --help`."""
+    from lus_pacs.training.evaluate_b_lines import main
+
+    main(ctx.args)

@@ -98,3 +98,17 @@ def test_demo_pushes_an_exam_through_the_node(tmp_path: Path) -> None:
     results = list((tmp_path / "demo" / "node" / "results").glob("*/*.dcm"))
     assert len([r for r in results if r.name.startswith("sr-")]) == 6
     assert len([r for r in results if r.name.startswith("kos-")]) == 6
+
+
+def test_train_and_evaluate_b_lines_are_commands(linear_exams: Path) -> None:
+    assert "--arch {c2d_lstm_att,c2d_att,c3d_att,c2d_lstm}" in run_cli(
+        "train", "b-lines", "--help"
+    ).stdout.replace("\n", " ").replace("  ", " ")
+    bundle = Path(__file__).resolve().parents[1] / "models" / "b_lines"
+    table = run_cli(
+        "evaluate", "b-lines", "--bundle", str(bundle), "--simulated", str(linear_exams)
+    )
+    header = next(line for line in table.stdout.splitlines() if line.startswith("| Model"))
+    for column in ("Precision", "Recall", "F1", "IoU α=0.3", "Key frame"):
+        assert column in header
+    assert "| b_lines |" in table.stdout
