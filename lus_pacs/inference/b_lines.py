@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import torch
+from torch import nn
 
 from lus_pacs.domain import BLineFindings, Cine, ModelInfo
 from lus_pacs.errors import ModelError
 from lus_pacs.imaging.transforms import b_line_windows
 from lus_pacs.inference.bundle import INFERENCE, load_bundle
-from lus_pacs.nets.b_lines import C2DLSTMAttention
+from lus_pacs.nets.b_lines import ARCHITECTURES
 
 
 class BLineModel:
@@ -47,7 +48,7 @@ class BLineModel:
 
     def __init__(
         self,
-        network: C2DLSTMAttention,
+        network: nn.Module,
         model: ModelInfo,
         threshold: float,
         attention_threshold: float,
@@ -70,10 +71,11 @@ class BLineModel:
             The bundle is incomplete, is not a B-line bundle, or its thresholds are invalid.
         """
         bundle = load_bundle(bundle_dir)
-        if not isinstance(bundle.network, C2DLSTMAttention):
+        if not isinstance(bundle.network, tuple(ARCHITECTURES.values())):
             raise ModelError(
                 f"{Path(bundle_dir) / INFERENCE}: network_def is "
-                f"{type(bundle.network).__name__}, not the B-line network C2DLSTMAttention."
+                f"{type(bundle.network).__name__}, not one of the B-line networks "
+                f"{', '.join(t.__name__ for t in ARCHITECTURES.values())}."
             )
         thresholds = []
         for key in ("threshold", "attention_threshold"):

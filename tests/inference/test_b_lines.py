@@ -130,3 +130,40 @@ def test_weights_of_another_network(tmp_path: Path) -> None:
     (bundle / "configs" / "inference.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match="not a state dict that fits"):
         BLineModel.load(bundle)
+
+
+@pytest.mark.parametrize("arch", ["c2d_att", "c2d_lstm"])
+def test_a_baseline_bundle_runs_in_the_node(arch: str, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    import numpy as np
+    import torch
+
+    from lus_pacs.domain import Cine, FrameTiming, Region, RegionSource, SourceRef
+    from lus_pacs.inference.b_lines import BLineModel
+    from lus_pacs.nets.b_lines import ARCHITECTURES
+    from lus_pacs.training.train_b_lines import network_args
+
+    shipped = Path(__file__).resolve().parents[2] / "models" / "b_lines"
+    bundle = tmp_path / arch
+    shutil.copytree(shipped / "configs", bundle / "configs")
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    cls = ARCHITECTURES[arch]
+    config["network_def"] = {"_target_": f"{cls.__module__}.{cls.__name__}", **network_args(arch)}
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    (bundle / "models").mkdir()
+    torch.manual_seed(0)
+    torch.save(cls(**network_args(arch)).state_dict(), bundle / "models" / "model.pt")
+
+    model = BLineModel.load(bundle)
+    frames = np.random.default_rng(0).integers(0, 255, (40, 96, 128), dtype=np.uint8)
+    cine = Cine(
+        frames,
+        FrameTiming(30.0, "FrameTime"),
+        Region(0, 0, 128, 96, RegionSource.WHOLE),
+        SourceRef("1.2.3", "1.2.840.10008.5.1.4.1.1.3.1", "1.2", "1", "P", "R1"),
+    )
+    findings = model.predict(cine, default_fps=30.0)
+    assert len(findings.frame_scores) == 40
+    assert 0.0 <= findings.probability <= 1.0
