@@ -16,6 +16,7 @@ from typing import Any
 
 from pynetdicom.transport import ThreadedAssociationServer
 
+from lus_pacs.durable import durable_file
 from lus_pacs.errors import ExportError, LusPacsError
 from lus_pacs.export.dimse import store as c_store
 from lus_pacs.ingest.scp import Receiver, make_ae
@@ -180,10 +181,9 @@ class Node:
                 {r["source"]["zone"] or "?" for r in records if r.get("b_lines", {}).get("present")}
             ),
         }
-        folder = self.settings.results_dir / study
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "study-summary.json"
-        path.write_text(json.dumps(summary, indent=1))
+        path = summary_path(self.settings, study)
+        with durable_file(path) as f:
+            f.write(json.dumps(summary, indent=1).encode())
         log.info("Study %s complete: %s", study, summary)
 
 

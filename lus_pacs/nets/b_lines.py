@@ -40,7 +40,33 @@ class BLineOutput(NamedTuple):
     """Attention weight of each frame, shape (batch, frames); sums to 1 over frames."""
 
 
-class C2DLSTMAttention(nn.Module):
+class _CNNLSTM(nn.Module):
+    """The per-frame CNN and the bidirectional LSTM that C2D+LSTM and C2D+LSTM+A share;
+    subclasses add the head. Parameters as :class:`C2DLSTMAttention`."""
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        channels: tuple[int, int, int, int] | list[int] = (8, 8, 16, 16),
+        feature_size: int = 256,
+        hidden_size: int = 16,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.cnn, self.frame_feature = _frame_encoder(image_size, channels, feature_size, dropout)
+        self.lstm = nn.LSTM(feature_size, hidden_size, batch_first=True, bidirectional=True)
+        self.lstm_norm = nn.BatchNorm1d(2 * hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(2 * hidden_size, 1)
+
+    def _sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """LSTM outputs (batch, frames, 2 x hidden), batch-normalised."""
+        _check_input(self, x)
+        h, _ = self.lstm(_frame_features(self.cnn, self.frame_feature, x))
+        return torch.as_tensor(self.lstm_norm(h.transpose(1, 2)).transpose(1, 2))
+
+
+class C2DLSTMAttention(_CNNLSTM):
     """CNN + bidirectional LSTM + temporal attention over a window of frames (paper 001).
 
     Parameters
@@ -69,18 +95,11 @@ class C2DLSTMAttention(nn.Module):
         hidden_size: int = 16,
         dropout: float = 0.2,
     ) -> None:
-        super().__init__()
-        self.cnn, self.frame_feature = _frame_encoder(image_size, channels, feature_size, dropout)
-        self.lstm = nn.LSTM(feature_size, hidden_size, batch_first=True, bidirectional=True)
-        self.lstm_norm = nn.BatchNorm1d(2 * hidden_size)
+        super().__init__(image_size, channels, feature_size, hidden_size, dropout)
         self.attention_score = nn.Linear(2 * hidden_size, 1, bias=False)  # w_a
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(2 * hidden_size, 1)
 
     def forward(self, x: torch.Tensor) -> BLineOutput:
-        _check_input(self, x)
-        h, _ = self.lstm(_frame_features(self.cnn, self.frame_feature, x))
-        h = self.lstm_norm(h.transpose(1, 2)).transpose(1, 2)  # batch norm over LSTM outputs
+        h = self._sequence(x)
         attention = torch.softmax(self.attention_score(h).squeeze(-1), dim=1)
         attended = (attention.unsqueeze(-1) * h).sum(dim=1)  # Bahdanau's context vector
         logit = self.classifier(self.dropout(attended)).squeeze(-1)
@@ -150,7 +169,7 @@ class C3DAttention(nn.Module):
         return self.head(self.frame_feature(per_frame))
 
 
-class C2DLSTM(nn.Module):
+class C2DLSTM(_CNNLSTM):
     """Baseline C2D+LSTM: the per-frame CNN and bidirectional LSTM, without attention.
 
     The LSTM outputs are averaged over time and classified. The network has no attention; its
@@ -159,25 +178,8 @@ class C2DLSTM(nn.Module):
     Parameters and input/output as :class:`C2DLSTMAttention`.
     """
 
-    def __init__(
-        self,
-        image_size: int = 64,
-        channels: tuple[int, int, int, int] | list[int] = (8, 8, 16, 16),
-        feature_size: int = 256,
-        hidden_size: int = 16,
-        dropout: float = 0.2,
-    ) -> None:
-        super().__init__()
-        self.cnn, self.frame_feature = _frame_encoder(image_size, channels, feature_size, dropout)
-        self.lstm = nn.LSTM(feature_size, hidden_size, batch_first=True, bidirectional=True)
-        self.lstm_norm = nn.BatchNorm1d(2 * hidden_size)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(2 * hidden_size, 1)
-
     def forward(self, x: torch.Tensor) -> BLineOutput:
-        _check_input(self, x)
-        h, _ = self.lstm(_frame_features(self.cnn, self.frame_feature, x))
-        h = self.lstm_norm(h.transpose(1, 2)).transpose(1, 2)
+        h = self._sequence(x)
         logit = self.classifier(self.dropout(h.mean(dim=1))).squeeze(-1)
         frames = h.shape[1]
         attention = torch.full((h.shape[0], frames), 1.0 / frames, dtype=h.dtype, device=h.device)

@@ -41,10 +41,8 @@ from torch import nn
 from tqdm import tqdm
 
 from lus_pacs.domain import BLineFindings, ModelInfo
-from lus_pacs.errors import ModelError
 from lus_pacs.imaging.transforms import b_line_windows
-from lus_pacs.inference.b_lines import findings_from_windows
-from lus_pacs.inference.bundle import INFERENCE, load_bundle
+from lus_pacs.inference.b_lines import BLineModel, findings_from_windows
 from lus_pacs.training.pocus import PocusClip, load_clip, read_labels
 from lus_pacs.training.simulated import SimulatedCine, find_simulated
 
@@ -266,17 +264,8 @@ def load_network(bundle_dir: Path) -> tuple[nn.Module, float, float]:
     ModelError
         The bundle is incomplete or a threshold is missing or outside [0, 1].
     """
-    bundle = load_bundle(bundle_dir)
-    thresholds = []
-    for key in ("threshold", "attention_threshold"):
-        value = bundle.config.get(key)
-        if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-            raise ModelError(
-                f"{Path(bundle_dir) / INFERENCE}: '{key}' must be a number within [0, 1]; "
-                f"got {value!r}."
-            )
-        thresholds.append(float(value))
-    return bundle.network.eval(), thresholds[0], thresholds[1]
+    model = BLineModel.load(bundle_dir)
+    return model.network, model.threshold, model.attention_threshold
 
 
 def evaluate(

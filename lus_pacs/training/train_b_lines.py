@@ -205,14 +205,7 @@ def train_b_lines(
         sim_folds,
         pocus_folds,
         0,
-        epochs,
-        seed,
-        lr,
-        batch_size,
-        weight_decay,
-        pocus_dir,
-        pocus_cache,
-        progress,
+        _Recipe(epochs, seed, lr, batch_size, weight_decay, pocus_dir, pocus_cache, progress),
     )
     n_params = sum(p.numel() for p in network.parameters())
     training = {
@@ -252,6 +245,7 @@ def cross_validate_b_lines(
     network_class = architecture(arch)
     data = _load(data_root, pocus_dir, pocus_cache, progress)
     sim_folds, pocus_folds = _folds(data, folds, seed)
+    recipe = _Recipe(epochs, seed, lr, batch_size, weight_decay, pocus_dir, pocus_cache, progress)
     per_fold = []
     for k in range(folds):
         _, metrics, _ = _train_fold(
@@ -261,14 +255,7 @@ def cross_validate_b_lines(
             sim_folds,
             pocus_folds,
             k,
-            epochs,
-            seed,
-            lr,
-            batch_size,
-            weight_decay,
-            pocus_dir,
-            pocus_cache,
-            progress,
+            recipe,
         )
         per_fold.append(metrics)
     mean = {}
@@ -316,6 +303,20 @@ def _folds(data: _Data, n_folds: int, seed: int) -> tuple[list[list[int]], list[
     return sim, pocus
 
 
+@dataclass(frozen=True)
+class _Recipe:
+    """How each fold is trained: the arguments of :func:`train_b_lines`."""
+
+    epochs: int
+    seed: int
+    lr: float
+    batch_size: int
+    weight_decay: float
+    pocus_dir: Path | None
+    pocus_cache: Path | None
+    progress: bool
+
+
 def _train_fold(
     network_class: type[nn.Module],
     arch: str,
@@ -323,16 +324,12 @@ def _train_fold(
     sim_folds: list[list[int]],
     pocus_folds: list[list[int]],
     k: int,
-    epochs: int,
-    seed: int,
-    lr: float,
-    batch_size: int,
-    weight_decay: float,
-    pocus_dir: Path | None,
-    pocus_cache: Path | None,
-    progress: bool,
+    recipe: _Recipe,
 ) -> tuple[nn.Module, dict[str, float], dict[str, Any]]:
     """Train on every fold but ``k``; the validation metrics and the data counts."""
+    epochs, seed, lr, batch_size = recipe.epochs, recipe.seed, recipe.lr, recipe.batch_size
+    weight_decay, progress = recipe.weight_decay, recipe.progress
+    pocus_dir, pocus_cache = recipe.pocus_dir, recipe.pocus_cache
     val_cines = sim_folds[k]
     train_cines = [i for j, fold in enumerate(sim_folds) if j != k for i in fold]
     val_clips = pocus_folds[k]
