@@ -277,6 +277,10 @@ def serve(
 def process(
     paths: Annotated[list[Path], typer.Argument(help="DICOM cines, or folders of them.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for result files and summary.jsonl.")],
+    plots: Annotated[
+        Path | None,
+        typer.Option("--plots", help="Folder for one B-line attention-over-time PNG per cine."),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """The node's stages with no network: result DICOM files and summary.jsonl in OUT.
@@ -297,7 +301,7 @@ def process(
     with (out / "summary.jsonl").open("w") as summary:
         for path in files:
             try:
-                record, _ = process_file(path, models, settings, out)
+                record, _ = process_file(path, models, settings, out, plots)
             except LusPacsError as exc:
                 typer.echo(f"{path}: failed: {exc}", err=True)
                 failed += 1

@@ -167,9 +167,12 @@ def result_record(
 
 
 def process_file(
-    path: Path, models: Models, settings: Settings, out_dir: Path
+    path: Path, models: Models, settings: Settings, out_dir: Path, plots_dir: Path | None = None
 ) -> tuple[dict[str, Any], list[Output]]:
     """Every stage for one stored cine: its result files in ``out_dir`` and its record.
+
+    With ``plots_dir``, the B-line frame scores over time are also drawn there as
+    ``<SOPInstanceUID>_b_lines.png`` (the paper's Fig. 1, without truth).
 
     Raises
     ------
@@ -187,6 +190,12 @@ def process_file(
     objects = encode(findings, header, settings.output_kinds, models.key)
     outputs = write_outputs(objects, out_dir)
     timings["encode"] = (time.perf_counter() - start) * 1000
+    if plots_dir is not None and findings.b_lines is not None and findings.b_lines.frame_scores:
+        from lus_pacs.inference.plots import plot_attention
+
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        name = f"{findings.source.sop_instance_uid}_b_lines.png"
+        plot_attention(findings.b_lines, plots_dir / name)
     return result_record(findings, outputs, timings), outputs
 
 

@@ -205,9 +205,11 @@ def test_process_gives_the_records_the_node_made(
     from lus_pacs.queue.store import JobStore
 
     node_records = [json.loads(r) for r in JobStore(tmp_path / "node" / "jobs.sqlite").records()]
-    out = tmp_path / "offline"
-    result = lus_pacs("process", *map(str, sources[:2]), "--out", str(out))
+    out, plots = tmp_path / "offline", tmp_path / "plots"
+    result = lus_pacs("process", *map(str, sources[:2]), "--out", str(out), "--plots", str(plots))
     assert result.returncode == 0, result.stderr
+    uids = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in sources[:2]}
+    assert {p.name for p in plots.glob("*.png")} == {f"{uid}_b_lines.png" for uid in uids}
     offline = [json.loads(line) for line in (out / "summary.jsonl").read_text().splitlines()]
 
     def comparable(record: dict) -> dict:

@@ -36,13 +36,13 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import torch
-from PIL import Image, ImageDraw
 from torch import nn
 from tqdm import tqdm
 
 from lus_pacs.domain import BLineFindings, ModelInfo
 from lus_pacs.imaging.transforms import b_line_windows
 from lus_pacs.inference.b_lines import BLineModel, findings_from_windows
+from lus_pacs.inference.plots import plot_attention
 from lus_pacs.training.pocus import PocusClip, load_clip, read_labels
 from lus_pacs.training.simulated import SimulatedCine, find_simulated
 
@@ -244,6 +244,23 @@ def pocus_metrics(
 
     A clip's probability is its highest window probability, as in the node.
     """
+    truth, probability = pocus_probabilities(
+        network, clips, pocus_dir, cache_dir, batch_size=batch_size, progress=progress
+    )
+    result = binary_metrics(truth, probability, threshold)
+    return {f"pocus_{k}": v for k, v in result.items()}
+
+
+def pocus_probabilities(
+    network: nn.Module,
+    clips: Sequence[PocusClip],
+    pocus_dir: Path,
+    cache_dir: Path,
+    *,
+    batch_size: int = 20,
+    progress: bool = True,
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64]]:
+    """The label and the probability (highest window's) of each clip with a ``b_lines`` label."""
     truth, probability = [], []
     labelled = [c for c in clips if c.b_lines is not None]
     for clip in tqdm(labelled, desc="pocus", unit="clip", disable=not progress):
@@ -252,8 +269,7 @@ def pocus_metrics(
         p, _ = predict(network, x, batch_size)
         truth.append(bool(clip.b_lines))
         probability.append(float(p.max()))
-    result = binary_metrics(np.array(truth, dtype=bool), np.array(probability), threshold)
-    return {f"pocus_{k}": v for k, v in result.items()}
+    return np.array(truth, dtype=bool), np.array(probability, dtype=np.float64)
 
 
 def load_network(bundle_dir: Path) -> tuple[nn.Module, float, float]:
@@ -335,7 +351,7 @@ def evaluate(
             plots.mkdir(parents=True, exist_ok=True)
             for sim, finding in zip(cines, findings, strict=True):
                 name = f"{sim.patient_id}_{sim.zone}.png"
-                plot_attention(finding, sim.b_line_frames, plots / name)
+                plot_attention(finding, plots / name, sim.b_line_frames)
     if pocus_dir is not None and pocus_cache is not None:
         clips = read_labels(pocus_dir / "labels.csv")
         if pocus_groups is not None:
@@ -374,53 +390,6 @@ def markdown_table(rows: Mapping[str, Mapping[str, float]]) -> str:
                 cells.append(f"{value:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def plot_attention(
-    findings: BLineFindings,
-    truth_frames: Collection[int],
-    path: Path,
-    size: tuple[int, int] = (640, 240),
-) -> None:
-    """Write a PNG of the frame scores over time, as the paper's Fig. 1.
-
-    True B-line frames (1-based) are shaded grey, the frame scores are the blue line, the
-    reported B-line frames are marked red on the axis and the key frame by a green bar.
-    """
-    width, height = size
-    margin = 24
-    n = len(findings.frame_scores)
-    if n == 0:
-        raise ValueError(f"{path}: the findings have no frame scores to plot.")
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    step = (width - 2 * margin) / n
-    top, bottom = margin, height - margin
-
-    def x_of(frame: int) -> float:
-        return margin + (frame - 1) * step
-
-    for frame in truth_frames:
-        if 1 <= frame <= n:
-            draw.rectangle([x_of(frame), top, x_of(frame) + step, bottom], fill=(210, 210, 210))
-    for frame in findings.frames:
-        draw.rectangle([x_of(frame), bottom + 3, x_of(frame) + step, bottom + 8], fill="red")
-    if findings.key_frame is not None:
-        x = x_of(findings.key_frame) + step / 2
-        draw.line([x, top, x, bottom], fill=(0, 160, 0), width=2)
-    points = [
-        (x_of(i + 1) + step / 2, bottom - score * (bottom - top))
-        for i, score in enumerate(findings.frame_scores)
-    ]
-    if len(points) > 1:
-        draw.line(points, fill=(0, 70, 200), width=2)
-    draw.rectangle([margin, top, width - margin, bottom], outline="black")
-    draw.text(
-        (margin, 4),
-        f"p={findings.probability:.2f} key={findings.key_frame} frames={n}",
-        fill="black",
-    )
-    image.save(path, format="PNG")
 
 
 def _mean(values: npt.NDArray[np.bool_] | npt.NDArray[np.float64]) -> float:

@@ -35,6 +35,7 @@ from typing import Any
 
 import monai
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 from torch.nn.functional import binary_cross_entropy_with_logits
@@ -48,8 +49,9 @@ from lus_pacs.training.evaluate_b_lines import (
     THRESHOLD,
     Windows,
     auc,
+    binary_metrics,
     load_windows,
-    pocus_metrics,
+    pocus_probabilities,
     predict,
     simulated_metrics,
 )
@@ -71,6 +73,7 @@ __all__ = [
 ]
 
 DEFAULT_ARCH = "c2d_lstm_att"
+MAX_POCUS_WINDOWS = 4
 NETWORK_ARGS: dict[str, Any] = {
     "image_size": 64,
     "channels": [8, 8, 16, 16],
@@ -96,6 +99,17 @@ class CrossValidation:
     folds: tuple[dict[str, float], ...]
     mean: dict[str, float]
     """Mean over the folds of each metric, ignoring folds where it is NaN."""
+    pocus_pooled: dict[str, float]
+    """``pocus_*`` metrics over every POCUS clip, each scored by the fold that held it out
+    (empty without POCUS data)."""
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "arch": self.arch,
+            "folds": list(self.folds),
+            "mean": self.mean,
+            "pocus_pooled": self.pocus_pooled,
+        }
 
 
 def architecture(arch: str) -> type[nn.Module]:
@@ -122,15 +136,22 @@ def load_pocus_windows(
     cache_dir: Path,
     length: int,
     progress: bool = True,
+    max_windows: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Windows (n, 1, ``length``, 64, 64) of the clips with a ``b_lines`` label, and the labels.
 
-    Every window carries its clip's label; windows are resampled to ``length`` frames.
+    Every window carries its clip's label; windows are resampled to ``length`` frames. With
+    ``max_windows``, a longer clip gives that many windows spread evenly over it: neighbouring
+    windows of one clip are nearly the same picture, and the long clips would otherwise
+    outweigh the short ones.
     """
     xs, labels = [], []
     labelled = [c for c in clips if c.b_lines is not None]
     for clip in tqdm(labelled, desc="pocus windows", unit="clip", disable=not progress):
         x, _ = b_line_windows(load_clip(clip, pocus_dir, cache_dir), default_fps=clip.fps)
+        if max_windows is not None and len(x) > max_windows:
+            keep = np.unique(np.round(np.linspace(0, len(x) - 1, max_windows)).astype(np.intp))
+            x = x[torch.from_numpy(keep)]
         index = np.round(np.linspace(0, x.shape[2] - 1, length)).astype(np.intp)
         xs.append(x[:, :, torch.from_numpy(index)])
         labels.extend([float(bool(clip.b_lines))] * len(x))
@@ -165,6 +186,7 @@ def train_b_lines(
     batch_size: int = 20,
     weight_decay: float = 1e-5,
     n_folds: int = 5,
+    max_pocus_windows: int | None = MAX_POCUS_WINDOWS,
     progress: bool = True,
 ) -> dict[str, float]:
     """Train on the data; validate on the first fold; write the bundle into ``out_dir``.
@@ -185,6 +207,8 @@ def train_b_lines(
         validate at clip level) on the real clips too; both or neither.
     n_folds:
         Patient (and POCUS source) folds; the first is the validation set.
+    max_pocus_windows:
+        At most this many 1-s windows of each POCUS clip train (see :func:`load_pocus_windows`).
     progress:
         Show tqdm progress bars.
 
@@ -196,31 +220,14 @@ def train_b_lines(
     """
     started = time.perf_counter()
     network_class = architecture(arch)
-    data = _load(data_root, pocus_dir, pocus_cache, progress)
+    data = _load(data_root, pocus_dir, pocus_cache, max_pocus_windows, progress)
     sim_folds, pocus_folds = _folds(data, n_folds, seed)
-    network, metrics, counts = _train_fold(
-        network_class,
-        arch,
-        data,
-        sim_folds,
-        pocus_folds,
-        0,
-        _Recipe(epochs, seed, lr, batch_size, weight_decay, pocus_dir, pocus_cache, progress),
+    recipe = _Recipe(epochs, seed, lr, batch_size, weight_decay, pocus_dir, pocus_cache, progress)
+    fold = _train_fold(network_class, arch, data, sim_folds, pocus_folds, 0, recipe)
+    _write_bundle(
+        out_dir, fold, arch, data_root, recipe, max_pocus_windows, time.perf_counter() - started
     )
-    n_params = sum(p.numel() for p in network.parameters())
-    training = {
-        "arch": arch,
-        "epochs": epochs,
-        "seed": seed,
-        "lr": lr,
-        "batch_size": batch_size,
-        "weight_decay": weight_decay,
-        "parameters": n_params,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    counts = {"root": str(data_root), "pocus": str(pocus_dir) if pocus_dir else None, **counts}
-    _write_bundle(out_dir, network, arch, metrics, counts, training)
-    return metrics
+    return fold.metrics
 
 
 def cross_validate_b_lines(
@@ -235,39 +242,54 @@ def cross_validate_b_lines(
     lr: float = 1e-4,
     batch_size: int = 20,
     weight_decay: float = 1e-5,
+    max_pocus_windows: int | None = MAX_POCUS_WINDOWS,
+    out_dir: Path | None = None,
     progress: bool = True,
 ) -> CrossValidation:
-    """Patient- and source-level ``folds``-fold cross-validation; nothing is written.
+    """Patient- and source-level ``folds``-fold cross-validation.
 
     Each fold in turn is the validation set of a network trained on the others, with the same
-    ``seed``. Parameters as :func:`train_b_lines`.
+    ``seed``. With ``out_dir``, the network of fold 0 (the one :func:`train_b_lines` would
+    train) is written there as the bundle, its metadata carrying the cross-validation too.
+    Other parameters as :func:`train_b_lines`.
     """
+    started = time.perf_counter()
     network_class = architecture(arch)
-    data = _load(data_root, pocus_dir, pocus_cache, progress)
+    data = _load(data_root, pocus_dir, pocus_cache, max_pocus_windows, progress)
     sim_folds, pocus_folds = _folds(data, folds, seed)
     recipe = _Recipe(epochs, seed, lr, batch_size, weight_decay, pocus_dir, pocus_cache, progress)
-    per_fold = []
-    for k in range(folds):
-        _, metrics, _ = _train_fold(
-            network_class,
-            arch,
-            data,
-            sim_folds,
-            pocus_folds,
-            k,
-            recipe,
-        )
-        per_fold.append(metrics)
+    trained = [
+        _train_fold(network_class, arch, data, sim_folds, pocus_folds, k, recipe)
+        for k in range(folds)
+    ]
+    per_fold = [fold.metrics for fold in trained]
     mean = {}
     for key in per_fold[0]:
         values = np.array([m.get(key, math.nan) for m in per_fold], dtype=float)
         finite = values[~np.isnan(values)]
         mean[key] = round(float(finite.mean()), 4) if len(finite) else float("nan")
-    return CrossValidation(arch, tuple(per_fold), mean)
+    pooled: dict[str, float] = {}
+    if data.clips:
+        truth = np.concatenate([fold.pocus_truth for fold in trained])
+        probability = np.concatenate([fold.pocus_probability for fold in trained])
+        pooled = {f"pocus_{k}": v for k, v in binary_metrics(truth, probability).items()}
+    result = CrossValidation(arch, tuple(per_fold), mean, pooled)
+    if out_dir is not None:
+        seconds = time.perf_counter() - started
+        _write_bundle(out_dir, trained[0], arch, data_root, recipe, max_pocus_windows, seconds)
+        metadata = out_dir / "configs" / "metadata.json"
+        doc = json.loads(metadata.read_text())
+        doc["cross_validation"] = _finite(result.summary())
+        _write_json(metadata, doc)
+    return result
 
 
 def _load(
-    data_root: Path, pocus_dir: Path | None, pocus_cache: Path | None, progress: bool
+    data_root: Path,
+    pocus_dir: Path | None,
+    pocus_cache: Path | None,
+    max_pocus_windows: int | None,
+    progress: bool,
 ) -> _Data:
     if (pocus_dir is None) != (pocus_cache is None):
         raise ValueError("Give pocus_dir and pocus_cache together (the cache may be empty).")
@@ -282,7 +304,9 @@ def _load(
         clips = [c for c in read_labels(pocus_dir / "labels.csv") if c.b_lines is not None]
         xs, labels = [], []
         for i, clip in enumerate(tqdm(clips, desc="pocus", unit="clip", disable=not progress)):
-            x, label = load_pocus_windows([clip], pocus_dir, pocus_cache, windows.x.shape[2], False)
+            x, label = load_pocus_windows(
+                [clip], pocus_dir, pocus_cache, windows.x.shape[2], False, max_pocus_windows
+            )
             xs.append(x)
             labels.append(label)
             owner.extend([i] * len(x))
@@ -317,6 +341,17 @@ class _Recipe:
     progress: bool
 
 
+@dataclass(frozen=True)
+class _Fold:
+    """A network trained on every fold but one, and what it did on that one."""
+
+    network: nn.Module
+    metrics: dict[str, float]
+    counts: dict[str, Any]
+    pocus_truth: npt.NDArray[np.bool_]
+    pocus_probability: npt.NDArray[np.float64]
+
+
 def _train_fold(
     network_class: type[nn.Module],
     arch: str,
@@ -325,7 +360,7 @@ def _train_fold(
     pocus_folds: list[list[int]],
     k: int,
     recipe: _Recipe,
-) -> tuple[nn.Module, dict[str, float], dict[str, Any]]:
+) -> _Fold:
     """Train on every fold but ``k``; the validation metrics and the data counts."""
     epochs, seed, lr, batch_size = recipe.epochs, recipe.seed, recipe.lr, recipe.batch_size
     weight_decay, progress = recipe.weight_decay, recipe.progress
@@ -356,13 +391,14 @@ def _train_fold(
         threshold=THRESHOLD,
         attention_threshold=ATTENTION_THRESHOLD,
     )
+    truth, probability = np.zeros(0, dtype=bool), np.zeros(0)
     if val_clips and pocus_dir is not None and pocus_cache is not None:
         clips = [data.clips[i] for i in val_clips]
-        metrics.update(
-            pocus_metrics(
-                network, clips, pocus_dir, pocus_cache, batch_size=batch_size, progress=progress
-            )
+        truth, probability = pocus_probabilities(
+            network, clips, pocus_dir, pocus_cache, batch_size=batch_size, progress=progress
         )
+        result = binary_metrics(truth, probability, THRESHOLD)
+        metrics.update({f"pocus_{name}": value for name, value in result.items()})
     counts = {
         "patients_train": len({data.cines[i].patient_id for i in train_cines}),
         "patients_validation": len({data.cines[i].patient_id for i in val_cines}),
@@ -377,7 +413,7 @@ def _train_fold(
         "pocus_windows_train": int(pocus_rows.sum()),
         "pocus_groups_validation": sorted({data.clips[i].group for i in val_clips}),
     }
-    return network, metrics, counts
+    return _Fold(network, metrics, counts, truth, probability)
 
 
 def _select(windows: Windows, cines: Sequence[int]) -> Windows:
@@ -443,12 +479,30 @@ def _deterministic(seed: int) -> Iterator[None]:
 
 def _write_bundle(
     out_dir: Path,
-    network: nn.Module,
+    fold: _Fold,
     arch: str,
-    metrics: dict[str, float],
-    data: dict[str, Any],
-    training: dict[str, Any],
+    data_root: Path,
+    recipe: _Recipe,
+    max_pocus_windows: int | None,
+    seconds: float,
 ) -> None:
+    network = fold.network
+    training = {
+        "arch": arch,
+        "epochs": recipe.epochs,
+        "seed": recipe.seed,
+        "lr": recipe.lr,
+        "batch_size": recipe.batch_size,
+        "weight_decay": recipe.weight_decay,
+        "max_pocus_windows": max_pocus_windows,
+        "parameters": sum(p.numel() for p in network.parameters()),
+        "seconds": round(seconds, 1),
+    }
+    # Folder names only: the bundle is committed, and paths of the training machine mean
+    # nothing elsewhere.
+    pocus = recipe.pocus_dir.name if recipe.pocus_dir else None
+    data = {"root": data_root.name, "pocus": pocus, **fold.counts}
+    metrics = fold.metrics
     (out_dir / "models").mkdir(parents=True, exist_ok=True)
     (out_dir / "configs").mkdir(parents=True, exist_ok=True)
     torch.save(network.state_dict(), out_dir / "models" / "model.pt")
@@ -504,7 +558,7 @@ def _metadata(
             "logit: sigmoid gives the probability of B-lines in the window; attention: weight "
             "of each frame, summing to 1 over the window"
         ),
-        "eval_metrics": {k: None if math.isnan(v) else v for k, v in metrics.items()},
+        "eval_metrics": _finite(metrics),
         "intended_use": "Research only. Not a medical device; not validated on real patients.",
         "references": [
             "Kerdegari H. et al. Automatic detection of B-lines in lung ultrasound videos from "
@@ -551,6 +605,17 @@ def _metadata(
     }
 
 
+def _finite(doc: Any) -> Any:
+    """``doc`` with every NaN replaced by None (JSON has no NaN)."""
+    if isinstance(doc, dict):
+        return {k: _finite(v) for k, v in doc.items()}
+    if isinstance(doc, list | tuple):
+        return [_finite(v) for v in doc]
+    if isinstance(doc, float) and math.isnan(doc):
+        return None
+    return doc
+
+
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
     path.write_text(json.dumps(doc, indent=4) + "\n")
 
@@ -558,7 +623,7 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="output of `lus-pacs synth`")
-    parser.add_argument("--out", type=Path, help="the bundle folder (not with --folds)")
+    parser.add_argument("--out", type=Path, help="the bundle folder (with --folds: fold 0's)")
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--arch", default=DEFAULT_ARCH, choices=list(ARCHITECTURES))
@@ -568,6 +633,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n-folds", type=int, default=5, help="folds; the first validates")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=20)
+    parser.add_argument(
+        "--max-pocus-windows",
+        type=int,
+        default=MAX_POCUS_WINDOWS,
+        help="1-s windows per POCUS clip at most, spread over the clip (0: all)",
+    )
     args = parser.parse_args(argv)
     common: dict[str, Any] = {
         "epochs": args.epochs,
@@ -577,12 +648,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "pocus_cache": args.pocus_cache,
         "lr": args.lr,
         "batch_size": args.batch_size,
+        "max_pocus_windows": args.max_pocus_windows or None,
     }
     if args.folds is not None:
-        result = cross_validate_b_lines(args.data, folds=args.folds, **common)
-        print(
-            json.dumps({"arch": result.arch, "folds": result.folds, "mean": result.mean}, indent=2)
-        )
+        result = cross_validate_b_lines(args.data, folds=args.folds, out_dir=args.out, **common)
+        print(json.dumps(_finite(result.summary()), indent=2))
         return
     if args.out is None:
         parser.error("--out is required unless --folds is given")

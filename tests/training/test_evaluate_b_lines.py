@@ -6,9 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from lus_pacs.domain import BLineFindings, ModelInfo
+from lus_pacs.domain import ModelInfo
 from lus_pacs.nets.b_lines import C2DAttention
 from lus_pacs.training.evaluate_b_lines import (
     IOU_THRESHOLDS,
@@ -17,7 +16,6 @@ from lus_pacs.training.evaluate_b_lines import (
     frame_iou,
     localisation_accuracy,
     markdown_table,
-    plot_attention,
 )
 from tests.tools import run_cli
 
@@ -71,20 +69,6 @@ def test_table_has_the_papers_columns() -> None:
     assert first[header.index("IoU α=0.3")] == "54.5"
     assert first[header.index("Key frame")] == "87.5"
     assert first[header.index("POCUS AUC")] == "—"
-
-
-def test_attention_plot_is_a_png_of_the_requested_size(tmp_path: Path) -> None:
-    scores = tuple(float(s) for s in np.linspace(0.1, 1.0, 40))
-    findings = BLineFindings(True, 0.9, (30, 31, 40), 40, scores, MODEL)
-    path = tmp_path / "attention.png"
-    plot_attention(findings, range(25, 41), path, size=(400, 150))
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with Image.open(path) as image:
-        assert image.size == (400, 150)
-        pixels = np.asarray(image.convert("RGB"))
-    shaded = (pixels == (210, 210, 210)).all(axis=2).any(axis=0)
-    columns = np.flatnonzero(shaded)
-    assert columns.min() > 400 // 2  # truth frames 25-40 are the right part of the axis
 
 
 def test_evaluate_a_network_on_simulated_cines(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from lus_pacs.training.train_b_lines import (
     train_b_lines,
 )
 from tests.tools import run_cli
+from tests.training.conftest import PocusCache
 
 SEED = 3
 
@@ -77,3 +78,37 @@ def test_cross_validation_gives_every_fold_and_the_mean(two_patients: Path) -> N
 def test_unknown_architecture_lists_the_options(two_patients: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="c2d_lstm_att, c2d_att, c3d_att, c2d_lstm"):
         train_b_lines(two_patients, tmp_path, epochs=1, seed=0, arch="c3d", progress=False)
+
+
+def test_cross_validation_with_pocus_scores_every_clip_once_and_writes_fold_0(
+    two_patients: Path, pocus_cache: PocusCache, tmp_path: Path
+) -> None:
+    from lus_pacs.training.pocus import read_labels
+
+    labelled = [
+        c for c in read_labels(pocus_cache.pocus_dir / "labels.csv") if c.b_lines is not None
+    ]
+    result = cross_validate_b_lines(
+        two_patients,
+        epochs=1,
+        seed=SEED,
+        arch="c2d_att",
+        folds=2,
+        pocus_dir=pocus_cache.pocus_dir,
+        pocus_cache=pocus_cache.cache_dir,
+        max_pocus_windows=1,
+        out_dir=tmp_path,
+        progress=False,
+    )
+    # Each clip is scored by the one fold that held its source out.
+    assert result.pocus_pooled["pocus_n"] == len(labelled)
+    assert result.pocus_pooled["pocus_n_positive"] == sum(bool(c.b_lines) for c in labelled)
+    assert sum(fold["pocus_n"] for fold in result.folds) == len(labelled)
+    assert 0.0 <= result.pocus_pooled["pocus_auc"] <= 1.0
+    metadata = json.loads((tmp_path / "configs/metadata.json").read_text())
+    assert metadata["cross_validation"]["pocus_pooled"]["pocus_n"] == len(labelled)
+    assert metadata["training"]["max_pocus_windows"] == 1
+    # One window per clip: as many POCUS training windows as the fold's training clips.
+    data = metadata["training"]["data"]
+    assert data["pocus_windows_train"] == data["pocus_clips_train"]
+    assert data["pocus"] == pocus_cache.pocus_dir.name  # a name, not a path of this machine
