@@ -352,8 +352,9 @@ _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help
 
 @train_app.command("b-lines", context_settings=_PASS_THROUGH, add_help_option=False)
 def train_b_lines(ctx: typer.Context) -> None:
-    """Paper 001's networks (--arch c2d_lstm_att|c2d_att|c3d_att|c2d_lstm) on simulated exams
-    and the POCUS clips; --folds N cross-validates. Options: `lus-pacs train b-lines --help`."""
+    """Paper 001's networks (--arch c2d_lstm_att|c2d_att|c3d_att|c2d_lstm) on simulated exams,
+    VIA-annotated cines and the POCUS clips; --folds N cross-validates. Options:
+    `lus-pacs train b-lines --help`."""
     from lus_pacs.training.train_b_lines import main
 
     main(ctx.args)

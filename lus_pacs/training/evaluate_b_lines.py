@@ -43,8 +43,9 @@ from lus_pacs.domain import BLineFindings, ModelInfo
 from lus_pacs.imaging.transforms import b_line_windows
 from lus_pacs.inference.b_lines import BLineModel, findings_from_windows
 from lus_pacs.inference.plots import plot_attention
+from lus_pacs.training.annotated import BLineCine
 from lus_pacs.training.pocus import PocusClip, load_clip, read_labels
-from lus_pacs.training.simulated import SimulatedCine, find_simulated
+from lus_pacs.training.simulated import find_simulated
 
 IOU_THRESHOLDS = (0.1, 0.2, 0.3, 0.4)
 """The paper's Table 2 thresholds (alpha)."""
@@ -82,12 +83,13 @@ class Windows:
     """1-based first frame of each window."""
 
 
-def load_windows(cines: Sequence[SimulatedCine], progress: bool = True) -> Windows:
+def load_windows(cines: Sequence[BLineCine], progress: bool = True) -> Windows:
     """Cut every cine into the network's windows (the cine's own frame rate sets their length)."""
     xs, labels, truths, owner, starts = [], [], [], [], []
     for i, sim in enumerate(tqdm(cines, desc="windows", unit="cine", disable=not progress)):
         x, first = b_line_windows(sim.load(), default_fps=sim.fps)
-        positive = np.array([f.b_line_count > 0 for f in sim.frames])
+        positive = np.zeros(sim.n_frames, dtype=bool)
+        positive[np.asarray(sim.b_line_frames, dtype=np.intp) - 1] = True
         length = x.shape[2]
         for s in first:
             index = np.minimum(np.arange(s - 1, s - 1 + length), sim.n_frames - 1)
@@ -174,7 +176,7 @@ def simulated_metrics(
     probabilities: npt.NDArray[np.float64],
     attention: npt.NDArray[np.float64],
     windows: Windows,
-    cines: Sequence[SimulatedCine],
+    cines: Sequence[BLineCine],
     *,
     threshold: float = THRESHOLD,
     attention_threshold: float = ATTENTION_THRESHOLD,

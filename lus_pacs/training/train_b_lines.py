@@ -1,4 +1,5 @@
-"""Train paper 001's B-line networks on simulated exams (and the POCUS clips); write the bundle.
+"""Train paper 001's B-line networks on simulated exams, a site's VIA-annotated cines and the
+POCUS clips; write the bundle.
 
 Windows are the network's input as the node makes it (:func:`b_line_windows`); a window is
 positive when any of its frames shows a B-line. As in the paper only these window labels
@@ -7,7 +8,11 @@ supervise the network: the attention learns where the B-lines are on its own.
 The real POCUS clips (optional) only say whether a clip shows B-lines somewhere. For simplicity
 every window of a clip is labelled with the clip's label, although a positive clip may have
 windows without B-lines; clips whose ``b_lines`` is not recorded are skipped. Their windows are
-resampled in time to the simulated window length (nearest frame) so that they batch together.
+resampled in time to the simulated window length (nearest frame) so that they batch together,
+and a long clip gives at most ``max_pocus_windows`` windows spread over it.
+
+A site's own cines come as VIA projects (paper 001's annotation format, frame-level B-line
+segments; :mod:`lus_pacs.training.annotated`) and are used exactly as the simulated ones.
 
 Simulated patients and POCUS sources (:attr:`PocusClip.group`) are dealt into ``n_folds`` folds
 (:func:`split_by_group`). :func:`train_b_lines` validates on the first and writes the bundle;
@@ -17,7 +22,8 @@ Metrics are those of :mod:`lus_pacs.training.evaluate_b_lines`.
 Usage::
 
     python -m lus_pacs.training.train_b_lines --data DIR --out models/b_lines --epochs N --seed S \
-        [--arch c2d_lstm_att|c2d_att|c3d_att|c2d_lstm] [--pocus DIR --pocus-cache DIR] [--folds K]
+        [--arch c2d_lstm_att|c2d_att|c3d_att|c2d_lstm] [--pocus DIR --pocus-cache DIR] [--folds K] \
+        [--via PROJECT.json ... [--via-root DIR]]
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from tqdm import tqdm
 from lus_pacs import __version__
 from lus_pacs.imaging.transforms import b_line_windows
 from lus_pacs.nets.b_lines import ARCHITECTURES
+from lus_pacs.training.annotated import BLineCine, read_via_cines
 from lus_pacs.training.evaluate_b_lines import (
     ATTENTION_THRESHOLD,
     THRESHOLD,
@@ -56,7 +63,7 @@ from lus_pacs.training.evaluate_b_lines import (
     simulated_metrics,
 )
 from lus_pacs.training.pocus import PocusClip, load_clip, read_labels
-from lus_pacs.training.simulated import SimulatedCine, find_simulated
+from lus_pacs.training.simulated import find_simulated
 from lus_pacs.training.splits import split_by_group
 
 __all__ = [
@@ -162,19 +169,22 @@ def load_pocus_windows(
 
 @dataclass(frozen=True)
 class _Data:
-    """Everything loaded once: simulated windows and the labelled POCUS clips' windows."""
+    """Everything loaded once: the windows of the simulated and annotated cines, and the
+    labelled POCUS clips' windows."""
 
-    cines: list[SimulatedCine]
+    cines: list[BLineCine]
     windows: Windows
     clips: list[PocusClip]
     pocus_x: torch.Tensor
     pocus_label: torch.Tensor
     pocus_clip: torch.Tensor
     """(windows,) index into ``clips`` of each POCUS window."""
+    sources: dict[str, Any]
+    """Names of the data folders and files, for the bundle's metadata."""
 
 
 def train_b_lines(
-    data_root: Path,
+    data_root: Path | None,
     out_dir: Path,
     *,
     epochs: int,
@@ -187,6 +197,8 @@ def train_b_lines(
     weight_decay: float = 1e-5,
     n_folds: int = 5,
     max_pocus_windows: int | None = MAX_POCUS_WINDOWS,
+    via: Sequence[Path] = (),
+    via_root: Path | None = None,
     progress: bool = True,
 ) -> dict[str, float]:
     """Train on the data; validate on the first fold; write the bundle into ``out_dir``.
@@ -194,7 +206,7 @@ def train_b_lines(
     Parameters
     ----------
     data_root:
-        Output of ``lus-pacs synth``.
+        Output of ``lus-pacs synth``, or None to train on ``via`` alone.
     out_dir:
         The bundle folder: ``models/model.pt`` and ``configs/*.json`` are (over)written,
         ``docs/`` is left alone.
@@ -209,6 +221,10 @@ def train_b_lines(
         Patient (and POCUS source) folds; the first is the validation set.
     max_pocus_windows:
         At most this many 1-s windows of each POCUS clip train (see :func:`load_pocus_windows`).
+    via, via_root:
+        VIA projects of a site's own annotated cines (paper 001's format), their files relative
+        to ``via_root`` (default: each project's folder); they train and validate with the
+        simulated cines, split by PatientID (:mod:`lus_pacs.training.annotated`).
     progress:
         Show tqdm progress bars.
 
@@ -220,18 +236,18 @@ def train_b_lines(
     """
     started = time.perf_counter()
     network_class = architecture(arch)
-    data = _load(data_root, pocus_dir, pocus_cache, max_pocus_windows, progress)
+    data = _load(data_root, via, via_root, pocus_dir, pocus_cache, max_pocus_windows, progress)
     sim_folds, pocus_folds = _folds(data, n_folds, seed)
     recipe = _Recipe(epochs, seed, lr, batch_size, weight_decay, pocus_dir, pocus_cache, progress)
     fold = _train_fold(network_class, arch, data, sim_folds, pocus_folds, 0, recipe)
     _write_bundle(
-        out_dir, fold, arch, data_root, recipe, max_pocus_windows, time.perf_counter() - started
+        out_dir, fold, arch, data.sources, recipe, max_pocus_windows, time.perf_counter() - started
     )
     return fold.metrics
 
 
 def cross_validate_b_lines(
-    data_root: Path,
+    data_root: Path | None,
     *,
     epochs: int,
     seed: int,
@@ -243,6 +259,8 @@ def cross_validate_b_lines(
     batch_size: int = 20,
     weight_decay: float = 1e-5,
     max_pocus_windows: int | None = MAX_POCUS_WINDOWS,
+    via: Sequence[Path] = (),
+    via_root: Path | None = None,
     out_dir: Path | None = None,
     progress: bool = True,
 ) -> CrossValidation:
@@ -255,7 +273,7 @@ def cross_validate_b_lines(
     """
     started = time.perf_counter()
     network_class = architecture(arch)
-    data = _load(data_root, pocus_dir, pocus_cache, max_pocus_windows, progress)
+    data = _load(data_root, via, via_root, pocus_dir, pocus_cache, max_pocus_windows, progress)
     sim_folds, pocus_folds = _folds(data, folds, seed)
     recipe = _Recipe(epochs, seed, lr, batch_size, weight_decay, pocus_dir, pocus_cache, progress)
     trained = [
@@ -276,7 +294,7 @@ def cross_validate_b_lines(
     result = CrossValidation(arch, tuple(per_fold), mean, pooled)
     if out_dir is not None:
         seconds = time.perf_counter() - started
-        _write_bundle(out_dir, trained[0], arch, data_root, recipe, max_pocus_windows, seconds)
+        _write_bundle(out_dir, trained[0], arch, data.sources, recipe, max_pocus_windows, seconds)
         metadata = out_dir / "configs" / "metadata.json"
         doc = json.loads(metadata.read_text())
         doc["cross_validation"] = _finite(result.summary())
@@ -285,7 +303,9 @@ def cross_validate_b_lines(
 
 
 def _load(
-    data_root: Path,
+    data_root: Path | None,
+    via: Sequence[Path],
+    via_root: Path | None,
     pocus_dir: Path | None,
     pocus_cache: Path | None,
     max_pocus_windows: int | None,
@@ -293,9 +313,22 @@ def _load(
 ) -> _Data:
     if (pocus_dir is None) != (pocus_cache is None):
         raise ValueError("Give pocus_dir and pocus_cache together (the cache may be empty).")
-    cines = find_simulated(data_root)
+    cines: list[BLineCine] = []
+    if data_root is not None:
+        cines.extend(find_simulated(data_root))
+        if not cines:
+            raise FileNotFoundError(f"No simulated cines (*/*.truth.json) under {data_root}.")
+    for project in via:
+        cines.extend(read_via_cines(project, via_root))
     if not cines:
-        raise FileNotFoundError(f"No simulated cines (*/*.truth.json) under {data_root}.")
+        raise ValueError("No cines to train on: give simulated data, VIA projects, or both.")
+    # Folder and file names only: the bundle is committed, and paths of the training machine
+    # mean nothing elsewhere.
+    sources = {
+        "root": data_root.name if data_root else None,
+        "via": [p.name for p in via],
+        "pocus": pocus_dir.name if pocus_dir else None,
+    }
     windows = load_windows(cines, progress)
     clips: list[PocusClip] = []
     pocus_x, pocus_label = torch.zeros(0, *windows.x.shape[1:]), torch.zeros(0)
@@ -311,7 +344,8 @@ def _load(
             labels.append(label)
             owner.extend([i] * len(x))
         pocus_x, pocus_label = torch.cat(xs), torch.cat(labels)
-    return _Data(cines, windows, clips, pocus_x, pocus_label, torch.tensor(owner, dtype=torch.long))
+    owners = torch.tensor(owner, dtype=torch.long)
+    return _Data(cines, windows, clips, pocus_x, pocus_label, owners, sources)
 
 
 def _folds(data: _Data, n_folds: int, seed: int) -> tuple[list[list[int]], list[list[int]]]:
@@ -481,7 +515,7 @@ def _write_bundle(
     out_dir: Path,
     fold: _Fold,
     arch: str,
-    data_root: Path,
+    sources: dict[str, Any],
     recipe: _Recipe,
     max_pocus_windows: int | None,
     seconds: float,
@@ -498,10 +532,7 @@ def _write_bundle(
         "parameters": sum(p.numel() for p in network.parameters()),
         "seconds": round(seconds, 1),
     }
-    # Folder names only: the bundle is committed, and paths of the training machine mean
-    # nothing elsewhere.
-    pocus = recipe.pocus_dir.name if recipe.pocus_dir else None
-    data = {"root": data_root.name, "pocus": pocus, **fold.counts}
+    data = {**sources, **fold.counts}
     metrics = fold.metrics
     (out_dir / "models").mkdir(parents=True, exist_ok=True)
     (out_dir / "configs").mkdir(parents=True, exist_ok=True)
@@ -622,7 +653,15 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="output of `lus-pacs synth`")
+    parser.add_argument("--data", type=Path, help="output of `lus-pacs synth`")
+    parser.add_argument(
+        "--via",
+        type=Path,
+        action="append",
+        default=[],
+        help="a VIA project of annotated DICOM cines (paper 001's format); repeatable",
+    )
+    parser.add_argument("--via-root", type=Path, help="folder the VIA file names are under")
     parser.add_argument("--out", type=Path, help="the bundle folder (with --folds: fold 0's)")
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--seed", type=int, required=True)
@@ -640,7 +679,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="1-s windows per POCUS clip at most, spread over the clip (0: all)",
     )
     args = parser.parse_args(argv)
+    if args.data is None and not args.via:
+        parser.error("give --data, --via, or both")
     common: dict[str, Any] = {
+        "via": args.via,
+        "via_root": args.via_root,
         "epochs": args.epochs,
         "seed": args.seed,
         "arch": args.arch,
