@@ -272,6 +272,33 @@ def to_source_geometry(
     return out
 
 
+def box_to_source(
+    box: tuple[float, float, float, float], cine: Cine, model_size: tuple[int, int] = SEVERITY_SIZE
+) -> tuple[int, int, int, int]:
+    """Map a box (x0, y0, x1, y1) in the fitted model geometry onto source image pixels.
+
+    The inverse of :class:`FitAndPad` for coordinates, as :func:`to_source_geometry` is for
+    label maps: padding is removed, the box is scaled to the tissue region and shifted to its
+    place in the image. The result is clipped to the tissue region, ends exclusive; a box lying
+    entirely in the padding collapses to a zero-area box on the region's edge.
+    """
+    r = cine.region
+    rows, cols = _fitted_size((r.height, r.width), model_size)
+    top, left = (model_size[0] - rows) / 2, (model_size[1] - cols) / 2
+    # // 2 in FitAndPad puts an odd remainder after: the same offsets as to_source_geometry.
+    top, left = float(int(top)), float(int(left))
+    sx, sy = r.width / cols, r.height / rows
+    x0, y0, x1, y1 = box
+    xs = np.clip([(x0 - left) * sx, (x1 - left) * sx], 0, r.width)
+    ys = np.clip([(y0 - top) * sy, (y1 - top) * sy], 0, r.height)
+    return (
+        r.x0 + int(np.floor(xs[0])),
+        r.y0 + int(np.floor(ys[0])),
+        r.x0 + int(np.ceil(xs[1])),
+        r.y0 + int(np.ceil(ys[1])),
+    )
+
+
 def _fitted_size(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
     """The largest (rows, columns) with the aspect ratio of ``size`` that fits in ``box``."""
     scale = min(box[0] / size[0], box[1] / size[1])

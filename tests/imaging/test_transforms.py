@@ -15,6 +15,7 @@ from lus_pacs.imaging.transforms import (
     FitAndPadd,
     TemporalWindows,
     b_line_windows,
+    box_to_source,
     severity_frames,
     to_source_geometry,
 )
@@ -169,3 +170,21 @@ def test_dictionary_fit_moves_image_and_label_together() -> None:
     # 100 x 50 fits as 200 x 100: 80 padded columns each side.
     assert torch.all(out["image"][..., :80] == 0)
     assert torch.all(out["image"][..., 180:] == 0)
+
+
+def test_a_box_in_model_geometry_maps_onto_the_same_source_pixels() -> None:
+    rows, cols = 300, 400
+    region = Region(50, 20, 350, 280, RegionSource.IMAGE)  # 300 wide, 260 high
+    frame = np.zeros((rows, cols), np.uint8)
+    frame[100:160, 150:250] = 255  # a bright block inside the tissue
+    cine = _cine(frame[None], region)
+    fitted = severity_frames(cine)[0, 0].numpy()
+    ys, xs = np.nonzero(fitted > 0.0)
+    box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+    x0, y0, x1, y1 = box_to_source(box, cine)
+    assert abs(x0 - 150) <= 2
+    assert abs(x1 - 250) <= 2
+    assert abs(y0 - 100) <= 2
+    assert abs(y1 - 160) <= 2
+    # The whole model frame is the whole tissue region.
+    assert box_to_source((0, 0, 260, 200), cine) == (50, 20, 350, 280)
