@@ -51,6 +51,7 @@ from lus_pacs import __version__
 from lus_pacs.imaging.transforms import b_line_windows
 from lus_pacs.nets.b_lines import ARCHITECTURES
 from lus_pacs.training.annotated import BLineCine, read_via_cines
+from lus_pacs.training.bundle_files import finite, write_json
 from lus_pacs.training.evaluate_b_lines import (
     ATTENTION_THRESHOLD,
     THRESHOLD,
@@ -284,8 +285,8 @@ def cross_validate_b_lines(
     mean = {}
     for key in per_fold[0]:
         values = np.array([m.get(key, math.nan) for m in per_fold], dtype=float)
-        finite = values[~np.isnan(values)]
-        mean[key] = round(float(finite.mean()), 4) if len(finite) else float("nan")
+        kept = values[~np.isnan(values)]
+        mean[key] = round(float(kept.mean()), 4) if len(kept) else float("nan")
     pooled: dict[str, float] = {}
     if data.clips:
         truth = np.concatenate([fold.pocus_truth for fold in trained])
@@ -297,8 +298,8 @@ def cross_validate_b_lines(
         _write_bundle(out_dir, trained[0], arch, data.sources, recipe, max_pocus_windows, seconds)
         metadata = out_dir / "configs" / "metadata.json"
         doc = json.loads(metadata.read_text())
-        doc["cross_validation"] = _finite(result.summary())
-        _write_json(metadata, doc)
+        doc["cross_validation"] = finite(result.summary())
+        write_json(metadata, doc)
     return result
 
 
@@ -546,8 +547,8 @@ def _write_bundle(
         "threshold": THRESHOLD,
         "attention_threshold": ATTENTION_THRESHOLD,
     }
-    _write_json(out_dir / "configs" / "inference.json", inference)
-    _write_json(out_dir / "configs" / "metadata.json", _metadata(metrics, data, training))
+    write_json(out_dir / "configs" / "inference.json", inference)
+    write_json(out_dir / "configs" / "metadata.json", _metadata(metrics, data, training))
 
 
 def _metadata(
@@ -589,7 +590,7 @@ def _metadata(
             "logit: sigmoid gives the probability of B-lines in the window; attention: weight "
             "of each frame, summing to 1 over the window"
         ),
-        "eval_metrics": _finite(metrics),
+        "eval_metrics": finite(metrics),
         "intended_use": "Research only. Not a medical device; not validated on real patients.",
         "references": [
             "Kerdegari H. et al. Automatic detection of B-lines in lung ultrasound videos from "
@@ -636,21 +637,6 @@ def _metadata(
     }
 
 
-def _finite(doc: Any) -> Any:
-    """``doc`` with every NaN replaced by None (JSON has no NaN)."""
-    if isinstance(doc, dict):
-        return {k: _finite(v) for k, v in doc.items()}
-    if isinstance(doc, list | tuple):
-        return [_finite(v) for v in doc]
-    if isinstance(doc, float) and math.isnan(doc):
-        return None
-    return doc
-
-
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    path.write_text(json.dumps(doc, indent=4) + "\n")
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, help="output of `lus-pacs synth`")
@@ -695,7 +681,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     if args.folds is not None:
         result = cross_validate_b_lines(args.data, folds=args.folds, out_dir=args.out, **common)
-        print(json.dumps(_finite(result.summary()), indent=2))
+        print(json.dumps(finite(result.summary()), indent=2))
         return
     if args.out is None:
         parser.error("--out is required unless --folds is given")
