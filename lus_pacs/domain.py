@@ -137,6 +137,35 @@ class BLineFindings:
             raise ValueError(f"probability must be within [0, 1]; got {self.probability}")
 
 
+@dataclass(frozen=True)
+class SeverityFindings:
+    """What the severity model (paper 003) says about one cine. Frames are 1-based.
+
+    Scores are the ICLUS lung-ultrasound scores: 0 regular pleura with A-lines, 1 indented
+    pleura with some vertical artefacts, 2 broken pleura with consolidation or white areas
+    below it, 3 white lung over more than half of the pleura, with or without consolidation.
+    """
+
+    score: int
+    """The clip score 0-3 from the aggregator."""
+    probabilities: tuple[float, float, float, float]
+    """The aggregator's probability of each clip score."""
+    frame_scores: tuple[int, ...]
+    """The frame scorer's score 0-3 of every frame."""
+    top_frame: int
+    """The frame with the highest score (most confident among equals)."""
+    box: tuple[int, int, int, int] | None
+    """Where the frame scorer looked in ``top_frame``: (x0, y0, x1, y1) source pixels, ends
+    exclusive (the spatial transformer's crop); None for networks without one."""
+    model: ModelInfo
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.score <= 3 or any(not 0 <= s <= 3 for s in self.frame_scores):
+            raise ValueError("Severity scores must be between 0 and 3.")
+        if not 1 <= self.top_frame <= len(self.frame_scores):
+            raise ValueError(f"top_frame {self.top_frame} is not a frame of this cine (1-based).")
+
+
 class KeyFrameReason(StrEnum):
     B_LINES = "b_lines"
     """The representative B-line frame."""
@@ -166,8 +195,9 @@ class Findings:
     n_frames: int
     fps: float | None
     b_lines: BLineFindings | None = None
+    severity: SeverityFindings | None = None
     key_frames: tuple[KeyFrame, ...] = ()
 
     @property
     def models(self) -> tuple[ModelInfo, ...]:
-        return tuple(f.model for f in (self.b_lines,) if f is not None)
+        return tuple(f.model for f in (self.b_lines, self.severity) if f is not None)

@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -20,7 +19,7 @@ from lus_pacs.durable import durable_file
 from lus_pacs.errors import ExportError, LusPacsError
 from lus_pacs.export.dimse import store as c_store
 from lus_pacs.ingest.scp import Receiver, make_ae
-from lus_pacs.pipeline import Models, dumps, process_file
+from lus_pacs.pipeline import Models, dumps, process_file, study_summary
 from lus_pacs.queue.store import JobStore
 from lus_pacs.settings import Settings
 
@@ -173,14 +172,7 @@ class Node:
 
     def _summarise(self, study: str) -> None:
         records = [json.loads(r) for r in self.store.records(study)]
-        summary: dict[str, Any] = {
-            "study_instance_uid": study,
-            "cines": len(records),
-            "zones": sorted({r["source"]["zone"] or "?" for r in records}),
-            "b_line_zones": sorted(
-                {r["source"]["zone"] or "?" for r in records if r.get("b_lines", {}).get("present")}
-            ),
-        }
+        summary = study_summary(study, records)
         path = summary_path(self.settings, study)
         with durable_file(path) as f:
             f.write(json.dumps(summary, indent=1).encode())

@@ -24,10 +24,11 @@ from lus_pacs.durable import durable_file
 from lus_pacs.errors import ConfigError
 from lus_pacs.imaging.decode import decode_dataset
 from lus_pacs.inference.b_lines import BLineModel
+from lus_pacs.inference.severity import SeverityModel
 from lus_pacs.queue.store import Output
 from lus_pacs.settings import Settings
 
-AVAILABLE_MODELS = ("b_lines",)
+AVAILABLE_MODELS = ("b_lines", "severity")
 """Bundles the node knows how to run; the other model families come with their issues."""
 
 OUTPUT_SERIES = {"sr": 900, "kos": 901}
@@ -39,6 +40,7 @@ class Models:
     """The model bundles the node runs, loaded once."""
 
     b_lines: BLineModel | None
+    severity: SeverityModel | None = None
 
     @classmethod
     def load(cls, settings: Settings) -> Models:
@@ -49,12 +51,15 @@ class Models:
                 f"models {sorted(unknown)} are not available; available: {list(AVAILABLE_MODELS)}"
             )
         b_lines = BLineModel.load(settings.models_dir / "b_lines") if "b_lines" in enabled else None
-        return cls(b_lines=b_lines)
+        severity = None
+        if "severity" in enabled:
+            severity = SeverityModel.load(settings.models_dir / "severity")
+        return cls(b_lines=b_lines, severity=severity)
 
     @property
     def key(self) -> str:
         """Names and versions, the identity of a result: ``b_lines@0.1.0``."""
-        infos = [m.model for m in (self.b_lines,) if m is not None]
+        infos = [m.model for m in (self.b_lines, self.severity) if m is not None]
         return ",".join(f"{i.name}@{i.version}" for i in infos) or "none"
 
 
@@ -62,6 +67,7 @@ def analyse(header: Dataset, name: str, models: Models, settings: Settings) -> F
     """Decode the cine and run every enabled model on it."""
     cine = decode_dataset(header, name, zone_rules=settings.zone_rules)
     b_lines = models.b_lines.predict(cine, settings.default_fps) if models.b_lines else None
+    severity = models.severity.predict(cine) if models.severity else None
     key_frames: list[KeyFrame] = []
     if b_lines is not None and b_lines.present and b_lines.key_frame is not None:
         key_frames.append(KeyFrame(b_lines.key_frame, KeyFrameReason.B_LINES))
@@ -69,11 +75,14 @@ def analyse(header: Dataset, name: str, models: Models, settings: Settings) -> F
         # Every cine gets a frame to review: the model's own choice, labelled as such.
         most = max(range(len(b_lines.frame_scores)), key=b_lines.frame_scores.__getitem__)
         key_frames.append(KeyFrame(most + 1, KeyFrameReason.ATTENTION))
+    if severity is not None and severity.score > 0:
+        key_frames.append(KeyFrame(severity.top_frame, KeyFrameReason.SEVERITY))
     return Findings(
         source=cine.source,
         n_frames=cine.n_frames,
         fps=cine.timing.fps,
         b_lines=b_lines,
+        severity=severity,
         key_frames=tuple(key_frames),
     )
 
@@ -154,6 +163,15 @@ def result_record(
             "frames": list(b.frames),
             "key_frame": b.key_frame,
         }
+    if findings.severity is not None:
+        sev = findings.severity
+        record["severity"] = {
+            "score": sev.score,
+            "probabilities": list(sev.probabilities),
+            "frame_scores": list(sev.frame_scores),
+            "top_frame": sev.top_frame,
+            "box": list(sev.box) if sev.box is not None else None,
+        }
     record["key_frames"] = [
         {"frame": k.frame, "reason": k.reason.value} for k in findings.key_frames
     ]
@@ -197,6 +215,37 @@ def process_file(
         name = f"{findings.source.sop_instance_uid}_b_lines.png"
         plot_attention(findings.b_lines, plots_dir / name)
     return result_record(findings, outputs, timings), outputs
+
+
+def study_summary(study: str, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The study's summary from its cines' records: zones scanned, B-line zones, and the LUS
+    score per zone (the highest clip score among the zone's cines) with its total over the
+    scored zones. Cines without a zone count as zone "?"; scores are absent when the severity
+    model did not run."""
+    zones: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        zones.setdefault(record["source"]["zone"] or "?", []).append(record)
+    summary: dict[str, Any] = {
+        "study_instance_uid": study,
+        "cines": len(records),
+        "zones": sorted(zones),
+        "b_line_zones": sorted(
+            z for z, rs in zones.items() if any(r.get("b_lines", {}).get("present") for r in rs)
+        ),
+    }
+    scores = {
+        z: max(r["severity"]["score"] for r in rs if "severity" in r)
+        for z, rs in zones.items()
+        if any("severity" in r for r in rs)
+    }
+    if scores:
+        summary["lus_score"] = {
+            "per_zone": dict(sorted(scores.items())),
+            "total": sum(scores.values()),
+            "zones_scored": len(scores),
+            "maximum": 3 * len(scores),
+        }
+    return summary
 
 
 def dumps(record: dict[str, Any]) -> str:

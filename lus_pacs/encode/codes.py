@@ -42,6 +42,13 @@ B_LINE_FRAMES = _private("LUS004", "B-line frames")
 LUNG_ZONE = _private("LUS005", "Lung ultrasound zone")
 """Concept name of the zone label (R1..R7, L1..L7) as scanned; zone schemes differ between
 protocols, so the label is kept as text rather than mapped onto CID 6171."""
+FRAMES_WITH_SCORE = tuple(
+    _private(f"LUS01{k}", f"Frames with lung ultrasound score {k}") for k in range(4)
+)
+"""Concept names of the count of frames the severity model scored 0, 1, 2 and 3 (with the
+frames referenced)."""
+SCORE_REGION = _private("LUS006", "Region of the lung ultrasound score")
+"""Finding type of the box where the severity model looked in its top-scoring frame."""
 
 # Standard concepts.
 LUNG = codes.SCT.Lung  # 39607008

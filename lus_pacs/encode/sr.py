@@ -16,6 +16,17 @@ Content tree (TID 1500 > TID 1501, one measurement group for the cine)::
           B-lines = Present | Absent
           Source of Measurement: the cine
           Best illustration of finding: cine, the key frame
+        Measurement Group                                    (only with severity findings)
+          Tracking Identifier "Lung ultrasound score, zone R2" + Tracking UID
+          Finding = Lung ultrasound score; Finding Site as above; Algorithm (TID 4019)
+          Lung ultrasound score = 2 {1}
+          Probability = 0.81 {1}                             (of that score, from the aggregator)
+          Frames with lung ultrasound score k = n {frames}   <- the frames, k = 0..3 when n > 0
+        Measurement Group (TID 1410)                         (networks with a spatial transformer)
+          Tracking Identifier "Lung ultrasound score region, zone R2"
+          Image Region = closed POLYLINE around the box   <- cine, the top-scoring frame
+          Finding = Region of the lung ultrasound score
+          Lung ultrasound score = 3 {1}                      (of that frame)
       Comment: research-software notice
 
 A model that did not run leaves nothing in the tree: no B-line item is ever made up.
@@ -24,11 +35,12 @@ A model that did not run leaves nothing in the tree: no B-line item is ever made
 from __future__ import annotations
 
 import highdicom as hd
+import numpy as np
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from lus_pacs import __version__
-from lus_pacs.domain import BLineFindings, Findings
+from lus_pacs.domain import BLineFindings, Findings, SeverityFindings
 from lus_pacs.encode import codes
 from lus_pacs.encode.common import (
     MANUFACTURER,
@@ -87,7 +99,10 @@ def encode_sr(
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device_observer()),
         procedure_reported=codes.PROCEDURE,
-        imaging_measurements=[_cine_group(findings, header, tracking_uid)],
+        imaging_measurements=[
+            _cine_group(findings, header, tracking_uid),
+            *_severity_groups(findings, header, sop_instance_uid),
+        ],
         referenced_images=[header],
     )
     report[0].ContentSequence.append(
@@ -187,3 +202,83 @@ def _b_line_measurements(b: BLineFindings, header: Dataset) -> list[hd.sr.Measur
             ),
         ),
     ]
+
+
+def _severity_groups(
+    findings: Findings, header: Dataset, sop_instance_uid: str
+) -> list[
+    hd.sr.MeasurementsAndQualitativeEvaluations
+    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+]:
+    """The severity model's clip score group and, when it has one, the box of its top frame."""
+    sev = findings.severity
+    if sev is None:
+        return []
+    zone = findings.source.zone
+    where = f", zone {zone}" if zone else ""
+    algorithm = algorithm_identification(sev.model)
+    clip = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=generate_uid(entropy_srcs=[sop_instance_uid, "severity"]),
+            identifier=f"Lung ultrasound score{where}",
+        ),
+        finding_type=codes.LUS_SCORE,
+        algorithm_id=algorithm,
+        finding_sites=[_finding_site(zone)],
+        measurements=_severity_measurements(sev, header),
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(header)],
+    )
+    if sev.box is None:
+        return [clip]
+    (frame,) = check_frames([sev.top_frame], header, "Top-scoring frame")
+    x0, y0, x1, y1 = sev.box
+    # Closed polyline through the corners, column/row pixel coordinates of the frame.
+    corners = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.asarray(corners, dtype=np.float32),
+        source_image=hd.sr.SourceImageForRegion.from_source_image(header, [frame]),
+    )
+    box = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=generate_uid(entropy_srcs=[sop_instance_uid, "severity-region"]),
+            identifier=f"Lung ultrasound score region{where}",
+        ),
+        referenced_region=region,
+        finding_type=codes.SCORE_REGION,
+        algorithm_id=algorithm,
+        finding_sites=[_finding_site(zone)],
+        measurements=[
+            hd.sr.Measurement(
+                name=codes.LUS_SCORE,
+                value=sev.frame_scores[sev.top_frame - 1],
+                unit=codes.UNITLESS,
+            )
+        ],
+    )
+    return [clip, box]
+
+
+def _severity_measurements(sev: SeverityFindings, header: Dataset) -> list[hd.sr.Measurement]:
+    items = [
+        hd.sr.Measurement(name=codes.LUS_SCORE, value=sev.score, unit=codes.UNITLESS),
+        hd.sr.Measurement(
+            name=codes.PROBABILITY, value=float(sev.probabilities[sev.score]), unit=codes.UNITLESS
+        ),
+    ]
+    for score, name in enumerate(codes.FRAMES_WITH_SCORE):
+        frames = [i + 1 for i, s in enumerate(sev.frame_scores) if s == score]
+        if not frames:
+            continue
+        frames = check_frames(frames, header, f"Frames with score {score}")
+        items.append(
+            hd.sr.Measurement(
+                name=name,
+                value=len(frames),
+                unit=codes.FRAMES,
+                referenced_images=[
+                    hd.sr.SourceImageForMeasurement.from_source_image(header, frames)
+                ],
+            )
+        )
+    return items

@@ -13,7 +13,7 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import ComprehensiveSRStorage, generate_uid
 
-from lus_pacs.domain import BLineFindings
+from lus_pacs.domain import BLineFindings, Findings, ModelInfo, SeverityFindings
 from lus_pacs.encode import codes, encode_kos, encode_sr
 from lus_pacs.errors import UnreadableImageError
 from tests.encode import tree, validators
@@ -266,3 +266,72 @@ def test_numpy_values_from_inference_are_accepted(right_cine: Source, tmp_path: 
     (count,) = tree.named(sr, codes.B_LINE_FRAMES)
     (source_of_count,) = tree.named(count, codes.SOURCE_OF_MEASUREMENT)
     assert tree.frames(source_of_count) == [2, 3, 4]
+
+
+SEVERITY_MODEL = ModelInfo(name="severity", version="0.1.0", title="Reg-STN + uninorm (paper 003)")
+
+
+def _with_severity(source: Source, box: tuple[int, int, int, int] | None) -> Findings:
+    n = source.n_frames
+    frame_scores = tuple(min(3, i * 4 // n) for i in range(n))  # 0, 0, .., 3, 3
+    severity = SeverityFindings(
+        score=3,
+        probabilities=(0.05, 0.1, 0.2, 0.65),
+        frame_scores=frame_scores,
+        top_frame=n,
+        box=box,
+        model=SEVERITY_MODEL,
+    )
+    return replace(source.findings(), severity=severity)
+
+
+def test_sr_reports_the_severity_scores_with_frames_and_the_box(
+    cine: Source, tmp_path: Path
+) -> None:
+    findings = _with_severity(cine, (40, 30, 120, 90))
+    path = tmp_path / "sr.dcm"
+    encode_sr(findings, cine.header).save_as(path, enforce_file_format=True)
+    iod = validators.dciodvfy(path)
+    assert iod.errors == [], str(iod)
+    assert validators.dsrdump(path).returncode == 0
+
+    report = hd.sr.srread(path).content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    (clip,) = report.get_image_measurement_groups(finding_type=codes.LUS_SCORE)
+    (score,) = clip.get_measurements(name=codes.LUS_SCORE)
+    assert score.value == 3
+    (probability,) = clip.get_measurements(name=codes.PROBABILITY)
+    assert probability.value == pytest.approx(0.65)
+    assert findings.severity is not None
+    referenced = []
+    for k, name in enumerate(codes.FRAMES_WITH_SCORE):
+        (count,) = clip.get_measurements(name=name)
+        (image,) = count.referenced_images
+        expected = [i + 1 for i, s in enumerate(findings.severity.frame_scores) if s == k]
+        assert image.referenced_frame_numbers == expected
+        assert count.value == len(expected)
+        referenced += expected
+    assert sorted(referenced) == list(range(1, cine.n_frames + 1))  # every frame once
+
+    (region_group,) = report.get_planar_roi_measurement_groups(finding_type=codes.SCORE_REGION)
+    region = region_group.roi
+    assert region is not None
+    points = region.value.tolist()
+    assert points[0] == points[-1] == [40.0, 30.0]
+    assert {tuple(p) for p in points} == {(40, 30), (120, 30), (120, 90), (40, 90)}
+    (source_image,) = region.ContentSequence
+    assert tree.frames(source_image) == [cine.n_frames]
+    names = {item.TextValue for item in tree.named(pydicom.dcmread(path), codes.ALGORITHM_NAME)}
+    assert names == {MODEL.name, SEVERITY_MODEL.name}
+
+
+def test_severity_without_a_box_has_no_region(right_cine: Source, tmp_path: Path) -> None:
+    path = tmp_path / "sr.dcm"
+    encode_sr(_with_severity(right_cine, None), right_cine.header).save_as(
+        path, enforce_file_format=True
+    )
+    report = hd.sr.srread(path).content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    assert len(report.get_image_measurement_groups(finding_type=codes.LUS_SCORE)) == 1
+    assert report.get_planar_roi_measurement_groups(finding_type=codes.SCORE_REGION) == []
+    assert validators.dciodvfy(path).errors == []

@@ -1,0 +1,126 @@
+"""Severity training, evaluation and inference end to end on a tiny simulated set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lus_pacs.inference.severity import SeverityModel
+from lus_pacs.nets.severity import FRAME_SCORERS, SeverityNet
+from lus_pacs.pipeline import study_summary
+from lus_pacs.training.evaluate_severity import evaluate_severity, markdown_tables
+from lus_pacs.training.simulated import find_simulated
+from lus_pacs.training.train_severity import (
+    Frames,
+    near_transition,
+    train_aggregator,
+    train_severity,
+)
+from tests.tools import run_cli
+
+
+@pytest.fixture(scope="module")
+def exams(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two patients to train on and one more for the aggregator and evaluation."""
+    args = ["--frames", "12", "--fps", "10", "--workers", "2"]
+    train = tmp_path_factory.mktemp("sev-train")
+    run_cli("synth", "--out", str(train), "--patients", "2", "--seed", "11", *args)
+    more = tmp_path_factory.mktemp("sev-more")
+    run_cli("synth", "--out", str(more), "--patients", "1", "--seed", "12", *args)
+    return train, more
+
+
+@pytest.mark.parametrize("variant", ["reg_stn_sord", "cnn_ce"])
+def test_train_write_load_predict_evaluate(
+    exams: tuple[Path, Path], tmp_path: Path, variant: str
+) -> None:
+    train, more = exams
+    result = train_severity(
+        train, tmp_path, epochs=1, seed=0, variant=variant, every=4, n_folds=2,
+        aggregator_data=more, progress=False,
+    )  # fmt: skip
+    assert 0.0 <= result.frame["setting1_f1"] <= 1.0
+    assert set(result.aggregators.mean) == {"uninorm", "max_argmax", "argmax_mean"}
+    assert result.counts["patients_aggregator"] == 2  # fold 0 of train + the extra patient
+
+    model = SeverityModel.load(tmp_path)
+    assert isinstance(model.network.scorer, FRAME_SCORERS[variant])
+    sim = find_simulated(more)[0]
+    found = model.predict(sim.load())
+    assert len(found.frame_scores) == sim.n_frames
+    assert sum(found.probabilities) == pytest.approx(1.0, abs=1e-3)
+    assert found.frame_scores[found.top_frame - 1] == max(found.frame_scores)
+    if variant == "reg_stn_sord":
+        assert found.box is not None
+        x0, y0, x1, y1 = found.box
+        r = sim.load().region
+        assert r.x0 <= x0 < x1 <= r.x1
+        assert r.y0 <= y0 < y1 <= r.y1
+    else:
+        assert found.box is None
+
+    plots = tmp_path / "plots"
+    metrics = evaluate_severity(tmp_path, more, plots=plots, progress=False)
+    assert metrics["frame_setting1_n"] > 0
+    assert len(metrics["neutral_elements"]) == 4
+    table = markdown_tables({variant: metrics})
+    assert "| uninorm |" in table
+    if variant == "reg_stn_sord" and list(plots.glob("*.png")):
+        with Image.open(plots / "stn_crops.png") as image:
+            assert image.width == 4 * 260
+
+
+def test_setting_2_drops_frames_around_score_changes() -> None:
+    scores = [0, 0, 0, 0, 2, 2, 2, 2, 2, 2]
+    frames = Frames(
+        x=torch.zeros(0),
+        score=torch.tensor(scores),
+        cine=np.zeros(10, dtype=np.intp),
+        frame=np.arange(1, 11, dtype=np.intp),
+    )
+    near = near_transition(frames, margin=2)
+    # The score changes at frame 5: frames 3, 4 before it and 5, 6 from it are dropped.
+    assert np.flatnonzero(near).tolist() == [2, 3, 4, 5]
+
+
+def test_the_uninorm_learns_from_clip_scores() -> None:
+    rng = np.random.default_rng(0)
+    clips, scores = [], []
+    for score in (0, 1, 2, 3) * 4:
+        p = rng.dirichlet(np.ones(4), size=8) * 0.3
+        p[:, score] += 0.7  # frames lean towards the clip's score
+        clips.append(p / p.sum(axis=1, keepdims=True))
+        scores.append(score)
+    aggregator, losses = train_aggregator(clips, scores)
+    assert min(losses) < losses[0]
+    assert not torch.allclose(aggregator.neutral_elements, torch.full((4,), 0.5))
+
+
+def test_study_summary_sums_the_zone_scores() -> None:
+    def record(zone: str, score: int | None, b_lines: bool = False) -> dict:
+        r: dict = {"source": {"zone": zone}, "b_lines": {"present": b_lines}}
+        if score is not None:
+            r["severity"] = {"score": score}
+        return r
+
+    records = [record("R1", 1), record("R1", 2, True), record("L2", 3), record("L3", None)]
+    summary = study_summary("1.2.3", records)
+    assert summary["lus_score"]["per_zone"] == {"L2": 3, "R1": 2}
+    assert summary["lus_score"]["total"] == 5
+    assert summary["lus_score"]["zones_scored"] == 2
+    assert summary["zones"] == ["L2", "L3", "R1"]
+    assert summary["b_line_zones"] == ["R1"]
+    assert "lus_score" not in study_summary("1.2.3", [record("R1", None)])
+
+
+def test_a_severity_net_round_trips_its_state() -> None:
+    net = SeverityNet("stn_sord")
+    twin = SeverityNet("stn_sord")
+    twin.load_state_dict(net.state_dict())
+    x = torch.rand(2, 1, 200, 260) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(x).logits, twin.eval()(x).logits)
