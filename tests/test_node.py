@@ -249,6 +249,64 @@ def test_the_sr_key_frame_points_into_the_true_b_line_frames(
     assert set(frames) <= set(truth["clip"]["b_line_frames"])
 
 
+def test_the_study_summary_totals_the_zone_scores(
+    tmp_path: Path, orthanc: OrthancHandle, synth_exams: Path
+) -> None:
+    exam = sorted(p for p in synth_exams.iterdir() if p.is_dir())[0]
+    cines = sorted(exam.glob("*.dcm"))
+    truths = {
+        json.loads(t.read_text())["file"]: json.loads(t.read_text())
+        for t in exam.glob("*.truth.json")
+    }
+    # The clear-cut case, chosen from the truth alone: a cine whose frames all carry one score,
+    # the most extreme such score (0 or 3 before 1 or 2).
+    uniform = [
+        t
+        for t in truths.values()
+        if len({f["severity"] for f in t["frames"]}) == 1 and t["frames"][0]["severity"] is not None
+    ]
+    assert uniform, "the acceptance exam has no cine of a single score"
+    clear = max(uniform, key=lambda t: abs(t["clip"]["severity"] - 1.5))
+    config = write_config(tmp_path, orthanc, models=["b_lines", "severity"])
+    node = NodeProcess(config)
+    node.start()
+    try:
+        assert storescu(node.port, cines).returncode == 0
+        study = pydicom.dcmread(cines[0], stop_before_pixels=True).StudyInstanceUID
+        summary_file = tmp_path / "node" / "results" / study / "study-summary.json"
+        wait_for(summary_file.is_file, 300, "the study summary")
+        wait_for(lambda: orthanc.count() >= 2 * len(cines), 120, "an SR and a KOS per cine")
+    finally:
+        node.stop()
+    from lus_pacs.queue.store import JobStore
+
+    records = [json.loads(r) for r in JobStore(tmp_path / "node" / "jobs.sqlite").records()]
+    scores = {r["source"]["zone"]: r["severity"]["score"] for r in records}
+    assert len(scores) == len(cines)
+    summary = json.loads(summary_file.read_text())["lus_score"]
+    assert summary["per_zone"] == scores
+    assert summary["total"] == sum(scores.values())
+    assert summary["zones_scored"] == len(cines)
+    assert scores[clear["zone"]] == clear["clip"]["severity"], (clear["zone"], scores)
+    # The SR of each cine carries its clip score.
+    for sr in _by_class(orthanc)[SR]:
+        zone_scores = [
+            float(item.MeasuredValueSequence[0].NumericValue)
+            for item in _walk(sr)
+            if item.get("ConceptNameCodeSequence")
+            and item.ConceptNameCodeSequence[0].CodeValue == "LUS003"
+            and "MeasuredValueSequence" in item
+        ]
+        source_uid = (
+            sr.CurrentRequestedProcedureEvidenceSequence[0]
+            .ReferencedSeriesSequence[0]
+            .ReferencedSOPSequence[0]
+            .ReferencedSOPInstanceUID
+        )
+        (record,) = [r for r in records if r["source"]["sop_instance_uid"] == source_uid]
+        assert zone_scores[0] == record["severity"]["score"]
+
+
 def _walk(ds: pydicom.Dataset) -> list[pydicom.Dataset]:
     items = []
     for item in ds.get("ContentSequence", []):
