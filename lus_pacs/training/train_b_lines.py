@@ -90,7 +90,11 @@ NETWORK_ARGS: dict[str, Any] = {
     "dropout": 0.2,
 }
 """Arguments of the LSTM networks; the others take the same less ``hidden_size``."""
-BUNDLE_VERSION = "0.1.0"
+BUNDLE_VERSION = "0.2.0"
+CHANGELOG = {
+    "0.2.0": "trained on simulated exams and the public POCUS clips (clip labels)",
+    "0.1.0": "first version, trained on simulated exams only",
+}
 TITLES = {
     "c2d_lstm_att": "CNN + bidirectional LSTM + temporal attention",
     "c2d_att": "CNN + temporal attention (baseline C2D+A)",
@@ -554,11 +558,16 @@ def _write_bundle(
 def _metadata(
     metrics: dict[str, float], data: dict[str, Any], training: dict[str, Any]
 ) -> dict[str, Any]:
+    sources = ["simulated lung-ultrasound exams made with `lus-pacs synth` (no patient data)"]
+    if data.get("via"):
+        sources.append(f"the site's VIA-annotated cines ({', '.join(data['via'])})")
+    if data.get("pocus"):
+        sources.append("the public POCUS lung-ultrasound clips (clip-level B-line labels)")
     return {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/"
         "0.8.1/meta_schema_20220324.json",
         "version": BUNDLE_VERSION,
-        "changelog": {BUNDLE_VERSION: "first version, trained on simulated exams only"},
+        "changelog": CHANGELOG,
         "name": f"B-line detection, {TITLES[training['arch']]} (paper 001)",
         "monai_version": monai.__version__,
         "pytorch_version": torch.__version__.split("+")[0],
@@ -576,10 +585,7 @@ def _metadata(
         ),
         "authors": "lus-pacs contributors",
         "copyright": "Copyright (c) lus-pacs contributors",
-        "data_source": (
-            "Simulated lung-ultrasound exams made with `lus-pacs synth` (no patient data); "
-            "see docs/README.md"
-        ),
+        "data_source": "; ".join(sources) + "; see docs/README.md",
         "data_type": "dicom",
         "image_classes": (
             "single channel: the tissue region of 1 second of frames, resized to 64x64, "
