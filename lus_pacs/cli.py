@@ -360,6 +360,26 @@ def train_b_lines(ctx: typer.Context) -> None:
     main(ctx.args)
 
 
+@train_app.command("severity", context_settings=_PASS_THROUGH, add_help_option=False)
+def train_severity(ctx: typer.Context) -> None:
+    """Paper 003's frame scorer (--variant reg_stn_sord|cnn_ce|cnn_sord|stn_sord|
+    cnn_random_crop_sord) and uninorm clip aggregation on simulated exams. Options:
+    `lus-pacs train severity --help`."""
+    from lus_pacs.training.train_severity import main
+
+    main(ctx.args)
+
+
+@evaluate_app.command("severity", context_settings=_PASS_THROUGH, add_help_option=False)
+def evaluate_severity(ctx: typer.Context) -> None:
+    """Frame F1 (Settings 1 and 2), clip weighted F1 / precision / recall for the uninorm and
+    both baselines, confusion matrices, STN crop montage. Options:
+    `lus-pacs evaluate severity --help`."""
+    from lus_pacs.training.evaluate_severity import main
+
+    main(ctx.args)
+
+
 @evaluate_app.command("b-lines", context_settings=_PASS_THROUGH, add_help_option=False)
 def evaluate_b_lines(ctx: typer.Context) -> None:
     """Precision, recall, F1, localisation at IoU 0.1-0.4, key-frame accuracy, AUC, and

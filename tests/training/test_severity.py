@@ -124,3 +124,20 @@ def test_a_severity_net_round_trips_its_state() -> None:
     x = torch.rand(2, 1, 200, 260) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(net.eval()(x).logits, twin.eval()(x).logits)
+
+
+def test_train_and_evaluate_severity_are_commands(exams: tuple[Path, Path], tmp_path: Path) -> None:
+    train, more = exams
+    args = ["--epochs", "1", "--seed", "0", "--every", "6", "--folds", "2", "--variant", "cnn_sord"]
+    run_cli(
+        "train", "severity", "--data", str(train), "--out", str(tmp_path),
+        "--aggregator-data", str(more), *args,
+    )  # fmt: skip
+    assert (tmp_path / "models" / "model.pt").is_file()
+    table = run_cli("evaluate", "severity", "--bundle", str(tmp_path), "--simulated", str(more))
+    lines = table.stdout.splitlines()
+    assert any(
+        line.startswith("| Frame scorer | F1 (Setting 1) | F1 (Setting 2)") for line in lines
+    )
+    for aggregator in ("uninorm", "max_argmax", "argmax_mean"):
+        assert any(f"| {tmp_path.name} | {aggregator} |" in line for line in lines)
