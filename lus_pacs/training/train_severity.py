@@ -217,9 +217,9 @@ def train_aggregator(
         optimiser.zero_grad()
         total = 0.0
         for x, t in zip(inputs, target, strict=True):
-            # SORD on the clip: cross entropy of the soft target against the layer's softmax.
-            p = aggregator(x).clamp_min(1e-8)
-            loss = -(sord_targets(t[None]) * torch.log(p)[None]).sum()
+            # SORD on the clip: cross entropy of the soft target against the layer's output.
+            log_p = torch.log_softmax(aggregator.log_aggregate(x), dim=-1)
+            loss = -(sord_targets(t[None])[0] * log_p).sum()
             (loss / len(inputs)).backward()
             total += loss.item() / len(inputs)
         losses.append(total)
@@ -356,6 +356,7 @@ def train_severity(
     every: int = 1,
     n_folds: int = 5,
     aggregator_data: Path | None = None,
+    frame_scorer: Path | None = None,
     progress: bool = True,
 ) -> SeverityTraining:
     """Train the frame scorer and the uninorm; measure them; write the bundle to ``out_dir``.
@@ -379,6 +380,9 @@ def train_severity(
     aggregator_data:
         A further ``lus-pacs synth`` set the frame scorer never sees, added to the first fold
         as the aggregator's clips.
+    frame_scorer:
+        A severity bundle whose frame scorer to keep (trained with the same data, seed and
+        folds): only the aggregator is trained again, and ``variant`` is the bundle's.
     """
     started = time.perf_counter()
     cines = find_simulated(data_root)
@@ -395,15 +399,21 @@ def train_severity(
             "The aggregator's cross-validation needs the clips of at least 2 patients that the "
             "frame scorer does not train on; use more patients or add --aggregator-data."
         )
-    network = train_frame_scorer(
-        variant,
-        load_frames(train_cines, every, progress),
-        epochs=epochs,
-        seed=seed,
-        lr=lr,
-        batch_size=batch_size,
-        progress=progress,
-    )
+    if frame_scorer is not None:
+        from lus_pacs.inference.severity import SeverityModel
+
+        kept = SeverityModel.load(frame_scorer).network
+        network, variant = kept.scorer.eval(), kept.variant
+    else:
+        network = train_frame_scorer(
+            variant,
+            load_frames(train_cines, every, progress),
+            epochs=epochs,
+            seed=seed,
+            lr=lr,
+            batch_size=batch_size,
+            progress=progress,
+        )
     validation = load_frames(held_out, 1, progress)
     probabilities, _ = predict_frames(network, validation.x)
     frame = frame_metrics(probabilities, validation)
@@ -435,6 +445,7 @@ def train_severity(
             "batch_size": batch_size,
             "every": every,
             "parameters": sum(p.numel() for p in network.parameters()),
+            "frame_scorer_kept_from": frame_scorer.name if frame_scorer else None,
             "aggregator_epochs": len(losses),
             "aggregator_loss": [round(v, 5) for v in losses],
             "seconds": round(time.perf_counter() - started, 1),
@@ -476,6 +487,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=1, help="train on every k-th frame")
     parser.add_argument("--aggregator-data", type=Path, help="more held-out `synth` output")
     parser.add_argument("--folds", type=int, default=5, help="patient folds; the first is held out")
+    parser.add_argument(
+        "--frame-scorer", type=Path, help="keep this bundle's frame scorer; train the aggregator"
+    )
     args = parser.parse_args(argv)
     result = train_severity(
         args.data,
@@ -488,6 +502,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         every=args.every,
         aggregator_data=args.aggregator_data,
         n_folds=args.folds,
+        frame_scorer=args.frame_scorer,
     )
     doc = {"frame": result.frame, "aggregators": result.aggregators.summary(), **result.counts}
     print(json.dumps(doc, indent=2))

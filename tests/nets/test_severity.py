@@ -384,3 +384,25 @@ def test_severity_net_scores_frames_and_aggregates_a_clip() -> None:
 def test_severity_net_names_the_variants_it_knows() -> None:
     with pytest.raises(ValueError, match="reg_stn_sord"):
         SeverityNet("reg_stn")
+
+
+def test_log_aggregate_is_the_log_of_the_papers_fold_and_survives_long_clips() -> None:
+    torch.manual_seed(0)
+    aggregator = UninormAggregator([0.2, 0.4, 0.6, 0.3])
+    short = torch.softmax(torch.randn(6, 4) * 2, dim=1)
+    torch.testing.assert_close(
+        aggregator.log_aggregate(short),
+        torch.log(aggregator.aggregate(short)),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    long = torch.softmax(torch.randn(300, 4) * 2, dim=1)
+    assert (aggregator.aggregate(long) == 0).any()  # the paper's fold underflows
+    values = aggregator.log_aggregate(long)
+    assert torch.isfinite(values).all()
+    values.sum().backward()
+    grad = aggregator.neutral_logits.grad
+    assert grad is not None
+    assert torch.isfinite(grad).all()
+    assert (grad != 0).all()
+    assert aggregator(long).sum().item() == pytest.approx(1.0)

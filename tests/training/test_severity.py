@@ -141,3 +141,20 @@ def test_train_and_evaluate_severity_are_commands(exams: tuple[Path, Path], tmp_
     )
     for aggregator in ("uninorm", "max_argmax", "argmax_mean"):
         assert any(f"| {tmp_path.name} | {aggregator} |" in line for line in lines)
+
+
+def test_keeping_a_frame_scorer_trains_only_the_aggregator(
+    exams: tuple[Path, Path], tmp_path: Path
+) -> None:
+    train, more = exams
+    common: dict = {"epochs": 1, "seed": 0, "every": 6, "n_folds": 2, "aggregator_data": more}
+    first = train_severity(train, tmp_path / "a", variant="stn_sord", progress=False, **common)
+    again = train_severity(
+        train, tmp_path / "b", frame_scorer=tmp_path / "a", progress=False, **common
+    )
+    assert again.frame == first.frame  # the same frame scorer on the same frames
+    a = SeverityModel.load(tmp_path / "a").network
+    b = SeverityModel.load(tmp_path / "b").network
+    assert b.variant == "stn_sord"
+    for key, value in a.scorer.state_dict().items():
+        assert torch.equal(value, b.scorer.state_dict()[key])
