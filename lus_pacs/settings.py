@@ -66,7 +66,7 @@ class Settings(BaseModel):
     """Where results are sent by C-STORE; with none, results stay in the results folder."""
     output_kinds: tuple[Literal["sr", "kos"], ...] = ("sr", "kos")
     models_dir: Path = Field(default_factory=lambda: Path(__file__).resolve().parents[1] / "models")
-    models: tuple[str, ...] = ("b_lines",)
+    models: tuple[str, ...] = ("b_lines", "severity")
     """The bundles under ``models_dir`` the node runs."""
     study_quiet_s: float = Field(default=30.0, gt=0)
     """A study is complete this long after its last instance (or on association release)."""

@@ -249,10 +249,6 @@ def test_the_sr_key_frame_points_into_the_true_b_line_frames(
     assert set(frames) <= set(truth["clip"]["b_line_frames"])
 
 
-@pytest.mark.skipif(
-    not (Path(__file__).resolve().parents[1] / "models" / "severity").is_dir(),
-    reason="the severity bundle is not trained yet",
-)
 def test_the_study_summary_totals_the_zone_scores(
     tmp_path: Path, orthanc: OrthancHandle, synth_exams: Path
 ) -> None:
