@@ -55,8 +55,9 @@ from lus_pacs.nets.severity import (
     sord_loss,
     sord_targets,
 )
+from lus_pacs.training.annotated import SeverityCine, read_frame_score_cines
 from lus_pacs.training.metrics import confusion, weighted_metrics
-from lus_pacs.training.simulated import SimulatedCine, find_simulated
+from lus_pacs.training.simulated import find_simulated
 from lus_pacs.training.splits import split_by_group
 
 DEFAULT_VARIANT = "reg_stn_sord"
@@ -79,7 +80,7 @@ class Frames:
     """1-based frame number of each frame in its cine."""
 
 
-def load_frames(cines: Sequence[SimulatedCine], every: int = 1, progress: bool = True) -> Frames:
+def load_frames(cines: Sequence[SeverityCine], every: int = 1, progress: bool = True) -> Frames:
     """Every ``every``-th frame of each cine whose true score is known, as the network's input."""
     xs: list[torch.Tensor] = []
     scores: list[int] = []
@@ -184,7 +185,7 @@ def predict_frames(
 
 
 def clip_probabilities(
-    network: nn.Module, cines: Sequence[SimulatedCine], progress: bool = True
+    network: nn.Module, cines: Sequence[SeverityCine], progress: bool = True
 ) -> list[npt.NDArray[np.float64]]:
     """The frame-score probabilities (frames, 4) of every frame of each cine, as in the node."""
     out = []
@@ -345,7 +346,7 @@ class SeverityTraining:
 
 
 def train_severity(
-    data_root: Path,
+    data_root: Path | None,
     out_dir: Path | None,
     *,
     epochs: int,
@@ -357,6 +358,8 @@ def train_severity(
     n_folds: int = 5,
     aggregator_data: Path | None = None,
     frame_scorer: Path | None = None,
+    frame_scores: Sequence[Path] = (),
+    frame_scores_root: Path | None = None,
     progress: bool = True,
 ) -> SeverityTraining:
     """Train the frame scorer and the uninorm; measure them; write the bundle to ``out_dir``.
@@ -364,7 +367,7 @@ def train_severity(
     Parameters
     ----------
     data_root:
-        Output of ``lus-pacs synth``.
+        Output of ``lus-pacs synth``, or None to train on ``frame_scores`` alone.
     out_dir:
         The bundle folder (``models/*.pt``, ``configs/*.json`` rewritten, ``docs/`` left
         alone); None to measure only.
@@ -383,11 +386,21 @@ def train_severity(
     frame_scorer:
         A severity bundle whose frame scorer to keep (trained with the same data, seed and
         folds): only the aggregator is trained again, and ``variant`` is the bundle's.
+    frame_scores, frame_scores_root:
+        Frame-score CSVs of a site's own cines (paper 003's format), their file names relative
+        to ``frame_scores_root`` (default: each CSV's folder); split by PatientID with the
+        simulated cines (:mod:`lus_pacs.training.annotated`).
     """
     started = time.perf_counter()
-    cines = find_simulated(data_root)
+    cines: list[SeverityCine] = []
+    if data_root is not None:
+        cines.extend(find_simulated(data_root))
+        if not cines:
+            raise FileNotFoundError(f"No simulated cines (*/*.truth.json) under {data_root}.")
+    for table in frame_scores:
+        cines.extend(read_frame_score_cines(table, frame_scores_root))
     if not cines:
-        raise FileNotFoundError(f"No simulated cines (*/*.truth.json) under {data_root}.")
+        raise ValueError("No cines to train on: give simulated data, frame-score CSVs, or both.")
     folds = split_by_group(
         range(len(cines)), key=lambda i: cines[i].patient_id, n_folds=n_folds, seed=seed
     )
@@ -425,7 +438,8 @@ def train_severity(
     study = cross_validate_aggregators(clip_probs, clip_scores, patients, seed=seed)
     uninorm, losses = train_aggregator(clip_probs, clip_scores)
     counts = {
-        "root": data_root.name,
+        "root": data_root.name if data_root else None,
+        "frame_scores": [t.name for t in frame_scores],
         "aggregator_data": aggregator_data.name if aggregator_data else None,
         "patients_frame_scorer": len({c.patient_id for c in train_cines}),
         "cines_frame_scorer": len(train_cines),
@@ -457,7 +471,7 @@ def train_severity(
     return SeverityTraining(frame, study, counts)
 
 
-def _clip_score(sim: SimulatedCine) -> int:
+def _clip_score(sim: SeverityCine) -> int:
     """The clip's true score: the highest frame score (paper 003's hard rule on the truth)."""
     if sim.severity is None:
         raise ValueError(f"{sim.truth}: the clip has no score (no frame with the probe on).")
@@ -477,7 +491,17 @@ def _deterministic(seed: int) -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="output of `lus-pacs synth`")
+    parser.add_argument("--data", type=Path, help="output of `lus-pacs synth`")
+    parser.add_argument(
+        "--frame-scores",
+        type=Path,
+        action="append",
+        default=[],
+        help="a CSV of file,frame,score rows for a site's DICOM cines (paper 003); repeatable",
+    )
+    parser.add_argument(
+        "--frame-scores-root", type=Path, help="folder the CSV file names are under"
+    )
     parser.add_argument("--out", type=Path, help="the bundle folder (omit to measure only)")
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--seed", type=int, required=True)
@@ -491,6 +515,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--frame-scorer", type=Path, help="keep this bundle's frame scorer; train the aggregator"
     )
     args = parser.parse_args(argv)
+    if args.data is None and not args.frame_scores:
+        parser.error("give --data, --frame-scores, or both")
     result = train_severity(
         args.data,
         args.out,
@@ -503,6 +529,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         aggregator_data=args.aggregator_data,
         n_folds=args.folds,
         frame_scorer=args.frame_scorer,
+        frame_scores=args.frame_scores,
+        frame_scores_root=args.frame_scores_root,
     )
     doc = {"frame": result.frame, "aggregators": result.aggregators.summary(), **result.counts}
     print(json.dumps(doc, indent=2))

@@ -9,9 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
+from lus_pacs.errors import AnnotationError
 from lus_pacs.inference.severity import SeverityModel
 from lus_pacs.nets.severity import FRAME_SCORERS, SeverityNet
 from lus_pacs.pipeline import study_summary
+from lus_pacs.training.annotated import read_frame_score_cines
+from lus_pacs.training.annotations import FrameScore, write_frame_scores
 from lus_pacs.training.evaluate_severity import evaluate_severity, markdown_tables
 from lus_pacs.training.simulated import find_simulated
 from lus_pacs.training.train_severity import (
@@ -158,3 +161,38 @@ def test_keeping_a_frame_scorer_trains_only_the_aggregator(
     assert b.variant == "stn_sord"
     for key, value in a.scorer.state_dict().items():
         assert torch.equal(value, b.scorer.state_dict()[key])
+
+
+def test_a_frame_score_csv_trains_like_the_truth_it_was_written_from(
+    exams: tuple[Path, Path], tmp_path: Path
+) -> None:
+    train, more = exams
+    sims = find_simulated(train)
+    table = tmp_path / "scores.csv"
+    write_frame_scores(
+        table,
+        [
+            FrameScore(str(s.dicom.relative_to(train)), f.frame, f.severity)
+            for s in sims
+            for f in s.frames
+            if f.severity is not None
+        ],
+    )
+    cines = read_frame_score_cines(table, root=train)
+    assert [c.dicom for c in cines] == [s.dicom for s in sims]
+    for cine, sim in zip(cines, sims, strict=True):
+        assert [f.severity for f in cine.frames] == [f.severity for f in sim.frames]
+        assert (cine.severity, cine.patient_id) == (sim.severity, sim.patient_id)
+    common: dict = {"epochs": 1, "seed": 0, "every": 6, "n_folds": 2, "aggregator_data": more}
+    from_csv = train_severity(
+        None, None, frame_scores=[table], frame_scores_root=train, progress=False, **common
+    )
+    from_truth = train_severity(train, None, progress=False, **common)
+    assert from_csv.frame == from_truth.frame
+
+
+def test_a_frame_score_csv_naming_a_missing_cine_is_refused(tmp_path: Path) -> None:
+    table = tmp_path / "scores.csv"
+    write_frame_scores(table, [FrameScore("gone/R1.dcm", 1, 2)])
+    with pytest.raises(AnnotationError, match=r"gone/R1\.dcm"):
+        read_frame_score_cines(table)
