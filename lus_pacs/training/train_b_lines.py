@@ -32,8 +32,7 @@ import argparse
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -64,6 +63,7 @@ from lus_pacs.training.evaluate_b_lines import (
     simulated_metrics,
 )
 from lus_pacs.training.pocus import PocusClip, load_clip, read_labels
+from lus_pacs.training.seeding import deterministic
 from lus_pacs.training.simulated import find_simulated
 from lus_pacs.training.splits import split_by_group
 
@@ -416,7 +416,7 @@ def _train_fold(
     x = torch.cat([w.x[train_rows], data.pocus_x[pocus_rows]])
     label = torch.cat([w.label[train_rows], data.pocus_label[pocus_rows]])
 
-    with _deterministic(seed):
+    with deterministic(seed):
         network = network_class(**network_args(arch))
         _fit(network, x, label, epochs, lr, batch_size, weight_decay, seed, progress)
 
@@ -502,18 +502,6 @@ def _fit(
                 total += loss.item() * len(index)
                 bar.update()
             bar.set_postfix(epoch=epoch + 1, loss=f"{total / max(n, 1):.4f}")
-
-
-@contextmanager
-def _deterministic(seed: int) -> Iterator[None]:
-    """Seed torch and ask for deterministic kernels; restore the previous setting after."""
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before)
 
 
 def _write_bundle(

@@ -28,8 +28,7 @@ import argparse
 import copy
 import json
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +56,7 @@ from lus_pacs.nets.severity import (
 )
 from lus_pacs.training.annotated import SeverityCine, read_frame_score_cines
 from lus_pacs.training.metrics import confusion, weighted_metrics
+from lus_pacs.training.seeding import deterministic
 from lus_pacs.training.simulated import find_simulated
 from lus_pacs.training.splits import split_by_group
 
@@ -130,7 +130,7 @@ def train_frame_scorer(
 ) -> nn.Module:
     """A new ``variant`` network trained on ``frames``; returned in eval mode."""
     network_class = scorer_class(variant)
-    with _deterministic(seed):
+    with deterministic(seed):
         network = network_class()
         generator = torch.Generator().manual_seed(seed)
         optimiser = torch.optim.Adam(network.parameters(), lr=lr)
@@ -476,17 +476,6 @@ def _clip_score(sim: SeverityCine) -> int:
     if sim.severity is None:
         raise ValueError(f"{sim.truth}: the clip has no score (no frame with the probe on).")
     return int(sim.severity)
-
-
-@contextmanager
-def _deterministic(seed: int) -> Iterator[None]:
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
