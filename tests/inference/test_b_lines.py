@@ -34,7 +34,9 @@ def predictions(
 
 def test_shipped_bundle_loads(model: BLineModel) -> None:
     assert model.model.name == "b_lines"
-    assert model.model.version == "0.1.0"
+    from lus_pacs.training.train_b_lines import BUNDLE_VERSION
+
+    assert model.model.version == BUNDLE_VERSION  # the bundle the current training code writes
     assert "paper 001" in model.model.title
     assert 0 < model.threshold < 1
     assert not model.network.training
