@@ -242,6 +242,7 @@ def study_summary(study: str, records: Sequence[dict[str, Any]]) -> dict[str, An
         summary["lus_score"] = {
             "per_zone": dict(sorted(scores.items())),
             "total": sum(scores.values()),
+            "zones_scanned": len(zones),
             "zones_scored": len(scores),
             "maximum": 3 * len(scores),
         }

@@ -115,6 +115,7 @@ def test_study_summary_sums_the_zone_scores() -> None:
     assert summary["lus_score"]["per_zone"] == {"L2": 3, "R1": 2}
     assert summary["lus_score"]["total"] == 5
     assert summary["lus_score"]["zones_scored"] == 2
+    assert summary["lus_score"]["zones_scanned"] == 3  # L3 was scanned, not scored
     assert summary["zones"] == ["L2", "L3", "R1"]
     assert summary["b_line_zones"] == ["R1"]
     assert "lus_score" not in study_summary("1.2.3", [record("R1", None)])
