@@ -50,6 +50,25 @@ def source_header(source: Dataset, findings: Findings) -> Dataset:
     ValueError
         When ``findings`` were made from another instance.
     """
+    header = public_header(source)
+    if str(source.SOPInstanceUID) != findings.source.sop_instance_uid:
+        raise ValueError(
+            f"The findings are for SOP Instance {findings.source.sop_instance_uid} but the "
+            f"source header given is {source.SOPInstanceUID}; pass the header of the cine "
+            "the findings were made from."
+        )
+    return header
+
+
+def public_header(source: Dataset) -> Dataset:
+    """The source's public header without pixel data, Type 2 patient and study attributes
+    it lacks added empty (highdicom reads them from its evidence without a default).
+
+    Raises
+    ------
+    UnreadableImageError
+        When the source lacks an attribute needed to reference it.
+    """
     uid = str(source.get("SOPInstanceUID", "<no SOPInstanceUID>"))
     missing = [k for k in _REQUIRED if not source.get(k)]
     if missing:
@@ -57,12 +76,6 @@ def source_header(source: Dataset, findings: Findings) -> Dataset:
             uid,
             f"cannot reference the source: it lacks {', '.join(missing)}; "
             "a result object can only reference a stored DICOM instance.",
-        )
-    if str(source.SOPInstanceUID) != findings.source.sop_instance_uid:
-        raise ValueError(
-            f"The findings are for SOP Instance {findings.source.sop_instance_uid} but the "
-            f"source header given is {source.SOPInstanceUID}; pass the header of the cine "
-            "the findings were made from."
         )
     header = Dataset()
     for elem in source:

@@ -1,0 +1,148 @@
+"""The score-mask LABELMAP SEG: valid, read back frame by frame, and refusing bad masks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import RLELossless, generate_uid
+
+from lus_pacs.domain import ModelInfo
+from lus_pacs.encode.seg import encode_seg
+from lus_pacs.nets.segmentation import BACKGROUND
+from tests.encode import validators
+from tests.encode.conftest import Source
+from tests.encode.test_sr import PATIENT_STUDY
+
+pytestmark = pytest.mark.filterwarnings('ignore:The string "PLA":UserWarning')
+
+SEG_MODEL = ModelInfo(name="segmentation", version="0.2.0", title="Score segmentation")
+LABEL_MAP_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
+"""Not yet named by pydicom 3.0."""
+FRAMES = (9, 2, 5)
+"""Given out of order: the SEG frames follow the source frames in ascending order."""
+
+
+def _masks(cine: Source, frames: tuple[int, ...] = FRAMES) -> dict[int, np.ndarray]:
+    """Label maps with all five values (scores 0..3 and background), different per frame."""
+    rows, columns = int(cine.header.Rows), int(cine.header.Columns)
+    masks = {}
+    for i, frame in enumerate(frames):
+        mask = np.full((rows, columns), BACKGROUND, dtype=np.uint8)
+        for score in range(4):
+            top = 20 + 40 * score + 7 * i
+            mask[top : top + 30, 50 + 60 * i : 200 + 60 * i] = score
+        masks[frame] = mask
+    return masks
+
+
+def _segment_numbers(mask: np.ndarray) -> np.ndarray:
+    return np.where(mask == BACKGROUND, 0, mask + 1)
+
+
+def _write(cine: Source, tmp_path: Path) -> Path:
+    path = tmp_path / "seg.dcm"
+    encode_seg(_masks(cine), cine.header, model=SEG_MODEL).save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_seg_is_valid_and_agrees_with_its_source(cine: Source, tmp_path: Path) -> None:
+    path = _write(cine, tmp_path)
+
+    iod = validators.dciodvfy(path)
+    assert iod.errors == [], str(iod)
+    entities = validators.dcentvfy(cine.path, path)
+    assert entities.errors == [], str(entities)
+
+
+def test_seg_reads_back_frame_by_frame(cine: Source, tmp_path: Path) -> None:
+    masks = _masks(cine)
+    seg = hd.seg.segread(_write(cine, tmp_path))
+
+    assert seg.segmentation_type == hd.seg.SegmentationTypeValues.LABELMAP
+    assert seg.file_meta.TransferSyntaxUID == RLELossless
+    assert seg.NumberOfFrames == len(FRAMES)
+    for frame, mask in masks.items():
+        labels = seg.get_pixels_by_source_frame(
+            source_sop_instance_uid=cine.header.SOPInstanceUID,
+            source_frame_numbers=[frame],
+            combine_segments=True,
+        )
+        assert labels.shape == (1, *mask.shape)
+        np.testing.assert_array_equal(labels[0], _segment_numbers(mask))
+
+
+def test_frames_reference_their_source_frames(cine: Source, tmp_path: Path) -> None:
+    seg = pydicom.dcmread(_write(cine, tmp_path))
+
+    assert seg.SOPClassUID == LABEL_MAP_SEGMENTATION_STORAGE
+    expected = sorted(FRAMES)
+    for group, frame in zip(seg.PerFrameFunctionalGroupsSequence, expected, strict=True):
+        ref = group.DerivationImageSequence[0].SourceImageSequence[0]
+        assert ref.ReferencedSOPClassUID == cine.header.SOPClassUID
+        assert ref.ReferencedSOPInstanceUID == cine.header.SOPInstanceUID
+        assert ref.ReferencedFrameNumber == frame
+        content = group.FrameContentSequence[0]
+        assert content.TemporalPositionIndex == frame
+        assert content.DimensionIndexValues == frame
+    (index,) = seg.DimensionIndexSequence
+    assert index.DimensionIndexPointer == 0x00209128
+    (series,) = seg.ReferencedSeriesSequence
+    assert series.ReferencedInstanceSequence[0].ReferencedSOPClassUID == cine.header.SOPClassUID
+
+
+def test_seg_segments_patient_study_and_series(right_cine: Source, tmp_path: Path) -> None:
+    seg = pydicom.dcmread(_write(right_cine, tmp_path))
+
+    for keyword in PATIENT_STUDY:
+        assert seg.get(keyword, "") == right_cine.header.get(keyword, ""), keyword
+    assert seg.SeriesNumber == 902
+    assert seg.SeriesInstanceUID != right_cine.header.SeriesInstanceUID
+    assert "not a medical device" in seg.SeriesDescription
+    labels = [s.SegmentLabel for s in seg.SegmentSequence]
+    # highdicom describes LABELMAP's background as segment 0.
+    assert [s.SegmentNumber for s in seg.SegmentSequence] == [0, 1, 2, 3, 4]
+    assert labels[0] == "Background"
+    assert labels[1].startswith("LUS score 0")
+    assert labels[4] == "LUS score 3"
+    for segment in seg.SegmentSequence[1:]:
+        assert segment.SegmentAlgorithmType == "AUTOMATIC"
+        assert segment.SegmentAlgorithmName == SEG_MODEL.name
+        algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
+        assert algorithm.AlgorithmVersion == SEG_MODEL.version
+
+
+def test_bad_masks_are_refused(right_cine: Source) -> None:
+    assert right_cine.n_frames == 12
+    good = _masks(right_cine, (1,))[1]
+    with pytest.raises(ValueError, match="1-based"):
+        encode_seg({13: good}, right_cine.header, model=SEG_MODEL)
+    with pytest.raises(ValueError, match="rows"):
+        encode_seg({1: good[:-1]}, right_cine.header, model=SEG_MODEL)
+    bad = good.copy()
+    bad[0, 0] = 7
+    with pytest.raises(ValueError, match=r"values \[7\]"):
+        encode_seg({1: bad}, right_cine.header, model=SEG_MODEL)
+
+
+def test_same_masks_and_uids_give_the_same_seg(right_cine: Source) -> None:
+    instance_uid, series_uid = generate_uid(), generate_uid()
+    first, second = (
+        encode_seg(
+            _masks(right_cine),
+            right_cine.header,
+            model=SEG_MODEL,
+            instance_uid=instance_uid,
+            series_uid=series_uid,
+        )
+        for _ in range(2)
+    )
+
+    assert first.SOPInstanceUID == second.SOPInstanceUID == instance_uid
+    assert first.PixelData == second.PixelData
+    assert first.PerFrameFunctionalGroupsSequence == second.PerFrameFunctionalGroupsSequence
+    assert first.SharedFunctionalGroupsSequence == second.SharedFunctionalGroupsSequence
+    assert first.SegmentSequence == second.SegmentSequence
