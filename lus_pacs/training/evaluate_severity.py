@@ -37,9 +37,8 @@ from lus_pacs.training.simulated import SimulatedCine, find_simulated
 from lus_pacs.training.train_severity import (
     AGGREGATORS,
     TRANSITION_MARGIN,
-    Frames,
     aggregate,
-    frame_metrics,
+    known_frame_metrics,
 )
 
 MONTAGE_FRAMES = 8
@@ -55,34 +54,19 @@ def evaluate_severity(
     cines = find_simulated(simulated_root)
     if not cines:
         raise FileNotFoundError(f"No simulated cines (*/*.truth.json) under {simulated_root}.")
-    frame_probs: list[npt.NDArray[np.float64]] = []
-    frame_truth: list[int] = []
-    owner: list[int] = []
-    numbers: list[int] = []
     clip_probs: list[npt.NDArray[np.float64]] = []
     crops: list[tuple[float, SimulatedCine, int, torch.Tensor]] = []
-    for i, sim in enumerate(tqdm(cines, desc="severity", unit="cine", disable=not progress)):
+    for sim in tqdm(cines, desc="severity", unit="cine", disable=not progress):
         probabilities, thetas = model.frame_outputs(sim.load())
         p = probabilities.double().numpy()
         clip_probs.append(p)
-        known = [f for f in sim.frames if f.severity is not None]
-        frame_probs.append(p[[f.frame - 1 for f in known]])
-        frame_truth.extend(int(f.severity or 0) for f in known)
-        owner.extend([i] * len(known))
-        numbers.extend(f.frame for f in known)
         if thetas is not None:
-            for f in known:
+            for f in sim.frames:
                 if f.severity is not None and f.severity >= 2:
                     confidence = float(p[f.frame - 1, f.severity])
                     crops.append((confidence, sim, f.frame, thetas[f.frame - 1]))
-    frames = Frames(
-        x=torch.zeros(0),
-        score=torch.tensor(frame_truth, dtype=torch.long),
-        cine=np.asarray(owner, dtype=np.intp),
-        frame=np.asarray(numbers, dtype=np.intp),
-    )
     metrics: dict[str, Any] = {
-        f"frame_{k}": v for k, v in frame_metrics(np.concatenate(frame_probs), frames).items()
+        f"frame_{k}": v for k, v in known_frame_metrics(cines, clip_probs).items()
     }
     truth = [int(c.severity or 0) for c in cines]
     uninorm = model.network.aggregator

@@ -322,6 +322,32 @@ def frame_metrics(
     return metrics
 
 
+def known_frame_metrics(
+    cines: Sequence[SeverityCine],
+    probabilities: Sequence[npt.NDArray[np.float64]],
+    margin: int = TRANSITION_MARGIN,
+) -> dict[str, float]:
+    """:func:`frame_metrics` of every frame with a known score, from the (frames, 4)
+    probabilities of all frames of each cine."""
+    rows: list[npt.NDArray[np.float64]] = []
+    truth: list[int] = []
+    owner: list[int] = []
+    numbers: list[int] = []
+    for i, (cine, p) in enumerate(zip(cines, probabilities, strict=True)):
+        known = [f for f in cine.frames if f.severity is not None]
+        rows.append(p[[f.frame - 1 for f in known]])
+        truth.extend(int(f.severity or 0) for f in known)
+        owner.extend([i] * len(known))
+        numbers.extend(f.frame for f in known)
+    frames = Frames(
+        x=torch.zeros(0),
+        score=torch.tensor(truth, dtype=torch.long),
+        cine=np.asarray(owner, dtype=np.intp),
+        frame=np.asarray(numbers, dtype=np.intp),
+    )
+    return frame_metrics(np.concatenate(rows), frames, margin)
+
+
 def near_transition(frames: Frames, margin: int) -> npt.NDArray[np.bool_]:
     """Frames within ``margin`` frames of a change of true score in their cine."""
     near = np.zeros(len(frames.score), dtype=bool)
@@ -427,12 +453,9 @@ def train_severity(
             batch_size=batch_size,
             progress=progress,
         )
-    validation = load_frames(held_out, 1, progress)
-    probabilities, _ = predict_frames(network, validation.x)
-    frame = frame_metrics(probabilities, validation)
-    del validation
-
+    # Every frame of the held-out cines is scored once; the frame metrics take the scored ones.
     clip_probs = clip_probabilities(network, clips, progress)
+    frame = known_frame_metrics(held_out, clip_probs[: len(held_out)])
     clip_scores = [_clip_score(c) for c in clips]
     patients = [c.patient_id for c in clips]
     study = cross_validate_aggregators(clip_probs, clip_scores, patients, seed=seed)
