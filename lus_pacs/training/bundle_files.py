@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
+
+import monai
+import numpy as np
+import torch
+
+from lus_pacs import __version__
 
 
 def finite(doc: Any) -> Any:
@@ -22,3 +29,20 @@ def finite(doc: Any) -> Any:
 def write_json(path: Path, doc: dict[str, Any]) -> None:
     """Write ``doc`` indented, with a final newline (the bundles are read by people too)."""
     path.write_text(json.dumps(doc, indent=4) + "\n")
+
+
+def versions_and_authors() -> dict[str, Any]:
+    """The MONAI metadata keys every bundle shares: schema, software versions, authorship."""
+    return {
+        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/"
+        "0.8.1/meta_schema_20220324.json",
+        "monai_version": monai.__version__,
+        "pytorch_version": torch.__version__.split("+")[0],
+        "numpy_version": np.__version__,
+        "required_packages_version": {
+            "lus-pacs": __version__,
+            "pydicom": package_version("pydicom"),
+        },
+        "authors": "lus-pacs contributors",
+        "copyright": "Copyright (c) lus-pacs contributors",
+    }

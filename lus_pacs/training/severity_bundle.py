@@ -3,18 +3,14 @@ the inference config naming it, and MONAI metadata with the measured metrics."""
 
 from __future__ import annotations
 
-from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import monai
-import numpy as np
 import torch
 from torch import nn
 
-from lus_pacs import __version__
 from lus_pacs.nets.severity import SeverityNet, UninormAggregator
-from lus_pacs.training.bundle_files import finite, write_json
+from lus_pacs.training.bundle_files import finite, versions_and_authors, write_json
 
 if TYPE_CHECKING:
     from lus_pacs.training.train_severity import AggregatorStudy
@@ -61,18 +57,10 @@ def write_severity_bundle(
     }
     neutral = [round(float(e), 4) for e in uninorm.neutral_elements.detach()]
     metadata = {
-        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/"
-        "0.8.1/meta_schema_20220324.json",
+        **versions_and_authors(),
         "version": BUNDLE_VERSION,
         "changelog": {BUNDLE_VERSION: "first version, trained on simulated exams only"},
         "name": f"Lung-ultrasound severity score 0-3, {TITLES[variant]} + uninorm (paper 003)",
-        "monai_version": monai.__version__,
-        "pytorch_version": torch.__version__.split("+")[0],
-        "numpy_version": np.__version__,
-        "required_packages_version": {
-            "lus-pacs": __version__,
-            "pydicom": package_version("pydicom"),
-        },
         "task": "ICLUS severity score of every frame and of the clip, in lung-ultrasound cines",
         "description": (
             f"{TITLES[variant]} frame scorer (lus_pacs.nets.severity) on frames fitted into "
@@ -81,8 +69,6 @@ def write_severity_bundle(
             "score) aggregates the frames into the clip's score probabilities. Research use "
             "only; not a medical device."
         ),
-        "authors": "lus-pacs contributors",
-        "copyright": "Copyright (c) lus-pacs contributors",
         "data_source": (
             "Simulated lung-ultrasound exams made with `lus-pacs synth` (no patient data); "
             "see docs/README.md"

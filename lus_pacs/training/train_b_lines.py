@@ -34,11 +34,9 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
-import monai
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -46,11 +44,10 @@ from torch import nn
 from torch.nn.functional import binary_cross_entropy_with_logits
 from tqdm import tqdm
 
-from lus_pacs import __version__
 from lus_pacs.imaging.transforms import b_line_windows
 from lus_pacs.nets.b_lines import ARCHITECTURES
 from lus_pacs.training.annotated import BLineCine, read_via_cines
-from lus_pacs.training.bundle_files import finite, write_json
+from lus_pacs.training.bundle_files import finite, versions_and_authors, write_json
 from lus_pacs.training.evaluate_b_lines import (
     ATTENTION_THRESHOLD,
     THRESHOLD,
@@ -552,18 +549,10 @@ def _metadata(
     if data.get("pocus"):
         sources.append("the public POCUS lung-ultrasound clips (clip-level B-line labels)")
     return {
-        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/"
-        "0.8.1/meta_schema_20220324.json",
+        **versions_and_authors(),
         "version": BUNDLE_VERSION,
         "changelog": CHANGELOG,
         "name": f"B-line detection, {TITLES[training['arch']]} (paper 001)",
-        "monai_version": monai.__version__,
-        "pytorch_version": torch.__version__.split("+")[0],
-        "numpy_version": np.__version__,
-        "required_packages_version": {
-            "lus-pacs": __version__,
-            "pydicom": package_version("pydicom"),
-        },
         "task": "B-line detection and temporal localisation in lung-ultrasound cine loops",
         "description": (
             f"{TITLES[training['arch']]} (lus_pacs.nets.b_lines, paper 001's Table 1), "
@@ -571,8 +560,6 @@ def _metadata(
             "resized to 64x64. Gives the probability that a window shows B-lines and the "
             "attention of each frame. Research use only; not a medical device."
         ),
-        "authors": "lus-pacs contributors",
-        "copyright": "Copyright (c) lus-pacs contributors",
         "data_source": "; ".join(sources) + "; see docs/README.md",
         "data_type": "dicom",
         "image_classes": (
