@@ -226,7 +226,20 @@ def demo(
             found += f", {len(b['frames'])} frames, key frame {b['key_frame']}"
         expected = "present" if truth[zone].b_lines else "absent"
         typer.echo(f"  zone {zone}: {found}; simulated truth: B-lines {expected}")
-    typer.echo(f"results (SR, KOS) and study summary: {settings.results_dir / study}")
+        if "severity" in record:
+            typer.echo(
+                f"    LUS score {record['severity']['score']} "
+                f"(simulated truth: {truth[zone].severity})"
+            )
+        if "segmentation" in record:
+            seg = record["segmentation"]
+            masks = ", ".join(
+                f"score {c['score']} {c['pixels']} px"
+                + (f" (uncertainty {c['uncertainty_mean']:.3f})" if c["uncertainty_mean"] else "")
+                for c in seg["classes"]
+            )
+            typer.echo(f"    masks of frames {seg['frames']}: {masks or 'nothing found'}")
+    typer.echo(f"results (SR, KOS, SEG) and study summary: {settings.results_dir / study}")
 
 
 def pydicom_study(path: Path) -> str:
@@ -385,5 +398,25 @@ def evaluate_b_lines(ctx: typer.Context) -> None:
     """Precision, recall, F1, localisation at IoU 0.1-0.4, key-frame accuracy, AUC, and
     attention plots. Options: `lus-pacs evaluate b-lines --help`."""
     from lus_pacs.training.evaluate_b_lines import main
+
+    main(ctx.args)
+
+
+@train_app.command("segmentation", context_settings=_PASS_THROUGH, add_help_option=False)
+def train_segmentation(ctx: typer.Context) -> None:
+    """Paper 003's U-Net, U-Net++ and DeepLabv3+ (--networks ...) on simulated masks and LabelMe
+    polygons (--labelme DIR); writes the ensemble bundle. Options:
+    `lus-pacs train segmentation --help`."""
+    from lus_pacs.training.train_segmentation import main
+
+    main(ctx.args)
+
+
+@evaluate_app.command("segmentation", context_settings=_PASS_THROUGH, add_help_option=False)
+def evaluate_segmentation(ctx: typer.Context) -> None:
+    """Table IV (pixel accuracy, union Dice of scores 1-3, categorical Dice of scores 0, 2, 3)
+    per network and for the ensemble, MC-dropout uncertainty at borders and inside, and the
+    uncertainty figure. Options: `lus-pacs evaluate segmentation --help`."""
+    from lus_pacs.training.evaluate_segmentation import main
 
     main(ctx.args)

@@ -166,6 +166,47 @@ class SeverityFindings:
             raise ValueError(f"top_frame {self.top_frame} is not a frame of this cine (1-based).")
 
 
+@dataclass(frozen=True)
+class SegmentedClass:
+    """One score's pixels in the segmented frames and how sure the ensemble was of them."""
+
+    score: int
+    """ICLUS score 0-3 the pixels indicate."""
+    pixels: int
+    """Pixels labelled with it, over all segmented frames (source geometry)."""
+    frames: tuple[int, ...]
+    """Indices into :attr:`SegmentationFindings.frames` of the frames where it appears."""
+    uncertainty_mean: float | None
+    """Mean Monte-Carlo dropout standard deviation over those pixels; None without sampling."""
+    uncertainty_max: float | None
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentationFindings:
+    """What the segmentation ensemble (paper 003) says about chosen frames of one cine."""
+
+    frames: tuple[int, ...]
+    """1-based source frames that were segmented, in the order of :attr:`masks`."""
+    masks: npt.NDArray[np.uint8]
+    """(len(frames), rows, columns) labels: scores 0-3, 4 background; source geometry."""
+    uncertainty: npt.NDArray[np.float32] | None
+    """Same shape: Monte-Carlo dropout standard deviation of each pixel's class probability;
+    None when the ensemble ran without sampling."""
+    classes: tuple[SegmentedClass, ...]
+    """The scores present, lowest first."""
+    samples: int
+    """Monte-Carlo dropout passes per frame (0: dropout off)."""
+    model: ModelInfo
+
+    def __post_init__(self) -> None:
+        if self.masks.ndim != 3 or len(self.frames) != self.masks.shape[0]:
+            raise ValueError(
+                f"{len(self.frames)} segmented frames but masks of shape {self.masks.shape}."
+            )
+        if self.uncertainty is not None and self.uncertainty.shape != self.masks.shape:
+            raise ValueError("Uncertainty and masks must have the same shape.")
+
+
 class KeyFrameReason(StrEnum):
     B_LINES = "b_lines"
     """The representative B-line frame."""
@@ -197,7 +238,10 @@ class Findings:
     b_lines: BLineFindings | None = None
     severity: SeverityFindings | None = None
     key_frames: tuple[KeyFrame, ...] = ()
+    segmentation: SegmentationFindings | None = None
 
     @property
     def models(self) -> tuple[ModelInfo, ...]:
-        return tuple(f.model for f in (self.b_lines, self.severity) if f is not None)
+        return tuple(
+            f.model for f in (self.b_lines, self.severity, self.segmentation) if f is not None
+        )

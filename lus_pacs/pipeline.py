@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -24,14 +25,15 @@ from lus_pacs.durable import durable_file
 from lus_pacs.errors import ConfigError
 from lus_pacs.imaging.decode import decode_dataset
 from lus_pacs.inference.b_lines import BLineModel
+from lus_pacs.inference.segmentation import SegmentationModel, frames_to_segment
 from lus_pacs.inference.severity import SeverityModel
 from lus_pacs.queue.store import Output
 from lus_pacs.settings import Settings
 
-AVAILABLE_MODELS = ("b_lines", "severity")
+AVAILABLE_MODELS = ("b_lines", "severity", "segmentation")
 """Bundles the node knows how to run; the other model families come with their issues."""
 
-OUTPUT_SERIES = {"sr": 900, "kos": 901}
+OUTPUT_SERIES = {"sr": 900, "kos": 901, "seg": 902, "seg-binary": 903, "seg-uncertainty": 904}
 """Series number of each kind of result object in the source's study."""
 
 
@@ -41,6 +43,7 @@ class Models:
 
     b_lines: BLineModel | None
     severity: SeverityModel | None = None
+    segmentation: SegmentationModel | None = None
 
     @classmethod
     def load(cls, settings: Settings) -> Models:
@@ -54,12 +57,17 @@ class Models:
         severity = None
         if "severity" in enabled:
             severity = SeverityModel.load(settings.models_dir / "severity")
-        return cls(b_lines=b_lines, severity=severity)
+        segmentation = None
+        if "segmentation" in enabled:
+            segmentation = SegmentationModel.load(
+                settings.models_dir / "segmentation", settings.segmentation.mc_samples
+            )
+        return cls(b_lines=b_lines, severity=severity, segmentation=segmentation)
 
     @property
     def key(self) -> str:
         """Names and versions, the identity of a result: ``b_lines@0.1.0``."""
-        infos = [m.model for m in (self.b_lines, self.severity) if m is not None]
+        infos = [m.model for m in (self.b_lines, self.severity, self.segmentation) if m is not None]
         return ",".join(f"{i.name}@{i.version}" for i in infos) or "none"
 
 
@@ -77,6 +85,13 @@ def analyse(header: Dataset, name: str, models: Models, settings: Settings) -> F
         key_frames.append(KeyFrame(most + 1, KeyFrameReason.ATTENTION))
     if severity is not None and severity.score > 0:
         key_frames.append(KeyFrame(severity.top_frame, KeyFrameReason.SEVERITY))
+    segmentation = None
+    if models.segmentation is not None:
+        chosen = settings.segmentation
+        frames = frames_to_segment(
+            chosen.frames, cine.n_frames, [k.frame for k in key_frames], chosen.every
+        )
+        segmentation = models.segmentation.predict(cine, frames)
     return Findings(
         source=cine.source,
         n_frames=cine.n_frames,
@@ -84,6 +99,7 @@ def analyse(header: Dataset, name: str, models: Models, settings: Settings) -> F
         b_lines=b_lines,
         severity=severity,
         key_frames=tuple(key_frames),
+        segmentation=segmentation,
     )
 
 
@@ -93,6 +109,7 @@ def encode(
     """The result objects of one cine. UIDs derive from the source instance and the model
     versions, so encoding the same result again (after a crash) gives the same objects."""
     from lus_pacs.encode.kos import encode_kos
+    from lus_pacs.encode.seg import encode_seg, encode_uncertainty_seg
     from lus_pacs.encode.sr import encode_sr
 
     source_uid = findings.source.sop_instance_uid
@@ -123,6 +140,34 @@ def encode(
             )
             if kos is not None:
                 out.append((kind, kos))
+        elif kind in ("seg", "seg-binary") and findings.segmentation is not None:
+            seg = findings.segmentation
+            dataset = encode_seg(
+                dict(zip(seg.frames, seg.masks, strict=True)),
+                header,
+                model=seg.model,
+                series_number=OUTPUT_SERIES[kind],
+                instance_uid=uid,
+                series_uid=series,
+                binary=kind == "seg-binary",
+            )
+            out.append((kind, dataset))
+        elif kind == "seg-uncertainty" and findings.segmentation is not None:
+            seg = findings.segmentation
+            if seg.uncertainty is None:
+                continue  # run without Monte-Carlo dropout: nothing to send
+            maps = {
+                f: np.clip(u, 0.0, 0.5) for f, u in zip(seg.frames, seg.uncertainty, strict=True)
+            }
+            dataset = encode_uncertainty_seg(
+                maps,
+                header,
+                model=seg.model,
+                series_number=OUTPUT_SERIES[kind],
+                instance_uid=uid,
+                series_uid=series,
+            )
+            out.append((kind, dataset))
     return out
 
 
@@ -171,6 +216,22 @@ def result_record(
             "frame_scores": list(sev.frame_scores),
             "top_frame": sev.top_frame,
             "box": list(sev.box) if sev.box is not None else None,
+        }
+    if findings.segmentation is not None:
+        seg = findings.segmentation
+        record["segmentation"] = {
+            "frames": list(seg.frames),
+            "samples": seg.samples,
+            "classes": [
+                {
+                    "score": c.score,
+                    "pixels": c.pixels,
+                    "frames": [seg.frames[i] for i in c.frames],
+                    "uncertainty_mean": c.uncertainty_mean,
+                    "uncertainty_max": c.uncertainty_max,
+                }
+                for c in seg.classes
+            ],
         }
     record["key_frames"] = [
         {"frame": k.frame, "reason": k.reason.value} for k in findings.key_frames

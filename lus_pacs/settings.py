@@ -47,6 +47,21 @@ class DicomDestination(BaseModel):
     port: int = Field(gt=0, lt=65536)
 
 
+class SegmentationSettings(BaseModel):
+    """Which frames of a cine the segmentation ensemble labels, and how many dropout passes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    frames: Literal["key", "all", "every"] = "key"
+    """``key``: the key frames the other models chose (B-line and highest-severity frame);
+    ``all``: every frame; ``every``: every ``every``-th frame. Each frame costs seconds on a CPU
+    with Monte-Carlo dropout (see the model card)."""
+    every: int = Field(default=10, ge=1)
+    mc_samples: int | None = Field(default=None, ge=0)
+    """Monte-Carlo dropout passes per frame; None takes the bundle's default (40); 0 runs once
+    with dropout off and reports no uncertainty."""
+
+
 class Settings(BaseModel):
     """Everything configurable about the node; defaults run it with no file at all."""
 
@@ -64,10 +79,18 @@ class Settings(BaseModel):
     0x0122, or acknowledged and dropped."""
     destinations: tuple[DicomDestination, ...] = ()
     """Where results are sent by C-STORE; with none, results stay in the results folder."""
-    output_kinds: tuple[Literal["sr", "kos"], ...] = ("sr", "kos")
+    output_kinds: tuple[Literal["sr", "kos", "seg", "seg-binary", "seg-uncertainty"], ...] = (
+        "sr",
+        "kos",
+        "seg",
+    )
+    """Result objects sent per cine: the SR, the KOS of key frames and, when the segmentation
+    model runs, the LABELMAP SEG of the score masks, optionally the same masks as a BINARY SEG
+    (for viewers without LABELMAP) and a FRACTIONAL SEG of the Monte-Carlo dropout uncertainty."""
     models_dir: Path = Field(default_factory=lambda: Path(__file__).resolve().parents[1] / "models")
-    models: tuple[str, ...] = ("b_lines", "severity")
+    models: tuple[str, ...] = ("b_lines", "severity", "segmentation")
     """The bundles under ``models_dir`` the node runs."""
+    segmentation: SegmentationSettings = Field(default_factory=SegmentationSettings)
     study_quiet_s: float = Field(default=30.0, gt=0)
     """A study is complete this long after its last instance (or on association release)."""
     retry_budget: int = Field(default=6, ge=0)

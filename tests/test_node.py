@@ -24,6 +24,10 @@ pytestmark = pytest.mark.skipif(
 
 SR = pydicom.uid.ComprehensiveSRStorage
 KOS = pydicom.uid.KeyObjectSelectionDocumentStorage
+SEG = "1.2.840.10008.5.1.4.1.1.66.7"  # Label Map Segmentation Storage
+DELIVERY_MODELS = ["b_lines", "severity"]
+"""The tests of queueing and delivery run without segmentation: they count objects per source,
+and each segmented key frame costs seconds of Monte-Carlo dropout on a CPU."""
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +52,13 @@ def _by_class(orthanc: OrthancHandle) -> dict[str, list[pydicom.Dataset]]:
 
 
 def _referenced(ds: pydicom.Dataset) -> list[tuple[str, list[int]]]:
-    """(SOP Instance UID, frame numbers) of every image reference in an SR or KOS tree."""
+    """(SOP Instance UID, frame numbers) of every image reference in an SR or KOS tree, or of
+    every SEG frame's source."""
     found = []
+    for group in ds.get("PerFrameFunctionalGroupsSequence", []):
+        for derivation in group.get("DerivationImageSequence", []):
+            for ref in derivation.SourceImageSequence:
+                found.append((str(ref.ReferencedSOPInstanceUID), _frames_of(ref)))
     for item in ds.get("ContentSequence", []):
         for ref in item.get("ReferencedSOPSequence", []):
             found.append((str(ref.ReferencedSOPInstanceUID), _frames_of(ref)))
@@ -57,7 +66,7 @@ def _referenced(ds: pydicom.Dataset) -> list[tuple[str, list[int]]]:
     return found
 
 
-def test_pushed_cines_come_back_to_pacs_as_sr_and_kos(
+def test_pushed_cines_come_back_to_pacs_as_sr_kos_and_seg(
     tmp_path: Path, orthanc: OrthancHandle, sources: list[Path]
 ) -> None:
     node = NodeProcess(write_config(tmp_path, orthanc))
@@ -67,14 +76,14 @@ def test_pushed_cines_come_back_to_pacs_as_sr_and_kos(
         assert echo(node.port, aet="INTRUDER").returncode != 0
         pushed = storescu(node.port, sources)
         assert pushed.returncode == 0, pushed.stdout + pushed.stderr
-        wait_for(lambda: orthanc.count() >= 2 * len(sources), 240, "an SR and a KOS per source")
+        wait_for(lambda: orthanc.count() >= 3 * len(sources), 300, "an SR, KOS and SEG per source")
     finally:
         node.stop()
     results = _by_class(orthanc)
-    assert len(results[SR]) == len(results[KOS]) == len(sources)
+    assert len(results[SR]) == len(results[KOS]) == len(results[SEG]) == len(sources)
     for path in sources:
         source = pydicom.dcmread(path, stop_before_pixels=True)
-        for kind in (SR, KOS):
+        for kind in (SR, KOS, SEG):
             (obj,) = [
                 ds
                 for ds in results[kind]
@@ -86,7 +95,7 @@ def test_pushed_cines_come_back_to_pacs_as_sr_and_kos(
             frames = [f for uid, fs in _referenced(obj) for f in fs if uid == source.SOPInstanceUID]
             assert frames, f"{kind} of {path.name} references no frame"
             assert all(1 <= f <= int(source.NumberOfFrames) for f in frames)
-    for ds in results[SR] + results[KOS]:
+    for ds in results[SR] + results[KOS] + results[SEG]:
         out = tmp_path / f"{ds.SOPInstanceUID}.dcm"
         ds.save_as(out, enforce_file_format=True)
         assert dciodvfy_errors(out) == [], out
@@ -98,7 +107,7 @@ def test_pushed_cines_come_back_to_pacs_as_sr_and_kos(
 def test_a_crash_after_acknowledging_loses_nothing_and_sends_once(
     tmp_path: Path, orthanc: OrthancHandle, sources: list[Path]
 ) -> None:
-    node = NodeProcess(write_config(tmp_path, orthanc))
+    node = NodeProcess(write_config(tmp_path, orthanc, models=DELIVERY_MODELS))
     node.start()
     pushed = storescu(node.port, sources[:3])
     assert pushed.returncode == 0, pushed.stdout + pushed.stderr
@@ -124,7 +133,7 @@ def test_outage_retries_then_budget_zero_fails_visibly_and_retry_delivers(
 ) -> None:
     orthanc.stop()
     (tmp_path / "a").mkdir()
-    node = NodeProcess(write_config(tmp_path / "a", orthanc))
+    node = NodeProcess(write_config(tmp_path / "a", orthanc, models=DELIVERY_MODELS))
     node.start()
     try:
         assert storescu(node.port, sources[:1]).returncode == 0
@@ -140,7 +149,7 @@ def test_outage_retries_then_budget_zero_fails_visibly_and_retry_delivers(
 
     orthanc.stop()
     (tmp_path / "b").mkdir()
-    config = write_config(tmp_path / "b", orthanc, retry_budget=0)
+    config = write_config(tmp_path / "b", orthanc, retry_budget=0, models=DELIVERY_MODELS)
     node = NodeProcess(config)
     node.start()
     try:
@@ -170,7 +179,7 @@ def test_bad_input_fails_with_a_reason_and_the_node_keeps_serving(
     truncated = tmp_path / "truncated.dcm"
     broken.save_as(truncated, enforce_file_format=True)
     ct = Path(str(get_testdata_file("CT_small.dcm")))
-    config = write_config(tmp_path, orthanc)
+    config = write_config(tmp_path, orthanc, models=DELIVERY_MODELS)
     node = NodeProcess(config)
     node.start()
     try:
@@ -199,7 +208,7 @@ def test_process_gives_the_records_the_node_made(
     node.start()
     try:
         assert storescu(node.port, sources[:2]).returncode == 0
-        wait_for(lambda: orthanc.count() == 4, 180, "the node's results")
+        wait_for(lambda: orthanc.count() == 6, 240, "the node's results")
     finally:
         node.stop()
     from lus_pacs.queue.store import JobStore
@@ -229,7 +238,7 @@ def test_the_sr_key_frame_points_into_the_true_b_line_frames(
     truth = max(truths, key=lambda t: len(t["clip"]["b_line_frames"]))
     assert truth["clip"]["b_lines"]
     cine = synth_exams / truth["patient_id"] / truth["file"]
-    node = NodeProcess(write_config(tmp_path, orthanc))
+    node = NodeProcess(write_config(tmp_path, orthanc, models=DELIVERY_MODELS))
     node.start()
     try:
         assert storescu(node.port, [cine]).returncode == 0
@@ -267,7 +276,7 @@ def test_the_study_summary_totals_the_zone_scores(
     ]
     assert uniform, "the acceptance exam has no cine of a single score"
     clear = max(uniform, key=lambda t: abs(t["clip"]["severity"] - 1.5))
-    config = write_config(tmp_path, orthanc, models=["b_lines", "severity"])
+    config = write_config(tmp_path, orthanc, models=DELIVERY_MODELS)
     node = NodeProcess(config)
     node.start()
     try:

@@ -49,6 +49,20 @@ FRAMES_WITH_SCORE = tuple(
 frames referenced)."""
 SCORE_REGION = _private("LUS006", "Region of the lung ultrasound score")
 """Finding type of the box where the severity model looked in its top-scoring frame."""
+SCORE_MASKS = _private("LUS007", "Lung ultrasound score masks")
+"""Finding type of the segmentation model's group (the masks themselves are in the SEG)."""
+PIXELS_WITH_SCORE = tuple(
+    _private(f"LUS02{k}", f"Pixels with lung ultrasound score {k}") for k in range(4)
+)
+"""Concept names of the count of pixels the segmentation labelled with score 0..3, over the
+segmented frames (referenced)."""
+MASK_UNCERTAINTY = tuple(
+    _private(f"LUS03{k}", f"Uncertainty of lung ultrasound score {k} mask") for k in range(4)
+)
+"""Concept names of the Monte-Carlo dropout standard deviation over the pixels labelled with
+score 0..3; the derivation (mean or maximum) says which summary it is."""
+MASK_UNCERTAINTY_MAP = _private("LUS040", "Lung ultrasound score mask uncertainty")
+"""Segmented property type of the FRACTIONAL SEG of Monte-Carlo dropout uncertainty."""
 
 # Standard concepts.
 LUNG = codes.SCT.Lung  # 39607008
@@ -77,6 +91,9 @@ ALGORITHM_MANUFACTURER = codes.DCM.AlgorithmManufacturer  # 122405
 
 # Units (UCUM).
 UNITLESS = codes.UCUM.NoUnits  # "1": a probability in [0, 1]
+PIXELS = Code(value="{pixels}", scheme_designator="UCUM", meaning="pixels")
+MEAN = codes.SCT.Mean  # 373098007, CID 3488 derivation
+MAXIMUM = codes.SCT.Maximum  # 56851009, CID 3488 derivation
 FRAMES = Code(value="{frames}", scheme_designator="UCUM", meaning="frames")
 
 

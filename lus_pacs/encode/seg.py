@@ -1,10 +1,12 @@
-"""The LABELMAP Segmentation of a cine's score-class masks, one SEG frame per source frame.
+"""The Segmentation of a cine's score-class masks: LABELMAP (RLE), one SEG frame per source
+frame, or BINARY, one SEG frame per source frame and score, for viewers without LABELMAP.
 
 highdicom refuses a multi-frame source without a Frame of Reference, which is what an
 ultrasound cine is (highdicom issue 284). The SEG is therefore built by highdicom from a
 one-frame view of the source and then given its real frames: each frame's functional groups
 reference its source frame by ``ReferencedFrameNumber`` and carry that number as its
-``TemporalPositionIndex``, the one dimension of the SEG.
+``TemporalPositionIndex``, the one dimension of a LABELMAP SEG (a BINARY SEG has the segment
+number as its first dimension and the temporal position as its second).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Mapping
 import highdicom as hd
 import numpy as np
 from pydicom import Dataset, Sequence
+from pydicom.pixels import pack_bits
 from pydicom.sr.codedict import codes as dicom_codes
 from pydicom.uid import (
     ExplicitVRLittleEndian,
@@ -39,6 +42,8 @@ from lus_pacs.nets.segmentation import BACKGROUND, CLASSES
 SERIES_DESCRIPTION = "lus-pacs AI score masks (research only, not a medical device)"
 CONTENT_DESCRIPTION = "LUS score masks; research only, not a medical device"
 """Content Description is LO (64 characters); the full notice goes in Image Comments."""
+UNCERTAINTY_SERIES_DESCRIPTION = "lus-pacs AI uncertainty (research only, not a medical device)"
+UNCERTAINTY_CONTENT_DESCRIPTION = "LUS mask uncertainty; research only, not a medical device"
 SCORES = tuple(range(CLASSES - 1))
 """The ICLUS scores 0 to 3 the masks label; segment ``k + 1`` is score ``k``."""
 SEGMENT_LABELS = (
@@ -60,12 +65,15 @@ def encode_seg(
     series_number: int = 902,
     instance_uid: str | None = None,
     series_uid: str | None = None,
+    binary: bool = False,
 ) -> Dataset:
     """Encode score-class masks of a cine as a LABELMAP SEG (RLE lossless) in a new series.
 
     Segment ``k + 1`` is ICLUS score ``k`` (0: healthy pleura with A-lines; 1, 2, 3) and
     pixel value 0 is background. SEG frames follow the source frames in ascending order, each
     referencing its source frame and carrying its number as ``TemporalPositionIndex``.
+    With ``binary``, a BINARY SEG (uncompressed, one bit per pixel) instead: for each source
+    frame one SEG frame per segment, empty ones included, so every viewer finds every score.
 
     Parameters
     ----------
@@ -82,6 +90,8 @@ def encode_seg(
         Series Number of the new SEG series.
     instance_uid, series_uid:
         SOP Instance UID and Series Instance UID of the SEG; new UIDs when None.
+    binary:
+        Write a BINARY SEG rather than a LABELMAP one.
 
     Returns
     -------
@@ -102,11 +112,131 @@ def encode_seg(
         raise ValueError("No masks given: a Segmentation needs at least one frame.")
     labels = np.stack([_segment_numbers(masks[f], f, header) for f in frames])
 
+    kind = (
+        hd.seg.SegmentationTypeValues.BINARY if binary else hd.seg.SegmentationTypeValues.LABELMAP
+    )
+    seg = _from_template(
+        header,
+        labels[:1],
+        kind,
+        _segment_descriptions(model),
+        series_number=series_number,
+        instance_uid=instance_uid,
+        series_uid=series_uid,
+        content=(CONTENT_DESCRIPTION, "LUS_SCORES", SERIES_DESCRIPTION),
+    )
+    _set_frames(seg, header, frames, by_segment=binary)
+    if binary:
+        # Frames in the order of the functional groups: source frame, then segment.
+        segments = range(1, len(SCORES) + 1)
+        bits = np.stack([frame_labels == k for frame_labels in labels for k in segments])
+        seg.PixelData = pack_bits(bits.astype(np.uint8))
+    else:
+        seg.compress(RLELossless, _frames_array(labels), generate_instance_uid=False)
+    return seg
+
+
+def encode_uncertainty_seg(
+    uncertainty: Mapping[int, np.ndarray],
+    source: Dataset,
+    *,
+    model: ModelInfo,
+    series_number: int = 904,
+    instance_uid: str | None = None,
+    series_uid: str | None = None,
+) -> Dataset:
+    """Encode Monte-Carlo dropout uncertainty maps as a FRACTIONAL SEG (RLE lossless).
+
+    One segment, "Score mask uncertainty", of Segmentation Fractional Type PROBABILITY: each
+    pixel's value is the standard deviation of its class probability over the dropout passes,
+    divided by 0.5 (the largest standard deviation a probability can have), in 255 steps.
+    Frames are laid out as :func:`encode_seg` lays out BINARY frames (one segment here).
+
+    Parameters
+    ----------
+    uncertainty:
+        Source frame number (1-based) to a float map ``(Rows, Columns)`` of the source, values
+        in [0, 0.5].
+    source, model, series_number, instance_uid, series_uid:
+        As for :func:`encode_seg`.
+
+    Raises
+    ------
+    ValueError
+        When there are no maps, a frame is not a frame of the source, or a map has the wrong
+        shape or a value outside [0, 0.5].
+    """
+    header = public_header(source)
+    frames = sorted(check_frames(uncertainty, header, "Uncertainty maps"))
+    if not frames:
+        raise ValueError("No uncertainty maps given: a Segmentation needs at least one frame.")
+    shape = (int(header.Rows), int(header.Columns))
+    for frame in frames:
+        values = np.asarray(uncertainty[frame], np.float64)
+        if values.shape != shape:
+            raise ValueError(
+                f"The uncertainty map of frame {frame} has shape {values.shape}, not {shape}."
+            )
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 0.5:
+            raise ValueError(
+                f"The uncertainty map of frame {frame} has values outside [0, 0.5]; pass the "
+                "standard deviation of a probability."
+            )
+    scaled = np.stack(
+        [np.round(np.asarray(uncertainty[f], np.float64) / 0.5 * 255) for f in frames]
+    ).astype(np.uint8)
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="Score mask uncertainty",
+        segmented_property_category=dicom_codes.SCT.SpatialAndRelationalConcept,
+        segmented_property_type=codes.MASK_UNCERTAINTY_MAP,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=_algorithm(model),
+        anatomic_regions=[codes.LUNG],
+    )
+    seg = _from_template(
+        header,
+        scaled[:1].astype(np.float32) / 255,
+        hd.seg.SegmentationTypeValues.FRACTIONAL,
+        [description],
+        series_number=series_number,
+        instance_uid=instance_uid,
+        series_uid=series_uid,
+        content=(
+            UNCERTAINTY_CONTENT_DESCRIPTION,
+            "LUS_UNCERTAINTY",
+            UNCERTAINTY_SERIES_DESCRIPTION,
+        ),
+    )
+    _set_frames(seg, header, frames, by_segment=True)
+    seg.compress(RLELossless, _frames_array(scaled), generate_instance_uid=False)
+    return seg
+
+
+def _frames_array(frames: np.ndarray) -> np.ndarray:
+    """``(frames, rows, columns)`` as pydicom's encoder wants it: 2D for a single frame."""
+    return frames[0] if len(frames) == 1 else frames
+
+
+def _from_template(
+    header: Dataset,
+    first: np.ndarray,
+    kind: hd.seg.SegmentationTypeValues,
+    descriptions: list[hd.seg.SegmentDescription],
+    *,
+    series_number: int,
+    instance_uid: str | None,
+    series_uid: str | None,
+    content: tuple[str, str, str],
+) -> Dataset:
+    """highdicom's Segmentation of the one-frame view of the source, as a plain dataset with
+    the patient attributes and notices every SEG carries; its frames are set afterwards."""
+    description, label, series_description = content
     template = hd.seg.Segmentation(
         source_images=[_single_frame_view(header)],
-        pixel_array=labels[:1],
-        segmentation_type=hd.seg.SegmentationTypeValues.LABELMAP,
-        segment_descriptions=_segment_descriptions(model),
+        pixel_array=first,
+        segmentation_type=kind,
+        segment_descriptions=descriptions,
         series_instance_uid=series_uid or generate_uid(),
         series_number=series_number,
         sop_instance_uid=instance_uid or generate_uid(),
@@ -116,11 +246,13 @@ def encode_seg(
         software_versions=__version__,
         # Type 1 here; software has no serial number, its version identifies the build.
         device_serial_number=__version__,
-        content_description=CONTENT_DESCRIPTION,
-        content_label="LUS_SCORES",
-        series_description=SERIES_DESCRIPTION,
+        content_description=description,
+        content_label=label,
+        series_description=series_description,
         transfer_syntax_uid=ExplicitVRLittleEndian,
         omit_empty_frames=False,
+        # highdicom's default fractional type, PROBABILITY, is the one meant; other
+        # types ignore it.
     )
     seg = Dataset()
     seg.update(template)
@@ -130,9 +262,16 @@ def encode_seg(
     # Type 2C in General Image when there is no plane orientation, as for a cine.
     seg.PatientOrientation = header.get("PatientOrientation")
     seg.ImageComments = RESEARCH_NOTICE
-    _set_frames(seg, header, frames)
-    seg.compress(RLELossless, labels, generate_instance_uid=False)
     return seg
+
+
+def _algorithm(model: ModelInfo) -> hd.AlgorithmIdentificationSequence:
+    return hd.AlgorithmIdentificationSequence(
+        name=model.name,
+        family=dicom_codes.DCM.ArtificialIntelligence,
+        version=model.version,
+        source=ALGORITHM_MANUFACTURER,
+    )
 
 
 def _single_frame_view(header: Dataset) -> Dataset:
@@ -172,12 +311,7 @@ def _segment_numbers(mask: np.ndarray, frame: int, header: Dataset) -> np.ndarra
 
 
 def _segment_descriptions(model: ModelInfo) -> list[hd.seg.SegmentDescription]:
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=model.name,
-        family=dicom_codes.DCM.ArtificialIntelligence,
-        version=model.version,
-        source=ALGORITHM_MANUFACTURER,
-    )
+    algorithm = _algorithm(model)
     descriptions = []
     for score, label in zip(SCORES, SEGMENT_LABELS, strict=True):
         if score == 0:
@@ -202,30 +336,41 @@ def _segment_descriptions(model: ModelInfo) -> list[hd.seg.SegmentDescription]:
     return descriptions
 
 
-def _set_frames(seg: Dataset, header: Dataset, frames: list[int]) -> None:
-    """Give the one-frame template the functional groups of ``frames`` of the source."""
-    (template,) = seg.PerFrameFunctionalGroupsSequence
+def _set_frames(seg: Dataset, header: Dataset, frames: list[int], by_segment: bool) -> None:
+    """Give the one-source-frame template the functional groups of ``frames`` of the source:
+    one group per frame (LABELMAP) or per frame and segment (BINARY and FRACTIONAL, whose first
+    dimension is the segment number, as the template's groups)."""
+    templates = list(seg.PerFrameFunctionalGroupsSequence)
+    shared = seg.SharedFunctionalGroupsSequence[0]
     groups = []
     for frame in frames:
-        item = copy.deepcopy(template)
-        ref = item.DerivationImageSequence[0].SourceImageSequence[0]
-        ref.ReferencedSOPClassUID = header.SOPClassUID
-        ref.ReferencedSOPInstanceUID = header.SOPInstanceUID
-        ref.ReferencedFrameNumber = frame
-        content = Dataset()
-        content.DimensionIndexValues = [frame]
-        content.TemporalPositionIndex = frame
-        item.FrameContentSequence = Sequence([content])
-        groups.append(item)
+        for template in templates:
+            item = copy.deepcopy(template)
+            ref = item.DerivationImageSequence[0].SourceImageSequence[0]
+            ref.ReferencedSOPClassUID = header.SOPClassUID
+            ref.ReferencedSOPInstanceUID = header.SOPInstanceUID
+            ref.ReferencedFrameNumber = frame
+            content = Dataset()
+            if by_segment:
+                # A single segment is identified in the shared functional groups.
+                identified = item if "SegmentIdentificationSequence" in item else shared
+                segment = int(identified.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+                content.DimensionIndexValues = [segment, frame]
+            else:
+                content.DimensionIndexValues = [frame]
+            content.TemporalPositionIndex = frame
+            item.FrameContentSequence = Sequence([content])
+            groups.append(item)
     seg.PerFrameFunctionalGroupsSequence = Sequence(groups)
-    seg.NumberOfFrames = len(frames)
+    seg.NumberOfFrames = len(groups)
 
     index = Dataset()
     index.DimensionOrganizationUID = seg.DimensionOrganizationSequence[0].DimensionOrganizationUID
     index.DimensionIndexPointer = _TEMPORAL_POSITION_INDEX
     index.FunctionalGroupPointer = _FRAME_CONTENT_SEQUENCE
     index.DimensionDescriptionLabel = "Temporal Position Index"
-    seg.DimensionIndexSequence = Sequence([index])
+    kept = list(seg.DimensionIndexSequence)[:1] if by_segment else []  # the segment number
+    seg.DimensionIndexSequence = Sequence([*kept, index])
 
     for series in seg.ReferencedSeriesSequence:
         for instance in series.ReferencedInstanceSequence:

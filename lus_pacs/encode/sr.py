@@ -27,6 +27,13 @@ Content tree (TID 1500 > TID 1501, one measurement group for the cine)::
           Image Region = closed POLYLINE around the box   <- cine, the top-scoring frame
           Finding = Region of the lung ultrasound score
           Lung ultrasound score = 3 {1}                      (of that frame)
+        Measurement Group                                    (only with segmentation findings)
+          Tracking Identifier "Lung ultrasound score masks, zone R2"
+          Finding = Lung ultrasound score masks; Finding Site; Algorithm (TID 4019)
+          Pixels with lung ultrasound score k = n {pixels}   <- the frames where it appears
+          Uncertainty of score k mask = u {1}, Derivation Mean     (with Monte-Carlo dropout)
+          Uncertainty of score k mask = u {1}, Derivation Maximum
+          Source of Measurement: the segmented frames
       Comment: research-software notice
 
 A model that did not run leaves nothing in the tree: no B-line item is ever made up.
@@ -40,7 +47,7 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from lus_pacs import __version__
-from lus_pacs.domain import BLineFindings, Findings, SeverityFindings
+from lus_pacs.domain import BLineFindings, Findings, SegmentationFindings, SeverityFindings
 from lus_pacs.encode import codes
 from lus_pacs.encode.common import (
     MANUFACTURER,
@@ -102,6 +109,7 @@ def encode_sr(
         imaging_measurements=[
             _cine_group(findings, header, tracking_uid),
             *_severity_groups(findings, header, sop_instance_uid),
+            *_segmentation_groups(findings, header, sop_instance_uid),
         ],
         referenced_images=[header],
     )
@@ -281,4 +289,62 @@ def _severity_measurements(sev: SeverityFindings, header: Dataset) -> list[hd.sr
                 ],
             )
         )
+    return items
+
+
+def _segmentation_groups(
+    findings: Findings, header: Dataset, sop_instance_uid: str
+) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """The segmentation model's group: pixels and uncertainty of each score it labelled."""
+    seg = findings.segmentation
+    if seg is None:
+        return []
+    zone = findings.source.zone
+    where = f", zone {zone}" if zone else ""
+    frames = check_frames(list(seg.frames), header, "Segmented frames")
+    return [
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=generate_uid(entropy_srcs=[sop_instance_uid, "segmentation"]),
+                identifier=f"Lung ultrasound score masks{where}",
+            ),
+            finding_type=codes.SCORE_MASKS,
+            algorithm_id=algorithm_identification(seg.model),
+            finding_sites=[_finding_site(zone)],
+            measurements=_segmentation_measurements(seg, header),
+            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(header, frames)],
+        )
+    ]
+
+
+def _segmentation_measurements(
+    seg: SegmentationFindings, header: Dataset
+) -> list[hd.sr.Measurement]:
+    items = []
+    for c in seg.classes:
+        frames = check_frames([seg.frames[i] for i in c.frames], header, f"Score {c.score} mask")
+        items.append(
+            hd.sr.Measurement(
+                name=codes.PIXELS_WITH_SCORE[c.score],
+                value=c.pixels,
+                unit=codes.PIXELS,
+                referenced_images=[
+                    hd.sr.SourceImageForMeasurement.from_source_image(header, frames)
+                ],
+            )
+        )
+        for derivation, value in (
+            (codes.MEAN, c.uncertainty_mean),
+            (codes.MAXIMUM, c.uncertainty_max),
+        ):
+            if value is None:
+                continue
+            items.append(
+                hd.sr.Measurement(
+                    name=codes.MASK_UNCERTAINTY[c.score],
+                    value=value,
+                    unit=codes.UNITLESS,
+                    derivation=derivation,
+                )
+            )
     return items

@@ -6,8 +6,8 @@ pipelines that carry an image and its label together.
 * Paper 001 (B-lines): the tissue region at 64 x 64, cut into 1-second windows overlapping by
   20 %: :func:`b_line_windows`.
 * Paper 003 (severity, segmentation): each frame fitted into 200 rows x 260 columns, aspect kept,
-  zero padded, scaled to [-1, 1]: :func:`severity_frames`; :func:`to_source_geometry` maps a
-  label map back onto the source image.
+  zero padded, scaled to [-1, 1]: :func:`severity_frames`; :func:`fit_label_maps` brings source
+  label maps into that geometry and :func:`to_source_geometry` maps them back.
 """
 
 from __future__ import annotations
@@ -234,6 +234,40 @@ def severity_frames(cine: Cine, frames: Sequence[int] | None = None) -> torch.Te
     )
     out: torch.Tensor = pipeline(cine)
     return out.unsqueeze(1)
+
+
+def fit_label_maps(
+    masks: npt.NDArray[np.integer[Any]], cine: Cine, background: int
+) -> npt.NDArray[np.uint8]:
+    """Label maps of source frames in paper 003's model geometry, as :func:`severity_frames`
+    makes the frames: the tissue region fitted into 200 x 260 by nearest-neighbour sampling
+    (pixel centres) and padded with ``background``.
+
+    Parameters
+    ----------
+    masks:
+        Labels 0..``background``, shape (frames, rows, columns) of the source image.
+    cine:
+        The cine the masks belong to (its tissue region is cut out).
+    background:
+        The largest label; padding gets it.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8, shape (frames, 200, 260).
+    """
+    if masks.ndim != 3 or masks.shape[1:] != cine.frames.shape[1:3]:
+        raise ValueError(
+            f"Label maps of shape {masks.shape} do not fit frames of "
+            f"{cine.frames.shape[1]} x {cine.frames.shape[2]}."
+        )
+    r = cine.region
+    labels = np.asarray(masks[:, r.y0 : r.y1, r.x0 : r.x1], np.uint8)
+    # FitAndPad pads with 0: shift the labels so that 0 is the background while it runs.
+    shifted = (labels + 1) % (background + 1)
+    fitted = FitAndPad(SEVERITY_SIZE, mode="nearest-exact")(shifted).numpy()
+    return np.asarray((fitted.astype(np.int64) + background) % (background + 1), np.uint8)
 
 
 def to_source_geometry(

@@ -70,13 +70,7 @@ class BLineModel:
         ModelError
             The bundle is incomplete, is not a B-line bundle, or its thresholds are invalid.
         """
-        bundle = load_bundle(bundle_dir)
-        if not isinstance(bundle.network, tuple(ARCHITECTURES.values())):
-            raise ModelError(
-                f"{Path(bundle_dir) / INFERENCE}: network_def is "
-                f"{type(bundle.network).__name__}, not one of the B-line networks "
-                f"{', '.join(t.__name__ for t in ARCHITECTURES.values())}."
-            )
+        bundle = load_bundle(bundle_dir, tuple(ARCHITECTURES.values()))
         thresholds = []
         for key in ("threshold", "attention_threshold"):
             value = bundle.config.get(key)

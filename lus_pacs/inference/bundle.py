@@ -39,19 +39,22 @@ class Bundle:
     """``configs/metadata.json`` as written."""
 
 
-def load_bundle(folder: Path) -> Bundle:
+def load_bundle(folder: Path, expected: tuple[type[nn.Module], ...] = ()) -> Bundle:
     """Instantiate the bundle's ``network_def`` and load its weights.
 
     Parameters
     ----------
     folder:
         The bundle folder, e.g. ``models/b_lines``; its name becomes :attr:`ModelInfo.name`.
+    expected:
+        The network classes the caller can run; any module when empty.
 
     Raises
     ------
     ModelError
         A file is missing or unreadable, ``network_def`` is absent or points outside
-        ``lus_pacs.nets``, or the weights do not fit the network.
+        ``lus_pacs.nets``, the network is not of an ``expected`` class, or the weights do not
+        fit the network.
     """
     folder = Path(folder)
     for part in (METADATA, INFERENCE, WEIGHTS):
@@ -83,6 +86,11 @@ def load_bundle(folder: Path) -> Bundle:
         raise ModelError(f"{folder / INFERENCE}: cannot build network_def ({exc})") from exc
     if not isinstance(network, nn.Module):
         raise ModelError(f"{folder / INFERENCE}: network_def {target} is not a torch module.")
+    if expected and not isinstance(network, expected):
+        raise ModelError(
+            f"{folder / INFERENCE}: network_def is {type(network).__name__}, not "
+            f"{' or '.join(t.__name__ for t in expected)}."
+        )
 
     try:
         state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)

@@ -11,14 +11,14 @@ source pixels, is the box reported with it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 
 from lus_pacs.domain import Cine, ModelInfo, SeverityFindings
-from lus_pacs.errors import ModelError
 from lus_pacs.imaging.transforms import SEVERITY_SIZE, box_to_source, severity_frames
-from lus_pacs.inference.bundle import INFERENCE, load_bundle
+from lus_pacs.inference.bundle import load_bundle
 from lus_pacs.nets.severity import SeverityNet, theta_to_box
 
 
@@ -49,13 +49,8 @@ class SeverityModel:
         ModelError
             The bundle is incomplete or is not a severity bundle.
         """
-        bundle = load_bundle(bundle_dir)
-        if not isinstance(bundle.network, SeverityNet):
-            raise ModelError(
-                f"{Path(bundle_dir) / INFERENCE}: network_def is "
-                f"{type(bundle.network).__name__}, not SeverityNet."
-            )
-        return cls(bundle.network, bundle.model)
+        bundle = load_bundle(bundle_dir, (SeverityNet,))
+        return cls(cast(SeverityNet, bundle.network), bundle.model)
 
     def frame_outputs(self, cine: Cine) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Score probabilities (frames, 4) of every frame and, for spatial-transformer

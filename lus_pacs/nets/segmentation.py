@@ -20,11 +20,14 @@ Where the paper is silent, this module chooses:
   Its input sides must be multiples of 20, which 200 and 260 are.
 * :class:`UNetPlusPlus` is the nested U-Net++ of Zhou et al. built here rather than MONAI's
   ``BasicUNetPlusPlus``, which has no residual encoder. The paper's "first four encoder blocks
-  of ResNet50" become a stem and four stride-2 stages of residual units (two 3 x 3 convolutions
-  with batch norm and a projected shortcut, MONAI's ``ResidualUnit``) of widths
-  (16, 24, 32, 48, 64); every decoder node is a residual unit too and the latent map is
-  upsampled by 2 x 2 transposed convolutions, as the paper says. Frames are zero-padded to a
-  multiple of 16 and the logits cropped back.
+  of ResNet50" become a stride-2 stem (as ResNet's first convolution) and four stride-2 stages
+  of residual units (two 3 x 3 convolutions with batch norm and a projected shortcut, MONAI's
+  ``ResidualUnit``) of widths (16, 24, 32, 48, 64); every decoder node is a residual unit too and
+  the latent map is upsampled by 2 x 2 transposed convolutions, as the paper says. The nested
+  grid ends at half resolution, like segmentation_models' U-Net++ on a ResNet, and a last
+  transposed convolution brings the logits to full size: a full-resolution grid trained at
+  four times the cost on a CPU for no gain on these frames. Frames are zero-padded to a
+  multiple of 32 and the logits cropped back.
 * :class:`DeepLabV3Plus` has a residual encoder of output stride 8 (a stride-2 stem, two
   stride-2 residual stages, then a residual stage dilated by 2 instead of strided), MONAI's
   ``SimpleASPP`` (1 x 1 and three 3 x 3 convolutions dilated by 2, 4 and 6) projected to 64
@@ -157,9 +160,10 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 class UNetPlusPlus(nn.Module):
     """U-Net++ (nested dense skips) with a residual encoder and transposed-convolution upsampling.
 
-    Node ``X[i][j]`` is at depth ``i`` (resolution divided by ``2**i``) and column ``j``: column 0
-    is the encoder, and a node of column ``j > 0`` reads every node to its left at its depth and
-    the upsampled node below-left. The logits come from the last node of depth 0.
+    Node ``X[i][j]`` is at depth ``i`` (resolution divided by ``2**(i + 1)``) and column ``j``:
+    column 0 is the encoder, and a node of column ``j > 0`` reads every node to its left at its
+    depth and the upsampled node below-left. The logits come from the last node of depth 0,
+    upsampled by 2.
 
     Parameters
     ----------
@@ -178,7 +182,7 @@ class UNetPlusPlus(nn.Module):
         depth = len(features) - 1
         self.depth = depth
         self.encoder = nn.ModuleList(
-            [_residual(1, features[0])]
+            [_residual(1, features[0], stride=2)]
             + [_residual(features[i - 1], features[i], stride=2) for i in range(1, depth + 1)]
         )
         self.bottleneck_dropout = nn.Dropout2d(dropout)
@@ -188,12 +192,16 @@ class UNetPlusPlus(nn.Module):
             for i in range(depth + 1 - j):
                 self.ups[f"{i}_{j}"] = nn.ConvTranspose2d(features[i + 1], features[i], 2, stride=2)
                 self.nodes[f"{i}_{j}"] = _residual(features[i] * (j + 1), features[i])
-        self.head = nn.Conv2d(features[0], CLASSES, 1)
+        self.head = nn.Sequential(
+            nn.ConvTranspose2d(features[0], features[0], 2, stride=2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(features[0], CLASSES, 3, padding=1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, CLASSES, H, W)`` of frames ``(B, 1, H, W)`` of any size."""
         rows, cols = x.shape[-2:]
-        x = _pad_to_multiple(x, 2**self.depth)
+        x = _pad_to_multiple(x, 2 ** (self.depth + 1))
         grid: list[list[torch.Tensor]] = []
         for i, stage in enumerate(self.encoder):
             x = stage(x)
@@ -293,13 +301,15 @@ def enable_mc_dropout(module: nn.Module) -> None:
 
 
 def mc_dropout_predict(
-    networks: Sequence[nn.Module], x: torch.Tensor, samples: int
+    networks: Sequence[nn.Module], x: torch.Tensor, samples: int, batch: int = 8
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Monte-Carlo dropout prediction of an unweighted ensemble.
 
     Each of ``samples`` passes runs every network with dropout on and averages their softmax; the
     result is the mean over passes and the per-pixel population standard deviation over passes,
-    both ``(B, CLASSES, H, W)``. The networks' training flags are restored afterwards.
+    both ``(B, CLASSES, H, W)``. Passes run ``batch`` frames at a time (copies of the input, each
+    drawing its own dropout mask), which a CPU computes faster than one by one. The networks'
+    training flags are restored afterwards.
     """
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}.")
@@ -309,14 +319,59 @@ def mc_dropout_predict(
     try:
         for network in networks:
             enable_mc_dropout(network)
+        per_chunk = max(1, batch // len(x))
+        chunks = []
         with torch.inference_mode():
-            passes = torch.stack(
-                [
-                    torch.stack([softmax(network(x), dim=1) for network in networks]).mean(dim=0)
-                    for _ in range(samples)
-                ]
-            )
+            for first in range(0, samples, per_chunk):
+                k = min(per_chunk, samples - first)
+                copies = x.repeat(k, *([1] * (x.dim() - 1)))
+                mean = torch.stack([softmax(n(copies), dim=1) for n in networks]).mean(dim=0)
+                chunks.append(mean.reshape(k, *x.shape[:1], *mean.shape[1:]))
+            passes = torch.cat(chunks)
             return passes.mean(dim=0), passes.std(dim=0, correction=0)
     finally:
         for layer, training in flags:
             layer.training = training
+
+
+class SegmentationEnsemble(nn.Module):
+    """The paper's ensemble as one module (one bundle, one state dict): the named networks, whose
+    softmax is averaged without weights, then adjusted by a per-class log bias.
+
+    The bias (buffer ``class_bias``, zero until fitted) is logit adjustment for the class
+    imbalance of the training masks: background covers about 96 % of the pixels and score 2 a few
+    in ten thousand, so the plain argmax almost never chooses score 2. Training fits it on the
+    validation patients (:func:`lus_pacs.training.train_segmentation.fit_class_bias`);
+    ``member_bias`` holds each member's own fit, for measuring the members alone.
+
+    Parameters
+    ----------
+    members
+        Names in :data:`SEGMENTATION_NETWORKS`, each built with its default widths.
+    """
+
+    def __init__(self, members: Sequence[str] = tuple(SEGMENTATION_NETWORKS)) -> None:
+        super().__init__()
+        unknown = [m for m in members if m not in SEGMENTATION_NETWORKS]
+        if unknown or not members:
+            raise ValueError(
+                f"Ensemble members must be among {', '.join(SEGMENTATION_NETWORKS)}; "
+                f"got {list(members)}."
+            )
+        self.members = nn.ModuleDict({m: SEGMENTATION_NETWORKS[m]() for m in members})
+        self.class_bias: torch.Tensor
+        self.member_bias: torch.Tensor
+        self.register_buffer("class_bias", torch.zeros(CLASSES))
+        self.register_buffer("member_bias", torch.zeros(len(members), CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Adjusted class probabilities ``(B, CLASSES, H, W)``: the mean of the members' softmax
+        (dropout as each member's mode says) through :meth:`adjust`."""
+        mean = torch.stack([softmax(m(x), dim=1) for m in self.members.values()]).mean(dim=0)
+        return self.adjust(mean)
+
+    def adjust(self, probabilities: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``probabilities`` ``(B, CLASSES, H, W)`` with ``bias`` (default :attr:`class_bias`)
+        added to their logarithms, normalised again."""
+        shift = (self.class_bias if bias is None else bias).view(1, -1, 1, 1)
+        return softmax(probabilities.clamp_min(1e-12).log() + shift, dim=1)

@@ -46,3 +46,27 @@ def versions_and_authors() -> dict[str, Any]:
         "authors": "lus-pacs contributors",
         "copyright": "Copyright (c) lus-pacs contributors",
     }
+
+
+INTENDED_USE = "Research only. Not a medical device; not validated on real patients."
+PAPER_003 = (
+    "Roy S. et al. Deep learning for classification and localization of COVID-19 "
+    "markers in point-of-care lung ultrasound. IEEE TMI 39(8), 2020."
+)
+
+
+def paper_003_frame_input() -> dict[str, Any]:
+    """MONAI ``network_data_format`` of paper 003's input: one frame fitted into 200 x 260."""
+    return {
+        "image": {
+            "type": "image",
+            "format": "magnitude",
+            "modality": "US",
+            "num_channels": 1,
+            "spatial_shape": [200, 260],
+            "dtype": "float32",
+            "value_range": [-1, 1],
+            "is_patch_data": False,
+            "channel_def": {"0": "B-mode luminance of one frame, zero padded (-1)"},
+        }
+    }

@@ -10,7 +10,14 @@ import torch
 from torch import nn
 
 from lus_pacs.nets.severity import SeverityNet, UninormAggregator
-from lus_pacs.training.bundle_files import finite, versions_and_authors, write_json
+from lus_pacs.training.bundle_files import (
+    INTENDED_USE,
+    PAPER_003,
+    finite,
+    paper_003_frame_input,
+    versions_and_authors,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from lus_pacs.training.train_severity import AggregatorStudy
@@ -80,26 +87,11 @@ def write_severity_bundle(
         "eval_metrics": finite(metrics),
         "aggregators": finite(study.summary()),
         "neutral_elements": neutral,
-        "intended_use": "Research only. Not a medical device; not validated on real patients.",
-        "references": [
-            "Roy S. et al. Deep learning for classification and localization of COVID-19 "
-            "markers in point-of-care lung ultrasound. IEEE TMI 39(8), 2020."
-        ],
+        "intended_use": INTENDED_USE,
+        "references": [PAPER_003],
         "training": training,
         "network_data_format": {
-            "inputs": {
-                "image": {
-                    "type": "image",
-                    "format": "magnitude",
-                    "modality": "US",
-                    "num_channels": 1,
-                    "spatial_shape": [200, 260],
-                    "dtype": "float32",
-                    "value_range": [-1, 1],
-                    "is_patch_data": False,
-                    "channel_def": {"0": "B-mode luminance of one frame, zero padded (-1)"},
-                }
-            },
+            "inputs": paper_003_frame_input(),
             "outputs": {
                 "logits": {
                     "type": "probabilities",

@@ -47,7 +47,12 @@ from tqdm import tqdm
 from lus_pacs.imaging.transforms import b_line_windows
 from lus_pacs.nets.b_lines import ARCHITECTURES
 from lus_pacs.training.annotated import BLineCine, read_via_cines
-from lus_pacs.training.bundle_files import finite, versions_and_authors, write_json
+from lus_pacs.training.bundle_files import (
+    INTENDED_USE,
+    finite,
+    versions_and_authors,
+    write_json,
+)
 from lus_pacs.training.evaluate_b_lines import (
     ATTENTION_THRESHOLD,
     THRESHOLD,
@@ -572,7 +577,7 @@ def _metadata(
             "of each frame, summing to 1 over the window"
         ),
         "eval_metrics": finite(metrics),
-        "intended_use": "Research only. Not a medical device; not validated on real patients.",
+        "intended_use": INTENDED_USE,
         "references": [
             "Kerdegari H. et al. Automatic detection of B-lines in lung ultrasound videos from "
             "severe dengue patients. IEEE ISBI 2021."

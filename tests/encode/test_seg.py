@@ -11,7 +11,7 @@ import pytest
 from pydicom.uid import RLELossless, generate_uid
 
 from lus_pacs.domain import ModelInfo
-from lus_pacs.encode.seg import encode_seg
+from lus_pacs.encode.seg import encode_seg, encode_uncertainty_seg
 from lus_pacs.nets.segmentation import BACKGROUND
 from tests.encode import validators
 from tests.encode.conftest import Source
@@ -146,3 +146,84 @@ def test_same_masks_and_uids_give_the_same_seg(right_cine: Source) -> None:
     assert first.PerFrameFunctionalGroupsSequence == second.PerFrameFunctionalGroupsSequence
     assert first.SharedFunctionalGroupsSequence == second.SharedFunctionalGroupsSequence
     assert first.SegmentSequence == second.SegmentSequence
+
+
+def test_binary_seg_is_valid_and_reads_back_per_score(cine: Source, tmp_path: Path) -> None:
+    masks = _masks(cine)
+    path = tmp_path / "binary.dcm"
+    encode_seg(masks, cine.header, model=SEG_MODEL, binary=True).save_as(
+        path, enforce_file_format=True
+    )
+    iod = validators.dciodvfy(path)
+    assert iod.errors == [], str(iod)
+    assert validators.dcentvfy(cine.path, path).errors == []
+
+    seg = hd.seg.segread(path)
+    assert seg.segmentation_type == hd.seg.SegmentationTypeValues.BINARY
+    assert seg.NumberOfFrames == 4 * len(FRAMES)  # every score of every frame, empty or not
+    for frame, mask in masks.items():
+        labels = seg.get_pixels_by_source_frame(
+            source_sop_instance_uid=cine.header.SOPInstanceUID,
+            source_frame_numbers=[frame],
+            combine_segments=True,
+        )
+        np.testing.assert_array_equal(labels[0], _segment_numbers(mask))
+
+
+def test_uncertainty_is_a_valid_fractional_seg_of_the_maps(cine: Source, tmp_path: Path) -> None:
+    rows, columns = int(cine.header.Rows), int(cine.header.Columns)
+    maps = {
+        frame: np.linspace(0, 0.5, rows * columns, dtype=np.float32).reshape(rows, columns)
+        * (i + 1)
+        / len(FRAMES)
+        for i, frame in enumerate(FRAMES)
+    }
+    path = tmp_path / "uncertainty.dcm"
+    encode_uncertainty_seg(maps, cine.header, model=SEG_MODEL).save_as(
+        path, enforce_file_format=True
+    )
+    iod = validators.dciodvfy(path)
+    assert iod.errors == [], str(iod)
+    assert validators.dcentvfy(cine.path, path).errors == []
+
+    seg = hd.seg.segread(path)
+    assert seg.segmentation_type == hd.seg.SegmentationTypeValues.FRACTIONAL
+    assert seg.NumberOfFrames == len(FRAMES)
+    for frame, values in maps.items():
+        read = seg.get_pixels_by_source_frame(
+            source_sop_instance_uid=cine.header.SOPInstanceUID,
+            source_frame_numbers=[frame],
+            rescale_fractional=True,
+        )
+        np.testing.assert_allclose(read[0, ..., 0] * 0.5, values, atol=0.5 / 255)
+
+
+def test_uncertainty_outside_a_probability_spread_is_refused(right_cine: Source) -> None:
+    rows, columns = int(right_cine.header.Rows), int(right_cine.header.Columns)
+    with pytest.raises(ValueError, match=r"outside \[0, 0.5\]"):
+        encode_uncertainty_seg(
+            {1: np.full((rows, columns), 0.7)}, right_cine.header, model=SEG_MODEL
+        )
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_single_segmented_frame_makes_a_one_frame_seg(
+    right_cine: Source, tmp_path: Path, binary: bool
+) -> None:
+    masks = _masks(right_cine, (4,))
+    path = tmp_path / "one.dcm"
+    encode_seg(masks, right_cine.header, model=SEG_MODEL, binary=binary).save_as(
+        path, enforce_file_format=True
+    )
+    assert validators.dciodvfy(path).errors == []
+    labels = hd.seg.segread(path).get_pixels_by_source_frame(
+        source_sop_instance_uid=right_cine.header.SOPInstanceUID,
+        source_frame_numbers=[4],
+        combine_segments=True,
+    )
+    np.testing.assert_array_equal(labels[0], _segment_numbers(masks[4]))
+    rows, columns = int(right_cine.header.Rows), int(right_cine.header.Columns)
+    one = encode_uncertainty_seg(
+        {4: np.full((rows, columns), 0.1)}, right_cine.header, model=SEG_MODEL
+    )
+    assert one.NumberOfFrames == 1

@@ -13,9 +13,16 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import ComprehensiveSRStorage, generate_uid
 
-from lus_pacs.domain import BLineFindings, Findings, ModelInfo, SeverityFindings
+from lus_pacs.domain import (
+    BLineFindings,
+    Findings,
+    ModelInfo,
+    SegmentationFindings,
+    SeverityFindings,
+)
 from lus_pacs.encode import codes, encode_kos, encode_sr
 from lus_pacs.errors import UnreadableImageError
+from lus_pacs.inference.segmentation import summarise
 from tests.encode import tree, validators
 from tests.encode.conftest import B_LINE_FRAMES, KEY_FRAMES, MODEL, Source
 
@@ -335,3 +342,49 @@ def test_severity_without_a_box_has_no_region(right_cine: Source, tmp_path: Path
     assert len(report.get_image_measurement_groups(finding_type=codes.LUS_SCORE)) == 1
     assert report.get_planar_roi_measurement_groups(finding_type=codes.SCORE_REGION) == []
     assert validators.dciodvfy(path).errors == []
+
+
+SEGMENTATION_MODEL = ModelInfo(name="segmentation", version="0.1.0", title="Ensemble (paper 003)")
+
+
+def test_sr_reports_mask_pixels_and_uncertainty_per_score(cine: Source, tmp_path: Path) -> None:
+    rows, cols = int(cine.header.Rows), int(cine.header.Columns)
+    frames = (2, cine.n_frames)
+    masks = np.full((2, rows, cols), 4, np.uint8)
+    masks[0, 10:20, 10:30] = 0  # 200 pixels of score 0 in frame 2
+    masks[1, 40:45, 5:9] = 3  # 20 pixels of score 3 in the last frame
+    uncertainty = np.zeros(masks.shape, np.float32)
+    uncertainty[0, 10:20, 10:30] = 0.1
+    uncertainty[1, 40:45, 5:9] = np.linspace(0.2, 0.4, 4, dtype=np.float32)
+    segmentation = SegmentationFindings(
+        frames=frames,
+        masks=masks,
+        uncertainty=uncertainty,
+        classes=summarise(masks, uncertainty),
+        samples=40,
+        model=SEGMENTATION_MODEL,
+    )
+    findings = replace(cine.findings(), segmentation=segmentation)
+    path = tmp_path / "sr.dcm"
+    encode_sr(findings, cine.header).save_as(path, enforce_file_format=True)
+    assert validators.dciodvfy(path).errors == []
+    assert validators.dsrdump(path).returncode == 0
+
+    report = hd.sr.srread(path).content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    (group,) = report.get_image_measurement_groups(finding_type=codes.SCORE_MASKS)
+    (zero,) = group.get_measurements(name=codes.PIXELS_WITH_SCORE[0])
+    assert zero.value == 200
+    assert zero.referenced_images[0].referenced_frame_numbers == [2]
+    (three,) = group.get_measurements(name=codes.PIXELS_WITH_SCORE[3])
+    assert three.value == 20
+    assert three.referenced_images[0].referenced_frame_numbers == [cine.n_frames]
+    assert group.get_measurements(name=codes.PIXELS_WITH_SCORE[1]) == []
+    summaries = {
+        m.derivation.meaning: m.value
+        for m in group.get_measurements(name=codes.MASK_UNCERTAINTY[3])
+        if m.derivation is not None
+    }
+    assert summaries == {"Mean": pytest.approx(0.3, abs=1e-3), "Maximum": pytest.approx(0.4)}
+    names = {item.TextValue for item in tree.named(pydicom.dcmread(path), codes.ALGORITHM_NAME)}
+    assert SEGMENTATION_MODEL.name in names

@@ -10,6 +10,7 @@ from lus_pacs.nets.segmentation import (
     CLASSES,
     SEGMENTATION_NETWORKS,
     PaperUNet,
+    SegmentationEnsemble,
     enable_mc_dropout,
     mc_dropout_predict,
 )
@@ -88,6 +89,17 @@ def test_mc_dropout_samples_vary_and_training_flags_are_restored() -> None:
     assert [[layer.training for layer in network.modules()] for network in networks] == before
 
 
+def test_mc_dropout_batches_passes_without_mixing_frames() -> None:
+    torch.manual_seed(0)
+    network = PaperUNet(dropout=0.0)  # every pass is the same: mean is the plain softmax
+    x = torch.randn(2, 1, 60, 80)
+    mean, std = mc_dropout_predict([network], x, samples=5, batch=4)  # chunks of 2, 2, 1
+    with torch.inference_mode():
+        expected = torch.softmax(network.eval()(x), dim=1)
+    torch.testing.assert_close(mean, expected)
+    assert float(std.max()) < 1e-6
+
+
 def test_mc_dropout_rejects_zero_samples() -> None:
     with pytest.raises(ValueError, match="samples"):
         mc_dropout_predict([_network("unet")], torch.zeros(1, 1, 60, 80), samples=0)
@@ -108,3 +120,24 @@ def test_paper_unet_adam_steps_reduce_cross_entropy() -> None:
         optimiser.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_ensemble_is_the_mean_of_its_members_softmax() -> None:
+    torch.manual_seed(0)
+    ensemble = SegmentationEnsemble().eval()
+    assert list(ensemble.members) == list(SEGMENTATION_NETWORKS)
+    x = torch.randn(1, 1, 60, 80)
+    with torch.inference_mode():
+        mean = ensemble(x)
+        by_hand = torch.stack([torch.softmax(m(x), dim=1) for m in ensemble.members.values()]).mean(
+            dim=0
+        )
+    torch.testing.assert_close(mean, by_hand)
+    torch.testing.assert_close(mean.sum(dim=1), torch.ones(1, 60, 80))
+
+
+def test_ensemble_members_must_be_known_networks() -> None:
+    with pytest.raises(ValueError, match="deeplabv3_plus"):
+        SegmentationEnsemble(["unet", "segformer"])
+    with pytest.raises(ValueError, match="Ensemble members"):
+        SegmentationEnsemble([])
