@@ -1,21 +1,22 @@
 """Cost of segmenting one frame with the shipped ensemble on this machine, side by side:
 
 * ``plain``: one pass of the three networks, dropout off (``mc_samples = 0``);
-* ``mc one by one``: 40 Monte-Carlo dropout passes run one after the other (the baseline);
-* ``mc batched``: the same 40 passes as :func:`mc_dropout_predict` runs them, 8 copies of the
-  frame per batch.
+* ``mc one by one``: 40 Monte-Carlo dropout passes one after the other, as the node runs them
+  (the baseline);
+* ``mc batched``: the same 40 passes 8 copies of the frame at a time
+  (``mc_dropout_predict(..., batch=8)``).
 
 The three run alternately ``--repeat`` times in one process; median seconds per frame and the
-ratio of batched to one-by-one are printed. Target: batched at least 1.2x faster.
+speed-up of batched over one-by-one are printed. Batching would become the default if it were at
+least 1.2x faster; ``--check`` exits 1 when the default is the slower of the two.
 
     .venv/bin/python bench/segmentation.py [--repeat 3] [--samples 40] [--check]
-
-``--check`` exits 1 when the target is missed.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import statistics
 import sys
 import time
@@ -70,8 +71,12 @@ def main() -> None:
     for name, seconds in median.items():
         print(f"  {name:14s} {seconds:7.2f} s per frame")
     speedup = median["mc one by one"] / median["mc batched"]
-    print(f"batched / one by one: {speedup:.2f}x faster (target >= {MIN_SPEEDUP}x)")
-    if args.check and speedup < MIN_SPEEDUP:
+    default = inspect.signature(mc_dropout_predict).parameters["batch"].default
+    print(
+        f"batched is {speedup:.2f}x the speed of one by one; the default (batch={default}) "
+        f"should be batched only at >= {MIN_SPEEDUP}x"
+    )
+    if args.check and (speedup >= MIN_SPEEDUP) != (default > 1):
         sys.exit(1)
 
 

@@ -301,15 +301,16 @@ def enable_mc_dropout(module: nn.Module) -> None:
 
 
 def mc_dropout_predict(
-    networks: Sequence[nn.Module], x: torch.Tensor, samples: int, batch: int = 8
+    networks: Sequence[nn.Module], x: torch.Tensor, samples: int, batch: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Monte-Carlo dropout prediction of an unweighted ensemble.
 
     Each of ``samples`` passes runs every network with dropout on and averages their softmax; the
     result is the mean over passes and the per-pixel population standard deviation over passes,
-    both ``(B, CLASSES, H, W)``. Passes run ``batch`` frames at a time (copies of the input, each
-    drawing its own dropout mask), which a CPU computes faster than one by one. The networks'
-    training flags are restored afterwards.
+    both ``(B, CLASSES, H, W)``. With ``batch`` above 1, passes run that many frames at a time
+    (copies of the input, each drawing its own dropout mask); on a 2-core CPU that is slower than
+    one pass at a time (``bench/segmentation.py``), hence the default 1. The networks' training
+    flags are restored afterwards.
     """
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}.")

@@ -249,11 +249,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     ensemble = SegmentationEnsemble(args.networks)
     seconds: dict[str, float] = {}
+    members_training = None
     if args.networks_from is not None:
         from lus_pacs.inference.segmentation import SegmentationModel
 
-        trained_members = SegmentationModel.load(args.networks_from).ensemble.members
-        ensemble.members.load_state_dict(trained_members.state_dict())
+        source = SegmentationModel.load(args.networks_from)
+        ensemble.members.load_state_dict(source.ensemble.members.state_dict())
+        metadata = json.loads((args.networks_from / "configs" / "metadata.json").read_text())
+        members_training = metadata.get("training")
     for offset, name in enumerate(args.networks if args.networks_from is None else []):
         began = time.monotonic()
         trained = train_network(
@@ -288,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "seed": args.seed,
         "seconds_per_network": seconds,
         "networks_from": args.networks_from.name if args.networks_from else None,
+        "members_training": members_training,
         "class_bias": [round(float(b), 3) for b in ensemble.class_bias],
         "member_bias": {
             name: [round(float(b), 3) for b in ensemble.member_bias[i]]
