@@ -229,14 +229,16 @@ def uncertainty_figure(
     path: Path,
 ) -> None:
     """The paper's Fig. 6 as a PNG: per example frame (one row) the B-mode image, the true mask,
-    the ensemble's mask and its MC-dropout uncertainty (black 0 to white at the row's maximum)."""
+    the ensemble's mask and its MC-dropout uncertainty of extent (standard deviation of the
+    background probability) and of the label (of the chosen class's probability), each black at
+    0 to white at the row's maximum."""
     from PIL import Image, ImageDraw
 
     rows_px, cols_px = frames.x.shape[-2:]
     gap, title = 6, 16
     sheet = Image.new(
         "RGB",
-        (4 * cols_px + 3 * gap, len(indices) * (rows_px + title + gap) + title),
+        (5 * cols_px + 4 * gap, len(indices) * (rows_px + title + gap) + title),
         "white",
     )
     draw = ImageDraw.Draw(sheet)
@@ -250,12 +252,15 @@ def uncertainty_figure(
         mean, std = mc_dropout_predict(list(ensemble.members.values()), x, samples)
         mean = ensemble.adjust(mean)
         u = uncertainty_map(mean, std)[0].numpy()
+        extent = std[0, BACKGROUND].numpy()
+        top_u = float(max(u.max(), extent.max()))
         grey = ((x[0, 0].numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
         panels = (
             ("B-mode", np.repeat(grey[..., None], 3, axis=2)),
             ("true mask", CLASS_COLOURS[frames.y[i].numpy()]),
             ("ensemble", CLASS_COLOURS[mean.argmax(dim=1)[0].numpy()]),
-            (f"MC-dropout std, {samples} passes, max {u.max():.2f}", _heat(u, float(u.max()))),
+            (f"extent std ({samples} passes)", _heat(extent, top_u)),
+            (f"label std, row max {top_u:.2f}", _heat(u, top_u)),
         )
         top = title + row * (rows_px + title + gap)
         for column, (name, image) in enumerate(panels):
@@ -277,10 +282,13 @@ def format_table(rows: Mapping[str, Mapping[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def _figure_examples(frames: MaskedFrames, count: int = 2) -> list[int]:
-    """Frames with the most pathological pixels, from different patients."""
-    sick = (frames.y >= 1) & (frames.y <= 3)
-    order = torch.argsort(sick.flatten(1).sum(dim=1), descending=True).tolist()
+def _figure_examples(frames: MaskedFrames, count: int = 3) -> list[int]:
+    """Frames showing the most different scores (then the most pathological pixels), from
+    different patients."""
+    flat = frames.y.flatten(1).long()
+    kinds = torch.stack([(flat == k).any(dim=1) for k in range(BACKGROUND)]).sum(dim=0)
+    sick = ((flat >= 1) & (flat <= 3)).sum(dim=1)
+    order = sorted(range(len(frames)), key=lambda i: (-int(kinds[i]), -int(sick[i])))
     chosen: list[int] = []
     for i in order:
         if all(frames.patient[i] != frames.patient[j] for j in chosen):

@@ -197,7 +197,7 @@ def test_train_load_segment_evaluate(exams: Path, tmp_path: Path) -> None:
     measured = json.loads(result.read_text())
     assert set(measured["table_iv"]) == {"deeplabv3_plus", "ensemble", "ensemble_without_bias"}
     assert measured["frames"] == 2 * 6 * 2  # frames 1 and 7 of each of 12 cines
-    assert Image.open(figure).size[0] == 4 * 260 + 3 * 6
+    assert Image.open(figure).size[0] == 5 * 260 + 4 * 6
 
 
 @pytest.mark.skipif(not SHIPPED.is_dir(), reason="no shipped segmentation bundle")
