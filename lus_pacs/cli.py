@@ -235,7 +235,11 @@ def demo(
             seg = record["segmentation"]
             masks = ", ".join(
                 f"score {c['score']} {c['pixels']} px"
-                + (f" (uncertainty {c['uncertainty_mean']:.3f})" if c["uncertainty_mean"] else "")
+                + (
+                    f" (uncertainty {c['uncertainty_mean']:.3f})"
+                    if c["uncertainty_mean"] is not None
+                    else ""
+                )
                 for c in seg["classes"]
             )
             typer.echo(f"    masks of frames {seg['frames']}: {masks or 'nothing found'}")

@@ -44,6 +44,8 @@ class Models:
     b_lines: BLineModel | None
     severity: SeverityModel | None = None
     segmentation: SegmentationModel | None = None
+    segmentation_frames: str = ""
+    """How the segmented frames are chosen (``key``, ``all``, ``every-10``); part of the key."""
 
     @classmethod
     def load(cls, settings: Settings) -> Models:
@@ -58,17 +60,35 @@ class Models:
         if "severity" in enabled:
             severity = SeverityModel.load(settings.models_dir / "severity")
         segmentation = None
+        chosen = settings.segmentation
         if "segmentation" in enabled:
             segmentation = SegmentationModel.load(
-                settings.models_dir / "segmentation", settings.segmentation.mc_samples
+                settings.models_dir / "segmentation", chosen.mc_samples
             )
-        return cls(b_lines=b_lines, severity=severity, segmentation=segmentation)
+        return cls(
+            b_lines=b_lines,
+            severity=severity,
+            segmentation=segmentation,
+            segmentation_frames=f"every-{chosen.every}"
+            if chosen.frames == "every"
+            else chosen.frames,
+        )
 
     @property
     def key(self) -> str:
-        """Names and versions, the identity of a result: ``b_lines@0.1.0``."""
-        infos = [m.model for m in (self.b_lines, self.severity, self.segmentation) if m is not None]
-        return ",".join(f"{i.name}@{i.version}" for i in infos) or "none"
+        """Names and versions, the identity of a result: ``b_lines@0.1.0``; the segmentation's
+        frame choice and dropout passes change its objects, so they are part of it:
+        ``segmentation@0.1.0[key,mc40]``."""
+        parts = [
+            f"{m.model.name}@{m.model.version}"
+            for m in (self.b_lines, self.severity)
+            if m is not None
+        ]
+        if self.segmentation is not None:
+            info = self.segmentation.model
+            setup = f"{self.segmentation_frames or 'key'},mc{self.segmentation.samples}"
+            parts.append(f"{info.name}@{info.version}[{setup}]")
+        return ",".join(parts) or "none"
 
 
 def analyse(header: Dataset, name: str, models: Models, settings: Settings) -> Findings:

@@ -112,6 +112,14 @@ def check_frames(frames: Iterable[int], header: Dataset, what: str) -> list[int]
     return numbers
 
 
+def frame_references(header: Dataset, frames: Iterable[int]) -> list[int] | None:
+    """The frame numbers an image reference to ``header`` carries: ``frames`` for a multi-frame
+    image, None for a single-frame one (Referenced Frame Number is only for multi-frame
+    images; the whole image is its one frame)."""
+    numbers = list(frames)
+    return numbers if hd.utils.is_multiframe_image(header) else None
+
+
 def device_observer() -> hd.sr.ObserverContext:
     """TID 1004: lus-pacs as the device that made the observations."""
     return hd.sr.ObserverContext(

@@ -22,6 +22,7 @@ from lus_pacs.encode.common import (
     check_frames,
     copy_retired_patient_attributes,
     device_observer,
+    frame_references,
     source_header,
 )
 
@@ -104,8 +105,10 @@ def encode_kos(
         software_versions=__version__,
     )
     images = [item for item in document.ContentSequence if item.ValueType == "IMAGE"]
+    multiframe = frame_references(header, frames) is not None
     for item, frame in zip(images, frames, strict=True):
-        item.ReferencedSOPSequence[0].ReferencedFrameNumber = frame
+        if multiframe:  # a single-frame image is referenced whole
+            item.ReferencedSOPSequence[0].ReferencedFrameNumber = frame
         del item.ConceptNameCodeSequence
     # Unlike the SR classes, highdicom's KOS copies only the type 1 and 2 patient/study basics.
     document.copy_patient_and_study_information(header)

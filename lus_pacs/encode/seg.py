@@ -147,9 +147,10 @@ def encode_uncertainty_seg(
 ) -> Dataset:
     """Encode Monte-Carlo dropout uncertainty maps as a FRACTIONAL SEG (RLE lossless).
 
-    One segment, "Score mask uncertainty", of Segmentation Fractional Type PROBABILITY: each
-    pixel's value is the standard deviation of its class probability over the dropout passes,
-    divided by 0.5 (the largest standard deviation a probability can have), in 255 steps.
+    One segment of Segmentation Fractional Type PROBABILITY (DICOM offers only that and
+    OCCUPANCY), whose label says what it holds: each pixel's value is the standard deviation of
+    its class probability over the dropout passes, divided by 0.5 (the largest standard deviation
+    a probability can have), in 255 steps; not a probability.
     Frames are laid out as :func:`encode_seg` lays out BINARY frames (one segment here).
 
     Parameters
@@ -187,7 +188,7 @@ def encode_uncertainty_seg(
     ).astype(np.uint8)
     description = hd.seg.SegmentDescription(
         segment_number=1,
-        segment_label="Score mask uncertainty",
+        segment_label="Uncertainty: MC-dropout std / 0.5, not a probability",
         segmented_property_category=dicom_codes.SCT.SpatialAndRelationalConcept,
         segmented_property_type=codes.MASK_UNCERTAINTY_MAP,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
@@ -342,6 +343,7 @@ def _set_frames(seg: Dataset, header: Dataset, frames: list[int], by_segment: bo
     dimension is the segment number, as the template's groups)."""
     templates = list(seg.PerFrameFunctionalGroupsSequence)
     shared = seg.SharedFunctionalGroupsSequence[0]
+    multiframe = hd.utils.is_multiframe_image(header)
     groups = []
     for frame in frames:
         for template in templates:
@@ -349,7 +351,8 @@ def _set_frames(seg: Dataset, header: Dataset, frames: list[int], by_segment: bo
             ref = item.DerivationImageSequence[0].SourceImageSequence[0]
             ref.ReferencedSOPClassUID = header.SOPClassUID
             ref.ReferencedSOPInstanceUID = header.SOPInstanceUID
-            ref.ReferencedFrameNumber = frame
+            if multiframe:
+                ref.ReferencedFrameNumber = frame
             content = Dataset()
             if by_segment:
                 # A single segment is identified in the shared functional groups.

@@ -56,6 +56,7 @@ from lus_pacs.encode.common import (
     check_frames,
     copy_retired_patient_attributes,
     device_observer,
+    frame_references,
     source_header,
 )
 
@@ -171,7 +172,9 @@ def _cine_group(
                 name=codes.BEST_ILLUSTRATION,
                 referenced_sop_class_uid=header.SOPClassUID,
                 referenced_sop_instance_uid=header.SOPInstanceUID,
-                referenced_frame_numbers=check_frames(key_frames, header, "Key frames"),
+                referenced_frame_numbers=frame_references(
+                    header, check_frames(key_frames, header, "Key frames")
+                ),
                 relationship_type=_CONTAINS,
             )
         )
@@ -204,7 +207,11 @@ def _b_line_measurements(b: BLineFindings, header: Dataset) -> list[hd.sr.Measur
             value=len(frames),
             unit=codes.FRAMES,
             referenced_images=(
-                [hd.sr.SourceImageForMeasurement.from_source_image(header, frames)]
+                [
+                    hd.sr.SourceImageForMeasurement.from_source_image(
+                        header, frame_references(header, frames)
+                    )
+                ]
                 if frames
                 else None
             ),
@@ -245,7 +252,9 @@ def _severity_groups(
     region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
         graphic_data=np.asarray(corners, dtype=np.float32),
-        source_image=hd.sr.SourceImageForRegion.from_source_image(header, [frame]),
+        source_image=hd.sr.SourceImageForRegion.from_source_image(
+            header, frame_references(header, [frame])
+        ),
     )
     box = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
@@ -285,7 +294,9 @@ def _severity_measurements(sev: SeverityFindings, header: Dataset) -> list[hd.sr
                 value=len(frames),
                 unit=codes.FRAMES,
                 referenced_images=[
-                    hd.sr.SourceImageForMeasurement.from_source_image(header, frames)
+                    hd.sr.SourceImageForMeasurement.from_source_image(
+                        header, frame_references(header, frames)
+                    )
                 ],
             )
         )
@@ -312,7 +323,11 @@ def _segmentation_groups(
             algorithm_id=algorithm_identification(seg.model),
             finding_sites=[_finding_site(zone)],
             measurements=_segmentation_measurements(seg, header),
-            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(header, frames)],
+            source_images=[
+                hd.sr.SourceImageForMeasurementGroup.from_source_image(
+                    header, frame_references(header, frames)
+                )
+            ],
         )
     ]
 
@@ -329,7 +344,9 @@ def _segmentation_measurements(
                 value=c.pixels,
                 unit=codes.PIXELS,
                 referenced_images=[
-                    hd.sr.SourceImageForMeasurement.from_source_image(header, frames)
+                    hd.sr.SourceImageForMeasurement.from_source_image(
+                        header, frame_references(header, frames)
+                    )
                 ],
             )
         )

@@ -33,7 +33,12 @@ import torch
 from lus_pacs.domain import Cine, ModelInfo, SegmentationFindings, SegmentedClass
 from lus_pacs.imaging.transforms import severity_frames, to_source_geometry
 from lus_pacs.inference.bundle import load_bundle
-from lus_pacs.nets.segmentation import BACKGROUND, SegmentationEnsemble, mc_dropout_predict
+from lus_pacs.nets.segmentation import (
+    BACKGROUND,
+    SegmentationEnsemble,
+    label_uncertainty,
+    mc_dropout_predict,
+)
 
 FRAME_CHOICES = ("key", "all", "every")
 """``key``: the frames the other models chose (B-line key frame, highest-severity frame);
@@ -95,14 +100,15 @@ class SegmentationModel:
         return cls(ensemble, bundle.model, default if samples is None else samples)
 
     def probabilities(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Mean class probabilities ``(B, CLASSES, H, W)`` of model-geometry frames and, with
+        """Class probabilities ``(B, CLASSES, H, W)`` of model-geometry frames, from one pass with
+        dropout off (what the evaluation measures and the class bias was fitted on), and, with
         Monte-Carlo dropout, the uncertainty of the chosen class ``(B, H, W)``."""
+        with torch.inference_mode():
+            probabilities = self.ensemble.eval()(x)
         if self.samples == 0:
-            with torch.inference_mode():
-                return self.ensemble(x), None
-        mean, std = mc_dropout_predict(list(self.ensemble.members.values()), x, self.samples)
-        adjusted = self.ensemble.adjust(mean)
-        return adjusted, std.gather(1, adjusted.argmax(dim=1, keepdim=True))[:, 0]
+            return probabilities, None
+        _, std = mc_dropout_predict(list(self.ensemble.members.values()), x, self.samples)
+        return probabilities, label_uncertainty(probabilities, std)
 
     def predict(self, cine: Cine, frames: Sequence[int]) -> SegmentationFindings:
         """Label maps (and uncertainty) of the 1-based ``frames`` of ``cine``."""

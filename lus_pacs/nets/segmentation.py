@@ -335,6 +335,13 @@ def mc_dropout_predict(
             layer.training = training
 
 
+def label_uncertainty(probabilities: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Per-pixel uncertainty ``(B, H, W)`` of a label map: the Monte-Carlo dropout standard
+    deviation ``std`` of the probability of the class each pixel is labelled with, the argmax of
+    ``probabilities`` (both ``(B, CLASSES, H, W)``)."""
+    return std.gather(1, probabilities.argmax(dim=1, keepdim=True))[:, 0]
+
+
 class SegmentationEnsemble(nn.Module):
     """The paper's ensemble as one module (one bundle, one state dict): the named networks, whose
     softmax is averaged without weights, then adjusted by a per-class log bias.

@@ -39,7 +39,13 @@ from torch import nn
 from torch.nn.functional import softmax
 from tqdm import tqdm
 
-from lus_pacs.nets.segmentation import BACKGROUND, CLASSES, SegmentationEnsemble, mc_dropout_predict
+from lus_pacs.nets.segmentation import (
+    BACKGROUND,
+    CLASSES,
+    SegmentationEnsemble,
+    label_uncertainty,
+    mc_dropout_predict,
+)
 from lus_pacs.training.segmentation_data import (
     MaskedFrames,
     load_masked_frames,
@@ -150,12 +156,6 @@ def evaluate(
     )
 
 
-def uncertainty_map(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Per-pixel uncertainty ``(B, H, W)``: the MC-dropout standard deviation of the probability
-    of the class each pixel is labelled with (the argmax of the mean)."""
-    return std.gather(1, mean.argmax(dim=1, keepdim=True))[:, 0]
-
-
 def structure_borders(
     truth: npt.NDArray[np.uint8], width: int = 1
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
@@ -184,12 +184,13 @@ def border_and_inside_uncertainty(
     sums = dict.fromkeys(("extent_border", "extent_inside", "label_border", "label_inside"), 0.0)
     border_n = inside_n = 0
     for i in tqdm(range(len(frames)), desc="mc dropout", unit="frame", disable=not progress):
-        mean, std = mc_dropout_predict(
-            list(ensemble.members.values()), frames.x[i : i + 1].float(), samples
-        )
+        x = frames.x[i : i + 1].float()
+        _, std = mc_dropout_predict(list(ensemble.members.values()), x, samples)
+        with torch.inference_mode():
+            labels = ensemble.eval()(x)
         maps = {
             "extent": std[0, BACKGROUND].numpy(),
-            "label": uncertainty_map(ensemble.adjust(mean), std)[0].numpy(),
+            "label": label_uncertainty(labels, std)[0].numpy(),
         }
         border, inside = structure_borders(frames.y[i].numpy())
         for kind, u in maps.items():
@@ -249,9 +250,10 @@ def uncertainty_figure(
     )
     for row, i in enumerate(indices):
         x = frames.x[i : i + 1].float()
-        mean, std = mc_dropout_predict(list(ensemble.members.values()), x, samples)
-        mean = ensemble.adjust(mean)
-        u = uncertainty_map(mean, std)[0].numpy()
+        _, std = mc_dropout_predict(list(ensemble.members.values()), x, samples)
+        with torch.inference_mode():
+            mean = ensemble.eval()(x)
+        u = label_uncertainty(mean, std)[0].numpy()
         extent = std[0, BACKGROUND].numpy()
         top_u = float(max(u.max(), extent.max()))
         grey = ((x[0, 0].numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)

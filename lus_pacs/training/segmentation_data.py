@@ -104,7 +104,10 @@ def read_labelme_cines(folder: Path) -> list[MaskedCine]:
     for path in sorted(folder.rglob("*.json")):
         frame = read_labelme(path)
         dicom = (path.parent / frame.image_path).resolve()
-        drawn[dicom][frame.frame or 1] = path
+        number = 1 if frame.frame is None else frame.frame
+        if number < 1:
+            raise AnnotationError(f"{path}: frame {number}; frames are 1-based")
+        drawn[dicom][number] = path
     cines = []
     for dicom, files in drawn.items():
         try:

@@ -10,6 +10,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 
 from lus_pacs.errors import ModelError
 from lus_pacs.inference.segmentation import SegmentationModel
@@ -125,3 +126,40 @@ def test_key_frames_are_what_the_node_segments_by_default(
     findings = analyse(header, sim.dicom.name, fast, settings)
     assert findings.segmentation is not None
     assert findings.segmentation.frames == tuple(sorted({k.frame for k in findings.key_frames}))
+
+
+def test_a_single_frame_ultrasound_image_gets_valid_results(
+    model: SegmentationModel, tmp_path: Path
+) -> None:
+    """A one-frame image (Ultrasound Image Storage) has no frame numbers to reference."""
+    path = Path(str(get_testdata_file("US1_UNCR.dcm")))
+    header = pydicom.dcmread(path)
+    settings = Settings(data_dir=tmp_path)
+    loaded = Models.load(settings)
+    models = Models(
+        b_lines=loaded.b_lines,
+        severity=loaded.severity,
+        segmentation=SegmentationModel(model.ensemble, model.model, 2),
+    )
+    findings = analyse(header, path.name, models, settings)
+    assert findings.segmentation is not None
+    assert findings.segmentation.frames == (1,)
+    kinds = ["sr", "kos", "seg", "seg-binary", "seg-uncertainty"]
+    for kind, dataset in encode(findings, header, kinds, models.key):
+        out = tmp_path / f"{kind}.dcm"
+        dataset.save_as(out, enforce_file_format=True)
+        iod = validators.dciodvfy(out)
+        assert iod.errors == [], f"{kind}: {iod}"
+
+
+def test_the_segmentation_setup_is_part_of_the_result_identity(tmp_path: Path) -> None:
+    default = Models.load(Settings(data_dir=tmp_path, models=("segmentation",)))
+    assert default.key.endswith("[key,mc40]")
+    every = Models.load(
+        Settings(
+            data_dir=tmp_path,
+            models=("segmentation",),
+            segmentation=SegmentationSettings(frames="every", every=5, mc_samples=0),
+        )
+    )
+    assert every.key.endswith("[every-5,mc0]")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from lus_pacs.errors import AnnotationError
 from lus_pacs.imaging.transforms import fit_label_maps, to_source_geometry
 from lus_pacs.inference.segmentation import SegmentationModel, frames_to_segment
 from lus_pacs.nets.segmentation import BACKGROUND, CLASSES, DeepLabV3Plus
@@ -233,3 +234,13 @@ def test_class_bias_recovers_a_class_the_argmax_misses() -> None:
     )
     assert fitted["dice_2"] == 1.0
     assert fitted["dice_0"] == 1.0
+
+
+def test_labelme_frames_are_one_based(exams: Path, tmp_path: Path) -> None:
+    source = next((exams / "annotations" / "labelme").rglob("*.json"))
+    doc = json.loads(source.read_text())
+    doc["imagePath"] = str((source.parent / doc["imagePath"]).resolve())
+    doc["frame"] = 0
+    (tmp_path / "zero.json").write_text(json.dumps(doc))
+    with pytest.raises(AnnotationError, match="1-based"):
+        read_labelme_cines(tmp_path)
