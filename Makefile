@@ -7,8 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint clean reproduce-b-lines
 
-$(STAMP): pyproject.toml dicom_nodes/debian-packages.txt
+$(STAMP): pyproject.toml dicom_nodes/debian-packages.txt dicom_nodes/viewer/debian-packages.txt \
+		dicom_nodes/viewer/install.sh dicom_nodes/viewer/package-lock.json
 	bash dicom_nodes/install-system.sh dicom_nodes/debian-packages.txt
+	bash dicom_nodes/install-system.sh dicom_nodes/viewer/debian-packages.txt
+	bash dicom_nodes/viewer/install.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)

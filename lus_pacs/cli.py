@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -13,6 +13,7 @@ from lus_pacs import __version__
 
 if TYPE_CHECKING:
     from lus_pacs.domain import Cine
+    from lus_pacs.queue.store import DeliveryState
 
 app = typer.Typer(
     name="lus-pacs",
@@ -243,7 +244,10 @@ def demo(
                 for c in seg["classes"]
             )
             typer.echo(f"    masks of frames {seg['frames']}: {masks or 'nothing found'}")
-    typer.echo(f"results (SR, KOS, SEG) and study summary: {settings.results_dir / study}")
+    typer.echo(
+        "results (SR, KOS, SEG, presentation states, study summary SR and JSON): "
+        f"{settings.results_dir / study}"
+    )
 
 
 def pydicom_study(path: Path) -> str:
@@ -300,12 +304,22 @@ def process(
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """The node's stages with no network: result DICOM files and summary.jsonl in OUT.
+    """The node's stages with no network: result DICOM files and summary.jsonl (a record per
+    cine) in OUT, then per study its summary in studies.jsonl and the study summary SR.
 
     Exits 1 when any file could not be processed; the reason is printed.
     """
+    import pydicom
+
     from lus_pacs.errors import LusPacsError
-    from lus_pacs.pipeline import Models, dumps, process_file
+    from lus_pacs.pipeline import (
+        Models,
+        dumps,
+        encode_summary,
+        process_file,
+        study_summary,
+        write_outputs,
+    )
     from lus_pacs.settings import load_settings
 
     settings = load_settings(config)
@@ -315,6 +329,7 @@ def process(
     )
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
+    studies: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
     with (out / "summary.jsonl").open("w") as summary:
         for path in files:
             try:
@@ -324,7 +339,15 @@ def process(
                 failed += 1
                 continue
             summary.write(dumps(record) + "\n")
+            studies.setdefault(record["source"]["study_instance_uid"], []).append((path, record))
             typer.echo(f"{path}: {record.get('b_lines', {})}")
+    with (out / "studies.jsonl").open("w") as lines:
+        for study, done in studies.items():
+            exam = study_summary(study, [record for _, record in done])
+            lines.write(dumps(exam) + "\n")
+            if "study-sr" in settings.output_kinds:
+                headers = [pydicom.dcmread(p, stop_before_pixels=True) for p, _ in done]
+                write_outputs([encode_summary(exam, headers, models.key)], out)
     typer.echo(f"{len(files) - failed} processed, {failed} failed; results in {out}")
     if failed:
         raise typer.Exit(1)
@@ -343,9 +366,16 @@ def status(config: ConfigOption = None) -> None:
         typer.echo(f"job {job.id} {job.state.value} {job.sop_instance_uid}")
         if job.error:
             typer.echo(f"    error: {job.error}")
-        for destination, state, attempts, error in job.deliveries:
-            detail = f" ({error})" if error else ""
-            typer.echo(f"    -> {destination}: {state.value} after {attempts} attempt(s){detail}")
+        _echo_deliveries(job.deliveries)
+    for summary in store.summaries():
+        typer.echo(f"study summary {summary.id} of {summary.study_instance_uid}")
+        _echo_deliveries(summary.deliveries)
+
+
+def _echo_deliveries(deliveries: tuple[tuple[str, DeliveryState, int, str | None], ...]) -> None:
+    for destination, state, attempts, error in deliveries:
+        detail = f" ({error})" if error else ""
+        typer.echo(f"    -> {destination}: {state.value} after {attempts} attempt(s){detail}")
 
 
 @app.command()
@@ -356,6 +386,31 @@ def retry(config: ConfigOption = None) -> None:
 
     n = JobStore(load_settings(config).store_path).retry_failed()
     typer.echo(f"{n} failed job(s) queued again")
+
+
+@app.command()
+def validate(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files, or folders of them.")],
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Print every tool's whole output.")
+    ] = False,
+) -> None:
+    """Check DICOM files with dciodvfy, dcentvfy (per study), dsrdump (SR, KOS) and dcmpschk
+    (presentation states). Exits 1 on any error line, which the tools themselves do not."""
+    from lus_pacs.validate import validate as run_validation
+
+    report = run_validation(paths)
+    for verdict in report.verdicts:
+        names = ", ".join(f.name for f in verdict.files)
+        if verbose:
+            typer.echo(str(verdict))
+        typer.echo(f"{'FAIL' if verdict.errors else 'ok':4}  {verdict.tool:8}  {names}")
+        for line in verdict.errors:
+            typer.echo(f"    {line}")
+    failed = len(report.failed)
+    typer.echo(f"{len(report.verdicts)} checks, {failed} failed")
+    if failed:
+        raise typer.Exit(1)
 
 
 train_app = typer.Typer(help="Train a model family (writes a MONAI bundle).", no_args_is_help=True)

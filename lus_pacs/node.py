@@ -12,14 +12,23 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import pydicom
 from pynetdicom.transport import ThreadedAssociationServer
 
 from lus_pacs.durable import durable_file
 from lus_pacs.errors import ExportError, LusPacsError
 from lus_pacs.export.dimse import store as c_store
 from lus_pacs.ingest.scp import Receiver, make_ae
-from lus_pacs.pipeline import Models, dumps, process_file, study_summary
+from lus_pacs.pipeline import (
+    Models,
+    dumps,
+    encode_summary,
+    process_file,
+    study_summary,
+    write_outputs,
+)
 from lus_pacs.queue.store import JobStore
 from lus_pacs.settings import Settings
 
@@ -135,10 +144,15 @@ class Node:
                 except ExportError as exc:
                     retry_at = self._retry_at(delivery.attempts)
                     self.store.delivery_failed(
-                        delivery.job_id, delivery.destination, str(exc), retry_at
+                        delivery.job_id,
+                        delivery.destination,
+                        str(exc),
+                        retry_at,
+                        summary=delivery.summary,
                     )
                     log.warning(
-                        "Delivery of job %d to %s failed (attempt %d): %s%s",
+                        "Delivery of %s %d to %s failed (attempt %d): %s%s",
+                        "study summary" if delivery.summary else "job",
                         delivery.job_id,
                         destination.name,
                         delivery.attempts + 1,
@@ -146,8 +160,15 @@ class Node:
                         "" if retry_at else "; retry budget spent, marked failed",
                     )
                     continue
-                self.store.delivered(delivery.job_id, delivery.destination)
-                log.info("Delivered job %d to %s", delivery.job_id, destination.name)
+                self.store.delivered(
+                    delivery.job_id, delivery.destination, summary=delivery.summary
+                )
+                log.info(
+                    "Delivered %s %d to %s",
+                    "study summary" if delivery.summary else "job",
+                    delivery.job_id,
+                    destination.name,
+                )
 
     def _retry_at(self, attempts: int) -> float | None:
         """When to try again after ``attempts + 1`` failures; None when the budget is spent."""
@@ -171,12 +192,34 @@ class Node:
                     pending.discard(study)
 
     def _summarise(self, study: str) -> None:
+        """The study's summary SR, when configured, queued for every destination (once per
+        distinct summary); then the summary as JSON in the study's results folder, the sign
+        that the study is done."""
         records = [json.loads(r) for r in self.store.records(study)]
+        if not records:
+            log.warning("Study %s complete, but none of its cines was processed", study)
+            return
         summary = study_summary(study, records)
         path = summary_path(self.settings, study)
+        if "study-sr" in self.settings.output_kinds:
+            self._send_summary(study, summary, path.parent)
         with durable_file(path) as f:
             f.write(json.dumps(summary, indent=1).encode())
         log.info("Study %s complete: %s", study, summary)
+
+    def _send_summary(self, study: str, summary: dict[str, Any], folder: Path) -> None:
+        try:
+            sources = [
+                pydicom.dcmread(p, stop_before_pixels=True)
+                for p in self.store.processed_paths(study)
+            ]
+            (output,) = write_outputs([encode_summary(summary, sources, self.models.key)], folder)
+        except (OSError, ValueError, LusPacsError) as exc:
+            log.error("Study %s: the summary SR could not be made: %s", study, exc)
+            return
+        destinations = [d.name for d in self.settings.destinations]
+        if self.store.record_summary(study, dumps(summary), output, destinations):
+            log.info("Study %s: summary SR %s queued", study, output.sop_instance_uid)
 
 
 def summary_path(settings: Settings, study: str) -> Path:

@@ -33,7 +33,15 @@ from lus_pacs.settings import Settings
 AVAILABLE_MODELS = ("b_lines", "severity", "segmentation")
 """Bundles the node knows how to run; the other model families come with their issues."""
 
-OUTPUT_SERIES = {"sr": 900, "kos": 901, "seg": 902, "seg-binary": 903, "seg-uncertainty": 904}
+OUTPUT_SERIES = {
+    "sr": 900,
+    "kos": 901,
+    "seg": 902,
+    "seg-binary": 903,
+    "seg-uncertainty": 904,
+    "pr": 905,
+    "study-sr": 906,
+}
 """Series number of each kind of result object in the source's study."""
 
 
@@ -129,6 +137,7 @@ def encode(
     """The result objects of one cine. UIDs derive from the source instance and the model
     versions, so encoding the same result again (after a crash) gives the same objects."""
     from lus_pacs.encode.kos import encode_kos
+    from lus_pacs.encode.pstate import encode_presentation_state
     from lus_pacs.encode.seg import encode_seg, encode_uncertainty_seg
     from lus_pacs.encode.sr import encode_sr
 
@@ -160,6 +169,16 @@ def encode(
             )
             if kos is not None:
                 out.append((kind, kos))
+        elif kind == "pr":
+            state = encode_presentation_state(
+                findings,
+                header,
+                series_number=OUTPUT_SERIES[kind],
+                instance_uid=uid,
+                series_uid=series,
+            )
+            if state is not None:
+                out.append((kind, state))
         elif kind in ("seg", "seg-binary") and findings.segmentation is not None:
             seg = findings.segmentation
             dataset = encode_seg(
@@ -299,21 +318,35 @@ def process_file(
 
 
 def study_summary(study: str, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The study's summary from its cines' records: zones scanned, B-line zones, and the LUS
-    score per zone (the highest clip score among the zone's cines) with its total over the
-    scored zones. Cines without a zone count as zone "?"; scores are absent when the severity
-    model did not run."""
+    """The study's summary from its cines' records: zones scanned and the cines of each,
+    B-line zones (and consolidation zones once that model runs), and the LUS score per zone
+    (the highest clip score among the zone's cines) with its total over the scored zones.
+    Cines without a zone count as zone "?"; a model that did not run leaves its keys out
+    (``b_lines_assessed`` says whether the B-line zones are known)."""
     zones: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         zones.setdefault(record["source"]["zone"] or "?", []).append(record)
+    zones = dict(sorted(zones.items()))
+    models: dict[str, str] = {}
+    for record in records:
+        models.update(record.get("models", {}))
     summary: dict[str, Any] = {
         "study_instance_uid": study,
         "cines": len(records),
-        "zones": sorted(zones),
-        "b_line_zones": sorted(
+        "zones": list(zones),
+        "zone_cines": {z: [r["source"]["sop_instance_uid"] for r in rs] for z, rs in zones.items()},
+        "b_lines_assessed": any("b_lines" in r for r in records),
+        "b_line_zones": [
             z for z, rs in zones.items() if any(r.get("b_lines", {}).get("present") for r in rs)
-        ),
+        ],
+        "models": dict(sorted(models.items())),
     }
+    if any("consolidation" in r for r in records):
+        summary["consolidation_zones"] = [
+            z
+            for z, rs in zones.items()
+            if any(r.get("consolidation", {}).get("present") for r in rs)
+        ]
     scores = {
         z: max(r["severity"]["score"] for r in rs if "severity" in r)
         for z, rs in zones.items()
@@ -321,13 +354,34 @@ def study_summary(study: str, records: Sequence[dict[str, Any]]) -> dict[str, An
     }
     if scores:
         summary["lus_score"] = {
-            "per_zone": dict(sorted(scores.items())),
+            "per_zone": scores,
             "total": sum(scores.values()),
             "zones_scanned": len(zones),
             "zones_scored": len(scores),
             "maximum": 3 * len(scores),
         }
     return summary
+
+
+def encode_summary(
+    summary: dict[str, Any], sources: Sequence[Dataset], models_key: str
+) -> tuple[str, Dataset]:
+    """The study summary SR. Its instance UID derives from the study, the cines it covers and
+    the model versions: the same exam summarised again gives the same object. A study that
+    grows after a summary (a late cine) gets a new one in the same series, its Instance Number
+    the count of cines it covers, so the latest summary is the highest-numbered."""
+    from lus_pacs.encode.summary import encode_study_summary
+
+    study = summary["study_instance_uid"]
+    cines = sorted(u for uids in summary["zone_cines"].values() for u in uids)
+    return "study-sr", encode_study_summary(
+        summary,
+        sources,
+        series_number=OUTPUT_SERIES["study-sr"],
+        instance_uid=str(generate_uid(entropy_srcs=[study, models_key, *cines, "study-sr"])),
+        series_uid=str(generate_uid(entropy_srcs=[study, models_key, "study-sr", "series"])),
+        instance_number=len(cines),
+    )
 
 
 def dumps(record: dict[str, Any]) -> str:

@@ -79,14 +79,15 @@ class Settings(BaseModel):
     0x0122, or acknowledged and dropped."""
     destinations: tuple[DicomDestination, ...] = ()
     """Where results are sent by C-STORE; with none, results stay in the results folder."""
-    output_kinds: tuple[Literal["sr", "kos", "seg", "seg-binary", "seg-uncertainty"], ...] = (
-        "sr",
-        "kos",
-        "seg",
-    )
-    """Result objects sent per cine: the SR, the KOS of key frames and, when the segmentation
-    model runs, the LABELMAP SEG of the score masks, optionally the same masks as a BINARY SEG
-    (for viewers without LABELMAP) and a FRACTIONAL SEG of the Monte-Carlo dropout uncertainty."""
+    output_kinds: tuple[
+        Literal["sr", "kos", "seg", "seg-binary", "seg-uncertainty", "pr", "study-sr"], ...
+    ] = ("sr", "kos", "seg", "seg-binary", "pr", "study-sr")
+    """Result objects sent: per cine the SR, the KOS of key frames, the presentation state
+    drawing boxes and labels on the key frames (GSPS or CSPS as the source's colour) and, when
+    the segmentation model runs, the LABELMAP SEG of the score masks and the same masks as a
+    BINARY SEG with plane geometry (what OHIF and older viewers open), optionally a FRACTIONAL
+    SEG of the Monte-Carlo dropout uncertainty; per study, once it is complete, the summary
+    SR."""
     models_dir: Path = Field(default_factory=lambda: Path(__file__).resolve().parents[1] / "models")
     models: tuple[str, ...] = ("b_lines", "severity", "segmentation")
     """The bundles under ``models_dir`` the node runs."""

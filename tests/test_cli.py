@@ -98,7 +98,10 @@ def test_demo_pushes_an_exam_through_the_node(tmp_path: Path) -> None:
     results = list((tmp_path / "demo" / "node" / "results").glob("*/*.dcm"))
     assert len([r for r in results if r.name.startswith("sr-")]) == 6
     assert len([r for r in results if r.name.startswith("kos-")]) == 6
-    assert len([r for r in results if r.name.startswith("seg-")]) == 6
+    assert len([r for r in results if r.name.startswith("seg-binary-")]) == 6
+    assert len([r for r in results if r.name.startswith("seg-")]) == 12  # LABELMAP and BINARY
+    assert len([r for r in results if r.name.startswith("pr-")]) == 6
+    assert len([r for r in results if r.name.startswith("study-sr-")]) == 1
     assert len([line for line in result.stdout.splitlines() if "masks of frames" in line]) == 6
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pydicom
@@ -13,6 +14,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, generate_frames
 
+from lus_pacs.encode.readback import read_study_summary
 from tests.node_process import NodeProcess, echo, lus_pacs, storescu, wait_for, write_config
 from tests.orthanc import OrthancHandle, running_orthanc
 from tests.tools import dciodvfy_errors
@@ -25,9 +27,13 @@ pytestmark = pytest.mark.skipif(
 SR = pydicom.uid.ComprehensiveSRStorage
 KOS = pydicom.uid.KeyObjectSelectionDocumentStorage
 SEG = "1.2.840.10008.5.1.4.1.1.66.7"  # Label Map Segmentation Storage
+SEG_BINARY = pydicom.uid.SegmentationStorage
+CSPS = pydicom.uid.ColorSoftcopyPresentationStateStorage
 DELIVERY_MODELS = ["b_lines", "severity"]
 """The tests of queueing and delivery run without segmentation: they count objects per source,
 and each segmented key frame costs seconds of Monte-Carlo dropout on a CPU."""
+DELIVERY_KINDS = ["sr", "kos"]
+"""... and send two objects per cine, none per study: the counts stay simple."""
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +57,18 @@ def _by_class(orthanc: OrthancHandle) -> dict[str, list[pydicom.Dataset]]:
     return out
 
 
+def _references_only(ds: pydicom.Dataset, uid: str) -> bool:
+    """Whether the object references this one source and no other (a cine's own results)."""
+    return {u for u, _ in _referenced(ds)} == {uid}
+
+
 def _referenced(ds: pydicom.Dataset) -> list[tuple[str, list[int]]]:
-    """(SOP Instance UID, frame numbers) of every image reference in an SR or KOS tree, or of
-    every SEG frame's source."""
+    """(SOP Instance UID, frame numbers) of every image reference in an SR or KOS tree, of
+    every SEG frame's source, or of every presentation state annotation."""
     found = []
+    for annotation in ds.get("GraphicAnnotationSequence", []):
+        for ref in annotation.ReferencedImageSequence:
+            found.append((str(ref.ReferencedSOPInstanceUID), _frames_of(ref)))
     for group in ds.get("PerFrameFunctionalGroupsSequence", []):
         for derivation in group.get("DerivationImageSequence", []):
             for ref in derivation.SourceImageSequence:
@@ -66,28 +80,33 @@ def _referenced(ds: pydicom.Dataset) -> list[tuple[str, list[int]]]:
     return found
 
 
-def test_pushed_cines_come_back_to_pacs_as_sr_kos_and_seg(
+def test_pushed_cines_come_back_to_pacs_as_the_whole_object_set(
     tmp_path: Path, orthanc: OrthancHandle, sources: list[Path]
 ) -> None:
     node = NodeProcess(write_config(tmp_path, orthanc))
     node.start()
+    studies = {pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID for p in sources}
+    # SR, KOS, LABELMAP and BINARY SEG, CSPS per cine; a summary SR per study.
+    expected = 5 * len(sources) + len(studies)
     try:
         assert echo(node.port).returncode == 0
         assert echo(node.port, aet="INTRUDER").returncode != 0
         pushed = storescu(node.port, sources)
         assert pushed.returncode == 0, pushed.stdout + pushed.stderr
-        wait_for(lambda: orthanc.count() >= 3 * len(sources), 300, "an SR, KOS and SEG per source")
+        wait_for(lambda: orthanc.count() >= expected, 300, "the objects of every source and study")
     finally:
         node.stop()
     results = _by_class(orthanc)
-    assert len(results[SR]) == len(results[KOS]) == len(results[SEG]) == len(sources)
+    assert len(results[KOS]) == len(results[SEG]) == len(results[CSPS]) == len(sources)
+    assert len(results[SEG_BINARY]) == len(sources)
+    assert len(results[SR]) == len(sources) + len(studies)
     for path in sources:
         source = pydicom.dcmread(path, stop_before_pixels=True)
-        for kind in (SR, KOS, SEG):
+        for kind in (SR, KOS, SEG, SEG_BINARY, CSPS):
             (obj,) = [
                 ds
                 for ds in results[kind]
-                if any(uid == source.SOPInstanceUID for uid, _ in _referenced(ds))
+                if _references_only(ds, source.SOPInstanceUID) and ds.SeriesNumber != 906
             ]
             assert obj.StudyInstanceUID == source.StudyInstanceUID
             assert obj.PatientID == source.PatientID
@@ -95,7 +114,21 @@ def test_pushed_cines_come_back_to_pacs_as_sr_kos_and_seg(
             frames = [f for uid, fs in _referenced(obj) for f in fs if uid == source.SOPInstanceUID]
             assert frames, f"{kind} of {path.name} references no frame"
             assert all(1 <= f <= int(source.NumberOfFrames) for f in frames)
-    for ds in results[SR] + results[KOS] + results[SEG]:
+    for study in studies:
+        (summary,) = [
+            ds
+            for ds in results[SR]
+            if ds.StudyInstanceUID == study and ds.SeriesNumber == 906  # the study summary
+        ]
+        cines = {
+            p
+            for p in sources
+            if pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID == study
+        }
+        assert {uid for uid, _ in _referenced(summary)} == {
+            pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in cines
+        }
+    for ds in results[SR] + results[KOS] + results[SEG] + results[SEG_BINARY] + results[CSPS]:
         out = tmp_path / f"{ds.SOPInstanceUID}.dcm"
         ds.save_as(out, enforce_file_format=True)
         assert dciodvfy_errors(out) == [], out
@@ -107,7 +140,9 @@ def test_pushed_cines_come_back_to_pacs_as_sr_kos_and_seg(
 def test_a_crash_after_acknowledging_loses_nothing_and_sends_once(
     tmp_path: Path, orthanc: OrthancHandle, sources: list[Path]
 ) -> None:
-    node = NodeProcess(write_config(tmp_path, orthanc, models=DELIVERY_MODELS))
+    node = NodeProcess(
+        write_config(tmp_path, orthanc, models=DELIVERY_MODELS, output_kinds=DELIVERY_KINDS)
+    )
     node.start()
     pushed = storescu(node.port, sources[:3])
     assert pushed.returncode == 0, pushed.stdout + pushed.stderr
@@ -133,7 +168,9 @@ def test_outage_retries_then_budget_zero_fails_visibly_and_retry_delivers(
 ) -> None:
     orthanc.stop()
     (tmp_path / "a").mkdir()
-    node = NodeProcess(write_config(tmp_path / "a", orthanc, models=DELIVERY_MODELS))
+    node = NodeProcess(
+        write_config(tmp_path / "a", orthanc, models=DELIVERY_MODELS, output_kinds=DELIVERY_KINDS)
+    )
     node.start()
     try:
         assert storescu(node.port, sources[:1]).returncode == 0
@@ -149,7 +186,9 @@ def test_outage_retries_then_budget_zero_fails_visibly_and_retry_delivers(
 
     orthanc.stop()
     (tmp_path / "b").mkdir()
-    config = write_config(tmp_path / "b", orthanc, retry_budget=0, models=DELIVERY_MODELS)
+    config = write_config(
+        tmp_path / "b", orthanc, retry_budget=0, models=DELIVERY_MODELS, output_kinds=DELIVERY_KINDS
+    )
     node = NodeProcess(config)
     node.start()
     try:
@@ -179,7 +218,7 @@ def test_bad_input_fails_with_a_reason_and_the_node_keeps_serving(
     truncated = tmp_path / "truncated.dcm"
     broken.save_as(truncated, enforce_file_format=True)
     ct = Path(str(get_testdata_file("CT_small.dcm")))
-    config = write_config(tmp_path, orthanc, models=DELIVERY_MODELS)
+    config = write_config(tmp_path, orthanc, models=DELIVERY_MODELS, output_kinds=DELIVERY_KINDS)
     node = NodeProcess(config)
     node.start()
     try:
@@ -208,7 +247,7 @@ def test_process_gives_the_records_the_node_made(
     node.start()
     try:
         assert storescu(node.port, sources[:2]).returncode == 0
-        wait_for(lambda: orthanc.count() == 6, 240, "the node's results")
+        wait_for(lambda: orthanc.count() >= 10, 240, "the node's results")
     finally:
         node.stop()
     from lus_pacs.queue.store import JobStore
@@ -238,7 +277,9 @@ def test_the_sr_key_frame_points_into_the_true_b_line_frames(
     truth = max(truths, key=lambda t: len(t["clip"]["b_line_frames"]))
     assert truth["clip"]["b_lines"]
     cine = synth_exams / truth["patient_id"] / truth["file"]
-    node = NodeProcess(write_config(tmp_path, orthanc, models=DELIVERY_MODELS))
+    node = NodeProcess(
+        write_config(tmp_path, orthanc, models=DELIVERY_MODELS, output_kinds=DELIVERY_KINDS)
+    )
     node.start()
     try:
         assert storescu(node.port, [cine]).returncode == 0
@@ -276,7 +317,9 @@ def test_the_study_summary_totals_the_zone_scores(
     ]
     assert uniform, "the acceptance exam has no cine of a single score"
     clear = max(uniform, key=lambda t: abs(t["clip"]["severity"] - 1.5))
-    config = write_config(tmp_path, orthanc, models=DELIVERY_MODELS)
+    config = write_config(
+        tmp_path, orthanc, models=DELIVERY_MODELS, output_kinds=[*DELIVERY_KINDS, "study-sr"]
+    )
     node = NodeProcess(config)
     node.start()
     try:
@@ -284,7 +327,11 @@ def test_the_study_summary_totals_the_zone_scores(
         study = pydicom.dcmread(cines[0], stop_before_pixels=True).StudyInstanceUID
         summary_file = tmp_path / "node" / "results" / study / "study-summary.json"
         wait_for(summary_file.is_file, 300, "the study summary")
-        wait_for(lambda: orthanc.count() >= 2 * len(cines), 120, "an SR and a KOS per cine")
+        wait_for(
+            lambda: orthanc.count() >= 2 * len(cines) + 1,
+            120,
+            "an SR and a KOS per cine, a summary",
+        )
     finally:
         node.stop()
     from lus_pacs.queue.store import JobStore
@@ -297,8 +344,14 @@ def test_the_study_summary_totals_the_zone_scores(
     assert summary["total"] == sum(scores.values())
     assert summary["zones_scored"] == len(cines)
     assert scores[clear["zone"]] == clear["clip"]["severity"], (clear["zone"], scores)
+    (summary_sr,) = [ds for ds in _by_class(orthanc)[SR] if ds.SeriesNumber == 906]
+    exam_file = tmp_path / "summary-sr.dcm"
+    summary_sr.save_as(exam_file, enforce_file_format=True)
+    assert read_study_summary(exam_file)["lus_score"] == summary
     # The SR of each cine carries its clip score.
     for sr in _by_class(orthanc)[SR]:
+        if sr.SeriesNumber == 906:
+            continue
         zone_scores = [
             float(item.MeasuredValueSequence[0].NumericValue)
             for item in _walk(sr)
@@ -328,3 +381,61 @@ def _frames_of(ref: pydicom.Dataset) -> list[int]:
     value = ref.get("ReferencedFrameNumber")
     values = value if isinstance(value, pydicom.multival.MultiValue) else [value]
     return [int(v) for v in values if v is not None]
+
+
+def test_interleaved_patients_on_parallel_associations_stay_apart(
+    tmp_path: Path, orthanc: OrthancHandle, synth_exams: Path
+) -> None:
+    """Two patients' exams pushed at once, each association mixing both patients' cines:
+    every result carries its own source's patient and study, never the other's."""
+    exams = sorted(p for p in synth_exams.iterdir() if p.is_dir())[:2]
+    a, b = (sorted(exam.glob("*.dcm"))[:3] for exam in exams)
+    first = [a[0], b[1], a[2]]
+    second = [b[0], a[1], b[2]]
+    sources = {
+        str(ds.SOPInstanceUID): ds
+        for ds in (pydicom.dcmread(p, stop_before_pixels=True) for p in a + b)
+    }
+    assert len({ds.PatientID for ds in sources.values()}) == 2
+    kinds = [*DELIVERY_KINDS, "pr", "study-sr"]
+    config = write_config(tmp_path, orthanc, models=DELIVERY_MODELS, output_kinds=kinds)
+    node = NodeProcess(config)
+    node.start()
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            pushes = list(pool.map(lambda files: storescu(node.port, files), [first, second]))
+        assert all(p.returncode == 0 for p in pushes), [p.stdout + p.stderr for p in pushes]
+        # SR, KOS and CSPS per cine; per study a summary SR once its three cines are in (an
+        # association's release may summarise a study early: a later summary supersedes it).
+        wait_for(lambda: _complete_summaries(orthanc, sources) == 2, 300, "both final summaries")
+    finally:
+        node.stop()
+    results = [ds for ds in orthanc.datasets() if str(ds.SOPInstanceUID) not in sources]
+    summaries = [ds for ds in results if ds.get("SeriesNumber") == 906]
+    assert len(results) - len(summaries) == 3 * 6
+    for ds in results:
+        referenced = {uid for uid, _ in _referenced(ds)}
+        assert referenced, ds.SOPClassUID
+        assert referenced <= set(sources)
+        for uid in referenced:
+            source = sources[uid]
+            for keyword in ("PatientID", "PatientName", "StudyInstanceUID", "AccessionNumber"):
+                assert ds.get(keyword) == source.get(keyword), (keyword, ds.SOPClassUID)
+    for summary in summaries:
+        cines = {uid for uid, _ in _referenced(summary)}
+        assert cines <= {u for u, ds in sources.items() if ds.PatientID == summary.PatientID}
+        assert int(summary.InstanceNumber) == len(cines)
+
+
+def _complete_summaries(orthanc: OrthancHandle, sources: Mapping[str, pydicom.Dataset]) -> int:
+    """How many studies have a summary SR in Orthanc that covers all their cines."""
+    studies: dict[str, set[str]] = {}
+    for uid, ds in sources.items():
+        studies.setdefault(str(ds.StudyInstanceUID), set()).add(uid)
+    complete = set()
+    for ds in orthanc.datasets():
+        if ds.get("SeriesNumber") == 906:
+            cines = {uid for uid, _ in _referenced(ds)}
+            if cines == studies.get(str(ds.StudyInstanceUID)):
+                complete.add(str(ds.StudyInstanceUID))
+    return len(complete)

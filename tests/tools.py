@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from lus_pacs.validate import dciodvfy
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -16,7 +17,4 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def dciodvfy_errors(path: Path) -> list[str]:
     """Lines dciodvfy reports as errors (it exits 0 even when there are some)."""
-    tool = shutil.which("dciodvfy") or str(Path(sys.executable).with_name("dciodvfy"))
-    result = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False)
-    lines = (result.stdout + result.stderr).splitlines()
-    return [line for line in lines if line.startswith("Error")]
+    return dciodvfy(path).errors

@@ -64,6 +64,19 @@ score 0..3; the derivation (mean or maximum) says which summary it is."""
 MASK_UNCERTAINTY_MAP = _private("LUS040", "Lung ultrasound score mask uncertainty")
 """Segmented property type of the FRACTIONAL SEG of Monte-Carlo dropout uncertainty."""
 
+TOTAL_LUS_SCORE = _private("LUS050", "Total lung ultrasound score")
+"""The study's score: the sum of the per-zone scores over the zones scored."""
+ZONES_SCANNED = _private("LUS051", "Lung ultrasound zones scanned")
+ZONES_SCORED = _private("LUS052", "Lung ultrasound zones scored")
+ZONES_WITH_B_LINES = _private("LUS053", "Lung ultrasound zones with B-lines")
+ZONES_WITH_CONSOLIDATION = _private("LUS054", "Lung ultrasound zones with consolidation")
+MAXIMUM_LUS_SCORE = _private("LUS055", "Maximum possible lung ultrasound score")
+"""3 x the zones scored: the scale the total is on."""
+LUS_EXAM = _private("LUS056", "Lung ultrasound examination summary")
+"""Finding type of the study summary's own group."""
+CONSOLIDATION = _private("LUS057", "Lung consolidation")
+"""Consolidation as an ultrasound finding (the lung tissue-like pattern of paper 002)."""
+
 # Standard concepts.
 LUNG = codes.SCT.Lung  # 39607008
 PLEURA = codes.SCT.Pleura  # 3120008
@@ -95,6 +108,7 @@ PIXELS = Code(value="{pixels}", scheme_designator="UCUM", meaning="pixels")
 MEAN = codes.SCT.Mean  # 373098007, CID 3488 derivation
 MAXIMUM = codes.SCT.Maximum  # 56851009, CID 3488 derivation
 FRAMES = Code(value="{frames}", scheme_designator="UCUM", meaning="frames")
+ZONES = Code(value="{zones}", scheme_designator="UCUM", meaning="zones")
 
 
 def laterality_for_zone(zone: str | None) -> Code | None:

@@ -53,6 +53,14 @@ SEGMENT_LABELS = (
     "LUS score 3",
 )
 
+SEGMENT_COLOURS = (
+    hd.color.CIELabColor(70.5, -71.0, 68.0),  # score 0: green
+    hd.color.CIELabColor(97.1, -21.6, 94.5),  # score 1: yellow
+    hd.color.CIELabColor(74.9, 23.9, 78.9),  # score 2: orange
+    hd.color.CIELabColor(53.2, 80.1, 67.2),  # score 3: red
+)
+"""Recommended display colours (CIE L*a*b*) from healthy to worst, the order a reader expects."""
+
 _TEMPORAL_POSITION_INDEX = 0x00209128
 _FRAME_CONTENT_SEQUENCE = 0x00209111
 
@@ -131,6 +139,7 @@ def encode_seg(
         segments = range(1, len(SCORES) + 1)
         bits = np.stack([frame_labels == k for frame_labels in labels for k in segments])
         seg.PixelData = pack_bits(bits.astype(np.uint8))
+        _add_plane_geometry(seg, header)
     else:
         seg.compress(RLELossless, _frames_array(labels), generate_instance_uid=False)
     return seg
@@ -332,9 +341,45 @@ def _segment_descriptions(model: ModelInfo) -> list[hd.seg.SegmentDescription]:
                 algorithm_identification=algorithm,
                 anatomic_regions=[codes.LUNG],
                 primary_anatomic_structures=[codes.PLEURA],
+                display_color=SEGMENT_COLOURS[score],
             )
         )
     return descriptions
+
+
+def _add_plane_geometry(seg: Dataset, header: Dataset) -> None:
+    """Pixel Measures and Plane Orientation in the shared functional groups, for viewers.
+
+    OHIF (3.13) and cornerstone's SEG loader read both unconditionally and fail on a SEG
+    without them; the standard lists them for SEGs with a patient Frame of Reference, which an
+    ultrasound cine has not. So only the BINARY SEG, the kind meant for other viewers, carries
+    them: the pixel spacing of the source's first 2D tissue region (cm in DICOM, mm here), else
+    a nominal 1 mm, and the identity orientation of the image plane.
+    """
+    spacing = _region_spacing_mm(header) or (1.0, 1.0)
+    measures = Dataset()
+    measures.PixelSpacing = [round(v, 6) for v in spacing]
+    measures.SliceThickness = 1.0
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    shared.PixelMeasuresSequence = Sequence([measures])
+    shared.PlaneOrientationSequence = Sequence([orientation])
+
+
+def _region_spacing_mm(header: Dataset) -> tuple[float, float] | None:
+    """(row, column) spacing in mm of the first region with spatial units of cm."""
+    for region in header.get("SequenceOfUltrasoundRegions", []):
+        units_cm = 3
+        if (
+            region.get("PhysicalUnitsXDirection")
+            == units_cm
+            == region.get("PhysicalUnitsYDirection")
+        ):
+            dx, dy = region.get("PhysicalDeltaX"), region.get("PhysicalDeltaY")
+            if dx and dy and float(dx) > 0 and float(dy) > 0:
+                return float(dy) * 10.0, float(dx) * 10.0
+    return None
 
 
 def _set_frames(seg: Dataset, header: Dataset, frames: list[int], by_segment: bool) -> None:

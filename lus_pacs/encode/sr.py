@@ -114,26 +114,49 @@ def encode_sr(
         ],
         referenced_images=[header],
     )
+    return report_document(
+        report,
+        [header],
+        series_uid=series_uid or generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=1,
+        series_description=SERIES_DESCRIPTION,
+    )
+
+
+def report_document(
+    report: hd.sr.MeasurementReport,
+    evidence: list[Dataset],
+    *,
+    series_uid: str,
+    series_number: int,
+    sop_instance_uid: str,
+    instance_number: int,
+    series_description: str,
+) -> hd.sr.ComprehensiveSR:
+    """The Comprehensive SR holding ``report``, with the research notice as its last item,
+    the private coding scheme declared, and patient and study from the first evidence."""
     report[0].ContentSequence.append(
         hd.sr.TextContentItem(
             name=codes.COMMENT, value=RESEARCH_NOTICE, relationship_type=_CONTAINS
         )
     )
     sr = hd.sr.ComprehensiveSR(
-        evidence=[header],
+        evidence=evidence,
         content=report[0],
-        series_instance_uid=series_uid or generate_uid(),
+        series_instance_uid=series_uid,
         series_number=series_number,
         sop_instance_uid=sop_instance_uid,
-        instance_number=1,
+        instance_number=instance_number,
         manufacturer=MANUFACTURER,
         is_complete=True,
-        series_description=SERIES_DESCRIPTION,
+        series_description=series_description,
         manufacturer_model_name=MANUFACTURER,
         software_versions=__version__,
         coding_schemes=[codes.coding_scheme_identification()],
     )
-    copy_retired_patient_attributes(header, sr)
+    copy_retired_patient_attributes(evidence[0], sr)
     return sr
 
 
@@ -151,7 +174,7 @@ def _cine_group(
         tracking_identifier=tracking,
         finding_type=codes.B_LINES if b is not None else None,
         algorithm_id=algorithm_identification(b.model) if b is not None else None,
-        finding_sites=[_finding_site(zone)],
+        finding_sites=[finding_site(zone)],
         measurements=_b_line_measurements(b, header) if b is not None else None,
         qualitative_evaluations=(
             [
@@ -181,7 +204,7 @@ def _cine_group(
     return group
 
 
-def _finding_site(zone: str | None) -> hd.sr.FindingSite:
+def finding_site(zone: str | None) -> hd.sr.FindingSite:
     """Lung, with the side (CID 244) and the zone label when the zone is known."""
     site = hd.sr.FindingSite(
         anatomic_location=codes.LUNG, laterality=codes.laterality_for_zone(zone)
@@ -239,7 +262,7 @@ def _severity_groups(
         ),
         finding_type=codes.LUS_SCORE,
         algorithm_id=algorithm,
-        finding_sites=[_finding_site(zone)],
+        finding_sites=[finding_site(zone)],
         measurements=_severity_measurements(sev, header),
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(header)],
     )
@@ -264,7 +287,7 @@ def _severity_groups(
         referenced_region=region,
         finding_type=codes.SCORE_REGION,
         algorithm_id=algorithm,
-        finding_sites=[_finding_site(zone)],
+        finding_sites=[finding_site(zone)],
         measurements=[
             hd.sr.Measurement(
                 name=codes.LUS_SCORE,
@@ -321,7 +344,7 @@ def _segmentation_groups(
             ),
             finding_type=codes.SCORE_MASKS,
             algorithm_id=algorithm_identification(seg.model),
-            finding_sites=[_finding_site(zone)],
+            finding_sites=[finding_site(zone)],
             measurements=_segmentation_measurements(seg, header),
             source_images=[
                 hd.sr.SourceImageForMeasurementGroup.from_source_image(

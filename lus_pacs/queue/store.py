@@ -79,6 +79,24 @@ CREATE TABLE IF NOT EXISTS studies (
     last_received_at REAL NOT NULL,
     complete INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS summaries (
+    id INTEGER PRIMARY KEY,
+    study_instance_uid TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL UNIQUE,
+    path TEXT NOT NULL,
+    record TEXT NOT NULL,
+    made_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS summary_deliveries (
+    summary_id INTEGER NOT NULL REFERENCES summaries(id),
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    error TEXT,
+    PRIMARY KEY (summary_id, destination)
+);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
 """
@@ -113,9 +131,27 @@ class Output:
 @dataclass(frozen=True)
 class Delivery:
     job_id: int
+    """The job whose outputs these are or, with ``summary``, the study summary's id."""
     destination: str
     attempts: int
     outputs: tuple[Output, ...]
+    summary: bool = False
+    """A study summary (made when the study is complete) rather than a cine's results."""
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One study summary in ``lus-pacs status``."""
+
+    id: int
+    study_instance_uid: str
+    sop_instance_uid: str
+    deliveries: tuple[tuple[str, DeliveryState, int, str | None], ...]
+
+
+def _tables(summary: bool) -> tuple[str, str]:
+    """The delivery table and its owner column, for a cine's results or a study summary."""
+    return ("summary_deliveries", "summary_id") if summary else ("deliveries", "job_id")
 
 
 @dataclass(frozen=True)
@@ -258,18 +294,29 @@ class JobStore:
     # Delivering
 
     def due_deliveries(self, now: float | None = None) -> list[Delivery]:
-        """Pending deliveries whose next attempt is due, oldest first."""
+        """Pending deliveries whose next attempt is due, oldest first: cines' results, then
+        study summaries."""
         now = time.time() if now is None else now
         db = self._connection()
-        rows = db.execute(
-            "SELECT job_id, destination, attempts FROM deliveries "
-            "WHERE state = ? AND next_attempt_at <= ? ORDER BY next_attempt_at, job_id",
-            (DeliveryState.PENDING, now),
-        ).fetchall()
-        return [
-            Delivery(r["job_id"], r["destination"], r["attempts"], self.outputs(r["job_id"]))
-            for r in rows
-        ]
+        due: list[Delivery] = []
+        for summary in (False, True):
+            table, owner = _tables(summary)
+            rows = db.execute(
+                f"SELECT {owner}, destination, attempts FROM {table} "
+                f"WHERE state = ? AND next_attempt_at <= ? ORDER BY next_attempt_at, {owner}",
+                (DeliveryState.PENDING, now),
+            ).fetchall()
+            due.extend(
+                Delivery(
+                    r[0],
+                    r["destination"],
+                    r["attempts"],
+                    self._summary_output(r[0]) if summary else self.outputs(r[0]),
+                    summary,
+                )
+                for r in rows
+            )
+        return due
 
     def outputs(self, job_id: int) -> tuple[Output, ...]:
         rows = self._connection().execute(
@@ -278,33 +325,52 @@ class JobStore:
         )
         return tuple(Output(r["kind"], r["sop_instance_uid"], Path(r["path"])) for r in rows)
 
-    def delivered(self, job_id: int, destination: str) -> None:
+    def _summary_output(self, summary_id: int) -> tuple[Output, ...]:
+        r = (
+            self._connection()
+            .execute(
+                "SELECT kind, sop_instance_uid, path FROM summaries WHERE id = ?", (summary_id,)
+            )
+            .fetchone()
+        )
+        return (Output(r["kind"], r["sop_instance_uid"], Path(r["path"])),)
+
+    def delivered(self, job_id: int, destination: str, *, summary: bool = False) -> None:
+        table, owner = _tables(summary)
         with self._tx() as db:
             db.execute(
-                "UPDATE deliveries SET state = ?, error = NULL "
-                "WHERE job_id = ? AND destination = ?",
+                f"UPDATE {table} SET state = ?, error = NULL WHERE {owner} = ? AND destination = ?",
                 (DeliveryState.SENT, job_id, destination),
             )
-            self._settle(db, job_id)
+            if not summary:
+                self._settle(db, job_id)
 
     def delivery_failed(
-        self, job_id: int, destination: str, reason: str, retry_at: float | None
+        self,
+        job_id: int,
+        destination: str,
+        reason: str,
+        retry_at: float | None,
+        *,
+        summary: bool = False,
     ) -> None:
         """Count a failed attempt; ``retry_at`` None means the retry budget is spent."""
+        table, owner = _tables(summary)
         with self._tx() as db:
             if retry_at is None:
                 db.execute(
-                    "UPDATE deliveries SET state = ?, attempts = attempts + 1, error = ? "
-                    "WHERE job_id = ? AND destination = ?",
+                    f"UPDATE {table} SET state = ?, attempts = attempts + 1, error = ? "
+                    f"WHERE {owner} = ? AND destination = ?",
                     (DeliveryState.FAILED, reason, job_id, destination),
                 )
             else:
                 db.execute(
-                    "UPDATE deliveries SET attempts = attempts + 1, error = ?, "
-                    "next_attempt_at = ? WHERE job_id = ? AND destination = ?",
+                    f"UPDATE {table} SET attempts = attempts + 1, error = ?, "
+                    f"next_attempt_at = ? WHERE {owner} = ? AND destination = ?",
                     (reason, retry_at, job_id, destination),
                 )
-            self._settle(db, job_id)
+            if not summary:
+                self._settle(db, job_id)
 
     def _settle(self, db: sqlite3.Connection, job_id: int) -> None:
         states = {
@@ -340,7 +406,12 @@ class JobStore:
                     "UPDATE jobs SET state = ?, error = NULL, updated_at = ? WHERE id = ?",
                     (state, now, job_id),
                 )
-            return len(failed)
+            summaries = db.execute(
+                "UPDATE summary_deliveries SET state = ?, attempts = 0, next_attempt_at = ? "
+                "WHERE state = ?",
+                (DeliveryState.PENDING, now, DeliveryState.FAILED),
+            ).rowcount
+            return len(failed) + summaries
 
     # Studies
 
@@ -384,6 +455,15 @@ class JobStore:
         ).fetchone()[0]
         return int(waiting) == 0
 
+    def processed_paths(self, study_uid: str) -> list[Path]:
+        """The stored files of the study's instances that have a result record."""
+        rows = self._connection().execute(
+            "SELECT i.path FROM jobs j JOIN instances i USING (sop_instance_uid) "
+            "WHERE j.record IS NOT NULL AND i.study_instance_uid = ? ORDER BY j.id",
+            (study_uid,),
+        )
+        return [Path(r[0]) for r in rows]
+
     def records(self, study_uid: str | None = None) -> list[str]:
         """The result records (JSON text) of finished jobs, of one study or all."""
         db = self._connection()
@@ -396,6 +476,53 @@ class JobStore:
             sql += " AND i.study_instance_uid = ?"
             args = (study_uid,)
         return [r[0] for r in db.execute(sql + " ORDER BY j.id", args)]
+
+    def record_summary(
+        self, study_uid: str, record: str, output: Output, destinations: Sequence[str]
+    ) -> bool:
+        """A study summary's file is on disk: record it and queue one delivery each. False
+        when the same summary object (same SOP Instance UID) was recorded before: the study
+        did not change, and what was sent is not sent again."""
+        now = time.time()
+        with self._tx() as db:
+            cursor = db.execute(
+                "INSERT INTO summaries (study_instance_uid, kind, sop_instance_uid, path, record, "
+                "made_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (study_uid, output.kind, output.sop_instance_uid, str(output.path), record, now),
+            )
+            if cursor.rowcount != 1:
+                return False
+            db.executemany(
+                "INSERT INTO summary_deliveries (summary_id, destination, state, "
+                "next_attempt_at) VALUES (?, ?, ?, ?)",
+                [(cursor.lastrowid, d, DeliveryState.PENDING, now) for d in destinations],
+            )
+            return True
+
+    def summaries(self) -> list[SummaryRow]:
+        db = self._connection()
+        out = []
+        for r in db.execute("SELECT id, study_instance_uid, sop_instance_uid FROM summaries"):
+            deliveries = self._delivery_rows(r["id"], summary=True)
+            out.append(
+                SummaryRow(r["id"], r["study_instance_uid"], r["sop_instance_uid"], deliveries)
+            )
+        return out
+
+    def _delivery_rows(
+        self, owner_id: int, *, summary: bool
+    ) -> tuple[tuple[str, DeliveryState, int, str | None], ...]:
+        """(destination, state, attempts, last error) of each delivery of a job or summary."""
+        table, owner = _tables(summary)
+        rows = self._connection().execute(
+            f"SELECT destination, state, attempts, error FROM {table} "
+            f"WHERE {owner} = ? ORDER BY destination",
+            (owner_id,),
+        )
+        return tuple(
+            (d["destination"], DeliveryState(d["state"]), int(d["attempts"]), d["error"])
+            for d in rows
+        )
 
     # Reporting
 
@@ -412,14 +539,7 @@ class JobStore:
             args = (state,)
         out = []
         for r in db.execute(sql + " ORDER BY id", args).fetchall():
-            deliveries = tuple(
-                (d["destination"], DeliveryState(d["state"]), int(d["attempts"]), d["error"])
-                for d in db.execute(
-                    "SELECT destination, state, attempts, error FROM deliveries "
-                    "WHERE job_id = ? ORDER BY destination",
-                    (r["id"],),
-                )
-            )
+            deliveries = self._delivery_rows(r["id"], summary=False)
             out.append(
                 JobRow(r["id"], r["sop_instance_uid"], JobState(r["state"]), r["error"], deliveries)
             )

@@ -76,3 +76,29 @@ def test_a_study_is_done_when_complete_and_nothing_waits(tmp_path: Path) -> None
     store.record_instance(_instance(2, "8.8"), "m@1")
     assert store.quiet_studies(quiet_s=3600) == []
     assert store.quiet_studies(quiet_s=0) == ["8.8"]
+
+
+def test_a_study_summary_is_queued_once_and_retried_like_a_job(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    summary = Output("study-sr", "8.8.8", tmp_path / "study-sr.dcm")
+    assert store.record_summary("7.7", "{}", summary, ["pacs", "archive"])
+    assert not store.record_summary("7.7", "{}", summary, ["pacs", "archive"])  # same summary
+    due = store.due_deliveries()
+    assert sorted(d.destination for d in due) == ["archive", "pacs"]
+    assert all(d.summary and d.outputs == (summary,) for d in due)
+    summary_id = due[0].job_id
+    store.delivered(summary_id, "pacs", summary=True)
+    store.delivery_failed(summary_id, "archive", "refused", retry_at=None, summary=True)
+    assert store.due_deliveries() == []
+    assert store.counts() == {}  # no job was touched
+    (row,) = store.summaries()
+    assert row.study_instance_uid == "7.7"
+    assert {d: s for d, s, _, _ in row.deliveries} == {
+        "archive": DeliveryState.FAILED,
+        "pacs": DeliveryState.SENT,
+    }
+    assert store.retry_failed() == 1
+    (again,) = store.due_deliveries()
+    assert (again.destination, again.attempts, again.summary) == ("archive", 0, True)
+    later = Output("study-sr", "8.8.9", tmp_path / "study-sr-2.dcm")  # the study grew
+    assert store.record_summary("7.7", "{}", later, ["pacs"])

@@ -1,0 +1,225 @@
+"""The presentation state drawing the findings on a cine's key frames, for any viewer.
+
+Viewers without SEG or SR support still show a presentation state: boxes and short labels on
+the frames the models chose. Grayscale (GSPS) for a MONOCHROME source, Color (CSPS) for RGB,
+YBR and palette sources, as the standard pairs them with the image's photometric
+interpretation. What is drawn, on each key frame only:
+
+* a label at the top left naming why the frame was chosen ("B-lines p=0.87", "LUS score 3");
+* the box where the severity model looked in its top-scoring frame, labelled with that score;
+* the bounding box of each pathological score (1-3) the segmentation labelled in that frame.
+
+Two traps (see ``shared/DESIGN.md``): a GSPS on an ultrasound image must carry its modality and
+VOI LUT explicitly (the source has neither to copy), and a CSPS needs an ICC profile whose
+device class is input ("scnr"); sources rarely carry one, so an sRGB profile is made with
+Pillow's littleCMS binding and declared as an input profile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+from PIL import ImageCms
+from pydicom import Dataset
+from pydicom.uid import generate_uid
+
+from lus_pacs import __version__
+from lus_pacs.domain import Findings, KeyFrameReason
+from lus_pacs.encode.common import (
+    MANUFACTURER,
+    check_frames,
+    copy_retired_patient_attributes,
+    source_header,
+)
+
+SERIES_DESCRIPTION = "lus-pacs AI annotations (research only, not a medical device)"
+LAYER = "LUSPACS"
+_YELLOW = hd.color.CIELabColor(97.1, -21.6, 94.5)
+_LABEL_HEIGHT = 22.0
+"""Height of a text box in source pixels; viewers scale the text to fit it."""
+_CHAR_WIDTH = 8.0
+SHORT_NOTICE = "lus-pacs research AI - not for diagnosis"
+
+
+def encode_presentation_state(
+    findings: Findings,
+    source: Dataset,
+    *,
+    series_number: int = 905,
+    instance_uid: str | None = None,
+    series_uid: str | None = None,
+) -> Dataset | None:
+    """Encode the findings on one cine's key frames as a GSPS or CSPS in a new series.
+
+    Parameters
+    ----------
+    findings:
+        What the models found in the cine; only its key frames are annotated.
+    source:
+        The cine's header (pixel data is neither needed nor copied); its SOP Instance UID must
+        be ``findings.source``'s.
+    series_number:
+        Series Number of the new series.
+    instance_uid, series_uid:
+        SOP Instance UID and Series Instance UID; new UIDs when None.
+
+    Returns
+    -------
+    pydicom.Dataset or None
+        A Grayscale Softcopy Presentation State for MONOCHROME1/2 sources, a Color Softcopy
+        Presentation State otherwise; None when the cine has no key frames.
+
+    Raises
+    ------
+    lus_pacs.errors.UnreadableImageError
+        When the source header lacks the UIDs needed to reference it.
+    ValueError
+        When the findings belong to another instance or name frames the source lacks.
+    """
+    if not findings.key_frames:
+        return None
+    header = source_header(source, findings)
+    frames = check_frames(
+        sorted({k.frame for k in findings.key_frames}), header, "Annotated key frames"
+    )
+    multiframe = hd.utils.is_multiframe_image(header)
+    layer = hd.pr.GraphicLayer(
+        layer_name=LAYER, order=1, description="lus-pacs findings", display_color=_YELLOW
+    )
+    annotations = [
+        hd.pr.GraphicAnnotation(
+            referenced_images=[header],
+            graphic_layer=layer,
+            referenced_frame_number=frame if multiframe else None,
+            graphic_objects=[
+                hd.pr.GraphicObject("POLYLINE", corners, "PIXEL") for corners, _ in drawn
+            ]
+            or None,
+            text_objects=[
+                _label(findings, frame, header),
+                _notice(header),
+                *(t for _, t in drawn),
+            ],
+        )
+        for frame in frames
+        for drawn in [list(_boxes(findings, frame, header))]
+    ]
+    common: dict[str, Any] = {
+        "referenced_images": [header],
+        "series_instance_uid": series_uid or generate_uid(),
+        "series_number": series_number,
+        "sop_instance_uid": instance_uid or generate_uid(),
+        "instance_number": 1,
+        "manufacturer": MANUFACTURER,
+        "manufacturer_model_name": MANUFACTURER,
+        "software_versions": __version__,
+        "device_serial_number": __version__,
+        "content_label": LAYER,
+        "content_description": "AI findings on key frames; research only",
+        "graphic_annotations": annotations,
+        "graphic_layers": [layer],
+        "series_description": SERIES_DESCRIPTION,
+    }
+    state: hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState
+    if str(header.PhotometricInterpretation).startswith("MONOCHROME"):
+        bits = int(header.get("BitsStored") or 8)
+        state = hd.pr.GrayscaleSoftcopyPresentationState(
+            **common,
+            modality_lut_transformation=hd.content.ModalityLUTTransformation(
+                rescale_intercept=0.0, rescale_slope=1.0, rescale_type="US"
+            ),
+            voi_lut_transformations=[
+                hd.pr.SoftcopyVOILUTTransformation(
+                    window_center=2.0 ** (bits - 1), window_width=2.0**bits
+                )
+            ],
+        )
+    else:
+        state = hd.pr.ColorSoftcopyPresentationState(
+            **common, icc_profile=header.get("ICCProfile") or srgb_input_profile()
+        )
+    # General Series Laterality is required of a presentation state (it has no Image
+    # Laterality); the zone tells the side, else it stays empty (unknown).
+    zone = (findings.source.zone or "").strip().upper()
+    state.Laterality = zone[:1] if zone[:1] in ("R", "L") else None
+    copy_retired_patient_attributes(header, state)
+    return state
+
+
+def srgb_input_profile() -> bytes:
+    """An sRGB ICC profile declared as an input ("scnr") device, as the CSPS IOD requires.
+
+    littleCMS writes no profile ID (MD5) into the header, so changing the device class at
+    bytes 12-15 leaves a consistent profile.
+    """
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    if any(profile[84:100]):
+        raise RuntimeError("the sRGB profile carries a profile ID; its class cannot be changed")
+    return profile[:12] + b"scnr" + profile[16:]
+
+
+def _label(findings: Findings, frame: int, header: Dataset) -> hd.pr.TextObject:
+    """Why this frame was chosen, in a few words, at the top left of the image."""
+    parts = []
+    for key in findings.key_frames:
+        if key.frame != frame:
+            continue
+        b, sev = findings.b_lines, findings.severity
+        if key.reason == KeyFrameReason.B_LINES and b is not None:
+            parts.append(f"B-lines p={b.probability:.2f}")
+        elif key.reason == KeyFrameReason.ATTENTION and b is not None:
+            parts.append(f"no B-lines (p={b.probability:.2f})")
+        elif key.reason == KeyFrameReason.SEVERITY and sev is not None:
+            parts.append(f"LUS score {sev.frame_scores[frame - 1]}")
+        elif key.reason == KeyFrameReason.BEST:
+            parts.append("best frame")
+    return _text("AI: " + ", ".join(dict.fromkeys(parts)), 2.0, 2.0, float(header.Columns))
+
+
+def _notice(header: Dataset) -> hd.pr.TextObject:
+    """The research notice at the bottom left, on every annotated frame (the full text is in
+    the SR and KOS)."""
+    text = SHORT_NOTICE
+    bottom = float(header.Rows) - 2.0
+    return _text(text, 2.0, bottom - _LABEL_HEIGHT, float(header.Columns))
+
+
+def _text(text: str, x: float, y: float, columns: float) -> hd.pr.TextObject:
+    """A left-justified label whose box starts at (x, y), sized to the text, inside the image."""
+    right = min(columns - 1.0, x + _CHAR_WIDTH * len(text) + 8.0)
+    return hd.pr.TextObject(
+        text_value=text,
+        units="PIXEL",
+        bounding_box=(x, y, right, y + _LABEL_HEIGHT),
+        text_justification="LEFT",
+    )
+
+
+def _boxes(
+    findings: Findings, frame: int, header: Dataset
+) -> Iterator[tuple[np.ndarray, hd.pr.TextObject]]:
+    """Closed polylines (column, row pixel corners) on ``frame``, each with a short label."""
+    columns = float(header.Columns)
+    sev = findings.severity
+    if sev is not None and sev.box is not None and sev.top_frame == frame:
+        yield _box(sev.box, f"score {sev.frame_scores[frame - 1]} region", columns)
+    seg = findings.segmentation
+    if seg is not None and frame in seg.frames:
+        mask = seg.masks[seg.frames.index(frame)]
+        for score in (1, 2, 3):
+            rows, cols = np.nonzero(mask == score)
+            if rows.size:
+                box = (int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)
+                yield _box(box, f"S{score}", columns)
+
+
+def _box(
+    box: tuple[int, int, int, int], text: str, columns: float
+) -> tuple[np.ndarray, hd.pr.TextObject]:
+    """The box as a closed polyline, its label just above it (inside it at the top edge)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float64)
+    return corners, _text(text, x0, max(0.0, y0 - _LABEL_HEIGHT), columns)

@@ -1,0 +1,180 @@
+"""The presentation state: GSPS for grey sources, CSPS for colour ones, boxes on key frames."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom import Dataset
+from pydicom.uid import (
+    ColorSoftcopyPresentationStateStorage,
+    ExplicitVRLittleEndian,
+    GrayscaleSoftcopyPresentationStateStorage,
+)
+
+from lus_pacs.domain import (
+    Findings,
+    KeyFrame,
+    KeyFrameReason,
+    SegmentationFindings,
+    SeverityFindings,
+)
+from lus_pacs.encode.pstate import SHORT_NOTICE, encode_presentation_state, srgb_input_profile
+from lus_pacs.inference.segmentation import summarise
+from tests.encode import validators
+from tests.encode.conftest import B_LINE_KEY_FRAME, Source
+from tests.encode.test_sr import PATIENT_STUDY, SEGMENTATION_MODEL, SEVERITY_MODEL
+
+pytestmark = pytest.mark.filterwarnings('ignore:The string "PLA":UserWarning')
+
+SEVERITY_BOX = (40, 30, 120, 90)
+SCORE_2_BOX = (200, 100, 260, 140)
+"""Where the simulated segmentation puts score 2 in the severity frame: columns, rows, ends
+exclusive."""
+
+
+def _findings(source: Source) -> Findings:
+    """B-lines with their key frame, severity with its box on the last frame, and a mask of
+    score 2 there: two annotated frames."""
+    n = source.n_frames
+    severity = SeverityFindings(
+        score=3,
+        probabilities=(0.05, 0.1, 0.2, 0.65),
+        frame_scores=tuple(min(3, i * 4 // n) for i in range(n)),
+        top_frame=n,
+        box=SEVERITY_BOX,
+        model=SEVERITY_MODEL,
+    )
+    masks = np.full((1, int(source.header.Rows), int(source.header.Columns)), 4, np.uint8)
+    x0, y0, x1, y1 = SCORE_2_BOX
+    masks[0, y0:y1, x0:x1] = 2
+    segmentation = SegmentationFindings(
+        frames=(n,),
+        masks=masks,
+        uncertainty=None,
+        classes=summarise(masks, None),
+        samples=0,
+        model=SEGMENTATION_MODEL,
+    )
+    key_frames = (
+        KeyFrame(B_LINE_KEY_FRAME, KeyFrameReason.B_LINES),
+        KeyFrame(n, KeyFrameReason.SEVERITY),
+    )
+    return replace(
+        source.findings(key_frames=key_frames), severity=severity, segmentation=segmentation
+    )
+
+
+def _write(ds: Dataset | None, path: Path) -> Dataset:
+    assert ds is not None
+    ds.save_as(path, enforce_file_format=True)
+    return pydicom.dcmread(path)
+
+
+@pytest.fixture(scope="module")
+def grey_cine(right_cine: Source, tmp_path_factory: pytest.TempPathFactory) -> Source:
+    """The simulated R2 cine re-encoded as MONOCHROME2, uncompressed: a grey source."""
+    ds = pydicom.dcmread(right_cine.path)
+    ds.PixelData = ds.pixel_array[..., 0].astype(np.uint8).tobytes()  # Y of YBR: luminance
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.SamplesPerPixel = 1
+    del ds.PlanarConfiguration
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    path = tmp_path_factory.mktemp("grey") / "R2-grey.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return Source(path, pydicom.dcmread(path, stop_before_pixels=True))
+
+
+def _checked(source: Source, state: Dataset, path: Path) -> None:
+    iod = validators.dciodvfy(path)
+    assert iod.errors == [], str(iod)
+    applies = validators.dcmpschk(path)
+    assert applies.errors == [], str(applies)
+    entities = validators.dcentvfy(source.path, path)
+    assert entities.errors == [], str(entities)
+    for keyword in PATIENT_STUDY:
+        assert state.get(keyword, "") == source.header.get(keyword, ""), keyword
+    assert state.Modality == "PR"
+    assert state.SeriesInstanceUID != source.header.SeriesInstanceUID
+
+
+def test_colour_source_gets_a_valid_csps(cine: Source, tmp_path: Path) -> None:
+    path = tmp_path / "pr.dcm"
+    state = _write(encode_presentation_state(_findings(cine), cine.header), path)
+
+    assert state.SOPClassUID == ColorSoftcopyPresentationStateStorage
+    assert state.ICCProfile[12:16] == b"scnr"
+    _checked(cine, state, path)
+
+
+def test_grey_source_gets_a_valid_gsps(grey_cine: Source, tmp_path: Path) -> None:
+    path = tmp_path / "pr.dcm"
+    state = _write(encode_presentation_state(_findings(grey_cine), grey_cine.header), path)
+
+    assert state.SOPClassUID == GrayscaleSoftcopyPresentationStateStorage
+    assert state.SoftcopyVOILUTSequence[0].WindowWidth == 256
+    _checked(grey_cine, state, path)
+
+
+def test_annotations_sit_on_the_key_frames_with_their_boxes(
+    right_cine: Source, tmp_path: Path
+) -> None:
+    n = right_cine.n_frames
+    state = _write(
+        encode_presentation_state(_findings(right_cine), right_cine.header), tmp_path / "pr.dcm"
+    )
+
+    by_frame = {
+        int(a.ReferencedImageSequence[0].ReferencedFrameNumber): a
+        for a in state.GraphicAnnotationSequence
+    }
+    assert sorted(by_frame) == [B_LINE_KEY_FRAME, n]
+    for annotation in by_frame.values():
+        ref = annotation.ReferencedImageSequence[0]
+        assert ref.ReferencedSOPInstanceUID == right_cine.header.SOPInstanceUID
+        texts = [t.UnformattedTextValue for t in annotation.TextObjectSequence]
+        assert SHORT_NOTICE in texts
+    b_line_texts = [t.UnformattedTextValue for t in by_frame[B_LINE_KEY_FRAME].TextObjectSequence]
+    assert "AI: B-lines p=0.87" in b_line_texts
+    assert "GraphicObjectSequence" not in by_frame[B_LINE_KEY_FRAME]
+
+    last = by_frame[n]
+    texts = [t.UnformattedTextValue for t in last.TextObjectSequence]
+    assert "AI: LUS score 3" in texts
+    assert {"score 3 region", "S2"} <= set(texts)
+    boxes = [
+        np.asarray(g.GraphicData, dtype=float).reshape(-1, 2) for g in last.GraphicObjectSequence
+    ]
+    extents = sorted(
+        (int(b[:, 0].min()), int(b[:, 1].min()), int(b[:, 0].max()), int(b[:, 1].max()))
+        for b in boxes
+    )
+    assert extents == sorted([SEVERITY_BOX, SCORE_2_BOX])
+    assert all(g.GraphicAnnotationUnits == "PIXEL" for g in last.GraphicObjectSequence)
+
+
+def test_laterality_follows_the_zone(
+    right_cine: Source, vendor_cine: Source, tmp_path: Path
+) -> None:
+    right = encode_presentation_state(_findings(right_cine), right_cine.header)
+    unknown = encode_presentation_state(_findings(vendor_cine), vendor_cine.header)
+
+    assert right is not None
+    assert right.Laterality == "R"
+    assert unknown is not None
+    assert unknown.Laterality in (None, "")
+
+
+def test_no_key_frames_no_presentation_state(right_cine: Source) -> None:
+    assert encode_presentation_state(right_cine.findings(key_frames=()), right_cine.header) is None
+
+
+def test_the_made_up_icc_profile_is_an_input_profile() -> None:
+    profile = srgb_input_profile()
+
+    assert profile[12:16] == b"scnr"
+    assert profile[16:20] == b"RGB "
+    assert int.from_bytes(profile[:4], "big") == len(profile)

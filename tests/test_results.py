@@ -1,0 +1,139 @@
+"""The whole object set of a simulated 6-zone exam and of pydicom's real 120-frame cine, as
+``lus-pacs process`` writes it: every object passes ``lus-pacs validate``, and every SR reads
+back (highdicom ``srread``) to the record in ``summary.jsonl`` / ``studies.jsonl``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from lus_pacs.encode.readback import read_cine_sr, read_study_summary
+from tests.node_process import lus_pacs
+from tests.tools import run_cli
+
+ALL_KINDS = ["sr", "kos", "seg", "seg-binary", "seg-uncertainty", "pr", "study-sr"]
+PER_CINE = {"sr", "kos", "seg", "seg-binary", "seg-uncertainty", "pr"}
+
+
+class Processed:
+    """The sources and what ``lus-pacs process`` made of them."""
+
+    def __init__(self, sources: list[Path], out: Path) -> None:
+        self.sources = sources
+        self.out = out
+        self.records = [json.loads(x) for x in (out / "summary.jsonl").read_text().splitlines()]
+        self.studies = [json.loads(x) for x in (out / "studies.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def processed(synth_exams: Path, tmp_path_factory: pytest.TempPathFactory) -> Processed:
+    exam = sorted(p for p in synth_exams.iterdir() if p.is_dir())[0]
+    real = Path(str(get_testdata_file("color3d_jpeg_baseline.dcm")))
+    sources = [*sorted(exam.glob("*.dcm")), real]
+    folder = tmp_path_factory.mktemp("results")
+    config = folder / "lus-pacs.toml"
+    kinds = ", ".join(f'"{k}"' for k in ALL_KINDS)
+    # Eight dropout passes instead of 40: the objects are the same kind, the test faster.
+    config.write_text(f"output_kinds = [{kinds}]\n\n[segmentation]\nmc_samples = 8\n")
+    out = folder / "out"
+    run_cli("process", *map(str, sources), "--out", str(out), "--config", str(config))
+    return Processed(sources, out)
+
+
+def test_every_cine_gets_the_whole_object_set(processed: Processed) -> None:
+    assert len(processed.records) == 7
+    for record in processed.records:
+        kinds = {o["kind"] for o in record["outputs"]}
+        assert kinds == PER_CINE, record["source"]["zone"]
+        assert all((processed.out / o["path"]).is_file() for o in record["outputs"])
+    assert len(processed.studies) == 2  # the simulated exam and the vendor cine's study
+    assert len(list(processed.out.glob("study-sr-*.dcm"))) == 2
+
+
+def test_every_object_passes_lus_pacs_validate(processed: Processed) -> None:
+    result = lus_pacs("validate", *map(str, processed.sources), str(processed.out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    objects = len(list(processed.out.glob("*.dcm")))
+    assert sum(" dciodvfy " in x for x in lines) == objects + len(processed.sources)
+    assert sum(" dsrdump " in x for x in lines) == 2 * 7 + 2  # SR and KOS per cine; summaries
+    assert sum(" dcmpschk " in x for x in lines) == 7
+    # One dcentvfy per study, across its sources and all their outputs.
+    entity_checks = [x for x in lines if " dcentvfy " in x]
+    assert len(entity_checks) == 2
+    assert all(x.startswith("ok") for x in entity_checks)
+    assert lines[-1].endswith(" 0 failed")
+
+
+def test_validate_fails_on_an_error_line(processed: Processed, tmp_path: Path) -> None:
+    """The tools exit 0 on errors; ``validate`` must not."""
+    record = processed.records[0]
+    (sr,) = [o["path"] for o in record["outputs"] if o["kind"] == "sr"]
+    broken = pydicom.dcmread(processed.out / sr)
+    del broken.CompletionFlag  # type 1 in the SR Document General module
+    path = tmp_path / "broken.dcm"
+    broken.save_as(path)
+    result = lus_pacs("validate", str(path))
+    assert result.returncode == 1
+    assert "FAIL  dciodvfy" in result.stdout
+
+
+def _output(processed: Processed, record: dict[str, Any], kind: str) -> Path:
+    (name,) = [o["path"] for o in record["outputs"] if o["kind"] == kind]
+    return processed.out / name
+
+
+def test_each_cine_sr_reads_back_to_its_record(processed: Processed) -> None:
+    for record in processed.records:
+        back = read_cine_sr(_output(processed, record, "sr"))
+        where = record["source"]["zone"] or record["source"]["sop_instance_uid"]
+
+        for key in ("sop_instance_uid", "series_instance_uid", "study_instance_uid"):
+            assert back["source"][key] == record["source"][key], (where, key)
+        assert back["source"]["patient_id"] == record["source"]["patient_id"], where
+        assert back["source"]["zone"] == record["source"]["zone"], where
+        assert back["models"] == record["models"], where
+
+        b, b_back = record["b_lines"], back["b_lines"]
+        assert b_back["present"] == b["present"], where
+        assert b_back["probability"] == pytest.approx(b["probability"], abs=1e-4), where
+        assert b_back["frames"] == b["frames"], where
+
+        sev, sev_back = record["severity"], back["severity"]
+        assert sev_back["score"] == sev["score"], where
+        assert sev_back["probability"] == pytest.approx(sev["probabilities"][sev["score"]]), where
+        assert sev_back["frame_scores"] == sev["frame_scores"], where
+        if sev["box"] is not None:
+            assert sev_back["top_frame"] == sev["top_frame"], where
+            assert sev_back["box"] == sev["box"], where
+
+        classes = record["segmentation"]["classes"]
+        classes_back = back["segmentation"]["classes"]
+        assert [c["score"] for c in classes_back] == [c["score"] for c in classes], where
+        for c, c_back in zip(classes, classes_back, strict=True):
+            assert c_back["pixels"] == c["pixels"], where
+            assert c_back["frames"] == c["frames"], where
+            for key in ("uncertainty_mean", "uncertainty_max"):
+                assert c_back[key] == pytest.approx(c[key], rel=1e-5), (where, key)
+
+        assert back["key_frames"] == sorted({k["frame"] for k in record["key_frames"]}), where
+        if b["key_frame"] is not None:
+            assert b["key_frame"] in back["key_frames"], where
+
+
+def test_each_study_summary_sr_reads_back_to_its_line(processed: Processed) -> None:
+    by_study = {s["study_instance_uid"]: s for s in processed.studies}
+    for path in processed.out.glob("study-sr-*.dcm"):
+        back = read_study_summary(path)
+        summary = by_study[back["study_instance_uid"]]
+        for key in ("zones", "zone_cines", "b_lines_assessed", "b_line_zones", "lus_score"):
+            assert back[key] == summary[key], key
+        assert "consolidation_zones" not in back  # that model did not run
+    exam = max(processed.studies, key=lambda s: s["cines"])
+    assert exam["zones"] == ["L1", "L2", "L3", "R1", "R2", "R3"]
+    assert exam["lus_score"]["zones_scored"] == 6
