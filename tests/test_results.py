@@ -137,3 +137,31 @@ def test_each_study_summary_sr_reads_back_to_its_line(processed: Processed) -> N
     exam = max(processed.studies, key=lambda s: s["cines"])
     assert exam["zones"] == ["L1", "L2", "L3", "R1", "R2", "R3"]
     assert exam["lus_score"]["zones_scored"] == 6
+
+
+def _designators(ds: pydicom.Dataset) -> set[str]:
+    found = set()
+    for element in ds:
+        if element.keyword == "CodingSchemeDesignator":
+            found.add(str(element.value))
+        elif element.VR == "SQ":
+            for item in element.value:
+                found |= _designators(item)
+    return found
+
+
+def test_every_object_using_the_private_codes_declares_their_scheme(
+    processed: Processed,
+) -> None:
+    users = 0
+    for path in processed.out.glob("*.dcm"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        if "99LUSPACS" not in _designators(ds):
+            continue
+        users += 1
+        declared = {
+            str(item.CodingSchemeDesignator)
+            for item in ds.get("CodingSchemeIdentificationSequence", [])
+        }
+        assert "99LUSPACS" in declared, path.name
+    assert users >= 2 * 7 + 2  # at least the SRs and the uncertainty SEGs

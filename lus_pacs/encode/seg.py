@@ -272,6 +272,8 @@ def _from_template(
     # Type 2C in General Image when there is no plane orientation, as for a cine.
     seg.PatientOrientation = header.get("PatientOrientation")
     seg.ImageComments = RESEARCH_NOTICE
+    # The uncertainty segment's property type is a private concept: declare its scheme.
+    seg.CodingSchemeIdentificationSequence = Sequence([codes.coding_scheme_identification()])
     return seg
 
 
