@@ -111,7 +111,11 @@ def test_the_uninorm_learns_from_clip_scores() -> None:
 
 def test_study_summary_sums_the_zone_scores() -> None:
     def record(zone: str, score: int | None, b_lines: bool = False) -> dict:
-        r: dict = {"source": {"zone": zone}, "b_lines": {"present": b_lines}}
+        uid = f"1.2.3.{zone}.{score}"
+        r: dict = {
+            "source": {"zone": zone, "sop_instance_uid": uid},
+            "b_lines": {"present": b_lines},
+        }
         if score is not None:
             r["severity"] = {"score": score}
         return r
@@ -124,6 +128,7 @@ def test_study_summary_sums_the_zone_scores() -> None:
     assert summary["lus_score"]["zones_scanned"] == 3  # L3 was scanned, not scored
     assert summary["zones"] == ["L2", "L3", "R1"]
     assert summary["b_line_zones"] == ["R1"]
+    assert summary["zone_cines"]["R1"] == ["1.2.3.R1.1", "1.2.3.R1.2"]
     assert "lus_score" not in study_summary("1.2.3", [record("R1", None)])
 
 
