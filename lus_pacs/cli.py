@@ -353,6 +353,140 @@ def process(
         raise typer.Exit(1)
 
 
+class EngineKind(StrEnum):
+    LOCAL = "local"
+    RAY = "ray"
+
+
+class RetrieveKind(StrEnum):
+    GET = "get"
+    MOVE = "move"
+
+
+@app.command()
+def reprocess(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A folder or DICOMDIR; a PACS as dimse://AET@host:port; or a DICOMweb base URL "
+            "(http://host:port/dicom-web)."
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Results, summary.jsonl, studies.jsonl, exams/*.csv, report.png and the "
+            "manifest; default <data_dir>/reprocess.",
+        ),
+    ] = None,
+    send: Annotated[
+        str | None,
+        typer.Option(
+            "--send",
+            help="Send results by C-STORE: a configured destination name or AET@host:port.",
+        ),
+    ] = None,
+    models: Annotated[
+        str | None,
+        typer.Option("--models", help="Comma-separated bundles to run (default: the settings')."),
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only studies of this date or later (YYYY-MM-DD).")
+    ] = None,
+    engine: Annotated[EngineKind, typer.Option("--engine", help="Where the cines run.")] = (
+        EngineKind.LOCAL
+    ),
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", min=1, help="Worker processes or Ray actors; default: the cores."
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="A Ray cluster (default: a local Ray).")
+    ] = None,
+    retrieve: Annotated[
+        RetrieveKind,
+        typer.Option(
+            "--retrieve", help="For a PACS: C-GET, or C-MOVE to this AE (see --move-port)."
+        ),
+    ] = RetrieveKind.GET,
+    move_port: Annotated[
+        int, typer.Option("--move-port", help="Port of the C-MOVE receiver the PACS knows us at.")
+    ] = 0,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    config: ConfigOption = None,
+) -> None:
+    """Re-run the models over an archive, resumably: what is done with the same model versions
+    is skipped, what changed is re-done. Ctrl-C keeps every finished cine."""
+    import datetime as dt
+    import os
+
+    from lus_pacs.errors import LusPacsError
+    from lus_pacs.ingest.archive import open_source
+    from lus_pacs.pipeline import Models
+    from lus_pacs.reprocess.engine import make_engine
+    from lus_pacs.reprocess.report import plot_report, text_report
+    from lus_pacs.reprocess.run import Run
+    from lus_pacs.settings import DicomDestination, load_settings
+
+    _logging(verbose=False)
+    overrides: dict[str, object] = {}
+    if models:
+        overrides["models"] = tuple(m.strip() for m in models.split(",") if m.strip())
+    settings = load_settings(config, **overrides)
+    destination = None
+    if send:
+        if "@" in send:
+            ae, _, address = send.partition("@")
+            host, _, port = address.rpartition(":")
+            destination = DicomDestination(name=send, ae_title=ae, host=host, port=int(port))
+        else:
+            destination = settings.destination(send)
+    try:
+        since_date = dt.date.fromisoformat(since) if since else None
+    except ValueError as exc:
+        raise typer.BadParameter(f"--since {since!r}: {exc}") from exc
+    folder = out or settings.data_dir / "reprocess"
+    try:
+        archive = open_source(
+            source, calling_ae=settings.ae_title, retrieve=retrieve.value, move_port=move_port
+        )
+        key = Models.load(settings).key
+        runner = make_engine(engine.value, settings, workers or os.cpu_count() or 1, ray_address)
+        run = Run(
+            settings,
+            archive,
+            folder,
+            runner,
+            key,
+            destination=destination,
+            since=since_date,
+            progress=progress,
+        )
+        counts = run.execute()
+    except KeyboardInterrupt:
+        typer.echo(
+            "interrupted: every finished cine is kept in the manifest; run the same command "
+            "again to do the rest",
+            err=True,
+        )
+        raise typer.Exit(130) from None
+    except LusPacsError as exc:
+        typer.echo(f"reprocess failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    records = run.manifest.records(key)
+    summaries = run.manifest.summaries(key)
+    report = text_report(counts, records, summaries)
+    (folder / "report.txt").write_text(report + "\n")
+    plot_report(records, summaries, folder / "report.png")
+    typer.echo(report)
+    typer.echo(f"results in {folder}")
+    if counts.failed or counts.send_failures:
+        raise typer.Exit(1)
+
+
 @app.command()
 def status(config: ConfigOption = None) -> None:
     """List the node's jobs by state, with each delivery and its last error."""

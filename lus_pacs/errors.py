@@ -49,3 +49,24 @@ class ExportError(LusPacsError):
 
 class ModelError(LusPacsError):
     """A model bundle under ``models/`` is incomplete or does not fit the code that loads it."""
+
+
+class ArchiveError(LusPacsError):
+    """An archive could not be queried, or a study could not be brought from it completely.
+
+    Parameters
+    ----------
+    archive:
+        The archive's name (``ArchiveSource.name``, e.g. ``dimse:PACS@10.0.0.5:104``).
+    reason:
+        What failed: the request or DIMSE service, the status or HTTP code, and how to fix it.
+    study:
+        The Study Instance UID concerned; empty for a query over the whole archive.
+    """
+
+    def __init__(self, archive: str, reason: str, *, study: str = "") -> None:
+        where = f"{archive}, study {study}" if study else archive
+        super().__init__(f"archive {where}: {reason}")
+        self.archive = archive
+        self.reason = reason
+        self.study = study

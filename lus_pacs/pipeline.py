@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -210,12 +211,17 @@ def encode(
     return out
 
 
+def output_name(kind: str, ds: Dataset) -> str:
+    """The file name of a result object: ``<kind>-<SOPInstanceUID>.dcm``."""
+    return f"{kind}-{ds.SOPInstanceUID}.dcm"
+
+
 def write_outputs(objects: Sequence[tuple[str, Dataset]], folder: Path) -> list[Output]:
     """Each object as a DICOM file, written durably, named by its SOP Instance UID."""
     folder.mkdir(parents=True, exist_ok=True)
     outputs = []
     for kind, ds in objects:
-        path = folder / f"{kind}-{ds.SOPInstanceUID}.dcm"
+        path = folder / output_name(kind, ds)
         with durable_file(path) as f:
             ds.save_as(f, enforce_file_format=True)
         outputs.append(Output(kind, str(ds.SOPInstanceUID), path))
@@ -301,13 +307,10 @@ def process_file(
     start = time.perf_counter()
     header = pydicom.dcmread(path)
     timings["read"] = (time.perf_counter() - start) * 1000
+    findings, objects = _analyse_and_encode(header, path.name, models, settings, timings)
     start = time.perf_counter()
-    findings = analyse(header, path.name, models, settings)
-    timings["decode+inference"] = (time.perf_counter() - start) * 1000
-    start = time.perf_counter()
-    objects = encode(findings, header, settings.output_kinds, models.key)
     outputs = write_outputs(objects, out_dir)
-    timings["encode"] = (time.perf_counter() - start) * 1000
+    timings["encode"] += (time.perf_counter() - start) * 1000
     if plots_dir is not None and findings.b_lines is not None and findings.b_lines.frame_scores:
         from lus_pacs.inference.plots import plot_attention
 
@@ -315,6 +318,47 @@ def process_file(
         name = f"{findings.source.sop_instance_uid}_b_lines.png"
         plot_attention(findings.b_lines, plots_dir / name)
     return result_record(findings, outputs, timings), outputs
+
+
+def process_bytes(
+    data: bytes, name: str, models: Models, settings: Settings
+) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
+    """Every stage for one cine held in memory, nothing written: its record and its result
+    objects as (file name, DICOM Part 10 bytes), named as :func:`write_outputs` names them.
+
+    What a worker on another machine returns (Ray): the caller writes the files.
+
+    Raises
+    ------
+    UnreadableImageError
+        The cine cannot be decoded; the message names ``name`` and the reason.
+    """
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    header = pydicom.dcmread(BytesIO(data))
+    timings["read"] = (time.perf_counter() - start) * 1000
+    findings, objects = _analyse_and_encode(header, name, models, settings, timings)
+    files = []
+    outputs = []
+    for kind, ds in objects:
+        buffer = BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        file_name = output_name(kind, ds)
+        files.append((file_name, buffer.getvalue()))
+        outputs.append(Output(kind, str(ds.SOPInstanceUID), Path(file_name)))
+    return result_record(findings, outputs, timings), files
+
+
+def _analyse_and_encode(
+    header: Dataset, name: str, models: Models, settings: Settings, timings: dict[str, float]
+) -> tuple[Findings, list[tuple[str, Dataset]]]:
+    start = time.perf_counter()
+    findings = analyse(header, name, models, settings)
+    timings["decode+inference"] = (time.perf_counter() - start) * 1000
+    start = time.perf_counter()
+    objects = encode(findings, header, settings.output_kinds, models.key)
+    timings["encode"] = (time.perf_counter() - start) * 1000
+    return findings, objects
 
 
 def study_summary(study: str, records: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -105,8 +105,14 @@ class OrthancHandle:
         """The JSON answer of a REST GET (``path`` starts with ``/``)."""
         return json.loads(self._request("GET", path))
 
-    def _request(self, method: str, path: str) -> bytes:
-        request = urllib.request.Request(self.url + path, method=method)
+    def upload(self, path: Path) -> None:
+        """Store one DICOM file through the REST API (``POST /instances``)."""
+        answer = json.loads(self._request("POST", "/instances", path.read_bytes()))
+        if answer.get("Status") not in ("Success", "AlreadyStored"):
+            raise RuntimeError(f"Orthanc refused {path}: {answer}")
+
+    def _request(self, method: str, path: str, data: bytes | None = None) -> bytes:
+        request = urllib.request.Request(self.url + path, data=data, method=method)
         with _OPENER.open(request, timeout=10) as answer:
             body: bytes = answer.read()
             return body

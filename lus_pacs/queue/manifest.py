@@ -1,0 +1,212 @@
+"""The manifest of a re-processing run: what was fetched, made and sent, per model versions.
+
+SQLite (WAL) in the run's output folder, one committed row update per finished cine, so that
+Ctrl-C or a crash loses at most the cines in flight, and running the same command again skips
+what is done with the same model versions and re-does what changed (a new model version is a
+new key, so its cines are not done).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS studies (
+    study_instance_uid TEXT NOT NULL,
+    models TEXT NOT NULL,
+    source TEXT NOT NULL,
+    instances TEXT NOT NULL,
+    summary TEXT,
+    summary_sent INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (study_instance_uid, models)
+);
+CREATE TABLE IF NOT EXISTS items (
+    sop_instance_uid TEXT NOT NULL,
+    models TEXT NOT NULL,
+    study_instance_uid TEXT NOT NULL,
+    state TEXT NOT NULL,
+    record TEXT,
+    files TEXT,
+    error TEXT,
+    sent INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (sop_instance_uid, models)
+);
+"""
+
+
+class ItemState(StrEnum):
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Manifest:
+    """One run's durable state; used from the driver thread only."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.row_factory = sqlite3.Row
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # Studies
+
+    def record_study(
+        self, study_uid: str, models: str, source: str, instances: Sequence[str]
+    ) -> None:
+        """The study's image instances as fetched (the set to finish before it is done)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO studies (study_instance_uid, models, source, instances) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET instances = excluded.instances, "
+                "source = excluded.source",
+                (study_uid, models, source, json.dumps(sorted(instances))),
+            )
+
+    def study_instances(self, study_uid: str, models: str) -> list[str] | None:
+        """The study's instances as last fetched; None when it was never fetched."""
+        row = self._db.execute(
+            "SELECT instances FROM studies WHERE study_instance_uid = ? AND models = ?",
+            (study_uid, models),
+        ).fetchone()
+        return None if row is None else list(json.loads(row[0]))
+
+    def study_finished(self, study_uid: str, models: str, *, sending: bool) -> bool:
+        """Fetched, every instance done (and sent), and its summary made (and sent)."""
+        row = self._db.execute(
+            "SELECT instances, summary, summary_sent FROM studies "
+            "WHERE study_instance_uid = ? AND models = ?",
+            (study_uid, models),
+        ).fetchone()
+        if row is None or row["summary"] is None or (sending and not row["summary_sent"]):
+            return False
+        instances = json.loads(row["instances"])
+        done = self.done(models, sent=sending)
+        return all(uid in done for uid in instances)
+
+    def record_summary(self, study_uid: str, models: str, summary: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE studies SET summary = ?, summary_sent = 0 "
+                "WHERE study_instance_uid = ? AND models = ?",
+                (json.dumps(summary, sort_keys=True), study_uid, models),
+            )
+
+    def summary_sent(self, study_uid: str, models: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE studies SET summary_sent = 1 WHERE study_instance_uid = ? AND models = ?",
+                (study_uid, models),
+            )
+
+    def summaries(self, models: str) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT summary FROM studies WHERE models = ? AND summary IS NOT NULL "
+            "ORDER BY study_instance_uid",
+            (models,),
+        )
+        return [json.loads(r[0]) for r in rows]
+
+    # Cines
+
+    def finish(
+        self, sop_uid: str, models: str, study_uid: str, record: dict[str, Any], files: list[str]
+    ) -> None:
+        """One cine done: its record and result file names, committed."""
+        self._set(sop_uid, models, study_uid, ItemState.DONE, record, files, None)
+
+    def fail(self, sop_uid: str, models: str, study_uid: str, error: str) -> None:
+        self._set(sop_uid, models, study_uid, ItemState.FAILED, None, None, error)
+
+    def _set(
+        self,
+        sop_uid: str,
+        models: str,
+        study_uid: str,
+        state: ItemState,
+        record: dict[str, Any] | None,
+        files: list[str] | None,
+        error: str | None,
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?) ON CONFLICT DO UPDATE SET "
+                "state = excluded.state, record = excluded.record, files = excluded.files, "
+                "error = excluded.error, sent = 0, updated_at = excluded.updated_at",
+                (
+                    sop_uid,
+                    models,
+                    study_uid,
+                    state,
+                    None if record is None else json.dumps(record, sort_keys=True),
+                    None if files is None else json.dumps(files),
+                    error,
+                    time.time(),
+                ),
+            )
+
+    def mark_sent(self, sop_uid: str, models: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE items SET sent = 1 WHERE sop_instance_uid = ? AND models = ?",
+                (sop_uid, models),
+            )
+
+    def done(self, models: str, *, sent: bool = False) -> set[str]:
+        """SOP Instance UIDs done with these model versions (and sent, with ``sent``)."""
+        sql = "SELECT sop_instance_uid FROM items WHERE models = ? AND state = ?"
+        if sent:
+            sql += " AND sent = 1"
+        return {r[0] for r in self._db.execute(sql, (models, ItemState.DONE))}
+
+    def unsent(self, models: str) -> list[tuple[str, str, list[str]]]:
+        """(SOP Instance UID, Study Instance UID, result file names) of done cines not yet
+        sent."""
+        rows = self._db.execute(
+            "SELECT sop_instance_uid, study_instance_uid, files FROM items WHERE models = ? "
+            "AND state = ? AND sent = 0 ORDER BY study_instance_uid, sop_instance_uid",
+            (models, ItemState.DONE),
+        )
+        return [(r[0], r[1], json.loads(r[2])) for r in rows]
+
+    def records(self, models: str, study_uid: str | None = None) -> list[dict[str, Any]]:
+        """Records of the done cines, by study then SOP Instance UID: the same order whatever
+        order the workers finished in."""
+        sql = "SELECT record FROM items WHERE models = ? AND state = ?"
+        args: tuple[str, ...] = (models, ItemState.DONE)
+        if study_uid is not None:
+            sql += " AND study_instance_uid = ?"
+            args = (*args, study_uid)
+        rows = self._db.execute(sql + " ORDER BY study_instance_uid, sop_instance_uid", args)
+        return [json.loads(r[0]) for r in rows]
+
+    def failures(self, models: str) -> list[tuple[str, str]]:
+        rows = self._db.execute(
+            "SELECT sop_instance_uid, error FROM items WHERE models = ? AND state = ? "
+            "ORDER BY sop_instance_uid",
+            (models, ItemState.FAILED),
+        )
+        return [(r[0], r[1]) for r in rows]

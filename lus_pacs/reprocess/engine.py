@@ -1,0 +1,256 @@
+"""Where the cines of a re-processing run are processed: a local process pool, or Ray.
+
+Both run the node's own stage function (:func:`lus_pacs.pipeline.process_bytes`) in workers
+that load the model bundles once. A work item travels as the cine's bytes and comes back as
+its record and result files' bytes, so a Ray worker on another machine needs no shared disk;
+the driver writes the files and the manifest. Each worker uses ``cores / workers`` torch
+threads, the same in both engines, so that both compute the same numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Protocol
+
+from lus_pacs.errors import LusPacsError
+from lus_pacs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One cine to process: a stored file the driver can read."""
+
+    sop_instance_uid: str
+    study_instance_uid: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a worker made of one cine: its record and files, or why it failed."""
+
+    item: WorkItem
+    record: dict[str, Any] | None
+    files: list[tuple[str, bytes]]
+    error: str | None
+
+
+class Engine(Protocol):
+    workers: int
+
+    def start(self) -> None:
+        """Start every worker and load its models now rather than on the first cines."""
+        ...
+
+    def run(self, items: Iterable[WorkItem]) -> Iterator[Outcome]:
+        """Process ``items`` (consumed lazily, a bounded number in flight), yielding each
+        outcome as it completes, in any order."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+class _Worker:
+    """The models of one worker process or actor, loaded once."""
+
+    def __init__(self, settings: Settings, threads: int) -> None:
+        _limit_threads(threads)
+        from lus_pacs.pipeline import Models
+
+        self.settings = settings
+        self.models = Models.load(settings)
+
+    def process(
+        self, name: str, data: bytes
+    ) -> tuple[dict[str, Any] | None, list[Any], str | None]:
+        from lus_pacs.pipeline import process_bytes
+
+        try:
+            record, files = process_bytes(data, name, self.models, self.settings)
+        except LusPacsError as exc:
+            return None, [], str(exc)
+        except Exception as exc:  # one bad cine must not stop the run
+            log.exception("Unexpected error on %s", name)
+            return None, [], f"unexpected error: {exc!r}"
+        return record, files, None
+
+    def ready(self) -> bool:
+        """Answers once the models are loaded (Ray runs ``__init__`` before any call)."""
+        return True
+
+    def process_keyed(
+        self, key: str, name: str, data: bytes
+    ) -> tuple[str, tuple[dict[str, Any] | None, list[Any], str | None]]:
+        """As :meth:`process`, with ``key`` returned beside the result: Ray's unordered
+        results carry no identity of their own."""
+        return key, self.process(name, data)
+
+
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _limit_threads(threads: int) -> None:
+    """Every thread pool of a worker (BLAS, OpenCV, torch) sized to its share of the cores,
+    so that workers do not compete for them; Ray does the same for its own workers."""
+    for variable in _THREAD_VARIABLES:
+        os.environ[variable] = str(threads)
+    import cv2
+    import torch
+
+    cv2.setNumThreads(threads)
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # allowed once, before any parallel work
+        torch.set_num_interop_threads(1)
+
+
+_PROCESS_WORKER: _Worker | None = None
+
+
+def _init_process(settings: Settings, threads: int) -> None:
+    global _PROCESS_WORKER  # noqa: PLW0603 (one per worker process, by design)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    _PROCESS_WORKER = _Worker(settings, threads)
+
+
+def _worker_pid(pause: float) -> int:
+    time.sleep(pause)
+    return os.getpid()
+
+
+def _process_in_pool(name: str, data: bytes) -> tuple[dict[str, Any] | None, list[Any], str | None]:
+    if _PROCESS_WORKER is None:
+        raise RuntimeError("worker process not initialised")
+    return _PROCESS_WORKER.process(name, data)
+
+
+class LocalEngine:
+    """A pool of ``workers`` processes (spawned: torch does not survive fork)."""
+
+    def __init__(self, settings: Settings, workers: int) -> None:
+        self.workers = workers
+        # A spawned worker imports the caller's main module, and with it numpy and torch,
+        # before its initializer runs: the thread limits must be in the environment it
+        # inherits. (The caller's own thread pools are already made; they do not change.)
+        for variable in _THREAD_VARIABLES:
+            os.environ[variable] = str(threads_per_worker(workers))
+        self._pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=get_context("spawn"),
+            initializer=_init_process,
+            initargs=(settings, threads_per_worker(workers)),
+        )
+
+    def start(self, timeout: float = 300.0) -> None:
+        # The pool starts a process per task that finds no idle worker; tasks that wait a
+        # moment keep workers busy, until every one has answered (after loading its models).
+        pids: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(pids) < self.workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(pids)} of {self.workers} workers started")
+            futures = [self._pool.submit(_worker_pid, 0.5) for _ in range(self.workers)]
+            pids.update(f.result() for f in futures)
+
+    def run(self, items: Iterable[WorkItem]) -> Iterator[Outcome]:
+        limit = 2 * self.workers
+        running: dict[Future[tuple[dict[str, Any] | None, list[Any], str | None]], WorkItem] = {}
+        queue = iter(items)
+        exhausted = False
+        while running or not exhausted:
+            while not exhausted and len(running) < limit:
+                item = next(queue, None)
+                if item is None:
+                    exhausted = True
+                    break
+                future = self._pool.submit(_process_in_pool, item.path.name, item.path.read_bytes())
+                running[future] = item
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                item = running.pop(future)
+                record, files, error = future.result()
+                yield Outcome(item, record, files, error)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class RayEngine:
+    """One model-holding actor per worker, on a local Ray (default) or a cluster."""
+
+    def __init__(self, settings: Settings, workers: int, address: str | None = None) -> None:
+        import ray
+        from ray.util import ActorPool
+
+        if not ray.is_initialized():
+            ray.init(
+                address=address,
+                num_cpus=None if address else max(os.cpu_count() or 1, workers),
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        self.workers = workers
+        actor = ray.remote(num_cpus=1)(_Worker)
+        threads = threads_per_worker(workers)
+        self._actors: list[Any] = [actor.remote(settings, threads) for _ in range(workers)]
+        self._pool = ActorPool(self._actors)
+
+    def start(self) -> None:
+        import ray
+
+        ray.get([actor.ready.remote() for actor in self._actors])
+
+    def run(self, items: Iterable[WorkItem]) -> Iterator[Outcome]:
+        limit = 2 * self.workers
+        in_flight: dict[str, WorkItem] = {}
+        queue = iter(items)
+        exhausted = False
+        while in_flight or not exhausted:
+            while not exhausted and len(in_flight) < limit:
+                item = next(queue, None)
+                if item is None:
+                    exhausted = True
+                    break
+                in_flight[item.sop_instance_uid] = item
+                self._pool.submit(
+                    lambda a, v: a.process_keyed.remote(*v),
+                    (item.sop_instance_uid, item.path.name, item.path.read_bytes()),
+                )
+            if not in_flight:
+                break
+            key, (record, files, error) = self._pool.get_next_unordered()
+            yield Outcome(in_flight.pop(key), record, files, error)
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors = []
+
+
+def make_engine(
+    kind: str, settings: Settings, workers: int, ray_address: str | None = None
+) -> Engine:
+    if kind == "local":
+        return LocalEngine(settings, workers)
+    if kind == "ray":
+        return RayEngine(settings, workers, ray_address)
+    raise ValueError(f"unknown engine {kind!r}: use local or ray")

@@ -1,0 +1,283 @@
+"""One re-processing run: list an archive's ultrasound studies, bring each to local disk,
+process its cines on the engine, write (and send) the results, keep the manifest.
+
+The live node's stages, not a copy of them: each cine goes through
+:func:`lus_pacs.pipeline.process_bytes`, each study through
+:func:`lus_pacs.pipeline.study_summary` and :func:`lus_pacs.pipeline.encode_summary`.
+
+Results land in ``OUT/results/<study>/`` and, per run, ``OUT/summary.jsonl`` (a record per
+cine, without timings, ordered by study and instance, so two engines give the same file),
+``OUT/studies.jsonl`` (a summary per study) and ``OUT/exams/<study>.csv``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from tqdm import tqdm
+
+from lus_pacs.durable import durable_file
+from lus_pacs.errors import ExportError
+from lus_pacs.ingest.archive import ArchiveSource, ArchiveStudy
+from lus_pacs.pipeline import dumps, encode_summary, study_summary, write_outputs
+from lus_pacs.queue.manifest import Manifest
+from lus_pacs.reprocess.engine import Engine, Outcome, WorkItem
+from lus_pacs.settings import DicomDestination, Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunCounts:
+    """What one run did, for its report."""
+
+    studies: int = 0
+    studies_skipped: int = 0
+    processed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    sent: int = 0
+    send_failures: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def cines_per_minute(self) -> float:
+        return 60.0 * self.processed / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Study:
+    """A study being worked on in this run."""
+
+    archive: ArchiveStudy
+    files: dict[str, Path]
+    pending: set[str]
+    fetched_here: bool
+
+
+class Run:
+    """Re-process ``source`` into ``out`` with ``engine``; :meth:`execute` does it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        source: ArchiveSource,
+        out: Path,
+        engine: Engine,
+        models_key: str,
+        *,
+        destination: DicomDestination | None = None,
+        since: dt.date | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.out = out
+        self.engine = engine
+        self.key = models_key
+        self.destination = destination
+        self.since = since
+        self.progress = progress
+        self.manifest = Manifest(out / "manifest.sqlite")
+        self.counts = RunCounts()
+        self._studies: dict[str, _Study] = {}
+        self._bar: tqdm[Any] | None = None
+
+    # The run
+
+    def execute(self) -> RunCounts:
+        """Process everything not done yet. On Ctrl-C (KeyboardInterrupt) the manifest keeps
+        every finished cine; the exception propagates after the engine is closed."""
+        start = time.perf_counter()
+        try:
+            self._send_leftovers()
+            studies = self.source.studies(self.since)
+            self.counts.studies = len(studies)
+            self._bar = tqdm(
+                total=0, unit="cine", disable=not self.progress, desc="reprocess", smoothing=0.1
+            )
+            for outcome in self.engine.run(self._work(studies)):
+                self._finish(outcome)
+        finally:
+            self.counts.seconds = time.perf_counter() - start
+            if self._bar is not None:
+                self._bar.close()
+            self.engine.close()
+        self._write_summaries()
+        self.counts.failures = self.manifest.failures(self.key)
+        return self.counts
+
+    def _work(self, studies: list[ArchiveStudy]) -> Iterator[WorkItem]:
+        """The cines still to process, study by study, fetched just before they are needed."""
+        for archive in studies:
+            uid = archive.study_instance_uid
+            if self.manifest.study_finished(uid, self.key, sending=self.destination is not None):
+                known = self.manifest.study_instances(uid, self.key) or []
+                self.counts.studies_skipped += 1
+                self.counts.skipped += len(known)
+                continue
+            folder = self.out / "fetched" / uid
+            files = self.source.fetch(archive, folder)
+            by_uid = {
+                str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): f for f in files
+            }
+            self.manifest.record_study(uid, self.key, self.source.name, list(by_uid))
+            done = self.manifest.done(self.key)
+            pending = {u for u in by_uid if u not in done}
+            fetched_here = any(folder in f.parents for f in files)
+            study = _Study(archive, by_uid, set(pending), fetched_here)
+            self._studies[uid] = study
+            self.counts.skipped += len(by_uid) - len(pending)
+            if self._bar is not None:
+                self._bar.total = (self._bar.total or 0) + len(pending)
+                self._bar.refresh()
+            if not pending:
+                self._close_study(study)
+                continue
+            for sop in sorted(pending):
+                yield WorkItem(sop, uid, by_uid[sop])
+
+    def _finish(self, outcome: Outcome) -> None:
+        item = outcome.item
+        if outcome.error is not None or outcome.record is None:
+            reason = outcome.error or "no result"
+            log.error("Failed %s (%s): %s", item.sop_instance_uid, item.path.name, reason)
+            self.manifest.fail(item.sop_instance_uid, self.key, item.study_instance_uid, reason)
+            self.counts.failed += 1
+        else:
+            folder = self.out / "results" / item.study_instance_uid
+            folder.mkdir(parents=True, exist_ok=True)
+            paths = []
+            for name, data in outcome.files:
+                with durable_file(folder / name) as f:
+                    f.write(data)
+                paths.append(folder / name)
+            self.manifest.finish(
+                item.sop_instance_uid,
+                self.key,
+                item.study_instance_uid,
+                outcome.record,
+                [p.name for p in paths],
+            )
+            self.counts.processed += 1
+            self._send(item.sop_instance_uid, paths)
+        if self._bar is not None:
+            self._bar.update(1)
+        study = self._studies[item.study_instance_uid]
+        study.pending.discard(item.sop_instance_uid)
+        if not study.pending:
+            self._close_study(study)
+
+    def _close_study(self, study: _Study) -> None:
+        """Every cine of the study is through: its summary (JSON, SR, CSV), sent if asked;
+        the fetched copies removed once nothing of the study is left to do."""
+        uid = study.archive.study_instance_uid
+        records = self.manifest.records(self.key, uid)
+        if records:
+            summary = study_summary(uid, records)
+            self.manifest.record_summary(uid, self.key, summary)
+            folder = self.out / "results" / uid
+            write_exam_csv(summary, self.out / "exams" / f"{uid}.csv")
+            if "study-sr" in self.settings.output_kinds:
+                done = {r["source"]["sop_instance_uid"] for r in records}
+                headers = [
+                    pydicom.dcmread(study.files[u], stop_before_pixels=True)
+                    for u in sorted(done)
+                    if u in study.files
+                ]
+                (output,) = write_outputs([encode_summary(summary, headers, self.key)], folder)
+                if self._send(None, [output.path]):
+                    self.manifest.summary_sent(uid, self.key)
+        finished = self.manifest.study_finished(uid, self.key, sending=self.destination is not None)
+        if finished and study.fetched_here:
+            shutil.rmtree(self.out / "fetched" / uid, ignore_errors=True)
+
+    # Sending
+
+    def _send(self, sop_uid: str | None, paths: list[Path]) -> bool:
+        """C-STORE ``paths`` to the destination, if any; the manifest notes a cine as sent.
+        A failed send is logged and left for the next run."""
+        if self.destination is None or not paths:
+            return False
+        from lus_pacs.export.dimse import store as c_store
+
+        try:
+            c_store(paths, self.destination, calling_ae=self.settings.ae_title)
+        except ExportError as exc:
+            log.warning(
+                "Sending %s to %s failed: %s", paths[0].parent.name, self.destination.name, exc
+            )
+            self.counts.send_failures += 1
+            return False
+        if sop_uid is not None:
+            self.manifest.mark_sent(sop_uid, self.key)
+            self.counts.sent += 1
+        return True
+
+    def _send_leftovers(self) -> None:
+        """Results made by an earlier run whose sending failed or was cut short."""
+        if self.destination is None:
+            return
+        for sop_uid, study_uid, names in self.manifest.unsent(self.key):
+            folder = self.out / "results" / study_uid
+            self._send(sop_uid, [folder / n for n in names])
+
+    # Reports
+
+    def _write_summaries(self) -> None:
+        """summary.jsonl and studies.jsonl from the manifest: every cine done so far with these
+        model versions, in a fixed order, without timings (which differ run to run)."""
+        with durable_file(self.out / "summary.jsonl") as f:
+            for record in self.manifest.records(self.key):
+                record.pop("timings_ms", None)
+                f.write((dumps(record) + "\n").encode())
+        with durable_file(self.out / "studies.jsonl") as f:
+            for summary in self.manifest.summaries(self.key):
+                f.write((dumps(summary) + "\n").encode())
+
+
+def write_exam_csv(summary: dict[str, Any], path: Path) -> None:
+    """One exam as CSV: a row per zone (cines, LUS score, B-lines, consolidation), then the
+    total; empty cells where a model did not run."""
+    import csv
+    import io
+
+    scores = summary.get("lus_score", {}).get("per_zone", {})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["zone", "cines", "lus_score", "b_lines", "consolidation"])
+    for zone in summary["zones"]:
+        b_lines = (zone in summary["b_line_zones"]) if summary.get("b_lines_assessed") else ""
+        consolidation = (
+            zone in summary["consolidation_zones"] if "consolidation_zones" in summary else ""
+        )
+        writer.writerow(
+            [zone, len(summary["zone_cines"][zone]), scores.get(zone, ""), b_lines, consolidation]
+        )
+    total = summary.get("lus_score", {})
+    writer.writerow(
+        [
+            "total",
+            summary["cines"],
+            total.get("total", ""),
+            len(summary["b_line_zones"]) if summary.get("b_lines_assessed") else "",
+            len(summary["consolidation_zones"]) if "consolidation_zones" in summary else "",
+        ]
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with durable_file(path) as f:
+        f.write(buffer.getvalue().encode())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

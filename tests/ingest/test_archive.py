@@ -1,0 +1,204 @@
+"""Archive sources on one archive: two simulated exams and pydicom's real ultrasound cine, with an
+SR result inside one exam, as files, as DICOMDIR media, and in a real Orthanc reached by C-GET,
+C-MOVE and DICOMweb."""
+
+from __future__ import annotations
+
+import shutil
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.fileset import FileSet
+from pydicom.uid import generate_uid
+
+from lus_pacs.errors import ArchiveError
+from lus_pacs.ingest.archive import ArchiveSource, ArchiveStudy, open_source
+from tests.orthanc import OrthancHandle, free_ports, running_orthanc
+
+CALLING_AE = "LUSPACS"
+SOURCES = ("folder", "dicomdir", "dimse-get", "dimse-move", "dicomweb")
+
+# Loopback only: bypass any http_proxy/https_proxy set in the environment.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _testdata(name: str) -> Path:
+    path = get_testdata_file(name)
+    assert path is not None, name
+    return Path(path)
+
+
+@dataclass(frozen=True)
+class Archive:
+    folder: Path
+    dicomdir: Path
+    files: list[Path]
+    studies: list[ArchiveStudy]
+    """What every source must list, in this order."""
+    pixels: dict[str, dict[str, bytes]] = field(repr=False)
+    """Study Instance UID -> SOP Instance UID -> PixelData of each image instance."""
+
+
+@pytest.fixture(scope="module")
+def archive(synth_exams: Path, tmp_path_factory: pytest.TempPathFactory) -> Archive:
+    root = tmp_path_factory.mktemp("archive")
+    folder = root / "files"
+    patients = sorted(p for p in synth_exams.iterdir() if (p / "R1.dcm").is_file())[:2]
+    for patient in patients:  # with the truth JSON and masks, which a scan must pass over
+        shutil.copytree(patient, folder / patient.name)
+    (folder / "external").mkdir()
+    shutil.copy(_testdata("color3d_jpeg_baseline.dcm"), folder / "external" / "CINE0001")
+    images = [*sorted(folder.glob("*/*.dcm")), folder / "external" / "CINE0001"]
+
+    # An earlier run's result inside the first exam: listed by the archive, never fetched.
+    exam = dcmread(patients[0] / "R1.dcm", stop_before_pixels=True)
+    sr = dcmread(_testdata("test-SR.dcm"))
+    same_study = ("StudyInstanceUID", "StudyDate", "StudyTime", "StudyDescription")
+    for keyword in ("PatientID", "PatientName", *same_study):
+        setattr(sr, keyword, exam[keyword].value)
+    sr.StudyID = exam.get("StudyID", "1")
+    sr.SeriesInstanceUID = exam.SeriesInstanceUID  # a mixed series: images asked for by UID
+    sr.SOPInstanceUID = sr.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    sr.save_as(folder / patients[0].name / "result.dcm")
+    files = [*images, folder / patients[0].name / "result.dcm"]
+
+    media = FileSet()
+    for path in files:
+        media.add(path)
+    media.write(root / "media")
+
+    studies: dict[str, ArchiveStudy] = {}
+    pixels: dict[str, dict[str, bytes]] = {}
+    for path in images:
+        ds = dcmread(path)
+        studies[ds.StudyInstanceUID] = ArchiveStudy(
+            ds.StudyInstanceUID, ds.PatientID, ds.StudyDate, ds.get("StudyDescription", "")
+        )
+        pixels.setdefault(ds.StudyInstanceUID, {})[ds.SOPInstanceUID] = ds.PixelData
+    expected = sorted(studies.values(), key=lambda s: (s.study_date, s.study_instance_uid))
+    assert len(expected) == 3
+    assert len({s.study_date for s in expected}) == 3
+    return Archive(folder, root / "media" / "DICOMDIR", files, expected, pixels)
+
+
+@pytest.fixture(scope="module")
+def orthanc(archive: Archive, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancHandle]:
+    # Orthanc sends C-MOVE results only to a node it knows: ours, at a port chosen now.
+    (move_port,) = free_ports(1)
+    modalities = {"lus-pacs": (CALLING_AE, "127.0.0.1", move_port)}
+    with running_orthanc(tmp_path_factory.mktemp("pacs"), modalities=modalities) as handle:
+        for path in archive.files:
+            request = urllib.request.Request(
+                f"{handle.url}/instances",
+                data=path.read_bytes(),
+                method="POST",
+                headers={"Content-Type": "application/dicom"},
+            )
+            with _OPENER.open(request, timeout=30) as answer:
+                assert answer.status == 200, path
+        assert handle.count() == len(archive.files)
+        yield handle
+
+
+def _dimse(orthanc: OrthancHandle) -> str:
+    return f"dimse://{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}"
+
+
+@pytest.fixture(params=SOURCES)
+def source(request: pytest.FixtureRequest, archive: Archive) -> ArchiveSource:
+    kind = request.param
+    if kind == "folder":
+        return open_source(str(archive.folder))
+    if kind == "dicomdir":
+        return open_source(str(archive.dicomdir))
+    orthanc: OrthancHandle = request.getfixturevalue("orthanc")
+    if kind == "dicomweb":
+        return open_source(f"{orthanc.url}/dicom-web/")
+    move_port = orthanc.modalities["lus-pacs"][2]
+    if kind == "dimse-get":
+        return open_source(_dimse(orthanc), calling_ae=CALLING_AE, retrieve="get")
+    return open_source(_dimse(orthanc), calling_ae=CALLING_AE, retrieve="move", move_port=move_port)
+
+
+def test_studies_are_the_ultrasound_studies_in_date_order(
+    source: ArchiveSource, archive: Archive
+) -> None:
+    assert source.studies() == archive.studies
+
+
+def test_since_keeps_the_studies_of_that_date_and_later(
+    source: ArchiveSource, archive: Archive
+) -> None:
+    old, first, last = archive.studies
+    assert source.studies(since=date(2020, 1, 1)) == [first, last]
+    assert source.studies(since=date.fromisoformat(last.study_date)) == [last]
+    assert source.studies(since=date(2100, 1, 1)) == []
+    assert old.study_date < "2020"
+
+
+def test_fetch_brings_exactly_the_image_instances_unchanged(
+    source: ArchiveSource, archive: Archive, tmp_path: Path
+) -> None:
+    for study in archive.studies:
+        folder = tmp_path / study.study_instance_uid
+        paths = source.fetch(study, folder)
+        assert folder.is_dir()
+        assert paths == sorted(paths)
+        datasets = {path: dcmread(path) for path in paths}
+        expected = archive.pixels[study.study_instance_uid]
+        assert sorted(ds.SOPInstanceUID for ds in datasets.values()) == sorted(expected)
+        for path, ds in datasets.items():
+            assert ds.PixelData == expected[ds.SOPInstanceUID], path
+            if not source.name.startswith("folder:"):
+                assert path == folder / f"{ds.SOPInstanceUID}.dcm"
+
+
+def test_fetch_of_a_study_the_archive_lacks_raises(source: ArchiveSource, tmp_path: Path) -> None:
+    missing = ArchiveStudy("1.2.826.0.1.3680043.99.1", "NOBODY", "20200101", "")
+    with pytest.raises(ArchiveError, match=r"1\.2\.826\.0\.1\.3680043\.99\.1"):
+        source.fetch(missing, tmp_path / "missing")
+
+
+def test_unreachable_dimse_archive_raises() -> None:
+    (port,) = free_ports(1)
+    source = open_source(f"dimse://PACS@127.0.0.1:{port}", timeout=2)
+    with pytest.raises(ArchiveError, match=rf"cannot connect to PACS@127\.0\.0\.1:{port}"):
+        source.studies()
+
+
+def test_c_move_to_a_destination_the_archive_does_not_know_raises(
+    orthanc: OrthancHandle, archive: Archive, tmp_path: Path
+) -> None:
+    source = open_source(_dimse(orthanc), calling_ae="STRANGER", retrieve="move")
+    study = archive.studies[0]
+    with pytest.raises(ArchiveError, match=r"C-MOVE ended with status 0x[0-9A-F]{4}") as caught:
+        source.fetch(study, tmp_path)
+    assert study.study_instance_uid in str(caught.value)
+    assert "'STRANGER'" in str(caught.value)
+
+
+def test_dicomweb_http_error_names_the_url_and_status(orthanc: OrthancHandle) -> None:
+    source = open_source(f"{orthanc.url}/no-dicom-web")
+    with pytest.raises(ArchiveError, match=r"/no-dicom-web/studies\?.* answered HTTP 404"):
+        source.studies()
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("dimse://PACS@127.0.0.1", "dimse://AET@host:port"),
+        ("ftp://archive/exams", "unknown scheme"),
+        ("{tmp}/absent", "no such folder or DICOMDIR"),
+        ("{tmp}/notes.dcm", "not a DICOMDIR"),
+    ],
+)
+def test_open_source_rejects_what_it_cannot_read(tmp_path: Path, spec: str, message: str) -> None:
+    (tmp_path / "notes.dcm").write_text("not DICOM")
+    with pytest.raises(ArchiveError, match=message):
+        open_source(spec.format(tmp=tmp_path))

@@ -1,0 +1,208 @@
+"""``lus-pacs reprocess`` against real archives on loopback: a folder, Orthanc by C-FIND/C-MOVE
+and by DICOMweb, sending back to Orthanc; interrupted and resumed; local and Ray engines."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.data import get_testdata_file
+
+from tests.node_process import lus_pacs, wait_for
+from tests.orthanc import OrthancHandle, free_ports, running_orthanc
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("Orthanc") is None, reason="Orthanc not installed (make install adds it)"
+)
+
+MODELS = "b_lines,severity"
+"""Segmentation's Monte-Carlo dropout costs seconds a frame: these runs compare records."""
+MOVE_AE = "LUSPACS"
+
+
+@pytest.fixture(scope="module")
+def archive(synth_exams: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The three simulated exams and pydicom's real 120-frame cine, as one folder."""
+    folder = tmp_path_factory.mktemp("archive")
+    shutil.copytree(synth_exams, folder / "synth", ignore=shutil.ignore_patterns("*.json", "*.csv"))
+    real = Path(str(get_testdata_file("color3d_jpeg_baseline.dcm")))
+    (folder / "real").mkdir()
+    shutil.copy(real, folder / "real" / real.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def offline(archive: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """What ``lus-pacs process`` makes of the same files: the reference records."""
+    out = tmp_path_factory.mktemp("offline")
+    config = out / "lus-pacs.toml"
+    config.write_text(f"models = {json.dumps(MODELS.split(','))}\n")
+    result = lus_pacs("process", str(archive), "--out", str(out), "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    return _records(out / "summary.jsonl")
+
+
+@pytest.fixture(scope="module")
+def move_port() -> int:
+    (port,) = free_ports(1)
+    return port
+
+
+@pytest.fixture(scope="module")
+def orthanc(
+    archive: Path, move_port: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OrthancHandle]:
+    """Orthanc holding the archive, knowing us as a C-MOVE destination."""
+    folder = tmp_path_factory.mktemp("pacs")
+    with running_orthanc(
+        folder, modalities={"lus-pacs": (MOVE_AE, "127.0.0.1", move_port)}
+    ) as pacs:
+        for path in sorted(archive.rglob("*.dcm")):
+            pacs.upload(path)
+        yield pacs
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for record in records:
+        record.pop("timings_ms", None)
+    return sorted(records, key=lambda r: r["source"]["sop_instance_uid"])
+
+
+def _reprocess(source: str, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return lus_pacs(
+        "reprocess", source, "--out", str(out), "--models", MODELS, "--no-progress", *args
+    )
+
+
+def test_a_folder_gives_the_records_of_process(
+    archive: Path, offline: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    result = _reprocess(str(archive), tmp_path / "out", "--workers", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _records(tmp_path / "out" / "summary.jsonl") == offline
+    studies = [json.loads(x) for x in (tmp_path / "out" / "studies.jsonl").read_text().splitlines()]
+    assert len(studies) == 4
+    exams = sorted((tmp_path / "out" / "exams").glob("*.csv"))
+    assert len(exams) == 4
+    rows = [line.split(",") for line in exams[0].read_text().splitlines()]
+    assert rows[0] == ["zone", "cines", "lus_score", "b_lines", "consolidation"]
+    assert rows[-1][0] == "total"
+    assert (tmp_path / "out" / "report.png").stat().st_size > 10_000
+    assert "cines/min" in result.stdout
+    assert "19 processed" in result.stdout
+
+
+def test_pacs_by_c_find_and_c_move_gives_the_records_of_process(
+    orthanc: OrthancHandle, offline: list[dict[str, Any]], move_port: int, tmp_path: Path
+) -> None:
+    source = f"dimse://{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}"
+    result = _reprocess(
+        source,
+        tmp_path / "out",
+        "--retrieve",
+        "move",
+        "--move-port",
+        str(move_port),
+        "--workers",
+        "2",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _records(tmp_path / "out" / "summary.jsonl") == offline
+    assert not list((tmp_path / "out" / "fetched").rglob("*.dcm"))  # cleaned up when done
+
+
+def test_dicomweb_gives_the_records_of_process_and_sending_lands_in_the_studies(
+    orthanc: OrthancHandle, offline: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    before = orthanc.count()
+    destination = f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}"
+    result = _reprocess(
+        f"{orthanc.url}/dicom-web", tmp_path / "out", "--send", destination, "--workers", "2"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = _records(tmp_path / "out" / "summary.jsonl")
+    assert records == offline
+    outputs = sum(len(r["outputs"]) for r in records)
+    studies = len({r["source"]["study_instance_uid"] for r in records})
+    wait_for(lambda: orthanc.count() >= before + outputs + studies, 60, "the results in Orthanc")
+    stored = {str(ds.SOPInstanceUID): ds for ds in orthanc.datasets()}
+    for record in records:
+        for output in record["outputs"]:
+            ds = stored[output["sop_instance_uid"]]
+            assert ds.StudyInstanceUID == record["source"]["study_instance_uid"]
+            assert ds.PatientID == record["source"]["patient_id"]
+    # Run again: everything is done and sent, nothing is made or sent twice.
+    again = _reprocess(
+        f"{orthanc.url}/dicom-web", tmp_path / "out", "--send", destination, "--workers", "2"
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "0 processed, 19 already done" in again.stdout
+    assert orthanc.count() == before + outputs + studies
+
+
+def _done(manifest: Path) -> int:
+    if not manifest.exists():
+        return 0
+    with sqlite3.connect(manifest) as db:
+        return int(db.execute("SELECT COUNT(*) FROM items WHERE state = 'done'").fetchone()[0])
+
+
+def test_an_interrupted_run_resumes_without_redoing_what_was_done(
+    archive: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    exe = Path(sys.executable).with_name("lus-pacs")
+    command = [
+        str(exe),
+        "reprocess",
+        str(archive),
+        "--out",
+        str(out),
+        "--models",
+        MODELS,
+        "--no-progress",
+        "--workers",
+        "1",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: _done(out / "manifest.sqlite") >= 3, 180, "three cines done")
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err
+    assert "interrupted" in err
+    finished = _done(out / "manifest.sqlite")
+    assert 3 <= finished < 19
+
+    result = _reprocess(str(archive), out, "--workers", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{19 - finished} processed, {finished} already done" in result.stdout
+    assert len(_records(out / "summary.jsonl")) == 19
+
+
+def test_ray_with_two_workers_gives_the_summary_of_the_local_engine(
+    archive: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("ray")
+    local = _reprocess(str(archive), tmp_path / "local", "--engine", "local", "--workers", "2")
+    assert local.returncode == 0, local.stdout + local.stderr
+    ray = _reprocess(str(archive), tmp_path / "ray", "--engine", "ray", "--workers", "2")
+    assert ray.returncode == 0, ray.stdout + ray.stderr
+    assert (tmp_path / "ray" / "summary.jsonl").read_text() == (
+        tmp_path / "local" / "summary.jsonl"
+    ).read_text()
+    assert (tmp_path / "ray" / "studies.jsonl").read_text() == (
+        tmp_path / "local" / "studies.jsonl"
+    ).read_text()
