@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -65,6 +65,10 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
+_Result = tuple[dict[str, Any] | None, list[Any], str | None]
+"""A worker's answer: the record and the result files, or None, [] and why it failed."""
+
+
 class _Worker:
     """The models of one worker process or actor, loaded once."""
 
@@ -75,9 +79,7 @@ class _Worker:
         self.settings = settings
         self.models = Models.load(settings)
 
-    def process(
-        self, name: str, data: bytes
-    ) -> tuple[dict[str, Any] | None, list[Any], str | None]:
+    def process(self, name: str, data: bytes) -> _Result:
         from lus_pacs.pipeline import process_bytes
 
         try:
@@ -93,9 +95,7 @@ class _Worker:
         """Answers once the models are loaded (Ray runs ``__init__`` before any call)."""
         return True
 
-    def process_keyed(
-        self, key: str, name: str, data: bytes
-    ) -> tuple[str, tuple[dict[str, Any] | None, list[Any], str | None]]:
+    def process_keyed(self, key: str, name: str, data: bytes) -> tuple[str, _Result]:
         """As :meth:`process`, with ``key`` returned beside the result: Ray's unordered
         results carry no identity of their own."""
         return key, self.process(name, data)
@@ -132,7 +132,7 @@ def _worker_pid(pause: float) -> int:
     return os.getpid()
 
 
-def _process_in_pool(name: str, data: bytes) -> tuple[dict[str, Any] | None, list[Any], str | None]:
+def _process_in_pool(name: str, data: bytes) -> _Result:
     if _PROCESS_WORKER is None:
         raise RuntimeError("worker process not initialised")
     return _PROCESS_WORKER.process(name, data)
@@ -167,25 +167,22 @@ class LocalEngine:
             pids.update(f.result() for f in futures)
 
     def run(self, items: Iterable[WorkItem]) -> Iterator[Outcome]:
-        limit = 2 * self.workers
-        running: dict[Future[tuple[dict[str, Any] | None, list[Any], str | None]], WorkItem] = {}
-        queue = iter(items)
-        exhausted = False
-        while running or not exhausted:
-            while not exhausted and len(running) < limit:
-                item = next(queue, None)
-                if item is None:
-                    exhausted = True
-                    break
-                future = self._pool.submit(_process_in_pool, item.path.name, item.path.read_bytes())
-                running[future] = item
-            if not running:
-                break
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                item = running.pop(future)
-                record, files, error = future.result()
-                yield Outcome(item, record, files, error)
+        running: dict[Future[_Result], str] = {}
+        finished: list[tuple[str, _Result]] = []
+
+        def submit(item: WorkItem) -> None:
+            data = item.path.read_bytes()
+            running[self._pool.submit(_process_in_pool, item.path.name, data)] = (
+                item.sop_instance_uid
+            )
+
+        def collect() -> tuple[str, _Result]:
+            if not finished:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                finished.extend((running.pop(f), f.result()) for f in done)
+            return finished.pop(0)
+
+        return _stream(items, 2 * self.workers, submit, collect)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -218,25 +215,15 @@ class RayEngine:
         ray.get([actor.ready.remote() for actor in self._actors])
 
     def run(self, items: Iterable[WorkItem]) -> Iterator[Outcome]:
-        limit = 2 * self.workers
-        in_flight: dict[str, WorkItem] = {}
-        queue = iter(items)
-        exhausted = False
-        while in_flight or not exhausted:
-            while not exhausted and len(in_flight) < limit:
-                item = next(queue, None)
-                if item is None:
-                    exhausted = True
-                    break
-                in_flight[item.sop_instance_uid] = item
-                self._pool.submit(
-                    lambda a, v: a.process_keyed.remote(*v),
-                    (item.sop_instance_uid, item.path.name, item.path.read_bytes()),
-                )
-            if not in_flight:
-                break
-            key, (record, files, error) = self._pool.get_next_unordered()
-            yield Outcome(in_flight.pop(key), record, files, error)
+        def submit(item: WorkItem) -> None:
+            value = (item.sop_instance_uid, item.path.name, item.path.read_bytes())
+            self._pool.submit(lambda actor, v: actor.process_keyed.remote(*v), value)
+
+        def collect() -> tuple[str, _Result]:
+            key, result = self._pool.get_next_unordered()
+            return str(key), result
+
+        return _stream(items, 2 * self.workers, submit, collect)
 
     def close(self) -> None:
         import ray
@@ -244,6 +231,27 @@ class RayEngine:
         for actor in self._actors:
             ray.kill(actor)
         self._actors = []
+
+
+def _stream(
+    items: Iterable[WorkItem],
+    limit: int,
+    submit: Callable[[WorkItem], None],
+    collect: Callable[[], tuple[str, _Result]],
+) -> Iterator[Outcome]:
+    """Keep up to ``limit`` items in flight, taking the next only when one is done (items
+    are fetched lazily, so an archive is never all on disk at once). ``submit`` starts an
+    item; ``collect`` blocks until one finishes and returns its SOP Instance UID and result."""
+    in_flight: dict[str, WorkItem] = {}
+    queue = iter(items)
+    while True:
+        while len(in_flight) < limit and (item := next(queue, None)) is not None:
+            in_flight[item.sop_instance_uid] = item
+            submit(item)
+        if not in_flight:
+            return
+        key, (record, files, error) = collect()
+        yield Outcome(in_flight.pop(key), record, files, error)
 
 
 def make_engine(

@@ -1,0 +1,89 @@
+"""Ultrasound studies in an archive, found and brought to a local folder for reprocessing.
+
+Three kinds of archive, one interface (:class:`ArchiveSource`): a folder or DICOMDIR, a PACS over
+DIMSE (C-FIND, then C-GET or C-MOVE) and a DICOMweb server (QIDO-RS, WADO-RS). Only image
+instances the node reads (:data:`~lus_pacs.imaging.decode.IMAGE_SOP_CLASSES`) are brought: the
+results of an earlier run (SR, SEG, KOS) that sit in the same study stay in the archive. Every
+instance arrives byte for byte as the archive stores it (no transcoding), and a study that does
+not arrive completely raises :class:`~lus_pacs.errors.ArchiveError`: a reprocessing run must never
+score an exam on part of its cines without saying so.
+
+One module a kind: :mod:`.folder`, :mod:`.dimse` and :mod:`.dicomweb`; what they share is in
+:mod:`.common`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from lus_pacs.errors import ArchiveError
+from lus_pacs.ingest.archive.common import ArchiveSource, ArchiveStudy
+from lus_pacs.ingest.archive.dicomweb import DicomwebSource
+from lus_pacs.ingest.archive.dimse import DimseSource
+from lus_pacs.ingest.archive.folder import FolderSource
+
+__all__ = [
+    "ArchiveSource",
+    "ArchiveStudy",
+    "DicomwebSource",
+    "DimseSource",
+    "FolderSource",
+    "open_source",
+]
+
+
+def open_source(
+    spec: str,
+    *,
+    calling_ae: str = "LUSPACS",
+    retrieve: Literal["move", "get"] = "get",
+    move_port: int = 0,
+    timeout: float = 30.0,
+) -> ArchiveSource:
+    """The archive ``spec`` names; nothing is contacted or scanned until it is used.
+
+    Parameters
+    ----------
+    spec:
+        A folder (scanned recursively) or a DICOMDIR file; ``dimse://AET@host:port``, a PACS
+        queried by C-FIND; ``http(s)://host/dicom-web``, the base URL of a DICOMweb server.
+    calling_ae:
+        Our AE title towards a DIMSE archive, and the C-MOVE destination with ``retrieve="move"``.
+    retrieve:
+        How a DIMSE archive sends images: ``get`` (C-GET, on the same association) or ``move``
+        (C-MOVE to a Storage SCP this source runs on ``127.0.0.1:move_port`` for each fetch).
+    move_port:
+        The port of that Storage SCP; 0 picks a free port now (see :attr:`DimseSource.move_port`).
+        The archive must know ``calling_ae`` at this host and port.
+    timeout:
+        Seconds allowed for connecting and for each DIMSE or HTTP response.
+
+    Raises
+    ------
+    ArchiveError
+        ``spec`` is none of these forms, or the folder or DICOMDIR does not exist.
+    """
+    if retrieve not in ("move", "get"):
+        raise ArchiveError(spec, f"retrieve must be 'get' or 'move', not {retrieve!r}")
+    if spec.startswith("dimse://"):
+        match = re.fullmatch(r"dimse://([^@/]{1,16})@([^:/]+|\[[0-9a-fA-F:]+\]):(\d{1,5})/?", spec)
+        if match is None or not 0 < int(match[3]) < 65536:
+            raise ArchiveError(spec, "write a DIMSE archive as dimse://AET@host:port")
+        return DimseSource(
+            match[1],
+            match[2].strip("[]"),
+            int(match[3]),
+            calling_ae=calling_ae,
+            retrieve=retrieve,
+            move_port=move_port,
+            timeout=timeout,
+        )
+    if spec.startswith(("http://", "https://")):
+        return DicomwebSource(spec, timeout=timeout)
+    if "://" in spec:
+        raise ArchiveError(
+            spec, "unknown scheme: use a folder, a DICOMDIR, dimse://AET@host:port or http(s)://"
+        )
+    return FolderSource(Path(spec))

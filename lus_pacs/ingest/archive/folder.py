@@ -1,0 +1,105 @@
+"""Studies in a folder tree or on DICOMDIR media, read where they lie."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.fileset import FileSet
+
+from lus_pacs.errors import ArchiveError
+from lus_pacs.imaging.decode import IMAGE_SOP_CLASSES
+from lus_pacs.ingest.archive.common import ArchiveStudy, dataset_study, select
+
+logger = logging.getLogger(__name__)
+
+
+class FolderSource:
+    """Studies in a folder tree or on DICOMDIR media.
+
+    A folder is scanned recursively for ``*.dcm`` files and files with no extension or a
+    numeric one (files named by their UID); a DICOMDIR's referenced files are read. Only
+    headers are read, up to the pixel data. Thread-safe.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path = path.expanduser().absolute()
+        self.name = f"folder:{path}"
+        if path.is_file():
+            try:
+                directory = dcmread(path, stop_before_pixels=True)
+            except (OSError, InvalidDicomError) as exc:
+                raise ArchiveError(self.name, f"not a DICOMDIR ({exc})") from exc
+            meta = directory.get("file_meta", Dataset())
+            if meta.get("MediaStorageSOPClassUID") != "1.2.840.10008.1.3.10":
+                raise ArchiveError(self.name, "not a DICOMDIR: give a folder or a DICOMDIR file")
+        elif not path.is_dir():
+            raise ArchiveError(self.name, "no such folder or DICOMDIR")
+        self.path = path
+        self._lock = threading.Lock()
+        self._index: dict[str, list[tuple[Path, str, ArchiveStudy]]] | None = None
+
+    def studies(self, since: datetime.date | None = None) -> list[ArchiveStudy]:
+        """Scans the folder again; the studies are those with an instance of an image class."""
+        index = self._scan()
+        return select([instances[0][2] for instances in index.values()], since)
+
+    def fetch(self, study: ArchiveStudy, folder: Path) -> list[Path]:
+        """The study's image files where they are, not copied: not under ``folder`` (which is
+        created, for the same contract as the other sources), nor named by their UID. A caller
+        that deletes what ``fetch`` returned must not do so for a folder source."""
+        with self._lock:
+            index = self._index
+        if index is None or study.study_instance_uid not in index:
+            index = self._scan()
+        if study.study_instance_uid not in index:
+            raise ArchiveError(
+                self.name, "no image instance of this study here", study=study.study_instance_uid
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        return sorted(path for path, _, _ in index[study.study_instance_uid])
+
+    def _scan(self) -> dict[str, list[tuple[Path, str, ArchiveStudy]]]:
+        index: dict[str, list[tuple[Path, str, ArchiveStudy]]] = {}
+        seen: set[str] = set()
+        for path in self._candidates():
+            try:
+                ds = dcmread(path, stop_before_pixels=True)
+            except (OSError, InvalidDicomError, EOFError, ValueError) as exc:
+                if path.suffix.lower() == ".dcm":
+                    logger.warning("Skipped %s: not readable as DICOM (%s)", path, exc)
+                continue
+            if str(ds.get("SOPClassUID", "")) not in IMAGE_SOP_CLASSES:
+                continue
+            sop, study = str(ds.get("SOPInstanceUID", "")), dataset_study(ds)
+            if not sop or not study.study_instance_uid:
+                logger.warning("Skipped %s: no SOP Instance UID or Study Instance UID", path)
+                continue
+            if sop in seen:
+                logger.warning("Skipped %s: another file holds instance %s", path, sop)
+                continue
+            seen.add(sop)
+            index.setdefault(study.study_instance_uid, []).append((path, sop, study))
+        with self._lock:
+            self._index = index
+        return index
+
+    def _candidates(self) -> Iterator[Path]:
+        if self.path.is_file():
+            try:
+                files = [Path(instance.path) for instance in FileSet(self.path)]
+            except (OSError, InvalidDicomError, ValueError, AttributeError) as exc:
+                raise ArchiveError(self.name, f"cannot read the DICOMDIR ({exc})") from exc
+            yield from sorted(files)
+            return
+        for path in sorted(self.path.rglob("*")):
+            suffix = path.suffix.lower()
+            dicom_name = suffix in ("", ".dcm") or suffix[1:].isdigit()
+            if dicom_name and not path.name.startswith(".") and path.is_file():
+                yield path
