@@ -551,7 +551,11 @@ train_app = typer.Typer(help="Train a model family (writes a MONAI bundle).", no
 evaluate_app = typer.Typer(
     help="Measure a model family the way its paper does.", no_args_is_help=True
 )
+pretrain_app = typer.Typer(
+    help="Self-supervised pre-training on unlabeled cines.", no_args_is_help=True
+)
 app.add_typer(train_app, name="train")
+app.add_typer(pretrain_app, name="pretrain")
 app.add_typer(evaluate_app, name="evaluate")
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
@@ -613,3 +617,21 @@ def evaluate_segmentation(ctx: typer.Context) -> None:
     from lus_pacs.training.evaluate_segmentation import main
 
     main(ctx.args)
+
+
+@pretrain_app.command("consolidation", context_settings=_PASS_THROUGH, add_help_option=False)
+def pretrain_consolidation(ctx: typer.Context) -> None:
+    """Paper 002's BYOL (or --method simclr) on unlabeled simulated, POCUS and DICOM cines;
+    resumable checkpoint. Options: `lus-pacs pretrain consolidation --help`."""
+    from lus_pacs.training.train_consolidation import pretrain_main
+
+    pretrain_main(ctx.args)
+
+
+@train_app.command("consolidation", context_settings=_PASS_THROUGH, add_help_option=False)
+def train_consolidation(ctx: typer.Context) -> None:
+    """Paper 002's classifier on a pre-trained encoder; --sweep runs the four variants over
+    label fractions; writes the bundle. Options: `lus-pacs train consolidation --help`."""
+    from lus_pacs.training.train_consolidation import train_main
+
+    train_main(ctx.args)

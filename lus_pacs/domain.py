@@ -207,6 +207,39 @@ class SegmentationFindings:
             raise ValueError("Uncertainty and masks must have the same shape.")
 
 
+@dataclass(frozen=True)
+class ConsolidationBox:
+    """Where the consolidation model's saliency points in one frame."""
+
+    frame: int
+    """1-based source frame."""
+    box: tuple[int, int, int, int]
+    """(x0, y0, x1, y1) source pixels, ends exclusive."""
+
+    def __post_init__(self) -> None:
+        x0, y0, x1, y1 = self.box
+        if self.frame < 1 or not (x0 < x1 and y0 < y1):
+            raise ValueError(
+                f"Consolidation box {self.box} on frame {self.frame}: frames are 1-based and "
+                "boxes need x0 < x1, y0 < y1."
+            )
+
+
+@dataclass(frozen=True)
+class ConsolidationFindings:
+    """What the consolidation model (paper 002) says about one cine."""
+
+    present: bool
+    probability: float
+    boxes: tuple[ConsolidationBox, ...]
+    """Saliency boxes on the most salient frames; empty when absent."""
+    model: ModelInfo
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"probability must be within [0, 1]; got {self.probability}")
+
+
 class KeyFrameReason(StrEnum):
     B_LINES = "b_lines"
     """The representative B-line frame."""
@@ -239,9 +272,9 @@ class Findings:
     severity: SeverityFindings | None = None
     key_frames: tuple[KeyFrame, ...] = ()
     segmentation: SegmentationFindings | None = None
+    consolidation: ConsolidationFindings | None = None
 
     @property
     def models(self) -> tuple[ModelInfo, ...]:
-        return tuple(
-            f.model for f in (self.b_lines, self.severity, self.segmentation) if f is not None
-        )
+        found = (self.b_lines, self.consolidation, self.severity, self.segmentation)
+        return tuple(f.model for f in found if f is not None)

@@ -26,12 +26,13 @@ from lus_pacs.durable import durable_file
 from lus_pacs.errors import ConfigError
 from lus_pacs.imaging.decode import decode_dataset
 from lus_pacs.inference.b_lines import BLineModel
+from lus_pacs.inference.consolidation import ConsolidationModel
 from lus_pacs.inference.segmentation import SegmentationModel, frames_to_segment
 from lus_pacs.inference.severity import SeverityModel
 from lus_pacs.queue.store import Output
 from lus_pacs.settings import Settings
 
-AVAILABLE_MODELS = ("b_lines", "severity", "segmentation")
+AVAILABLE_MODELS = ("b_lines", "consolidation", "severity", "segmentation")
 """Bundles the node knows how to run; the other model families come with their issues."""
 
 OUTPUT_SERIES = {
@@ -54,6 +55,7 @@ class Models:
     severity: SeverityModel | None = None
     segmentation: SegmentationModel | None = None
     segmentation_frames: str = ""
+    consolidation: ConsolidationModel | None = None
     """How the segmented frames are chosen (``key``, ``all``, ``every-10``); part of the key."""
 
     @classmethod
@@ -74,9 +76,15 @@ class Models:
             segmentation = SegmentationModel.load(
                 settings.models_dir / "segmentation", chosen.mc_samples
             )
+        consolidation = None
+        if "consolidation" in enabled:
+            consolidation = ConsolidationModel.load(
+                settings.models_dir / "consolidation", settings.consolidation.saliency_frames
+            )
         return cls(
             b_lines=b_lines,
             severity=severity,
+            consolidation=consolidation,
             segmentation=segmentation,
             segmentation_frames=f"every-{chosen.every}"
             if chosen.frames == "every"
@@ -93,6 +101,9 @@ class Models:
             for m in (self.b_lines, self.severity)
             if m is not None
         ]
+        if self.consolidation is not None:
+            info = self.consolidation.model
+            parts.append(f"{info.name}@{info.version}[s{self.consolidation.saliency_frames}]")
         if self.segmentation is not None:
             info = self.segmentation.model
             setup = f"{self.segmentation_frames or 'key'},mc{self.segmentation.samples}"
@@ -105,6 +116,7 @@ def analyse(header: Dataset, name: str, models: Models, settings: Settings) -> F
     cine = decode_dataset(header, name, zone_rules=settings.zone_rules)
     b_lines = models.b_lines.predict(cine, settings.default_fps) if models.b_lines else None
     severity = models.severity.predict(cine) if models.severity else None
+    consolidation = models.consolidation.predict(cine) if models.consolidation else None
     key_frames: list[KeyFrame] = []
     if b_lines is not None and b_lines.present and b_lines.key_frame is not None:
         key_frames.append(KeyFrame(b_lines.key_frame, KeyFrameReason.B_LINES))
@@ -129,6 +141,7 @@ def analyse(header: Dataset, name: str, models: Models, settings: Settings) -> F
         severity=severity,
         key_frames=tuple(key_frames),
         segmentation=segmentation,
+        consolidation=consolidation,
     )
 
 
@@ -252,6 +265,13 @@ def result_record(
             "probability": round(b.probability, 4),
             "frames": list(b.frames),
             "key_frame": b.key_frame,
+        }
+    if findings.consolidation is not None:
+        con = findings.consolidation
+        record["consolidation"] = {
+            "present": con.present,
+            "probability": round(con.probability, 4),
+            "boxes": [{"frame": b.frame, "box": list(b.box)} for b in con.boxes],
         }
     if findings.severity is not None:
         sev = findings.severity

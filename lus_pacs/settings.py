@@ -62,6 +62,16 @@ class SegmentationSettings(BaseModel):
     with dropout off and reports no uncertainty."""
 
 
+class ConsolidationSettings(BaseModel):
+    """How much of a cine the consolidation model's saliency boxes cover."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    saliency_frames: int | None = Field(default=None, ge=0)
+    """Frames that get occlusion-saliency boxes when a consolidation is found (the most
+    salient ones); None takes the bundle's default (2); 0 reports presence only."""
+
+
 class Settings(BaseModel):
     """Everything configurable about the node; defaults run it with no file at all."""
 
@@ -92,6 +102,7 @@ class Settings(BaseModel):
     models: tuple[str, ...] = ("b_lines", "severity", "segmentation")
     """The bundles under ``models_dir`` the node runs."""
     segmentation: SegmentationSettings = Field(default_factory=SegmentationSettings)
+    consolidation: ConsolidationSettings = Field(default_factory=ConsolidationSettings)
     study_quiet_s: float = Field(default=30.0, gt=0)
     """A study is complete this long after its last instance (or on association release)."""
     retry_budget: int = Field(default=6, ge=0)

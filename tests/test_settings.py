@@ -41,5 +41,5 @@ def test_overrides_win_and_errors_name_the_file(tmp_path: Path) -> None:
 def test_an_unknown_model_is_refused_when_the_node_loads(tmp_path: Path) -> None:
     from lus_pacs.pipeline import Models
 
-    with pytest.raises(ConfigError, match=r"\['consolidation'\] are not available"):
-        Models.load(Settings(data_dir=tmp_path, models=("b_lines", "consolidation")))
+    with pytest.raises(ConfigError, match=r"\['pneumothorax'\] are not available"):
+        Models.load(Settings(data_dir=tmp_path, models=("b_lines", "pneumothorax")))

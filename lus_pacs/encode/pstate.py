@@ -7,7 +7,8 @@ interpretation. What is drawn, on each key frame only:
 
 * a label at the top left naming why the frame was chosen ("B-lines p=0.87", "LUS score 3");
 * the box where the severity model looked in its top-scoring frame, labelled with that score;
-* the bounding box of each pathological score (1-3) the segmentation labelled in that frame.
+* the bounding box of each pathological score (1-3) the segmentation labelled in that frame;
+* the consolidation model's saliency boxes, on the frames they were found on (annotated too).
 
 Two traps (see ``shared/DESIGN.md``): a GSPS on an ultrasound image must carry its modality and
 VOI LUT explicitly (the source has neither to copy), and a CSPS needs an ICC profile whose
@@ -52,7 +53,8 @@ def encode_presentation_state(
     instance_uid: str | None = None,
     series_uid: str | None = None,
 ) -> Dataset | None:
-    """Encode the findings on one cine's key frames as a GSPS or CSPS in a new series.
+    """Encode the findings on one cine's key frames (and the frames with consolidation boxes)
+    as a GSPS or CSPS in a new series.
 
     Parameters
     ----------
@@ -79,11 +81,16 @@ def encode_presentation_state(
     ValueError
         When the findings belong to another instance or name frames the source lacks.
     """
-    if not findings.key_frames:
+    consolidation_frames = (
+        {b.frame for b in findings.consolidation.boxes} if findings.consolidation else set()
+    )
+    if not findings.key_frames and not consolidation_frames:
         return None
     header = source_header(source, findings)
     frames = check_frames(
-        sorted({k.frame for k in findings.key_frames}), header, "Annotated key frames"
+        sorted({k.frame for k in findings.key_frames} | consolidation_frames),
+        header,
+        "Annotated frames",
     )
     multiframe = hd.utils.is_multiframe_image(header)
     layer = hd.pr.GraphicLayer(
@@ -176,6 +183,9 @@ def _label(findings: Findings, frame: int, header: Dataset) -> hd.pr.TextObject:
             parts.append(f"LUS score {sev.frame_scores[frame - 1]}")
         elif key.reason == KeyFrameReason.BEST:
             parts.append("best frame")
+    con = findings.consolidation
+    if con is not None and any(found.frame == frame for found in con.boxes):
+        parts.append(f"consolidation p={con.probability:.2f}")
     return _text("AI: " + ", ".join(dict.fromkeys(parts)), 2.0, 2.0, float(header.Columns))
 
 
@@ -206,6 +216,11 @@ def _boxes(
     sev = findings.severity
     if sev is not None and sev.box is not None and sev.top_frame == frame:
         yield _box(sev.box, f"score {sev.frame_scores[frame - 1]} region", columns)
+    con = findings.consolidation
+    if con is not None:
+        for found in con.boxes:
+            if found.frame == frame:
+                yield _box(found.box, "consolidation", columns)
     seg = findings.segmentation
     if seg is not None and frame in seg.frames:
         mask = seg.masks[seg.frames.index(frame)]

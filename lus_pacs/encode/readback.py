@@ -49,6 +49,14 @@ def read_cine_sr(path: Path) -> dict[str, Any]:
             record["b_lines"] = _b_lines(group)
         elif finding == codes.LUS_SCORE:
             record["severity"] = _severity(group)
+        elif finding == codes.CONSOLIDATION:
+            (present,) = group.get_qualitative_evaluations(name=codes.CONSOLIDATION)
+            (probability,) = group.get_measurements(name=codes.PROBABILITY)
+            record["consolidation"] = {
+                "present": present.value == codes.PRESENT,
+                "probability": float(probability.value),
+                "boxes": [],
+            }
         elif finding == codes.SCORE_MASKS:
             record["segmentation"] = {"classes": _mask_classes(group)}
         key_frames = [
@@ -57,14 +65,14 @@ def read_cine_sr(path: Path) -> dict[str, Any]:
         if key_frames:
             record["key_frames"] = key_frames
     for roi in report.get_planar_roi_measurement_groups(finding_type=codes.SCORE_REGION):
-        region = roi.roi
-        if not isinstance(region, hd.sr.ImageRegion):
-            continue
-        points = region.value
-        (frame,) = _frames(region) or [1]
-        xs, ys = points[:, 0], points[:, 1]
+        frame, box = _region_box(roi)
         record.setdefault("severity", {})["top_frame"] = frame
-        record["severity"]["box"] = [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
+        record["severity"]["box"] = box
+    for roi in report.get_planar_roi_measurement_groups(finding_type=codes.CONSOLIDATION):
+        frame, box = _region_box(roi)
+        record.setdefault("consolidation", {}).setdefault("boxes", []).append(
+            {"frame": frame, "box": box}
+        )
     if "b_lines" in record and record.get("key_frames"):
         record["b_lines"]["key_frames"] = record["key_frames"]
     record["models"] = models
@@ -122,6 +130,19 @@ def read_study_summary(path: Path) -> dict[str, Any]:
             "maximum": totals.get("maximum"),
         }
     return summary
+
+
+def _region_box(
+    roi: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations,
+) -> tuple[int, list[int]]:
+    """The frame and (x0, y0, x1, y1) of a group's closed POLYLINE box."""
+    region = roi.roi
+    if not isinstance(region, hd.sr.ImageRegion):
+        raise ValueError("a region group without a 2D image region")
+    points = region.value
+    (frame,) = _frames(region) or [1]
+    xs, ys = points[:, 0], points[:, 1]
+    return frame, [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
 
 
 def _report(sr: Dataset) -> hd.sr.MeasurementReport:

@@ -16,6 +16,12 @@ Content tree (TID 1500 > TID 1501, one measurement group for the cine)::
           B-lines = Present | Absent
           Source of Measurement: the cine
           Best illustration of finding: cine, the key frame
+        Measurement Group                                    (only with consolidation findings)
+          Tracking Identifier "Lung consolidation, zone R2"; Finding = Lung consolidation
+          Finding Site; Algorithm (TID 4019); Probability {1}; Lung consolidation = Present|Absent
+        Measurement Group (TID 1410), one per saliency box
+          Image Region = closed POLYLINE around the box   <- cine, the box's frame
+          Finding = Lung consolidation; Algorithm (TID 4019)
         Measurement Group                                    (only with severity findings)
           Tracking Identifier "Lung ultrasound score, zone R2" + Tracking UID
           Finding = Lung ultrasound score; Finding Site as above; Algorithm (TID 4019)
@@ -109,6 +115,7 @@ def encode_sr(
         procedure_reported=codes.PROCEDURE,
         imaging_measurements=[
             _cine_group(findings, header, tracking_uid),
+            *_consolidation_groups(findings, header, sop_instance_uid),
             *_severity_groups(findings, header, sop_instance_uid),
             *_segmentation_groups(findings, header, sop_instance_uid),
         ],
@@ -242,6 +249,75 @@ def _b_line_measurements(b: BLineFindings, header: Dataset) -> list[hd.sr.Measur
     ]
 
 
+def _consolidation_groups(
+    findings: Findings, header: Dataset, sop_instance_uid: str
+) -> list[
+    hd.sr.MeasurementsAndQualitativeEvaluations
+    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+]:
+    """The consolidation model's finding and one region group (SCOORD box) per saliency box."""
+    con = findings.consolidation
+    if con is None:
+        return []
+    zone = findings.source.zone
+    where = f", zone {zone}" if zone else ""
+    algorithm = algorithm_identification(con.model)
+    groups: list[
+        hd.sr.MeasurementsAndQualitativeEvaluations
+        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    ] = [
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=generate_uid(entropy_srcs=[sop_instance_uid, "consolidation"]),
+                identifier=f"Lung consolidation{where}",
+            ),
+            finding_type=codes.CONSOLIDATION,
+            algorithm_id=algorithm,
+            finding_sites=[finding_site(zone)],
+            measurements=[
+                hd.sr.Measurement(
+                    name=codes.PROBABILITY, value=float(con.probability), unit=codes.UNITLESS
+                )
+            ],
+            qualitative_evaluations=[
+                hd.sr.QualitativeEvaluation(
+                    name=codes.CONSOLIDATION,
+                    value=codes.PRESENT if con.present else codes.ABSENT,
+                )
+            ],
+            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(header)],
+        )
+    ]
+    for i, found in enumerate(con.boxes, start=1):
+        (frame,) = check_frames([found.frame], header, "Consolidation box frame")
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=generate_uid(entropy_srcs=[sop_instance_uid, "consolidation", str(i)]),
+                    identifier=f"Lung consolidation region {i}{where}",
+                ),
+                referenced_region=_box_region(found.box, frame, header),
+                finding_type=codes.CONSOLIDATION,
+                algorithm_id=algorithm,
+                finding_sites=[finding_site(zone)],
+            )
+        )
+    return groups
+
+
+def _box_region(box: tuple[int, int, int, int], frame: int, header: Dataset) -> hd.sr.ImageRegion:
+    """A box as a closed POLYLINE (column, row pixel corners) on one frame of the source."""
+    x0, y0, x1, y1 = box
+    corners = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.asarray(corners, dtype=np.float32),
+        source_image=hd.sr.SourceImageForRegion.from_source_image(
+            header, frame_references(header, [frame])
+        ),
+    )
+
+
 def _severity_groups(
     findings: Findings, header: Dataset, sop_instance_uid: str
 ) -> list[
@@ -269,16 +345,7 @@ def _severity_groups(
     if sev.box is None:
         return [clip]
     (frame,) = check_frames([sev.top_frame], header, "Top-scoring frame")
-    x0, y0, x1, y1 = sev.box
-    # Closed polyline through the corners, column/row pixel coordinates of the frame.
-    corners = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
-    region = hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-        graphic_data=np.asarray(corners, dtype=np.float32),
-        source_image=hd.sr.SourceImageForRegion.from_source_image(
-            header, frame_references(header, [frame])
-        ),
-    )
+    region = _box_region(sev.box, frame, header)
     box = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=generate_uid(entropy_srcs=[sop_instance_uid, "severity-region"]),

@@ -51,3 +51,16 @@ def weighted_metrics(
         "macro_f1": round(float(f1[present].mean()), 4),
         "n": float(n),
     }
+
+
+def roc_auc(scores: npt.ArrayLike, labels: npt.ArrayLike) -> float:
+    """Area under the ROC curve: the chance that a random positive scores above a random
+    negative (ties count half); NaN when either class is absent."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    positives, negatives = s[y], s[~y]
+    if positives.size == 0 or negatives.size == 0:
+        return float("nan")
+    greater = (positives[:, None] > negatives[None, :]).sum()
+    ties = (positives[:, None] == negatives[None, :]).sum()
+    return float((greater + 0.5 * ties) / (positives.size * negatives.size))
