@@ -22,6 +22,7 @@ from scipy import ndimage
 
 from lus_pacs.domain import Cine, ConsolidationBox, ConsolidationFindings, ModelInfo
 from lus_pacs.inference.bundle import load_bundle
+from lus_pacs.inference.clips import clip_frames, clip_tensor, frame_indices, from_clip_box
 from lus_pacs.nets.consolidation import CLIP_FRAMES, ConsolidationClassifier
 
 Box = tuple[int, int, int, int]
@@ -113,13 +114,6 @@ class ConsolidationModel:
         )
 
     def predict(self, cine: Cine) -> ConsolidationFindings:
-        from lus_pacs.training.consolidation_data import (
-            clip_frames,
-            clip_tensor,
-            frame_indices,
-            from_clip_box,
-        )
-
         indices = frame_indices(cine.n_frames)
         clip = clip_tensor(clip_frames(cine), indices)
         with torch.no_grad():

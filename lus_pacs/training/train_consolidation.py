@@ -35,13 +35,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lus_pacs.inference.clips import clip_tensor, frame_indices
 from lus_pacs.nets.consolidation import BYOL, ConsolidationClassifier, Darknet3D, SimCLR
 from lus_pacs.training.consolidation_data import (
     ClipSource,
     augmentation,
     batch,
-    clip_tensor,
-    frame_indices,
     pocus_clips,
     simulated_clips,
 )
@@ -276,6 +275,28 @@ def sweep(
     return rows
 
 
+def sweep_table(rows: Sequence[dict[str, Any]], test: str) -> str:
+    """Markdown: one row per variant (and pre-training), AUC / accuracy per label fraction."""
+    fractions = sorted({r["fraction"] for r in rows})
+    head = "| variant | " + " | ".join(f"{100 * f:g} %" for f in fractions) + " |"
+    lines = [head, "|---" * (len(fractions) + 1) + "|"]
+    for variant, pretraining in sorted({(r["variant"], r["pretraining"]) for r in rows}):
+        cells = []
+        for f in fractions:
+            match = [
+                r
+                for r in rows
+                if r["test"] == test
+                and r["variant"] == variant
+                and r["pretraining"] == pretraining
+                and r["fraction"] == f
+            ]
+            cells.append(f"{match[0]['auc']:.2f} / {match[0]['accuracy']:.2f}" if match else "-")
+        name = variant if pretraining in ("none", "byol") else f"{variant} ({pretraining})"
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, test: str) -> None:
     """The paper's Fig. 3: accuracy and AUC against the label fraction, one line per variant."""
     import matplotlib
@@ -317,6 +338,77 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, test: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def box_scores(
+    model: ConsolidationClassifier, sources: Sequence[ClipSource], frames: int = 2
+) -> dict[str, float]:
+    """Weighted IoU of the saliency boxes against the true boxes, on the ``frames`` most
+    salient clip frames of every held-out cine that has a consolidation (clip pixels)."""
+    from lus_pacs.inference.consolidation import boxes_of, saliency, weighted_iou
+
+    values = []
+    for source in sources:
+        if not source.label or not source.boxes:
+            continue
+        indices = frame_indices(source.n_frames)
+        maps = saliency(model, clip_tensor(source.frames, indices))
+        strongest = np.argsort(-maps.reshape(len(indices), -1).max(axis=1))[:frames]
+        for t in strongest:
+            truth = source.boxes.get(int(indices[t]), ())
+            values.append(weighted_iou(boxes_of(maps[t]), truth))
+    return {
+        "frames": len(values),
+        "weighted_iou": float(np.mean(values)) if values else float("nan"),
+    }
+
+
+def box_figure(
+    model: ConsolidationClassifier, sources: Sequence[ClipSource], path: Path, count: int = 4
+) -> None:
+    """Frames of held-out cines with a consolidation: true boxes green, saliency boxes red."""
+    from PIL import Image, ImageDraw
+
+    from lus_pacs.inference.consolidation import boxes_of, saliency
+
+    chosen = [s for s in sources if s.label and s.boxes][:count]
+    scale = 4
+    tiles = []
+    for source in chosen:
+        indices = frame_indices(source.n_frames)
+        maps = saliency(model, clip_tensor(source.frames, indices))
+        t = int(np.argmax(maps.reshape(len(indices), -1).max(axis=1)))
+        frame = source.frames[int(indices[t])]
+        tile = (
+            Image.fromarray(frame)
+            .convert("RGB")
+            .resize((frame.shape[1] * scale, frame.shape[0] * scale))
+        )
+        draw = ImageDraw.Draw(tile)
+        for x0, y0, x1, y1 in source.boxes.get(int(indices[t]), ()):
+            draw.rectangle(
+                (x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1),
+                outline=(0, 200, 0),
+                width=2,
+            )
+        for x0, y0, x1, y1 in boxes_of(maps[t]):
+            draw.rectangle(
+                (x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1),
+                outline=(230, 30, 30),
+                width=2,
+            )
+        draw.text((4, 4), f"{source.name} frame {int(indices[t]) + 1}", fill=(255, 255, 0))
+        tiles.append(tile)
+    if not tiles:
+        return
+    width = sum(t.width for t in tiles)
+    figure = Image.new("RGB", (width, tiles[0].height), "black")
+    x = 0
+    for tile in tiles:
+        figure.paste(tile, (x, 0))
+        x += tile.width
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.save(path)
 
 
 def held_out(
@@ -411,16 +503,21 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     model = train_classifier(
         train, encoders["byol"], "ssl_finetune", steps=args.steps, seed=args.seed, progress=True
     )
-    held = {name: scores(model, t) for name, t in tests.items()}
+    held: dict[str, dict[str, float]] = {name: scores(model, t) for name, t in tests.items()}
+    held["simulated_boxes"] = box_scores(model, tests["simulated"])
     print(json.dumps({"held_out": held, "seconds": round(time.perf_counter() - start)}, indent=1))
+    figures = args.figures or (args.out / "docs" if args.out else Path("build/consolidation"))
+    box_figure(model, tests["simulated"], figures / "saliency_boxes.png")
     rows: list[dict[str, Any]] = []
     if args.sweep:
         rows = sweep(train, tests, encoders, steps=args.steps, seed=args.seed)
-        figures = args.figures or (args.out / "docs" if args.out else Path("build/consolidation"))
         figures.mkdir(parents=True, exist_ok=True)
         (figures / "sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
         for name in tests:
             plot_sweep(rows, figures / f"label_fractions_{name}.png", name)
+            table = sweep_table(rows, name)
+            (figures / f"label_fractions_{name}.md").write_text(table + "\n")
+            print(f"held-out {name}, AUC / accuracy:\n{table}")
     if args.out is not None:
         from lus_pacs.training.consolidation_bundle import write_consolidation_bundle
 

@@ -388,3 +388,35 @@ def test_sr_reports_mask_pixels_and_uncertainty_per_score(cine: Source, tmp_path
     assert summaries == {"Mean": pytest.approx(0.3, abs=1e-3), "Maximum": pytest.approx(0.4)}
     names = {item.TextValue for item in tree.named(pydicom.dcmread(path), codes.ALGORITHM_NAME)}
     assert SEGMENTATION_MODEL.name in names
+
+
+CONSOLIDATION_MODEL = ModelInfo(name="consolidation", version="0.1.0", title="BYOL 3D (paper 002)")
+
+
+def test_sr_reports_consolidation_with_a_box_per_frame(cine: Source, tmp_path: Path) -> None:
+    from lus_pacs.domain import ConsolidationBox, ConsolidationFindings
+    from lus_pacs.encode.pstate import encode_presentation_state
+    from lus_pacs.encode.readback import read_cine_sr
+
+    boxes = (ConsolidationBox(3, (40, 60, 90, 100)), ConsolidationBox(7, (10, 20, 30, 40)))
+    found = ConsolidationFindings(True, 0.93, boxes, CONSOLIDATION_MODEL)
+    findings = replace(cine.findings(), consolidation=found)
+    path = tmp_path / "sr.dcm"
+    encode_sr(findings, cine.header).save_as(path, enforce_file_format=True)
+    assert validators.dciodvfy(path).errors == []
+    assert validators.dsrdump(path).returncode == 0
+
+    back = read_cine_sr(path)["consolidation"]
+    assert back["present"] is True
+    assert back["probability"] == pytest.approx(0.93)
+    assert back["boxes"] == [{"frame": b.frame, "box": list(b.box)} for b in boxes]
+    assert read_cine_sr(path)["models"]["consolidation"] == "0.1.0"
+
+    state = encode_presentation_state(findings, cine.header)
+    assert state is not None
+    frames = {
+        int(a.ReferencedImageSequence[0].get("ReferencedFrameNumber", 0))
+        for a in state.GraphicAnnotationSequence
+    }
+    if int(cine.header.NumberOfFrames) > 1:
+        assert {3, 7} <= frames

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from lus_pacs.inference.clips import frame_indices
 from lus_pacs.inference.consolidation import boxes_of, iou, weighted_iou
 from lus_pacs.nets.consolidation import CLIP_FRAMES, CLIP_SIZE
 from lus_pacs.training.consolidation_data import (
@@ -15,7 +16,6 @@ from lus_pacs.training.consolidation_data import (
     RandShuffleFrames,
     augmentation,
     batch,
-    frame_indices,
 )
 from lus_pacs.training.metrics import roc_auc
 from lus_pacs.training.train_consolidation import label_fraction
