@@ -104,6 +104,11 @@ def test_each_cine_sr_reads_back_to_its_record(processed: Processed) -> None:
         assert b_back["probability"] == pytest.approx(b["probability"], abs=1e-4), where
         assert b_back["frames"] == b["frames"], where
 
+        con, con_back = record["consolidation"], back["consolidation"]
+        assert con_back["present"] == con["present"], where
+        assert con_back["probability"] == pytest.approx(con["probability"], abs=1e-4), where
+        assert con_back["boxes"] == con["boxes"], where
+
         sev, sev_back = record["severity"], back["severity"]
         assert sev_back["score"] == sev["score"], where
         assert sev_back["probability"] == pytest.approx(sev["probabilities"][sev["score"]]), where
@@ -131,9 +136,9 @@ def test_each_study_summary_sr_reads_back_to_its_line(processed: Processed) -> N
     for path in processed.out.glob("study-sr-*.dcm"):
         back = read_study_summary(path)
         summary = by_study[back["study_instance_uid"]]
-        for key in ("zones", "zone_cines", "b_lines_assessed", "b_line_zones", "lus_score"):
+        keys = ("zones", "zone_cines", "b_lines_assessed", "b_line_zones", "lus_score")
+        for key in (*keys, "consolidation_zones"):
             assert back[key] == summary[key], key
-        assert "consolidation_zones" not in back  # that model did not run
     exam = max(processed.studies, key=lambda s: s["cines"])
     assert exam["zones"] == ["L1", "L2", "L3", "R1", "R2", "R3"]
     assert exam["lus_score"]["zones_scored"] == 6

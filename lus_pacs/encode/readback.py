@@ -45,7 +45,9 @@ def read_cine_sr(path: Path) -> dict[str, Any]:
         record["source"]["zone"] = _zone(group)
         models.update(_algorithms(group))
         finding = group.finding_type
-        if finding == codes.B_LINES:
+        if finding is None:  # the cine's own group when the B-line model did not run
+            pass
+        elif finding == codes.B_LINES:
             record["b_lines"] = _b_lines(group)
         elif finding == codes.LUS_SCORE:
             record["severity"] = _severity(group)

@@ -35,14 +35,22 @@ def saliency(model: ConsolidationClassifier, clip: torch.Tensor) -> npt.NDArray[
     pixel lowers the logit (higher = more evidence of consolidation there)."""
     from monai.visualize import OcclusionSensitivity
 
+    # activate=False: the raw logit. MONAI's default softmax over a single output is 1 everywhere.
     occlusion = OcclusionSensitivity(
-        nn_module=_Logit(model), mask_size=(4, 8, 8), overlap=0.5, n_batch=64, mode="mean_img"
+        nn_module=_Logit(model),
+        mask_size=(4, 8, 8),
+        overlap=0.5,
+        n_batch=64,
+        mode="mean_img",
+        activate=False,
+        verbose=False,
     )
     with torch.no_grad():
         maps, _ = occlusion(clip.unsqueeze(0))
-    # maps: (1, classes=1, T, H, W) of the logit with the patch hidden; lower = more salient.
-    logit = float(model(clip.unsqueeze(0))[0])
-    return (logit - maps[0, 0].numpy()).astype(np.float32)
+        logit = float(model(clip.unsqueeze(0))[0])
+    # maps: the logit with the patch around each voxel hidden, (1, 1, T, H, W[, 1]).
+    hidden = maps[0, 0].numpy().reshape(clip.shape[1:])
+    return (logit - hidden).astype(np.float32)
 
 
 class _Logit(torch.nn.Module):
@@ -60,9 +68,12 @@ def boxes_of(frame_saliency: npt.NDArray[np.float32], top: float = TOP_FRACTION)
     """Enclosing boxes (x0, y0, x1, y1, ends exclusive) of the connected regions of the frame's
     top ``top`` share of pixels."""
     threshold = np.quantile(frame_saliency, 1 - top)
-    if not np.isfinite(threshold) or frame_saliency.max() <= 0:
-        return []
-    mask = frame_saliency >= max(threshold, np.finfo(np.float32).tiny)
+    if not np.isfinite(threshold) or frame_saliency.max() <= frame_saliency.min():
+        return []  # a flat map points nowhere
+    # The ranking is what counts: hiding any patch may raise the logit a little (the
+    # occluder itself looks like tissue), the most salient patches raise it least.
+    # Pixels tied at the frame's minimum are background, even when they fill the quantile.
+    mask = (frame_saliency >= threshold) & (frame_saliency > frame_saliency.min())
     labels, n = ndimage.label(mask)
     boxes = []
     for rows, cols in ndimage.find_objects(labels)[:n]:

@@ -484,6 +484,7 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--sweep", action="store_true", help="the four variants over label fractions"
     )
+    parser.add_argument("--sweep-steps", type=int, help="steps per sweep model (default --steps)")
     parser.add_argument("--out", type=Path, help="the bundle folder")
     parser.add_argument("--figures", type=Path, help="where the sweep plot and tables go")
     args = parser.parse_args(argv)
@@ -510,7 +511,7 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     box_figure(model, tests["simulated"], figures / "saliency_boxes.png")
     rows: list[dict[str, Any]] = []
     if args.sweep:
-        rows = sweep(train, tests, encoders, steps=args.steps, seed=args.seed)
+        rows = sweep(train, tests, encoders, steps=args.sweep_steps or args.steps, seed=args.seed)
         figures.mkdir(parents=True, exist_ok=True)
         (figures / "sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
         for name in tests:
@@ -531,5 +532,7 @@ def train_main(argv: Sequence[str] | None = None) -> None:
                 "train_clips": len(train),
                 "variant": "ssl_finetune",
                 "sweep_rows": len(rows),
+                "sweep_steps": args.sweep_steps or args.steps,
+                "pretraining": "BYOL, 1000 steps of 16 clips, simulated and POCUS training clips",
             },
         )
