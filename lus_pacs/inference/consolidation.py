@@ -36,8 +36,11 @@ def saliency(model: ConsolidationClassifier, clip: torch.Tensor) -> npt.NDArray[
     from monai.visualize import OcclusionSensitivity
 
     # activate=False: the raw logit. MONAI's default softmax over a single output is 1 everywhere.
+    # The wrapper must be in eval mode: MONAI restores the wrapper's mode after its passes,
+    # and a fresh module is in training mode, which would leave the classifier's batch norm
+    # updating its statistics on occluded clips (and every later cine scored in train mode).
     occlusion = OcclusionSensitivity(
-        nn_module=_Logit(model),
+        nn_module=_Logit(model).eval(),
         mask_size=(4, 8, 8),
         overlap=0.5,
         n_batch=64,
@@ -47,6 +50,7 @@ def saliency(model: ConsolidationClassifier, clip: torch.Tensor) -> npt.NDArray[
     )
     with torch.no_grad():
         maps, _ = occlusion(clip.unsqueeze(0))
+        model.eval()
         logit = float(model(clip.unsqueeze(0))[0])
     # maps: the logit with the patch around each voxel hidden, (1, 1, T, H, W[, 1]).
     hidden = maps[0, 0].numpy().reshape(clip.shape[1:])

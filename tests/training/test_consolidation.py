@@ -112,3 +112,22 @@ def test_boxes_enclose_the_top_pixels_and_weighted_iou_scores_them() -> None:
         400 / 404
     )
     assert weighted_iou([], [(0, 0, 1, 1)]) == 0.0
+
+
+def test_saliency_leaves_the_classifier_as_it_was() -> None:
+    """Occlusion passes must not switch batch norm to training (statistics drift, and every
+    later cine would be scored in training mode)."""
+    from lus_pacs.inference.consolidation import saliency
+    from lus_pacs.nets.consolidation import ConsolidationClassifier
+
+    torch.manual_seed(0)
+    model = ConsolidationClassifier().eval()
+    clip = torch.rand(1, CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        first = float(model(clip.unsqueeze(0))[0])
+    saliency(model, clip)
+    assert not model.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    with torch.no_grad():
+        assert float(model(clip.unsqueeze(0))[0]) == first
