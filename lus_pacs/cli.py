@@ -415,6 +415,10 @@ def reprocess(
     move_port: Annotated[
         int, typer.Option("--move-port", help="Port of the C-MOVE receiver the PACS knows us at.")
     ] = 0,
+    move_host: Annotated[
+        str,
+        typer.Option("--move-host", help="Address of the C-MOVE receiver (0.0.0.0: every one)."),
+    ] = "127.0.0.1",
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
     config: ConfigOption = None,
 ) -> None:
@@ -451,7 +455,11 @@ def reprocess(
     folder = out or settings.data_dir / "reprocess"
     try:
         archive = open_source(
-            source, calling_ae=settings.ae_title, retrieve=retrieve.value, move_port=move_port
+            source,
+            calling_ae=settings.ae_title,
+            retrieve=retrieve.value,
+            move_port=move_port,
+            move_host=move_host,
         )
         key = Models.load(settings).key
         runner = make_engine(engine.value, settings, workers or os.cpu_count() or 1, ray_address)

@@ -40,6 +40,7 @@ def open_source(
     calling_ae: str = "LUSPACS",
     retrieve: Literal["move", "get"] = "get",
     move_port: int = 0,
+    move_host: str = "127.0.0.1",
     timeout: float = 30.0,
 ) -> ArchiveSource:
     """The archive ``spec`` names; nothing is contacted or scanned until it is used.
@@ -53,10 +54,13 @@ def open_source(
         Our AE title towards a DIMSE archive, and the C-MOVE destination with ``retrieve="move"``.
     retrieve:
         How a DIMSE archive sends images: ``get`` (C-GET, on the same association) or ``move``
-        (C-MOVE to a Storage SCP this source runs on ``127.0.0.1:move_port`` for each fetch).
+        (C-MOVE to a Storage SCP this source runs on ``move_host:move_port`` for each fetch).
     move_port:
         The port of that Storage SCP; 0 picks a free port now (see :attr:`DimseSource.move_port`).
         The archive must know ``calling_ae`` at this host and port.
+    move_host:
+        The address that Storage SCP listens on: loopback by default; an address the archive
+        can reach (or ``0.0.0.0``) for a PACS on another machine.
     timeout:
         Seconds allowed for connecting and for each DIMSE or HTTP response.
 
@@ -78,6 +82,7 @@ def open_source(
             calling_ae=calling_ae,
             retrieve=retrieve,
             move_port=move_port,
+            move_host=move_host,
             timeout=timeout,
         )
     if spec.startswith(("http://", "https://")):
