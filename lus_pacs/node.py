@@ -195,7 +195,7 @@ class Node:
         """The study's summary SR, when configured, queued for every destination (once per
         distinct summary); then the summary as JSON in the study's results folder, the sign
         that the study is done."""
-        records = [json.loads(r) for r in self.store.records(study)]
+        records = [json.loads(r) for r in self.store.records(study, self.models.key)]
         if not records:
             log.warning("Study %s complete, but none of its cines was processed", study)
             return
@@ -211,7 +211,7 @@ class Node:
         try:
             sources = [
                 pydicom.dcmread(p, stop_before_pixels=True)
-                for p in self.store.processed_paths(study)
+                for p in self.store.processed_paths(study, self.models.key)
             ]
             (output,) = write_outputs([encode_summary(summary, sources, self.models.key)], folder)
         except (OSError, ValueError, LusPacsError) as exc:

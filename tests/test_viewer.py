@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from tests.orthanc import OrthancHandle, free_ports, running_orthanc
+from tests.orthanc import free_ports, running_orthanc
 from tests.tools import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,15 +90,6 @@ class ViewerStudy:
     plane_geometry: dict[str, bool]
     """Per SEG kind, whether its Shared Functional Groups hold Pixel Measures and Plane
     Orientation (Patient), which OHIF needs to open it."""
-
-
-def _post_instance(orthanc: OrthancHandle, path: Path) -> None:
-    request = urllib.request.Request(
-        f"{orthanc.url}/instances", data=path.read_bytes(), method="POST"
-    )
-    with _OPENER.open(request, timeout=30) as answer:
-        status = json.loads(answer.read())["Status"]
-    assert status in ("Success", "AlreadyStored"), f"Orthanc refused {path.name}: {status}"
 
 
 def _has_plane_geometry(path: Path) -> bool:
@@ -167,7 +158,7 @@ def viewer_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ViewerStu
 
     with running_orthanc(work) as orthanc:
         for path in [cine, *paths.values()]:
-            _post_instance(orthanc, path)
+            orthanc.upload(path)
         (http_port,) = free_ports(1)
         nginx_dir = work / "nginx"
         nginx_dir.mkdir()

@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS items (
     updated_at REAL NOT NULL,
     PRIMARY KEY (sop_instance_uid, models)
 );
+CREATE INDEX IF NOT EXISTS items_by_study ON items(study_instance_uid, models, state);
 """
 
 
@@ -103,9 +104,8 @@ class Manifest:
         ).fetchone()
         if row is None or row["summary"] is None or (sending and not row["summary_sent"]):
             return False
-        instances = json.loads(row["instances"])
-        done = self.done(models, sent=sending)
-        return all(uid in done for uid in instances)
+        done = self.done(models, study_uid, sent=sending)
+        return all(uid in done for uid in json.loads(row["instances"]))
 
     def record_summary(self, study_uid: str, models: str, summary: dict[str, Any]) -> None:
         with self._tx() as db:
@@ -175,12 +175,16 @@ class Manifest:
                 (sop_uid, models),
             )
 
-    def done(self, models: str, *, sent: bool = False) -> set[str]:
-        """SOP Instance UIDs done with these model versions (and sent, with ``sent``)."""
-        sql = "SELECT sop_instance_uid FROM items WHERE models = ? AND state = ?"
+    def done(self, models: str, study_uid: str, *, sent: bool = False) -> set[str]:
+        """SOP Instance UIDs of the study done with these model versions (and sent, with
+        ``sent``); one study at a time, so a long archive is not re-read per study."""
+        sql = (
+            "SELECT sop_instance_uid FROM items WHERE models = ? AND study_instance_uid = ? "
+            "AND state = ?"
+        )
         if sent:
             sql += " AND sent = 1"
-        return {r[0] for r in self._db.execute(sql, (models, ItemState.DONE))}
+        return {r[0] for r in self._db.execute(sql, (models, study_uid, ItemState.DONE))}
 
     def unsent(self, models: str) -> list[tuple[str, str, list[str]]]:
         """(SOP Instance UID, Study Instance UID, result file names) of done cines not yet

@@ -455,17 +455,20 @@ class JobStore:
         ).fetchone()[0]
         return int(waiting) == 0
 
-    def processed_paths(self, study_uid: str) -> list[Path]:
-        """The stored files of the study's instances that have a result record."""
+    def processed_paths(self, study_uid: str, models: str) -> list[Path]:
+        """The stored files of the study's instances with a result record for ``models``."""
         rows = self._connection().execute(
             "SELECT i.path FROM jobs j JOIN instances i USING (sop_instance_uid) "
-            "WHERE j.record IS NOT NULL AND i.study_instance_uid = ? ORDER BY j.id",
-            (study_uid,),
+            "WHERE j.record IS NOT NULL AND i.study_instance_uid = ? AND j.models = ? "
+            "ORDER BY j.id",
+            (study_uid, models),
         )
         return [Path(r[0]) for r in rows]
 
-    def records(self, study_uid: str | None = None) -> list[str]:
-        """The result records (JSON text) of finished jobs, of one study or all."""
+    def records(self, study_uid: str | None = None, models: str | None = None) -> list[str]:
+        """The result records (JSON text) of finished jobs, of one study or all; with
+        ``models``, only those made by these model versions (after a model update the older
+        records stay in the store, and a study's summary must not count a cine twice)."""
         db = self._connection()
         sql = (
             "SELECT j.record FROM jobs j JOIN instances i USING (sop_instance_uid) "
@@ -474,7 +477,10 @@ class JobStore:
         args: tuple[str, ...] = ()
         if study_uid is not None:
             sql += " AND i.study_instance_uid = ?"
-            args = (study_uid,)
+            args = (*args, study_uid)
+        if models is not None:
+            sql += " AND j.models = ?"
+            args = (*args, models)
         return [r[0] for r in db.execute(sql + " ORDER BY j.id", args)]
 
     def record_summary(

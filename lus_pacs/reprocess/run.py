@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom import Dataset
 from tqdm import tqdm
 
 from lus_pacs.durable import durable_file
@@ -61,6 +62,8 @@ class _Study:
 
     archive: ArchiveStudy
     files: dict[str, Path]
+    headers: dict[str, Dataset]
+    """Each instance's header, read once when fetched (UIDs now, the summary SR later)."""
     pending: set[str]
     fetched_here: bool
 
@@ -128,14 +131,17 @@ class Run:
                 continue
             folder = self.out / "fetched" / uid
             files = self.source.fetch(archive, folder)
-            by_uid = {
-                str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): f for f in files
-            }
+            headers: dict[str, Dataset] = {}
+            by_uid: dict[str, Path] = {}
+            for f in files:
+                header = pydicom.dcmread(f, stop_before_pixels=True)
+                headers[str(header.SOPInstanceUID)] = header
+                by_uid[str(header.SOPInstanceUID)] = f
             self.manifest.record_study(uid, self.key, self.source.name, list(by_uid))
-            done = self.manifest.done(self.key)
+            done = self.manifest.done(self.key, uid)
             pending = {u for u in by_uid if u not in done}
             fetched_here = any(folder in f.parents for f in files)
-            study = _Study(archive, by_uid, set(pending), fetched_here)
+            study = _Study(archive, by_uid, headers, set(pending), fetched_here)
             self._studies[uid] = study
             self.counts.skipped += len(by_uid) - len(pending)
             if self._bar is not None:
@@ -182,19 +188,19 @@ class Run:
         """Every cine of the study is through: its summary (JSON, SR, CSV), sent if asked;
         the fetched copies removed once nothing of the study is left to do."""
         uid = study.archive.study_instance_uid
-        records = self.manifest.records(self.key, uid)
+        # Only the cines the archive holds now: one deleted since an earlier run drops out.
+        records = [
+            r
+            for r in self.manifest.records(self.key, uid)
+            if r["source"]["sop_instance_uid"] in study.headers
+        ]
         if records:
             summary = study_summary(uid, records)
             self.manifest.record_summary(uid, self.key, summary)
             folder = self.out / "results" / uid
             write_exam_csv(summary, self.out / "exams" / f"{uid}.csv")
             if "study-sr" in self.settings.output_kinds:
-                done = {r["source"]["sop_instance_uid"] for r in records}
-                headers = [
-                    pydicom.dcmread(study.files[u], stop_before_pixels=True)
-                    for u in sorted(done)
-                    if u in study.files
-                ]
+                headers = [study.headers[r["source"]["sop_instance_uid"]] for r in records]
                 (output,) = write_outputs([encode_summary(summary, headers, self.key)], folder)
                 if self._send(None, [output.path]):
                     self.manifest.summary_sent(uid, self.key)

@@ -70,3 +70,34 @@ def paper_003_frame_input() -> dict[str, Any]:
             "channel_def": {"0": "B-mode luminance of one frame, zero padded (-1)"},
         }
     }
+
+
+def grey_clip_input(spatial_shape: list[Any], description: str) -> dict[str, Any]:
+    """MONAI ``network_data_format`` of a grey clip (frames x rows x columns) in [0, 1]."""
+    return {
+        "image": {
+            "type": "image",
+            "format": "magnitude",
+            "modality": "US",
+            "num_channels": 1,
+            "spatial_shape": spatial_shape,
+            "dtype": "float32",
+            "value_range": [0, 1],
+            "is_patch_data": False,
+            "channel_def": {"0": description},
+        }
+    }
+
+
+def logit_output(description: str) -> dict[str, Any]:
+    """MONAI ``network_data_format`` of one clip-level logit."""
+    return {
+        "type": "probabilities",
+        "format": "classes",
+        "num_channels": 1,
+        "spatial_shape": [1],
+        "dtype": "float32",
+        "value_range": [],
+        "is_patch_data": False,
+        "channel_def": {"0": description},
+    }

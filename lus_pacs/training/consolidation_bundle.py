@@ -10,7 +10,14 @@ from typing import Any
 import torch
 
 from lus_pacs.nets.consolidation import CLIP_FRAMES, CLIP_SIZE, ConsolidationClassifier
-from lus_pacs.training.bundle_files import INTENDED_USE, finite, versions_and_authors, write_json
+from lus_pacs.training.bundle_files import (
+    INTENDED_USE,
+    finite,
+    grey_clip_input,
+    logit_output,
+    versions_and_authors,
+    write_json,
+)
 
 BUNDLE_VERSION = "0.1.0"
 PAPER_002 = (
@@ -64,31 +71,10 @@ def write_consolidation_bundle(
         "references": [PAPER_002],
         "training": training,
         "network_data_format": {
-            "inputs": {
-                "image": {
-                    "type": "image",
-                    "format": "magnitude",
-                    "modality": "US",
-                    "num_channels": 1,
-                    "spatial_shape": [CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE],
-                    "dtype": "float32",
-                    "value_range": [0, 1],
-                    "is_patch_data": False,
-                    "channel_def": {"0": "B-mode luminance over time"},
-                }
-            },
-            "outputs": {
-                "pred": {
-                    "type": "probabilities",
-                    "format": "classification",
-                    "num_channels": 1,
-                    "spatial_shape": [1],
-                    "dtype": "float32",
-                    "value_range": [],
-                    "is_patch_data": False,
-                    "channel_def": {"0": "logit: consolidation present"},
-                }
-            },
+            "inputs": grey_clip_input(
+                [CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE], "B-mode luminance over time"
+            ),
+            "outputs": {"pred": logit_output("consolidation present (logit; apply a sigmoid)")},
         },
     }
     write_json(out_dir / "configs" / "metadata.json", metadata)

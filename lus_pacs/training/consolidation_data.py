@@ -108,8 +108,9 @@ class RandReverse(Randomizable, Transform):
         return clip.flip(1) if self.R.rand() < self.prob else clip
 
 
-class RandShuffleFrames(Randomizable, Transform):
-    """Permute up to ``most`` randomly chosen frames among themselves (p 0.5)."""
+class _RandFrameOrder(Randomizable, Transform):
+    """With probability ``prob``, pick 0 to ``most`` frames and give them new places in the
+    clip's frame order (:meth:`_reorder` says how)."""
 
     def __init__(self, prob: float = 0.5, most: int = 4) -> None:
         self.prob, self.most = prob, most
@@ -121,25 +122,25 @@ class RandShuffleFrames(Randomizable, Transform):
         k = int(self.R.randint(0, self.most + 1))
         chosen = self.R.choice(t, size=min(k, t), replace=False)
         order = np.arange(t)
-        order[chosen] = self.R.permutation(chosen)
+        self._reorder(order, chosen)
         return clip[:, torch.from_numpy(order)]
 
+    def _reorder(self, order: npt.NDArray[np.int64], chosen: npt.NDArray[np.int64]) -> None:
+        raise NotImplementedError
 
-class RandReplaceFrames(Randomizable, Transform):
+
+class RandShuffleFrames(_RandFrameOrder):
+    """Permute up to ``most`` randomly chosen frames among themselves (p 0.5)."""
+
+    def _reorder(self, order: npt.NDArray[np.int64], chosen: npt.NDArray[np.int64]) -> None:
+        order[chosen] = self.R.permutation(chosen)
+
+
+class RandReplaceFrames(_RandFrameOrder):
     """Replace up to ``most`` frames by copies of other frames of the clip (p 0.5)."""
 
-    def __init__(self, prob: float = 0.5, most: int = 4) -> None:
-        self.prob, self.most = prob, most
-
-    def __call__(self, clip: torch.Tensor) -> torch.Tensor:
-        if self.R.rand() >= self.prob:
-            return clip
-        t = clip.shape[1]
-        k = int(self.R.randint(0, self.most + 1))
-        order = np.arange(t)
-        for i in self.R.choice(t, size=min(k, t), replace=False):
-            order[i] = self.R.randint(0, t)
-        return clip[:, torch.from_numpy(order)]
+    def _reorder(self, order: npt.NDArray[np.int64], chosen: npt.NDArray[np.int64]) -> None:
+        order[chosen] = self.R.randint(0, len(order), size=len(chosen))
 
 
 def augmentation(*, temporal: bool = True, seed: int = 0) -> Compose:

@@ -50,6 +50,8 @@ from lus_pacs.training.annotated import BLineCine, read_via_cines
 from lus_pacs.training.bundle_files import (
     INTENDED_USE,
     finite,
+    grey_clip_input,
+    logit_output,
     versions_and_authors,
     write_json,
 )
@@ -584,30 +586,11 @@ def _metadata(
         ],
         "training": {**training, "data": data},
         "network_data_format": {
-            "inputs": {
-                "image": {
-                    "type": "image",
-                    "format": "magnitude",
-                    "modality": "US",
-                    "num_channels": 1,
-                    "spatial_shape": ["T", 64, 64],
-                    "dtype": "float32",
-                    "value_range": [0, 1],
-                    "is_patch_data": False,
-                    "channel_def": {"0": "B-mode luminance; T frames = 1 second of the cine"},
-                }
-            },
+            "inputs": grey_clip_input(
+                ["T", 64, 64], "B-mode luminance; T frames = 1 second of the cine"
+            ),
             "outputs": {
-                "logit": {
-                    "type": "probabilities",
-                    "format": "classes",
-                    "num_channels": 1,
-                    "spatial_shape": [1],
-                    "dtype": "float32",
-                    "value_range": [],
-                    "is_patch_data": False,
-                    "channel_def": {"0": "B-lines present (logit; apply a sigmoid)"},
-                },
+                "logit": logit_output("B-lines present (logit; apply a sigmoid)"),
                 "attention": {
                     "type": "series",
                     "format": "sequence",

@@ -102,3 +102,15 @@ def test_a_study_summary_is_queued_once_and_retried_like_a_job(tmp_path: Path) -
     assert (again.destination, again.attempts, again.summary) == ("archive", 0, True)
     later = Output("study-sr", "8.8.9", tmp_path / "study-sr-2.dcm")  # the study grew
     assert store.record_summary("7.7", "{}", later, ["pacs"])
+
+
+def test_a_study_summary_counts_each_cine_once_per_model_versions(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    for models in ("m@1", "m@2"):  # the same cine before and after a model update
+        store.record_instance(_instance(1, "7.7"), models)
+        job = store.claim_job()
+        assert job is not None
+        store.finish_job(job.id, f'{{"models": "{models}"}}', [], [])
+    assert len(store.records("7.7")) == 2
+    assert store.records("7.7", "m@2") == ['{"models": "m@2"}']
+    assert store.processed_paths("7.7", "m@2") == [Path("1.dcm")]
