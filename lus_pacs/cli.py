@@ -60,6 +60,15 @@ def synth(
         SyntaxChoice, typer.Option("--transfer-syntax", help="Pixel encoding of the cines.")
     ] = SyntaxChoice.jpeg,
     workers: Annotated[int, typer.Option(min=1, help="Processes rendering in parallel.")] = 1,
+    decouple_consolidation: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of zones whose consolidation is drawn independent of the score "
+            "(training data for the consolidation model).",
+        ),
+    ] = 0.0,
 ) -> None:
     """Simulate lung-ultrasound exams: US Multi-frame DICOM with ground truth beside each cine."""
     if zones not in (6, 8, 12, 14):
@@ -79,6 +88,7 @@ def synth(
         fps=fps,
         syntax=CineSyntax(transfer_syntax.value),
         workers=workers,
+        decouple_consolidation=decouple_consolidation,
     )
     with tqdm(total=patients * zones, unit="cine", desc="synth") as bar:
         records = synthesize(out, options, progress=bar.update)

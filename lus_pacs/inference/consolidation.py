@@ -36,6 +36,10 @@ def saliency(model: ConsolidationClassifier, clip: torch.Tensor) -> npt.NDArray[
     from monai.visualize import OcclusionSensitivity
 
     # activate=False: the raw logit. MONAI's default softmax over a single output is 1 everywhere.
+    # mode="gaussian" darkens each patch to black at its centre (clips are in [0, 1]) and
+    # blends overlapping patches by weight. Replacing a patch by the image mean (mean_img)
+    # barely changes a dark, hypoechoic consolidation, so its saliency went to the bright comet
+    # tails below it instead (see models/consolidation/docs/README.md).
     # The wrapper must be in eval mode: MONAI restores the wrapper's mode after its passes,
     # and a fresh module is in training mode, which would leave the classifier's batch norm
     # updating its statistics on occluded clips (and every later cine scored in train mode).
@@ -44,7 +48,7 @@ def saliency(model: ConsolidationClassifier, clip: torch.Tensor) -> npt.NDArray[
         mask_size=(4, 8, 8),
         overlap=0.5,
         n_batch=64,
-        mode="mean_img",
+        mode="gaussian",
         activate=False,
         verbose=False,
     )

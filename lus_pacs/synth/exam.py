@@ -37,7 +37,12 @@ from lus_pacs.synth.geometry import Probe, ProbeGeometry
 from lus_pacs.synth.montage import write_montage
 from lus_pacs.synth.overlay import burn_in
 from lus_pacs.synth.render import MASK_CLASSES, FrameTruth, RenderedCine, render_cine
-from lus_pacs.synth.scene import PatientScene, ZoneScene, draw_patient
+from lus_pacs.synth.scene import (
+    PatientScene,
+    ZoneScene,
+    decouple_consolidation,
+    draw_patient,
+)
 from lus_pacs.training.annotations import (
     ClipBLines,
     FrameScore,
@@ -61,6 +66,9 @@ class SynthOptions:
     fps: float = 30.0
     syntax: CineSyntax = CineSyntax.JPEG
     workers: int = 1
+    decouple_consolidation: float = 0.0
+    """Share of zones whose consolidation is redrawn independent of the score (training data
+    for the consolidation model; 0 keeps the scored scenes)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,19 @@ def synthesize(
         draw_patient(patient_rng, i, options.seed, options.zones, Probe(options.probe))
         for i in range(options.patients)
     ]
+    if options.decouple_consolidation > 0:
+        # Its own stream: the scenes of the default (0) are unchanged by the option's existence.
+        decouple_rng = np.random.default_rng([options.seed, 0, 1])
+        patients = [
+            replace(
+                p,
+                zones=tuple(
+                    decouple_consolidation(decouple_rng, z, options.decouple_consolidation)
+                    for z in p.zones
+                ),
+            )
+            for p in patients
+        ]
     jobs = [(out, options, p, z) for p in patients for z in range(len(p.zones))]
     records: list[CineRecord] = []
     if options.workers > 1:

@@ -10,7 +10,7 @@ is its *designed* score; the truth of each frame is what is actually visible in 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
@@ -250,6 +250,31 @@ def draw_zone(
         gain_db=float(rng.uniform(-3, 3)),
         motion=motion,
         transducer_frequency_khz=frequency,
+    )
+
+
+def decouple_consolidation(rng: np.random.Generator, scene: ZoneScene, share: float) -> ZoneScene:
+    """With probability ``share``, redraw whether the zone holds a consolidation, as a fair coin
+    independent of its score; B-lines, ribs and everything else stay.
+
+    In the scored scenes consolidation only comes with score 2 and 3, that is with many or
+    confluent B-lines, so a classifier can find it by its company. Training data in which the two
+    are independent makes the model, and its saliency, look at the consolidation itself. Zones
+    with an effusion keep their (compressive) consolidation.
+    """
+    if scene.effusion is not None or rng.random() >= share:
+        return scene
+    wanted = bool(rng.random() < 0.5)
+    if wanted == bool(scene.consolidations):
+        return scene
+    if not wanted:
+        return replace(scene, consolidations=(), pleura_gaps=())
+    space = (scene.rib_xs[0] + 0.75, scene.rib_xs[1] - 0.75)
+    c = _consolidation(rng, space, large=bool(rng.random() < 0.5))
+    return replace(
+        scene,
+        consolidations=(c,),
+        pleura_gaps=(*scene.pleura_gaps, (c.x_cm, c.width_cm * 1.1)),
     )
 
 

@@ -19,7 +19,11 @@ from lus_pacs.training.bundle_files import (
     write_json,
 )
 
-BUNDLE_VERSION = "0.1.0"
+BUNDLE_VERSION = "0.2.0"
+CHANGELOG = {
+    "0.2.0": "trained on scenes with consolidation independent of B-lines; Gaussian occlusion",
+    "0.1.0": "first version: simulated exams (and POCUS clips)",
+}
 PAPER_002 = (
     "Chen L. et al. Contrastive self-supervised learning for spatio-temporal analysis of lung "
     "ultrasound videos. IEEE ISBI 2022."
@@ -50,7 +54,7 @@ def write_consolidation_bundle(
     metadata = {
         **versions_and_authors(),
         "version": BUNDLE_VERSION,
-        "changelog": {BUNDLE_VERSION: "first version: simulated exams (and POCUS clips)"},
+        "changelog": CHANGELOG,
         "name": "Lung consolidation, 3D Darknet with BYOL pre-training (paper 002)",
         "task": "Clip-level presence of lung consolidation, with occlusion-saliency boxes",
         "description": (

@@ -344,10 +344,12 @@ def box_scores(
     model: ConsolidationClassifier, sources: Sequence[ClipSource], frames: int = 2
 ) -> dict[str, float]:
     """Weighted IoU of the saliency boxes against the true boxes, on the ``frames`` most
-    salient clip frames of every held-out cine that has a consolidation (clip pixels)."""
-    from lus_pacs.inference.consolidation import boxes_of, saliency, weighted_iou
+    salient clip frames of every held-out cine that has a consolidation (clip pixels), and the
+    hit rate: the share of those frames on which a box overlaps a true box."""
+    from lus_pacs.inference.consolidation import boxes_of, iou, saliency, weighted_iou
 
     values = []
+    hits = []
     for source in sources:
         if not source.label or not source.boxes:
             continue
@@ -356,10 +358,13 @@ def box_scores(
         strongest = np.argsort(-maps.reshape(len(indices), -1).max(axis=1))[:frames]
         for t in strongest:
             truth = source.boxes.get(int(indices[t]), ())
-            values.append(weighted_iou(boxes_of(maps[t]), truth))
+            found = boxes_of(maps[t])
+            values.append(weighted_iou(found, truth))
+            hits.append(any(iou(b, true) > 0 for b in found for true in truth))
     return {
         "frames": len(values),
         "weighted_iou": float(np.mean(values)) if values else float("nan"),
+        "hit_rate": float(np.mean(hits)) if hits else float("nan"),
     }
 
 
@@ -472,6 +477,12 @@ def _unlabeled(roots: Sequence[Path], folds: int, seed: int) -> list[ClipSource]
 def train_main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Consolidation classifier (paper 002)")
     parser.add_argument("--data", type=Path, required=True, help="output of `lus-pacs synth`")
+    parser.add_argument(
+        "--scored",
+        type=Path,
+        help="simulated exams with the default scored scenes: its held-out patients are a "
+        "further test set (train with --data from `synth --decouple-consolidation`)",
+    )
     parser.add_argument("--encoder", type=Path, required=True, help="a pre-training checkpoint")
     parser.add_argument(
         "--ablation-encoder", type=Path, help="pre-trained without temporal augmentations"
@@ -491,6 +502,8 @@ def train_main(argv: Sequence[str] | None = None) -> None:
 
     train, test = held_out(simulated_clips(args.data), args.folds, args.seed)
     tests: dict[str, Sequence[ClipSource]] = {"simulated": test}
+    if args.scored is not None:
+        tests["simulated_scored"] = held_out(simulated_clips(args.scored), args.folds, args.seed)[1]
     if args.pocus is not None:
         pocus_train, pocus_test = held_out(
             pocus_clips(args.pocus, args.pocus_cache), args.folds, args.seed
@@ -506,6 +519,8 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     )
     held: dict[str, dict[str, float]] = {name: scores(model, t) for name, t in tests.items()}
     held["simulated_boxes"] = box_scores(model, tests["simulated"])
+    if "simulated_scored" in tests:
+        held["simulated_scored_boxes"] = box_scores(model, tests["simulated_scored"])
     print(json.dumps({"held_out": held, "seconds": round(time.perf_counter() - start)}, indent=1))
     figures = args.figures or (args.out / "docs" if args.out else Path("build/consolidation"))
     box_figure(model, tests["simulated"], figures / "saliency_boxes.png")

@@ -68,11 +68,6 @@ def test_a_known_consolidation_comes_back_as_sr_boxes_on_its_frames(
     assert report.ok, [str(v) for v in report.failed]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the saliency boxes land on confluent B-lines, not the consolidation (held-out "
-    "weighted IoU 0.001, models/consolidation/docs/README.md); issue 9 stays open on this",
-)
 def test_an_sr_box_overlaps_the_true_consolidation(synth_exams: Path, tmp_path: Path) -> None:
     truth, record, _, _ = _process(synth_exams, tmp_path)
     true_boxes = {f["frame"]: f["consolidation_boxes"] for f in truth["frames"]}

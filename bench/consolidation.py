@@ -1,0 +1,66 @@
+"""Cost of the consolidation model on one cine on this machine, side by side:
+
+* ``classify``: presence and probability only (``saliency_frames = 0``; the baseline);
+* ``boxes``: the same plus occlusion-saliency boxes on the node's default 2 frames.
+
+Both run alternately ``--repeat`` times in one process on a simulated cine with a
+consolidation (so the boxes are made); the median seconds per cine and the ratio of ``boxes``
+to ``classify`` are printed.
+
+    .venv/bin/python bench/consolidation.py [--repeat 3] [--frames 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from lus_pacs.imaging.decode import read_cine
+from lus_pacs.inference.consolidation import ConsolidationModel
+from lus_pacs.synth.exam import SynthOptions, synthesize
+
+BUNDLE = Path(__file__).resolve().parents[1] / "models" / "consolidation"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--frames", type=int, default=32)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = SynthOptions(patients=2, seed=2002, frames=args.frames, zones=6)
+        synthesize(Path(tmp), options)
+        truths = [json.loads(p.read_text()) for p in sorted(Path(tmp).glob("*/*.truth.json"))]
+        truth = next(t for t in truths if t["clip"]["consolidation"])
+        cine = read_cine(Path(tmp) / truth["patient_id"] / truth["file"])
+
+    model = ConsolidationModel.load(BUNDLE)
+    runs = {
+        "classify": replace(model, saliency_frames=0),
+        "boxes": replace(model, saliency_frames=2),
+    }
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for m in runs.values():
+        m.predict(cine)  # warm up
+    for _ in range(args.repeat):
+        for name, m in runs.items():
+            start = time.perf_counter()
+            m.predict(cine)
+            times[name].append(time.perf_counter() - start)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    print(f"threads {torch.get_num_threads()}, {cine.n_frames}-frame simulated cine")
+    for name, seconds in median.items():
+        print(f"  {name:9s} {seconds:6.2f} s per cine")
+    print(f"boxes cost {median['boxes'] / median['classify']:.0f}x classification")
+
+
+if __name__ == "__main__":
+    main()
