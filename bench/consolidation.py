@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import torch
 from lus_pacs.imaging.decode import read_cine
 from lus_pacs.inference.consolidation import ConsolidationModel
 from lus_pacs.synth.exam import SynthOptions, synthesize
+from lus_pacs.timing import side_by_side
 
 BUNDLE = Path(__file__).resolve().parents[1] / "models" / "consolidation"
 
@@ -43,19 +42,11 @@ def main() -> None:
         cine = read_cine(Path(tmp) / truth["patient_id"] / truth["file"])
 
     model = ConsolidationModel.load(BUNDLE)
-    runs = {
-        "classify": replace(model, saliency_frames=0),
-        "boxes": replace(model, saliency_frames=2),
-    }
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for m in runs.values():
-        m.predict(cine)  # warm up
-    for _ in range(args.repeat):
-        for name, m in runs.items():
-            start = time.perf_counter()
-            m.predict(cine)
-            times[name].append(time.perf_counter() - start)
-    median = {name: statistics.median(t) for name, t in times.items()}
+    classify, boxes = replace(model, saliency_frames=0), replace(model, saliency_frames=2)
+    median = side_by_side(
+        {"classify": lambda: classify.predict(cine), "boxes": lambda: boxes.predict(cine)},
+        args.repeat,
+    )
     print(f"threads {torch.get_num_threads()}, {cine.n_frames}-frame simulated cine")
     for name, seconds in median.items():
         print(f"  {name:9s} {seconds:6.2f} s per cine")

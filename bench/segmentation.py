@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import torch
 
 from lus_pacs.inference.segmentation import SegmentationModel
 from lus_pacs.nets.segmentation import mc_dropout_predict
+from lus_pacs.timing import side_by_side
 
 BUNDLE = Path(__file__).resolve().parents[1] / "models" / "segmentation"
 MIN_SPEEDUP = 1.2
@@ -58,15 +57,7 @@ def main() -> None:
         "mc one by one": one_by_one,
         "mc batched": batched,
     }
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for fn in runs.values():
-        fn()  # warm up
-    for _ in range(args.repeat):
-        for name, fn in runs.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    median = {name: statistics.median(t) for name, t in times.items()}
+    median = side_by_side(runs, args.repeat)
     print(f"threads {torch.get_num_threads()}, {args.samples} MC-dropout passes, 200 x 260 frame")
     for name, seconds in median.items():
         print(f"  {name:14s} {seconds:7.2f} s per frame")

@@ -69,6 +69,15 @@ def synth(
             "(training data for the consolidation model).",
         ),
     ] = 0.0,
+    poor_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of zones whose whole loop is poor: probe lifted or a rib over the pleura "
+            "(training and test data for the key-frame model).",
+        ),
+    ] = 0.0,
 ) -> None:
     """Simulate lung-ultrasound exams: US Multi-frame DICOM with ground truth beside each cine."""
     if zones not in (6, 8, 12, 14):
@@ -89,6 +98,7 @@ def synth(
         syntax=CineSyntax(transfer_syntax.value),
         workers=workers,
         decouple_consolidation=decouple_consolidation,
+        poor_share=poor_share,
     )
     with tqdm(total=patients * zones, unit="cine", desc="synth") as bar:
         records = synthesize(out, options, progress=bar.update)
@@ -653,3 +663,22 @@ def train_consolidation(ctx: typer.Context) -> None:
     from lus_pacs.training.train_consolidation import train_main
 
     train_main(ctx.args)
+
+
+@train_app.command("key-frames", context_settings=_PASS_THROUGH, add_help_option=False)
+def train_key_frames(ctx: typer.Context) -> None:
+    """Paper 004's key-frame classifier with the quality reasons; --variants also trains one
+    model per dataset variant of the paper for its tables. Options: `lus-pacs train key-frames
+    --help`."""
+    from lus_pacs.training.train_key_frames import train_main
+
+    train_main(ctx.args)
+
+
+@evaluate_app.command("key-frames", context_settings=_PASS_THROUGH, add_help_option=False)
+def evaluate_key_frames(ctx: typer.Context) -> None:
+    """Paper 004's Tests 1 and 2, the chosen frame and the quality flag on held-out simulated
+    cines. Options: `lus-pacs evaluate key-frames --help`."""
+    from lus_pacs.training.train_key_frames import evaluate_main
+
+    evaluate_main(ctx.args)

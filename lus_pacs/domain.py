@@ -258,6 +258,51 @@ class KeyFrame:
     reason: KeyFrameReason
 
 
+class Quality(StrEnum):
+    """Whether a cine holds a frame a clinician would keep (key-frame model, paper 004)."""
+
+    USABLE = "usable"
+    POOR = "poor"
+
+
+class PoorReason(StrEnum):
+    """Why the frames of a poor cine are not worth keeping."""
+
+    NO_CONTACT = "no_contact"
+    """The probe is (partly) off the skin."""
+    RIB_SHADOW = "rib_shadow"
+    """A rib shadow lies over the pleura."""
+    NO_PLEURA = "no_pleura"
+    """Too little pleura in view."""
+
+
+@dataclass(frozen=True)
+class KeyFrameFindings:
+    """What the key-frame model (paper 004) says about one cine. Frames are 1-based."""
+
+    best_frame: int
+    """The frame with the highest keep probability: the one a clinician would keep."""
+    frame_scores: tuple[float, ...]
+    """Per frame, the probability that a clinician would keep it; one value per frame."""
+    quality: Quality
+    """USABLE when some frame's keep probability reaches the model's threshold."""
+    reasons: tuple[PoorReason, ...]
+    """For a POOR cine, the reasons the model sees in most frames, strongest first; empty for a
+    usable cine (and for a poor one whose frames show none of the reasons)."""
+    model: ModelInfo
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.best_frame <= len(self.frame_scores):
+            raise ValueError(
+                f"best_frame {self.best_frame} is not a frame of a {len(self.frame_scores)}-frame "
+                "cine. Frame indexing is 1-based."
+            )
+        if any(not 0.0 <= p <= 1.0 for p in self.frame_scores):
+            raise ValueError("key-frame scores must be probabilities within [0, 1]")
+        if self.quality is Quality.USABLE and self.reasons:
+            raise ValueError("a usable cine has no poor-quality reasons")
+
+
 @dataclass(frozen=True)
 class Findings:
     """Everything the models found in one cine: the content of its result objects.
@@ -273,8 +318,16 @@ class Findings:
     key_frames: tuple[KeyFrame, ...] = ()
     segmentation: SegmentationFindings | None = None
     consolidation: ConsolidationFindings | None = None
+    key_frame_model: KeyFrameFindings | None = None
+    """The key-frame model's per-frame scores and the cine's quality flag."""
 
     @property
     def models(self) -> tuple[ModelInfo, ...]:
-        found = (self.b_lines, self.consolidation, self.severity, self.segmentation)
+        found = (
+            self.b_lines,
+            self.consolidation,
+            self.severity,
+            self.segmentation,
+            self.key_frame_model,
+        )
         return tuple(f.model for f in found if f is not None)

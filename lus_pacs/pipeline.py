@@ -27,12 +27,13 @@ from lus_pacs.errors import ConfigError
 from lus_pacs.imaging.decode import decode_dataset
 from lus_pacs.inference.b_lines import BLineModel
 from lus_pacs.inference.consolidation import ConsolidationModel
+from lus_pacs.inference.key_frames import KeyFrameModel
 from lus_pacs.inference.segmentation import SegmentationModel, frames_to_segment
 from lus_pacs.inference.severity import SeverityModel
 from lus_pacs.queue.store import Output
 from lus_pacs.settings import Settings
 
-AVAILABLE_MODELS = ("b_lines", "consolidation", "severity", "segmentation")
+AVAILABLE_MODELS = ("b_lines", "consolidation", "severity", "segmentation", "key_frames")
 """Bundles the node knows how to run; the other model families come with their issues."""
 
 OUTPUT_SERIES = {
@@ -55,8 +56,9 @@ class Models:
     severity: SeverityModel | None = None
     segmentation: SegmentationModel | None = None
     segmentation_frames: str = ""
-    consolidation: ConsolidationModel | None = None
     """How the segmented frames are chosen (``key``, ``all``, ``every-10``); part of the key."""
+    consolidation: ConsolidationModel | None = None
+    key_frames: KeyFrameModel | None = None
 
     @classmethod
     def load(cls, settings: Settings) -> Models:
@@ -81,10 +83,14 @@ class Models:
             consolidation = ConsolidationModel.load(
                 settings.models_dir / "consolidation", settings.consolidation.saliency_frames
             )
+        key_frames = None
+        if "key_frames" in enabled:
+            key_frames = KeyFrameModel.load(settings.models_dir / "key_frames")
         return cls(
             b_lines=b_lines,
             severity=severity,
             consolidation=consolidation,
+            key_frames=key_frames,
             segmentation=segmentation,
             segmentation_frames=f"every-{chosen.every}"
             if chosen.frames == "every"
@@ -98,7 +104,7 @@ class Models:
         ``segmentation@0.1.0[key,mc40]``."""
         parts = [
             f"{m.model.name}@{m.model.version}"
-            for m in (self.b_lines, self.severity)
+            for m in (self.b_lines, self.severity, self.key_frames)
             if m is not None
         ]
         if self.consolidation is not None:
@@ -117,7 +123,11 @@ def analyse(header: Dataset, name: str, models: Models, settings: Settings) -> F
     b_lines = models.b_lines.predict(cine, settings.default_fps) if models.b_lines else None
     severity = models.severity.predict(cine) if models.severity else None
     consolidation = models.consolidation.predict(cine) if models.consolidation else None
+    chosen_frames = models.key_frames.predict(cine) if models.key_frames else None
     key_frames: list[KeyFrame] = []
+    if chosen_frames is not None:
+        # The frame a clinician would keep comes first, even in a poor cine (flagged as such).
+        key_frames.append(KeyFrame(chosen_frames.best_frame, KeyFrameReason.BEST))
     if b_lines is not None and b_lines.present and b_lines.key_frame is not None:
         key_frames.append(KeyFrame(b_lines.key_frame, KeyFrameReason.B_LINES))
     elif b_lines is not None and b_lines.frame_scores:
@@ -142,6 +152,7 @@ def analyse(header: Dataset, name: str, models: Models, settings: Settings) -> F
         key_frames=tuple(key_frames),
         segmentation=segmentation,
         consolidation=consolidation,
+        key_frame_model=chosen_frames,
     )
 
 
@@ -301,6 +312,15 @@ def result_record(
     record["key_frames"] = [
         {"frame": k.frame, "reason": k.reason.value} for k in findings.key_frames
     ]
+    chosen = findings.key_frame_model
+    if chosen is not None:
+        record["quality"] = {
+            "flag": chosen.quality.value,
+            "reasons": [r.value for r in chosen.reasons],
+            "best_frame": chosen.best_frame,
+            "probability": chosen.frame_scores[chosen.best_frame - 1],
+            "frame_scores": list(chosen.frame_scores),
+        }
     record["outputs"] = [
         {"kind": o.kind, "sop_instance_uid": o.sop_instance_uid, "path": o.path.name}
         for o in outputs
@@ -386,7 +406,8 @@ def study_summary(study: str, records: Sequence[dict[str, Any]]) -> dict[str, An
     B-line zones (and consolidation zones once that model runs), and the LUS score per zone
     (the highest clip score among the zone's cines) with its total over the scored zones.
     Cines without a zone count as zone "?"; a model that did not run leaves its keys out
-    (``b_lines_assessed`` says whether the B-line zones are known)."""
+    (``b_lines_assessed`` says whether the B-line zones are known). With the key-frame model,
+    ``poor_zones`` lists the zones none of whose cines is usable: to scan again."""
     zones: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         zones.setdefault(record["source"]["zone"] or "?", []).append(record)
@@ -410,6 +431,14 @@ def study_summary(study: str, records: Sequence[dict[str, Any]]) -> dict[str, An
             z
             for z, rs in zones.items()
             if any(r.get("consolidation", {}).get("present") for r in rs)
+        ]
+    if any("quality" in r for r in records):
+        # Zones to scan again: none of their assessed cines holds a frame worth keeping.
+        summary["poor_zones"] = [
+            z
+            for z, rs in zones.items()
+            if any("quality" in r for r in rs)
+            and all(r["quality"]["flag"] == "poor" for r in rs if "quality" in r)
         ]
     scores = {
         z: max(r["severity"]["score"] for r in rs if "severity" in r)

@@ -99,7 +99,7 @@ class Settings(BaseModel):
     SEG of the Monte-Carlo dropout uncertainty; per study, once it is complete, the summary
     SR."""
     models_dir: Path = Field(default_factory=lambda: Path(__file__).resolve().parents[1] / "models")
-    models: tuple[str, ...] = ("b_lines", "consolidation", "severity", "segmentation")
+    models: tuple[str, ...] = ("b_lines", "consolidation", "severity", "segmentation", "key_frames")
     """The bundles under ``models_dir`` the node runs."""
     segmentation: SegmentationSettings = Field(default_factory=SegmentationSettings)
     consolidation: ConsolidationSettings = Field(default_factory=ConsolidationSettings)

@@ -12,6 +12,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from lus_pacs import __version__
+from lus_pacs.domain import KeyFrameReason, PoorReason, Quality
 
 SCHEME_DESIGNATOR = "99LUSPACS"
 """Private coding scheme designators start with "99" (PS3.16 section 8.1)."""
@@ -76,6 +77,32 @@ LUS_EXAM = _private("LUS056", "Lung ultrasound examination summary")
 """Finding type of the study summary's own group."""
 CONSOLIDATION = _private("LUS057", "Lung consolidation")
 """Consolidation as an ultrasound finding (the lung tissue-like pattern of paper 002)."""
+KEY_FRAME = _private("LUS060", "Key frame")
+"""Concept name of the reason a frame was chosen as a key frame (its value, from
+:data:`KEY_FRAME_REASONS`), with the frame as its Source of Measurement."""
+KEY_FRAME_REASONS = {
+    KeyFrameReason.B_LINES: _private("LUS061", "Representative B-line frame"),
+    KeyFrameReason.ATTENTION: _private("LUS062", "Frame the B-line model attended to most"),
+    KeyFrameReason.SEVERITY: _private("LUS063", "Highest-severity frame"),
+    KeyFrameReason.BEST: _private("LUS064", "Frame a clinician would keep"),
+}
+QUALITY_VALUES = {
+    Quality.USABLE: _private("LUS070", "Usable lung ultrasound cine"),
+    Quality.POOR: _private("LUS071", "Poor-quality lung ultrasound cine"),
+}
+"""Values of the Quality Assessment of a cine (key-frame model, paper 004): usable when some
+frame is worth keeping. CID 6044's values judge against a quality control standard, which a
+model's threshold is not."""
+POOR_REASONS = {
+    PoorReason.NO_CONTACT: _private("LUS072", "Probe not in contact"),
+    PoorReason.RIB_SHADOW: _private("LUS073", "Rib shadow over the pleura"),
+    PoorReason.NO_PLEURA: _private("LUS074", "Pleura not in view"),
+}
+"""Values of the Quality Findings of a poor cine."""
+KEEP_PROBABILITY = _private("LUS075", "Probability a clinician would keep the frame")
+ZONES_WITHOUT_USABLE_CINE = _private("LUS076", "Lung ultrasound zones without a usable cine")
+"""Study summary: zones to scan again (none of their cines holds a frame worth keeping)."""
+"""The key-frame model's score of the best frame (referenced)."""
 
 # Standard concepts.
 LUNG = codes.SCT.Lung  # 39607008
@@ -96,6 +123,9 @@ COMMENT = codes.DCM.Comment  # 121106: carries the research-software notice
 PROCEDURE = codes.SCT.DiagnosticUltrasonography  # 16310003
 OF_INTEREST = codes.DCM.OfInterest  # 113000, KOS document title (CID 7010)
 BEST_IN_SET = codes.DCM.BestInSet  # 113013, KOS document title (CID 7010)
+IMAGE_QUALITY = codes.DCM.ImageQuality  # 111101: finding type of the quality group
+QUALITY_ASSESSMENT = codes.DCM.QualityAssessment  # 111050: usable or poor
+QUALITY_FINDING = codes.DCM.QualityFinding  # 111052: why a cine is poor
 
 # Algorithm identification (TID 4019): highdicom writes these names; readers look them up here.
 ALGORITHM_NAME = codes.DCM.AlgorithmName  # 111001

@@ -11,7 +11,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from lus_pacs import __version__
-from lus_pacs.domain import Findings, ModelInfo
+from lus_pacs.domain import Findings, ModelInfo, PoorReason
 from lus_pacs.errors import UnreadableImageError
 
 MANUFACTURER = "lus-pacs"
@@ -20,6 +20,12 @@ RESEARCH_NOTICE = (
     "data. Not a medical device; not for diagnostic use."
 )
 ALGORITHM_MANUFACTURER = "lus-pacs (research software, not a medical device)"
+POOR_REASON_TEXT = {
+    PoorReason.NO_CONTACT: "probe not in contact",
+    PoorReason.RIB_SHADOW: "rib shadow over the pleura",
+    PoorReason.NO_PLEURA: "pleura not in view",
+}
+"""Why a cine is of poor quality, in the words of the KOS description and the annotations."""
 
 _REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 # Type 2 in the source's Patient and General Study modules: present but possibly empty, and

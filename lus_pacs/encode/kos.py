@@ -14,10 +14,11 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from lus_pacs import __version__
-from lus_pacs.domain import Findings, KeyFrameReason
+from lus_pacs.domain import Findings, KeyFrameReason, Quality
 from lus_pacs.encode import codes
 from lus_pacs.encode.common import (
     MANUFACTURER,
+    POOR_REASON_TEXT,
     RESEARCH_NOTICE,
     check_frames,
     copy_retired_patient_attributes,
@@ -43,13 +44,14 @@ def encode_kos(
     series_number: int = 901,
     instance_uid: str | None = None,
     series_uid: str | None = None,
-    document_title: Code = codes.OF_INTEREST,
+    document_title: Code | None = None,
 ) -> Dataset | None:
     """Encode the key frames of one cine as a KOS document in a new series of its study.
 
     Each distinct key frame is one IMAGE item referencing the source cine with its
     ``ReferencedFrameNumber``, in the order of ``findings.key_frames``; the Key Object
-    Description says why each frame was chosen and that the selection is research output.
+    Description says why each frame was chosen, how the key-frame model rated the cine when it
+    ran, and that the selection is research output.
 
     Parameters
     ----------
@@ -63,7 +65,8 @@ def encode_kos(
     instance_uid, series_uid:
         SOP Instance UID and Series Instance UID of the KOS; new UIDs when None.
     document_title:
-        The document title from CID 7010 (default 113000 "Of Interest").
+        The document title from CID 7010. By default 113013 "Best In Set" when the key-frame
+        model chose among the frames (``findings.key_frame_model``), else 113000 "Of Interest".
 
     Returns
     -------
@@ -85,12 +88,15 @@ def encode_kos(
     for key in findings.key_frames:
         reasons.setdefault(key.frame, []).append(key.reason)
     frames = check_frames(reasons, header, "Key frames")
+    if document_title is None:
+        chosen = findings.key_frame_model is not None
+        document_title = codes.BEST_IN_SET if chosen else codes.OF_INTEREST
 
     content = hd.ko.KeyObjectSelection(
         document_title=document_title,
         referenced_objects=[header] * len(frames),
         observer_device_context=device_observer(),
-        description=_description(reasons),
+        description=_description(findings, reasons),
     )
     document = hd.ko.KeyObjectSelectionDocument(
         evidence=[header],
@@ -121,8 +127,13 @@ def encode_kos(
     return kos
 
 
-def _description(reasons: dict[int, list[KeyFrameReason]]) -> str:
+def _description(findings: Findings, reasons: dict[int, list[KeyFrameReason]]) -> str:
     chosen = "; ".join(
         f"frame {frame}: {', '.join(REASON_TEXT[r] for r in why)}" for frame, why in reasons.items()
     )
-    return f"Key frames ({chosen}). {RESEARCH_NOTICE}"
+    quality = ""
+    kf = findings.key_frame_model
+    if kf is not None and kf.quality is Quality.POOR:
+        why = ", ".join(POOR_REASON_TEXT[r] for r in kf.reasons)
+        quality = f" Cine of poor quality{f' ({why})' if why else ''}."
+    return f"Key frames ({chosen}).{quality} {RESEARCH_NOTICE}"

@@ -5,7 +5,9 @@ the frames the models chose. Grayscale (GSPS) for a MONOCHROME source, Color (CS
 YBR and palette sources, as the standard pairs them with the image's photometric
 interpretation. What is drawn, on each key frame only:
 
-* a label at the top left naming why the frame was chosen ("B-lines p=0.87", "LUS score 3");
+* a label at the top left naming why the frame was chosen ("B-lines p=0.87", "LUS score 3",
+  "best frame p=0.93"), and below it, for a cine the key-frame model rates poor, "poor quality:"
+  and its reasons;
 * the box where the severity model looked in its top-scoring frame, labelled with that score;
 * the bounding box of each pathological score (1-3) the segmentation labelled in that frame;
 * the consolidation model's saliency boxes, on the frames they were found on (annotated too).
@@ -28,9 +30,10 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from lus_pacs import __version__
-from lus_pacs.domain import Findings, KeyFrameReason
+from lus_pacs.domain import Findings, KeyFrameReason, Quality
 from lus_pacs.encode.common import (
     MANUFACTURER,
+    POOR_REASON_TEXT,
     check_frames,
     copy_retired_patient_attributes,
     source_header,
@@ -107,6 +110,7 @@ def encode_presentation_state(
             or None,
             text_objects=[
                 _label(findings, frame, header),
+                *_quality(findings, header),
                 _notice(header),
                 *(t for _, t in drawn),
             ],
@@ -182,11 +186,23 @@ def _label(findings: Findings, frame: int, header: Dataset) -> hd.pr.TextObject:
         elif key.reason == KeyFrameReason.SEVERITY and sev is not None:
             parts.append(f"LUS score {sev.frame_scores[frame - 1]}")
         elif key.reason == KeyFrameReason.BEST:
-            parts.append("best frame")
+            kf = findings.key_frame_model
+            keep = f" p={kf.frame_scores[frame - 1]:.2f}" if kf is not None else ""
+            parts.append(f"best frame{keep}")
     con = findings.consolidation
     if con is not None and any(found.frame == frame for found in con.boxes):
         parts.append(f"consolidation p={con.probability:.2f}")
     return _text("AI: " + ", ".join(dict.fromkeys(parts)), 2.0, 2.0, float(header.Columns))
+
+
+def _quality(findings: Findings, header: Dataset) -> list[hd.pr.TextObject]:
+    """For a poor cine, a second line under the label: "poor quality: <reasons>"."""
+    kf = findings.key_frame_model
+    if kf is None or kf.quality is not Quality.POOR:
+        return []
+    why = ", ".join(POOR_REASON_TEXT[r] for r in kf.reasons) or "no frame worth keeping"
+    y = 2.0 + _LABEL_HEIGHT + 2.0
+    return [_text(f"AI: poor quality: {why}", 2.0, y, float(header.Columns))]
 
 
 def _notice(header: Dataset) -> hd.pr.TextObject:

@@ -4,20 +4,26 @@ A radiologist's PACS sees the SR, not the JSON record: these readers, built on h
 ``srread``, decode each SR the way any TID 1500 consumer would, into the same shape as
 ``summary.jsonl`` (cines) and ``studies.jsonl`` (study summaries), so that one can be checked
 against the other field by field. Fields an SR does not carry (timings, fps, the attention of
-every frame, file names) are absent from what these return.
+every frame, the key-frame model's score of every frame, file names) are absent from what
+these return.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import highdicom as hd
 from pydicom import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sr.coding import Code
 
+from lus_pacs.domain import KeyFrameReason, Quality
 from lus_pacs.encode import codes
+
+_E = TypeVar("_E", bound=Enum)
 
 
 def read_cine_sr(path: Path) -> dict[str, Any]:
@@ -26,7 +32,10 @@ def read_cine_sr(path: Path) -> dict[str, Any]:
     Keys as in :func:`lus_pacs.pipeline.result_record`: ``source`` (SOP Instance, series,
     study, patient, zone), ``b_lines`` (present, probability, frames), ``severity`` (score,
     probability of that score, frame scores, top frame, box), ``segmentation`` (classes),
-    ``key_frames`` (frame numbers only; the reasons are in the KOS) and ``models``.
+    ``key_frames`` (``{"frame", "reason"}`` in the order the pipeline chose them), ``quality``
+    (the key-frame model's ``flag``, ``reasons``, ``best_frame`` and its ``probability``; not
+    the score of every frame) and ``models``. ``b_lines`` also holds ``key_frame`` (the frame
+    chosen for B-lines, or None) and ``key_frames`` (every key frame's number, ascending).
     """
     sr = hd.sr.srread(path)
     report = _report(sr)
@@ -61,9 +70,9 @@ def read_cine_sr(path: Path) -> dict[str, Any]:
             }
         elif finding == codes.SCORE_MASKS:
             record["segmentation"] = {"classes": _mask_classes(group)}
-        key_frames = [
-            f for item in _children(group, codes.BEST_ILLUSTRATION) for f in _frames(item)
-        ]
+        elif finding == codes.IMAGE_QUALITY:
+            record["quality"] = _quality(group)
+        key_frames = [_key_frame(item) for item in _children(group, codes.KEY_FRAME)]
         if key_frames:
             record["key_frames"] = key_frames
     for roi in report.get_planar_roi_measurement_groups(finding_type=codes.SCORE_REGION):
@@ -75,8 +84,13 @@ def read_cine_sr(path: Path) -> dict[str, Any]:
         record.setdefault("consolidation", {}).setdefault("boxes", []).append(
             {"frame": frame, "box": box}
         )
-    if "b_lines" in record and record.get("key_frames"):
-        record["b_lines"]["key_frames"] = record["key_frames"]
+    if "b_lines" in record:
+        chosen = record.get("key_frames", [])
+        record["b_lines"]["key_frame"] = next(
+            (k["frame"] for k in chosen if k["reason"] == KeyFrameReason.B_LINES), None
+        )
+        if chosen:
+            record["b_lines"]["key_frames"] = sorted({k["frame"] for k in chosen})
     record["models"] = models
     return record
 
@@ -85,13 +99,13 @@ def read_study_summary(path: Path) -> dict[str, Any]:
     """The study summary record, as its summary SR says it: keys as in
     :func:`lus_pacs.pipeline.study_summary` (``zone_cines``, ``b_line_zones``,
     ``lus_score`` with ``per_zone``, ``total``, ``zones_scanned``, ``zones_scored``,
-    ``maximum``; ``consolidation_zones`` when assessed)."""
+    ``maximum``; ``consolidation_zones`` and ``poor_zones`` when assessed)."""
     sr = hd.sr.srread(path)
     report = _report(sr)
     summary: dict[str, Any] = {"study_instance_uid": str(sr.StudyInstanceUID)}
     zone_cines: dict[str, list[str]] = {}
-    b_line_zones, consolidation_zones, per_zone = [], [], {}
-    b_lines_assessed = consolidation_assessed = False
+    b_line_zones, consolidation_zones, poor_zones, per_zone = [], [], [], {}
+    b_lines_assessed = consolidation_assessed = quality_assessed = False
     totals: dict[str, int] = {}
     for group in report.get_image_measurement_groups():
         if group.finding_type == codes.LUS_EXAM:
@@ -117,12 +131,18 @@ def read_study_summary(path: Path) -> dict[str, Any]:
             consolidation_assessed = True
             if evaluation.value == codes.PRESENT:
                 consolidation_zones.append(zone)
+        for evaluation in group.get_qualitative_evaluations(name=codes.QUALITY_ASSESSMENT):
+            quality_assessed = True
+            if evaluation.value == codes.QUALITY_VALUES[Quality.POOR]:
+                poor_zones.append(zone)
     summary["zones"] = list(zone_cines)
     summary["zone_cines"] = zone_cines
     summary["b_lines_assessed"] = b_lines_assessed
     summary["b_line_zones"] = b_line_zones
     if consolidation_assessed:
         summary["consolidation_zones"] = consolidation_zones
+    if quality_assessed:
+        summary["poor_zones"] = poor_zones
     if per_zone:
         summary["lus_score"] = {
             "per_zone": per_zone,
@@ -222,6 +242,39 @@ def _mask_classes(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> list[di
                 }
             )
     return classes
+
+
+def _key_frame(item: Dataset) -> dict[str, Any]:
+    """``{"frame", "reason"}`` of a Key frame item; a single-frame source's frame is 1."""
+    reason = _decode(item.ConceptCodeSequence[0], codes.KEY_FRAME_REASONS)
+    (frame,) = _frames(item) or [1]
+    return {"frame": frame, "reason": reason.value}
+
+
+def _quality(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> dict[str, Any]:
+    (flag,) = group.get_qualitative_evaluations(name=codes.QUALITY_ASSESSMENT)
+    reasons = group.get_qualitative_evaluations(name=codes.QUALITY_FINDING)
+    (keep,) = group.get_measurements(name=codes.KEEP_PROBABILITY)
+    (best,) = [f for ref in keep.referenced_images or [] for f in _image_frames(ref)] or [1]
+    return {
+        "flag": _decode(flag[0].ConceptCodeSequence[0], codes.QUALITY_VALUES).value,
+        "reasons": [
+            _decode(r[0].ConceptCodeSequence[0], codes.POOR_REASONS).value for r in reasons
+        ],
+        "best_frame": best,
+        "probability": float(keep.value),
+    }
+
+
+def _decode(value: Dataset, known: Mapping[_E, Code]) -> _E:
+    """The enum member whose code ``value`` (a code sequence item) is."""
+    for member, code in known.items():
+        if value.CodeValue == code.value and value.CodingSchemeDesignator == code.scheme_designator:
+            return member
+    raise ValueError(
+        f"Unknown code ({value.CodeValue}, {value.CodingSchemeDesignator}, "
+        f'"{value.CodeMeaning}"): expected one of {[c.value for c in known.values()]}.'
+    )
 
 
 def _image_frames(ref: Any) -> list[int]:

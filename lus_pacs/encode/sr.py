@@ -15,7 +15,17 @@ Content tree (TID 1500 > TID 1501, one measurement group for the cine)::
           B-line frames = 5 {frames}  <- Source of Measurement: cine, frames 3..7
           B-lines = Present | Absent
           Source of Measurement: the cine
-          Best illustration of finding: cine, the key frame
+          Best illustration of finding: cine, the key frames
+          Key frame = Representative B-line frame | ...      (one per key frame, in order)
+            <- Source of Measurement: cine, the frame
+        Measurement Group                                    (only with the key-frame model)
+          Tracking Identifier "Image quality, zone R2"; Finding = Image Quality
+          Finding Site; Algorithm (TID 4019)
+          Probability a clinician would keep the frame = 0.93 {1}  <- cine, the best frame
+          Quality Assessment = Usable | Poor-quality lung ultrasound cine
+          Quality Finding = Rib shadow over the pleura | ... (a poor cine's reasons, strongest
+                                                              first)
+          Source of Measurement: the cine
         Measurement Group                                    (only with consolidation findings)
           Tracking Identifier "Lung consolidation, zone R2"; Finding = Lung consolidation
           Finding Site; Algorithm (TID 4019); Probability {1}; Lung consolidation = Present|Absent
@@ -53,7 +63,13 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from lus_pacs import __version__
-from lus_pacs.domain import BLineFindings, Findings, SegmentationFindings, SeverityFindings
+from lus_pacs.domain import (
+    BLineFindings,
+    Findings,
+    KeyFrame,
+    SegmentationFindings,
+    SeverityFindings,
+)
 from lus_pacs.encode import codes
 from lus_pacs.encode.common import (
     MANUFACTURER,
@@ -115,6 +131,7 @@ def encode_sr(
         procedure_reported=codes.PROCEDURE,
         imaging_measurements=[
             _cine_group(findings, header, tracking_uid),
+            *_quality_groups(findings, header, sop_instance_uid),
             *_consolidation_groups(findings, header, sop_instance_uid),
             *_severity_groups(findings, header, sop_instance_uid),
             *_segmentation_groups(findings, header, sop_instance_uid),
@@ -194,21 +211,90 @@ def _cine_group(
         ),
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(header)],
     )
-    # The key frames (the KOS lists the same frames with the reason for each).
+    # The key frames, all in one standard item for any reader, then each with its reason.
     key_frames = sorted({k.frame for k in findings.key_frames})
     if key_frames:
-        group[0].ContentSequence.append(
-            hd.sr.ImageContentItem(
-                name=codes.BEST_ILLUSTRATION,
-                referenced_sop_class_uid=header.SOPClassUID,
-                referenced_sop_instance_uid=header.SOPInstanceUID,
-                referenced_frame_numbers=frame_references(
-                    header, check_frames(key_frames, header, "Key frames")
+        group[0].ContentSequence.extend(
+            [
+                hd.sr.ImageContentItem(
+                    name=codes.BEST_ILLUSTRATION,
+                    referenced_sop_class_uid=header.SOPClassUID,
+                    referenced_sop_instance_uid=header.SOPInstanceUID,
+                    referenced_frame_numbers=frame_references(
+                        header, check_frames(key_frames, header, "Key frames")
+                    ),
+                    relationship_type=_CONTAINS,
                 ),
-                relationship_type=_CONTAINS,
-            )
+                *(_key_frame_item(key, header) for key in findings.key_frames),
+            ]
         )
     return group
+
+
+def _key_frame_item(key: KeyFrame, header: Dataset) -> hd.sr.CodeContentItem:
+    """Key frame = why it was chosen, inferred from the frame (Source of Measurement)."""
+    item = hd.sr.CodeContentItem(
+        name=codes.KEY_FRAME,
+        value=codes.KEY_FRAME_REASONS[key.reason],
+        relationship_type=_CONTAINS,
+    )
+    item.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.SourceImageForMeasurement.from_source_image(
+                header, frame_references(header, [key.frame])
+            )
+        ]
+    )
+    return item
+
+
+def _quality_groups(
+    findings: Findings, header: Dataset, sop_instance_uid: str
+) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """The key-frame model's group: whether the cine is usable, why not, and how likely a
+    clinician would keep its best frame. A group of its own, as every model has: TID 1501 names
+    one algorithm per group, and its Probability would be mistaken for the B-line one."""
+    kf = findings.key_frame_model
+    if kf is None:
+        return []
+    zone = findings.source.zone
+    where = f", zone {zone}" if zone else ""
+    (best,) = check_frames([kf.best_frame], header, "Best frame")
+    return [
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=generate_uid(entropy_srcs=[sop_instance_uid, "quality"]),
+                identifier=f"Image quality{where}",
+            ),
+            finding_type=codes.IMAGE_QUALITY,
+            algorithm_id=algorithm_identification(kf.model),
+            finding_sites=[finding_site(zone)],
+            measurements=[
+                hd.sr.Measurement(
+                    name=codes.KEEP_PROBABILITY,
+                    value=float(kf.frame_scores[best - 1]),
+                    unit=codes.UNITLESS,
+                    referenced_images=[
+                        hd.sr.SourceImageForMeasurement.from_source_image(
+                            header, frame_references(header, [best])
+                        )
+                    ],
+                )
+            ],
+            qualitative_evaluations=[
+                hd.sr.QualitativeEvaluation(
+                    name=codes.QUALITY_ASSESSMENT, value=codes.QUALITY_VALUES[kf.quality]
+                ),
+                *(
+                    hd.sr.QualitativeEvaluation(
+                        name=codes.QUALITY_FINDING, value=codes.POOR_REASONS[reason]
+                    )
+                    for reason in kf.reasons
+                ),
+            ],
+            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(header)],
+        )
+    ]
 
 
 def finding_site(zone: str | None) -> hd.sr.FindingSite:

@@ -12,6 +12,8 @@ Content tree::
           Lung ultrasound score = 2 {1}                     (the highest of the zone's cines)
           B-lines = Present | Absent                        (when the B-line model ran)
           Lung consolidation = Present | Absent             (when the consolidation model ran)
+          Quality Assessment = Usable | Poor                (when the key-frame model ran;
+                                                             Poor: no usable cine in the zone)
           Source of Measurement: the zone's cines
         Measurement Group                                   (the exam)
           Tracking Identifier "Lung ultrasound examination"
@@ -19,6 +21,7 @@ Content tree::
           Total lung ultrasound score = 7 {1}; Maximum possible = 18 {1}
           Zones scanned = 6 {zones}; Zones scored = 6 {zones}
           Zones with B-lines = 2 {zones}; Zones with consolidation = 1 {zones}
+          Zones without a usable cine = 0 {zones}
           Source of Measurement: every cine
       Comment: research-software notice
 
@@ -37,7 +40,7 @@ from pydicom import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from lus_pacs.domain import ModelInfo
+from lus_pacs.domain import ModelInfo, Quality
 from lus_pacs.encode import codes
 from lus_pacs.encode.common import (
     algorithm_identification,
@@ -139,6 +142,14 @@ def _zone_group(
                 name=codes.CONSOLIDATION, value=codes.PRESENT if present else codes.ABSENT
             )
         )
+    if "poor_zones" in summary:
+        poor = zone in summary["poor_zones"]
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(
+                name=codes.QUALITY_ASSESSMENT,
+                value=codes.QUALITY_VALUES[Quality.POOR if poor else Quality.USABLE],
+            )
+        )
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=generate_uid(entropy_srcs=[sop_instance_uid, "zone", zone]),
@@ -183,6 +194,9 @@ def _exam_group(
     if "consolidation_zones" in summary:
         zones = len(summary["consolidation_zones"])
         counts.append((codes.ZONES_WITH_CONSOLIDATION, zones, codes.ZONES, "consolidation"))
+    if "poor_zones" in summary:
+        zones = len(summary["poor_zones"])
+        counts.append((codes.ZONES_WITHOUT_USABLE_CINE, zones, codes.ZONES, "key_frames"))
     score = summary.get("lus_score")
     if score is not None:
         counts = [

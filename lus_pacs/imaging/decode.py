@@ -86,7 +86,8 @@ def decode_dataset(
     """Decode a dataset already in memory; ``name`` identifies it in error messages.
 
     The tissue region comes from ``SequenceOfUltrasoundRegions``, or is found from the pixels
-    when the file has none (with the mask of the burned-in overlay).
+    when the file has none. The mask of the burned-in overlay is always found from the pixels
+    (those bright and constant over the loop, outside the moving tissue).
     """
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class not in IMAGE_SOP_CLASSES:
@@ -98,9 +99,12 @@ def decode_dataset(
     frames = luminance(ds, name)
     rows, cols = frames.shape[1:]
     region = ultrasound_region(ds, rows, cols)
-    overlay = None
+    # The static overlay (paper 004's mask, found instead of drawn) is wanted even when the
+    # regions are declared: a region's rectangle around a sector still holds scale marks and
+    # markers. It costs 10-30 ms a cine.
+    found, overlay = find_tissue_region(frames)
     if region is None:
-        region, overlay = find_tissue_region(frames)
+        region = found
     source = SourceRef(
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
         sop_class_uid=sop_class,

@@ -42,6 +42,7 @@ from lus_pacs.synth.scene import (
     ZoneScene,
     decouple_consolidation,
     draw_patient,
+    spoil_zone,
 )
 from lus_pacs.training.annotations import (
     ClipBLines,
@@ -69,6 +70,9 @@ class SynthOptions:
     decouple_consolidation: float = 0.0
     """Share of zones whose consolidation is redrawn independent of the score (training data
     for the consolidation model; 0 keeps the scored scenes)."""
+    poor_share: float = 0.0
+    """Share of zones whose whole loop is poor: probe lifted, or a rib over the pleura
+    (training and test data for the key-frame model; 0 keeps the scored scenes)."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,13 @@ def synthesize(
         draw_patient(patient_rng, i, options.seed, options.zones, Probe(options.probe))
         for i in range(options.patients)
     ]
+    if options.poor_share > 0:
+        # Its own stream, as for the consolidation option below.
+        poor_rng = np.random.default_rng([options.seed, 0, 2])
+        patients = [
+            replace(p, zones=tuple(spoil_zone(poor_rng, z, options.poor_share) for z in p.zones))
+            for p in patients
+        ]
     if options.decouple_consolidation > 0:
         # Its own stream: the scenes of the default (0) are unchanged by the option's existence.
         decouple_rng = np.random.default_rng([options.seed, 0, 1])

@@ -88,7 +88,8 @@ class ProbeMotion:
     """Start and length of the slide as fractions of the loop."""
     contact_loss_at_start: bool
     contact_loss_frames: float
-    """Fraction of the loop at the start or end with the probe partly off the skin (0: none)."""
+    """Fraction of the loop at the start or end with the probe partly off the skin (0: none;
+    above 1: the whole loop)."""
     contact_loss_width: float
     """Fraction of the probe face off the skin during the loss."""
 
@@ -275,6 +276,32 @@ def decouple_consolidation(rng: np.random.Generator, scene: ZoneScene, share: fl
         scene,
         consolidations=(c,),
         pleura_gaps=(*scene.pleura_gaps, (c.x_cm, c.width_cm * 1.1)),
+    )
+
+
+def spoil_zone(rng: np.random.Generator, scene: ZoneScene, share: float) -> ZoneScene:
+    """With probability ``share``, make the whole loop one a clinician would not keep: the probe
+    lifted for all of it (most of its face off the skin), or a rib under the probe's centre
+    casting its shadow over the pleura (the probe held still). Either at random.
+
+    The scored scenes have such frames only in short stretches (contact loss at the start or end,
+    a slide towards a rib); the key-frame model and its quality flag need whole poor cines to
+    learn and be tested on.
+    """
+    if rng.random() >= share:
+        return scene
+    if rng.random() < 0.5:
+        motion = replace(
+            scene.motion,
+            contact_loss_frames=1.5,
+            contact_loss_width=float(rng.uniform(0.7, 1.0)),
+        )
+        return replace(scene, motion=motion)
+    shift = scene.rib_xs[int(rng.integers(0, 2))] + float(rng.normal(0, 0.1))
+    return replace(
+        scene,
+        rib_xs=tuple(r - shift for r in scene.rib_xs),
+        motion=replace(scene.motion, slide_cm=0.0, contact_loss_frames=0.0),
     )
 
 

@@ -26,6 +26,21 @@ def finite(doc: Any) -> Any:
     return doc
 
 
+def write_weights_and_config(
+    out_dir: Path, network: torch.nn.Module, config: dict[str, Any]
+) -> None:
+    """``models/model.pt`` (the state dict) and ``configs/inference.json`` (``network_def``
+    pointing at the network's class, then ``config``) into ``out_dir``."""
+    (out_dir / "models").mkdir(parents=True, exist_ok=True)
+    (out_dir / "configs").mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), out_dir / "models" / "model.pt")
+    target = f"{type(network).__module__}.{type(network).__qualname__}"
+    write_json(
+        out_dir / "configs" / "inference.json",
+        {"imports": [], "network_def": {"_target_": target}, **config},
+    )
+
+
 def write_json(path: Path, doc: dict[str, Any]) -> None:
     """Write ``doc`` indented, with a final newline (the bundles are read by people too)."""
     path.write_text(json.dumps(doc, indent=4) + "\n")

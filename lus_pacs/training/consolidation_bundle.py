@@ -7,8 +7,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lus_pacs.nets.consolidation import CLIP_FRAMES, CLIP_SIZE, ConsolidationClassifier
 from lus_pacs.training.bundle_files import (
     INTENDED_USE,
@@ -17,6 +15,7 @@ from lus_pacs.training.bundle_files import (
     logit_output,
     versions_and_authors,
     write_json,
+    write_weights_and_config,
 )
 
 BUNDLE_VERSION = "0.2.0"
@@ -39,17 +38,8 @@ def write_consolidation_bundle(
     saliency_frames: int = 2,
 ) -> None:
     """Write ``models/model.pt`` and ``configs/*.json`` into ``out_dir``; leave ``docs/``."""
-    (out_dir / "models").mkdir(parents=True, exist_ok=True)
-    (out_dir / "configs").mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out_dir / "models" / "model.pt")
-    write_json(
-        out_dir / "configs" / "inference.json",
-        {
-            "imports": [],
-            "network_def": {"_target_": "lus_pacs.nets.consolidation.ConsolidationClassifier"},
-            "threshold": threshold,
-            "saliency_frames": saliency_frames,
-        },
+    write_weights_and_config(
+        out_dir, model, {"threshold": threshold, "saliency_frames": saliency_frames}
     )
     metadata = {
         **versions_and_authors(),

@@ -36,6 +36,12 @@ class FrameLabels:
     """ICLUS score 0-3 of what is visible; None when the probe is off the skin."""
     high_value: bool
     consolidation_boxes: tuple[Box, ...]
+    contact: bool = True
+    """The probe's face (90 % of it) is on the skin."""
+    pleura_visible_fraction: float = 1.0
+    """Share of the beams that see the pleura (not lifted off, not under a rib)."""
+    rib_shadow_over_pleura: bool = False
+    """A rib shadow covers the centre of the pleura."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,9 @@ def _read(path: Path) -> SimulatedCine:
                 severity=f["severity"],
                 high_value=bool(f["high_value"]),
                 consolidation_boxes=tuple(tuple(b) for b in f["consolidation_boxes"]),
+                contact=bool(f["contact"]),
+                pleura_visible_fraction=float(f["pleura_visible_fraction"]),
+                rib_shadow_over_pleura=bool(f["rib_shadow_over_pleura"]),
             )
             for f in doc["frames"]
         ),

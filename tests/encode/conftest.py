@@ -14,8 +14,11 @@ from lus_pacs.domain import (
     BLineFindings,
     Findings,
     KeyFrame,
+    KeyFrameFindings,
     KeyFrameReason,
     ModelInfo,
+    PoorReason,
+    Quality,
     SourceRef,
 )
 from lus_pacs.imaging.metadata import lung_zone
@@ -24,6 +27,10 @@ from lus_pacs.synth.exam import SynthOptions, synthesize
 MODEL = ModelInfo(name="b_lines", version="0.3.1", title="B-line attention (paper 001)")
 B_LINE_FRAMES = (3, 4, 5, 6, 7)
 B_LINE_KEY_FRAME = 5
+KEY_FRAME_MODEL = ModelInfo(
+    name="key_frames", version="0.2.0", title="ResNet-18 frame selection (paper 004)"
+)
+BEST_FRAME = 9
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class Source:
         b_lines: bool = True,
         present: bool = True,
         key_frames: tuple[KeyFrame, ...] = (),
+        key_frame_model: KeyFrameFindings | None = None,
     ) -> Findings:
         found = None
         if b_lines:
@@ -72,6 +80,20 @@ class Source:
             fps=30.0,
             b_lines=found,
             key_frames=key_frames,
+            key_frame_model=key_frame_model,
+        )
+
+    def key_frame_model(self, reasons: tuple[PoorReason, ...] | None = None) -> KeyFrameFindings:
+        """The key-frame model's view of the cine: usable with frame :data:`BEST_FRAME` kept
+        at p = 0.93, or, with ``reasons`` (even none), poor with that frame at p = 0.31."""
+        peak = 0.93 if reasons is None else 0.31
+        n = self.n_frames
+        return KeyFrameFindings(
+            best_frame=BEST_FRAME,
+            frame_scores=tuple(peak * (1 - abs(i - BEST_FRAME) / n) for i in range(1, n + 1)),
+            quality=Quality.USABLE if reasons is None else Quality.POOR,
+            reasons=reasons or (),
+            model=KEY_FRAME_MODEL,
         )
 
 
@@ -81,6 +103,8 @@ KEY_FRAMES = (
     KeyFrame(B_LINE_KEY_FRAME, KeyFrameReason.SEVERITY),
 )
 """Frame 5 is chosen twice: the KOS references it once, then frame 9."""
+POOR_REASONS = (PoorReason.RIB_SHADOW, PoorReason.NO_CONTACT)
+"""Strongest first, which is not the enum's order."""
 
 
 def _source(path: Path) -> Source:

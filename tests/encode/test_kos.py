@@ -12,7 +12,7 @@ from pydicom.uid import KeyObjectSelectionDocumentStorage
 from lus_pacs.domain import KeyFrame, KeyFrameReason
 from lus_pacs.encode import codes, encode_kos
 from tests.encode import tree, validators
-from tests.encode.conftest import B_LINE_KEY_FRAME, KEY_FRAMES, Source
+from tests.encode.conftest import B_LINE_KEY_FRAME, KEY_FRAMES, POOR_REASONS, Source
 from tests.encode.test_sr import PATIENT_STUDY
 
 pytestmark = pytest.mark.filterwarnings('ignore:The string "PLA":UserWarning')
@@ -83,14 +83,56 @@ def test_no_key_frames_no_kos(right_cine: Source) -> None:
     assert encode_kos(right_cine.findings(), right_cine.header) is None
 
 
-def test_document_title_is_the_callers(right_cine: Source) -> None:
+def test_key_frame_model_makes_it_best_in_set(cine: Source, tmp_path: Path) -> None:
+    findings = cine.findings(key_frames=KEY_FRAMES, key_frame_model=cine.key_frame_model())
+    kos = encode_kos(findings, cine.header)
+    assert kos is not None
+    path = tmp_path / "kos.dcm"
+    kos.save_as(path, enforce_file_format=True)
+    kos = pydicom.dcmread(path)
+
+    assert tree.concept(kos) == codes.BEST_IN_SET
+    images = [item for item in tree.items(kos) if item.ValueType == "IMAGE"]
+    assert [tree.frames(item) for item in images] == [[B_LINE_KEY_FRAME], [9]]
+    (description,) = tree.named(kos, KEY_OBJECT_DESCRIPTION)
+    assert "poor" not in description.TextValue
+    iod = validators.dciodvfy(path)
+    assert iod.errors == [], str(iod)
+    assert validators.dsrdump(path).returncode == 0
+
+
+def test_without_the_key_frame_model_it_stays_of_interest(right_cine: Source) -> None:
+    kos = encode_kos(right_cine.findings(key_frames=KEY_FRAMES), right_cine.header)
+    assert kos is not None
+    assert tree.concept(kos) == codes.OF_INTEREST
+    assert tree.concept(kos) != codes.BEST_IN_SET
+
+
+def test_a_poor_cine_says_so_and_why(right_cine: Source) -> None:
+    findings = right_cine.findings(
+        key_frames=KEY_FRAMES, key_frame_model=right_cine.key_frame_model(POOR_REASONS)
+    )
+    kos = encode_kos(findings, right_cine.header)
+    assert kos is not None
+
+    (description,) = tree.named(kos, KEY_OBJECT_DESCRIPTION)
+    assert (
+        "Cine of poor quality (rib shadow over the pleura, probe not in contact)."
+        in description.TextValue
+    )
+
+
+@pytest.mark.parametrize("with_model", [False, True])
+def test_document_title_is_the_callers(right_cine: Source, with_model: bool) -> None:
+    model = right_cine.key_frame_model() if with_model else None
+    title = codes.OF_INTEREST if with_model else codes.BEST_IN_SET
     kos = encode_kos(
-        right_cine.findings(key_frames=KEY_FRAMES),
+        right_cine.findings(key_frames=KEY_FRAMES, key_frame_model=model),
         right_cine.header,
-        document_title=codes.BEST_IN_SET,
+        document_title=title,
     )
     assert kos is not None
-    assert tree.concept(kos) == codes.BEST_IN_SET
+    assert tree.concept(kos) == title
 
 
 @pytest.mark.parametrize("frame", [0, -1, 13])

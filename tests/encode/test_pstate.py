@@ -19,13 +19,14 @@ from lus_pacs.domain import (
     Findings,
     KeyFrame,
     KeyFrameReason,
+    PoorReason,
     SegmentationFindings,
     SeverityFindings,
 )
 from lus_pacs.encode.pstate import SHORT_NOTICE, encode_presentation_state, srgb_input_profile
 from lus_pacs.inference.segmentation import summarise
 from tests.encode import validators
-from tests.encode.conftest import B_LINE_KEY_FRAME, Source
+from tests.encode.conftest import B_LINE_KEY_FRAME, BEST_FRAME, POOR_REASONS, Source
 from tests.encode.test_sr import PATIENT_STUDY, SEGMENTATION_MODEL, SEVERITY_MODEL
 
 pytestmark = pytest.mark.filterwarnings('ignore:The string "PLA":UserWarning')
@@ -178,3 +179,36 @@ def test_the_made_up_icc_profile_is_an_input_profile() -> None:
     assert profile[12:16] == b"scnr"
     assert profile[16:20] == b"RGB "
     assert int.from_bytes(profile[:4], "big") == len(profile)
+
+
+def _texts_by_frame(state: Dataset) -> dict[int, list[str]]:
+    return {
+        int(a.ReferencedImageSequence[0].ReferencedFrameNumber): [
+            t.UnformattedTextValue for t in a.TextObjectSequence
+        ]
+        for a in state.GraphicAnnotationSequence
+    }
+
+
+@pytest.mark.parametrize("reasons", [None, POOR_REASONS], ids=["usable", "poor"])
+def test_best_frame_and_poor_quality_are_labelled(
+    right_cine: Source, reasons: tuple[PoorReason, ...] | None, tmp_path: Path
+) -> None:
+    model = right_cine.key_frame_model(reasons)
+    key_frames = (
+        KeyFrame(B_LINE_KEY_FRAME, KeyFrameReason.B_LINES),
+        KeyFrame(BEST_FRAME, KeyFrameReason.BEST),
+    )
+    findings = right_cine.findings(key_frames=key_frames, key_frame_model=model)
+    path = tmp_path / "pr.dcm"
+    state = _write(encode_presentation_state(findings, right_cine.header), path)
+    _checked(right_cine, state, path)
+
+    texts = _texts_by_frame(state)
+    assert sorted(texts) == [B_LINE_KEY_FRAME, BEST_FRAME]
+    keep = model.frame_scores[BEST_FRAME - 1]
+    assert f"AI: best frame p={keep:.2f}" in texts[BEST_FRAME]
+    poor = "AI: poor quality: rib shadow over the pleura, probe not in contact"
+    for frame_texts in texts.values():
+        assert (poor in frame_texts) == (reasons is not None)
+        assert not any("poor" in t for t in frame_texts if t != poor)

@@ -11,12 +11,14 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom import Dataset
+from pydicom.sr.coding import Code
 from pydicom.uid import ComprehensiveSRStorage, generate_uid
 
 from lus_pacs.domain import (
     BLineFindings,
     Findings,
     ModelInfo,
+    PoorReason,
     SegmentationFindings,
     SeverityFindings,
 )
@@ -24,7 +26,15 @@ from lus_pacs.encode import codes, encode_kos, encode_sr
 from lus_pacs.errors import UnreadableImageError
 from lus_pacs.inference.segmentation import summarise
 from tests.encode import tree, validators
-from tests.encode.conftest import B_LINE_FRAMES, KEY_FRAMES, MODEL, Source
+from tests.encode.conftest import (
+    B_LINE_FRAMES,
+    BEST_FRAME,
+    KEY_FRAME_MODEL,
+    KEY_FRAMES,
+    MODEL,
+    POOR_REASONS,
+    Source,
+)
 
 # The vendor cine's PatientName "PLA" has one component; highdicom warns, and we copy it as is.
 pytestmark = pytest.mark.filterwarnings('ignore:The string "PLA":UserWarning')
@@ -46,6 +56,17 @@ PATIENT_STUDY = (
 def _write(ds: Dataset, path: Path) -> Dataset:
     ds.save_as(path, enforce_file_format=True)
     return pydicom.dcmread(path)
+
+
+def _valid_report(findings: Findings, header: Dataset, path: Path) -> hd.sr.MeasurementReport:
+    """The findings' SR written to ``path``, checked by dciodvfy and dsrdump, read back."""
+    encode_sr(findings, header).save_as(path, enforce_file_format=True)
+    iod = validators.dciodvfy(path)
+    assert iod.errors == [], str(iod)
+    assert validators.dsrdump(path).returncode == 0
+    report = hd.sr.srread(path).content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    return report
 
 
 def test_sr_is_valid_dicom_and_parses(cine: Source, tmp_path: Path) -> None:
@@ -297,13 +318,7 @@ def test_sr_reports_the_severity_scores_with_frames_and_the_box(
 ) -> None:
     findings = _with_severity(cine, (40, 30, 120, 90))
     path = tmp_path / "sr.dcm"
-    encode_sr(findings, cine.header).save_as(path, enforce_file_format=True)
-    iod = validators.dciodvfy(path)
-    assert iod.errors == [], str(iod)
-    assert validators.dsrdump(path).returncode == 0
-
-    report = hd.sr.srread(path).content
-    assert isinstance(report, hd.sr.MeasurementReport)
+    report = _valid_report(findings, cine.header, path)
     (clip,) = report.get_image_measurement_groups(finding_type=codes.LUS_SCORE)
     (score,) = clip.get_measurements(name=codes.LUS_SCORE)
     assert score.value == 3
@@ -420,3 +435,78 @@ def test_sr_reports_consolidation_with_a_box_per_frame(cine: Source, tmp_path: P
     }
     if int(cine.header.NumberOfFrames) > 1:
         assert {3, 7} <= frames
+
+
+def test_sr_gives_each_key_frame_its_reason_in_order(cine: Source, tmp_path: Path) -> None:
+    sr = _write(encode_sr(cine.findings(key_frames=KEY_FRAMES), cine.header), tmp_path / "sr.dcm")
+
+    items = tree.named(sr, codes.KEY_FRAME)
+    assert [tree.code_value(item) for item in items] == [
+        codes.KEY_FRAME_REASONS[k.reason] for k in KEY_FRAMES
+    ]
+    for item, key in zip(items, KEY_FRAMES, strict=True):
+        (image,) = item.ContentSequence
+        assert tree.concept(image) == codes.SOURCE_OF_MEASUREMENT
+        assert image.RelationshipType == "INFERRED FROM"
+        assert tree.frames(image) == [key.frame]
+    (group,) = [i for i in tree.items(sr) if tree.concept(i) == codes.FINDING]
+    assert tree.code_value(group) == codes.B_LINES  # the items sit in the cine's group
+
+
+def _members(value: object) -> list[object]:
+    """A module attribute as a list: a code alone (Code is itself a tuple), or the codes of a
+    tuple or enum-keyed dict of them."""
+    if isinstance(value, dict):
+        return list(value.values())
+    if isinstance(value, tuple) and not isinstance(value, Code):
+        return list(value)
+    return [value]
+
+
+def test_private_codes_are_unique() -> None:
+    private = [
+        code.value
+        for value in vars(codes).values()
+        for code in _members(value)
+        if isinstance(code, Code) and code.scheme_designator == codes.SCHEME_DESIGNATOR
+    ]
+    assert codes.KEY_FRAME.value in private
+    assert codes.POOR_REASONS[PoorReason.NO_PLEURA].value in private
+    assert len(private) == len(set(private)), sorted(private)
+
+
+def test_without_the_key_frame_model_there_is_no_quality_group(
+    right_cine: Source, tmp_path: Path
+) -> None:
+    sr = _write(
+        encode_sr(right_cine.findings(key_frames=KEY_FRAMES), right_cine.header),
+        tmp_path / "sr.dcm",
+    )
+
+    for absent in (codes.QUALITY_ASSESSMENT, codes.QUALITY_FINDING, codes.KEEP_PROBABILITY):
+        assert tree.named(sr, absent) == [], absent
+    names = {item.TextValue for item in tree.named(sr, codes.ALGORITHM_NAME)}
+    assert names == {MODEL.name}
+
+
+@pytest.mark.parametrize("reasons", [None, POOR_REASONS], ids=["usable", "poor"])
+def test_sr_reports_the_key_frame_models_quality_flag(
+    cine: Source, reasons: tuple[PoorReason, ...] | None, tmp_path: Path
+) -> None:
+    model = cine.key_frame_model(reasons)
+    findings = cine.findings(key_frames=KEY_FRAMES, key_frame_model=model)
+    path = tmp_path / "sr.dcm"
+    report = _valid_report(findings, cine.header, path)
+    (group,) = report.get_image_measurement_groups(finding_type=codes.IMAGE_QUALITY)
+    (flag,) = group.get_qualitative_evaluations(name=codes.QUALITY_ASSESSMENT)
+    assert flag[0].ConceptCodeSequence[0].CodeValue == codes.QUALITY_VALUES[model.quality].value
+    found = group.get_qualitative_evaluations(name=codes.QUALITY_FINDING)
+    assert [f[0].ConceptCodeSequence[0].CodeValue for f in found] == [
+        codes.POOR_REASONS[r].value for r in reasons or ()
+    ]
+    (keep,) = group.get_measurements(name=codes.KEEP_PROBABILITY)
+    assert keep.value == pytest.approx(model.frame_scores[BEST_FRAME - 1])
+    (image,) = keep.referenced_images
+    assert image.referenced_frame_numbers == [BEST_FRAME]
+    names = {item.TextValue for item in tree.named(pydicom.dcmread(path), codes.ALGORITHM_NAME)}
+    assert names == {MODEL.name, KEY_FRAME_MODEL.name}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from lus_pacs.synth.geometry import Probe
-from lus_pacs.synth.scene import ZoneScene, decouple_consolidation, draw_patient
+from lus_pacs.synth.scene import ZoneScene, decouple_consolidation, draw_patient, spoil_zone
 
 
 def _zones(seed: int, patients: int = 40) -> list[ZoneScene]:
@@ -48,3 +48,21 @@ def test_decoupling_keeps_effusions_and_share_zero_changes_nothing() -> None:
     effusions = [z for z in zones if z.effusion is not None]
     assert effusions
     assert [decouple_consolidation(rng, z, 1.0) for z in effusions] == effusions
+
+
+def test_spoiled_zones_are_poor_for_the_whole_loop() -> None:
+    rng = np.random.default_rng(3)
+    zones = _zones(9, patients=10)
+    spoiled = [spoil_zone(rng, z, 1.0) for z in zones]
+    lifted = [z for z in spoiled if z.motion.contact_loss_frames > 1]
+    under_rib = [z for z in spoiled if z.motion.contact_loss_frames <= 1]
+    assert len(lifted) >= 15
+    assert len(under_rib) >= 15
+    for z in lifted:
+        assert z.motion.contact_loss_width >= 0.7
+    for z in under_rib:
+        # One rib under the probe's centre, held there.
+        assert min(abs(r) for r in z.rib_xs) < 0.4
+        assert z.motion.slide_cm == 0
+        assert z.motion.contact_loss_frames == 0
+    assert [spoil_zone(rng, z, 0.0) for z in zones] == zones

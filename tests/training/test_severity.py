@@ -130,6 +130,26 @@ def test_study_summary_sums_the_zone_scores() -> None:
     assert summary["b_line_zones"] == ["R1"]
     assert summary["zone_cines"]["R1"] == ["1.2.3.R1.1", "1.2.3.R1.2"]
     assert "lus_score" not in study_summary("1.2.3", [record("R1", None)])
+    assert "poor_zones" not in summary  # no key-frame model ran
+
+
+def test_study_summary_lists_the_zones_without_a_usable_cine() -> None:
+    def record(zone: str, flag: str | None) -> dict:
+        r: dict = {"source": {"zone": zone, "sop_instance_uid": f"1.2.{zone}.{flag}"}}
+        if flag is not None:
+            r["quality"] = {"flag": flag}
+        return r
+
+    records = [
+        record("R1", "poor"),
+        record("R1", "usable"),  # one good cine is enough
+        record("R2", "poor"),
+        record("R2", "poor"),
+        record("L1", None),  # not assessed: not to scan again
+        record("L2", "poor"),
+        record("L2", None),
+    ]
+    assert study_summary("1.2", records)["poor_zones"] == ["L2", "R2"]
 
 
 def test_a_severity_net_round_trips_its_state() -> None:
