@@ -241,14 +241,17 @@ class ConsolidationFindings:
 
 
 class KeyFrameReason(StrEnum):
+    """Why a frame is a key frame, in the order the node lists a cine's key frames."""
+
+    BEST = "best"
+    """The frame with the highest keep probability (key-frame model): the one a clinician would
+    keep, or in a poor cine the best of a poor lot."""
     B_LINES = "b_lines"
     """The representative B-line frame."""
     ATTENTION = "attention"
     """No B-lines found: the frame the B-line model attended to most, for review."""
     SEVERITY = "severity"
     """The highest-severity frame."""
-    BEST = "best"
-    """The frame a clinician would keep (key-frame model)."""
 
 
 @dataclass(frozen=True)
@@ -281,14 +284,16 @@ class KeyFrameFindings:
     """What the key-frame model (paper 004) says about one cine. Frames are 1-based."""
 
     best_frame: int
-    """The frame with the highest keep probability: the one a clinician would keep."""
+    """The frame with the highest keep probability: the one a clinician would keep (in a poor
+    cine, the best of a poor lot)."""
     frame_scores: tuple[float, ...]
     """Per frame, the probability that a clinician would keep it; one value per frame."""
     quality: Quality
     """USABLE when some frame's keep probability reaches the model's threshold."""
     reasons: tuple[PoorReason, ...]
-    """For a POOR cine, the reasons the model sees in most frames, strongest first; empty for a
-    usable cine (and for a poor one whose frames show none of the reasons)."""
+    """For a POOR cine, the reasons whose probability, averaged over its frames, reaches the
+    model's threshold, strongest first; empty for a usable cine (and for a poor one whose frames
+    show none of the reasons)."""
     model: ModelInfo
 
     def __post_init__(self) -> None:

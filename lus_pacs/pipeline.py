@@ -318,8 +318,8 @@ def result_record(
             "flag": chosen.quality.value,
             "reasons": [r.value for r in chosen.reasons],
             "best_frame": chosen.best_frame,
-            "probability": chosen.frame_scores[chosen.best_frame - 1],
-            "frame_scores": list(chosen.frame_scores),
+            "probability": round(chosen.frame_scores[chosen.best_frame - 1], 4),
+            "frame_scores": [round(p, 4) for p in chosen.frame_scores],
         }
     record["outputs"] = [
         {"kind": o.kind, "sop_instance_uid": o.sop_instance_uid, "path": o.path.name}
@@ -407,7 +407,8 @@ def study_summary(study: str, records: Sequence[dict[str, Any]]) -> dict[str, An
     (the highest clip score among the zone's cines) with its total over the scored zones.
     Cines without a zone count as zone "?"; a model that did not run leaves its keys out
     (``b_lines_assessed`` says whether the B-line zones are known). With the key-frame model,
-    ``poor_zones`` lists the zones none of whose cines is usable: to scan again."""
+    ``quality_zones`` lists the zones it assessed and ``poor_zones`` those of them none of whose
+    assessed cines is usable: to scan again."""
     zones: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         zones.setdefault(record["source"]["zone"] or "?", []).append(record)
@@ -432,13 +433,12 @@ def study_summary(study: str, records: Sequence[dict[str, Any]]) -> dict[str, An
             for z, rs in zones.items()
             if any(r.get("consolidation", {}).get("present") for r in rs)
         ]
-    if any("quality" in r for r in records):
+    assessed = {z: [r["quality"]["flag"] for r in rs if "quality" in r] for z, rs in zones.items()}
+    if any(assessed.values()):
         # Zones to scan again: none of their assessed cines holds a frame worth keeping.
+        summary["quality_zones"] = [z for z, flags in assessed.items() if flags]
         summary["poor_zones"] = [
-            z
-            for z, rs in zones.items()
-            if any("quality" in r for r in rs)
-            and all(r["quality"]["flag"] == "poor" for r in rs if "quality" in r)
+            z for z, flags in assessed.items() if flags and all(f == "poor" for f in flags)
         ]
     scores = {
         z: max(r["severity"]["score"] for r in rs if "severity" in r)

@@ -146,7 +146,7 @@ def test_each_study_summary_sr_reads_back_to_its_line(processed: Processed) -> N
         back = read_study_summary(path)
         summary = by_study[back["study_instance_uid"]]
         keys = ("zones", "zone_cines", "b_lines_assessed", "b_line_zones", "lus_score")
-        for key in (*keys, "consolidation_zones", "poor_zones"):
+        for key in (*keys, "consolidation_zones", "quality_zones", "poor_zones"):
             assert back[key] == summary[key], key
     exam = max(processed.studies, key=lambda s: s["cines"])
     assert exam["zones"] == ["L1", "L2", "L3", "R1", "R2", "R3"]

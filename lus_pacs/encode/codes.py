@@ -84,7 +84,7 @@ KEY_FRAME_REASONS = {
     KeyFrameReason.B_LINES: _private("LUS061", "Representative B-line frame"),
     KeyFrameReason.ATTENTION: _private("LUS062", "Frame the B-line model attended to most"),
     KeyFrameReason.SEVERITY: _private("LUS063", "Highest-severity frame"),
-    KeyFrameReason.BEST: _private("LUS064", "Frame a clinician would keep"),
+    KeyFrameReason.BEST: _private("LUS064", "Frame with the highest keep probability"),
 }
 QUALITY_VALUES = {
     Quality.USABLE: _private("LUS070", "Usable lung ultrasound cine"),
@@ -100,9 +100,9 @@ POOR_REASONS = {
 }
 """Values of the Quality Findings of a poor cine."""
 KEEP_PROBABILITY = _private("LUS075", "Probability a clinician would keep the frame")
+"""The key-frame model's score of the best frame (referenced)."""
 ZONES_WITHOUT_USABLE_CINE = _private("LUS076", "Lung ultrasound zones without a usable cine")
 """Study summary: zones to scan again (none of their cines holds a frame worth keeping)."""
-"""The key-frame model's score of the best frame (referenced)."""
 
 # Standard concepts.
 LUNG = codes.SCT.Lung  # 39607008

@@ -66,7 +66,9 @@ def encode_kos(
         SOP Instance UID and Series Instance UID of the KOS; new UIDs when None.
     document_title:
         The document title from CID 7010. By default 113013 "Best In Set" when the key-frame
-        model chose among the frames (``findings.key_frame_model``), else 113000 "Of Interest".
+        model rated the cine usable (``findings.key_frame_model``), else 113000 "Of Interest"
+        (a poor cine's best frame is not one to call best; 113001 "Rejected for Quality
+        Reasons" would make IOCM archives hide the source).
 
     Returns
     -------
@@ -89,8 +91,9 @@ def encode_kos(
         reasons.setdefault(key.frame, []).append(key.reason)
     frames = check_frames(reasons, header, "Key frames")
     if document_title is None:
-        chosen = findings.key_frame_model is not None
-        document_title = codes.BEST_IN_SET if chosen else codes.OF_INTEREST
+        chosen = findings.key_frame_model
+        usable = chosen is not None and chosen.quality is Quality.USABLE
+        document_title = codes.BEST_IN_SET if usable else codes.OF_INTEREST
 
     content = hd.ko.KeyObjectSelection(
         document_title=document_title,

@@ -50,6 +50,7 @@ def read_cine_sr(path: Path) -> dict[str, Any]:
         }
     }
     models: dict[str, str] = {}
+    key_frames: list[dict[str, Any]] = []
     for group in report.get_image_measurement_groups():
         record["source"]["zone"] = _zone(group)
         models.update(_algorithms(group))
@@ -72,9 +73,11 @@ def read_cine_sr(path: Path) -> dict[str, Any]:
             record["segmentation"] = {"classes": _mask_classes(group)}
         elif finding == codes.IMAGE_QUALITY:
             record["quality"] = _quality(group)
-        key_frames = [_key_frame(item) for item in _children(group, codes.KEY_FRAME)]
-        if key_frames:
-            record["key_frames"] = key_frames
+        key_frames.extend(_key_frame(item) for item in _children(group, codes.KEY_FRAME))
+    if key_frames:
+        # Each reason sits in its model's group; the node lists them in the reasons' order.
+        order = list(KeyFrameReason)
+        record["key_frames"] = sorted(key_frames, key=lambda k: order.index(k["reason"]))
     for roi in report.get_planar_roi_measurement_groups(finding_type=codes.SCORE_REGION):
         frame, box = _region_box(roi)
         record.setdefault("severity", {})["top_frame"] = frame
@@ -99,13 +102,15 @@ def read_study_summary(path: Path) -> dict[str, Any]:
     """The study summary record, as its summary SR says it: keys as in
     :func:`lus_pacs.pipeline.study_summary` (``zone_cines``, ``b_line_zones``,
     ``lus_score`` with ``per_zone``, ``total``, ``zones_scanned``, ``zones_scored``,
-    ``maximum``; ``consolidation_zones`` and ``poor_zones`` when assessed)."""
+    ``maximum``; ``consolidation_zones``, ``quality_zones`` and ``poor_zones`` when assessed)."""
     sr = hd.sr.srread(path)
     report = _report(sr)
     summary: dict[str, Any] = {"study_instance_uid": str(sr.StudyInstanceUID)}
     zone_cines: dict[str, list[str]] = {}
-    b_line_zones, consolidation_zones, poor_zones, per_zone = [], [], [], {}
-    b_lines_assessed = consolidation_assessed = quality_assessed = False
+    b_line_zones, consolidation_zones, per_zone = [], [], {}
+    quality_zones: list[str] = []
+    poor_zones: list[str] = []
+    b_lines_assessed = consolidation_assessed = False
     totals: dict[str, int] = {}
     for group in report.get_image_measurement_groups():
         if group.finding_type == codes.LUS_EXAM:
@@ -132,7 +137,7 @@ def read_study_summary(path: Path) -> dict[str, Any]:
             if evaluation.value == codes.PRESENT:
                 consolidation_zones.append(zone)
         for evaluation in group.get_qualitative_evaluations(name=codes.QUALITY_ASSESSMENT):
-            quality_assessed = True
+            quality_zones.append(zone)
             if evaluation.value == codes.QUALITY_VALUES[Quality.POOR]:
                 poor_zones.append(zone)
     summary["zones"] = list(zone_cines)
@@ -141,7 +146,8 @@ def read_study_summary(path: Path) -> dict[str, Any]:
     summary["b_line_zones"] = b_line_zones
     if consolidation_assessed:
         summary["consolidation_zones"] = consolidation_zones
-    if quality_assessed:
+    if quality_zones:
+        summary["quality_zones"] = quality_zones
         summary["poor_zones"] = poor_zones
     if per_zone:
         summary["lus_score"] = {

@@ -16,8 +16,9 @@ Content tree (TID 1500 > TID 1501, one measurement group for the cine)::
           B-lines = Present | Absent
           Source of Measurement: the cine
           Best illustration of finding: cine, the key frames
-          Key frame = Representative B-line frame | ...      (one per key frame, in order)
-            <- Source of Measurement: cine, the frame
+          Key frame = Representative B-line frame | ...      (one per key frame the B-line
+            <- Source of Measurement: cine, the frame         model chose; each other reason
+                                                              sits in its model's group)
         Measurement Group                                    (only with the key-frame model)
           Tracking Identifier "Image quality, zone R2"; Finding = Image Quality
           Finding Site; Algorithm (TID 4019)
@@ -26,6 +27,7 @@ Content tree (TID 1500 > TID 1501, one measurement group for the cine)::
           Quality Finding = Rib shadow over the pleura | ... (a poor cine's reasons, strongest
                                                               first)
           Source of Measurement: the cine
+          Key frame = Frame with the highest keep probability <- cine, the best frame
         Measurement Group                                    (only with consolidation findings)
           Tracking Identifier "Lung consolidation, zone R2"; Finding = Lung consolidation
           Finding Site; Algorithm (TID 4019); Probability {1}; Lung consolidation = Present|Absent
@@ -38,6 +40,7 @@ Content tree (TID 1500 > TID 1501, one measurement group for the cine)::
           Lung ultrasound score = 2 {1}
           Probability = 0.81 {1}                             (of that score, from the aggregator)
           Frames with lung ultrasound score k = n {frames}   <- the frames, k = 0..3 when n > 0
+          Key frame = Highest-severity frame                 <- cine, the top frame
         Measurement Group (TID 1410)                         (networks with a spatial transformer)
           Tracking Identifier "Lung ultrasound score region, zone R2"
           Image Region = closed POLYLINE around the box   <- cine, the top-scoring frame
@@ -67,6 +70,7 @@ from lus_pacs.domain import (
     BLineFindings,
     Findings,
     KeyFrame,
+    KeyFrameReason,
     SegmentationFindings,
     SeverityFindings,
 )
@@ -211,24 +215,41 @@ def _cine_group(
         ),
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(header)],
     )
-    # The key frames, all in one standard item for any reader, then each with its reason.
+    # The key frames, all in one standard item for any reader. Each reason goes in the group
+    # of the model that chose the frame, so it is credited to that model's algorithm.
     key_frames = sorted({k.frame for k in findings.key_frames})
     if key_frames:
-        group[0].ContentSequence.extend(
-            [
-                hd.sr.ImageContentItem(
-                    name=codes.BEST_ILLUSTRATION,
-                    referenced_sop_class_uid=header.SOPClassUID,
-                    referenced_sop_instance_uid=header.SOPInstanceUID,
-                    referenced_frame_numbers=frame_references(
-                        header, check_frames(key_frames, header, "Key frames")
-                    ),
-                    relationship_type=_CONTAINS,
+        group[0].ContentSequence.append(
+            hd.sr.ImageContentItem(
+                name=codes.BEST_ILLUSTRATION,
+                referenced_sop_class_uid=header.SOPClassUID,
+                referenced_sop_instance_uid=header.SOPInstanceUID,
+                referenced_frame_numbers=frame_references(
+                    header, check_frames(key_frames, header, "Key frames")
                 ),
-                *(_key_frame_item(key, header) for key in findings.key_frames),
-            ]
+                relationship_type=_CONTAINS,
+            )
         )
+    # A reason whose model has no group of its own (its findings absent) stays here.
+    here = [KeyFrameReason.B_LINES, KeyFrameReason.ATTENTION]
+    if findings.severity is None:
+        here.append(KeyFrameReason.SEVERITY)
+    if findings.key_frame_model is None:
+        here.append(KeyFrameReason.BEST)
+    _add_key_frame_items(group, findings, header, tuple(here))
     return group
+
+
+def _add_key_frame_items(
+    group: hd.sr.MeasurementsAndQualitativeEvaluations,
+    findings: Findings,
+    header: Dataset,
+    reasons: tuple[KeyFrameReason, ...],
+) -> None:
+    """The key frames chosen for ``reasons``, each with its reason, into ``group``."""
+    group[0].ContentSequence.extend(
+        _key_frame_item(key, header) for key in findings.key_frames if key.reason in reasons
+    )
 
 
 def _key_frame_item(key: KeyFrame, header: Dataset) -> hd.sr.CodeContentItem:
@@ -260,41 +281,41 @@ def _quality_groups(
     zone = findings.source.zone
     where = f", zone {zone}" if zone else ""
     (best,) = check_frames([kf.best_frame], header, "Best frame")
-    return [
-        hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=generate_uid(entropy_srcs=[sop_instance_uid, "quality"]),
-                identifier=f"Image quality{where}",
-            ),
-            finding_type=codes.IMAGE_QUALITY,
-            algorithm_id=algorithm_identification(kf.model),
-            finding_sites=[finding_site(zone)],
-            measurements=[
-                hd.sr.Measurement(
-                    name=codes.KEEP_PROBABILITY,
-                    value=float(kf.frame_scores[best - 1]),
-                    unit=codes.UNITLESS,
-                    referenced_images=[
-                        hd.sr.SourceImageForMeasurement.from_source_image(
-                            header, frame_references(header, [best])
-                        )
-                    ],
-                )
-            ],
-            qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(
-                    name=codes.QUALITY_ASSESSMENT, value=codes.QUALITY_VALUES[kf.quality]
-                ),
-                *(
-                    hd.sr.QualitativeEvaluation(
-                        name=codes.QUALITY_FINDING, value=codes.POOR_REASONS[reason]
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=generate_uid(entropy_srcs=[sop_instance_uid, "quality"]),
+            identifier=f"Image quality{where}",
+        ),
+        finding_type=codes.IMAGE_QUALITY,
+        algorithm_id=algorithm_identification(kf.model),
+        finding_sites=[finding_site(zone)],
+        measurements=[
+            hd.sr.Measurement(
+                name=codes.KEEP_PROBABILITY,
+                value=float(kf.frame_scores[best - 1]),
+                unit=codes.UNITLESS,
+                referenced_images=[
+                    hd.sr.SourceImageForMeasurement.from_source_image(
+                        header, frame_references(header, [best])
                     )
-                    for reason in kf.reasons
-                ),
-            ],
-            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(header)],
-        )
-    ]
+                ],
+            )
+        ],
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(
+                name=codes.QUALITY_ASSESSMENT, value=codes.QUALITY_VALUES[kf.quality]
+            ),
+            *(
+                hd.sr.QualitativeEvaluation(
+                    name=codes.QUALITY_FINDING, value=codes.POOR_REASONS[reason]
+                )
+                for reason in kf.reasons
+            ),
+        ],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(header)],
+    )
+    _add_key_frame_items(group, findings, header, (KeyFrameReason.BEST,))
+    return [group]
 
 
 def finding_site(zone: str | None) -> hd.sr.FindingSite:
@@ -428,6 +449,7 @@ def _severity_groups(
         measurements=_severity_measurements(sev, header),
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(header)],
     )
+    _add_key_frame_items(clip, findings, header, (KeyFrameReason.SEVERITY,))
     if sev.box is None:
         return [clip]
     (frame,) = check_frames([sev.top_frame], header, "Top-scoring frame")

@@ -142,7 +142,7 @@ def _zone_group(
                 name=codes.CONSOLIDATION, value=codes.PRESENT if present else codes.ABSENT
             )
         )
-    if "poor_zones" in summary:
+    if zone in summary.get("quality_zones", ()):
         poor = zone in summary["poor_zones"]
         evaluations.append(
             hd.sr.QualitativeEvaluation(

@@ -22,6 +22,7 @@ Müller, Eccel and Robert, "Extracting high value lung ultrasound images from vi
 
 from __future__ import annotations
 
+import logging
 import math
 from enum import StrEnum
 from pathlib import Path
@@ -38,6 +39,7 @@ from lus_pacs.inference.bundle import load_bundle
 from lus_pacs.nets.b_lines import C2DLSTM, C2DAttention, C2DLSTMAttention
 
 FloatArray = npt.NDArray[np.float64]
+_log = logging.getLogger(__name__)
 
 PAPER_WINDOW = 200
 """The paper's local-brightness window, in pixels of its 1080 x 792 images."""
@@ -60,21 +62,23 @@ class Encoding(StrEnum):
 def tissue_mask(cine: Cine) -> npt.NDArray[np.bool_]:
     """Pixels of the tissue region that are not burned-in overlay, shape of ``cine.tissue()``.
 
-    Raises
-    ------
-    ValueError
-        The overlay covers the whole region: there is nothing to measure.
+    An overlay that would cover the whole region is not believed (a region declared by the
+    scanner over a still, bright image, say): then every pixel of the region counts, and a
+    warning names the cine.
     """
     r = cine.region
-    if cine.overlay_mask is None:
-        valid = np.ones((r.height, r.width), np.bool_)
-    else:
-        valid = ~cine.overlay_mask[r.y0 : r.y1, r.x0 : r.x1]
-    if not valid.any():
-        raise ValueError(
-            f"Cine {cine.source.sop_instance_uid or cine.source.path}: the overlay mask covers "
-            f"its whole tissue region {r}; no pixel is left to compare frames by."
-        )
+    valid = np.ones((r.height, r.width), np.bool_)
+    if cine.overlay_mask is not None:
+        without = ~cine.overlay_mask[r.y0 : r.y1, r.x0 : r.x1]
+        if without.any():
+            valid = without
+        else:
+            _log.warning(
+                "cine %s: the static overlay found covers its whole tissue region %s; "
+                "the region is used unmasked",
+                cine.source.sop_instance_uid or cine.source.path,
+                r,
+            )
     return valid
 
 
@@ -165,9 +169,10 @@ def _pairs(blocks: FloatArray) -> FloatArray:
 class CnnEncoder:
     """The frozen per-frame CNN of a B-line bundle as an image encoder (paper 004's CNN encoder).
 
-    Frames are prepared as the B-line model sees them (tissue region, overlay black, resized to
-    64 x 64 by area averaging, grey levels in [0, 1]); the convolutions' last feature map is
-    average-pooled to 4 x 4 and flattened to ``channels x 16`` values per frame.
+    Frames are prepared as the B-line model sees them (tissue region resized to 64 x 64 by area
+    averaging, grey levels in [0, 1]), except that the overlay is black here. The convolutions'
+    last feature map is average-pooled to 4 x 4 and flattened to ``channels x 16`` values per
+    frame.
 
     Parameters
     ----------

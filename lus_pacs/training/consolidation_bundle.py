@@ -52,7 +52,8 @@ def write_consolidation_bundle(
             "unlabeled cines with the paper's spatio-temporal augmentations, fine-tuned with a "
             "linear head. Research use only; not a medical device."
         ),
-        "data_source": "Simulated lung-ultrasound exams (`lus-pacs synth`); see docs/README.md",
+        "data_source": "Simulated lung-ultrasound exams (`lus-pacs synth "
+        "--decouple-consolidation`) and public POCUS clips; see docs/README.md",
         "data_type": "dicom",
         "image_classes": f"single channel: {CLIP_FRAMES} frames of the tissue region at "
         f"{CLIP_SIZE} x {CLIP_SIZE}, [0, 1]",

@@ -16,7 +16,11 @@ from lus_pacs.training.bundle_files import (
     write_weights_and_config,
 )
 
-BUNDLE_VERSION = "0.1.0"
+BUNDLE_VERSION = "0.2.0"
+CHANGELOG = {
+    "0.2.0": "real POCUS clips of the training publishers join as usable frames (weak labels)",
+    "0.1.0": "first version: simulated exams with poor zones",
+}
 PAPER_004 = (
     "Müller N., Eccel F., Robert A. Selecting high-value frames from lung ultrasound videos "
     "(paper 004 of this project's seeds)."
@@ -38,16 +42,16 @@ def write_key_frames_bundle(
     metadata = {
         **versions_and_authors(),
         "version": BUNDLE_VERSION,
-        "changelog": {BUNDLE_VERSION: "first version: simulated exams with poor zones"},
+        "changelog": CHANGELOG,
         "name": "Key frames and cine quality, ResNet-18 (paper 004)",
         "task": "Per frame: would a clinician keep it, and if not, why (contact, rib, pleura)",
         "description": (
             "A quarter-width ResNet-18 (lus_pacs.nets.key_frames) trained from scratch on "
-            "simulated frames labelled by the simulator's truth. Research use only; not a "
-            "medical device; trained on simulated data only."
+            "simulated frames labelled by the simulator's truth and real POCUS frames taken as "
+            "usable. Research use only; not a medical device; trained largely on simulated data."
         ),
-        "data_source": "Simulated lung-ultrasound exams (`lus-pacs synth --poor-share`); "
-        "see docs/README.md",
+        "data_source": "Simulated lung-ultrasound exams (`lus-pacs synth --poor-share`) and, as "
+        "usable frames, public POCUS clips; see docs/README.md",
         "data_type": "dicom",
         "image_classes": f"single channel: one frame's tissue region, overlay black, fitted "
         f"into 256 x 256, centre crop {INPUT_SIZE} x {INPUT_SIZE}, [0, 1]",

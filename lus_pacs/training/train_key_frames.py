@@ -36,7 +36,7 @@ import numpy.typing as npt
 import torch
 from tqdm import tqdm
 
-from lus_pacs.domain import ModelInfo, PoorReason, Quality
+from lus_pacs.domain import Cine, ModelInfo, PoorReason, Quality
 from lus_pacs.inference.key_frames import (
     KeyFrameModel,
     decide,
@@ -54,6 +54,7 @@ from lus_pacs.inference.similarity import (
 )
 from lus_pacs.nets.key_frames import OUTPUTS, FrameOutput, KeyFrameNet
 from lus_pacs.training.key_frame_data import KeyFrameSet, build_key_frame_sets, variant_names
+from lus_pacs.training.pocus import PocusClip, load_clip, read_labels, source_group
 from lus_pacs.training.simulated import FrameLabels, SimulatedCine, find_simulated
 from lus_pacs.training.splits import split_by_group
 
@@ -88,12 +89,40 @@ def even_frames(cines: Sequence[SimulatedCine], per_cine: int) -> FrameSet:
     """``per_cine`` frames spread evenly over every cine, with their truth."""
     images, targets = [], []
     for sim in cines:
-        tissue = masked_tissue(sim.load())
-        picks = np.unique(np.linspace(0, len(tissue) - 1, per_cine).round().astype(int))
-        for i in picks:
-            images.append(fit_square(tissue[i]))
+        for i, image in _spread(sim.load(), per_cine):
+            images.append(image)
             targets.append(frame_targets(sim.frames[i]))
     return FrameSet(np.stack(images), np.asarray(targets, np.float32))
+
+
+def pocus_frames(
+    clips: Sequence[PocusClip], pocus_dir: Path, cache_dir: Path, per_clip: int
+) -> FrameSet:
+    """``per_clip`` frames spread evenly over every real POCUS clip, all labelled worth keeping
+    and without a poor reason: weak labels, since the clips were chosen for teaching and
+    publication. They show the network real scanners' images, which the simulator does not."""
+    images = [
+        image
+        for clip in tqdm(clips, desc="pocus frames", unit="clip")
+        for _, image in _spread(load_clip(clip, pocus_dir, cache_dir), per_clip)
+    ]
+    targets = np.zeros((len(images), len(OUTPUTS)), np.float32)
+    targets[:, OUTPUTS.index(FrameOutput.KEEP)] = 1.0
+    return FrameSet(np.stack(images), targets)
+
+
+def _spread(cine: Cine, count: int) -> list[tuple[int, npt.NDArray[np.uint8]]]:
+    """``count`` frames spread evenly over the cine: (0-based index, training image)."""
+    tissue = masked_tissue(cine)
+    picks = np.unique(np.linspace(0, len(tissue) - 1, count).round().astype(int))
+    return [(int(i), fit_square(tissue[i])) for i in picks]
+
+
+def pocus_split(pocus_dir: Path, folds: int, seed: int) -> tuple[list[PocusClip], list[PocusClip]]:
+    """(train, test) POCUS clips: the first of ``folds`` publisher folds held out."""
+    clips = read_labels(pocus_dir / "labels.csv")
+    split = split_by_group(clips, lambda c: source_group(c.file), folds, seed)
+    return [c for fold in split[1:] for c in fold], split[0]
 
 
 def variant_frames(data: KeyFrameSet, cines: Sequence[SimulatedCine]) -> FrameSet:
@@ -117,7 +146,7 @@ def train(
 ) -> KeyFrameNet:
     """SGD with momentum 0.9, the rate times 0.1 every ``step_epochs`` epochs (the paper's
     schedule; its rate 1e-3 fine-tuned ImageNet weights, from scratch 1e-2 learns faster),
-    binary cross entropy on every output, the keep output weighted by the class balance.
+    binary cross entropy on every output, each positive class weighted by its imbalance.
     Augmentation: horizontal flip and a crop up to 8 pixels off the centre."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -176,6 +205,7 @@ def evaluate(
     cines: Sequence[SimulatedCine],
     encoder: CnnEncoder,
     threshold: float = 0.5,
+    reason_threshold: float = 0.5,
 ) -> dict[str, float]:
     """The paper's Tests 1 and 2 and ours on held-out cines (see the module docstring)."""
     info = ModelInfo("key_frames", "evaluation", "key frames")
@@ -186,7 +216,7 @@ def evaluate(
     for sim in cines:
         cine = sim.load()
         probabilities = frame_probabilities(network, frame_images(cine))
-        findings = decide(probabilities, info, threshold)
+        findings = decide(probabilities, info, threshold, reason_threshold)
         keep = probabilities[:, OUTPUTS.index(FrameOutput.KEEP)]
         found.append(bool((keep > 0.5).any()))
         quality, reasons = truth_quality(sim)
@@ -270,14 +300,34 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--variant-epochs", type=int, help="epochs per variant (default --epochs)")
     parser.add_argument("--out", type=Path, help="the bundle folder")
     parser.add_argument("--tables", type=Path, help="where the variant tables go (JSON)")
+    parser.add_argument(
+        "--pocus",
+        type=Path,
+        help="real POCUS clips of the training publishers join as usable frames (weak labels); "
+        "the held-out publishers' clips are flagged",
+    )
+    parser.add_argument("--pocus-cache", type=Path, default=Path("build/pocus-cache"))
     args = parser.parse_args(argv)
 
     train_cines, test_cines = held_out(find_simulated(args.data), args.folds, args.seed)
     encoder = CnnEncoder.load(args.b_lines)
     start = time.perf_counter()
     frames = even_frames(train_cines, args.frames_per_cine)
+    pocus_train: list[PocusClip] = []
+    pocus_test: list[PocusClip] = []
+    if args.pocus is not None:
+        pocus_train, pocus_test = pocus_split(args.pocus, args.folds, args.seed)
+        real = pocus_frames(pocus_train, args.pocus, args.pocus_cache, args.frames_per_cine)
+        frames = FrameSet(
+            np.concatenate([frames.images, real.images]),
+            np.concatenate([frames.targets, real.targets]),
+        )
     network = train(frames, epochs=args.epochs, seed=args.seed, lr=args.lr, progress="train")
-    held = evaluate(network, test_cines, encoder)
+    held: dict[str, float] = evaluate(network, test_cines, encoder)
+    if pocus_test:
+        flags = flag_pocus(network, pocus_test, args.pocus, args.pocus_cache)
+        print(json.dumps({"pocus": flags}, indent=1))
+        held["pocus_clips"], held["pocus_usable"] = flags["clips"], flags["usable"]
     summary: dict[str, Any] = {
         "train_cines": len(train_cines),
         "train_frames": len(frames.targets),
@@ -299,6 +349,7 @@ def train_main(argv: Sequence[str] | None = None) -> None:
                 "seed": args.seed,
                 "train_cines": len(train_cines),
                 "train_frames": len(frames.targets),
+                "pocus_train_clips": len(pocus_train),
             },
         )
     if args.variants is not None:
@@ -356,11 +407,63 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--all", action="store_true", help="every cine, not the held-out fold")
     parser.add_argument("--b-lines", type=Path, default=MODELS_DIR / "b_lines")
+    parser.add_argument(
+        "--pocus",
+        type=Path,
+        help="also flag the held-out real POCUS clips (no frame labels: how many are rated "
+        "usable; all of them with --all)",
+    )
+    parser.add_argument("--pocus-cache", type=Path, default=Path("build/pocus-cache"))
     args = parser.parse_args(argv)
 
     cines = find_simulated(args.data)
     if not args.all:
         cines = held_out(cines, args.folds, args.seed)[1]
     model = KeyFrameModel.load(args.bundle)
-    scores = evaluate(model.network, cines, CnnEncoder.load(args.b_lines), model.threshold)
+    encoder = CnnEncoder.load(args.b_lines)
+    scores = evaluate(model.network, cines, encoder, model.threshold, model.reason_threshold)
     print(json.dumps(scores, indent=1))
+    if args.pocus is not None:
+        clips = read_labels(args.pocus / "labels.csv")
+        if not args.all:
+            clips = pocus_split(args.pocus, args.folds, args.seed)[1]
+        flags = flag_pocus(
+            model.network,
+            clips,
+            args.pocus,
+            args.pocus_cache,
+            model.threshold,
+            model.reason_threshold,
+        )
+        print(json.dumps({"pocus": flags}, indent=1))
+
+
+def flag_pocus(
+    network: KeyFrameNet,
+    clips: Sequence[PocusClip],
+    pocus_dir: Path,
+    cache_dir: Path,
+    threshold: float = 0.5,
+    reason_threshold: float = 0.5,
+) -> dict[str, Any]:
+    """The quality flags of real POCUS clips. They have no frame labels, but they were chosen
+    for teaching and publication: nearly all should be usable. A transfer check."""
+    info = ModelInfo("key_frames", "evaluation", "key frames")
+    flags: dict[str, int] = {q.value: 0 for q in Quality}
+    reasons: dict[str, int] = {r.value: 0 for r in PoorReason}
+    keep = []
+    for clip in tqdm(clips, desc="pocus", unit="clip"):
+        cine = load_clip(clip, pocus_dir, cache_dir)
+        probabilities = frame_probabilities(network, frame_images(cine))
+        found = decide(probabilities, info, threshold, reason_threshold)
+        flags[found.quality.value] += 1
+        keep.append(max(found.frame_scores))
+        for reason in found.reasons[:1]:
+            reasons[reason.value] += 1
+    return {
+        "clips": len(keep),
+        "usable": flags[Quality.USABLE.value] / len(keep) if keep else float("nan"),
+        "flags": flags,
+        "first_reasons_of_poor": reasons,
+        "median_best_keep_probability": float(np.median(keep)) if keep else float("nan"),
+    }

@@ -120,6 +120,8 @@ def test_a_poor_cine_says_so_and_why(right_cine: Source) -> None:
         "Cine of poor quality (rib shadow over the pleura, probe not in contact)."
         in description.TextValue
     )
+    # The best of a poor lot is not "Best In Set".
+    assert tree.concept(kos) == codes.OF_INTEREST
 
 
 @pytest.mark.parametrize("with_model", [False, True])

@@ -26,11 +26,12 @@ from tests.encode.conftest import (
 pytestmark = pytest.mark.filterwarnings('ignore:The string "PLA":UserWarning')
 
 RECORDED_KEY_FRAMES = [
-    {"frame": B_LINE_KEY_FRAME, "reason": "b_lines"},
     {"frame": BEST_FRAME, "reason": "best"},
+    {"frame": B_LINE_KEY_FRAME, "reason": "b_lines"},
     {"frame": B_LINE_KEY_FRAME, "reason": "severity"},
 ]
-"""``KEY_FRAMES`` as the pipeline records them: in order, frame 5 twice."""
+"""``KEY_FRAMES`` as the pipeline records them: in the reasons' order (best, B-lines, severity),
+frame 5 twice."""
 
 
 def _sr(cine: Source, tmp_path: Path, reasons: tuple[PoorReason, ...] | None) -> Path:
@@ -43,7 +44,9 @@ def _sr(cine: Source, tmp_path: Path, reasons: tuple[PoorReason, ...] | None) ->
 def test_key_frames_read_back_in_order_with_their_reasons(cine: Source, tmp_path: Path) -> None:
     back = read_cine_sr(_sr(cine, tmp_path, None))
 
-    assert [k.frame for k in KEY_FRAMES] == [k["frame"] for k in RECORDED_KEY_FRAMES]
+    order = list(KeyFrameReason)
+    in_order = sorted(KEY_FRAMES, key=lambda k: order.index(k.reason))
+    assert [k.frame for k in in_order] == [k["frame"] for k in RECORDED_KEY_FRAMES]
     assert back["key_frames"] == RECORDED_KEY_FRAMES
     assert back["b_lines"]["key_frame"] == B_LINE_KEY_FRAME
     assert back["b_lines"]["key_frames"] == [B_LINE_KEY_FRAME, BEST_FRAME]

@@ -103,9 +103,9 @@ def test_poor_cines_are_flagged_with_the_right_reason(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not (BUNDLE / "models" / "model.pt").is_file(), reason="no key-frame bundle")
 def test_the_kos_carries_the_quality_chosen_frame(synth_exams: Path, tmp_path: Path) -> None:
-    """`lus-pacs process` with the key-frame, B-line and severity models: the KOS is titled
-    Best In Set, its frame numbers are frames of the source and include the chosen frame, and
-    the objects pass dciodvfy and dcentvfy."""
+    """`lus-pacs process` with the key-frame, B-line and severity models: the KOS of a usable
+    cine is titled Best In Set, its frame numbers are frames of the source and include the
+    chosen frame, and the objects pass dciodvfy and dcentvfy."""
     cine = sorted(synth_exams.glob("*/*.dcm"))[0]
     config = tmp_path / "lus-pacs.toml"
     config.write_text(
@@ -123,7 +123,8 @@ def test_the_kos_carries_the_quality_chosen_frame(synth_exams: Path, tmp_path: P
     (kos_path,) = out.glob("kos-*.dcm")
     kos = pydicom.dcmread(kos_path)
     title = kos.ConceptNameCodeSequence[0]
-    assert (title.CodeValue, title.CodingSchemeDesignator) == ("113013", "DCM")
+    expected = "113013" if quality["flag"] == "usable" else "113000"  # Best In Set, Of Interest
+    assert (title.CodeValue, title.CodingSchemeDesignator) == (expected, "DCM")
     referenced = [
         int(f)
         for item in kos.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence

@@ -129,10 +129,18 @@ def test_local_brightness_refuses_odd_windows() -> None:
         local_brightness(_cine(np.zeros((1, 20, 20), np.uint8)), 7)
 
 
-def test_overlay_over_the_whole_region_is_refused() -> None:
-    cine = _cine(np.zeros((1, 8, 8), np.uint8), overlay=np.ones((8, 8), bool))
-    with pytest.raises(ValueError, match="overlay mask covers"):
-        mean_brightness(cine)
+def test_overlay_over_the_whole_region_is_not_believed(caplog: pytest.LogCaptureFixture) -> None:
+    """A still, bright image under a declared region looks like overlay everywhere: the region
+    is then used unmasked, with a warning, rather than failing the cine."""
+    frames = np.full((2, 8, 8), 200, np.uint8)
+    frames[1, 0, 0] = 100
+    cine = _cine(frames, overlay=np.ones((8, 8), bool))
+    with caplog.at_level("WARNING"):
+        brightness = mean_brightness(cine)
+    assert brightness[0] == 200
+    assert brightness[1] == pytest.approx((200 * 63 + 100) / 64)
+    assert (masked_tissue(cine) == frames).all()
+    assert "covers its whole tissue region" in caplog.text
 
 
 def test_cosine_similarity() -> None:

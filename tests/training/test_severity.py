@@ -149,7 +149,9 @@ def test_study_summary_lists_the_zones_without_a_usable_cine() -> None:
         record("L2", "poor"),
         record("L2", None),
     ]
-    assert study_summary("1.2", records)["poor_zones"] == ["L2", "R2"]
+    summary = study_summary("1.2", records)
+    assert summary["poor_zones"] == ["L2", "R2"]
+    assert summary["quality_zones"] == ["L2", "R1", "R2"]  # L1 was not assessed
 
 
 def test_a_severity_net_round_trips_its_state() -> None:
