@@ -264,6 +264,24 @@ def demo(
                 for c in seg["classes"]
             )
             typer.echo(f"    masks of frames {seg['frames']}: {masks or 'nothing found'}")
+        if "consolidation" in record:
+            con = record["consolidation"]
+            said = "present" if con["present"] else "absent"
+            expected = "present" if truth[zone].consolidation else "absent"
+            typer.echo(
+                f"    consolidation {said} (p={con['probability']:.2f}, "
+                f"{len(con['boxes'])} boxes); simulated truth: {expected}"
+            )
+        if "quality" in record:
+            q = record["quality"]
+            good = json.loads(truth[zone].truth.read_text())["clip"]["high_value_frames"]
+            why = f" ({', '.join(q['reasons'])})" if q["reasons"] else ""
+            typer.echo(
+                f"    quality {q['flag']}{why}, best frame {q['best_frame']} "
+                f"(p={q['probability']:.2f}); simulated truth: "
+                f"{'usable' if good else 'poor'}, that frame "
+                f"{'high-value' if q['best_frame'] in good else 'not high-value'}"
+            )
     typer.echo(
         "results (SR, KOS, SEG, presentation states, study summary SR and JSON): "
         f"{settings.results_dir / study}"
