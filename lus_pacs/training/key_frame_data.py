@@ -47,6 +47,7 @@ from lus_pacs.inference.similarity import (
     masked_tissue,
     mean_brightness,
 )
+from lus_pacs.nets.key_frames import RESIZE
 from lus_pacs.training.simulated import SimulatedCine
 
 BRIGHTNESS = "brightness"
@@ -62,7 +63,7 @@ POSITIVES_PER_CINE = 3
 """True frames taken from a cine: its best frame and two others spread over the loop."""
 NEARBY_FRAMES = 5
 """Brightness rule: a false frame closer than this to one already taken is skipped."""
-IMAGE_SIZE = 256
+IMAGE_SIZE = RESIZE
 """Rows and columns of the frames returned (the paper resizes to 349 x 256, then crops 224)."""
 
 

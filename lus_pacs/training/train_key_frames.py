@@ -63,6 +63,8 @@ NO_PLEURA_BELOW = 0.25
 """A frame with less than this share of its beams on the pleura shows no pleura (the
 simulator's high-value rule)."""
 _BATCH = 16
+_EVALUATED = ModelInfo("key_frames", "evaluation", "key frames")
+"""Stands for the bundle in findings made while training or evaluating."""
 _JITTER = 8
 """Training crops move up to this many pixels from the centre."""
 
@@ -208,21 +210,19 @@ def evaluate(
     reason_threshold: float = 0.5,
 ) -> dict[str, float]:
     """The paper's Tests 1 and 2 and ours on held-out cines (see the module docstring)."""
-    info = ModelInfo("key_frames", "evaluation", "key frames")
-    found, chosen_good, with_good = [], [], []
+    found, chosen_good = [], []
     chance: list[float] = []
     similarity: dict[Encoding, list[float]] = {e: [] for e in Encoding}
     flag_right, poor_flagged, reason_right, usable_kept = [], [], [], []
     for sim in cines:
         cine = sim.load()
         probabilities = frame_probabilities(network, frame_images(cine))
-        findings = decide(probabilities, info, threshold, reason_threshold)
+        findings = decide(probabilities, _EVALUATED, threshold, reason_threshold)
         keep = probabilities[:, OUTPUTS.index(FrameOutput.KEEP)]
         found.append(bool((keep > 0.5).any()))
         quality, reasons = truth_quality(sim)
         flag_right.append(findings.quality is quality)
         if quality is Quality.USABLE:
-            with_good.append(True)
             chance.append(float(np.mean([f.high_value for f in sim.frames])))
             usable_kept.append(findings.quality is Quality.USABLE)
             chosen_good.append(sim.frames[findings.best_frame - 1].high_value)
@@ -241,7 +241,7 @@ def evaluate(
                 reason_right.append(bool(findings.reasons) and findings.reasons[0] in reasons)
     return {
         "cines": len(cines),
-        "cines_with_a_good_frame": len(with_good),
+        "cines_with_a_good_frame": len(chosen_good),
         "poor_cines": len(poor_flagged),
         "test1_found": _mean(found),
         "test1_found_in_usable": _mean(
@@ -448,14 +448,13 @@ def flag_pocus(
 ) -> dict[str, Any]:
     """The quality flags of real POCUS clips. They have no frame labels, but they were chosen
     for teaching and publication: nearly all should be usable. A transfer check."""
-    info = ModelInfo("key_frames", "evaluation", "key frames")
     flags: dict[str, int] = {q.value: 0 for q in Quality}
     reasons: dict[str, int] = {r.value: 0 for r in PoorReason}
     keep = []
     for clip in tqdm(clips, desc="pocus", unit="clip"):
         cine = load_clip(clip, pocus_dir, cache_dir)
         probabilities = frame_probabilities(network, frame_images(cine))
-        found = decide(probabilities, info, threshold, reason_threshold)
+        found = decide(probabilities, _EVALUATED, threshold, reason_threshold)
         flags[found.quality.value] += 1
         keep.append(max(found.frame_scores))
         for reason in found.reasons[:1]:

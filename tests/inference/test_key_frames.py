@@ -125,20 +125,33 @@ def test_the_kos_carries_the_quality_chosen_frame(synth_exams: Path, tmp_path: P
     title = kos.ConceptNameCodeSequence[0]
     expected = "113013" if quality["flag"] == "usable" else "113000"  # Best In Set, Of Interest
     assert (title.CodeValue, title.CodingSchemeDesignator) == (expected, "DCM")
-    referenced = [
-        int(f)
-        for item in kos.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
-        for sop in item.ReferencedSOPSequence
-        for f in ([sop.ReferencedFrameNumber] if "ReferencedFrameNumber" in sop else [])
-    ]
     in_content = [
         int(item.ReferencedSOPSequence[0].ReferencedFrameNumber)
         for item in kos.ContentSequence
         if item.ValueType == "IMAGE"
     ]
-    assert not referenced or set(referenced) <= set(range(1, n_frames + 1))
     assert set(in_content) <= set(range(1, n_frames + 1))
     assert quality["best_frame"] in in_content
     assert set(in_content) == {k["frame"] for k in record["key_frames"]}
     report = validate([cine, out])
     assert report.ok, [str(v) for v in report.failed]
+
+
+@pytest.mark.skipif(not (BUNDLE / "models" / "model.pt").is_file(), reason="no key-frame bundle")
+def test_the_chosen_frame_is_a_high_value_frame(tmp_path: Path) -> None:
+    """Patients the model never saw (another seed than its data): in at least 90 % of the
+    cines that have a high-value frame, the best frame is one, clearly more often than a
+    frame drawn at random would be (the issue's target; the card's held-out figure is 100 %)."""
+    synthesize(tmp_path, SynthOptions(patients=3, seed=8, frames=16, poor_share=0.25, workers=2))
+    model = KeyFrameModel.load(BUNDLE)
+    chosen, chance = [], []
+    for sim in find_simulated(tmp_path):
+        good = [f.high_value for f in sim.frames]
+        if not any(good):
+            continue
+        found = model.predict(sim.load())
+        chosen.append(good[found.best_frame - 1])
+        chance.append(np.mean(good))
+    assert len(chosen) >= 8
+    assert np.mean(chosen) >= 0.9, f"{sum(chosen)} of {len(chosen)} chosen frames high-value"
+    assert np.mean(chosen) > np.mean(chance), "no better than a frame drawn at random"
