@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
+from lus_pacs.families.consolidation.inference import ConsolidationModel
 from lus_pacs.imaging.decode import read_cine
-from lus_pacs.inference.consolidation import ConsolidationModel
 from lus_pacs.synth.exam import SynthOptions, synthesize
 from lus_pacs.timing import side_by_side
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from lus_pacs.families.b_lines.inference import BLineModel
+from lus_pacs.families.key_frames.inference import KeyFrameModel
 from lus_pacs.imaging.decode import read_cine
-from lus_pacs.inference.b_lines import BLineModel
-from lus_pacs.inference.key_frames import KeyFrameModel
 from lus_pacs.synth.exam import SynthOptions, synthesize
 from lus_pacs.timing import side_by_side
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from lus_pacs.inference.segmentation import SegmentationModel
-from lus_pacs.nets.segmentation import mc_dropout_predict
+from lus_pacs.families.segmentation.inference import SegmentationModel
+from lus_pacs.families.segmentation.network import mc_dropout_predict
 from lus_pacs.timing import side_by_side
 
 BUNDLE = Path(__file__).resolve().parents[1] / "models" / "segmentation"

@@ -611,7 +611,7 @@ def train_b_lines(ctx: typer.Context) -> None:
     """Paper 001's networks (--arch c2d_lstm_att|c2d_att|c3d_att|c2d_lstm) on simulated exams,
     VIA-annotated cines and the POCUS clips; --folds N cross-validates. Options:
     `lus-pacs train b-lines --help`."""
-    from lus_pacs.training.train_b_lines import main
+    from lus_pacs.families.b_lines.train import main
 
     main(ctx.args)
 
@@ -621,7 +621,7 @@ def train_severity(ctx: typer.Context) -> None:
     """Paper 003's frame scorer (--variant reg_stn_sord|cnn_ce|cnn_sord|stn_sord|
     cnn_random_crop_sord) and uninorm clip aggregation on simulated exams. Options:
     `lus-pacs train severity --help`."""
-    from lus_pacs.training.train_severity import main
+    from lus_pacs.families.severity.train import main
 
     main(ctx.args)
 
@@ -631,7 +631,7 @@ def evaluate_severity(ctx: typer.Context) -> None:
     """Frame F1 (Settings 1 and 2), clip weighted F1 / precision / recall for the uninorm and
     both baselines, confusion matrices, STN crop montage. Options:
     `lus-pacs evaluate severity --help`."""
-    from lus_pacs.training.evaluate_severity import main
+    from lus_pacs.families.severity.evaluate import main
 
     main(ctx.args)
 
@@ -640,7 +640,7 @@ def evaluate_severity(ctx: typer.Context) -> None:
 def evaluate_b_lines(ctx: typer.Context) -> None:
     """Precision, recall, F1, localisation at IoU 0.1-0.4, key-frame accuracy, AUC, and
     attention plots. Options: `lus-pacs evaluate b-lines --help`."""
-    from lus_pacs.training.evaluate_b_lines import main
+    from lus_pacs.families.b_lines.evaluate import main
 
     main(ctx.args)
 
@@ -650,7 +650,7 @@ def train_segmentation(ctx: typer.Context) -> None:
     """Paper 003's U-Net, U-Net++ and DeepLabv3+ (--networks ...) on simulated masks and LabelMe
     polygons (--labelme DIR); writes the ensemble bundle. Options:
     `lus-pacs train segmentation --help`."""
-    from lus_pacs.training.train_segmentation import main
+    from lus_pacs.families.segmentation.train import main
 
     main(ctx.args)
 
@@ -660,7 +660,7 @@ def evaluate_segmentation(ctx: typer.Context) -> None:
     """Table IV (pixel accuracy, union Dice of scores 1-3, categorical Dice of scores 0, 2, 3)
     per network and for the ensemble, MC-dropout uncertainty at borders and inside, and the
     uncertainty figure. Options: `lus-pacs evaluate segmentation --help`."""
-    from lus_pacs.training.evaluate_segmentation import main
+    from lus_pacs.families.segmentation.evaluate import main
 
     main(ctx.args)
 
@@ -669,7 +669,7 @@ def evaluate_segmentation(ctx: typer.Context) -> None:
 def pretrain_consolidation(ctx: typer.Context) -> None:
     """Paper 002's BYOL (or --method simclr) on unlabeled simulated, POCUS and DICOM cines;
     resumable checkpoint. Options: `lus-pacs pretrain consolidation --help`."""
-    from lus_pacs.training.train_consolidation import pretrain_main
+    from lus_pacs.families.consolidation.train import pretrain_main
 
     pretrain_main(ctx.args)
 
@@ -678,7 +678,7 @@ def pretrain_consolidation(ctx: typer.Context) -> None:
 def train_consolidation(ctx: typer.Context) -> None:
     """Paper 002's classifier on a pre-trained encoder; --sweep runs the four variants over
     label fractions; writes the bundle. Options: `lus-pacs train consolidation --help`."""
-    from lus_pacs.training.train_consolidation import train_main
+    from lus_pacs.families.consolidation.train import train_main
 
     train_main(ctx.args)
 
@@ -688,7 +688,7 @@ def train_key_frames(ctx: typer.Context) -> None:
     """Paper 004's key-frame classifier with the quality reasons; --variants also trains one
     model per dataset variant of the paper for its tables. Options: `lus-pacs train key-frames
     --help`."""
-    from lus_pacs.training.train_key_frames import train_main
+    from lus_pacs.families.key_frames.train import train_main
 
     train_main(ctx.args)
 
@@ -697,6 +697,6 @@ def train_key_frames(ctx: typer.Context) -> None:
 def evaluate_key_frames(ctx: typer.Context) -> None:
     """Paper 004's Tests 1 and 2, the chosen frame and the quality flag on held-out simulated
     cines. Options: `lus-pacs evaluate key-frames --help`."""
-    from lus_pacs.training.train_key_frames import evaluate_main
+    from lus_pacs.families.key_frames.train import evaluate_main
 
     evaluate_main(ctx.args)

@@ -15,6 +15,11 @@ import numpy.typing as npt
 GreyFrames = npt.NDArray[np.uint8]
 """Luminance frames, shape (frames, rows, columns)."""
 
+MASK_LABELS = 5
+"""Labels of a segmentation mask: the severity scores 0-3 and :data:`MASK_BACKGROUND`."""
+MASK_BACKGROUND = 4
+"""The label of pixels that show none of the scores."""
+
 
 class RegionSource(StrEnum):
     DICOM = "dicom"

@@ -24,12 +24,12 @@ from pydicom.uid import generate_uid
 from lus_pacs.domain import Findings, KeyFrame, KeyFrameReason
 from lus_pacs.durable import durable_file
 from lus_pacs.errors import ConfigError
+from lus_pacs.families.b_lines.inference import BLineModel
+from lus_pacs.families.consolidation.inference import ConsolidationModel
+from lus_pacs.families.key_frames.inference import KeyFrameModel
+from lus_pacs.families.segmentation.inference import SegmentationModel, frames_to_segment
+from lus_pacs.families.severity.inference import SeverityModel
 from lus_pacs.imaging.decode import decode_dataset
-from lus_pacs.inference.b_lines import BLineModel
-from lus_pacs.inference.consolidation import ConsolidationModel
-from lus_pacs.inference.key_frames import KeyFrameModel
-from lus_pacs.inference.segmentation import SegmentationModel, frames_to_segment
-from lus_pacs.inference.severity import SeverityModel
 from lus_pacs.queue.store import Output
 from lus_pacs.settings import Settings
 
@@ -352,7 +352,7 @@ def process_file(
     outputs = write_outputs(objects, out_dir)
     timings["encode"] += (time.perf_counter() - start) * 1000
     if plots_dir is not None and findings.b_lines is not None and findings.b_lines.frame_scores:
-        from lus_pacs.inference.plots import plot_attention
+        from lus_pacs.families.b_lines.plots import plot_attention
 
         plots_dir.mkdir(parents=True, exist_ok=True)
         name = f"{findings.source.sop_instance_uid}_b_lines.png"

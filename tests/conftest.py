@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from lus_pacs.ingest.video import ImportReport
 from tests.tools import run_cli
 
 
@@ -50,3 +53,24 @@ def pocus_dir() -> Path:
     if not (folder / "labels.csv").is_file():
         pytest.skip(f"POCUS clips not found at {folder} (set LUS_PACS_POCUS_DIR)")
     return folder
+
+
+@dataclass(frozen=True)
+class PocusCache:
+    """Every POCUS clip imported (RLE, monochrome) into ``cache_dir``, and how long it took."""
+
+    pocus_dir: Path
+    cache_dir: Path
+    report: ImportReport
+    seconds: float
+
+
+@pytest.fixture(scope="session")
+def pocus_cache(pocus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> PocusCache:
+    from lus_pacs.training.pocus import cache_clips, read_labels
+
+    clips = read_labels(pocus_dir / "labels.csv")
+    cache_dir = tmp_path_factory.mktemp("pocus-cache")
+    start = time.perf_counter()
+    report = cache_clips(clips, pocus_dir, cache_dir, progress=False)
+    return PocusCache(pocus_dir, cache_dir, report, time.perf_counter() - start)

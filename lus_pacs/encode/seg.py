@@ -27,6 +27,8 @@ from pydicom.uid import (
 )
 
 from lus_pacs import __version__
+from lus_pacs.domain import MASK_BACKGROUND as BACKGROUND
+from lus_pacs.domain import MASK_LABELS as CLASSES
 from lus_pacs.domain import ModelInfo
 from lus_pacs.encode import codes
 from lus_pacs.encode.common import (
@@ -37,7 +39,6 @@ from lus_pacs.encode.common import (
     copy_retired_patient_attributes,
     public_header,
 )
-from lus_pacs.nets.segmentation import BACKGROUND, CLASSES
 
 SERIES_DESCRIPTION = "lus-pacs AI score masks (research only, not a medical device)"
 CONTENT_DESCRIPTION = "LUS score masks; research only, not a medical device"
@@ -87,7 +88,7 @@ def encode_seg(
     ----------
     masks:
         Source frame number (1-based) to its label map, ``(Rows, Columns)`` of the source,
-        values ``0..3`` for the scores and :data:`~lus_pacs.nets.segmentation.BACKGROUND`
+        values ``0..3`` for the scores and :data:`~lus_pacs.domain.MASK_BACKGROUND`
         (4) for background.
     source:
         The cine's header (pixel data is neither needed nor copied). Patient and study

@@ -23,7 +23,7 @@ from lus_pacs.errors import ModelError
 METADATA = Path("configs/metadata.json")
 INFERENCE = Path("configs/inference.json")
 WEIGHTS = Path("models/model.pt")
-NETWORK_PACKAGE = "lus_pacs.nets."
+NETWORK_PACKAGE = "lus_pacs.families."
 """Where every ``network_def`` must point: a bundle names code of this package, nothing else."""
 
 
@@ -53,7 +53,7 @@ def load_bundle(folder: Path, expected: tuple[type[nn.Module], ...] = ()) -> Bun
     ------
     ModelError
         A file is missing or unreadable, ``network_def`` is absent or points outside
-        ``lus_pacs.nets``, the network is not of an ``expected`` class, or the weights do not
+        ``lus_pacs.families``, the network is not of an ``expected`` class, or the weights do not
         fit the network.
     """
     folder = Path(folder)

@@ -24,7 +24,7 @@ from lus_pacs.domain import (
     SeverityFindings,
 )
 from lus_pacs.encode.pstate import SHORT_NOTICE, encode_presentation_state, srgb_input_profile
-from lus_pacs.inference.segmentation import summarise
+from lus_pacs.families.segmentation.inference import summarise
 from tests.encode import validators
 from tests.encode.conftest import B_LINE_KEY_FRAME, BEST_FRAME, POOR_REASONS, Source
 from tests.encode.test_sr import PATIENT_STUDY, SEGMENTATION_MODEL, SEVERITY_MODEL

@@ -12,7 +12,7 @@ from pydicom.uid import RLELossless, generate_uid
 
 from lus_pacs.domain import ModelInfo
 from lus_pacs.encode.seg import encode_seg, encode_uncertainty_seg
-from lus_pacs.nets.segmentation import BACKGROUND
+from lus_pacs.families.segmentation.network import BACKGROUND
 from tests.encode import validators
 from tests.encode.conftest import Source
 from tests.encode.test_sr import PATIENT_STUDY

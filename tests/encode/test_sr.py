@@ -24,7 +24,7 @@ from lus_pacs.domain import (
 )
 from lus_pacs.encode import codes, encode_kos, encode_sr
 from lus_pacs.errors import UnreadableImageError
-from lus_pacs.inference.segmentation import summarise
+from lus_pacs.families.segmentation.inference import summarise
 from tests.encode import tree, validators
 from tests.encode.conftest import (
     B_LINE_FRAMES,

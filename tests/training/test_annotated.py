@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 
 from lus_pacs.errors import AnnotationError
+from lus_pacs.families.b_lines.train import train_b_lines
 from lus_pacs.training.annotated import read_via_cines
 from lus_pacs.training.annotations import ClipBLines, write_via
 from lus_pacs.training.simulated import find_simulated
-from lus_pacs.training.train_b_lines import train_b_lines
 from tests.tools import run_cli
 
 

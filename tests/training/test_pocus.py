@@ -10,7 +10,7 @@ import pytest
 
 from lus_pacs.errors import UnreadableImageError
 from lus_pacs.training.pocus import PocusLabel, load_clip, read_labels, source_group
-from tests.training.conftest import PocusCache
+from tests.conftest import PocusCache
 
 pytestmark = pytest.mark.pocus
 

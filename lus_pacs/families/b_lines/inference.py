@@ -1,0 +1,175 @@
+"""Run paper 001's B-line model on a cine: clip probability, B-line frames and key frame.
+
+The cine is cut into 1-second windows overlapping by 20 % (:func:`b_line_windows`) and every
+window goes through the network in one batch. From the window outputs:
+
+* probability: the highest window probability; B-lines are present when it reaches the bundle's
+  ``threshold``.
+* frame scores: each frame's attention averaged over the windows that contain it, divided by the
+  highest such average, so the top frame scores 1.
+* key frame: the frame with the highest score inside the most probable window; None when
+  B-lines are absent.
+* B-line frames: the frames of windows whose probability reaches ``threshold`` and whose score
+  reaches the bundle's ``attention_threshold``; the key frame is always one of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from lus_pacs.domain import BLineFindings, Cine, ModelInfo
+from lus_pacs.errors import ModelError
+from lus_pacs.families.b_lines.network import ARCHITECTURES
+from lus_pacs.inference.bundle import INFERENCE, load_bundle
+from lus_pacs.inference.transforms import b_line_windows
+
+
+class BLineModel:
+    """The B-line network with its decision settings; load once, predict on many cines.
+
+    Parameters
+    ----------
+    network:
+        The trained network (put in eval mode here).
+    model:
+        Identifies the bundle in every result.
+    threshold:
+        Window probability from which B-lines count as present.
+    attention_threshold:
+        Frame score (attention, maximum 1) from which a frame of a positive window is a B-line
+        frame.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        model: ModelInfo,
+        threshold: float,
+        attention_threshold: float,
+    ) -> None:
+        for name, value in (("threshold", threshold), ("attention_threshold", attention_threshold)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"BLineModel {name} must be within [0, 1]; got {value}.")
+        self.network = network.eval()
+        self.model = model
+        self.threshold = threshold
+        self.attention_threshold = attention_threshold
+
+    @classmethod
+    def load(cls, bundle_dir: Path) -> BLineModel:
+        """The model of a bundle folder such as ``models/b_lines``.
+
+        Raises
+        ------
+        ModelError
+            The bundle is incomplete, is not a B-line bundle, or its thresholds are invalid.
+        """
+        bundle = load_bundle(bundle_dir, tuple(ARCHITECTURES.values()))
+        thresholds = []
+        for key in ("threshold", "attention_threshold"):
+            value = bundle.config.get(key)
+            if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise ModelError(
+                    f"{Path(bundle_dir) / INFERENCE}: '{key}' must be a number within [0, 1]; "
+                    f"got {value!r}."
+                )
+            thresholds.append(float(value))
+        return cls(bundle.network, bundle.model, *thresholds)
+
+    def predict(self, cine: Cine, default_fps: float) -> BLineFindings:
+        """B-line findings of one cine.
+
+        Parameters
+        ----------
+        cine:
+            The decoded cine.
+        default_fps:
+            The frame rate assumed when the file gives none (it sets the window length).
+        """
+        windows, starts = b_line_windows(cine, default_fps)
+        with torch.inference_mode():
+            out = self.network(windows)
+        return findings_from_windows(
+            torch.sigmoid(out.logit).numpy(),
+            out.attention.numpy(),
+            starts,
+            cine.n_frames,
+            threshold=self.threshold,
+            attention_threshold=self.attention_threshold,
+            model=self.model,
+        )
+
+
+def findings_from_windows(
+    probabilities: npt.NDArray[np.floating],
+    attention: npt.NDArray[np.floating],
+    starts: Sequence[int],
+    n_frames: int,
+    *,
+    threshold: float,
+    attention_threshold: float,
+    model: ModelInfo,
+) -> BLineFindings:
+    """Merge the outputs of overlapping windows into the findings of their cine.
+
+    Parameters
+    ----------
+    probabilities:
+        Probability of each window, shape (windows,).
+    attention:
+        Attention of each window over its frames, shape (windows, window length).
+    starts:
+        1-based first frame of each window, as :func:`b_line_windows` gives them. Positions
+        past the end of the cine (a cine shorter than a window) repeat its last frame, which
+        gets their mean attention.
+    n_frames:
+        Frames in the cine.
+    threshold, attention_threshold, model:
+        As :class:`BLineModel`.
+    """
+    if probabilities.shape != (len(starts),) or attention.shape[0] != len(starts):
+        raise ValueError(
+            f"Need one probability and one attention row per window start; got "
+            f"{probabilities.shape}, {attention.shape} and {len(starts)} starts."
+        )
+    length = attention.shape[1]
+    total = np.zeros(n_frames)
+    covered = np.zeros(n_frames)
+    in_positive = np.zeros(n_frames, dtype=bool)
+    frames_of = []
+    for p, a, start in zip(probabilities, attention, starts, strict=True):
+        index = np.minimum(np.arange(start - 1, start - 1 + length), n_frames - 1)
+        frames_of.append(index)
+        counts = np.bincount(index, minlength=n_frames)
+        seen = counts > 0
+        total[seen] += np.bincount(index, weights=a, minlength=n_frames)[seen] / counts[seen]
+        covered[seen] += 1
+        if p >= threshold:
+            in_positive[index] = True
+    scores = total / np.maximum(covered, 1)
+    scores /= max(float(scores.max()), np.finfo(float).tiny)
+
+    best = int(np.argmax(probabilities))
+    probability = float(np.clip(probabilities[best], 0.0, 1.0))
+    key_frame: int | None = None
+    frames: tuple[int, ...] = ()
+    if probability >= threshold:
+        candidates = frames_of[best]
+        key = int(candidates[np.argmax(scores[candidates])])
+        key_frame = key + 1
+        chosen = np.flatnonzero(in_positive & (scores >= attention_threshold))
+        frames = tuple(f + 1 for f in sorted({key, *chosen.tolist()}))
+    return BLineFindings(
+        present=key_frame is not None,
+        probability=probability,
+        frames=frames,
+        key_frame=key_frame,
+        frame_scores=tuple(float(s) for s in scores),
+        model=model,
+    )

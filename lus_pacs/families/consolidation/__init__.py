@@ -1,0 +1,1 @@
+"""Consolidation (paper 002)."""

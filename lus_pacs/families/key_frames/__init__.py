@@ -1,0 +1,1 @@
+"""Key frames and cine quality (paper 004)."""

@@ -1,0 +1,1 @@
+"""Severity-score segmentation (paper 003)."""

@@ -1,0 +1,168 @@
+"""Run paper 003's segmentation ensemble on chosen frames of a cine: a label map per frame in
+source geometry and its Monte-Carlo dropout uncertainty.
+
+Each chosen frame is fitted into 200 x 260 (:func:`severity_frames`). With ``samples`` of 1 or
+more, every network runs ``samples`` times with dropout on (:func:`mc_dropout_predict`); the mean
+of those passes, adjusted by the ensemble's per-class bias (:class:`SegmentationEnsemble`), gives
+the label map (argmax) and their standard deviation the uncertainty of the chosen class at each
+pixel. With ``samples`` of 0 the networks run once with dropout off and no
+uncertainty is given. Label maps and uncertainty go back to the source geometry
+(:func:`to_source_geometry`); pixels outside the tissue region are background, with no
+uncertainty.
+
+Dropout draws its masks from a generator seeded by the cine's SOP Instance UID: the same cine
+gives the same masks and uncertainty every time it is processed (a re-sent or re-processed cine
+gives identical result objects), and the global random state is left as it was.
+
+Which frames are segmented is the caller's choice (:func:`frames_to_segment`): on a CPU one frame
+costs about 0.1 s per pass of the three networks, so 40 passes over every frame of a cine would
+take minutes.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from lus_pacs.domain import Cine, ModelInfo, SegmentationFindings, SegmentedClass
+from lus_pacs.families.segmentation.network import (
+    BACKGROUND,
+    SegmentationEnsemble,
+    label_uncertainty,
+    mc_dropout_predict,
+)
+from lus_pacs.inference.bundle import load_bundle
+from lus_pacs.inference.transforms import severity_frames, to_source_geometry
+
+FRAME_CHOICES = ("key", "all", "every")
+"""``key``: the frames the other models chose (B-line key frame, highest-severity frame);
+``all``: every frame; ``every``: every k-th frame."""
+
+
+def frames_to_segment(
+    choice: str, n_frames: int, key_frames: Sequence[int] = (), every: int = 10
+) -> tuple[int, ...]:
+    """The 1-based frames to segment, sorted and without repeats.
+
+    ``key`` falls back to the middle frame when no key frame is known.
+    """
+    if choice == "all":
+        return tuple(range(1, n_frames + 1))
+    if choice == "every":
+        if every < 1:
+            raise ValueError(f"every must be at least 1, got {every}.")
+        return tuple(range(1, n_frames + 1, every))
+    if choice == "key":
+        chosen = sorted({f for f in key_frames if 1 <= f <= n_frames})
+        return tuple(chosen) if chosen else ((n_frames + 1) // 2,)
+    raise ValueError(f"Unknown frame choice {choice!r}; choose one of {', '.join(FRAME_CHOICES)}.")
+
+
+class SegmentationModel:
+    """The segmentation ensemble; load once, segment many frames.
+
+    Parameters
+    ----------
+    ensemble:
+        The trained :class:`SegmentationEnsemble`.
+    model:
+        Identifies the bundle in every result.
+    samples:
+        Monte-Carlo dropout passes per frame (0: one pass with dropout off, no uncertainty).
+    """
+
+    def __init__(self, ensemble: SegmentationEnsemble, model: ModelInfo, samples: int = 40) -> None:
+        if samples < 0:
+            raise ValueError(f"samples must be 0 or more, got {samples}.")
+        self.ensemble = ensemble.eval()
+        self.model = model
+        self.samples = samples
+
+    @classmethod
+    def load(cls, bundle_dir: Path, samples: int | None = None) -> SegmentationModel:
+        """The model of a bundle folder such as ``models/segmentation``; ``samples`` defaults
+        to the bundle's ``mc_samples``.
+
+        Raises
+        ------
+        ModelError
+            The bundle is incomplete or is not a segmentation bundle.
+        """
+        bundle = load_bundle(bundle_dir, (SegmentationEnsemble,))
+        default = int(bundle.config.get("mc_samples", 40))
+        ensemble = cast(SegmentationEnsemble, bundle.network)  # load_bundle checked the class
+        return cls(ensemble, bundle.model, default if samples is None else samples)
+
+    def probabilities(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class probabilities ``(B, CLASSES, H, W)`` of model-geometry frames, from one pass with
+        dropout off (what the evaluation measures and the class bias was fitted on), and, with
+        Monte-Carlo dropout, the uncertainty of the chosen class ``(B, H, W)``."""
+        with torch.inference_mode():
+            probabilities = self.ensemble.eval()(x)
+        if self.samples == 0:
+            return probabilities, None
+        _, std = mc_dropout_predict(list(self.ensemble.members.values()), x, self.samples)
+        return probabilities, label_uncertainty(probabilities, std)
+
+    def predict(self, cine: Cine, frames: Sequence[int]) -> SegmentationFindings:
+        """Label maps (and uncertainty) of the 1-based ``frames`` of ``cine``."""
+        if not frames:
+            raise ValueError("Choose at least one frame to segment.")
+        x = severity_frames(cine, frames)
+        masks: list[npt.NDArray[np.uint8]] = []
+        uncertainty: list[npt.NDArray[np.float32]] = []
+        seed = zlib.crc32(cine.source.sop_instance_uid.encode())
+        for i, frame in enumerate(frames):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + frame)
+                mean, std = self.probabilities(x[i : i + 1])
+            label = mean.argmax(dim=1)[0].numpy().astype(np.uint8)
+            masks.append(
+                np.asarray(to_source_geometry(label, cine, background=BACKGROUND), np.uint8)
+            )
+            if std is not None:
+                u = to_source_geometry(std[0].numpy().astype(np.float32), cine, background=0)
+                uncertainty.append(np.asarray(u, np.float32))
+        stacked = np.stack(masks)
+        u_stack = np.stack(uncertainty) if uncertainty else None
+        return SegmentationFindings(
+            frames=tuple(int(f) for f in frames),
+            masks=stacked,
+            uncertainty=u_stack,
+            classes=summarise(stacked, u_stack),
+            samples=self.samples,
+            model=self.model,
+        )
+
+
+def summarise(
+    masks: npt.NDArray[np.uint8], uncertainty: npt.NDArray[np.float32] | None
+) -> tuple[SegmentedClass, ...]:
+    """Per score present in ``masks``: its pixels over all segmented frames and, with
+    uncertainty, its mean and maximum there."""
+    out = []
+    for label in range(BACKGROUND):
+        where = masks == label
+        pixels = int(where.sum())
+        if pixels == 0:
+            continue
+        mean = maximum = None
+        if uncertainty is not None:
+            values = uncertainty[where]
+            mean, maximum = round(float(values.mean()), 4), round(float(values.max()), 4)
+        out.append(
+            SegmentedClass(
+                score=label,
+                pixels=pixels,
+                frames=tuple(int(i) for i in np.flatnonzero(where.any(axis=(1, 2)))),
+                uncertainty_mean=mean,
+                uncertainty_max=maximum,
+            )
+        )
+    return tuple(out)

@@ -1,0 +1,387 @@
+"""Paper 003's semantic segmentation of COVID-19 markers: U-Net, U-Net++ and DeepLabv3+.
+
+Roy et al., "Deep learning for classification and localization of COVID-19 markers in
+point-of-care lung ultrasound" (IEEE TMI 2020), section IV-C. Every pixel of a 200 x 260 frame
+gets one of :data:`CLASSES` labels: the four severity scores 0 to 3 and :data:`BACKGROUND`.
+:data:`SEGMENTATION_NETWORKS` names the three architectures the paper compares; all of them map
+``(B, 1, H, W)`` frames to ``(B, CLASSES, H, W)`` logits and are trained with pixel-wise cross
+entropy. At inference the paper averages the three networks' softmax and estimates per-pixel
+uncertainty with Monte-Carlo dropout: :func:`mc_dropout_predict`.
+
+Where the paper is silent, this module chooses:
+
+* Widths are small so that the three networks train on a CPU: each has well under 2 M
+  parameters, against tens of millions for the paper's ResNet50-based models. No weights are
+  pretrained (the paper does not say whether its ResNet50 was).
+* :class:`PaperUNet` follows the paper's description (three blocks of two 3 x 3 convolutions
+  with ReLU, max-pooling by 2, 2 and 5, a latent block with dropout 0.5, a mirrored decoder with
+  nearest-neighbour upsampling and concatenated skips) with widths (16, 32, 64) and a latent of
+  128 channels, no normalisation (the paper names none) and zero padding so that skips line up.
+  Its input sides must be multiples of 20, which 200 and 260 are.
+* :class:`UNetPlusPlus` is the nested U-Net++ of Zhou et al. built here rather than MONAI's
+  ``BasicUNetPlusPlus``, which has no residual encoder. The paper's "first four encoder blocks
+  of ResNet50" become a stride-2 stem (as ResNet's first convolution) and four stride-2 stages
+  of residual units (two 3 x 3 convolutions with batch norm and a projected shortcut, MONAI's
+  ``ResidualUnit``) of widths (16, 24, 32, 48, 64); every decoder node is a residual unit too and
+  the latent map is upsampled by 2 x 2 transposed convolutions, as the paper says. The nested
+  grid ends at half resolution, like segmentation_models' U-Net++ on a ResNet, and a last
+  transposed convolution brings the logits to full size: a full-resolution grid trained at
+  four times the cost on a CPU for no gain on these frames. Frames are zero-padded to a
+  multiple of 32 and the logits cropped back.
+* :class:`DeepLabV3Plus` has a residual encoder of output stride 8 (a stride-2 stem, two
+  stride-2 residual stages, then a residual stage dilated by 2 instead of strided), MONAI's
+  ``SimpleASPP`` (1 x 1 and three 3 x 3 convolutions dilated by 2, 4 and 6) projected to 64
+  channels, and the decoder of Chen et al.: bilinear upsampling of the ASPP output to the
+  stride-4 features, concatenation with those features reduced to 24 channels by a 1 x 1
+  convolution, two 3 x 3 convolutions and bilinear upsampling to the input size.
+* Monte-Carlo dropout needs dropout in each network; the paper places it "in the latent space".
+  Each network has one channel-wise dropout (``Dropout2d``, p = 0.5) on its deepest features:
+  the U-Net's latent block, the U-Net++ bottleneck and the DeepLabv3+ ASPP projection.
+  Batch norm stays in eval mode during MC sampling, so only dropout varies between passes.
+* :func:`mc_dropout_predict` reports the population standard deviation over passes (zero for a
+  single pass rather than undefined).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from monai.networks.blocks import ResidualUnit, SimpleASPP
+from torch import nn
+from torch.nn.functional import interpolate, pad, softmax
+
+from lus_pacs.domain import MASK_BACKGROUND, MASK_LABELS
+
+CLASSES = MASK_LABELS
+"""Number of pixel labels: severity scores 0, 1, 2, 3 and the background."""
+
+BACKGROUND = MASK_BACKGROUND
+"""Label index of pixels showing no marker of any score."""
+
+LATENT_DROPOUT = 0.5
+"""Dropout probability on each network's deepest features (the paper's U-Net value)."""
+
+_DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+
+def _double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Two 3 x 3 convolutions with ReLU, the block of the paper's U-Net."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _residual(in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1) -> nn.Module:
+    """A residual unit: two 3 x 3 convolutions with batch norm and ReLU, projected shortcut."""
+    return ResidualUnit(
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        strides=stride,
+        dilation=dilation,
+        subunits=2,
+        act="RELU",
+        norm="BATCH",
+    )
+
+
+class PaperUNet(nn.Module):
+    """The paper's baseline U-Net: pooling by 2, 2 and 5, dropout 0.5 at the latent block.
+
+    Parameters
+    ----------
+    widths
+        Channels of the three encoder blocks (the decoder mirrors them).
+    latent
+        Channels of the latent block.
+    dropout
+        Dropout probability at the latent block.
+    """
+
+    pooling: tuple[int, int, int] = (2, 2, 5)
+    """Max-pooling factor after each encoder block; the decoder upsamples in reverse."""
+
+    def __init__(
+        self,
+        widths: tuple[int, int, int] = (16, 32, 64),
+        latent: int = 128,
+        dropout: float = LATENT_DROPOUT,
+    ) -> None:
+        super().__init__()
+        channels = (1, *widths)
+        self.encoder = nn.ModuleList(
+            _double_conv(channels[i], channels[i + 1]) for i in range(len(widths))
+        )
+        self.pools = nn.ModuleList(nn.MaxPool2d(p) for p in self.pooling)
+        self.latent = nn.Sequential(_double_conv(widths[-1], latent), nn.Dropout2d(dropout))
+        decoder_in = (latent, *reversed(widths[1:]))
+        self.ups = nn.ModuleList(
+            nn.Upsample(scale_factor=p, mode="nearest") for p in reversed(self.pooling)
+        )
+        self.decoder = nn.ModuleList(
+            _double_conv(below + skip, skip)
+            for below, skip in zip(decoder_in, reversed(widths), strict=True)
+        )
+        self.head = nn.Conv2d(widths[0], CLASSES, 1)
+
+    @property
+    def divisor(self) -> int:
+        """Input sides must be multiples of this (the product of the pooling factors)."""
+        return math.prod(self.pooling)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, CLASSES, H, W)`` of frames ``(B, 1, H, W)``, sides multiples of 20."""
+        if x.shape[-2] % self.divisor or x.shape[-1] % self.divisor:
+            raise ValueError(
+                f"PaperUNet pools by {self.pooling}: input sides must be multiples of "
+                f"{self.divisor}, got {tuple(x.shape[-2:])}; resize or pad the frame "
+                "(the paper's 200 x 260 fits)."
+            )
+        skips = []
+        for block, pool in zip(self.encoder, self.pools, strict=True):
+            x = block(x)
+            skips.append(x)
+            x = pool(x)
+        x = self.latent(x)
+        for up, block, skip in zip(self.ups, self.decoder, reversed(skips), strict=True):
+            x = block(torch.cat([up(x), skip], dim=1))
+        return self.head(x)
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad ``x`` at the bottom and right up to sides that are multiples of ``multiple``."""
+    rows, cols = x.shape[-2:]
+    return pad(x, (0, -cols % multiple, 0, -rows % multiple))
+
+
+class UNetPlusPlus(nn.Module):
+    """U-Net++ (nested dense skips) with a residual encoder and transposed-convolution upsampling.
+
+    Node ``X[i][j]`` is at depth ``i`` (resolution divided by ``2**(i + 1)``) and column ``j``:
+    column 0 is the encoder, and a node of column ``j > 0`` reads every node to its left at its
+    depth and the upsampled node below-left. The logits come from the last node of depth 0,
+    upsampled by 2.
+
+    Parameters
+    ----------
+    features
+        Channels at depths 0 to 4.
+    dropout
+        Channel dropout probability on the bottleneck.
+    """
+
+    def __init__(
+        self,
+        features: tuple[int, int, int, int, int] = (16, 24, 32, 48, 64),
+        dropout: float = LATENT_DROPOUT,
+    ) -> None:
+        super().__init__()
+        depth = len(features) - 1
+        self.depth = depth
+        self.encoder = nn.ModuleList(
+            [_residual(1, features[0], stride=2)]
+            + [_residual(features[i - 1], features[i], stride=2) for i in range(1, depth + 1)]
+        )
+        self.bottleneck_dropout = nn.Dropout2d(dropout)
+        self.ups = nn.ModuleDict()
+        self.nodes = nn.ModuleDict()
+        for j in range(1, depth + 1):
+            for i in range(depth + 1 - j):
+                self.ups[f"{i}_{j}"] = nn.ConvTranspose2d(features[i + 1], features[i], 2, stride=2)
+                self.nodes[f"{i}_{j}"] = _residual(features[i] * (j + 1), features[i])
+        self.head = nn.Sequential(
+            nn.ConvTranspose2d(features[0], features[0], 2, stride=2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(features[0], CLASSES, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, CLASSES, H, W)`` of frames ``(B, 1, H, W)`` of any size."""
+        rows, cols = x.shape[-2:]
+        x = _pad_to_multiple(x, 2 ** (self.depth + 1))
+        grid: list[list[torch.Tensor]] = []
+        for i, stage in enumerate(self.encoder):
+            x = stage(x)
+            grid.append([self.bottleneck_dropout(x) if i == self.depth else x])
+        for j in range(1, self.depth + 1):
+            for i in range(self.depth + 1 - j):
+                up = self.ups[f"{i}_{j}"](grid[i + 1][j - 1])
+                grid[i].append(self.nodes[f"{i}_{j}"](torch.cat([*grid[i], up], dim=1)))
+        return self.head(grid[0][-1])[..., :rows, :cols]
+
+
+def _conv_bn_relu(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int = 1
+) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=kernel_size // 2,
+            bias=False,
+        ),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class DeepLabV3Plus(nn.Module):
+    """DeepLabv3+: residual encoder of output stride 8, atrous pyramid pooling, low-level decoder.
+
+    Parameters
+    ----------
+    widths
+        Channels of the stem (stride 2), the low-level stage (stride 4), the stride-8 stage and
+        the dilated stage (stride 8, dilation 2).
+    aspp_channels
+        Channels of each of the four ASPP branches.
+    decoder_channels
+        Channels of the ASPP projection and of the decoder's 3 x 3 convolutions.
+    low_level_channels
+        Channels the stride-4 features are reduced to before concatenation.
+    dropout
+        Channel dropout probability after the ASPP projection.
+    """
+
+    def __init__(
+        self,
+        widths: tuple[int, int, int, int] = (16, 32, 64, 96),
+        aspp_channels: int = 32,
+        decoder_channels: int = 64,
+        low_level_channels: int = 24,
+        dropout: float = LATENT_DROPOUT,
+    ) -> None:
+        super().__init__()
+        self.stem = _conv_bn_relu(1, widths[0], 3, stride=2)
+        self.low_level = _residual(widths[0], widths[1], stride=2)
+        self.deep = nn.Sequential(
+            _residual(widths[1], widths[2], stride=2), _residual(widths[2], widths[3], dilation=2)
+        )
+        self.aspp = nn.Sequential(
+            SimpleASPP(2, widths[3], aspp_channels, norm_type="BATCH", acti_type="RELU"),
+            _conv_bn_relu(4 * aspp_channels, decoder_channels, 1),
+            nn.Dropout2d(dropout),
+        )
+        self.reduce = _conv_bn_relu(widths[1], low_level_channels, 1)
+        self.decoder = nn.Sequential(
+            _conv_bn_relu(decoder_channels + low_level_channels, decoder_channels, 3),
+            _conv_bn_relu(decoder_channels, decoder_channels, 3),
+            nn.Conv2d(decoder_channels, CLASSES, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, CLASSES, H, W)`` of frames ``(B, 1, H, W)`` of any size."""
+        size = x.shape[-2:]
+        low = self.low_level(self.stem(x))
+        context = self.aspp(self.deep(low))
+        context = interpolate(context, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        logits = self.decoder(torch.cat([context, self.reduce(low)], dim=1))
+        return interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+SEGMENTATION_NETWORKS: dict[str, type[nn.Module]] = {
+    "unet": PaperUNet,
+    "unet_plus_plus": UNetPlusPlus,
+    "deeplabv3_plus": DeepLabV3Plus,
+}
+"""The paper's three segmentation architectures, by name; the inference ensemble uses all three."""
+
+
+def enable_mc_dropout(module: nn.Module) -> None:
+    """Put ``module`` in eval mode except its dropout layers, which keep sampling."""
+    module.eval()
+    for layer in module.modules():
+        if isinstance(layer, _DROPOUT_TYPES):
+            layer.train()
+
+
+def mc_dropout_predict(
+    networks: Sequence[nn.Module], x: torch.Tensor, samples: int, batch: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Monte-Carlo dropout prediction of an unweighted ensemble.
+
+    Each of ``samples`` passes runs every network with dropout on and averages their softmax; the
+    result is the mean over passes and the per-pixel population standard deviation over passes,
+    both ``(B, CLASSES, H, W)``. With ``batch`` above 1, passes run that many frames at a time
+    (copies of the input, each drawing its own dropout mask); on a 2-core CPU that is slower than
+    one pass at a time (``bench/segmentation.py``), hence the default 1. The networks' training
+    flags are restored afterwards.
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}.")
+    if not networks:
+        raise ValueError("mc_dropout_predict needs at least one network.")
+    flags = [(layer, layer.training) for network in networks for layer in network.modules()]
+    try:
+        for network in networks:
+            enable_mc_dropout(network)
+        per_chunk = max(1, batch // len(x))
+        chunks = []
+        with torch.inference_mode():
+            for first in range(0, samples, per_chunk):
+                k = min(per_chunk, samples - first)
+                copies = x.repeat(k, *([1] * (x.dim() - 1)))
+                mean = torch.stack([softmax(n(copies), dim=1) for n in networks]).mean(dim=0)
+                chunks.append(mean.reshape(k, *x.shape[:1], *mean.shape[1:]))
+            passes = torch.cat(chunks)
+            return passes.mean(dim=0), passes.std(dim=0, correction=0)
+    finally:
+        for layer, training in flags:
+            layer.training = training
+
+
+def label_uncertainty(probabilities: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Per-pixel uncertainty ``(B, H, W)`` of a label map: the Monte-Carlo dropout standard
+    deviation ``std`` of the probability of the class each pixel is labelled with, the argmax of
+    ``probabilities`` (both ``(B, CLASSES, H, W)``)."""
+    return std.gather(1, probabilities.argmax(dim=1, keepdim=True))[:, 0]
+
+
+class SegmentationEnsemble(nn.Module):
+    """The paper's ensemble as one module (one bundle, one state dict): the named networks, whose
+    softmax is averaged without weights, then adjusted by a per-class log bias.
+
+    The bias (buffer ``class_bias``, zero until fitted) is logit adjustment for the class
+    imbalance of the training masks: background covers about 96 % of the pixels and score 2 a few
+    in ten thousand, so the plain argmax almost never chooses score 2. Training fits it on the
+    validation patients (:func:`lus_pacs.families.segmentation.train.fit_class_bias`);
+    ``member_bias`` holds each member's own fit, for measuring the members alone.
+
+    Parameters
+    ----------
+    members
+        Names in :data:`SEGMENTATION_NETWORKS`, each built with its default widths.
+    """
+
+    def __init__(self, members: Sequence[str] = tuple(SEGMENTATION_NETWORKS)) -> None:
+        super().__init__()
+        unknown = [m for m in members if m not in SEGMENTATION_NETWORKS]
+        if unknown or not members:
+            raise ValueError(
+                f"Ensemble members must be among {', '.join(SEGMENTATION_NETWORKS)}; "
+                f"got {list(members)}."
+            )
+        self.members = nn.ModuleDict({m: SEGMENTATION_NETWORKS[m]() for m in members})
+        self.class_bias: torch.Tensor
+        self.member_bias: torch.Tensor
+        self.register_buffer("class_bias", torch.zeros(CLASSES))
+        self.register_buffer("member_bias", torch.zeros(len(members), CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Adjusted class probabilities ``(B, CLASSES, H, W)``: the mean of the members' softmax
+        (dropout as each member's mode says) through :meth:`adjust`."""
+        mean = torch.stack([softmax(m(x), dim=1) for m in self.members.values()]).mean(dim=0)
+        return self.adjust(mean)
+
+    def adjust(self, probabilities: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``probabilities`` ``(B, CLASSES, H, W)`` with ``bias`` (default :attr:`class_bias`)
+        added to their logarithms, normalised again."""
+        shift = (self.class_bias if bias is None else bias).view(1, -1, 1, 1)
+        return softmax(probabilities.clamp_min(1e-12).log() + shift, dim=1)

@@ -1,0 +1,1 @@
+"""Frame and clip severity scores (paper 003)."""

@@ -1,0 +1,89 @@
+"""Run paper 003's severity model on a cine: a score 0-3 per frame, the clip score, and where the
+frame scorer looked.
+
+Every frame is fitted into 200 x 260 (:func:`severity_frames`) and scored by the frame scorer;
+the softmax of all frames goes through the learned uninorm layer, whose output is the clip's
+score probabilities. The frame with the highest score (the most probable among equals) is the
+top frame; for the spatial-transformer networks, the first crop of that frame, mapped back to
+source pixels, is the box reported with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import torch
+
+from lus_pacs.domain import Cine, ModelInfo, SeverityFindings
+from lus_pacs.families.severity.network import SeverityNet, theta_to_box
+from lus_pacs.inference.bundle import load_bundle
+from lus_pacs.inference.transforms import SEVERITY_SIZE, box_to_source, severity_frames
+
+
+class SeverityModel:
+    """The severity network (frame scorer + uninorm aggregator); load once, predict on many.
+
+    Parameters
+    ----------
+    network:
+        The trained :class:`SeverityNet` (put in eval mode here).
+    model:
+        Identifies the bundle in every result.
+    batch_size:
+        Frames scored at once (bounds memory on long cines).
+    """
+
+    def __init__(self, network: SeverityNet, model: ModelInfo, batch_size: int = 32) -> None:
+        self.network = network.eval()
+        self.model = model
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, bundle_dir: Path) -> SeverityModel:
+        """The model of a bundle folder such as ``models/severity``.
+
+        Raises
+        ------
+        ModelError
+            The bundle is incomplete or is not a severity bundle.
+        """
+        bundle = load_bundle(bundle_dir, (SeverityNet,))
+        return cls(cast(SeverityNet, bundle.network), bundle.model)
+
+    def frame_outputs(self, cine: Cine) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Score probabilities (frames, 4) of every frame and, for spatial-transformer
+        networks, each frame's first transform (frames, 2, 3) in model geometry."""
+        x = severity_frames(cine)
+        probabilities, thetas = [], []
+        with torch.inference_mode():
+            for first in range(0, len(x), self.batch_size):
+                out = self.network(x[first : first + self.batch_size])
+                probabilities.append(torch.softmax(out.logits, dim=1))
+                if out.thetas is not None:
+                    thetas.append(out.thetas[:, 0])
+        return torch.cat(probabilities), torch.cat(thetas) if thetas else None
+
+    def predict(self, cine: Cine) -> SeverityFindings:
+        """Score every frame of ``cine`` and aggregate them into the clip score."""
+        frame_probabilities, thetas = self.frame_outputs(cine)
+        with torch.inference_mode():
+            clip = self.network.aggregator(frame_probabilities)
+        scores = frame_probabilities.argmax(dim=1).numpy()
+        confidence = frame_probabilities.max(dim=1).values.numpy()
+        # Highest score first, then the most confident frame of that score.
+        top = int(np.lexsort((-confidence, -scores))[0])
+        box = None
+        if thetas is not None:
+            x0, y0, x1, y1 = (float(v) for v in theta_to_box(thetas[top], *SEVERITY_SIZE))
+            box = box_to_source((x0, y0, x1, y1), cine)
+        p = tuple(round(float(v), 4) for v in clip)
+        return SeverityFindings(
+            score=int(clip.argmax()),
+            probabilities=(p[0], p[1], p[2], p[3]),
+            frame_scores=tuple(int(s) for s in scores),
+            top_frame=top + 1,
+            box=box,
+            model=self.model,
+        )

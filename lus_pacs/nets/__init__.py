@@ -1,1 +1,0 @@
-"""Network definitions that the model bundles under ``models/`` instantiate."""

@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lus_pacs.domain import BLineFindings, ModelInfo
+from lus_pacs.errors import ModelError
+from lus_pacs.families.b_lines.inference import BLineModel, findings_from_windows
+from lus_pacs.families.b_lines.train import auc
+from lus_pacs.synth.exam import SynthOptions, synthesize
+from lus_pacs.training.simulated import SimulatedCine, find_simulated
+
+BUNDLE = Path(__file__).resolve().parents[2] / "models" / "b_lines"
+INFO = ModelInfo("b_lines", "0.1.0", "test")
+
+
+@pytest.fixture(scope="module")
+def model() -> BLineModel:
+    return BLineModel.load(BUNDLE)
+
+
+@pytest.fixture(scope="module")
+def predictions(
+    model: BLineModel, tmp_path_factory: pytest.TempPathFactory
+) -> list[tuple[SimulatedCine, BLineFindings]]:
+    out = tmp_path_factory.mktemp("b-lines")
+    synthesize(out, SynthOptions(patients=2, seed=99, frames=30, workers=2))
+    return [(sim, model.predict(sim.load(), default_fps=30.0)) for sim in find_simulated(out)]
+
+
+def test_shipped_bundle_loads(model: BLineModel) -> None:
+    assert model.model.name == "b_lines"
+    from lus_pacs.families.b_lines.train import BUNDLE_VERSION
+
+    assert model.model.version == BUNDLE_VERSION  # the bundle the current training code writes
+    assert "paper 001" in model.model.title
+    assert 0 < model.threshold < 1
+    assert not model.network.training
+    assert (BUNDLE / "models" / "model.pt").stat().st_size < 5_000_000
+
+
+def test_predictions_are_well_formed(
+    predictions: list[tuple[SimulatedCine, BLineFindings]],
+) -> None:
+    for sim, findings in predictions:
+        assert 0.0 <= findings.probability <= 1.0
+        assert len(findings.frame_scores) == sim.n_frames
+        assert max(findings.frame_scores) == pytest.approx(1.0)
+        assert all(1 <= f <= sim.n_frames for f in findings.frames)
+        assert list(findings.frames) == sorted(set(findings.frames))
+        assert findings.present == (findings.key_frame is not None)
+        if findings.present:
+            assert findings.key_frame in findings.frames
+        else:
+            assert findings.frames == ()
+        assert findings.model.name == "b_lines"
+
+
+def test_better_than_chance(predictions: list[tuple[SimulatedCine, BLineFindings]]) -> None:
+    truth = np.array([sim.b_lines for sim, _ in predictions])
+    probability = np.array([f.probability for _, f in predictions])
+    assert truth.any(), "the test set needs cines with B-lines"
+    assert not truth.all(), "the test set needs cines without B-lines"
+    score = auc(truth, probability)
+    assert score > 0.85, f"clip AUC {score:.3f} on {len(truth)} simulated cines"
+    key_hits = [f.key_frame in sim.b_line_frames for sim, f in predictions if sim.b_lines]
+    assert np.mean(key_hits) > 0.7, f"key frame is a B-line frame in {key_hits}"
+
+
+def test_merging_windows() -> None:
+    # Two windows of 4 frames over 6 frames (starts 1 and 3): frames 3-4 are in both.
+    attention = np.array([[0.1, 0.1, 0.2, 0.6], [0.7, 0.1, 0.1, 0.1]])
+    findings = findings_from_windows(
+        np.array([0.9, 0.2]),
+        attention,
+        [1, 3],
+        6,
+        threshold=0.5,
+        attention_threshold=0.5,
+        model=INFO,
+    )
+    # Means: 0.1, 0.1, 0.45, 0.35, 0.1, 0.1; frames 5-6 are only in the negative window.
+    np.testing.assert_allclose(findings.frame_scores, np.array([1, 1, 4.5, 3.5, 1, 1]) / 4.5)
+    assert findings.probability == pytest.approx(0.9)
+    assert findings.key_frame == 3
+    assert findings.frames == (3, 4)
+
+
+def test_merging_without_b_lines() -> None:
+    findings = findings_from_windows(
+        np.array([0.1]),
+        np.full((1, 4), 0.25),
+        [1],
+        3,
+        threshold=0.5,
+        attention_threshold=0.5,
+        model=INFO,
+    )
+    assert not findings.present
+    assert findings.key_frame is None
+    assert findings.frames == ()
+    assert findings.frame_scores == (1.0, 1.0, 1.0)  # the padded 4th position is frame 3's
+
+
+def test_incomplete_bundle(tmp_path: Path) -> None:
+    bundle = tmp_path / "b_lines"
+    shutil.copytree(BUNDLE, bundle)
+    (bundle / "models" / "model.pt").unlink()
+    with pytest.raises(ModelError, match=r"b_lines is incomplete: models/model.pt is missing"):
+        BLineModel.load(bundle)
+
+
+def test_network_def_outside_the_package(tmp_path: Path) -> None:
+    bundle = tmp_path / "b_lines"
+    shutil.copytree(BUNDLE, bundle)
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["network_def"]["_target_"] = "os.system"
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="must be a mapping whose _target_ names a class"):
+        BLineModel.load(bundle)
+
+
+def test_weights_of_another_network(tmp_path: Path) -> None:
+    bundle = tmp_path / "b_lines"
+    shutil.copytree(BUNDLE, bundle)
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["network_def"]["hidden_size"] = 8
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="not a state dict that fits"):
+        BLineModel.load(bundle)
+
+
+@pytest.mark.parametrize("arch", ["c2d_att", "c2d_lstm"])
+def test_a_baseline_bundle_runs_in_the_node(arch: str, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    import numpy as np
+    import torch
+
+    from lus_pacs.domain import Cine, FrameTiming, Region, RegionSource, SourceRef
+    from lus_pacs.families.b_lines.inference import BLineModel
+    from lus_pacs.families.b_lines.network import ARCHITECTURES
+    from lus_pacs.families.b_lines.train import network_args
+
+    shipped = Path(__file__).resolve().parents[2] / "models" / "b_lines"
+    bundle = tmp_path / arch
+    shutil.copytree(shipped / "configs", bundle / "configs")
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    cls = ARCHITECTURES[arch]
+    config["network_def"] = {"_target_": f"{cls.__module__}.{cls.__name__}", **network_args(arch)}
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    (bundle / "models").mkdir()
+    torch.manual_seed(0)
+    torch.save(cls(**network_args(arch)).state_dict(), bundle / "models" / "model.pt")
+
+    model = BLineModel.load(bundle)
+    frames = np.random.default_rng(0).integers(0, 255, (40, 96, 128), dtype=np.uint8)
+    cine = Cine(
+        frames,
+        FrameTiming(30.0, "FrameTime"),
+        Region(0, 0, 128, 96, RegionSource.WHOLE),
+        SourceRef("1.2.3", "1.2.840.10008.5.1.4.1.1.3.1", "1.2", "1", "P", "R1"),
+    )
+    findings = model.predict(cine, default_fps=30.0)
+    assert len(findings.frame_scores) == 40
+    assert 0.0 <= findings.probability <= 1.0

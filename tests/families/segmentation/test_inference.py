@@ -1,0 +1,165 @@
+"""The shipped segmentation ensemble in the pipeline: a 60-frame simulated cine comes out as a
+valid LABELMAP SEG whose frames are the masks the model produced, and as SR measurements."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from lus_pacs.errors import ModelError
+from lus_pacs.families.segmentation.inference import SegmentationModel
+from lus_pacs.pipeline import Models, analyse, encode, result_record
+from lus_pacs.settings import SegmentationSettings, Settings
+from lus_pacs.training.simulated import find_simulated
+from tests.encode import validators
+
+BUNDLE = Path(__file__).resolve().parents[2] / "models" / "segmentation"
+
+pytestmark = pytest.mark.filterwarnings('ignore:The string "PLA":UserWarning')
+
+
+@pytest.fixture(scope="module")
+def model() -> SegmentationModel:
+    return SegmentationModel.load(BUNDLE)
+
+
+def test_shipped_bundle_is_the_three_network_ensemble(model: SegmentationModel) -> None:
+    assert list(model.ensemble.members) == ["unet", "unet_plus_plus", "deeplabv3_plus"]
+    assert model.samples == 40
+    assert "paper 003" in model.model.title
+    weights = (BUNDLE / "models" / "model.pt").stat().st_size
+    assert weights < 10_000_000  # small enough for git
+
+
+def test_a_severity_bundle_is_not_a_segmentation_bundle() -> None:
+    with pytest.raises(ModelError, match="not SegmentationEnsemble"):
+        SegmentationModel.load(BUNDLE.with_name("severity"))
+
+
+def test_sixty_frame_cine_gives_a_seg_of_the_model_masks(
+    model: SegmentationModel, synth_exams: Path, tmp_path: Path
+) -> None:
+    sim = max(
+        (s for s in find_simulated(synth_exams) if s.n_frames == 60),
+        key=lambda s: s.severity or 0,
+    )
+    header = pydicom.dcmread(sim.dicom)
+    settings = Settings(
+        data_dir=tmp_path,
+        models=("segmentation",),
+        segmentation=SegmentationSettings(frames="every", every=6, mc_samples=4),
+    )
+    models = Models(b_lines=None, segmentation=SegmentationModel(model.ensemble, model.model, 4))
+    findings = analyse(header, sim.dicom.name, models, settings)
+    seg_found = findings.segmentation
+    assert seg_found is not None
+    assert seg_found.frames == tuple(range(1, 61, 6))
+    assert (seg_found.masks != 4).any()  # it found structures
+
+    kinds = ["seg", "seg-binary", "seg-uncertainty", "sr"]
+    objects = dict(encode(findings, header, kinds, models.key))
+    assert list(objects) == kinds
+    paths = {}
+    for kind, dataset in objects.items():
+        paths[kind] = tmp_path / f"{kind}.dcm"
+        dataset.save_as(paths[kind], enforce_file_format=True)
+        iod = validators.dciodvfy(paths[kind])
+        assert iod.errors == [], f"{kind}: {iod}"
+    assert validators.dcentvfy(sim.dicom, *paths.values()).errors == []
+    path = paths["seg"]
+    binary = hd.seg.segread(paths["seg-binary"])
+    assert binary.segmentation_type == hd.seg.SegmentationTypeValues.BINARY
+    fractional = hd.seg.segread(paths["seg-uncertainty"])
+    assert fractional.segmentation_type == hd.seg.SegmentationTypeValues.FRACTIONAL
+    assert seg_found.uncertainty is not None
+    u = fractional.get_pixels_by_source_frame(
+        source_sop_instance_uid=header.SOPInstanceUID,
+        source_frame_numbers=[seg_found.frames[0]],
+        rescale_fractional=True,
+    )
+    np.testing.assert_allclose(u[0, ..., 0] * 0.5, seg_found.uncertainty[0], atol=0.5 / 255)
+
+    read = hd.seg.segread(path)
+    assert read.NumberOfFrames == len(seg_found.frames)
+    for frame, mask in zip(seg_found.frames, seg_found.masks, strict=True):
+        labels = read.get_pixels_by_source_frame(
+            source_sop_instance_uid=header.SOPInstanceUID,
+            source_frame_numbers=[frame],
+            combine_segments=True,
+        )
+        np.testing.assert_array_equal(labels[0], np.where(mask == 4, 0, mask + 1))
+        as_bits = binary.get_pixels_by_source_frame(
+            source_sop_instance_uid=header.SOPInstanceUID,
+            source_frame_numbers=[frame],
+            combine_segments=True,
+        )
+        np.testing.assert_array_equal(as_bits, labels)
+
+    record = result_record(findings, [], {})
+    classes = {c["score"]: c for c in record["segmentation"]["classes"]}
+    for score, c in classes.items():
+        assert c["pixels"] == int((seg_found.masks == score).sum())
+        assert 0 <= c["uncertainty_mean"] <= c["uncertainty_max"] <= 0.5
+    json.dumps(record)  # the record is plain JSON
+
+
+def test_key_frames_are_what_the_node_segments_by_default(
+    model: SegmentationModel, synth_exams: Path, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path)
+    assert settings.segmentation.frames == "key"
+    loaded = Models.load(settings)
+    assert loaded.segmentation is not None
+    sim = find_simulated(synth_exams)[0]
+    header = pydicom.dcmread(sim.dicom)
+    fast = Models(
+        b_lines=loaded.b_lines,
+        severity=loaded.severity,
+        segmentation=SegmentationModel(model.ensemble, model.model, 2),
+    )
+    findings = analyse(header, sim.dicom.name, fast, settings)
+    assert findings.segmentation is not None
+    assert findings.segmentation.frames == tuple(sorted({k.frame for k in findings.key_frames}))
+
+
+def test_a_single_frame_ultrasound_image_gets_valid_results(
+    model: SegmentationModel, tmp_path: Path
+) -> None:
+    """A one-frame image (Ultrasound Image Storage) has no frame numbers to reference."""
+    path = Path(str(get_testdata_file("US1_UNCR.dcm")))
+    header = pydicom.dcmread(path)
+    settings = Settings(data_dir=tmp_path)
+    loaded = Models.load(settings)
+    models = Models(
+        b_lines=loaded.b_lines,
+        severity=loaded.severity,
+        segmentation=SegmentationModel(model.ensemble, model.model, 2),
+    )
+    findings = analyse(header, path.name, models, settings)
+    assert findings.segmentation is not None
+    assert findings.segmentation.frames == (1,)
+    kinds = ["sr", "kos", "seg", "seg-binary", "seg-uncertainty"]
+    for kind, dataset in encode(findings, header, kinds, models.key):
+        out = tmp_path / f"{kind}.dcm"
+        dataset.save_as(out, enforce_file_format=True)
+        iod = validators.dciodvfy(out)
+        assert iod.errors == [], f"{kind}: {iod}"
+
+
+def test_the_segmentation_setup_is_part_of_the_result_identity(tmp_path: Path) -> None:
+    default = Models.load(Settings(data_dir=tmp_path, models=("segmentation",)))
+    assert default.key.endswith("[key,mc40]")
+    every = Models.load(
+        Settings(
+            data_dir=tmp_path,
+            models=("segmentation",),
+            segmentation=SegmentationSettings(frames="every", every=5, mc_samples=0),
+        )
+    )
+    assert every.key.endswith("[every-5,mc0]")

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.functional import cross_entropy
+
+from lus_pacs.families.segmentation.network import (
+    BACKGROUND,
+    CLASSES,
+    SEGMENTATION_NETWORKS,
+    PaperUNet,
+    SegmentationEnsemble,
+    enable_mc_dropout,
+    mc_dropout_predict,
+)
+
+NAMES = sorted(SEGMENTATION_NETWORKS)
+
+
+def _network(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return SEGMENTATION_NETWORKS[name]()
+
+
+def test_labels_are_four_scores_and_background() -> None:
+    assert CLASSES == 5
+    assert BACKGROUND == CLASSES - 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shape", [(2, 1, 60, 80), (1, 1, 200, 260)])
+def test_network_returns_class_logits_at_input_size(
+    name: str, shape: tuple[int, int, int, int]
+) -> None:
+    network = _network(name).eval()
+    with torch.inference_mode():
+        logits = network(torch.randn(shape))
+    assert logits.shape == (shape[0], CLASSES, *shape[2:])
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_network_has_dropout_and_under_two_million_parameters(name: str) -> None:
+    network = _network(name)
+    assert any(isinstance(layer, nn.Dropout2d) for layer in network.modules())
+    assert sum(p.numel() for p in network.parameters()) < 2_000_000
+
+
+def test_paper_unet_latent_is_input_pooled_by_two_two_and_five() -> None:
+    network = PaperUNet().eval()
+    assert network.pooling == (2, 2, 5)
+    seen: list[torch.Size] = []
+    network.latent.register_forward_hook(lambda _m, _i, out: seen.append(out.shape))
+    with torch.inference_mode():
+        network(torch.zeros(1, 1, 200, 260))
+    assert seen == [torch.Size([1, 128, 10, 13])]
+
+
+def test_paper_unet_rejects_sides_not_multiple_of_twenty() -> None:
+    with pytest.raises(ValueError, match="multiples of 20"):
+        PaperUNet()(torch.zeros(1, 1, 64, 80))
+
+
+def test_enable_mc_dropout_keeps_only_dropout_in_training_mode() -> None:
+    network = _network("deeplabv3_plus")
+    enable_mc_dropout(network)
+    for layer in network.modules():
+        assert layer.training == isinstance(layer, nn.Dropout2d)
+
+
+def test_mc_dropout_mean_is_a_distribution_and_single_pass_has_zero_std() -> None:
+    networks = [_network(name) for name in NAMES]
+    x = torch.randn(2, 1, 60, 80)
+    mean, std = mc_dropout_predict(networks, x, samples=1)
+    assert mean.shape == std.shape == (2, CLASSES, 60, 80)
+    assert torch.allclose(mean.sum(dim=1), torch.ones(2, 60, 80), atol=1e-5)
+    assert (std == 0).all()
+
+
+def test_mc_dropout_samples_vary_and_training_flags_are_restored() -> None:
+    networks = [_network(name) for name in NAMES]
+    networks[0].eval()
+    before = [[layer.training for layer in network.modules()] for network in networks]
+    torch.manual_seed(1)
+    mean, std = mc_dropout_predict(networks, torch.randn(1, 1, 60, 80), samples=4)
+    assert torch.allclose(mean.sum(dim=1), torch.ones(1, 60, 80), atol=1e-5)
+    assert (std > 0).any()
+    assert [[layer.training for layer in network.modules()] for network in networks] == before
+
+
+def test_mc_dropout_batches_passes_without_mixing_frames() -> None:
+    torch.manual_seed(0)
+    network = PaperUNet(dropout=0.0)  # every pass is the same: mean is the plain softmax
+    x = torch.randn(2, 1, 60, 80)
+    mean, std = mc_dropout_predict([network], x, samples=5, batch=4)  # chunks of 2, 2, 1
+    with torch.inference_mode():
+        expected = torch.softmax(network.eval()(x), dim=1)
+    torch.testing.assert_close(mean, expected)
+    assert float(std.max()) < 1e-6
+
+
+def test_mc_dropout_rejects_zero_samples() -> None:
+    with pytest.raises(ValueError, match="samples"):
+        mc_dropout_predict([_network("unet")], torch.zeros(1, 1, 60, 80), samples=0)
+
+
+def test_paper_unet_adam_steps_reduce_cross_entropy() -> None:
+    torch.manual_seed(0)
+    network = PaperUNet(dropout=0.0)
+    x = torch.randn(2, 1, 60, 80)
+    target = torch.full((2, 60, 80), BACKGROUND)
+    target[:, 20:40, 30:50] = 2
+    optimiser = torch.optim.Adam(network.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(5):
+        optimiser.zero_grad()
+        loss = cross_entropy(network(x), target)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_ensemble_is_the_mean_of_its_members_softmax() -> None:
+    torch.manual_seed(0)
+    ensemble = SegmentationEnsemble().eval()
+    assert list(ensemble.members) == list(SEGMENTATION_NETWORKS)
+    x = torch.randn(1, 1, 60, 80)
+    with torch.inference_mode():
+        mean = ensemble(x)
+        by_hand = torch.stack([torch.softmax(m(x), dim=1) for m in ensemble.members.values()]).mean(
+            dim=0
+        )
+    torch.testing.assert_close(mean, by_hand)
+    torch.testing.assert_close(mean.sum(dim=1), torch.ones(1, 60, 80))
+
+
+def test_ensemble_members_must_be_known_networks() -> None:
+    with pytest.raises(ValueError, match="deeplabv3_plus"):
+        SegmentationEnsemble(["unet", "segformer"])
+    with pytest.raises(ValueError, match="Ensemble members"):
+        SegmentationEnsemble([])

@@ -1,0 +1,232 @@
+"""Severity training, evaluation and inference end to end on a tiny simulated set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lus_pacs.errors import AnnotationError
+from lus_pacs.families.severity.evaluate import evaluate_severity, markdown_tables
+from lus_pacs.families.severity.inference import SeverityModel
+from lus_pacs.families.severity.network import FRAME_SCORERS, SeverityNet
+from lus_pacs.families.severity.train import (
+    Frames,
+    near_transition,
+    train_aggregator,
+    train_severity,
+)
+from lus_pacs.pipeline import study_summary
+from lus_pacs.training.annotated import read_frame_score_cines
+from lus_pacs.training.annotations import FrameScore, write_frame_scores
+from lus_pacs.training.simulated import find_simulated
+from tests.tools import run_cli
+
+
+@pytest.fixture(scope="module")
+def exams(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two patients to train on and one more (with score 2-3 frames, so that the crop montage
+    is drawn) for the aggregator and evaluation."""
+    args = ["--frames", "12", "--fps", "10", "--workers", "2"]
+    train = tmp_path_factory.mktemp("sev-train")
+    run_cli("synth", "--out", str(train), "--patients", "2", "--seed", "11", *args)
+    more = tmp_path_factory.mktemp("sev-more")
+    run_cli("synth", "--out", str(more), "--patients", "1", "--seed", "13", *args)
+    return train, more
+
+
+@pytest.mark.parametrize("variant", ["reg_stn_sord", "cnn_ce"])
+def test_train_write_load_predict_evaluate(
+    exams: tuple[Path, Path], tmp_path: Path, variant: str
+) -> None:
+    train, more = exams
+    result = train_severity(
+        train, tmp_path, epochs=1, seed=0, variant=variant, every=4, n_folds=2,
+        aggregator_data=more, progress=False,
+    )  # fmt: skip
+    assert 0.0 <= result.frame["setting1_f1"] <= 1.0
+    assert set(result.aggregators.mean) == {"uninorm", "max_argmax", "argmax_mean"}
+    assert result.counts["patients_aggregator"] == 2  # fold 0 of train + the extra patient
+
+    model = SeverityModel.load(tmp_path)
+    assert isinstance(model.network.scorer, FRAME_SCORERS[variant])
+    sim = find_simulated(more)[0]
+    found = model.predict(sim.load())
+    assert len(found.frame_scores) == sim.n_frames
+    assert sum(found.probabilities) == pytest.approx(1.0, abs=1e-3)
+    assert found.frame_scores[found.top_frame - 1] == max(found.frame_scores)
+    if variant == "reg_stn_sord":
+        assert found.box is not None
+        x0, y0, x1, y1 = found.box
+        r = sim.load().region
+        assert r.x0 <= x0 < x1 <= r.x1
+        assert r.y0 <= y0 < y1 <= r.y1
+    else:
+        assert found.box is None
+
+    plots = tmp_path / "plots"
+    metrics = evaluate_severity(tmp_path, more, plots=plots, progress=False)
+    assert metrics["frame_setting1_n"] > 0
+    assert len(metrics["neutral_elements"]) == 4
+    table = markdown_tables({variant: metrics})
+    assert "| uninorm |" in table
+    severe = any(
+        f.severity is not None and f.severity >= 2 for c in find_simulated(more) for f in c.frames
+    )
+    if variant == "reg_stn_sord" and severe:  # a montage of score 2-3 frames' crops
+        with Image.open(plots / "stn_crops.png") as image:
+            assert image.width == 4 * 260
+    else:
+        assert not (plots / "stn_crops.png").exists()
+
+
+def test_setting_2_drops_frames_around_score_changes() -> None:
+    scores = [0, 0, 0, 0, 2, 2, 2, 2, 2, 2]
+    frames = Frames(
+        x=torch.zeros(0),
+        score=torch.tensor(scores),
+        cine=np.zeros(10, dtype=np.intp),
+        frame=np.arange(1, 11, dtype=np.intp),
+    )
+    near = near_transition(frames, margin=2)
+    # The score changes at frame 5: frames 3, 4 before it and 5, 6 from it are dropped.
+    assert np.flatnonzero(near).tolist() == [2, 3, 4, 5]
+
+
+def test_the_uninorm_learns_from_clip_scores() -> None:
+    rng = np.random.default_rng(0)
+    clips, scores = [], []
+    for score in (0, 1, 2, 3) * 4:
+        p = rng.dirichlet(np.ones(4), size=8) * 0.3
+        p[:, score] += 0.7  # frames lean towards the clip's score
+        clips.append(p / p.sum(axis=1, keepdims=True))
+        scores.append(score)
+    aggregator, losses = train_aggregator(clips, scores)
+    assert min(losses) < losses[0]
+    assert not torch.allclose(aggregator.neutral_elements, torch.full((4,), 0.5))
+
+
+def test_study_summary_sums_the_zone_scores() -> None:
+    def record(zone: str, score: int | None, b_lines: bool = False) -> dict:
+        uid = f"1.2.3.{zone}.{score}"
+        r: dict = {
+            "source": {"zone": zone, "sop_instance_uid": uid},
+            "b_lines": {"present": b_lines},
+        }
+        if score is not None:
+            r["severity"] = {"score": score}
+        return r
+
+    records = [record("R1", 1), record("R1", 2, True), record("L2", 3), record("L3", None)]
+    summary = study_summary("1.2.3", records)
+    assert summary["lus_score"]["per_zone"] == {"L2": 3, "R1": 2}
+    assert summary["lus_score"]["total"] == 5
+    assert summary["lus_score"]["zones_scored"] == 2
+    assert summary["lus_score"]["zones_scanned"] == 3  # L3 was scanned, not scored
+    assert summary["zones"] == ["L2", "L3", "R1"]
+    assert summary["b_line_zones"] == ["R1"]
+    assert summary["zone_cines"]["R1"] == ["1.2.3.R1.1", "1.2.3.R1.2"]
+    assert "lus_score" not in study_summary("1.2.3", [record("R1", None)])
+    assert "poor_zones" not in summary  # no key-frame model ran
+
+
+def test_study_summary_lists_the_zones_without_a_usable_cine() -> None:
+    def record(zone: str, flag: str | None) -> dict:
+        r: dict = {"source": {"zone": zone, "sop_instance_uid": f"1.2.{zone}.{flag}"}}
+        if flag is not None:
+            r["quality"] = {"flag": flag}
+        return r
+
+    records = [
+        record("R1", "poor"),
+        record("R1", "usable"),  # one good cine is enough
+        record("R2", "poor"),
+        record("R2", "poor"),
+        record("L1", None),  # not assessed: not to scan again
+        record("L2", "poor"),
+        record("L2", None),
+    ]
+    summary = study_summary("1.2", records)
+    assert summary["poor_zones"] == ["L2", "R2"]
+    assert summary["quality_zones"] == ["L2", "R1", "R2"]  # L1 was not assessed
+
+
+def test_a_severity_net_round_trips_its_state() -> None:
+    net = SeverityNet("stn_sord")
+    twin = SeverityNet("stn_sord")
+    twin.load_state_dict(net.state_dict())
+    x = torch.rand(2, 1, 200, 260) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(x).logits, twin.eval()(x).logits)
+
+
+def test_train_and_evaluate_severity_are_commands(exams: tuple[Path, Path], tmp_path: Path) -> None:
+    train, more = exams
+    args = ["--epochs", "1", "--seed", "0", "--every", "6", "--folds", "2", "--variant", "cnn_sord"]
+    run_cli(
+        "train", "severity", "--data", str(train), "--out", str(tmp_path),
+        "--aggregator-data", str(more), *args,
+    )  # fmt: skip
+    assert (tmp_path / "models" / "model.pt").is_file()
+    table = run_cli("evaluate", "severity", "--bundle", str(tmp_path), "--simulated", str(more))
+    lines = table.stdout.splitlines()
+    assert any(
+        line.startswith("| Frame scorer | F1 (Setting 1) | F1 (Setting 2)") for line in lines
+    )
+    for aggregator in ("uninorm", "max_argmax", "argmax_mean"):
+        assert any(f"| {tmp_path.name} | {aggregator} |" in line for line in lines)
+
+
+def test_keeping_a_frame_scorer_trains_only_the_aggregator(
+    exams: tuple[Path, Path], tmp_path: Path
+) -> None:
+    train, more = exams
+    common: dict = {"epochs": 1, "seed": 0, "every": 6, "n_folds": 2, "aggregator_data": more}
+    first = train_severity(train, tmp_path / "a", variant="stn_sord", progress=False, **common)
+    again = train_severity(
+        train, tmp_path / "b", frame_scorer=tmp_path / "a", progress=False, **common
+    )
+    assert again.frame == first.frame  # the same frame scorer on the same frames
+    a = SeverityModel.load(tmp_path / "a").network
+    b = SeverityModel.load(tmp_path / "b").network
+    assert b.variant == "stn_sord"
+    for key, value in a.scorer.state_dict().items():
+        assert torch.equal(value, b.scorer.state_dict()[key])
+
+
+def test_a_frame_score_csv_trains_like_the_truth_it_was_written_from(
+    exams: tuple[Path, Path], tmp_path: Path
+) -> None:
+    train, more = exams
+    sims = find_simulated(train)
+    table = tmp_path / "scores.csv"
+    write_frame_scores(
+        table,
+        [
+            FrameScore(str(s.dicom.relative_to(train)), f.frame, f.severity)
+            for s in sims
+            for f in s.frames
+            if f.severity is not None
+        ],
+    )
+    cines = read_frame_score_cines(table, root=train)
+    assert [c.dicom for c in cines] == [s.dicom for s in sims]
+    for cine, sim in zip(cines, sims, strict=True):
+        assert [f.severity for f in cine.frames] == [f.severity for f in sim.frames]
+        assert (cine.severity, cine.patient_id) == (sim.severity, sim.patient_id)
+    common: dict = {"epochs": 1, "seed": 0, "every": 6, "n_folds": 2, "aggregator_data": more}
+    from_csv = train_severity(
+        None, None, frame_scores=[table], frame_scores_root=train, progress=False, **common
+    )
+    from_truth = train_severity(train, None, progress=False, **common)
+    assert from_csv.frame == from_truth.frame
+
+
+def test_a_frame_score_csv_naming_a_missing_cine_is_refused(tmp_path: Path) -> None:
+    table = tmp_path / "scores.csv"
+    write_frame_scores(table, [FrameScore("gone/R1.dcm", 1, 2)])
+    with pytest.raises(AnnotationError, match=r"gone/R1\.dcm"):
+        read_frame_score_cines(table)
