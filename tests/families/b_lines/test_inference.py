@@ -14,7 +14,7 @@ from lus_pacs.families.b_lines.train import auc
 from lus_pacs.synth.exam import SynthOptions, synthesize
 from lus_pacs.training.simulated import SimulatedCine, find_simulated
 
-BUNDLE = Path(__file__).resolve().parents[2] / "models" / "b_lines"
+BUNDLE = Path(__file__).resolve().parents[3] / "models" / "b_lines"
 INFO = ModelInfo("b_lines", "0.1.0", "test")
 
 
@@ -147,7 +147,7 @@ def test_a_baseline_bundle_runs_in_the_node(arch: str, tmp_path: Path) -> None:
     from lus_pacs.families.b_lines.network import ARCHITECTURES
     from lus_pacs.families.b_lines.train import network_args
 
-    shipped = Path(__file__).resolve().parents[2] / "models" / "b_lines"
+    shipped = Path(__file__).resolve().parents[3] / "models" / "b_lines"
     bundle = tmp_path / arch
     shutil.copytree(shipped / "configs", bundle / "configs")
     config = json.loads((bundle / "configs" / "inference.json").read_text())

@@ -58,7 +58,7 @@ def test_rejects_wrong_input(network: C2DLSTMAttention) -> None:
 
 
 def test_shipped_weights_still_load() -> None:
-    bundle = Path(__file__).resolve().parents[2] / "models/b_lines/models/model.pt"
+    bundle = Path(__file__).resolve().parents[3] / "models/b_lines/models/model.pt"
     network = C2DLSTMAttention()
     network.load_state_dict(torch.load(bundle, weights_only=True))
 

@@ -13,7 +13,7 @@ from lus_pacs.families.consolidation.inference import iou
 from lus_pacs.validate import validate
 from tests.tools import run_cli
 
-BUNDLE = Path(__file__).resolve().parents[2] / "models" / "consolidation"
+BUNDLE = Path(__file__).resolve().parents[3] / "models" / "consolidation"
 
 pytestmark = pytest.mark.skipif(
     not (BUNDLE / "models" / "model.pt").is_file(), reason="no consolidation bundle"

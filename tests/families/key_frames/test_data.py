@@ -29,7 +29,7 @@ from lus_pacs.families.key_frames.similarity import (
 from lus_pacs.synth.exam import SynthOptions, synthesize
 from lus_pacs.training.simulated import SimulatedCine, find_simulated
 
-BUNDLE = Path(__file__).resolve().parents[2] / "models" / "b_lines"
+BUNDLE = Path(__file__).resolve().parents[3] / "models" / "b_lines"
 WIDE = (
     Variant("local_brightness_any", Encoding.LOCAL_BRIGHTNESS, (0.0, 1.0)),
     Variant("cnn_any", Encoding.CNN, (0.0, 1.0)),

@@ -22,7 +22,7 @@ from lus_pacs.training.simulated import find_simulated
 from lus_pacs.validate import validate
 from tests.tools import run_cli
 
-BUNDLE = Path(__file__).resolve().parents[2] / "models" / "key_frames"
+BUNDLE = Path(__file__).resolve().parents[3] / "models" / "key_frames"
 INFO = ModelInfo("key_frames", "test", "key frames")
 
 

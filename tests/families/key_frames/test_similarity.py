@@ -23,7 +23,7 @@ from lus_pacs.families.key_frames.similarity import (
 )
 from lus_pacs.inference.transforms import b_line_windows
 
-BUNDLE = Path(__file__).resolve().parents[2] / "models" / "b_lines"
+BUNDLE = Path(__file__).resolve().parents[3] / "models" / "b_lines"
 
 
 def _cine(

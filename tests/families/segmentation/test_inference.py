@@ -19,7 +19,7 @@ from lus_pacs.settings import SegmentationSettings, Settings
 from lus_pacs.training.simulated import find_simulated
 from tests.encode import validators
 
-BUNDLE = Path(__file__).resolve().parents[2] / "models" / "segmentation"
+BUNDLE = Path(__file__).resolve().parents[3] / "models" / "segmentation"
 
 pytestmark = pytest.mark.filterwarnings('ignore:The string "PLA":UserWarning')
 

@@ -35,7 +35,7 @@ from lus_pacs.inference.transforms import fit_label_maps, to_source_geometry
 from lus_pacs.training.simulated import find_simulated
 from tests.tools import run_cli
 
-SHIPPED = Path(__file__).resolve().parents[2] / "models" / "segmentation"
+SHIPPED = Path(__file__).resolve().parents[3] / "models" / "segmentation"
 
 
 @pytest.fixture(scope="module")
