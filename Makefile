@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make demo   installs everything on a fresh machine and runs the main job on the embedded defaults
-#   make test   installs everything and runs the checks: ruff, mypy, pytest
+#   make test   installs everything and runs the checks: ruff, mypy, import-linter, pytest
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -25,6 +25,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: lint
 	$(VENV)/bin/pytest

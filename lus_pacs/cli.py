@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,6 +14,8 @@ from lus_pacs import __version__
 if TYPE_CHECKING:
     from lus_pacs.domain import Cine
     from lus_pacs.queue.store import DeliveryState
+    from lus_pacs.records import CineRecord
+    from lus_pacs.synth.exam import CineRecord as SynthRecord
 
 app = typer.Typer(
     name="lus-pacs",
@@ -199,7 +201,6 @@ def demo(
 ) -> None:
     """The main job on the embedded defaults: start the node, push a simulated exam to it by
     C-STORE as a scanner would, wait for the results and print the findings per zone."""
-    import json
     import time
 
     from lus_pacs.export.dimse import store
@@ -238,54 +239,63 @@ def demo(
         f"processed in {time.monotonic() - started:.1f} s: {counts.get(JobState.SENT, 0)} cines"
     )
     truth = {r.zone: r for r in records}
+    from lus_pacs.records import CineRecord
+
+    types = node.models.registry.record_types()
     for text in node.store.records(study):
-        record = json.loads(text)
-        zone = record["source"]["zone"]
-        b = record["b_lines"]
-        found = f"B-lines {'present' if b['present'] else 'absent'} (p={b['probability']:.2f})"
-        if b["present"]:
-            found += f", {len(b['frames'])} frames, key frame {b['key_frame']}"
-        expected = "present" if truth[zone].b_lines else "absent"
-        typer.echo(f"  zone {zone}: {found}; simulated truth: B-lines {expected}")
-        if "severity" in record:
-            typer.echo(
-                f"    LUS score {record['severity']['score']} "
-                f"(simulated truth: {truth[zone].severity})"
-            )
-        if "segmentation" in record:
-            seg = record["segmentation"]
-            masks = ", ".join(
-                f"score {c['score']} {c['pixels']} px"
-                + (
-                    f" (uncertainty {c['uncertainty_mean']:.3f})"
-                    if c["uncertainty_mean"] is not None
-                    else ""
-                )
-                for c in seg["classes"]
-            )
-            typer.echo(f"    masks of frames {seg['frames']}: {masks or 'nothing found'}")
-        if "consolidation" in record:
-            con = record["consolidation"]
-            said = "present" if con["present"] else "absent"
-            expected = "present" if truth[zone].consolidation else "absent"
-            typer.echo(
-                f"    consolidation {said} (p={con['probability']:.2f}, "
-                f"{len(con['boxes'])} boxes); simulated truth: {expected}"
-            )
-        if "quality" in record:
-            q = record["quality"]
-            good = json.loads(truth[zone].truth.read_text())["clip"]["high_value_frames"]
-            why = f" ({', '.join(q['reasons'])})" if q["reasons"] else ""
-            typer.echo(
-                f"    quality {q['flag']}{why}, best frame {q['best_frame']} "
-                f"(p={q['probability']:.2f}); simulated truth: "
-                f"{'usable' if good else 'poor'}, that frame "
-                f"{'high-value' if q['best_frame'] in good else 'not high-value'}"
-            )
+        record = CineRecord.loads(text, types)
+        zone = record.source.zone or "?"
+        typer.echo(_demo_lines(record, truth[zone]))
     typer.echo(
         "results (SR, KOS, SEG, presentation states, study summary SR and JSON): "
         f"{settings.results_dir / study}"
     )
+
+
+def _demo_lines(record: CineRecord, truth: SynthRecord) -> str:
+    """What the node found in one cine of the demo exam, beside the simulator's truth."""
+    import json
+
+    zone = record.source.zone
+    lines = []
+    b = record.b_lines
+    if b is not None:
+        found = f"B-lines {'present' if b.present else 'absent'} (p={b.probability:.2f})"
+        if b.present:
+            found += f", {len(b.frames)} frames, key frame {b.key_frame}"
+    else:
+        found = "B-lines not assessed"
+    expected = "present" if truth.b_lines else "absent"
+    lines.append(f"  zone {zone}: {found}; simulated truth: B-lines {expected}")
+    if record.severity is not None:
+        lines.append(f"    LUS score {record.severity.score} (simulated truth: {truth.severity})")
+    seg = record.segmentation
+    if seg is not None:
+        masks = ", ".join(
+            f"score {c.score} {c.pixels} px"
+            + (f" (uncertainty {c.uncertainty_mean:.3f})" if c.uncertainty_mean is not None else "")
+            for c in seg.classes
+        )
+        lines.append(f"    masks of frames {list(seg.frames)}: {masks or 'nothing found'}")
+    con = record.consolidation
+    if con is not None:
+        said = "present" if con.present else "absent"
+        expected = "present" if truth.consolidation else "absent"
+        lines.append(
+            f"    consolidation {said} (p={con.probability:.2f}, "
+            f"{len(con.boxes)} boxes); simulated truth: {expected}"
+        )
+    q = record.quality
+    if q is not None:
+        good = json.loads(truth.truth.read_text())["clip"]["high_value_frames"]
+        why = f" ({', '.join(q.reasons)})" if q.reasons else ""
+        lines.append(
+            f"    quality {q.flag}{why}, best frame {q.best_frame} "
+            f"(p={q.probability:.2f}); simulated truth: "
+            f"{'usable' if good else 'poor'}, that frame "
+            f"{'high-value' if q.best_frame in good else 'not high-value'}"
+        )
+    return "\n".join(lines)
 
 
 def pydicom_study(path: Path) -> str:
@@ -347,45 +357,21 @@ def process(
 
     Exits 1 when any file could not be processed; the reason is printed.
     """
-    import pydicom
-
-    from lus_pacs.errors import LusPacsError
-    from lus_pacs.pipeline import (
-        Models,
-        dumps,
-        encode_summary,
-        process_file,
-        study_summary,
-        write_outputs,
-    )
+    from lus_pacs.pipeline import Models, process_paths
     from lus_pacs.settings import load_settings
 
     settings = load_settings(config)
-    models = Models.load(settings)
     files = sorted(
         f for p in paths for f in ([p] if p.is_file() else p.rglob("*.dcm")) if f.is_file()
     )
-    out.mkdir(parents=True, exist_ok=True)
-    failed = 0
-    studies: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
-    with (out / "summary.jsonl").open("w") as summary:
-        for path in files:
-            try:
-                record, _ = process_file(path, models, settings, out, plots)
-            except LusPacsError as exc:
-                typer.echo(f"{path}: failed: {exc}", err=True)
-                failed += 1
-                continue
-            summary.write(dumps(record) + "\n")
-            studies.setdefault(record["source"]["study_instance_uid"], []).append((path, record))
-            typer.echo(f"{path}: {record.get('b_lines', {})}")
-    with (out / "studies.jsonl").open("w") as lines:
-        for study, done in studies.items():
-            exam = study_summary(study, [record for _, record in done])
-            lines.write(dumps(exam) + "\n")
-            if "study-sr" in settings.output_kinds:
-                headers = [pydicom.dcmread(p, stop_before_pixels=True) for p, _ in done]
-                write_outputs([encode_summary(exam, headers, models.key)], out)
+    failed = process_paths(
+        files,
+        out,
+        Models.load(settings),
+        settings,
+        plots,
+        lambda line, err: typer.echo(line, err=err),
+    )
     typer.echo(f"{len(files) - failed} processed, {failed} failed; results in {out}")
     if failed:
         raise typer.Exit(1)
@@ -522,7 +508,7 @@ def reprocess(
     except LusPacsError as exc:
         typer.echo(f"reprocess failed: {exc}", err=True)
         raise typer.Exit(1) from None
-    records = run.manifest.records(key)
+    records = run.manifest.records(key, run.part_types)
     summaries = run.manifest.summaries(key)
     report = text_report(counts, records, summaries)
     (folder / "report.txt").write_text(report + "\n")

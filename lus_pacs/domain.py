@@ -6,11 +6,15 @@ arrays are indexed from 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
+
+_T = TypeVar("_T")
 
 GreyFrames = npt.NDArray[np.uint8]
 """Luminance frames, shape (frames, rows, columns)."""
@@ -19,6 +23,25 @@ MASK_LABELS = 5
 """Labels of a segmentation mask: the severity scores 0-3 and :data:`MASK_BACKGROUND`."""
 MASK_BACKGROUND = 4
 """The label of pixels that show none of the scores."""
+
+
+class OutputKind(StrEnum):
+    """A kind of result object the node makes."""
+
+    SR = "sr"
+    """Per cine: the TID 1500 Comprehensive SR of the findings."""
+    KOS = "kos"
+    """Per cine: the Key Object Selection of its key frames."""
+    SEG = "seg"
+    """Per cine: the score masks as a LABELMAP SEG."""
+    SEG_BINARY = "seg-binary"
+    """Per cine: the same masks as a BINARY SEG with plane geometry, for older viewers."""
+    SEG_UNCERTAINTY = "seg-uncertainty"
+    """Per cine: the Monte-Carlo dropout uncertainty as a FRACTIONAL SEG."""
+    PR = "pr"
+    """Per cine: the presentation state drawing boxes and labels on the key frames."""
+    STUDY_SR = "study-sr"
+    """Per study: the summary SR."""
 
 
 class RegionSource(StrEnum):
@@ -317,27 +340,60 @@ class KeyFrameFindings:
 class Findings:
     """Everything the models found in one cine: the content of its result objects.
 
-    A model that did not run leaves its field None; nothing is ever filled in for it.
+    ``by_family`` holds each family's findings under its name, in the order the families ran;
+    a family that did not run has none, and nothing is ever filled in for it.
     """
 
     source: SourceRef
     n_frames: int
     fps: float | None
-    b_lines: BLineFindings | None = None
-    severity: SeverityFindings | None = None
     key_frames: tuple[KeyFrame, ...] = ()
-    segmentation: SegmentationFindings | None = None
-    consolidation: ConsolidationFindings | None = None
-    key_frame_model: KeyFrameFindings | None = None
-    """The key-frame model's per-frame scores and the cine's quality flag."""
+    """Every family's proposed key frames, in :class:`KeyFrameReason` order."""
+    by_family: Mapping[str, object] = field(default_factory=dict)
+
+    def of_family(self, name: str, kind: type[_T]) -> _T | None:
+        """The findings of family ``name`` if it ran, checked to be a ``kind``."""
+        found = self.by_family.get(name)
+        if found is not None and not isinstance(found, kind):
+            raise TypeError(f"findings of {name} are {type(found).__name__}, not {kind.__name__}")
+        return found
+
+    def with_family(self, name: str, found: object) -> Findings:
+        """The same findings with family ``name``'s replaced by ``found``."""
+        return replace(self, by_family={**self.by_family, name: found})
+
+    @property
+    def b_lines(self) -> BLineFindings | None:
+        return self.of_family("b_lines", BLineFindings)
+
+    @property
+    def severity(self) -> SeverityFindings | None:
+        return self.of_family("severity", SeverityFindings)
+
+    @property
+    def segmentation(self) -> SegmentationFindings | None:
+        return self.of_family("segmentation", SegmentationFindings)
+
+    @property
+    def consolidation(self) -> ConsolidationFindings | None:
+        return self.of_family("consolidation", ConsolidationFindings)
+
+    @property
+    def key_frame_model(self) -> KeyFrameFindings | None:
+        """The key-frame model's per-frame scores and the cine's quality flag."""
+        return self.of_family("key_frames", KeyFrameFindings)
 
     @property
     def models(self) -> tuple[ModelInfo, ...]:
-        found = (
-            self.b_lines,
-            self.consolidation,
-            self.severity,
-            self.segmentation,
-            self.key_frame_model,
-        )
-        return tuple(f.model for f in found if f is not None)
+        """The algorithm of every family that ran."""
+        infos = (getattr(found, "model", None) for found in self.by_family.values())
+        return tuple(info for info in infos if isinstance(info, ModelInfo))
+
+
+@dataclass(frozen=True)
+class ResultIdentity:
+    """Who a result object is: its UIDs and the series number of its kind."""
+
+    instance_uid: str
+    series_uid: str
+    series_number: int

@@ -47,6 +47,11 @@ class ExportError(LusPacsError):
         self.reason = reason
 
 
+class EncodeError(LusPacsError):
+    """A result object could not be made from a cine's findings (the encoder refused them);
+    the message names the object kind, the source instance and the reason."""
+
+
 class ModelError(LusPacsError):
     """A model bundle under ``models/`` is incomplete or does not fit the code that loads it."""
 

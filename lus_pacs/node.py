@@ -12,24 +12,18 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pydicom
 from pynetdicom.transport import ThreadedAssociationServer
 
+from lus_pacs.domain import OutputKind
 from lus_pacs.durable import durable_file
 from lus_pacs.errors import ExportError, LusPacsError
 from lus_pacs.export.dimse import store as c_store
 from lus_pacs.ingest.scp import Receiver, make_ae
-from lus_pacs.pipeline import (
-    Models,
-    dumps,
-    encode_summary,
-    process_file,
-    study_summary,
-    write_outputs,
-)
+from lus_pacs.pipeline import Models, encode_summary, process_file, write_outputs
 from lus_pacs.queue.store import JobStore
+from lus_pacs.records import CineRecord, StudySummary, to_json
 from lus_pacs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -120,10 +114,10 @@ class Node:
                 self.store.fail_job(job.id, f"unexpected error: {exc!r}")
                 continue
             self.store.finish_job(
-                job.id, dumps(record), outputs, [d.name for d in self.settings.destinations]
+                job.id, record.dumps(), outputs, [d.name for d in self.settings.destinations]
             )
-            summary = record.get("b_lines", {})
-            log.info("Processed %s (zone %s): %s", uid, record["source"]["zone"], summary)
+            b_lines = to_json(record.b_lines) if record.b_lines else {}
+            log.info("Processed %s (zone %s): %s", uid, record.source.zone, b_lines)
 
     # Delivering
 
@@ -195,19 +189,20 @@ class Node:
         """The study's summary SR, when configured, queued for every destination (once per
         distinct summary); then the summary as JSON in the study's results folder, the sign
         that the study is done."""
-        records = [json.loads(r) for r in self.store.records(study, self.models.key)]
+        types = self.models.registry.record_types()
+        records = [CineRecord.loads(r, types) for r in self.store.records(study, self.models.key)]
         if not records:
             log.warning("Study %s complete, but none of its cines was processed", study)
             return
-        summary = study_summary(study, records)
+        summary = StudySummary.of(study, records)
         path = summary_path(self.settings, study)
-        if "study-sr" in self.settings.output_kinds:
+        if OutputKind.STUDY_SR in self.settings.output_kinds:
             self._send_summary(study, summary, path.parent)
         with durable_file(path) as f:
-            f.write(json.dumps(summary, indent=1).encode())
-        log.info("Study %s complete: %s", study, summary)
+            f.write(json.dumps(to_json(summary), indent=1).encode())
+        log.info("Study %s complete: %s", study, summary.dumps())
 
-    def _send_summary(self, study: str, summary: dict[str, Any], folder: Path) -> None:
+    def _send_summary(self, study: str, summary: StudySummary, folder: Path) -> None:
         try:
             sources = [
                 pydicom.dcmread(p, stop_before_pixels=True)
@@ -218,7 +213,7 @@ class Node:
             log.error("Study %s: the summary SR could not be made: %s", study, exc)
             return
         destinations = [d.name for d in self.settings.destinations]
-        if self.store.record_summary(study, dumps(summary), output, destinations):
+        if self.store.record_summary(study, summary.dumps(), output, destinations):
             log.info("Study %s: summary SR %s queued", study, output.sop_instance_uid)
 
 

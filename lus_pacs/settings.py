@@ -9,7 +9,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from lus_pacs.domain import OutputKind
 from lus_pacs.errors import ConfigError
+from lus_pacs.families.registry import FAMILIES
 
 
 class ZoneRule(BaseModel):
@@ -89,9 +91,14 @@ class Settings(BaseModel):
     0x0122, or acknowledged and dropped."""
     destinations: tuple[DicomDestination, ...] = ()
     """Where results are sent by C-STORE; with none, results stay in the results folder."""
-    output_kinds: tuple[
-        Literal["sr", "kos", "seg", "seg-binary", "seg-uncertainty", "pr", "study-sr"], ...
-    ] = ("sr", "kos", "seg", "seg-binary", "pr", "study-sr")
+    output_kinds: tuple[OutputKind, ...] = (
+        OutputKind.SR,
+        OutputKind.KOS,
+        OutputKind.SEG,
+        OutputKind.SEG_BINARY,
+        OutputKind.PR,
+        OutputKind.STUDY_SR,
+    )
     """Result objects sent: per cine the SR, the KOS of key frames, the presentation state
     drawing boxes and labels on the key frames (GSPS or CSPS as the source's colour) and, when
     the segmentation model runs, the LABELMAP SEG of the score masks and the same masks as a
@@ -100,7 +107,8 @@ class Settings(BaseModel):
     SR."""
     models_dir: Path = Field(default_factory=lambda: Path(__file__).resolve().parents[1] / "models")
     models: tuple[str, ...] = ("b_lines", "consolidation", "severity", "segmentation", "key_frames")
-    """The bundles under ``models_dir`` the node runs."""
+    """The model families the node runs (:data:`lus_pacs.families.registry.FAMILIES`), each
+    from its bundle under ``models_dir``."""
     segmentation: SegmentationSettings = Field(default_factory=SegmentationSettings)
     consolidation: ConsolidationSettings = Field(default_factory=ConsolidationSettings)
     study_quiet_s: float = Field(default=30.0, gt=0)
@@ -146,13 +154,16 @@ class Settings(BaseModel):
 
 def load_settings(path: Path | None, **overrides: object) -> Settings:
     """Settings from a TOML file, or the embedded defaults when ``path`` is None; ``overrides``
-    (command-line options) win over both."""
+    (command-line options) win over both. The enabled models must be families the node ships
+    (:data:`~lus_pacs.families.registry.FAMILIES`)."""
     try:
         raw: dict[str, object] = {}
         if path is not None:
             with path.open("rb") as f:
                 raw = tomllib.load(f)
-        return Settings.model_validate({**raw, **overrides})
+        settings = Settings.model_validate({**raw, **overrides})
+        FAMILIES.check(settings.models, where=f"{path or 'settings'}: models")
+        return settings
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: no such configuration file") from exc
     except (tomllib.TOMLDecodeError, ValidationError) as exc:

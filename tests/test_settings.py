@@ -41,5 +41,15 @@ def test_overrides_win_and_errors_name_the_file(tmp_path: Path) -> None:
 def test_an_unknown_model_is_refused_when_the_node_loads(tmp_path: Path) -> None:
     from lus_pacs.pipeline import Models
 
-    with pytest.raises(ConfigError, match=r"\['pneumothorax'\] are not available"):
+    with pytest.raises(ConfigError, match=r"'pneumothorax' is unknown.*available families are"):
         Models.load(Settings(data_dir=tmp_path, models=("b_lines", "pneumothorax")))
+
+
+def test_a_misspelt_model_in_the_settings_file_gets_a_suggestion(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text('models = ["b_lines", "severty"]\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert "'severty' is unknown; did you mean 'severity'?" in message

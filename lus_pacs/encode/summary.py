@@ -32,8 +32,7 @@ TID 4019): scores the severity model, B-line counts the B-line model.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import highdicom as hd
 from pydicom import Dataset
@@ -48,6 +47,7 @@ from lus_pacs.encode.common import (
     public_header,
 )
 from lus_pacs.encode.sr import finding_site, report_document
+from lus_pacs.records import StudySummary
 
 SERIES_DESCRIPTION = "lus-pacs AI exam summary (research only, not a medical device)"
 UNKNOWN_ZONE = "?"
@@ -56,7 +56,7 @@ _CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
 
 
 def encode_study_summary(
-    summary: Mapping[str, Any],
+    summary: StudySummary,
     sources: Sequence[Dataset],
     *,
     series_number: int = 906,
@@ -64,7 +64,7 @@ def encode_study_summary(
     series_uid: str | None = None,
     instance_number: int = 1,
 ) -> Dataset:
-    """Encode a study summary (:func:`lus_pacs.pipeline.study_summary`) as a Comprehensive SR.
+    """Encode a study summary (:class:`lus_pacs.records.StudySummary`) as a Comprehensive SR.
 
     Parameters
     ----------
@@ -86,14 +86,14 @@ def encode_study_summary(
     lus_pacs.errors.UnreadableImageError
         When a source lacks the UIDs needed to reference it.
     """
-    study = summary["study_instance_uid"]
+    study = summary.study_instance_uid
     headers = {str(h.SOPInstanceUID): public_header(h) for h in sources}
     strangers = [u for u, h in headers.items() if h.StudyInstanceUID != study]
     if strangers:
         raise ValueError(
             f"Sources {strangers} are not of study {study}; a summary covers one study."
         )
-    zone_cines: Mapping[str, Sequence[str]] = summary["zone_cines"]
+    zone_cines = summary.zone_cines
     missing = [u for uids in zone_cines.values() for u in uids if u not in headers]
     if missing:
         raise ValueError(f"The summary names cines {missing} whose headers were not given.")
@@ -123,27 +123,27 @@ def encode_study_summary(
 
 
 def _zone_group(
-    summary: Mapping[str, Any], zone: str, cines: Sequence[Dataset], sop_instance_uid: str
+    summary: StudySummary, zone: str, cines: Sequence[Dataset], sop_instance_uid: str
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     known = zone if zone != UNKNOWN_ZONE else None
-    score = summary.get("lus_score", {}).get("per_zone", {}).get(zone)
+    score = summary.lus_score.per_zone.get(zone) if summary.lus_score else None
     evaluations = []
-    if summary.get("b_lines_assessed"):
-        present = zone in summary["b_line_zones"]
+    if summary.b_lines_assessed:
+        present = zone in summary.b_line_zones
         evaluations.append(
             hd.sr.QualitativeEvaluation(
                 name=codes.B_LINES, value=codes.PRESENT if present else codes.ABSENT
             )
         )
-    if "consolidation_zones" in summary:
-        present = zone in summary["consolidation_zones"]
+    if summary.consolidation_zones is not None:
+        present = zone in summary.consolidation_zones
         evaluations.append(
             hd.sr.QualitativeEvaluation(
                 name=codes.CONSOLIDATION, value=codes.PRESENT if present else codes.ABSENT
             )
         )
-    if zone in summary.get("quality_zones", ()):
-        poor = zone in summary["poor_zones"]
+    if zone in (summary.quality_zones or ()):
+        poor = zone in (summary.poor_zones or ())
         evaluations.append(
             hd.sr.QualitativeEvaluation(
                 name=codes.QUALITY_ASSESSMENT,
@@ -174,35 +174,33 @@ def _zone_group(
     )
 
 
-def _algorithm(summary: Mapping[str, Any], model: str) -> hd.sr.AlgorithmIdentification | None:
-    version = summary.get("models", {}).get(model)
+def _algorithm(summary: StudySummary, model: str) -> hd.sr.AlgorithmIdentification | None:
+    version = summary.models.get(model)
     if version is None:
         return None
     return algorithm_identification(ModelInfo(name=model, version=version, title=model))
 
 
 def _exam_group(
-    summary: Mapping[str, Any], cines: Sequence[Dataset], sop_instance_uid: str
+    summary: StudySummary, cines: Sequence[Dataset], sop_instance_uid: str
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     counts: list[tuple[Code, int, Code, str | None]] = [
-        (codes.ZONES_SCANNED, len(summary["zones"]), codes.ZONES, None)
+        (codes.ZONES_SCANNED, len(summary.zones), codes.ZONES, None)
     ]
-    if summary.get("b_lines_assessed"):
-        counts.append(
-            (codes.ZONES_WITH_B_LINES, len(summary["b_line_zones"]), codes.ZONES, "b_lines")
-        )
-    if "consolidation_zones" in summary:
-        zones = len(summary["consolidation_zones"])
+    if summary.b_lines_assessed:
+        counts.append((codes.ZONES_WITH_B_LINES, len(summary.b_line_zones), codes.ZONES, "b_lines"))
+    if summary.consolidation_zones is not None:
+        zones = len(summary.consolidation_zones)
         counts.append((codes.ZONES_WITH_CONSOLIDATION, zones, codes.ZONES, "consolidation"))
-    if "poor_zones" in summary:
-        zones = len(summary["poor_zones"])
+    if summary.poor_zones is not None:
+        zones = len(summary.poor_zones)
         counts.append((codes.ZONES_WITHOUT_USABLE_CINE, zones, codes.ZONES, "key_frames"))
-    score = summary.get("lus_score")
+    score = summary.lus_score
     if score is not None:
         counts = [
-            (codes.TOTAL_LUS_SCORE, score["total"], codes.UNITLESS, "severity"),
-            (codes.MAXIMUM_LUS_SCORE, score["maximum"], codes.UNITLESS, "severity"),
-            (codes.ZONES_SCORED, score["zones_scored"], codes.ZONES, "severity"),
+            (codes.TOTAL_LUS_SCORE, score.total, codes.UNITLESS, "severity"),
+            (codes.MAXIMUM_LUS_SCORE, score.maximum, codes.UNITLESS, "severity"),
+            (codes.ZONES_SCORED, score.zones_scored, codes.ZONES, "severity"),
             *counts,
         ]
     return hd.sr.MeasurementsAndQualitativeEvaluations(

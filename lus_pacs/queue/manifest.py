@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+
+from lus_pacs.records import CineRecord, StudySummary
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -107,12 +108,12 @@ class Manifest:
         done = self.done(models, study_uid, sent=sending)
         return all(uid in done for uid in json.loads(row["instances"]))
 
-    def record_summary(self, study_uid: str, models: str, summary: dict[str, Any]) -> None:
+    def record_summary(self, study_uid: str, models: str, summary: StudySummary) -> None:
         with self._tx() as db:
             db.execute(
                 "UPDATE studies SET summary = ?, summary_sent = 0 "
                 "WHERE study_instance_uid = ? AND models = ?",
-                (json.dumps(summary, sort_keys=True), study_uid, models),
+                (summary.dumps(), study_uid, models),
             )
 
     def summary_sent(self, study_uid: str, models: str) -> None:
@@ -122,18 +123,18 @@ class Manifest:
                 (study_uid, models),
             )
 
-    def summaries(self, models: str) -> list[dict[str, Any]]:
+    def summaries(self, models: str) -> list[StudySummary]:
         rows = self._db.execute(
             "SELECT summary FROM studies WHERE models = ? AND summary IS NOT NULL "
             "ORDER BY study_instance_uid",
             (models,),
         )
-        return [json.loads(r[0]) for r in rows]
+        return [StudySummary.loads(r[0]) for r in rows]
 
     # Cines
 
     def finish(
-        self, sop_uid: str, models: str, study_uid: str, record: dict[str, Any], files: list[str]
+        self, sop_uid: str, models: str, study_uid: str, record: CineRecord, files: list[str]
     ) -> None:
         """One cine done: its record and result file names, committed."""
         self._set(sop_uid, models, study_uid, ItemState.DONE, record, files, None)
@@ -147,7 +148,7 @@ class Manifest:
         models: str,
         study_uid: str,
         state: ItemState,
-        record: dict[str, Any] | None,
+        record: CineRecord | None,
         files: list[str] | None,
         error: str | None,
     ) -> None:
@@ -161,7 +162,7 @@ class Manifest:
                     models,
                     study_uid,
                     state,
-                    None if record is None else json.dumps(record, sort_keys=True),
+                    None if record is None else record.dumps(),
                     None if files is None else json.dumps(files),
                     error,
                     time.time(),
@@ -196,16 +197,19 @@ class Manifest:
         )
         return [(r[0], r[1], json.loads(r[2])) for r in rows]
 
-    def records(self, models: str, study_uid: str | None = None) -> list[dict[str, Any]]:
+    def records(
+        self, models: str, part_types: Mapping[str, type], study_uid: str | None = None
+    ) -> list[CineRecord]:
         """Records of the done cines, by study then SOP Instance UID: the same order whatever
-        order the workers finished in."""
+        order the workers finished in; ``part_types`` reads the families' parts
+        (:meth:`lus_pacs.families.registry.Registry.record_types`)."""
         sql = "SELECT record FROM items WHERE models = ? AND state = ?"
         args: tuple[str, ...] = (models, ItemState.DONE)
         if study_uid is not None:
             sql += " AND study_instance_uid = ?"
             args = (*args, study_uid)
         rows = self._db.execute(sql + " ORDER BY study_instance_uid, sop_instance_uid", args)
-        return [json.loads(r[0]) for r in rows]
+        return [CineRecord.loads(r[0], part_types) for r in rows]
 
     def failures(self, models: str) -> list[tuple[str, str]]:
         rows = self._db.execute(

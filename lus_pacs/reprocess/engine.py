@@ -9,7 +9,6 @@ threads, the same in both engines, so that both compute the same numbers.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lus_pacs.errors import LusPacsError
+from lus_pacs.inference.threads import THREAD_VARIABLES, limit_threads
+from lus_pacs.records import CineRecord
 from lus_pacs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class Outcome:
     """What a worker made of one cine: its record and files, or why it failed."""
 
     item: WorkItem
-    record: dict[str, Any] | None
+    record: CineRecord | None
     files: list[tuple[str, bytes]]
     error: str | None
 
@@ -65,7 +66,7 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-_Result = tuple[dict[str, Any] | None, list[Any], str | None]
+_Result = tuple[CineRecord | None, list[Any], str | None]
 """A worker's answer: the record and the result files, or None, [] and why it failed."""
 
 
@@ -73,7 +74,7 @@ class _Worker:
     """The models of one worker process or actor, loaded once."""
 
     def __init__(self, settings: Settings, threads: int) -> None:
-        _limit_threads(threads)
+        limit_threads(threads)
         from lus_pacs.pipeline import Models
 
         self.settings = settings
@@ -99,23 +100,6 @@ class _Worker:
         """As :meth:`process`, with ``key`` returned beside the result: Ray's unordered
         results carry no identity of their own."""
         return key, self.process(name, data)
-
-
-_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def _limit_threads(threads: int) -> None:
-    """Every thread pool of a worker (BLAS, OpenCV, torch) sized to its share of the cores,
-    so that workers do not compete for them; Ray does the same for its own workers."""
-    for variable in _THREAD_VARIABLES:
-        os.environ[variable] = str(threads)
-    import cv2
-    import torch
-
-    cv2.setNumThreads(threads)
-    torch.set_num_threads(threads)
-    with contextlib.suppress(RuntimeError):  # allowed once, before any parallel work
-        torch.set_num_interop_threads(1)
 
 
 _PROCESS_WORKER: _Worker | None = None
@@ -146,7 +130,7 @@ class LocalEngine:
         # A spawned worker imports the caller's main module, and with it numpy and torch,
         # before its initializer runs: the thread limits must be in the environment it
         # inherits. (The caller's own thread pools are already made; they do not change.)
-        for variable in _THREAD_VARIABLES:
+        for variable in THREAD_VARIABLES:
             os.environ[variable] = str(threads_per_worker(workers))
         self._pool = ProcessPoolExecutor(
             max_workers=workers,

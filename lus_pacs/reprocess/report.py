@@ -8,22 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from lus_pacs.records import CineRecord, StudySummary
 from lus_pacs.reprocess.run import RunCounts
 
 
 def zone_table(
-    records: Sequence[dict[str, Any]],
+    records: Sequence[CineRecord],
 ) -> list[tuple[str, int, float | None, float | None]]:
     """Per zone: cines, share with B-lines (None when not assessed), mean clip LUS score."""
-    zones: dict[str, list[dict[str, Any]]] = {}
+    zones: dict[str, list[CineRecord]] = {}
     for record in records:
-        zones.setdefault(record["source"]["zone"] or "?", []).append(record)
+        zones.setdefault(record.source.zone or "?", []).append(record)
     rows = []
     for zone, rs in sorted(zones.items()):
-        with_b = [r["b_lines"]["present"] for r in rs if "b_lines" in r]
-        scores = [r["severity"]["score"] for r in rs if "severity" in r]
+        with_b = [r.b_lines.present for r in rs if r.b_lines is not None]
+        scores = [r.severity.score for r in rs if r.severity is not None]
         rows.append(
             (
                 zone,
@@ -36,7 +36,7 @@ def zone_table(
 
 
 def text_report(
-    counts: RunCounts, records: Sequence[dict[str, Any]], summaries: Sequence[dict[str, Any]]
+    counts: RunCounts, records: Sequence[CineRecord], summaries: Sequence[StudySummary]
 ) -> str:
     """The run's counts, then the table per zone over every cine done so far."""
     lines = [
@@ -51,7 +51,7 @@ def text_report(
         b = f"{100 * prevalence:.0f}%" if prevalence is not None else "-"
         s = f"{score:.2f}" if score is not None else "-"
         lines.append(f"{zone:<6}{n:>7}{b:>10}{s:>10}")
-    totals = [s["lus_score"]["total"] for s in summaries if "lus_score" in s]
+    totals = [s.lus_score.total for s in summaries if s.lus_score is not None]
     if totals:
         lines.append("")
         lines.append(
@@ -64,7 +64,7 @@ def text_report(
 
 
 def plot_report(
-    records: Sequence[dict[str, Any]], summaries: Sequence[dict[str, Any]], path: Path
+    records: Sequence[CineRecord], summaries: Sequence[StudySummary], path: Path
 ) -> None:
     """Write the two-panel PNG: total LUS score per exam, B-line prevalence per zone."""
     import matplotlib
@@ -73,9 +73,9 @@ def plot_report(
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
-    totals = [s["lus_score"]["total"] for s in summaries if "lus_score" in s]
+    totals = [s.lus_score.total for s in summaries if s.lus_score is not None]
     if totals:
-        top = max(s["lus_score"]["maximum"] for s in summaries if "lus_score" in s)
+        top = max(s.lus_score.maximum for s in summaries if s.lus_score is not None)
         left.hist(totals, bins=range(0, top + 2), color="#4a7ab5", edgecolor="white", align="left")
         left.set_xlim(-0.5, top + 0.5)
     left.set_title(f"Total LUS score per exam (n = {len(totals)})")

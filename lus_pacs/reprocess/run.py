@@ -3,7 +3,7 @@ process its cines on the engine, write (and send) the results, keep the manifest
 
 The live node's stages, not a copy of them: each cine goes through
 :func:`lus_pacs.pipeline.process_bytes`, each study through
-:func:`lus_pacs.pipeline.study_summary` and :func:`lus_pacs.pipeline.encode_summary`.
+:meth:`lus_pacs.records.StudySummary.of` and :func:`lus_pacs.pipeline.encode_summary`.
 
 Results land in ``OUT/results/<study>/`` and, per run, ``OUT/summary.jsonl`` (a record per
 cine, without timings, ordered by study and instance, so two engines give the same file),
@@ -26,11 +26,14 @@ import pydicom
 from pydicom import Dataset
 from tqdm import tqdm
 
+from lus_pacs.domain import OutputKind
 from lus_pacs.durable import durable_file
 from lus_pacs.errors import ExportError
+from lus_pacs.families.registry import FAMILIES, Registry
 from lus_pacs.ingest.archive import ArchiveSource, ArchiveStudy
-from lus_pacs.pipeline import dumps, encode_summary, study_summary, write_outputs
+from lus_pacs.pipeline import encode_summary, write_outputs
 from lus_pacs.queue.manifest import Manifest
+from lus_pacs.records import StudySummary
 from lus_pacs.reprocess.engine import Engine, Outcome, WorkItem
 from lus_pacs.settings import DicomDestination, Settings
 
@@ -82,8 +85,10 @@ class Run:
         destination: DicomDestination | None = None,
         since: dt.date | None = None,
         progress: bool = True,
+        families: Registry = FAMILIES,
     ) -> None:
         self.settings = settings
+        self.part_types = families.record_types()
         self.source = source
         self.out = out
         self.engine = engine
@@ -191,16 +196,16 @@ class Run:
         # Only the cines the archive holds now: one deleted since an earlier run drops out.
         records = [
             r
-            for r in self.manifest.records(self.key, uid)
-            if r["source"]["sop_instance_uid"] in study.headers
+            for r in self.manifest.records(self.key, self.part_types, uid)
+            if r.source.sop_instance_uid in study.headers
         ]
         if records:
-            summary = study_summary(uid, records)
+            summary = StudySummary.of(uid, records)
             self.manifest.record_summary(uid, self.key, summary)
             folder = self.out / "results" / uid
             write_exam_csv(summary, self.out / "exams" / f"{uid}.csv")
-            if "study-sr" in self.settings.output_kinds:
-                headers = [study.headers[r["source"]["sop_instance_uid"]] for r in records]
+            if OutputKind.STUDY_SR in self.settings.output_kinds:
+                headers = [study.headers[r.source.sop_instance_uid] for r in records]
                 (output,) = write_outputs([encode_summary(summary, headers, self.key)], folder)
                 if self._send(None, [output.path]):
                     self.manifest.summary_sent(uid, self.key)
@@ -244,40 +249,37 @@ class Run:
         """summary.jsonl and studies.jsonl from the manifest: every cine done so far with these
         model versions, in a fixed order, without timings (which differ run to run)."""
         with durable_file(self.out / "summary.jsonl") as f:
-            for record in self.manifest.records(self.key):
-                record.pop("timings_ms", None)
-                f.write((dumps(record) + "\n").encode())
+            for record in self.manifest.records(self.key, self.part_types):
+                f.write((record.dumps(timings=False) + "\n").encode())
         with durable_file(self.out / "studies.jsonl") as f:
             for summary in self.manifest.summaries(self.key):
-                f.write((dumps(summary) + "\n").encode())
+                f.write((summary.dumps() + "\n").encode())
 
 
-def write_exam_csv(summary: dict[str, Any], path: Path) -> None:
+def write_exam_csv(summary: StudySummary, path: Path) -> None:
     """One exam as CSV: a row per zone (cines, LUS score, B-lines, consolidation), then the
     total; empty cells where a model did not run."""
     import csv
     import io
 
-    scores = summary.get("lus_score", {}).get("per_zone", {})
+    scores = summary.lus_score.per_zone if summary.lus_score else {}
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["zone", "cines", "lus_score", "b_lines", "consolidation"])
-    for zone in summary["zones"]:
-        b_lines = (zone in summary["b_line_zones"]) if summary.get("b_lines_assessed") else ""
-        consolidation = (
-            zone in summary["consolidation_zones"] if "consolidation_zones" in summary else ""
-        )
+    consolidation_zones = summary.consolidation_zones
+    for zone in summary.zones:
+        b_lines = (zone in summary.b_line_zones) if summary.b_lines_assessed else ""
+        consolidation = zone in consolidation_zones if consolidation_zones is not None else ""
         writer.writerow(
-            [zone, len(summary["zone_cines"][zone]), scores.get(zone, ""), b_lines, consolidation]
+            [zone, len(summary.zone_cines[zone]), scores.get(zone, ""), b_lines, consolidation]
         )
-    total = summary.get("lus_score", {})
     writer.writerow(
         [
             "total",
-            summary["cines"],
-            total.get("total", ""),
-            len(summary["b_line_zones"]) if summary.get("b_lines_assessed") else "",
-            len(summary["consolidation_zones"]) if "consolidation_zones" in summary else "",
+            summary.cines,
+            summary.lus_score.total if summary.lus_score else "",
+            len(summary.b_line_zones) if summary.b_lines_assessed else "",
+            len(consolidation_zones) if consolidation_zones is not None else "",
         ]
     )
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -74,13 +74,13 @@ class Source:
                 frame_scores=tuple(1.0 / (1 + abs(i - 5)) for i in range(1, self.n_frames + 1)),
                 model=MODEL,
             )
+        by_family = {"b_lines": found, "key_frames": key_frame_model}
         return Findings(
             source=self.ref(),
             n_frames=self.n_frames,
             fps=30.0,
-            b_lines=found,
             key_frames=key_frames,
-            key_frame_model=key_frame_model,
+            by_family={k: v for k, v in by_family.items() if v is not None},
         )
 
     def key_frame_model(self, reasons: tuple[PoorReason, ...] | None = None) -> KeyFrameFindings:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -64,9 +63,8 @@ def _findings(source: Source) -> Findings:
         KeyFrame(B_LINE_KEY_FRAME, KeyFrameReason.B_LINES),
         KeyFrame(n, KeyFrameReason.SEVERITY),
     )
-    return replace(
-        source.findings(key_frames=key_frames), severity=severity, segmentation=segmentation
-    )
+    findings = source.findings(key_frames=key_frames).with_family("severity", severity)
+    return findings.with_family("segmentation", segmentation)
 
 
 def _write(ds: Dataset | None, path: Path) -> Dataset:

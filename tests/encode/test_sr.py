@@ -264,7 +264,7 @@ def test_frames_beyond_the_cine_are_refused(right_cine: Source) -> None:
     assert findings.b_lines is not None
     beyond: BLineFindings = replace(findings.b_lines, frames=(right_cine.n_frames + 1,))
     with pytest.raises(ValueError, match="NumberOfFrames"):
-        encode_sr(replace(findings, b_lines=beyond), right_cine.header)
+        encode_sr(findings.with_family("b_lines", beyond), right_cine.header)
 
 
 def test_findings_of_another_cine_are_refused(right_cine: Source, left_cine: Source) -> None:
@@ -287,7 +287,9 @@ def test_numpy_values_from_inference_are_accepted(right_cine: Source, tmp_path: 
         probability=np.float32(0.5),  # type: ignore[arg-type]
         frames=tuple(np.arange(2, 5)),
     )
-    sr = _write(encode_sr(replace(findings, b_lines=b_lines), right_cine.header), tmp_path / "s")
+    sr = _write(
+        encode_sr(findings.with_family("b_lines", b_lines), right_cine.header), tmp_path / "s"
+    )
 
     (probability,) = tree.named(sr, codes.PROBABILITY)
     assert float(probability.MeasuredValueSequence[0].NumericValue) == 0.5
@@ -310,7 +312,7 @@ def _with_severity(source: Source, box: tuple[int, int, int, int] | None) -> Fin
         box=box,
         model=SEVERITY_MODEL,
     )
-    return replace(source.findings(), severity=severity)
+    return source.findings().with_family("severity", severity)
 
 
 def test_sr_reports_the_severity_scores_with_frames_and_the_box(
@@ -379,7 +381,7 @@ def test_sr_reports_mask_pixels_and_uncertainty_per_score(cine: Source, tmp_path
         samples=40,
         model=SEGMENTATION_MODEL,
     )
-    findings = replace(cine.findings(), segmentation=segmentation)
+    findings = cine.findings().with_family("segmentation", segmentation)
     path = tmp_path / "sr.dcm"
     encode_sr(findings, cine.header).save_as(path, enforce_file_format=True)
     assert validators.dciodvfy(path).errors == []
@@ -415,7 +417,7 @@ def test_sr_reports_consolidation_with_a_box_per_frame(cine: Source, tmp_path: P
 
     boxes = (ConsolidationBox(3, (40, 60, 90, 100)), ConsolidationBox(7, (10, 20, 30, 40)))
     found = ConsolidationFindings(True, 0.93, boxes, CONSOLIDATION_MODEL)
-    findings = replace(cine.findings(), consolidation=found)
+    findings = cine.findings().with_family("consolidation", found)
     path = tmp_path / "sr.dcm"
     encode_sr(findings, cine.header).save_as(path, enforce_file_format=True)
     assert validators.dciodvfy(path).errors == []

@@ -1,1 +1,34 @@
-"""Consolidation (paper 002)."""
+"""Consolidation (paper 002): a 3D encoder pre-trained by contrastive self-supervision on
+unlabelled cines, fine-tuned to classify; occlusion-saliency boxes where it looked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lus_pacs.domain import ConsolidationFindings
+from lus_pacs.families.family import Family, Runner
+from lus_pacs.records import ConsolidationRecord
+
+if TYPE_CHECKING:
+    from lus_pacs.settings import Settings
+
+
+def _load(folder: Path, settings: Settings) -> Runner:
+    from lus_pacs.families.consolidation.inference import ConsolidationModel
+
+    model = ConsolidationModel.load(folder, settings.consolidation.saliency_frames)
+    # The saliency frames change the SR's boxes: part of the result identity.
+    return Runner(
+        model.model.version, lambda cine, _: model.predict(cine), f"s{model.saliency_frames}"
+    )
+
+
+FAMILY = Family(
+    name="consolidation",
+    load=_load,
+    findings=ConsolidationFindings,
+    record=ConsolidationRecord.of,
+    record_type=ConsolidationRecord,
+    commands="lus_pacs.families.consolidation.commands",
+)

@@ -12,6 +12,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from lus_pacs.domain import OutputKind
 from lus_pacs.errors import ModelError
 from lus_pacs.families.segmentation.inference import SegmentationModel
 from lus_pacs.pipeline import Models, analyse, encode, result_record
@@ -55,17 +56,17 @@ def test_sixty_frame_cine_gives_a_seg_of_the_model_masks(
         models=("segmentation",),
         segmentation=SegmentationSettings(frames="every", every=6, mc_samples=4),
     )
-    models = Models(b_lines=None, segmentation=SegmentationModel(model.ensemble, model.model, 4))
+    models = Models.load(settings)
     findings = analyse(header, sim.dicom.name, models, settings)
     seg_found = findings.segmentation
     assert seg_found is not None
     assert seg_found.frames == tuple(range(1, 61, 6))
     assert (seg_found.masks != 4).any()  # it found structures
 
-    kinds = ["seg", "seg-binary", "seg-uncertainty", "sr"]
+    kinds = [OutputKind(k) for k in ("seg", "seg-binary", "seg-uncertainty", "sr")]
     objects = dict(encode(findings, header, kinds, models.key))
     assert list(objects) == kinds
-    paths = {}
+    paths: dict[str, Path] = {}
     for kind, dataset in objects.items():
         paths[kind] = tmp_path / f"{kind}.dcm"
         dataset.save_as(paths[kind], enforce_file_format=True)
@@ -101,7 +102,7 @@ def test_sixty_frame_cine_gives_a_seg_of_the_model_masks(
         )
         np.testing.assert_array_equal(as_bits, labels)
 
-    record = result_record(findings, [], {})
+    record = result_record(findings, [], {}).to_json()
     classes = {c["score"]: c for c in record["segmentation"]["classes"]}
     for score, c in classes.items():
         assert c["pixels"] == int((seg_found.masks == score).sum())
@@ -112,17 +113,15 @@ def test_sixty_frame_cine_gives_a_seg_of_the_model_masks(
 def test_key_frames_are_what_the_node_segments_by_default(
     model: SegmentationModel, synth_exams: Path, tmp_path: Path
 ) -> None:
-    settings = Settings(data_dir=tmp_path)
+    settings = Settings(
+        data_dir=tmp_path,
+        models=("b_lines", "severity", "segmentation"),
+        segmentation=SegmentationSettings(mc_samples=2),
+    )
     assert settings.segmentation.frames == "key"
-    loaded = Models.load(settings)
-    assert loaded.segmentation is not None
     sim = find_simulated(synth_exams)[0]
     header = pydicom.dcmread(sim.dicom)
-    fast = Models(
-        b_lines=loaded.b_lines,
-        severity=loaded.severity,
-        segmentation=SegmentationModel(model.ensemble, model.model, 2),
-    )
+    fast = Models.load(settings)
     findings = analyse(header, sim.dicom.name, fast, settings)
     assert findings.segmentation is not None
     assert findings.segmentation.frames == tuple(sorted({k.frame for k in findings.key_frames}))
@@ -134,17 +133,16 @@ def test_a_single_frame_ultrasound_image_gets_valid_results(
     """A one-frame image (Ultrasound Image Storage) has no frame numbers to reference."""
     path = Path(str(get_testdata_file("US1_UNCR.dcm")))
     header = pydicom.dcmread(path)
-    settings = Settings(data_dir=tmp_path)
-    loaded = Models.load(settings)
-    models = Models(
-        b_lines=loaded.b_lines,
-        severity=loaded.severity,
-        segmentation=SegmentationModel(model.ensemble, model.model, 2),
+    settings = Settings(
+        data_dir=tmp_path,
+        models=("b_lines", "severity", "segmentation"),
+        segmentation=SegmentationSettings(mc_samples=2),
     )
+    models = Models.load(settings)
     findings = analyse(header, path.name, models, settings)
     assert findings.segmentation is not None
     assert findings.segmentation.frames == (1,)
-    kinds = ["sr", "kos", "seg", "seg-binary", "seg-uncertainty"]
+    kinds = [OutputKind(k) for k in ("sr", "kos", "seg", "seg-binary", "seg-uncertainty")]
     for kind, dataset in encode(findings, header, kinds, models.key):
         out = tmp_path / f"{kind}.dcm"
         dataset.save_as(out, enforce_file_format=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from lus_pacs.domain import Quality
 from lus_pacs.errors import AnnotationError
 from lus_pacs.families.severity.evaluate import evaluate_severity, markdown_tables
 from lus_pacs.families.severity.inference import SeverityModel
@@ -19,7 +21,14 @@ from lus_pacs.families.severity.train import (
     train_aggregator,
     train_severity,
 )
-from lus_pacs.pipeline import study_summary
+from lus_pacs.records import (
+    BLinesRecord,
+    CineRecord,
+    QualityRecord,
+    SeverityRecord,
+    SourceRecord,
+    StudySummary,
+)
 from lus_pacs.training.annotated import read_frame_score_cines
 from lus_pacs.training.annotations import FrameScore, write_frame_scores
 from lus_pacs.training.simulated import find_simulated
@@ -109,49 +118,53 @@ def test_the_uninorm_learns_from_clip_scores() -> None:
     assert not torch.allclose(aggregator.neutral_elements, torch.full((4,), 0.5))
 
 
+def _record(zone: str, uid: str, **parts: object) -> CineRecord:
+    source = SourceRecord(uid, "1.2.9", "1.2.3", "P", zone, 10, None)
+    return CineRecord(source, parts, (), (), {}, {})
+
+
 def test_study_summary_sums_the_zone_scores() -> None:
-    def record(zone: str, score: int | None, b_lines: bool = False) -> dict:
-        uid = f"1.2.3.{zone}.{score}"
-        r: dict = {
-            "source": {"zone": zone, "sop_instance_uid": uid},
-            "b_lines": {"present": b_lines},
-        }
+    def record(zone: str, score: int | None, b_lines: bool = False) -> CineRecord:
+        parts: dict[str, object] = {"b_lines": BLinesRecord(b_lines, 0.5, (), None)}
         if score is not None:
-            r["severity"] = {"score": score}
-        return r
+            parts["severity"] = SeverityRecord(score, (0.25, 0.25, 0.25, 0.25), (score,), 1, None)
+        return _record(zone, f"1.2.3.{zone}.{score}", **parts)
 
     records = [record("R1", 1), record("R1", 2, True), record("L2", 3), record("L3", None)]
-    summary = study_summary("1.2.3", records)
-    assert summary["lus_score"]["per_zone"] == {"L2": 3, "R1": 2}
-    assert summary["lus_score"]["total"] == 5
-    assert summary["lus_score"]["zones_scored"] == 2
-    assert summary["lus_score"]["zones_scanned"] == 3  # L3 was scanned, not scored
-    assert summary["zones"] == ["L2", "L3", "R1"]
-    assert summary["b_line_zones"] == ["R1"]
-    assert summary["zone_cines"]["R1"] == ["1.2.3.R1.1", "1.2.3.R1.2"]
-    assert "lus_score" not in study_summary("1.2.3", [record("R1", None)])
-    assert "poor_zones" not in summary  # no key-frame model ran
+    summary = StudySummary.of("1.2.3", records)
+    assert summary.lus_score is not None
+    assert summary.lus_score.per_zone == {"L2": 3, "R1": 2}
+    assert summary.lus_score.total == 5
+    assert summary.lus_score.zones_scored == 2
+    assert summary.lus_score.zones_scanned == 3  # L3 was scanned, not scored
+    assert summary.zones == ("L2", "L3", "R1")
+    assert summary.b_line_zones == ("R1",)
+    assert summary.zone_cines["R1"] == ("1.2.3.R1.1", "1.2.3.R1.2")
+    assert StudySummary.of("1.2.3", [record("R1", None)]).lus_score is None
+    assert summary.poor_zones is None  # no key-frame model ran
+    assert "poor_zones" not in json.loads(summary.dumps())
+    assert StudySummary.loads(summary.dumps()) == summary
 
 
 def test_study_summary_lists_the_zones_without_a_usable_cine() -> None:
-    def record(zone: str, flag: str | None) -> dict:
-        r: dict = {"source": {"zone": zone, "sop_instance_uid": f"1.2.{zone}.{flag}"}}
-        if flag is not None:
-            r["quality"] = {"flag": flag}
-        return r
+    def record(zone: str, flag: Quality | None) -> CineRecord:
+        uid = f"1.2.{zone}.{flag}"
+        if flag is None:
+            return _record(zone, uid)
+        return _record(zone, uid, quality=QualityRecord(flag, (), 1, 0.5, (0.5,)))
 
     records = [
-        record("R1", "poor"),
-        record("R1", "usable"),  # one good cine is enough
-        record("R2", "poor"),
-        record("R2", "poor"),
+        record("R1", Quality.POOR),
+        record("R1", Quality.USABLE),  # one good cine is enough
+        record("R2", Quality.POOR),
+        record("R2", Quality.POOR),
         record("L1", None),  # not assessed: not to scan again
-        record("L2", "poor"),
+        record("L2", Quality.POOR),
         record("L2", None),
     ]
-    summary = study_summary("1.2", records)
-    assert summary["poor_zones"] == ["L2", "R2"]
-    assert summary["quality_zones"] == ["L2", "R1", "R2"]  # L1 was not assessed
+    summary = StudySummary.of("1.2", records)
+    assert summary.poor_zones == ("L2", "R2")
+    assert summary.quality_zones == ("L2", "R1", "R2")  # L1 was not assessed
 
 
 def test_a_severity_net_round_trips_its_state() -> None:
