@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -341,3 +342,47 @@ class Findings:
             self.key_frame_model,
         )
         return tuple(f.model for f in found if f is not None)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One received instance, on disk, as the listener recorded it."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    calling_ae: str
+    path: Path
+
+
+class JobState(StrEnum):
+    """Where a job is: ``queued`` on disk, ``processing`` while a worker holds it, ``encoded``
+    once its result files are on disk, ``sent`` when every destination has them, ``failed``
+    when processing failed or a delivery ran out of retries."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    ENCODED = "encoded"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Job:
+    """The processing of one instance by one set of model versions (``models``)."""
+
+    id: int
+    instance: Instance
+    models: str
+    state: JobState
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Output:
+    """One result file: its kind (``sr``, ``kos``, ``study-sr`` ...), SOP Instance UID and path."""
+
+    kind: str
+    sop_instance_uid: str
+    path: Path

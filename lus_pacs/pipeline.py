@@ -21,7 +21,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from lus_pacs.domain import Findings, KeyFrame, KeyFrameReason
+from lus_pacs.domain import Findings, KeyFrame, KeyFrameReason, Output
 from lus_pacs.durable import durable_file
 from lus_pacs.errors import ConfigError
 from lus_pacs.families.b_lines.inference import BLineModel
@@ -30,7 +30,6 @@ from lus_pacs.families.key_frames.inference import KeyFrameModel
 from lus_pacs.families.segmentation.inference import SegmentationModel, frames_to_segment
 from lus_pacs.families.severity.inference import SeverityModel
 from lus_pacs.imaging.decode import decode_dataset
-from lus_pacs.queue.store import Output
 from lus_pacs.settings import Settings
 
 AVAILABLE_MODELS = ("b_lines", "consolidation", "severity", "segmentation", "key_frames")
