@@ -13,7 +13,7 @@ from lus_pacs import __version__
 
 if TYPE_CHECKING:
     from lus_pacs.domain import Cine
-    from lus_pacs.queue.store import DeliveryState
+    from lus_pacs.queue.deliveries import DeliveryState
     from lus_pacs.records import CineRecord
     from lus_pacs.synth.exam import CineRecord as SynthRecord
 
@@ -203,9 +203,9 @@ def demo(
     C-STORE as a scanner would, wait for the results and print the findings per zone."""
     import time
 
+    from lus_pacs.domain import JobState
     from lus_pacs.export.dimse import store
     from lus_pacs.node import Node, summary_path
-    from lus_pacs.queue.store import JobState
     from lus_pacs.settings import DicomDestination, load_settings
     from lus_pacs.synth.exam import SynthOptions, synthesize
 
@@ -229,7 +229,7 @@ def demo(
         deadline = started + 300
         while time.monotonic() < deadline and not summary_path(settings, study).exists():
             time.sleep(0.5)
-        counts = node.store.counts()
+        counts = node.store.jobs.counts()
     finally:
         node.stop()
     if not summary_path(settings, study).exists():
@@ -242,7 +242,7 @@ def demo(
     from lus_pacs.records import CineRecord
 
     types = node.models.registry.record_types()
-    for text in node.store.records(study):
+    for text in node.store.studies.records(study):
         record = CineRecord.loads(text, types)
         zone = record.source.zone or "?"
         typer.echo(_demo_lines(record, truth[zone]))
@@ -526,14 +526,14 @@ def status(config: ConfigOption = None) -> None:
     from lus_pacs.settings import load_settings
 
     store = JobStore(load_settings(config).store_path)
-    counts = store.counts()
+    counts = store.jobs.counts()
     typer.echo(", ".join(f"{state.value}: {n}" for state, n in sorted(counts.items())) or "no jobs")
-    for job in store.jobs():
+    for job in store.jobs.rows():
         typer.echo(f"job {job.id} {job.state.value} {job.sop_instance_uid}")
         if job.error:
             typer.echo(f"    error: {job.error}")
         _echo_deliveries(job.deliveries)
-    for summary in store.summaries():
+    for summary in store.studies.summaries():
         typer.echo(f"study summary {summary.id} of {summary.study_instance_uid}")
         _echo_deliveries(summary.deliveries)
 
@@ -550,7 +550,7 @@ def retry(config: ConfigOption = None) -> None:
     from lus_pacs.queue.store import JobStore
     from lus_pacs.settings import load_settings
 
-    n = JobStore(load_settings(config).store_path).retry_failed()
+    n = JobStore(load_settings(config).store_path).deliveries.retry_failed()
     typer.echo(f"{n} failed job(s) queued again")
 
 

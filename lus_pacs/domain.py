@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -397,3 +398,47 @@ class ResultIdentity:
     instance_uid: str
     series_uid: str
     series_number: int
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One received instance, on disk, as the listener recorded it."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    calling_ae: str
+    path: Path
+
+
+class JobState(StrEnum):
+    """Where a job is: ``queued`` on disk, ``processing`` while a worker holds it, ``encoded``
+    once its result files are on disk, ``sent`` when every destination has them, ``failed``
+    when processing failed or a delivery ran out of retries."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    ENCODED = "encoded"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Job:
+    """The processing of one instance by one set of model versions (``models``)."""
+
+    id: int
+    instance: Instance
+    models: str
+    state: JobState
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Output:
+    """One result file: its kind (``sr``, ``kos``, ``study-sr`` ...), SOP Instance UID and path."""
+
+    kind: str
+    sop_instance_uid: str
+    path: Path

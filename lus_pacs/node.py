@@ -11,16 +11,16 @@ import json
 import logging
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pydicom
-from pynetdicom.transport import ThreadedAssociationServer
 
 from lus_pacs.domain import OutputKind
 from lus_pacs.durable import durable_file
 from lus_pacs.errors import ExportError, LusPacsError
 from lus_pacs.export.dimse import store as c_store
-from lus_pacs.ingest.scp import Receiver, make_ae
+from lus_pacs.ingest.scp import Listener, start_listener
 from lus_pacs.pipeline import Models, encode_summary, process_file, write_outputs
 from lus_pacs.queue.store import JobStore
 from lus_pacs.records import CineRecord, StudySummary, to_json
@@ -43,27 +43,24 @@ class Node:
         self._released: list[str] = []
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._server: ThreadedAssociationServer | None = None
+        self._listener: Listener | None = None
 
     @property
     def port(self) -> int:
-        if self._server is None:
+        if self._listener is None:
             raise RuntimeError("the node is not started")
-        return int(self._server.server_address[1])
+        return self._listener.port
 
     def start(self) -> None:
-        recovered = self.store.recover()
+        recovered = self.store.jobs.recover()
         if recovered:
             log.info("Resuming %d job(s) interrupted by the last stop", recovered)
-        receiver = Receiver(
-            self.settings, self.store, self.models.key, self._wake.set, self._study_released
+        self._listener = start_listener(
+            self.settings,
+            record=partial(self.store.jobs.record_instance, models=self.models.key),
+            on_stored=self._wake.set,
+            on_study_complete=self._study_released,
         )
-        ae = make_ae(self.settings)
-        self._server = ae.start_server(
-            (self.settings.host, self.settings.port), block=False, evt_handlers=receiver.handlers()
-        )
-        if self._server is None:  # pynetdicom returns None only when blocking
-            raise RuntimeError("the DICOM listener did not start")
         for target in (self._process_loop, self._export_loop, self._study_loop):
             thread = threading.Thread(target=target, name=target.__name__, daemon=True)
             thread.start()
@@ -80,13 +77,13 @@ class Node:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        if self._server is not None:
-            self._server.shutdown()
+        if self._listener is not None:
+            self._listener.stop()
         for thread in self._threads:
             thread.join(timeout=30)
 
     def _study_released(self, studies: list[str]) -> None:
-        self.store.complete_studies(studies)
+        self.store.studies.complete(studies)
         with self._lock:
             self._released.extend(studies)
 
@@ -94,7 +91,7 @@ class Node:
 
     def _process_loop(self) -> None:
         while not self._stop.is_set():
-            job = self.store.claim_job()
+            job = self.store.jobs.claim()
             if job is None:
                 self._wake.wait(_IDLE_S)
                 self._wake.clear()
@@ -107,13 +104,13 @@ class Node:
                 )
             except LusPacsError as exc:
                 log.error("Failed %s: %s", uid, exc)
-                self.store.fail_job(job.id, str(exc))
+                self.store.jobs.fail(job.id, str(exc))
                 continue
             except Exception as exc:  # one bad cine must not stop the worker
                 log.exception("Failed %s: unexpected error", uid)
-                self.store.fail_job(job.id, f"unexpected error: {exc!r}")
+                self.store.jobs.fail(job.id, f"unexpected error: {exc!r}")
                 continue
-            self.store.finish_job(
+            self.store.jobs.finish(
                 job.id, record.dumps(), outputs, [d.name for d in self.settings.destinations]
             )
             b_lines = to_json(record.b_lines) if record.b_lines else {}
@@ -123,7 +120,7 @@ class Node:
 
     def _export_loop(self) -> None:
         while not self._stop.is_set():
-            due = self.store.due_deliveries()
+            due = self.store.deliveries.due()
             if not due:
                 self._stop.wait(_IDLE_S)
                 continue
@@ -137,7 +134,7 @@ class Node:
                     )
                 except ExportError as exc:
                     retry_at = self._retry_at(delivery.attempts)
-                    self.store.delivery_failed(
+                    self.store.deliveries.failed(
                         delivery.job_id,
                         delivery.destination,
                         str(exc),
@@ -154,7 +151,7 @@ class Node:
                         "" if retry_at else "; retry budget spent, marked failed",
                     )
                     continue
-                self.store.delivered(
+                self.store.deliveries.delivered(
                     delivery.job_id, delivery.destination, summary=delivery.summary
                 )
                 log.info(
@@ -179,9 +176,9 @@ class Node:
             with self._lock:
                 pending.update(self._released)
                 self._released.clear()
-            pending.update(self.store.quiet_studies(self.settings.study_quiet_s))
+            pending.update(self.store.studies.complete_quiet(self.settings.study_quiet_s))
             for study in sorted(pending):
-                if self.store.study_done(study):
+                if self.store.studies.done(study):
                     self._summarise(study)
                     pending.discard(study)
 
@@ -190,7 +187,9 @@ class Node:
         distinct summary); then the summary as JSON in the study's results folder, the sign
         that the study is done."""
         types = self.models.registry.record_types()
-        records = [CineRecord.loads(r, types) for r in self.store.records(study, self.models.key)]
+        records = [
+            CineRecord.loads(r, types) for r in self.store.studies.records(study, self.models.key)
+        ]
         if not records:
             log.warning("Study %s complete, but none of its cines was processed", study)
             return
@@ -206,14 +205,14 @@ class Node:
         try:
             sources = [
                 pydicom.dcmread(p, stop_before_pixels=True)
-                for p in self.store.processed_paths(study, self.models.key)
+                for p in self.store.studies.processed_paths(study, self.models.key)
             ]
             (output,) = write_outputs([encode_summary(summary, sources, self.models.key)], folder)
         except (OSError, ValueError, LusPacsError) as exc:
             log.error("Study %s: the summary SR could not be made: %s", study, exc)
             return
         destinations = [d.name for d in self.settings.destinations]
-        if self.store.record_summary(study, summary.dumps(), output, destinations):
+        if self.store.studies.record_summary(study, summary.dumps(), output, destinations):
             log.info("Study %s: summary SR %s queued", study, output.sop_instance_uid)
 
 

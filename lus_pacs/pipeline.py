@@ -19,14 +19,20 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from lus_pacs.domain import Findings, KeyFrame, KeyFrameReason, OutputKind, ResultIdentity
+from lus_pacs.domain import (
+    Findings,
+    KeyFrame,
+    KeyFrameReason,
+    Output,
+    OutputKind,
+    ResultIdentity,
+)
 from lus_pacs.durable import durable_file
 from lus_pacs.encode.objects import SERIES_NUMBERS, encode_objects
 from lus_pacs.errors import LusPacsError
 from lus_pacs.families.family import Family, Found, Runner
 from lus_pacs.families.registry import FAMILIES, Registry
 from lus_pacs.imaging.decode import decode_dataset
-from lus_pacs.queue.store import Output
 from lus_pacs.records import (
     CineRecord,
     KeyFrameRecord,

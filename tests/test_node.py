@@ -252,7 +252,9 @@ def test_process_gives_the_records_the_node_made(
         node.stop()
     from lus_pacs.queue.store import JobStore
 
-    node_records = [json.loads(r) for r in JobStore(tmp_path / "node" / "jobs.sqlite").records()]
+    node_records = [
+        json.loads(r) for r in JobStore(tmp_path / "node" / "jobs.sqlite").studies.records()
+    ]
     out, plots = tmp_path / "offline", tmp_path / "plots"
     result = lus_pacs("process", *map(str, sources[:2]), "--out", str(out), "--plots", str(plots))
     assert result.returncode == 0, result.stderr
@@ -336,7 +338,7 @@ def test_the_study_summary_totals_the_zone_scores(
         node.stop()
     from lus_pacs.queue.store import JobStore
 
-    records = [json.loads(r) for r in JobStore(tmp_path / "node" / "jobs.sqlite").records()]
+    records = [json.loads(r) for r in JobStore(tmp_path / "node" / "jobs.sqlite").studies.records()]
     scores = {r["source"]["zone"]: r["severity"]["score"] for r in records}
     assert len(scores) == len(cines)
     summary = json.loads(summary_file.read_text())["lus_score"]

@@ -18,7 +18,9 @@ from pynetdicom import AE, VerificationPresentationContexts, evt
 from pynetdicom.association import Association
 from pynetdicom.status import code_to_category
 
+from lus_pacs.dicom_vocabulary import SUCCESS
 from lus_pacs.errors import ExportError
+from lus_pacs.network import application_entity
 from lus_pacs.settings import DicomDestination
 
 logger = logging.getLogger(__name__)
@@ -92,7 +94,7 @@ def store(
             f"{len(contexts)} presentation contexts needed (SOP class x transfer syntax), "
             f"one association allows {MAX_CONTEXTS}: send fewer SOP classes per call",
         )
-    ae = _application_entity(calling_ae, timeout)
+    ae = application_entity(calling_ae, timeout)
     for sop_class, syntax in contexts:
         ae.add_requested_context(sop_class, [syntax])
 
@@ -168,7 +170,7 @@ def store(
 
 def echo(destination: DicomDestination, *, calling_ae: str, timeout: float = 10.0) -> bool:
     """Whether ``destination`` answers a C-ECHO with success; the reason it does not is logged."""
-    ae = _application_entity(calling_ae, timeout)
+    ae = application_entity(calling_ae, timeout)
     ae.requested_contexts = VerificationPresentationContexts
     try:
         assoc = _associate(ae, destination)
@@ -185,7 +187,7 @@ def echo(destination: DicomDestination, *, calling_ae: str, timeout: float = 10.
     if "Status" not in status:
         logger.warning("C-ECHO: no response from %s", _where(destination))
         return False
-    if int(status.Status) != 0x0000:
+    if int(status.Status) != SUCCESS:
         logger.warning("C-ECHO: %s answered 0x%04X", _where(destination), int(status.Status))
         return False
     return True
@@ -193,15 +195,6 @@ def echo(destination: DicomDestination, *, calling_ae: str, timeout: float = 10.
 
 def _where(destination: DicomDestination) -> str:
     return f"{destination.ae_title}@{destination.host}:{destination.port}"
-
-
-def _application_entity(calling_ae: str, timeout: float) -> AE:
-    ae = AE(ae_title=calling_ae)
-    ae.connection_timeout = timeout
-    ae.acse_timeout = timeout
-    ae.dimse_timeout = timeout
-    ae.network_timeout = timeout
-    return ae
 
 
 def _describe(source: Dataset | Path, destination: DicomDestination) -> _Item:

@@ -23,22 +23,12 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, pixel_array
 from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit
 
+from lus_pacs.dicom_vocabulary import IMAGE_SOP_CLASSES
 from lus_pacs.domain import Cine, GreyFrames, SourceRef
 from lus_pacs.errors import UnreadableImageError
 from lus_pacs.imaging.metadata import frame_timing, lung_zone, ultrasound_region
 from lus_pacs.imaging.region import find_tissue_region
 from lus_pacs.settings import DEFAULT_ZONE_RULES, ZoneRule
-
-IMAGE_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.3.1": "Ultrasound Multi-frame Image Storage",
-    "1.2.840.10008.5.1.4.1.1.6.1": "Ultrasound Image Storage",
-    "1.2.840.10008.5.1.4.1.1.3": "Ultrasound Multi-frame Image Storage (Retired)",
-    "1.2.840.10008.5.1.4.1.1.6": "Ultrasound Image Storage (Retired)",
-    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
-    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image Storage",
-    "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture Image Storage",
-}
-"""The SOP classes read as cines: ultrasound, and the secondary captures of exported loops."""
 
 MAX_PIXELS = 1_500_000_000
 """Largest cine read (frames x rows x columns): a 1.5 GB array of luminance."""
@@ -57,7 +47,7 @@ def read_cine(path: Path, *, zone_rules: Iterable[ZoneRule] = DEFAULT_ZONE_RULES
     Parameters
     ----------
     path:
-        A DICOM Part 10 file of one of :data:`IMAGE_SOP_CLASSES`.
+        A DICOM Part 10 file of one of :data:`~lus_pacs.dicom_vocabulary.IMAGE_SOP_CLASSES`.
     zone_rules:
         How the lung zone is found in the header (see :class:`~lus_pacs.settings.ZoneRule`).
 

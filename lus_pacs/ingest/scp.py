@@ -1,8 +1,10 @@
 """The node's DICOM listener: C-ECHO, and C-STORE of ultrasound cines.
 
-The C-STORE handler does one thing: write the instance durably (temp file, fsync, rename),
-record it in the job store, then answer 0x0000. Nothing is acknowledged that is not on disk and
-queued; processing happens elsewhere, off the association threads.
+:func:`start_listener` builds the application entity, its presentation contexts and handlers,
+and starts it in the background. The C-STORE handler does one thing: write the instance durably
+(temp file, fsync, rename), record it through the callable it was given, then answer 0x0000.
+Nothing is acknowledged that is not on disk and queued; processing happens elsewhere, off the
+association threads.
 """
 
 from __future__ import annotations
@@ -15,19 +17,20 @@ from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
 from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 
+from lus_pacs.dicom_vocabulary import (
+    CANNOT_UNDERSTAND,
+    IMAGE_SOP_CLASSES,
+    OUT_OF_RESOURCES,
+    REFUSED_SOP_CLASS,
+    SUCCESS,
+)
+from lus_pacs.domain import Instance
 from lus_pacs.durable import durable_file
-from lus_pacs.imaging.decode import IMAGE_SOP_CLASSES
-from lus_pacs.queue.store import Instance, JobStore
 from lus_pacs.settings import Settings
 
 log = logging.getLogger(__name__)
-
-SUCCESS = 0x0000
-REFUSED_SOP_CLASS = 0x0122
-"""Refused: SOP Class not supported."""
-OUT_OF_RESOURCES = 0xA700
-CANNOT_UNDERSTAND = 0xC000
 
 
 class Receiver:
@@ -37,10 +40,9 @@ class Receiver:
     ----------
     settings:
         The node's settings (incoming folder, unsupported-class policy).
-    store:
-        Where each instance is recorded before it is acknowledged.
-    models:
-        The model versions key of the jobs this node makes (see :func:`models_key`).
+    record:
+        Records a stored instance and queues its job, before the instance is acknowledged;
+        False when it was already processed (or is queued) with the node's model versions.
     on_stored:
         Called after an instance is acknowledged, to wake the worker.
     on_study_complete:
@@ -50,14 +52,12 @@ class Receiver:
     def __init__(
         self,
         settings: Settings,
-        store: JobStore,
-        models: str,
+        record: Callable[[Instance], bool],
         on_stored: Callable[[], None],
         on_study_complete: Callable[[list[str]], None],
     ) -> None:
         self._settings = settings
-        self._store = store
-        self._models = models
+        self._record = record
         self._on_stored = on_stored
         self._on_study_complete = on_study_complete
         self._studies: dict[int, set[str]] = {}
@@ -88,9 +88,7 @@ class Receiver:
         try:
             with durable_file(path) as f:
                 f.write(event.encoded_dataset(include_meta=True))
-            new = self._store.record_instance(
-                Instance(sop_instance, sop_class, study, series, calling, path), self._models
-            )
+            new = self._record(Instance(sop_instance, sop_class, study, series, calling, path))
         except Exception as exc:  # disk full, database locked: the sender retries later
             log.error("Could not store %s from %s: %s", sop_instance, calling, exc)
             return OUT_OF_RESOURCES
@@ -122,7 +120,62 @@ class Receiver:
         ]
 
 
-def make_ae(settings: Settings) -> AE:
+class Listener:
+    """A running listener; ``port`` is the bound port, :meth:`stop` closes it."""
+
+    def __init__(self, server: ThreadedAssociationServer) -> None:
+        self._server = server
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        """Stop accepting associations and end those in progress."""
+        self._server.shutdown()
+
+
+def start_listener(
+    settings: Settings,
+    *,
+    record: Callable[[Instance], bool],
+    on_stored: Callable[[], None],
+    on_study_complete: Callable[[list[str]], None],
+) -> Listener:
+    """Listen on ``settings.host``:``settings.port`` (0: any free port) in background threads.
+
+    Parameters
+    ----------
+    settings:
+        AE title, address, calling-AE allow-list, incoming folder, unsupported-class policy.
+    record:
+        Records a stored instance and queues its job; False when it was already processed (or
+        is queued) with the node's model versions. See :class:`Receiver`.
+    on_stored:
+        Called after a new instance is recorded, to wake the worker.
+    on_study_complete:
+        Called with the studies an association sent, when it is released or aborted.
+
+    Returns
+    -------
+    Listener
+        The running listener.
+
+    Raises
+    ------
+    OSError
+        The address cannot be bound (port in use, unknown host).
+    """
+    receiver = Receiver(settings, record, on_stored, on_study_complete)
+    server = _make_ae(settings).start_server(
+        (settings.host, settings.port), block=False, evt_handlers=receiver.handlers()
+    )
+    if server is None:  # pynetdicom returns None only when blocking
+        raise RuntimeError("the DICOM listener did not start")
+    return Listener(server)
+
+
+def _make_ae(settings: Settings) -> AE:
     """The application entity: every storage class is accepted at association so that an
     unsupported instance gets a precise C-STORE status instead of a rejected context."""
     ae = AE(ae_title=settings.ae_title)

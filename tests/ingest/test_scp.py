@@ -1,38 +1,51 @@
-"""The DICOM listener with dcmtk's real echoscu and storescu on loopback."""
+"""The DICOM listener on loopback: with dcmtk's real echoscu and storescu, and with a pynetdicom
+SCU to watch the callable the C-STORE handler records through and the listener's start and
+stop."""
 
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import subprocess
 import threading
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from lus_pacs.ingest.scp import Receiver, make_ae
-from lus_pacs.queue.store import JobState, JobStore
+from lus_pacs.dicom_vocabulary import OUT_OF_RESOURCES, SUCCESS
+from lus_pacs.domain import Instance, JobState
+from lus_pacs.ingest.scp import start_listener
+from lus_pacs.queue.store import JobStore
 from lus_pacs.settings import Settings
 
-pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk not installed")
+needs_dcmtk = pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk not installed")
+
+US_IMAGE = Path(str(get_testdata_file("US1_UNCR.dcm")))
+"""pydicom's uncompressed single-frame ultrasound image."""
 
 
-class Listener:
+class StoringNode:
+    """The listener with a real job store behind it, as the node wires it."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = JobStore(settings.store_path)
         self.stored = 0
         self.completed: list[str] = []
         self.released = threading.Event()
-        receiver = Receiver(settings, self.store, "m@1", self._stored, self._complete)
-        server = make_ae(settings).start_server(
-            ("127.0.0.1", 0), block=False, evt_handlers=receiver.handlers()
+        self.listener = start_listener(
+            settings,
+            record=partial(self.store.jobs.record_instance, models="m@1"),
+            on_stored=self._stored,
+            on_study_complete=self._complete,
         )
-        assert server is not None
-        self.server = server
-        self.port = int(self.server.server_address[1])
+        self.port = self.listener.port
 
     def _stored(self) -> None:
         self.stored += 1
@@ -43,10 +56,10 @@ class Listener:
 
 
 @pytest.fixture
-def listener(tmp_path: Path) -> Iterator[Listener]:
-    node = Listener(Settings(data_dir=tmp_path, allowed_calling_aes=("SCANNER",)))
+def listener(tmp_path: Path) -> Iterator[StoringNode]:
+    node = StoringNode(Settings(data_dir=tmp_path, port=0, allowed_calling_aes=("SCANNER",)))
     yield node
-    node.server.shutdown()
+    node.listener.stop()
 
 
 def _dcmtk(
@@ -61,24 +74,26 @@ def _dcmtk(
     )
 
 
-def test_echo_from_an_allowed_ae_and_rejection_of_others(listener: Listener) -> None:
+@needs_dcmtk
+def test_echo_from_an_allowed_ae_and_rejection_of_others(listener: StoringNode) -> None:
     assert _dcmtk("echoscu", listener.port).returncode == 0
     rejected = _dcmtk("echoscu", listener.port, aet="INTRUDER")
     assert rejected.returncode != 0
     assert "Rejected" in rejected.stderr + rejected.stdout
 
 
+@needs_dcmtk
 def test_a_pushed_cine_is_on_disk_and_queued_before_release(
-    listener: Listener, synth_exams: Path
+    listener: StoringNode, synth_exams: Path
 ) -> None:
     cine = next(synth_exams.glob("*/R1.dcm"))
     result = _dcmtk("storescu", listener.port, str(cine), options=("-xy",))
     assert result.returncode == 0, result.stderr
     source = pydicom.dcmread(cine)
-    (job,) = listener.store.jobs()
+    (job,) = listener.store.jobs.rows()
     assert job.sop_instance_uid == source.SOPInstanceUID
     assert job.state is JobState.QUEUED
-    claimed = listener.store.claim_job()
+    claimed = listener.store.jobs.claim()
     assert claimed is not None
     stored = pydicom.dcmread(claimed.instance.path)
     assert stored.file_meta.TransferSyntaxUID == pydicom.uid.JPEGBaseline8Bit  # as sent (-xy)
@@ -88,20 +103,146 @@ def test_a_pushed_cine_is_on_disk_and_queued_before_release(
     assert listener.stored == 1
 
 
-def test_a_ct_image_is_refused_with_a_status(listener: Listener, tmp_path: Path) -> None:
+@needs_dcmtk
+def test_a_ct_image_is_refused_with_a_status(listener: StoringNode, tmp_path: Path) -> None:
     ct = str(get_testdata_file("CT_small.dcm"))
     result = _dcmtk("storescu", listener.port, ct, options=("-v",))
     assert result.returncode != 0
     assert "Refused: SOPClassNotSupported" in result.stdout + result.stderr
-    assert listener.store.jobs() == []
+    assert listener.store.jobs.rows() == []
 
 
+@needs_dcmtk
 def test_ignoring_unsupported_classes_acknowledges_without_storing(tmp_path: Path) -> None:
-    node = Listener(Settings(data_dir=tmp_path, unsupported_sop_class="ignore"))
+    node = StoringNode(Settings(data_dir=tmp_path, port=0, unsupported_sop_class="ignore"))
     try:
         result = _dcmtk("storescu", node.port, str(get_testdata_file("CT_small.dcm")))
         assert result.returncode == 0, result.stderr
-        assert node.store.jobs() == []
+        assert node.store.jobs.rows() == []
         assert not (tmp_path / "incoming").exists()
     finally:
-        node.server.shutdown()
+        node.listener.stop()
+
+
+def _send(port: int, path: Path, times: int = 1) -> list[int]:
+    """C-STORE statuses of sending ``path`` ``times`` over one association, as SCANNER."""
+    ds = pydicom.dcmread(path)
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="LUSPACS")
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(ds).Status) for _ in range(times)]
+    finally:
+        assoc.release()
+
+
+def test_the_store_handler_records_through_the_callable_it_is_given(tmp_path: Path) -> None:
+    recorded: list[Instance] = []
+    new = iter([True, False])  # the second time: already processed with these models
+    woken: list[None] = []
+    completed: list[list[str]] = []
+    released = threading.Event()
+
+    def record(instance: Instance) -> bool:
+        assert instance.path.is_file()  # written before it is recorded
+        recorded.append(instance)
+        return next(new)
+
+    def complete(studies: list[str]) -> None:
+        completed.append(studies)
+        released.set()
+
+    listener = start_listener(
+        Settings(data_dir=tmp_path, port=0),
+        record=record,
+        on_stored=lambda: woken.append(None),
+        on_study_complete=complete,
+    )
+    try:
+        statuses = _send(listener.port, US_IMAGE, times=2)
+        assert released.wait(10)
+    finally:
+        listener.stop()
+    source = pydicom.dcmread(US_IMAGE)
+    assert statuses == [SUCCESS, SUCCESS]
+    first, second = recorded
+    assert first == second
+    assert (first.sop_instance_uid, first.sop_class_uid) == (
+        source.SOPInstanceUID,
+        source.SOPClassUID,
+    )
+    assert (first.study_instance_uid, first.series_instance_uid, first.calling_ae) == (
+        source.StudyInstanceUID,
+        source.SeriesInstanceUID,
+        "SCANNER",
+    )
+    assert first.path.parent.parent == tmp_path / "incoming"
+    assert pydicom.dcmread(first.path).PixelData == source.PixelData
+    assert len(woken) == 1  # only a new instance wakes the worker
+    assert completed == [[source.StudyInstanceUID]]
+
+
+def test_an_instance_that_cannot_be_recorded_is_not_acknowledged(tmp_path: Path) -> None:
+    def record(instance: Instance) -> bool:
+        raise sqlite3.OperationalError("database is locked")
+
+    woken: list[None] = []
+    listener = start_listener(
+        Settings(data_dir=tmp_path, port=0),
+        record=record,
+        on_stored=lambda: woken.append(None),
+        on_study_complete=lambda studies: None,
+    )
+    try:
+        assert _send(listener.port, US_IMAGE) == [OUT_OF_RESOURCES]
+    finally:
+        listener.stop()
+    assert woken == []
+
+
+def _echo(port: int, calling_ae: str = "SCANNER") -> int | None:
+    """The C-ECHO status, or None when no association was established."""
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(Verification)
+    ae.connection_timeout = 5
+    assoc = ae.associate("127.0.0.1", port, ae_title="LUSPACS")
+    if not assoc.is_established:
+        return None
+    try:
+        return int(assoc.send_c_echo().Status)
+    finally:
+        assoc.release()
+
+
+def test_the_listener_answers_on_its_port_until_stopped(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, port=0, allowed_calling_aes=("SCANNER",))
+    listener = start_listener(
+        settings, record=lambda _: True, on_stored=lambda: None, on_study_complete=lambda _: None
+    )
+    try:
+        port = listener.port
+        assert port > 0  # port 0 in the settings: any free port, reported back
+        assert _echo(port) == SUCCESS
+        assert _echo(port, calling_ae="INTRUDER") is None  # not on the allow-list
+    finally:
+        listener.stop()
+    assert _echo(port) is None
+
+
+def test_a_port_in_use_is_an_os_error(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, port=0)
+    first = start_listener(
+        settings, record=lambda _: True, on_stored=lambda: None, on_study_complete=lambda _: None
+    )
+    try:
+        taken = settings.model_copy(update={"port": first.port})
+        with pytest.raises(OSError, match="in use"):
+            start_listener(
+                taken,
+                record=lambda _: True,
+                on_stored=lambda: None,
+                on_study_complete=lambda _: None,
+            )
+    finally:
+        first.stop()

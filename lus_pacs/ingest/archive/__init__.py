@@ -2,7 +2,7 @@
 
 Three kinds of archive, one interface (:class:`ArchiveSource`): a folder or DICOMDIR, a PACS over
 DIMSE (C-FIND, then C-GET or C-MOVE) and a DICOMweb server (QIDO-RS, WADO-RS). Only image
-instances the node reads (:data:`~lus_pacs.imaging.decode.IMAGE_SOP_CLASSES`) are brought: the
+instances the node reads (:data:`~lus_pacs.dicom_vocabulary.IMAGE_SOP_CLASSES`) are brought: the
 results of an earlier run (SR, SEG, KOS) that sit in the same study stay in the archive. Every
 instance arrives byte for byte as the archive stores it (no transcoding), and a study that does
 not arrive completely raises :class:`~lus_pacs.errors.ArchiveError`: a reprocessing run must never

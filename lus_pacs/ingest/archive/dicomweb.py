@@ -16,8 +16,8 @@ from urllib.request import OpenerDirector, ProxyHandler, Request, build_opener
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from lus_pacs.dicom_vocabulary import IMAGE_SOP_CLASSES
 from lus_pacs.errors import ArchiveError
-from lus_pacs.imaging.decode import IMAGE_SOP_CLASSES
 from lus_pacs.ingest.archive.common import (
     UID,
     ArchiveStudy,

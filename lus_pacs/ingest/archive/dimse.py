@@ -13,7 +13,7 @@ from typing import Any, Literal, cast
 
 import pydicom.uid
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, build_role, evt
+from pynetdicom import ALL_TRANSFER_SYNTAXES, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
@@ -23,8 +23,14 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from pynetdicom.status import code_to_category
 from pynetdicom.transport import ThreadedAssociationServer
 
+from lus_pacs.dicom_vocabulary import (
+    CANNOT_UNDERSTAND,
+    IMAGE_SOP_CLASSES,
+    OUT_OF_RESOURCES,
+    PENDING,
+    SUCCESS,
+)
 from lus_pacs.errors import ArchiveError
-from lus_pacs.imaging.decode import IMAGE_SOP_CLASSES
 from lus_pacs.ingest.archive.common import (
     UID,
     ArchiveStudy,
@@ -33,11 +39,9 @@ from lus_pacs.ingest.archive.common import (
     select_ultrasound,
     write_instance,
 )
+from lus_pacs.network import application_entity
 
 logger = logging.getLogger(__name__)
-
-_PENDING = (0xFF00, 0xFF01)
-_STORE_OK, _STORE_OUT_OF_RESOURCES, _STORE_CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
 
 _RETRIEVE_SYNTAXES = (
     pydicom.uid.ImplicitVRLittleEndian,
@@ -201,7 +205,7 @@ class DimseSource:
                 self._check_retrieve("C-GET", assoc.send_c_get(request, model), uid, receiver)
 
     def _move(self, uid: str, requests: Sequence[Dataset], receiver: _Receiver) -> None:
-        ae = _application_entity(self._calling_ae, self._timeout)
+        ae = application_entity(self._calling_ae, self._timeout, unlimited_pdu=True)
         for sop in IMAGE_SOP_CLASSES:
             ae.add_supported_context(sop, ALL_TRANSFER_SYNTAXES)
         where = f"{self.move_host}:{self.move_port}"
@@ -242,10 +246,10 @@ class DimseSource:
             if "Status" not in status:
                 raise self._no_response(operation, uid)
             code = int(status.Status)
-            if code in _PENDING:
+            if code in PENDING:
                 continue
             failed = int(status.get("NumberOfFailedSuboperations", 0) or 0)
-            if code == 0x0000 and failed == 0:
+            if code == SUCCESS and failed == 0:
                 return
             counts = ", ".join(
                 f"{int(status.get(f'NumberOf{kind}Suboperations', 0) or 0)} {kind.lower()}"
@@ -273,9 +277,9 @@ class DimseSource:
             if "Status" not in status:
                 raise self._no_response(f"C-FIND at {level} level", uid)
             code = int(status.Status)
-            if code == 0x0000:
+            if code == SUCCESS:
                 return answers
-            if code not in _PENDING:
+            if code not in PENDING:
                 raise ArchiveError(
                     self.name,
                     f"C-FIND at {level} level failed with status {_status(status)}",
@@ -303,7 +307,7 @@ class DimseSource:
         study: str = "",
     ) -> Iterator[Association]:
         """An established association, released at exit, or ArchiveError saying why not."""
-        ae = _application_entity(self._calling_ae, self._timeout)
+        ae = application_entity(self._calling_ae, self._timeout, unlimited_pdu=True)
         for abstract_syntax, syntaxes in contexts:
             if syntaxes:
                 ae.add_requested_context(abstract_syntax, syntaxes)
@@ -357,18 +361,18 @@ class _Receiver:
         try:
             study = str(event.dataset.StudyInstanceUID)
         except Exception as exc:  # a malformed dataset must never escape into pynetdicom
-            return self._refuse(_STORE_CANNOT_UNDERSTAND, f"{sop}: unreadable dataset ({exc})")
+            return self._refuse(CANNOT_UNDERSTAND, f"{sop}: unreadable dataset ({exc})")
         if sop_class not in IMAGE_SOP_CLASSES or study != self.study or not UID.fullmatch(sop):
             return self._refuse(
-                _STORE_CANNOT_UNDERSTAND, f"{sop}: not an image of this study (class {sop_class})"
+                CANNOT_UNDERSTAND, f"{sop}: not an image of this study (class {sop_class})"
             )
         try:
             path = write_instance(self.folder, sop, event.encoded_dataset(include_meta=True))
         except OSError as exc:
             where = instance_path(self.folder, sop)
-            return self._refuse(_STORE_OUT_OF_RESOURCES, f"{sop}: cannot write {where} ({exc})")
+            return self._refuse(OUT_OF_RESOURCES, f"{sop}: cannot write {where} ({exc})")
         self.received[sop] = path
-        return _STORE_OK
+        return SUCCESS
 
     def _refuse(self, status: int, problem: str) -> int:
         logger.warning("Refused an instance of study %s: %s", self.study, problem)
@@ -380,16 +384,6 @@ def _free_port(host: str) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def _application_entity(calling_ae: str, timeout: float) -> AE:
-    ae = AE(ae_title=calling_ae)
-    ae.connection_timeout = timeout
-    ae.acse_timeout = timeout
-    ae.dimse_timeout = timeout
-    ae.network_timeout = timeout
-    ae.maximum_pdu_size = 0  # no limit: cines are large
-    return ae
 
 
 def _identifier(level: str, **keys: str) -> Dataset:

@@ -13,8 +13,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.fileset import FileSet
 
+from lus_pacs.dicom_vocabulary import IMAGE_SOP_CLASSES
 from lus_pacs.errors import ArchiveError
-from lus_pacs.imaging.decode import IMAGE_SOP_CLASSES
 from lus_pacs.ingest.archive.common import ArchiveStudy, dataset_study, select
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,23 @@
+"""DICOM identifiers the node speaks: the SOP classes read as cines and the DIMSE statuses
+answered or expected. Plain constants, importable by any stage (no network library here)."""
+
+from __future__ import annotations
+
+IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.3.1": "Ultrasound Multi-frame Image Storage",
+    "1.2.840.10008.5.1.4.1.1.6.1": "Ultrasound Image Storage",
+    "1.2.840.10008.5.1.4.1.1.3": "Ultrasound Multi-frame Image Storage (Retired)",
+    "1.2.840.10008.5.1.4.1.1.6": "Ultrasound Image Storage (Retired)",
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture Image Storage",
+}
+"""The SOP classes read as cines: ultrasound, and the secondary captures of exported loops."""
+
+SUCCESS = 0x0000
+PENDING = (0xFF00, 0xFF01)
+"""C-FIND, C-GET and C-MOVE: more responses follow."""
+REFUSED_SOP_CLASS = 0x0122
+"""Refused: SOP Class not supported."""
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000

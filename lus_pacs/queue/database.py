@@ -1,0 +1,123 @@
+"""The job store's SQLite database: its schema, one connection per thread, and transactions.
+
+SQLite in WAL mode under the node's data directory. Every state change is one committed
+transaction, so a restart resumes where a crash left off. SQLite connections are not shared
+across threads, so each thread opens its own; a writer waits up to 30 s for another's lock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    sop_class_uid TEXT NOT NULL,
+    study_instance_uid TEXT NOT NULL,
+    series_instance_uid TEXT NOT NULL,
+    calling_ae TEXT NOT NULL,
+    path TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    sop_instance_uid TEXT NOT NULL REFERENCES instances(sop_instance_uid),
+    models TEXT NOT NULL,
+    state TEXT NOT NULL,
+    error TEXT,
+    record TEXT,
+    updated_at REAL NOT NULL,
+    UNIQUE (sop_instance_uid, models)
+);
+CREATE TABLE IF NOT EXISTS outputs (
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    kind TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    PRIMARY KEY (job_id, kind)
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    error TEXT,
+    PRIMARY KEY (job_id, destination)
+);
+CREATE TABLE IF NOT EXISTS studies (
+    study_instance_uid TEXT PRIMARY KEY,
+    last_received_at REAL NOT NULL,
+    complete INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS summaries (
+    id INTEGER PRIMARY KEY,
+    study_instance_uid TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL UNIQUE,
+    path TEXT NOT NULL,
+    record TEXT NOT NULL,
+    made_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS summary_deliveries (
+    summary_id INTEGER NOT NULL REFERENCES summaries(id),
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    error TEXT,
+    PRIMARY KEY (summary_id, destination)
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
+"""
+
+
+class Database:
+    """The store's database file at ``path``, created with its tables when absent.
+
+    Safe to use from several threads: each gets its own connection.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self.connection().executescript(_SCHEMA)  # idempotent; runs in its own transaction
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, in autocommit mode: for reads; writes use
+        :meth:`transaction`."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # an acknowledged instance survives power loss
+            db.execute("PRAGMA foreign_keys=ON")
+            db.row_factory = sqlite3.Row
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed when the block ends, rolled back when it raises.
+        ``BEGIN IMMEDIATE`` takes the write lock at once, so two writers never deadlock."""
+        db = self.connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close this thread's connection (the next use opens a new one)."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None

@@ -1,0 +1,185 @@
+"""Deliveries: each result file set on its way to each destination, with retries.
+
+A cine's results are delivered per job (table ``deliveries``), a study summary per summary
+(table ``summary_deliveries``); both retry the same way. A job is ``sent`` once every
+destination has its results, and ``failed`` when one ran out of retries.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from lus_pacs.domain import JobState, Output
+from lus_pacs.queue.database import Database
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+DeliveryRow = tuple[str, DeliveryState, int, str | None]
+"""(destination, state, attempts, last error) of one delivery, for ``lus-pacs status``."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    job_id: int
+    """The job whose outputs these are or, with ``summary``, the study summary's id."""
+    destination: str
+    attempts: int
+    outputs: tuple[Output, ...]
+    summary: bool = False
+    """A study summary (made when the study is complete) rather than a cine's results."""
+
+
+class Deliveries:
+    """Due deliveries, and the outcome of each attempt."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def due(self, now: float | None = None) -> list[Delivery]:
+        """Pending deliveries whose next attempt is due, oldest first: cines' results, then
+        study summaries."""
+        now = time.time() if now is None else now
+        db = self._db.connection()
+        due: list[Delivery] = []
+        for summary in (False, True):
+            table, owner = _tables(summary)
+            rows = db.execute(
+                f"SELECT {owner}, destination, attempts FROM {table} "
+                f"WHERE state = ? AND next_attempt_at <= ? ORDER BY next_attempt_at, {owner}",
+                (DeliveryState.PENDING, now),
+            ).fetchall()
+            due.extend(
+                Delivery(
+                    r[0],
+                    r["destination"],
+                    r["attempts"],
+                    self._summary_output(r[0]) if summary else self.outputs(r[0]),
+                    summary,
+                )
+                for r in rows
+            )
+        return due
+
+    def outputs(self, job_id: int) -> tuple[Output, ...]:
+        rows = self._db.connection().execute(
+            "SELECT kind, sop_instance_uid, path FROM outputs WHERE job_id = ? ORDER BY kind",
+            (job_id,),
+        )
+        return tuple(Output(r["kind"], r["sop_instance_uid"], Path(r["path"])) for r in rows)
+
+    def _summary_output(self, summary_id: int) -> tuple[Output, ...]:
+        r = (
+            self._db.connection()
+            .execute(
+                "SELECT kind, sop_instance_uid, path FROM summaries WHERE id = ?", (summary_id,)
+            )
+            .fetchone()
+        )
+        return (Output(r["kind"], r["sop_instance_uid"], Path(r["path"])),)
+
+    def delivered(self, job_id: int, destination: str, *, summary: bool = False) -> None:
+        table, owner = _tables(summary)
+        with self._db.transaction() as db:
+            db.execute(
+                f"UPDATE {table} SET state = ?, error = NULL WHERE {owner} = ? AND destination = ?",
+                (DeliveryState.SENT, job_id, destination),
+            )
+            if not summary:
+                _settle(db, job_id)
+
+    def failed(
+        self,
+        job_id: int,
+        destination: str,
+        reason: str,
+        retry_at: float | None,
+        *,
+        summary: bool = False,
+    ) -> None:
+        """Count a failed attempt; ``retry_at`` None means the retry budget is spent."""
+        table, owner = _tables(summary)
+        with self._db.transaction() as db:
+            if retry_at is None:
+                db.execute(
+                    f"UPDATE {table} SET state = ?, attempts = attempts + 1, error = ? "
+                    f"WHERE {owner} = ? AND destination = ?",
+                    (DeliveryState.FAILED, reason, job_id, destination),
+                )
+            else:
+                db.execute(
+                    f"UPDATE {table} SET attempts = attempts + 1, error = ?, "
+                    f"next_attempt_at = ? WHERE {owner} = ? AND destination = ?",
+                    (reason, retry_at, job_id, destination),
+                )
+            if not summary:
+                _settle(db, job_id)
+
+    def retry_failed(self) -> int:
+        """Failed deliveries get a fresh retry budget and failed jobs are processed again.
+        Returns the number of jobs and study summaries put back."""
+        now = time.time()
+        with self._db.transaction() as db:
+            failed = [
+                r[0] for r in db.execute("SELECT id FROM jobs WHERE state = ?", (JobState.FAILED,))
+            ]
+            for job_id in failed:
+                undelivered = db.execute(
+                    "UPDATE deliveries SET state = ?, attempts = 0, next_attempt_at = ? "
+                    "WHERE job_id = ? AND state = ?",
+                    (DeliveryState.PENDING, now, job_id, DeliveryState.FAILED),
+                ).rowcount
+                state = JobState.ENCODED if undelivered else JobState.QUEUED
+                db.execute(
+                    "UPDATE jobs SET state = ?, error = NULL, updated_at = ? WHERE id = ?",
+                    (state, now, job_id),
+                )
+            summaries = db.execute(
+                "UPDATE summary_deliveries SET state = ?, attempts = 0, next_attempt_at = ? "
+                "WHERE state = ?",
+                (DeliveryState.PENDING, now, DeliveryState.FAILED),
+            ).rowcount
+            return len(failed) + summaries
+
+
+def delivery_rows(
+    db: sqlite3.Connection, owner_id: int, *, summary: bool
+) -> tuple[DeliveryRow, ...]:
+    """Each delivery of a job or, with ``summary``, of a study summary."""
+    table, owner = _tables(summary)
+    rows = db.execute(
+        f"SELECT destination, state, attempts, error FROM {table} "
+        f"WHERE {owner} = ? ORDER BY destination",
+        (owner_id,),
+    )
+    return tuple(
+        (d["destination"], DeliveryState(d["state"]), int(d["attempts"]), d["error"]) for d in rows
+    )
+
+
+def _settle(db: sqlite3.Connection, job_id: int) -> None:
+    """The job's state once its deliveries have all ended: sent, or failed."""
+    states = {r[0] for r in db.execute("SELECT state FROM deliveries WHERE job_id = ?", (job_id,))}
+    if states == {DeliveryState.SENT}:
+        state, error = JobState.SENT, None
+    elif DeliveryState.FAILED in states and DeliveryState.PENDING not in states:
+        state, error = JobState.FAILED, "delivery failed: see lus-pacs status"
+    else:
+        return
+    db.execute(
+        "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ?",
+        (state, error, time.time(), job_id),
+    )
+
+
+def _tables(summary: bool) -> tuple[str, str]:
+    """The delivery table and its owner column, for a cine's results or a study summary."""
+    return ("summary_deliveries", "summary_id") if summary else ("deliveries", "job_id")

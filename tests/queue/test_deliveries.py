@@ -1,0 +1,33 @@
+"""Deliveries retry, then fail visibly, and can be retried."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from lus_pacs.domain import JobState, Output
+from lus_pacs.queue.deliveries import DeliveryState
+from lus_pacs.queue.store import JobStore
+from tests.queue.conftest import instance
+
+
+def test_deliveries_retry_then_fail_and_can_be_retried(store: JobStore, tmp_path: Path) -> None:
+    store.jobs.record_instance(instance(1), "m@1")
+    job = store.jobs.claim()
+    assert job is not None
+    out = Output("sr", "9.9.9", tmp_path / "sr.dcm")
+    store.jobs.finish(job.id, "{}", [out], ["pacs"])
+    (due,) = store.deliveries.due()
+    assert due.outputs == (out,)
+    store.deliveries.failed(job.id, "pacs", "refused", retry_at=time.time() + 60)
+    assert store.deliveries.due() == []  # backing off
+    assert len(store.deliveries.due(now=time.time() + 61)) == 1
+    store.deliveries.failed(job.id, "pacs", "refused again", retry_at=None)
+    (row,) = store.jobs.rows()
+    assert row.state is JobState.FAILED
+    assert row.deliveries == (("pacs", DeliveryState.FAILED, 2, "refused again"),)
+    assert store.deliveries.retry_failed() == 1
+    (due,) = store.deliveries.due()
+    assert due.attempts == 0
+    store.deliveries.delivered(job.id, "pacs")
+    assert store.jobs.counts() == {JobState.SENT: 1}

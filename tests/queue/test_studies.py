@@ -1,0 +1,65 @@
+"""Studies: done when complete and nothing waits; one summary per distinct summary object,
+delivered and retried like a cine's results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lus_pacs.domain import JobState, Output
+from lus_pacs.queue.deliveries import DeliveryState
+from lus_pacs.queue.store import JobStore
+from tests.queue.conftest import instance
+
+
+def test_a_study_is_done_when_complete_and_nothing_waits(store: JobStore) -> None:
+    store.jobs.record_instance(instance(1, "7.7"), "m@1")
+    assert not store.studies.done("7.7")
+    store.studies.complete(["7.7"])
+    assert not store.studies.done("7.7")  # its job is still queued
+    job = store.jobs.claim()
+    assert job is not None
+    store.jobs.finish(job.id, '{"x": 1}', [], [])
+    assert store.studies.done("7.7")
+    assert store.studies.records("7.7") == ['{"x": 1}']
+    assert store.jobs.counts() == {JobState.SENT: 1}
+    store.jobs.record_instance(instance(2, "8.8"), "m@1")
+    assert store.studies.complete_quiet(quiet_s=3600) == []
+    assert store.studies.complete_quiet(quiet_s=0) == ["8.8"]
+
+
+def test_a_study_summary_is_queued_once_and_retried_like_a_job(
+    store: JobStore, tmp_path: Path
+) -> None:
+    summary = Output("study-sr", "8.8.8", tmp_path / "study-sr.dcm")
+    assert store.studies.record_summary("7.7", "{}", summary, ["pacs", "archive"])
+    assert not store.studies.record_summary("7.7", "{}", summary, ["pacs", "archive"])  # same
+    due = store.deliveries.due()
+    assert sorted(d.destination for d in due) == ["archive", "pacs"]
+    assert all(d.summary and d.outputs == (summary,) for d in due)
+    summary_id = due[0].job_id
+    store.deliveries.delivered(summary_id, "pacs", summary=True)
+    store.deliveries.failed(summary_id, "archive", "refused", retry_at=None, summary=True)
+    assert store.deliveries.due() == []
+    assert store.jobs.counts() == {}  # no job was touched
+    (row,) = store.studies.summaries()
+    assert row.study_instance_uid == "7.7"
+    assert {d: s for d, s, _, _ in row.deliveries} == {
+        "archive": DeliveryState.FAILED,
+        "pacs": DeliveryState.SENT,
+    }
+    assert store.deliveries.retry_failed() == 1
+    (again,) = store.deliveries.due()
+    assert (again.destination, again.attempts, again.summary) == ("archive", 0, True)
+    later = Output("study-sr", "8.8.9", tmp_path / "study-sr-2.dcm")  # the study grew
+    assert store.studies.record_summary("7.7", "{}", later, ["pacs"])
+
+
+def test_a_study_summary_counts_each_cine_once_per_model_versions(store: JobStore) -> None:
+    for models in ("m@1", "m@2"):  # the same cine before and after a model update
+        store.jobs.record_instance(instance(1, "7.7"), models)
+        job = store.jobs.claim()
+        assert job is not None
+        store.jobs.finish(job.id, f'{{"models": "{models}"}}', [], [])
+    assert len(store.studies.records("7.7")) == 2
+    assert store.studies.records("7.7", "m@2") == ['{"models": "m@2"}']
+    assert store.studies.processed_paths("7.7", "m@2") == [Path("1.dcm")]
