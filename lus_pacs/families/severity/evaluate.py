@@ -26,8 +26,9 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from lus_pacs.families.severity.aggregation import SCORES
 from lus_pacs.families.severity.inference import SeverityModel
-from lus_pacs.families.severity.network import SCORES, theta_to_box
+from lus_pacs.families.severity.network import theta_to_box
 from lus_pacs.families.severity.train import (
     AGGREGATORS,
     aggregate,

@@ -38,15 +38,17 @@ from torch import nn
 from torch.nn.functional import cross_entropy
 from tqdm import tqdm
 
-from lus_pacs.families.severity.network import (
-    FRAME_SCORERS,
-    LOSSES,
+from lus_pacs.families.severity.aggregation import (
     SCORES,
-    RegSTNScorer,
-    SeverityOutput,
     UninormAggregator,
     argmax_mean,
     max_argmax,
+)
+from lus_pacs.families.severity.network import (
+    FRAME_SCORERS,
+    LOSSES,
+    RegSTNScorer,
+    SeverityOutput,
     reg_stn_loss,
     sord_loss,
     sord_targets,
