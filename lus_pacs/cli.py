@@ -3,7 +3,10 @@ so ``lus-pacs --help`` answers at once."""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
+from inspect import getdoc
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -589,100 +592,23 @@ pretrain_app = typer.Typer(
 app.add_typer(train_app, name="train")
 app.add_typer(pretrain_app, name="pretrain")
 app.add_typer(evaluate_app, name="evaluate")
-_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+FAMILIES = ("b_lines", "consolidation", "key_frames", "segmentation", "severity")
+"""The model families, each a package ``lus_pacs.families.<name>`` with a ``commands`` module."""
 
 
-@train_app.command("b-lines", context_settings=_PASS_THROUGH, add_help_option=False)
-def train_b_lines(ctx: typer.Context) -> None:
-    """Paper 001's networks (--arch c2d_lstm_att|c2d_att|c3d_att|c2d_lstm) on simulated exams,
-    VIA-annotated cines and the POCUS clips; --folds N cross-validates. Options:
-    `lus-pacs train b-lines --help`."""
-    from lus_pacs.families.b_lines.train import main
+def add_family_commands(apps: Mapping[str, typer.Typer], families: Iterable[str]) -> None:
+    """Register every family's commands (its ``commands.COMMANDS``, verb to function) on the
+    sub-app of that verb, named after the family with dashes (``b-lines``).
 
-    main(ctx.args)
-
-
-@train_app.command("severity", context_settings=_PASS_THROUGH, add_help_option=False)
-def train_severity(ctx: typer.Context) -> None:
-    """Paper 003's frame scorer (--variant reg_stn_sord|cnn_ce|cnn_sord|stn_sord|
-    cnn_random_crop_sord) and uninorm clip aggregation on simulated exams. Options:
-    `lus-pacs train severity --help`."""
-    from lus_pacs.families.severity.train import main
-
-    main(ctx.args)
+    The commands modules are light: each command imports its torch code when it runs.
+    """
+    for family in families:
+        commands = importlib.import_module(f"lus_pacs.families.{family}.commands").COMMANDS
+        for verb, command in commands.items():
+            apps[verb].command(family.replace("_", "-"), help=getdoc(command))(command)
 
 
-@evaluate_app.command("severity", context_settings=_PASS_THROUGH, add_help_option=False)
-def evaluate_severity(ctx: typer.Context) -> None:
-    """Frame F1 (Settings 1 and 2), clip weighted F1 / precision / recall for the uninorm and
-    both baselines, confusion matrices, STN crop montage. Options:
-    `lus-pacs evaluate severity --help`."""
-    from lus_pacs.families.severity.evaluate import main
-
-    main(ctx.args)
-
-
-@evaluate_app.command("b-lines", context_settings=_PASS_THROUGH, add_help_option=False)
-def evaluate_b_lines(ctx: typer.Context) -> None:
-    """Precision, recall, F1, localisation at IoU 0.1-0.4, key-frame accuracy, AUC, and
-    attention plots. Options: `lus-pacs evaluate b-lines --help`."""
-    from lus_pacs.families.b_lines.evaluate import main
-
-    main(ctx.args)
-
-
-@train_app.command("segmentation", context_settings=_PASS_THROUGH, add_help_option=False)
-def train_segmentation(ctx: typer.Context) -> None:
-    """Paper 003's U-Net, U-Net++ and DeepLabv3+ (--networks ...) on simulated masks and LabelMe
-    polygons (--labelme DIR); writes the ensemble bundle. Options:
-    `lus-pacs train segmentation --help`."""
-    from lus_pacs.families.segmentation.train import main
-
-    main(ctx.args)
-
-
-@evaluate_app.command("segmentation", context_settings=_PASS_THROUGH, add_help_option=False)
-def evaluate_segmentation(ctx: typer.Context) -> None:
-    """Table IV (pixel accuracy, union Dice of scores 1-3, categorical Dice of scores 0, 2, 3)
-    per network and for the ensemble, MC-dropout uncertainty at borders and inside, and the
-    uncertainty figure. Options: `lus-pacs evaluate segmentation --help`."""
-    from lus_pacs.families.segmentation.evaluate import main
-
-    main(ctx.args)
-
-
-@pretrain_app.command("consolidation", context_settings=_PASS_THROUGH, add_help_option=False)
-def pretrain_consolidation(ctx: typer.Context) -> None:
-    """Paper 002's BYOL (or --method simclr) on unlabeled simulated, POCUS and DICOM cines;
-    resumable checkpoint. Options: `lus-pacs pretrain consolidation --help`."""
-    from lus_pacs.families.consolidation.train import pretrain_main
-
-    pretrain_main(ctx.args)
-
-
-@train_app.command("consolidation", context_settings=_PASS_THROUGH, add_help_option=False)
-def train_consolidation(ctx: typer.Context) -> None:
-    """Paper 002's classifier on a pre-trained encoder; --sweep runs the four variants over
-    label fractions; writes the bundle. Options: `lus-pacs train consolidation --help`."""
-    from lus_pacs.families.consolidation.train import train_main
-
-    train_main(ctx.args)
-
-
-@train_app.command("key-frames", context_settings=_PASS_THROUGH, add_help_option=False)
-def train_key_frames(ctx: typer.Context) -> None:
-    """Paper 004's key-frame classifier with the quality reasons; --variants also trains one
-    model per dataset variant of the paper for its tables. Options: `lus-pacs train key-frames
-    --help`."""
-    from lus_pacs.families.key_frames.train import train_main
-
-    train_main(ctx.args)
-
-
-@evaluate_app.command("key-frames", context_settings=_PASS_THROUGH, add_help_option=False)
-def evaluate_key_frames(ctx: typer.Context) -> None:
-    """Paper 004's Tests 1 and 2, the chosen frame and the quality flag on held-out simulated
-    cines. Options: `lus-pacs evaluate key-frames --help`."""
-    from lus_pacs.families.key_frames.train import evaluate_main
-
-    evaluate_main(ctx.args)
+add_family_commands(
+    {"train": train_app, "evaluate": evaluate_app, "pretrain": pretrain_app}, FAMILIES
+)

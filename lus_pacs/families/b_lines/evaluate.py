@@ -21,16 +21,13 @@ precision, recall, F1 and AUC; each clip goes through the network at its own fra
 
 Usage::
 
-    python -m lus_pacs.families.b_lines.evaluate --bundle models/b_lines --simulated DIR \\
+    lus-pacs evaluate b-lines --bundle models/b_lines --simulated DIR \\
         --pocus ../shared/data/pocus --pocus-cache /tmp/pocus-cache --plots DIR
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lus_pacs.domain import BLineFindings, ModelInfo
+from lus_pacs.families.b_lines.data import Windows, load_windows
 from lus_pacs.families.b_lines.inference import BLineModel, findings_from_windows
 from lus_pacs.families.b_lines.plots import plot_attention
 from lus_pacs.inference.transforms import b_line_windows
@@ -65,46 +63,6 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("POCUS F1", "pocus_f1"),
 )
 """(header, metric key) of :func:`markdown_table`: the paper's Tables 1 and 2 side by side."""
-
-
-@dataclass(frozen=True)
-class Windows:
-    """The windows of a set of cines, with their truth."""
-
-    x: torch.Tensor
-    """(windows, 1, frames, 64, 64) float32 in [0, 1]."""
-    label: torch.Tensor
-    """(windows,) float32: 1 when any frame of the window shows a B-line."""
-    frame_truth: npt.NDArray[np.bool_]
-    """(windows, frames): B-line at each position of the window."""
-    cine: npt.NDArray[np.intp]
-    """(windows,) index of the window's cine in the list it was made from."""
-    starts: tuple[int, ...]
-    """1-based first frame of each window."""
-
-
-def load_windows(cines: Sequence[BLineCine], progress: bool = True) -> Windows:
-    """Cut every cine into the network's windows (the cine's own frame rate sets their length)."""
-    xs, labels, truths, owner, starts = [], [], [], [], []
-    for i, sim in enumerate(tqdm(cines, desc="windows", unit="cine", disable=not progress)):
-        x, first = b_line_windows(sim.load(), default_fps=sim.fps)
-        positive = np.zeros(sim.n_frames, dtype=bool)
-        positive[np.asarray(sim.b_line_frames, dtype=np.intp) - 1] = True
-        length = x.shape[2]
-        for s in first:
-            index = np.minimum(np.arange(s - 1, s - 1 + length), sim.n_frames - 1)
-            truths.append(positive[index])
-            labels.append(float(positive[index].any()))
-        xs.append(x)
-        owner.extend([i] * len(first))
-        starts.extend(first)
-    return Windows(
-        x=torch.cat(xs),
-        label=torch.tensor(labels, dtype=torch.float32),
-        frame_truth=np.stack(truths),
-        cine=np.asarray(owner, dtype=np.intp),
-        starts=tuple(starts),
-    )
 
 
 def predict(
@@ -396,28 +354,3 @@ def markdown_table(rows: Mapping[str, Mapping[str, float]]) -> str:
 
 def _mean(values: npt.NDArray[np.bool_] | npt.NDArray[np.float64]) -> float:
     return round(float(values.mean()), 4) if len(values) else float("nan")
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", type=Path, required=True, help="a B-line bundle folder")
-    parser.add_argument("--simulated", type=Path, help="held-out output of `lus-pacs synth`")
-    parser.add_argument("--pocus", type=Path, help="the POCUS dataset folder (labels.csv)")
-    parser.add_argument("--pocus-cache", type=Path, help="folder for the clips' DICOM imports")
-    parser.add_argument("--groups", nargs="*", help="held-out POCUS groups (default: all)")
-    parser.add_argument("--plots", type=Path, help="folder for attention-over-time PNGs")
-    args = parser.parse_args(argv)
-    metrics = evaluate(
-        args.bundle,
-        simulated_root=args.simulated,
-        pocus_dir=args.pocus,
-        pocus_cache=args.pocus_cache,
-        pocus_groups=args.groups,
-        plots=args.plots,
-    )
-    print(json.dumps(metrics, indent=2))
-    print(markdown_table({args.bundle.name: metrics}))
-
-
-if __name__ == "__main__":
-    main()

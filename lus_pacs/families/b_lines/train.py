@@ -1,34 +1,27 @@
 """Train paper 001's B-line networks on simulated exams, a site's VIA-annotated cines and the
 POCUS clips; write the bundle.
 
-Windows are the network's input as the node makes it (:func:`b_line_windows`); a window is
-positive when any of its frames shows a B-line. As in the paper only these window labels
-supervise the network: the attention learns where the B-lines are on its own.
-
-The real POCUS clips (optional) only say whether a clip shows B-lines somewhere. For simplicity
-every window of a clip is labelled with the clip's label, although a positive clip may have
-windows without B-lines; clips whose ``b_lines`` is not recorded are skipped. Their windows are
-resampled in time to the simulated window length (nearest frame) so that they batch together,
-and a long clip gives at most ``max_pocus_windows`` windows spread over it.
-
-A site's own cines come as VIA projects (paper 001's annotation format, frame-level B-line
-segments; :mod:`lus_pacs.training.annotated`) and are used exactly as the simulated ones.
+As in the paper only window labels supervise the network (a window is positive when any of its
+frames shows a B-line, :mod:`lus_pacs.families.b_lines.data`): the attention learns where the
+B-lines are on its own. A site's own cines come as VIA projects (paper 001's annotation format,
+frame-level B-line segments; :mod:`lus_pacs.training.annotated`) and are used exactly as the
+simulated ones; the real POCUS clips (optional) only say whether a clip shows B-lines.
 
 Simulated patients and POCUS sources (:attr:`PocusClip.group`) are dealt into ``n_folds`` folds
-(:func:`split_by_group`). :func:`train_b_lines` validates on the first and writes the bundle;
-:func:`cross_validate_b_lines` trains once per fold and gives each fold's metrics and their mean.
-Metrics are those of :mod:`lus_pacs.families.b_lines.evaluate`.
+(:func:`split_by_group`). :func:`train_b_lines` validates on the first and writes the bundle
+(:mod:`lus_pacs.families.b_lines.bundle`); :func:`cross_validate_b_lines` trains once per fold
+and gives each fold's metrics and their mean. Metrics are those of
+:mod:`lus_pacs.families.b_lines.evaluate`.
 
 Usage::
 
-    python -m lus_pacs.families.b_lines.train --data DIR --out models/b_lines --epochs N --seed S \
+    lus-pacs train b-lines --data DIR --out models/b_lines --epochs N --seed S \
         [--arch c2d_lstm_att|c2d_att|c3d_att|c2d_lstm] [--pocus DIR --pocus-cache DIR] [--folds K] \
         [--via PROJECT.json ... [--via-root DIR]]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -44,48 +37,27 @@ from torch import nn
 from torch.nn.functional import binary_cross_entropy_with_logits
 from tqdm import tqdm
 
+from lus_pacs.families.b_lines.bundle import write_b_lines_bundle
+from lus_pacs.families.b_lines.data import (
+    MAX_POCUS_WINDOWS,
+    TrainingData,
+    load_training_data,
+    select_windows,
+)
 from lus_pacs.families.b_lines.evaluate import (
     ATTENTION_THRESHOLD,
     THRESHOLD,
-    Windows,
-    auc,
     binary_metrics,
-    load_windows,
     pocus_probabilities,
     predict,
     simulated_metrics,
 )
 from lus_pacs.families.b_lines.network import ARCHITECTURES
-from lus_pacs.inference.transforms import b_line_windows
-from lus_pacs.training.annotated import BLineCine, read_via_cines
-from lus_pacs.training.bundle_files import (
-    INTENDED_USE,
-    finite,
-    grey_clip_input,
-    logit_output,
-    versions_and_authors,
-    write_json,
-)
-from lus_pacs.training.pocus import PocusClip, load_clip, read_labels
+from lus_pacs.training.bundle_files import finite, write_json
 from lus_pacs.training.seeding import deterministic
-from lus_pacs.training.simulated import find_simulated
 from lus_pacs.training.splits import split_by_group
 
-__all__ = [
-    "ARCHITECTURES",
-    "DEFAULT_ARCH",
-    "CrossValidation",
-    "Windows",
-    "auc",
-    "cross_validate_b_lines",
-    "load_pocus_windows",
-    "load_windows",
-    "network_args",
-    "train_b_lines",
-]
-
 DEFAULT_ARCH = "c2d_lstm_att"
-MAX_POCUS_WINDOWS = 4
 NETWORK_ARGS: dict[str, Any] = {
     "image_size": 64,
     "channels": [8, 8, 16, 16],
@@ -94,17 +66,6 @@ NETWORK_ARGS: dict[str, Any] = {
     "dropout": 0.2,
 }
 """Arguments of the LSTM networks; the others take the same less ``hidden_size``."""
-BUNDLE_VERSION = "0.2.0"
-CHANGELOG = {
-    "0.2.0": "trained on simulated exams and the public POCUS clips (clip labels)",
-    "0.1.0": "first version, trained on simulated exams only",
-}
-TITLES = {
-    "c2d_lstm_att": "CNN + bidirectional LSTM + temporal attention",
-    "c2d_att": "CNN + temporal attention (baseline C2D+A)",
-    "c3d_att": "3D CNN + temporal attention (baseline C3D+A)",
-    "c2d_lstm": "CNN + bidirectional LSTM, no attention (baseline C2D+LSTM)",
-}
 
 
 @dataclass(frozen=True)
@@ -146,52 +107,6 @@ def network_args(arch: str) -> dict[str, Any]:
     return {k: v for k, v in NETWORK_ARGS.items() if k != "hidden_size"}
 
 
-def load_pocus_windows(
-    clips: Sequence[PocusClip],
-    pocus_dir: Path,
-    cache_dir: Path,
-    length: int,
-    progress: bool = True,
-    max_windows: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Windows (n, 1, ``length``, 64, 64) of the clips with a ``b_lines`` label, and the labels.
-
-    Every window carries its clip's label; windows are resampled to ``length`` frames. With
-    ``max_windows``, a longer clip gives that many windows spread evenly over it: neighbouring
-    windows of one clip are nearly the same picture, and the long clips would otherwise
-    outweigh the short ones.
-    """
-    xs, labels = [], []
-    labelled = [c for c in clips if c.b_lines is not None]
-    for clip in tqdm(labelled, desc="pocus windows", unit="clip", disable=not progress):
-        x, _ = b_line_windows(load_clip(clip, pocus_dir, cache_dir), default_fps=clip.fps)
-        if max_windows is not None and len(x) > max_windows:
-            keep = np.unique(np.round(np.linspace(0, len(x) - 1, max_windows)).astype(np.intp))
-            x = x[torch.from_numpy(keep)]
-        index = np.round(np.linspace(0, x.shape[2] - 1, length)).astype(np.intp)
-        xs.append(x[:, :, torch.from_numpy(index)])
-        labels.extend([float(bool(clip.b_lines))] * len(x))
-    if not xs:
-        return torch.zeros(0, 1, length, 64, 64), torch.zeros(0)
-    return torch.cat(xs), torch.tensor(labels, dtype=torch.float32)
-
-
-@dataclass(frozen=True)
-class _Data:
-    """Everything loaded once: the windows of the simulated and annotated cines, and the
-    labelled POCUS clips' windows."""
-
-    cines: list[BLineCine]
-    windows: Windows
-    clips: list[PocusClip]
-    pocus_x: torch.Tensor
-    pocus_label: torch.Tensor
-    pocus_clip: torch.Tensor
-    """(windows,) index into ``clips`` of each POCUS window."""
-    sources: dict[str, Any]
-    """Names of the data folders and files, for the bundle's metadata."""
-
-
 def train_b_lines(
     data_root: Path | None,
     out_dir: Path,
@@ -229,7 +144,8 @@ def train_b_lines(
     n_folds:
         Patient (and POCUS source) folds; the first is the validation set.
     max_pocus_windows:
-        At most this many 1-s windows of each POCUS clip train (see :func:`load_pocus_windows`).
+        At most this many 1-s windows of each POCUS clip train
+        (:func:`lus_pacs.families.b_lines.data.load_pocus_windows`).
     via, via_root:
         VIA projects of a site's own annotated cines (paper 001's format), their files relative
         to ``via_root`` (default: each project's folder); they train and validate with the
@@ -245,7 +161,9 @@ def train_b_lines(
     """
     started = time.perf_counter()
     network_class = architecture(arch)
-    data = _load(data_root, via, via_root, pocus_dir, pocus_cache, max_pocus_windows, progress)
+    data = load_training_data(
+        data_root, via, via_root, pocus_dir, pocus_cache, max_pocus_windows, progress
+    )
     sim_folds, pocus_folds = _folds(data, n_folds, seed)
     recipe = _Recipe(epochs, seed, lr, batch_size, weight_decay, pocus_dir, pocus_cache, progress)
     fold = _train_fold(network_class, arch, data, sim_folds, pocus_folds, 0, recipe)
@@ -282,7 +200,9 @@ def cross_validate_b_lines(
     """
     started = time.perf_counter()
     network_class = architecture(arch)
-    data = _load(data_root, via, via_root, pocus_dir, pocus_cache, max_pocus_windows, progress)
+    data = load_training_data(
+        data_root, via, via_root, pocus_dir, pocus_cache, max_pocus_windows, progress
+    )
     sim_folds, pocus_folds = _folds(data, folds, seed)
     recipe = _Recipe(epochs, seed, lr, batch_size, weight_decay, pocus_dir, pocus_cache, progress)
     trained = [
@@ -311,53 +231,7 @@ def cross_validate_b_lines(
     return result
 
 
-def _load(
-    data_root: Path | None,
-    via: Sequence[Path],
-    via_root: Path | None,
-    pocus_dir: Path | None,
-    pocus_cache: Path | None,
-    max_pocus_windows: int | None,
-    progress: bool,
-) -> _Data:
-    if (pocus_dir is None) != (pocus_cache is None):
-        raise ValueError("Give pocus_dir and pocus_cache together (the cache may be empty).")
-    cines: list[BLineCine] = []
-    if data_root is not None:
-        cines.extend(find_simulated(data_root))
-        if not cines:
-            raise FileNotFoundError(f"No simulated cines (*/*.truth.json) under {data_root}.")
-    for project in via:
-        cines.extend(read_via_cines(project, via_root))
-    if not cines:
-        raise ValueError("No cines to train on: give simulated data, VIA projects, or both.")
-    # Folder and file names only: the bundle is committed, and paths of the training machine
-    # mean nothing elsewhere.
-    sources = {
-        "root": data_root.name if data_root else None,
-        "via": [p.name for p in via],
-        "pocus": pocus_dir.name if pocus_dir else None,
-    }
-    windows = load_windows(cines, progress)
-    clips: list[PocusClip] = []
-    pocus_x, pocus_label = torch.zeros(0, *windows.x.shape[1:]), torch.zeros(0)
-    owner: list[int] = []
-    if pocus_dir is not None and pocus_cache is not None:
-        clips = [c for c in read_labels(pocus_dir / "labels.csv") if c.b_lines is not None]
-        xs, labels = [], []
-        for i, clip in enumerate(tqdm(clips, desc="pocus", unit="clip", disable=not progress)):
-            x, label = load_pocus_windows(
-                [clip], pocus_dir, pocus_cache, windows.x.shape[2], False, max_pocus_windows
-            )
-            xs.append(x)
-            labels.append(label)
-            owner.extend([i] * len(x))
-        pocus_x, pocus_label = torch.cat(xs), torch.cat(labels)
-    owners = torch.tensor(owner, dtype=torch.long)
-    return _Data(cines, windows, clips, pocus_x, pocus_label, owners, sources)
-
-
-def _folds(data: _Data, n_folds: int, seed: int) -> tuple[list[list[int]], list[list[int]]]:
+def _folds(data: TrainingData, n_folds: int, seed: int) -> tuple[list[list[int]], list[list[int]]]:
     """Indices of simulated cines and POCUS clips in each fold, kept whole by patient/source."""
     sim = split_by_group(
         range(len(data.cines)), key=lambda i: data.cines[i].patient_id, n_folds=n_folds, seed=seed
@@ -398,7 +272,7 @@ class _Fold:
 def _train_fold(
     network_class: type[nn.Module],
     arch: str,
-    data: _Data,
+    data: TrainingData,
     sim_folds: list[list[int]],
     pocus_folds: list[list[int]],
     k: int,
@@ -424,7 +298,7 @@ def _train_fold(
         network = network_class(**network_args(arch))
         _fit(network, x, label, epochs, lr, batch_size, weight_decay, seed, progress)
 
-    val = _select(w, val_cines)
+    val = select_windows(w, val_cines)
     probabilities, attention = predict(network, val.x, batch_size)
     metrics, _ = simulated_metrics(
         probabilities,
@@ -457,19 +331,6 @@ def _train_fold(
         "pocus_groups_validation": sorted({data.clips[i].group for i in val_clips}),
     }
     return _Fold(network, metrics, counts, truth, probability)
-
-
-def _select(windows: Windows, cines: Sequence[int]) -> Windows:
-    """The windows of ``cines``, their ``cine`` renumbered to positions in ``cines``."""
-    position = {c: i for i, c in enumerate(cines)}
-    rows = np.flatnonzero(np.isin(windows.cine, list(cines)))
-    return Windows(
-        x=windows.x[torch.from_numpy(rows)],
-        label=windows.label[torch.from_numpy(rows)],
-        frame_truth=windows.frame_truth[rows],
-        cine=np.array([position[int(c)] for c in windows.cine[rows]], dtype=np.intp),
-        starts=tuple(windows.starts[r] for r in rows),
-    )
 
 
 def _fit(
@@ -517,7 +378,6 @@ def _write_bundle(
     max_pocus_windows: int | None,
     seconds: float,
 ) -> None:
-    network = fold.network
     training = {
         "arch": arch,
         "epochs": recipe.epochs,
@@ -526,137 +386,8 @@ def _write_bundle(
         "batch_size": recipe.batch_size,
         "weight_decay": recipe.weight_decay,
         "max_pocus_windows": max_pocus_windows,
-        "parameters": sum(p.numel() for p in network.parameters()),
+        "parameters": sum(p.numel() for p in fold.network.parameters()),
         "seconds": round(seconds, 1),
     }
     data = {**sources, **fold.counts}
-    metrics = fold.metrics
-    (out_dir / "models").mkdir(parents=True, exist_ok=True)
-    (out_dir / "configs").mkdir(parents=True, exist_ok=True)
-    torch.save(network.state_dict(), out_dir / "models" / "model.pt")
-    inference = {
-        "imports": [],
-        "network_def": {
-            "_target_": f"lus_pacs.families.b_lines.network.{type(network).__name__}",
-            **network_args(arch),
-        },
-        "threshold": THRESHOLD,
-        "attention_threshold": ATTENTION_THRESHOLD,
-    }
-    write_json(out_dir / "configs" / "inference.json", inference)
-    write_json(out_dir / "configs" / "metadata.json", _metadata(metrics, data, training))
-
-
-def _metadata(
-    metrics: dict[str, float], data: dict[str, Any], training: dict[str, Any]
-) -> dict[str, Any]:
-    sources = ["simulated lung-ultrasound exams made with `lus-pacs synth` (no patient data)"]
-    if data.get("via"):
-        sources.append(f"the site's VIA-annotated cines ({', '.join(data['via'])})")
-    if data.get("pocus"):
-        sources.append("the public POCUS lung-ultrasound clips (clip-level B-line labels)")
-    return {
-        **versions_and_authors(),
-        "version": BUNDLE_VERSION,
-        "changelog": CHANGELOG,
-        "name": f"B-line detection, {TITLES[training['arch']]} (paper 001)",
-        "task": "B-line detection and temporal localisation in lung-ultrasound cine loops",
-        "description": (
-            f"{TITLES[training['arch']]} (lus_pacs.families.b_lines.network, paper 001's Table 1), "
-            "applied to 1-second windows of the tissue region "
-            "resized to 64x64. Gives the probability that a window shows B-lines and the "
-            "attention of each frame. Research use only; not a medical device."
-        ),
-        "data_source": "; ".join(sources) + "; see docs/README.md",
-        "data_type": "dicom",
-        "image_classes": (
-            "single channel: the tissue region of 1 second of frames, resized to 64x64, "
-            "intensity scaled to [0, 1]"
-        ),
-        "label_classes": "one value per window: 1 when any frame of the window shows a B-line",
-        "pred_classes": (
-            "logit: sigmoid gives the probability of B-lines in the window; attention: weight "
-            "of each frame, summing to 1 over the window"
-        ),
-        "eval_metrics": finite(metrics),
-        "intended_use": INTENDED_USE,
-        "references": [
-            "Kerdegari H. et al. Automatic detection of B-lines in lung ultrasound videos from "
-            "severe dengue patients. IEEE ISBI 2021."
-        ],
-        "training": {**training, "data": data},
-        "network_data_format": {
-            "inputs": grey_clip_input(
-                ["T", 64, 64], "B-mode luminance; T frames = 1 second of the cine"
-            ),
-            "outputs": {
-                "logit": logit_output("B-lines present (logit; apply a sigmoid)"),
-                "attention": {
-                    "type": "series",
-                    "format": "sequence",
-                    "num_channels": 1,
-                    "spatial_shape": ["T"],
-                    "dtype": "float32",
-                    "value_range": [0, 1],
-                    "is_patch_data": False,
-                    "channel_def": {"0": "temporal attention of each frame, sums to 1"},
-                },
-            },
-        },
-    }
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, help="output of `lus-pacs synth`")
-    parser.add_argument(
-        "--via",
-        type=Path,
-        action="append",
-        default=[],
-        help="a VIA project of annotated DICOM cines (paper 001's format); repeatable",
-    )
-    parser.add_argument("--via-root", type=Path, help="folder the VIA file names are under")
-    parser.add_argument("--out", type=Path, help="the bundle folder (with --folds: fold 0's)")
-    parser.add_argument("--epochs", type=int, required=True)
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--arch", default=DEFAULT_ARCH, choices=list(ARCHITECTURES))
-    parser.add_argument("--pocus", type=Path, help="the POCUS dataset folder (labels.csv)")
-    parser.add_argument("--pocus-cache", type=Path, help="folder for the clips' DICOM imports")
-    parser.add_argument("--folds", type=int, help="cross-validate over this many folds instead")
-    parser.add_argument("--n-folds", type=int, default=5, help="folds; the first validates")
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--batch-size", type=int, default=20)
-    parser.add_argument(
-        "--max-pocus-windows",
-        type=int,
-        default=MAX_POCUS_WINDOWS,
-        help="1-s windows per POCUS clip at most, spread over the clip (0: all)",
-    )
-    args = parser.parse_args(argv)
-    if args.data is None and not args.via:
-        parser.error("give --data, --via, or both")
-    common: dict[str, Any] = {
-        "via": args.via,
-        "via_root": args.via_root,
-        "epochs": args.epochs,
-        "seed": args.seed,
-        "arch": args.arch,
-        "pocus_dir": args.pocus,
-        "pocus_cache": args.pocus_cache,
-        "lr": args.lr,
-        "batch_size": args.batch_size,
-        "max_pocus_windows": args.max_pocus_windows or None,
-    }
-    if args.folds is not None:
-        result = cross_validate_b_lines(args.data, folds=args.folds, out_dir=args.out, **common)
-        print(json.dumps(finite(result.summary()), indent=2))
-        return
-    if args.out is None:
-        parser.error("--out is required unless --folds is given")
-    metrics = train_b_lines(args.data, args.out, n_folds=args.n_folds, **common)
-    print(json.dumps(metrics, indent=2))
-
-
-if __name__ == "__main__":
-    main()
+    write_b_lines_bundle(out_dir, fold.network, network_args(arch), fold.metrics, training, data)

@@ -3,7 +3,7 @@ label fractions, the ablation without temporal augmentations, and the bundle.
 
 Commands::
 
-    lus-pacs pretrain consolidation --unlabeled SIM_DIR [DICOM_DIR ...] [--pocus DIR]
+    lus-pacs pretrain consolidation --unlabeled SIM_DIR [--unlabeled DICOM_DIR ...] [--pocus DIR]
         [--method byol|simclr] [--no-temporal] --steps N --seed S --out ENCODER.pt
     lus-pacs train consolidation --data SIM_DIR --encoder ENCODER.pt [--pocus DIR]
         [--ablation-encoder ENCODER_NO_TEMPORAL.pt] [--sweep] --steps N --seed S
@@ -12,7 +12,8 @@ Commands::
 Pre-training saves a checkpoint every ``--checkpoint-every`` steps and resumes from it when the
 same command is run again. Training splits the simulated patients (and the POCUS publishers)
 into folds and holds the first out; ``--sweep`` trains the paper's four variants on 5, 10, 30,
-50 and 100 % of the training labels and writes the tables and Fig. 3's plot.
+50 and 100 % of the training labels and writes the tables and Fig. 3's plot. The measurements
+are those of :mod:`lus_pacs.families.consolidation.evaluate`.
 
 Variants (the paper's section 3.4): ``ssl_frozen`` (pre-trained encoder fixed, linear head
 trained: "SSL feature extractor"), ``ssl_finetune`` (both trained), ``supervised`` (random
@@ -22,7 +23,6 @@ head trained).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Sequence
@@ -43,8 +43,14 @@ from lus_pacs.families.consolidation.data import (
     pocus_clips,
     simulated_clips,
 )
+from lus_pacs.families.consolidation.evaluate import (
+    box_figure,
+    box_scores,
+    plot_sweep,
+    scores,
+    sweep_table,
+)
 from lus_pacs.families.consolidation.network import BYOL, ConsolidationClassifier, Darknet3D, SimCLR
-from lus_pacs.training.metrics import roc_auc
 from lus_pacs.training.seeding import deterministic
 from lus_pacs.training.splits import split_by_group
 
@@ -195,35 +201,6 @@ def train_classifier(
     return model.eval()
 
 
-@torch.no_grad()
-def predict(model: ConsolidationClassifier, sources: Sequence[ClipSource]) -> np.ndarray:
-    """Probability of consolidation per clip: one centred clip of evenly spaced frames."""
-    model.eval()
-    out = []
-    for start in range(0, len(sources), 32):
-        clips = torch.stack(
-            [clip_tensor(s.frames, frame_indices(s.n_frames)) for s in sources[start : start + 32]]
-        )
-        out.append(torch.sigmoid(model(clips)).numpy())
-    return np.concatenate(out) if out else np.zeros(0)
-
-
-def scores(model: ConsolidationClassifier, sources: Sequence[ClipSource]) -> dict[str, float]:
-    """Accuracy (threshold 0.5), sensitivity, specificity and AUC on the labelled sources."""
-    labelled = [s for s in sources if s.label is not None]
-    labels = np.array([bool(s.label) for s in labelled])
-    probs = predict(model, labelled)
-    chosen = probs >= 0.5
-    tp, tn = int((chosen & labels).sum()), int((~chosen & ~labels).sum())
-    return {
-        "n": len(labelled),
-        "accuracy": float((chosen == labels).mean()) if len(labels) else float("nan"),
-        "sensitivity": tp / max(1, int(labels.sum())),
-        "specificity": tn / max(1, int((~labels).sum())),
-        "auc": roc_auc(probs, labels),
-    }
-
-
 def label_fraction(train: Sequence[ClipSource], fraction: float, seed: int) -> list[ClipSource]:
     """A random ``fraction`` of the labelled training clips, at least two of each class."""
     labelled = [s for s in train if s.label is not None]
@@ -275,147 +252,6 @@ def sweep(
     return rows
 
 
-def sweep_table(rows: Sequence[dict[str, Any]], test: str) -> str:
-    """Markdown: one row per variant (and pre-training), AUC / accuracy per label fraction."""
-    fractions = sorted({r["fraction"] for r in rows})
-    head = "| variant | " + " | ".join(f"{100 * f:g} %" for f in fractions) + " |"
-    lines = [head, "|---" * (len(fractions) + 1) + "|"]
-    for variant, pretraining in sorted({(r["variant"], r["pretraining"]) for r in rows}):
-        cells = []
-        for f in fractions:
-            match = [
-                r
-                for r in rows
-                if r["test"] == test
-                and r["variant"] == variant
-                and r["pretraining"] == pretraining
-                and r["fraction"] == f
-            ]
-            cells.append(f"{match[0]['auc']:.2f} / {match[0]['accuracy']:.2f}" if match else "-")
-        name = variant if pretraining in ("none", "byol") else f"{variant} ({pretraining})"
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, test: str) -> None:
-    """The paper's Fig. 3: accuracy and AUC against the label fraction, one line per variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
-    lines = sorted({(r["variant"], r["pretraining"]) for r in rows if r["test"] == test})
-    for variant, pretraining in lines:
-        chosen = sorted(
-            (
-                r
-                for r in rows
-                if r["test"] == test and r["variant"] == variant and r["pretraining"] == pretraining
-            ),
-            key=lambda r: r["fraction"],
-        )
-        label = variant if pretraining in ("none", "byol") else f"{variant} ({pretraining})"
-        style = "--" if pretraining.endswith("no_temporal") else "-"
-        for ax, key in zip(axes, ("accuracy", "auc"), strict=True):
-            ax.plot(
-                [100 * r["fraction"] for r in chosen],
-                [r[key] for r in chosen],
-                style,
-                marker="o",
-                label=label,
-            )
-    for ax, key in zip(axes, ("accuracy", "AUC"), strict=True):
-        ax.set_xscale("log")
-        ax.set_xticks([5, 10, 30, 50, 100], ["5", "10", "30", "50", "100"])
-        ax.set_xlabel("labelled training clips (%)")
-        ax.set_ylabel(key)
-        ax.set_ylim(0.4, 1.0)
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7)
-    fig.suptitle(f"Consolidation, held-out {test} (research software, simulated data)", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def box_scores(
-    model: ConsolidationClassifier, sources: Sequence[ClipSource], frames: int = 2
-) -> dict[str, float]:
-    """Weighted IoU of the saliency boxes against the true boxes, on the ``frames`` most
-    salient clip frames of every held-out cine that has a consolidation (clip pixels), and the
-    hit rate: the share of those frames on which a box overlaps a true box."""
-    from lus_pacs.families.consolidation.inference import boxes_of, iou, saliency, weighted_iou
-
-    values = []
-    hits = []
-    for source in sources:
-        if not source.label or not source.boxes:
-            continue
-        indices = frame_indices(source.n_frames)
-        maps = saliency(model, clip_tensor(source.frames, indices))
-        strongest = np.argsort(-maps.reshape(len(indices), -1).max(axis=1))[:frames]
-        for t in strongest:
-            truth = source.boxes.get(int(indices[t]), ())
-            found = boxes_of(maps[t])
-            values.append(weighted_iou(found, truth))
-            hits.append(any(iou(b, true) > 0 for b in found for true in truth))
-    return {
-        "frames": len(values),
-        "weighted_iou": float(np.mean(values)) if values else float("nan"),
-        "hit_rate": float(np.mean(hits)) if hits else float("nan"),
-    }
-
-
-def box_figure(
-    model: ConsolidationClassifier, sources: Sequence[ClipSource], path: Path, count: int = 4
-) -> None:
-    """Frames of held-out cines with a consolidation: true boxes green, saliency boxes red."""
-    from PIL import Image, ImageDraw
-
-    from lus_pacs.families.consolidation.inference import boxes_of, saliency
-
-    chosen = [s for s in sources if s.label and s.boxes][:count]
-    scale = 4
-    tiles = []
-    for source in chosen:
-        indices = frame_indices(source.n_frames)
-        maps = saliency(model, clip_tensor(source.frames, indices))
-        t = int(np.argmax(maps.reshape(len(indices), -1).max(axis=1)))
-        frame = source.frames[int(indices[t])]
-        tile = (
-            Image.fromarray(frame)
-            .convert("RGB")
-            .resize((frame.shape[1] * scale, frame.shape[0] * scale))
-        )
-        draw = ImageDraw.Draw(tile)
-        for x0, y0, x1, y1 in source.boxes.get(int(indices[t]), ()):
-            draw.rectangle(
-                (x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1),
-                outline=(0, 200, 0),
-                width=2,
-            )
-        for x0, y0, x1, y1 in boxes_of(maps[t]):
-            draw.rectangle(
-                (x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1),
-                outline=(230, 30, 30),
-                width=2,
-            )
-        draw.text((4, 4), f"{source.name} frame {int(indices[t]) + 1}", fill=(255, 255, 0))
-        tiles.append(tile)
-    if not tiles:
-        return
-    width = sum(t.width for t in tiles)
-    figure = Image.new("RGB", (width, tiles[0].height), "black")
-    x = 0
-    for tile in tiles:
-        figure.paste(tile, (x, 0))
-        x += tile.width
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.save(path)
-
-
 def held_out(
     sources: Sequence[ClipSource], folds: int, seed: int
 ) -> tuple[list[ClipSource], list[ClipSource]]:
@@ -424,40 +260,6 @@ def held_out(
     test = split[0]
     train = [s for fold in split[1:] for s in fold]
     return train, test
-
-
-# Commands
-
-
-def pretrain_main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Self-supervised pre-training (paper 002)")
-    parser.add_argument(
-        "--unlabeled", type=Path, nargs="+", required=True, help="simulated exams or DICOM folders"
-    )
-    parser.add_argument("--pocus", type=Path, help="the POCUS clips (labels unused)")
-    parser.add_argument("--pocus-cache", type=Path, default=Path("build/pocus-cache"))
-    parser.add_argument("--method", choices=("byol", "simclr"), default="byol")
-    parser.add_argument("--no-temporal", action="store_true", help="the ablation")
-    parser.add_argument("--steps", type=int, required=True)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--out", type=Path, required=True, help="checkpoint (resumed if present)")
-    parser.add_argument("--checkpoint-every", type=int, default=50)
-    parser.add_argument(
-        "--folds", type=int, default=5, help="simulated patients of the held-out fold are left out"
-    )
-    args = parser.parse_args(argv)
-    sources = _unlabeled(args.unlabeled, args.folds, args.seed)
-    if args.pocus is not None:
-        pocus = pocus_clips(args.pocus, args.pocus_cache)
-        sources += held_out(pocus, args.folds, args.seed)[0]
-    recipe = PretrainRecipe(
-        args.method, args.steps, args.batch_size, 3e-4, not args.no_temporal, args.seed
-    )
-    start = time.perf_counter()
-    pretrain(sources, recipe, args.out, args.checkpoint_every)
-    seconds = time.perf_counter() - start
-    print(f"{len(sources)} clips, {args.steps} steps in {seconds:.0f} s -> {args.out}")
 
 
 def _unlabeled(roots: Sequence[Path], folds: int, seed: int) -> list[ClipSource]:
@@ -474,80 +276,162 @@ def _unlabeled(roots: Sequence[Path], folds: int, seed: int) -> list[ClipSource]
     return out
 
 
-def train_main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Consolidation classifier (paper 002)")
-    parser.add_argument("--data", type=Path, required=True, help="output of `lus-pacs synth`")
-    parser.add_argument(
-        "--scored",
-        type=Path,
-        help="simulated exams with the default scored scenes: its held-out patients are a "
-        "further test set (train with --data from `synth --decouple-consolidation`)",
-    )
-    parser.add_argument("--encoder", type=Path, required=True, help="a pre-training checkpoint")
-    parser.add_argument(
-        "--ablation-encoder", type=Path, help="pre-trained without temporal augmentations"
-    )
-    parser.add_argument("--pocus", type=Path)
-    parser.add_argument("--pocus-cache", type=Path, default=Path("build/pocus-cache"))
-    parser.add_argument("--steps", type=int, required=True)
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument(
-        "--sweep", action="store_true", help="the four variants over label fractions"
-    )
-    parser.add_argument("--sweep-steps", type=int, help="steps per sweep model (default --steps)")
-    parser.add_argument("--out", type=Path, help="the bundle folder")
-    parser.add_argument("--figures", type=Path, help="where the sweep plot and tables go")
-    args = parser.parse_args(argv)
+# Whole runs
 
-    train, test = held_out(simulated_clips(args.data), args.folds, args.seed)
+
+@dataclass(frozen=True)
+class Pretraining:
+    """What :func:`pretrain_encoder` did."""
+
+    clips: int
+    seconds: float
+    """Of the pre-training itself, without loading the clips."""
+
+
+def pretrain_encoder(
+    unlabeled: Sequence[Path],
+    out: Path,
+    *,
+    steps: int,
+    seed: int,
+    pocus: Path | None = None,
+    pocus_cache: Path = Path("build/pocus-cache"),
+    method: str = "byol",
+    temporal: bool = True,
+    batch_size: int = 16,
+    checkpoint_every: int = 50,
+    folds: int = 5,
+) -> Pretraining:
+    """Self-supervised pre-training on unlabeled cines, resumable from the checkpoint ``out``.
+
+    Parameters
+    ----------
+    unlabeled:
+        Simulated exams (the patients of their held-out fold left out) or folders of DICOM
+        cines.
+    out:
+        The checkpoint: resumed when present with the same recipe, saved every
+        ``checkpoint_every`` steps; :func:`encoder_state` reads the encoder from it.
+    steps, seed, method, batch_size:
+        The :class:`PretrainRecipe` (Adam lr 3e-4).
+    pocus, pocus_cache:
+        The POCUS clips (labels unused; the held-out publishers left out) and the folder their
+        DICOM imports are cached in.
+    temporal:
+        False for the ablation without temporal augmentations.
+    folds:
+        Patient (and publisher) folds; the first is held out.
+    """
+    sources = _unlabeled(unlabeled, folds, seed)
+    if pocus is not None:
+        sources += held_out(pocus_clips(pocus, pocus_cache), folds, seed)[0]
+    recipe = PretrainRecipe(method, steps, batch_size, 3e-4, temporal, seed)
+    start = time.perf_counter()
+    pretrain(sources, recipe, out, checkpoint_every)
+    return Pretraining(len(sources), time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class ConsolidationTraining:
+    """What :func:`train_consolidation` measured."""
+
+    held_out: dict[str, dict[str, float]]
+    """Scores of the shipped classifier on each held-out test set, and its box scores."""
+    seconds: float
+    """Of the shipped classifier's training and scoring."""
+    tables: dict[str, str]
+    """With the sweep: per test set, the label-fraction table (AUC / accuracy)."""
+
+
+def train_consolidation(
+    data: Path,
+    encoder: Path,
+    *,
+    steps: int,
+    seed: int,
+    scored: Path | None = None,
+    ablation_encoder: Path | None = None,
+    pocus: Path | None = None,
+    pocus_cache: Path = Path("build/pocus-cache"),
+    folds: int = 5,
+    with_sweep: bool = False,
+    sweep_steps: int | None = None,
+    out: Path | None = None,
+    figures: Path | None = None,
+) -> ConsolidationTraining:
+    """The classifier on a pre-trained encoder (``ssl_finetune``), scored on held-out patients
+    and publishers; the saliency-box figure; with ``with_sweep`` the four variants over label
+    fractions; the bundle.
+
+    Parameters
+    ----------
+    data:
+        Simulated exams, the first of ``folds`` patient folds held out.
+    encoder, ablation_encoder:
+        Pre-training checkpoints (:func:`pretrain_encoder`), the second without temporal
+        augmentations (sweep only).
+    steps, seed:
+        Training steps of the classifier, and the seed of everything.
+    scored:
+        Simulated exams with the default scored scenes: their held-out patients are a further
+        test set (train on ``data`` from ``synth --decouple-consolidation``).
+    pocus, pocus_cache:
+        The POCUS clips, their publishers dealt into the folds, and their DICOM import cache.
+    sweep_steps:
+        Steps per sweep model; ``steps`` when None.
+    out:
+        The bundle folder; None to measure only.
+    figures:
+        Where the box figure and the sweep's plots, tables and rows go; default ``out/docs``,
+        or ``build/consolidation`` without ``out``.
+    """
+    train, test = held_out(simulated_clips(data), folds, seed)
     tests: dict[str, Sequence[ClipSource]] = {"simulated": test}
-    if args.scored is not None:
-        tests["simulated_scored"] = held_out(simulated_clips(args.scored), args.folds, args.seed)[1]
-    if args.pocus is not None:
-        pocus_train, pocus_test = held_out(
-            pocus_clips(args.pocus, args.pocus_cache), args.folds, args.seed
-        )
+    if scored is not None:
+        tests["simulated_scored"] = held_out(simulated_clips(scored), folds, seed)[1]
+    if pocus is not None:
+        pocus_train, pocus_test = held_out(pocus_clips(pocus, pocus_cache), folds, seed)
         train = [*train, *pocus_train]
         tests["pocus"] = pocus_test
-    encoders = {"byol": encoder_state(args.encoder)}
-    if args.ablation_encoder is not None:
-        encoders["byol_no_temporal"] = encoder_state(args.ablation_encoder)
+    encoders = {"byol": encoder_state(encoder)}
+    if ablation_encoder is not None:
+        encoders["byol_no_temporal"] = encoder_state(ablation_encoder)
     start = time.perf_counter()
     model = train_classifier(
-        train, encoders["byol"], "ssl_finetune", steps=args.steps, seed=args.seed, progress=True
+        train, encoders["byol"], "ssl_finetune", steps=steps, seed=seed, progress=True
     )
     held: dict[str, dict[str, float]] = {name: scores(model, t) for name, t in tests.items()}
     held["simulated_boxes"] = box_scores(model, tests["simulated"])
     if "simulated_scored" in tests:
         held["simulated_scored_boxes"] = box_scores(model, tests["simulated_scored"])
-    print(json.dumps({"held_out": held, "seconds": round(time.perf_counter() - start)}, indent=1))
-    figures = args.figures or (args.out / "docs" if args.out else Path("build/consolidation"))
+    seconds = time.perf_counter() - start
+    figures = figures or (out / "docs" if out else Path("build/consolidation"))
     box_figure(model, tests["simulated"], figures / "saliency_boxes.png")
     rows: list[dict[str, Any]] = []
-    if args.sweep:
-        rows = sweep(train, tests, encoders, steps=args.sweep_steps or args.steps, seed=args.seed)
+    tables: dict[str, str] = {}
+    if with_sweep:
+        rows = sweep(train, tests, encoders, steps=sweep_steps or steps, seed=seed)
         figures.mkdir(parents=True, exist_ok=True)
         (figures / "sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
         for name in tests:
             plot_sweep(rows, figures / f"label_fractions_{name}.png", name)
-            table = sweep_table(rows, name)
-            (figures / f"label_fractions_{name}.md").write_text(table + "\n")
-            print(f"held-out {name}, AUC / accuracy:\n{table}")
-    if args.out is not None:
+            tables[name] = sweep_table(rows, name)
+            (figures / f"label_fractions_{name}.md").write_text(tables[name] + "\n")
+    if out is not None:
         from lus_pacs.families.consolidation.bundle import write_consolidation_bundle
 
         write_consolidation_bundle(
-            args.out,
+            out,
             model,
             held,
             {
-                "steps": args.steps,
-                "seed": args.seed,
+                "steps": steps,
+                "seed": seed,
                 "train_clips": len(train),
                 "variant": "ssl_finetune",
                 "sweep_rows": len(rows),
-                "sweep_steps": args.sweep_steps or args.steps,
+                "sweep_steps": sweep_steps or steps,
                 "pretraining": "BYOL, 1000 steps of 16 clips, simulated and POCUS training clips",
             },
         )
+    return ConsolidationTraining(held, seconds, tables)

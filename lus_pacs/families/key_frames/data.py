@@ -26,6 +26,9 @@ from the same videos. We have the truth of every frame, so both come from the ci
 Frames are the tissue region with the overlay black, fitted into ``image_size`` x
 ``image_size`` (aspect kept, zero padded), uint8 grey. All variants of one build share one array
 of images (:attr:`KeyFrameSet.images`), so nine variants cost little more memory than one.
+
+Training and evaluation hold out the same patients (:func:`held_out`) and POCUS publishers
+(:func:`pocus_split`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import difflib
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -48,7 +52,9 @@ from lus_pacs.families.key_frames.similarity import (
     masked_tissue,
     mean_brightness,
 )
+from lus_pacs.training.pocus import PocusClip, read_labels, source_group
 from lus_pacs.training.simulated import SimulatedCine
+from lus_pacs.training.splits import split_by_group
 
 BRIGHTNESS = "brightness"
 """The variant of the paper's mean-brightness rule."""
@@ -65,6 +71,9 @@ NEARBY_FRAMES = 5
 """Brightness rule: a false frame closer than this to one already taken is skipped."""
 IMAGE_SIZE = RESIZE
 """Rows and columns of the frames returned (the paper resizes to 349 x 256, then crops 224)."""
+NO_PLEURA_BELOW = 0.25
+"""A frame with less than this share of its beams on the pleura shows no pleura (the
+simulator's high-value rule)."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,21 @@ def find_variant(name: str) -> Variant:
     close = difflib.get_close_matches(name, names, n=1)
     hint = f"By {name!r}, did you mean {close[0]!r}? " if close else f"Unknown variant {name!r}. "
     raise ValueError(f"{hint}Available variants are: {', '.join(names)}.")
+
+
+def held_out(
+    cines: Sequence[SimulatedCine], folds: int, seed: int
+) -> tuple[list[SimulatedCine], list[SimulatedCine]]:
+    """(train, test): the first of ``folds`` patient folds held out."""
+    split = split_by_group(list(cines), lambda c: c.patient_id, folds, seed)
+    return [c for fold in split[1:] for c in fold], split[0]
+
+
+def pocus_split(pocus_dir: Path, folds: int, seed: int) -> tuple[list[PocusClip], list[PocusClip]]:
+    """(train, test) POCUS clips: the first of ``folds`` publisher folds held out."""
+    clips = read_labels(pocus_dir / "labels.csv")
+    split = split_by_group(clips, lambda c: source_group(c.file), folds, seed)
+    return [c for fold in split[1:] for c in fold], split[0]
 
 
 @dataclass(frozen=True, eq=False)

@@ -19,14 +19,12 @@ their score.
 
 Usage::
 
-    python -m lus_pacs.families.segmentation.evaluate --bundle models/segmentation --data DIR \
+    lus-pacs evaluate segmentation --bundle models/segmentation --data DIR \\
         [--every K] [--figure PNG] [--samples N]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,54 +298,45 @@ def _figure_examples(frames: MaskedFrames, count: int = 3) -> list[int]:
     return chosen
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+@dataclass(frozen=True)
+class BundleEvaluation:
+    """What :func:`evaluate_bundle` measured."""
+
+    result: Evaluation
+    uncertainty: dict[str, float]
+    """:func:`border_and_inside_uncertainty` on the frames with pathology measured."""
+    uncertainty_frames: int
+    """How many frames with pathology were measured with MC dropout."""
+
+
+def evaluate_bundle(
+    bundle: Path,
+    data_root: Path,
+    *,
+    every: int = 5,
+    samples: int = 40,
+    uncertainty_frames: int = 24,
+    figure: Path | None = None,
+) -> BundleEvaluation:
+    """Table IV of a segmentation bundle on every ``every``-th frame of the simulated exams
+    under ``data_root``; the MC-dropout uncertainty (``samples`` passes) at structure borders and
+    insides on ``uncertainty_frames`` frames with pathology spread over the set; with ``figure``,
+    the uncertainty figure (the paper's Fig. 6) written there."""
     from lus_pacs.families.segmentation.inference import SegmentationModel
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", type=Path, required=True)
-    parser.add_argument("--data", type=Path, required=True, help="held-out `lus-pacs synth` output")
-    parser.add_argument("--every", type=int, default=5, help="evaluate every k-th frame")
-    parser.add_argument("--samples", type=int, default=40, help="MC-dropout passes")
-    parser.add_argument(
-        "--uncertainty-frames", type=int, default=24, help="frames measured with MC dropout"
-    )
-    parser.add_argument("--figure", type=Path, help="write the uncertainty figure here")
-    parser.add_argument("--json", type=Path, help="write the measurements here")
-    args = parser.parse_args(argv)
-
-    model = SegmentationModel.load(args.bundle)
-    frames = load_masked_frames(simulated_masked_cines(find_simulated(args.data), every=args.every))
+    model = SegmentationModel.load(bundle)
+    frames = load_masked_frames(simulated_masked_cines(find_simulated(data_root), every=every))
     result = evaluate(model.ensemble, frames)
-    print(f"{result.frames} frames of {args.data.name}, every {args.every}-th frame")
-    print(format_table(result.rows))
     sick = np.flatnonzero(((frames.y >= 1) & (frames.y <= 3)).flatten(1).any(dim=1).numpy())
-    step = max(1, len(sick) // max(args.uncertainty_frames, 1))
-    subset = sick[::step][: args.uncertainty_frames].tolist()
+    step = max(1, len(sick) // max(uncertainty_frames, 1))
+    subset = sick[::step][:uncertainty_frames].tolist()
     picked = MaskedFrames(
         x=frames.x[subset],
         y=frames.y[subset],
         patient=tuple(frames.patient[i] for i in subset),
         score=frames.score[subset],
     )
-    borders = border_and_inside_uncertainty(model.ensemble, picked, args.samples)
-    print(
-        f"MC-dropout uncertainty ({args.samples} passes, {len(subset)} frames with pathology), "
-        f"structure borders / insides: extent {borders['extent_border']:.4f} / "
-        f"{borders['extent_inside']:.4f}, label {borders['label_border']:.4f} / "
-        f"{borders['label_inside']:.4f}"
-    )
-    if args.figure:
-        uncertainty_figure(
-            model.ensemble, frames, _figure_examples(frames), args.samples, args.figure
-        )
-        print(f"figure: {args.figure}")
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"frames": result.frames, "table_iv": result.rows, "uncertainty": borders}, indent=1
-            )
-        )
-
-
-if __name__ == "__main__":
-    main()
+    borders = border_and_inside_uncertainty(model.ensemble, picked, samples)
+    if figure:
+        uncertainty_figure(model.ensemble, frames, _figure_examples(frames), samples, figure)
+    return BundleEvaluation(result, borders, len(subset))

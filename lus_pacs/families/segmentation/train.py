@@ -19,16 +19,16 @@ frequency: score-2 regions (small consolidations) are a few pixels in ten thousa
 
 Usage::
 
-    python -m lus_pacs.families.segmentation.train --data DIR --out models/segmentation \
-        --steps N --seed S [--networks unet unet_plus_plus deeplabv3_plus] [--labelme DIR ...]
+    lus-pacs train segmentation --data DIR --out models/segmentation --steps N --seed S \\
+        [--networks unet --networks unet_plus_plus ...] [--labelme DIR ...]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +51,8 @@ from lus_pacs.families.segmentation.data import (
     simulated_masked_cines,
 )
 from lus_pacs.families.segmentation.evaluate import (
-    ENSEMBLE,
     UNCALIBRATED,
     evaluate,
-    format_table,
     log_probabilities,
     pixel_confusion,
     table_iv,
@@ -198,103 +196,120 @@ def split_cines(
     return [c for fold in dealt[1:] for c in fold], dealt[0]
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, help="output of `lus-pacs synth`")
-    parser.add_argument(
-        "--labelme",
-        type=Path,
-        action="append",
-        default=[],
-        help="a folder of LabelMe JSON files drawn on DICOM cines (repeatable)",
-    )
-    parser.add_argument("--out", type=Path, help="the bundle folder (omit to measure only)")
-    parser.add_argument("--steps", type=int, required=True, help="batches per network")
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument(
-        "--networks",
-        nargs="+",
-        default=list(SEGMENTATION_NETWORKS),
-        choices=list(SEGMENTATION_NETWORKS),
-        help="the ensemble's members",
-    )
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--every", type=int, default=5, help="simulated: every k-th frame")
-    parser.add_argument("--folds", type=int, default=5, help="patient folds; the first is held out")
-    parser.add_argument(
-        "--weight-power",
-        type=float,
-        default=0.0,
-        help="weight the cross entropy by class frequency to this power (0: plain, as the paper)",
-    )
-    parser.add_argument("--mc-samples", type=int, default=40, help="the bundle's default")
-    parser.add_argument(
-        "--networks-from",
-        type=Path,
-        help="take the trained members from this bundle; only fit the class biases",
-    )
-    args = parser.parse_args(argv)
-    if args.data is None and not args.labelme:
-        parser.error("give --data, --labelme, or both")
+@dataclass(frozen=True)
+class SegmentationTraining:
+    """What :func:`train_segmentation` measured and recorded."""
 
+    rows: dict[str, dict[str, float]]
+    """Table IV on the validation fold, by network (:class:`Evaluation`)."""
+    training: dict[str, Any]
+    """The recipe and data counts, as the bundle's metadata records them."""
+
+
+def train_segmentation(
+    data_root: Path | None,
+    out_dir: Path | None,
+    *,
+    steps: int,
+    seed: int,
+    labelme: Sequence[Path] = (),
+    networks: Sequence[str] = tuple(SEGMENTATION_NETWORKS),
+    lr: float = 1e-3,
+    batch_size: int = 16,
+    every: int = 5,
+    folds: int = 5,
+    weight_power: float = 0.0,
+    mc_samples: int = 40,
+    networks_from: Path | None = None,
+    progress: bool = True,
+) -> SegmentationTraining:
+    """Train the ensemble's members, fit the class biases on the validation fold, measure it and
+    write the bundle.
+
+    Parameters
+    ----------
+    data_root:
+        Output of ``lus-pacs synth``, or None to train on ``labelme`` alone.
+    out_dir:
+        The bundle folder (``models/model.pt``, ``configs/*.json`` rewritten, ``docs/`` left
+        alone); None to measure only.
+    steps, seed, lr, batch_size, weight_power:
+        Each member's training (:func:`train_network`; member ``k`` takes seed ``seed + k``).
+    labelme:
+        Folders of LabelMe JSON files drawn on DICOM cines (:func:`read_labelme_cines`).
+    networks:
+        The ensemble's members, keys of :data:`SEGMENTATION_NETWORKS`.
+    every:
+        Simulated cines give every ``every``-th frame.
+    folds:
+        Patient folds; the first is held out to fit the biases and measure.
+    mc_samples:
+        The bundle's default number of Monte-Carlo dropout passes.
+    networks_from:
+        A segmentation bundle whose trained members to take: only the class biases are fitted.
+    progress:
+        Show progress bars and the data counts.
+    """
     started = time.monotonic()
     cines: list[MaskedCine] = []
-    if args.data is not None:
-        cines += simulated_masked_cines(find_simulated(args.data), every=args.every)
-    for folder in args.labelme:
+    if data_root is not None:
+        cines += simulated_masked_cines(find_simulated(data_root), every=every)
+    for folder in labelme:
         cines += read_labelme_cines(folder)
-    train_cines, val_cines = split_cines(cines, args.folds, args.seed)
-    train, val = load_masked_frames(train_cines), load_masked_frames(val_cines)
-    print(
-        f"{len(train)} training frames ({len({c.patient_id for c in train_cines})} patients), "
-        f"{len(val)} validation frames ({len({c.patient_id for c in val_cines})} patients)"
-    )
+    if not cines:
+        raise ValueError("No cines to train on: give simulated data, LabelMe folders, or both.")
+    train_cines, val_cines = split_cines(cines, folds, seed)
+    train, val = load_masked_frames(train_cines, progress), load_masked_frames(val_cines, progress)
+    if progress:
+        tqdm.write(
+            f"{len(train)} training frames ({len({c.patient_id for c in train_cines})} patients), "
+            f"{len(val)} validation frames ({len({c.patient_id for c in val_cines})} patients)"
+        )
 
-    ensemble = SegmentationEnsemble(args.networks)
+    ensemble = SegmentationEnsemble(networks)
     seconds: dict[str, float] = {}
     members_training = None
-    if args.networks_from is not None:
+    if networks_from is not None:
         from lus_pacs.families.segmentation.inference import SegmentationModel
 
-        source = SegmentationModel.load(args.networks_from)
+        source = SegmentationModel.load(networks_from)
         ensemble.members.load_state_dict(source.ensemble.members.state_dict())
-        metadata = json.loads((args.networks_from / "configs" / "metadata.json").read_text())
+        metadata = json.loads((networks_from / "configs" / "metadata.json").read_text())
         members_training = metadata.get("training")
-    for offset, name in enumerate(args.networks if args.networks_from is None else []):
+    for offset, name in enumerate(networks if networks_from is None else []):
         began = time.monotonic()
         trained = train_network(
             name,
             train,
-            steps=args.steps,
-            seed=args.seed + offset,
-            lr=args.lr,
-            batch_size=args.batch_size,
-            weight_power=args.weight_power,
+            steps=steps,
+            seed=seed + offset,
+            lr=lr,
+            batch_size=batch_size,
+            weight_power=weight_power,
+            progress=progress,
         )
         ensemble.members[name].load_state_dict(trained.state_dict())
         seconds[name] = round(time.monotonic() - began, 1)
     ensemble.eval()
-    calibrate(ensemble, val)
-    result = evaluate(ensemble, val)
-    print(format_table(result.rows))
+    calibrate(ensemble, val, progress)
+    result = evaluate(ensemble, val, progress=progress)
 
     training: dict[str, Any] = {
-        "data": [p.name for p in [*([args.data] if args.data else []), *args.labelme]],
+        "data": [p.name for p in [*([data_root] if data_root else []), *labelme]],
         "frames": {"train": len(train), "validation": len(val)},
         "patients": {
             "train": len({c.patient_id for c in train_cines}),
             "validation": len({c.patient_id for c in val_cines}),
         },
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "weight_power": args.weight_power,
-        "lr": args.lr,
-        "every": args.every,
-        "folds": args.folds,
-        "seed": args.seed,
+        "steps": steps,
+        "batch_size": batch_size,
+        "weight_power": weight_power,
+        "lr": lr,
+        "every": every,
+        "folds": folds,
+        "seed": seed,
         "seconds_per_network": seconds,
-        "networks_from": args.networks_from.name if args.networks_from else None,
+        "networks_from": networks_from.name if networks_from else None,
         "members_training": members_training,
         "class_bias": [round(float(b), 3) for b in ensemble.class_bias],
         "member_bias": {
@@ -303,11 +318,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         },
         "minutes": round((time.monotonic() - started) / 60, 1),
     }
-    if args.out:
-        write_segmentation_bundle(args.out, ensemble, result.rows, training, args.mc_samples)
-        print(f"bundle written to {args.out}")
-    print(json.dumps({"validation": result.rows[ENSEMBLE], "training": training}, indent=1))
-
-
-if __name__ == "__main__":
-    main()
+    if out_dir is not None:
+        write_segmentation_bundle(out_dir, ensemble, result.rows, training, mc_samples)
+    return SegmentationTraining(result.rows, training)

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from lus_pacs.families.severity.network import SeverityNet, UninormAggregator
+from lus_pacs.families.severity.aggregation import UninormAggregator
+from lus_pacs.families.severity.network import SeverityNet
 from lus_pacs.training.bundle_files import (
     INTENDED_USE,
     PAPER_003,

@@ -2,7 +2,7 @@
 
 * Frame scores: weighted F1, precision, recall over every frame with a known score
   (Setting 1) and without the frames near a change of true score (Setting 2,
-  :data:`TRANSITION_MARGIN` frames either side).
+  :data:`~lus_pacs.families.severity.train.TRANSITION_MARGIN` frames either side).
 * Clip scores by the bundle's uninorm layer and by the two baselines (max_argmax, argmax_mean):
   weighted F1, precision, recall and confusion matrices.
 * The uninorm's neutral elements; a montage of the spatial transformer's crops (the paper's
@@ -10,14 +10,11 @@
 
 Usage::
 
-    python -m lus_pacs.families.severity.evaluate --bundle models/severity --simulated DIR \
-        [--plots DIR]
+    lus-pacs evaluate severity --bundle models/severity --simulated DIR [--plots DIR]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,11 +26,11 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from lus_pacs.families.severity.aggregation import SCORES
 from lus_pacs.families.severity.inference import SeverityModel
-from lus_pacs.families.severity.network import SCORES, theta_to_box
+from lus_pacs.families.severity.network import theta_to_box
 from lus_pacs.families.severity.train import (
     AGGREGATORS,
-    TRANSITION_MARGIN,
     aggregate,
     known_frame_metrics,
 )
@@ -147,23 +144,3 @@ def markdown_tables(results: Mapping[str, Mapping[str, Any]]) -> str:
 
 def _pct(value: float | None) -> str:
     return "—" if value is None or math.isnan(value) else f"{100 * value:.1f}"
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", type=Path, required=True, action="append",
-                        help="a severity bundle folder; repeat to compare several")  # fmt: skip
-    parser.add_argument("--simulated", type=Path, required=True, help="held-out `synth` output")
-    parser.add_argument("--plots", type=Path, help="folder for the STN crop montage")
-    args = parser.parse_args(argv)
-    results = {}
-    for bundle in args.bundle:
-        plots = args.plots / bundle.name if args.plots and len(args.bundle) > 1 else args.plots
-        results[bundle.name] = evaluate_severity(bundle, args.simulated, plots=plots)
-    print(json.dumps(results, indent=2))
-    print(markdown_tables(results))
-    print(f"(Setting 2 drops {TRANSITION_MARGIN} frames either side of a change of true score.)")
-
-
-if __name__ == "__main__":
-    main()

@@ -18,15 +18,13 @@ out from the frame scorer and gives the frame metrics (Settings 1 and 2, see
 
 Usage::
 
-    python -m lus_pacs.families.severity.train --data DIR --out models/severity --epochs N \
-        --seed S [--variant reg_stn_sord|cnn_ce|cnn_sord|stn_sord|cnn_random_crop_sord]
+    lus-pacs train severity --data DIR --out models/severity --epochs N --seed S \
+        [--variant reg_stn_sord|cnn_ce|cnn_sord|stn_sord|cnn_random_crop_sord]
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,15 +38,17 @@ from torch import nn
 from torch.nn.functional import cross_entropy
 from tqdm import tqdm
 
-from lus_pacs.families.severity.network import (
-    FRAME_SCORERS,
-    LOSSES,
+from lus_pacs.families.severity.aggregation import (
     SCORES,
-    RegSTNScorer,
-    SeverityOutput,
     UninormAggregator,
     argmax_mean,
     max_argmax,
+)
+from lus_pacs.families.severity.network import (
+    FRAME_SCORERS,
+    LOSSES,
+    RegSTNScorer,
+    SeverityOutput,
     reg_stn_loss,
     sord_loss,
     sord_targets,
@@ -499,54 +499,3 @@ def _clip_score(sim: SeverityCine) -> int:
     if sim.severity is None:
         raise ValueError(f"{sim.truth}: the clip has no score (no frame with the probe on).")
     return int(sim.severity)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, help="output of `lus-pacs synth`")
-    parser.add_argument(
-        "--frame-scores",
-        type=Path,
-        action="append",
-        default=[],
-        help="a CSV of file,frame,score rows for a site's DICOM cines (paper 003); repeatable",
-    )
-    parser.add_argument(
-        "--frame-scores-root", type=Path, help="folder the CSV file names are under"
-    )
-    parser.add_argument("--out", type=Path, help="the bundle folder (omit to measure only)")
-    parser.add_argument("--epochs", type=int, required=True)
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--variant", default=DEFAULT_VARIANT, choices=list(FRAME_SCORERS))
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--every", type=int, default=1, help="train on every k-th frame")
-    parser.add_argument("--aggregator-data", type=Path, help="more held-out `synth` output")
-    parser.add_argument("--folds", type=int, default=5, help="patient folds; the first is held out")
-    parser.add_argument(
-        "--frame-scorer", type=Path, help="keep this bundle's frame scorer; train the aggregator"
-    )
-    args = parser.parse_args(argv)
-    if args.data is None and not args.frame_scores:
-        parser.error("give --data, --frame-scores, or both")
-    result = train_severity(
-        args.data,
-        args.out,
-        epochs=args.epochs,
-        seed=args.seed,
-        variant=args.variant,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        every=args.every,
-        aggregator_data=args.aggregator_data,
-        n_folds=args.folds,
-        frame_scorer=args.frame_scorer,
-        frame_scores=args.frame_scores,
-        frame_scores_root=args.frame_scores_root,
-    )
-    doc = {"frame": result.frame, "aggregators": result.aggregators.summary(), **result.counts}
-    print(json.dumps(doc, indent=2))
-
-
-if __name__ == "__main__":
-    main()

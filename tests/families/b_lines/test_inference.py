@@ -9,8 +9,8 @@ import pytest
 
 from lus_pacs.domain import BLineFindings, ModelInfo
 from lus_pacs.errors import ModelError
+from lus_pacs.families.b_lines.evaluate import auc
 from lus_pacs.families.b_lines.inference import BLineModel, findings_from_windows
-from lus_pacs.families.b_lines.train import auc
 from lus_pacs.synth.exam import SynthOptions, synthesize
 from lus_pacs.training.simulated import SimulatedCine, find_simulated
 
@@ -34,7 +34,7 @@ def predictions(
 
 def test_shipped_bundle_loads(model: BLineModel) -> None:
     assert model.model.name == "b_lines"
-    from lus_pacs.families.b_lines.train import BUNDLE_VERSION
+    from lus_pacs.families.b_lines.bundle import BUNDLE_VERSION
 
     assert model.model.version == BUNDLE_VERSION  # the bundle the current training code writes
     assert "paper 001" in model.model.title

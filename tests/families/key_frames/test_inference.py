@@ -11,10 +11,10 @@ import pydicom
 import pytest
 
 from lus_pacs.domain import ModelInfo, PoorReason, Quality
+from lus_pacs.families.key_frames.evaluate import truth_quality
 from lus_pacs.families.key_frames.inference import KeyFrameModel, decide, frame_images
 from lus_pacs.families.key_frames.network import OUTPUTS, FrameOutput
 from lus_pacs.families.key_frames.similarity import masked_tissue
-from lus_pacs.families.key_frames.train import truth_quality
 from lus_pacs.imaging.decode import read_cine
 from lus_pacs.imaging.writer import CineSyntax
 from lus_pacs.synth.exam import SynthOptions, synthesize

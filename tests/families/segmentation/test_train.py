@@ -26,11 +26,9 @@ from lus_pacs.families.segmentation.evaluate import (
     structure_borders,
     table_iv,
 )
-from lus_pacs.families.segmentation.evaluate import main as evaluate_main
 from lus_pacs.families.segmentation.inference import SegmentationModel, frames_to_segment
 from lus_pacs.families.segmentation.network import BACKGROUND, CLASSES, DeepLabV3Plus
 from lus_pacs.families.segmentation.train import class_weights, fit_class_bias
-from lus_pacs.families.segmentation.train import main as train_main
 from lus_pacs.inference.transforms import fit_label_maps, to_source_geometry
 from lus_pacs.training.simulated import find_simulated
 from tests.tools import run_cli
@@ -153,12 +151,11 @@ def test_frame_choices() -> None:
 
 def test_train_load_segment_evaluate(exams: Path, tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
-    train_main(
-        [
-            "--data", str(exams), "--labelme", str(exams / "annotations" / "labelme"),
-            "--out", str(bundle), "--steps", "2", "--seed", "0", "--every", "6", "--folds", "2",
-            "--networks", "deeplabv3_plus", "--batch-size", "2", "--mc-samples", "3",
-        ]
+    run_cli(
+        "train", "segmentation",
+        "--data", str(exams), "--labelme", str(exams / "annotations" / "labelme"),
+        "--out", str(bundle), "--steps", "2", "--seed", "0", "--every", "6", "--folds", "2",
+        "--networks", "deeplabv3_plus", "--batch-size", "2", "--mc-samples", "3",
     )  # fmt: skip
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert 0 <= metadata["eval_metrics"]["ensemble_accuracy"] <= 1
@@ -189,11 +186,10 @@ def test_train_load_segment_evaluate(exams: Path, tmp_path: Path) -> None:
     assert all(c.uncertainty_mean is None for c in plain.classes)
 
     figure, result = tmp_path / "fig6.png", tmp_path / "seg.json"
-    evaluate_main(
-        [
-            "--bundle", str(bundle), "--data", str(exams), "--every", "6", "--samples", "2",
-            "--uncertainty-frames", "2", "--figure", str(figure), "--json", str(result),
-        ]
+    run_cli(
+        "evaluate", "segmentation",
+        "--bundle", str(bundle), "--data", str(exams), "--every", "6", "--samples", "2",
+        "--uncertainty-frames", "2", "--figure", str(figure), "--json", str(result),
     )  # fmt: skip
     measured = json.loads(result.read_text())
     assert set(measured["table_iv"]) == {"deeplabv3_plus", "ensemble", "ensemble_without_bias"}
