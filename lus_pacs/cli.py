@@ -4,7 +4,7 @@ so ``lus-pacs --help`` answers at once."""
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from enum import StrEnum
 from inspect import getdoc
 from pathlib import Path
@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from lus_pacs import __version__
+from lus_pacs.families.registry import FAMILIES, Registry
 
 if TYPE_CHECKING:
     from lus_pacs.domain import Cine
     from lus_pacs.queue.deliveries import DeliveryState
-    from lus_pacs.records import CineRecord
-    from lus_pacs.synth.exam import CineRecord as SynthRecord
 
 app = typer.Typer(
     name="lus-pacs",
@@ -242,63 +241,18 @@ def demo(
         f"processed in {time.monotonic() - started:.1f} s: {counts.get(JobState.SENT, 0)} cines"
     )
     truth = {r.zone: r for r in records}
+    from lus_pacs.demo import describe_cine
     from lus_pacs.records import CineRecord
 
     types = node.models.registry.record_types()
     for text in node.store.studies.records(study):
         record = CineRecord.loads(text, types)
         zone = record.source.zone or "?"
-        typer.echo(_demo_lines(record, truth[zone]))
+        typer.echo(describe_cine(record, truth[zone]))
     typer.echo(
         "results (SR, KOS, SEG, presentation states, study summary SR and JSON): "
         f"{settings.results_dir / study}"
     )
-
-
-def _demo_lines(record: CineRecord, truth: SynthRecord) -> str:
-    """What the node found in one cine of the demo exam, beside the simulator's truth."""
-    import json
-
-    zone = record.source.zone
-    lines = []
-    b = record.b_lines
-    if b is not None:
-        found = f"B-lines {'present' if b.present else 'absent'} (p={b.probability:.2f})"
-        if b.present:
-            found += f", {len(b.frames)} frames, key frame {b.key_frame}"
-    else:
-        found = "B-lines not assessed"
-    expected = "present" if truth.b_lines else "absent"
-    lines.append(f"  zone {zone}: {found}; simulated truth: B-lines {expected}")
-    if record.severity is not None:
-        lines.append(f"    LUS score {record.severity.score} (simulated truth: {truth.severity})")
-    seg = record.segmentation
-    if seg is not None:
-        masks = ", ".join(
-            f"score {c.score} {c.pixels} px"
-            + (f" (uncertainty {c.uncertainty_mean:.3f})" if c.uncertainty_mean is not None else "")
-            for c in seg.classes
-        )
-        lines.append(f"    masks of frames {list(seg.frames)}: {masks or 'nothing found'}")
-    con = record.consolidation
-    if con is not None:
-        said = "present" if con.present else "absent"
-        expected = "present" if truth.consolidation else "absent"
-        lines.append(
-            f"    consolidation {said} (p={con.probability:.2f}, "
-            f"{len(con.boxes)} boxes); simulated truth: {expected}"
-        )
-    q = record.quality
-    if q is not None:
-        good = json.loads(truth.truth.read_text())["clip"]["high_value_frames"]
-        why = f" ({', '.join(q.reasons)})" if q.reasons else ""
-        lines.append(
-            f"    quality {q.flag}{why}, best frame {q.best_frame} "
-            f"(p={q.probability:.2f}); simulated truth: "
-            f"{'usable' if good else 'poor'}, that frame "
-            f"{'high-value' if q.best_frame in good else 'not high-value'}"
-        )
-    return "\n".join(lines)
 
 
 def pydicom_study(path: Path) -> str:
@@ -593,20 +547,19 @@ app.add_typer(train_app, name="train")
 app.add_typer(pretrain_app, name="pretrain")
 app.add_typer(evaluate_app, name="evaluate")
 
-FAMILIES = ("b_lines", "consolidation", "key_frames", "segmentation", "severity")
-"""The model families, each a package ``lus_pacs.families.<name>`` with a ``commands`` module."""
 
-
-def add_family_commands(apps: Mapping[str, typer.Typer], families: Iterable[str]) -> None:
-    """Register every family's commands (its ``commands.COMMANDS``, verb to function) on the
-    sub-app of that verb, named after the family with dashes (``b-lines``).
+def add_family_commands(apps: Mapping[str, typer.Typer], families: Registry) -> None:
+    """Register every family's commands (its ``commands`` module's ``COMMANDS``, verb to
+    function) on the sub-app of that verb, named after the family with dashes (``b-lines``).
 
     The commands modules are light: each command imports its torch code when it runs.
     """
-    for family in families:
-        commands = importlib.import_module(f"lus_pacs.families.{family}.commands").COMMANDS
+    for family in families.families:
+        if family.commands is None:
+            continue
+        commands = importlib.import_module(family.commands).COMMANDS
         for verb, command in commands.items():
-            apps[verb].command(family.replace("_", "-"), help=getdoc(command))(command)
+            apps[verb].command(family.name.replace("_", "-"), help=getdoc(command))(command)
 
 
 add_family_commands(
