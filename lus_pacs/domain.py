@@ -337,6 +337,33 @@ class KeyFrameFindings:
             raise ValueError("a usable cine has no poor-quality reasons")
 
 
+class NotAssessableReason(StrEnum):
+    """Why a cine gets no lung finding at all (assessment, before the lung models run)."""
+
+    STILL_IMAGE = "still_image"
+    """One frame, or too short a loop: B-lines, sliding and the clip scores need a cine."""
+    NOT_LUNG = "not_lung"
+    """The image does not look like lung ultrasound (an echocardiogram, an abdominal view)."""
+    POOR_QUALITY = "poor_quality"
+    """Lung, but no frame a clinician would read (key-frame model)."""
+
+
+@dataclass(frozen=True)
+class AssessmentFindings:
+    """Whether the lung models may read a cine; when not, why. A cine that is not assessable
+    gets no B-line, consolidation, severity or segmentation finding."""
+
+    reasons: tuple[NotAssessableReason, ...]
+    """Empty when the cine is assessable."""
+    lung_probability: float
+    """How much the cine looks like lung ultrasound, in [0, 1] (NaN for a still image)."""
+    model: ModelInfo
+
+    @property
+    def assessable(self) -> bool:
+        return not self.reasons
+
+
 @dataclass(frozen=True)
 class Findings:
     """Everything the models found in one cine: the content of its result objects.
@@ -378,6 +405,11 @@ class Findings:
     @property
     def consolidation(self) -> ConsolidationFindings | None:
         return self.of_family("consolidation", ConsolidationFindings)
+
+    @property
+    def assessment(self) -> AssessmentFindings | None:
+        """Whether the lung models read the cine; None when no assessment ran."""
+        return self.of_family("assessment", AssessmentFindings)
 
     @property
     def key_frame_model(self) -> KeyFrameFindings | None:

@@ -78,6 +78,8 @@ def analyse(header: Dataset, name: str, models: Models, settings: Settings) -> F
     by_family: dict[str, object] = {}
     key_frames: tuple[KeyFrame, ...] = ()
     for family in models.families:
+        if family.lung_finding and not _assessable(models.families, by_family):
+            continue
         found = models.runners[family.name].predict(cine, Found(by_family, key_frames))
         by_family[family.name] = found
         key_frames = tuple(
@@ -89,6 +91,15 @@ def analyse(header: Dataset, name: str, models: Models, settings: Settings) -> F
         fps=cine.timing.fps,
         key_frames=key_frames,
         by_family=by_family,
+    )
+
+
+def _assessable(families: Sequence[Family], by_family: Mapping[str, object]) -> bool:
+    """No gate family that ran found the cine not assessable."""
+    return all(
+        getattr(by_family[f.name], "assessable", True)
+        for f in families
+        if f.gate and f.name in by_family
     )
 
 

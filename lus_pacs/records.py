@@ -9,6 +9,7 @@ out when None) and :func:`from_json` reads them back by their type hints. Frames
 from __future__ import annotations
 
 import json
+import math
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -16,10 +17,12 @@ from enum import Enum
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from lus_pacs.domain import (
+    AssessmentFindings,
     BLineFindings,
     ConsolidationFindings,
     KeyFrameFindings,
     KeyFrameReason,
+    NotAssessableReason,
     PoorReason,
     Quality,
     SegmentationFindings,
@@ -128,6 +131,20 @@ class SourceRecord:
     zone: str | None
     frames: int
     fps: float | None
+
+
+@dataclass(frozen=True)
+class AssessmentRecord:
+    """Whether the lung models read the cine; when not, why (they then left no part)."""
+
+    assessable: bool
+    reasons: tuple[NotAssessableReason, ...]
+    lung_probability: float | None
+
+    @classmethod
+    def of(cls, found: AssessmentFindings) -> AssessmentRecord:
+        lung = found.lung_probability
+        return cls(found.assessable, found.reasons, None if math.isnan(lung) else round(lung, 4))
 
 
 @dataclass(frozen=True)
@@ -283,6 +300,15 @@ class CineRecord:
     def quality(self) -> QualityRecord | None:
         return self.part("quality", QualityRecord)
 
+    @property
+    def assessment(self) -> AssessmentRecord | None:
+        return self.part("assessment", AssessmentRecord)
+
+    @property
+    def assessable(self) -> bool:
+        """False only when an assessment ran and found the cine not assessable."""
+        return self.assessment is None or self.assessment.assessable
+
     def to_json(self, timings: bool = True) -> dict[str, Any]:
         """The JSON form; without ``timings`` (which differ run to run), no ``timings_ms``."""
         out: dict[str, Any] = {"source": to_json(self.source)}
@@ -381,6 +407,12 @@ class StudySummary:
     quality_zones: tuple[str, ...] | None = field(default=None, metadata=OMIT_NONE)
     poor_zones: tuple[str, ...] | None = field(default=None, metadata=OMIT_NONE)
     lus_score: LusScore | None = field(default=None, metadata=OMIT_NONE)
+    not_assessable: Mapping[str, tuple[NotAssessableReason, ...]] | None = field(
+        default=None, metadata=OMIT_NONE
+    )
+    """SOP Instance UID -> reasons, for every cine the lung models did not read."""
+    not_assessable_zones: tuple[str, ...] | None = field(default=None, metadata=OMIT_NONE)
+    """Zones none of whose cines the lung models read: left out of the LUS score."""
 
     def dumps(self) -> str:
         """The summary as one line of ``studies.jsonl``."""
@@ -423,6 +455,17 @@ class StudySummary:
             for z, rs in zones.items()
             if any(r.severity is not None for r in rs)
         }
+        not_assessable = None
+        not_assessable_zones = None
+        if any(r.assessment is not None for r in records):
+            not_assessable = {
+                r.source.sop_instance_uid: r.assessment.reasons
+                for r in records
+                if r.assessment is not None and not r.assessment.assessable
+            }
+            not_assessable_zones = tuple(
+                z for z, rs in zones.items() if not any(r.assessable for r in rs)
+            )
         lus_score = None
         if scores:
             lus_score = LusScore(
@@ -446,6 +489,8 @@ class StudySummary:
             quality_zones=quality_zones,
             poor_zones=poor_zones,
             lus_score=lus_score,
+            not_assessable=not_assessable,
+            not_assessable_zones=not_assessable_zones,
         )
 
 

@@ -106,7 +106,14 @@ class Settings(BaseModel):
     SEG of the Monte-Carlo dropout uncertainty; per study, once it is complete, the summary
     SR."""
     models_dir: Path = Field(default_factory=lambda: Path(__file__).resolve().parents[1] / "models")
-    models: tuple[str, ...] = ("b_lines", "consolidation", "severity", "segmentation", "key_frames")
+    models: tuple[str, ...] = (
+        "b_lines",
+        "consolidation",
+        "severity",
+        "segmentation",
+        "key_frames",
+        "assessment",
+    )
     """The model families the node runs (:data:`lus_pacs.families.registry.FAMILIES`), each
     from its bundle under ``models_dir``."""
     segmentation: SegmentationSettings = Field(default_factory=SegmentationSettings)

@@ -45,12 +45,25 @@ def processed(synth_exams: Path, tmp_path_factory: pytest.TempPathFactory) -> Pr
     return Processed(sources, out)
 
 
-def test_every_cine_gets_the_whole_object_set(processed: Processed) -> None:
+def _lung(processed: Processed) -> list[dict[str, Any]]:
+    """The records of the cines the lung models read: the simulated exam's."""
+    return [r for r in processed.records if r["assessment"]["assessable"]]
+
+
+def test_every_lung_cine_gets_the_whole_object_set(processed: Processed) -> None:
     assert len(processed.records) == 7
+    assert len(_lung(processed)) == 6
     for record in processed.records:
         kinds = {o["kind"] for o in record["outputs"]}
-        assert kinds == PER_CINE, record["source"]["zone"]
         assert all((processed.out / o["path"]).is_file() for o in record["outputs"])
+        if record["assessment"]["assessable"]:
+            assert kinds == PER_CINE, record["source"]["zone"]
+            continue
+        # pydicom's vendor cine is an echocardiogram: no lung finding, so no lung object;
+        # its SR says why, its KOS and presentation state keep the best frame.
+        assert record["assessment"]["reasons"] == ["not_lung"]
+        assert not {"b_lines", "severity", "consolidation", "segmentation"} & set(record)
+        assert kinds == {"sr", "kos", "pr"}
     assert len(processed.studies) == 2  # the simulated exam and the vendor cine's study
     assert len(list(processed.out.glob("study-sr-*.dcm"))) == 2
 
@@ -88,10 +101,19 @@ def _output(processed: Processed, record: dict[str, Any], kind: str) -> Path:
     return processed.out / name
 
 
+def test_a_cine_that_is_not_assessable_says_so_in_its_sr(processed: Processed) -> None:
+    (record,) = [r for r in processed.records if not r["assessment"]["assessable"]]
+    back = read_cine_sr(_output(processed, record, "sr"))
+    assert back["assessment"] == {"assessable": False, "reasons": ["not_lung"]}
+    assert not {"b_lines", "severity", "consolidation", "segmentation"} & set(back)
+    assert back["models"] == record["models"]
+
+
 def test_each_cine_sr_reads_back_to_its_record(processed: Processed) -> None:
-    for record in processed.records:
+    for record in _lung(processed):
         back = read_cine_sr(_output(processed, record, "sr"))
         where = record["source"]["zone"] or record["source"]["sop_instance_uid"]
+        assert back["assessment"] == {"assessable": True, "reasons": []}, where
 
         for key in ("sop_instance_uid", "series_instance_uid", "study_instance_uid"):
             assert back["source"][key] == record["source"][key], (where, key)
@@ -147,10 +169,16 @@ def test_each_study_summary_sr_reads_back_to_its_line(processed: Processed) -> N
         summary = by_study[back["study_instance_uid"]]
         keys = ("zones", "zone_cines", "b_lines_assessed", "b_line_zones", "lus_score")
         for key in (*keys, "consolidation_zones", "quality_zones", "poor_zones"):
-            assert back[key] == summary[key], key
+            assert back.get(key) == summary.get(key), key
+        assert back.get("not_assessable_zones", []) == summary["not_assessable_zones"]
     exam = max(processed.studies, key=lambda s: s["cines"])
     assert exam["zones"] == ["L1", "L2", "L3", "R1", "R2", "R3"]
     assert exam["lus_score"]["zones_scored"] == 6
+    # The echocardiogram's study: listed as not assessable, no LUS score counted.
+    vendor = min(processed.studies, key=lambda s: s["cines"])
+    assert vendor["not_assessable_zones"] == ["?"]
+    assert "lus_score" not in vendor
+    assert list(vendor["not_assessable"].values()) == [["not_lung"]]
 
 
 def _designators(ds: pydicom.Dataset) -> set[str]:
@@ -178,4 +206,4 @@ def test_every_object_using_the_private_codes_declares_their_scheme(
             for item in ds.get("CodingSchemeIdentificationSequence", [])
         }
         assert "99LUSPACS" in declared, path.name
-    assert users >= 2 * 7 + 2  # at least the SRs and the uncertainty SEGs
+    assert users >= 7 + 6 + 2  # at least the SRs, the lung cines' uncertainty SEGs, summaries

@@ -143,7 +143,10 @@ async function run(browser) {
 /** Screenshot the page without mouse hover effects and, unless told otherwise, without OHIF's
  * pop-up notifications; their texts are added to `notifications`. */
 async function screenshot(page, path, notifications, { hideNotifications = true } = {}) {
-  await page.mouse.move(640, 10); // over the toolbar's empty middle, off the viewport
+  // Off the viewport and the toolbar (whose buttons move when a SEG adds its tools): the empty
+  // foot of the study list, where hovering shows nothing. Tooltips still open are hidden.
+  const { height } = page.viewportSize() ?? { height: 800 };
+  await page.mouse.move(2, height - 2);
   const texts = await page.$$eval('[data-sonner-toast]', (toasts) =>
     toasts.map((toast) => toast.textContent.trim()),
   );
@@ -151,8 +154,12 @@ async function screenshot(page, path, notifications, { hideNotifications = true 
   const style = hideNotifications
     ? await page.addStyleTag({ content: '[data-sonner-toaster] { display: none !important; }' })
     : null;
+  const tooltips = await page.addStyleTag({
+    content: '[role="tooltip"], [data-radix-popper-content-wrapper] { display: none !important; }',
+  });
   await page.screenshot({ path });
   await style?.evaluate((element) => element.remove());
+  await tooltips.evaluate((element) => element.remove());
 }
 
 /** Show 1-based `frame` of the cine in the (only) viewport and wait until it is drawn. */

@@ -12,7 +12,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from lus_pacs import __version__
-from lus_pacs.domain import KeyFrameReason, PoorReason, Quality
+from lus_pacs.domain import KeyFrameReason, NotAssessableReason, PoorReason, Quality
 
 SCHEME_DESIGNATOR = "99LUSPACS"
 """Private coding scheme designators start with "99" (PS3.16 section 8.1)."""
@@ -103,6 +103,19 @@ KEEP_PROBABILITY = _private("LUS075", "Probability a clinician would keep the fr
 """The key-frame model's score of the best frame (referenced)."""
 ZONES_WITHOUT_USABLE_CINE = _private("LUS076", "Lung ultrasound zones without a usable cine")
 """Study summary: zones to scan again (none of their cines holds a frame worth keeping)."""
+ASSESSABILITY = _private("LUS080", "Lung ultrasound assessability")
+"""Finding type and concept name of the assessment: did the lung models read the cine."""
+ASSESSABLE = _private("LUS081", "Assessable for lung findings")
+NOT_ASSESSABLE = _private("LUS082", "Not assessable for lung findings")
+NOT_ASSESSABLE_REASON = _private("LUS083", "Reason not assessable")
+NOT_ASSESSABLE_REASONS = {
+    NotAssessableReason.STILL_IMAGE: _private("LUS084", "Still image, not a cine loop"),
+    NotAssessableReason.NOT_LUNG: _private("LUS085", "Not a lung ultrasound view"),
+    NotAssessableReason.POOR_QUALITY: _private("LUS086", "No readable frame"),
+}
+"""Values of the Reason not assessable of a cine the lung models did not read."""
+ZONES_NOT_ASSESSABLE = _private("LUS087", "Lung ultrasound zones not assessable")
+"""Study summary: zones none of whose cines the lung models could read (out of the score)."""
 
 # Standard concepts.
 LUNG = codes.SCT.Lung  # 39607008

@@ -34,7 +34,8 @@ def read_cine_sr(path: Path) -> dict[str, Any]:
     probability of that score, frame scores, top frame, box), ``segmentation`` (classes),
     ``key_frames`` (``{"frame", "reason"}`` in the order the pipeline chose them), ``quality``
     (the key-frame model's ``flag``, ``reasons``, ``best_frame`` and its ``probability``; not
-    the score of every frame) and ``models``. ``b_lines`` also holds ``key_frame`` (the frame
+    the score of every frame), ``assessment`` (``assessable`` and the ``reasons`` when not) and
+    ``models``. ``b_lines`` also holds ``key_frame`` (the frame
     chosen for B-lines, or None) and ``key_frames`` (every key frame's number, ascending).
     """
     sr = hd.sr.srread(path)
@@ -73,6 +74,8 @@ def read_cine_sr(path: Path) -> dict[str, Any]:
             record["segmentation"] = {"classes": _mask_classes(group)}
         elif finding == codes.IMAGE_QUALITY:
             record["quality"] = _quality(group)
+        elif finding == codes.ASSESSABILITY:
+            record["assessment"] = _assessment(group)
         key_frames.extend(_key_frame(item) for item in _children(group, codes.KEY_FRAME))
     if key_frames:
         # Each reason sits in its model's group; the node lists them in the reasons' order.
@@ -110,6 +113,7 @@ def read_study_summary(path: Path) -> dict[str, Any]:
     b_line_zones, consolidation_zones, per_zone = [], [], {}
     quality_zones: list[str] = []
     poor_zones: list[str] = []
+    not_assessable_zones: list[str] = []
     b_lines_assessed = consolidation_assessed = False
     totals: dict[str, int] = {}
     for group in report.get_image_measurement_groups():
@@ -136,6 +140,9 @@ def read_study_summary(path: Path) -> dict[str, Any]:
             consolidation_assessed = True
             if evaluation.value == codes.PRESENT:
                 consolidation_zones.append(zone)
+        for evaluation in group.get_qualitative_evaluations(name=codes.ASSESSABILITY):
+            if evaluation.value == codes.NOT_ASSESSABLE:
+                not_assessable_zones.append(zone)
         for evaluation in group.get_qualitative_evaluations(name=codes.QUALITY_ASSESSMENT):
             quality_zones.append(zone)
             if evaluation.value == codes.QUALITY_VALUES[Quality.POOR]:
@@ -149,6 +156,8 @@ def read_study_summary(path: Path) -> dict[str, Any]:
     if quality_zones:
         summary["quality_zones"] = quality_zones
         summary["poor_zones"] = poor_zones
+    if not_assessable_zones:
+        summary["not_assessable_zones"] = not_assessable_zones
     if per_zone:
         summary["lus_score"] = {
             "per_zone": per_zone,
@@ -269,6 +278,18 @@ def _quality(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> dict[str, An
         ],
         "best_frame": best,
         "probability": float(keep.value),
+    }
+
+
+def _assessment(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> dict[str, Any]:
+    (verdict,) = group.get_qualitative_evaluations(name=codes.ASSESSABILITY)
+    reasons = group.get_qualitative_evaluations(name=codes.NOT_ASSESSABLE_REASON)
+    return {
+        "assessable": verdict.value == codes.ASSESSABLE,
+        "reasons": [
+            _decode(r[0].ConceptCodeSequence[0], codes.NOT_ASSESSABLE_REASONS).value
+            for r in reasons
+        ],
     }
 
 

@@ -142,6 +142,10 @@ def _zone_group(
                 name=codes.CONSOLIDATION, value=codes.PRESENT if present else codes.ABSENT
             )
         )
+    if zone in (summary.not_assessable_zones or ()):
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(name=codes.ASSESSABILITY, value=codes.NOT_ASSESSABLE)
+        )
     if zone in (summary.quality_zones or ()):
         poor = zone in (summary.poor_zones or ())
         evaluations.append(
@@ -195,6 +199,9 @@ def _exam_group(
     if summary.poor_zones is not None:
         zones = len(summary.poor_zones)
         counts.append((codes.ZONES_WITHOUT_USABLE_CINE, zones, codes.ZONES, "key_frames"))
+    if summary.not_assessable_zones is not None:
+        zones = len(summary.not_assessable_zones)
+        counts.append((codes.ZONES_NOT_ASSESSABLE, zones, codes.ZONES, "assessment"))
     score = summary.lus_score
     if score is not None:
         counts = [

@@ -74,6 +74,12 @@ class Family:
     key_frames:
         ``findings -> key frames`` the family proposes; the node lists every family's proposals
         in :class:`~lus_pacs.domain.KeyFrameReason` order.
+    lung_finding:
+        Its findings are about the lung: it does not run on a cine that a ``gate`` family
+        found not assessable, and runs after every gate.
+    gate:
+        Its findings say whether the lung families may read the cine (an ``assessable``
+        property).
     commands:
         The module whose ``COMMANDS`` maps ``train``/``evaluate``/``pretrain`` to the family's
         Typer commands; None for a family without any.
@@ -88,6 +94,8 @@ class Family:
     needs: tuple[str, ...] = ()
     key_frames: Callable[[Any], Sequence[KeyFrame]] = field(default=_no_key_frames)
     commands: str | None = None
+    lung_finding: bool = False
+    gate: bool = False
 
     @property
     def json_key(self) -> str:

@@ -13,7 +13,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from lus_pacs.errors import ConfigError
-from lus_pacs.families import b_lines, consolidation, key_frames, segmentation, severity
+from lus_pacs.families import (
+    assessment,
+    b_lines,
+    consolidation,
+    key_frames,
+    segmentation,
+    severity,
+)
 from lus_pacs.families.family import Family, Runner
 
 __all__ = ["FAMILIES", "Family", "Registry", "Runner"]
@@ -75,9 +82,10 @@ class Registry:
         enabled = {self.get(n, where).name for n in names}
         done: list[Family] = []
         pending = [f for f in self.families if f.name in enabled]
+        gates = tuple(f.name for f in pending if f.gate)
         while pending:
             ran = {d.name for d in done}
-            ready = [f for f in pending if all(n in ran for n in f.needs if n in enabled)]
+            ready = [f for f in pending if all(n in ran for n in _after(f, gates) if n in enabled)]
             if not ready:
                 raise ValueError(f"families {[f.name for f in pending]} need each other")
             done.append(ready[0])
@@ -98,6 +106,11 @@ class Registry:
         return ",".join(bare + setup) or "none"
 
 
+def _after(family: Family, gates: tuple[str, ...]) -> tuple[str, ...]:
+    """The families ``family`` runs after: those it needs and, for a lung finding, the gates."""
+    return (*family.needs, *(gates if family.lung_finding else ()))
+
+
 FAMILIES = Registry(
     (
         b_lines.FAMILY,
@@ -105,6 +118,7 @@ FAMILIES = Registry(
         severity.FAMILY,
         segmentation.FAMILY,
         key_frames.FAMILY,
+        assessment.FAMILY,
     )
 )
 """Every family the node ships."""

@@ -63,8 +63,8 @@ def load_bundle(folder: Path, expected: tuple[type[nn.Module], ...] = ()) -> Bun
                 f"Model bundle {folder} is incomplete: {part} is missing. A bundle needs "
                 f"{METADATA}, {INFERENCE} and {WEIGHTS}; train it again or restore the file."
             )
-    metadata = _read_json(folder / METADATA)
-    config = _read_json(folder / INFERENCE)
+    metadata = read_json(folder / METADATA)
+    config = read_json(folder / INFERENCE)
 
     network_def = config.get("network_def")
     target = network_def.get("_target_") if isinstance(network_def, Mapping) else None
@@ -111,7 +111,7 @@ def load_bundle(folder: Path, expected: tuple[type[nn.Module], ...] = ()) -> Bun
     )
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as exc:

@@ -3,6 +3,8 @@ with weights (the share of instances having each score), and confusion matrices.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import numpy.typing as npt
 
@@ -64,3 +66,64 @@ def roc_auc(scores: npt.ArrayLike, labels: npt.ArrayLike) -> float:
     greater = (positives[:, None] > negatives[None, :]).sum()
     ties = (positives[:, None] == negatives[None, :]).sum()
     return float((greater + 0.5 * ties) / (positives.size * negatives.size))
+
+
+def quadratic_kappa(truth: npt.ArrayLike, predicted: npt.ArrayLike, n_classes: int) -> float:
+    """Cohen's kappa with quadratic weights: 1 = perfect agreement, 0 = chance, <0 = worse.
+
+    NaN when the truth and the predictions are each a single, equal class (no variation to
+    agree on).
+    """
+    observed = confusion(truth, predicted, n_classes).astype(np.float64)
+    n = observed.sum()
+    if n == 0:
+        return float("nan")
+    classes = np.arange(n_classes)
+    weights = (classes[:, None] - classes[None, :]) ** 2 / max(n_classes - 1, 1) ** 2
+    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / n
+    chance = float((weights * expected).sum())
+    if chance == 0:
+        return float("nan")
+    return 1.0 - float((weights * observed).sum()) / chance
+
+
+def binary_metrics(
+    scores: npt.ArrayLike, labels: npt.ArrayLike, threshold: float
+) -> dict[str, float]:
+    """AUC, and sensitivity, specificity and F1 of ``score >= threshold``."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    called = s >= threshold
+    tp = float((called & y).sum())
+    fp = float((called & ~y).sum())
+    fn = float((~called & y).sum())
+    tn = float((~called & ~y).sum())
+    nan = float("nan")
+    return {
+        "auc": roc_auc(s, y),
+        "sensitivity": tp / (tp + fn) if tp + fn else nan,
+        "specificity": tn / (tn + fp) if tn + fp else nan,
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else nan,
+        "n": float(y.size),
+        "positives": float(y.sum()),
+    }
+
+
+def bootstrap_interval(
+    statistic: Callable[[npt.NDArray[np.intp]], float],
+    n: int,
+    *,
+    rounds: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(indices)`` over ``n`` cases resampled with
+    replacement; resamples where the statistic is undefined (NaN) are dropped."""
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(rng.integers(0, n, n)) for _ in range(rounds)], np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)

@@ -103,6 +103,12 @@ class PocusClip:
     healthy: bool | None
     group: str
     """The publisher or site of the clip (:func:`source_group`): the key to split by."""
+    severity: int | None = None
+    """The dataset's lung severity score 0-3 (Gare et al., 2022); None when not scored."""
+    device: str = ""
+    """The scanner, where the sheet names one (``Butterfly iQ``); empty otherwise."""
+    weak_labels: bool = False
+    """The finding flags come from the file name, not from an annotator (Bolzano clips)."""
 
 
 def source_group(file: str) -> str:
@@ -185,6 +191,9 @@ def _clip(row: Mapping[str, str], csv_path: Path, line: int) -> PocusClip:
             raise fail(column, "1 (present), 0 (absent) or empty (not recorded)")
         return None if value == "" else value == "1"
 
+    severity_text = (row.get("severity") or "").strip()
+    if severity_text not in ("", "0", "1", "2", "3"):
+        raise fail("severity", "0, 1, 2, 3 or empty (not scored)")
     try:
         fps = float(row["fps"])
     except ValueError:
@@ -209,4 +218,7 @@ def _clip(row: Mapping[str, str], csv_path: Path, line: int) -> PocusClip:
         air_bronchogram=finding("air_bronchogram"),
         healthy=finding("healthy"),
         group=source_group(file),
+        severity=int(severity_text) if severity_text else None,
+        device=(row.get("device") or "").strip(),
+        weak_labels="file name" in (row.get("label_origin") or ""),
     )

@@ -100,7 +100,25 @@ def test_the_shipped_families_run_in_an_order_that_respects_their_needs() -> Non
     for family in FAMILIES.families:
         for needed in family.needs:
             assert order.index(needed) < order.index(family.name)
-    assert order == ["b_lines", "consolidation", "severity", "key_frames", "segmentation"]
+        if family.lung_finding:
+            # The lung models run only after the assessment has said whether they may.
+            assert all(
+                order.index(g.name) < order.index(family.name) for g in FAMILIES.families if g.gate
+            )
+    assert order == [
+        "key_frames",
+        "assessment",
+        "b_lines",
+        "consolidation",
+        "severity",
+        "segmentation",
+    ]
+    # Without the gate enabled, the registry order holds.
+    assert [f.name for f in FAMILIES.ordered(["b_lines", "severity", "key_frames"])] == [
+        "b_lines",
+        "severity",
+        "key_frames",
+    ]
 
 
 def test_an_unknown_family_name_is_refused_with_the_closest_one() -> None:

@@ -39,4 +39,5 @@ FAMILY = Family(
     record_type=BLinesRecord,
     key_frames=_key_frames,
     commands="lus_pacs.families.b_lines.commands",
+    lung_finding=True,
 )

@@ -31,4 +31,5 @@ FAMILY = Family(
     record=ConsolidationRecord.of,
     record_type=ConsolidationRecord,
     commands="lus_pacs.families.consolidation.commands",
+    lung_finding=True,
 )

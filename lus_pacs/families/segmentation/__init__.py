@@ -40,4 +40,5 @@ FAMILY = Family(
     record_type=SegmentationRecord,
     needs=("b_lines", "severity", "key_frames"),
     commands="lus_pacs.families.segmentation.commands",
+    lung_finding=True,
 )

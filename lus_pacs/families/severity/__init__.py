@@ -36,4 +36,5 @@ FAMILY = Family(
     record_type=SeverityRecord,
     key_frames=_key_frames,
     commands="lus_pacs.families.severity.commands",
+    lung_finding=True,
 )

@@ -1,0 +1,104 @@
+"""The assessment of one cine: can the lung models read it?
+
+Three checks, in this order, each giving its reason (:class:`NotAssessableReason`):
+
+* **still image**: fewer than ``min_frames`` frames. B-lines, lung sliding and the clip scores
+  are read from a loop.
+* **not lung**: the scan area narrows to a point at the skin (``apex_width`` or less of its
+  widest row, averaged over the first rows): a phased-array cardiac sector. Lung is scanned
+  with a convex or linear probe, whose scan area is wide at the skin; on the 229 real POCUS clips
+  the narrowest such ratio is 0.12 and the 1st percentile 0.20 (``lus-pacs evaluate real``).
+* **poor quality** (only with ``use_quality``): the key-frame model (paper 004), when it ran,
+  found no frame a clinician would keep. Off in the shipped bundle: that model flags 2 of 6
+  ordinary simulated cines poor (rib shadow), so its flag stays a flag beside the findings.
+
+The bundle has no network: ``models/assessment`` holds ``configs/metadata.json`` (version,
+name) and ``configs/inference.json`` (the thresholds above) and its card.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lus_pacs.domain import (
+    AssessmentFindings,
+    Cine,
+    KeyFrameFindings,
+    ModelInfo,
+    NotAssessableReason,
+    Quality,
+)
+from lus_pacs.errors import ModelError
+from lus_pacs.inference.bundle import INFERENCE, METADATA, read_json
+from lus_pacs.inference.lung_features import lung_view
+
+TOP_ROWS = 6
+"""Rows of the normalised view, from the first row of the scan area, whose width is measured."""
+
+
+@dataclass(frozen=True)
+class Assessor:
+    """The assessment checks with their thresholds (see the module)."""
+
+    model: ModelInfo
+    min_frames: int
+    apex_width: float
+    use_quality: bool
+
+    @classmethod
+    def load(cls, folder: Path) -> Assessor:
+        """The assessor of a bundle folder such as ``models/assessment``.
+
+        Raises
+        ------
+        ModelError
+            A config file is missing or a threshold is invalid.
+        """
+        folder = Path(folder)
+        metadata = read_json(folder / METADATA)
+        config = read_json(folder / INFERENCE)
+        min_frames = config.get("min_frames")
+        apex_width = config.get("apex_width")
+        use_quality = config.get("use_quality", False)
+        if not isinstance(min_frames, int) or min_frames < 1:
+            raise ModelError(f"{folder / INFERENCE}: 'min_frames' must be a positive integer.")
+        if not isinstance(apex_width, int | float) or not 0 <= apex_width < 1:
+            raise ModelError(f"{folder / INFERENCE}: 'apex_width' must be within [0, 1).")
+        if not isinstance(use_quality, bool):
+            raise ModelError(f"{folder / INFERENCE}: 'use_quality' must be true or false.")
+        for key in ("version", "name"):
+            if not isinstance(metadata.get(key), str):
+                raise ModelError(f"{folder / METADATA}: '{key}' must be a string.")
+        model = ModelInfo(folder.resolve().name, metadata["version"], metadata["name"])
+        return cls(model, min_frames, float(apex_width), use_quality)
+
+    def assess(self, cine: Cine, quality: object | None = None) -> AssessmentFindings:
+        """The assessment of ``cine``; ``quality`` is the key-frame model's findings, if any."""
+        if cine.n_frames < self.min_frames:
+            return AssessmentFindings((NotAssessableReason.STILL_IMAGE,), float("nan"), self.model)
+        width = apex_ratio(cine)
+        reasons = []
+        if width <= self.apex_width:
+            reasons.append(NotAssessableReason.NOT_LUNG)
+        if (
+            self.use_quality
+            and isinstance(quality, KeyFrameFindings)
+            and quality.quality is Quality.POOR
+        ):
+            reasons.append(NotAssessableReason.POOR_QUALITY)
+        lung = float(np.clip(width / max(2 * self.apex_width, 1e-6), 0.0, 1.0))
+        return AssessmentFindings(tuple(reasons), round(lung, 4), self.model)
+
+
+def apex_ratio(cine: Cine) -> float:
+    """Width of the scan area at the skin over its widest row, in the normalised view."""
+    view = lung_view(cine)
+    widths = view.scan.sum(axis=1).astype(np.float64)
+    widest = float(widths.max())
+    if widest == 0:
+        return 0.0
+    first = int(np.argmax(widths > 0.05 * widest))
+    return float(widths[first : first + TOP_ROWS].mean() / widest)

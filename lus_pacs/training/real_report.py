@@ -1,0 +1,268 @@
+"""Clip-level metrics on real clips with 95 % bootstrap intervals, as a markdown table and plots.
+
+One :class:`Row` per family, task and protocol (leave-source-out on the trainable clips, or
+external on the evaluation-only clips); :func:`binary_row`, :func:`severity_row` and
+:func:`share_row` compute them, :func:`markdown` writes the table, :func:`plot_rocs`,
+:func:`plot_confusions` and :func:`plot_calibration` the figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from lus_pacs.training.metrics import (
+    binary_metrics,
+    bootstrap_interval,
+    confusion,
+    quadratic_kappa,
+    roc_auc,
+    weighted_metrics,
+)
+
+SCORES = 4
+"""Severity scores 0-3."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    value: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        if not np.isfinite(self.value):
+            return "n/a"
+        return f"{self.value:.2f} [{self.low:.2f}, {self.high:.2f}]"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One family's metrics on one task under one protocol."""
+
+    family: str
+    task: str
+    protocol: str
+    """``leave-source-out``, ``external`` or ``all real``."""
+    n: int
+    positives: int | None
+    metrics: dict[str, Metric]
+    extra: dict[str, object] = field(default_factory=dict)
+    """Confusion matrix, curves: what the plots need."""
+
+
+def binary_row(
+    family: str,
+    task: str,
+    protocol: str,
+    scores: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    threshold: float,
+    *,
+    rounds: int = 1000,
+    seed: int = 0,
+) -> Row:
+    """AUC, and sensitivity, specificity and F1 at ``threshold``, each with its interval."""
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(labels, bool)
+    point = binary_metrics(s, y, threshold)
+    metrics = {}
+    for key in ("auc", "sensitivity", "specificity", "f1"):
+
+        def statistic(i: npt.NDArray[np.intp], key: str = key) -> float:
+            return binary_metrics(s[i], y[i], threshold)[key]
+
+        low, high = bootstrap_interval(statistic, len(s), rounds=rounds, seed=seed)
+        metrics[key] = Metric(point[key], low, high)
+    return Row(
+        family,
+        task,
+        protocol,
+        len(s),
+        int(y.sum()),
+        metrics,
+        {"scores": s.tolist(), "labels": y.tolist(), "threshold": threshold},
+    )
+
+
+def severity_row(
+    family: str,
+    protocol: str,
+    predicted: npt.ArrayLike,
+    truth: npt.ArrayLike,
+    *,
+    rounds: int = 1000,
+    seed: int = 0,
+    task: str = "severity 0-3",
+) -> Row:
+    """Accuracy, weighted F1 and quadratic-weighted kappa with intervals; the confusion."""
+    p = np.asarray(predicted, np.intp)
+    t = np.asarray(truth, np.intp)
+
+    def stats(i: npt.NDArray[np.intp]) -> dict[str, float]:
+        return {
+            "accuracy": float((p[i] == t[i]).mean()) if i.size else float("nan"),
+            "weighted_f1": weighted_metrics(t[i], p[i], SCORES)["f1"],
+            "kappa": quadratic_kappa(t[i], p[i], SCORES),
+        }
+
+    point = stats(np.arange(len(p)))
+    metrics = {}
+    for key in point:
+
+        def statistic(i: npt.NDArray[np.intp], key: str = key) -> float:
+            return stats(i)[key]
+
+        low, high = bootstrap_interval(statistic, len(p), rounds=rounds, seed=seed)
+        metrics[key] = Metric(point[key], low, high)
+    return Row(
+        family,
+        task,
+        protocol,
+        len(p),
+        None,
+        metrics,
+        {"confusion": confusion(t, p, SCORES).tolist()},
+    )
+
+
+def share_row(
+    family: str, task: str, protocol: str, flags: npt.ArrayLike, *, rounds: int = 1000
+) -> Row:
+    """The share of clips for which ``flags`` is true, with its interval."""
+    f = np.asarray(flags, bool)
+    point = float(f.mean()) if f.size else float("nan")
+    low, high = bootstrap_interval(lambda i: float(f[i].mean()), len(f), rounds=rounds)
+    return Row(family, task, protocol, len(f), int(f.sum()), {"share": Metric(point, low, high)})
+
+
+def markdown(rows: Sequence[Row]) -> str:
+    """The table: one line per row, metrics as ``value [low, high]``."""
+    keys: list[str] = []
+    for row in rows:
+        keys.extend(k for k in row.metrics if k not in keys)
+    head = ["family", "task", "protocol", "clips", "positives", *keys]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [
+            row.family,
+            row.task,
+            row.protocol,
+            str(row.n),
+            "" if row.positives is None else str(row.positives),
+            *(str(row.metrics[k]) if k in row.metrics else "" for k in keys),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def roc_curve(
+    scores: npt.ArrayLike, labels: npt.ArrayLike
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """False and true positive rates over every threshold, from (0, 0) to (1, 1)."""
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(labels, bool)
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tp = np.cumsum(y)[distinct]
+    fp = np.cumsum(~y)[distinct]
+    tpr = np.r_[0.0, tp / max(int(y.sum()), 1)]
+    fpr = np.r_[0.0, fp / max(int((~y).sum()), 1)]
+    return fpr, tpr
+
+
+def plot_rocs(rows: Sequence[Row], path: Path) -> None:
+    """ROC curves of every binary row, one panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for row in rows:
+        if "scores" not in row.extra:
+            continue
+        fpr, tpr = roc_curve(row.extra["scores"], row.extra["labels"])  # type: ignore[arg-type]
+        auc = roc_auc(row.extra["scores"], row.extra["labels"])  # type: ignore[arg-type]
+        ax.plot(fpr, tpr, label=f"{row.family} {row.task}, {row.protocol} (AUC {auc:.2f})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_confusions(rows: Sequence[Row], path: Path) -> None:
+    """The confusion matrix of every severity row, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen = [r for r in rows if "confusion" in r.extra]
+    if not chosen:
+        return
+    fig, axes = plt.subplots(1, len(chosen), figsize=(3.4 * len(chosen), 3.4), squeeze=False)
+    for ax, row in zip(axes[0], chosen, strict=True):
+        matrix = np.asarray(row.extra["confusion"])
+        ax.imshow(matrix, cmap="Blues")
+        for (i, j), value in np.ndenumerate(matrix):
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=8)
+        ax.set_title(f"{row.family}, {row.protocol}", fontsize=8)
+        ax.set_xlabel("predicted score")
+        ax.set_ylabel("true score")
+        ax.set_xticks(range(SCORES))
+        ax.set_yticks(range(SCORES))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def calibration(
+    scores: npt.ArrayLike, labels: npt.ArrayLike, bins: int = 5
+) -> list[tuple[float, float, int]]:
+    """(mean predicted probability, observed share, clips) per probability bin that holds
+    clips; bins of equal width over [0, 1]."""
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(labels, bool)
+    which = np.minimum((s * bins).astype(np.intp), bins - 1)
+    out = []
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            out.append((float(s[inside].mean()), float(y[inside].mean()), int(inside.sum())))
+    return out
+
+
+def plot_calibration(rows: Sequence[Row], path: Path) -> None:
+    """Observed share against predicted probability for every binary row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for row in rows:
+        if "scores" not in row.extra:
+            continue
+        points = calibration(row.extra["scores"], row.extra["labels"])  # type: ignore[arg-type]
+        ax.plot(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            marker="o",
+            label=f"{row.family} {row.task}, {row.protocol}",
+        )
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("predicted probability")
+    ax.set_ylabel("observed share")
+    ax.legend(fontsize=6, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,67 @@
+"""The real-data evaluation's metric code on small cases computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from lus_pacs.training.metrics import binary_metrics, bootstrap_interval, quadratic_kappa
+from lus_pacs.training.real_report import binary_row, calibration, markdown, roc_curve, severity_row
+
+
+def test_binary_metrics_at_the_threshold_match_the_hand_count() -> None:
+    # Scores of 3 positives and 3 negatives. At 0.5: TP 2 (0.9, 0.6), FN 1 (0.3), FP 1 (0.7), TN 2.
+    scores = [0.9, 0.6, 0.3, 0.7, 0.2, 0.1]
+    labels = [1, 1, 1, 0, 0, 0]
+    m = binary_metrics(scores, labels, 0.5)
+    assert m["sensitivity"] == pytest.approx(2 / 3)
+    assert m["specificity"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    # Pairs (positive, negative) ranked right: 0.9 beats 3, 0.6 beats 2, 0.3 beats 2 -> 7 of 9.
+    assert m["auc"] == pytest.approx(7 / 9)
+
+
+def test_quadratic_kappa_matches_the_hand_computation() -> None:
+    # Truth 0,0,1,2 predicted 0,1,1,1 with 3 classes: weights (i-j)^2/4.
+    # Observed disagreement: (0,1) w 0.25 and (2,1) w 0.25 -> 0.5.
+    # Expected: row sums [2,1,1], column sums [1,3,0], n 4 -> E = outer / 4;
+    # sum w*E = (2*1*0 + 2*3*.25 + 1*1*.25 + 1*3*0 + 1*1*1 + 1*3*.25) / 4 = 3.5 / 4 = 0.875.
+    assert quadratic_kappa([0, 0, 1, 2], [0, 1, 1, 1], 3) == pytest.approx(1 - 0.5 / 0.875)
+    assert quadratic_kappa([0, 1, 2, 3], [0, 1, 2, 3], 4) == pytest.approx(1.0)
+    assert math.isnan(quadratic_kappa([1, 1], [1, 1], 4))
+
+
+def test_bootstrap_interval_brackets_the_statistic_and_narrows_with_more_cases() -> None:
+    rng = np.random.default_rng(1)
+    small = rng.random(20) < 0.5
+    large = rng.random(2000) < 0.5
+    low_s, high_s = bootstrap_interval(lambda i: float(small[i].mean()), 20, rounds=400)
+    low_l, high_l = bootstrap_interval(lambda i: float(large[i].mean()), 2000, rounds=400)
+    assert low_s <= small.mean() <= high_s
+    assert low_l <= large.mean() <= high_l
+    assert high_l - low_l < (high_s - low_s) / 3
+
+
+def test_roc_curve_and_calibration_of_a_small_case() -> None:
+    fpr, tpr = roc_curve([0.9, 0.8, 0.4, 0.3], [1, 0, 1, 0])
+    np.testing.assert_allclose(fpr, [0, 0, 0.5, 0.5, 1])
+    np.testing.assert_allclose(tpr, [0, 0.5, 0.5, 1, 1])
+    # Bins of 0.2: 0.1 and 0.15 in the first (one positive of two), 0.95 in the last.
+    assert calibration([0.1, 0.15, 0.95], [1, 0, 1]) == [
+        (pytest.approx(0.125), 0.5, 2),
+        (pytest.approx(0.95), 1.0, 1),
+    ]
+
+
+def test_rows_and_table() -> None:
+    b = binary_row("b_lines", "B-lines", "external", [0.9, 0.2, 0.7, 0.4], [1, 0, 1, 0], 0.5)
+    assert b.metrics["auc"].value == 1.0
+    assert b.metrics["f1"].value == 1.0
+    s = severity_row("severity", "leave-source-out", [0, 1, 2, 3, 3], [0, 1, 2, 3, 2])
+    assert s.metrics["accuracy"].value == pytest.approx(0.8)
+    assert s.extra["confusion"] == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1], [0, 0, 0, 1]]
+    table = markdown([b, s])
+    assert table.splitlines()[0].startswith("| family | task | protocol | clips | positives | auc")
+    assert "| severity | severity 0-3 | leave-source-out | 5 |" in table
