@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean reproduce-b-lines
+.PHONY: install demo test lint clean reproduce-b-lines evaluate-real
 
 $(STAMP): pyproject.toml dicom_nodes/debian-packages.txt dicom_nodes/viewer/debian-packages.txt \
 		dicom_nodes/viewer/install.sh dicom_nodes/viewer/package-lock.json
@@ -43,3 +43,9 @@ reproduce-b-lines: $(STAMP)
 	$(VENV)/bin/lus-pacs train b-lines --data $(REPRO)/b_lines_data --out $(REPRO)/b_lines \
 		--epochs 12 --seed 0 --lr 1e-3 --pocus $(POCUS) --pocus-cache build/pocus-cache
 	$(PY) scripts/compare_metrics.py $(REPRO)/b_lines models/b_lines
+
+# Every family's findings on the real clips (leave-source-out and external), with 95 % intervals:
+# build/real-evaluation/real.md and plots (about 20 minutes on 2 cores; needs $(DATA)).
+DATA ?= ../shared/data
+evaluate-real: $(STAMP)
+	$(VENV)/bin/lus-pacs evaluate real --data $(DATA) --out build/real-evaluation

@@ -155,6 +155,23 @@ def cache_clips(
     )
 
 
+def import_clip(clip: PocusClip, pocus_dir: Path, cache_dir: Path) -> Path:
+    """The clip's DICOM import in ``cache_dir`` (made on first use).
+
+    Raises
+    ------
+    UnreadableImageError
+        The video cannot be read.
+    """
+    return import_video(
+        pocus_dir / clip.file,
+        cache_dir,
+        syntax=_CACHE_SYNTAX,
+        monochrome=True,
+        reuse_existing=True,
+    )
+
+
 def load_clip(clip: PocusClip, pocus_dir: Path, cache_dir: Path) -> Cine:
     """The clip as the pipeline sees it: imported once into ``cache_dir``, then decoded.
 
@@ -163,14 +180,7 @@ def load_clip(clip: PocusClip, pocus_dir: Path, cache_dir: Path) -> Cine:
     UnreadableImageError
         The video cannot be read.
     """
-    dicom = import_video(
-        pocus_dir / clip.file,
-        cache_dir,
-        syntax=_CACHE_SYNTAX,
-        monochrome=True,
-        reuse_existing=True,
-    )
-    return read_cine(dicom)
+    return read_cine(import_clip(clip, pocus_dir, cache_dir))
 
 
 def _clip(row: Mapping[str, str], csv_path: Path, line: int) -> PocusClip:

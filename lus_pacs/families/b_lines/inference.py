@@ -26,7 +26,9 @@ from torch import nn
 from lus_pacs.domain import BLineFindings, Cine, ModelInfo
 from lus_pacs.errors import ModelError
 from lus_pacs.families.b_lines.network import ARCHITECTURES
+from lus_pacs.families.measurements import MeasurementHead
 from lus_pacs.inference.bundle import INFERENCE, load_bundle
+from lus_pacs.inference.lung_features import FRAME_FEATURES, cine_features
 from lus_pacs.inference.transforms import b_line_windows
 
 
@@ -70,7 +72,7 @@ class BLineModel:
         ModelError
             The bundle is incomplete, is not a B-line bundle, or its thresholds are invalid.
         """
-        bundle = load_bundle(bundle_dir, tuple(ARCHITECTURES.values()))
+        bundle = load_bundle(bundle_dir, (*ARCHITECTURES.values(), MeasurementHead))
         thresholds = []
         for key in ("threshold", "attention_threshold"):
             value = bundle.config.get(key)
@@ -92,6 +94,8 @@ class BLineModel:
         default_fps:
             The frame rate assumed when the file gives none (it sets the window length).
         """
+        if isinstance(self.network, MeasurementHead):
+            return self._predict_measured(cine)
         windows, starts = b_line_windows(cine, default_fps)
         with torch.inference_mode():
             out = self.network(windows)
@@ -102,6 +106,34 @@ class BLineModel:
             cine.n_frames,
             threshold=self.threshold,
             attention_threshold=self.attention_threshold,
+            model=self.model,
+        )
+
+
+    def _predict_measured(self, cine: Cine) -> BLineFindings:
+        """The real-data model: the head on the clip's measurements gives the probability; on
+        each measured frame's own measurements (in place of the clip's pooled ones) it gives
+        the frame scores, which every frame takes from the nearest measured frame."""
+        assert isinstance(self.network, MeasurementHead)
+        per_frame, clip, view = cine_features(cine)
+        probability = float(self.network.probability(clip[None])[0])
+        n = len(FRAME_FEATURES)
+        motion = np.repeat(clip[None, 2 * n :], len(per_frame), axis=0)
+        by_frame = self.network.probability(np.concatenate([per_frame, per_frame, motion], 1))
+        nearest = np.abs(np.arange(cine.n_frames)[:, None] - view.picks[None]).argmin(axis=1)
+        scores = by_frame[nearest] / max(float(by_frame.max()), np.finfo(float).tiny)
+        key_frame: int | None = None
+        frames: tuple[int, ...] = ()
+        if probability >= self.threshold:
+            key_frame = int(np.argmax(scores)) + 1
+            chosen = np.flatnonzero(scores >= self.attention_threshold) + 1
+            frames = tuple(sorted({key_frame, *chosen.tolist()}))
+        return BLineFindings(
+            present=key_frame is not None,
+            probability=probability,
+            frames=frames,
+            key_frame=key_frame,
+            frame_scores=tuple(float(x) for x in scores),
             model=self.model,
         )
 
