@@ -14,6 +14,7 @@ import typer
 
 from lus_pacs import __version__
 from lus_pacs.families.registry import FAMILIES, Registry
+from lus_pacs.training.real_commands import evaluate_real
 
 if TYPE_CHECKING:
     from lus_pacs.domain import Cine
@@ -548,44 +549,6 @@ app.add_typer(pretrain_app, name="pretrain")
 app.add_typer(evaluate_app, name="evaluate")
 
 
-@evaluate_app.command("real")
-def evaluate_real(
-    data: Annotated[
-        Path,
-        typer.Option(
-            help="The folder holding pocus/ (trainable) and pocus-extra/ (evaluation only)."
-        ),
-    ],
-    out: Annotated[Path, typer.Option(help="Where real.md and the plots go.")] = Path(
-        "build/real-evaluation"
-    ),
-    cache: Annotated[
-        Path, typer.Option(help="Folder for the clips' DICOM imports and measurements.")
-    ] = Path("build/real-cache"),
-    rounds: Annotated[int, typer.Option(help="Bootstrap resamples per interval.")] = 1000,
-    shipped: Annotated[
-        bool, typer.Option(help="Also run the shipped bundles on every clip (minutes).")
-    ] = True,
-    config: ConfigOption = None,
-) -> None:
-    """Every family's clip-level findings on real clips, with 95 % bootstrap intervals:
-    leave-source-out on the trainable clips, and the shipped bundles on the trainable and the
-    evaluation-only clips. Prints the table and writes it with ROC, calibration and confusion
-    plots."""
-    import logging
-
-    from lus_pacs.settings import load_settings
-    from lus_pacs.training.real_evaluation import evaluate_real as run
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    settings = load_settings(config)
-    result = run(data, cache, out, settings=settings, rounds=rounds, shipped=shipped)
-    for name, reason in result.refused:
-        typer.echo(f"not read: {name}: {reason}", err=True)
-    typer.echo(result.table)
-    typer.echo(f"written: {out / 'real.md'} and plots")
-
-
 def add_family_commands(apps: Mapping[str, typer.Typer], families: Registry) -> None:
     """Register every family's commands (its ``commands`` module's ``COMMANDS``, verb to
     function) on the sub-app of that verb, named after the family with dashes (``b-lines``).
@@ -603,3 +566,4 @@ def add_family_commands(apps: Mapping[str, typer.Typer], families: Registry) -> 
 add_family_commands(
     {"train": train_app, "evaluate": evaluate_app, "pretrain": pretrain_app}, FAMILIES
 )
+evaluate_app.command("real", help=getdoc(evaluate_real))(evaluate_real)

@@ -75,6 +75,7 @@ from lus_pacs.domain import (
     SeverityFindings,
 )
 from lus_pacs.encode import codes
+from lus_pacs.encode.assessment import assessment_groups, finding_site
 from lus_pacs.encode.common import (
     MANUFACTURER,
     RESEARCH_NOTICE,
@@ -135,7 +136,7 @@ def encode_sr(
         procedure_reported=codes.PROCEDURE,
         imaging_measurements=[
             _cine_group(findings, header, tracking_uid),
-            *_assessment_groups(findings, header, sop_instance_uid),
+            *assessment_groups(findings, header, sop_instance_uid),
             *_quality_groups(findings, header, sop_instance_uid),
             *_consolidation_groups(findings, header, sop_instance_uid),
             *_severity_groups(findings, header, sop_instance_uid),
@@ -317,59 +318,6 @@ def _quality_groups(
     )
     _add_key_frame_items(group, findings, header, (KeyFrameReason.BEST,))
     return [group]
-
-
-def _assessment_groups(
-    findings: Findings, header: Dataset, sop_instance_uid: str
-) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
-    """The assessment's group: whether the lung models read the cine and, when they did not,
-    why (they then have no group: no lung finding is reported on this cine)."""
-    assessment = findings.assessment
-    if assessment is None:
-        return []
-    zone = findings.source.zone
-    where = f", zone {zone}" if zone else ""
-    return [
-        hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=generate_uid(entropy_srcs=[sop_instance_uid, "assessment"]),
-                identifier=f"Assessability{where}",
-            ),
-            finding_type=codes.ASSESSABILITY,
-            algorithm_id=algorithm_identification(assessment.model),
-            finding_sites=[finding_site(zone)],
-            qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(
-                    name=codes.ASSESSABILITY,
-                    value=codes.ASSESSABLE if assessment.assessable else codes.NOT_ASSESSABLE,
-                ),
-                *(
-                    hd.sr.QualitativeEvaluation(
-                        name=codes.NOT_ASSESSABLE_REASON,
-                        value=codes.NOT_ASSESSABLE_REASONS[reason],
-                    )
-                    for reason in assessment.reasons
-                ),
-            ],
-            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(header)],
-        )
-    ]
-
-
-def finding_site(zone: str | None) -> hd.sr.FindingSite:
-    """Lung, with the side (CID 244) and the zone label when the zone is known."""
-    site = hd.sr.FindingSite(
-        anatomic_location=codes.LUNG, laterality=codes.laterality_for_zone(zone)
-    )
-    if zone:
-        zone_item = hd.sr.TextContentItem(
-            name=codes.LUNG_ZONE, value=zone, relationship_type=_HAS_CONCEPT_MOD
-        )
-        if "ContentSequence" in site:
-            site.ContentSequence.append(zone_item)
-        else:
-            site.ContentSequence = hd.sr.ContentSequence([zone_item])
-    return site
 
 
 def _b_line_measurements(b: BLineFindings, header: Dataset) -> list[hd.sr.Measurement]:

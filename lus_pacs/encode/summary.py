@@ -41,12 +41,13 @@ from pydicom.uid import generate_uid
 
 from lus_pacs.domain import ModelInfo, Quality
 from lus_pacs.encode import codes
+from lus_pacs.encode.assessment import finding_site
 from lus_pacs.encode.common import (
     algorithm_identification,
     device_observer,
     public_header,
 )
-from lus_pacs.encode.sr import finding_site, report_document
+from lus_pacs.encode.sr import report_document
 from lus_pacs.records import StudySummary
 
 SERIES_DESCRIPTION = "lus-pacs AI exam summary (research only, not a medical device)"

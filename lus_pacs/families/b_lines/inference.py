@@ -109,7 +109,6 @@ class BLineModel:
             model=self.model,
         )
 
-
     def _predict_measured(self, cine: Cine) -> BLineFindings:
         """The real-data model: the head on the clip's measurements gives the probability; on
         each measured frame's own measurements (in place of the clip's pooled ones) it gives

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lus_pacs.domain import Quality
+from lus_pacs.domain import NotAssessableReason, Quality
 from lus_pacs.errors import AnnotationError
 from lus_pacs.families.severity.evaluate import evaluate_severity, markdown_tables
 from lus_pacs.families.severity.inference import SeverityModel
@@ -22,6 +22,7 @@ from lus_pacs.families.severity.train import (
     train_severity,
 )
 from lus_pacs.records import (
+    AssessmentRecord,
     BLinesRecord,
     CineRecord,
     QualityRecord,
@@ -165,6 +166,31 @@ def test_study_summary_lists_the_zones_without_a_usable_cine() -> None:
     summary = StudySummary.of("1.2", records)
     assert summary.poor_zones == ("L2", "R2")
     assert summary.quality_zones == ("L2", "R1", "R2")  # L1 was not assessed
+
+
+def test_study_summary_leaves_zones_not_assessable_out_of_the_score() -> None:
+    readable = AssessmentRecord(True, (), 0.9)
+    echo = AssessmentRecord(False, (NotAssessableReason.NOT_LUNG,), 0.1)
+    severity = SeverityRecord(2, (0.25, 0.25, 0.25, 0.25), (2,), 1, None)
+    records = [
+        _record("R1", "1.2.R1", assessment=readable, severity=severity),
+        _record("R2", "1.2.R2.a", assessment=echo),  # no lung model ran on it
+        _record("L1", "1.2.L1.a", assessment=echo),
+        _record("L1", "1.2.L1.b", assessment=readable, severity=severity),
+    ]
+    summary = StudySummary.of("1.2", records)
+    assert summary.not_assessable == {
+        "1.2.R2.a": (NotAssessableReason.NOT_LUNG,),
+        "1.2.L1.a": (NotAssessableReason.NOT_LUNG,),
+    }
+    assert summary.not_assessable_zones == ("R2",)  # L1 has a readable cine
+    assert summary.lus_score is not None
+    assert summary.lus_score.per_zone == {"L1": 2, "R1": 2}
+    assert summary.lus_score.total == 4
+    assert summary.lus_score.zones_scanned == 3
+    assert StudySummary.loads(summary.dumps()) == summary
+    # Without an assessment the keys stay out.
+    assert StudySummary.of("1.2", [_record("R1", "u")]).not_assessable is None
 
 
 def test_a_severity_net_round_trips_its_state() -> None:

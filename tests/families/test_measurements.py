@@ -1,0 +1,69 @@
+"""The measurement head: a balanced logistic fit that ships as a bundle network, and the B-line
+model's measured path on a cine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lus_pacs.families.b_lines.inference import BLineModel
+from lus_pacs.families.measurements import MeasurementHead, fit_head
+from lus_pacs.imaging.decode import read_cine
+from lus_pacs.inference.lung_features import CLIP_FEATURES, cine_features
+from lus_pacs.training.metrics import roc_auc
+
+
+def test_the_head_separates_what_one_measurement_separates() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5))
+    y = x[:, 2] + 0.3 * rng.normal(size=200) > 1.0  # rare positives (about 16 %)
+    head = fit_head(x, y, l2=1.0)
+    assert roc_auc(head.probability(x), y) > 0.95
+    # Classes weigh equally: the decision at 0.5 is not pulled towards the majority.
+    called = head.probability(x) >= 0.5
+    assert called[y].mean() > 0.8
+    assert (~called[~y]).mean() > 0.8
+    with pytest.raises(ValueError, match="both classes"):
+        fit_head(x, np.zeros(200, bool))
+
+
+def test_a_measured_b_line_bundle_loads_and_scores_every_frame(tmp_path: Path) -> None:
+    from tests.tools import run_cli
+
+    args = ["--patients", "1", "--seed", "5", "--frames", "12", "--fps", "10", "--workers", "1"]
+    run_cli("synth", "--out", str(tmp_path / "exam"), *args)
+    cines = sorted((tmp_path / "exam").glob("*/*.dcm"))[:4]
+    features = np.stack([cine_features(read_cine(p))[1] for p in cines])
+    head = fit_head(features, np.array([True, False, True, False]), l2=10.0)
+    bundle = tmp_path / "b_lines"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "models").mkdir()
+    torch.save(head.state_dict(), bundle / "models" / "model.pt")
+    target = "lus_pacs.families.measurements.MeasurementHead"
+    (bundle / "configs" / "inference.json").write_text(
+        json.dumps(
+            {
+                "network_def": {"_target_": target, "n_features": len(CLIP_FEATURES)},
+                "threshold": 0.0,
+                "attention_threshold": 0.9,
+            }
+        )
+    )
+    (bundle / "configs" / "metadata.json").write_text(
+        json.dumps({"version": "9.9.9", "name": "test"})
+    )
+    model = BLineModel.load(bundle)
+    assert isinstance(model.network, MeasurementHead)
+    cine = read_cine(cines[0])
+    found = model.predict(cine, 30.0)
+    assert found.present  # threshold 0: every clip is positive
+    assert len(found.frame_scores) == cine.n_frames
+    assert max(found.frame_scores) == pytest.approx(1.0)
+    assert found.key_frame in found.frames
+    assert all(found.frame_scores[f - 1] >= 0.9 for f in found.frames)
+    expected = head.probability(cine_features(cine)[1][None])[0]
+    assert found.probability == pytest.approx(expected, abs=1e-6)
