@@ -72,5 +72,5 @@ def pocus_cache(pocus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Po
     clips = read_labels(pocus_dir / "labels.csv")
     cache_dir = tmp_path_factory.mktemp("pocus-cache")
     start = time.perf_counter()
-    report = cache_clips(clips, pocus_dir, cache_dir, progress=False)
+    report = cache_clips(clips, pocus_dir, cache_dir, progress=False, workers=2)
     return PocusCache(pocus_dir, cache_dir, report, time.perf_counter() - start)

@@ -8,13 +8,16 @@ so importing the same file twice gives the same UIDs and the same instance.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import logging
 import re
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
@@ -256,6 +259,7 @@ def import_videos(
     reuse_existing: bool = False,
     max_frames: int = MAX_FRAMES,
     progress: bool = True,
+    workers: int = 1,
 ) -> ImportReport:
     """Import many videos with :func:`import_video`; a file that cannot be read is recorded
     with its reason and the others go on.
@@ -266,30 +270,48 @@ def import_videos(
         The video files.
     progress:
         Show a progress bar (on stderr).
+    workers:
+        Processes importing at once (each file is imported by one of them); the report keeps
+        the order of ``paths``.
 
     Other parameters are those of :func:`import_video`, applied to every file.
     """
     paths = list(paths)
+    one = functools.partial(
+        _import_one,
+        out_dir=out_dir,
+        patient_id=patient_id,
+        zone=zone,
+        syntax=syntax,
+        monochrome=monochrome,
+        reuse_existing=reuse_existing,
+        max_frames=max_frames,
+    )
+    bar = functools.partial(
+        tqdm, total=len(paths), desc="Importing videos", unit="file", disable=not progress
+    )
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(bar(pool.map(one, paths)))
+    else:
+        results = list(bar(map(one, paths)))
     imported: list[Imported] = []
     refused: list[Refusal] = []
-    for path in tqdm(paths, desc="Importing videos", unit="file", disable=not progress):
-        try:
-            output = import_video(
-                path,
-                out_dir,
-                patient_id=patient_id,
-                zone=zone,
-                syntax=syntax,
-                monochrome=monochrome,
-                reuse_existing=reuse_existing,
-                max_frames=max_frames,
-            )
-        except UnreadableImageError as exc:
-            log.warning("Refused %s: %s", path, exc.reason)
-            refused.append(Refusal(path, exc.reason))
+    for path, (output, reason) in zip(paths, results, strict=True):
+        if output is None:
+            log.warning("Refused %s: %s", path, reason)
+            refused.append(Refusal(path, reason))
         else:
             imported.append(Imported(path, output))
     return ImportReport(tuple(imported), tuple(refused))
+
+
+def _import_one(path: Path, **options: Any) -> tuple[Path | None, str]:
+    """:func:`import_video` of one file: (output, "") or (None, why it was refused)."""
+    try:
+        return import_video(path, **options), ""
+    except UnreadableImageError as exc:
+        return None, exc.reason
 
 
 def _decode(

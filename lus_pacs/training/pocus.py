@@ -142,9 +142,15 @@ def read_labels(csv_path: Path) -> list[PocusClip]:
 
 
 def cache_clips(
-    clips: Iterable[PocusClip], pocus_dir: Path, cache_dir: Path, *, progress: bool = True
+    clips: Iterable[PocusClip],
+    pocus_dir: Path,
+    cache_dir: Path,
+    *,
+    progress: bool = True,
+    workers: int = 1,
 ) -> ImportReport:
-    """Import every clip not yet in ``cache_dir``; refusals are reported, not raised."""
+    """Import every clip not yet in ``cache_dir`` (``workers`` at once); refusals are
+    reported, not raised."""
     return import_videos(
         [pocus_dir / clip.file for clip in clips],
         cache_dir,
@@ -152,6 +158,7 @@ def cache_clips(
         monochrome=True,
         reuse_existing=True,
         progress=progress,
+        workers=workers,
     )
 
 
