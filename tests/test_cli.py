@@ -20,6 +20,7 @@ from tests.tools import run_cli
         (["train", "b-lines", "--help"], "--pocus-cache"),
         (["evaluate", "severity", "--help"], "--simulated"),
         (["pretrain", "consolidation", "--help"], "--no-temporal"),
+        (["evaluate", "real", "--help"], "--no-shipped"),
     ],
 )
 def test_help_does_not_import_torch(args: list[str], shown: str) -> None:
@@ -45,7 +46,8 @@ def test_every_family_has_its_commands() -> None:
 
     families = {"b-lines", "consolidation", "key-frames", "segmentation", "severity"}
     assert names(train_app) == families
-    assert names(evaluate_app) == families - {"consolidation"}
+    # Beside the families': the real-data evaluation of them all.
+    assert names(evaluate_app) == families - {"consolidation"} | {"real"}
     assert names(pretrain_app) == {"consolidation"}
 
 
