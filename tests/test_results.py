@@ -38,8 +38,8 @@ def processed(synth_exams: Path, tmp_path_factory: pytest.TempPathFactory) -> Pr
     folder = tmp_path_factory.mktemp("results")
     config = folder / "lus-pacs.toml"
     kinds = ", ".join(f'"{k}"' for k in ALL_KINDS)
-    # Eight dropout passes instead of 40: the objects are the same kind, the test faster.
-    config.write_text(f"output_kinds = [{kinds}]\n\n[segmentation]\nmc_samples = 8\n")
+    # Two dropout passes instead of 40: the objects are the same kind, the test faster.
+    config.write_text(f"output_kinds = [{kinds}]\n\n[segmentation]\nmc_samples = 2\n")
     out = folder / "out"
     run_cli("process", *map(str, sources), "--out", str(out), "--config", str(config))
     return Processed(sources, out)
