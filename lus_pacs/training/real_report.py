@@ -8,9 +8,10 @@ external on the evaluation-only clips); :func:`binary_row`, :func:`severity_row`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -178,6 +179,22 @@ def roc_curve(
 
 def plot_rocs(rows: Sequence[Row], path: Path) -> None:
     """ROC curves of every binary row, one panel."""
+
+    def curve(scores: list[float], labels: list[bool]) -> tuple[Any, Any, str]:
+        fpr, tpr = roc_curve(scores, labels)
+        return fpr, tpr, f" (AUC {roc_auc(scores, labels):.2f})"
+
+    _binary_panel(rows, path, curve, ("1 - specificity", "sensitivity"), "lower right")
+
+
+def _binary_panel(
+    rows: Sequence[Row],
+    path: Path,
+    curve: Callable[[list[float], list[bool]], tuple[Any, Any, str]],
+    axes: tuple[str, str],
+    legend: Literal["lower right", "upper left"],
+) -> None:
+    """One line per binary row (``curve`` gives x, y and a label suffix) over the diagonal."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -187,13 +204,12 @@ def plot_rocs(rows: Sequence[Row], path: Path) -> None:
     for row in rows:
         if "scores" not in row.extra:
             continue
-        fpr, tpr = roc_curve(row.extra["scores"], row.extra["labels"])  # type: ignore[arg-type]
-        auc = roc_auc(row.extra["scores"], row.extra["labels"])  # type: ignore[arg-type]
-        ax.plot(fpr, tpr, label=f"{row.family} {row.task}, {row.protocol} (AUC {auc:.2f})")
+        x, y, suffix = curve(row.extra["scores"], row.extra["labels"])  # type: ignore[arg-type]
+        ax.plot(x, y, marker=".", label=f"{row.family} {row.task}, {row.protocol}{suffix}")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("1 - specificity")
-    ax.set_ylabel("sensitivity")
-    ax.legend(fontsize=6, loc="lower right")
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.legend(fontsize=6, loc=legend)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -243,26 +259,9 @@ def calibration(
 
 def plot_calibration(rows: Sequence[Row], path: Path) -> None:
     """Observed share against predicted probability for every binary row."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def curve(scores: list[float], labels: list[bool]) -> tuple[Any, Any, str]:
+        points = calibration(scores, labels)
+        return [p[0] for p in points], [p[1] for p in points], ""
 
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for row in rows:
-        if "scores" not in row.extra:
-            continue
-        points = calibration(row.extra["scores"], row.extra["labels"])  # type: ignore[arg-type]
-        ax.plot(
-            [p[0] for p in points],
-            [p[1] for p in points],
-            marker="o",
-            label=f"{row.family} {row.task}, {row.protocol}",
-        )
-    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("predicted probability")
-    ax.set_ylabel("observed share")
-    ax.legend(fontsize=6, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _binary_panel(rows, path, curve, ("predicted probability", "observed share"), "upper left")
