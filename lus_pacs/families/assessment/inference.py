@@ -7,7 +7,8 @@ Three checks, in this order, each giving its reason (:class:`NotAssessableReason
 * **not lung**: the scan area narrows to a point at the skin (``apex_width`` or less of its
   widest row, averaged over the first rows): a phased-array cardiac sector. Lung is scanned
   with a convex or linear probe, whose scan area is wide at the skin; on the 229 real POCUS clips
-  the narrowest such ratio is 0.12 and the 1st percentile 0.20 (``lus-pacs evaluate real``).
+  (both sets) the narrowest such ratio is 0.18 and the 1st percentile 0.20; pydicom's
+  echocardiogram gives 0.12.
 * **poor quality** (only with ``use_quality``): the key-frame model (paper 004), when it ran,
   found no frame a clinician would keep. Off in the shipped bundle: that model flags 2 of 6
   ordinary simulated cines poor (rib shadow), so its flag stays a flag beside the findings.
