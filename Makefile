@@ -45,7 +45,7 @@ reproduce-b-lines: $(STAMP)
 	$(PY) scripts/compare_metrics.py $(REPRO)/b_lines models/b_lines
 
 # Every family's findings on the real clips (leave-source-out and external), with 95 % intervals:
-# build/real-evaluation/real.md and plots (about 20 minutes on 2 cores; needs $(DATA)).
+# build/real-evaluation/real.md and plots (over an hour on 2 cores; needs $(DATA)).
 DATA ?= ../shared/data
 evaluate-real: $(STAMP)
 	$(VENV)/bin/lus-pacs evaluate real --data $(DATA) --out build/real-evaluation
