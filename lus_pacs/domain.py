@@ -355,8 +355,9 @@ class AssessmentFindings:
 
     reasons: tuple[NotAssessableReason, ...]
     """Empty when the cine is assessable."""
-    lung_probability: float
-    """How much the cine looks like lung ultrasound, in [0, 1] (NaN for a still image)."""
+    apex_ratio: float | None
+    """The measurement behind ``not_lung``: width of the scan area at the skin over its widest
+    row (a point-like apex, near 0, is a cardiac sector); None for a still image."""
     model: ModelInfo
 
     @property

@@ -9,7 +9,6 @@ out when None) and :func:`from_json` reads them back by their type hints. Frames
 from __future__ import annotations
 
 import json
-import math
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -139,12 +138,12 @@ class AssessmentRecord:
 
     assessable: bool
     reasons: tuple[NotAssessableReason, ...]
-    lung_probability: float | None
+    apex_ratio: float | None
 
     @classmethod
     def of(cls, found: AssessmentFindings) -> AssessmentRecord:
-        lung = found.lung_probability
-        return cls(found.assessable, found.reasons, None if math.isnan(lung) else round(lung, 4))
+        ratio = found.apex_ratio
+        return cls(found.assessable, found.reasons, None if ratio is None else round(ratio, 4))
 
 
 @dataclass(frozen=True)

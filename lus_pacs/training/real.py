@@ -85,14 +85,6 @@ class Measured:
     refused: tuple[tuple[str, str], ...]
     """(clip name, reason) of every clip that could not be read."""
 
-    def select(self, keep: Sequence[bool]) -> Measured:
-        mask = np.asarray(keep, bool)
-        return Measured(
-            tuple(c for c, k in zip(self.clips, mask, strict=True) if k),
-            self.features[mask],
-            self.refused,
-        )
-
 
 def real_clips(data_root: Path) -> list[RealClip]:
     """Every usable clip of both sets under ``data_root`` (the folder holding ``pocus/``).

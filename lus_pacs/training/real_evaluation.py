@@ -181,7 +181,7 @@ def _shipped_rows(
     models_dir: Path,
 ) -> list[Row]:
     rows: list[Row] = []
-    assessed = [c for c in clips if (findings[c.name].assessment or _ALWAYS).assessable]
+    assessed = [c for c in clips if _assessable(findings[c.name])]
     if any(findings[c.name].assessment is not None for c in clips):
         rows.append(
             share_row(
@@ -247,8 +247,6 @@ def _shipped_rows(
     return rows
 
 
-class _Always:
-    assessable = True
-
-
-_ALWAYS = _Always()
+def _assessable(found: Findings) -> bool:
+    """The lung models read the cine (no assessment ran, or it said so)."""
+    return found.assessment is None or found.assessment.assessable

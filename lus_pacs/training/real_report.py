@@ -70,15 +70,13 @@ def binary_row(
     """AUC, and sensitivity, specificity and F1 at ``threshold``, each with its interval."""
     s = np.asarray(scores, np.float64)
     y = np.asarray(labels, bool)
-    point = binary_metrics(s, y, threshold)
-    metrics = {}
-    for key in ("auc", "sensitivity", "specificity", "f1"):
-
-        def statistic(i: npt.NDArray[np.intp], key: str = key) -> float:
-            return binary_metrics(s[i], y[i], threshold)[key]
-
-        low, high = bootstrap_interval(statistic, len(s), rounds=rounds, seed=seed)
-        metrics[key] = Metric(point[key], low, high)
+    metrics = _with_intervals(
+        lambda i: binary_metrics(s[i], y[i], threshold),
+        ("auc", "sensitivity", "specificity", "f1"),
+        len(s),
+        rounds,
+        seed,
+    )
     return Row(
         family,
         task,
@@ -111,15 +109,7 @@ def severity_row(
             "kappa": quadratic_kappa(t[i], p[i], SCORES),
         }
 
-    point = stats(np.arange(len(p)))
-    metrics = {}
-    for key in point:
-
-        def statistic(i: npt.NDArray[np.intp], key: str = key) -> float:
-            return stats(i)[key]
-
-        low, high = bootstrap_interval(statistic, len(p), rounds=rounds, seed=seed)
-        metrics[key] = Metric(point[key], low, high)
+    metrics = _with_intervals(stats, ("accuracy", "weighted_f1", "kappa"), len(p), rounds, seed)
     return Row(
         family,
         task,
@@ -129,6 +119,26 @@ def severity_row(
         metrics,
         {"confusion": confusion(t, p, SCORES).tolist()},
     )
+
+
+def _with_intervals(
+    stats: Callable[[npt.NDArray[np.intp]], dict[str, float]],
+    keys: tuple[str, ...],
+    n: int,
+    rounds: int,
+    seed: int,
+) -> dict[str, Metric]:
+    """Each of ``keys`` of ``stats`` on all ``n`` cases, with its bootstrap interval."""
+    point = stats(np.arange(n))
+    metrics = {}
+    for key in keys:
+
+        def statistic(i: npt.NDArray[np.intp], key: str = key) -> float:
+            return stats(i)[key]
+
+        low, high = bootstrap_interval(statistic, n, rounds=rounds, seed=seed)
+        metrics[key] = Metric(point[key], low, high)
+    return metrics
 
 
 def share_row(

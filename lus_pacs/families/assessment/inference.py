@@ -79,7 +79,7 @@ class Assessor:
     def assess(self, cine: Cine, quality: object | None = None) -> AssessmentFindings:
         """The assessment of ``cine``; ``quality`` is the key-frame model's findings, if any."""
         if cine.n_frames < self.min_frames:
-            return AssessmentFindings((NotAssessableReason.STILL_IMAGE,), float("nan"), self.model)
+            return AssessmentFindings((NotAssessableReason.STILL_IMAGE,), None, self.model)
         width = apex_ratio(cine)
         reasons = []
         if width <= self.apex_width:
@@ -90,8 +90,7 @@ class Assessor:
             and quality.quality is Quality.POOR
         ):
             reasons.append(NotAssessableReason.POOR_QUALITY)
-        lung = float(np.clip(width / max(2 * self.apex_width, 1e-6), 0.0, 1.0))
-        return AssessmentFindings(tuple(reasons), round(lung, 4), self.model)
+        return AssessmentFindings(tuple(reasons), width, self.model)
 
 
 def apex_ratio(cine: Cine) -> float:
