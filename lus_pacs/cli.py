@@ -544,7 +544,12 @@ evaluate_app = typer.Typer(
 pretrain_app = typer.Typer(
     help="Self-supervised pre-training on unlabeled cines.", no_args_is_help=True
 )
+fit_app = typer.Typer(
+    help="Fit a family's measurement head on the real clips (no network training).",
+    no_args_is_help=True,
+)
 app.add_typer(train_app, name="train")
+app.add_typer(fit_app, name="fit")
 app.add_typer(pretrain_app, name="pretrain")
 app.add_typer(evaluate_app, name="evaluate")
 
@@ -564,6 +569,7 @@ def add_family_commands(apps: Mapping[str, typer.Typer], families: Registry) -> 
 
 
 add_family_commands(
-    {"train": train_app, "evaluate": evaluate_app, "pretrain": pretrain_app}, FAMILIES
+    {"train": train_app, "evaluate": evaluate_app, "pretrain": pretrain_app, "fit": fit_app},
+    FAMILIES,
 )
 evaluate_app.command("real", help=getdoc(evaluate_real))(evaluate_real)

@@ -39,7 +39,7 @@ def test_help_does_not_import_torch(args: list[str], shown: str) -> None:
 
 
 def test_every_family_has_its_commands() -> None:
-    from lus_pacs.cli import evaluate_app, pretrain_app, train_app
+    from lus_pacs.cli import evaluate_app, fit_app, pretrain_app, train_app
 
     def names(app: typer.Typer) -> set[str | None]:
         return {command.name for command in app.registered_commands}
@@ -49,6 +49,7 @@ def test_every_family_has_its_commands() -> None:
     # Beside the families': the real-data evaluation of them all.
     assert names(evaluate_app) == families - {"consolidation"} | {"real"}
     assert names(pretrain_app) == {"consolidation"}
+    assert names(fit_app) == {"b-lines"}
 
 
 def test_family_choices_are_those_the_networks_know() -> None:

@@ -28,7 +28,7 @@ import numpy.typing as npt
 import pydicom
 
 from lus_pacs.domain import Findings
-from lus_pacs.families.measurements import fit_head
+from lus_pacs.families.measurements import HEAD_L2, fit_head
 from lus_pacs.inference.bundle import INFERENCE, read_json
 from lus_pacs.settings import SegmentationSettings, Settings
 from lus_pacs.training.pocus import import_clip
@@ -46,8 +46,7 @@ from lus_pacs.training.real_report import (
 
 log = logging.getLogger(__name__)
 
-RECIPE_L2 = 30.0
-"""The measurement head's penalty: the middle of 3, 30 and 300 (all measured, see the card)."""
+RECIPE_L2 = HEAD_L2
 RECIPE_TASKS = (
     ("b_lines", "b_lines"),
     ("consolidation", "consolidations"),
@@ -77,7 +76,8 @@ def leave_source_out(
     l2: float = RECIPE_L2,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_], list[str]]:
     """Pooled held-out scores of the trainable clips that have a label, their labels and
-    sources. A source whose training side holds one class only scores its clips 0.5."""
+    sources, by the head fitted stratified by source on the other sources. A source whose
+    training side holds one class only scores its clips 0.5."""
     chosen = [
         i for i, c in enumerate(measured.clips) if c.dataset == TRAINABLE and label(c) is not None
     ]
@@ -89,7 +89,9 @@ def leave_source_out(
         held = np.array([g == group for g in groups])
         if len(set(y[~held])) < 2:
             continue
-        scores[held] = fit_head(x[~held], y[~held], l2).probability(x[held])
+        training = [g for g, h in zip(groups, held, strict=True) if not h]
+        head = fit_head(x[~held], y[~held], l2, groups=training)
+        scores[held] = head.probability(x[held])
     return scores, y, groups
 
 

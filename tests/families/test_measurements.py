@@ -67,3 +67,31 @@ def test_a_measured_b_line_bundle_loads_and_scores_every_frame(tmp_path: Path) -
     assert all(found.frame_scores[f - 1] >= 0.9 for f in found.frames)
     expected = head.probability(cine_features(cine)[1][None])[0]
     assert found.probability == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_stratified_fit_learns_within_sources_not_which_source() -> None:
+    # Two sources: one looks brighter (column 0, which also varies within a source) and holds
+    # most positives; within each source only column 1 tells positives from negatives.
+    rng = np.random.default_rng(1)
+    groups = np.repeat(["bright", "dark"], 150)
+    y = rng.random(300) < np.where(groups == "bright", 0.8, 0.1)
+    x = np.c_[2.0 * (groups == "bright") + rng.normal(size=300), y + 0.8 * rng.normal(size=300)]
+    pooled = fit_head(x, y, l2=1.0)
+    stratified = fit_head(x, y, l2=1.0, groups=list(groups))
+    pooled_w, stratified_w = (h.linear.weight[0].detach().numpy() for h in (pooled, stratified))
+    assert pooled_w[0] > 0.5 * pooled_w[1]  # the plain fit reads the source
+    assert abs(stratified_w[0]) < 0.2 * stratified_w[1]
+    # Two new sources, the same clips but for their look: the plain head calls the bright one
+    # positive far more often; the stratified head calls both alike.
+    within = rng.normal(size=500)
+    looks = [np.c_[np.full(500, level), within] for level in (2.0, 0.0)]
+    pooled_calls = [float((pooled.probability(v) >= 0.5).mean()) for v in looks]
+    stratified_calls = [float((stratified.probability(v) >= 0.5).mean()) for v in looks]
+    assert pooled_calls[0] - pooled_calls[1] > 0.25
+    assert abs(stratified_calls[0] - stratified_calls[1]) < 0.15
+    # The intercept balances the classes over all clips.
+    called = stratified.probability(x) >= 0.5
+    assert called[y].mean() > 0.6
+    assert (~called[~y]).mean() > 0.6
+    with pytest.raises(ValueError, match="groups"):
+        fit_head(x, y, groups=["a"])

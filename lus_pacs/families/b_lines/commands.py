@@ -124,4 +124,25 @@ def evaluate(
     typer.echo(markdown_table({bundle.name: metrics}))
 
 
-COMMANDS: dict[str, Callable[..., None]] = {"train": train, "evaluate": evaluate}
+def fit(
+    data: Annotated[
+        Path, typer.Option(help="The folder holding pocus/ (only its trainable clips are read).")
+    ],
+    localiser: Annotated[
+        Path, typer.Option(help="The B-line bundle whose network finds the frames.")
+    ] = Path("models/b_lines"),
+    out: Annotated[Path, typer.Option(help="The bundle folder to write.")] = Path("models/b_lines"),
+    cache: Annotated[Path, typer.Option(help="Folder for the clips' imports and measurements.")] = (
+        Path("build/real-cache")
+    ),
+) -> None:
+    """Fit the clip decision on the real trainable clips (a measurement head, stratified by
+    source) and write it beside the localiser's network as one bundle."""
+    from lus_pacs.families.b_lines.real_head import fit_real_head
+
+    done = fit_real_head(localiser, data, cache, out)
+    typer.echo(json.dumps(done, indent=2))
+    typer.echo(f"written: {out}")
+
+
+COMMANDS: dict[str, Callable[..., None]] = {"train": train, "evaluate": evaluate, "fit": fit}

@@ -11,11 +11,17 @@ window goes through the network in one batch. From the window outputs:
   B-lines are absent.
 * B-line frames: the frames of windows whose probability reaches ``threshold`` and whose score
   reaches the bundle's ``attention_threshold``; the key frame is always one of them.
+
+A bundle whose network is :class:`~lus_pacs.families.b_lines.network.MeasuredBLines` (the
+shipped one, from ``lus-pacs fit b-lines``) takes the probability from its measurement head on
+the cine's lung measurements instead; the frames then come from the network's most probable
+windows, and only when the head calls B-lines present.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +31,7 @@ from torch import nn
 
 from lus_pacs.domain import BLineFindings, Cine, ModelInfo
 from lus_pacs.errors import ModelError
-from lus_pacs.families.b_lines.network import ARCHITECTURES
+from lus_pacs.families.b_lines.network import ARCHITECTURES, MeasuredBLines
 from lus_pacs.families.measurements import MeasurementHead
 from lus_pacs.inference.bundle import INFERENCE, load_bundle
 from lus_pacs.inference.lung_features import FRAME_FEATURES, cine_features
@@ -72,7 +78,7 @@ class BLineModel:
         ModelError
             The bundle is incomplete, is not a B-line bundle, or its thresholds are invalid.
         """
-        bundle = load_bundle(bundle_dir, (*ARCHITECTURES.values(), MeasurementHead))
+        bundle = load_bundle(bundle_dir, (*ARCHITECTURES.values(), MeasurementHead, MeasuredBLines))
         thresholds = []
         for key in ("threshold", "attention_threshold"):
             value = bundle.config.get(key)
@@ -99,14 +105,36 @@ class BLineModel:
         windows, starts = b_line_windows(cine, default_fps)
         with torch.inference_mode():
             out = self.network(windows)
-        return findings_from_windows(
-            torch.sigmoid(out.logit).numpy(),
+        probabilities = torch.sigmoid(out.logit).numpy()
+        if not isinstance(self.network, MeasuredBLines):
+            return findings_from_windows(
+                probabilities,
+                out.attention.numpy(),
+                starts,
+                cine.n_frames,
+                threshold=self.threshold,
+                attention_threshold=self.attention_threshold,
+                model=self.model,
+            )
+        # The head decides; the network's most probable windows say where, so a cine the head
+        # calls positive always has its key frame and B-line frames.
+        probability = float(self.network.head.probability(cine_features(cine)[1][None])[0])
+        where = findings_from_windows(
+            probabilities,
             out.attention.numpy(),
             starts,
             cine.n_frames,
-            threshold=self.threshold,
+            threshold=min(self.threshold, float(probabilities.max())),
             attention_threshold=self.attention_threshold,
             model=self.model,
+        )
+        present = probability >= self.threshold
+        return replace(
+            where,
+            present=present,
+            probability=probability,
+            frames=where.frames if present else (),
+            key_frame=where.key_frame if present else None,
         )
 
     def _predict_measured(self, cine: Cine) -> BLineFindings:

@@ -30,6 +30,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from lus_pacs.families.measurements import MeasurementHead
+
 
 class BLineOutput(NamedTuple):
     """What the B-line networks return for a batch of windows."""
@@ -193,6 +195,30 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "c2d_lstm": C2DLSTM,
 }
 """The paper's Table 1 rows by name; every class takes ``(batch, 1, frames, rows, columns)``."""
+
+
+class MeasuredBLines(nn.Module):
+    """Paper 001's network beside a measurement head, as one bundle network: the head
+    (:class:`~lus_pacs.families.measurements.MeasurementHead`, fitted on real clips) says
+    whether a cine shows B-lines, the network says where (its windows and attention give the
+    frame scores, the B-line frames and the key frame). ``forward`` is the network's.
+
+    Parameters
+    ----------
+    localiser:
+        One of :data:`ARCHITECTURES`, trained as before.
+    head:
+        The clip-level head on the cine's lung measurements.
+    """
+
+    def __init__(self, localiser: nn.Module, head: MeasurementHead) -> None:
+        super().__init__()
+        self.localiser = localiser
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> BLineOutput:
+        output: BLineOutput = self.localiser(x)
+        return output
 
 
 class _AttentionHead(nn.Module):

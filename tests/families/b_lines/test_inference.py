@@ -11,6 +11,7 @@ from lus_pacs.domain import BLineFindings, ModelInfo
 from lus_pacs.errors import ModelError
 from lus_pacs.families.b_lines.evaluate import auc
 from lus_pacs.families.b_lines.inference import BLineModel, findings_from_windows
+from lus_pacs.families.b_lines.network import MeasuredBLines
 from lus_pacs.synth.exam import SynthOptions, synthesize
 from lus_pacs.training.simulated import SimulatedCine, find_simulated
 
@@ -34,9 +35,10 @@ def predictions(
 
 def test_shipped_bundle_loads(model: BLineModel) -> None:
     assert model.model.name == "b_lines"
-    from lus_pacs.families.b_lines.bundle import BUNDLE_VERSION
+    from lus_pacs.families.b_lines.real_head import VERSION
 
-    assert model.model.version == BUNDLE_VERSION  # the bundle the current training code writes
+    assert model.model.version == VERSION  # the bundle `lus-pacs fit b-lines` writes
+    assert isinstance(model.network, MeasuredBLines)
     assert "paper 001" in model.model.title
     assert 0 < model.threshold < 1
     assert not model.network.training
@@ -128,7 +130,7 @@ def test_weights_of_another_network(tmp_path: Path) -> None:
     bundle = tmp_path / "b_lines"
     shutil.copytree(BUNDLE, bundle)
     config = json.loads((bundle / "configs" / "inference.json").read_text())
-    config["network_def"]["hidden_size"] = 8
+    config["network_def"]["localiser"]["hidden_size"] = 8
     (bundle / "configs" / "inference.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match="not a state dict that fits"):
         BLineModel.load(bundle)
@@ -169,3 +171,23 @@ def test_a_baseline_bundle_runs_in_the_node(arch: str, tmp_path: Path) -> None:
     findings = model.predict(cine, default_fps=30.0)
     assert len(findings.frame_scores) == 40
     assert 0.0 <= findings.probability <= 1.0
+
+
+def test_the_head_decides_and_the_network_says_where(
+    model: BLineModel, predictions: list[tuple[SimulatedCine, BLineFindings]]
+) -> None:
+    from lus_pacs.inference.lung_features import cine_features
+
+    assert isinstance(model.network, MeasuredBLines)
+    plain = BLineModel(
+        model.network.localiser, model.model, model.threshold, model.attention_threshold
+    )
+    for sim, found in predictions[:4]:
+        cine = sim.load()
+        head = model.network.head.probability(cine_features(cine)[1][None])[0]
+        assert found.probability == pytest.approx(head, abs=1e-6)
+        assert found.present == (head >= model.threshold)
+        where = plain.predict(cine, default_fps=30.0)
+        assert found.frame_scores == where.frame_scores
+        if found.present and where.present:
+            assert (found.key_frame, found.frames) == (where.key_frame, where.frames)
