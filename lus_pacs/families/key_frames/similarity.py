@@ -34,7 +34,12 @@ from torch import nn
 
 from lus_pacs.domain import Cine, GreyFrames, ModelInfo
 from lus_pacs.errors import ModelError
-from lus_pacs.families.b_lines.network import C2DLSTM, C2DAttention, C2DLSTMAttention
+from lus_pacs.families.b_lines.network import (
+    C2DLSTM,
+    C2DAttention,
+    C2DLSTMAttention,
+    MeasuredBLines,
+)
 from lus_pacs.inference.bundle import load_bundle
 from lus_pacs.inference.transforms import B_LINE_SIZE
 
@@ -194,11 +199,14 @@ class CnnEncoder:
         Raises
         ------
         ModelError
-            The bundle is incomplete, or its network has no per-frame 2D CNN (the C3D baseline
-            convolves over time and has none).
+            The bundle is incomplete, or its network (the localiser of a measured bundle) has no
+            per-frame 2D CNN (the C3D baseline convolves over time and has none).
         """
-        bundle = load_bundle(bundle_dir, (C2DLSTMAttention, C2DAttention, C2DLSTM))
-        cnn = bundle.network.cnn
+        bundle = load_bundle(bundle_dir, (C2DLSTMAttention, C2DAttention, C2DLSTM, MeasuredBLines))
+        network = bundle.network
+        if isinstance(network, MeasuredBLines):  # the shipped bundle: its network localises
+            network = network.localiser
+        cnn = network.cnn
         if not isinstance(cnn, nn.Sequential) or not isinstance(cnn[-1], nn.Flatten):
             raise ModelError(
                 f"{bundle_dir}: the network's 'cnn' is not the per-frame CNN of "

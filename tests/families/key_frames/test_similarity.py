@@ -165,9 +165,8 @@ def test_identical_frames_are_similar_1_by_both_encodings(encoder: CnnEncoder) -
 
 
 def test_cnn_encoder_is_frozen_and_pooled_to_4x4(encoder: CnnEncoder) -> None:
-    channels = json.loads((BUNDLE / "configs" / "inference.json").read_text())["network_def"][
-        "channels"
-    ][-1]
+    network_def = json.loads((BUNDLE / "configs" / "inference.json").read_text())["network_def"]
+    channels = network_def["localiser"]["channels"][-1]  # the shipped bundle's network
     cine = _cine(_scene(6, frames=70))  # more than one batch
     encoded = encoder(cine)
     assert encoded.shape == (70, channels * 16)
