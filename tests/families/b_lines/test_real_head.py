@@ -1,0 +1,85 @@
+"""``lus-pacs fit b-lines``: the head is fitted on the trainable clips' measurements, stratified by
+source, and written beside the localiser's unchanged network."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lus_pacs.families.b_lines.inference import BLineModel
+from lus_pacs.families.b_lines.network import MeasuredBLines
+from lus_pacs.families.b_lines.real_head import VERSION, fit_real_head
+from lus_pacs.inference.lung_features import CLIP_FEATURES, FEATURE_VERSION
+from lus_pacs.training.metrics import roc_auc
+
+SHIPPED = Path(__file__).resolve().parents[3] / "models" / "b_lines"
+HEADER = (
+    "file,label,probe,source,license,fps,resolution,b_lines,consolidations,effusion,a_lines,"
+    "pleural_irregularities,air_bronchogram,healthy,severity"
+)
+SIGNAL = CLIP_FEATURES.index("p90_streak_contrast")
+LOOK = CLIP_FEATURES.index("mean_deep_brightness")
+
+
+def _clips(rng: np.random.Generator, prevalence: dict[str, float], n: int) -> tuple:
+    """Rows of labels.csv, clip names and measurements: within a site only ``SIGNAL`` tells
+    B-lines; ``LOOK`` tells the sites apart, and the sites differ in prevalence."""
+    rows, names, features = [], [], []
+    for offset, (site, share) in enumerate(prevalence.items()):
+        for i in range(n):
+            positive = bool(rng.random() < share)
+            file = f"videos/Cov-{site}-{i}.mp4"
+            rows.append(
+                f"{file},COVID-19,convex,{site},CC BY 4.0,20,200x200,{int(positive)},,,,,,,"
+            )
+            names.append(f"pocus/{file}")
+            x = rng.normal(size=len(CLIP_FEATURES))
+            x[SIGNAL] += 2.5 * positive
+            x[LOOK] += 3.0 * offset
+            features.append(x)
+    return rows, names, np.array(features, np.float32)
+
+
+def test_fit_writes_the_head_beside_the_unchanged_network(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    rows, names, features = _clips(rng, {"alpha": 0.9, "beta": 0.5, "gamma": 0.1}, 40)
+    data = tmp_path / "data"
+    (data / "pocus").mkdir(parents=True)
+    (data / "pocus" / "labels.csv").write_text("\n".join([HEADER, *rows]) + "\n")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    # Every clip measured already: the fit reads the measurements, never the (absent) videos.
+    np.savez(
+        cache / f"features-v{FEATURE_VERSION}.npz",
+        names=np.array(names),
+        features=features,
+        columns=np.array(CLIP_FEATURES),
+    )
+    localiser = tmp_path / "localiser"
+    shutil.copytree(SHIPPED, localiser)
+    out = tmp_path / "out"
+
+    fit = fit_real_head(localiser, data, cache, out)
+
+    model = BLineModel.load(out)
+    assert isinstance(model.network, MeasuredBLines)
+    assert model.model.version == VERSION
+    before = BLineModel.load(localiser).network
+    assert isinstance(before, MeasuredBLines)
+    for key, value in before.localiser.state_dict().items():
+        torch.testing.assert_close(model.network.localiser.state_dict()[key], value)
+    weights = model.network.head.linear.weight[0].detach().numpy()
+    assert int(np.argmax(np.abs(weights))) == SIGNAL
+    assert abs(weights[LOOK]) < 0.25 * weights[SIGNAL]  # the sites' look is not learned
+    new_rows, _, new = _clips(rng, {"delta": 0.5}, 200)
+    labels = np.array([row.split(",")[7] == "1" for row in new_rows])
+    assert roc_auc(model.network.head.probability(new), labels) > 0.85
+    assert fit["sources"] == ["alpha", "beta", "gamma"]
+    assert fit["data"].startswith("pocus: 120 clips with a B-line label")
+    metadata = json.loads((out / "configs" / "metadata.json").read_text())
+    assert metadata["training"]["real_head"] == fit
+    assert VERSION in metadata["changelog"]
