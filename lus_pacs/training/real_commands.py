@@ -29,6 +29,14 @@ def evaluate_real(
     config: Annotated[
         Path | None, typer.Option(help="A settings file (TOML); the embedded defaults otherwise.")
     ] = None,
+    family: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Run only this family's shipped bundle (b_lines, consolidation, severity, "
+            "segmentation); repeatable; all by default.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Every family's clip-level findings on real clips, with 95 % bootstrap intervals:
     leave-source-out on the trainable clips, and the shipped bundles on the trainable and the
@@ -41,7 +49,9 @@ def evaluate_real(
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = load_settings(config)
-    result = run(data, cache, out, settings=settings, rounds=rounds, shipped=shipped)
+    result = run(
+        data, cache, out, settings=settings, rounds=rounds, shipped=shipped, families=family
+    )
     for name, reason in result.refused:
         typer.echo(f"not read: {name}: {reason}", err=True)
     typer.echo(result.table)

@@ -53,6 +53,8 @@ RECIPE_TASKS = (
     ("effusion", "effusion"),
 )
 """(row name, label column) of the leave-source-out rows."""
+_GATE_FAMILIES = ("key_frames", "assessment")
+"""What decides whether a clip is assessable: they run whatever ``families`` says."""
 EVALUATED_FAMILIES = (
     "key_frames",
     "assessment",
@@ -123,9 +125,25 @@ def evaluate_real(
     settings: Settings | None = None,
     rounds: int = 1000,
     shipped: bool = True,
+    families: Sequence[str] | None = None,
 ) -> RealEvaluation:
     """Measure the recipe leave-source-out and the shipped bundles on real clips; write
-    ``real.md``, ``roc.png``, ``calibration.png`` and ``confusion.png`` into ``out_dir``."""
+    ``real.md``, ``roc.png``, ``calibration.png`` and ``confusion.png`` into ``out_dir``.
+
+    ``families`` limits the shipped run to those of :data:`EVALUATED_FAMILIES` (the key-frame
+    and assessment families always run: the assessment gate needs them); all when None.
+
+    Raises
+    ------
+    ValueError
+        A name in ``families`` is not one of :data:`EVALUATED_FAMILIES`.
+    """
+    unknown = sorted(set(families or ()) - set(EVALUATED_FAMILIES))
+    if unknown:
+        raise ValueError(
+            f"evaluate real: no family {', '.join(unknown)}; choose from "
+            f"{', '.join(EVALUATED_FAMILIES)}."
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     clips = real_clips(data_root)
     measured = measure(clips, data_root, cache_dir)
@@ -152,7 +170,11 @@ def evaluate_real(
         base = settings or Settings()
         run = base.model_copy(
             update={
-                "models": EVALUATED_FAMILIES,
+                "models": [
+                    f
+                    for f in EVALUATED_FAMILIES
+                    if families is None or f in families or f in _GATE_FAMILIES
+                ],
                 "segmentation": SegmentationSettings(frames="key", mc_samples=0),
             }
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,3 +66,12 @@ def test_rows_and_table() -> None:
     table = markdown([b, s])
     assert table.splitlines()[0].startswith("| family | task | protocol | clips | positives | auc")
     assert "| severity | severity 0-3 | leave-source-out | 5 |" in table
+
+
+def test_evaluate_real_names_the_families_it_knows(tmp_path: Path) -> None:
+    from lus_pacs.training.real_evaluation import EVALUATED_FAMILIES, evaluate_real
+
+    with pytest.raises(ValueError, match="no family b-lines; choose from key_frames") as caught:
+        evaluate_real(tmp_path / "data", tmp_path / "cache", tmp_path / "out", families=["b-lines"])
+    assert all(name in str(caught.value) for name in EVALUATED_FAMILIES)
+    assert not (tmp_path / "out").exists()  # refused before anything ran
