@@ -13,7 +13,7 @@ import torch
 from lus_pacs.families.b_lines.inference import BLineModel
 from lus_pacs.families.measurements import MeasurementHead, fit_head
 from lus_pacs.imaging.decode import read_cine
-from lus_pacs.inference.lung_features import CLIP_FEATURES, cine_features
+from lus_pacs.inference.lung_features import CLIP_FEATURES, FEATURE_VERSION, cine_features
 from lus_pacs.training.metrics import roc_auc
 
 
@@ -50,6 +50,7 @@ def test_a_measured_b_line_bundle_loads_and_scores_every_frame(tmp_path: Path) -
                 "network_def": {"_target_": target, "n_features": len(CLIP_FEATURES)},
                 "threshold": 0.0,
                 "attention_threshold": 0.9,
+                "feature_version": FEATURE_VERSION,
             }
         )
     )

@@ -34,7 +34,7 @@ from lus_pacs.errors import ModelError
 from lus_pacs.families.b_lines.network import ARCHITECTURES, MeasuredBLines
 from lus_pacs.families.measurements import MeasurementHead
 from lus_pacs.inference.bundle import INFERENCE, load_bundle
-from lus_pacs.inference.lung_features import FRAME_FEATURES, cine_features
+from lus_pacs.inference.lung_features import FEATURE_VERSION, FRAME_FEATURES, cine_features
 from lus_pacs.inference.transforms import b_line_windows
 
 
@@ -76,9 +76,19 @@ class BLineModel:
         Raises
         ------
         ModelError
-            The bundle is incomplete, is not a B-line bundle, or its thresholds are invalid.
+            The bundle is incomplete, is not a B-line bundle, its thresholds are invalid, or
+            its head was fitted on measurements of another ``lung_features`` version.
         """
         bundle = load_bundle(bundle_dir, (*ARCHITECTURES.values(), MeasurementHead, MeasuredBLines))
+        measured = bundle.config.get("feature_version")
+        if isinstance(bundle.network, MeasurementHead | MeasuredBLines) and (
+            measured != FEATURE_VERSION
+        ):
+            raise ModelError(
+                f"{Path(bundle_dir) / INFERENCE}: its head was fitted on lung measurements of "
+                f"version {measured!r}, this code measures version {FEATURE_VERSION}; fit it "
+                "again with `lus-pacs fit b-lines`."
+            )
         thresholds = []
         for key in ("threshold", "attention_threshold"):
             value = bundle.config.get(key)

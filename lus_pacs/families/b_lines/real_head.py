@@ -85,6 +85,7 @@ def fit_real_head(
         "attention over 1-second windows. Research use only; not a medical device."
     )
     metadata["training"] = {**metadata.get("training", {}), "real_head": fit}
+    config["feature_version"] = FEATURE_VERSION
     config["network_def"] = {
         "_target_": f"{MeasuredBLines.__module__}.{MeasuredBLines.__name__}",
         "localiser": localiser_def,

@@ -8,8 +8,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
+from lus_pacs.errors import ModelError
 from lus_pacs.families.b_lines.inference import BLineModel
 from lus_pacs.families.b_lines.network import MeasuredBLines
 from lus_pacs.families.b_lines.real_head import VERSION, fit_real_head
@@ -83,3 +85,15 @@ def test_fit_writes_the_head_beside_the_unchanged_network(tmp_path: Path) -> Non
     metadata = json.loads((out / "configs" / "metadata.json").read_text())
     assert metadata["training"]["real_head"] == fit
     assert VERSION in metadata["changelog"]
+
+
+def test_a_head_of_other_measurements_is_refused(tmp_path: Path) -> None:
+    bundle = tmp_path / "b_lines"
+    shutil.copytree(SHIPPED, bundle)
+    config_path = bundle / "configs" / "inference.json"
+    config = json.loads(config_path.read_text())
+    assert config["feature_version"] == FEATURE_VERSION
+    config["feature_version"] = FEATURE_VERSION + 1
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="fit it again with `lus-pacs fit b-lines`"):
+        BLineModel.load(bundle)
