@@ -46,7 +46,6 @@ from lus_pacs.training.real_report import (
 
 log = logging.getLogger(__name__)
 
-RECIPE_L2 = HEAD_L2
 RECIPE_TASKS = (
     ("b_lines", "b_lines"),
     ("consolidation", "consolidations"),
@@ -75,7 +74,7 @@ class RealEvaluation:
 def leave_source_out(
     measured: Measured,
     label: Callable[[RealClip], bool | None],
-    l2: float = RECIPE_L2,
+    l2: float = HEAD_L2,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_], list[str]]:
     """Pooled held-out scores of the trainable clips that have a label, their labels and
     sources, by the head fitted stratified by source on the other sources. A source whose

@@ -25,6 +25,9 @@ class Architecture(StrEnum):
     c2d_lstm = "c2d_lstm"
 
 
+MODELS_DIR = Path(__file__).resolve().parents[3] / "models"
+"""The shipped bundles, beside the package (as the node's default ``models_dir``)."""
+
 PocusOption = Annotated[
     Path | None, typer.Option("--pocus", help="The POCUS dataset folder (labels.csv).")
 ]
@@ -129,9 +132,15 @@ def fit(
         Path, typer.Option(help="The folder holding pocus/ (only its trainable clips are read).")
     ],
     localiser: Annotated[
-        Path, typer.Option(help="The B-line bundle whose network finds the frames.")
-    ] = Path("models/b_lines"),
-    out: Annotated[Path, typer.Option(help="The bundle folder to write.")] = Path("models/b_lines"),
+        Path,
+        typer.Option(
+            help="The B-line bundle whose network finds the frames.",
+            show_default="models/b_lines",
+        ),
+    ] = MODELS_DIR / "b_lines",
+    out: Annotated[
+        Path, typer.Option(help="The bundle folder to write.", show_default="models/b_lines")
+    ] = MODELS_DIR / "b_lines",
     cache: Annotated[Path, typer.Option(help="Folder for the clips' imports and measurements.")] = (
         Path("build/real-cache")
     ),
