@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean reproduce-b-lines evaluate-real
+.PHONY: install demo test lint clean reproduce-b-lines evaluate-real fit-real
 
 $(STAMP): pyproject.toml dicom_nodes/debian-packages.txt dicom_nodes/viewer/debian-packages.txt \
 		dicom_nodes/viewer/install.sh dicom_nodes/viewer/package-lock.json
@@ -52,3 +52,9 @@ reproduce-b-lines: $(STAMP)
 DATA ?= ../shared/data
 evaluate-real: $(STAMP)
 	$(VENV)/bin/lus-pacs evaluate real --data $(DATA) --out build/real-evaluation
+
+# Refit the real-data parts of the shipped bundles (the B-line head, the severity recipe) on the
+# trainable clips of $(DATA), beside their networks (seconds once the clips are measured).
+fit-real: $(STAMP)
+	$(VENV)/bin/lus-pacs fit b-lines --data $(DATA) --cache build/real-cache
+	$(VENV)/bin/lus-pacs fit severity --data $(DATA) --cache build/real-cache

@@ -114,6 +114,9 @@ class Cine:
     source: SourceRef
     overlay_mask: npt.NDArray[np.bool_] | None = field(default=None)
     """Pixels of burned-in text and markers (constant over the loop), full image size."""
+    damaged: Mapping[int, str] = field(default_factory=dict)
+    """Frames (1-based) the decoder read only in part, with what it said: named in the record,
+    never chosen as a key, severity or segmented frame."""
 
     def __post_init__(self) -> None:
         if self.frames.ndim != 3 or self.frames.dtype != np.uint8:
@@ -125,6 +128,12 @@ class Cine:
     @property
     def n_frames(self) -> int:
         return int(self.frames.shape[0])
+
+    def intact(self) -> npt.NDArray[np.bool_]:
+        """Per frame (0-based), whether it decoded whole."""
+        ok = np.ones(self.n_frames, dtype=bool)
+        ok[[f - 1 for f in self.damaged if 1 <= f <= self.n_frames]] = False
+        return ok
 
     def tissue(self) -> GreyFrames:
         """The frames cropped to the tissue region."""
@@ -346,6 +355,8 @@ class NotAssessableReason(StrEnum):
     """The image does not look like lung ultrasound (an echocardiogram, an abdominal view)."""
     POOR_QUALITY = "poor_quality"
     """Lung, but no frame a clinician would read (key-frame model)."""
+    DAMAGED_FRAMES = "damaged_frames"
+    """Too many frames the decoder could read only in part (corrupt or cut-short data)."""
 
 
 @dataclass(frozen=True)
@@ -379,6 +390,8 @@ class Findings:
     key_frames: tuple[KeyFrame, ...] = ()
     """Every family's proposed key frames, in :class:`KeyFrameReason` order."""
     by_family: Mapping[str, object] = field(default_factory=dict)
+    damaged: Mapping[int, str] = field(default_factory=dict)
+    """The cine's frames read only in part (:attr:`Cine.damaged`)."""
 
     def of_family(self, name: str, kind: type[_T]) -> _T | None:
         """The findings of family ``name`` if it ran, checked to be a ``kind``."""

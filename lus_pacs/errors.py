@@ -5,6 +5,12 @@ class LusPacsError(Exception):
     """Base class of every error lus-pacs raises on purpose."""
 
 
+def describe(exc: BaseException) -> str:
+    """An exception as a reason for a person: its message, or its kind when it has none."""
+    text = str(exc).strip()
+    return text if text else type(exc).__name__
+
+
 class ConfigError(LusPacsError):
     """The node's configuration is invalid."""
 
@@ -24,6 +30,38 @@ class UnreadableImageError(LusPacsError):
         super().__init__(f"{source}: {reason}")
         self.source = source
         self.reason = reason
+
+
+class StageError(LusPacsError):
+    """A stage of processing one cine failed on it (not a refusal of the input as such): the
+    cine gets a failure record naming the stage, the others go on.
+
+    Parameters
+    ----------
+    source:
+        The file name or SOP Instance UID of the cine.
+    stage:
+        ``read``, ``analyse`` or ``write``.
+    reason:
+        What failed, never empty.
+    """
+
+    def __init__(self, source: str, stage: str, reason: str) -> None:
+        super().__init__(f"{source}: {stage} failed: {reason}")
+        self.source = source
+        self.stage = stage
+        self.reason = reason
+
+
+def failure_stage(exc: BaseException) -> str:
+    """The stage a failure of one cine happened at, for its failure record."""
+    if isinstance(exc, StageError):
+        return exc.stage
+    if isinstance(exc, UnreadableImageError):
+        return "decode"
+    if isinstance(exc, EncodeError):
+        return "encode"
+    return "unexpected"
 
 
 class AnnotationError(LusPacsError):

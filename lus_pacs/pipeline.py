@@ -9,6 +9,8 @@ the files afterwards (C-STORE or nothing) differs.
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,13 +30,15 @@ from lus_pacs.domain import (
     ResultIdentity,
 )
 from lus_pacs.durable import durable_file
+from lus_pacs.encode.common import repaired_header, restore_source_class
 from lus_pacs.encode.objects import SERIES_NUMBERS, encode_objects
-from lus_pacs.errors import LusPacsError
+from lus_pacs.errors import LusPacsError, StageError, describe, failure_stage
 from lus_pacs.families.family import Family, Found, Runner
 from lus_pacs.families.registry import FAMILIES, Registry
 from lus_pacs.imaging.decode import decode_dataset
 from lus_pacs.records import (
     CineRecord,
+    FailedOutputRecord,
     KeyFrameRecord,
     OutputRecord,
     StudySummary,
@@ -42,6 +46,8 @@ from lus_pacs.records import (
     to_json,
 )
 from lus_pacs.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,6 +81,13 @@ class Models:
 def analyse(header: Dataset, name: str, models: Models, settings: Settings) -> Findings:
     """Decode the cine and run every enabled family on it, each after those it needs."""
     cine = decode_dataset(header, name, zone_rules=settings.zone_rules)
+    if cine.damaged:
+        log.warning(
+            "%s: frames read only in part: %s",
+            name,
+            "; ".join(f"{f}: {r}" for f, r in sorted(cine.damaged.items())),
+        )
+    intact = cine.intact()
     by_family: dict[str, object] = {}
     key_frames: tuple[KeyFrame, ...] = ()
     for family in models.families:
@@ -82,15 +95,16 @@ def analyse(header: Dataset, name: str, models: Models, settings: Settings) -> F
             continue
         found = models.runners[family.name].predict(cine, Found(by_family, key_frames))
         by_family[family.name] = found
-        key_frames = tuple(
-            sorted((*key_frames, *family.key_frames(found)), key=lambda k: _REASONS[k.reason])
-        )
+        # A damaged frame is never a key frame, whichever family proposes it.
+        proposed = [k for k in family.key_frames(found) if intact[k.frame - 1]]
+        key_frames = tuple(sorted((*key_frames, *proposed), key=lambda k: _REASONS[k.reason]))
     return Findings(
         source=cine.source,
         n_frames=cine.n_frames,
         fps=cine.timing.fps,
         key_frames=key_frames,
         by_family=by_family,
+        damaged=dict(cine.damaged),
     )
 
 
@@ -119,19 +133,39 @@ def result_identity(source: str, models_key: str, kind: OutputKind) -> ResultIde
 
 
 def encode(
-    findings: Findings, header: Dataset, kinds: Sequence[OutputKind], models_key: str
+    findings: Findings,
+    header: Dataset,
+    kinds: Sequence[OutputKind],
+    models_key: str,
+    failed: dict[OutputKind, str] | None = None,
 ) -> list[tuple[OutputKind, Dataset]]:
     """The result objects of one cine (:data:`lus_pacs.encode.objects.ENCODERS`).
+
+    With ``failed``, a kind that cannot be made for this source is logged, put in it with the
+    reason and left out; the others are still made.
 
     Raises
     ------
     EncodeError
-        An encoder refused the findings.
+        Without ``failed``: an encoder refused the findings.
     """
     source = findings.source.sop_instance_uid
-    return encode_objects(
-        findings, header, kinds, lambda kind: result_identity(source, models_key, kind)
+
+    def report(kind: OutputKind, reason: str) -> None:
+        log.error("%s: the %s object could not be made: %s", source, kind.value, reason)
+        assert failed is not None
+        failed[kind] = reason
+
+    objects = encode_objects(
+        findings,
+        repaired_header(header),
+        kinds,
+        lambda kind: result_identity(source, models_key, kind),
+        None if failed is None else report,
     )
+    for _, dataset in objects:
+        restore_source_class(dataset, header)
+    return objects
 
 
 def output_name(kind: OutputKind, ds: Dataset) -> str:
@@ -156,20 +190,26 @@ def result_record(
     outputs: Sequence[Output],
     timings_ms: Mapping[str, float],
     families: Registry = FAMILIES,
+    outputs_failed: Mapping[OutputKind, str] | None = None,
 ) -> CineRecord:
     """The record of one cine (also what the SR encodes). Frames are 1-based; the parts of
-    families that did not run are absent."""
+    families that did not run are absent; ``outputs_failed`` names the objects that could not
+    be made, with the reason."""
     parts = {}
     for name, found in findings.by_family.items():
         family = families.get(name, where="findings")
         parts[family.json_key] = family.record(found)
     return CineRecord(
-        source=source_record(findings.source, findings.n_frames, findings.fps),
+        source=source_record(findings.source, findings.n_frames, findings.fps, findings.damaged),
         parts=parts,
         key_frames=tuple(KeyFrameRecord(k.frame, k.reason) for k in findings.key_frames),
         outputs=tuple(OutputRecord(o.kind, o.sop_instance_uid, o.path.name) for o in outputs),
         models={m.name: m.version for m in findings.models},
         timings_ms={k: round(v, 1) for k, v in timings_ms.items()},
+        outputs_failed=tuple(
+            FailedOutputRecord(kind.value, reason)
+            for kind, reason in (outputs_failed or {}).items()
+        ),
     )
 
 
@@ -181,18 +221,27 @@ def process_file(
     With ``plots_dir``, the B-line frame scores over time are also drawn there as
     ``<SOPInstanceUID>_b_lines.png`` (the paper's Fig. 1, without truth).
 
+    A result object that cannot be made for this source is left out and named in the record
+    (``outputs_failed``); the others are made.
+
     Raises
     ------
     UnreadableImageError
         The cine cannot be decoded; the message names the file and the reason.
+    StageError
+        Reading the file, the analysis or writing the results failed; the message names the
+        file, the stage and the reason.
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    header = pydicom.dcmread(path)
+    header = _read_dataset(lambda: pydicom.dcmread(path), path.name)
     timings["read"] = (time.perf_counter() - start) * 1000
-    findings, objects = _analyse_and_encode(header, path.name, models, settings, timings)
+    findings, objects, failed = _analyse_and_encode(header, path.name, models, settings, timings)
     start = time.perf_counter()
-    outputs = write_outputs(objects, out_dir)
+    try:
+        outputs = write_outputs(objects, out_dir)
+    except OSError as exc:
+        raise StageError(path.name, "write", describe(exc)) from exc
     timings["encode"] += (time.perf_counter() - start) * 1000
     if plots_dir is not None and findings.b_lines is not None and findings.b_lines.frame_scores:
         from lus_pacs.families.b_lines.plots import plot_attention
@@ -200,7 +249,7 @@ def process_file(
         plots_dir.mkdir(parents=True, exist_ok=True)
         name = f"{findings.source.sop_instance_uid}_b_lines.png"
         plot_attention(findings.b_lines, plots_dir / name)
-    return result_record(findings, outputs, timings, models.registry), outputs
+    return result_record(findings, outputs, timings, models.registry, failed), outputs
 
 
 def process_bytes(
@@ -215,12 +264,14 @@ def process_bytes(
     ------
     UnreadableImageError
         The cine cannot be decoded; the message names ``name`` and the reason.
+    StageError
+        As :func:`process_file`.
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    header = pydicom.dcmread(BytesIO(data))
+    header = _read_dataset(lambda: pydicom.dcmread(BytesIO(data)), name)
     timings["read"] = (time.perf_counter() - start) * 1000
-    findings, objects = _analyse_and_encode(header, name, models, settings, timings)
+    findings, objects, failed = _analyse_and_encode(header, name, models, settings, timings)
     files = []
     outputs = []
     for kind, ds in objects:
@@ -229,19 +280,35 @@ def process_bytes(
         file_name = output_name(kind, ds)
         files.append((file_name, buffer.getvalue()))
         outputs.append(Output(kind, str(ds.SOPInstanceUID), Path(file_name)))
-    return result_record(findings, outputs, timings, models.registry), files
+    return result_record(findings, outputs, timings, models.registry, failed), files
+
+
+def _read_dataset(read: Callable[[], Dataset], name: str) -> Dataset:
+    try:
+        return read()
+    # pydicom raises many kinds of error on a damaged file: this is the trust boundary.
+    except Exception as exc:
+        raise StageError(name, "read", f"not a readable DICOM file: {describe(exc)}") from exc
 
 
 def _analyse_and_encode(
     header: Dataset, name: str, models: Models, settings: Settings, timings: dict[str, float]
-) -> tuple[Findings, list[tuple[OutputKind, Dataset]]]:
+) -> tuple[Findings, list[tuple[OutputKind, Dataset]], dict[OutputKind, str]]:
     start = time.perf_counter()
-    findings = analyse(header, name, models, settings)
+    try:
+        findings = analyse(header, name, models, settings)
+    except LusPacsError:
+        raise
+    # A model or a pre-processing step failing on one cine is that cine's failure only.
+    except Exception as exc:
+        log.exception("%s: the analysis failed", name)
+        raise StageError(name, "analyse", describe(exc)) from exc
     timings["decode+inference"] = (time.perf_counter() - start) * 1000
     start = time.perf_counter()
-    objects = encode(findings, header, settings.output_kinds, models.key)
+    failed: dict[OutputKind, str] = {}
+    objects = encode(findings, header, settings.output_kinds, models.key, failed)
     timings["encode"] = (time.perf_counter() - start) * 1000
-    return findings, objects
+    return findings, objects, failed
 
 
 def encode_summary(
@@ -257,14 +324,17 @@ def encode_summary(
     cines = sorted(u for uids in summary.zone_cines.values() for u in uids)
     kind = OutputKind.STUDY_SR
     identity = result_identity(study, models_key, kind)
-    return kind, encode_study_summary(
+    dataset = encode_study_summary(
         summary,
-        sources,
+        [repaired_header(s) for s in sources],
         series_number=identity.series_number,
         instance_uid=str(generate_uid(entropy_srcs=[study, models_key, *cines, kind])),
         series_uid=identity.series_uid,
         instance_number=len(cines),
     )
+    for source in sources:
+        restore_source_class(dataset, source)
+    return kind, dataset
 
 
 def process_paths(
@@ -277,19 +347,28 @@ def process_paths(
 ) -> int:
     """``lus-pacs process``: every file through :func:`process_file` into ``out`` with its
     record in ``summary.jsonl``, then per study its summary in ``studies.jsonl`` and the study
-    summary SR. ``echo(line, is_error)`` hears of each file. Returns the number of files that
-    failed; a failure does not stop the others."""
+    summary SR. A file that fails gets a line in ``failed.jsonl`` (file, stage, reason) instead
+    and the others go on. ``echo(line, is_error)`` hears of each file. Returns the number of
+    files that failed."""
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
     studies: dict[str, list[tuple[Path, CineRecord]]] = {}
-    with (out / "summary.jsonl").open("w") as summary:
+    with (out / "summary.jsonl").open("w") as summary, (out / "failed.jsonl").open("w") as bad:
         for path in files:
             try:
                 record, _ = process_file(path, models, settings, out, plots_dir)
-            except LusPacsError as exc:
-                echo(f"{path}: failed: {exc}", True)
+            # Whatever one file does, the next is processed: this is the run's boundary.
+            except Exception as exc:
+                if not isinstance(exc, LusPacsError):
+                    log.exception("%s: unexpected failure", path)
+                stage, reason = failure_stage(exc), describe(exc)
+                echo(f"{path}: failed at {stage}: {reason}", True)
+                bad.write(json.dumps({"file": str(path), "stage": stage, "reason": reason}))
+                bad.write("\n")
                 failed += 1
                 continue
+            for kind in record.outputs_failed:
+                echo(f"{path}: no {kind.kind} object: {kind.reason}", True)
             summary.write(record.dumps() + "\n")
             studies.setdefault(record.source.study_instance_uid, []).append((path, record))
             echo(f"{path}: {to_json(record.b_lines) if record.b_lines else {}}", False)

@@ -130,6 +130,16 @@ class SourceRecord:
     zone: str | None
     frames: int
     fps: float | None
+    frames_damaged: tuple[DamagedFrameRecord, ...] | None = field(default=None, metadata=OMIT_NONE)
+    """Frames the decoder read only in part (absent when none): never key frames."""
+
+
+@dataclass(frozen=True)
+class DamagedFrameRecord:
+    frame: int
+    """1-based."""
+    reason: str
+    """What the decoder said of it."""
 
 
 @dataclass(frozen=True)
@@ -257,6 +267,14 @@ class OutputRecord:
 
 
 @dataclass(frozen=True)
+class FailedOutputRecord:
+    """A result object that could not be made for this source (the others were)."""
+
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class CineRecord:
     """Everything the node found in one cine and what it made of it.
 
@@ -271,6 +289,8 @@ class CineRecord:
     models: Mapping[str, str]
     """Family name -> bundle version of every model that ran."""
     timings_ms: Mapping[str, float]
+    outputs_failed: tuple[FailedOutputRecord, ...] = ()
+    """Result objects that could not be made for this source, with the reason."""
 
     def part(self, key: str, kind: type[_T]) -> _T | None:
         """The part under ``key`` if the family ran, checked to be a ``kind``."""
@@ -315,6 +335,8 @@ class CineRecord:
         out["key_frames"] = to_json(self.key_frames)
         out["outputs"] = to_json(self.outputs)
         out["models"] = dict(self.models)
+        if self.outputs_failed:
+            out["outputs_failed"] = to_json(self.outputs_failed)
         if timings:
             out["timings_ms"] = dict(self.timings_ms)
         return out
@@ -344,7 +366,15 @@ class CineRecord:
             k: from_json(t, data[k]) for k, t in part_types.items() if k in data
         }
         timings = base.timings_ms or {}
-        return cls(base.source, parts, base.key_frames, base.outputs, base.models, timings)
+        return cls(
+            base.source,
+            parts,
+            base.key_frames,
+            base.outputs,
+            base.models,
+            timings,
+            base.outputs_failed or (),
+        )
 
     @classmethod
     def loads(cls, text: str, part_types: Mapping[str, type]) -> CineRecord:
@@ -360,9 +390,12 @@ class _CineRecordJson:
     outputs: tuple[OutputRecord, ...]
     models: Mapping[str, str]
     timings_ms: Mapping[str, float] | None = field(default=None, metadata=OMIT_NONE)
+    outputs_failed: tuple[FailedOutputRecord, ...] | None = field(default=None, metadata=OMIT_NONE)
 
 
-def source_record(source: SourceRef, frames: int, fps: float | None) -> SourceRecord:
+def source_record(
+    source: SourceRef, frames: int, fps: float | None, damaged: Mapping[int, str] | None = None
+) -> SourceRecord:
     return SourceRecord(
         source.sop_instance_uid,
         source.series_instance_uid,
@@ -371,6 +404,7 @@ def source_record(source: SourceRef, frames: int, fps: float | None) -> SourceRe
         source.zone,
         frames,
         fps,
+        tuple(DamagedFrameRecord(f, r) for f, r in sorted(damaged.items())) if damaged else None,
     )
 
 

@@ -32,6 +32,9 @@ class ZoneRule(BaseModel):
         return value
 
 
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+"""The bundles shipped beside the package (``models/`` of the repository)."""
+
 DEFAULT_ZONE_RULES = (
     ZoneRule(attribute="SeriesDescription", pattern=r"(?i)\b(?:zone\s*)?(?P<zone>[RL]\d{1,2})\b"),
     ZoneRule(attribute="ImageComments", pattern=r"(?i)\b(?:zone\s*)?(?P<zone>[RL]\d{1,2})\b"),
@@ -105,7 +108,7 @@ class Settings(BaseModel):
     BINARY SEG with plane geometry (what OHIF and older viewers open), optionally a FRACTIONAL
     SEG of the Monte-Carlo dropout uncertainty; per study, once it is complete, the summary
     SR."""
-    models_dir: Path = Field(default_factory=lambda: Path(__file__).resolve().parents[1] / "models")
+    models_dir: Path = Field(default_factory=lambda: MODELS_DIR)
     models: tuple[str, ...] = (
         "b_lines",
         "consolidation",

@@ -49,7 +49,7 @@ def test_every_family_has_its_commands() -> None:
     # Beside the families': the real-data evaluation of them all.
     assert names(evaluate_app) == families - {"consolidation"} | {"real"}
     assert names(pretrain_app) == {"consolidation"}
-    assert names(fit_app) == {"b-lines"}
+    assert names(fit_app) == {"b-lines", "severity"}
 
 
 def test_family_choices_are_those_the_networks_know() -> None:

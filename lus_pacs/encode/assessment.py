@@ -9,7 +9,7 @@ from pydicom.uid import generate_uid
 
 from lus_pacs.domain import Findings
 from lus_pacs.encode import codes
-from lus_pacs.encode.common import algorithm_identification
+from lus_pacs.encode.common import algorithm_identification, check_frames, frame_references
 
 _HAS_CONCEPT_MOD = hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD
 
@@ -34,10 +34,24 @@ def assessment_groups(
     findings: Findings, header: Dataset, sop_instance_uid: str
 ) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
     """The assessment's group: whether the lung models read the cine and, when they did not,
-    why (they then have no group: no lung finding is reported on this cine)."""
+    why (they then have no group: no lung finding is reported on this cine); and how many
+    frames, which, the decoder read only in part (never key frames)."""
     assessment = findings.assessment
     if assessment is None:
         return []
+    damaged = check_frames(findings.damaged, header, "damaged frames")
+    measurements = [
+        hd.sr.Measurement(
+            name=codes.DAMAGED_FRAMES,
+            value=len(damaged),
+            unit=codes.FRAMES,
+            referenced_images=[
+                hd.sr.SourceImageForMeasurement.from_source_image(
+                    header, frame_references(header, damaged)
+                )
+            ],
+        )
+    ]
     zone = findings.source.zone
     where = f", zone {zone}" if zone else ""
     return [
@@ -49,6 +63,7 @@ def assessment_groups(
             finding_type=codes.ASSESSABILITY,
             algorithm_id=algorithm_identification(assessment.model),
             finding_sites=[finding_site(zone)],
+            measurements=measurements if damaged else None,
             qualitative_evaluations=[
                 hd.sr.QualitativeEvaluation(
                     name=codes.ASSESSABILITY,

@@ -112,9 +112,11 @@ NOT_ASSESSABLE_REASONS = {
     NotAssessableReason.STILL_IMAGE: _private("LUS084", "Still image, not a cine loop"),
     NotAssessableReason.NOT_LUNG: _private("LUS085", "Not a lung ultrasound view"),
     NotAssessableReason.POOR_QUALITY: _private("LUS086", "No readable frame"),
+    NotAssessableReason.DAMAGED_FRAMES: _private("LUS088", "Too many damaged frames"),
 }
 """Values of the Reason not assessable of a cine the lung models did not read."""
 ZONES_NOT_ASSESSABLE = _private("LUS087", "Lung ultrasound zones not assessable")
+DAMAGED_FRAMES = _private("LUS089", "Frames damaged in the source")
 """Study summary: zones none of whose cines the lung models could read (out of the score)."""
 
 # Standard concepts.

@@ -3,16 +3,20 @@ research output, the device and algorithm it names, and checks on the frames it 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import highdicom as hd
-from pydicom import Dataset
+from pydicom import Dataset, valuerep
+from pydicom.dataelem import DataElement
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from lus_pacs import __version__
 from lus_pacs.domain import Findings, ModelInfo, PoorReason
 from lus_pacs.errors import UnreadableImageError
+
+log = logging.getLogger(__name__)
 
 MANUFACTURER = "lus-pacs"
 RESEARCH_NOTICE = (
@@ -147,3 +151,82 @@ def algorithm_identification(model: ModelInfo) -> hd.sr.AlgorithmIdentification:
         version=model.version,
         manufacturer=ALGORITHM_MANUFACTURER,
     )
+
+
+_DATE_TIME_VRS = {"DA", "TM", "DT"}
+_SOP_CLASS_UID = 0x00080016
+
+RETIRED_IMAGE_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.6": "1.2.840.10008.5.1.4.1.1.6.1",
+    "1.2.840.10008.5.1.4.1.1.3": "1.2.840.10008.5.1.4.1.1.3.1",
+}
+"""Retired ultrasound image classes (still sent by old scanners) -> their current class, whose
+modules they share: the encoders know only the current ones."""
+
+
+def repaired_header(header: Dataset) -> Dataset:
+    """``header`` with its top-level dates and times in DICOM form, for the encoders (which
+    copy them into the results and refuse what they cannot parse).
+
+    Scanners write ``11:25:01`` or ``2026-01-01``: the separators are removed when what remains
+    is a valid value; a value that still does not parse is left out, with a log line. A retired
+    ultrasound class is given as its current one (:data:`RETIRED_IMAGE_CLASSES`;
+    :func:`restore_source_class` puts the source's own class back in the references). The
+    original dataset is not changed.
+    """
+    # A new element dict holding the same elements: each repair replaces an element, never
+    # changes one (the header's own elements stay as they are).
+    repaired = Dataset()
+    for element in header:
+        repaired.add(element)
+    for attribute in ("file_meta", "preamble", "filename"):
+        if hasattr(header, attribute):
+            setattr(repaired, attribute, getattr(header, attribute))
+    current = RETIRED_IMAGE_CLASSES.get(str(header.get("SOPClassUID", "")))
+    if current is not None:
+        repaired[_SOP_CLASS_UID] = DataElement(_SOP_CLASS_UID, "UI", current)
+    for element in list(header):
+        if element.VR not in _DATE_TIME_VRS or element.VM != 1 or not element.value:
+            continue
+        raw = str(element.value).strip()
+        if _parses(element.VR, raw):
+            continue
+        # A DT's '-' may be its UTC offset: only ':', ' ' and 'T' go.
+        gone = ":- " if element.VR != "DT" else ": T"
+        fixed = raw.translate({ord(c): None for c in gone})
+        keyword = element.keyword or str(element.tag)
+        if _parses(element.VR, fixed):
+            log.warning("%s %r written as %r for the results", keyword, raw, fixed)
+            repaired[element.tag] = DataElement(element.tag, element.VR, fixed)
+        else:
+            log.warning(
+                "%s %r is not a valid %s: left out of the results", keyword, raw, element.VR
+            )
+            del repaired[element.tag]
+    return repaired
+
+
+def _parses(vr: str, value: str) -> bool:
+    kind = {"DA": valuerep.DA, "TM": valuerep.TM, "DT": valuerep.DT}[vr]
+    try:
+        kind(value)
+    except ValueError:
+        return False
+    return True
+
+
+def restore_source_class(result: Dataset, source: Dataset) -> None:
+    """In ``result``, every reference to ``source`` gets ``source``'s own SOP Class UID back
+    (the encoders saw the current class of a retired one: :func:`repaired_header`)."""
+    sop_class = str(source.get("SOPClassUID", ""))
+    if sop_class not in RETIRED_IMAGE_CLASSES:
+        return
+    uid = str(source.SOPInstanceUID)
+    stack = [result]
+    while stack:
+        ds = stack.pop()
+        if str(ds.get("ReferencedSOPInstanceUID", "")) == uid and "ReferencedSOPClassUID" in ds:
+            ds.ReferencedSOPClassUID = sop_class
+        for element in ds:
+            if element.VR == "SQ":
+                stack.extend(element.value)

@@ -98,14 +98,19 @@ def encode_objects(
     header: Dataset,
     kinds: Sequence[OutputKind],
     identity: Callable[[OutputKind], ResultIdentity],
+    on_failure: Callable[[OutputKind, str], None] | None = None,
 ) -> list[tuple[OutputKind, Dataset]]:
     """The result objects of one cine, in the order of ``kinds``; ``identity`` gives each
     kind's UIDs and series number.
 
+    With ``on_failure``, a kind whose encoder fails on this source is reported to it (kind,
+    reason) and left out, and the other kinds are still made.
+
     Raises
     ------
     EncodeError
-        An encoder refused the findings; the message names the kind and the source instance.
+        Without ``on_failure``: an encoder failed; the message names the kind and the source
+        instance.
     """
     out = []
     for kind in kinds:
@@ -114,10 +119,17 @@ def encode_objects(
             continue
         try:
             dataset = encoder(findings, header, identity(kind))
-        except (ValueError, TypeError) as exc:
-            raise EncodeError(
-                f"{kind.value} of {findings.source.sop_instance_uid} could not be made: {exc}"
-            ) from exc
+        # highdicom and pydicom raise many kinds of error on a source they cannot follow: each
+        # is this object's failure, not the cine's.
+        except Exception as exc:
+            reason = str(exc).strip() or type(exc).__name__
+            if on_failure is None:
+                raise EncodeError(
+                    f"{kind.value} of {findings.source.sop_instance_uid} could not be made: "
+                    f"{reason}"
+                ) from exc
+            on_failure(kind, reason)
+            continue
         if dataset is not None:
             out.append((kind, dataset))
     return out

@@ -10,19 +10,45 @@ devices; without the weighting a model held out on a source scores by the others
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
 
-from lus_pacs.inference.lung_features import CLIP_FEATURES
+from lus_pacs.errors import ModelError
+from lus_pacs.inference.bundle import INFERENCE
+from lus_pacs.inference.lung_features import CLIP_FEATURES, FEATURE_VERSION
 
 HEAD_L2 = 30.0
 """The head's L2 penalty on the standardised measurement weights: the middle of 3, 30 and 300,
 chosen leave-source-out before the fit was stratified and kept since (stratified, 1 to 300 give
 the same figures within 0.01: see the B-line model card)."""
+
+ORDINAL_L2 = 1.0
+"""The ordinal head's L2 penalty on its standardised weights: of 0.1, 1, 3 and 10, 1 gave the
+best leave-source-out kappa of the severity recipe (see the severity model card)."""
+
+
+def check_feature_version(config: Mapping[str, object], bundle_dir: Path, command: str) -> None:
+    """Refuse a bundle whose heads were fitted on lung measurements of another version than
+    this code measures (its ``feature_version`` in ``configs/inference.json``).
+
+    Raises
+    ------
+    ModelError
+        The versions differ; the message names ``command``, which fits the bundle again.
+    """
+    measured = config.get("feature_version")
+    if measured != FEATURE_VERSION:
+        raise ModelError(
+            f"{Path(bundle_dir) / INFERENCE}: its head was fitted on lung measurements of "
+            f"version {measured!r}, this code measures version {FEATURE_VERSION}; fit it "
+            f"again with `{command}`."
+        )
 
 
 class MeasurementHead(nn.Module):
@@ -136,3 +162,140 @@ def _newton(
         if np.abs(step).max() < 1e-9:
             break
     return w
+
+
+class OrdinalHead(nn.Module):
+    """A cumulative-logit (proportional odds) head: ``eta = w . (x - mean) / scale`` and
+    ``P(score <= k) = sigmoid(cut_k - eta)`` for ordered scores ``0 .. len(cuts)``.
+
+    Parameters
+    ----------
+    n_inputs:
+        Inputs per clip.
+    n_scores:
+        Ordered scores (one more than the cuts).
+    """
+
+    mean: torch.Tensor
+    scale: torch.Tensor
+    weight: torch.Tensor
+    cuts: torch.Tensor
+
+    def __init__(self, n_inputs: int, n_scores: int = 4) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_inputs))
+        self.register_buffer("scale", torch.ones(n_inputs))
+        self.register_buffer("weight", torch.zeros(n_inputs))
+        self.register_buffer("cuts", torch.arange(n_scores - 1, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``eta``, shape (clips,), of inputs shaped (clips, n_inputs)."""
+        return ((x - self.mean) / self.scale) @ self.weight
+
+    def predict(
+        self, inputs: npt.NDArray[np.floating]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """Each clip's score (how many cuts its ``eta`` passes: the median of its score
+        distribution) and the probabilities of every score, shaped (clips, n_scores)."""
+        with torch.inference_mode():
+            eta = self(torch.as_tensor(np.asarray(inputs, np.float32))).double()
+        cuts = self.cuts.double()
+        below = torch.sigmoid(cuts[None, :] - eta[:, None])
+        ones = torch.ones(len(eta), 1, dtype=torch.float64)
+        probabilities = torch.diff(torch.cat([0 * ones, below, ones], dim=1), dim=1)
+        scores = (eta[:, None] > cuts[None, :]).sum(dim=1)
+        return scores.numpy().astype(np.int64), probabilities.numpy()
+
+
+def fit_ordinal(
+    inputs: npt.NDArray[np.floating],
+    scores: npt.NDArray[np.integer],
+    l2: float = ORDINAL_L2,
+    *,
+    groups: Sequence[str] | None = None,
+    n_scores: int = 4,
+) -> OrdinalHead:
+    """An :class:`OrdinalHead` fitted to ``scores`` (0 .. n_scores - 1) of ``inputs``
+    (clips, n), every score given equal total weight (as :func:`fit_head` balances classes).
+
+    With ``groups`` the fit is stratified as in :func:`fit_head`: each group's own offset of
+    ``eta`` and shared weights, then one set of cuts fitted with the weights fixed.
+
+    Raises
+    ------
+    ValueError
+        Scores outside the range, fewer than two distinct scores, or ``groups`` of another
+        length.
+    """
+    from scipy.optimize import minimize
+
+    x = np.asarray(inputs, np.float64)
+    y = np.asarray(scores, np.int64)
+    if len(y) and (y.min() < 0 or y.max() >= n_scores):
+        raise ValueError(f"fit_ordinal: scores must be 0 to {n_scores - 1}.")
+    if len(set(y.tolist())) < 2:
+        raise ValueError("fit_ordinal needs clips of at least two scores.")
+    if groups is not None and len(groups) != len(y):
+        raise ValueError(f"fit_ordinal: {len(groups)} groups for {len(y)} clips.")
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0) + 1e-6
+    z = torch.as_tensor((x - mean) / scale)
+    counts = np.bincount(y, minlength=n_scores).astype(np.float64)
+    weight = torch.as_tensor(len(y) / (n_scores * np.maximum(counts, 1.0)))[y]
+    names = sorted(set(groups)) if groups is not None else []
+    member = torch.as_tensor(
+        np.array([[g == name for name in names] for g in groups or ()], np.float64).reshape(
+            len(y), len(names)
+        )
+    )
+    target = torch.as_tensor(y)
+    n = x.shape[1]
+
+    def cuts_of(t: torch.Tensor) -> torch.Tensor:
+        return torch.cumsum(torch.cat([t[:1], torch.exp(t[1:])]), dim=0)
+
+    def loss(eta: torch.Tensor, cut_params: torch.Tensor) -> torch.Tensor:
+        below = torch.sigmoid(cuts_of(cut_params)[None, :] - eta[:, None])
+        ones = torch.ones(len(eta), 1, dtype=torch.float64)
+        p = torch.diff(torch.cat([0 * ones, below, ones], dim=1), dim=1)
+        return -(weight * torch.log(p[torch.arange(len(y)), target].clamp_min(1e-12))).sum()
+
+    def full(t: torch.Tensor) -> torch.Tensor:
+        w, offsets, cut_params = t[:n], t[n : n + len(names)], t[n + len(names) :]
+        eta = z @ w + member @ offsets
+        penalty = 0.5 * l2 * w @ w + 0.5 * _GROUP_PENALTY * offsets @ offsets
+        return loss(eta, cut_params) + penalty
+
+    start = np.r_[np.zeros(n + len(names)), -1.0, np.zeros(n_scores - 2)]
+    t = _minimise(full, start, minimize)
+    w = t[:n]
+    cut_params = t[n + len(names) :]
+    if groups is not None:
+        eta = z @ torch.as_tensor(w)
+        cut_params = _minimise(lambda c: loss(eta, c), cut_params, minimize)
+    head = OrdinalHead(n, n_scores)
+    with torch.no_grad():
+        head.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        head.scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
+        head.weight.copy_(torch.as_tensor(w, dtype=torch.float32))
+        head.cuts.copy_(cuts_of(torch.as_tensor(cut_params)).float())
+    return head.eval()
+
+
+def _minimise(
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    start: npt.NDArray[np.float64],
+    minimize: Callable[..., Any],
+) -> npt.NDArray[np.float64]:
+    """The minimum of a torch objective over float64 parameters, by L-BFGS with torch's
+    gradient."""
+
+    def value_and_gradient(params: npt.NDArray[np.float64]) -> tuple[float, npt.NDArray]:
+        t = torch.as_tensor(params, dtype=torch.float64).requires_grad_(True)
+        value = objective(t)
+        value.backward()
+        assert t.grad is not None
+        return float(value.detach()), t.grad.numpy().copy()
+
+    result = minimize(value_and_gradient, start, jac=True, method="L-BFGS-B")
+    return np.asarray(result.x, np.float64)

@@ -2,8 +2,14 @@
 
 B-mode is grey, so every instance is decoded straight to luminance (BT.601 luma, the Y of the
 JPEG's YCbCr). JPEG Baseline, what most scanners send, goes through libjpeg-turbo's grey output
-(OpenCV), which never computes the chroma: an order of magnitude faster than decoding to RGB
+(simplejpeg), which never computes the chroma: an order of magnitude faster than decoding to RGB
 and converting. Every other transfer syntax goes through pydicom's pixel handlers.
+
+libjpeg only warns about damaged entropy-coded data or a frame cut short, and fills what it
+could not read with grey. Each JPEG frame is therefore decoded strictly first; a frame that
+warns is decoded again leniently and listed in :attr:`~lus_pacs.domain.Cine.damaged` with the
+warning, so that it is named in the record and never chosen as a key frame. Bytes after a
+frame's end-of-image marker (vendor padding) are ignored, as libjpeg ignores them.
 """
 
 from __future__ import annotations
@@ -13,9 +19,9 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 import numpy.typing as npt
+import simplejpeg
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
@@ -25,7 +31,7 @@ from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit
 
 from lus_pacs.dicom_vocabulary import IMAGE_SOP_CLASSES
 from lus_pacs.domain import Cine, GreyFrames, SourceRef
-from lus_pacs.errors import UnreadableImageError
+from lus_pacs.errors import UnreadableImageError, describe
 from lus_pacs.imaging.metadata import frame_timing, lung_zone, ultrasound_region
 from lus_pacs.imaging.region import find_tissue_region
 from lus_pacs.settings import DEFAULT_ZONE_RULES, ZoneRule
@@ -86,7 +92,7 @@ def decode_dataset(
             f"SOP class {sop_class or '(none)'} is not an ultrasound or secondary-capture image; "
             f"accepted: {', '.join(sorted(set(IMAGE_SOP_CLASSES.values())))}",
         )
-    frames = luminance(ds, name)
+    frames, damaged = luminance(ds, name)
     rows, cols = frames.shape[1:]
     region = ultrasound_region(ds, rows, cols)
     # The static overlay (paper 004's mask, found instead of drawn) is wanted even when the
@@ -104,11 +110,12 @@ def decode_dataset(
         zone=lung_zone(ds, zone_rules),
         path=path,
     )
-    return Cine(frames, frame_timing(ds), region, source, overlay)
+    return Cine(frames, frame_timing(ds), region, source, overlay, damaged)
 
 
-def luminance(ds: Dataset, name: str) -> GreyFrames:
-    """The pixels of ``ds`` as uint8 luminance, shape (frames, rows, columns).
+def luminance(ds: Dataset, name: str) -> tuple[GreyFrames, dict[int, str]]:
+    """The pixels of ``ds`` as uint8 luminance, shape (frames, rows, columns), and the frames
+    (1-based) read only in part, with the decoder's warning.
 
     Raises
     ------
@@ -138,53 +145,85 @@ def luminance(ds: Dataset, name: str) -> GreyFrames:
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if syntax in _FAST_JPEG and ds.get("BitsAllocated") == 8 and photometric in _FAST_PHOTOMETRIC:
-        grey = _jpeg_luminance(ds, name, n_frames, rows, cols)
-        if grey is not None:
-            return _invert_if_monochrome1(grey, photometric)
+        decoded = _jpeg_luminance(ds, name, n_frames, rows, cols)
+        if decoded is not None:
+            return _invert_if_monochrome1(decoded[0], photometric), decoded[1]
     try:
         # Pixel decoders raise many kinds of error on corrupt input: this is the trust boundary.
         pixels = pixel_array(ds)
         grey = _to_luminance(pixels, ds, photometric)
     except Exception as exc:
         raise UnreadableImageError(
-            name, f"cannot decode the pixels ({syntax}, {photometric}): {exc}"
+            name, f"cannot decode the pixels ({syntax}, {photometric}): {describe(exc)}"
         ) from exc
-    grey = grey.reshape(n_frames, rows, cols)
-    return _invert_if_monochrome1(grey, photometric)
+    if grey.size < n_frames * rows * cols or grey.size % (rows * cols):
+        raise UnreadableImageError(
+            name,
+            f"the pixels decode to {grey.size} values, not NumberOfFrames x Rows x Columns = "
+            f"{n_frames} x {rows} x {cols}",
+        )
+    # More frames than NumberOfFrames declares: the declared ones are the cine.
+    grey = grey.reshape(-1, rows, cols)[:n_frames]
+    return _invert_if_monochrome1(grey, photometric), {}
 
 
 def _jpeg_luminance(
     ds: Dataset, name: str, n_frames: int, rows: int, cols: int
-) -> GreyFrames | None:
-    """libjpeg-turbo's grey output of each frame; None when a frame does not decode as
-    expected (pydicom then gets its chance and reports the error).
+) -> tuple[GreyFrames, dict[int, str]] | None:
+    """libjpeg-turbo's grey output of each frame and the frames it warned about; None when a
+    frame is not a JPEG of the header's size (pydicom then gets its chance and reports it).
 
-    libjpeg fills a truncated frame with grey and only warns, so a frame without its
-    end-of-image marker is refused here.
+    Raises
+    ------
+    UnreadableImageError
+        The Pixel Data holds fewer frames than NumberOfFrames, or no frame decodes at all.
     """
     try:
         encoded = list(generate_frames(ds.PixelData, number_of_frames=n_frames))
-    except ValueError:
-        return None
-    if len(encoded) != n_frames:
-        return None
-    for number, data in enumerate(encoded, start=1):
-        if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-            raise UnreadableImageError(
-                name, f"JPEG frame {number} is truncated (no end-of-image marker)"
-            )
-    flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION
+    except ValueError as exc:
+        raise UnreadableImageError(
+            name, f"the encapsulated Pixel Data cannot be split into frames: {describe(exc)}"
+        ) from exc
+    if len(encoded) < n_frames:
+        raise UnreadableImageError(
+            name,
+            f"NumberOfFrames is {n_frames} but the Pixel Data holds {len(encoded)} JPEG frames",
+        )
+    # Fragments past the declared frames are ignored: NumberOfFrames says what the cine is.
+    encoded = encoded[:n_frames]
 
-    def decode(data: bytes) -> npt.NDArray[np.uint8] | None:
-        frame = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-        return None if frame is None else np.asarray(frame, np.uint8)
-
-    # OpenCV releases the GIL while decoding, so frames decode in parallel on threads.
+    # libjpeg-turbo releases the GIL while decoding, so frames decode in parallel on threads.
     with ThreadPoolExecutor(max_workers=_DECODE_THREADS) as pool:
-        frames = list(pool.map(decode, encoded))
-    if any(f is None or f.shape != (rows, cols) for f in frames):
-        return None
-    return np.stack(frames)  # type: ignore[arg-type]
+        results = list(pool.map(_decode_jpeg_frame, encoded))
+    if all(frame is None for frame, _ in results):
+        raise UnreadableImageError(name, f"no JPEG frame decodes: {results[0][1]}")
+    damaged: dict[int, str] = {}
+    frames = []
+    for number, (frame, warning) in enumerate(results, start=1):
+        if frame is not None and frame.shape != (rows, cols):
+            return None
+        if warning is not None:
+            damaged[number] = warning
+        frames.append(frame if frame is not None else np.zeros((rows, cols), np.uint8))
+    return np.stack(frames), damaged
+
+
+def _decode_jpeg_frame(data: bytes) -> tuple[npt.NDArray[np.uint8] | None, str | None]:
+    """One JPEG frame as grey, and libjpeg's warning when it could read the frame only in part
+    (then the frame is what a lenient decode gives, or None when nothing could be read)."""
+    try:
+        return _grey_jpeg(data, strict=True), None
+    except ValueError as exc:
+        warning = describe(exc)
+    try:
+        return _grey_jpeg(data, strict=False), warning
+    except ValueError:
+        return None, warning
+
+
+def _grey_jpeg(data: bytes, *, strict: bool) -> npt.NDArray[np.uint8]:
+    grey = simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=strict)
+    return np.ascontiguousarray(grey[:, :, 0], dtype=np.uint8)
 
 
 def _to_luminance(pixels: npt.NDArray[np.generic], ds: Dataset, photometric: str) -> GreyFrames:

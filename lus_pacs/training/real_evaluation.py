@@ -6,14 +6,12 @@ Two protocols, never mixed (see :mod:`lus_pacs.training.real`):
   and a class-balanced logistic head, :mod:`lus_pacs.families.measurements`) is fitted on every
   source but one and scores the clips of the source left out; the scores of all sources are
   pooled. Tasks: B-lines, consolidation, effusion.
+  Severity: the recipe of :mod:`lus_pacs.families.severity.measured` (B-line and
+  consolidation heads, an ordinal head on their logits), refitted whole without the source.
 * **shipped bundles**: the node's own families, loaded from ``models_dir`` and run through
   :func:`lus_pacs.pipeline.analyse` on each clip's DICOM import exactly as on a pushed cine,
   on the trainable clips (which the simulator-trained bundles never saw) and on the
   evaluation-only clips (another device and other sites).
-
-Severity is measured for the shipped bundle only: fitted to the 81 scored trainable clips, the
-measurement recipe did not beat chance leave-source-out (quadratic kappa 0.04-0.15 by penalty),
-so no real-data severity recipe is offered.
 """
 
 from __future__ import annotations
@@ -96,6 +94,34 @@ def leave_source_out(
     return scores, y, groups
 
 
+def severity_leave_source_out(
+    measured: Measured,
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], list[str]]:
+    """Pooled held-out scores of the scored trainable clips, their true scores and sources:
+    for each source, the severity recipe fitted on the trainable clips of all other sources."""
+    from lus_pacs.families.severity.measured import fit_recipe
+
+    trainable = [i for i, c in enumerate(measured.clips) if c.dataset == TRAINABLE]
+    clips = [measured.clips[i] for i in trainable]
+    x = measured.features[trainable]
+    groups = [c.group for c in clips]
+    scored = [i for i, c in enumerate(clips) if c.severity is not None]
+    predicted = np.zeros(len(scored), np.intp)
+    for group in sorted({groups[i] for i in scored}):
+        rest = [i for i, g in enumerate(groups) if g != group]
+        recipe = fit_recipe(
+            x[rest],
+            [groups[i] for i in rest],
+            [clips[i].clip.b_lines for i in rest],
+            [clips[i].clip.consolidations for i in rest],
+            [clips[i].severity for i in rest],
+        )
+        held = [k for k, i in enumerate(scored) if groups[i] == group]
+        predicted[held] = recipe.clip_scores(x[[scored[k] for k in held]])[0]
+    truth = np.array([clips[i].severity for i in scored], np.intp)
+    return predicted, truth, [groups[i] for i in scored]
+
+
 def shipped_findings(
     clips: Sequence[RealClip],
     data_root: Path,
@@ -165,6 +191,12 @@ def evaluate_real(
                 rounds=rounds,
             )
         )
+    predicted, truth, _ = severity_leave_source_out(measured)
+    rows.append(
+        severity_row(
+            "severity (measurement recipe)", "leave-source-out", predicted, truth, rounds=rounds
+        )
+    )
     if shipped:
         base = settings or Settings()
         run = base.model_copy(

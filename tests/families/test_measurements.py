@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lus_pacs.families.b_lines.inference import BLineModel
-from lus_pacs.families.measurements import MeasurementHead, fit_head
+from lus_pacs.families.measurements import MeasurementHead, fit_head, fit_ordinal
 from lus_pacs.imaging.decode import read_cine
 from lus_pacs.inference.lung_features import CLIP_FEATURES, FEATURE_VERSION, cine_features
 from lus_pacs.training.metrics import roc_auc
@@ -96,3 +96,48 @@ def test_a_stratified_fit_learns_within_sources_not_which_source() -> None:
     assert (~called[~y]).mean() > 0.6
     with pytest.raises(ValueError, match="groups"):
         fit_head(x, y, groups=["a"])
+
+
+def test_the_ordinal_head_orders_scores_by_what_separates_them() -> None:
+    # Scores 0-3 cut from one latent measurement (column 1) with noise; few high scores.
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(400, 3))
+    latent = x[:, 1] + 0.3 * rng.normal(size=400)
+    y = np.digitize(latent, [0.0, 1.0, 1.6])
+    head = fit_ordinal(x, y, l2=1.0)
+    weights = head.weight.numpy()
+    assert int(np.argmax(np.abs(weights))) == 1
+    assert weights[1] > 0
+    assert np.all(np.diff(head.cuts.numpy()) > 0)
+    scores, probabilities = head.predict(x)
+    assert probabilities.shape == (400, 4)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
+    assert np.all(probabilities >= 0)
+    assert (scores == y).mean() > 0.6
+    # Scores weigh equally: the rare top score is called for most of its clips.
+    assert (scores[y == 3] == 3).mean() > 0.6
+    # The score is the median of the distribution: monotone in the latent measurement.
+    line = np.c_[np.zeros(50), np.linspace(-3, 3, 50), np.zeros(50)]
+    assert np.all(np.diff(head.predict(line)[0]) >= 0)
+    with pytest.raises(ValueError, match="two scores"):
+        fit_ordinal(x, np.ones(400, int))
+    with pytest.raises(ValueError, match="0 to 3"):
+        fit_ordinal(x, y + 1)
+
+
+def test_a_stratified_ordinal_fit_learns_within_sources_not_which_source() -> None:
+    # As for the logistic head: one source looks brighter (column 0) and holds the high scores;
+    # within each source only column 1 orders them.
+    rng = np.random.default_rng(3)
+    groups = np.repeat(["bright", "dark"], 200)
+    base = np.where(groups == "bright", 1.5, 0.0)
+    latent = base + rng.normal(size=400)
+    y = np.digitize(latent, [0.5, 1.5, 2.5])
+    x = np.c_[
+        2.0 * (groups == "bright") + rng.normal(size=400),
+        latent - base + 0.3 * rng.normal(size=400),
+    ]
+    pooled = fit_ordinal(x, y).weight.numpy()
+    stratified = fit_ordinal(x, y, groups=list(groups)).weight.numpy()
+    assert pooled[0] > 0.5 * pooled[1]
+    assert abs(stratified[0]) < 0.2 * stratified[1]

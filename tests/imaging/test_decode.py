@@ -10,6 +10,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import ExplicitVRLittleEndian
 
 from lus_pacs.domain import RegionSource
@@ -247,10 +248,85 @@ def test_missing_and_corrupt_pixels_are_refused(tmp_path: Path) -> None:
     del ds.PixelData
     with pytest.raises(UnreadableImageError, match="no Pixel Data"):
         decode_dataset(ds, "empty")
-    path = _write(tmp_path / "j.dcm", np.full((3, 32, 32), 90, np.uint8), CineSyntax.JPEG)
-    broken = pydicom.dcmread(path)
-    data = bytearray(broken.PixelData)
-    data[-400:] = b"\x00" * 400  # the last frame's entropy-coded data and its EOI
-    broken.PixelData = bytes(data)
-    with pytest.raises(UnreadableImageError, match=r"^broken: JPEG frame 3 is truncated"):
-        decode_dataset(broken, "broken")
+
+
+def _textured(n: int = 4, size: int = 64) -> np.ndarray:
+    """Frames with detail in every block, so that damage to any part of a JPEG frame shows."""
+    rng = np.random.default_rng(7)
+    return rng.integers(40, 200, size=(n, size, size), dtype=np.uint8)
+
+
+def _jpeg_frames(tmp_path: Path, frames: np.ndarray) -> tuple[Dataset, list[bytes]]:
+    ds = pydicom.dcmread(_write(tmp_path / "j.dcm", frames, CineSyntax.JPEG))
+    return ds, list(generate_frames(ds.PixelData, number_of_frames=len(frames)))
+
+
+def _with_frames(ds: Dataset, encoded: list[bytes], n_frames: int | None = None) -> Dataset:
+    ds.PixelData = encapsulate([f + b"\x00" * (len(f) % 2) for f in encoded])
+    ds.NumberOfFrames = n_frames if n_frames is not None else len(encoded)
+    return ds
+
+
+def test_a_jpeg_frame_cut_short_is_read_and_named_damaged(tmp_path: Path) -> None:
+    ds, encoded = _jpeg_frames(tmp_path, _textured())
+    encoded[2] = encoded[2][: len(encoded[2]) // 2]  # no end-of-image marker
+    cine = decode_dataset(_with_frames(ds, encoded), "cut")
+    assert cine.n_frames == 4
+    assert list(cine.damaged) == [3]
+    assert "Premature end of JPEG file" in cine.damaged[3]
+    assert cine.intact().tolist() == [True, True, False, True]
+
+
+def test_corrupt_entropy_data_with_its_end_marker_is_named_damaged(tmp_path: Path) -> None:
+    # Case 1 of issue 19: bytes inside a frame's scan overwritten, end-of-image marker intact.
+    ds, encoded = _jpeg_frames(tmp_path, _textured())
+    frame = bytearray(encoded[1])
+    middle = len(frame) // 2
+    frame[middle : middle + 64] = bytes(range(64))
+    encoded[1] = bytes(frame)
+    cine = decode_dataset(_with_frames(ds, encoded), "corrupt")
+    assert list(cine.damaged) == [2]
+    assert "Corrupt JPEG data" in cine.damaged[2]
+
+
+def test_bytes_after_the_end_of_image_marker_are_ignored(tmp_path: Path) -> None:
+    # Case 2 of issue 19: a vendor's two padding bytes after EOI; pydicom and OpenCV read it.
+    frames = _textured()
+    ds, encoded = _jpeg_frames(tmp_path, frames)
+    reference = decode_dataset(pydicom.dcmread(tmp_path / "j.dcm"), "plain").frames
+    padded = _with_frames(ds, [f + b"\x0d\x0a" for f in encoded])
+    cine = decode_dataset(padded, "padded")
+    assert not cine.damaged
+    np.testing.assert_array_equal(cine.frames, reference)
+
+
+def test_a_frame_count_over_the_pixel_data_is_refused_naming_both(tmp_path: Path) -> None:
+    # Case 4 of issue 19: the reason was empty after the colon.
+    ds, encoded = _jpeg_frames(tmp_path, _textured())
+    with pytest.raises(
+        UnreadableImageError, match="NumberOfFrames is 6 but the Pixel Data holds 4 JPEG frames"
+    ):
+        decode_dataset(_with_frames(ds, encoded, n_frames=6), "over")
+    native = _plain_dataset(np.zeros((8, 8), np.uint8), "MONOCHROME2", 8)
+    native.NumberOfFrames = 3
+    with pytest.raises(UnreadableImageError, match=r"over: .*\S$"):
+        decode_dataset(native, "over")
+
+
+def test_a_frame_count_under_the_pixel_data_reads_the_declared_frames(tmp_path: Path) -> None:
+    # Case 3 of issue 19: NumberOfFrames smaller than the pixels ended a run with a traceback.
+    frames = _textured()
+    ds, encoded = _jpeg_frames(tmp_path, frames)
+    cine = decode_dataset(_with_frames(ds, encoded, n_frames=2), "under")
+    assert cine.n_frames == 2
+    native = _plain_dataset(frames.reshape(-1, frames.shape[-1]), "MONOCHROME2", 8)
+    native.Rows, native.NumberOfFrames = frames.shape[1], 2
+    cine = decode_dataset(native, "under")
+    np.testing.assert_array_equal(cine.frames, frames[:2])
+
+
+def test_a_jpeg_cine_of_which_no_frame_decodes_is_refused(tmp_path: Path) -> None:
+    ds, encoded = _jpeg_frames(tmp_path, _textured())
+    garbage = [b"\xff\xd8" + bytes(200) + b"\xff\xd9" for _ in encoded]
+    with pytest.raises(UnreadableImageError, match=r"^garbage: no JPEG frame decodes: \S"):
+        decode_dataset(_with_frames(ds, garbage), "garbage")

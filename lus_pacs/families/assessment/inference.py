@@ -1,6 +1,6 @@
 """The assessment of one cine: can the lung models read it?
 
-Three checks, in this order, each giving its reason (:class:`NotAssessableReason`):
+Four checks, in this order, each giving its reason (:class:`NotAssessableReason`):
 
 * **still image**: fewer than ``min_frames`` frames. B-lines, lung sliding and the clip scores
   are read from a loop.
@@ -9,6 +9,9 @@ Three checks, in this order, each giving its reason (:class:`NotAssessableReason
   with a convex or linear probe, whose scan area is wide at the skin; on the 229 real POCUS clips
   (both sets) the narrowest such ratio is 0.18 and the 1st percentile 0.20; pydicom's
   echocardiogram gives 0.12.
+* **damaged frames**: more than ``max_damaged_share`` of the frames were read only in part
+  (:attr:`~lus_pacs.domain.Cine.damaged`: corrupt or cut-short JPEG data), or fewer than
+  ``min_frames`` are intact.
 * **poor quality** (only with ``use_quality``): the key-frame model (paper 004), when it ran,
   found no frame a clinician would keep. Off in the shipped bundle: that model flags 2 of 6
   ordinary simulated cines poor (rib shadow), so its flag stays a flag beside the findings.
@@ -48,6 +51,7 @@ class Assessor:
     min_frames: int
     apex_width: float
     use_quality: bool
+    max_damaged_share: float = 0.25
 
     @classmethod
     def load(cls, folder: Path) -> Assessor:
@@ -64,24 +68,32 @@ class Assessor:
         min_frames = config.get("min_frames")
         apex_width = config.get("apex_width")
         use_quality = config.get("use_quality", False)
+        damaged_share = config.get("max_damaged_share", 0.25)
         if not isinstance(min_frames, int) or min_frames < 1:
             raise ModelError(f"{folder / INFERENCE}: 'min_frames' must be a positive integer.")
         if not isinstance(apex_width, int | float) or not 0 <= apex_width < 1:
             raise ModelError(f"{folder / INFERENCE}: 'apex_width' must be within [0, 1).")
+        if not isinstance(damaged_share, int | float) or not 0 <= damaged_share <= 1:
+            raise ModelError(f"{folder / INFERENCE}: 'max_damaged_share' must be within [0, 1].")
         if not isinstance(use_quality, bool):
             raise ModelError(f"{folder / INFERENCE}: 'use_quality' must be true or false.")
         for key in ("version", "name"):
             if not isinstance(metadata.get(key), str):
                 raise ModelError(f"{folder / METADATA}: '{key}' must be a string.")
         model = ModelInfo(folder.resolve().name, metadata["version"], metadata["name"])
-        return cls(model, min_frames, float(apex_width), use_quality)
+        return cls(model, min_frames, float(apex_width), use_quality, float(damaged_share))
 
     def assess(self, cine: Cine, quality: object | None = None) -> AssessmentFindings:
         """The assessment of ``cine``; ``quality`` is the key-frame model's findings, if any."""
         if cine.n_frames < self.min_frames:
             return AssessmentFindings((NotAssessableReason.STILL_IMAGE,), None, self.model)
-        width = apex_ratio(cine)
         reasons = []
+        intact = int(cine.intact().sum())
+        if intact < min(self.min_frames, cine.n_frames) or (
+            cine.n_frames - intact > self.max_damaged_share * cine.n_frames
+        ):
+            reasons.append(NotAssessableReason.DAMAGED_FRAMES)
+        width = apex_ratio(cine)
         if width <= self.apex_width:
             reasons.append(NotAssessableReason.NOT_LUNG)
         if (

@@ -15,6 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
+from lus_pacs.settings import MODELS_DIR
+
 
 class Architecture(StrEnum):
     """The keys of :data:`lus_pacs.families.b_lines.network.ARCHITECTURES`."""
@@ -25,7 +27,6 @@ class Architecture(StrEnum):
     c2d_lstm = "c2d_lstm"
 
 
-MODELS_DIR = Path(__file__).resolve().parents[3] / "models"
 """The shipped bundles, beside the package (as the node's default ``models_dir``)."""
 
 PocusOption = Annotated[

@@ -32,9 +32,9 @@ from torch import nn
 from lus_pacs.domain import BLineFindings, Cine, ModelInfo
 from lus_pacs.errors import ModelError
 from lus_pacs.families.b_lines.network import ARCHITECTURES, MeasuredBLines
-from lus_pacs.families.measurements import MeasurementHead
+from lus_pacs.families.measurements import MeasurementHead, check_feature_version
 from lus_pacs.inference.bundle import INFERENCE, load_bundle
-from lus_pacs.inference.lung_features import FEATURE_VERSION, FRAME_FEATURES, cine_features
+from lus_pacs.inference.lung_features import FRAME_FEATURES, cine_features
 from lus_pacs.inference.transforms import b_line_windows
 
 
@@ -80,15 +80,8 @@ class BLineModel:
             its head was fitted on measurements of another ``lung_features`` version.
         """
         bundle = load_bundle(bundle_dir, (*ARCHITECTURES.values(), MeasurementHead, MeasuredBLines))
-        measured = bundle.config.get("feature_version")
-        if isinstance(bundle.network, MeasurementHead | MeasuredBLines) and (
-            measured != FEATURE_VERSION
-        ):
-            raise ModelError(
-                f"{Path(bundle_dir) / INFERENCE}: its head was fitted on lung measurements of "
-                f"version {measured!r}, this code measures version {FEATURE_VERSION}; fit it "
-                "again with `lus-pacs fit b-lines`."
-            )
+        if isinstance(bundle.network, MeasurementHead | MeasuredBLines):
+            check_feature_version(bundle.config, bundle_dir, "lus-pacs fit b-lines")
         thresholds = []
         for key in ("threshold", "attention_threshold"):
             value = bundle.config.get(key)
@@ -125,6 +118,7 @@ class BLineModel:
                 threshold=self.threshold,
                 attention_threshold=self.attention_threshold,
                 model=self.model,
+                intact=cine.intact(),
             )
         # The head decides; the network's most probable windows say where, so a cine the head
         # calls positive always has its key frame and B-line frames.
@@ -137,6 +131,7 @@ class BLineModel:
             threshold=min(self.threshold, float(probabilities.max())),
             attention_threshold=self.attention_threshold,
             model=self.model,
+            intact=cine.intact(),
         )
         present = probability >= self.threshold
         return replace(
@@ -184,6 +179,7 @@ def findings_from_windows(
     threshold: float,
     attention_threshold: float,
     model: ModelInfo,
+    intact: npt.NDArray[np.bool_] | None = None,
 ) -> BLineFindings:
     """Merge the outputs of overlapping windows into the findings of their cine.
 
@@ -201,6 +197,9 @@ def findings_from_windows(
         Frames in the cine.
     threshold, attention_threshold, model:
         As :class:`BLineModel`.
+    intact:
+        Per frame, whether it decoded whole (:meth:`~lus_pacs.domain.Cine.intact`); a damaged
+        frame scores 0 and is never a B-line frame or the key frame.
     """
     if probabilities.shape != (len(starts),) or attention.shape[0] != len(starts):
         raise ValueError(
@@ -222,6 +221,8 @@ def findings_from_windows(
         if p >= threshold:
             in_positive[index] = True
     scores = total / np.maximum(covered, 1)
+    if intact is not None and intact.any():
+        scores = np.where(intact, scores, 0.0)
     scores /= max(float(scores.max()), np.finfo(float).tiny)
 
     best = int(np.argmax(probabilities))
@@ -230,8 +231,13 @@ def findings_from_windows(
     frames: tuple[int, ...] = ()
     if probability >= threshold:
         candidates = frames_of[best]
+        if intact is not None and intact.any():
+            whole = candidates[intact[candidates]]
+            candidates = whole if len(whole) else np.flatnonzero(intact)
         key = int(candidates[np.argmax(scores[candidates])])
         key_frame = key + 1
+        if intact is not None and intact.any():
+            in_positive &= intact
         chosen = np.flatnonzero(in_positive & (scores >= attention_threshold))
         frames = tuple(f + 1 for f in sorted({key, *chosen.tolist()}))
     return BLineFindings(

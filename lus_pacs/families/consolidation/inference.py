@@ -147,6 +147,9 @@ class ConsolidationModel:
         if present and self.saliency_frames > 0:
             maps = saliency(self.network, clip)
             strongest = np.argsort(-maps.reshape(CLIP_FRAMES, -1).max(axis=1))
+            # Boxes are drawn on intact frames only (a damaged frame is never shown as one).
+            intact = cine.intact()
+            strongest = np.array([t for t in strongest if intact[indices[t]]], dtype=np.intp)
             for t in sorted(strongest[: self.saliency_frames]):
                 frame = int(indices[t]) + 1
                 for box in boxes_of(maps[t]):

@@ -85,10 +85,13 @@ def decide(
     model: ModelInfo,
     threshold: float = 0.5,
     reason_threshold: float = 0.5,
+    intact: npt.NDArray[np.bool_] | None = None,
 ) -> KeyFrameFindings:
-    """The findings from per-frame probabilities (frames, len(OUTPUTS))."""
+    """The findings from per-frame probabilities (frames, len(OUTPUTS)); the best frame is
+    chosen among the ``intact`` ones (:meth:`~lus_pacs.domain.Cine.intact`) when any is."""
     keep = probabilities[:, OUTPUTS.index(FrameOutput.KEEP)]
-    best = int(np.argmax(keep))
+    eligible = intact if intact is not None and intact.any() else np.ones(len(keep), bool)
+    best = int(np.argmax(np.where(eligible, keep, -np.inf)))
     usable = bool(keep[best] >= threshold)
     reasons: tuple[PoorReason, ...] = ()
     if not usable:
@@ -130,4 +133,6 @@ class KeyFrameModel:
 
     def predict(self, cine: Cine) -> KeyFrameFindings:
         probabilities = frame_probabilities(self.network, frame_images(cine))
-        return decide(probabilities, self.model, self.threshold, self.reason_threshold)
+        return decide(
+            probabilities, self.model, self.threshold, self.reason_threshold, cine.intact()
+        )

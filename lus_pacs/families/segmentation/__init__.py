@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 
 def _load(folder: Path, settings: Settings) -> Runner:
+    import numpy as np
+
     from lus_pacs.domain import Cine
     from lus_pacs.families.segmentation.inference import SegmentationModel, frames_to_segment
 
@@ -25,7 +27,14 @@ def _load(folder: Path, settings: Settings) -> Runner:
     def predict(cine: Cine, found: Found) -> SegmentationFindings:
         key = [k.frame for k in found.key_frames]
         frames = frames_to_segment(chosen.frames, cine.n_frames, key, chosen.every)
-        return model.predict(cine, frames)
+        # Damaged frames are never segmented; the intact frame nearest the middle stands in
+        # when every chosen one is damaged.
+        intact = cine.intact()
+        whole = tuple(f for f in frames if intact[f - 1])
+        if not whole and intact.any():
+            middle = (cine.n_frames - 1) / 2
+            whole = (int(min(np.flatnonzero(intact), key=lambda i: abs(i - middle))) + 1,)
+        return model.predict(cine, whole or frames)
 
     # The frames segmented and the dropout passes change its objects: part of the identity.
     frames = f"every-{chosen.every}" if chosen.frames == "every" else chosen.frames

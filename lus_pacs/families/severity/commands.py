@@ -15,6 +15,8 @@ from typing import Annotated
 
 import typer
 
+from lus_pacs.settings import MODELS_DIR
+
 
 class FrameScorer(StrEnum):
     """The keys of :data:`lus_pacs.families.severity.network.FRAME_SCORERS`."""
@@ -106,4 +108,32 @@ def evaluate(
     )
 
 
-COMMANDS: dict[str, Callable[..., None]] = {"train": train, "evaluate": evaluate}
+def fit(
+    data: Annotated[
+        Path, typer.Option(help="The folder holding pocus/ (only its trainable clips are read).")
+    ],
+    network: Annotated[
+        Path,
+        typer.Option(
+            help="The severity bundle whose network scores the frames.",
+            show_default="models/severity",
+        ),
+    ] = MODELS_DIR / "severity",
+    out: Annotated[
+        Path, typer.Option(help="The bundle folder to write.", show_default="models/severity")
+    ] = MODELS_DIR / "severity",
+    cache: Annotated[Path, typer.Option(help="Folder for the clips' imports and measurements.")] = (
+        Path("build/real-cache")
+    ),
+) -> None:
+    """Fit the clip score on the real trainable clips (B-line and consolidation heads on the
+    lung measurements, an ordinal head on them; stratified by source) and write it beside the
+    network's frame scorer as one bundle."""
+    from lus_pacs.families.severity.real_head import fit_real_severity
+
+    done = fit_real_severity(network, data, cache, out)
+    typer.echo(json.dumps(done, indent=2))
+    typer.echo(f"written: {out}")
+
+
+COMMANDS: dict[str, Callable[..., None]] = {"train": train, "evaluate": evaluate, "fit": fit}

@@ -5,6 +5,9 @@
   :data:`~lus_pacs.families.severity.train.TRANSITION_MARGIN` frames either side).
 * Clip scores by the bundle's uninorm layer and by the two baselines (max_argmax, argmax_mean):
   weighted F1, precision, recall and confusion matrices.
+* For a measured bundle (:class:`~lus_pacs.families.severity.measured.MeasuredSeverity`,
+  the shipped kind) also the clip scores the node reports, from the real-data recipe on the
+  cines' lung measurements (``clip_recipe_*``).
 * The uninorm's neutral elements; a montage of the spatial transformer's crops (the paper's
   Fig. 4) when the frame scorer has one.
 
@@ -28,12 +31,14 @@ from tqdm import tqdm
 
 from lus_pacs.families.severity.aggregation import SCORES
 from lus_pacs.families.severity.inference import SeverityModel
+from lus_pacs.families.severity.measured import MeasuredSeverity
 from lus_pacs.families.severity.network import theta_to_box
 from lus_pacs.families.severity.train import (
     AGGREGATORS,
     aggregate,
     known_frame_metrics,
 )
+from lus_pacs.inference.lung_features import cine_features
 from lus_pacs.inference.transforms import SEVERITY_SIZE, severity_frames
 from lus_pacs.training.metrics import confusion, weighted_metrics
 from lus_pacs.training.simulated import SimulatedCine, find_simulated
@@ -51,10 +56,14 @@ def evaluate_severity(
     cines = find_simulated(simulated_root)
     if not cines:
         raise FileNotFoundError(f"No simulated cines (*/*.truth.json) under {simulated_root}.")
+    recipe: list[int] = []
     clip_probs: list[npt.NDArray[np.float64]] = []
     crops: list[tuple[float, SimulatedCine, int, torch.Tensor]] = []
     for sim in tqdm(cines, desc="severity", unit="cine", disable=not progress):
-        probabilities, thetas = model.frame_outputs(sim.load())
+        cine = sim.load()
+        probabilities, thetas = model.frame_outputs(cine)
+        if isinstance(model.network, MeasuredSeverity):
+            recipe.append(int(model.network.clip_scores(cine_features(cine)[1][None])[0][0]))
         p = probabilities.double().numpy()
         clip_probs.append(p)
         if thetas is not None:
@@ -66,13 +75,17 @@ def evaluate_severity(
         f"frame_{k}": v for k, v in known_frame_metrics(cines, clip_probs).items()
     }
     truth = [int(c.severity or 0) for c in cines]
-    uninorm = model.network.aggregator
+    uninorm = model.paper_network.aggregator
     matrices = {}
     for name in AGGREGATORS:
         predicted = [aggregate(name, p, uninorm) for p in clip_probs]
         for k, v in weighted_metrics(truth, predicted, SCORES).items():
             metrics[f"clip_{name}_{k}"] = v
         matrices[name] = confusion(truth, predicted, SCORES).tolist()
+    if recipe:
+        for k, v in weighted_metrics(truth, recipe, SCORES).items():
+            metrics[f"clip_recipe_{k}"] = v
+        matrices["recipe"] = confusion(truth, recipe, SCORES).tolist()
     metrics["confusion"] = matrices
     metrics["neutral_elements"] = [round(float(e), 4) for e in uninorm.neutral_elements.detach()]
     if plots is not None and crops:

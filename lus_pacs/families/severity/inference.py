@@ -6,6 +6,11 @@ the softmax of all frames goes through the learned uninorm layer, whose output i
 score probabilities. The frame with the highest score (the most probable among equals) is the
 top frame; for the spatial-transformer networks, the first crop of that frame, mapped back to
 source pixels, is the box reported with it.
+
+A bundle whose network is :class:`~lus_pacs.families.severity.measured.MeasuredSeverity` (the
+shipped one) takes the clip score and its probabilities from the real-data recipe on the cine's
+lung measurements instead of the uninorm; the frame scores, top frame and box stay the
+network's.
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ import numpy as np
 import torch
 
 from lus_pacs.domain import Cine, ModelInfo, SeverityFindings
+from lus_pacs.families.measurements import check_feature_version
+from lus_pacs.families.severity.measured import MeasuredSeverity
 from lus_pacs.families.severity.network import SeverityNet, theta_to_box
 from lus_pacs.inference.bundle import load_bundle
+from lus_pacs.inference.lung_features import cine_features
 from lus_pacs.inference.transforms import SEVERITY_SIZE, box_to_source, severity_frames
 
 
@@ -28,14 +36,16 @@ class SeverityModel:
     Parameters
     ----------
     network:
-        The trained :class:`SeverityNet` (put in eval mode here).
+        The trained :class:`SeverityNet` or :class:`MeasuredSeverity` (put in eval mode here).
     model:
         Identifies the bundle in every result.
     batch_size:
         Frames scored at once (bounds memory on long cines).
     """
 
-    def __init__(self, network: SeverityNet, model: ModelInfo, batch_size: int = 32) -> None:
+    def __init__(
+        self, network: SeverityNet | MeasuredSeverity, model: ModelInfo, batch_size: int = 32
+    ) -> None:
         self.network = network.eval()
         self.model = model
         self.batch_size = batch_size
@@ -47,10 +57,20 @@ class SeverityModel:
         Raises
         ------
         ModelError
-            The bundle is incomplete or is not a severity bundle.
+            The bundle is incomplete or is not a severity bundle, or its heads were fitted on
+            lung measurements of another version.
         """
-        bundle = load_bundle(bundle_dir, (SeverityNet,))
-        return cls(cast(SeverityNet, bundle.network), bundle.model)
+        bundle = load_bundle(bundle_dir, (SeverityNet, MeasuredSeverity))
+        if isinstance(bundle.network, MeasuredSeverity):
+            check_feature_version(bundle.config, bundle_dir, "lus-pacs fit severity")
+        return cls(cast(SeverityNet | MeasuredSeverity, bundle.network), bundle.model)
+
+    @property
+    def paper_network(self) -> SeverityNet:
+        """Paper 003's network (frame scorer and uninorm), also inside a measured bundle."""
+        if isinstance(self.network, MeasuredSeverity):
+            return self.network.scorer
+        return self.network
 
     def frame_outputs(self, cine: Cine) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Score probabilities (frames, 4) of every frame and, for spatial-transformer
@@ -68,19 +88,24 @@ class SeverityModel:
     def predict(self, cine: Cine) -> SeverityFindings:
         """Score every frame of ``cine`` and aggregate them into the clip score."""
         frame_probabilities, thetas = self.frame_outputs(cine)
-        with torch.inference_mode():
-            clip = self.network.aggregator(frame_probabilities)
+        if isinstance(self.network, MeasuredSeverity):
+            score, clip = self.network.clip_scores(cine_features(cine)[1][None])
+            clip_score, clip_probabilities = int(score[0]), clip[0]
+        else:
+            with torch.inference_mode():
+                uninorm = self.network.aggregator(frame_probabilities)
+            clip_score, clip_probabilities = int(uninorm.argmax()), uninorm.numpy()
         scores = frame_probabilities.argmax(dim=1).numpy()
         confidence = frame_probabilities.max(dim=1).values.numpy()
-        # Highest score first, then the most confident frame of that score.
-        top = int(np.lexsort((-confidence, -scores))[0])
+        # An intact frame first, then the highest score, then the most confident of that score.
+        top = int(np.lexsort((-confidence, -scores, ~cine.intact()))[0])
         box = None
         if thetas is not None:
             x0, y0, x1, y1 = (float(v) for v in theta_to_box(thetas[top], *SEVERITY_SIZE))
             box = box_to_source((x0, y0, x1, y1), cine)
-        p = tuple(round(float(v), 4) for v in clip)
+        p = tuple(round(float(v), 4) for v in clip_probabilities)
         return SeverityFindings(
-            score=int(clip.argmax()),
+            score=clip_score,
             probabilities=(p[0], p[1], p[2], p[3]),
             frame_scores=tuple(int(s) for s in scores),
             top_frame=top + 1,

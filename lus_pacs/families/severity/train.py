@@ -441,7 +441,7 @@ def train_severity(
     if frame_scorer is not None:
         from lus_pacs.families.severity.inference import SeverityModel
 
-        kept = SeverityModel.load(frame_scorer).network
+        kept = SeverityModel.load(frame_scorer).paper_network
         network, variant = kept.scorer.eval(), kept.variant
     else:
         network = train_frame_scorer(

@@ -1,0 +1,129 @@
+"""``lus-pacs fit severity``: the recipe (B-line and consolidation heads, an ordinal head on
+their logits) is fitted on the trainable clips' measurements, stratified by source, and written
+beside the network's unchanged frame scorer; the node's severity model then scores clips by it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lus_pacs.errors import ModelError
+from lus_pacs.families.severity.inference import SeverityModel
+from lus_pacs.families.severity.measured import MeasuredSeverity
+from lus_pacs.families.severity.real_head import VERSION, fit_real_severity
+from lus_pacs.imaging.decode import read_cine
+from lus_pacs.inference.lung_features import CLIP_FEATURES, FEATURE_VERSION, cine_features
+from lus_pacs.training.metrics import quadratic_kappa
+
+SHIPPED = Path(__file__).resolve().parents[3] / "models" / "severity"
+HEADER = (
+    "file,label,probe,source,license,fps,resolution,b_lines,consolidations,effusion,a_lines,"
+    "pleural_irregularities,air_bronchogram,healthy,severity"
+)
+B_LINES = CLIP_FEATURES.index("p90_streak_contrast")
+CONSOLIDATION = CLIP_FEATURES.index("mean_subpleural_texture")
+LOOK = CLIP_FEATURES.index("mean_deep_brightness")
+
+
+def _clips(rng: np.random.Generator, sites: dict[str, float], n: int) -> tuple:
+    """Rows of labels.csv, clip names, measurements and scores: a clip's score is 0 (neither
+    finding), 1 (B-lines), 2 (consolidation) or 3 (both); within a site one measurement tells
+    each finding; ``LOOK`` tells the sites apart, and the sites differ in how ill their
+    patients are."""
+    rows, names, features, scores = [], [], [], []
+    for offset, (site, ill) in enumerate(sites.items()):
+        for i in range(n):
+            b_lines, consolidation = bool(rng.random() < ill), bool(rng.random() < ill * 0.7)
+            score = int(b_lines) + 2 * int(consolidation)
+            file = f"videos/Cov-{site}-{i}.mp4"
+            rows.append(
+                f"{file},COVID-19,convex,{site},CC BY 4.0,20,200x200,{int(b_lines)},"
+                f"{int(consolidation)},,,,,,{score}"
+            )
+            names.append(f"pocus/{file}")
+            x = rng.normal(size=len(CLIP_FEATURES))
+            x[B_LINES] += 3.0 * b_lines
+            x[CONSOLIDATION] += 3.0 * consolidation
+            x[LOOK] += 3.0 * offset
+            features.append(x)
+            scores.append(score)
+    return rows, names, np.array(features, np.float32), np.array(scores)
+
+
+def test_fit_writes_the_recipe_beside_the_unchanged_frame_scorer(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    rows, names, features, _ = _clips(rng, {"alpha": 0.8, "beta": 0.5, "gamma": 0.2}, 60)
+    data = tmp_path / "data"
+    (data / "pocus").mkdir(parents=True)
+    (data / "pocus" / "labels.csv").write_text("\n".join([HEADER, *rows]) + "\n")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    # Every clip measured already: the fit reads the measurements, never the (absent) videos.
+    np.savez(
+        cache / f"features-v{FEATURE_VERSION}.npz",
+        names=np.array(names),
+        features=features,
+        columns=np.array(CLIP_FEATURES),
+    )
+    out = tmp_path / "out"
+
+    fit = fit_real_severity(SHIPPED, data, cache, out)
+
+    model = SeverityModel.load(out)
+    assert isinstance(model.network, MeasuredSeverity)
+    assert model.model.version == VERSION
+    before = SeverityModel.load(SHIPPED).paper_network
+    for key, value in before.state_dict().items():
+        torch.testing.assert_close(model.network.scorer.state_dict()[key], value)
+    for head, signal in (
+        (model.network.b_lines, B_LINES),
+        (model.network.consolidation, CONSOLIDATION),
+    ):
+        weights = head.linear.weight[0].detach().numpy()
+        assert int(np.argmax(np.abs(weights))) == signal
+        assert abs(weights[LOOK]) < 0.25 * weights[signal]  # the sites' look is not learned
+    # A new site: the scores follow the findings.
+    _, _, new, truth = _clips(rng, {"delta": 0.5}, 200)
+    predicted, probabilities = model.network.clip_scores(new)
+    assert quadratic_kappa(truth, predicted, 4) > 0.7
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
+    assert fit["sources"] == ["alpha", "beta", "gamma"]
+    assert fit["data"].startswith("pocus: 180 clips with a B-line label")
+    metadata = json.loads((out / "configs" / "metadata.json").read_text())
+    assert metadata["training"]["real_recipe"] == fit
+    assert VERSION in metadata["changelog"]
+    # Fitting again over the measured bundle keeps the same frame scorer.
+    fit_real_severity(out, data, cache, out)
+    again = SeverityModel.load(out).network
+    assert isinstance(again, MeasuredSeverity)
+    for key, value in before.state_dict().items():
+        torch.testing.assert_close(again.scorer.state_dict()[key], value)
+
+
+def test_the_shipped_bundle_scores_a_cine_by_its_measurements(synth_exams: Path) -> None:
+    model = SeverityModel.load(SHIPPED)
+    assert isinstance(model.network, MeasuredSeverity)
+    cine = read_cine(sorted(synth_exams.glob("*/*.dcm"))[0])
+    found = model.predict(cine)
+    score, probabilities = model.network.clip_scores(cine_features(cine)[1][None])
+    assert found.score == int(score[0])
+    assert found.probabilities == pytest.approx(tuple(probabilities[0]), abs=1e-4)
+    assert len(found.frame_scores) == cine.n_frames
+    assert found.frame_scores[found.top_frame - 1] == max(found.frame_scores)
+
+
+def test_a_recipe_of_other_measurements_is_refused(tmp_path: Path) -> None:
+    bundle = tmp_path / "severity"
+    shutil.copytree(SHIPPED, bundle)
+    config_path = bundle / "configs" / "inference.json"
+    config = json.loads(config_path.read_text())
+    assert config["feature_version"] == FEATURE_VERSION
+    config["feature_version"] = FEATURE_VERSION + 1
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="fit it again with `lus-pacs fit severity`"):
+        SeverityModel.load(bundle)

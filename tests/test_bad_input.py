@@ -1,0 +1,185 @@
+"""Input that scanners and archives really send, through ``lus-pacs process``: damaged JPEG
+frames are read, named and never chosen; a file that fails at any stage gets a failure line
+naming the stage and the reason, and the files after it are processed (issue 19, cases 1-4)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.uid import generate_uid
+
+from tests.tools import dciodvfy_errors
+
+CONFIG = 'output_kinds = ["sr", "kos", "seg", "pr"]\n\n[segmentation]\nmc_samples = 2\n'
+
+
+def _copy(source: Path, out: Path, **attributes: object) -> pydicom.Dataset:
+    """``source`` as another instance, with ``attributes`` set."""
+    ds = pydicom.dcmread(source)
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.save_as(out, enforce_file_format=True)
+    return ds
+
+
+def _corrupt(source: Path, out: Path, frames: set[int]) -> Path:
+    """A copy of a JPEG cine with the second half of the scan data of each of ``frames``
+    (1-based) overwritten; every end-of-image marker kept (issue 19, case 1)."""
+    ds = _copy(source, out)
+    encoded = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+    for number in frames:
+        frame = bytearray(encoded[number - 1])
+        middle = len(frame) // 2
+        # The second half of the scan overwritten with bytes that are no marker.
+        frame[middle:-2] = bytes(i % 251 for i in range(len(frame) - 2 - middle))
+        encoded[number - 1] = bytes(frame)
+    ds.PixelData = encapsulate([f + b"\x00" * (len(f) % 2) for f in encoded])
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+def _process(files: list[Path], out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``lus-pacs process`` on ``files``: the records and the failure lines."""
+    out.mkdir(parents=True)
+    config = out / "lus-pacs.toml"
+    config.write_text(CONFIG)
+    exe = Path(sys.executable).with_name("lus-pacs")
+    command = [str(exe), "process", *map(str, files), "--out", str(out / "results")]
+    done = subprocess.run(
+        [*command, "--config", str(config)], check=False, capture_output=True, text=True
+    )
+    assert "Traceback" not in done.stdout + done.stderr, done.stderr
+    results = out / "results"
+    records = [json.loads(x) for x in (results / "summary.jsonl").read_text().splitlines()]
+    failed = [json.loads(x) for x in (results / "failed.jsonl").read_text().splitlines()]
+    assert done.returncode == (1 if failed else 0)
+    return records, failed
+
+
+def _chosen_frames(record: dict[str, Any]) -> set[int]:
+    """Every frame the record presents as chosen: key frames, the B-line and severity key
+    frames, the segmented frames."""
+    chosen = {k["frame"] for k in record["key_frames"]}
+    if record.get("b_lines") and record["b_lines"]["key_frame"]:
+        chosen.add(record["b_lines"]["key_frame"])
+    if record.get("severity"):
+        chosen.add(record["severity"]["top_frame"])
+    if record.get("segmentation"):
+        chosen.update(record["segmentation"]["frames"])
+    return chosen
+
+
+@pytest.fixture(scope="module")
+def cine(synth_exams: Path) -> Path:
+    exam = sorted(p for p in synth_exams.iterdir() if p.is_dir())[0]
+    return sorted(exam.glob("*.dcm"))[0]
+
+
+def test_damaged_frames_are_named_and_never_chosen(cine: Path, tmp_path: Path) -> None:
+    (clean,), _ = _process([cine], tmp_path / "clean")
+    chosen = _chosen_frames(clean)
+    n_frames = clean["source"]["frames"]
+    assert chosen
+    assert len(chosen) <= n_frames // 4
+
+    damaged = _corrupt(cine, tmp_path / "damaged.dcm", chosen)
+    wrecked = _corrupt(cine, tmp_path / "wrecked.dcm", set(range(1, n_frames + 1, 2)))
+    records, failed = _process([damaged, wrecked], tmp_path / "damaged")
+    assert not failed
+    by_uid = {r["source"]["sop_instance_uid"]: r for r in records}
+
+    record = by_uid[pydicom.dcmread(damaged, stop_before_pixels=True).SOPInstanceUID]
+    named = {d["frame"]: d["reason"] for d in record["source"]["frames_damaged"]}
+    assert set(named) == chosen
+    assert all("JPEG" in reason for reason in named.values())
+    assert record["assessment"]["assessable"]
+    again = _chosen_frames(record)
+    assert again
+    assert not again & chosen, (again, chosen)
+    # The SR says how many frames were damaged, and which, and stays valid.
+    (sr,) = [o for o in record["outputs"] if o["kind"] == "sr"]
+    path = tmp_path / "damaged" / "results" / sr["path"]
+    assert dciodvfy_errors(path) == []
+    text = str(pydicom.dcmread(path))
+    assert "Frames damaged in the source" in text
+
+    record = by_uid[pydicom.dcmread(wrecked, stop_before_pixels=True).SOPInstanceUID]
+    assert len(record["source"]["frames_damaged"]) == (n_frames + 1) // 2
+    assert not record["assessment"]["assessable"]
+    assert "damaged_frames" in record["assessment"]["reasons"]
+    assert "b_lines" not in record
+    assert "severity" not in record
+
+
+def test_a_file_that_fails_is_recorded_and_the_next_is_processed(
+    cine: Path, tmp_path: Path
+) -> None:
+    ds = pydicom.dcmread(cine)
+    n = int(ds.NumberOfFrames)
+    over = tmp_path / "over.dcm"
+    _copy(cine, over, NumberOfFrames=n + 5)  # case 4: the reason was empty
+    not_dicom = tmp_path / "notes.dcm"
+    not_dicom.write_bytes(b"not a DICOM file at all" * 10)
+    under = tmp_path / "under.dcm"
+    _copy(cine, under, NumberOfFrames=n - 5)  # case 3: a traceback ended the run
+    odd_time = tmp_path / "odd-time.dcm"
+    _copy(cine, odd_time, StudyTime="11:25:01", ContentTime="11:25:01")  # case 3
+    retired = tmp_path / "retired-us.dcm"
+    _copy(cine, retired, SOPClassUID="1.2.840.10008.5.1.4.1.1.6")  # case 3
+    palette = Path(str(get_testdata_file("OBXXXX1A_2frame.dcm")))  # case 3
+    files = [over, not_dicom, under, odd_time, retired, palette, cine]
+
+    records, failed = _process(files, tmp_path / "run")
+
+    reasons = {Path(f["file"]).name: f for f in failed}
+    assert set(reasons) == {"over.dcm", "notes.dcm"}, failed
+    assert reasons["over.dcm"]["stage"] == "decode"
+    assert f"NumberOfFrames is {n + 5}" in reasons["over.dcm"]["reason"]
+    assert reasons["notes.dcm"]["stage"] == "read"
+    assert reasons["notes.dcm"]["reason"].strip()
+    # Every other file has its record (`process` takes the files in name order), the good
+    # cine's with every object.
+    assert len(records) == len(files) - 2
+    good = next(r for r in records if r["source"]["sop_instance_uid"] == ds.SOPInstanceUID)
+    assert {o["kind"] for o in good["outputs"]} == {"sr", "kos", "seg", "pr"}
+    assert "outputs_failed" not in good
+    assert next(r for r in records if r["source"]["frames"] == n - 5)
+    # Dates and times in scanner style are repaired, a retired class encoded as its current
+    # one (the references keep the source's own class): every object made and valid.
+    for name, copy in (("odd-time", odd_time), ("retired", retired)):
+        uid = pydicom.dcmread(copy, stop_before_pixels=True).SOPInstanceUID
+        record = next(r for r in records if r["source"]["sop_instance_uid"] == uid)
+        assert "outputs_failed" not in record, (name, record["outputs_failed"])
+        (sr,) = [o for o in record["outputs"] if o["kind"] == "sr"]
+        path = tmp_path / "run" / "results" / sr["path"]
+        assert dciodvfy_errors(path) == [], name
+        if name == "retired":
+            assert "1.2.840.10008.5.1.4.1.1.6\n" in _referenced_classes(pydicom.dcmread(path))
+    # A palette-colour source has no presentation state (none fits it); its other objects are
+    # made, and the record says why the presentation state is missing.
+    record = next(r for r in records if r["source"]["sop_instance_uid"].startswith("1.3.46."))
+    assert {o["kind"] for o in record["outputs"]} >= {"sr", "kos"}
+    assert [m["kind"] for m in record["outputs_failed"]] == ["pr"]
+    assert "three samples per pixel" in record["outputs_failed"][0]["reason"]
+
+
+def _referenced_classes(ds: pydicom.Dataset) -> str:
+    """Every Referenced SOP Class UID in ``ds``, one a line."""
+    found = []
+    stack = [ds]
+    while stack:
+        item = stack.pop()
+        if "ReferencedSOPClassUID" in item:
+            found.append(str(item.ReferencedSOPClassUID))
+        stack.extend(child for e in item if e.VR == "SQ" for child in e.value)
+    return "".join(f"{uid}\n" for uid in found)
