@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from lus_pacs import __version__
+from lus_pacs.errors import LusPacsError
 from lus_pacs.families.registry import FAMILIES, Registry
 from lus_pacs.training.real_commands import evaluate_real
 
@@ -27,6 +28,17 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def main() -> None:
+    """The console script: a user's error (bad settings, unreadable input, an unreachable
+    archive) is one line on stderr and exit status 2, never a traceback."""
+    try:
+        app()
+    except LusPacsError as exc:
+        typer.echo(f"lus-pacs: {exc}", err=True)
+        raise SystemExit(2) from None
+
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", help="TOML settings file; embedded defaults if omitted.")

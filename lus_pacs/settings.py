@@ -92,6 +92,16 @@ class Settings(BaseModel):
     unsupported_sop_class: Literal["refuse", "ignore"] = "refuse"
     """An instance that is not an ultrasound or secondary-capture image: refused with status
     0x0122, or acknowledged and dropped."""
+    max_associations: int = Field(default=32, ge=1)
+    """Associations the listener serves at once; one more is rejected (transient, local
+    limit), logged with its calling AE and address."""
+    network_timeout_s: float = Field(default=30.0, gt=0)
+    """A connection silent this long is closed: a half-open or idle peer cannot hold one of
+    the :attr:`max_associations` for longer."""
+    acse_timeout_s: float = Field(default=15.0, gt=0)
+    """Seconds allowed for association negotiation and release."""
+    dimse_timeout_s: float = Field(default=60.0, gt=0)
+    """Seconds allowed for each DIMSE message of an association."""
     destinations: tuple[DicomDestination, ...] = ()
     """Where results are sent by C-STORE; with none, results stay in the results folder."""
     output_kinds: tuple[OutputKind, ...] = (
@@ -176,5 +186,19 @@ def load_settings(path: Path | None, **overrides: object) -> Settings:
         return settings
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: no such configuration file") from exc
-    except (tomllib.TOMLDecodeError, ValidationError) as exc:
-        raise ConfigError(f"{path or 'settings'}: invalid configuration: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path or 'settings'}: not valid TOML: {exc}") from exc
+    except ValidationError as exc:
+        raise ConfigError(f"{path or 'settings'}: invalid configuration: {_problems(exc)}") from exc
+
+
+def _problems(exc: ValidationError) -> str:
+    """Each setting at fault and what is wrong with it, on one line."""
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            problems.append(f"{key}: unknown setting")
+        else:
+            problems.append(f"{key}: {error['msg']} (got {error.get('input')!r})")
+    return "; ".join(problems)

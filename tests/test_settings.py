@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,3 +55,23 @@ def test_a_misspelt_model_in_the_settings_file_gets_a_suggestion(tmp_path: Path)
     message = str(caught.value)
     assert str(path) in message
     assert "'severty' is unknown; did you mean 'severity'?" in message
+
+
+def test_a_bad_settings_file_is_one_line_naming_the_keys_not_a_traceback(tmp_path: Path) -> None:
+    # Issue 19, case 12: a misspelt key printed a 53-line traceback.
+    path = tmp_path / "node.toml"
+    path.write_text('ae_titel = "NODE"\n[segmentation]\nmc_sample = 3\n')
+    exe = Path(sys.executable).with_name("lus-pacs")
+    done = subprocess.run(
+        [str(exe), "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert "Traceback" not in done.stderr
+    assert str(path) in line
+    assert "ae_titel: unknown setting" in line
+    assert "segmentation.mc_sample: unknown setting" in line

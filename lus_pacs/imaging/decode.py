@@ -14,6 +14,7 @@ frame's end-of-image marker (vendor padding) are ignored, as libjpeg ignores the
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, pixel_array
+from pydicom.pixels import apply_color_lut, iter_pixels
 from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit
 
 from lus_pacs.dicom_vocabulary import IMAGE_SOP_CLASSES
@@ -148,22 +149,34 @@ def luminance(ds: Dataset, name: str) -> tuple[GreyFrames, dict[int, str]]:
         decoded = _jpeg_luminance(ds, name, n_frames, rows, cols)
         if decoded is not None:
             return _invert_if_monochrome1(decoded[0], photometric), decoded[1]
+    # Frame by frame into the cine's array: the decoded (maybe RGB) pixels of one frame at a
+    # time, never of the whole cine.
+    grey = np.empty((n_frames, rows, cols), np.uint8)
+    read = 0
     try:
         # Pixel decoders raise many kinds of error on corrupt input: this is the trust boundary.
-        pixels = pixel_array(ds)
-        grey = _to_luminance(pixels, ds, photometric)
+        for pixels in iter_pixels(ds):
+            if read == n_frames:
+                break  # more frames than NumberOfFrames declares: the declared ones are the cine
+            frame = _to_luminance(pixels, ds, photometric)
+            if frame.size != rows * cols:
+                raise UnreadableImageError(
+                    name,
+                    f"frame {read + 1} decodes to {frame.size} values, not Rows x Columns = "
+                    f"{rows} x {cols}",
+                )
+            grey[read] = frame.reshape(rows, cols)
+            read += 1
+    except UnreadableImageError:
+        raise
     except Exception as exc:
         raise UnreadableImageError(
             name, f"cannot decode the pixels ({syntax}, {photometric}): {describe(exc)}"
         ) from exc
-    if grey.size < n_frames * rows * cols or grey.size % (rows * cols):
+    if read < n_frames:
         raise UnreadableImageError(
-            name,
-            f"the pixels decode to {grey.size} values, not NumberOfFrames x Rows x Columns = "
-            f"{n_frames} x {rows} x {cols}",
+            name, f"NumberOfFrames is {n_frames} but the Pixel Data holds {read} frames"
         )
-    # More frames than NumberOfFrames declares: the declared ones are the cine.
-    grey = grey.reshape(-1, rows, cols)[:n_frames]
     return _invert_if_monochrome1(grey, photometric), {}
 
 
@@ -178,34 +191,55 @@ def _jpeg_luminance(
     UnreadableImageError
         The Pixel Data holds fewer frames than NumberOfFrames, or no frame decodes at all.
     """
-    try:
-        encoded = list(generate_frames(ds.PixelData, number_of_frames=n_frames))
-    except ValueError as exc:
-        raise UnreadableImageError(
-            name, f"the encapsulated Pixel Data cannot be split into frames: {describe(exc)}"
-        ) from exc
-    if len(encoded) < n_frames:
-        raise UnreadableImageError(
-            name,
-            f"NumberOfFrames is {n_frames} but the Pixel Data holds {len(encoded)} JPEG frames",
-        )
-    # Fragments past the declared frames are ignored: NumberOfFrames says what the cine is.
-    encoded = encoded[:n_frames]
+    # Each frame is decoded into its place in the cine: no second copy of the whole cine, and
+    # the encoded frames are taken from the Pixel Data a batch at a time, not all copied out.
+    out = np.zeros((n_frames, rows, cols), np.uint8)
+    frames = generate_frames(ds.PixelData, number_of_frames=n_frames)
+    results: list[tuple[bool, str | None]] = []
+
+    def decode_into(item: tuple[int, bytes]) -> tuple[bool, str | None]:
+        index, data = item
+        frame, warning = _decode_jpeg_frame(data)
+        if frame is None:
+            return False, warning
+        if frame.shape != (rows, cols):
+            raise _WrongSizeError
+        out[index] = frame
+        return True, warning
 
     # libjpeg-turbo releases the GIL while decoding, so frames decode in parallel on threads.
     with ThreadPoolExecutor(max_workers=_DECODE_THREADS) as pool:
-        results = list(pool.map(_decode_jpeg_frame, encoded))
-    if all(frame is None for frame, _ in results):
+        while len(results) < n_frames:
+            try:
+                batch = list(itertools.islice(frames, min(_BATCH, n_frames - len(results))))
+            except ValueError as exc:
+                raise UnreadableImageError(
+                    name,
+                    f"the encapsulated Pixel Data cannot be split into frames: {describe(exc)}",
+                ) from exc
+            if not batch:
+                raise UnreadableImageError(
+                    name,
+                    f"NumberOfFrames is {n_frames} but the Pixel Data holds {len(results)} "
+                    "JPEG frames",
+                )
+            try:
+                results.extend(pool.map(decode_into, enumerate(batch, start=len(results))))
+            except _WrongSizeError:
+                return None
+    # Fragments past the declared frames are ignored: NumberOfFrames says what the cine is.
+    if not any(read for read, _ in results):
         raise UnreadableImageError(name, f"no JPEG frame decodes: {results[0][1]}")
-    damaged: dict[int, str] = {}
-    frames = []
-    for number, (frame, warning) in enumerate(results, start=1):
-        if frame is not None and frame.shape != (rows, cols):
-            return None
-        if warning is not None:
-            damaged[number] = warning
-        frames.append(frame if frame is not None else np.zeros((rows, cols), np.uint8))
-    return np.stack(frames), damaged
+    damaged = {n: w for n, (_, w) in enumerate(results, start=1) if w is not None}
+    return out, damaged
+
+
+_BATCH = 32
+"""JPEG frames taken out of the Pixel Data at once."""
+
+
+class _WrongSizeError(Exception):
+    """A JPEG frame whose size is not the header's."""
 
 
 def _decode_jpeg_frame(data: bytes) -> tuple[npt.NDArray[np.uint8] | None, str | None]:

@@ -202,8 +202,14 @@ def b_line_windows(cine: Cine, default_fps: float) -> tuple[torch.Tensor, list[i
         frame).
     """
     fps = cine.timing.fps or default_fps
-    # Area averaging is the anti-aliased shrink here; trilinear with smoothing is 200x slower.
-    frames = Compose([CropTissue(), Resize((-1, *B_LINE_SIZE), mode="area")])(cine)
+
+    def shrink(chunk: Sequence[int]) -> torch.Tensor:
+        # Area averaging is the anti-aliased shrink here; trilinear with smoothing is 200x
+        # slower. Each frame is shrunk on its own, so chunks give the whole cine's result.
+        out = Compose([CropTissue(chunk), Resize((-1, *B_LINE_SIZE), mode="area")])(cine)
+        return convert_to_tensor(out, track_meta=False)
+
+    frames = torch.cat([shrink(chunk) for chunk in frame_chunks(cine.n_frames)], dim=1)
     windows, starts = TemporalWindows(fps)(frames)
     return windows, [s + 1 for s in starts]
 
@@ -223,17 +229,35 @@ def severity_frames(cine: Cine, frames: Sequence[int] | None = None) -> torch.Te
     torch.Tensor
         float32, shape (frames, 1, 200, 260); padding is -1 (black).
     """
-    pipeline = Compose(
-        [
-            CropTissue(frames),
-            SqueezeDim(dim=0),  # frames become channels, so one resize serves them all
-            FitAndPad(SEVERITY_SIZE),
-            ScaleIntensityRange(a_min=0.0, a_max=1.0, b_min=-1.0, b_max=1.0),
-            EnsureType(data_type="tensor", dtype=torch.float32, track_meta=False),
-        ]
-    )
-    out: torch.Tensor = pipeline(cine)
-    return out.unsqueeze(1)
+    wanted = list(frames) if frames is not None else list(range(1, cine.n_frames + 1))
+
+    def fit(chunk: Sequence[int]) -> torch.Tensor:
+        pipeline = Compose(
+            [
+                CropTissue(chunk),
+                SqueezeDim(dim=0),  # frames become channels, so one resize serves them all
+                FitAndPad(SEVERITY_SIZE),
+                ScaleIntensityRange(a_min=0.0, a_max=1.0, b_min=-1.0, b_max=1.0),
+                EnsureType(data_type="tensor", dtype=torch.float32, track_meta=False),
+            ]
+        )
+        out: torch.Tensor = pipeline(cine)
+        return out
+
+    chunks = [[wanted[i - 1] for i in c] for c in frame_chunks(len(wanted))]
+    return torch.cat([fit(chunk) for chunk in chunks]).unsqueeze(1)
+
+
+CHUNK_FRAMES = 16
+"""Frames taken to float at full resolution at once: what bounds the pre-processing's memory
+(16 frames of 1920 x 1080 are 130 MB of float32) whatever the cine's length."""
+
+
+def frame_chunks(n_frames: int, size: int | None = None) -> list[list[int]]:
+    """The 1-based frame numbers 1..``n_frames`` in consecutive chunks of at most ``size``
+    (:data:`CHUNK_FRAMES` when None)."""
+    size = size or CHUNK_FRAMES
+    return [list(range(a, min(a + size, n_frames + 1))) for a in range(1, n_frames + 1, size)]
 
 
 def fit_label_maps(

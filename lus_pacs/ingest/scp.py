@@ -14,8 +14,9 @@ import threading
 from collections.abc import Callable
 
 from pydicom.uid import UID
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.events import EventHandlerType
+from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -111,8 +112,27 @@ class Receiver:
         if studies:
             self._on_study_complete(sorted(studies))
 
+    def handle_connection(self, event: evt.Event) -> None:
+        """Bound every read of a new connection: pynetdicom leaves the accepted socket
+        blocking, so a peer that sends part of a PDU and stays silent would hold its thread
+        (and one of the associations) for ever."""
+        connection = getattr(event.assoc.dul.socket, "socket", None)
+        if connection is not None:
+            connection.settimeout(self._settings.network_timeout_s)
+
+    def handle_rejected(self, event: evt.Event) -> None:
+        requestor = event.assoc.requestor
+        log.warning(
+            "Rejected an association from %s at %s:%s",
+            requestor.ae_title or "(no AE title)",
+            requestor.address,
+            requestor.port,
+        )
+
     def handlers(self) -> list[EventHandlerType]:
         return [
+            (evt.EVT_CONN_OPEN, self.handle_connection),
+            (evt.EVT_REJECTED, self.handle_rejected),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_RELEASED, self.handle_released),
@@ -180,7 +200,7 @@ def _make_ae(settings: Settings) -> AE:
     unsupported instance gets a precise C-STORE status instead of a rejected context."""
     ae = AE(ae_title=settings.ae_title)
     ae.add_supported_context(Verification)
-    for context in StoragePresentationContexts:
+    for context in AllStoragePresentationContexts:
         if context.abstract_syntax is not None:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     for sop_class in IMAGE_SOP_CLASSES:  # retired US classes are not in pynetdicom's list
@@ -190,6 +210,10 @@ def _make_ae(settings: Settings) -> AE:
     else:
         log.warning("No calling-AE allow-list configured: any AE may send to %s", ae.ae_title)
     ae.maximum_pdu_size = 0  # no limit: cines are large
+    ae.maximum_associations = settings.max_associations
+    ae.network_timeout = settings.network_timeout_s
+    ae.acse_timeout = settings.acse_timeout_s
+    ae.dimse_timeout = settings.dimse_timeout_s
     return ae
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lus_pacs.domain import Cine, FrameTiming, Region, RegionSource, SourceRef
+from lus_pacs.inference import transforms
 from lus_pacs.inference.transforms import (
     SEVERITY_SIZE,
     CropTissue,
@@ -188,3 +189,22 @@ def test_a_box_in_model_geometry_maps_onto_the_same_source_pixels() -> None:
     assert abs(y1 - 160) <= 2
     # The whole model frame is the whole tissue region.
     assert box_to_source((0, 0, 260, 200), cine) == (50, 20, 350, 280)
+
+
+def test_pre_processing_in_chunks_of_frames_equals_the_whole_cine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Chunks bound the memory of a long cine (issue 19, case 5); the models' input is the same.
+    frames = np.random.default_rng(5).integers(0, 256, (37, 90, 120), dtype=np.uint8)
+    cine = _cine(frames, Region(10, 5, 110, 85, RegionSource.IMAGE))
+    wanted = [30, 2, 17, 17, 37]
+    monkeypatch.setattr(transforms, "CHUNK_FRAMES", 1000)
+    whole = (transforms.severity_frames(cine), transforms.severity_frames(cine, wanted))
+    windows = transforms.b_line_windows(cine, 30.0)
+    monkeypatch.setattr(transforms, "CHUNK_FRAMES", 4)
+    assert len(transforms.frame_chunks(cine.n_frames)) == 10
+    torch.testing.assert_close(transforms.severity_frames(cine), whole[0], rtol=0, atol=0)
+    torch.testing.assert_close(transforms.severity_frames(cine, wanted), whole[1], rtol=0, atol=0)
+    chunked = transforms.b_line_windows(cine, 30.0)
+    assert chunked[1] == windows[1]
+    torch.testing.assert_close(chunked[0], windows[0], rtol=0, atol=0)

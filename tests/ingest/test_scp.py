@@ -4,10 +4,14 @@ stop."""
 
 from __future__ import annotations
 
+import logging
 import shutil
+import socket
 import sqlite3
+import struct
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -16,9 +20,12 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    LabelMapSegmentationStorage,
+    Verification,
+)
 
-from lus_pacs.dicom_vocabulary import OUT_OF_RESOURCES, SUCCESS
+from lus_pacs.dicom_vocabulary import OUT_OF_RESOURCES, REFUSED_SOP_CLASS, SUCCESS
 from lus_pacs.domain import Instance, JobState
 from lus_pacs.ingest.scp import start_listener
 from lus_pacs.queue.store import JobStore
@@ -246,3 +253,68 @@ def test_a_port_in_use_is_an_os_error(tmp_path: Path) -> None:
             )
     finally:
         first.stop()
+
+
+def _half_open(port: int, count: int) -> list[socket.socket]:
+    """``count`` connections that send the first bytes of an A-ASSOCIATE-RQ (its PDU header
+    announces 200 bytes) and then stay silent (issue 19, case 7)."""
+    held = []
+    for _ in range(count):
+        connection = socket.create_connection(("127.0.0.1", port), timeout=5)
+        connection.sendall(struct.pack(">BBL", 0x01, 0x00, 200) + b"\x00\x01\x00\x00")
+        held.append(connection)
+    return held
+
+
+@needs_dcmtk
+def test_half_open_connections_are_closed_and_cannot_lock_scanners_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path, port=0, max_associations=4, network_timeout_s=1.5, acse_timeout_s=1.5
+    )
+    node = StoringNode(settings)
+    held = _half_open(node.port, 6)
+    try:
+        time.sleep(0.5)
+        # The limit is reached: a scanner is rejected now, and the rejection names it.
+        with caplog.at_level(logging.WARNING, logger="lus_pacs.ingest.scp"):
+            busy = _dcmtk("echoscu", node.port)
+            assert busy.returncode != 0
+            deadline = time.monotonic() + 5
+            while "Rejected an association from SCANNER at 127.0.0.1" not in caplog.text:
+                assert time.monotonic() < deadline, caplog.text
+                time.sleep(0.1)
+        # Past the network timeout the silent peers are gone and scanners are served again.
+        time.sleep(settings.network_timeout_s + 1.0)
+        assert _dcmtk("echoscu", node.port).returncode == 0
+        for connection in held:
+            connection.settimeout(5)
+            assert connection.recv(64) == b""  # closed by the node
+    finally:
+        for connection in held:
+            connection.close()
+        node.listener.stop()
+
+
+def test_every_storage_class_is_accepted_at_association_and_answered_per_instance(
+    listener: StoringNode,
+) -> None:
+    # Case 12 of issue 19: Label Map Segmentation (the node's own kind of output) got no
+    # presentation context, so the sender saw an association failure instead of a status.
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(LabelMapSegmentationStorage)
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title="LUSPACS")
+    assert assoc.is_established
+    try:
+        (context,) = assoc.accepted_contexts
+        assert context.abstract_syntax == LabelMapSegmentationStorage
+        ds = pydicom.Dataset()
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        ds.SOPClassUID = LabelMapSegmentationStorage
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        status = assoc.send_c_store(ds)
+        assert status.Status == REFUSED_SOP_CLASS
+    finally:
+        assoc.release()

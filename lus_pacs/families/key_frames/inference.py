@@ -30,7 +30,7 @@ from lus_pacs.families.key_frames.network import (
     FrameOutput,
     KeyFrameNet,
 )
-from lus_pacs.families.key_frames.similarity import masked_tissue
+from lus_pacs.families.key_frames.similarity import tissue_mask
 from lus_pacs.inference.bundle import load_bundle
 
 _BATCH = 32
@@ -56,8 +56,12 @@ def fit_square(frame: npt.NDArray[np.uint8], size: int = RESIZE) -> npt.NDArray[
 
 
 def frame_images(cine: Cine) -> npt.NDArray[np.uint8]:
-    """Every frame of the cine as the network's training images: (frames, 256, 256) uint8."""
-    return np.stack([fit_square(f) for f in masked_tissue(cine)])
+    """Every frame of the cine as the network's training images: (frames, 256, 256) uint8.
+
+    Frame by frame (the overlay blacked out in a copy of one frame at a time), so that no copy
+    of the whole cine is made."""
+    valid = tissue_mask(cine)
+    return np.stack([fit_square(np.where(valid, f, 0).astype(np.uint8)) for f in cine.tissue()])
 
 
 def to_input(images: npt.NDArray[np.uint8]) -> torch.Tensor:
