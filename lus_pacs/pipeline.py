@@ -79,8 +79,17 @@ class Models:
 
 
 def analyse(header: Dataset, name: str, models: Models, settings: Settings) -> Findings:
-    """Decode the cine and run every enabled family on it, each after those it needs."""
+    """Decode the cine and run every enabled family on it, each after those it needs.
+
+    Once decoded, the header's Pixel Data is released (deleted from ``header``): the result
+    objects refer to the source but never read its pixels, and a long cine's encoded frames
+    are hundreds of MB that would otherwise stay in memory beside the decoded cine while the
+    models run.
+    """
     cine = decode_dataset(header, name, zone_rules=settings.zone_rules)
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in header:
+            delattr(header, keyword)
     if cine.damaged:
         log.warning(
             "%s: frames read only in part: %s",

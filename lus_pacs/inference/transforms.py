@@ -248,9 +248,10 @@ def severity_frames(cine: Cine, frames: Sequence[int] | None = None) -> torch.Te
     return torch.cat([fit(chunk) for chunk in chunks]).unsqueeze(1)
 
 
-CHUNK_FRAMES = 16
+CHUNK_FRAMES = 4
 """Frames taken to float at full resolution at once: what bounds the pre-processing's memory
-(16 frames of 1920 x 1080 are 130 MB of float32) whatever the cine's length."""
+(4 frames of 1920 x 1080 are 33 MB of float32, with the resize's copies about 100 MB) whatever
+the cine's length; 16 cost 0.33 GB more at peak on a 1080p cine (bench/memory.py)."""
 
 
 def frame_chunks(n_frames: int, size: int | None = None) -> list[list[int]]:

@@ -31,11 +31,14 @@ from torch import nn
 
 from lus_pacs.domain import BLineFindings, Cine, ModelInfo
 from lus_pacs.errors import ModelError
-from lus_pacs.families.b_lines.network import ARCHITECTURES, MeasuredBLines
+from lus_pacs.families.b_lines.network import ARCHITECTURES, BLineOutput, MeasuredBLines
 from lus_pacs.families.measurements import MeasurementHead, check_feature_version
 from lus_pacs.inference.bundle import INFERENCE, load_bundle
 from lus_pacs.inference.lung_features import FRAME_FEATURES, cine_features
 from lus_pacs.inference.transforms import b_line_windows
+
+WINDOW_BATCH = 8
+"""1-second windows scored at once."""
 
 
 class BLineModel:
@@ -106,8 +109,16 @@ class BLineModel:
         if isinstance(self.network, MeasurementHead):
             return self._predict_measured(cine)
         windows, starts = b_line_windows(cine, default_fps)
+        # A few windows at a time: a long cine's windows at once would hold every frame's
+        # activations (hundreds of MB); each window is scored on its own in eval mode.
         with torch.inference_mode():
-            out = self.network(windows)
+            parts = [
+                self.network(windows[i : i + WINDOW_BATCH])
+                for i in range(0, len(windows), WINDOW_BATCH)
+            ]
+        out = BLineOutput(
+            torch.cat([p.logit for p in parts]), torch.cat([p.attention for p in parts])
+        )
         probabilities = torch.sigmoid(out.logit).numpy()
         if not isinstance(self.network, MeasuredBLines):
             return findings_from_windows(
