@@ -18,7 +18,7 @@ import pydicom
 
 from lus_pacs.domain import OutputKind
 from lus_pacs.durable import durable_file
-from lus_pacs.errors import ExportError, LusPacsError
+from lus_pacs.errors import ExportError, LusPacsError, StageError
 from lus_pacs.export.dimse import store as c_store
 from lus_pacs.ingest.scp import Listener, start_listener
 from lus_pacs.pipeline import Models, encode_summary, process_file, write_outputs
@@ -29,6 +29,8 @@ from lus_pacs.settings import Settings
 log = logging.getLogger(__name__)
 
 _IDLE_S = 0.5
+_RESUME_S = 10.0
+"""Seconds the worker waits after a failure of the disk or the job store."""
 
 
 class Node:
@@ -91,30 +93,47 @@ class Node:
 
     def _process_loop(self) -> None:
         while not self._stop.is_set():
-            job = self.store.jobs.claim()
-            if job is None:
-                self._wake.wait(_IDLE_S)
-                self._wake.clear()
-                continue
-            uid = job.instance.sop_instance_uid
-            out_dir = self.settings.results_dir / job.instance.study_instance_uid
             try:
-                record, outputs = process_file(
-                    job.instance.path, self.models, self.settings, out_dir
-                )
-            except LusPacsError as exc:
-                log.error("Failed %s: %s", uid, exc)
-                self.store.jobs.fail(job.id, str(exc))
-                continue
-            except Exception as exc:  # one bad cine must not stop the worker
-                log.exception("Failed %s: unexpected error", uid)
-                self.store.jobs.fail(job.id, f"unexpected error: {exc!r}")
-                continue
-            self.store.jobs.finish(
-                job.id, record.dumps(), outputs, [d.name for d in self.settings.destinations]
-            )
-            b_lines = to_json(record.b_lines) if record.b_lines else {}
-            log.info("Processed %s (zone %s): %s", uid, record.source.zone, b_lines)
+                self._process_next()
+            # The disk or the job store failed (a full disk): the worker must outlive it. The job
+            # it held goes back to the queue, and it carries on when the cause is gone.
+            except Exception:
+                log.exception("The worker could not finish a job; again in %.0f s", _RESUME_S)
+                self._stop.wait(_RESUME_S)
+                try:
+                    self.store.jobs.recover()
+                except Exception:
+                    log.exception("The job store is still unavailable")
+
+    def _process_next(self) -> None:
+        job = self.store.jobs.claim()
+        if job is None:
+            self._wake.wait(_IDLE_S)
+            self._wake.clear()
+            return
+        uid = job.instance.sop_instance_uid
+        out_dir = self.settings.results_dir / job.instance.study_instance_uid
+        try:
+            record, outputs = process_file(job.instance.path, self.models, self.settings, out_dir)
+        except StageError as exc:
+            if exc.stage == "write":
+                raise  # the disk, not the cine: the job is tried again
+            log.error("Failed %s: %s", uid, exc)
+            self.store.jobs.fail(job.id, str(exc))
+            return
+        except LusPacsError as exc:
+            log.error("Failed %s: %s", uid, exc)
+            self.store.jobs.fail(job.id, str(exc))
+            return
+        except Exception as exc:  # one bad cine must not stop the worker
+            log.exception("Failed %s: unexpected error", uid)
+            self.store.jobs.fail(job.id, f"unexpected error: {exc!r}")
+            return
+        self.store.jobs.finish(
+            job.id, record.dumps(), outputs, [d.name for d in self.settings.destinations]
+        )
+        b_lines = to_json(record.b_lines) if record.b_lines else {}
+        log.info("Processed %s (zone %s): %s", uid, record.source.zone, b_lines)
 
     # Delivering
 
