@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from lus_pacs.validate import dciodvfy
 
@@ -18,3 +19,34 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def dciodvfy_errors(path: Path) -> list[str]:
     """Lines dciodvfy reports as errors (it exits 0 even when there are some)."""
     return dciodvfy(path).errors
+
+
+POCUS_HEADER = (
+    "file,label,probe,source,license,fps,resolution,b_lines,consolidations,effusion,a_lines,"
+    "pleural_irregularities,air_bronchogram,healthy,severity"
+)
+"""The columns of ``pocus/labels.csv``."""
+
+
+def measured_pocus(
+    root: Path, rows: list[str], names: list[str], features: Any
+) -> tuple[Path, Path]:
+    """A ``pocus/labels.csv`` of ``rows`` under ``root/data`` and a measurement cache under
+    ``root/cache`` that holds every clip's measurements already (``features``, in the order of
+    ``names``): a fit reads them and never the (absent) videos. Returns (data, cache)."""
+    import numpy as np
+
+    from lus_pacs.inference.lung_features import CLIP_FEATURES, FEATURE_VERSION
+
+    data = root / "data"
+    (data / "pocus").mkdir(parents=True)
+    (data / "pocus" / "labels.csv").write_text("\n".join([POCUS_HEADER, *rows]) + "\n")
+    cache = root / "cache"
+    cache.mkdir()
+    np.savez(
+        cache / f"features-v{FEATURE_VERSION}.npz",
+        names=np.array(names),
+        features=features,
+        columns=np.array(CLIP_FEATURES),
+    )
+    return data, cache

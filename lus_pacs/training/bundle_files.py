@@ -41,6 +41,21 @@ def write_weights_and_config(
     )
 
 
+def write_bundle(
+    out_dir: Path,
+    network: torch.nn.Module,
+    inference: dict[str, Any],
+    metadata: dict[str, Any],
+) -> None:
+    """A whole bundle into ``out_dir``: ``models/model.pt`` (the state dict) and
+    ``configs/inference.json`` and ``configs/metadata.json`` as given."""
+    (out_dir / "models").mkdir(parents=True, exist_ok=True)
+    (out_dir / "configs").mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), out_dir / "models" / "model.pt")
+    write_json(out_dir / "configs" / "inference.json", inference)
+    write_json(out_dir / "configs" / "metadata.json", metadata)
+
+
 def write_json(path: Path, doc: dict[str, Any]) -> None:
     """Write ``doc`` indented, with a final newline (the bundles are read by people too)."""
     path.write_text(json.dumps(doc, indent=4) + "\n")

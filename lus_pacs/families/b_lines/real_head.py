@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from lus_pacs.errors import ModelError
 from lus_pacs.families.b_lines.network import ARCHITECTURES, MeasuredBLines
 from lus_pacs.families.measurements import HEAD_L2, MeasurementHead, fit_head
-from lus_pacs.inference.bundle import INFERENCE, METADATA, WEIGHTS, load_bundle
+from lus_pacs.inference.bundle import load_bundle
 from lus_pacs.inference.lung_features import CLIP_FEATURES, FEATURE_VERSION
-from lus_pacs.training.bundle_files import write_json
+from lus_pacs.training.bundle_files import write_bundle
 from lus_pacs.training.real import TRAINABLE, measure, real_clips
 
 VERSION = "0.3.0"
@@ -94,9 +93,5 @@ def fit_real_head(
             "n_features": len(CLIP_FEATURES),
         },
     }
-    (out / WEIGHTS).parent.mkdir(parents=True, exist_ok=True)
-    (out / INFERENCE).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(combined.state_dict(), out / WEIGHTS)
-    write_json(out / INFERENCE, config)
-    write_json(out / METADATA, metadata)
+    write_bundle(out, combined, config, metadata)
     return fit

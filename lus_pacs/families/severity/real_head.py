@@ -11,15 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lus_pacs.errors import ModelError
 from lus_pacs.families.measurements import ORDINAL_L2, MeasurementHead, OrdinalHead
 from lus_pacs.families.severity.measured import FINDINGS, MeasuredSeverity, fit_recipe
 from lus_pacs.families.severity.network import SeverityNet
-from lus_pacs.inference.bundle import INFERENCE, METADATA, WEIGHTS, load_bundle
+from lus_pacs.inference.bundle import load_bundle
 from lus_pacs.inference.lung_features import CLIP_FEATURES, FEATURE_VERSION
-from lus_pacs.training.bundle_files import write_json
+from lus_pacs.training.bundle_files import write_bundle
 from lus_pacs.training.real import TRAINABLE, measure, real_clips
 
 VERSION = "0.2.0"
@@ -112,9 +110,5 @@ def fit_real_severity(network: Path, data_root: Path, cache_dir: Path, out: Path
             "n_inputs": len(FINDINGS),
         },
     }
-    (out / WEIGHTS).parent.mkdir(parents=True, exist_ok=True)
-    (out / INFERENCE).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(combined.state_dict(), out / WEIGHTS)
-    write_json(out / INFERENCE, config)
-    write_json(out / METADATA, metadata)
+    write_bundle(out, combined, config, metadata)
     return fit

@@ -17,12 +17,9 @@ from lus_pacs.families.b_lines.network import MeasuredBLines
 from lus_pacs.families.b_lines.real_head import VERSION, fit_real_head
 from lus_pacs.inference.lung_features import CLIP_FEATURES, FEATURE_VERSION
 from lus_pacs.training.metrics import roc_auc
+from tests.tools import measured_pocus
 
 SHIPPED = Path(__file__).resolve().parents[3] / "models" / "b_lines"
-HEADER = (
-    "file,label,probe,source,license,fps,resolution,b_lines,consolidations,effusion,a_lines,"
-    "pleural_irregularities,air_bronchogram,healthy,severity"
-)
 SIGNAL = CLIP_FEATURES.index("p90_streak_contrast")
 LOOK = CLIP_FEATURES.index("mean_deep_brightness")
 
@@ -49,18 +46,7 @@ def _clips(rng: np.random.Generator, prevalence: dict[str, float], n: int) -> tu
 def test_fit_writes_the_head_beside_the_unchanged_network(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     rows, names, features = _clips(rng, {"alpha": 0.9, "beta": 0.5, "gamma": 0.1}, 40)
-    data = tmp_path / "data"
-    (data / "pocus").mkdir(parents=True)
-    (data / "pocus" / "labels.csv").write_text("\n".join([HEADER, *rows]) + "\n")
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    # Every clip measured already: the fit reads the measurements, never the (absent) videos.
-    np.savez(
-        cache / f"features-v{FEATURE_VERSION}.npz",
-        names=np.array(names),
-        features=features,
-        columns=np.array(CLIP_FEATURES),
-    )
+    data, cache = measured_pocus(tmp_path, rows, names, features)
     localiser = tmp_path / "localiser"
     shutil.copytree(SHIPPED, localiser)
     out = tmp_path / "out"

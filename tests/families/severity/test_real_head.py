@@ -19,12 +19,9 @@ from lus_pacs.families.severity.real_head import VERSION, fit_real_severity
 from lus_pacs.imaging.decode import read_cine
 from lus_pacs.inference.lung_features import CLIP_FEATURES, FEATURE_VERSION, cine_features
 from lus_pacs.training.metrics import quadratic_kappa
+from tests.tools import measured_pocus
 
 SHIPPED = Path(__file__).resolve().parents[3] / "models" / "severity"
-HEADER = (
-    "file,label,probe,source,license,fps,resolution,b_lines,consolidations,effusion,a_lines,"
-    "pleural_irregularities,air_bronchogram,healthy,severity"
-)
 B_LINES = CLIP_FEATURES.index("p90_streak_contrast")
 CONSOLIDATION = CLIP_FEATURES.index("mean_subpleural_texture")
 LOOK = CLIP_FEATURES.index("mean_deep_brightness")
@@ -58,18 +55,7 @@ def _clips(rng: np.random.Generator, sites: dict[str, float], n: int) -> tuple:
 def test_fit_writes_the_recipe_beside_the_unchanged_frame_scorer(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
     rows, names, features, _ = _clips(rng, {"alpha": 0.8, "beta": 0.5, "gamma": 0.2}, 60)
-    data = tmp_path / "data"
-    (data / "pocus").mkdir(parents=True)
-    (data / "pocus" / "labels.csv").write_text("\n".join([HEADER, *rows]) + "\n")
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    # Every clip measured already: the fit reads the measurements, never the (absent) videos.
-    np.savez(
-        cache / f"features-v{FEATURE_VERSION}.npz",
-        names=np.array(names),
-        features=features,
-        columns=np.array(CLIP_FEATURES),
-    )
+    data, cache = measured_pocus(tmp_path, rows, names, features)
     out = tmp_path / "out"
 
     fit = fit_real_severity(SHIPPED, data, cache, out)
