@@ -76,7 +76,7 @@ class MeasurementHead(nn.Module):
     def probability(self, features: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
         """Probabilities of measurements shaped (clips, n_features)."""
         with torch.inference_mode():
-            logits = self(torch.as_tensor(np.asarray(features, np.float32)))
+            logits = self(torch.tensor(np.asarray(features, np.float32)))
         return torch.sigmoid(logits).double().numpy()
 
 
@@ -198,7 +198,7 @@ class OrdinalHead(nn.Module):
         """Each clip's score (how many cuts its ``eta`` passes: the median of its score
         distribution) and the probabilities of every score, shaped (clips, n_scores)."""
         with torch.inference_mode():
-            eta = self(torch.as_tensor(np.asarray(inputs, np.float32))).double()
+            eta = self(torch.tensor(np.asarray(inputs, np.float32))).double()
         cuts = self.cuts.double()
         below = torch.sigmoid(cuts[None, :] - eta[:, None])
         ones = torch.ones(len(eta), 1, dtype=torch.float64)

@@ -23,6 +23,8 @@ over the frames, and how much the pleural band moves (lung sliding).
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
 
 import cv2
@@ -127,10 +129,30 @@ def clip_features(view: LungView, per_frame: npt.NDArray[np.float32]) -> npt.NDA
 
 
 def cine_features(cine: Cine) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], LungView]:
-    """Frame measurements, clip measurements and the view of one cine."""
+    """Frame measurements, clip measurements and the view of one cine.
+
+    Measured once per cine object (the B-line and severity families both read them); the
+    arrays are read-only, shared by every caller, and forgotten with the cine.
+    """
+    with _MEASURED_LOCK:
+        known = _MEASURED.get(cine)
+    if known is not None:
+        return known
     view = lung_view(cine)
     per_frame = frame_features(view)
-    return per_frame, clip_features(view, per_frame), view
+    clip = clip_features(view, per_frame)
+    for array in (per_frame, clip):
+        array.setflags(write=False)
+    measured = (per_frame, clip, view)
+    with _MEASURED_LOCK:
+        _MEASURED[cine] = measured
+    return measured
+
+
+_MEASURED: weakref.WeakKeyDictionary[
+    Cine, tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], LungView]
+] = weakref.WeakKeyDictionary()
+_MEASURED_LOCK = threading.Lock()
 
 
 def _measure(frame: npt.NDArray[np.float32], scan: npt.NDArray[np.bool_]) -> list[float]:

@@ -98,7 +98,7 @@ def finding_logits(
     b_lines: MeasurementHead, consolidation: MeasurementHead, features: npt.NDArray[np.floating]
 ) -> npt.NDArray[np.float64]:
     """The two heads' logits of clip measurements, shaped (clips, 2)."""
-    x = torch.as_tensor(np.asarray(features, np.float32))
+    x = torch.tensor(np.asarray(features, np.float32))
     with torch.inference_mode():
         return torch.stack([b_lines(x), consolidation(x)], dim=1).double().numpy()
 
