@@ -1,8 +1,12 @@
-"""The running node: the DICOM listener, one processing worker, one exporter, the study watcher.
+"""The running node: the DICOM listener, the processing workers, one exporter per destination,
+the study watcher.
 
-The listener only stores and queues. The worker loads the models once and processes jobs in
-order; the exporter delivers result files with retries and exponential backoff. All state is in
-the job store, so killing the process at any point loses nothing that was acknowledged.
+The listener only stores and queues. The models are loaded once and the workers (``workers`` in
+the settings) process jobs in order; each destination's exporter delivers its result files with
+retries and exponential backoff, so a hung PACS delays only its own results. All state is in the
+job store (studies awaiting their summary included), so killing the process at any point loses
+nothing that was acknowledged and a restart sends what was pending exactly once. Every loop
+outlives errors of the disk or the job store and resumes when the cause is gone.
 """
 
 from __future__ import annotations
@@ -11,20 +15,22 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import pydicom
 
-from lus_pacs.domain import OutputKind
+from lus_pacs.domain import Job, OutputKind
 from lus_pacs.durable import durable_file
 from lus_pacs.errors import ExportError, LusPacsError, StageError
 from lus_pacs.export.dimse import store as c_store
 from lus_pacs.ingest.scp import Listener, start_listener
 from lus_pacs.pipeline import Models, encode_summary, process_file, write_outputs
+from lus_pacs.queue.deliveries import Delivery
 from lus_pacs.queue.store import JobStore
 from lus_pacs.records import CineRecord, StudySummary, to_json
-from lus_pacs.settings import Settings
+from lus_pacs.settings import DicomDestination, Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +48,6 @@ class Node:
         self.models = models if models is not None else Models.load(settings)
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._released: list[str] = []
-        self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._listener: Listener | None = None
 
@@ -63,8 +67,16 @@ class Node:
             on_stored=self._wake.set,
             on_study_complete=self._study_released,
         )
-        for target in (self._process_loop, self._export_loop, self._study_loop):
-            thread = threading.Thread(target=target, name=target.__name__, daemon=True)
+        loops: list[tuple[str, Callable[[], None]]] = [
+            (f"worker-{i + 1}", self._process_loop) for i in range(self.settings.workers)
+        ]
+        loops += [
+            (f"export-{d.name}", partial(self._export_loop, d.name))
+            for d in self.settings.destinations
+        ]
+        loops.append(("studies", self._study_loop))
+        for name, target in loops:
+            thread = threading.Thread(target=_outliving(target, self._stop), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
         log.info(
@@ -85,32 +97,27 @@ class Node:
             thread.join(timeout=30)
 
     def _study_released(self, studies: list[str]) -> None:
-        self.store.studies.complete(studies)
-        with self._lock:
-            self._released.extend(studies)
+        try:
+            self.store.studies.complete(studies)
+        except Exception:  # the quiet period completes them instead
+            log.exception("Could not mark studies %s complete", studies)
 
     # Processing
 
     def _process_loop(self) -> None:
         while not self._stop.is_set():
+            job = self.store.jobs.claim()
+            if job is None:
+                self._wake.wait(_IDLE_S)
+                self._wake.clear()
+                continue
             try:
-                self._process_next()
-            # The disk or the job store failed (a full disk): the worker must outlive it. The job
-            # it held goes back to the queue, and it carries on when the cause is gone.
-            except Exception:
-                log.exception("The worker could not finish a job; again in %.0f s", _RESUME_S)
-                self._stop.wait(_RESUME_S)
-                try:
-                    self.store.jobs.recover()
-                except Exception:
-                    log.exception("The job store is still unavailable")
+                self._process(job)
+            except BaseException:  # the disk, not the cine: the job waits in the queue
+                self.store.jobs.requeue(job.id)
+                raise
 
-    def _process_next(self) -> None:
-        job = self.store.jobs.claim()
-        if job is None:
-            self._wake.wait(_IDLE_S)
-            self._wake.clear()
-            return
+    def _process(self, job: Job) -> None:
         uid = job.instance.sop_instance_uid
         out_dir = self.settings.results_dir / job.instance.study_instance_uid
         try:
@@ -137,48 +144,43 @@ class Node:
 
     # Delivering
 
-    def _export_loop(self) -> None:
+    def _export_loop(self, name: str) -> None:
+        destination = self.settings.destination(name)
         while not self._stop.is_set():
-            due = self.store.deliveries.due()
+            due = self.store.deliveries.due(destination=name)
             if not due:
                 self._stop.wait(_IDLE_S)
                 continue
             for delivery in due:
-                destination = self.settings.destination(delivery.destination)
-                try:
-                    c_store(
-                        [o.path for o in delivery.outputs],
-                        destination,
-                        calling_ae=self.settings.ae_title,
-                    )
-                except ExportError as exc:
-                    retry_at = self._retry_at(delivery.attempts)
-                    self.store.deliveries.failed(
-                        delivery.job_id,
-                        delivery.destination,
-                        str(exc),
-                        retry_at,
-                        summary=delivery.summary,
-                    )
-                    log.warning(
-                        "Delivery of %s %d to %s failed (attempt %d): %s%s",
-                        "study summary" if delivery.summary else "job",
-                        delivery.job_id,
-                        destination.name,
-                        delivery.attempts + 1,
-                        exc,
-                        "" if retry_at else "; retry budget spent, marked failed",
-                    )
-                    continue
-                self.store.deliveries.delivered(
-                    delivery.job_id, delivery.destination, summary=delivery.summary
-                )
-                log.info(
-                    "Delivered %s %d to %s",
-                    "study summary" if delivery.summary else "job",
-                    delivery.job_id,
-                    destination.name,
-                )
+                if self._stop.is_set():
+                    return
+                self._deliver(delivery, destination)
+
+    def _deliver(self, delivery: Delivery, destination: DicomDestination) -> None:
+        what = "study summary" if delivery.summary else "job"
+        try:
+            c_store(
+                [o.path for o in delivery.outputs], destination, calling_ae=self.settings.ae_title
+            )
+        except ExportError as exc:
+            retry_at = self._retry_at(delivery.attempts)
+            self.store.deliveries.failed(
+                delivery.job_id, delivery.destination, str(exc), retry_at, summary=delivery.summary
+            )
+            log.warning(
+                "Delivery of %s %d to %s failed (attempt %d): %s%s",
+                what,
+                delivery.job_id,
+                destination.name,
+                delivery.attempts + 1,
+                exc,
+                "" if retry_at else "; retry budget spent, marked failed",
+            )
+            return
+        self.store.deliveries.delivered(
+            delivery.job_id, delivery.destination, summary=delivery.summary
+        )
+        log.info("Delivered %s %d to %s", what, delivery.job_id, destination.name)
 
     def _retry_at(self, attempts: int) -> float | None:
         """When to try again after ``attempts + 1`` failures; None when the budget is spent."""
@@ -190,16 +192,12 @@ class Node:
     # Studies
 
     def _study_loop(self) -> None:
-        pending: set[str] = set()
         while not self._stop.wait(_IDLE_S):
-            with self._lock:
-                pending.update(self._released)
-                self._released.clear()
-            pending.update(self.store.studies.complete_quiet(self.settings.study_quiet_s))
-            for study in sorted(pending):
-                if self.store.studies.done(study):
-                    self._summarise(study)
-                    pending.discard(study)
+            self.store.studies.complete_quiet(self.settings.study_quiet_s)
+            for study, received_at in self.store.studies.awaiting_summary():
+                self._summarise(study)
+                if not self.store.studies.summarised(study, received_at):
+                    log.info("Study %s received more while it was summarised; again", study)
 
     def _summarise(self, study: str) -> None:
         """The study's summary SR, when configured, queued for every destination (once per
@@ -226,13 +224,34 @@ class Node:
                 pydicom.dcmread(p, stop_before_pixels=True)
                 for p in self.store.studies.processed_paths(study, self.models.key)
             ]
-            (output,) = write_outputs([encode_summary(summary, sources, self.models.key)], folder)
+            summary_sr = encode_summary(summary, sources, self.models.key)
         except (OSError, ValueError, LusPacsError) as exc:
             log.error("Study %s: the summary SR could not be made: %s", study, exc)
             return
+        # A failed write (a full disk) raises: the study stays awaiting its summary.
+        (output,) = write_outputs([summary_sr], folder)
         destinations = [d.name for d in self.settings.destinations]
         if self.store.studies.record_summary(study, summary.dumps(), output, destinations):
             log.info("Study %s: summary SR %s queued", study, output.sop_instance_uid)
+
+
+def _outliving(loop: Callable[[], None], stop: threading.Event) -> Callable[[], None]:
+    """``loop`` run until ``stop``, started again ``_RESUME_S`` after any error it raises: a
+    full disk or an unavailable job store must not end a thread of the node for good."""
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                loop()
+            except Exception:
+                log.exception(
+                    "%s failed; it starts again in %.0f s",
+                    threading.current_thread().name,
+                    _RESUME_S,
+                )
+                stop.wait(_RESUME_S)
+
+    return run
 
 
 def summary_path(settings: Settings, study: str) -> Path:

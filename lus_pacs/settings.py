@@ -103,7 +103,11 @@ class Settings(BaseModel):
     dimse_timeout_s: float = Field(default=60.0, gt=0)
     """Seconds allowed for each DIMSE message of an association."""
     destinations: tuple[DicomDestination, ...] = ()
-    """Where results are sent by C-STORE; with none, results stay in the results folder."""
+    """Where results are sent by C-STORE, each by its own exporter (a hung PACS delays only its
+    own results); with none, results stay in the results folder."""
+    workers: int = Field(default=1, ge=1)
+    """Cines processed at once. Each worker uses every core PyTorch is given, so more than one
+    helps only on a machine with cores to spare."""
     output_kinds: tuple[OutputKind, ...] = (
         OutputKind.SR,
         OutputKind.KOS,

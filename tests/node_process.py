@@ -65,17 +65,22 @@ def config_port(config: Path) -> int:
 class NodeProcess:
     """``lus-pacs serve --config CONFIG`` in the background, its log in ``log``."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, wrapper: Sequence[str] = ()) -> None:
         self.config = config
         self.port = config_port(config)
         self.log = config.with_name("node.log")
+        self.wrapper = tuple(wrapper)
+        """A command the node runs under (it gets ``lus-pacs serve --config CONFIG`` as its
+        last arguments and must pass SIGTERM on)."""
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         exe = Path(sys.executable).with_name("lus-pacs")
         with self.log.open("ab") as log:
             self._process = subprocess.Popen(
-                [str(exe), "serve", "--config", str(self.config)], stdout=log, stderr=log
+                [*self.wrapper, str(exe), "serve", "--config", str(self.config)],
+                stdout=log,
+                stderr=log,
             )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:

@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE TABLE IF NOT EXISTS studies (
     study_instance_uid TEXT PRIMARY KEY,
     last_received_at REAL NOT NULL,
-    complete INTEGER NOT NULL DEFAULT 0
+    complete INTEGER NOT NULL DEFAULT 0,
+    summarised INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS summaries (
     id INTEGER PRIMARY KEY,
@@ -76,6 +77,9 @@ CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
 """
 
+_ADDED_COLUMNS = (("studies", "summarised", "INTEGER NOT NULL DEFAULT 0"),)
+"""Columns added since the first schema: a store made by an older node gets them on open."""
+
 
 class Database:
     """The store's database file at ``path``, created with its tables when absent.
@@ -87,7 +91,12 @@ class Database:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self.connection().executescript(_SCHEMA)  # idempotent; runs in its own transaction
+        db = self.connection()
+        db.executescript(_SCHEMA)  # idempotent; runs in its own transaction
+        for table, column, definition in _ADDED_COLUMNS:
+            present = {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection, in autocommit mode: for reads; writes use

@@ -44,18 +44,23 @@ class Deliveries:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def due(self, now: float | None = None) -> list[Delivery]:
-        """Pending deliveries whose next attempt is due, oldest first: cines' results, then
-        study summaries."""
+    def due(self, now: float | None = None, destination: str | None = None) -> list[Delivery]:
+        """Pending deliveries (to ``destination``, or to any) whose next attempt is due, oldest
+        first: cines' results, then study summaries."""
         now = time.time() if now is None else now
         db = self._db.connection()
         due: list[Delivery] = []
+        where = "state = ? AND next_attempt_at <= ?"
+        args: tuple[object, ...] = (DeliveryState.PENDING, now)
+        if destination is not None:
+            where += " AND destination = ?"
+            args = (*args, destination)
         for summary in (False, True):
             table, owner = _tables(summary)
             rows = db.execute(
                 f"SELECT {owner}, destination, attempts FROM {table} "
-                f"WHERE state = ? AND next_attempt_at <= ? ORDER BY next_attempt_at, {owner}",
-                (DeliveryState.PENDING, now),
+                f"WHERE {where} ORDER BY next_attempt_at, {owner}",
+                args,
             ).fetchall()
             due.extend(
                 Delivery(

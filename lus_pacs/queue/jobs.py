@@ -57,8 +57,10 @@ class Jobs:
                 ),
             )
             db.execute(
-                "INSERT INTO studies VALUES (?, ?, 0) ON CONFLICT (study_instance_uid) "
-                "DO UPDATE SET last_received_at = excluded.last_received_at, complete = 0",
+                "INSERT INTO studies (study_instance_uid, last_received_at) VALUES (?, ?) "
+                "ON CONFLICT (study_instance_uid) "
+                "DO UPDATE SET last_received_at = excluded.last_received_at, complete = 0, "
+                "summarised = 0",
                 (instance.study_instance_uid, now),
             )
             cursor = db.execute(
@@ -76,6 +78,18 @@ class Jobs:
                 (JobState.QUEUED, time.time(), JobState.PROCESSING),
             )
             return cursor.rowcount
+
+    def requeue(self, job_id: int) -> None:
+        """A job a worker could not finish for a cause outside the cine (a full disk) goes back
+        to the queue; if the store itself is down, :meth:`recover` does it on the next start."""
+        try:
+            with self._db.transaction() as db:
+                db.execute(
+                    "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ? AND state = ?",
+                    (JobState.QUEUED, time.time(), job_id, JobState.PROCESSING),
+                )
+        except sqlite3.Error:
+            pass
 
     def claim(self) -> Job | None:
         """The oldest queued job, now ``processing``; None when the queue is empty."""

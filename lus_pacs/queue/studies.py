@@ -2,7 +2,9 @@
 summary object made of them.
 
 A study is complete on association release or after a quiet period, whichever comes first;
-it is done once no job of it waits to be processed.
+it is done once no job of it waits to be processed, and then awaits its summary until one is
+made. All three are rows of the store, so a restart makes every summary a crash left unmade;
+an instance received later reopens its study.
 """
 
 from __future__ import annotations
@@ -60,18 +62,39 @@ class Studies:
 
     def done(self, study_uid: str) -> bool:
         """Complete, and no job of the study is still waiting to be processed."""
-        db = self._db.connection()
-        row = db.execute(
-            "SELECT complete FROM studies WHERE study_instance_uid = ?", (study_uid,)
-        ).fetchone()
-        if row is None or not row[0]:
-            return False
-        waiting = db.execute(
-            "SELECT COUNT(*) FROM jobs j JOIN instances i USING (sop_instance_uid) "
-            "WHERE i.study_instance_uid = ? AND j.state IN (?, ?)",
-            (study_uid, JobState.QUEUED, JobState.PROCESSING),
-        ).fetchone()[0]
-        return int(waiting) == 0
+        return study_uid in {uid for uid, _ in self._awaiting(study_uid, summarised=None)}
+
+    def awaiting_summary(self) -> list[tuple[str, float]]:
+        """Done studies whose summary is not made yet, as (study, last received at): pass
+        both to :meth:`summarised` once it is."""
+        return self._awaiting(None, summarised=False)
+
+    def summarised(self, study_uid: str, received_at: float) -> bool:
+        """The study's summary is made; False (and it stays awaiting) when an instance of it
+        arrived since ``received_at``, as :meth:`awaiting_summary` gave it."""
+        with self._db.transaction() as db:
+            cursor = db.execute(
+                "UPDATE studies SET summarised = 1 WHERE study_instance_uid = ? "
+                "AND last_received_at = ? AND complete = 1",
+                (study_uid, received_at),
+            )
+            return cursor.rowcount == 1
+
+    def _awaiting(self, study_uid: str | None, summarised: bool | None) -> list[tuple[str, float]]:
+        sql = (
+            "SELECT s.study_instance_uid, s.last_received_at FROM studies s WHERE s.complete = 1 "
+            "AND NOT EXISTS (SELECT 1 FROM jobs j JOIN instances i USING (sop_instance_uid) "
+            "WHERE i.study_instance_uid = s.study_instance_uid AND j.state IN (?, ?))"
+        )
+        args: tuple[object, ...] = (JobState.QUEUED, JobState.PROCESSING)
+        if study_uid is not None:
+            sql += " AND s.study_instance_uid = ?"
+            args = (*args, study_uid)
+        if summarised is not None:
+            sql += " AND s.summarised = ?"
+            args = (*args, int(summarised))
+        rows = self._db.connection().execute(sql + " ORDER BY s.last_received_at", args)
+        return [(r[0], float(r[1])) for r in rows]
 
     def processed_paths(self, study_uid: str, models: str) -> list[Path]:
         """The stored files of the study's instances with a result record for ``models``."""

@@ -63,3 +63,28 @@ def test_a_study_summary_counts_each_cine_once_per_model_versions(store: JobStor
     assert len(store.studies.records("7.7")) == 2
     assert store.studies.records("7.7", "m@2") == ['{"models": "m@2"}']
     assert store.studies.processed_paths("7.7", "m@2") == [Path("1.dcm")]
+
+
+def test_a_done_study_awaits_its_summary_across_a_restart_until_one_is_made(
+    store: JobStore,
+) -> None:
+    store.jobs.record_instance(instance(1, "7.7"), "m@1")
+    store.studies.complete(["7.7"])
+    assert store.studies.awaiting_summary() == []  # its job is still queued
+    job = store.jobs.claim()
+    assert job is not None
+    store.jobs.finish(job.id, "{}", [], [])
+    reopened = JobStore(store.path)  # a restart: nothing is kept in memory
+    ((study, received_at),) = reopened.studies.awaiting_summary()
+    assert study == "7.7"
+    store.jobs.record_instance(instance(2, "7.7"), "m@1")  # arrives while it is summarised
+    assert not reopened.studies.summarised(study, received_at)
+    assert reopened.studies.awaiting_summary() == []  # reopened: not complete, one job queued
+    job = store.jobs.claim()
+    assert job is not None
+    store.jobs.finish(job.id, "{}", [], [])
+    store.studies.complete(["7.7"])
+    ((_, received_at),) = reopened.studies.awaiting_summary()
+    assert reopened.studies.summarised("7.7", received_at)
+    assert reopened.studies.awaiting_summary() == []
+    assert reopened.studies.done("7.7")

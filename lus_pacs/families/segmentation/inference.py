@@ -21,6 +21,7 @@ take minutes.
 
 from __future__ import annotations
 
+import threading
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,6 +84,7 @@ class SegmentationModel:
         self.ensemble = ensemble.eval()
         self.model = model
         self.samples = samples
+        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, bundle_dir: Path, samples: int | None = None) -> SegmentationModel:
@@ -114,6 +116,10 @@ class SegmentationModel:
         """Label maps (and uncertainty) of the 1-based ``frames`` of ``cine``."""
         if not frames:
             raise ValueError("Choose at least one frame to segment.")
+        with self._lock:  # dropout modes and the seeded generator are the ensemble's state
+            return self._predict(cine, frames)
+
+    def _predict(self, cine: Cine, frames: Sequence[int]) -> SegmentationFindings:
         x = severity_frames(cine, frames)
         masks: list[npt.NDArray[np.uint8]] = []
         uncertainty: list[npt.NDArray[np.float32]] = []

@@ -1,0 +1,173 @@
+"""The node through the faults of a bad day, as a real process with its real neighbours: a
+SIGKILL in the middle of an exam, a full file system (a small tmpfs), a PACS that accepts the
+connection and never answers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from lus_pacs.domain import JobState
+from lus_pacs.queue.store import JobStore
+from tests.node_process import NodeProcess, lus_pacs, storescu, wait_for, write_config
+from tests.orthanc import OrthancHandle, free_ports, running_orthanc
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("storescu") is None or shutil.which("Orthanc") is None,
+    reason="dcmtk or Orthanc not installed (make install adds them)",
+)
+
+MODELS = ["b_lines", "severity"]
+KINDS = ["sr", "kos"]
+"""Two objects per cine; the models that make them cost a second or two a cine."""
+SUMMARY_SERIES = 906
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[OrthancHandle]:
+    with running_orthanc(tmp_path) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def exam(synth_exams: Path) -> list[Path]:
+    """Three zones of one simulated exam."""
+    folder = sorted(p for p in synth_exams.iterdir() if p.is_dir())[0]
+    return sorted(folder.glob("*.dcm"))[:3]
+
+
+def _summaries(orthanc: OrthancHandle) -> list[pydicom.Dataset]:
+    return [ds for ds in orthanc.datasets() if ds.get("SeriesNumber") == SUMMARY_SERIES]
+
+
+def test_a_crash_during_an_exam_still_sends_its_summary_exactly_once(
+    tmp_path: Path, orthanc: OrthancHandle, exam: list[Path]
+) -> None:
+    node = NodeProcess(
+        write_config(tmp_path, orthanc, models=MODELS, output_kinds=[*KINDS, "study-sr"])
+    )
+    node.start()
+    pushed = storescu(node.port, exam)
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    node.kill()  # acknowledged; the summary is not made yet (its cines are still being processed)
+    study = pydicom.dcmread(exam[0], stop_before_pixels=True).StudyInstanceUID
+    summary_file = tmp_path / "node" / "results" / study / "study-summary.json"
+    assert not summary_file.exists()
+    node.start()
+    try:
+        wait_for(summary_file.is_file, 240, "the study summary after the restart")
+        wait_for(lambda: len(_summaries(orthanc)) >= 1, 60, "the summary SR in the PACS")
+        node.stop()  # and once more, with nothing pending: nothing is sent again
+        node.start()
+        wait_for(
+            lambda: "sent: 3" in lus_pacs("status", "--config", str(node.config)).stdout,
+            30,
+            "3 jobs sent",
+        )
+    finally:
+        node.stop()
+    assert json.loads(summary_file.read_text())["cines"] == len(exam)
+    assert len(_summaries(orthanc)) == 1
+    assert orthanc.count() == 2 * len(exam) + 1
+    store = JobStore(tmp_path / "node" / "jobs.sqlite")
+    (summary,) = store.studies.summaries()
+    assert [(d[0], d[1], d[2]) for d in summary.deliveries] == [("pacs", "sent", 0)]
+
+
+FULL_DISK = r"""
+set -e
+results=$1; control=$2; shift 2
+mount -t tmpfs -o size=1m tmpfs "$results"
+cat /dev/zero > "$results/filler" 2>/dev/null || true
+"$@" & node=$!
+trap 'kill -TERM $node; wait $node; exit 0' TERM
+while [ ! -e "$control" ]; do sleep 0.2; done
+rm -f "$results/filler"
+wait $node
+"""
+"""The node in its own mount namespace, its results folder a full 1 MB tmpfs until the file
+``control`` appears (``unshare -rm``: no privilege needed)."""
+
+
+def test_a_full_disk_while_writing_results_stalls_nothing_for_good(
+    tmp_path: Path, orthanc: OrthancHandle, exam: list[Path]
+) -> None:
+    config = write_config(tmp_path, orthanc, models=MODELS, output_kinds=KINDS)
+    results = tmp_path / "node" / "results"
+    results.mkdir(parents=True)
+    control = tmp_path / "disk-freed"
+    node = NodeProcess(
+        config, wrapper=["unshare", "-rm", "sh", "-c", FULL_DISK, "sh", str(results), str(control)]
+    )
+    node.start()
+    try:
+        assert storescu(node.port, exam[:1]).returncode == 0  # the incoming folder has room
+        wait_for(lambda: "No space left on device" in node.log_text(), 120, "the full disk")
+        assert orthanc.count() == 0
+        store = JobStore(tmp_path / "node" / "jobs.sqlite")
+        assert JobState.FAILED not in store.jobs.counts()  # the disk's fault, not the cine's
+        control.touch()  # space is freed: the job waiting in the queue is done
+        wait_for(lambda: orthanc.count() >= 2, 120, "the results once the disk has room")
+        assert storescu(node.port, exam[1:2]).returncode == 0  # and new pushes are processed
+        wait_for(lambda: orthanc.count() >= 4, 120, "the next cine's results")
+    finally:
+        node.stop()
+    assert orthanc.count() == 4
+    assert store.jobs.counts() == {JobState.SENT: 2}
+
+
+class _SilentPacs:
+    """A 'PACS' that accepts every connection and never answers."""
+
+    def __init__(self) -> None:
+        (self.port,) = free_ports(1)
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._server.accept()
+            except OSError:
+                return
+            self._held.append(connection)
+
+    def close(self) -> None:
+        self._server.close()
+        for connection in self._held:
+            connection.close()
+
+
+def test_a_hung_destination_delays_only_its_own_results(
+    tmp_path: Path, orthanc: OrthancHandle, exam: list[Path]
+) -> None:
+    silent = _SilentPacs()
+    config = write_config(tmp_path, orthanc, models=MODELS, output_kinds=KINDS, workers=2)
+    with config.open("a") as f:
+        f.write(
+            f'\n[[destinations]]\nname = "hung"\nae_title = "HUNG"\nhost = "127.0.0.1"\n'
+            f"port = {silent.port}\n"
+        )
+    node = NodeProcess(config)
+    node.start()
+    store = JobStore(tmp_path / "node" / "jobs.sqlite")
+    try:
+        assert storescu(node.port, exam).returncode == 0
+        wait_for(lambda: orthanc.count() >= 2 * len(exam), 180, "every result in the PACS")
+        hung = [d for job in store.jobs.rows() for d in job.deliveries if d[0] == "hung"]
+    finally:
+        node.stop()
+        silent.close()
+    # Each attempt on the hung PACS blocks for its 30 s timeout; delivered in one loop, the PACS
+    # would have waited behind at least two of them.
+    assert sum(attempts for _, _, attempts, _ in hung) <= 1, hung
+    assert orthanc.count() == 2 * len(exam)  # two workers, each cine still processed once
