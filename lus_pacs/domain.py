@@ -350,7 +350,8 @@ class NotAssessableReason(StrEnum):
     """Why a cine gets no lung finding at all (assessment, before the lung models run)."""
 
     STILL_IMAGE = "still_image"
-    """One frame, or too short a loop: B-lines, sliding and the clip scores need a cine."""
+    """One frame, or too short a loop: B-lines, sliding and the clip scores need a cine; the
+    models that read single frames (segmentation) still run when it is the only reason."""
     NOT_LUNG = "not_lung"
     """The image does not look like lung ultrasound (an echocardiogram, an abdominal view)."""
     POOR_QUALITY = "poor_quality"
@@ -373,7 +374,14 @@ class AssessmentFindings:
 
     @property
     def assessable(self) -> bool:
+        """Every lung model may read the cine."""
         return not self.reasons
+
+    @property
+    def frames_assessable(self) -> bool:
+        """The lung models that read single frames may read it: the only reason against it,
+        if any, is that it is a still image."""
+        return set(self.reasons) <= {NotAssessableReason.STILL_IMAGE}
 
 
 @dataclass(frozen=True)

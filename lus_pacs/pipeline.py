@@ -100,7 +100,7 @@ def analyse(header: Dataset, name: str, models: Models, settings: Settings) -> F
     by_family: dict[str, object] = {}
     key_frames: tuple[KeyFrame, ...] = ()
     for family in models.families:
-        if family.lung_finding and not _assessable(models.families, by_family):
+        if family.lung_finding and not _may_read(family, models.families, by_family):
             continue
         found = models.runners[family.name].predict(cine, Found(by_family, key_frames))
         by_family[family.name] = found
@@ -117,13 +117,16 @@ def analyse(header: Dataset, name: str, models: Models, settings: Settings) -> F
     )
 
 
-def _assessable(families: Sequence[Family], by_family: Mapping[str, object]) -> bool:
-    """No gate family that ran found the cine not assessable."""
-    return all(
-        getattr(by_family[f.name], "assessable", True)
-        for f in families
-        if f.gate and f.name in by_family
-    )
+def _may_read(family: Family, families: Sequence[Family], by_family: Mapping[str, object]) -> bool:
+    """No gate family that ran found the cine not assessable for ``family``: not at all, or,
+    for a family that reads a loop, not as a still image."""
+    for gate in (f for f in families if f.gate and f.name in by_family):
+        found = by_family[gate.name]
+        if getattr(found, "assessable", True):
+            continue
+        if family.temporal or not getattr(found, "frames_assessable", False):
+            return False
+    return True
 
 
 _REASONS = {reason: i for i, reason in enumerate(KeyFrameReason)}

@@ -1,6 +1,7 @@
 """Input that scanners and archives really send, through ``lus-pacs process``: damaged JPEG
 frames are read, named and never chosen; a file that fails at any stage gets a failure line
-naming the stage and the reason, and the files after it are processed (issue 19, cases 1-4)."""
+naming the stage and the reason, and the files after it are processed; still images get no
+finding of the models that read a loop (issue 19, cases 1-4 and 6)."""
 
 from __future__ import annotations
 
@@ -183,3 +184,48 @@ def _referenced_classes(ds: pydicom.Dataset) -> str:
             found.append(str(item.ReferencedSOPClassUID))
         stack.extend(child for e in item if e.VR == "SQ" for child in e.value)
     return "".join(f"{uid}\n" for uid in found)
+
+
+def _still(source: Path, out: Path, frames: int, *, single_frame_class: bool = False) -> Path:
+    """The first ``frames`` frames of a JPEG cine as another instance; with
+    ``single_frame_class``, one frame as a US Image (no Number of Frames)."""
+    ds = _copy(source, out)
+    encoded = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+    ds.PixelData = encapsulate(encoded[:frames])
+    ds.NumberOfFrames = frames
+    if single_frame_class:
+        ds.SOPClassUID = pydicom.uid.UltrasoundImageStorage
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        for keyword in ("NumberOfFrames", "FrameIncrementPointer", "FrameTime", "CineRate"):
+            if keyword in ds:
+                delattr(ds, keyword)
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+def test_still_images_get_no_loop_finding_and_the_frame_models_still_run(
+    cine: Path, tmp_path: Path
+) -> None:
+    files = [
+        _still(cine, tmp_path / "a-one-frame.dcm", 1),
+        _still(cine, tmp_path / "b-three-frames.dcm", 3),
+        _still(cine, tmp_path / "c-us-image.dcm", 1, single_frame_class=True),
+    ]
+    records, failed = _process(files, tmp_path / "run")
+    assert failed == []
+    assert len(records) == len(files)
+    for record in records:
+        assert record["assessment"]["reasons"] == ["still_image"], record["assessment"]
+        # The models that read a loop give nothing (issue 19, case 6: B-lines p=0.999 before)
+        for family in ("b_lines", "consolidation", "severity"):
+            assert family not in record, family
+        # ... those that read single frames still run.
+        assert record["segmentation"]["frames"], record
+        assert 1 <= record["segmentation"]["frames"][0] <= record["source"]["frames"]
+        assert record["quality"]["frame_scores"]
+        (sr,) = [o for o in record["outputs"] if o["kind"] == "sr"]
+        path = tmp_path / "run" / "results" / sr["path"]
+        text = path.read_bytes()  # the SR names the reason
+        assert b"LUS084" in text
+        assert b"the loop models not run" in text
+        assert dciodvfy_errors(path) == []

@@ -109,7 +109,7 @@ ASSESSABLE = _private("LUS081", "Assessable for lung findings")
 NOT_ASSESSABLE = _private("LUS082", "Not assessable for lung findings")
 NOT_ASSESSABLE_REASON = _private("LUS083", "Reason not assessable")
 NOT_ASSESSABLE_REASONS = {
-    NotAssessableReason.STILL_IMAGE: _private("LUS084", "Still image, not a cine loop"),
+    NotAssessableReason.STILL_IMAGE: _private("LUS084", "Still image: the loop models not run"),
     NotAssessableReason.NOT_LUNG: _private("LUS085", "Not a lung ultrasound view"),
     NotAssessableReason.POOR_QUALITY: _private("LUS086", "No readable frame"),
     NotAssessableReason.DAMAGED_FRAMES: _private("LUS088", "Too many damaged frames"),

@@ -77,6 +77,10 @@ class Family:
     lung_finding:
         Its findings are about the lung: it does not run on a cine that a ``gate`` family
         found not assessable, and runs after every gate.
+    temporal:
+        Its model reads a loop (motion, or a clip score pooled over frames): on a still image
+        (a gate found it not assessable for that reason alone) it does not run, while the
+        lung families that read single frames do.
     gate:
         Its findings say whether the lung families may read the cine (an ``assessable``
         property).
@@ -95,6 +99,7 @@ class Family:
     key_frames: Callable[[Any], Sequence[KeyFrame]] = field(default=_no_key_frames)
     commands: str | None = None
     lung_finding: bool = False
+    temporal: bool = False
     gate: bool = False
 
     @property

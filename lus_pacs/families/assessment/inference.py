@@ -2,8 +2,9 @@
 
 Four checks, in this order, each giving its reason (:class:`NotAssessableReason`):
 
-* **still image**: fewer than ``min_frames`` frames. B-lines, lung sliding and the clip scores
-  are read from a loop.
+* **still image**: fewer than ``min_frames`` frames. B-lines, consolidation and the clip scores
+  are read from a loop; the other checks still apply, and when this is the only reason the
+  models that read single frames (segmentation) still run.
 * **not lung**: the scan area narrows to a point at the skin (``apex_width`` or less of its
   widest row, averaged over the first rows): a phased-array cardiac sector. Lung is scanned
   with a convex or linear probe, whose scan area is wide at the skin; on the 229 real POCUS clips
@@ -85,9 +86,9 @@ class Assessor:
 
     def assess(self, cine: Cine, quality: object | None = None) -> AssessmentFindings:
         """The assessment of ``cine``; ``quality`` is the key-frame model's findings, if any."""
-        if cine.n_frames < self.min_frames:
-            return AssessmentFindings((NotAssessableReason.STILL_IMAGE,), None, self.model)
         reasons = []
+        if cine.n_frames < self.min_frames:
+            reasons.append(NotAssessableReason.STILL_IMAGE)
         intact = int(cine.intact().sum())
         if intact < min(self.min_frames, cine.n_frames) or (
             cine.n_frames - intact > self.max_damaged_share * cine.n_frames

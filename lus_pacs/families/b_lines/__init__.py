@@ -40,4 +40,5 @@ FAMILY = Family(
     key_frames=_key_frames,
     commands="lus_pacs.families.b_lines.commands",
     lung_finding=True,
+    temporal=True,
 )

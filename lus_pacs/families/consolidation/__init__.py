@@ -32,4 +32,5 @@ FAMILY = Family(
     record_type=ConsolidationRecord,
     commands="lus_pacs.families.consolidation.commands",
     lung_finding=True,
+    temporal=True,
 )

@@ -37,4 +37,5 @@ FAMILY = Family(
     key_frames=_key_frames,
     commands="lus_pacs.families.severity.commands",
     lung_finding=True,
+    temporal=True,
 )
