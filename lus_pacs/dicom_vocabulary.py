@@ -13,6 +13,15 @@ IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture Image Storage",
 }
 """The SOP classes read as cines: ultrasound, and the secondary captures of exported loops."""
+MULTI_FRAME_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.3.1",
+        "1.2.840.10008.5.1.4.1.1.3",
+        "1.2.840.10008.5.1.4.1.1.7.2",
+        "1.2.840.10008.5.1.4.1.1.7.4",
+    }
+)
+"""Those of them whose instances hold several frames (one fragment each, when compressed)."""
 
 SUCCESS = 0x0000
 PENDING = (0xFF00, 0xFF01)
@@ -21,3 +30,6 @@ REFUSED_SOP_CLASS = 0x0122
 """Refused: SOP Class not supported."""
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
+CHANGED_INSTANCE = 0xC111
+"""Error (cannot understand, in the range C-STORE allows): the instance's UID was received
+before with other content, and the settings refuse such instances. The error comment says so."""

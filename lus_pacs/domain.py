@@ -464,18 +464,38 @@ class Instance:
     series_instance_uid: str
     calling_ae: str
     path: Path
+    content: str = ""
+    """SHA-256 of the data set as received (hex): the same SOP Instance UID sent again with
+    other pixels or attributes has another."""
+
+
+class Received(StrEnum):
+    """What the job store made of an instance the listener stored."""
+
+    NEW = "new"
+    """A job is queued for it."""
+    KNOWN = "known"
+    """The same content was received before: its job is done or queued."""
+    REPLACED = "replaced"
+    """Other content under a known SOP Instance UID: its earlier jobs are marked replaced and
+    a job is queued for the new content, whose results get their own UIDs."""
+    REFUSED = "refused"
+    """Other content under a known SOP Instance UID, refused (``changed_instance = "refuse"``):
+    nothing was changed."""
 
 
 class JobState(StrEnum):
     """Where a job is: ``queued`` on disk, ``processing`` while a worker holds it, ``encoded``
     once its result files are on disk, ``sent`` when every destination has them, ``failed``
-    when processing failed or a delivery ran out of retries."""
+    when processing failed or a delivery ran out of retries, ``replaced`` when its instance was
+    received again with other content (its results are no longer the instance's)."""
 
     QUEUED = "queued"
     PROCESSING = "processing"
     ENCODED = "encoded"
     SENT = "sent"
     FAILED = "failed"
+    REPLACED = "replaced"
 
 
 @dataclass(frozen=True)
@@ -487,6 +507,9 @@ class Job:
     models: str
     state: JobState
     error: str | None
+    revision: str = ""
+    """Empty for the first content its instance was received with; the content's digest for
+    a later one, so that its results get UIDs of their own."""
 
 
 @dataclass(frozen=True)

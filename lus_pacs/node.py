@@ -63,7 +63,11 @@ class Node:
             log.info("Resuming %d job(s) interrupted by the last stop", recovered)
         self._listener = start_listener(
             self.settings,
-            record=partial(self.store.jobs.record_instance, models=self.models.key),
+            record=partial(
+                self.store.jobs.record_instance,
+                models=self.models.key,
+                on_change=self.settings.changed_instance,
+            ),
             on_stored=self._wake.set,
             on_study_complete=self._study_released,
         )
@@ -93,8 +97,10 @@ class Node:
         self._wake.set()
         if self._listener is not None:
             self._listener.stop()
+        # A worker finishes its cine; an exporter blocked on a hung destination is left (its
+        # delivery is still pending in the store and is made again after a restart).
         for thread in self._threads:
-            thread.join(timeout=30)
+            thread.join(timeout=5 if thread.name.startswith("export-") else 30)
 
     def _study_released(self, studies: list[str]) -> None:
         try:
@@ -121,7 +127,9 @@ class Node:
         uid = job.instance.sop_instance_uid
         out_dir = self.settings.results_dir / job.instance.study_instance_uid
         try:
-            record, outputs = process_file(job.instance.path, self.models, self.settings, out_dir)
+            record, outputs = process_file(
+                job.instance.path, self.models, self.settings, out_dir, revision=job.revision
+            )
         except StageError as exc:
             if exc.stage == "write":
                 raise  # the disk, not the cine: the job is tried again

@@ -32,7 +32,13 @@ from lus_pacs.domain import (
 from lus_pacs.durable import durable_file
 from lus_pacs.encode.common import repaired_header, restore_source_class
 from lus_pacs.encode.objects import SERIES_NUMBERS, encode_objects
-from lus_pacs.errors import LusPacsError, StageError, describe, failure_stage
+from lus_pacs.errors import (
+    LusPacsError,
+    StageError,
+    UnreadableImageError,
+    describe,
+    failure_stage,
+)
 from lus_pacs.families.family import Family, Found, Runner
 from lus_pacs.families.registry import FAMILIES, Registry
 from lus_pacs.imaging.decode import decode_dataset
@@ -78,14 +84,24 @@ class Models:
         return cls(ordered, runners, families.identity(runners), families)
 
 
+_IDENTITY = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+"""What a source needs for its results to reference it and join its study."""
+
+
 def analyse(header: Dataset, name: str, models: Models, settings: Settings) -> Findings:
-    """Decode the cine and run every enabled family on it, each after those it needs.
+    """Decode the cine and run every enabled family on it, each after those it needs. A source
+    without one of :data:`_IDENTITY` is refused.
 
     Once decoded, the header's Pixel Data is released (deleted from ``header``): the result
     objects refer to the source but never read its pixels, and a long cine's encoded frames
     are hundreds of MB that would otherwise stay in memory beside the decoded cine while the
     models run.
     """
+    missing = [k for k in _IDENTITY if not header.get(k)]
+    if missing:
+        raise UnreadableImageError(
+            name, f"{', '.join(missing)} missing: its results could not be placed beside it"
+        )
     cine = decode_dataset(header, name, zone_rules=settings.zone_rules)
     for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if keyword in header:
@@ -150,11 +166,13 @@ def encode(
     kinds: Sequence[OutputKind],
     models_key: str,
     failed: dict[OutputKind, str] | None = None,
+    revision: str = "",
 ) -> list[tuple[OutputKind, Dataset]]:
     """The result objects of one cine (:data:`lus_pacs.encode.objects.ENCODERS`).
 
     With ``failed``, a kind that cannot be made for this source is logged, put in it with the
-    reason and left out; the others are still made.
+    reason and left out; the others are still made. ``revision`` (the content digest of an
+    instance received again with other content) gives the objects UIDs of their own.
 
     Raises
     ------
@@ -162,6 +180,7 @@ def encode(
         Without ``failed``: an encoder refused the findings.
     """
     source = findings.source.sop_instance_uid
+    identity_source = f"{source}#{revision}" if revision else source
 
     def report(kind: OutputKind, reason: str) -> None:
         log.error("%s: the %s object could not be made: %s", source, kind.value, reason)
@@ -172,7 +191,7 @@ def encode(
         findings,
         repaired_header(header),
         kinds,
-        lambda kind: result_identity(source, models_key, kind),
+        lambda kind: result_identity(identity_source, models_key, kind),
         None if failed is None else report,
     )
     for _, dataset in objects:
@@ -226,9 +245,15 @@ def result_record(
 
 
 def process_file(
-    path: Path, models: Models, settings: Settings, out_dir: Path, plots_dir: Path | None = None
+    path: Path,
+    models: Models,
+    settings: Settings,
+    out_dir: Path,
+    plots_dir: Path | None = None,
+    revision: str = "",
 ) -> tuple[CineRecord, list[Output]]:
     """Every stage for one stored cine: its result files in ``out_dir`` and its record.
+    ``revision`` marks a later content of an instance (see :func:`encode`).
 
     With ``plots_dir``, the B-line frame scores over time are also drawn there as
     ``<SOPInstanceUID>_b_lines.png`` (the paper's Fig. 1, without truth).
@@ -248,7 +273,9 @@ def process_file(
     start = time.perf_counter()
     header = _read_dataset(lambda: pydicom.dcmread(path), path.name)
     timings["read"] = (time.perf_counter() - start) * 1000
-    findings, objects, failed = _analyse_and_encode(header, path.name, models, settings, timings)
+    findings, objects, failed = _analyse_and_encode(
+        header, path.name, models, settings, timings, revision
+    )
     start = time.perf_counter()
     try:
         outputs = write_outputs(objects, out_dir)
@@ -304,7 +331,12 @@ def _read_dataset(read: Callable[[], Dataset], name: str) -> Dataset:
 
 
 def _analyse_and_encode(
-    header: Dataset, name: str, models: Models, settings: Settings, timings: dict[str, float]
+    header: Dataset,
+    name: str,
+    models: Models,
+    settings: Settings,
+    timings: dict[str, float],
+    revision: str = "",
 ) -> tuple[Findings, list[tuple[OutputKind, Dataset]], dict[OutputKind, str]]:
     start = time.perf_counter()
     try:
@@ -318,7 +350,7 @@ def _analyse_and_encode(
     timings["decode+inference"] = (time.perf_counter() - start) * 1000
     start = time.perf_counter()
     failed: dict[OutputKind, str] = {}
-    objects = encode(findings, header, settings.output_kinds, models.key, failed)
+    objects = encode(findings, header, settings.output_kinds, models.key, failed, revision)
     timings["encode"] = (time.perf_counter() - start) * 1000
     return findings, objects, failed
 

@@ -92,6 +92,10 @@ class Settings(BaseModel):
     unsupported_sop_class: Literal["refuse", "ignore"] = "refuse"
     """An instance that is not an ultrasound or secondary-capture image: refused with status
     0x0122, or acknowledged and dropped."""
+    changed_instance: Literal["reprocess", "refuse"] = "reprocess"
+    """A SOP Instance UID received again with other content (pixels or attributes): processed
+    again, its earlier results marked replaced and the new ones given new UIDs, or refused with
+    status 0xC111 (the stored copy and its results kept). Either way the log says so."""
     max_associations: int = Field(default=32, ge=1)
     """Associations the listener serves at once; one more is rejected (transient, local
     limit), logged with its calling AE and address."""

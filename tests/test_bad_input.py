@@ -17,7 +17,7 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import generate_uid
 
-from tests.tools import dciodvfy_errors
+from tests.tools import chosen_frames, dciodvfy_errors
 
 CONFIG = 'output_kinds = ["sr", "kos", "seg", "pr"]\n\n[segmentation]\nmc_samples = 2\n'
 
@@ -67,19 +67,6 @@ def _process(files: list[Path], out: Path) -> tuple[list[dict[str, Any]], list[d
     return records, failed
 
 
-def _chosen_frames(record: dict[str, Any]) -> set[int]:
-    """Every frame the record presents as chosen: key frames, the B-line and severity key
-    frames, the segmented frames."""
-    chosen = {k["frame"] for k in record["key_frames"]}
-    if record.get("b_lines") and record["b_lines"]["key_frame"]:
-        chosen.add(record["b_lines"]["key_frame"])
-    if record.get("severity"):
-        chosen.add(record["severity"]["top_frame"])
-    if record.get("segmentation"):
-        chosen.update(record["segmentation"]["frames"])
-    return chosen
-
-
 @pytest.fixture(scope="module")
 def cine(synth_exams: Path) -> Path:
     exam = sorted(p for p in synth_exams.iterdir() if p.is_dir())[0]
@@ -88,7 +75,7 @@ def cine(synth_exams: Path) -> Path:
 
 def test_damaged_frames_are_named_and_never_chosen(cine: Path, tmp_path: Path) -> None:
     (clean,), _ = _process([cine], tmp_path / "clean")
-    chosen = _chosen_frames(clean)
+    chosen = chosen_frames(clean)
     n_frames = clean["source"]["frames"]
     assert chosen
     assert len(chosen) <= n_frames // 4
@@ -104,7 +91,7 @@ def test_damaged_frames_are_named_and_never_chosen(cine: Path, tmp_path: Path) -
     assert set(named) == chosen
     assert all("JPEG" in reason for reason in named.values())
     assert record["assessment"]["assessable"]
-    again = _chosen_frames(record)
+    again = chosen_frames(record)
     assert again
     assert not again & chosen, (again, chosen)
     # The SR says how many frames were damaged, and which, and stays valid.

@@ -171,3 +171,53 @@ def test_a_hung_destination_delays_only_its_own_results(
     # would have waited behind at least two of them.
     assert sum(attempts for _, _, attempts, _ in hung) <= 1, hung
     assert orthanc.count() == 2 * len(exam)  # two workers, each cine still processed once
+
+
+def _same_uids_other_pixels(source: Path, pixels_from: Path, out: Path) -> Path:
+    """``pixels_from`` under the UIDs of ``source``: a scanner re-sending a corrected zone."""
+    ds = pydicom.dcmread(pixels_from)
+    uids = pydicom.dcmread(source, stop_before_pixels=True)
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        setattr(ds, keyword, uids[keyword].value)
+    ds.file_meta.MediaStorageSOPInstanceUID = uids.SOPInstanceUID
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+def test_an_instance_sent_again_with_other_content_is_reprocessed_or_refused(
+    tmp_path: Path, orthanc: OrthancHandle, exam: list[Path]
+) -> None:
+    changed = _same_uids_other_pixels(exam[0], exam[1], tmp_path / "changed.dcm")
+    node = NodeProcess(write_config(tmp_path, orthanc, models=MODELS, output_kinds=KINDS))
+    node.start()
+    try:
+        assert storescu(node.port, exam[:1]).returncode == 0
+        wait_for(lambda: orthanc.count() >= 2, 120, "the first results")
+        first = orthanc.sop_instance_uids()
+        assert storescu(node.port, exam[:1]).returncode == 0  # the same content: nothing new
+        assert storescu(node.port, [changed]).returncode == 0
+        wait_for(lambda: orthanc.count() >= 4, 120, "the results of the new content")
+    finally:
+        node.stop()
+    store = JobStore(tmp_path / "node" / "jobs.sqlite")
+    assert store.jobs.counts() == {JobState.REPLACED: 1, JobState.SENT: 1}
+    assert orthanc.count() == 4
+    assert len(orthanc.sop_instance_uids() - first) == 2  # new objects, new UIDs
+    assert "again with other content" in node.log_text()
+
+    refusing = tmp_path / "refusing"
+    refusing.mkdir()
+    node = NodeProcess(
+        write_config(refusing, None, models=MODELS, output_kinds=KINDS, changed_instance="refuse")
+    )
+    node.start()
+    try:
+        assert storescu(node.port, exam[:1]).returncode == 0
+        answer = storescu(node.port, [changed])
+    finally:
+        node.stop()
+    assert "Error: CannotUnderstand" in answer.stderr, answer.stderr  # 0xC111
+    assert "received before with other content" in node.log_text()
+    stored = list((refusing / "node" / "incoming").rglob("*.dcm"))
+    assert len(stored) == 1  # the copy its results come from is kept
+    assert pydicom.dcmread(stored[0]).PixelData == pydicom.dcmread(exam[0]).PixelData

@@ -50,3 +50,16 @@ def measured_pocus(
         columns=np.array(CLIP_FEATURES),
     )
     return data, cache
+
+
+def chosen_frames(record: dict[str, Any]) -> set[int]:
+    """Every frame a cine's record presents as chosen: key frames, the B-line and severity key
+    frames, the segmented frames."""
+    chosen = {k["frame"] for k in record["key_frames"]}
+    if record.get("b_lines") and record["b_lines"]["key_frame"]:
+        chosen.add(record["b_lines"]["key_frame"])
+    if record.get("severity"):
+        chosen.add(record["severity"]["top_frame"])
+    if record.get("segmentation"):
+        chosen.update(record["segmentation"]["frames"])
+    return chosen

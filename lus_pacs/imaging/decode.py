@@ -15,6 +15,7 @@ frame's end-of-image marker (vendor padding) are ignored, as libjpeg ignores the
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,17 +26,19 @@ import numpy.typing as npt
 import simplejpeg
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.encaps import generate_frames
+from pydicom.encaps import generate_fragments, generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, iter_pixels
 from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit
 
-from lus_pacs.dicom_vocabulary import IMAGE_SOP_CLASSES
+from lus_pacs.dicom_vocabulary import IMAGE_SOP_CLASSES, MULTI_FRAME_CLASSES
 from lus_pacs.domain import Cine, GreyFrames, SourceRef
 from lus_pacs.errors import UnreadableImageError, describe
 from lus_pacs.imaging.metadata import frame_timing, lung_zone, ultrasound_region
 from lus_pacs.imaging.region import find_tissue_region
 from lus_pacs.settings import DEFAULT_ZONE_RULES, ZoneRule
+
+log = logging.getLogger(__name__)
 
 MAX_PIXELS = 1_500_000_000
 """Largest cine read (frames x rows x columns): a 1.5 GB array of luminance."""
@@ -82,11 +85,15 @@ def decode_dataset(
 ) -> Cine:
     """Decode a dataset already in memory; ``name`` identifies it in error messages.
 
-    The tissue region comes from ``SequenceOfUltrasoundRegions``, or is found from the pixels
-    when the file has none. The mask of the burned-in overlay is always found from the pixels
+    A multi-frame cine whose NumberOfFrames is absent or 0 is counted
+    from its Pixel Data and ``ds`` gets the count (logged), so its results reference the frames
+    read. The tissue region comes from ``SequenceOfUltrasoundRegions``, or is found from the
+    pixels when the file has none. The mask of the burned-in overlay is always found from the pixels
     (those bright and constant over the loop, outside the moving tissue).
     """
     sop_class = str(ds.get("SOPClassUID", ""))
+    if len(ds) == 0:
+        raise UnreadableImageError(name, "the file holds no data set (empty, or cut short)")
     if sop_class not in IMAGE_SOP_CLASSES:
         raise UnreadableImageError(
             name,
@@ -125,13 +132,22 @@ def luminance(ds: Dataset, name: str) -> tuple[GreyFrames, dict[int, str]]:
     """
     if "PixelData" not in ds:
         raise UnreadableImageError(name, "the instance has no Pixel Data (7FE0,0010)")
+    declared = ds.get("NumberOfFrames")
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
-        n_frames = int(ds.get("NumberOfFrames") or 1)
+        n_frames = int(declared or 0) or _count_frames(ds, rows, cols)
     except (AttributeError, TypeError, ValueError) as exc:
         raise UnreadableImageError(
             name, f"Rows, Columns or NumberOfFrames is unusable ({exc})"
         ) from exc
+    if not declared and (n_frames > 1 or "NumberOfFrames" in ds):
+        log.warning(
+            "%s: NumberOfFrames is %s; the Pixel Data holds %d frames, read as such",
+            name,
+            "absent" if declared is None else repr(declared),
+            n_frames,
+        )
+        ds.NumberOfFrames = n_frames  # the result objects reference the frames read
     if min(rows, cols, n_frames) < 1:
         raise UnreadableImageError(
             name, f"empty image: {n_frames} frames of {rows} rows x {cols} columns"
@@ -293,3 +309,23 @@ def _to_uint8(pixels: npt.NDArray[np.generic], ds: Dataset) -> GreyFrames:
 
 def _invert_if_monochrome1(grey: GreyFrames, photometric: str) -> GreyFrames:
     return 255 - grey if photometric == "MONOCHROME1" else grey
+
+
+def _count_frames(ds: Dataset, rows: int, cols: int) -> int:
+    """The frames in the Pixel Data of a multi-frame cine whose NumberOfFrames is absent or 0:
+    one per fragment when encapsulated (what a scanner writes), the whole frames of native
+    data. One for the single-frame classes, whose one frame may span several fragments."""
+    if str(ds.get("SOPClassUID", "")) not in MULTI_FRAME_CLASSES:
+        return 1
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is not None and syntax.is_compressed:
+        try:
+            # Every item but the first, the Basic Offset Table (which may be empty).
+            return max(1, sum(1 for _ in generate_fragments(ds.PixelData)) - 1)
+        except Exception:  # the decode that follows names what is wrong
+            return 1
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    bits = int(ds.get("BitsAllocated") or 8)
+    frame_bytes = rows * cols * samples * max(1, bits // 8)
+    return max(1, len(ds.PixelData) // frame_bytes) if frame_bytes else 1

@@ -9,10 +9,12 @@ association threads.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Callable
 
+from pydicom import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.events import EventHandlerType
@@ -22,12 +24,13 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from lus_pacs.dicom_vocabulary import (
     CANNOT_UNDERSTAND,
+    CHANGED_INSTANCE,
     IMAGE_SOP_CLASSES,
     OUT_OF_RESOURCES,
     REFUSED_SOP_CLASS,
     SUCCESS,
 )
-from lus_pacs.domain import Instance
+from lus_pacs.domain import Instance, Received
 from lus_pacs.durable import durable_file
 from lus_pacs.settings import Settings
 
@@ -42,8 +45,9 @@ class Receiver:
     settings:
         The node's settings (incoming folder, unsupported-class policy).
     record:
-        Records a stored instance and queues its job, before the instance is acknowledged;
-        False when it was already processed (or is queued) with the node's model versions.
+        Records a stored instance and queues its job, before the instance is acknowledged, and
+        says what it made of it (:class:`~lus_pacs.domain.Received`): an instance received
+        again with other content is reprocessed or refused, as the settings say.
     on_stored:
         Called after an instance is acknowledged, to wake the worker.
     on_study_complete:
@@ -53,7 +57,7 @@ class Receiver:
     def __init__(
         self,
         settings: Settings,
-        record: Callable[[Instance], bool],
+        record: Callable[[Instance], Received],
         on_stored: Callable[[], None],
         on_study_complete: Callable[[list[str]], None],
     ) -> None:
@@ -67,7 +71,7 @@ class Receiver:
     def handle_echo(self, event: evt.Event) -> int:
         return SUCCESS
 
-    def handle_store(self, event: evt.Event) -> int:
+    def handle_store(self, event: evt.Event) -> int | Dataset:
         request = event.request
         sop_class = str(getattr(request, "AffectedSOPClassUID", ""))
         sop_instance = str(getattr(request, "AffectedSOPInstanceUID", ""))
@@ -85,24 +89,49 @@ class Receiver:
         except Exception as exc:  # a malformed dataset must never escape into pynetdicom
             log.warning("Refused %s from %s: unreadable dataset (%s)", sop_instance, calling, exc)
             return CANNOT_UNDERSTAND
-        path = self._settings.incoming_dir / _safe(study) / f"{_safe(sop_instance)}.dcm"
         try:
+            content = hashlib.sha256(event.encoded_dataset(include_meta=False)).hexdigest()
+            # Named by its content too: other content under a known UID never overwrites the
+            # copy its results were made from.
+            name = f"{_safe(sop_instance)}-{content[:16]}.dcm"
+            path = self._settings.incoming_dir / _safe(study) / name
             with durable_file(path) as f:
                 f.write(event.encoded_dataset(include_meta=True))
-            new = self._record(Instance(sop_instance, sop_class, study, series, calling, path))
+            instance = Instance(sop_instance, sop_class, study, series, calling, path, content)
+            received = self._record(instance)
         except Exception as exc:  # disk full, database locked: the sender retries later
             log.error("Could not store %s from %s: %s", sop_instance, calling, exc)
             return OUT_OF_RESOURCES
+        if received is Received.REFUSED:
+            path.unlink(missing_ok=True)
+            log.warning(
+                "Refused %s from %s: received before with other content (changed_instance = "
+                "refuse); the stored copy and its results are kept",
+                sop_instance,
+                calling,
+            )
+            status = Dataset()
+            status.Status = CHANGED_INSTANCE
+            status.ErrorComment = "SOP Instance UID received before with other content"
+            return status
         with self._lock:
             self._studies.setdefault(id(event.assoc), set()).add(study)
-        log.info(
-            "Stored %s (%s) from %s%s",
-            sop_instance,
-            IMAGE_SOP_CLASSES[sop_class],
-            calling,
-            "" if new else "; already processed with these models",
-        )
-        if new:
+        if received is Received.REPLACED:
+            log.warning(
+                "Stored %s from %s again with other content: its earlier results are marked "
+                "replaced; new results, with new UIDs, follow",
+                sop_instance,
+                calling,
+            )
+        else:
+            log.info(
+                "Stored %s (%s) from %s%s",
+                sop_instance,
+                IMAGE_SOP_CLASSES[sop_class],
+                calling,
+                "; already processed with these models" if received is Received.KNOWN else "",
+            )
+        if received is not Received.KNOWN:
             self._on_stored()
         return SUCCESS
 
@@ -158,7 +187,7 @@ class Listener:
 def start_listener(
     settings: Settings,
     *,
-    record: Callable[[Instance], bool],
+    record: Callable[[Instance], Received],
     on_stored: Callable[[], None],
     on_study_complete: Callable[[list[str]], None],
 ) -> Listener:
@@ -169,8 +198,8 @@ def start_listener(
     settings:
         AE title, address, calling-AE allow-list, incoming folder, unsupported-class policy.
     record:
-        Records a stored instance and queues its job; False when it was already processed (or
-        is queued) with the node's model versions. See :class:`Receiver`.
+        Records a stored instance and queues its job; says what it made of it. See
+        :class:`Receiver`.
     on_stored:
         Called after a new instance is recorded, to wake the worker.
     on_study_complete:

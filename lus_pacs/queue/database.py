@@ -13,6 +13,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+_JOBS = """CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    sop_instance_uid TEXT NOT NULL REFERENCES instances(sop_instance_uid),
+    models TEXT NOT NULL,
+    state TEXT NOT NULL,
+    error TEXT,
+    record TEXT,
+    updated_at REAL NOT NULL,
+    content TEXT NOT NULL DEFAULT '',
+    revision TEXT NOT NULL DEFAULT '',
+    UNIQUE (sop_instance_uid, models, content)
+);"""
+"""A job per instance content and model versions; ``revision`` is empty for the first content
+an instance was received with and the content's digest for a later one."""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
     sop_instance_uid TEXT PRIMARY KEY,
@@ -21,18 +36,10 @@ CREATE TABLE IF NOT EXISTS instances (
     series_instance_uid TEXT NOT NULL,
     calling_ae TEXT NOT NULL,
     path TEXT NOT NULL,
-    received_at REAL NOT NULL
+    received_at REAL NOT NULL,
+    content TEXT NOT NULL DEFAULT ''
 );
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY,
-    sop_instance_uid TEXT NOT NULL REFERENCES instances(sop_instance_uid),
-    models TEXT NOT NULL,
-    state TEXT NOT NULL,
-    error TEXT,
-    record TEXT,
-    updated_at REAL NOT NULL,
-    UNIQUE (sop_instance_uid, models)
-);
+{jobs}
 CREATE TABLE IF NOT EXISTS outputs (
     job_id INTEGER NOT NULL REFERENCES jobs(id),
     kind TEXT NOT NULL,
@@ -75,9 +82,12 @@ CREATE TABLE IF NOT EXISTS summary_deliveries (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
-"""
+""".replace("{jobs}", _JOBS)
 
-_ADDED_COLUMNS = (("studies", "summarised", "INTEGER NOT NULL DEFAULT 0"),)
+_ADDED_COLUMNS = (
+    ("studies", "summarised", "INTEGER NOT NULL DEFAULT 0"),
+    ("instances", "content", "TEXT NOT NULL DEFAULT ''"),
+)
 """Columns added since the first schema: a store made by an older node gets them on open."""
 
 
@@ -97,6 +107,8 @@ class Database:
             present = {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}
             if column not in present:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+        if "content" not in {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}:
+            _rebuild_jobs(db)
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection, in autocommit mode: for reads; writes use
@@ -130,3 +142,27 @@ class Database:
         if db is not None:
             db.close()
             self._local.db = None
+
+
+def _rebuild_jobs(db: sqlite3.Connection) -> None:
+    """A jobs table of an older node (one job per instance and model versions) rebuilt with the
+    content columns and key, its rows kept (SQLite's table-rebuild procedure: the key of a
+    table cannot be altered in place)."""
+    db.execute("PRAGMA foreign_keys=OFF")
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(_JOBS.replace("CREATE TABLE IF NOT EXISTS jobs", "CREATE TABLE jobs_rebuilt"))
+        db.execute(
+            "INSERT INTO jobs_rebuilt (id, sop_instance_uid, models, state, error, record, "
+            "updated_at) SELECT id, sop_instance_uid, models, state, error, record, updated_at "
+            "FROM jobs"
+        )
+        db.execute("DROP TABLE jobs")
+        db.execute("ALTER TABLE jobs_rebuilt RENAME TO jobs")
+        db.execute("CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state)")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    finally:
+        db.execute("PRAGMA foreign_keys=ON")

@@ -2,9 +2,9 @@
 
 A job is ``queued`` when its instance is on disk, ``processing`` while a worker holds it,
 ``encoded`` once its result files are on disk (then :mod:`.deliveries` takes over), and
-``failed`` when processing failed (bad input). A job is keyed by source instance and model
-versions, so a result is made and sent once per source instance and model version, also across
-restarts.
+``failed`` when processing failed (bad input), ``replaced`` when its instance came again with
+other content. A job is keyed by source instance, its content and model versions, so a result
+is made and sent once per source instance content and model version, also across restarts.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lus_pacs.domain import Instance, Job, JobState, Output
+from lus_pacs.domain import Instance, Job, JobState, Output, Received
 from lus_pacs.queue.database import Database
 from lus_pacs.queue.deliveries import DeliveryRow, DeliveryState, delivery_rows
 
@@ -37,15 +37,28 @@ class Jobs:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def record_instance(self, instance: Instance, models: str) -> bool:
-        """Record a stored instance and queue its job; False when the same instance was
-        already processed (or is queued) for these model versions."""
+    def record_instance(
+        self, instance: Instance, models: str, on_change: str = "reprocess"
+    ) -> Received:
+        """Record a stored instance and queue its job, unless the same content was received
+        before (:class:`Received` says which). An instance received again with other content
+        (``instance.content``) is, with ``on_change`` "reprocess", recorded anew: its earlier
+        jobs are marked replaced and a job for the new content is queued; with "refuse" nothing
+        is changed."""
         now = time.time()
         with self._db.transaction() as db:
+            prior = db.execute(
+                "SELECT content FROM instances WHERE sop_instance_uid = ?",
+                (instance.sop_instance_uid,),
+            ).fetchone()
+            known = prior[0] if prior is not None else ""
+            changed = bool(known and instance.content and known != instance.content)
+            if changed and on_change == "refuse":
+                return Received.REFUSED
             db.execute(
-                "INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (sop_instance_uid) DO UPDATE SET path = excluded.path, "
-                "received_at = excluded.received_at",
+                "received_at = excluded.received_at, content = excluded.content",
                 (
                     instance.sop_instance_uid,
                     instance.sop_class_uid,
@@ -54,7 +67,13 @@ class Jobs:
                     instance.calling_ae,
                     str(instance.path),
                     now,
+                    instance.content,
                 ),
+            )
+            # Jobs of an older node, whose content was not recorded, are this content's.
+            db.execute(
+                "UPDATE jobs SET content = ? WHERE sop_instance_uid = ? AND content = ''",
+                (known or instance.content, instance.sop_instance_uid),
             )
             db.execute(
                 "INSERT INTO studies (study_instance_uid, last_received_at) VALUES (?, ?) "
@@ -63,12 +82,52 @@ class Jobs:
                 "summarised = 0",
                 (instance.study_instance_uid, now),
             )
+            if changed:
+                # Results of the earlier content not yet delivered are not sent any more.
+                db.execute(
+                    "UPDATE deliveries SET state = ?, error = ? WHERE state = ? AND job_id IN "
+                    "(SELECT id FROM jobs WHERE sop_instance_uid = ? AND content != ?)",
+                    (
+                        DeliveryState.FAILED,
+                        "not sent: its instance was received again with other content",
+                        DeliveryState.PENDING,
+                        instance.sop_instance_uid,
+                        instance.content,
+                    ),
+                )
+                db.execute(
+                    "UPDATE jobs SET state = ?, updated_at = ? WHERE sop_instance_uid = ? "
+                    "AND content != ? AND state != ?",
+                    (
+                        JobState.REPLACED,
+                        now,
+                        instance.sop_instance_uid,
+                        instance.content,
+                        JobState.REPLACED,
+                    ),
+                )
+            first = not db.execute(
+                "SELECT 1 FROM jobs WHERE sop_instance_uid = ? AND content != ?",
+                (instance.sop_instance_uid, instance.content),
+            ).fetchone()
+            # A content received before and since replaced (A, B, then A again) is current again.
             cursor = db.execute(
-                "INSERT INTO jobs (sop_instance_uid, models, state, updated_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (instance.sop_instance_uid, models, JobState.QUEUED, now),
+                "INSERT INTO jobs (sop_instance_uid, models, state, updated_at, content, revision) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET state = excluded.state, "
+                "updated_at = excluded.updated_at WHERE state = ?",
+                (
+                    instance.sop_instance_uid,
+                    models,
+                    JobState.QUEUED,
+                    now,
+                    instance.content,
+                    "" if first else instance.content,
+                    JobState.REPLACED,
+                ),
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount != 1:
+                return Received.KNOWN
+            return Received.REPLACED if changed else Received.NEW
 
     def recover(self) -> int:
         """After a restart: jobs a dead worker held go back to the queue. Returns how many."""
@@ -95,7 +154,7 @@ class Jobs:
         """The oldest queued job, now ``processing``; None when the queue is empty."""
         with self._db.transaction() as db:
             row = db.execute(
-                "SELECT j.id, j.models, j.state, j.error, i.* FROM jobs j "
+                "SELECT j.id, j.models, j.state, j.error, j.revision, i.* FROM jobs j "
                 "JOIN instances i USING (sop_instance_uid) WHERE j.state = ? "
                 "ORDER BY j.id LIMIT 1",
                 (JobState.QUEUED,),
@@ -106,7 +165,9 @@ class Jobs:
                 "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?",
                 (JobState.PROCESSING, time.time(), row["id"]),
             )
-        return Job(row["id"], _instance(row), row["models"], JobState.PROCESSING, None)
+        return Job(
+            row["id"], _instance(row), row["models"], JobState.PROCESSING, None, row["revision"]
+        )
 
     def finish(
         self, job_id: int, record: str, outputs: Sequence[Output], destinations: Sequence[str]
@@ -118,6 +179,10 @@ class Jobs:
                 "INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?)",
                 [(job_id, o.kind, o.sop_instance_uid, str(o.path)) for o in outputs],
             )
+            (state,) = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if state == JobState.REPLACED:  # received again with other content meanwhile
+                db.execute("UPDATE jobs SET record = ? WHERE id = ?", (record, job_id))
+                return
             db.executemany(
                 "INSERT OR IGNORE INTO deliveries (job_id, destination, state, next_attempt_at) "
                 "VALUES (?, ?, ?, ?)",
@@ -132,8 +197,8 @@ class Jobs:
     def fail(self, job_id: int, reason: str) -> None:
         with self._db.transaction() as db:
             db.execute(
-                "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ?",
-                (JobState.FAILED, reason, time.time(), job_id),
+                "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ? AND state != ?",
+                (JobState.FAILED, reason, time.time(), job_id, JobState.REPLACED),
             )
 
     def counts(self) -> dict[JobState, int]:
@@ -165,4 +230,5 @@ def _instance(row: sqlite3.Row) -> Instance:
         series_instance_uid=row["series_instance_uid"],
         calling_ae=row["calling_ae"],
         path=Path(row["path"]),
+        content=row["content"],
     )

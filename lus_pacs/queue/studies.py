@@ -100,22 +100,23 @@ class Studies:
         """The stored files of the study's instances with a result record for ``models``."""
         rows = self._db.connection().execute(
             "SELECT i.path FROM jobs j JOIN instances i USING (sop_instance_uid) "
-            "WHERE j.record IS NOT NULL AND i.study_instance_uid = ? AND j.models = ? "
-            "ORDER BY j.id",
-            (study_uid, models),
+            "WHERE j.record IS NOT NULL AND j.state != ? AND i.study_instance_uid = ? "
+            "AND j.models = ? ORDER BY j.id",
+            (JobState.REPLACED, study_uid, models),
         )
         return [Path(r[0]) for r in rows]
 
     def records(self, study_uid: str | None = None, models: str | None = None) -> list[str]:
-        """The result records (JSON text) of finished jobs, of one study or all; with
+        """The result records (JSON text) of finished jobs, of one study or all, but those of
+        replaced content; with
         ``models``, only those made by these model versions (after a model update the older
         records stay in the store, and a study's summary must not count a cine twice)."""
         db = self._db.connection()
         sql = (
             "SELECT j.record FROM jobs j JOIN instances i USING (sop_instance_uid) "
-            "WHERE j.record IS NOT NULL"
+            "WHERE j.record IS NOT NULL AND j.state != ?"
         )
-        args: tuple[str, ...] = ()
+        args: tuple[str, ...] = (JobState.REPLACED,)
         if study_uid is not None:
             sql += " AND i.study_instance_uid = ?"
             args = (*args, study_uid)

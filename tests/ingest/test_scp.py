@@ -26,7 +26,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from lus_pacs.dicom_vocabulary import OUT_OF_RESOURCES, REFUSED_SOP_CLASS, SUCCESS
-from lus_pacs.domain import Instance, JobState
+from lus_pacs.domain import Instance, JobState, Received
 from lus_pacs.ingest.scp import start_listener
 from lus_pacs.queue.store import JobStore
 from lus_pacs.settings import Settings
@@ -146,12 +146,14 @@ def _send(port: int, path: Path, times: int = 1) -> list[int]:
 
 def test_the_store_handler_records_through_the_callable_it_is_given(tmp_path: Path) -> None:
     recorded: list[Instance] = []
-    new = iter([True, False])  # the second time: already processed with these models
+    new = iter(
+        [Received.NEW, Received.KNOWN]
+    )  # the second time: already processed with these models
     woken: list[None] = []
     completed: list[list[str]] = []
     released = threading.Event()
 
-    def record(instance: Instance) -> bool:
+    def record(instance: Instance) -> Received:
         assert instance.path.is_file()  # written before it is recorded
         recorded.append(instance)
         return next(new)
@@ -191,7 +193,7 @@ def test_the_store_handler_records_through_the_callable_it_is_given(tmp_path: Pa
 
 
 def test_an_instance_that_cannot_be_recorded_is_not_acknowledged(tmp_path: Path) -> None:
-    def record(instance: Instance) -> bool:
+    def record(instance: Instance) -> Received:
         raise sqlite3.OperationalError("database is locked")
 
     woken: list[None] = []
@@ -225,7 +227,10 @@ def _echo(port: int, calling_ae: str = "SCANNER") -> int | None:
 def test_the_listener_answers_on_its_port_until_stopped(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, port=0, allowed_calling_aes=("SCANNER",))
     listener = start_listener(
-        settings, record=lambda _: True, on_stored=lambda: None, on_study_complete=lambda _: None
+        settings,
+        record=lambda _: Received.NEW,
+        on_stored=lambda: None,
+        on_study_complete=lambda _: None,
     )
     try:
         port = listener.port
@@ -240,14 +245,17 @@ def test_the_listener_answers_on_its_port_until_stopped(tmp_path: Path) -> None:
 def test_a_port_in_use_is_an_os_error(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, port=0)
     first = start_listener(
-        settings, record=lambda _: True, on_stored=lambda: None, on_study_complete=lambda _: None
+        settings,
+        record=lambda _: Received.NEW,
+        on_stored=lambda: None,
+        on_study_complete=lambda _: None,
     )
     try:
         taken = settings.model_copy(update={"port": first.port})
         with pytest.raises(OSError, match="in use"):
             start_listener(
                 taken,
-                record=lambda _: True,
+                record=lambda _: Received.NEW,
                 on_stored=lambda: None,
                 on_study_complete=lambda _: None,
             )

@@ -1,18 +1,22 @@
-"""Jobs: made once per instance and model versions, and a crash while processing loses none."""
+"""Jobs: made once per instance content and model versions; other content under a known UID
+replaces the earlier jobs or is refused; a crash while processing loses none."""
 
 from __future__ import annotations
 
+import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
-from lus_pacs.domain import JobState
+from lus_pacs.domain import Instance, JobState, Received
+from lus_pacs.queue.deliveries import DeliveryState
 from lus_pacs.queue.store import JobStore
 from tests.queue.conftest import instance
 
 
 def test_a_job_is_made_once_per_instance_and_model_versions(store: JobStore) -> None:
-    assert store.jobs.record_instance(instance(1), "b_lines@0.1.0")
-    assert not store.jobs.record_instance(instance(1), "b_lines@0.1.0")  # sent twice
-    assert store.jobs.record_instance(instance(1), "b_lines@0.2.0")  # a new model version
+    assert store.jobs.record_instance(instance(1), "b_lines@0.1.0") is Received.NEW
+    assert store.jobs.record_instance(instance(1), "b_lines@0.1.0") is Received.KNOWN  # twice
+    assert store.jobs.record_instance(instance(1), "b_lines@0.2.0") is Received.NEW  # new models
     assert store.jobs.counts() == {JobState.QUEUED: 2}
 
 
@@ -28,3 +32,73 @@ def test_a_crash_while_processing_puts_the_job_back(store: JobStore, tmp_path: P
     again = restarted.jobs.claim()
     assert again is not None
     assert again.id == job.id
+
+
+def _content(n: int, content: str) -> Instance:
+    return replace(instance(n), content=content, path=Path(f"{n}-{content}.dcm"))
+
+
+def test_other_content_under_a_known_uid_replaces_its_jobs_or_is_refused(
+    store: JobStore,
+) -> None:
+    assert store.jobs.record_instance(_content(1, "aa"), "m@1") is Received.NEW
+    job = store.jobs.claim()
+    assert job is not None
+    assert job.revision == ""  # the first content: the UIDs it always had
+    store.jobs.finish(job.id, '{"v": "aa"}', [], ["pacs"])
+    assert store.jobs.record_instance(_content(1, "aa"), "m@1") is Received.KNOWN
+    # Refused: nothing changes.
+    refused = store.jobs.record_instance(_content(1, "bb"), "m@1", on_change="refuse")
+    assert refused is Received.REFUSED
+    assert store.jobs.counts() == {JobState.ENCODED: 1}
+    # Reprocessed: the earlier job is replaced, its pending delivery not sent, a new job queued.
+    assert store.jobs.record_instance(_content(1, "bb"), "m@1") is Received.REPLACED
+    assert store.jobs.counts() == {JobState.REPLACED: 1, JobState.QUEUED: 1}
+    assert store.deliveries.due() == []
+    (old, new) = store.jobs.rows()
+    assert old.deliveries[0][1] == DeliveryState.FAILED
+    assert "other content" in (old.deliveries[0][3] or "")
+    again = store.jobs.claim()
+    assert again is not None
+    assert (again.id, again.revision, again.instance.path) == (new.id, "bb", Path("1-bb.dcm"))
+    store.jobs.finish(again.id, '{"v": "bb"}', [], [])
+    assert store.studies.records() == ['{"v": "bb"}']  # the replaced record is not counted
+    # Back to the first content: its job is current again, and this one replaced.
+    assert store.jobs.record_instance(_content(1, "aa"), "m@1") is Received.REPLACED
+    assert store.jobs.counts() == {JobState.REPLACED: 1, JobState.QUEUED: 1}
+
+
+def test_a_job_replaced_while_it_was_processed_sends_nothing(store: JobStore) -> None:
+    store.jobs.record_instance(_content(1, "aa"), "m@1")
+    job = store.jobs.claim()
+    assert job is not None
+    store.jobs.record_instance(_content(1, "bb"), "m@1")
+    store.jobs.finish(job.id, "{}", [], ["pacs"])
+    store.jobs.fail(job.id, "late")
+    assert store.jobs.counts() == {JobState.REPLACED: 1, JobState.QUEUED: 1}
+    assert store.deliveries.due() == []
+
+
+def test_jobs_of_an_older_store_are_kept_and_take_the_content_first_received(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "jobs.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE instances (sop_instance_uid TEXT PRIMARY KEY, sop_class_uid TEXT NOT NULL, "
+        "study_instance_uid TEXT NOT NULL, series_instance_uid TEXT NOT NULL, "
+        "calling_ae TEXT NOT NULL, path TEXT NOT NULL, received_at REAL NOT NULL);"
+        "CREATE TABLE jobs (id INTEGER PRIMARY KEY, sop_instance_uid TEXT NOT NULL "
+        "REFERENCES instances(sop_instance_uid), models TEXT NOT NULL, state TEXT NOT NULL, "
+        "error TEXT, record TEXT, updated_at REAL NOT NULL, UNIQUE (sop_instance_uid, models));"
+        "INSERT INTO instances VALUES ('1.2.3.1', '1.2', '1.2.3', '1.2.3.9', 'SCU', '1.dcm', 0);"
+        "INSERT INTO jobs VALUES (7, '1.2.3.1', 'm@1', 'sent', NULL, '{}', 0);"
+    )
+    old.commit()
+    old.close()
+    store = JobStore(path)
+    assert store.jobs.counts() == {JobState.SENT: 1}
+    # Received again after the upgrade: the same instance, not processed twice.
+    assert store.jobs.record_instance(_content(1, "aa"), "m@1") is Received.KNOWN
+    assert store.jobs.record_instance(_content(1, "bb"), "m@1") is Received.REPLACED
+    assert [r.id for r in store.jobs.rows(JobState.REPLACED)] == [7]
