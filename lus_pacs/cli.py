@@ -292,6 +292,8 @@ def serve(
     port: Annotated[int | None, typer.Option(help="DICOM port; overrides the settings.")] = None,
 ) -> None:
     """Run the node: receive cines by C-STORE, process them, send the results on."""
+    import logging
+    import os
     import signal
     import threading
 
@@ -310,6 +312,10 @@ def serve(
         pass
     finally:
         node.stop()
+        # An association still waiting on a hung destination would hold the exit until its
+        # timeout: everything is in the job store, and that delivery is made after a restart.
+        logging.shutdown()
+        os._exit(0)
 
 
 @app.command()

@@ -102,7 +102,13 @@ def analyse(header: Dataset, name: str, models: Models, settings: Settings) -> F
         raise UnreadableImageError(
             name, f"{', '.join(missing)} missing: its results could not be placed beside it"
         )
-    cine = decode_dataset(header, name, zone_rules=settings.zone_rules)
+    cine = decode_dataset(
+        header,
+        name,
+        zone_rules=settings.zone_rules,
+        max_frames=settings.max_cine_frames,
+        max_pixels=settings.max_cine_pixels,
+    )
     for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if keyword in header:
             delattr(header, keyword)
@@ -271,6 +277,16 @@ def process_file(
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise StageError(path.name, "read", describe(exc)) from exc
+    if size > settings.max_instance_bytes:
+        raise StageError(
+            path.name,
+            "read",
+            f"{size} bytes is over the limit of {settings.max_instance_bytes} (max_instance_bytes)",
+        )
     header = _read_dataset(lambda: pydicom.dcmread(path), path.name)
     timings["read"] = (time.perf_counter() - start) * 1000
     findings, objects, failed = _analyse_and_encode(

@@ -99,6 +99,9 @@ class Settings(BaseModel):
     max_associations: int = Field(default=32, ge=1)
     """Associations the listener serves at once; one more is rejected (transient, local
     limit), logged with its calling AE and address."""
+    max_associations_per_peer: int = Field(default=16, ge=1)
+    """Associations one address may hold at once; its next connection is closed at once,
+    logged with the address, so that one host cannot take every association."""
     network_timeout_s: float = Field(default=30.0, gt=0)
     """A connection silent this long is closed: a half-open or idle peer cannot hold one of
     the :attr:`max_associations` for longer."""
@@ -106,6 +109,14 @@ class Settings(BaseModel):
     """Seconds allowed for association negotiation and release."""
     dimse_timeout_s: float = Field(default=60.0, gt=0)
     """Seconds allowed for each DIMSE message of an association."""
+    max_instance_bytes: int = Field(default=4 * 1024**3, ge=1)
+    """An instance larger than this is refused (status 0xA700 with the limit named, or a
+    failure line in ``process``) before anything reads it."""
+    max_cine_frames: int = Field(default=10_000, ge=1)
+    """A cine of more frames is refused with the limit named."""
+    max_cine_pixels: int = Field(default=1_500_000_000, ge=1)
+    """A cine of more pixels (frames x rows x columns) is refused with the limit named. The
+    decoded cine takes one byte a pixel, and the node's peak memory is about that plus 1 GB."""
     destinations: tuple[DicomDestination, ...] = ()
     """Where results are sent by C-STORE, each by its own exporter (a hung PACS delays only its
     own results); with none, results stay in the results folder."""

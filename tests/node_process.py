@@ -91,6 +91,9 @@ class NodeProcess:
             time.sleep(0.3)
         raise RuntimeError(f"the node did not answer C-ECHO: {self.log.read_text()[-3000:]}")
 
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
     def kill(self) -> None:
         """SIGKILL: no clean-up of any kind, as a crash or power loss."""
         if self._process is not None:

@@ -49,11 +49,14 @@ def _corrupt(source: Path, out: Path, frames: set[int]) -> Path:
     return out
 
 
-def _process(files: list[Path], out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """``lus-pacs process`` on ``files``: the records and the failure lines."""
+def _process(
+    files: list[Path], out: Path, settings: str = CONFIG
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``lus-pacs process`` on ``files`` with ``settings`` (TOML): the records and the failure
+    lines."""
     out.mkdir(parents=True)
     config = out / "lus-pacs.toml"
-    config.write_text(CONFIG)
+    config.write_text(settings)
     exe = Path(sys.executable).with_name("lus-pacs")
     command = [str(exe), "process", *map(str, files), "--out", str(out / "results")]
     done = subprocess.run(
@@ -216,3 +219,27 @@ def test_still_images_get_no_loop_finding_and_the_frame_models_still_run(
         assert b"LUS084" in text
         assert b"the loop models not run" in text
         assert dciodvfy_errors(path) == []
+
+
+def test_the_limits_on_bytes_frames_and_pixels_refuse_naming_the_limit(
+    cine: Path, tmp_path: Path
+) -> None:
+    ds = pydicom.dcmread(cine, stop_before_pixels=True)
+    frames, rows, cols = int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns)
+    limits = {  # the cine itself is within every limit, just
+        "max_instance_bytes": cine.stat().st_size + 1000,
+        "max_cine_frames": frames,
+        "max_cine_pixels": frames * rows * cols,
+    }
+    # Each copy is over one limit by a little, in one attribute.
+    _copy(cine, tmp_path / "big.dcm", ImageComments="x" * 2000)
+    _copy(cine, tmp_path / "long.dcm", NumberOfFrames=frames + 1)
+    _copy(cine, tmp_path / "wide.dcm", Rows=rows + 1)
+    settings = "".join(f"{limit} = {value}\n" for limit, value in limits.items())
+    files = [cine, *(tmp_path / f"{n}.dcm" for n in ("big", "long", "wide"))]
+    records, failed = _process(files, tmp_path / "run", settings + CONFIG)
+    assert [r["source"]["sop_instance_uid"] for r in records] == [ds.SOPInstanceUID]
+    reasons = {Path(f["file"]).stem: f["reason"] for f in failed}
+    for (limit, value), name in zip(limits.items(), ("big", "long", "wide"), strict=True):
+        assert f"over the limit of {value}" in reasons[name], reasons
+        assert f"({limit})" in reasons[name], reasons

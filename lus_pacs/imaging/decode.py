@@ -41,6 +41,7 @@ from lus_pacs.settings import DEFAULT_ZONE_RULES, ZoneRule
 log = logging.getLogger(__name__)
 
 MAX_PIXELS = 1_500_000_000
+MAX_FRAMES = 10_000
 """Largest cine read (frames x rows x columns): a 1.5 GB array of luminance."""
 
 _DECODE_THREADS = min(4, os.cpu_count() or 1)
@@ -82,6 +83,8 @@ def decode_dataset(
     *,
     zone_rules: Iterable[ZoneRule] = DEFAULT_ZONE_RULES,
     path: str | None = None,
+    max_frames: int = MAX_FRAMES,
+    max_pixels: int = MAX_PIXELS,
 ) -> Cine:
     """Decode a dataset already in memory; ``name`` identifies it in error messages.
 
@@ -100,7 +103,7 @@ def decode_dataset(
             f"SOP class {sop_class or '(none)'} is not an ultrasound or secondary-capture image; "
             f"accepted: {', '.join(sorted(set(IMAGE_SOP_CLASSES.values())))}",
         )
-    frames, damaged = luminance(ds, name)
+    frames, damaged = luminance(ds, name, max_frames=max_frames, max_pixels=max_pixels)
     rows, cols = frames.shape[1:]
     region = ultrasound_region(ds, rows, cols)
     # The static overlay (paper 004's mask, found instead of drawn) is wanted even when the
@@ -121,14 +124,17 @@ def decode_dataset(
     return Cine(frames, frame_timing(ds), region, source, overlay, damaged)
 
 
-def luminance(ds: Dataset, name: str) -> tuple[GreyFrames, dict[int, str]]:
+def luminance(
+    ds: Dataset, name: str, *, max_frames: int = MAX_FRAMES, max_pixels: int = MAX_PIXELS
+) -> tuple[GreyFrames, dict[int, str]]:
     """The pixels of ``ds`` as uint8 luminance, shape (frames, rows, columns), and the frames
     (1-based) read only in part, with the decoder's warning.
 
     Raises
     ------
     UnreadableImageError
-        No pixel data, a size over :data:`MAX_PIXELS`, or pixels the decoders cannot read.
+        No pixel data, more than ``max_frames`` frames or ``max_pixels`` pixels (the message
+        names the limit), or pixels the decoders cannot read.
     """
     if "PixelData" not in ds:
         raise UnreadableImageError(name, "the instance has no Pixel Data (7FE0,0010)")
@@ -152,11 +158,15 @@ def luminance(ds: Dataset, name: str) -> tuple[GreyFrames, dict[int, str]]:
         raise UnreadableImageError(
             name, f"empty image: {n_frames} frames of {rows} rows x {cols} columns"
         )
-    if n_frames * rows * cols > MAX_PIXELS:
+    if n_frames > max_frames:
+        raise UnreadableImageError(
+            name, f"{n_frames} frames is over the limit of {max_frames} (max_cine_frames)"
+        )
+    if n_frames * rows * cols > max_pixels:
         raise UnreadableImageError(
             name,
-            f"{n_frames} frames of {rows}x{cols} is over the limit of {MAX_PIXELS} pixels; "
-            "send shorter loops",
+            f"{n_frames} frames of {rows}x{cols} is over the limit of {max_pixels} pixels "
+            "(max_cine_pixels); send shorter loops",
         )
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None

@@ -9,9 +9,12 @@ association threads.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import socket
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 
 from pydicom import Dataset
@@ -32,6 +35,7 @@ from lus_pacs.dicom_vocabulary import (
 )
 from lus_pacs.domain import Instance, Received
 from lus_pacs.durable import durable_file
+from lus_pacs.errors import describe
 from lus_pacs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,6 +93,21 @@ class Receiver:
         except Exception as exc:  # a malformed dataset must never escape into pynetdicom
             log.warning("Refused %s from %s: unreadable dataset (%s)", sop_instance, calling, exc)
             return CANNOT_UNDERSTAND
+        limit = self._settings.max_instance_bytes
+        received = getattr(event.request, "DataSet", None)  # the data set's bytes as received
+        size = received.getbuffer().nbytes if received is not None else 0
+        if size > limit:
+            log.warning(
+                "Refused %s from %s: %d bytes is over the limit of %d (max_instance_bytes)",
+                sop_instance,
+                calling,
+                size,
+                limit,
+            )
+            over = Dataset()
+            over.Status = OUT_OF_RESOURCES
+            over.ErrorComment = "over the node's max_instance_bytes"
+            return over
         try:
             content = hashlib.sha256(event.encoded_dataset(include_meta=False)).hexdigest()
             # Named by its content too: other content under a known UID never overwrites the
@@ -146,8 +165,27 @@ class Receiver:
         blocking, so a peer that sends part of a PDU and stays silent would hold its thread
         (and one of the associations) for ever."""
         connection = getattr(event.assoc.dul.socket, "socket", None)
-        if connection is not None:
-            connection.settimeout(self._settings.network_timeout_s)
+        if connection is None:
+            return
+        connection.settimeout(self._settings.network_timeout_s)
+        # One host may not take every association: the others' scanners must get in.
+        peer = event.assoc.requestor.address
+        held = sum(
+            1
+            for other in event.assoc.ae.active_associations
+            if other.is_acceptor and other.requestor.address == peer
+        )
+        limit = self._settings.max_associations_per_peer
+        if held >= limit:
+            log.warning(
+                "Refused a connection from %s: it holds %d associations already "
+                "(max_associations_per_peer = %d)",
+                peer,
+                held,
+                limit,
+            )
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def handle_rejected(self, event: evt.Event) -> None:
         requestor = event.assoc.requestor
@@ -215,6 +253,10 @@ def start_listener(
     OSError
         The address cannot be bound (port in use, unknown host).
     """
+    for name in _PEER_LOGGERS:
+        peer_log = logging.getLogger(name)
+        if _PEER_NOISE not in peer_log.filters:
+            peer_log.addFilter(_PEER_NOISE)
     receiver = Receiver(settings, record, on_stored, on_study_complete)
     server = _make_ae(settings).start_server(
         (settings.host, settings.port), block=False, evt_handlers=receiver.handlers()
@@ -244,6 +286,40 @@ def _make_ae(settings: Settings) -> AE:
     ae.acse_timeout = settings.acse_timeout_s
     ae.dimse_timeout = settings.dimse_timeout_s
     return ae
+
+
+class _PeerNoise(logging.Filter):
+    """pynetdicom's reports of a misbehaving peer, made fit for an operator's log: a socket
+    error is one line, without a traceback; and one connection's flood of the same complaint (a
+    stream of garbage gives one "Unknown PDU type" line per 6 bytes) stops after a few lines."""
+
+    KEEP = 3
+    """Lines of one complaint logged per connection; the next says that more were dropped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: OrderedDict[tuple[int | None, str], int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, OSError):  # TimeoutError and the connection errors are OSErrors
+            record.msg, record.args = f"peer connection: {describe(error)}", ()
+            record.exc_info, record.exc_text = None, None
+        key = (record.thread, str(record.msg)[:24])
+        with self._lock:
+            seen = self._seen.get(key, 0) + 1
+            self._seen[key] = seen
+            self._seen.move_to_end(key)
+            while len(self._seen) > 1024:
+                self._seen.popitem(last=False)
+        if seen == self.KEEP + 1:
+            record.msg, record.args = f"{record.getMessage()} (more like it not logged)", ()
+        return seen <= self.KEEP + 1
+
+
+_PEER_NOISE = _PeerNoise()
+_PEER_LOGGERS = ("pynetdicom.dul", "pynetdicom.transport", "pynetdicom.fsm")
 
 
 def _safe(uid: str) -> str:

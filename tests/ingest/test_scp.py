@@ -192,6 +192,20 @@ def test_the_store_handler_records_through_the_callable_it_is_given(tmp_path: Pa
     assert completed == [[source.StudyInstanceUID]]
 
 
+def test_an_instance_over_the_byte_limit_is_refused_and_not_stored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = StoringNode(Settings(data_dir=tmp_path, port=0, max_instance_bytes=1000))
+    try:
+        with caplog.at_level(logging.WARNING, logger="lus_pacs.ingest.scp"):
+            assert _send(node.port, US_IMAGE) == [OUT_OF_RESOURCES]
+    finally:
+        node.listener.stop()
+    assert "over the limit of 1000 (max_instance_bytes)" in caplog.text
+    assert node.store.jobs.counts() == {}
+    assert not (tmp_path / "incoming").exists()
+
+
 def test_an_instance_that_cannot_be_recorded_is_not_acknowledged(tmp_path: Path) -> None:
     def record(instance: Instance) -> Received:
         raise sqlite3.OperationalError("database is locked")
@@ -302,6 +316,31 @@ def test_half_open_connections_are_closed_and_cannot_lock_scanners_out(
     finally:
         for connection in held:
             connection.close()
+        node.listener.stop()
+
+
+@needs_dcmtk
+def test_one_address_cannot_take_every_association(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = StoringNode(
+        Settings(data_dir=tmp_path, port=0, max_associations=8, max_associations_per_peer=2)
+    )
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = 5
+    held = [ae.associate("127.0.0.1", node.port, ae_title="LUSPACS") for _ in range(2)]
+    try:
+        assert all(a.is_established for a in held)
+        with caplog.at_level(logging.WARNING, logger="lus_pacs.ingest.scp"):
+            assert _dcmtk("echoscu", node.port).returncode != 0  # a third from the same address
+        assert "Refused a connection from 127.0.0.1: it holds 2 associations" in caplog.text
+        held.pop().release()
+        time.sleep(0.3)
+        assert _dcmtk("echoscu", node.port).returncode == 0  # room again
+    finally:
+        for assoc in held:
+            assoc.release()
         node.listener.stop()
 
 
