@@ -1,17 +1,20 @@
 """Peak memory of the node's whole analysis (decode, every default model, the result objects)
 on two long cines (issue 19, case 5), side by side with the baseline:
 
-* ``chunked``: the node as it is: JPEG frames decoded into the cine's array a batch at a
-  time, the encoded Pixel Data released once decoded, every model's pre-processing taken to
-  float at most ``CHUNK_FRAMES`` frames at once, the B-line windows scored 8 at a time;
-* ``whole``: the same code with the pre-processing taken to float for the whole cine at once
-  (``CHUNK_FRAMES`` = the cine's length), as before the fix.
+* ``node``: the node as it is: the header read without the Pixel Data, the encoded JPEG
+  frames read from the file and decoded into the cine's array a batch at a time (never all in
+  memory), every model's pre-processing taken to float at most ``CHUNK_FRAMES`` frames at
+  once, the B-line windows scored 8 at a time;
+* ``63fc2fc``: the node at that commit: the whole file read into memory first (its Pixel Data
+  released once decoded) and the pre-processing taken to float 4 frames at a time;
+* ``whole``: the same with the pre-processing taken to float for the whole cine at once
+  (``CHUNK_FRAMES`` = the cine's length), as before the first fix.
 
 Each run is a fresh Python process (its peak resident set, ``VmHWM``); the cines are JPEG
 US Multi-frame of textured frames: 300 frames of 1920 x 1080 and 1000 frames of 640 x 480.
 Issue 19 measured main f29e146 at 7.0 GB and 4.6 GB on them; the target is under 1.5 GB.
 
-    .venv/bin/python bench/memory.py [--only 640x480]
+    .venv/bin/python bench/memory.py [--only 640x480] [--no-whole]
 """
 
 from __future__ import annotations
@@ -45,12 +48,13 @@ import pydicom
 from lus_pacs.inference import transforms
 from lus_pacs.pipeline import Models, analyse, encode
 from lus_pacs.settings import Settings
-path, chunk = Path(sys.argv[1]), int(sys.argv[2])
+from lus_pacs.imaging.decode import read_header
+path, chunk, stream = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "stream"
 transforms.CHUNK_FRAMES = chunk
 settings = Settings()
 models = Models.load(settings)
-header = pydicom.dcmread(path)
-findings = analyse(header, path.name, models, settings)
+header, in_file = read_header(path) if stream else (pydicom.dcmread(path), None)
+findings = analyse(header, path.name, models, settings, in_file)
 objects = encode(findings, header, settings.output_kinds, models.key, {})
 # VmHWM, this process's own peak: ru_maxrss would also count the parent's peak before fork.
 peak = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]
@@ -90,9 +94,9 @@ def _cine(path: Path, frames: int, rows: int, cols: int) -> None:
     )
 
 
-def _peak(path: Path, chunk: int) -> float:
+def _peak(path: Path, chunk: int, stream: bool) -> float:
     done = subprocess.run(
-        [sys.executable, "-c", RUN, str(path), str(chunk)],
+        [sys.executable, "-c", RUN, str(path), str(chunk), "stream" if stream else "read"],
         capture_output=True,
         text=True,
         check=True,
@@ -104,6 +108,9 @@ def _peak(path: Path, chunk: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=sorted(CINES))
+    parser.add_argument(
+        "--no-whole", action="store_true", help="skip the whole-cine baseline (13 GB at 1080p)"
+    )
     args = parser.parse_args()
     from lus_pacs.inference.transforms import CHUNK_FRAMES
 
@@ -114,13 +121,15 @@ def main() -> None:
             path = Path(tmp) / f"{name}.dcm"
             _cine(path, frames, rows, cols)
             raw = frames * rows * cols / 1e9
-            chunked = _peak(path, CHUNK_FRAMES)
-            whole = _peak(path, frames)
+            node = _peak(path, CHUNK_FRAMES, stream=True)
+            in_memory = _peak(path, 4, stream=False)
+            whole = _peak(path, frames, stream=False) if not args.no_whole else float("nan")
             print(
                 f"{frames} frames of {name} (JPEG {path.stat().st_size / 1e6:.0f} MB, "
-                f"luminance {raw:.2f} GB): peak {chunked:.3f} GB chunked, {whole:.2f} GB "
-                f"whole-cine pre-processing (issue 19 on f29e146: {BEFORE_GB[name]:.1f} GB); "
-                f"chunked / whole = {chunked / whole:.2f}"
+                f"luminance {raw:.2f} GB): peak {node:.3f} GB node, {in_memory:.3f} GB as at "
+                f"63fc2fc, {whole:.2f} GB whole-cine pre-processing (issue 19 on f29e146: "
+                f"{BEFORE_GB[name]:.1f} GB; target 1.5); node / 63fc2fc = "
+                f"{node / in_memory:.2f}, node / whole = {node / whole:.2f}"
             )
 
 

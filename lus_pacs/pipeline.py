@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from typing import TypeVar
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -41,7 +42,7 @@ from lus_pacs.errors import (
 )
 from lus_pacs.families.family import Family, Found, Runner
 from lus_pacs.families.registry import FAMILIES, Registry
-from lus_pacs.imaging.decode import decode_dataset
+from lus_pacs.imaging.decode import PixelsInFile, decode_dataset, read_header
 from lus_pacs.records import (
     CineRecord,
     FailedOutputRecord,
@@ -84,18 +85,29 @@ class Models:
         return cls(ordered, runners, families.identity(runners), families)
 
 
+_Read = TypeVar("_Read")
+"""What a reader of a source file gives: a data set, or a data set and where its pixels are."""
+
 _IDENTITY = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 """What a source needs for its results to reference it and join its study."""
 
 
-def analyse(header: Dataset, name: str, models: Models, settings: Settings) -> Findings:
+def analyse(
+    header: Dataset,
+    name: str,
+    models: Models,
+    settings: Settings,
+    in_file: PixelsInFile | None = None,
+) -> Findings:
     """Decode the cine and run every enabled family on it, each after those it needs. A source
     without one of :data:`_IDENTITY` is refused.
 
-    Once decoded, the header's Pixel Data is released (deleted from ``header``): the result
-    objects refer to the source but never read its pixels, and a long cine's encoded frames
-    are hundreds of MB that would otherwise stay in memory beside the decoded cine while the
-    models run.
+    With ``in_file`` (:func:`~lus_pacs.imaging.decode.read_header`), the encapsulated frames
+    are read from the file a batch at a time and never held in memory whole. Otherwise, once
+    decoded, the header's Pixel Data is released (deleted from ``header``): the result objects
+    refer to the source but never read its pixels, and a long cine's encoded frames are
+    hundreds of MB that would otherwise stay in memory beside the decoded cine while the models
+    run.
     """
     missing = [k for k in _IDENTITY if not header.get(k)]
     if missing:
@@ -108,6 +120,7 @@ def analyse(header: Dataset, name: str, models: Models, settings: Settings) -> F
         zone_rules=settings.zone_rules,
         max_frames=settings.max_cine_frames,
         max_pixels=settings.max_cine_pixels,
+        in_file=in_file,
     )
     for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if keyword in header:
@@ -287,10 +300,10 @@ def process_file(
             "read",
             f"{size} bytes is over the limit of {settings.max_instance_bytes} (max_instance_bytes)",
         )
-    header = _read_dataset(lambda: pydicom.dcmread(path), path.name)
+    header, in_file = _read_dataset(lambda: read_header(path), path.name)
     timings["read"] = (time.perf_counter() - start) * 1000
     findings, objects, failed = _analyse_and_encode(
-        header, path.name, models, settings, timings, revision
+        header, path.name, models, settings, timings, revision, in_file
     )
     start = time.perf_counter()
     try:
@@ -338,7 +351,7 @@ def process_bytes(
     return result_record(findings, outputs, timings, models.registry, failed), files
 
 
-def _read_dataset(read: Callable[[], Dataset], name: str) -> Dataset:
+def _read_dataset(read: Callable[[], _Read], name: str) -> _Read:
     try:
         return read()
     # pydicom raises many kinds of error on a damaged file: this is the trust boundary.
@@ -353,10 +366,11 @@ def _analyse_and_encode(
     settings: Settings,
     timings: dict[str, float],
     revision: str = "",
+    in_file: PixelsInFile | None = None,
 ) -> tuple[Findings, list[tuple[OutputKind, Dataset]], dict[OutputKind, str]]:
     start = time.perf_counter()
     try:
-        findings = analyse(header, name, models, settings)
+        findings = analyse(header, name, models, settings, in_file)
     except LusPacsError:
         raise
     # A model or a pre-processing step failing on one cine is that cine's failure only.

@@ -14,11 +14,13 @@ frame's end-of-image marker (vendor padding) are ignored, as libjpeg ignores the
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +79,63 @@ def read_cine(path: Path, *, zone_rules: Iterable[ZoneRule] = DEFAULT_ZONE_RULES
     return decode_dataset(ds, path.name, zone_rules=zone_rules, path=str(path))
 
 
+@dataclass(frozen=True)
+class PixelsInFile:
+    """Encapsulated Pixel Data left in its file: the frames are read from it a batch at a
+    time, so a long cine's encoded frames are never all in memory."""
+
+    path: Path
+    offset: int
+    """Where the element's value (its Basic Offset Table item) starts."""
+
+    def frames(self, stack: contextlib.ExitStack, number_of_frames: int) -> Iterator[bytes]:
+        """The encoded frames, read from the file (closed with ``stack``)."""
+        f = stack.enter_context(self.path.open("rb"))
+        f.seek(self.offset)
+        return generate_frames(f, number_of_frames=number_of_frames)
+
+    def load(self, ds: Dataset, name: str) -> None:
+        """Read the whole Pixel Data into ``ds`` (the decoders other than libjpeg-turbo's need
+        it in memory).
+
+        Raises
+        ------
+        UnreadableImageError
+            The file cannot be read again, or its Pixel Data is cut short.
+        """
+        try:
+            whole = dcmread(self.path)
+        except Exception as exc:  # the trust boundary, as for the first read
+            raise UnreadableImageError(
+                name, f"cannot read the Pixel Data: {describe(exc)}"
+            ) from exc
+        if "PixelData" not in whole:
+            raise UnreadableImageError(name, "the Pixel Data is cut short (no end delimiter)")
+        ds.PixelData = whole.PixelData
+
+
+_ENCAPSULATED_PIXEL_DATA = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff"
+"""(7FE0,0010), OB, undefined length, in explicit VR little endian: encapsulated pixels."""
+
+
+def read_header(path: Path) -> tuple[Dataset, PixelsInFile | None]:
+    """A DICOM file's data set, its encapsulated Pixel Data left in the file (with where it
+    is); other Pixel Data (native pixels) is read in, and then no place is returned.
+
+    Raises
+    ------
+    OSError, InvalidDicomError
+        The file cannot be read, or is not DICOM.
+    """
+    with path.open("rb") as f:
+        ds = dcmread(f, stop_before_pixels=True)
+        at = f.tell()
+        head = f.read(len(_ENCAPSULATED_PIXEL_DATA))
+    if head == _ENCAPSULATED_PIXEL_DATA:
+        return ds, PixelsInFile(path, at + len(head))
+    return dcmread(path), None
+
+
 def decode_dataset(
     ds: Dataset,
     name: str,
@@ -85,6 +144,7 @@ def decode_dataset(
     path: str | None = None,
     max_frames: int = MAX_FRAMES,
     max_pixels: int = MAX_PIXELS,
+    in_file: PixelsInFile | None = None,
 ) -> Cine:
     """Decode a dataset already in memory; ``name`` identifies it in error messages.
 
@@ -103,7 +163,9 @@ def decode_dataset(
             f"SOP class {sop_class or '(none)'} is not an ultrasound or secondary-capture image; "
             f"accepted: {', '.join(sorted(set(IMAGE_SOP_CLASSES.values())))}",
         )
-    frames, damaged = luminance(ds, name, max_frames=max_frames, max_pixels=max_pixels)
+    frames, damaged = luminance(
+        ds, name, max_frames=max_frames, max_pixels=max_pixels, in_file=in_file
+    )
     rows, cols = frames.shape[1:]
     region = ultrasound_region(ds, rows, cols)
     # The static overlay (paper 004's mask, found instead of drawn) is wanted even when the
@@ -125,10 +187,16 @@ def decode_dataset(
 
 
 def luminance(
-    ds: Dataset, name: str, *, max_frames: int = MAX_FRAMES, max_pixels: int = MAX_PIXELS
+    ds: Dataset,
+    name: str,
+    *,
+    max_frames: int = MAX_FRAMES,
+    max_pixels: int = MAX_PIXELS,
+    in_file: PixelsInFile | None = None,
 ) -> tuple[GreyFrames, dict[int, str]]:
     """The pixels of ``ds`` as uint8 luminance, shape (frames, rows, columns), and the frames
-    (1-based) read only in part, with the decoder's warning.
+    (1-based) read only in part, with the decoder's warning. With ``in_file``, the Pixel Data
+    is in the file there, not in ``ds``.
 
     Raises
     ------
@@ -136,9 +204,12 @@ def luminance(
         No pixel data, more than ``max_frames`` frames or ``max_pixels`` pixels (the message
         names the limit), or pixels the decoders cannot read.
     """
-    if "PixelData" not in ds:
+    if "PixelData" not in ds and in_file is None:
         raise UnreadableImageError(name, "the instance has no Pixel Data (7FE0,0010)")
     declared = ds.get("NumberOfFrames")
+    if in_file is not None and not declared:
+        in_file.load(ds, name)  # counting frames needs them (rare: a faulty header)
+        in_file = None
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         n_frames = int(declared or 0) or _count_frames(ds, rows, cols)
@@ -172,9 +243,11 @@ def luminance(
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if syntax in _FAST_JPEG and ds.get("BitsAllocated") == 8 and photometric in _FAST_PHOTOMETRIC:
-        decoded = _jpeg_luminance(ds, name, n_frames, rows, cols)
+        decoded = _jpeg_luminance(ds, name, n_frames, rows, cols, in_file)
         if decoded is not None:
             return _invert_if_monochrome1(decoded[0], photometric), decoded[1]
+    if in_file is not None:
+        in_file.load(ds, name)
     # Frame by frame into the cine's array: the decoded (maybe RGB) pixels of one frame at a
     # time, never of the whole cine.
     grey = np.empty((n_frames, rows, cols), np.uint8)
@@ -207,7 +280,7 @@ def luminance(
 
 
 def _jpeg_luminance(
-    ds: Dataset, name: str, n_frames: int, rows: int, cols: int
+    ds: Dataset, name: str, n_frames: int, rows: int, cols: int, in_file: PixelsInFile | None
 ) -> tuple[GreyFrames, dict[int, str]] | None:
     """libjpeg-turbo's grey output of each frame and the frames it warned about; None when a
     frame is not a JPEG of the header's size (pydicom then gets its chance and reports it).
@@ -220,7 +293,6 @@ def _jpeg_luminance(
     # Each frame is decoded into its place in the cine: no second copy of the whole cine, and
     # the encoded frames are taken from the Pixel Data a batch at a time, not all copied out.
     out = np.zeros((n_frames, rows, cols), np.uint8)
-    frames = generate_frames(ds.PixelData, number_of_frames=n_frames)
     results: list[tuple[bool, str | None]] = []
 
     def decode_into(item: tuple[int, bytes]) -> tuple[bool, str | None]:
@@ -234,7 +306,12 @@ def _jpeg_luminance(
         return True, warning
 
     # libjpeg-turbo releases the GIL while decoding, so frames decode in parallel on threads.
-    with ThreadPoolExecutor(max_workers=_DECODE_THREADS) as pool:
+    with contextlib.ExitStack() as stack, ThreadPoolExecutor(max_workers=_DECODE_THREADS) as pool:
+        frames = (
+            in_file.frames(stack, n_frames)
+            if in_file is not None
+            else generate_frames(ds.PixelData, number_of_frames=n_frames)
+        )
         while len(results) < n_frames:
             try:
                 batch = list(itertools.islice(frames, min(_BATCH, n_frames - len(results))))

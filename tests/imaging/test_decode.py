@@ -15,7 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from lus_pacs.domain import RegionSource
 from lus_pacs.errors import UnreadableImageError
-from lus_pacs.imaging.decode import decode_dataset, read_cine
+from lus_pacs.imaging.decode import decode_dataset, read_cine, read_header
 from lus_pacs.imaging.writer import (
     CineInstance,
     CineSyntax,
@@ -330,3 +330,25 @@ def test_a_jpeg_cine_of_which_no_frame_decodes_is_refused(tmp_path: Path) -> Non
     garbage = [b"\xff\xd8" + bytes(200) + b"\xff\xd9" for _ in encoded]
     with pytest.raises(UnreadableImageError, match=r"^garbage: no JPEG frame decodes: \S"):
         decode_dataset(_with_frames(ds, garbage), "garbage")
+
+
+def test_a_jpeg_cine_read_from_its_file_decodes_the_same_frames(
+    synth_exams: Path, tmp_path: Path
+) -> None:
+    exam = sorted(p for p in synth_exams.iterdir() if p.is_dir())[0]
+    source = sorted(exam.glob("*.dcm"))[0]
+    header, in_file = read_header(source)
+    assert in_file is not None
+    assert "PixelData" not in header  # the encoded frames stay in the file
+    streamed = decode_dataset(header, source.name, in_file=in_file)
+    whole = decode_dataset(pydicom.dcmread(source), source.name)
+    assert np.array_equal(streamed.frames, whole.frames)
+    assert streamed.damaged == whole.damaged == {}
+    # Native pixels are read in whole, as before.
+    native = tmp_path / "native.dcm"
+    ds = pydicom.dcmread(source)
+    ds.decompress()
+    ds.save_as(native, enforce_file_format=True)
+    header, in_file = read_header(native)
+    assert in_file is None
+    assert "PixelData" in header
