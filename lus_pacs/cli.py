@@ -229,7 +229,11 @@ def demo(
     records = synthesize(out / "scanner", SynthOptions(patients=1, seed=2026, frames=45))
     typer.echo(f"simulated a 6-zone exam in {out / 'scanner'} (ground truth beside each cine)")
     settings = load_settings(
-        config, data_dir=out / "node", port=0, allowed_calling_aes=["DEMO-SCANNER"]
+        config,
+        data_dir=out / "node",
+        port=0,
+        metrics_port=0,
+        allowed_calling_aes=["DEMO-SCANNER"],
     )
     node = Node(settings)
     node.start()
@@ -250,16 +254,20 @@ def demo(
     if not summary_path(settings, study).exists():
         typer.echo(f"the node did not finish in time: {counts}", err=True)
         raise typer.Exit(1)
-    typer.echo(
-        f"processed in {time.monotonic() - started:.1f} s: {counts.get(JobState.SENT, 0)} cines"
-    )
-    truth = {r.zone: r for r in records}
+    processing_s = time.monotonic() - started
     from lus_pacs.demo import describe_cine
     from lus_pacs.records import CineRecord
 
     types = node.models.registry.record_types()
-    for text in node.store.studies.records(study):
-        record = CineRecord.loads(text, types)
+    found = [CineRecord.loads(text, types) for text in node.store.studies.records(study)]
+    cine_s = sum(r.source.frames / (r.source.fps or settings.default_fps) for r in found)
+    typer.echo(
+        f"processed {counts.get(JobState.SENT, 0)} cines in {processing_s:.1f} s, from the push "
+        f"to the study summary; the cines last {cine_s:.1f} s: {processing_s / cine_s:.1f} "
+        "times their duration (real time is 1.0)"
+    )
+    truth = {r.zone: r for r in records}
+    for record in found:
         zone = record.source.zone or "?"
         typer.echo(describe_cine(record, truth[zone]))
     typer.echo(

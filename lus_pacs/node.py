@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pydicom
 
-from lus_pacs.domain import Job, OutputKind
+from lus_pacs.domain import Instance, Job, OutputKind, Received
 from lus_pacs.durable import durable_file
 from lus_pacs.errors import ExportError, LusPacsError, StageError
 from lus_pacs.export.dimse import store as c_store
+from lus_pacs.ingest.metrics import NodeMetrics
 from lus_pacs.ingest.scp import Listener, start_listener
 from lus_pacs.pipeline import Models, encode_summary, process_file, write_outputs
 from lus_pacs.queue.deliveries import Delivery
@@ -46,6 +47,9 @@ class Node:
         self.settings = settings
         self.store = JobStore(settings.store_path)
         self.models = models if models is not None else Models.load(settings)
+        self.metrics = NodeMetrics(self.store.jobs.counts)
+        self.metrics_port: int | None = None
+        """The bound port of ``/metrics`` once started, None when the settings serve none."""
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -63,14 +67,13 @@ class Node:
             log.info("Resuming %d job(s) interrupted by the last stop", recovered)
         self._listener = start_listener(
             self.settings,
-            record=partial(
-                self.store.jobs.record_instance,
-                models=self.models.key,
-                on_change=self.settings.changed_instance,
-            ),
+            record=self._record,
             on_stored=self._wake.set,
             on_study_complete=self._study_released,
         )
+        if self.settings.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
+            log.info("Metrics on http://%s:%d/metrics", self.settings.host, self.metrics_port)
         loops: list[tuple[str, Callable[[], None]]] = [
             (f"worker-{i + 1}", self._process_loop) for i in range(self.settings.workers)
         ]
@@ -97,10 +100,18 @@ class Node:
         self._wake.set()
         if self._listener is not None:
             self._listener.stop()
+        self.metrics.stop()
         # A worker finishes its cine; an exporter blocked on a hung destination is left (its
         # delivery is still pending in the store and is made again after a restart).
         for thread in self._threads:
             thread.join(timeout=5 if thread.name.startswith("export-") else 30)
+
+    def _record(self, instance: Instance) -> Received:
+        received = self.store.jobs.record_instance(
+            instance, self.models.key, on_change=self.settings.changed_instance
+        )
+        self.metrics.received.labels(received.value).inc()
+        return received
 
     def _study_released(self, studies: list[str]) -> None:
         try:
@@ -135,18 +146,23 @@ class Node:
                 raise  # the disk, not the cine: the job is tried again
             log.error("Failed %s: %s", uid, exc)
             self.store.jobs.fail(job.id, str(exc))
+            self.metrics.processed.labels("failed").inc()
             return
         except LusPacsError as exc:
             log.error("Failed %s: %s", uid, exc)
             self.store.jobs.fail(job.id, str(exc))
+            self.metrics.processed.labels("failed").inc()
             return
         except Exception as exc:  # one bad cine must not stop the worker
             log.exception("Failed %s: unexpected error", uid)
             self.store.jobs.fail(job.id, f"unexpected error: {exc!r}")
+            self.metrics.processed.labels("failed").inc()
             return
         self.store.jobs.finish(
             job.id, record.dumps(), outputs, [d.name for d in self.settings.destinations]
         )
+        self.metrics.observe(record.timings_ms)
+        self.metrics.processed.labels("done").inc()
         b_lines = to_json(record.b_lines) if record.b_lines else {}
         log.info("Processed %s (zone %s): %s", uid, record.source.zone, b_lines)
 
@@ -175,6 +191,7 @@ class Node:
             self.store.deliveries.failed(
                 delivery.job_id, delivery.destination, str(exc), retry_at, summary=delivery.summary
             )
+            self.metrics.send_failed.labels(destination.name).inc()
             log.warning(
                 "Delivery of %s %d to %s failed (attempt %d): %s%s",
                 what,
@@ -188,6 +205,7 @@ class Node:
         self.store.deliveries.delivered(
             delivery.job_id, delivery.destination, summary=delivery.summary
         )
+        self.metrics.sent.labels(destination.name).inc()
         log.info("Delivered %s %d to %s", what, delivery.job_id, destination.name)
 
     def _retry_at(self, attempts: int) -> float | None:

@@ -98,9 +98,11 @@ def analyse(
     models: Models,
     settings: Settings,
     in_file: PixelsInFile | None = None,
+    timings: dict[str, float] | None = None,
 ) -> Findings:
     """Decode the cine and run every enabled family on it, each after those it needs. A source
-    without one of :data:`_IDENTITY` is refused.
+    without one of :data:`_IDENTITY` is refused. With ``timings``, the milliseconds of the
+    decode (``decode``) and of each family (by its name) are put in it.
 
     With ``in_file`` (:func:`~lus_pacs.imaging.decode.read_header`), the encapsulated frames
     are read from the file a batch at a time and never held in memory whole. Otherwise, once
@@ -114,6 +116,8 @@ def analyse(
         raise UnreadableImageError(
             name, f"{', '.join(missing)} missing: its results could not be placed beside it"
         )
+    spent = timings if timings is not None else {}
+    start = time.perf_counter()
     cine = decode_dataset(
         header,
         name,
@@ -125,6 +129,7 @@ def analyse(
     for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if keyword in header:
             delattr(header, keyword)
+    spent["decode"] = (time.perf_counter() - start) * 1000
     if cine.damaged:
         log.warning(
             "%s: frames read only in part: %s",
@@ -137,7 +142,9 @@ def analyse(
     for family in models.families:
         if family.lung_finding and not _may_read(family, models.families, by_family):
             continue
+        start = time.perf_counter()
         found = models.runners[family.name].predict(cine, Found(by_family, key_frames))
+        spent[family.name] = (time.perf_counter() - start) * 1000
         by_family[family.name] = found
         # A damaged frame is never a key frame, whichever family proposes it.
         proposed = [k for k in family.key_frames(found) if intact[k.frame - 1]]
@@ -368,16 +375,14 @@ def _analyse_and_encode(
     revision: str = "",
     in_file: PixelsInFile | None = None,
 ) -> tuple[Findings, list[tuple[OutputKind, Dataset]], dict[OutputKind, str]]:
-    start = time.perf_counter()
     try:
-        findings = analyse(header, name, models, settings, in_file)
+        findings = analyse(header, name, models, settings, in_file, timings)
     except LusPacsError:
         raise
     # A model or a pre-processing step failing on one cine is that cine's failure only.
     except Exception as exc:
         log.exception("%s: the analysis failed", name)
         raise StageError(name, "analyse", describe(exc)) from exc
-    timings["decode+inference"] = (time.perf_counter() - start) * 1000
     start = time.perf_counter()
     failed: dict[OutputKind, str] = {}
     objects = encode(findings, header, settings.output_kinds, models.key, failed, revision)

@@ -289,6 +289,8 @@ class CineRecord:
     models: Mapping[str, str]
     """Family name -> bundle version of every model that ran."""
     timings_ms: Mapping[str, float]
+    """Milliseconds of each stage: ``read``, ``decode``, each family that ran by its name, and
+    ``encode`` (the result objects made and written)."""
     outputs_failed: tuple[FailedOutputRecord, ...] = ()
     """Result objects that could not be made for this source, with the reason."""
 

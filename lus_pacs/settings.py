@@ -117,6 +117,9 @@ class Settings(BaseModel):
     max_cine_pixels: int = Field(default=1_500_000_000, ge=1)
     """A cine of more pixels (frames x rows x columns) is refused with the limit named. The
     decoded cine takes one byte a pixel, and the node's peak memory is about that plus 1 GB."""
+    metrics_port: int | None = Field(default=9464, ge=0, lt=65536)
+    """Port of the Prometheus metrics (``/metrics``), on the listener's ``host``; 0 takes any
+    free port, None serves none."""
     destinations: tuple[DicomDestination, ...] = ()
     """Where results are sent by C-STORE, each by its own exporter (a hung PACS delays only its
     own results); with none, results stay in the results folder."""

@@ -39,6 +39,8 @@ def write_config(
         "retry_base_s = 0.5",
         "retry_max_s = 2.0",
     ]
+    if "metrics_port" not in extra:
+        lines.append("metrics_port = 0")  # any free port: nodes of parallel tests never collide
     lines += [f"{key} = {value!r}".replace("'", '"') for key, value in extra.items()]
     lines += ["", "[segmentation]", f"mc_samples = {MC_SAMPLES}"]
     if orthanc is not None:

@@ -444,3 +444,49 @@ def _complete_summaries(orthanc: OrthancHandle, sources: Mapping[str, pydicom.Da
             if cines == studies.get(str(ds.StudyInstanceUID)):
                 complete.add(str(ds.StudyInstanceUID))
     return len(complete)
+
+
+def _scrape(node: NodeProcess) -> dict[str, float]:
+    """The node's /metrics, as sample name with labels -> value."""
+    import re
+    import urllib.request
+
+    (port,) = re.findall(r"Metrics on http://127\.0\.0\.1:(\d+)/metrics", node.log_text())
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def test_the_metrics_move_for_a_pushed_cine(
+    tmp_path: Path, orthanc: OrthancHandle, sources: list[Path]
+) -> None:
+    node = NodeProcess(
+        write_config(tmp_path, orthanc, models=DELIVERY_MODELS, output_kinds=DELIVERY_KINDS)
+    )
+    node.start()
+    try:
+        before = _scrape(node)
+        assert before['lus_pacs_jobs{state="queued"}'] == 0
+        assert storescu(node.port, sources[:1]).returncode == 0
+        wait_for(lambda: orthanc.count() >= 2, 120, "the results in the PACS")
+        wait_for(
+            lambda: _scrape(node).get('lus_pacs_results_sent_total{destination="pacs"}') == 1,
+            30,
+            "the delivery counted",
+        )
+        after = _scrape(node)
+    finally:
+        node.stop()
+    assert after['lus_pacs_instances_received_total{outcome="new"}'] == 1
+    assert after['lus_pacs_cines_processed_total{outcome="done"}'] == 1
+    assert after['lus_pacs_jobs{state="sent"}'] == 1
+    assert after["lus_pacs_queue_depth"] == 0
+    # Every stage of the cine was timed once: read, decode, each model, encode.
+    for stage in ("read", "decode", *DELIVERY_MODELS, "encode"):
+        assert after[f'lus_pacs_stage_seconds_count{{stage="{stage}"}}'] == 1, stage
+        assert after[f'lus_pacs_stage_seconds_sum{{stage="{stage}"}}'] > 0, stage

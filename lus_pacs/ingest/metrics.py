@@ -1,0 +1,102 @@
+"""The node's Prometheus metrics, served over HTTP beside the DICOM listener (the node's other
+network endpoint).
+
+Per-stage latency histograms (read, decode, each model family, encode), jobs by state and the
+queue depth (read from the job store when scraped), instances received by what the store made
+of them, cines processed and failed, and result sets sent and failed by destination. Every
+metric is in the node's own registry, so that two nodes in one process do not share counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from lus_pacs.domain import JobState
+
+STAGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+"""Seconds: a stage of one cine takes from milliseconds (decode) to minutes (segmentation of
+every frame on a CPU)."""
+
+
+class _Jobs(Collector):
+    """Jobs by state and the queue depth, as the job store has them at scrape time."""
+
+    def __init__(self, counts: Callable[[], Mapping[JobState, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._counts()
+        jobs = GaugeMetricFamily(
+            "lus_pacs_jobs", "Jobs in the job store by state", labels=["state"]
+        )
+        for state in JobState:
+            jobs.add_metric([state.value], counts.get(state, 0))
+        yield jobs
+        yield GaugeMetricFamily(
+            "lus_pacs_queue_depth",
+            "Cines received and waiting to be processed",
+            value=counts.get(JobState.QUEUED, 0),
+        )
+
+
+class NodeMetrics:
+    """The metrics of one node; ``jobs`` reads the job store's counts by state."""
+
+    def __init__(self, jobs: Callable[[], Mapping[JobState, int]]) -> None:
+        self.registry = CollectorRegistry()
+        self.stage_seconds = Histogram(
+            "lus_pacs_stage_seconds",
+            "Seconds one stage took for one cine: read, decode, each model family, encode",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=self.registry,
+        )
+        self.received = Counter(
+            "lus_pacs_instances_received",
+            "Instances stored by the listener, by what the job store made of them",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.processed = Counter(
+            "lus_pacs_cines_processed",
+            "Cines processed, by outcome (done, or failed with a reason)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.sent = Counter(
+            "lus_pacs_results_sent",
+            "Result sets (a cine's objects, or a study summary) delivered, by destination",
+            ["destination"],
+            registry=self.registry,
+        )
+        self.send_failed = Counter(
+            "lus_pacs_results_failed",
+            "Failed delivery attempts, by destination",
+            ["destination"],
+            registry=self.registry,
+        )
+        self.registry.register(_Jobs(jobs))
+        self._server: WSGIServer | None = None
+
+    def observe(self, timings_ms: Mapping[str, float]) -> None:
+        """One cine's stage timings (the record's ``timings_ms``)."""
+        for stage, ms in timings_ms.items():
+            self.stage_seconds.labels(stage).observe(ms / 1000)
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve ``/metrics`` on ``host``:``port`` (0: any free port) in a background thread;
+        returns the bound port."""
+        server, _ = start_http_server(port, host, registry=self.registry)
+        self._server = server
+        return int(server.server_port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
