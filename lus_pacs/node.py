@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 _IDLE_S = 0.5
 _RESUME_S = 10.0
-"""Seconds the worker waits after a failure of the disk or the job store."""
+"""Seconds a loop of the node waits after a failure of the disk or the job store."""
 
 
 class Node:
@@ -141,22 +141,15 @@ class Node:
             record, outputs = process_file(
                 job.instance.path, self.models, self.settings, out_dir, revision=job.revision
             )
-        except StageError as exc:
-            if exc.stage == "write":
+        except LusPacsError as exc:
+            if isinstance(exc, StageError) and exc.stage == "write":
                 raise  # the disk, not the cine: the job is tried again
             log.error("Failed %s: %s", uid, exc)
-            self.store.jobs.fail(job.id, str(exc))
-            self.metrics.processed.labels("failed").inc()
-            return
-        except LusPacsError as exc:
-            log.error("Failed %s: %s", uid, exc)
-            self.store.jobs.fail(job.id, str(exc))
-            self.metrics.processed.labels("failed").inc()
+            self._fail(job, str(exc))
             return
         except Exception as exc:  # one bad cine must not stop the worker
             log.exception("Failed %s: unexpected error", uid)
-            self.store.jobs.fail(job.id, f"unexpected error: {exc!r}")
-            self.metrics.processed.labels("failed").inc()
+            self._fail(job, f"unexpected error: {exc!r}")
             return
         self.store.jobs.finish(
             job.id, record.dumps(), outputs, [d.name for d in self.settings.destinations]
@@ -165,6 +158,10 @@ class Node:
         self.metrics.processed.labels("done").inc()
         b_lines = to_json(record.b_lines) if record.b_lines else {}
         log.info("Processed %s (zone %s): %s", uid, record.source.zone, b_lines)
+
+    def _fail(self, job: Job, reason: str) -> None:
+        self.store.jobs.fail(job.id, reason)
+        self.metrics.processed.labels("failed").inc()
 
     # Delivering
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import socket
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import BinaryIO
 
 from pydicom import Dataset
 from pydicom.uid import UID
@@ -87,15 +89,8 @@ class Receiver:
                 return SUCCESS
             log.warning("Refused %s from %s: %s is not processed", sop_instance, calling, name)
             return REFUSED_SOP_CLASS
-        try:
-            ds = event.dataset
-            study, series = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
-        except Exception as exc:  # a malformed dataset must never escape into pynetdicom
-            log.warning("Refused %s from %s: unreadable dataset (%s)", sop_instance, calling, exc)
-            return CANNOT_UNDERSTAND
         limit = self._settings.max_instance_bytes
-        received = getattr(event.request, "DataSet", None)  # the data set's bytes as received
-        size = received.getbuffer().nbytes if received is not None else 0
+        size, content = _size_and_digest(getattr(event.request, "DataSet", None))
         if size > limit:
             log.warning(
                 "Refused %s from %s: %d bytes is over the limit of %d (max_instance_bytes)",
@@ -109,7 +104,12 @@ class Receiver:
             over.ErrorComment = "over the node's max_instance_bytes"
             return over
         try:
-            content = hashlib.sha256(event.encoded_dataset(include_meta=False)).hexdigest()
+            ds = event.dataset
+            study, series = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+        except Exception as exc:  # a malformed dataset must never escape into pynetdicom
+            log.warning("Refused %s from %s: unreadable dataset (%s)", sop_instance, calling, exc)
+            return CANNOT_UNDERSTAND
+        try:
             # Named by its content too: other content under a known UID never overwrites the
             # copy its results were made from.
             name = f"{_safe(sop_instance)}-{content[:16]}.dcm"
@@ -320,6 +320,15 @@ class _PeerNoise(logging.Filter):
 
 _PEER_NOISE = _PeerNoise()
 _PEER_LOGGERS = ("pynetdicom.dul", "pynetdicom.transport", "pynetdicom.fsm")
+
+
+def _size_and_digest(raw: BinaryIO | None) -> tuple[int, str]:
+    """Size and SHA-256 of a received data set's bytes (pynetdicom's buffer), read where they
+    lie: no copy of a cine of hundreds of MB on the association's thread."""
+    if not isinstance(raw, io.BytesIO):
+        return 0, hashlib.sha256(b"").hexdigest()
+    with raw.getbuffer() as view:
+        return view.nbytes, hashlib.sha256(view).hexdigest()
 
 
 def _safe(uid: str) -> str:
