@@ -1,39 +1,60 @@
-"""How the node's processing compares with the time the cines last (issue 20), per stage.
+"""How the node's processing compares with the time the cines last (issue 20), per stage, for
+the eager path before this issue and the node now, side by side in one run.
 
 A simulated 6-zone exam of 60-frame 640 x 480 cines at 30 fps (12 s of cine) goes through every
 default model as the node runs them (``process_file``: read, decode, each family, the result
-objects made and written), in a fresh process; it prints each stage's mean milliseconds per
-cine, the processing time against the cine time (the real-time factor; real time is 1.0) and the
-process's peak memory.
+objects made and written), once per column, each in a fresh process:
 
-Issue 20 asks for the eager path and a faster inference runtime side by side; the runtime is
-not built yet, so this prints the eager path only, the baseline that runtime must beat by 8x.
+* ``dc23332``: the node at that commit (a git worktree of it): eager PyTorch, every
+  segmentation pass through the three whole networks: the baseline the issue measured;
+* ``torch``: the node now with ``runtime = "torch"`` (eager PyTorch, the reference);
+* ``onnx``: the node now with its defaults (ONNX Runtime).
 
-    .venv/bin/python bench/realtime.py
+It prints each stage's mean milliseconds per cine, the real-time factor (processing time /
+cine duration; real time is 1.0, the target 0.5), the process's peak memory and, last, the
+speed-up of the node over the baseline (target 8x).
+
+With ``--e2e`` it then measures the end-to-end latency with a real PACS: a ``lus-pacs serve``
+with its defaults sending to a test Orthanc; 11 cines are pushed one at a time with storescu
+(the first warms the node up and is not counted) and for each the time from storescu's end (the
+last C-STORE answered and the association released) to the moment Orthanc holds every result
+object of the cine is taken; p50 and p95 over the 10 (target p95 <= 3 s).
+
+    .venv/bin/python bench/realtime.py [--e2e] [--no-baseline]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from lus_pacs.synth.exam import SynthOptions, synthesize
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the tests' Orthanc and node helpers
+
+from lus_pacs.synth.exam import SynthOptions, synthesize  # noqa: E402
 
 ZONES, FRAMES, FPS = 6, 60, 30.0
+BASELINE = "dc23332"
+PUSHES = 10
 
 RUN = """
 import json, sys, time
 from pathlib import Path
 from lus_pacs.pipeline import Models, process_file
 from lus_pacs.settings import Settings
-settings = Settings()
+settings = Settings(**json.loads(sys.argv[2]))
 models = Models.load(settings)
 timings = []
 started = time.perf_counter()
-for path in sys.argv[2:]:
+for path in sys.argv[3:]:
     record, _ = process_file(Path(path), models, settings, Path(sys.argv[1]))
     timings.append(dict(record.timings_ms))
 elapsed = time.perf_counter() - started
@@ -42,39 +63,147 @@ print(json.dumps({"timings": timings, "elapsed_s": elapsed, "peak_bytes": int(pe
 """
 
 
-def _run(cines: list[Path], out: Path) -> dict[str, object]:
+def _run(
+    cines: list[Path], out: Path, settings: dict[str, str], code: Path = ROOT
+) -> dict[str, object]:
     done = subprocess.run(
-        [sys.executable, "-c", RUN, str(out), *map(str, cines)],
+        [sys.executable, "-c", RUN, str(out), json.dumps(settings), *map(str, cines)],
         capture_output=True,
         text=True,
         check=True,
+        cwd=code,
+        env={"PYTHONPATH": str(code), "PATH": "/usr/bin:/bin"},
     )
     result: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
     return result
 
 
+def _baseline(cines: list[Path], tmp: Path) -> dict[str, object]:
+    tree = tmp / "baseline"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), BASELINE],
+        capture_output=True,
+        check=True,
+    )
+    try:
+        return _run(cines, tmp / "out-baseline", {}, code=tree)
+    finally:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+            capture_output=True,
+            check=False,
+        )
+
+
+def _latency(cines: list[Path], tmp: Path) -> list[float]:
+    """Seconds from each push's end to its last result in Orthanc, the first push left out."""
+    from tests.node_process import SCANNER_AE, NodeProcess, storescu
+    from tests.orthanc import free_ports, running_orthanc
+
+    with running_orthanc(tmp) as orthanc:
+        port, metrics = free_ports(2)
+        config = tmp / "node.toml"
+        config.write_text(
+            "\n".join(
+                [
+                    f"port = {port}",
+                    f"metrics_port = {metrics}",
+                    f'data_dir = "{tmp / "node"}"',
+                    f'allowed_calling_aes = ["{SCANNER_AE}"]',
+                    # the per-study summary is timed by the study, not the cine
+                    'output_kinds = ["sr", "kos", "seg", "seg-binary", "pr"]',
+                    "[[destinations]]",
+                    'name = "pacs"',
+                    f'ae_title = "{orthanc.aet}"',
+                    'host = "127.0.0.1"',
+                    f"port = {orthanc.dicom_port}",
+                ]
+            )
+            + "\n"
+        )
+        node = NodeProcess(config)
+        node.start()
+        try:
+            seconds = []
+            per_cine = 0
+            for i, cine in enumerate(cines[: PUSHES + 1]):
+                before = len(orthanc.instances())
+                pushed = storescu(node.port, [cine])
+                done = time.monotonic()
+                if pushed.returncode != 0:
+                    raise RuntimeError(f"storescu failed: {pushed.stderr}")
+                if i == 0:  # learn how many objects a cine gives: wait until none arrive for 10 s
+                    count, still = before, time.monotonic()
+                    while time.monotonic() - still < 10 or count == before:
+                        time.sleep(0.2)
+                        now = len(orthanc.instances())
+                        if now != count:
+                            count, still = now, time.monotonic()
+                    per_cine = count - before
+                    continue
+                while len(orthanc.instances()) < before + per_cine:
+                    time.sleep(0.02)
+                seconds.append(time.monotonic() - done)
+            return seconds
+        finally:
+            node.stop()
+
+
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--e2e", action="store_true", help="also the latency with Orthanc")
+    parser.add_argument("--no-baseline", action="store_true", help=f"skip {BASELINE}")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
         records = synthesize(
-            Path(tmp) / "exam", SynthOptions(patients=1, seed=20, zones=ZONES, frames=FRAMES)
+            tmp / "exam", SynthOptions(patients=2, seed=20, zones=ZONES, frames=FRAMES)
         )
         cines = [r.dicom for r in records]
-        result = _run(cines, Path(tmp) / "out")
-    timings = result["timings"]
-    assert isinstance(timings, list)
-    stages = list(timings[0])
-    cine_s = len(cines) * FRAMES / FPS
-    elapsed = float(str(result["elapsed_s"]))
-    print(f"{len(cines)} cines of {FRAMES} frames 640x480 at {FPS:g} fps ({cine_s:g} s of cine)")
-    print("stage             mean ms per cine")
+        exam = cines[:ZONES]
+        results: dict[str, dict[str, object]] = {}
+        if not args.no_baseline:
+            results[BASELINE] = _baseline(exam, tmp)
+        results["torch"] = _run(exam, tmp / "out-torch", {"runtime": "torch"})
+        results["onnx"] = _run(exam, tmp / "out-onnx", {"runtime": "onnx"})
+        latency = _latency(cines, tmp) if args.e2e else []
+        if shutil.which("git") is None:  # pragma: no cover - the baseline needs a checkout
+            print("git is missing: no baseline")
+
+    cine_s = len(exam) * FRAMES / FPS
+    print(f"{len(exam)} cines of {FRAMES} frames 640x480 at {FPS:g} fps ({cine_s:g} s of cine)")
+    stages: list[str] = []
+    for result in results.values():
+        timings = result["timings"]
+        assert isinstance(timings, list)
+        stages += [s for s in timings[0] if s not in stages]
+    print(f"{'stage (mean ms per cine)':<26}" + "".join(f"{name:>10}" for name in results))
     for stage in stages:
-        mean = sum(t.get(stage, 0.0) for t in timings) / len(timings)
-        print(f"  {stage:<16}{mean:10.0f}")
-    peak = float(str(result["peak_bytes"])) / 1e9
-    print(f"peak memory {peak:.2f} GB")
+        row = ""
+        for result in results.values():
+            timings = result["timings"]
+            assert isinstance(timings, list)
+            row += f"{sum(t.get(stage, 0.0) for t in timings) / len(timings):10.0f}"
+        print(f"  {stage:<24}{row}")
+    elapsed = {name: float(str(r["elapsed_s"])) for name, r in results.items()}
+    print(f"{'processing s':<26}" + "".join(f"{elapsed[n]:10.1f}" for n in results))
+    print(f"{'real-time factor':<26}" + "".join(f"{elapsed[n] / cine_s:10.2f}" for n in results))
+    peaks = {name: float(str(r["peak_bytes"])) / 1e9 for name, r in results.items()}
+    print(f"{'peak memory GB':<26}" + "".join(f"{peaks[n]:10.2f}" for n in results))
+    if latency:
+        p50, p95 = np.percentile(latency, [50, 95])
+        print(
+            f"end to end, last C-STORE answer to last result in Orthanc, {len(latency)} pushes: "
+            f"p50 {p50:.2f} s, p95 {p95:.2f} s (target p95 3 s)"
+        )
     print(
-        f"eager: {elapsed:.1f} s of processing for {cine_s:g} s of cine: real-time factor "
-        f"{elapsed / cine_s:.2f} (target 0.50; the runtime column comes with the runtime)"
+        f"onnx: real-time factor {elapsed['onnx'] / cine_s:.2f} (target 0.50); "
+        f"torch / onnx = {elapsed['torch'] / elapsed['onnx']:.2f}x"
+        + (
+            f"; {BASELINE} / onnx = {elapsed[BASELINE] / elapsed['onnx']:.2f}x (target 8x)"
+            if BASELINE in elapsed
+            else ""
+        )
     )
 
 

@@ -63,7 +63,7 @@ class SegmentationSettings(BaseModel):
     with Monte-Carlo dropout (see the model card)."""
     every: int = Field(default=10, ge=1)
     mc_samples: int | None = Field(default=None, ge=0)
-    """Monte-Carlo dropout passes per frame; None takes the bundle's default (40); 0 runs once
+    """Monte-Carlo dropout passes per frame; None takes the bundle's default (10); 0 runs once
     with dropout off and reports no uncertainty."""
 
 
@@ -123,6 +123,11 @@ class Settings(BaseModel):
     destinations: tuple[DicomDestination, ...] = ()
     """Where results are sent by C-STORE, each by its own exporter (a hung PACS delays only its
     own results); with none, results stay in the results folder."""
+    runtime: Literal["onnx", "torch"] = "onnx"
+    """Where the networks of the key-frame, severity and segmentation families run: ONNX
+    Runtime (each network exported in memory as it loads; two to three times faster on a CPU,
+    ``bench/realtime.py``) or eager PyTorch, the reference they are tested against (outputs
+    within 1e-4, the same findings)."""
     workers: int = Field(default=1, ge=1)
     """Cines processed at once. Each worker uses every core PyTorch is given, so more than one
     helps only on a machine with cores to spare."""

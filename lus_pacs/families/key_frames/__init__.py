@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 def _load(folder: Path, settings: Settings) -> Runner:
     from lus_pacs.families.key_frames.inference import KeyFrameModel
 
-    model = KeyFrameModel.load(folder)
+    model = KeyFrameModel.load(folder, settings.runtime)
     return Runner(model.model.version, lambda cine, _: model.predict(cine))
 
 

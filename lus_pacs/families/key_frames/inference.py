@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import torch
+from torch import nn
 
 from lus_pacs.domain import Cine, KeyFrameFindings, ModelInfo, PoorReason, Quality
 from lus_pacs.families.key_frames.network import (
@@ -32,6 +33,7 @@ from lus_pacs.families.key_frames.network import (
 )
 from lus_pacs.families.key_frames.similarity import tissue_mask
 from lus_pacs.inference.bundle import load_bundle
+from lus_pacs.inference.runtime import Compiled, Runtime, compile_module
 
 _BATCH = 32
 _REASONS = {
@@ -73,14 +75,15 @@ def to_input(images: npt.NDArray[np.uint8]) -> torch.Tensor:
 
 
 def frame_probabilities(
-    network: KeyFrameNet, images: npt.NDArray[np.uint8]
+    network: KeyFrameNet | Compiled, images: npt.NDArray[np.uint8]
 ) -> npt.NDArray[np.float32]:
-    """Sigmoid of every output for each image, (n, len(OUTPUTS)); the network in eval mode."""
-    network.eval()
+    """Sigmoid of every output for each image, (n, len(OUTPUTS)): the network run in eval mode,
+    or the network compiled for a runtime (:func:`~lus_pacs.inference.runtime.compile_module`)."""
+    run = compile_module(network, [], Runtime.TORCH) if isinstance(network, nn.Module) else network
     out = []
-    with torch.inference_mode():
-        for start in range(0, len(images), _BATCH):
-            out.append(torch.sigmoid(network(to_input(images[start : start + _BATCH]))).numpy())
+    for start in range(0, len(images), _BATCH):
+        (logits,) = run(to_input(images[start : start + _BATCH]))
+        out.append(torch.sigmoid(logits).numpy())
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
@@ -122,21 +125,25 @@ class KeyFrameModel:
     model: ModelInfo
     threshold: float
     reason_threshold: float
+    compiled: Compiled
+    """The network on the runtime it was loaded for."""
 
     @classmethod
-    def load(cls, folder: Path) -> KeyFrameModel:
+    def load(cls, folder: Path, runtime: Runtime | str = Runtime.ONNX) -> KeyFrameModel:
         bundle = load_bundle(folder, expected=(KeyFrameNet,))
         network = bundle.network
         assert isinstance(network, KeyFrameNet)
+        example = torch.zeros(1, 1, INPUT_SIZE, INPUT_SIZE)
         return cls(
             network=network.eval(),
             model=bundle.model,
             threshold=float(bundle.config.get("threshold", 0.5)),
             reason_threshold=float(bundle.config.get("reason_threshold", 0.5)),
+            compiled=compile_module(network, [example], runtime),
         )
 
     def predict(self, cine: Cine) -> KeyFrameFindings:
-        probabilities = frame_probabilities(self.network, frame_images(cine))
+        probabilities = frame_probabilities(self.compiled, frame_images(cine))
         return decide(
             probabilities, self.model, self.threshold, self.reason_threshold, cine.intact()
         )

@@ -22,7 +22,7 @@ def _load(folder: Path, settings: Settings) -> Runner:
     from lus_pacs.families.segmentation.inference import SegmentationModel, frames_to_segment
 
     chosen = settings.segmentation
-    model = SegmentationModel.load(folder, chosen.mc_samples)
+    model = SegmentationModel.load(folder, chosen.mc_samples, settings.runtime)
 
     def predict(cine: Cine, found: Found) -> SegmentationFindings:
         key = [k.frame for k in found.key_frames]

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -50,6 +51,9 @@ from lus_pacs.families.segmentation.network import (
     mc_dropout_predict,
 )
 from lus_pacs.training.simulated import find_simulated
+
+if TYPE_CHECKING:
+    from lus_pacs.families.segmentation.inference import SegmentationModel
 
 ENSEMBLE = "ensemble"
 UNCALIBRATED = "ensemble_without_bias"
@@ -203,6 +207,78 @@ def border_and_inside_uncertainty(
     return {**out, "border_pixels": float(border_n), "inside_pixels": float(inside_n)}
 
 
+@dataclass(frozen=True)
+class PassesRow:
+    """How the label uncertainty of ``passes`` Monte-Carlo dropout passes flags the pixels the
+    label map gets wrong (:func:`uncertainty_by_passes`)."""
+
+    passes: int
+    error_auc: float
+    """AUC of the uncertainty as a score for wrongly labelled pixels (0.5: no better than
+    chance)."""
+    error_rate_by_bin: tuple[float, ...]
+    """Share of wrong pixels in each uncertainty bin (bins fixed by the reference's quantiles)."""
+    agreement: float
+    """Pearson correlation of the per-pixel uncertainty with the reference's."""
+    seconds_per_frame: float
+
+
+def uncertainty_by_passes(
+    model: SegmentationModel,
+    frames: MaskedFrames,
+    passes: Sequence[int],
+    quantiles: Sequence[float] = (0.5, 0.9, 0.95, 0.99),
+    progress: bool = True,
+) -> list[PassesRow]:
+    """For each number of ``passes`` (the largest is the reference), how well the node's label
+    uncertainty tells wrong pixels from right ones on ``frames`` (true masks known): the error
+    AUC, the error rate in each uncertainty bin, the bins' edges the reference's ``quantiles``
+    (calibration: how often a pixel that uncertain is wrong), the correlation with
+    the reference uncertainty and the seconds per frame. Each frame's masks are seeded by its
+    index, as the node seeds them by cine and frame."""
+    import time
+
+    from lus_pacs.training.metrics import roc_auc
+
+    reference = max(passes)
+    uncertainty: dict[int, list[npt.NDArray[np.float32]]] = {n: [] for n in passes}
+    seconds = dict.fromkeys(passes, 0.0)
+    wrong = []
+    for i in tqdm(range(len(frames)), desc="passes", unit="frame", disable=not progress):
+        x = frames.x[i : i + 1].float()
+        label = None
+        for n in passes:
+            model.samples = n
+            start = time.perf_counter()
+            probabilities, u = model.probabilities(x, torch.Generator().manual_seed(i))
+            seconds[n] += time.perf_counter() - start
+            assert u is not None
+            uncertainty[n].append(u[0].numpy().ravel())
+            label = probabilities.argmax(dim=1)[0].numpy().ravel()
+        wrong.append(label != frames.y[i].numpy().ravel())
+    errors = np.concatenate(wrong)
+    ref = np.concatenate(uncertainty[reference])
+    edges = np.quantile(ref, quantiles)
+    rows = []
+    for n in passes:
+        values = np.concatenate(uncertainty[n])
+        which = np.digitize(values, edges)
+        rates = tuple(
+            float(errors[which == b].mean()) if (which == b).any() else float("nan")
+            for b in range(len(edges) + 1)
+        )
+        rows.append(
+            PassesRow(
+                passes=n,
+                error_auc=roc_auc(values, errors),
+                error_rate_by_bin=rates,
+                agreement=float(np.corrcoef(values, ref)[0, 1]),
+                seconds_per_frame=seconds[n] / max(len(frames), 1),
+            )
+        )
+    return rows
+
+
 CLASS_COLOURS = np.array(
     [(31, 119, 180), (255, 215, 0), (255, 127, 14), (214, 39, 40), (0, 0, 0)], np.uint8
 )
@@ -307,6 +383,8 @@ class BundleEvaluation:
     """:func:`border_and_inside_uncertainty` on the frames with pathology measured."""
     uncertainty_frames: int
     """How many frames with pathology were measured with MC dropout."""
+    by_passes: list[PassesRow]
+    """:func:`uncertainty_by_passes` on those frames, when passes were asked for."""
 
 
 def evaluate_bundle(
@@ -317,26 +395,34 @@ def evaluate_bundle(
     samples: int = 40,
     uncertainty_frames: int = 24,
     figure: Path | None = None,
+    passes: Sequence[int] = (),
 ) -> BundleEvaluation:
     """Table IV of a segmentation bundle on every ``every``-th frame of the simulated exams
     under ``data_root``; the MC-dropout uncertainty (``samples`` passes) at structure borders and
     insides on ``uncertainty_frames`` frames with pathology spread over the set; with ``figure``,
-    the uncertainty figure (the paper's Fig. 6) written there."""
+    the uncertainty figure (the paper's Fig. 6) written there; with ``passes``, how the
+    uncertainty of each number of passes flags wrong pixels (:func:`uncertainty_by_passes`)."""
     from lus_pacs.families.segmentation.inference import SegmentationModel
 
     model = SegmentationModel.load(bundle)
     frames = load_masked_frames(simulated_masked_cines(find_simulated(data_root), every=every))
     result = evaluate(model.ensemble, frames)
+    picked = pathology_frames(frames, uncertainty_frames)
+    borders = border_and_inside_uncertainty(model.ensemble, picked, samples)
+    if figure:
+        uncertainty_figure(model.ensemble, frames, _figure_examples(frames), samples, figure)
+    by_passes = uncertainty_by_passes(model, picked, passes) if passes else []
+    return BundleEvaluation(result, borders, len(picked), by_passes)
+
+
+def pathology_frames(frames: MaskedFrames, n: int) -> MaskedFrames:
+    """``n`` of the frames with pathology (a score 1-3 pixel), spread evenly over the set."""
     sick = np.flatnonzero(((frames.y >= 1) & (frames.y <= 3)).flatten(1).any(dim=1).numpy())
-    step = max(1, len(sick) // max(uncertainty_frames, 1))
-    subset = sick[::step][:uncertainty_frames].tolist()
-    picked = MaskedFrames(
+    step = max(1, len(sick) // max(n, 1))
+    subset = sick[::step][:n].tolist()
+    return MaskedFrames(
         x=frames.x[subset],
         y=frames.y[subset],
         patient=tuple(frames.patient[i] for i in subset),
         score=frames.score[subset],
     )
-    borders = border_and_inside_uncertainty(model.ensemble, picked, samples)
-    if figure:
-        uncertainty_figure(model.ensemble, frames, _figure_examples(frames), samples, figure)
-    return BundleEvaluation(result, borders, len(subset))

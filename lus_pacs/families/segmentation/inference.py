@@ -1,27 +1,27 @@
 """Run paper 003's segmentation ensemble on chosen frames of a cine: a label map per frame in
 source geometry and its Monte-Carlo dropout uncertainty.
 
-Each chosen frame is fitted into 200 x 260 (:func:`severity_frames`). With ``samples`` of 1 or
-more, every network runs ``samples`` times with dropout on (:func:`mc_dropout_predict`); the mean
-of those passes, adjusted by the ensemble's per-class bias (:class:`SegmentationEnsemble`), gives
-the label map (argmax) and their standard deviation the uncertainty of the chosen class at each
-pixel. With ``samples`` of 0 the networks run once with dropout off and no
-uncertainty is given. Label maps and uncertainty go back to the source geometry
-(:func:`to_source_geometry`); pixels outside the tissue region are background, with no
-uncertainty.
+Each chosen frame is fitted into 200 x 260 (:func:`severity_frames`). The ensemble runs split
+at its dropout layers (:func:`monte_carlo`): the part before them once per frame, the rest once
+with dropout off (its mean softmax, adjusted by the ensemble's per-class bias
+(:class:`SegmentationEnsemble`), gives the label map by argmax) and, with ``samples`` of 1 or
+more, ``samples`` times with dropout on: the standard deviation over those passes of the chosen
+class's probability is each pixel's uncertainty. With ``samples`` of 0 no uncertainty is given.
+Label maps and uncertainty go back to the source geometry (:func:`to_source_geometry`); pixels
+outside the tissue region are background, with no uncertainty. Both parts run on the chosen
+:class:`~lus_pacs.inference.runtime.Runtime` (ONNX Runtime by default).
 
-Dropout draws its masks from a generator seeded by the cine's SOP Instance UID: the same cine
-gives the same masks and uncertainty every time it is processed (a re-sent or re-processed cine
-gives identical result objects), and the global random state is left as it was.
+Dropout draws its masks from a generator seeded by the cine's SOP Instance UID and the frame:
+the same cine gives the same masks and uncertainty every time it is processed (a re-sent or
+re-processed cine gives identical result objects), and the global random state is untouched.
 
-Which frames are segmented is the caller's choice (:func:`frames_to_segment`): on a CPU one frame
-costs about 0.1 s per pass of the three networks, so 40 passes over every frame of a cine would
-take minutes.
+Which frames are segmented is the caller's choice (:func:`frames_to_segment`): on two CPU cores
+one frame costs about 40 ms per pass of the three networks' decoders, so 40 passes over every
+frame of a cine would take minutes.
 """
 
 from __future__ import annotations
 
-import threading
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,11 +35,15 @@ from lus_pacs.domain import Cine, ModelInfo, SegmentationFindings, SegmentedClas
 from lus_pacs.families.segmentation.network import (
     BACKGROUND,
     SegmentationEnsemble,
+    dropout_inputs,
+    ensemble_parts,
     label_uncertainty,
-    mc_dropout_predict,
+    monte_carlo,
+    split,
 )
 from lus_pacs.inference.bundle import load_bundle
-from lus_pacs.inference.transforms import severity_frames, to_source_geometry
+from lus_pacs.inference.runtime import Runtime, compile_module
+from lus_pacs.inference.transforms import SEVERITY_SIZE, severity_frames, to_source_geometry
 
 FRAME_CHOICES = ("key", "all", "every")
 """``key``: the frames the other models chose (B-line key frame, highest-severity frame);
@@ -76,58 +80,85 @@ class SegmentationModel:
         Identifies the bundle in every result.
     samples:
         Monte-Carlo dropout passes per frame (0: one pass with dropout off, no uncertainty).
+    runtime:
+        Where the networks run.
     """
 
-    def __init__(self, ensemble: SegmentationEnsemble, model: ModelInfo, samples: int = 40) -> None:
+    def __init__(
+        self,
+        ensemble: SegmentationEnsemble,
+        model: ModelInfo,
+        samples: int = 40,
+        runtime: Runtime | str = Runtime.ONNX,
+    ) -> None:
         if samples < 0:
             raise ValueError(f"samples must be 0 or more, got {samples}.")
         self.ensemble = ensemble.eval()
         self.model = model
         self.samples = samples
-        self._lock = threading.Lock()
+        self.runtime = Runtime(runtime)
+        members = list(ensemble.members.values())
+        example = torch.zeros(1, 1, *SEVERITY_SIZE)
+        trunk, tail = ensemble_parts(members, example)
+        with torch.inference_mode():
+            features = trunk(example)
+        ones = [torch.ones(1, features[i].shape[1], 1, 1) for i in dropout_inputs(tail.counts)]
+        self._trunk = compile_module(trunk, [example], self.runtime)
+        self._tail = compile_module(tail, [*features, *ones], self.runtime)
+        self._counts = tail.counts
+        self._rates = [float(split(m).dropout.p) for m in members]
 
     @classmethod
-    def load(cls, bundle_dir: Path, samples: int | None = None) -> SegmentationModel:
+    def load(
+        cls, bundle_dir: Path, samples: int | None = None, runtime: Runtime | str = Runtime.ONNX
+    ) -> SegmentationModel:
         """The model of a bundle folder such as ``models/segmentation``; ``samples`` defaults
         to the bundle's ``mc_samples``.
 
         Raises
         ------
         ModelError
-            The bundle is incomplete or is not a segmentation bundle.
+            The bundle is incomplete or is not a segmentation bundle, or cannot run on
+            ``runtime``.
         """
         bundle = load_bundle(bundle_dir, (SegmentationEnsemble,))
         default = int(bundle.config.get("mc_samples", 40))
         ensemble = cast(SegmentationEnsemble, bundle.network)  # load_bundle checked the class
-        return cls(ensemble, bundle.model, default if samples is None else samples)
+        return cls(ensemble, bundle.model, default if samples is None else samples, runtime)
 
-    def probabilities(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Class probabilities ``(B, CLASSES, H, W)`` of model-geometry frames, from one pass with
-        dropout off (what the evaluation measures and the class bias was fitted on), and, with
-        Monte-Carlo dropout, the uncertainty of the chosen class ``(B, H, W)``."""
+    def probabilities(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class probabilities ``(B, CLASSES, H, W)`` of 200 x 260 model-geometry frames, from
+        the pass with dropout off (what the evaluation measures and the class bias was fitted
+        on), and, with Monte-Carlo dropout, the uncertainty of the chosen class ``(B, H, W)``,
+        its masks drawn from ``generator``."""
+        plain, _, std = monte_carlo(
+            self._trunk,
+            lambda *inputs: self._tail(*inputs)[0],
+            self._counts,
+            self._rates,
+            x,
+            self.samples,
+            generator,
+        )
         with torch.inference_mode():
-            probabilities = self.ensemble.eval()(x)
-        if self.samples == 0:
+            probabilities = self.ensemble.adjust(plain)
+        if std is None:
             return probabilities, None
-        _, std = mc_dropout_predict(list(self.ensemble.members.values()), x, self.samples)
         return probabilities, label_uncertainty(probabilities, std)
 
     def predict(self, cine: Cine, frames: Sequence[int]) -> SegmentationFindings:
         """Label maps (and uncertainty) of the 1-based ``frames`` of ``cine``."""
         if not frames:
             raise ValueError("Choose at least one frame to segment.")
-        with self._lock:  # dropout modes and the seeded generator are the ensemble's state
-            return self._predict(cine, frames)
-
-    def _predict(self, cine: Cine, frames: Sequence[int]) -> SegmentationFindings:
         x = severity_frames(cine, frames)
         masks: list[npt.NDArray[np.uint8]] = []
         uncertainty: list[npt.NDArray[np.float32]] = []
         seed = zlib.crc32(cine.source.sop_instance_uid.encode())
         for i, frame in enumerate(frames):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed + frame)
-                mean, std = self.probabilities(x[i : i + 1])
+            generator = torch.Generator().manual_seed(seed + frame)
+            mean, std = self.probabilities(x[i : i + 1], generator)
             label = mean.argmax(dim=1)[0].numpy().astype(np.uint8)
             masks.append(
                 np.asarray(to_source_geometry(label, cine, background=BACKGROUND), np.uint8)

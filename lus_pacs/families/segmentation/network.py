@@ -45,7 +45,8 @@ Where the paper is silent, this module chooses:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol, cast
 
 import torch
 from monai.networks.blocks import ResidualUnit, SimpleASPP
@@ -142,12 +143,28 @@ class PaperUNet(nn.Module):
                 f"{self.divisor}, got {tuple(x.shape[-2:])}; resize or pad the frame "
                 "(the paper's 200 x 260 fits)."
             )
+        features = self.encode(x)
+        features[-1] = self.dropout(features[-1])
+        return self.decode(features, x.shape[-2:])
+
+    @property
+    def dropout(self) -> nn.Dropout2d:
+        """The latent block's channel dropout, the one Monte-Carlo dropout samples."""
+        return cast(nn.Dropout2d, self.latent[1])
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Everything before :attr:`dropout`: the three skips and the latent features (last)."""
         skips = []
         for block, pool in zip(self.encoder, self.pools, strict=True):
             x = block(x)
             skips.append(x)
             x = pool(x)
-        x = self.latent(x)
+        return [*skips, self.latent[0](x)]
+
+    def decode(self, features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+        """Logits from :meth:`encode`'s features, the last one after dropout (``size`` is the
+        input's, which the skips already have)."""
+        *skips, x = features
         for up, block, skip in zip(self.ups, self.decoder, reversed(skips), strict=True):
             x = block(torch.cat([up(x), skip], dim=1))
         return self.head(x)
@@ -202,17 +219,39 @@ class UNetPlusPlus(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, CLASSES, H, W)`` of frames ``(B, 1, H, W)`` of any size."""
-        rows, cols = x.shape[-2:]
+        features = self.encode(x)
+        features[-1] = self.dropout(features[-1])
+        return self.decode(features, x.shape[-2:])
+
+    @property
+    def dropout(self) -> nn.Dropout2d:
+        """The bottleneck's channel dropout, the one Monte-Carlo dropout samples."""
+        return self.bottleneck_dropout
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every node that does not depend on the bottleneck: per depth ``i`` below the
+        bottleneck, its nodes ``X[i][0] .. X[i][depth - 1 - i]`` concatenated, then the
+        bottleneck's features (last)."""
         x = _pad_to_multiple(x, 2 ** (self.depth + 1))
         grid: list[list[torch.Tensor]] = []
-        for i, stage in enumerate(self.encoder):
+        for stage in self.encoder:
             x = stage(x)
-            grid.append([self.bottleneck_dropout(x) if i == self.depth else x])
-        for j in range(1, self.depth + 1):
-            for i in range(self.depth + 1 - j):
+            grid.append([x])
+        for j in range(1, self.depth):
+            for i in range(self.depth - j):
                 up = self.ups[f"{i}_{j}"](grid[i + 1][j - 1])
                 grid[i].append(self.nodes[f"{i}_{j}"](torch.cat([*grid[i], up], dim=1)))
-        return self.head(grid[0][-1])[..., :rows, :cols]
+        return [torch.cat(grid[i], dim=1) for i in range(self.depth)] + [grid[self.depth][0]]
+
+    def decode(self, features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+        """Logits cropped to ``size`` from :meth:`encode`'s features, the last one after dropout:
+        the nodes ``X[i][depth - i]``, from the bottleneck up to ``X[0][depth]``."""
+        *rows, below = features
+        for i in reversed(range(self.depth)):
+            j = self.depth - i
+            up = self.ups[f"{i}_{j}"](below)
+            below = self.nodes[f"{i}_{j}"](torch.cat([rows[i], up], dim=1))
+        return self.head(below)[..., : size[0], : size[1]]
 
 
 def _conv_bn_relu(
@@ -278,12 +317,28 @@ class DeepLabV3Plus(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, CLASSES, H, W)`` of frames ``(B, 1, H, W)`` of any size."""
-        size = x.shape[-2:]
+        features = self.encode(x)
+        features[-1] = self.dropout(features[-1])
+        return self.decode(features, x.shape[-2:])
+
+    @property
+    def dropout(self) -> nn.Dropout2d:
+        """The channel dropout after the ASPP projection, the one Monte-Carlo dropout samples."""
+        return cast(nn.Dropout2d, self.aspp[2])
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Everything before :attr:`dropout`: the reduced stride-4 features and the projected
+        ASPP context (last)."""
         low = self.low_level(self.stem(x))
-        context = self.aspp(self.deep(low))
+        context = self.aspp[1](self.aspp[0](self.deep(low)))
+        return [self.reduce(low), context]
+
+    def decode(self, features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+        """Logits of input ``size`` from :meth:`encode`'s features, the last after dropout."""
+        low, context = features
         context = interpolate(context, size=low.shape[-2:], mode="bilinear", align_corners=False)
-        logits = self.decoder(torch.cat([context, self.reduce(low)], dim=1))
-        return interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        logits = self.decoder(torch.cat([context, low], dim=1))
+        return interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 SEGMENTATION_NETWORKS: dict[str, type[nn.Module]] = {
@@ -295,43 +350,186 @@ SEGMENTATION_NETWORKS: dict[str, type[nn.Module]] = {
 
 
 def enable_mc_dropout(module: nn.Module) -> None:
-    """Put ``module`` in eval mode except its dropout layers, which keep sampling."""
+    """Put ``module`` in eval mode except its dropout layers, which keep sampling (training with
+    dropout on; Monte-Carlo prediction draws its masks itself, :func:`monte_carlo`)."""
     module.eval()
     for layer in module.modules():
         if isinstance(layer, _DROPOUT_TYPES):
             layer.train()
 
 
-def mc_dropout_predict(
-    networks: Sequence[nn.Module], x: torch.Tensor, samples: int, batch: int = 1
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Monte-Carlo dropout prediction of an unweighted ensemble.
+class SplitNetwork(Protocol):
+    """A segmentation network split at its one Monte-Carlo dropout layer:
+    ``decode(encode(x) with dropout on its last feature, x's size)`` is its forward."""
 
-    Each of ``samples`` passes runs every network with dropout on and averages their softmax; the
-    result is the mean over passes and the per-pixel population standard deviation over passes,
-    both ``(B, CLASSES, H, W)``. With ``batch`` above 1, passes run that many frames at a time
-    (copies of the input, each drawing its own dropout mask); on a 2-core CPU that is slower than
-    one pass at a time (``bench/segmentation.py``), hence the default 1. The networks' training
-    flags are restored afterwards.
+    @property
+    def dropout(self) -> nn.Dropout2d: ...
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]: ...
+
+    def decode(self, features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor: ...
+
+
+def split(member: nn.Module) -> SplitNetwork:
+    """``member`` as a :class:`SplitNetwork` (every network of :data:`SEGMENTATION_NETWORKS`)."""
+    if not all(hasattr(member, name) for name in ("encode", "decode", "dropout")):
+        raise TypeError(f"{type(member).__name__} has no encode, decode and dropout.")
+    return cast(SplitNetwork, member)
+
+
+class EnsembleTrunk(nn.Module):
+    """The part of each network that Monte-Carlo dropout does not change, run once per frame:
+    frames ``(B, 1, H, W)`` to every member's ``encode`` features, one flat tuple in member
+    order (the last feature of each member is its dropout's input)."""
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(f for member in self.members for f in split(member).encode(x))
+
+
+class EnsembleTail(nn.Module):
+    """The rest, run once per pass: :class:`EnsembleTrunk`'s features and one channel mask
+    ``(B, C, 1, 1)`` per member (0, or 1 / (1 - p) for a kept channel; ones for the pass
+    without dropout) to the mean of the members' softmax ``(B, CLASSES, H, W)``.
+
+    Parameters
+    ----------
+    members
+        The networks, in the trunk's order.
+    counts
+        How many features each member's ``encode`` gives.
+    size
+        The frames' ``(H, W)``.
     """
+
+    def __init__(
+        self, members: Sequence[nn.Module], counts: Sequence[int], size: Sequence[int]
+    ) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.counts = tuple(counts)
+        self.size = tuple(int(s) for s in size)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        n = sum(self.counts)
+        features, masks = inputs[:n], inputs[n:]
+        probabilities = []
+        start = 0
+        for member, count, mask in zip(self.members, self.counts, masks, strict=True):
+            own = list(features[start : start + count])
+            start += count
+            own[-1] = own[-1] * mask
+            probabilities.append(channel_softmax(split(member).decode(own, self.size)))
+        return sum(probabilities[1:], probabilities[0]) / len(probabilities)
+
+
+def channel_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over dimension 1 written out (exp of the logits less their maximum, over their
+    sum): the same numbers as ``torch.softmax`` within float rounding, and in ONNX Runtime a few
+    element-wise operations instead of a Softmax on the channel axis that costs as much as a
+    decoder convolution."""
+    e = (logits - logits.amax(dim=1, keepdim=True)).exp()
+    return e / e.sum(dim=1, keepdim=True)
+
+
+def ensemble_parts(
+    members: Sequence[nn.Module], x: torch.Tensor
+) -> tuple[EnsembleTrunk, EnsembleTail]:
+    """:class:`EnsembleTrunk` and :class:`EnsembleTail` of ``members`` (in eval mode) for frames
+    shaped like ``x``."""
+    for member in members:
+        member.eval()
+    with torch.inference_mode():
+        counts = [len(split(member).encode(x[:1])) for member in members]
+    return EnsembleTrunk(members).eval(), EnsembleTail(members, counts, x.shape[-2:]).eval()
+
+
+def dropout_inputs(counts: Sequence[int]) -> list[int]:
+    """Where each member's dropout input is among the trunk's features, from how many features
+    each member gives (its last one)."""
+    return [sum(counts[: i + 1]) - 1 for i in range(len(counts))]
+
+
+def monte_carlo(
+    trunk: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+    tail: Callable[..., torch.Tensor],
+    counts: Sequence[int],
+    rates: Sequence[float],
+    x: torch.Tensor,
+    samples: int,
+    generator: torch.Generator | None = None,
+    batch: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Monte-Carlo dropout prediction of an ensemble split into ``trunk`` and ``tail`` (an
+    :class:`EnsembleTrunk` and :class:`EnsembleTail`, or the same compiled for another runtime).
+
+    The trunk runs once; the tail runs once with no dropout and then ``samples`` times, each
+    pass with channel masks drawn from ``generator`` for every member (``counts`` features and
+    dropout rate ``rates`` each), ``batch`` rows at a time (copies of the frames, each with its
+    own masks). Returns the mean softmax without dropout and, for ``samples`` of 1 or more, the
+    mean and the population standard deviation over the passes, all ``(B, CLASSES, H, W)``.
+    """
+    if samples < 0:
+        raise ValueError(f"samples must be 0 or more, got {samples}.")
+    features = list(trunk(x))
+    lasts = dropout_inputs(counts)
+    rows = len(x)
+
+    def masks(copies: int, dropout: bool) -> list[torch.Tensor]:
+        out = []
+        for last, rate in zip(lasts, rates, strict=True):
+            shape = (copies, features[last].shape[1], 1, 1)
+            if dropout and rate > 0:
+                keep = torch.full(shape, 1.0 - rate)
+                out.append(torch.bernoulli(keep, generator=generator) / (1.0 - rate))
+            else:
+                out.append(torch.ones(shape))
+        return out
+
+    plain = tail(*features, *masks(rows, dropout=False))
+    if samples == 0:
+        return plain, None, None
+    per_chunk = max(1, batch // rows)
+    chunks = []
+    for first in range(0, samples, per_chunk):
+        k = min(per_chunk, samples - first)
+        copies = [f.repeat(k, *([1] * (f.dim() - 1))) for f in features] if k > 1 else features
+        mean = tail(*copies, *masks(k * rows, dropout=True))
+        chunks.append(mean.reshape(k, rows, *mean.shape[1:]))
+    passes = torch.cat(chunks)
+    return plain, passes.mean(dim=0), passes.std(dim=0, correction=0)
+
+
+def mc_dropout_predict(
+    networks: Sequence[nn.Module],
+    x: torch.Tensor,
+    samples: int,
+    batch: int = 1,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Monte-Carlo dropout prediction of an unweighted ensemble of eager networks (each with
+    ``encode``, ``decode`` and ``dropout``): the mean over ``samples`` passes and the per-pixel
+    population standard deviation over passes, both ``(B, CLASSES, H, W)``
+    (:func:`monte_carlo`). Batch norm runs in eval mode; the networks' training flags are
+    restored afterwards."""
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}.")
     if not networks:
         raise ValueError("mc_dropout_predict needs at least one network.")
     flags = [(layer, layer.training) for network in networks for layer in network.modules()]
     try:
-        for network in networks:
-            enable_mc_dropout(network)
-        per_chunk = max(1, batch // len(x))
-        chunks = []
+        trunk, tail = ensemble_parts(networks, x)
+        rates = [float(split(n).dropout.p) for n in networks]
         with torch.inference_mode():
-            for first in range(0, samples, per_chunk):
-                k = min(per_chunk, samples - first)
-                copies = x.repeat(k, *([1] * (x.dim() - 1)))
-                mean = torch.stack([softmax(n(copies), dim=1) for n in networks]).mean(dim=0)
-                chunks.append(mean.reshape(k, *x.shape[:1], *mean.shape[1:]))
-            passes = torch.cat(chunks)
-            return passes.mean(dim=0), passes.std(dim=0, correction=0)
+            _, mean, std = monte_carlo(
+                trunk, tail, tail.counts, rates, x, samples, generator, batch
+            )
+        assert mean is not None
+        assert std is not None
+        return mean, std
     finally:
         for layer, training in flags:
             layer.training = training

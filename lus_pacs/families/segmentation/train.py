@@ -219,7 +219,7 @@ def train_segmentation(
     every: int = 5,
     folds: int = 5,
     weight_power: float = 0.0,
-    mc_samples: int = 40,
+    mc_samples: int = 10,
     networks_from: Path | None = None,
     progress: bool = True,
 ) -> SegmentationTraining:

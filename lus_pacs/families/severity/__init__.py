@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 def _load(folder: Path, settings: Settings) -> Runner:
     from lus_pacs.families.severity.inference import SeverityModel
 
-    model = SeverityModel.load(folder)
+    model = SeverityModel.load(folder, settings.runtime)
     return Runner(model.model.version, lambda cine, _: model.predict(cine))
 
 

@@ -20,6 +20,7 @@ from typing import cast
 
 import numpy as np
 import torch
+from torch import nn
 
 from lus_pacs.domain import Cine, ModelInfo, SeverityFindings
 from lus_pacs.families.measurements import check_feature_version
@@ -27,6 +28,7 @@ from lus_pacs.families.severity.measured import MeasuredSeverity
 from lus_pacs.families.severity.network import SeverityNet, theta_to_box
 from lus_pacs.inference.bundle import load_bundle
 from lus_pacs.inference.lung_features import cine_features
+from lus_pacs.inference.runtime import Runtime, compile_module
 from lus_pacs.inference.transforms import SEVERITY_SIZE, box_to_source, severity_frames
 
 
@@ -44,14 +46,20 @@ class SeverityModel:
     """
 
     def __init__(
-        self, network: SeverityNet | MeasuredSeverity, model: ModelInfo, batch_size: int = 32
+        self,
+        network: SeverityNet | MeasuredSeverity,
+        model: ModelInfo,
+        batch_size: int = 32,
+        runtime: Runtime | str = Runtime.ONNX,
     ) -> None:
         self.network = network.eval()
         self.model = model
         self.batch_size = batch_size
+        example = torch.zeros(1, 1, *SEVERITY_SIZE)
+        self._scorer = compile_module(_FrameScorer(self.paper_network), [example], runtime)
 
     @classmethod
-    def load(cls, bundle_dir: Path) -> SeverityModel:
+    def load(cls, bundle_dir: Path, runtime: Runtime | str = Runtime.ONNX) -> SeverityModel:
         """The model of a bundle folder such as ``models/severity``.
 
         Raises
@@ -63,7 +71,8 @@ class SeverityModel:
         bundle = load_bundle(bundle_dir, (SeverityNet, MeasuredSeverity))
         if isinstance(bundle.network, MeasuredSeverity):
             check_feature_version(bundle.config, bundle_dir, "lus-pacs fit severity")
-        return cls(cast(SeverityNet | MeasuredSeverity, bundle.network), bundle.model)
+        network = cast(SeverityNet | MeasuredSeverity, bundle.network)
+        return cls(network, bundle.model, runtime=runtime)
 
     @property
     def paper_network(self) -> SeverityNet:
@@ -77,12 +86,11 @@ class SeverityModel:
         networks, each frame's first transform (frames, 2, 3) in model geometry."""
         x = severity_frames(cine)
         probabilities, thetas = [], []
-        with torch.inference_mode():
-            for first in range(0, len(x), self.batch_size):
-                out = self.network(x[first : first + self.batch_size])
-                probabilities.append(torch.softmax(out.logits, dim=1))
-                if out.thetas is not None:
-                    thetas.append(out.thetas[:, 0])
+        for first in range(0, len(x), self.batch_size):
+            out = self._scorer(x[first : first + self.batch_size])
+            probabilities.append(out[0])
+            if len(out) > 1:
+                thetas.append(out[1])
         return torch.cat(probabilities), torch.cat(thetas) if thetas else None
 
     def predict(self, cine: Cine) -> SeverityFindings:
@@ -112,3 +120,17 @@ class SeverityModel:
             box=box,
             model=self.model,
         )
+
+
+class _FrameScorer(nn.Module):
+    """Paper 003's frame scorer as a function of frames to tensors (what a runtime compiles):
+    the score probabilities and, for spatial-transformer networks, the first transform."""
+
+    def __init__(self, network: SeverityNet) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.network(x)
+        probabilities = torch.softmax(out.logits, dim=1)
+        return (probabilities,) if out.thetas is None else (probabilities, out.thetas[:, 0])

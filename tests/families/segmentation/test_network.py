@@ -51,7 +51,7 @@ def test_paper_unet_latent_is_input_pooled_by_two_two_and_five() -> None:
     network = PaperUNet().eval()
     assert network.pooling == (2, 2, 5)
     seen: list[torch.Size] = []
-    network.latent.register_forward_hook(lambda _m, _i, out: seen.append(out.shape))
+    network.latent[0].register_forward_hook(lambda _m, _i, out: seen.append(out.shape))
     with torch.inference_mode():
         network(torch.zeros(1, 1, 200, 260))
     assert seen == [torch.Size([1, 128, 10, 13])]
