@@ -52,6 +52,8 @@ class Node:
         """The bound port of ``/metrics`` once started, None when the settings serve none."""
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._ready = {d.name: threading.Event() for d in settings.destinations}
+        """Per destination: results were queued for it (its exporter need not wait to poll)."""
         self._threads: list[threading.Thread] = []
         self._listener: Listener | None = None
 
@@ -98,6 +100,7 @@ class Node:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self._results_queued()
         if self._listener is not None:
             self._listener.stop()
         self.metrics.stop()
@@ -154,6 +157,7 @@ class Node:
         self.store.jobs.finish(
             job.id, record.dumps(), outputs, [d.name for d in self.settings.destinations]
         )
+        self._results_queued()
         self.metrics.observe(record.timings_ms)
         self.metrics.processed.labels("done").inc()
         b_lines = to_json(record.b_lines) if record.b_lines else {}
@@ -165,12 +169,18 @@ class Node:
 
     # Delivering
 
+    def _results_queued(self) -> None:
+        for ready in self._ready.values():
+            ready.set()
+
     def _export_loop(self, name: str) -> None:
         destination = self.settings.destination(name)
+        ready = self._ready[name]
         while not self._stop.is_set():
+            ready.clear()
             due = self.store.deliveries.due(destination=name)
             if not due:
-                self._stop.wait(_IDLE_S)
+                ready.wait(_IDLE_S)  # woken as soon as results are queued, or polls again
                 continue
             for delivery in due:
                 if self._stop.is_set():
@@ -255,6 +265,7 @@ class Node:
         (output,) = write_outputs([summary_sr], folder)
         destinations = [d.name for d in self.settings.destinations]
         if self.store.studies.record_summary(study, summary.dumps(), output, destinations):
+            self._results_queued()
             log.info("Study %s: summary SR %s queued", study, output.sop_instance_uid)
 
 
