@@ -21,12 +21,13 @@ from pathlib import Path
 
 import pydicom
 
-from lus_pacs.domain import Instance, Job, OutputKind, Received
+from lus_pacs.domain import Instance, Job, JobState, OutputKind, Received
 from lus_pacs.durable import durable_file
 from lus_pacs.errors import ExportError, LusPacsError, StageError
 from lus_pacs.export.dimse import store as c_store
+from lus_pacs.ingest.audit import AuditEvent, AuditLog
 from lus_pacs.ingest.metrics import NodeMetrics
-from lus_pacs.ingest.scp import Listener, start_listener
+from lus_pacs.ingest.scp import Listener, check_exposure, start_listener
 from lus_pacs.pipeline import Models, encode_summary, process_file, write_outputs
 from lus_pacs.queue.deliveries import Delivery
 from lus_pacs.queue.store import JobStore
@@ -44,10 +45,12 @@ class Node:
     """Start with :meth:`start`, stop with :meth:`stop`; ``port`` is the bound DICOM port."""
 
     def __init__(self, settings: Settings, models: Models | None = None) -> None:
+        check_exposure(settings)  # before the models load: the fix is in the settings
         self.settings = settings
         self.store = JobStore(settings.store_path)
         self.models = models if models is not None else Models.load(settings)
-        self.metrics = NodeMetrics(self.store.jobs.counts)
+        self.metrics = NodeMetrics(self.store.jobs.counts, self.health)
+        self.audit = AuditLog(settings.audit_path, settings.audit_max_bytes, settings.audit_backups)
         self.metrics_port: int | None = None
         """The bound port of ``/metrics`` once started, None when the settings serve none."""
         self._wake = threading.Event()
@@ -72,6 +75,7 @@ class Node:
             record=self._record,
             on_stored=self._wake.set,
             on_study_complete=self._study_released,
+            audit=self.audit,
         )
         if self.settings.metrics_port is not None:
             self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
@@ -108,6 +112,24 @@ class Node:
         # delivery is still pending in the store and is made again after a restart).
         for thread in self._threads:
             thread.join(timeout=5 if thread.name.startswith("export-") else 30)
+        self.audit.close()
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        """Whether the node is working, and what was checked (``/healthz``): the listener is
+        up, every loop thread is alive, and the job store answers."""
+        checks: dict[str, object] = {"listener": self._listener is not None}
+        checks["threads"] = {t.name: t.is_alive() for t in self._threads}
+        try:
+            counts = self.store.jobs.counts()
+            checks["job_store"] = True
+            checks["queued"] = int(counts.get(JobState.QUEUED, 0))
+        except Exception as exc:  # the store is the node's memory: unhealthy without it
+            checks["job_store"] = False
+            checks["job_store_error"] = str(exc)
+        threads = checks["threads"]
+        assert isinstance(threads, dict)
+        ok = bool(checks["listener"]) and all(threads.values()) and bool(checks["job_store"])
+        return ok and not self._stop.is_set(), checks
 
     def _record(self, instance: Instance) -> Received:
         received = self.store.jobs.record_instance(
@@ -198,6 +220,7 @@ class Node:
             self.store.deliveries.failed(
                 delivery.job_id, delivery.destination, str(exc), retry_at, summary=delivery.summary
             )
+            self._audit_delivery(delivery, "failed" if retry_at else "given up", str(exc))
             self.metrics.send_failed.labels(destination.name).inc()
             log.warning(
                 "Delivery of %s %d to %s failed (attempt %d): %s%s",
@@ -212,8 +235,21 @@ class Node:
         self.store.deliveries.delivered(
             delivery.job_id, delivery.destination, summary=delivery.summary
         )
+        self._audit_delivery(delivery, "sent")
         self.metrics.sent.labels(destination.name).inc()
         log.info("Delivered %s %d to %s", what, delivery.job_id, destination.name)
+
+    def _audit_delivery(self, delivery: Delivery, outcome: str, reason: str | None = None) -> None:
+        self.audit.write(
+            AuditEvent.RESULT,
+            outcome,
+            destination=delivery.destination,
+            what="study summary" if delivery.summary else "cine results",
+            job=delivery.job_id,
+            attempt=delivery.attempts + 1,
+            sop_instance_uids=[o.sop_instance_uid for o in delivery.outputs],
+            reason=reason,
+        )
 
     def _retry_at(self, attempts: int) -> float | None:
         """When to try again after ``attempts + 1`` failures; None when the budget is spent."""

@@ -88,7 +88,16 @@ class Settings(BaseModel):
     port: int = Field(default=11112, ge=0, lt=65536)
     """DICOM port; 0 takes any free port (tests, demo)."""
     allowed_calling_aes: tuple[str, ...] = ()
-    """Calling AE titles allowed to associate; empty accepts any (logged as a warning)."""
+    """Calling AE titles allowed to associate; empty accepts any (logged as a warning), which
+    on an address other than loopback needs :attr:`accept_any_calling_ae`."""
+    calling_ae_hosts: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    """Per calling AE title, the addresses (IP addresses or host names) it may associate from,
+    as Orthanc's ``DicomModalities`` bind a modality to its host: an association of that title
+    from any other address is rejected. The titles are allowed as if listed in
+    :attr:`allowed_calling_aes`; a title not bound here may come from any address."""
+    accept_any_calling_ae: bool = False
+    """Listen on an address other than loopback with no allow-list, accepting any sender: the
+    node refuses to start that way unless this is true."""
     unsupported_sop_class: Literal["refuse", "ignore"] = "refuse"
     """An instance that is not an ultrasound or secondary-capture image: refused with status
     0x0122, or acknowledged and dropped."""
@@ -117,6 +126,10 @@ class Settings(BaseModel):
     max_cine_pixels: int = Field(default=1_500_000_000, ge=1)
     """A cine of more pixels (frames x rows x columns) is refused with the limit named. The
     decoded cine takes one byte a pixel, and the node's peak memory is about that plus 1 GB."""
+    audit_max_bytes: int = Field(default=50 * 1024**2, ge=1024)
+    """Size at which the audit trail (``audit/audit.jsonl`` in :attr:`data_dir`) is rotated."""
+    audit_backups: int = Field(default=10, ge=1)
+    """Rotated audit files kept (``audit.jsonl.1`` the newest)."""
     metrics_port: int | None = Field(default=9464, ge=0, lt=65536)
     """Port of the Prometheus metrics (``/metrics``), on the listener's ``host``; 0 takes any
     free port, None serves none."""
@@ -177,6 +190,16 @@ class Settings(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError(f"destination names must be unique; got {names}")
         return value
+
+    @property
+    def allowed_aes(self) -> tuple[str, ...]:
+        """Every calling AE title allowed: :attr:`allowed_calling_aes` and those bound to
+        addresses in :attr:`calling_ae_hosts`."""
+        return tuple(dict.fromkeys((*self.allowed_calling_aes, *self.calling_ae_hosts)))
+
+    @property
+    def audit_path(self) -> Path:
+        return self.data_dir / "audit" / "audit.jsonl"
 
     @property
     def incoming_dir(self) -> Path:

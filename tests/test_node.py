@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -462,6 +463,17 @@ def _scrape(node: NodeProcess) -> dict[str, float]:
     return samples
 
 
+def _healthz(node: NodeProcess) -> dict[str, Any]:
+    import re
+    import urllib.request
+
+    (port,) = re.findall(r"Metrics on http://127\.0\.0\.1:(\d+)/metrics", node.log_text())
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
+        assert answer.status == 200
+        doc: dict[str, Any] = json.loads(answer.read())
+    return doc
+
+
 def test_the_metrics_move_for_a_pushed_cine(
     tmp_path: Path, orthanc: OrthancHandle, sources: list[Path]
 ) -> None:
@@ -480,8 +492,29 @@ def test_the_metrics_move_for_a_pushed_cine(
             "the delivery counted",
         )
         after = _scrape(node)
+        health = _healthz(node)
     finally:
         node.stop()
+    assert health["status"] == "ok"
+    assert health["checks"]["job_store"] is True
+    assert all(health["checks"]["threads"].values())
+    # The audit trail: the association, the instance (with its patient) and the result sent.
+    lines = [
+        json.loads(line)
+        for line in (tmp_path / "node" / "audit" / "audit.jsonl").read_text().splitlines()
+    ]
+    source = pydicom.dcmread(sources[0], stop_before_pixels=True)
+    (instance,) = [line for line in lines if line["event"] == "instance"]
+    assert instance["outcome"] == "new"
+    assert instance["sop_instance_uid"] == source.SOPInstanceUID
+    assert instance["patient_id"] == source.PatientID
+    assert instance["calling_ae"] == "SCANNER"
+    assert instance["status"] == "0x0000"
+    assert any(line["event"] == "association" and line["outcome"] == "accepted" for line in lines)
+    (result,) = [line for line in lines if line["event"] == "result"]
+    assert result["outcome"] == "sent"
+    assert result["destination"] == "pacs"
+    assert len(result["sop_instance_uids"]) == orthanc.count()  # every object it stored
     assert after['lus_pacs_instances_received_total{outcome="new"}'] == 1
     assert after['lus_pacs_cines_processed_total{outcome="done"}'] == 1
     assert after['lus_pacs_jobs{state="sent"}'] == 1

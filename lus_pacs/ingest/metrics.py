@@ -1,18 +1,26 @@
-"""The node's Prometheus metrics, served over HTTP beside the DICOM listener (the node's other
-network endpoint).
+"""The node's Prometheus metrics and health, served over HTTP beside the DICOM listener (the
+node's other network endpoint): ``/metrics`` and ``/healthz``.
 
 Per-stage latency histograms (read, decode, each model family, encode), jobs by state and the
 queue depth (read from the job store when scraped), instances received by what the store made
 of them, cines processed and failed, and result sets sent and failed by destination. Every
 metric is in the node's own registry, so that two nodes in one process do not share counts.
+
+``/healthz`` answers 200 with ``{"status": "ok", "checks": {...}}`` while the node works and 503
+with ``"status": "unhealthy"`` when a check fails (what the container healthcheck and a load
+balancer ask).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from wsgiref.simple_server import WSGIServer
+import json
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -47,7 +55,12 @@ class _Jobs(Collector):
 class NodeMetrics:
     """The metrics of one node; ``jobs`` reads the job store's counts by state."""
 
-    def __init__(self, jobs: Callable[[], Mapping[JobState, int]]) -> None:
+    def __init__(
+        self,
+        jobs: Callable[[], Mapping[JobState, int]],
+        health: Callable[[], tuple[bool, Mapping[str, object]]] | None = None,
+    ) -> None:
+        self._health = health
         self.registry = CollectorRegistry()
         self.stage_seconds = Histogram(
             "lus_pacs_stage_seconds",
@@ -89,9 +102,21 @@ class NodeMetrics:
             self.stage_seconds.labels(stage).observe(ms / 1000)
 
     def serve(self, host: str, port: int) -> int:
-        """Serve ``/metrics`` on ``host``:``port`` (0: any free port) in a background thread;
-        returns the bound port."""
-        server, _ = start_http_server(port, host, registry=self.registry)
+        """Serve ``/metrics`` and ``/healthz`` on ``host``:``port`` (0: any free port) in a
+        background thread; returns the bound port."""
+        metrics = make_wsgi_app(self.registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            if environ.get("PATH_INFO") != "/healthz":
+                return metrics(environ, start_response)
+            ok, checks = self._health() if self._health else (True, {})
+            body = json.dumps({"status": "ok" if ok else "unhealthy", "checks": checks})
+            status = "200 OK" if ok else "503 Service Unavailable"
+            start_response(status, [("Content-Type", "application/json")])
+            return [body.encode()]
+
+        server = make_server(host, port, app, _Server, handler_class=_QuietHandler)
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         self._server = server
         return int(server.server_port)
 
@@ -100,3 +125,14 @@ class NodeMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access line per scrape on stderr."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import ipaddress
 import logging
 import socket
 import threading
@@ -37,7 +38,8 @@ from lus_pacs.dicom_vocabulary import (
 )
 from lus_pacs.domain import Instance, Received
 from lus_pacs.durable import durable_file
-from lus_pacs.errors import describe
+from lus_pacs.errors import ConfigError, describe
+from lus_pacs.ingest.audit import AuditEvent, AuditLog
 from lus_pacs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,26 +68,88 @@ class Receiver:
         record: Callable[[Instance], Received],
         on_stored: Callable[[], None],
         on_study_complete: Callable[[list[str]], None],
+        audit: AuditLog | None = None,
     ) -> None:
         self._settings = settings
         self._record = record
         self._on_stored = on_stored
         self._on_study_complete = on_study_complete
+        self._audit = audit
         self._studies: dict[int, set[str]] = {}
         self._lock = threading.Lock()
+        self._bound = {ae: _addresses(hosts) for ae, hosts in settings.calling_ae_hosts.items()}
+
+    def audit(self, event: AuditEvent, outcome: str, **facts: object) -> None:
+        if self._audit is not None:
+            self._audit.write(event, outcome, **facts)
 
     def handle_echo(self, event: evt.Event) -> int:
         return SUCCESS
 
+    def handle_requested(self, event: evt.Event) -> None:
+        """Reject an association whose calling AE title is bound to other addresses
+        (``calling_ae_hosts``), before pynetdicom negotiates it."""
+        assoc = event.assoc
+        calling = str(getattr(assoc.requestor.primitive, "calling_ae_title", "")).strip()
+        address = assoc.requestor.address
+        allowed = self._bound.get(calling)
+        if allowed is None or address in allowed:
+            return
+        reason = f"calling AE {calling} may associate only from {', '.join(sorted(allowed))}"
+        log.warning("Rejected an association from %s at %s: %s", calling, address, reason)
+        self.audit(
+            AuditEvent.ASSOCIATION,
+            "rejected",
+            calling_ae=calling,
+            address=address,
+            reason=reason,
+        )
+        assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent, user: calling AE not recognised
+
+    def handle_accepted(self, event: evt.Event) -> None:
+        requestor = event.assoc.requestor
+        self.audit(
+            AuditEvent.ASSOCIATION,
+            "accepted",
+            calling_ae=str(requestor.ae_title).strip(),
+            called_ae=str(event.assoc.acceptor.ae_title).strip(),
+            address=requestor.address,
+            port=requestor.port,
+        )
+
     def handle_store(self, event: evt.Event) -> int | Dataset:
+        facts: dict[str, object] = {}
+        status = self._store(event, facts)
+        code = int(status.Status) if isinstance(status, Dataset) else status
+        comment = str(status.get("ErrorComment", "")) if isinstance(status, Dataset) else ""
+        outcome = facts.pop("outcome", "received" if code == SUCCESS else "refused")
+        self.audit(
+            AuditEvent.INSTANCE,
+            str(outcome),
+            sop_instance_uid=str(getattr(event.request, "AffectedSOPInstanceUID", "")),
+            sop_class_uid=str(getattr(event.request, "AffectedSOPClassUID", "")),
+            calling_ae=str(event.assoc.requestor.ae_title).strip(),
+            address=event.assoc.requestor.address,
+            status=f"0x{code:04X}",
+            reason=facts.pop("reason", comment or None),
+            **facts,
+        )
+        return status
+
+    def _store(self, event: evt.Event, facts: dict[str, object]) -> int | Dataset:
+        """Store the instance; what the audit line needs beyond the status goes in ``facts``
+        (``outcome`` when it is not plain received or refused, ``reason``, ``patient_id``,
+        ``study_instance_uid``)."""
         request = event.request
         sop_class = str(getattr(request, "AffectedSOPClassUID", ""))
         sop_instance = str(getattr(request, "AffectedSOPInstanceUID", ""))
         calling = event.assoc.requestor.ae_title
         if sop_class not in IMAGE_SOP_CLASSES:
             name = UID(sop_class).name
+            facts["reason"] = f"{name} is not processed"
             if self._settings.unsupported_sop_class == "ignore":
                 log.info("Ignored %s from %s: %s is not processed", sop_instance, calling, name)
+                facts["outcome"] = "ignored"
                 return SUCCESS
             log.warning("Refused %s from %s: %s is not processed", sop_instance, calling, name)
             return REFUSED_SOP_CLASS
@@ -106,8 +170,11 @@ class Receiver:
         try:
             ds = event.dataset
             study, series = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+            facts["patient_id"] = str(ds.get("PatientID", ""))
+            facts["study_instance_uid"] = study
         except Exception as exc:  # a malformed dataset must never escape into pynetdicom
             log.warning("Refused %s from %s: unreadable dataset (%s)", sop_instance, calling, exc)
+            facts["reason"] = f"unreadable dataset ({exc})"
             return CANNOT_UNDERSTAND
         try:
             # Named by its content too: other content under a known UID never overwrites the
@@ -120,6 +187,7 @@ class Receiver:
             received = self._record(instance)
         except Exception as exc:  # disk full, database locked: the sender retries later
             log.error("Could not store %s from %s: %s", sop_instance, calling, exc)
+            facts["reason"] = f"could not be stored ({exc})"
             return OUT_OF_RESOURCES
         if received is Received.REFUSED:
             path.unlink(missing_ok=True)
@@ -135,6 +203,7 @@ class Receiver:
             return status
         with self._lock:
             self._studies.setdefault(id(event.assoc), set()).add(study)
+        facts["outcome"] = received.value
         if received is Received.REPLACED:
             log.warning(
                 "Stored %s from %s again with other content: its earlier results are marked "
@@ -184,21 +253,44 @@ class Receiver:
                 held,
                 limit,
             )
+            self.audit(
+                AuditEvent.CONNECTION,
+                "refused",
+                address=peer,
+                reason=f"holds {held} associations (max_associations_per_peer = {limit})",
+            )
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
 
     def handle_rejected(self, event: evt.Event) -> None:
         requestor = event.assoc.requestor
+        answer = event.assoc.acceptor.primitive
+        reason = _REJECTIONS.get(
+            (getattr(answer, "result_source", None), getattr(answer, "diagnostic", None)),
+            "rejected",
+        )
         log.warning(
-            "Rejected an association from %s at %s:%s",
+            "Rejected an association from %s at %s:%s: %s",
             requestor.ae_title or "(no AE title)",
             requestor.address,
             requestor.port,
+            reason,
+        )
+        self.audit(
+            AuditEvent.ASSOCIATION,
+            "rejected",
+            calling_ae=str(requestor.ae_title).strip(),
+            called_ae=str(getattr(requestor.primitive, "called_ae_title", "")).strip(),
+            address=requestor.address,
+            port=requestor.port,
+            reason=reason,
         )
 
     def handlers(self) -> list[EventHandlerType]:
         return [
             (evt.EVT_CONN_OPEN, self.handle_connection),
+            (evt.EVT_REQUESTED, self.handle_requested),
+            (evt.EVT_ACCEPTED, self.handle_accepted),
             (evt.EVT_REJECTED, self.handle_rejected),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
@@ -228,6 +320,7 @@ def start_listener(
     record: Callable[[Instance], Received],
     on_stored: Callable[[], None],
     on_study_complete: Callable[[list[str]], None],
+    audit: AuditLog | None = None,
 ) -> Listener:
     """Listen on ``settings.host``:``settings.port`` (0: any free port) in background threads.
 
@@ -243,6 +336,9 @@ def start_listener(
     on_study_complete:
         Called with the studies an association sent, when it is released or aborted.
 
+    audit:
+        Where every association, instance and refusal is recorded.
+
     Returns
     -------
     Listener
@@ -250,14 +346,18 @@ def start_listener(
 
     Raises
     ------
+    ConfigError
+        The address is not loopback and no calling AE is allowed, and the settings do not say
+        ``accept_any_calling_ae``; or an address in ``calling_ae_hosts`` does not resolve.
     OSError
         The address cannot be bound (port in use, unknown host).
     """
+    check_exposure(settings)
     for name in _PEER_LOGGERS:
         peer_log = logging.getLogger(name)
         if _PEER_NOISE not in peer_log.filters:
             peer_log.addFilter(_PEER_NOISE)
-    receiver = Receiver(settings, record, on_stored, on_study_complete)
+    receiver = Receiver(settings, record, on_stored, on_study_complete, audit)
     server = _make_ae(settings).start_server(
         (settings.host, settings.port), block=False, evt_handlers=receiver.handlers()
     )
@@ -276,16 +376,70 @@ def _make_ae(settings: Settings) -> AE:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     for sop_class in IMAGE_SOP_CLASSES:  # retired US classes are not in pynetdicom's list
         ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
-    if settings.allowed_calling_aes:
-        ae.require_calling_aet = list(settings.allowed_calling_aes)
+    if settings.allowed_aes:
+        ae.require_calling_aet = list(settings.allowed_aes)
     else:
         log.warning("No calling-AE allow-list configured: any AE may send to %s", ae.ae_title)
+    ae.require_called_aet = True  # an association must call this node by its AE title
     ae.maximum_pdu_size = 0  # no limit: cines are large
     ae.maximum_associations = settings.max_associations
     ae.network_timeout = settings.network_timeout_s
     ae.acse_timeout = settings.acse_timeout_s
     ae.dimse_timeout = settings.dimse_timeout_s
     return ae
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to listen on an address other than loopback with no calling AE allowed (anyone
+    on the network could send), unless the settings accept it in so many words.
+
+    Raises
+    ------
+    ConfigError
+        Naming the two ways out.
+    """
+    if settings.allowed_aes or settings.accept_any_calling_ae or _loopback(settings.host):
+        return
+    raise ConfigError(
+        f"Refusing to listen on {settings.host or 'every address'}:{settings.port} with no "
+        "calling-AE allow-list: any host on the network could send to the node. List the "
+        'scanners in the settings (allowed_calling_aes = ["US1", ...], and optionally their '
+        'addresses: [calling_ae_hosts] US1 = ["10.0.0.5"]), or set accept_any_calling_ae = '
+        "true to accept any sender."
+    )
+
+
+def _loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback address."""
+    try:
+        found = {info[4][0] for info in socket.getaddrinfo(host or None, None)}
+    except OSError:
+        return False
+    return bool(found) and all(
+        ipaddress.ip_address(str(a).split("%")[0]).is_loopback for a in found
+    )
+
+
+def _addresses(hosts: tuple[str, ...]) -> frozenset[str]:
+    """The IP addresses of ``hosts`` (IP addresses or names, resolved once at start)."""
+    found: set[str] = set()
+    for host in hosts:
+        try:
+            found |= {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+        except OSError as exc:
+            raise ConfigError(f"calling_ae_hosts: {host!r} does not resolve ({exc}).") from exc
+    return frozenset(found)
+
+
+_REJECTIONS: dict[tuple[object, object], str] = {
+    (0x01, 0x02): "no reason given",
+    (0x01, 0x03): "calling AE title not recognised",
+    (0x01, 0x07): "called AE title not recognised",
+    (0x03, 0x02): "too many associations (max_associations)",
+    (0x02, 0x01): "no reason given (ACSE)",
+    (0x02, 0x02): "protocol version not supported",
+}
+"""Why an association was rejected, by (result source, diagnostic) of the A-ASSOCIATE-RJ."""
 
 
 class _PeerNoise(logging.Filter):

@@ -1,0 +1,80 @@
+"""The node's audit trail: one JSON object per line, appended, for every association (accepted
+or rejected, and why), every instance received or refused, and every result delivered or not.
+
+A line holds ``time`` (UTC, ISO 8601 with microseconds), ``event`` (:class:`AuditEvent`),
+``outcome`` and the facts of the event (calling AE title, address, SOP Instance UID, patient ID,
+study, destination, status, reason). The file is rotated at ``max_bytes`` with ``backups`` older
+files kept (``audit.jsonl.1`` is the newest of them); lines are never rewritten. Writing is
+thread-safe; a failure to write is logged and never stops the node.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+from enum import StrEnum
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class AuditEvent(StrEnum):
+    """What an audit line is about."""
+
+    ASSOCIATION = "association"
+    """An association request: accepted or rejected (with the reason)."""
+    CONNECTION = "connection"
+    """A connection closed before any association (a peer over its association limit)."""
+    INSTANCE = "instance"
+    """A C-STORE: received, received again, ignored or refused (with the status)."""
+    RESULT = "result"
+    """A delivery of a cine's results or a study summary: sent, failed (to be retried) or
+    given up."""
+
+
+class AuditLog:
+    """Appends audit lines to ``path`` (its folder made), rotating it by size.
+
+    Parameters
+    ----------
+    path:
+        The JSON-lines file.
+    max_bytes:
+        Size at which the file is rotated.
+    backups:
+        Rotated files kept.
+    """
+
+    def __init__(self, path: Path, max_bytes: int = 50 * 1024**2, backups: int = 10) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._handler = RotatingFileHandler(
+            path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+        )
+        self._handler.setFormatter(logging.Formatter("%(message)s"))
+        self._lock = threading.Lock()
+
+    def write(self, event: AuditEvent, outcome: str, **facts: object) -> None:
+        """One line: the time, ``event``, ``outcome`` and ``facts`` (None values left out)."""
+        line = {
+            "time": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
+            "event": event.value,
+            "outcome": outcome,
+            **{k: v for k, v in facts.items() if v is not None},
+        }
+        record = logging.LogRecord(
+            "lus_pacs.audit", logging.INFO, __file__, 0, json.dumps(line, default=str), None, None
+        )
+        try:
+            with self._lock:
+                self._handler.emit(record)
+                self._handler.flush()
+        except Exception:  # the audit trail must never stop the node
+            log.exception("Could not write the audit line %s", line)
+
+    def close(self) -> None:
+        with self._lock:
+            self._handler.close()
