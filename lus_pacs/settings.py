@@ -41,6 +41,24 @@ DEFAULT_ZONE_RULES = (
 )
 
 
+class TlsFiles(BaseModel):
+    """DICOM TLS of one end of associations: PEM files and whether the peer must present a
+    certificate (see :mod:`lus_pacs.tls`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    certificate: Path | None = None
+    """This end's certificate (chain), PEM: the listener's (required) or a client's."""
+    private_key: Path | None = None
+    """Its private key, PEM, unencrypted (keep the file readable by the node's user only)."""
+    ca_bundle: Path | None = None
+    """The CAs that sign the peers' certificates; a client without one trusts the system's."""
+    require_peer_certificate: bool = True
+    """Listener: scanners must present a certificate signed by ``ca_bundle``."""
+    server_name: str | None = None
+    """Client: the name the peer's certificate must carry; the destination's host when None."""
+
+
 class DicomDestination(BaseModel):
     """A DICOM node results are sent to by C-STORE."""
 
@@ -50,6 +68,9 @@ class DicomDestination(BaseModel):
     ae_title: str = Field(min_length=1, max_length=16)
     host: str
     port: int = Field(gt=0, lt=65536)
+    tls: TlsFiles | None = None
+    """Associate over TLS: the destination's certificate verified against ``ca_bundle`` and
+    its host name, this node's ``certificate`` presented when given."""
 
 
 class SegmentationSettings(BaseModel):
@@ -95,6 +116,10 @@ class Settings(BaseModel):
     as Orthanc's ``DicomModalities`` bind a modality to its host: an association of that title
     from any other address is rejected. The titles are allowed as if listed in
     :attr:`allowed_calling_aes`; a title not bound here may come from any address."""
+    tls: TlsFiles | None = None
+    """The listener speaks DICOM TLS only (a plain association to its port fails): its
+    ``certificate`` and ``private_key``, and the ``ca_bundle`` that signed the scanners'
+    certificates, which are required unless ``require_peer_certificate`` is false."""
     accept_any_calling_ae: bool = False
     """Listen on an address other than loopback with no allow-list, accepting any sender: the
     node refuses to start that way unless this is true."""

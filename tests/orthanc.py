@@ -7,6 +7,7 @@ only. ``stop()`` and ``start()`` simulate an outage: same ports, same storage.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -48,7 +49,10 @@ class OrthancHandle:
         dicom_port: int,
         http_port: int,
         modalities: Mapping[str, tuple[str, str, int]],
+        extra_config: Mapping[str, Any] | None = None,
     ) -> None:
+        self.extra_config = dict(extra_config or {})
+        """Further Orthanc settings (``ORTHANC_EXTRA_CONFIG`` of start.sh), e.g. DICOM TLS."""
         self.data_dir = data_dir
         self.aet = aet
         self.dicom_port = dicom_port
@@ -72,8 +76,11 @@ class OrthancHandle:
             self.aet,
             json.dumps({name: list(ae) for name, ae in self.modalities.items()}),
         ]
+        env = dict(os.environ)
+        if self.extra_config:
+            env["ORTHANC_EXTRA_CONFIG"] = json.dumps(self.extra_config)
         with self.log.open("ab") as log:
-            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -160,6 +167,7 @@ def running_orthanc(
     *,
     aet: str = "ORTHANC",
     modalities: Mapping[str, tuple[str, str, int]] | None = None,
+    extra_config: Mapping[str, Any] | None = None,
 ) -> Iterator[OrthancHandle]:
     """A running Orthanc storing under ``tmp_path/orthanc``, stopped at exit.
 
@@ -172,6 +180,7 @@ def running_orthanc(
         dicom_port=dicom_port,
         http_port=http_port,
         modalities=modalities or {},
+        extra_config=extra_config,
     )
     handle.start()
     try:

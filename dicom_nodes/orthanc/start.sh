@@ -4,6 +4,8 @@
 # DATA_DIR receives orthanc.json, orthanc.pid and the database (db/); reusing it keeps the stored
 # instances. MODALITIES_JSON is Orthanc's DicomModalities, e.g. '{"node": ["LUSPACS", "127.0.0.1", 11112]}'.
 # ORTHANC_DICOMWEB_PLUGIN overrides the plugin path of the Debian package orthanc-dicomweb.
+# ORTHANC_EXTRA_CONFIG, a JSON object of further settings (e.g. DICOM TLS), is written beside the
+# configuration in DATA_DIR/config/, which Orthanc then reads as a whole.
 set -euo pipefail
 usage="usage: start.sh DATA_DIR DICOM_PORT HTTP_PORT [AET] [MODALITIES_JSON]"
 data_dir=${1:?$usage}
@@ -44,6 +46,13 @@ config=${config//@DICOM_PORT@/"$dicom_port"}
 config=${config//@DICOM_AET@/"$aet"}
 config=${config//@MODALITIES@/"$modalities"}
 printf '%s\n' "$config" >"$data_dir/orthanc.json"
+target="$data_dir/orthanc.json"
+if [[ -n "${ORTHANC_EXTRA_CONFIG:-}" ]]; then
+  mkdir -p "$data_dir/config"
+  cp "$data_dir/orthanc.json" "$data_dir/config/orthanc.json"
+  printf '%s\n' "$ORTHANC_EXTRA_CONFIG" >"$data_dir/config/extra.json"
+  target="$data_dir/config"
+fi
 echo $$ >"$data_dir/orthanc.pid"
 # exec keeps this PID, so the caller (and stop.sh) signal Orthanc itself.
-exec Orthanc "$data_dir/orthanc.json"
+exec Orthanc "$target"

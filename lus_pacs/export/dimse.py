@@ -22,6 +22,7 @@ from lus_pacs.dicom_vocabulary import SUCCESS
 from lus_pacs.errors import ExportError
 from lus_pacs.network import application_entity
 from lus_pacs.settings import DicomDestination
+from lus_pacs.tls import client_context
 
 logger = logging.getLogger(__name__)
 
@@ -241,11 +242,13 @@ def _contexts(items: Sequence[_Item]) -> list[tuple[UID, UID]]:
 def _associate(ae: AE, destination: DicomDestination) -> Association:
     """An established association, or ExportError saying which step failed."""
     connected: list[bool] = []
+    tls = destination.tls
     assoc = ae.associate(
         destination.host,
         destination.port,
         ae_title=destination.ae_title,
         evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: connected.append(True))],
+        tls_args=(client_context(tls), tls.server_name or destination.host) if tls else None,
     )
     if assoc.is_established:
         return assoc
@@ -260,7 +263,9 @@ def _associate(ae: AE, destination: DicomDestination) -> Association:
     elif not connected:
         reason = (
             f"cannot connect to {where} (connection refused, host unreachable or no answer "
-            f"within {ae.connection_timeout:g} s): is the destination running?"
+            f"within {ae.connection_timeout:g} s"
+            + (", or the TLS handshake failed: check its certificate and ca_bundle" if tls else "")
+            + "): is the destination running?"
         )
     elif assoc.rejected_contexts and not assoc.accepted_contexts:
         offered = sorted({UID(cx.abstract_syntax or "").name for cx in assoc.rejected_contexts})

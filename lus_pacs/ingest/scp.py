@@ -41,6 +41,7 @@ from lus_pacs.durable import durable_file
 from lus_pacs.errors import ConfigError, describe
 from lus_pacs.ingest.audit import AuditEvent, AuditLog
 from lus_pacs.settings import Settings
+from lus_pacs.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +360,10 @@ def start_listener(
             peer_log.addFilter(_PEER_NOISE)
     receiver = Receiver(settings, record, on_stored, on_study_complete, audit)
     server = _make_ae(settings).start_server(
-        (settings.host, settings.port), block=False, evt_handlers=receiver.handlers()
+        (settings.host, settings.port),
+        block=False,
+        evt_handlers=receiver.handlers(),
+        ssl_context=server_context(settings.tls) if settings.tls else None,
     )
     if server is None:  # pynetdicom returns None only when blocking
         raise RuntimeError("the DICOM listener did not start")

@@ -1,0 +1,184 @@
+"""DICOM TLS on loopback with certificates made here by openssl: dcmtk's echoscu and storescu
+``+tls`` against the listener, a plain association and a certificate of another CA refused, and
+results sent to an Orthanc that speaks DICOM TLS only."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lus_pacs.domain import Instance, Received
+from lus_pacs.errors import ConfigError, ExportError
+from lus_pacs.export.dimse import store
+from lus_pacs.ingest.scp import Listener, start_listener
+from lus_pacs.settings import DicomDestination, Settings, TlsFiles
+from lus_pacs.tls import server_context
+from tests.ingest.test_scp import US_IMAGE
+from tests.orthanc import running_orthanc
+
+
+@dataclass(frozen=True)
+class Pki:
+    """Two CAs; the node's, a scanner's and Orthanc's certificates from the first, an
+    intruder's from the second."""
+
+    folder: Path
+
+    def __getitem__(self, name: str) -> Path:
+        return self.folder / name
+
+
+def _openssl(folder: Path, *args: str) -> None:
+    subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+
+def _ca(folder: Path, name: str) -> None:
+    _openssl(
+        folder, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        "-keyout", f"{name}.key", "-out", f"{name}.pem", "-subj", f"/CN=lus-pacs test {name}",
+    )  # fmt: skip
+
+
+def _leaf(folder: Path, name: str, ca: str) -> None:
+    (folder / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _openssl(
+        folder, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
+        "-out", f"{name}.csr", "-subj", f"/CN={name}",
+    )  # fmt: skip
+    _openssl(
+        folder, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+        "-CAcreateserial", "-days", "2", "-out", f"{name}.pem", "-extfile", f"{name}.ext",
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    folder = tmp_path_factory.mktemp("pki")
+    for ca in ("ca", "other-ca"):
+        _ca(folder, ca)
+    for leaf in ("node", "scanner", "orthanc"):
+        _leaf(folder, leaf, "ca")
+    _leaf(folder, "intruder", "other-ca")
+    return Pki(folder)
+
+
+def _listener(pki: Pki, tmp_path: Path, stored: list[Instance]) -> Listener:
+    settings = Settings(
+        data_dir=tmp_path,
+        port=0,
+        allowed_calling_aes=("SCANNER",),
+        tls=TlsFiles(
+            certificate=pki["node.pem"], private_key=pki["node.key"], ca_bundle=pki["ca.pem"]
+        ),
+    )
+
+    def record(instance: Instance) -> Received:
+        stored.append(instance)
+        return Received.NEW
+
+    return start_listener(
+        settings, record=record, on_stored=lambda: None, on_study_complete=lambda _: None
+    )
+
+
+def _dcmtk(
+    tool: str, port: int, pki: Pki, who: str | None, *files: str
+) -> subprocess.CompletedProcess[str]:
+    tls = (
+        ["+tls", str(pki[f"{who}.key"]), str(pki[f"{who}.pem"]), "+cf", str(pki["ca.pem"])]
+        if who
+        else []
+    )
+    return subprocess.run(
+        [
+            tool,
+            *tls,
+            "-aet",
+            "SCANNER",
+            "-aec",
+            "LUSPACS",
+            "-to",
+            "10",
+            "127.0.0.1",
+            str(port),
+            *files,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_dcmtk_echoes_and_stores_over_tls_and_the_rest_is_refused(pki: Pki, tmp_path: Path) -> None:
+    assert shutil.which("echoscu")
+    assert shutil.which("openssl")
+    stored: list[Instance] = []
+    listener = _listener(pki, tmp_path, stored)
+    try:
+        port = listener.port
+        echo = _dcmtk("echoscu", port, pki, "scanner")
+        push = _dcmtk("storescu", port, pki, "scanner", str(US_IMAGE))
+        plain = _dcmtk("echoscu", port, pki, None)
+        intruder = _dcmtk("echoscu", port, pki, "intruder")
+        again = _dcmtk("echoscu", port, pki, "scanner")  # the refusals left the listener working
+    finally:
+        listener.stop()
+    assert echo.returncode == 0, echo.stderr
+    assert push.returncode == 0, push.stderr
+    assert [i.sop_instance_uid for i in stored] == [str(_uid(US_IMAGE))]
+    assert plain.returncode != 0
+    assert intruder.returncode != 0
+    assert again.returncode == 0, again.stderr
+
+
+def _uid(path: Path) -> str:
+    from pydicom import dcmread
+
+    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_results_reach_an_orthanc_that_speaks_tls_only(pki: Pki, tmp_path: Path) -> None:
+    tls_only = {
+        "DicomTlsEnabled": True,
+        "DicomTlsCertificate": str(pki["orthanc.pem"]),
+        "DicomTlsPrivateKey": str(pki["orthanc.key"]),
+        "DicomTlsTrustedCertificates": str(pki["ca.pem"]),
+        "DicomTlsRemoteCertificateRequired": True,
+    }
+    with running_orthanc(tmp_path, extra_config=tls_only) as orthanc:
+        plain = DicomDestination(
+            name="pacs", ae_title=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port
+        )
+        secure = plain.model_copy(
+            update={
+                "tls": TlsFiles(
+                    certificate=pki["node.pem"],
+                    private_key=pki["node.key"],
+                    ca_bundle=pki["ca.pem"],
+                )
+            }
+        )
+        with pytest.raises(ExportError):
+            store([US_IMAGE], plain, calling_ae="LUSPACS")
+        store([US_IMAGE], secure, calling_ae="LUSPACS")
+        assert orthanc.count() == 1
+        # The node refuses a PACS whose certificate its CA bundle did not sign.
+        stranger = secure.model_copy(update={"tls": TlsFiles(ca_bundle=pki["other-ca.pem"])})
+        with pytest.raises(ExportError, match="TLS"):
+            store([US_IMAGE], stranger, calling_ae="LUSPACS")
+
+
+def test_a_listener_requiring_client_certificates_needs_a_ca_bundle(pki: Pki) -> None:
+    with pytest.raises(ConfigError, match="ca_bundle"):
+        server_context(TlsFiles(certificate=pki["node.pem"], private_key=pki["node.key"]))
+    with pytest.raises(ConfigError, match="cannot load"):
+        server_context(
+            TlsFiles(
+                certificate=pki["node.pem"], private_key=pki["ca.key"], ca_bundle=pki["ca.pem"]
+            )
+        )
