@@ -25,6 +25,7 @@ from lus_pacs.domain import Instance, Job, JobState, OutputKind, Received
 from lus_pacs.durable import durable_file
 from lus_pacs.errors import ExportError, LusPacsError, StageError
 from lus_pacs.export.dimse import store as c_store
+from lus_pacs.export.stow import stow
 from lus_pacs.ingest.audit import AuditEvent, AuditLog
 from lus_pacs.ingest.metrics import NodeMetrics
 from lus_pacs.ingest.scp import Listener, check_exposure, start_listener
@@ -32,7 +33,7 @@ from lus_pacs.pipeline import Models, encode_summary, process_file, write_output
 from lus_pacs.queue.deliveries import Delivery
 from lus_pacs.queue.store import JobStore
 from lus_pacs.records import CineRecord, StudySummary, to_json
-from lus_pacs.settings import DicomDestination, Settings
+from lus_pacs.settings import DicomDestination, Settings, WebDestination
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class Node:
         """The bound port of ``/metrics`` once started, None when the settings serve none."""
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._ready = {d.name: threading.Event() for d in settings.destinations}
+        self._ready = {name: threading.Event() for name in settings.destination_names}
         """Per destination: results were queued for it (its exporter need not wait to poll)."""
         self._threads: list[threading.Thread] = []
         self._listener: Listener | None = None
@@ -84,8 +85,8 @@ class Node:
             (f"worker-{i + 1}", self._process_loop) for i in range(self.settings.workers)
         ]
         loops += [
-            (f"export-{d.name}", partial(self._export_loop, d.name))
-            for d in self.settings.destinations
+            (f"export-{name}", partial(self._export_loop, name))
+            for name in self.settings.destination_names
         ]
         loops.append(("studies", self._study_loop))
         for name, target in loops:
@@ -98,7 +99,7 @@ class Node:
             self.settings.host,
             self.port,
             self.models.key,
-            [d.name for d in self.settings.destinations] or "none (results folder only)",
+            list(self.settings.destination_names) or "none (results folder only)",
         )
 
     def stop(self) -> None:
@@ -177,7 +178,7 @@ class Node:
             self._fail(job, f"unexpected error: {exc!r}")
             return
         self.store.jobs.finish(
-            job.id, record.dumps(), outputs, [d.name for d in self.settings.destinations]
+            job.id, record.dumps(), outputs, list(self.settings.destination_names)
         )
         self._results_queued()
         self.metrics.observe(record.timings_ms)
@@ -196,7 +197,7 @@ class Node:
             ready.set()
 
     def _export_loop(self, name: str) -> None:
-        destination = self.settings.destination(name)
+        destination = self.settings.web_destination(name) or self.settings.destination(name)
         ready = self._ready[name]
         while not self._stop.is_set():
             ready.clear()
@@ -209,12 +210,14 @@ class Node:
                     return
                 self._deliver(delivery, destination)
 
-    def _deliver(self, delivery: Delivery, destination: DicomDestination) -> None:
+    def _deliver(self, delivery: Delivery, destination: DicomDestination | WebDestination) -> None:
         what = "study summary" if delivery.summary else "job"
+        paths = [o.path for o in delivery.outputs]
         try:
-            c_store(
-                [o.path for o in delivery.outputs], destination, calling_ae=self.settings.ae_title
-            )
+            if isinstance(destination, WebDestination):
+                stow(paths, destination)
+            else:
+                c_store(paths, destination, calling_ae=self.settings.ae_title)
         except ExportError as exc:
             retry_at = self._retry_at(delivery.attempts)
             self.store.deliveries.failed(
@@ -299,7 +302,7 @@ class Node:
             return
         # A failed write (a full disk) raises: the study stays awaiting its summary.
         (output,) = write_outputs([summary_sr], folder)
-        destinations = [d.name for d in self.settings.destinations]
+        destinations = list(self.settings.destination_names)
         if self.store.studies.record_summary(study, summary.dumps(), output, destinations):
             self._results_queued()
             log.info("Study %s: summary SR %s queued", study, output.sop_instance_uid)

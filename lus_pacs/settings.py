@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lus_pacs.domain import OutputKind
 from lus_pacs.errors import ConfigError
@@ -71,6 +71,44 @@ class DicomDestination(BaseModel):
     tls: TlsFiles | None = None
     """Associate over TLS: the destination's certificate verified against ``ca_bundle`` and
     its host name, this node's ``certificate`` presented when given."""
+
+
+class WebDestination(BaseModel):
+    """A DICOMweb server results are sent to by STOW-RS (PS3.18), e.g. Orthanc's DICOMweb
+    plugin at ``http://pacs:8042/dicom-web``. Credentials come from a file or an environment
+    variable, never from the settings text or the command line."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    url: str = Field(pattern=r"^https?://")
+    """The DICOMweb root; instances are POSTed to ``<url>/studies``."""
+    username: str | None = None
+    """HTTP basic authentication, with the password from ``password_file`` or
+    ``password_env``."""
+    password_file: Path | None = None
+    password_env: str | None = None
+    token_file: Path | None = None
+    """A bearer token (first line of the file), or from ``token_env``."""
+    token_env: str | None = None
+    ca_bundle: Path | None = None
+    """For https: the CAs that sign the server's certificate (the system's when None)."""
+    timeout_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> WebDestination:
+        given = [
+            k
+            for k in ("password_file", "password_env", "token_file", "token_env")
+            if getattr(self, k)
+        ]
+        if len(given) > 1:
+            raise ValueError(f"give one credential source, not {', '.join(given)}")
+        if self.username and not any(k.startswith("password") for k in given):
+            raise ValueError("username needs password_file or password_env")
+        if any(k.startswith("password") for k in given) and not self.username:
+            raise ValueError("a password needs a username")
+        return self
 
 
 class SegmentationSettings(BaseModel):
@@ -166,6 +204,9 @@ class Settings(BaseModel):
     Runtime (each network exported in memory as it loads; two to three times faster on a CPU,
     ``bench/realtime.py``) or eager PyTorch, the reference they are tested against (outputs
     within 1e-4, the same findings)."""
+    web_destinations: tuple[WebDestination, ...] = ()
+    """Where results are sent by DICOMweb STOW-RS, with the same retries, exporter per
+    destination and exactly-once bookkeeping as :attr:`destinations`."""
     workers: int = Field(default=1, ge=1)
     """Cines processed at once. Each worker uses every core PyTorch is given, so more than one
     helps only on a machine with cores to spare."""
@@ -208,13 +249,19 @@ class Settings(BaseModel):
     default_fps: float = Field(default=30.0, gt=0)
     """Frame rate assumed for a cine whose file gives none."""
 
-    @field_validator("destinations")
-    @classmethod
-    def _unique_names(cls, value: tuple[DicomDestination, ...]) -> tuple[DicomDestination, ...]:
-        names = [d.name for d in value]
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        names = self.destination_names
         if len(set(names)) != len(names):
-            raise ValueError(f"destination names must be unique; got {names}")
-        return value
+            raise ValueError(f"destination names must be unique; got {list(names)}")
+        return self
+
+    @property
+    def destination_names(self) -> tuple[str, ...]:
+        """Every destination, DIMSE and DICOMweb, by name."""
+        return tuple(d.name for d in self.destinations) + tuple(
+            d.name for d in self.web_destinations
+        )
 
     @property
     def allowed_aes(self) -> tuple[str, ...]:
@@ -245,6 +292,10 @@ class Settings(BaseModel):
         raise ConfigError(
             f"destination {name!r} is not configured; known: {[d.name for d in self.destinations]}"
         )
+
+    def web_destination(self, name: str) -> WebDestination | None:
+        """The DICOMweb destination of that name, None when it is a DIMSE one."""
+        return next((d for d in self.web_destinations if d.name == name), None)
 
 
 def load_settings(path: Path | None, **overrides: object) -> Settings:

@@ -6,6 +6,7 @@ only. ``stop()`` and ``start()`` simulate an outage: same ports, same storage.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -50,8 +51,11 @@ class OrthancHandle:
         http_port: int,
         modalities: Mapping[str, tuple[str, str, int]],
         extra_config: Mapping[str, Any] | None = None,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
         self.extra_config = dict(extra_config or {})
+        self.credentials = credentials
+        """User and password of the REST API when ``extra_config`` enables authentication."""
         """Further Orthanc settings (``ORTHANC_EXTRA_CONFIG`` of start.sh), e.g. DICOM TLS."""
         self.data_dir = data_dir
         self.aet = aet
@@ -120,6 +124,9 @@ class OrthancHandle:
 
     def _request(self, method: str, path: str, data: bytes | None = None) -> bytes:
         request = urllib.request.Request(self.url + path, data=data, method=method)
+        if self.credentials:
+            pair = base64.b64encode(":".join(self.credentials).encode()).decode()
+            request.add_header("Authorization", f"Basic {pair}")
         with _OPENER.open(request, timeout=10) as answer:
             body: bytes = answer.read()
             return body
@@ -168,6 +175,7 @@ def running_orthanc(
     aet: str = "ORTHANC",
     modalities: Mapping[str, tuple[str, str, int]] | None = None,
     extra_config: Mapping[str, Any] | None = None,
+    credentials: tuple[str, str] | None = None,
 ) -> Iterator[OrthancHandle]:
     """A running Orthanc storing under ``tmp_path/orthanc``, stopped at exit.
 
@@ -181,6 +189,7 @@ def running_orthanc(
         http_port=http_port,
         modalities=modalities or {},
         extra_config=extra_config,
+        credentials=credentials,
     )
     handle.start()
     try:

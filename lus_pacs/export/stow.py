@@ -1,0 +1,142 @@
+"""STOW-RS to one DICOMweb destination (PS3.18 10.5): one request, one attempt.
+
+The instances go as one ``multipart/related; type="application/dicom"`` POST to
+``<url>/studies``; the answer (``application/dicom+json``) must list every one of them in its
+Referenced SOP Sequence and none in its Failed SOP Sequence. As with C-STORE, retries belong to
+the job store: this module says what one attempt delivered or raises :class:`ExportError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import ssl
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+
+from lus_pacs.errors import ExportError
+from lus_pacs.settings import WebDestination
+
+_REFERENCED = "00081199"
+_FAILED = "00081198"
+_SOP_INSTANCE = "00081155"
+_FAILURE_REASON = "00081197"
+
+
+def stow(paths: Sequence[Path], destination: WebDestination) -> list[str]:
+    """POST the DICOM files ``paths`` to ``destination``; returns their SOP Instance UIDs.
+
+    Raises
+    ------
+    ExportError
+        A file cannot be read, a credential is missing, the server cannot be reached or answers
+        an HTTP error, or it did not store every instance (the message names them and why).
+    """
+    if not paths:
+        return []
+    boundary = f"lus-pacs-{uuid.uuid4().hex}"
+    body = bytearray()
+    uids = []
+    for path in paths:
+        try:
+            data = Path(path).read_bytes()
+            uids.append(str(dcmread(path, stop_before_pixels=True).SOPInstanceUID))
+        except Exception as exc:  # pydicom raises several kinds for a damaged file
+            raise ExportError(destination.name, f"cannot read {path}: {exc}") from exc
+        body += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        body += data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    headers = {
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Accept": "application/dicom+json",
+        **_authorisation(destination),
+    }
+    request = urllib.request.Request(
+        destination.url.rstrip("/") + "/studies", data=bytes(body), headers=headers, method="POST"
+    )
+    answer = _post(request, destination)
+    failed = {
+        _first(item, _SOP_INSTANCE): _first(item, _FAILURE_REASON)
+        for item in _values(answer, _FAILED)
+    }
+    stored = {_first(item, _SOP_INSTANCE) for item in _values(answer, _REFERENCED)}
+    missing = [u for u in uids if u not in stored and u not in failed]
+    if failed or missing:
+        said = [f"{u} (failure reason {reason})" for u, reason in failed.items()]
+        said += [f"{u} (not in the answer)" for u in missing]
+        raise ExportError(destination.name, f"not stored by {destination.url}: {'; '.join(said)}")
+    return uids
+
+
+def _post(request: urllib.request.Request, destination: WebDestination) -> dict[str, Any]:
+    context = ssl.create_default_context(cafile=destination.ca_bundle)
+    # No proxy: a hospital's DICOMweb server is reached directly, as its DIMSE nodes are.
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
+    try:
+        with opener.open(request, timeout=destination.timeout_s) as response:
+            text = response.read()
+    except urllib.error.HTTPError as exc:
+        detail = exc.read()[:300].decode(errors="replace")
+        raise ExportError(
+            destination.name,
+            f"{destination.url} answered HTTP {exc.code} {exc.reason}"
+            + (": check its credentials" if exc.code in (401, 403) else "")
+            + (f" ({detail})" if detail else ""),
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise ExportError(destination.name, f"cannot reach {destination.url}: {exc}") from exc
+    try:
+        doc = json.loads(text) if text.strip() else {}
+    except ValueError as exc:
+        raise ExportError(destination.name, f"{destination.url}: not a JSON answer") from exc
+    if isinstance(doc, list):  # some servers wrap the one data set in a list
+        doc = doc[0] if doc else {}
+    if not isinstance(doc, dict):
+        raise ExportError(destination.name, f"{destination.url}: not a DICOM JSON data set")
+    return doc
+
+
+def _authorisation(destination: WebDestination) -> dict[str, str]:
+    """The Authorization header from the destination's credential file or variable."""
+    if destination.username:
+        password = _secret(destination, destination.password_file, destination.password_env)
+        pair = base64.b64encode(f"{destination.username}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {pair}"}
+    if destination.token_file or destination.token_env:
+        token = _secret(destination, destination.token_file, destination.token_env)
+        return {"Authorization": f"Bearer {token}"}
+    return {}
+
+
+def _secret(destination: WebDestination, file: Path | None, variable: str | None) -> str:
+    if file is not None:
+        try:
+            lines = file.read_text().splitlines()
+        except OSError as exc:
+            raise ExportError(
+                destination.name, f"cannot read the credential {file}: {exc}"
+            ) from exc
+        return lines[0].strip() if lines else ""
+    value = os.environ.get(variable or "")
+    if value is None:
+        raise ExportError(destination.name, f"the environment variable {variable} is not set")
+    return value
+
+
+def _values(doc: dict[str, Any], tag: str) -> list[dict[str, Any]]:
+    element = doc.get(tag) or {}
+    return [v for v in element.get("Value", []) if isinstance(v, dict)]
+
+
+def _first(item: dict[str, Any], tag: str) -> str:
+    values = (item.get(tag) or {}).get("Value") or [""]
+    return str(values[0])

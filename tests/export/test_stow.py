@@ -1,0 +1,107 @@
+"""STOW-RS to Orthanc's DICOMweb plugin: instances stored, HTTP errors and missing credentials
+as export errors, basic authentication from a file or a variable, and the node's deliveries
+made exactly once across a restart."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+
+from lus_pacs.errors import ExportError
+from lus_pacs.export.stow import _authorisation, stow
+from lus_pacs.settings import WebDestination
+from tests.node_process import NodeProcess, storescu, write_config
+from tests.orthanc import running_orthanc
+
+US_IMAGE = Path(str(get_testdata_file("US1_UNCR.dcm")))
+CT_IMAGE = Path(str(get_testdata_file("CT_small.dcm")))
+
+
+def test_instances_are_stored_and_errors_are_export_errors(tmp_path: Path) -> None:
+    with running_orthanc(tmp_path) as orthanc:
+        web = WebDestination(name="web", url=f"{orthanc.url}/dicom-web")
+        uids = stow([US_IMAGE, CT_IMAGE], web)
+        assert len(uids) == 2
+        assert orthanc.count() == 2
+        stored = {orthanc.instance_tags(i["ID"])["SOPInstanceUID"] for i in orthanc.instances()}
+        assert stored == set(uids)
+        nowhere = web.model_copy(update={"url": f"{orthanc.url}/no-dicom-web-here"})
+        with pytest.raises(ExportError, match="HTTP 404"):
+            stow([US_IMAGE], nowhere)
+    with pytest.raises(ExportError, match="cannot reach"):
+        stow([US_IMAGE], web)  # Orthanc is gone
+
+
+def test_basic_authentication_from_a_file_or_a_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    users = {"AuthenticationEnabled": True, "RegisteredUsers": {"lus": "s3cret-pw"}}
+    with running_orthanc(tmp_path, extra_config=users, credentials=("lus", "s3cret-pw")) as orthanc:
+        url = f"{orthanc.url}/dicom-web"
+        with pytest.raises(ExportError, match=r"HTTP 401.*credentials"):
+            stow([US_IMAGE], WebDestination(name="web", url=url))
+        secret = tmp_path / "password"
+        secret.write_text("s3cret-pw\n")
+        stow([US_IMAGE], WebDestination(name="web", url=url, username="lus", password_file=secret))
+        assert orthanc.count() == 1
+        monkeypatch.setenv("LUS_PACS_TEST_PASSWORD", "s3cret-pw")
+        by_variable = WebDestination(
+            name="web", url=url, username="lus", password_env="LUS_PACS_TEST_PASSWORD"
+        )
+        stow([CT_IMAGE], by_variable)
+        assert orthanc.count() == 2
+        monkeypatch.delenv("LUS_PACS_TEST_PASSWORD")
+        with pytest.raises(ExportError, match="LUS_PACS_TEST_PASSWORD is not set"):
+            stow([CT_IMAGE], by_variable)
+
+
+def test_a_bearer_token_comes_from_its_file(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("abc.def.ghi\nignored\n")
+    web = WebDestination(name="web", url="https://pacs.invalid/dicom-web", token_file=token)
+    assert _authorisation(web) == {"Authorization": "Bearer abc.def.ghi"}
+    with pytest.raises(ValueError, match="one credential source"):
+        WebDestination(name="w", url="http://x", token_file=token, token_env="T")
+
+
+def test_the_node_delivers_by_stow_exactly_once_across_a_restart(
+    tmp_path: Path, synth_exams: Path
+) -> None:
+    cine = sorted(synth_exams.glob("*/*.dcm"))[0]
+    with running_orthanc(tmp_path) as orthanc:
+        config = write_config(tmp_path, None, output_kinds=["sr", "kos"])
+        config.write_text(
+            config.read_text()
+            + f'\n[[web_destinations]]\nname = "web"\nurl = "{orthanc.url}/dicom-web"\n'
+        )
+        node = NodeProcess(config)
+        node.start()
+        try:
+            assert storescu(node.port, [cine]).returncode == 0
+            deadline = time.monotonic() + 120
+            while orthanc.count() < 2 and time.monotonic() < deadline:
+                time.sleep(0.5)
+        finally:
+            node.stop()
+        assert orthanc.count() == 2, node.log_text()[-3000:]
+        node.start()  # nothing pending: nothing is sent again
+        try:
+            time.sleep(3)
+        finally:
+            node.stop()
+        assert orthanc.count() == 2
+    audit = tmp_path / "node" / "audit" / "audit.jsonl"
+    results = [json.loads(line) for line in audit.read_text().splitlines()]
+    sent = Counter(
+        (line["job"], line["destination"])
+        for line in results
+        if line["event"] == "result" and line["outcome"] == "sent"
+    )
+    assert sent, results
+    assert set(sent.values()) == {1}
+    assert all(len(line["sop_instance_uids"]) >= 1 for line in results if line["event"] == "result")
