@@ -74,7 +74,9 @@ def test_the_node_delivers_by_stow_exactly_once_across_a_restart(
 ) -> None:
     cine = sorted(synth_exams.glob("*/*.dcm"))[0]
     with running_orthanc(tmp_path) as orthanc:
-        config = write_config(tmp_path, None, output_kinds=["sr", "kos"])
+        config = write_config(
+            tmp_path, None, models=["b_lines", "severity"], output_kinds=["sr", "kos"]
+        )
         config.write_text(
             config.read_text()
             + f'\n[[web_destinations]]\nname = "web"\nurl = "{orthanc.url}/dicom-web"\n'
