@@ -8,6 +8,7 @@ give it nothing to show (no key frame, no segmentation).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -122,7 +123,8 @@ def encode_objects(
         try:
             if kind is OutputKind.SR:
                 seg = made.get(OutputKind.SEG_BINARY)
-                dataset = _sr(findings, header, identity(kind), seg)
+                with_seg = _of_findings(partial(encode_sr, segmentation=seg))
+                dataset = with_seg(findings, header, identity(kind))
             else:
                 dataset = encoder(findings, header, identity(kind))
         # highdicom and pydicom raise many kinds of error on a source they cannot follow: each
@@ -139,16 +141,3 @@ def encode_objects(
         if dataset is not None:
             made[kind] = dataset
     return [(kind, made[kind]) for kind in kinds if kind in made]
-
-
-def _sr(
-    findings: Findings, header: Dataset, identity: ResultIdentity, segmentation: Dataset | None
-) -> Dataset:
-    return encode_sr(
-        findings,
-        header,
-        series_number=identity.series_number,
-        instance_uid=identity.instance_uid,
-        series_uid=identity.series_uid,
-        segmentation=segmentation,
-    )
