@@ -1,11 +1,12 @@
 """Cost of the consolidation model on one cine on this machine, side by side:
 
 * ``classify``: presence and probability only (``saliency_frames = 0``; the baseline);
-* ``boxes``: the same plus occlusion-saliency boxes on the node's default 2 frames.
+* ``gradient``: the same plus gradient x input boxes on the node's default 2 frames (default);
+* ``occlusion``: the same with occlusion-saliency boxes (the method before issue 20).
 
-Both run alternately ``--repeat`` times in one process on a simulated cine with a
-consolidation (so the boxes are made); the median seconds per cine and the ratio of ``boxes``
-to ``classify`` are printed.
+They run alternately ``--repeat`` times in one process on a simulated cine with a
+consolidation (so the boxes are made); the median seconds per cine and the ratio of each to
+``classify`` are printed.
 
     .venv/bin/python bench/consolidation.py [--repeat 3] [--frames 32]
 """
@@ -16,6 +17,7 @@ import argparse
 import json
 import tempfile
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -42,15 +44,17 @@ def main() -> None:
         cine = read_cine(Path(tmp) / truth["patient_id"] / truth["file"])
 
     model = ConsolidationModel.load(BUNDLE)
-    classify, boxes = replace(model, saliency_frames=0), replace(model, saliency_frames=2)
-    median = side_by_side(
-        {"classify": lambda: classify.predict(cine), "boxes": lambda: boxes.predict(cine)},
-        args.repeat,
-    )
+    runs = {
+        "classify": replace(model, saliency_frames=0),
+        "gradient": replace(model, saliency_frames=2, saliency_method="gradient"),
+        "occlusion": replace(model, saliency_frames=2, saliency_method="occlusion"),
+    }
+    median = side_by_side({k: partial(m.predict, cine) for k, m in runs.items()}, args.repeat)
     print(f"threads {torch.get_num_threads()}, {cine.n_frames}-frame simulated cine")
     for name, seconds in median.items():
         print(f"  {name:9s} {seconds:6.2f} s per cine")
-    print(f"boxes cost {median['boxes'] / median['classify']:.0f}x classification")
+    for name in ("gradient", "occlusion"):
+        print(f"{name} boxes cost {median[name] / median['classify']:.0f}x classification")
 
 
 if __name__ == "__main__":

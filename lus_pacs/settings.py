@@ -132,8 +132,11 @@ class ConsolidationSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     saliency_frames: int | None = Field(default=None, ge=0)
-    """Frames that get occlusion-saliency boxes when a consolidation is found (the most
-    salient ones); None takes the bundle's default (2); 0 reports presence only."""
+    """Frames that get saliency boxes when a consolidation is found (the most salient ones);
+    None takes the bundle's default (2); 0 reports presence only."""
+    saliency: Literal["gradient", "occlusion"] = "gradient"
+    """How the boxes are found: gradient x input (one backward pass, hits the consolidation
+    more often on held-out simulated cines) or occlusion sensitivity (seconds a cine)."""
 
 
 class Settings(BaseModel):

@@ -1,5 +1,5 @@
 """Consolidation (paper 002): a 3D encoder pre-trained by contrastive self-supervision on
-unlabelled cines, fine-tuned to classify; occlusion-saliency boxes where it looked."""
+unlabelled cines, fine-tuned to classify; saliency boxes where it looked."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ if TYPE_CHECKING:
 def _load(folder: Path, settings: Settings) -> Runner:
     from lus_pacs.families.consolidation.inference import ConsolidationModel
 
-    model = ConsolidationModel.load(folder, settings.consolidation.saliency_frames)
-    # The saliency frames change the SR's boxes: part of the result identity.
-    return Runner(
-        model.model.version, lambda cine, _: model.predict(cine), f"s{model.saliency_frames}"
-    )
+    chosen = settings.consolidation
+    model = ConsolidationModel.load(folder, chosen.saliency_frames, chosen.saliency)
+    # The saliency frames and method change the SR's boxes: part of the result identity.
+    identity = f"s{model.saliency_frames}" + ("" if chosen.saliency == "gradient" else ",occlusion")
+    return Runner(model.model.version, lambda cine, _: model.predict(cine), identity)
 
 
 FAMILY = Family(

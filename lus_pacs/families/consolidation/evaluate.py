@@ -118,7 +118,10 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, test: str) -> None:
 
 
 def box_scores(
-    model: ConsolidationClassifier, sources: Sequence[ClipSource], frames: int = 2
+    model: ConsolidationClassifier,
+    sources: Sequence[ClipSource],
+    frames: int = 2,
+    method: str = "gradient",
 ) -> dict[str, float]:
     """Weighted IoU of the saliency boxes against the true boxes, on the ``frames`` most
     salient clip frames of every held-out cine that has a consolidation (clip pixels), and the
@@ -131,7 +134,7 @@ def box_scores(
         if not source.label or not source.boxes:
             continue
         indices = frame_indices(source.n_frames)
-        maps = saliency(model, clip_tensor(source.frames, indices))
+        maps = saliency(model, clip_tensor(source.frames, indices), method)
         strongest = np.argsort(-maps.reshape(len(indices), -1).max(axis=1))[:frames]
         for t in strongest:
             truth = source.boxes.get(int(indices[t]), ())

@@ -1,12 +1,16 @@
 """Running the consolidation bundle (paper 002) on a cine: presence, probability, and boxes.
 
 The clip is ``CLIP_FRAMES`` frames evenly spaced over the cine, each frame's tissue region at
-``CLIP_SIZE`` pixels. When the probability passes the bundle's threshold, occlusion sensitivity
-(MONAI :class:`~monai.visualize.OcclusionSensitivity`) on the classifier's logit gives a
-saliency value per clip pixel; on the ``saliency_frames`` most salient clip frames, the top 10 %
-of pixels are kept, split into connected regions, and each region's enclosing box is mapped
-back to the source frame and its pixels. The number of frames bounds the cost: the occlusion
-passes are shared, the box-making is per frame.
+``CLIP_SIZE`` pixels. When the probability passes the bundle's threshold, a saliency map of the
+classifier's logit gives a value per clip pixel; on the ``saliency_frames`` most salient clip
+frames, the top 10 % of pixels are kept, split into connected regions, and each region's
+enclosing box is mapped back to the source frame and its pixels.
+
+The saliency is gradient x input by default (:func:`gradient_saliency`: one backward pass,
+smoothed): on the held-out simulated cines its boxes hit the true consolidation on 0.96 of the
+frames against 0.46 for occlusion sensitivity (MONAI :class:`~monai.visualize.
+OcclusionSensitivity`, :func:`occlusion_saliency`, 2,048 occluded clips, seconds a cine),
+which stays available (``[consolidation] saliency = "occlusion"``); see the model card.
 """
 
 from __future__ import annotations
@@ -35,7 +39,42 @@ TOP_FRACTION = 0.10
 """The share of a frame's pixels kept as salient (the paper's top 10 %)."""
 
 
-def saliency(model: ConsolidationClassifier, clip: torch.Tensor) -> npt.NDArray[np.float32]:
+SALIENCY_METHODS = ("gradient", "occlusion")
+
+GRADIENT_SMOOTHING = (1.0, 2.0, 2.0)
+"""Gaussian sigma (clip frames, rows, columns) that turns gradient x input into regions."""
+
+
+def saliency(
+    model: ConsolidationClassifier, clip: torch.Tensor, method: str = "gradient"
+) -> npt.NDArray[np.float32]:
+    """The saliency map of the logit, (T, H, W), by ``method`` (:data:`SALIENCY_METHODS`)."""
+    if method == "gradient":
+        return gradient_saliency(model, clip)
+    if method == "occlusion":
+        return occlusion_saliency(model, clip)
+    raise ValueError(f"Unknown saliency {method!r}; choose one of {', '.join(SALIENCY_METHODS)}.")
+
+
+def gradient_saliency(
+    model: ConsolidationClassifier, clip: torch.Tensor
+) -> npt.NDArray[np.float32]:
+    """Gradient x input of the logit, in magnitude, smoothed by :data:`GRADIENT_SMOOTHING`,
+    (T, H, W): where changing the pixels changes the logit most, weighted by how bright they
+    are. One forward and one backward pass in eval mode; the model's gradients are left as
+    they were (none are accumulated in its parameters)."""
+    model.eval()
+    x = clip.unsqueeze(0).detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        logit = model(x)[0]
+        (grad,) = torch.autograd.grad(logit, x)
+    weighted = np.abs((grad[0] * clip).detach().numpy()).reshape(clip.shape[1:])
+    return ndimage.gaussian_filter(weighted, sigma=GRADIENT_SMOOTHING).astype(np.float32)
+
+
+def occlusion_saliency(
+    model: ConsolidationClassifier, clip: torch.Tensor
+) -> npt.NDArray[np.float32]:
     """Occlusion sensitivity of the logit, (T, H, W): how much hiding a patch around each
     pixel lowers the logit (higher = more evidence of consolidation there)."""
     from monai.visualize import OcclusionSensitivity
@@ -120,9 +159,12 @@ class ConsolidationModel:
     model: ModelInfo
     threshold: float
     saliency_frames: int
+    saliency_method: str = "gradient"
 
     @classmethod
-    def load(cls, folder: Path, saliency_frames: int | None = None) -> ConsolidationModel:
+    def load(
+        cls, folder: Path, saliency_frames: int | None = None, saliency_method: str = "gradient"
+    ) -> ConsolidationModel:
         bundle = load_bundle(folder, expected=(ConsolidationClassifier,))
         network = bundle.network
         assert isinstance(network, ConsolidationClassifier)
@@ -135,6 +177,7 @@ class ConsolidationModel:
                 if saliency_frames is not None
                 else bundle.config.get("saliency_frames", 2)
             ),
+            saliency_method=saliency_method,
         )
 
     def predict(self, cine: Cine) -> ConsolidationFindings:
@@ -145,7 +188,7 @@ class ConsolidationModel:
         present = probability >= self.threshold
         boxes: list[ConsolidationBox] = []
         if present and self.saliency_frames > 0:
-            maps = saliency(self.network, clip)
+            maps = saliency(self.network, clip, self.saliency_method)
             strongest = np.argsort(-maps.reshape(CLIP_FRAMES, -1).max(axis=1))
             # Boxes are drawn on intact frames only (a damaged frame is never shown as one).
             intact = cine.intact()

@@ -114,9 +114,10 @@ def test_boxes_enclose_the_top_pixels_and_weighted_iou_scores_them() -> None:
     assert weighted_iou([], [(0, 0, 1, 1)]) == 0.0
 
 
-def test_saliency_leaves_the_classifier_as_it_was() -> None:
-    """Occlusion passes must not switch batch norm to training (statistics drift, and every
-    later cine would be scored in training mode)."""
+@pytest.mark.parametrize("method", ["gradient", "occlusion"])
+def test_saliency_leaves_the_classifier_as_it_was(method: str) -> None:
+    """Saliency must not switch batch norm to training (statistics drift, and every later cine
+    would be scored in training mode), nor leave gradients in the parameters."""
     from lus_pacs.families.consolidation.inference import saliency
     from lus_pacs.families.consolidation.network import ConsolidationClassifier
 
@@ -126,8 +127,11 @@ def test_saliency_leaves_the_classifier_as_it_was() -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         first = float(model(clip.unsqueeze(0))[0])
-    saliency(model, clip)
+    maps = saliency(model, clip, method)
+    assert maps.shape == clip.shape[1:]
+    assert float(maps.max()) > float(maps.min())
     assert not model.training
+    assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     with torch.no_grad():
         assert float(model(clip.unsqueeze(0))[0]) == first
