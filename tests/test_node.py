@@ -76,9 +76,14 @@ def _referenced(ds: pydicom.Dataset) -> list[tuple[str, list[int]]]:
                 found.append((str(ref.ReferencedSOPInstanceUID), _frames_of(ref)))
     for item in ds.get("ContentSequence", []):
         for ref in item.get("ReferencedSOPSequence", []):
+            if str(ref.ReferencedSOPClassUID).startswith(SEGMENTATION_CLASSES):
+                continue  # the SR's pointer to its own cine's SEG, not a source
             found.append((str(ref.ReferencedSOPInstanceUID), _frames_of(ref)))
         found += _referenced(item)
     return found
+
+
+SEGMENTATION_CLASSES = "1.2.840.10008.5.1.4.1.1.66."
 
 
 def test_pushed_cines_come_back_to_pacs_as_the_whole_object_set(

@@ -190,13 +190,19 @@ def _report(sr: Dataset) -> hd.sr.MeasurementReport:
 
 
 def _library_sources(sr: Dataset) -> list[tuple[str, str]]:
-    """(SOP Instance UID, Series Instance UID) of each image the SR's evidence lists."""
+    """(SOP Instance UID, Series Instance UID) of each source image the SR's evidence lists
+    (the SEG it references, a result of the same cine, is not a source)."""
     return [
         (str(ref.ReferencedSOPInstanceUID), str(series.SeriesInstanceUID))
         for study in sr.CurrentRequestedProcedureEvidenceSequence
         for series in study.ReferencedSeriesSequence
         for ref in series.ReferencedSOPSequence
+        if not str(ref.ReferencedSOPClassUID).startswith(_SEGMENTATION_CLASSES)
     ]
+
+
+_SEGMENTATION_CLASSES = "1.2.840.10008.5.1.4.1.1.66."
+"""The prefix of the segmentation storage classes (SEG, LABELMAP SEG, surface)."""
 
 
 def _zone(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> str | None:
