@@ -118,18 +118,16 @@ class Node:
     def health(self) -> tuple[bool, dict[str, object]]:
         """Whether the node is working, and what was checked (``/healthz``): the listener is
         up, every loop thread is alive, and the job store answers."""
-        checks: dict[str, object] = {"listener": self._listener is not None}
-        checks["threads"] = {t.name: t.is_alive() for t in self._threads}
+        threads = {t.name: t.is_alive() for t in self._threads}
+        checks: dict[str, object] = {"listener": self._listener is not None, "threads": threads}
         try:
-            counts = self.store.jobs.counts()
-            checks["job_store"] = True
-            checks["queued"] = int(counts.get(JobState.QUEUED, 0))
+            checks["queued"] = int(self.store.jobs.counts().get(JobState.QUEUED, 0))
+            store_ok = True
         except Exception as exc:  # the store is the node's memory: unhealthy without it
-            checks["job_store"] = False
             checks["job_store_error"] = str(exc)
-        threads = checks["threads"]
-        assert isinstance(threads, dict)
-        ok = bool(checks["listener"]) and all(threads.values()) and bool(checks["job_store"])
+            store_ok = False
+        checks["job_store"] = store_ok
+        ok = self._listener is not None and all(threads.values()) and store_ok
         return ok and not self._stop.is_set(), checks
 
     def _record(self, instance: Instance) -> Received:

@@ -452,14 +452,21 @@ def _complete_summaries(orthanc: OrthancHandle, sources: Mapping[str, pydicom.Da
     return len(complete)
 
 
-def _scrape(node: NodeProcess) -> dict[str, float]:
-    """The node's /metrics, as sample name with labels -> value."""
+def _get(node: NodeProcess, path: str) -> bytes:
+    """GET ``path`` from the node's metrics server (its port is in the node's log)."""
     import re
     import urllib.request
 
     (port,) = re.findall(r"Metrics on http://127\.0\.0\.1:(\d+)/metrics", node.log_text())
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-        text = answer.read().decode()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+        assert answer.status == 200
+        body: bytes = answer.read()
+    return body
+
+
+def _scrape(node: NodeProcess) -> dict[str, float]:
+    """The node's /metrics, as sample name with labels -> value."""
+    text = _get(node, "/metrics").decode()
     samples = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
@@ -469,13 +476,7 @@ def _scrape(node: NodeProcess) -> dict[str, float]:
 
 
 def _healthz(node: NodeProcess) -> dict[str, Any]:
-    import re
-    import urllib.request
-
-    (port,) = re.findall(r"Metrics on http://127\.0\.0\.1:(\d+)/metrics", node.log_text())
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
-        assert answer.status == 200
-        doc: dict[str, Any] = json.loads(answer.read())
+    doc: dict[str, Any] = json.loads(_get(node, "/healthz"))
     return doc
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from lus_pacs.errors import ConfigError
 from lus_pacs.settings import Settings, load_settings
+from tests.tools import run_cli
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
 
@@ -61,14 +60,7 @@ def test_a_bad_settings_file_is_one_line_naming_the_keys_not_a_traceback(tmp_pat
     # Issue 19, case 12: a misspelt key printed a 53-line traceback.
     path = tmp_path / "node.toml"
     path.write_text('ae_titel = "NODE"\n[segmentation]\nmc_sample = 3\n')
-    exe = Path(sys.executable).with_name("lus-pacs")
-    done = subprocess.run(
-        [str(exe), "serve", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_cli("serve", "--config", str(path), check=False)
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
     assert "Traceback" not in done.stderr

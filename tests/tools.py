@@ -10,10 +10,13 @@ from typing import Any
 from lus_pacs.validate import dciodvfy
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``lus-pacs`` command (the console script beside this Python)."""
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``lus-pacs`` command (the console script beside this Python); with
+    ``check`` false a failing command is returned, not raised, for tests of its exit."""
     exe = Path(sys.executable).with_name("lus-pacs")
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, check=True)
+    return subprocess.run(
+        [str(exe), *args], capture_output=True, text=True, check=check, timeout=600
+    )
 
 
 def dciodvfy_errors(path: Path) -> list[str]:

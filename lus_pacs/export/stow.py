@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Sequence
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,8 @@ def stow(paths: Sequence[Path], destination: WebDestination) -> list[str]:
     for path in paths:
         try:
             data = Path(path).read_bytes()
-            uids.append(str(dcmread(path, stop_before_pixels=True).SOPInstanceUID))
+            header = dcmread(BytesIO(data), stop_before_pixels=True)
+            uids.append(str(header.SOPInstanceUID))
         except Exception as exc:  # pydicom raises several kinds for a damaged file
             raise ExportError(destination.name, f"cannot read {path}: {exc}") from exc
         body += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()

@@ -5,8 +5,6 @@ the called AE title checked, and a JSON line for every association, instance and
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from lus_pacs.ingest.audit import AuditLog
 from lus_pacs.ingest.scp import Listener, check_exposure, start_listener
 from lus_pacs.settings import Settings
 from tests.ingest.test_scp import US_IMAGE, _dcmtk, _echo
+from tests.tools import run_cli
 
 
 def _start(settings: Settings, audit: AuditLog | None = None) -> Listener:
@@ -56,19 +55,12 @@ def test_every_address_without_an_allow_list_is_refused_with_the_fix_named(
         check_exposure(Settings(data_dir=tmp_path, host="", port=0))  # every address too
 
 
-def test_serve_on_every_address_without_an_allow_list_exits_before_loading_models(
+def test_serve_on_every_address_without_an_allow_list_exits_naming_the_fix(
     tmp_path: Path,
 ) -> None:
     config = tmp_path / "open.toml"
     config.write_text(f'host = "0.0.0.0"\nport = 0\ndata_dir = "{tmp_path / "node"}"\n')
-    exe = Path(sys.executable).with_name("lus-pacs")
-    done = subprocess.run(
-        [str(exe), "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_cli("serve", "--config", str(config), check=False)
     assert done.returncode == 2
     assert "accept_any_calling_ae = true" in done.stderr
     assert "Traceback" not in done.stderr
