@@ -14,9 +14,7 @@ def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run the installed ``lus-pacs`` command (the console script beside this Python); with
     ``check`` false a failing command is returned, not raised, for tests of its exit."""
     exe = Path(sys.executable).with_name("lus-pacs")
-    return subprocess.run(
-        [str(exe), *args], capture_output=True, text=True, check=check, timeout=600
-    )
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, check=check)
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
