@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean reproduce-b-lines evaluate-real fit-real
+.PHONY: install demo test lint clean reproduce-b-lines evaluate-real fit-real image image-test container-packages
 
 $(STAMP): pyproject.toml dicom_nodes/debian-packages.txt dicom_nodes/viewer/debian-packages.txt \
 		dicom_nodes/viewer/install.sh dicom_nodes/viewer/package-lock.json
@@ -58,3 +58,19 @@ evaluate-real: $(STAMP)
 fit-real: $(STAMP)
 	$(VENV)/bin/lus-pacs fit b-lines --data $(DATA) --cache build/real-cache
 	$(VENV)/bin/lus-pacs fit severity --data $(DATA) --cache build/real-cache
+
+# The node's container image (Dockerfile), built with podman: `make image` from the official
+# Python image (IMAGE_BASE) with PyTorch's CPU wheel index; `make image-test` where registries
+# cannot be pulled from: a base built here with debootstrap, pip's own configuration, then the
+# image run for real (healthcheck, a simulated exam pushed with storescu, results in a test
+# Orthanc, non-root, audit trail) and stopped. Both print the image's size.
+IMAGE ?= localhost/lus-pacs:latest
+IMAGE_BASE ?= python:3.11-slim-bookworm
+container-packages:
+	bash dicom_nodes/install-system.sh dicom_nodes/container/debian-packages.txt
+
+image: container-packages
+	python3 scripts/image.py build --tag $(IMAGE) --base $(IMAGE_BASE)
+
+image-test: $(STAMP) container-packages
+	$(PY) scripts/image.py test

@@ -36,7 +36,7 @@ class OutputKind(StrEnum):
     SEG = "seg"
     """Per cine: the score masks as a LABELMAP SEG."""
     SEG_BINARY = "seg-binary"
-    """Per cine: the same masks as a BINARY SEG with plane geometry, for older viewers."""
+    """Per cine: the same masks as a BINARY SEG, for viewers that know no LABELMAP SEG."""
     SEG_UNCERTAINTY = "seg-uncertainty"
     """Per cine: the Monte-Carlo dropout uncertainty as a FRACTIONAL SEG."""
     PR = "pr"

@@ -224,7 +224,8 @@ class Settings(BaseModel):
     """Result objects sent: per cine the SR, the KOS of key frames, the presentation state
     drawing boxes and labels on the key frames (GSPS or CSPS as the source's colour) and, when
     the segmentation model runs, the LABELMAP SEG of the score masks and the same masks as a
-    BINARY SEG with plane geometry (what OHIF and older viewers open), optionally a FRACTIONAL
+    BINARY SEG (for viewers that know no LABELMAP; both with the plane geometry OHIF needs),
+    optionally a FRACTIONAL
     SEG of the Monte-Carlo dropout uncertainty; per study, once it is complete, the summary
     SR."""
     models_dir: Path = Field(default_factory=lambda: MODELS_DIR)

@@ -42,12 +42,6 @@ CHANGE_THRESHOLD = 30
 """A screen pixel counts as changed when a colour channel moved by more than this (0-255)."""
 NEAR_MASK_PX = 3
 """Screen pixels this close to a segmented pixel may change (outline, resampling)."""
-OHIF_NEEDS_PLANE_GEOMETRY = (
-    "OHIF 3.13 opens a SEG only with Pixel Measures and Plane Orientation (Patient) in its "
-    "Shared Functional Groups; a SEG of an ultrasound cine without Frame of Reference has "
-    "neither (PS3.3 Table A.51-2 allows them only with one). See dicom_nodes/README.md, Viewer."
-)
-
 # Loopback only: bypass any http_proxy/https_proxy set in the environment.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -271,11 +265,9 @@ def test_loading_the_seg_colours_the_segmented_pixels_of_the_cine(
 ) -> None:
     report = open_in_viewer(kind)
     seg = report["seg"]
-    if not viewer_study.plane_geometry[kind]:
-        # The known limit, checked to be exactly that: the screenshot shows OHIF's error.
-        assert not seg["loaded"], "OHIF now opens SEGs without plane geometry: drop this branch"
-        assert "PixelMeasuresSequence" in (seg["error"] or ""), seg["error"]
-        pytest.xfail(OHIF_NEEDS_PLANE_GEOMETRY)
+    # OHIF 3.13 opens a SEG only with Pixel Measures and Plane Orientation in its Shared
+    # Functional Groups (without them: "Something went wrong"); both default SEG kinds carry them.
+    assert viewer_study.plane_geometry[kind], f"the {kind} SEG has no plane geometry"
     assert seg["loaded"], (
         f"OHIF did not load the {kind} SEG: {seg['error']}\npage console:\n"
         + "\n".join(report["console"])

@@ -140,9 +140,9 @@ def encode_seg(
         segments = range(1, len(SCORES) + 1)
         bits = np.stack([frame_labels == k for frame_labels in labels for k in segments])
         seg.PixelData = pack_bits(bits.astype(np.uint8))
-        _add_plane_geometry(seg, header)
     else:
         seg.compress(RLELossless, _frames_array(labels), generate_instance_uid=False)
+    _add_plane_geometry(seg, header)
     return seg
 
 
@@ -354,10 +354,11 @@ def _add_plane_geometry(seg: Dataset, header: Dataset) -> None:
     """Pixel Measures and Plane Orientation in the shared functional groups, for viewers.
 
     OHIF (3.13) and cornerstone's SEG loader read both unconditionally and fail on a SEG
-    without them; the standard lists them for SEGs with a patient Frame of Reference, which an
-    ultrasound cine has not. So only the BINARY SEG, the kind meant for other viewers, carries
-    them: the pixel spacing of the source's first 2D tissue region (cm in DICOM, mm here), else
-    a nominal 1 mm, and the identity orientation of the image plane.
+    without them ("Something went wrong"); the standard lists them for SEGs with a patient
+    Frame of Reference, which an ultrasound cine has not, but does not forbid them otherwise
+    (dciodvfy reports nothing). Both SEG kinds carry them, so that every default object opens
+    in OHIF: the pixel spacing of the source's first 2D tissue region (cm in DICOM, mm here),
+    else a nominal 1 mm, and the identity orientation of the image plane.
     """
     spacing = _region_spacing_mm(header) or (1.0, 1.0)
     measures = Dataset()

@@ -170,14 +170,15 @@ def test_binary_seg_is_valid_and_reads_back_per_score(cine: Source, tmp_path: Pa
         np.testing.assert_array_equal(labels[0], _segment_numbers(mask))
 
 
-def test_only_the_binary_seg_carries_plane_geometry_for_viewers(right_cine: Source) -> None:
-    """OHIF needs Pixel Measures and Plane Orientation; the LABELMAP SEG stays without them
-    (no patient Frame of Reference), the BINARY SEG for viewers has them."""
-    masks = _masks(right_cine)
-    binary = encode_seg(masks, right_cine.header, model=SEG_MODEL, binary=True)
-    labelmap = encode_seg(masks, right_cine.header, model=SEG_MODEL)
+@pytest.mark.parametrize("binary", [False, True], ids=["labelmap", "binary"])
+def test_both_seg_kinds_carry_the_plane_geometry_ohif_needs(
+    right_cine: Source, binary: bool
+) -> None:
+    """OHIF opens a SEG only with Pixel Measures and Plane Orientation in its shared
+    functional groups: the spacing of the cine's tissue region, the image plane's identity."""
+    seg = encode_seg(_masks(right_cine), right_cine.header, model=SEG_MODEL, binary=binary)
 
-    shared = binary.SharedFunctionalGroupsSequence[0]
+    shared = seg.SharedFunctionalGroupsSequence[0]
     region = right_cine.header.SequenceOfUltrasoundRegions[0]
     spacing = [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing]
     assert spacing == pytest.approx(
@@ -185,8 +186,6 @@ def test_only_the_binary_seg_carries_plane_geometry_for_viewers(right_cine: Sour
     )
     orientation = shared.PlaneOrientationSequence[0].ImageOrientationPatient
     assert [float(v) for v in orientation] == [1, 0, 0, 0, 1, 0]
-    assert "PixelMeasuresSequence" not in labelmap.SharedFunctionalGroupsSequence[0]
-    assert "PlaneOrientationSequence" not in labelmap.SharedFunctionalGroupsSequence[0]
 
 
 def test_uncertainty_is_a_valid_fractional_seg_of_the_maps(cine: Source, tmp_path: Path) -> None:

@@ -1,0 +1,362 @@
+"""Build the node's container image with podman, and test it end to end (``make image``,
+``make image-test``).
+
+``build`` runs ``podman build`` on the project's Dockerfile (docker format, so that the
+healthcheck is kept) and prints the image's size. ``--local-base`` builds the base image here from
+Debian packages (``debootstrap --variant=minbase bookworm`` with python3 and its venv module,
+imported with ``podman import``) for machines that cannot pull from registries, and
+``--host-pip-config`` gives the build this machine's pip configuration read-only (the settings pip
+reports, and the local folders and files they name mounted at the same paths), so that pip in
+the build reaches the packages the way pip here does; no host name is written anywhere.
+
+``test`` builds the image that way, starts a test Orthanc (``tests/orthanc.py``) and the node in
+its container (host network, its settings mounted over ``config/container.toml``, its data on a
+named volume), waits until the image's healthcheck passes, pushes a simulated exam with dcmtk's
+storescu, waits for every result in Orthanc and checks them, checks that the node runs as
+non-root and that its audit trail holds the pushed instances, then stops everything.
+
+podman reads ``dicom_nodes/container/containers.conf`` (runc, no default ulimits) unless
+``CONTAINERS_CONF`` is already set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTAINERS_CONF = ROOT / "dicom_nodes" / "container" / "containers.conf"
+LOCAL_BASE = "localhost/lus-pacs-base:bookworm"
+TEST_TAG = "localhost/lus-pacs:test"
+DEFAULT_TAG = "localhost/lus-pacs:latest"
+HEALTH_TIMEOUT = 300.0
+RESULTS_TIMEOUT = 600.0
+OBJECTS_PER_CINE = 5
+"""SR, KOS, LABELMAP SEG, BINARY SEG and colour presentation state of a lung cine."""
+
+
+def _env() -> dict[str, str]:
+    """The environment with the project's containers.conf, unless one is set already."""
+    env = dict(os.environ)
+    env.setdefault("CONTAINERS_CONF", str(CONTAINERS_CONF))
+    return env
+
+
+def podman(*args: str, check: bool = True, stdin: bytes | None = None) -> str:
+    """Run podman with the project's containers.conf; its stdout."""
+    result = subprocess.run(
+        ["podman", *args], input=stdin, capture_output=True, env=_env(), check=False
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(
+            f"podman {shlex.join(args)} failed ({result.returncode}): "
+            + result.stderr.decode(errors="replace")[-3000:]
+        )
+    return result.stdout.decode(errors="replace")
+
+
+def podman_ok(*args: str) -> bool:
+    result = subprocess.run(["podman", *args], capture_output=True, env=_env(), check=False)
+    return result.returncode == 0
+
+
+def local_base(tag: str = LOCAL_BASE) -> str:
+    """A bookworm base with python3 and venv, built from Debian packages unless ``tag`` exists."""
+    if podman_ok("image", "exists", tag):
+        return tag
+    if os.geteuid() != 0:
+        raise SystemExit("image.py: debootstrap needs root to build the local base image")
+    work = ROOT / "build" / "container"
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        print(f"building the base image {tag} with debootstrap (about a minute)", flush=True)
+        subprocess.run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                "--include=python3,python3-venv,ca-certificates",
+                "bookworm",
+                str(rootfs),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for item in (rootfs / cache).glob("*"):
+                if item.is_file():
+                    item.unlink()
+        tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True)
+        podman("import", "--change", 'CMD ["python3"]', "-", tag, stdin=tar.stdout)
+    return tag
+
+
+def pip_options(listed: str) -> dict[str, str]:
+    """pip's settings from ``pip config list``: the environment's over the files', as pip
+    reads them."""
+    options: dict[str, str] = {}
+    from_env: dict[str, str] = {}
+    for line in listed.splitlines():
+        key, _, value = line.partition("=")
+        name = key.rsplit(".", 1)[-1]
+        value = value.strip().strip("'\"")
+        if key.startswith(":env:"):
+            from_env[name] = value
+        elif key.startswith("global."):
+            options[name] = value
+    return options | from_env
+
+
+def local_paths(options: dict[str, str]) -> set[Path]:
+    """The existing local files and folders the settings name (paths and file:// URLs); a local
+    index's parent, whose pages link to the files beside it ("../../files/...")."""
+    found: set[Path] = set()
+    for name, value in options.items():
+        for word in value.split():
+            path = Path(word.removeprefix("file://"))
+            if path.is_absolute() and path.exists():
+                found.add(path.parent if name.endswith("index-url") else path)
+    return found
+
+
+def host_pip_config(folder: Path) -> list[str]:
+    """``podman build`` volume options that give the build this machine's pip configuration:
+    a pip.conf of what ``pip config list`` reports mounted as /etc/pip.conf, and every local
+    path it names mounted read-only at its own path."""
+    listed = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    options = pip_options(listed)
+    folder.mkdir(parents=True, exist_ok=True)
+    conf = folder / "pip.conf"
+    conf.write_text("[global]\n" + "".join(f"{k} = {v}\n" for k, v in sorted(options.items())))
+    volumes = ["-v", f"{conf}:/etc/pip.conf:ro"]
+    for mount in sorted(local_paths(options)):
+        volumes += ["-v", f"{mount}:{mount}:ro"]
+    return volumes
+
+
+def build(tag: str, *, base: str | None, torch_index: str | None, host_config: bool) -> int:
+    """Build the image; its size in bytes."""
+    command = ["build", "--format", "docker", "--network", "host", "-t", tag]
+    if base is not None:
+        command += ["--build-arg", f"BASE={base}"]
+    if torch_index is not None:
+        command += ["--build-arg", f"TORCH_INDEX={torch_index}"]
+    if host_config:
+        command += host_pip_config(ROOT / "build" / "container")
+    command.append(str(ROOT))
+    print("podman " + shlex.join(command), flush=True)
+    started = time.monotonic()
+    subprocess.run(["podman", *command], check=True, env=_env())
+    size = int(podman("image", "inspect", "--format", "{{.Size}}", tag).strip())
+    print(
+        f"image {tag}: {size / 1e9:.2f} GB, built in {time.monotonic() - started:.0f} s",
+        flush=True,
+    )
+    return size
+
+
+def _node_settings(
+    folder: Path, *, port: int, metrics_port: int, orthanc_aet: str, orthanc_port: int, scanner: str
+) -> Path:
+    """The node's settings for the test, mounted over the image's config/container.toml."""
+    path = folder / "container.toml"
+    path.write_text(
+        "\n".join(
+            [
+                'ae_title = "LUSPACS"',
+                'host = "0.0.0.0"',
+                f"port = {port}",
+                f"metrics_port = {metrics_port}",
+                'data_dir = "/var/lib/lus-pacs"',
+                'models_dir = "/opt/lus-pacs/models"',
+                f'allowed_calling_aes = ["{scanner}"]',
+                "study_quiet_s = 2.0",
+                "",
+                "[[destinations]]",
+                'name = "pacs"',
+                f'ae_title = "{orthanc_aet}"',
+                'host = "127.0.0.1"',
+                f"port = {orthanc_port}",
+                "",
+            ]
+        )
+    )
+    path.chmod(0o644)
+    return path
+
+
+def _wait(predicate: object, timeout: float, what: str, container: str) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if podman("inspect", "--format", "{{.State.Running}}", container).strip() != "true":
+            raise SystemExit(f"the node's container stopped:\n{podman('logs', container)[-3000:]}")
+        time.sleep(2.0)
+    logs = podman("logs", container, check=False)[-3000:]
+    raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}; node log:\n{logs}")
+
+
+def image_test(tag: str) -> None:
+    """Build with the local base and the host's pip configuration, then run the image for real."""
+    sys.path.insert(0, str(ROOT))  # the tests' Orthanc and scanner helpers
+    import pydicom
+
+    from tests.node_process import SCANNER_AE, storescu
+    from tests.orthanc import free_ports, running_orthanc
+
+    size = build(tag, base=local_base(), torch_index="", host_config=True)
+    user = podman("image", "inspect", "--format", "{{.Config.User}}", tag).strip()
+    if user in ("", "root", "0"):
+        raise SystemExit(f"the image runs as {user or 'root'}: it must run as a non-root user")
+    health = podman("image", "inspect", "--format", "{{json .Config.Healthcheck}}", tag)
+    if "healthz" not in health and "HEALTH_URL" not in health:
+        raise SystemExit(f"the image has no healthcheck on /healthz: {health}")
+
+    work = ROOT / "build" / "container"
+    work.mkdir(parents=True, exist_ok=True)
+    name = f"lus-pacs-image-test-{os.getpid()}"
+    volume = f"{name}-data"
+    with tempfile.TemporaryDirectory(dir=work) as tmp_name:
+        tmp = Path(tmp_name)
+        exam = tmp / "exam"
+        subprocess.run(
+            [
+                str(Path(sys.executable).with_name("lus-pacs")),
+                "synth",
+                "--out",
+                str(exam),
+                "--patients",
+                "1",
+                "--seed",
+                "3",
+                "--frames",
+                "30",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        cines = sorted(exam.rglob("*.dcm"))
+        pushed = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in cines}
+        with running_orthanc(tmp) as orthanc:
+            port, metrics_port = free_ports(2)
+            settings = _node_settings(
+                tmp,
+                port=port,
+                metrics_port=metrics_port,
+                orthanc_aet=orthanc.aet,
+                orthanc_port=orthanc.dicom_port,
+                scanner=SCANNER_AE,
+            )
+            podman("volume", "create", volume)
+            try:
+                podman(
+                    "run", "-d", "--name", name, "--network", "host",
+                    "-e", f"LUS_PACS_HEALTH_URL=http://127.0.0.1:{metrics_port}/healthz",
+                    "-v", f"{settings}:/opt/lus-pacs/config/container.toml:ro",
+                    "-v", f"{volume}:/var/lib/lus-pacs",
+                    tag,
+                )  # fmt: skip
+                started = time.monotonic()
+                _wait(lambda: podman_ok("healthcheck", "run", name), HEALTH_TIMEOUT,
+                      "the image's healthcheck to pass", name)  # fmt: skip
+                print(f"node healthy in its container after {time.monotonic() - started:.0f} s")
+                uid = podman("exec", name, "id", "-u").strip()
+                if uid == "0":
+                    raise SystemExit("the node runs as root in its container")
+                sent = storescu(port, cines)
+                if sent.returncode != 0:
+                    raise SystemExit(f"storescu failed:\n{sent.stdout}{sent.stderr}")
+                pushed_at = time.monotonic()
+                expected = OBJECTS_PER_CINE * len(cines) + 1  # and the study summary SR
+                _wait(lambda: orthanc.count() >= expected, RESULTS_TIMEOUT,
+                      f"{expected} results in Orthanc", name)  # fmt: skip
+                waited = time.monotonic() - pushed_at
+                results = orthanc.datasets()
+                classes = Counter(str(ds.SOPClassUID.name) for ds in results)
+                referenced = _referenced_sources(results)
+                if not pushed <= referenced:
+                    raise SystemExit(f"no result references {sorted(pushed - referenced)}")
+                audit = podman("exec", name, "cat", "/var/lib/lus-pacs/audit/audit.jsonl")
+                audited = {
+                    str(line.get("sop_instance_uid"))
+                    for line in map(json.loads, audit.splitlines())
+                    if line.get("event") == "instance"
+                }
+                if not pushed <= audited:
+                    raise SystemExit(f"the audit trail misses {sorted(pushed - audited)}")
+            finally:
+                podman("stop", "-t", "30", name, check=False)
+                podman("rm", "-f", name, check=False)
+                podman("volume", "rm", "-f", volume, check=False)
+    print(f"image {tag}: {size / 1e9:.2f} GB, runs as uid {uid}, healthcheck passed")
+    print(
+        f"{len(cines)} cines pushed with storescu, {len(results)} results in Orthanc "
+        f"{waited:.0f} s after the push: "
+        + ", ".join(f"{count} {name}" for name, count in sorted(classes.items()))
+    )
+    print("audit trail: every pushed instance recorded; image-test passed")
+
+
+def _referenced_sources(results: Sequence[Dataset]) -> set[str]:
+    """SOP Instance UIDs the results reference (SEG sources, SR/KOS content, PS images)."""
+    return {
+        str(element.value)
+        for ds in results
+        for element in ds.iterall()
+        if element.keyword == "ReferencedSOPInstanceUID"
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    build_parser = verbs.add_parser("build", help="build the image and print its size")
+    build_parser.add_argument("--tag", default=DEFAULT_TAG)
+    build_parser.add_argument("--base", help="base image (default: the Dockerfile's BASE)")
+    build_parser.add_argument(
+        "--local-base", action="store_true", help=f"build and use {LOCAL_BASE} (debootstrap)"
+    )
+    build_parser.add_argument(
+        "--torch-index", help="index of PyTorch's CPU wheel ('' : pip's own configuration)"
+    )
+    build_parser.add_argument(
+        "--host-pip-config", action="store_true", help="give the build this machine's pip setup"
+    )
+    test_parser = verbs.add_parser("test", help="build with a local base, run and check it")
+    test_parser.add_argument("--tag", default=TEST_TAG)
+    args = parser.parse_args()
+    if shutil.which("podman") is None:
+        raise SystemExit(
+            "image.py: podman not found; run: "
+            "bash dicom_nodes/install-system.sh dicom_nodes/container/debian-packages.txt"
+        )
+    if args.verb == "build":
+        base = local_base() if args.local_base else args.base
+        build(args.tag, base=base, torch_index=args.torch_index, host_config=args.host_pip_config)
+    else:
+        image_test(args.tag)
+
+
+if __name__ == "__main__":
+    main()
