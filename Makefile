@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean reproduce-b-lines evaluate-real fit-real image image-test container-packages
+.PHONY: install demo test lint clean reproduce-b-lines evaluate-real fit-real image image-test container-packages pilot pilot-test
 
 $(STAMP): pyproject.toml dicom_nodes/debian-packages.txt dicom_nodes/viewer/debian-packages.txt \
 		dicom_nodes/viewer/install.sh dicom_nodes/viewer/package-lock.json
@@ -74,3 +74,14 @@ image: container-packages
 
 image-test: $(STAMP) container-packages
 	$(PY) scripts/image.py test
+
+# The pilot (dicom_nodes/pilot/compose.yaml): the node, Orthanc with DICOMweb as the PACS and OHIF
+# behind nginx, with podman-compose. `make pilot` brings it up (building the images from the
+# official bases); `make pilot-test` builds them here (local base), brings it up on free ports,
+# pushes a simulated exam to the PACS, screenshots OHIF on the study with the SEG
+# (build/test-artefacts/pilot/) and brings it down.
+pilot: $(STAMP) container-packages
+	$(VENV)/bin/podman-compose -f dicom_nodes/pilot/compose.yaml up -d --build
+
+pilot-test: $(STAMP) container-packages
+	$(PY) scripts/image.py pilot-test

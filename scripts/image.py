@@ -30,12 +30,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
     from pydicom import Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +48,19 @@ TEST_TAG = "localhost/lus-pacs:test"
 DEFAULT_TAG = "localhost/lus-pacs:latest"
 HEALTH_TIMEOUT = 300.0
 RESULTS_TIMEOUT = 600.0
+NODE_CONTAINERFILE = ROOT / "Dockerfile"
+PILOT = ROOT / "dicom_nodes" / "pilot" / "compose.yaml"
+PILOT_IMAGES = {
+    "localhost/lus-pacs:latest": NODE_CONTAINERFILE,
+    "localhost/lus-pacs-orthanc:latest": ROOT / "dicom_nodes" / "orthanc" / "Containerfile",
+    "localhost/lus-pacs-viewer:latest": ROOT / "dicom_nodes" / "viewer" / "Containerfile",
+}
+"""The images of the pilot's compose file and what builds them."""
+SCREENSHOT = ROOT / "dicom_nodes" / "viewer" / "screenshot.mjs"
+LABELMAP_SEG_SERIES = 902
+COLOURED = 60
+"""A screen pixel is coloured when its channels spread more than this (0-255): a SEG's overlay
+on the grey cine."""
 OBJECTS_PER_CINE = 5
 """SR, KOS, LABELMAP SEG, BINARY SEG and colour presentation state of a lung cine."""
 
@@ -153,9 +169,18 @@ def host_pip_config(folder: Path) -> list[str]:
     return volumes
 
 
-def build(tag: str, *, base: str | None, torch_index: str | None, host_config: bool) -> int:
-    """Build the image; its size in bytes."""
+def build(
+    tag: str,
+    *,
+    base: str | None,
+    torch_index: str | None = None,
+    host_config: bool = False,
+    containerfile: Path = NODE_CONTAINERFILE,
+) -> int:
+    """Build ``containerfile`` (the node's Dockerfile by default) from the repository root as
+    ``tag``; the image's size in bytes."""
     command = ["build", "--format", "docker", "--network", "host", "-t", tag]
+    command += ["-f", str(containerfile)]
     if base is not None:
         command += ["--build-arg", f"BASE={base}"]
     if torch_index is not None:
@@ -318,6 +343,141 @@ def image_test(tag: str) -> None:
     print("audit trail: every pushed instance recorded; image-test passed")
 
 
+def pilot_test() -> None:
+    """Build the pilot's three images, bring its compose file up with podman-compose on free
+    ports, push a simulated exam to its PACS, wait for the results, open the study in OHIF with
+    headless Chromium and screenshot it with the LABELMAP SEG on the cine, bring it down."""
+    sys.path.insert(0, str(ROOT))  # the tests' port helper
+    import numpy as np
+    import pydicom
+    from PIL import Image
+
+    from tests.orthanc import free_ports
+
+    if not (ROOT / "build" / "viewer" / "ohif" / "index.html").is_file():
+        raise SystemExit("image.py: no built OHIF; run: bash dicom_nodes/viewer/install.sh")
+    base = local_base()
+    for tag, containerfile in PILOT_IMAGES.items():
+        is_node = containerfile == NODE_CONTAINERFILE
+        build(
+            tag,
+            base=base,
+            torch_index="" if is_node else None,
+            host_config=is_node,
+            containerfile=containerfile,
+        )
+    names = ("PILOT_PACS_PORT", "PILOT_NODE_PORT", "PILOT_METRICS_PORT", "PILOT_VIEWER_PORT")
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
+    project = f"lus-pacs-pilot-test-{os.getpid()}"
+    compose = [str(Path(sys.executable).with_name("podman-compose")), "-f", str(PILOT)]
+    compose += ["-p", project]
+    env = _env() | {name: str(port) for name, port in ports.items()}
+    viewer = f"http://127.0.0.1:{ports['PILOT_VIEWER_PORT']}"
+    out = ROOT / "build" / "test-artefacts" / "pilot"
+    out.mkdir(parents=True, exist_ok=True)
+    work = ROOT / "build" / "container"
+    with tempfile.TemporaryDirectory(dir=work) as tmp_name:
+        exam = Path(tmp_name) / "exam"
+        subprocess.run(
+            [str(Path(sys.executable).with_name("lus-pacs")), "synth", "--out", str(exam),
+             "--patients", "1", "--seed", "3", "--frames", "30"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        cines = sorted(exam.rglob("*.dcm"))
+        first = pydicom.dcmread(cines[0], stop_before_pixels=True)
+        study = str(first.StudyInstanceUID)
+        try:
+            started = time.monotonic()
+            subprocess.run([*compose, "up", "-d"], check=True, env=env, capture_output=True)
+            node = f"{project}_node_1"
+            _wait(lambda: podman_ok("healthcheck", "run", node), HEALTH_TIMEOUT,
+                  "the node's healthcheck to pass", node)  # fmt: skip
+            _wait(lambda: _http_status(f"{viewer}/dicom-web/studies") == 200, HEALTH_TIMEOUT,
+                  "the viewer and Orthanc's DICOMweb behind it", node)  # fmt: skip
+            print(f"pilot up in {time.monotonic() - started:.0f} s: {viewer}/", flush=True)
+            sent = subprocess.run(
+                ["storescu", "-xy", "-aet", "SCANNER", "-aec", "ORTHANC", "127.0.0.1",
+                 str(ports["PILOT_PACS_PORT"]), *map(str, cines)],
+                capture_output=True, text=True, check=False, timeout=120,
+            )  # fmt: skip
+            if sent.returncode != 0:
+                raise SystemExit(f"storescu to the pilot's PACS failed:\n{sent.stderr}")
+            pushed_at = time.monotonic()
+            expected = len(cines) * (1 + OBJECTS_PER_CINE) + 1  # cines, results, summary
+            _wait(lambda: len(_instances(viewer, study)) >= expected, RESULTS_TIMEOUT,
+                  f"{expected} instances of the study in the PACS", node)  # fmt: skip
+            waited = time.monotonic() - pushed_at
+            modalities = Counter(
+                str(item["00080060"]["Value"][0])
+                for item in _instances(viewer, study, "?includefield=00080060")
+            )
+            shot = subprocess.run(
+                ["node", str(SCREENSHOT), viewer, study, str(out),
+                 "--seg-series", str(LABELMAP_SEG_SERIES), "--frame", "seg"],
+                capture_output=True, text=True, check=False, timeout=300,
+            )  # fmt: skip
+            if shot.returncode != 0:
+                raise SystemExit(f"screenshot.mjs failed:\n{shot.stderr[-3000:]}")
+            report = json.loads(shot.stdout)
+        finally:
+            subprocess.run([*compose, "down", "-v"], env=env, capture_output=True, check=False)
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    if not report["seg"]["loaded"]:
+        raise SystemExit(f"OHIF did not open the SEG: {report['seg']['error']}")
+    panel = Counter(str(entry["modality"]) for entry in report["series"])
+    if not {"US", "SR", "KO", "SEG", "PR"} <= set(panel):
+        raise SystemExit(f"OHIF's study panel lacks a kind of result: {dict(panel)}")
+    coloured = {
+        name: _coloured_on_image(
+            np.asarray(Image.open(report["screenshots"][name]).convert("RGB"), np.int16),
+            report["image_to_page_with_seg" if name == "with" else "image_to_page"],
+            (int(first.Rows), int(first.Columns)),
+        )
+        for name in ("without", "with")
+    }
+    if coloured["with"] < max(500, 5 * coloured["without"]):
+        raise SystemExit(f"no SEG overlay on the screenshot: coloured pixels {coloured}")
+    print(
+        f"{len(cines)} cines pushed to the pilot's PACS; {sum(modalities.values())} instances "
+        f"in the study {waited:.0f} s later ({dict(sorted(modalities.items()))}); OHIF shows "
+        f"the study ({dict(sorted(panel.items()))} in its panel) with the LABELMAP SEG on frame "
+        f"{report['frame_with_seg']} ({coloured['with']} coloured pixels on the image, "
+        f"{coloured['without']} before): {out / 'with-seg.png'}"
+    )
+    print("pilot-test passed")
+
+
+def _http_status(url: str) -> int:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=10) as answer:
+            return int(answer.status)
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+def _instances(viewer: str, study: str, query: str = "") -> list[dict[str, Any]]:
+    """QIDO-RS: the study's instances in the pilot's PACS, through the viewer's nginx."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"{viewer}/dicom-web/studies/{study}/instances{query}") as answer:
+            body = answer.read()
+    except (urllib.error.URLError, OSError):
+        return []
+    return list(json.loads(body)) if body.strip() else []
+
+
+def _coloured_on_image(rgb: np.ndarray, mapping: dict[str, float], shape: tuple[int, int]) -> int:
+    """Coloured screen pixels over the cine's image (screenshot.mjs's image_to_page)."""
+    rows, columns = shape
+    x0, y0 = int(max(mapping["x0"], 0)), int(max(mapping["y0"], 0))
+    x1 = int(mapping["x0"] + columns * mapping["sx"])
+    y1 = int(mapping["y0"] + rows * mapping["sy"])
+    area = rgb[y0:y1, x0:x1]
+    return int(((area.max(axis=2) - area.min(axis=2)) > COLOURED).sum())
+
+
 def _referenced_sources(results: Sequence[Dataset]) -> set[str]:
     """SOP Instance UIDs the results reference (SEG sources, SR/KOS content, PS images)."""
     return {
@@ -345,6 +505,9 @@ def main() -> None:
     )
     test_parser = verbs.add_parser("test", help="build with a local base, run and check it")
     test_parser.add_argument("--tag", default=TEST_TAG)
+    verbs.add_parser(
+        "pilot-test", help="the pilot's compose file up, an exam pushed, OHIF screenshot, down"
+    )
     args = parser.parse_args()
     if shutil.which("podman") is None:
         raise SystemExit(
@@ -354,8 +517,10 @@ def main() -> None:
     if args.verb == "build":
         base = local_base() if args.local_base else args.base
         build(args.tag, base=base, torch_index=args.torch_index, host_config=args.host_pip_config)
-    else:
+    elif args.verb == "test":
         image_test(args.tag)
+    else:
+        pilot_test()
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ CHANGE_THRESHOLD = 30
 """A screen pixel counts as changed when a colour channel moved by more than this (0-255)."""
 NEAR_MASK_PX = 3
 """Screen pixels this close to a segmented pixel may change (outline, resampling)."""
+MIN_SATURATION_GAIN = 40
+"""How much more coloured (channel spread, 0-255) a segmented screen pixel must become."""
 # Loopback only: bypass any http_proxy/https_proxy set in the environment.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -288,3 +290,14 @@ def test_loading_the_seg_colours_the_segmented_pixels_of_the_cine(
     # The overlay colours most of the segmented pixels, and (almost) nothing else on the image.
     assert on_segment >= 0.8 * segmented.sum(), (on_segment, int(segmented.sum()))
     assert elsewhere_on_image <= 0.05 * on_segment, (elsewhere_on_image, on_segment)
+    # In colour (the segments' display colours, green to red), not darkened grey: the grey cine
+    # gains saturation where the SEG is drawn. (With highdicom's background segment first in a
+    # LABELMAP's Segment Sequence, OHIF 3.13 drew score 0 in the background's black.)
+    saturation_gain = _saturation(with_seg) - _saturation(without)
+    gain_on_segment = float(np.median(saturation_gain[segmented & changed]))
+    assert gain_on_segment > MIN_SATURATION_GAIN, gain_on_segment
+
+
+def _saturation(rgb: np.ndarray) -> np.ndarray:
+    """Per screen pixel, how far from grey: the spread of its three channels (0-255)."""
+    return rgb.max(axis=2) - rgb.min(axis=2)

@@ -6,6 +6,8 @@
 # ORTHANC_DICOMWEB_PLUGIN overrides the plugin path of the Debian package orthanc-dicomweb.
 # ORTHANC_EXTRA_CONFIG, a JSON object of further settings (e.g. DICOM TLS), is written beside the
 # configuration in DATA_DIR/config/, which Orthanc then reads as a whole.
+# ORTHANC_REMOTE_ACCESS=true lets REST and DICOMweb answer other hosts too (the pilot's
+# container, reached by the viewer's nginx); false (the default) keeps them on localhost.
 set -euo pipefail
 usage="usage: start.sh DATA_DIR DICOM_PORT HTTP_PORT [AET] [MODALITIES_JSON]"
 data_dir=${1:?$usage}
@@ -14,6 +16,7 @@ http_port=${3:?$usage}
 aet=${4:-ORTHANC}
 modalities=${5:-"{}"}
 plugin=${ORTHANC_DICOMWEB_PLUGIN:-/usr/share/orthanc/plugins/libOrthancDicomWeb.so}
+remote=${ORTHANC_REMOTE_ACCESS:-false}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 for port in "$dicom_port" "$http_port"; do
@@ -22,6 +25,10 @@ for port in "$dicom_port" "$http_port"; do
     exit 2
   }
 done
+[[ "$remote" == true || "$remote" == false ]] || {
+  echo "start.sh: ORTHANC_REMOTE_ACCESS must be true or false, not '$remote'" >&2
+  exit 2
+}
 [[ "$aet" =~ ^[A-Za-z0-9_.-]{1,16}$ ]] || {
   echo "start.sh: AE title '$aet' must be 1-16 characters of A-Z a-z 0-9 _ . -" >&2
   exit 2
@@ -45,6 +52,7 @@ config=${config//@HTTP_PORT@/"$http_port"}
 config=${config//@DICOM_PORT@/"$dicom_port"}
 config=${config//@DICOM_AET@/"$aet"}
 config=${config//@MODALITIES@/"$modalities"}
+config=${config//@REMOTE_ACCESS@/"$remote"}
 printf '%s\n' "$config" >"$data_dir/orthanc.json"
 target="$data_dir/orthanc.json"
 if [[ -n "${ORTHANC_EXTRA_CONFIG:-}" ]]; then

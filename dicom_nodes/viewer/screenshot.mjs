@@ -4,10 +4,13 @@
 //   node screenshot.mjs VIEWER_URL STUDY_UID OUT_DIR --seg-series N [--frame F]
 //
 // VIEWER_URL is the nginx of start.sh (http://127.0.0.1:PORT); N is the SeriesNumber of the SEG
-// series to load; F the 1-based cine frame to show (default 1; pick one the SEG covers). Writes
+// series to load (the first such thumbnail); F the 1-based cine frame to show (default 1; pick
+// one the SEG covers), or `seg`: frame 1 without the SEG, and with it the frame OHIF shows on
+// loading it (its first segmented frame; frame_with_seg in the report). Writes
 // OUT_DIR/without-seg.png and OUT_DIR/with-seg.png and prints one JSON object on stdout:
 //   series       the study panel: [{modality, description, series_number}] as OHIF lists them
 //   frame        the frame shown in both screenshots; frames: the cine's frame count
+//   frame_with_seg  the frame shown with the SEG (frame, unless --frame seg)
 //   image_to_page  where image pixel (column, row) is in the screenshot without the SEG:
 //                  page x = x0 + column * sx, page y = y0 + row * sy
 //   image_to_page_with_seg  the same in the screenshot with it (null when it did not load)
@@ -35,7 +38,8 @@ if (positionals.length !== 3 || !options['seg-series']) {
 }
 const [viewerUrl, studyUid, outDir] = positionals;
 const segSeries = options['seg-series'];
-const frame = Number(options.frame);
+const stayOnSeg = options.frame === 'seg';
+const frame = stayOnSeg ? 1 : Number(options.frame);
 if (!Number.isInteger(frame) || frame < 1) {
   console.error(`screenshot.mjs: --frame must be a frame number from 1, not '${options.frame}'`);
   process.exit(2);
@@ -116,10 +120,13 @@ async function run(browser) {
 
   const seg = await loadSeg(page, segSeries);
   let imageToPageAfter = null;
-  if (seg.loaded) {
+  if (seg.loaded && !stayOnSeg) {
     // Loading a SEG jumps to its first segmented frame; come back to the frame shot without it.
     await showFrame(page, frame);
   }
+  const frameWithSeg = await page.evaluate(
+    () => window.cornerstone.getEnabledElements()[0].viewport.getCurrentImageIdIndex() + 1,
+  );
   // When the SEG failed, the shot shows what OHIF shows instead, its error notification too.
   if (!seg.loaded) await page.waitForTimeout(1500); // the notification's slide-in
   const withPath = join(outDir, 'with-seg.png');
@@ -130,6 +137,7 @@ async function run(browser) {
     url,
     series,
     frame,
+    frame_with_seg: frameWithSeg,
     frames,
     image_to_page: imageToPage,
     image_to_page_with_seg: imageToPageAfter,

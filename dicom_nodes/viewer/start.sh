@@ -4,7 +4,9 @@
 #   start.sh DATA_DIR HTTP_PORT ORTHANC_HTTP_PORT
 # DATA_DIR receives nginx.conf, nginx.pid, the logs (error.log, access.log) and nginx's temporary
 # files (tmp/). The viewer is at http://127.0.0.1:HTTP_PORT/viewer?StudyInstanceUIDs=...
-# OHIF_DIR overrides the built OHIF that install.sh unpacks to build/viewer/ohif.
+# OHIF_DIR overrides the built OHIF that install.sh unpacks to build/viewer/ohif; VIEWER_LISTEN
+# the address nginx listens on (127.0.0.1) and ORTHANC_HOST Orthanc's host (127.0.0.1), which the
+# pilot's viewer container sets to 0.0.0.0 and its Orthanc container.
 set -euo pipefail
 usage="usage: start.sh DATA_DIR HTTP_PORT ORTHANC_HTTP_PORT"
 data_dir=${1:?$usage}
@@ -12,6 +14,8 @@ http_port=${2:?$usage}
 orthanc_http_port=${3:?$usage}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ohif_dir=${OHIF_DIR:-$here/../../build/viewer/ohif}
+listen=${VIEWER_LISTEN:-127.0.0.1}
+orthanc_host=${ORTHANC_HOST:-127.0.0.1}
 
 for port in "$http_port" "$orthanc_http_port"; do
   [[ "$port" =~ ^[0-9]+$ && "$port" -ge 1 && "$port" -le 65535 ]] || {
@@ -44,6 +48,8 @@ config=${config//@OHIF_DIR@/"$ohif_dir"}
 config=${config//@APP_CONFIG@/"$here/app-config.js"}
 config=${config//@HTTP_PORT@/"$http_port"}
 config=${config//@ORTHANC_HTTP_PORT@/"$orthanc_http_port"}
+config=${config//@LISTEN@/"$listen"}
+config=${config//@ORTHANC_HOST@/"$orthanc_host"}
 config=${config//@USER@/"$user_line"}
 printf '%s\n' "$config" >"$data_dir/nginx.conf"
 # -e: the error log before the configuration is read (the default is under /var/log/nginx).

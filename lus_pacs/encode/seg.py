@@ -142,6 +142,7 @@ def encode_seg(
         seg.PixelData = pack_bits(bits.astype(np.uint8))
     else:
         seg.compress(RLELossless, _frames_array(labels), generate_instance_uid=False)
+        _drop_background_segment(seg)
     _add_plane_geometry(seg, header)
     return seg
 
@@ -348,6 +349,18 @@ def _segment_descriptions(model: ModelInfo) -> list[hd.seg.SegmentDescription]:
             )
         )
     return descriptions
+
+
+def _drop_background_segment(seg: Dataset) -> None:
+    """Leave out the description of segment 0 (background) that highdicom adds to a LABELMAP.
+
+    The standard allows a LABELMAP SEG to describe pixel value 0 as a segment but does not
+    require it. OHIF 3.13 takes the segments' colours by their place in the Segment Sequence as
+    if the first were segment 1: with the background first, every score is drawn in the colour
+    of the segment before it (score 0 in the background's black). Pixel value 0 stays
+    background either way.
+    """
+    seg.SegmentSequence = Sequence([s for s in seg.SegmentSequence if int(s.SegmentNumber) != 0])
 
 
 def _add_plane_geometry(seg: Dataset, header: Dataset) -> None:

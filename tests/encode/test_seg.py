@@ -103,12 +103,12 @@ def test_seg_segments_patient_study_and_series(right_cine: Source, tmp_path: Pat
     assert seg.SeriesInstanceUID != right_cine.header.SeriesInstanceUID
     assert "not a medical device" in seg.SeriesDescription
     labels = [s.SegmentLabel for s in seg.SegmentSequence]
-    # highdicom describes LABELMAP's background as segment 0.
-    assert [s.SegmentNumber for s in seg.SegmentSequence] == [0, 1, 2, 3, 4]
-    assert labels[0] == "Background"
-    assert labels[1].startswith("LUS score 0")
-    assert labels[4] == "LUS score 3"
-    for segment in seg.SegmentSequence[1:]:
+    # No description of the background (pixel value 0): OHIF would colour every score as the
+    # segment before it (see _drop_background_segment).
+    assert [s.SegmentNumber for s in seg.SegmentSequence] == [1, 2, 3, 4]
+    assert labels[0].startswith("LUS score 0")
+    assert labels[3] == "LUS score 3"
+    for segment in seg.SegmentSequence:
         assert segment.SegmentAlgorithmType == "AUTOMATIC"
         assert segment.SegmentAlgorithmName == SEG_MODEL.name
         algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
