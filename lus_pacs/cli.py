@@ -376,8 +376,9 @@ def reprocess(
     source: Annotated[
         str,
         typer.Argument(
-            help="A folder or DICOMDIR; a PACS as dimse://AET@host:port; or a DICOMweb base URL "
-            "(http://host:port/dicom-web)."
+            help="A folder or DICOMDIR; a PACS as dimse://AET@host:port; a DICOMweb base URL "
+            "(http://host:port/dicom-web); or dimse://NAME, dicomweb://NAME: a destination or "
+            "web destination of the settings, with its DICOM TLS or credentials."
         ),
     ],
     out: Annotated[
@@ -468,6 +469,8 @@ def reprocess(
             retrieve=retrieve.value,
             move_port=move_port,
             move_host=move_host,
+            dicom_nodes=settings.destinations,
+            web_servers=settings.web_destinations,
         )
         key = Models.load(settings).key
         runner = make_engine(engine.value, settings, workers or os.cpu_count() or 1, ray_address)

@@ -50,6 +50,7 @@ class OrthancHandle:
         dicom_port: int,
         http_port: int,
         modalities: Mapping[str, tuple[str, str, int]],
+        tls_modalities: frozenset[str] = frozenset(),
         extra_config: Mapping[str, Any] | None = None,
         credentials: tuple[str, str] | None = None,
     ) -> None:
@@ -63,6 +64,8 @@ class OrthancHandle:
         self.http_port = http_port
         self.url = f"http://127.0.0.1:{http_port}"
         self.modalities = dict(modalities)
+        self.tls_modalities = tls_modalities
+        """Names of ``modalities`` Orthanc reaches over DICOM TLS (its ``UseDicomTls``)."""
         self.log = data_dir / "orthanc.log"
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -78,7 +81,7 @@ class OrthancHandle:
             str(self.dicom_port),
             str(self.http_port),
             self.aet,
-            json.dumps({name: list(ae) for name, ae in self.modalities.items()}),
+            json.dumps({name: self._modality(name) for name in self.modalities}),
         ]
         env = dict(os.environ)
         if self.extra_config:
@@ -99,6 +102,13 @@ class OrthancHandle:
         raise RuntimeError(
             f"Orthanc REST API not answering within {STARTUP_TIMEOUT:g} s:\n{self._log_tail()}"
         )
+
+    def _modality(self, name: str) -> list[object] | dict[str, object]:
+        """Orthanc's DicomModalities entry: [AET, host, port], or the object form for TLS."""
+        aet, host, port = self.modalities[name]
+        if name in self.tls_modalities:
+            return {"AET": aet, "Host": host, "Port": port, "UseDicomTls": True}
+        return [aet, host, port]
 
     def stop(self) -> None:
         """Terminate Orthanc and wait for it; the data directory is kept."""
@@ -174,12 +184,14 @@ def running_orthanc(
     *,
     aet: str = "ORTHANC",
     modalities: Mapping[str, tuple[str, str, int]] | None = None,
+    tls_modalities: frozenset[str] = frozenset(),
     extra_config: Mapping[str, Any] | None = None,
     credentials: tuple[str, str] | None = None,
 ) -> Iterator[OrthancHandle]:
     """A running Orthanc storing under ``tmp_path/orthanc``, stopped at exit.
 
-    ``modalities`` maps a name to (AE title, host, port) of nodes Orthanc may C-MOVE/C-STORE to.
+    ``modalities`` maps a name to (AE title, host, port) of nodes Orthanc may C-MOVE/C-STORE to;
+    those named in ``tls_modalities`` it reaches over DICOM TLS.
     """
     dicom_port, http_port = free_ports(2)
     handle = OrthancHandle(
@@ -188,6 +200,7 @@ def running_orthanc(
         dicom_port=dicom_port,
         http_port=http_port,
         modalities=modalities or {},
+        tls_modalities=tls_modalities,
         extra_config=extra_config,
         credentials=credentials,
     )

@@ -8,9 +8,7 @@ the job store: this module says what one attempt delivered or raises :class:`Exp
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import ssl
 import urllib.error
 import urllib.request
@@ -22,7 +20,8 @@ from typing import Any
 
 from pydicom import dcmread
 
-from lus_pacs.errors import ExportError
+from lus_pacs.credentials import authorisation
+from lus_pacs.errors import ConfigError, ExportError
 from lus_pacs.settings import WebDestination
 
 _REFERENCED = "00081199"
@@ -108,30 +107,12 @@ def _post(request: urllib.request.Request, destination: WebDestination) -> dict[
 
 
 def _authorisation(destination: WebDestination) -> dict[str, str]:
-    """The Authorization header from the destination's credential file or variable."""
-    if destination.username:
-        password = _secret(destination, destination.password_file, destination.password_env)
-        pair = base64.b64encode(f"{destination.username}:{password}".encode()).decode()
-        return {"Authorization": f"Basic {pair}"}
-    if destination.token_file or destination.token_env:
-        token = _secret(destination, destination.token_file, destination.token_env)
-        return {"Authorization": f"Bearer {token}"}
-    return {}
-
-
-def _secret(destination: WebDestination, file: Path | None, variable: str | None) -> str:
-    if file is not None:
-        try:
-            lines = file.read_text().splitlines()
-        except OSError as exc:
-            raise ExportError(
-                destination.name, f"cannot read the credential {file}: {exc}"
-            ) from exc
-        return lines[0].strip() if lines else ""
-    value = os.environ.get(variable or "")
-    if value is None:
-        raise ExportError(destination.name, f"the environment variable {variable} is not set")
-    return value
+    """The Authorization header from the destination's credential file or variable; a
+    credential that cannot be read fails the attempt, named."""
+    try:
+        return authorisation(destination)
+    except ConfigError as exc:
+        raise ExportError(destination.name, str(exc)) from exc
 
 
 def _values(doc: dict[str, Any], tag: str) -> list[dict[str, Any]]:

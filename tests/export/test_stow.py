@@ -1,6 +1,6 @@
 """STOW-RS to Orthanc's DICOMweb plugin: instances stored, HTTP errors and missing credentials
-as export errors, basic authentication from a file or a variable, and the node's deliveries
-made exactly once across a restart."""
+as export errors, basic authentication from a file or a variable (for STOW-RS, and for the same
+server read as an archive), and the node's deliveries made exactly once across a restart."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
-from lus_pacs.errors import ExportError
+from lus_pacs.errors import ArchiveError, ExportError
 from lus_pacs.export.stow import _authorisation, stow
+from lus_pacs.ingest.archive import open_source
 from lus_pacs.settings import WebDestination
 from tests.node_process import NodeProcess, storescu, write_config
 from tests.orthanc import running_orthanc
@@ -55,9 +57,22 @@ def test_basic_authentication_from_a_file_or_a_variable(
         )
         stow([CT_IMAGE], by_variable)
         assert orthanc.count() == 2
+        # The same server as an archive to re-process (QIDO-RS, WADO-RS) by its name in the
+        # settings, with the same credentials; without them it answers 401.
+        archive = open_source("dicomweb://web", web_servers=[by_variable])
+        (study,) = archive.studies()  # the ultrasound study; the CT is no lung cine
+        fetched = archive.fetch(study, tmp_path / "fetched")
+        assert [dcmread(p).SOPInstanceUID for p in fetched] == [dcmread(US_IMAGE).SOPInstanceUID]
+        anonymous = WebDestination(name="web", url=url)
+        with pytest.raises(ArchiveError, match=r"HTTP 401.*credentials"):
+            open_source("dicomweb://web", web_servers=[anonymous]).studies()
         monkeypatch.delenv("LUS_PACS_TEST_PASSWORD")
         with pytest.raises(ExportError, match="LUS_PACS_TEST_PASSWORD is not set"):
             stow([CT_IMAGE], by_variable)
+        with pytest.raises(ArchiveError, match="LUS_PACS_TEST_PASSWORD is not set"):
+            open_source("dicomweb://web", web_servers=[by_variable])
+        with pytest.raises(ArchiveError, match=r"no DICOMweb server 'pacs'.*\['web'\]"):
+            open_source("dicomweb://pacs", web_servers=[by_variable])
 
 
 def test_a_bearer_token_comes_from_its_file(tmp_path: Path) -> None:

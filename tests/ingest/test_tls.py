@@ -1,6 +1,6 @@
 """DICOM TLS on loopback with certificates made here by openssl: dcmtk's echoscu and storescu
 ``+tls`` against the listener, a plain association and a certificate of another CA refused, and
-results sent to an Orthanc that speaks DICOM TLS only."""
+results sent to, and an archive re-processed from, an Orthanc that speaks DICOM TLS only."""
 
 from __future__ import annotations
 
@@ -8,17 +8,19 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
 from lus_pacs.domain import Instance, Received
-from lus_pacs.errors import ConfigError, ExportError
+from lus_pacs.errors import ArchiveError, ConfigError, ExportError
 from lus_pacs.export.dimse import store
+from lus_pacs.ingest.archive import open_source
 from lus_pacs.ingest.scp import Listener, start_listener
 from lus_pacs.settings import DicomDestination, Settings, TlsFiles
 from lus_pacs.tls import server_context
 from tests.ingest.test_scp import US_IMAGE
-from tests.orthanc import running_orthanc
+from tests.orthanc import free_ports, running_orthanc
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,11 @@ def test_results_reach_an_orthanc_that_speaks_tls_only(pki: Pki, tmp_path: Path)
         "DicomTlsTrustedCertificates": str(pki["ca.pem"]),
         "DicomTlsRemoteCertificateRequired": True,
     }
-    with running_orthanc(tmp_path, extra_config=tls_only) as orthanc:
+    (move_port,) = free_ports(1)
+    receiver = {"lus-pacs": ("LUSPACS", "127.0.0.1", move_port)}
+    with running_orthanc(
+        tmp_path, extra_config=tls_only, modalities=receiver, tls_modalities=frozenset(receiver)
+    ) as orthanc:
         plain = DicomDestination(
             name="pacs", ae_title=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port
         )
@@ -167,6 +173,19 @@ def test_results_reach_an_orthanc_that_speaks_tls_only(pki: Pki, tmp_path: Path)
             store([US_IMAGE], plain, calling_ae="LUSPACS")
         store([US_IMAGE], secure, calling_ae="LUSPACS")
         assert orthanc.count() == 1
+        # The same PACS as an archive to re-process, by its name in the settings: C-FIND, then
+        # C-GET or C-MOVE (to our Storage SCP, TLS as well), all over TLS; plain is refused.
+        ways: tuple[tuple[Literal["get", "move"], int], ...] = (("get", 0), ("move", move_port))
+        for retrieve, port in ways:
+            archive = open_source(
+                "dimse://pacs", calling_ae="LUSPACS", retrieve=retrieve, move_port=port,
+                dicom_nodes=[secure],
+            )  # fmt: skip
+            (study,) = archive.studies()
+            fetched = archive.fetch(study, tmp_path / retrieve)
+            assert [_uid(path) for path in fetched] == [_uid(US_IMAGE)], retrieve
+        with pytest.raises(ArchiveError):
+            open_source("dimse://pacs", calling_ae="LUSPACS", dicom_nodes=[plain]).studies()
         # The node refuses a PACS whose certificate its CA bundle did not sign.
         stranger = secure.model_copy(update={"tls": TlsFiles(ca_bundle=pki["other-ca.pem"])})
         with pytest.raises(ExportError, match="TLS"):

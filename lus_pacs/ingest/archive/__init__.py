@@ -15,14 +15,17 @@ One module a kind: :mod:`.folder`, :mod:`.dimse` and :mod:`.dicomweb`; what they
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from lus_pacs.errors import ArchiveError
+from lus_pacs.credentials import authorisation
+from lus_pacs.errors import ArchiveError, ConfigError
 from lus_pacs.ingest.archive.common import ArchiveSource, ArchiveStudy
 from lus_pacs.ingest.archive.dicomweb import DicomwebSource
 from lus_pacs.ingest.archive.dimse import DimseSource
 from lus_pacs.ingest.archive.folder import FolderSource
+from lus_pacs.settings import DicomDestination, WebDestination
 
 __all__ = [
     "ArchiveSource",
@@ -42,14 +45,19 @@ def open_source(
     move_port: int = 0,
     move_host: str = "127.0.0.1",
     timeout: float = 30.0,
+    dicom_nodes: Sequence[DicomDestination] = (),
+    web_servers: Sequence[WebDestination] = (),
 ) -> ArchiveSource:
-    """The archive ``spec`` names; nothing is contacted or scanned until it is used.
+    """The archive ``spec`` names; nothing is contacted or scanned until it is used (but
+    credentials are read).
 
     Parameters
     ----------
     spec:
         A folder (scanned recursively) or a DICOMDIR file; ``dimse://AET@host:port``, a PACS
-        queried by C-FIND; ``http(s)://host/dicom-web``, the base URL of a DICOMweb server.
+        queried by C-FIND; ``http(s)://host/dicom-web``, the base URL of a DICOMweb server;
+        ``dimse://NAME`` or ``dicomweb://NAME``, one of ``dicom_nodes`` or ``web_servers`` by
+        name, with its DICOM TLS or its credentials and CA bundle.
     calling_ae:
         Our AE title towards a DIMSE archive, and the C-MOVE destination with ``retrieve="move"``.
     retrieve:
@@ -63,14 +71,25 @@ def open_source(
         can reach (or ``0.0.0.0``) for a PACS on another machine.
     timeout:
         Seconds allowed for connecting and for each DIMSE or HTTP response.
+    dicom_nodes, web_servers:
+        The DICOM nodes and DICOMweb servers of the settings (``destinations``,
+        ``web_destinations``): a PACS is often where results go and where archives come from.
 
     Raises
     ------
     ArchiveError
-        ``spec`` is none of these forms, or the folder or DICOMDIR does not exist.
+        ``spec`` is none of these forms, names no configured node, a credential cannot be read,
+        or the folder or DICOMDIR does not exist.
     """
     if retrieve not in ("move", "get"):
         raise ArchiveError(spec, f"retrieve must be 'get' or 'move', not {retrieve!r}")
+    named = re.fullmatch(r"(dimse|dicomweb)://([^@:/]+)/?", spec)
+    if named is not None:
+        return _configured(
+            named[1], named[2], dicom_nodes, web_servers,
+            calling_ae=calling_ae, retrieve=retrieve, move_port=move_port,
+            move_host=move_host, timeout=timeout,
+        )  # fmt: skip
     if spec.startswith("dimse://"):
         match = re.fullmatch(r"dimse://([^@/]{1,16})@([^:/]+|\[[0-9a-fA-F:]+\]):(\d{1,5})/?", spec)
         if match is None or not 0 < int(match[3]) < 65536:
@@ -92,3 +111,41 @@ def open_source(
             spec, "unknown scheme: use a folder, a DICOMDIR, dimse://AET@host:port or http(s)://"
         )
     return FolderSource(Path(spec))
+
+
+def _configured(
+    scheme: str,
+    name: str,
+    dicom_nodes: Sequence[DicomDestination],
+    web_servers: Sequence[WebDestination],
+    *,
+    calling_ae: str,
+    retrieve: Literal["move", "get"],
+    move_port: int,
+    move_host: str,
+    timeout: float,
+) -> ArchiveSource:
+    """The archive of a configured DICOM node or DICOMweb server, with its TLS or credentials."""
+    spec = f"{scheme}://{name}"
+    if scheme == "dimse":
+        node = next((n for n in dicom_nodes if n.name == name), None)
+        if node is None:
+            known = [n.name for n in dicom_nodes]
+            raise ArchiveError(
+                spec, f"no DICOM node {name!r} in the settings' destinations {known}"
+            )
+        return DimseSource(
+            node.ae_title, node.host, node.port, calling_ae=calling_ae, retrieve=retrieve,
+            move_port=move_port, move_host=move_host, timeout=timeout, tls=node.tls,
+        )  # fmt: skip
+    server = next((w for w in web_servers if w.name == name), None)
+    if server is None:
+        known = [w.name for w in web_servers]
+        raise ArchiveError(
+            spec, f"no DICOMweb server {name!r} in the settings' web_destinations {known}"
+        )
+    try:
+        headers = authorisation(server)
+    except ConfigError as exc:
+        raise ArchiveError(spec, str(exc)) from exc
+    return DicomwebSource(server.url, timeout=timeout, headers=headers, ca_bundle=server.ca_bundle)

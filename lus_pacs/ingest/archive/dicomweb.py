@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import ssl
+from collections.abc import Mapping
 from email.message import Message
 from http.client import HTTPException
 from io import BytesIO
@@ -11,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlencode, urlsplit
-from urllib.request import OpenerDirector, ProxyHandler, Request, build_opener
+from urllib.request import HTTPSHandler, OpenerDirector, ProxyHandler, Request, build_opener
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -38,13 +40,25 @@ class DicomwebSource:
     except for loopback. Thread-safe (no state between calls).
     """
 
-    def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 30.0,
+        headers: Mapping[str, str] | None = None,
+        ca_bundle: Path | None = None,
+    ) -> None:
+        """``headers`` go with every request (the ``Authorization`` of
+        :func:`lus_pacs.credentials.authorisation`); ``ca_bundle``: the CAs that sign an https
+        server's certificate (the system's when None)."""
         self.base_url = base_url.rstrip("/")
         self.name = f"dicomweb:{self.base_url}"
         self._timeout = timeout
+        self._headers = dict(headers or {})
         loopback = urlsplit(self.base_url).hostname in _LOOPBACK
+        https = HTTPSHandler(context=ssl.create_default_context(cafile=ca_bundle))
         self._opener: OpenerDirector = (
-            build_opener(ProxyHandler({})) if loopback else build_opener()
+            build_opener(ProxyHandler({}), https) if loopback else build_opener(https)
         )
 
     def studies(self, since: datetime.date | None = None) -> list[ArchiveStudy]:
@@ -131,15 +145,18 @@ class DicomwebSource:
             offset += len(page)
 
     def _get(self, url: str, accept: str, study: str) -> tuple[bytes, str]:
-        request = Request(url, headers={"Accept": accept})
+        request = Request(url, headers={**self._headers, "Accept": accept})
         try:
             with self._opener.open(request, timeout=self._timeout) as answer:
                 return answer.read(), answer.headers.get("Content-Type", "")
         except HTTPError as exc:
             text = " ".join(exc.read(300).decode(errors="replace").split())
             detail = f": {text[:200]}" if text else ""
+            check = "; check the credentials" if exc.code in (401, 403) else ""
             raise ArchiveError(
-                self.name, f"GET {url} answered HTTP {exc.code} {exc.reason}{detail}", study=study
+                self.name,
+                f"GET {url} answered HTTP {exc.code} {exc.reason}{detail}{check}",
+                study=study,
             ) from exc
         except URLError as exc:
             raise ArchiveError(

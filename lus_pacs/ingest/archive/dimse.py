@@ -40,6 +40,8 @@ from lus_pacs.ingest.archive.common import (
     write_instance,
 )
 from lus_pacs.network import application_entity
+from lus_pacs.settings import TlsFiles
+from lus_pacs.tls import client_context, server_context
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,10 @@ class DimseSource:
     Thread-safe: each call opens its own associations; C-MOVE fetches are serialised because
     they share the Storage SCP port.
 
+    With ``tls`` every association is DICOM TLS (the archive's certificate verified against
+    ``tls.ca_bundle`` and its host name, ``tls.certificate`` presented when given), and the
+    C-MOVE Storage SCP speaks TLS too (it needs ``certificate`` and ``private_key``).
+
     Attributes
     ----------
     move_port:
@@ -96,8 +102,10 @@ class DimseSource:
         move_port: int = 0,
         move_host: str = "127.0.0.1",
         timeout: float = 30.0,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.name = f"dimse:{ae_title}@{host}:{port}"
+        self._tls = tls
         self._ae_title, self._host, self._port = ae_title, host, port
         self._calling_ae, self._retrieve, self._timeout = calling_ae, retrieve, timeout
         self.move_host = move_host
@@ -216,6 +224,7 @@ class DimseSource:
                     (self.move_host, self.move_port),
                     block=False,
                     evt_handlers=[(evt.EVT_C_STORE, receiver.handle_store)],
+                    ssl_context=None if self._tls is None else server_context(self._tls),
                 ),
             )
         except OSError as exc:
@@ -314,11 +323,15 @@ class DimseSource:
             else:
                 ae.add_requested_context(abstract_syntax)
         connected: list[bool] = []
+        tls_args = None
+        if self._tls is not None:
+            tls_args = (client_context(self._tls), self._tls.server_name or self._host)
         assoc = ae.associate(
             self._host,
             self._port,
             ae_title=self._ae_title,
             ext_neg=list(roles) or None,
+            tls_args=tls_args,
             evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: connected.append(True)), *handlers],
         )
         if not assoc.is_established:

@@ -1,0 +1,44 @@
+"""HTTP credentials of a DICOMweb server named in the settings (a STOW-RS destination, or an
+archive re-processed over DICOMweb), read from a file or an environment variable when asked for,
+never from the settings text or the command line."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+from lus_pacs.errors import ConfigError
+from lus_pacs.settings import WebDestination
+
+
+def authorisation(server: WebDestination) -> dict[str, str]:
+    """The ``Authorization`` header for ``server`` (HTTP basic or bearer), or none.
+
+    Raises
+    ------
+    ConfigError
+        The credential file cannot be read or the variable is not set (the message names it).
+    """
+    if server.username:
+        password = _secret(server, server.password_file, server.password_env)
+        pair = base64.b64encode(f"{server.username}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {pair}"}
+    if server.token_file or server.token_env:
+        token = _secret(server, server.token_file, server.token_env)
+        return {"Authorization": f"Bearer {token}"}
+    return {}
+
+
+def _secret(server: WebDestination, file: Path | None, variable: str | None) -> str:
+    """The first line of ``file``, else the value of ``variable``."""
+    if file is not None:
+        try:
+            lines = file.read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"{server.name}: cannot read the credential {file}: {exc}") from exc
+        return lines[0].strip() if lines else ""
+    value = os.environ.get(variable or "")
+    if value is None:
+        raise ConfigError(f"{server.name}: the environment variable {variable} is not set")
+    return value
