@@ -490,6 +490,7 @@ def test_the_metrics_move_for_a_pushed_cine(
     try:
         before = _scrape(node)
         assert before['lus_pacs_jobs{state="queued"}'] == 0
+        assert echo(node.port, aet="INTRUDER").returncode != 0  # a refusal, audited
         assert storescu(node.port, sources[:1]).returncode == 0
         wait_for(lambda: orthanc.count() >= 2, 120, "the results in the PACS")
         wait_for(
@@ -504,7 +505,8 @@ def test_the_metrics_move_for_a_pushed_cine(
     assert health["status"] == "ok"
     assert health["checks"]["job_store"] is True
     assert all(health["checks"]["threads"].values())
-    # The audit trail: the association, the instance (with its patient) and the result sent.
+    # The audit trail: the refused association (with why), the accepted one, the instance
+    # (with its patient) and the result sent.
     lines = [
         json.loads(line)
         for line in (tmp_path / "node" / "audit" / "audit.jsonl").read_text().splitlines()
@@ -517,6 +519,10 @@ def test_the_metrics_move_for_a_pushed_cine(
     assert instance["calling_ae"] == "SCANNER"
     assert instance["status"] == "0x0000"
     assert any(line["event"] == "association" and line["outcome"] == "accepted" for line in lines)
+    (refusal,) = [line for line in lines if line["outcome"] == "rejected"]
+    assert refusal["event"] == "association"
+    assert refusal["calling_ae"] == "INTRUDER"
+    assert refusal["reason"] == "calling AE title not recognised"
     (result,) = [line for line in lines if line["event"] == "result"]
     assert result["outcome"] == "sent"
     assert result["destination"] == "pacs"
