@@ -71,6 +71,10 @@ class DicomDestination(BaseModel):
     tls: TlsFiles | None = None
     """Associate over TLS: the destination's certificate verified against ``ca_bundle`` and
     its host name, this node's ``certificate`` presented when given."""
+    associations: int = Field(default=4, ge=1, le=16)
+    """Associations a result set is sent over at once (its instances dealt among them): a PACS
+    that takes each instance slowly takes them faster in parallel. 1: one association, the
+    instances in order. Orthanc serves 4 at once by default (``DicomThreadsCount``)."""
 
 
 class WebDestination(BaseModel):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +56,14 @@ def store(
     calling_ae: str,
     timeout: float = 30.0,
 ) -> list[int]:
-    """Send instances to ``destination`` by C-STORE over a single association.
+    """Send instances to ``destination`` by C-STORE, over up to ``destination.associations``
+    associations at once (the instances dealt among them in turn).
+
+    A PACS that takes each instance slowly (Orthanc: about 90 ms, most of it making the instance
+    durable) takes a result set of five in about a third of the time over four associations
+    than over one (``bench/realtime.py --e2e``). Every association must deliver: one that fails
+    fails the call, and the caller sends the whole set again (the instances already stored come
+    back under the same UIDs, which a PACS keeps once).
 
     Each SOP class is proposed with the instance's own transfer syntax and with Explicit VR Little
     Endian, as separate presentation contexts, so the destination can accept either. A compressed
@@ -88,6 +96,37 @@ def store(
     if not datasets_or_paths:
         return []
     items = [_describe(source, destination) for source in datasets_or_paths]
+    lanes = min(destination.associations, len(items))
+    if lanes == 1:
+        statuses = _store_on_one(items, destination, calling_ae, timeout)
+    else:
+        dealt = [list(range(lane, len(items), lanes)) for lane in range(lanes)]
+        with ThreadPoolExecutor(lanes, thread_name_prefix=f"store-{destination.name}") as pool:
+            futures = [
+                pool.submit(
+                    _store_on_one, [items[i] for i in lane], destination, calling_ae, timeout
+                )
+                for lane in dealt
+            ]
+        errors = [f.exception() for f in futures]
+        failed = [e for e in errors if e is not None]
+        if failed:
+            if len(failed) == 1 or not all(isinstance(e, ExportError) for e in failed):
+                raise failed[0]
+            reasons = "; ".join(e.reason for e in failed if isinstance(e, ExportError))
+            raise ExportError(destination.name, reasons)
+        statuses = [0] * len(items)
+        for lane, future in zip(dealt, futures, strict=True):
+            for index, code in zip(lane, future.result(), strict=True):
+                statuses[index] = code
+    logger.info("sent %d instances to %s", len(items), _where(destination))
+    return statuses
+
+
+def _store_on_one(
+    items: Sequence[_Item], destination: DicomDestination, calling_ae: str, timeout: float
+) -> list[int]:
+    """C-STORE ``items`` over one association (see :func:`store`): their statuses, in order."""
     contexts = _contexts(items)
     if len(contexts) > MAX_CONTEXTS:
         raise ExportError(
@@ -165,7 +204,6 @@ def store(
             f"{_where(destination)} did not take {len(failures)} of {len(items)} instances: "
             + "; ".join(failures),
         )
-    logger.info("sent %d instances to %s", len(items), _where(destination))
     return statuses
 
 
@@ -294,5 +332,7 @@ def _payload(item: _Item, accepted: set[tuple[str, str]]) -> Dataset | Path | No
     if ExplicitVRLittleEndian not in uncompressed:
         return None
     dataset = dcmread(item.source) if isinstance(item.source, Path) else item.source.copy()
-    dataset.decompress()
+    # The same instance in another transfer syntax: its UID stays (pydicom would make a new one,
+    # and the SR's references and the PACS's copy of an earlier attempt would miss it).
+    dataset.decompress(generate_instance_uid=False)
     return dataset

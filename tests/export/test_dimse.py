@@ -138,18 +138,24 @@ class MrOnlyScp:
     received: list[Dataset] = field(default_factory=list)
     answers: list[int | None] = field(default_factory=list)
     """Statuses to answer, in order; 0x0000 once empty. None: abort the association instead."""
+    by_instance: dict[str, int] = field(default_factory=dict)
+    """Statuses to answer for these SOP Instance UIDs, whatever the order they come in."""
 
 
 @pytest.fixture
 def mr_scp() -> Iterator[MrOnlyScp]:
     ae = AE("MRSCP")
     ae.add_supported_context(MRImageStorage, ExplicitVRLittleEndian)
-    scp = MrOnlyScp(DicomDestination(name="mr-only", ae_title="MRSCP", host="127.0.0.1", port=1))
+    # One association: the tests of what a single association says (answers in order).
+    only = DicomDestination(name="mr-only", ae_title="MRSCP", host="127.0.0.1", port=1)
+    scp = MrOnlyScp(only.model_copy(update={"associations": 1}))
 
     def on_store(event: evt.Event) -> int:
         dataset = event.dataset
         dataset.file_meta = event.file_meta
         scp.received.append(dataset)
+        if dataset.SOPInstanceUID in scp.by_instance:
+            return scp.by_instance[dataset.SOPInstanceUID]
         answer = scp.answers.pop(0) if scp.answers else 0x0000
         if answer is None:
             event.assoc.abort()
@@ -171,6 +177,7 @@ def test_compressed_instance_is_decompressed_when_its_syntax_is_refused(mr_scp: 
     assert store([MR_RLE], mr_scp.destination, calling_ae=CALLING_AE) == [0x0000]
     (got,) = mr_scp.received
     assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert got.SOPInstanceUID == _uid(MR_RLE)  # the same instance, not a copy under a new UID
     np.testing.assert_array_equal(got.pixel_array, dcmread(MR_RLE).pixel_array)
 
 
@@ -203,3 +210,26 @@ def test_abort_mid_transfer_says_how_far_it_got(mr_scp: MrOnlyScp) -> None:
         ExportError, match=rf"no C-STORE response for .*{second.SOPInstanceUID}.*1 of 3 instances"
     ):
         store([first, second, MR_RLE], mr_scp.destination, calling_ae=CALLING_AE, timeout=5)
+
+
+def test_parallel_associations_give_each_status_in_input_order(mr_scp: MrOnlyScp) -> None:
+    instances = [_renumbered(MR_RLE) for _ in range(5)]
+    codes = [0xB000, 0x0000, 0xB006, 0xB007, 0x0000]
+    mr_scp.by_instance = {ds.SOPInstanceUID: c for ds, c in zip(instances, codes, strict=True)}
+    parallel = mr_scp.destination.model_copy(update={"associations": 3})
+
+    assert store(instances, parallel, calling_ae=CALLING_AE) == codes
+    assert sorted(ds.SOPInstanceUID for ds in mr_scp.received) == sorted(
+        ds.SOPInstanceUID for ds in instances
+    )
+
+
+def test_one_failing_association_fails_the_set_and_names_the_instance(mr_scp: MrOnlyScp) -> None:
+    instances = [_renumbered(MR_RLE) for _ in range(4)]
+    mr_scp.by_instance = {instances[2].SOPInstanceUID: 0xA700}
+    parallel = mr_scp.destination.model_copy(update={"associations": 4})
+
+    with pytest.raises(ExportError, match=rf"{instances[2].SOPInstanceUID}.*status 0xA700"):
+        store(instances, parallel, calling_ae=CALLING_AE)
+    # The other associations delivered theirs: the caller sends the whole set again.
+    assert len(mr_scp.received) == 4
