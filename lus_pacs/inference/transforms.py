@@ -15,10 +15,12 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 import torch
 from monai.config import KeysCollection
+from monai.networks.layers.convutils import gaussian_1d
 from monai.transforms import (
     Compose,
     EnsureType,
@@ -154,9 +156,41 @@ class FitAndPad(Transform):
     def __call__(self, img: npt.NDArray[np.generic] | torch.Tensor) -> torch.Tensor:
         x = convert_to_tensor(img, track_meta=False)
         size = _fitted_size((int(x.shape[-2]), int(x.shape[-1])), self.spatial_size)
-        smooth = self.mode not in ("nearest", "nearest-exact")
-        resize = Resize(size, mode=self.mode, anti_aliasing=smooth)
-        return convert_to_tensor(self.pad(resize(x)), track_meta=False)
+        if self.mode == "bilinear" and x.ndim == 3 and x.dtype == torch.float32:
+            resized = anti_aliased_resize(x, size)
+        else:
+            smooth = self.mode not in ("nearest", "nearest-exact")
+            resized = Resize(size, mode=self.mode, anti_aliasing=smooth)(x)
+        return convert_to_tensor(self.pad(resized), track_meta=False)
+
+
+def anti_aliased_resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """MONAI's ``Resize(size, mode="bilinear", anti_aliasing=True)`` of a float32 (channels,
+    rows, columns) image, about ten times faster on a CPU.
+
+    The same steps and the same kernel: where a side shrinks, MONAI's Gaussian (its ``erf``
+    kernel of sigma (factor - 1) / 2, truncated at 4 sigma, zeros beyond the edge) smooths it,
+    here run by OpenCV's separable filter instead of two torch convolutions; then torch's
+    bilinear interpolation. Equal to MONAI's within 1e-5 (``tests/inference/test_transforms``).
+    """
+    rows, columns = int(image.shape[-2]), int(image.shape[-1])
+    if size[0] < rows or size[1] < columns:
+        kernels = [
+            gaussian_1d(torch.tensor(max(0.0, (n / m - 1) / 2)), truncated=4.0, approx="erf")
+            .numpy()
+            .astype(np.float32)
+            for n, m in ((rows, size[0]), (columns, size[1]))
+        ]
+        smoothed = np.stack(
+            [
+                cv2.sepFilter2D(
+                    channel, cv2.CV_32F, kernels[1], kernels[0], borderType=cv2.BORDER_CONSTANT
+                )
+                for channel in image.numpy()
+            ]
+        )
+        image = torch.from_numpy(smoothed)
+    return torch.nn.functional.interpolate(image[None], size=size, mode="bilinear")[0]
 
 
 class FitAndPadd(MapTransform):
