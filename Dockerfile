@@ -3,7 +3,7 @@
 #
 # BASE: any Debian bookworm image with Python 3.11 and its venv module. The default is the
 # official Python image; `make image-test` builds a local one from Debian packages instead
-# (dicom_nodes/image/image.py) where registries cannot be pulled from.
+# (scripts/image.py) where registries cannot be pulled from.
 ARG BASE=python:3.11-slim-bookworm
 FROM ${BASE}
 

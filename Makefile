@@ -81,7 +81,8 @@ image-test: $(STAMP) container-packages
 # pushes a simulated exam to the PACS, screenshots OHIF on the study with the SEG
 # (build/test-artefacts/pilot/) and brings it down.
 pilot: $(STAMP) container-packages
-	$(VENV)/bin/podman-compose -f dicom_nodes/pilot/compose.yaml up -d --build
+	CONTAINERS_CONF=$${CONTAINERS_CONF:-dicom_nodes/container/containers.conf} \
+		$(VENV)/bin/podman-compose -f dicom_nodes/pilot/compose.yaml up -d --build
 
 pilot-test: $(STAMP) container-packages
 	$(PY) scripts/image.py pilot-test

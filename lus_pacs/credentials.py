@@ -1,12 +1,17 @@
 """HTTP credentials of a DICOMweb server named in the settings (a STOW-RS destination, or an
 archive re-processed over DICOMweb), read from a file or an environment variable when asked for,
-never from the settings text or the command line."""
+never from the settings text or the command line; and a redirect handler that does not carry
+them to another server."""
 
 from __future__ import annotations
 
 import base64
 import os
+import urllib.request
+from http.client import HTTPMessage
 from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit
 
 from lus_pacs.errors import ConfigError
 from lus_pacs.settings import WebDestination
@@ -42,3 +47,31 @@ def _secret(server: WebDestination, file: Path | None, variable: str | None) -> 
     if value is None:
         raise ConfigError(f"{server.name}: the environment variable {variable} is not set")
     return value
+
+
+class SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects as urllib does, but drops the ``Authorization`` header when one leads
+    to another scheme, host or port (urllib would send the credentials wherever a server
+    points)."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != _origin(req.full_url):
+            for name in list(new.headers):
+                if name.lower() == "authorization":
+                    del new.headers[name]
+            new.unredirected_hdrs.pop("Authorization", None)
+        return new
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port

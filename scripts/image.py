@@ -22,6 +22,7 @@ podman reads ``dicom_nodes/container/containers.conf`` (runc, no default ulimits
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import shlex
@@ -121,50 +122,76 @@ def local_base(tag: str = LOCAL_BASE) -> str:
     return tag
 
 
-def pip_options(listed: str) -> dict[str, str]:
-    """pip's settings from ``pip config list``: the environment's over the files', as pip
-    reads them."""
-    options: dict[str, str] = {}
+def pip_options(listed: str) -> dict[str, dict[str, str]]:
+    """pip's settings from ``pip config list``, by section (``global``, ``install``, ...): the
+    environment's (``:env:``, which pip reads as global) over the files', as pip reads them.
+    pip prints each value as a Python literal (multi-line values included)."""
+    sections: dict[str, dict[str, str]] = {}
     from_env: dict[str, str] = {}
     for line in listed.splitlines():
-        key, _, value = line.partition("=")
-        name = key.rsplit(".", 1)[-1]
-        value = value.strip().strip("'\"")
-        if key.startswith(":env:"):
+        key, _, text = line.partition("=")
+        section, _, name = key.rpartition(".")
+        if not name or not text:
+            continue
+        try:
+            value = str(ast.literal_eval(text.strip()))
+        except (ValueError, SyntaxError):
+            value = text.strip()
+        if section == ":env:":
             from_env[name] = value
-        elif key.startswith("global."):
-            options[name] = value
-    return options | from_env
+        elif section:
+            sections.setdefault(section, {})[name] = value
+    if from_env:
+        sections["global"] = sections.get("global", {}) | from_env
+    return sections
 
 
-def local_paths(options: dict[str, str]) -> set[Path]:
+def pip_conf(sections: dict[str, dict[str, str]]) -> str:
+    """A pip.conf of ``sections``; a multi-line value as indented continuation lines."""
+    lines = []
+    for section, options in sorted(sections.items()):
+        lines.append(f"[{section}]")
+        for name, value in sorted(options.items()):
+            words = [w for w in value.splitlines() if w.strip()]
+            if len(words) > 1:
+                lines += [f"{name} =", *(f"    {w.strip()}" for w in words)]
+            else:
+                lines.append(f"{name} = {value.strip()}")
+    return "\n".join(lines) + "\n"
+
+
+def local_paths(sections: dict[str, dict[str, str]]) -> set[Path]:
     """The existing local files and folders the settings name (paths and file:// URLs); a local
     index's parent, whose pages link to the files beside it ("../../files/...")."""
     found: set[Path] = set()
-    for name, value in options.items():
-        for word in value.split():
-            path = Path(word.removeprefix("file://"))
-            if path.is_absolute() and path.exists():
-                found.add(path.parent if name.endswith("index-url") else path)
+    for options in sections.values():
+        for name, value in options.items():
+            for word in value.split():
+                path = Path(word.removeprefix("file://"))
+                if path.is_absolute() and path.exists() and path != Path("/"):
+                    local = path.parent if name.endswith("index-url") else path
+                    if local != Path("/"):
+                        found.add(local)
     return found
 
 
 def host_pip_config(folder: Path) -> list[str]:
     """``podman build`` volume options that give the build this machine's pip configuration:
-    a pip.conf of what ``pip config list`` reports mounted as /etc/pip.conf, and every local
-    path it names mounted read-only at its own path."""
+    a pip.conf of what ``pip config list`` reports (written into ``folder``, readable by its
+    owner only) mounted as /etc/pip.conf, and every local path it names mounted read-only at its
+    own path."""
     listed = subprocess.run(
         [sys.executable, "-m", "pip", "config", "list"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    options = pip_options(listed)
-    folder.mkdir(parents=True, exist_ok=True)
+    sections = pip_options(listed)
     conf = folder / "pip.conf"
-    conf.write_text("[global]\n" + "".join(f"{k} = {v}\n" for k, v in sorted(options.items())))
+    conf.touch(mode=0o600)
+    conf.write_text(pip_conf(sections))
     volumes = ["-v", f"{conf}:/etc/pip.conf:ro"]
-    for mount in sorted(local_paths(options)):
+    for mount in sorted(local_paths(sections)):
         volumes += ["-v", f"{mount}:{mount}:ro"]
     return volumes
 
@@ -185,12 +212,14 @@ def build(
         command += ["--build-arg", f"BASE={base}"]
     if torch_index is not None:
         command += ["--build-arg", f"TORCH_INDEX={torch_index}"]
-    if host_config:
-        command += host_pip_config(ROOT / "build" / "container")
     command.append(str(ROOT))
-    print("podman " + shlex.join(command), flush=True)
     started = time.monotonic()
-    subprocess.run(["podman", *command], check=True, env=_env())
+    # The pip configuration (which may hold an index's token) lives only as long as the build.
+    with tempfile.TemporaryDirectory() as private:
+        if host_config:
+            command[-1:-1] = host_pip_config(Path(private))
+        print("podman " + shlex.join(command), flush=True)
+        subprocess.run(["podman", *command], check=True, env=_env())
     size = int(podman("image", "inspect", "--format", "{{.Size}}", tag).strip())
     print(
         f"image {tag}: {size / 1e9:.2f} GB, built in {time.monotonic() - started:.0f} s",
@@ -389,7 +418,9 @@ def pilot_test() -> None:
         study = str(first.StudyInstanceUID)
         try:
             started = time.monotonic()
-            subprocess.run([*compose, "up", "-d"], check=True, env=env, capture_output=True)
+            up = subprocess.run([*compose, "up", "-d"], env=env, capture_output=True, check=False)
+            if up.returncode != 0:
+                raise SystemExit(f"podman-compose up failed:\n{up.stderr.decode()[-3000:]}")
             node = f"{project}_node_1"
             _wait(lambda: podman_ok("healthcheck", "run", node), HEALTH_TIMEOUT,
                   "the node's healthcheck to pass", node)  # fmt: skip
@@ -461,7 +492,8 @@ def _instances(viewer: str, study: str, query: str = "") -> list[dict[str, Any]]
     """QIDO-RS: the study's instances in the pilot's PACS, through the viewer's nginx."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(f"{viewer}/dicom-web/studies/{study}/instances{query}") as answer:
+        url = f"{viewer}/dicom-web/studies/{study}/instances{query}"
+        with opener.open(url, timeout=30) as answer:
             body = answer.read()
     except (urllib.error.URLError, OSError):
         return []

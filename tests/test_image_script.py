@@ -24,21 +24,31 @@ def test_the_environment_overrides_the_files_and_local_paths_are_mounted(tmp_pat
     index = tmp_path / "pypi" / "simple"
     wheels.mkdir()
     index.mkdir(parents=True)
+    # As pip prints them: each value a Python literal, a multi-line one with its newlines.
     listed = "\n".join(
         [
             "global.find-links='/nowhere/wheels'",
-            f"global.extra-index-url='file://{index} https://pypi.example.invalid/simple'",
+            f"global.extra-index-url='\\nfile://{index}\\nhttps://pypi.example.invalid/simple'",
             "global.timeout='60'",
+            "install.no-compile='true'",
             f":env:.find-links='{wheels}'",
             ":env:.timeout='180'",
         ]
     )
-    options = image.pip_options(listed)
-    assert options == {
-        "find-links": str(wheels),
-        "extra-index-url": f"file://{index} https://pypi.example.invalid/simple",
-        "timeout": "180",
+    sections = image.pip_options(listed)
+    assert sections == {
+        "global": {
+            "find-links": str(wheels),
+            "extra-index-url": f"\nfile://{index}\nhttps://pypi.example.invalid/simple",
+            "timeout": "180",
+        },
+        "install": {"no-compile": "true"},
     }
+    conf = image.pip_conf(sections)
+    assert (
+        f"extra-index-url =\n    file://{index}\n    https://pypi.example.invalid/simple\n" in conf
+    )
+    assert "[install]\nno-compile = true\n" in conf
     # The index's parent goes along (its pages link to ../../files); remote URLs and paths that
     # do not exist here are not mounted.
-    assert image.local_paths(options) == {wheels, index.parent}
+    assert image.local_paths(sections) == {wheels, index.parent}

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -301,3 +302,26 @@ def test_loading_the_seg_colours_the_segmented_pixels_of_the_cine(
 def _saturation(rgb: np.ndarray) -> np.ndarray:
     """Per screen pixel, how far from grey: the spread of its three channels (0-255)."""
     return rgb.max(axis=2) - rgb.min(axis=2)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/dicom-web/studies"),
+        ("DELETE", "/dicom-web/studies"),
+        ("GET", "/dicom-web/servers"),
+    ],
+)
+def test_the_viewer_passes_only_reads_to_the_pacs(
+    viewer_study: ViewerStudy, method: str, path: str
+) -> None:
+    """nginx lets the viewer read the PACS's DICOMweb, and nothing else through it: no STOW-RS
+    or deletion, not the plugin's routes that make the PACS send studies elsewhere."""
+    data = b"" if method != "GET" else None
+    request = urllib.request.Request(f"{viewer_study.url}{path}", data=data, method=method)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        _OPENER.open(request, timeout=10)
+    assert refused.value.code == 403
+    reads = urllib.request.Request(f"{viewer_study.url}/dicom-web/studies", method="GET")
+    with _OPENER.open(reads, timeout=10) as answer:
+        assert answer.status == 200

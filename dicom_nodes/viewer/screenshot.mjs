@@ -124,9 +124,10 @@ async function run(browser) {
     // Loading a SEG jumps to its first segmented frame; come back to the frame shot without it.
     await showFrame(page, frame);
   }
-  const frameWithSeg = await page.evaluate(
-    () => window.cornerstone.getEnabledElements()[0].viewport.getCurrentImageIdIndex() + 1,
-  );
+  const frameWithSeg = await page.evaluate(() => {
+    const index = window.cornerstone?.getEnabledElements?.()[0]?.viewport?.getCurrentImageIdIndex?.();
+    return index === undefined ? null : index + 1;
+  });
   // When the SEG failed, the shot shows what OHIF shows instead, its error notification too.
   if (!seg.loaded) await page.waitForTimeout(1500); // the notification's slide-in
   const withPath = join(outDir, 'with-seg.png');

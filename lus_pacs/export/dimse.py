@@ -1,4 +1,4 @@
-"""C-STORE and C-ECHO to one DICOM destination: one association, one attempt.
+"""C-STORE and C-ECHO to one DICOM destination: one attempt, over one or a few associations.
 
 Retries and backoff belong to the job store, which records each attempt durably; this module only
 says, for one attempt, what was delivered, or raises :class:`ExportError` saying what was not.
@@ -7,6 +7,7 @@ says, for one attempt, what was delivered, or raises :class:`ExportError` saying
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -108,19 +109,61 @@ def store(
                 )
                 for lane in dealt
             ]
-        errors = [f.exception() for f in futures]
+        errors: list[BaseException | None] = [f.exception() for f in futures]
+        refused = [lane for lane, e in enumerate(errors) if isinstance(e, _NotAssociatedError)]
+        late: list[int] = []
+        late_codes: list[int] = []
+        answered = any(getattr(errors[lane], "rejected", False) for lane in refused)
+        if refused and (len(refused) < lanes or answered):
+            # The destination took some associations but not all, or refused them at once (a
+            # limit of associations): what the refused ones carried goes over one more
+            # association, after the others.
+            logger.warning(
+                "%s took %d of %d associations at once (set associations = %d for it): %s",
+                _where(destination),
+                lanes - len(refused),
+                lanes,
+                max(1, lanes - len(refused)),
+                errors[refused[0]],
+            )
+            late = [i for lane in refused for i in dealt[lane]]
+            try:
+                late_codes = _store_late([items[i] for i in late], destination, calling_ae, timeout)
+                for lane in refused:
+                    errors[lane] = None
+            except ExportError as exc:
+                for lane in refused:
+                    errors[lane] = exc
         failed = [e for e in errors if e is not None]
         if failed:
             if len(failed) == 1 or not all(isinstance(e, ExportError) for e in failed):
                 raise failed[0]
-            reasons = "; ".join(e.reason for e in failed if isinstance(e, ExportError))
-            raise ExportError(destination.name, reasons)
+            reasons = dict.fromkeys(e.reason for e in failed if isinstance(e, ExportError))
+            raise ExportError(destination.name, "; ".join(reasons))
         statuses = [0] * len(items)
-        for lane, future in zip(dealt, futures, strict=True):
-            for index, code in zip(lane, future.result(), strict=True):
-                statuses[index] = code
+        for lane, future in enumerate(futures):
+            if lane not in refused:
+                for index, code in zip(dealt[lane], future.result(), strict=True):
+                    statuses[index] = code
+        for index, code in zip(late, late_codes, strict=True):
+            statuses[index] = code
     logger.info("sent %d instances to %s", len(items), _where(destination))
     return statuses
+
+
+def _store_late(
+    items: Sequence[_Item], destination: DicomDestination, calling_ae: str, timeout: float
+) -> list[int]:
+    """:func:`_store_on_one` for what refused associations carried: a destination may still
+    count an association it has just released, so a refusal is tried again twice, 0.5 s apart."""
+    for attempt in range(3):
+        try:
+            return _store_on_one(items, destination, calling_ae, timeout)
+        except _NotAssociatedError:
+            if attempt == 2:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
 
 
 def _store_on_one(
@@ -313,7 +356,16 @@ def _associate(ae: AE, destination: DicomDestination) -> Association:
             f"association with {where} aborted during negotiation "
             f"(or no answer within {ae.acse_timeout:g} s)"
         )
-    raise ExportError(destination.name, reason)
+    raise _NotAssociatedError(destination.name, reason, rejected=assoc.is_rejected)
+
+
+class _NotAssociatedError(ExportError):
+    """No association could be made: nothing of this attempt was sent on it. ``rejected``: the
+    destination answered, and said no (a limit of associations, a wrong AE title)."""
+
+    def __init__(self, destination: str, reason: str, *, rejected: bool) -> None:
+        super().__init__(destination, reason)
+        self.rejected = rejected
 
 
 def _payload(item: _Item, accepted: set[tuple[str, str]]) -> Dataset | Path | None:

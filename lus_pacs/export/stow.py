@@ -20,7 +20,7 @@ from typing import Any
 
 from pydicom import dcmread
 
-from lus_pacs.credentials import authorisation
+from lus_pacs.credentials import SameOriginRedirects, authorisation
 from lus_pacs.errors import ConfigError, ExportError
 from lus_pacs.settings import WebDestination
 
@@ -77,10 +77,17 @@ def stow(paths: Sequence[Path], destination: WebDestination) -> list[str]:
 
 
 def _post(request: urllib.request.Request, destination: WebDestination) -> dict[str, Any]:
-    context = ssl.create_default_context(cafile=destination.ca_bundle)
+    try:
+        context = ssl.create_default_context(cafile=destination.ca_bundle)
+    except (OSError, ssl.SSLError) as exc:
+        raise ExportError(
+            destination.name, f"cannot load the CA bundle {destination.ca_bundle}: {exc}"
+        ) from exc
     # No proxy: a hospital's DICOMweb server is reached directly, as its DIMSE nodes are.
     opener = urllib.request.build_opener(
-        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+        urllib.request.ProxyHandler({}),
+        urllib.request.HTTPSHandler(context=context),
+        SameOriginRedirects(),
     )
     try:
         with opener.open(request, timeout=destination.timeout_s) as response:

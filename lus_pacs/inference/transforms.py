@@ -166,7 +166,7 @@ class FitAndPad(Transform):
 
 def anti_aliased_resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """MONAI's ``Resize(size, mode="bilinear", anti_aliasing=True)`` of a float32 (channels,
-    rows, columns) image, about ten times faster on a CPU.
+    rows, columns) image, six (640 x 480) to twelve (1080p) times faster on a CPU.
 
     The same steps and the same kernel: where a side shrinks, MONAI's Gaussian (its ``erf``
     kernel of sigma (factor - 1) / 2, truncated at 4 sigma, zeros beyond the edge) smooths it,

@@ -140,15 +140,18 @@ class MrOnlyScp:
     """Statuses to answer, in order; 0x0000 once empty. None: abort the association instead."""
     by_instance: dict[str, int] = field(default_factory=dict)
     """Statuses to answer for these SOP Instance UIDs, whatever the order they come in."""
+    max_associations: int = 10
+    """Associations it serves at once; more are rejected (local limit exceeded)."""
 
 
 @pytest.fixture
-def mr_scp() -> Iterator[MrOnlyScp]:
+def mr_scp(request: pytest.FixtureRequest) -> Iterator[MrOnlyScp]:
     ae = AE("MRSCP")
     ae.add_supported_context(MRImageStorage, ExplicitVRLittleEndian)
     # One association: the tests of what a single association says (answers in order).
     only = DicomDestination(name="mr-only", ae_title="MRSCP", host="127.0.0.1", port=1)
     scp = MrOnlyScp(only.model_copy(update={"associations": 1}))
+    scp.max_associations = getattr(request, "param", 10)
 
     def on_store(event: evt.Event) -> int:
         dataset = event.dataset
@@ -162,6 +165,7 @@ def mr_scp() -> Iterator[MrOnlyScp]:
             return 0xA700
         return answer
 
+    ae.maximum_associations = scp.max_associations
     server = ae.start_server(
         ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
     )
@@ -233,3 +237,16 @@ def test_one_failing_association_fails_the_set_and_names_the_instance(mr_scp: Mr
         store(instances, parallel, calling_ae=CALLING_AE)
     # The other associations delivered theirs: the caller sends the whole set again.
     assert len(mr_scp.received) == 4
+
+
+@pytest.mark.parametrize("mr_scp", [1], indirect=True)
+def test_what_refused_associations_carried_goes_over_one_more(mr_scp: MrOnlyScp) -> None:
+    """A destination that takes one association at a time (a limit per calling AE): the
+    instances of the lanes it refused go after the others, every one delivered once."""
+    instances = [_renumbered(MR_RLE) for _ in range(4)]
+    parallel = mr_scp.destination.model_copy(update={"associations": 4})
+
+    assert store(instances, parallel, calling_ae=CALLING_AE) == [0x0000] * 4
+    assert sorted(ds.SOPInstanceUID for ds in mr_scp.received) == sorted(
+        ds.SOPInstanceUID for ds in instances
+    )

@@ -202,3 +202,21 @@ def test_open_source_rejects_what_it_cannot_read(tmp_path: Path, spec: str, mess
     (tmp_path / "notes.dcm").write_text("not DICOM")
     with pytest.raises(ArchiveError, match=message):
         open_source(spec.format(tmp=tmp_path))
+
+
+def test_a_configured_archive_that_cannot_be_used_is_named(tmp_path: Path) -> None:
+    from lus_pacs.settings import DicomDestination, TlsFiles, WebDestination
+
+    web = WebDestination(
+        name="web", url="https://pacs.invalid/dicom-web", ca_bundle=tmp_path / "absent.pem"
+    )
+    with pytest.raises(ArchiveError, match=r"cannot load the CA bundle .*absent\.pem"):
+        open_source("dicomweb://web", web_servers=[web])
+    with pytest.raises(ArchiveError, match=r"no DICOM node 'pacs'.*\[\]"):
+        open_source("dimse://pacs")
+    # Over TLS, C-MOVE's receiver presents this node's certificate: none given, refused at once.
+    pacs = DicomDestination(
+        name="pacs", ae_title="PACS", host="127.0.0.1", port=104, tls=TlsFiles(ca_bundle=None)
+    )
+    with pytest.raises(ArchiveError, match="C-MOVE over TLS needs this node's certificate"):
+        open_source("dimse://pacs", retrieve="move", dicom_nodes=[pacs])

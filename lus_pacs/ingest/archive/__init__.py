@@ -134,6 +134,14 @@ def _configured(
             raise ArchiveError(
                 spec, f"no DICOM node {name!r} in the settings' destinations {known}"
             )
+        tls = node.tls
+        if tls is not None and retrieve == "move" and not (tls.certificate and tls.private_key):
+            raise ArchiveError(
+                spec,
+                f"C-MOVE over TLS needs this node's certificate and private_key in {name}'s "
+                "[tls]: the archive connects to our receiver, which presents them (and, with "
+                "require_peer_certificate, checks the archive's against ca_bundle)",
+            )
         return DimseSource(
             node.ae_title, node.host, node.port, calling_ae=calling_ae, retrieve=retrieve,
             move_port=move_port, move_host=move_host, timeout=timeout, tls=node.tls,
@@ -148,4 +156,6 @@ def _configured(
         headers = authorisation(server)
     except ConfigError as exc:
         raise ArchiveError(spec, str(exc)) from exc
-    return DicomwebSource(server.url, timeout=timeout, headers=headers, ca_bundle=server.ca_bundle)
+    return DicomwebSource(
+        server.url, timeout=server.timeout_s, headers=headers, ca_bundle=server.ca_bundle
+    )

@@ -18,6 +18,7 @@ from urllib.request import HTTPSHandler, OpenerDirector, ProxyHandler, Request, 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from lus_pacs.credentials import SameOriginRedirects
 from lus_pacs.dicom_vocabulary import IMAGE_SOP_CLASSES
 from lus_pacs.errors import ArchiveError
 from lus_pacs.ingest.archive.common import (
@@ -56,9 +57,15 @@ class DicomwebSource:
         self._timeout = timeout
         self._headers = dict(headers or {})
         loopback = urlsplit(self.base_url).hostname in _LOOPBACK
-        https = HTTPSHandler(context=ssl.create_default_context(cafile=ca_bundle))
+        try:
+            context = ssl.create_default_context(cafile=ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            raise ArchiveError(self.name, f"cannot load the CA bundle {ca_bundle}: {exc}") from exc
+        https = HTTPSHandler(context=context)
         self._opener: OpenerDirector = (
-            build_opener(ProxyHandler({}), https) if loopback else build_opener(https)
+            build_opener(ProxyHandler({}), https, SameOriginRedirects())
+            if loopback
+            else build_opener(https, SameOriginRedirects())
         )
 
     def studies(self, since: datetime.date | None = None) -> list[ArchiveStudy]:

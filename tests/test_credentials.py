@@ -1,0 +1,60 @@
+"""Credentials of DICOMweb servers: not carried to another server by a redirect."""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+from lus_pacs.credentials import SameOriginRedirects
+
+
+@contextmanager
+def _server(redirect_to: str | None, seen: list[str | None]) -> Iterator[str]:
+    """An HTTP server on loopback that records each request's Authorization and redirects to
+    ``redirect_to`` (when given) or answers 200."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            if redirect_to and self.path == "/start":
+                self.send_response(302)
+                self.send_header("Location", redirect_to)
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _get(url: str) -> int:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), SameOriginRedirects())
+    request = urllib.request.Request(url, headers={"Authorization": "Bearer s3cret"})
+    with opener.open(request, timeout=10) as answer:
+        return int(answer.status)
+
+
+def test_a_redirect_to_another_server_loses_the_credentials_one_on_the_same_keeps_them() -> None:
+    elsewhere: list[str | None] = []
+    here: list[str | None] = []
+    with _server(None, elsewhere) as other:
+        with _server(f"{other}/landed", here) as origin:
+            assert _get(f"{origin}/start") == 200
+        assert here == ["Bearer s3cret"]
+        assert elsewhere == [None]  # another port: another origin
+    same: list[str | None] = []
+    with _server("/landed", same) as origin:
+        assert _get(f"{origin}/start") == 200
+    assert same == ["Bearer s3cret", "Bearer s3cret"]
