@@ -443,6 +443,12 @@ def pilot_test() -> None:
                 str(item["00080060"]["Value"][0])
                 for item in _instances(viewer, study, "?includefield=00080060")
             )
+            # The PACS answers DICOM queries of its known nodes only (the node's AE title).
+            found = {
+                ae: _finds(ae, ports["PILOT_PACS_PORT"], study) for ae in ("INTRUDER", "LUSPACS")
+            }
+            if found != {"INTRUDER": False, "LUSPACS": True}:
+                raise SystemExit(f"the pilot's PACS answers C-FIND wrongly: {found}")
             shot = subprocess.run(
                 ["node", str(SCREENSHOT), viewer, study, str(out),
                  "--seg-series", str(LABELMAP_SEG_SERIES), "--frame", "seg"],
@@ -471,12 +477,24 @@ def pilot_test() -> None:
         raise SystemExit(f"no SEG overlay on the screenshot: coloured pixels {coloured}")
     print(
         f"{len(cines)} cines pushed to the pilot's PACS; {sum(modalities.values())} instances "
-        f"in the study {waited:.0f} s later ({dict(sorted(modalities.items()))}); OHIF shows "
+        f"in the study {waited:.0f} s later ({dict(sorted(modalities.items()))}), C-FIND "
+        "answered to the node's AE title only; OHIF shows "
         f"the study ({dict(sorted(panel.items()))} in its panel) with the LABELMAP SEG on frame "
         f"{report['frame_with_seg']} ({coloured['with']} coloured pixels on the image, "
         f"{coloured['without']} before): {out / 'with-seg.png'}"
     )
     print("pilot-test passed")
+
+
+def _finds(calling_ae: str, port: int, study: str) -> bool:
+    """Whether the pilot's PACS lists ``study`` to a C-FIND (dcmtk's findscu) from
+    ``calling_ae``."""
+    answer = subprocess.run(
+        ["findscu", "-S", "-aet", calling_ae, "-aec", "ORTHANC", "127.0.0.1", str(port),
+         "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    return study in answer.stdout + answer.stderr and "Find Failed" not in answer.stderr
 
 
 def _http_status(url: str) -> int:

@@ -8,6 +8,8 @@
 # configuration in DATA_DIR/config/, which Orthanc then reads as a whole.
 # ORTHANC_REMOTE_ACCESS=true lets REST and DICOMweb answer other hosts too (the pilot's
 # container, reached by the viewer's nginx); false (the default) keeps them on localhost.
+# ORTHANC_OPEN_QUERY=false lets only the nodes of MODALITIES_JSON query and retrieve over DICOM
+# (the pilot); true (the default, the tests) lets any calling AE.
 set -euo pipefail
 usage="usage: start.sh DATA_DIR DICOM_PORT HTTP_PORT [AET] [MODALITIES_JSON]"
 data_dir=${1:?$usage}
@@ -17,6 +19,7 @@ aet=${4:-ORTHANC}
 modalities=${5:-"{}"}
 plugin=${ORTHANC_DICOMWEB_PLUGIN:-/usr/share/orthanc/plugins/libOrthancDicomWeb.so}
 remote=${ORTHANC_REMOTE_ACCESS:-false}
+open_query=${ORTHANC_OPEN_QUERY:-true}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 for port in "$dicom_port" "$http_port"; do
@@ -27,6 +30,10 @@ for port in "$dicom_port" "$http_port"; do
 done
 [[ "$remote" == true || "$remote" == false ]] || {
   echo "start.sh: ORTHANC_REMOTE_ACCESS must be true or false, not '$remote'" >&2
+  exit 2
+}
+[[ "$open_query" == true || "$open_query" == false ]] || {
+  echo "start.sh: ORTHANC_OPEN_QUERY must be true or false, not '$open_query'" >&2
   exit 2
 }
 [[ "$aet" =~ ^[A-Za-z0-9_.-]{1,16}$ ]] || {
@@ -53,6 +60,7 @@ config=${config//@DICOM_PORT@/"$dicom_port"}
 config=${config//@DICOM_AET@/"$aet"}
 config=${config//@MODALITIES@/"$modalities"}
 config=${config//@REMOTE_ACCESS@/"$remote"}
+config=${config//@OPEN_QUERY@/"$open_query"}
 printf '%s\n' "$config" >"$data_dir/orthanc.json"
 target="$data_dir/orthanc.json"
 if [[ -n "${ORTHANC_EXTRA_CONFIG:-}" ]]; then
