@@ -276,7 +276,7 @@ def image_test(tag: str) -> None:
     sys.path.insert(0, str(ROOT))  # the tests' Orthanc and scanner helpers
     import pydicom
 
-    from tests.node_process import SCANNER_AE, storescu
+    from tests.node_process import SCANNER_AE
     from tests.orthanc import free_ports, running_orthanc
 
     size = build(tag, base=local_base(), torch_index="", host_config=True)
@@ -293,24 +293,7 @@ def image_test(tag: str) -> None:
     volume = f"{name}-data"
     with tempfile.TemporaryDirectory(dir=work) as tmp_name:
         tmp = Path(tmp_name)
-        exam = tmp / "exam"
-        subprocess.run(
-            [
-                str(Path(sys.executable).with_name("lus-pacs")),
-                "synth",
-                "--out",
-                str(exam),
-                "--patients",
-                "1",
-                "--seed",
-                "3",
-                "--frames",
-                "30",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        cines = sorted(exam.rglob("*.dcm"))
+        cines = _exam(tmp / "exam")
         pushed = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in cines}
         with running_orthanc(tmp) as orthanc:
             port, metrics_port = free_ports(2)
@@ -338,9 +321,7 @@ def image_test(tag: str) -> None:
                 uid = podman("exec", name, "id", "-u").strip()
                 if uid == "0":
                     raise SystemExit("the node runs as root in its container")
-                sent = storescu(port, cines)
-                if sent.returncode != 0:
-                    raise SystemExit(f"storescu failed:\n{sent.stdout}{sent.stderr}")
+                _push(port, "LUSPACS", cines)
                 pushed_at = time.monotonic()
                 expected = OBJECTS_PER_CINE * len(cines) + 1  # and the study summary SR
                 _wait(lambda: orthanc.count() >= expected, RESULTS_TIMEOUT,
@@ -406,14 +387,7 @@ def pilot_test() -> None:
     out.mkdir(parents=True, exist_ok=True)
     work = ROOT / "build" / "container"
     with tempfile.TemporaryDirectory(dir=work) as tmp_name:
-        exam = Path(tmp_name) / "exam"
-        subprocess.run(
-            [str(Path(sys.executable).with_name("lus-pacs")), "synth", "--out", str(exam),
-             "--patients", "1", "--seed", "3", "--frames", "30"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        cines = sorted(exam.rglob("*.dcm"))
+        cines = _exam(Path(tmp_name) / "exam")
         first = pydicom.dcmread(cines[0], stop_before_pixels=True)
         study = str(first.StudyInstanceUID)
         try:
@@ -427,13 +401,7 @@ def pilot_test() -> None:
             _wait(lambda: _http_status(f"{viewer}/dicom-web/studies") == 200, HEALTH_TIMEOUT,
                   "the viewer and Orthanc's DICOMweb behind it", node)  # fmt: skip
             print(f"pilot up in {time.monotonic() - started:.0f} s: {viewer}/", flush=True)
-            sent = subprocess.run(
-                ["storescu", "-xy", "-aet", "SCANNER", "-aec", "ORTHANC", "127.0.0.1",
-                 str(ports["PILOT_PACS_PORT"]), *map(str, cines)],
-                capture_output=True, text=True, check=False, timeout=120,
-            )  # fmt: skip
-            if sent.returncode != 0:
-                raise SystemExit(f"storescu to the pilot's PACS failed:\n{sent.stderr}")
+            _push(ports["PILOT_PACS_PORT"], "ORTHANC", cines)
             pushed_at = time.monotonic()
             expected = len(cines) * (1 + OBJECTS_PER_CINE) + 1  # cines, results, summary
             _wait(lambda: len(_instances(viewer, study)) >= expected, RESULTS_TIMEOUT,
@@ -484,6 +452,39 @@ def pilot_test() -> None:
         f"{coloured['without']} before): {out / 'with-seg.png'}"
     )
     print("pilot-test passed")
+
+
+def _exam(folder: Path) -> list[Path]:
+    """A simulated 6-zone exam of 30-frame cines (``lus-pacs synth``): its files."""
+    lus_pacs = str(Path(sys.executable).with_name("lus-pacs"))
+    subprocess.run(
+        [
+            lus_pacs,
+            "synth",
+            "--out",
+            str(folder),
+            "--patients",
+            "1",
+            "--seed",
+            "3",
+            "--frames",
+            "30",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return sorted(folder.rglob("*.dcm"))
+
+
+def _push(port: int, called_ae: str, cines: Sequence[Path]) -> None:
+    """Push ``cines`` as a scanner does (the project's scanner simulator, storescu)."""
+    sent = subprocess.run(
+        ["bash", str(ROOT / "dicom_nodes" / "scanner" / "push.sh"), "127.0.0.1", str(port),
+         called_ae, "SCANNER", *map(str, cines)],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    if sent.returncode != 0:
+        raise SystemExit(f"storescu to {called_ae} failed:\n{sent.stderr[-3000:]}")
 
 
 def _finds(calling_ae: str, port: int, study: str) -> bool:

@@ -156,14 +156,12 @@ def _store_late(
 ) -> list[int]:
     """:func:`_store_on_one` for what refused associations carried: a destination may still
     count an association it has just released, so a refusal is tried again twice, 0.5 s apart."""
-    for attempt in range(3):
+    for _ in range(2):
         try:
             return _store_on_one(items, destination, calling_ae, timeout)
         except _NotAssociatedError:
-            if attempt == 2:
-                raise
             time.sleep(0.5)
-    raise AssertionError("unreachable")
+    return _store_on_one(items, destination, calling_ae, timeout)
 
 
 def _store_on_one(
