@@ -45,9 +45,10 @@ from lus_pacs.inference.bundle import load_bundle
 from lus_pacs.inference.runtime import Runtime, compile_module
 from lus_pacs.inference.transforms import SEVERITY_SIZE, severity_frames, to_source_geometry
 
-FRAME_CHOICES = ("key", "all", "every")
-"""``key``: the frames the other models chose (B-line key frame, highest-severity frame);
-``all``: every frame; ``every``: every k-th frame."""
+FRAME_CHOICES = ("best", "key", "all", "every")
+"""``best``: the cine's first key frame (the one its KOS marks best in set and a viewer opens
+first); ``key``: every key frame the other models chose (best frame, B-line frame,
+highest-severity frame); ``all``: every frame; ``every``: every k-th frame."""
 
 
 def frames_to_segment(
@@ -55,7 +56,8 @@ def frames_to_segment(
 ) -> tuple[int, ...]:
     """The 1-based frames to segment, sorted and without repeats.
 
-    ``key`` falls back to the middle frame when no key frame is known.
+    ``key_frames`` come in the node's order (:class:`~lus_pacs.domain.KeyFrameReason`: the best
+    frame first). ``best`` and ``key`` fall back to the middle frame when no key frame is known.
     """
     if choice == "all":
         return tuple(range(1, n_frames + 1))
@@ -63,8 +65,9 @@ def frames_to_segment(
         if every < 1:
             raise ValueError(f"every must be at least 1, got {every}.")
         return tuple(range(1, n_frames + 1, every))
-    if choice == "key":
-        chosen = sorted({f for f in key_frames if 1 <= f <= n_frames})
+    if choice in ("best", "key"):
+        known = [f for f in key_frames if 1 <= f <= n_frames]
+        chosen = sorted(set(known[:1] if choice == "best" else known))
         return tuple(chosen) if chosen else ((n_frames + 1) // 2,)
     raise ValueError(f"Unknown frame choice {choice!r}; choose one of {', '.join(FRAME_CHOICES)}.")
 

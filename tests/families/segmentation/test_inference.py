@@ -110,7 +110,7 @@ def test_sixty_frame_cine_gives_a_seg_of_the_model_masks(
     json.dumps(record)  # the record is plain JSON
 
 
-def test_key_frames_are_what_the_node_segments_by_default(
+def test_the_node_segments_the_best_key_frame_by_default_and_every_one_on_request(
     model: SegmentationModel, synth_exams: Path, tmp_path: Path
 ) -> None:
     settings = Settings(
@@ -118,11 +118,19 @@ def test_key_frames_are_what_the_node_segments_by_default(
         models=("b_lines", "severity", "segmentation"),
         segmentation=SegmentationSettings(mc_samples=2),
     )
-    assert settings.segmentation.frames == "key"
+    assert settings.segmentation.frames == "best"
     sim = find_simulated(synth_exams)[0]
     header = pydicom.dcmread(sim.dicom)
-    fast = Models.load(settings)
-    findings = analyse(header, sim.dicom.name, fast, settings)
+    findings = analyse(header, sim.dicom.name, Models.load(settings), settings)
+    assert findings.segmentation is not None
+    assert len({k.frame for k in findings.key_frames}) > 1  # else the test tells nothing
+    assert findings.segmentation.frames == (findings.key_frames[0].frame,)
+
+    every_key = settings.model_copy(
+        update={"segmentation": SegmentationSettings(frames="key", mc_samples=2)}
+    )
+    header = pydicom.dcmread(sim.dicom)  # analyse released its pixels
+    findings = analyse(header, sim.dicom.name, Models.load(every_key), every_key)
     assert findings.segmentation is not None
     assert findings.segmentation.frames == tuple(sorted({k.frame for k in findings.key_frames}))
 
@@ -152,7 +160,7 @@ def test_a_single_frame_ultrasound_image_gets_valid_results(
 
 def test_the_segmentation_setup_is_part_of_the_result_identity(tmp_path: Path) -> None:
     default = Models.load(Settings(data_dir=tmp_path, models=("segmentation",)))
-    assert default.key.endswith("[key,mc10]")
+    assert default.key.endswith("[best,mc10]")
     every = Models.load(
         Settings(
             data_dir=tmp_path,

@@ -145,7 +145,10 @@ def test_frame_choices() -> None:
     assert frames_to_segment("every", 25, every=10) == (1, 11, 21)
     assert frames_to_segment("key", 30, key_frames=[7, 3, 7, 99]) == (3, 7)
     assert frames_to_segment("key", 30) == (15,)
-    with pytest.raises(ValueError, match="key, all, every"):
+    assert frames_to_segment("best", 30, key_frames=[7, 3, 99]) == (7,)
+    assert frames_to_segment("best", 30, key_frames=[99, 3]) == (3,)
+    assert frames_to_segment("best", 30) == (15,)
+    with pytest.raises(ValueError, match="best, key, all, every"):
         frames_to_segment("some", 4)
 
 
