@@ -3,7 +3,8 @@ the eager path before this issue and the node now, side by side in one run.
 
 A simulated 6-zone exam of 60-frame 640 x 480 cines at 30 fps (12 s of cine) goes through every
 default model as the node runs them (``process_file``: read, decode, each family, the result
-objects made and written), once per column, each in a fresh process:
+objects made and written, on the node's ``workers`` threads, each with its share of the cores as
+``lus-pacs serve`` gives it), once per column, each in a fresh process:
 
 * ``dc23332``: the node at that commit (a git worktree of it): eager PyTorch, every
   segmentation pass through the three whole networks: the baseline the issue measured;
@@ -20,7 +21,10 @@ with its defaults sending to a test Orthanc; 11 cines are pushed one at a time w
 last C-STORE answered and the association released) to the moment Orthanc holds every result
 object of the cine is taken; p50 and p95 over the 10 (target p95 <= 3 s).
 
-    .venv/bin/python bench/realtime.py [--e2e] [--no-baseline]
+    .venv/bin/python bench/realtime.py [--e2e] [--no-baseline] [--workers N]
+
+``--workers N`` runs the torch and onnx columns (and the node of ``--e2e``) with N workers
+instead of the default.
 """
 
 from __future__ import annotations
@@ -47,16 +51,22 @@ PUSHES = 10
 
 RUN = """
 import json, sys, time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from lus_pacs.pipeline import Models, process_file
 from lus_pacs.settings import Settings
 settings = Settings(**json.loads(sys.argv[2]))
+workers = getattr(settings, "workers", 1)
+if workers > 1:  # as lus-pacs serve: each worker its share of the cores, set before loading
+    from lus_pacs.inference.threads import limit_threads, threads_per_worker
+    limit_threads(threads_per_worker(workers))
+from lus_pacs.pipeline import Models, process_file
 models = Models.load(settings)
-timings = []
 started = time.perf_counter()
-for path in sys.argv[3:]:
+def run(path):
     record, _ = process_file(Path(path), models, settings, Path(sys.argv[1]))
-    timings.append(dict(record.timings_ms))
+    return dict(record.timings_ms)
+with ThreadPoolExecutor(workers) as pool:  # the node's worker threads, cines in order
+    timings = list(pool.map(run, sys.argv[3:]))
 elapsed = time.perf_counter() - started
 peak = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]
 print(json.dumps({"timings": timings, "elapsed_s": elapsed, "peak_bytes": int(peak) * 1024}))
@@ -95,7 +105,7 @@ def _baseline(cines: list[Path], tmp: Path) -> dict[str, object]:
         )
 
 
-def _latency(cines: list[Path], tmp: Path) -> list[float]:
+def _latency(cines: list[Path], tmp: Path, workers: int | None) -> list[float]:
     """Seconds from each push's end to its last result in Orthanc, the first push left out."""
     from tests.node_process import SCANNER_AE, NodeProcess, storescu
     from tests.orthanc import free_ports, running_orthanc
@@ -110,6 +120,7 @@ def _latency(cines: list[Path], tmp: Path) -> list[float]:
                     f"metrics_port = {metrics}",
                     f'data_dir = "{tmp / "node"}"',
                     f'allowed_calling_aes = ["{SCANNER_AE}"]',
+                    f"workers = {workers}" if workers else "",
                     # the per-study summary is timed by the study, not the cine
                     'output_kinds = ["sr", "kos", "seg", "seg-binary", "pr"]',
                     "[[destinations]]",
@@ -153,6 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--e2e", action="store_true", help="also the latency with Orthanc")
     parser.add_argument("--no-baseline", action="store_true", help=f"skip {BASELINE}")
+    parser.add_argument("--workers", type=int, help="the node's workers instead of its default")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
@@ -164,9 +176,10 @@ def main() -> None:
         results: dict[str, dict[str, object]] = {}
         if not args.no_baseline:
             results[BASELINE] = _baseline(exam, tmp)
-        results["torch"] = _run(exam, tmp / "out-torch", {"runtime": "torch"})
-        results["onnx"] = _run(exam, tmp / "out-onnx", {"runtime": "onnx"})
-        latency = _latency(cines, tmp) if args.e2e else []
+        workers = {"workers": args.workers} if args.workers else {}
+        results["torch"] = _run(exam, tmp / "out-torch", {"runtime": "torch", **workers})
+        results["onnx"] = _run(exam, tmp / "out-onnx", {"runtime": "onnx", **workers})
+        latency = _latency(cines, tmp, args.workers) if args.e2e else []
         if shutil.which("git") is None:  # pragma: no cover - the baseline needs a checkout
             print("git is missing: no baseline")
 

@@ -305,12 +305,16 @@ def serve(
     import signal
     import threading
 
+    from lus_pacs.inference.threads import limit_threads, threads_per_worker
     from lus_pacs.node import Node
     from lus_pacs.settings import load_settings
 
     _logging()
     overrides = {"port": port} if port is not None else {}
-    node = Node(load_settings(config, **overrides))
+    settings = load_settings(config, **overrides)
+    # Before the models load: their runtime sizes its thread pools by torch's.
+    limit_threads(threads_per_worker(settings.workers))
+    node = Node(settings)
     node.start()
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())

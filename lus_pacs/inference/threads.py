@@ -20,3 +20,9 @@ def limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):  # allowed once, before any parallel work
         torch.set_num_interop_threads(1)
+
+
+def threads_per_worker(workers: int) -> int:
+    """Each worker's share of the cores this process may run on (at least one)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // workers)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lus_pacs.errors import LusPacsError
-from lus_pacs.inference.threads import THREAD_VARIABLES, limit_threads
+from lus_pacs.inference.threads import THREAD_VARIABLES, limit_threads, threads_per_worker
 from lus_pacs.records import CineRecord
 from lus_pacs.settings import Settings
 
@@ -60,10 +60,6 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def threads_per_worker(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // workers)
 
 
 _Result = tuple[CineRecord | None, list[Any], str | None]
