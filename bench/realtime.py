@@ -56,9 +56,12 @@ from pathlib import Path
 from lus_pacs.settings import Settings
 settings = Settings(**json.loads(sys.argv[2]))
 workers = getattr(settings, "workers", 1)
-if workers > 1:  # as lus-pacs serve: each worker its share of the cores, set before loading
-    from lus_pacs.inference.threads import limit_threads, threads_per_worker
-    limit_threads(threads_per_worker(workers))
+try:  # as lus-pacs serve: each worker its share of the cores, set before loading
+    from lus_pacs.inference import threads
+    threads.limit_threads(threads.threads_per_worker(workers))
+    threads.compact_allocator()
+except (ImportError, AttributeError):  # the baseline: one worker with every core
+    pass
 from lus_pacs.pipeline import Models, process_file
 models = Models.load(settings)
 started = time.perf_counter()

@@ -305,7 +305,7 @@ def serve(
     import signal
     import threading
 
-    from lus_pacs.inference.threads import limit_threads, threads_per_worker
+    from lus_pacs.inference.threads import compact_allocator, limit_threads, threads_per_worker
     from lus_pacs.node import Node
     from lus_pacs.settings import load_settings
 
@@ -314,6 +314,7 @@ def serve(
     settings = load_settings(config, **overrides)
     # Before the models load: their runtime sizes its thread pools by torch's.
     limit_threads(threads_per_worker(settings.workers))
+    compact_allocator()
     node = Node(settings)
     node.start()
     stopping = threading.Event()

@@ -21,7 +21,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lus_pacs.errors import LusPacsError
-from lus_pacs.inference.threads import THREAD_VARIABLES, limit_threads, threads_per_worker
+from lus_pacs.inference.threads import (
+    THREAD_VARIABLES,
+    compact_allocator,
+    limit_threads,
+    threads_per_worker,
+)
 from lus_pacs.records import CineRecord
 from lus_pacs.settings import Settings
 
@@ -71,6 +76,7 @@ class _Worker:
 
     def __init__(self, settings: Settings, threads: int) -> None:
         limit_threads(threads)
+        compact_allocator()  # as the node: what one cine freed goes back before the next
         from lus_pacs.pipeline import Models
 
         self.settings = settings
