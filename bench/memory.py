@@ -15,7 +15,12 @@ Each run is a fresh Python process (its peak resident set, ``VmHWM``); the cines
 US Multi-frame of textured frames: 300 frames of 1920 x 1080 and 1000 frames of 640 x 480.
 Issue 19 measured main f29e146 at 7.0 GB and 4.6 GB on them; the target is under 1.5 GB.
 
-    .venv/bin/python bench/memory.py [--only 640x480] [--no-whole]
+    .venv/bin/python bench/memory.py [--only 640x480] [--no-whole] [--together]
+
+``--together`` then hands both cines at once to the node's workers (two by default, each with
+its share of the cores, glibc's malloc kept compact, as ``lus-pacs serve`` runs them): once
+within the node's pixel budget (``concurrent_pixels``: the long cines run one at a time) and
+once without it (side by side).
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ RUN = """
 import sys
 from pathlib import Path
 import pydicom
-from lus_pacs.inference import transforms
+from lus_pacs.inference import threads, transforms
+threads.compact_allocator()  # as lus-pacs serve (one worker's cine: every core)
 from lus_pacs.pipeline import Models, analyse, encode
 from lus_pacs.settings import Settings
 from lus_pacs.imaging.decode import read_header
@@ -61,6 +67,44 @@ objects = encode(findings, header, settings.output_kinds, models.key, {})
 peak = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]
 print(int(peak) * 1024, len(objects))
 """
+
+
+TOGETHER = """
+import sys, threading
+from pathlib import Path
+from lus_pacs.inference.threads import compact_allocator, limit_threads, threads_per_worker
+from lus_pacs.settings import Settings
+settings = Settings(concurrent_pixels=int(sys.argv[1]))
+limit_threads(threads_per_worker(settings.workers))  # as lus-pacs serve
+compact_allocator()
+from lus_pacs.imaging.decode import read_header
+from lus_pacs.node import _stored_pixels
+from lus_pacs.pipeline import Models, analyse, encode
+from lus_pacs.queue.budget import PixelBudget
+models = Models.load(settings)
+budget = PixelBudget(settings.concurrent_pixels)
+def run(path):  # a node worker's cine: within the pixel budget, as Node._process
+    with budget.hold(_stored_pixels(path)):
+        header, in_file = read_header(path)
+        findings = analyse(header, path.name, models, settings, in_file)
+        encode(findings, header, settings.output_kinds, models.key, {})
+workers = [threading.Thread(target=run, args=(Path(p),)) for p in sys.argv[2:]]
+for w in workers: w.start()
+for w in workers: w.join()
+peak = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]
+print(int(peak) * 1024)
+"""
+"""Both cines handed to the node's workers at once (``--together``)."""
+
+
+def _together(paths: list[Path], concurrent_pixels: int) -> float:
+    done = subprocess.run(
+        [sys.executable, "-c", TOGETHER, str(concurrent_pixels), *map(str, paths)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(done.stdout.split()[-1]) / 1e9
 
 
 def _cine(path: Path, frames: int, rows: int, cols: int) -> None:
@@ -112,8 +156,14 @@ def main() -> None:
     parser.add_argument(
         "--no-whole", action="store_true", help="skip the whole-cine baseline (13 GB at 1080p)"
     )
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="also both cines at once on the node's two workers, with and without its budget",
+    )
     args = parser.parse_args()
     from lus_pacs.inference.transforms import CHUNK_FRAMES
+    from lus_pacs.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
         for name, (frames, rows, cols) in CINES.items():
@@ -131,6 +181,16 @@ def main() -> None:
                 f"63fc2fc, {whole:.2f} GB whole-cine pre-processing (issue 19 on f29e146: "
                 f"{BEFORE_GB[name]:.1f} GB; target 1.5); node / 63fc2fc = "
                 f"{node / in_memory:.2f}, node / whole = {node / whole:.2f}"
+            )
+        if args.together and not args.only:
+            paths = [Path(tmp) / f"{name}.dcm" for name in CINES]
+            budget = Settings().concurrent_pixels
+            kept = _together(paths, budget)
+            unbounded = _together(paths, 10**12)
+            print(
+                f"both cines handed to the node's {Settings().workers} workers at once: peak "
+                f"{kept:.3f} GB within its pixel budget ({budget / 1e6:.0f} M: one at a time), "
+                f"{unbounded:.3f} GB side by side (target 1.5)"
             )
 
 

@@ -30,6 +30,7 @@ from lus_pacs.ingest.audit import AuditEvent, AuditLog
 from lus_pacs.ingest.metrics import NodeMetrics
 from lus_pacs.ingest.scp import Listener, check_exposure, start_listener
 from lus_pacs.pipeline import Models, encode_summary, process_file, write_outputs
+from lus_pacs.queue.budget import PixelBudget
 from lus_pacs.queue.deliveries import Delivery
 from lus_pacs.queue.store import JobStore
 from lus_pacs.records import CineRecord, StudySummary, to_json
@@ -60,6 +61,8 @@ class Node:
         """Per destination: results were queued for it (its exporter need not wait to poll)."""
         self._threads: list[threading.Thread] = []
         self._listener: Listener | None = None
+        self._budget = PixelBudget(settings.concurrent_pixels)
+        """What the workers' cines hold decoded at once (two long cines do not add up)."""
 
     @property
     def port(self) -> int:
@@ -162,9 +165,10 @@ class Node:
         uid = job.instance.sop_instance_uid
         out_dir = self.settings.results_dir / job.instance.study_instance_uid
         try:
-            record, outputs = process_file(
-                job.instance.path, self.models, self.settings, out_dir, revision=job.revision
-            )
+            with self._budget.hold(_stored_pixels(job.instance.path)):
+                record, outputs = process_file(
+                    job.instance.path, self.models, self.settings, out_dir, revision=job.revision
+                )
         except LusPacsError as exc:
             if isinstance(exc, StageError) and exc.stage == "write":
                 raise  # the disk, not the cine: the job is tried again
@@ -327,3 +331,14 @@ def _outliving(loop: Callable[[], None], stop: threading.Event) -> Callable[[], 
 
 def summary_path(settings: Settings, study: str) -> Path:
     return settings.results_dir / study / "study-summary.json"
+
+
+def _stored_pixels(path: Path) -> int:
+    """Frames x rows x columns of a stored instance, from its header (0 when it cannot be read:
+    processing then fails on it with the reason)."""
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        frames = int(header.get("NumberOfFrames") or 1)
+        return max(0, frames) * int(header.get("Rows") or 0) * int(header.get("Columns") or 0)
+    except Exception:  # a damaged header: the cine's own failure, reported where it is read
+        return 0

@@ -199,6 +199,12 @@ class Settings(BaseModel):
     max_cine_pixels: int = Field(default=1_500_000_000, ge=1)
     """A cine of more pixels (frames x rows x columns) is refused with the limit named. The
     decoded cine takes one byte a pixel, and the node's peak memory is about that plus 1 GB."""
+    concurrent_pixels: int = Field(default=100_000_000, ge=1)
+    """The workers start a cine only while the cines in process hold at most this many pixels
+    (frames x rows x columns) together; a larger cine waits for the others and runs alone. Two
+    ordinary cines (a 60-frame 640 x 480 cine is 18 M pixels) run side by side; two long ones
+    do not add up (two cines of 300 frames at 1080p and 1000 at 640 x 480 side by side peaked at
+    1.74 GB, one after the other at 1.36)."""
     audit_max_bytes: int = Field(default=50 * 1024**2, ge=1024)
     """Size at which the audit trail (``audit/audit.jsonl`` in :attr:`data_dir`) is rotated."""
     audit_backups: int = Field(default=10, ge=1)

@@ -14,6 +14,7 @@ gives each frame a keep probability and three reason probabilities (:data:`OUTPU
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,12 +61,21 @@ def fit_square(frame: npt.NDArray[np.uint8], size: int = RESIZE) -> npt.NDArray[
 
 
 def frame_images(cine: Cine) -> npt.NDArray[np.uint8]:
-    """Every frame of the cine as the network's training images: (frames, 256, 256) uint8.
+    """Every frame of the cine as the network's training images: (frames, 256, 256) uint8."""
+    return np.concatenate(list(image_batches(cine)))
+
+
+def image_batches(cine: Cine, size: int = _BATCH) -> Iterator[npt.NDArray[np.uint8]]:
+    """:func:`frame_images` ``size`` frames at a time, made as they are asked for: a 1000-frame
+    cine never holds its 65 MB of images at once.
 
     Frame by frame (the overlay blacked out in a copy of one frame at a time), so that no copy
     of the whole cine is made."""
     valid = tissue_mask(cine)
-    return np.stack([fit_square(np.where(valid, f, 0).astype(np.uint8)) for f in cine.tissue()])
+    tissue = cine.tissue()
+    for first in range(0, len(tissue), size):
+        chunk = tissue[first : first + size]
+        yield np.stack([fit_square(np.where(valid, f, 0).astype(np.uint8)) for f in chunk])
 
 
 def to_input(images: npt.NDArray[np.uint8]) -> torch.Tensor:
@@ -145,7 +155,9 @@ class KeyFrameModel:
         )
 
     def predict(self, cine: Cine) -> KeyFrameFindings:
-        probabilities = frame_probabilities(self.compiled, frame_images(cine))
+        probabilities = np.concatenate(
+            [frame_probabilities(self.compiled, images) for images in image_batches(cine)]
+        )
         return decide(
             probabilities, self.model, self.threshold, self.reason_threshold, cine.intact()
         )

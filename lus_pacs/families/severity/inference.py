@@ -85,11 +85,13 @@ class SeverityModel:
 
     def frame_outputs(self, cine: Cine) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Score probabilities (frames, 4) of every frame and, for spatial-transformer
-        networks, each frame's first transform (frames, 2, 3) in model geometry."""
-        x = severity_frames(cine)
+        networks, each frame's first transform (frames, 2, 3) in model geometry. Each batch of
+        frames is made ready just before it is scored: a 1000-frame cine never holds its
+        200 MB of model input at once."""
         probabilities, thetas = [], []
-        for first in range(0, len(x), self.batch_size):
-            out = self._scorer(x[first : first + self.batch_size])
+        for first in range(1, cine.n_frames + 1, self.batch_size):
+            batch = range(first, min(first + self.batch_size, cine.n_frames + 1))
+            out = self._scorer(severity_frames(cine, batch))
             probabilities.append(out[0])
             if len(out) > 1:
                 thetas.append(out[1])
