@@ -72,7 +72,8 @@ with ThreadPoolExecutor(workers) as pool:  # the node's worker threads, cines in
     timings = list(pool.map(run, sys.argv[3:]))
 elapsed = time.perf_counter() - started
 peak = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]
-print(json.dumps({"timings": timings, "elapsed_s": elapsed, "peak_bytes": int(peak) * 1024}))
+print(json.dumps({"timings": timings, "elapsed_s": elapsed, "peak_bytes": int(peak) * 1024,
+                  "workers": workers}))
 """
 
 
@@ -188,6 +189,11 @@ def main() -> None:
 
     cine_s = len(exam) * FRAMES / FPS
     print(f"{len(exam)} cines of {FRAMES} frames 640x480 at {FPS:g} fps ({cine_s:g} s of cine)")
+    print(
+        "workers: "
+        + ", ".join(f"{name} {result.get('workers', 1)}" for name, result in results.items())
+        + " (with two, a stage's milliseconds are its time while the other cine shares the cores)"
+    )
     stages: list[str] = []
     for result in results.values():
         timings = result["timings"]
