@@ -5,11 +5,16 @@ on two long cines (issue 19, case 5), side by side with the baseline:
   frames read from the file and decoded into the cine's array a batch at a time (never all in
   memory), every model's pre-processing taken to float at most ``CHUNK_FRAMES`` frames at
   once, the B-line windows scored 8 at a time;
-* ``63fc2fc``: the node at that commit: the whole file read into memory first (its Pixel Data
-  released once decoded) and the pre-processing taken to float 4 frames at a time;
+* ``63fc2fc``: the node's reading as at that commit: the whole file read into memory first
+  (its Pixel Data released once decoded) and the B-line pre-processing taken to float 4 frames
+  at a time;
 * ``whole``: the same with the B-line pre-processing taken to float for the whole cine at
-  once (``CHUNK_FRAMES`` = the cine's length), as before the first fix (paper 003's input is
-  now made one frame at a time whatever ``CHUNK_FRAMES`` says).
+  once (``CHUNK_FRAMES`` = the cine's length), as before the first fix.
+
+Both baselines run today's models otherwise: paper 003's input is made one frame at a time and
+the key-frame and severity inputs a batch at a time whatever ``CHUNK_FRAMES`` says (issue 20),
+so they show less than those commits used. Every run sets up its process as ``lus-pacs serve``
+does (``prepare_workers``: one worker's share of the cores, glibc's malloc kept compact).
 
 Each run is a fresh Python process (its peak resident set, ``VmHWM``); the cines are JPEG
 US Multi-frame of textured frames: 300 frames of 1920 x 1080 and 1000 frames of 640 x 480.
@@ -51,8 +56,10 @@ RUN = """
 import sys
 from pathlib import Path
 import pydicom
-from lus_pacs.inference import threads, transforms
-threads.compact_allocator()  # as lus-pacs serve (one worker's cine: every core)
+from lus_pacs.inference import transforms
+from lus_pacs.inference.threads import prepare_workers
+from lus_pacs.settings import Settings
+prepare_workers(Settings().workers)  # as lus-pacs serve: one worker's share of the cores
 from lus_pacs.pipeline import Models, analyse, encode
 from lus_pacs.settings import Settings
 from lus_pacs.imaging.decode import read_header
@@ -72,19 +79,18 @@ print(int(peak) * 1024, len(objects))
 TOGETHER = """
 import sys, threading
 from pathlib import Path
-from lus_pacs.inference.threads import compact_allocator, limit_threads, threads_per_worker
+from lus_pacs.inference.threads import prepare_workers
 from lus_pacs.settings import Settings
 settings = Settings(concurrent_pixels=int(sys.argv[1]))
-limit_threads(threads_per_worker(settings.workers))  # as lus-pacs serve
-compact_allocator()
+prepare_workers(settings.workers)  # as lus-pacs serve
 from lus_pacs.imaging.decode import read_header
-from lus_pacs.node import _stored_pixels
+from lus_pacs.node import stored_pixels
 from lus_pacs.pipeline import Models, analyse, encode
 from lus_pacs.queue.budget import PixelBudget
 models = Models.load(settings)
 budget = PixelBudget(settings.concurrent_pixels)
 def run(path):  # a node worker's cine: within the pixel budget, as Node._process
-    with budget.hold(_stored_pixels(path)):
+    with budget.hold(stored_pixels(path)):
         header, in_file = read_header(path)
         findings = analyse(header, path.name, models, settings, in_file)
         encode(findings, header, settings.output_kinds, models.key, {})
@@ -162,6 +168,8 @@ def main() -> None:
         help="also both cines at once on the node's two workers, with and without its budget",
     )
     args = parser.parse_args()
+    if args.together and args.only:
+        parser.error("--together needs both cines: leave out --only")
     from lus_pacs.inference.transforms import CHUNK_FRAMES
     from lus_pacs.settings import Settings
 
@@ -182,7 +190,7 @@ def main() -> None:
                 f"{BEFORE_GB[name]:.1f} GB; target 1.5); node / 63fc2fc = "
                 f"{node / in_memory:.2f}, node / whole = {node / whole:.2f}"
             )
-        if args.together and not args.only:
+        if args.together:
             paths = [Path(tmp) / f"{name}.dcm" for name in CINES]
             budget = Settings().concurrent_pixels
             kept = _together(paths, budget)

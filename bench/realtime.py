@@ -56,11 +56,10 @@ from pathlib import Path
 from lus_pacs.settings import Settings
 settings = Settings(**json.loads(sys.argv[2]))
 workers = getattr(settings, "workers", 1)
-try:  # as lus-pacs serve: each worker its share of the cores, set before loading
-    from lus_pacs.inference import threads
-    threads.limit_threads(threads.threads_per_worker(workers))
-    threads.compact_allocator()
-except (ImportError, AttributeError):  # the baseline: one worker with every core
+try:  # as lus-pacs serve: before loading, each worker its share of the cores
+    from lus_pacs.inference.threads import prepare_workers
+    prepare_workers(workers)
+except ImportError:  # the baseline: one worker with every core
     pass
 from lus_pacs.pipeline import Models, process_file
 models = Models.load(settings)

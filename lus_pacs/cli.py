@@ -220,6 +220,7 @@ def demo(
 
     from lus_pacs.domain import JobState
     from lus_pacs.export.dimse import store
+    from lus_pacs.inference.threads import prepare_workers
     from lus_pacs.node import Node, summary_path
     from lus_pacs.settings import DicomDestination, load_settings
     from lus_pacs.synth.exam import SynthOptions, synthesize
@@ -235,6 +236,7 @@ def demo(
         metrics_port=0,
         allowed_calling_aes=["DEMO-SCANNER"],
     )
+    prepare_workers(settings.workers)
     node = Node(settings)
     node.start()
     try:
@@ -305,16 +307,14 @@ def serve(
     import signal
     import threading
 
-    from lus_pacs.inference.threads import compact_allocator, limit_threads, threads_per_worker
+    from lus_pacs.inference.threads import prepare_workers
     from lus_pacs.node import Node
     from lus_pacs.settings import load_settings
 
     _logging()
     overrides = {"port": port} if port is not None else {}
     settings = load_settings(config, **overrides)
-    # Before the models load: their runtime sizes its thread pools by torch's.
-    limit_threads(threads_per_worker(settings.workers))
-    compact_allocator()
+    prepare_workers(settings.workers)
     node = Node(settings)
     node.start()
     stopping = threading.Event()

@@ -165,7 +165,10 @@ class Node:
         uid = job.instance.sop_instance_uid
         out_dir = self.settings.results_dir / job.instance.study_instance_uid
         try:
-            with self._budget.hold(_stored_pixels(job.instance.path)):
+            with self._budget.hold(stored_pixels(job.instance.path)):
+                if self._stop.is_set():  # waited for a long cine past the stop: next start
+                    self.store.jobs.requeue(job.id)
+                    return
                 record, outputs = process_file(
                     job.instance.path, self.models, self.settings, out_dir, revision=job.revision
                 )
@@ -333,12 +336,17 @@ def summary_path(settings: Settings, study: str) -> Path:
     return settings.results_dir / study / "study-summary.json"
 
 
-def _stored_pixels(path: Path) -> int:
-    """Frames x rows x columns of a stored instance, from its header (0 when it cannot be read:
-    processing then fails on it with the reason)."""
+def stored_pixels(path: Path) -> int:
+    """Frames x rows x columns of a stored instance, from its header, for the workers' pixel
+    budget. Without a Number of Frames the decoder reads every frame the Pixel Data holds: then
+    the file's size in bytes stands in when larger (native pixels take at least a byte each).
+    0 when the header cannot be read: processing then fails on it with the reason."""
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True)
-        frames = int(header.get("NumberOfFrames") or 1)
-        return max(0, frames) * int(header.get("Rows") or 0) * int(header.get("Columns") or 0)
+        frame = int(header.get("Rows") or 0) * int(header.get("Columns") or 0)
+        frames = int(header.get("NumberOfFrames") or 0)
+        if frames >= 1:
+            return frames * frame
+        return max(frame, path.stat().st_size)
     except Exception:  # a damaged header: the cine's own failure, reported where it is read
         return 0

@@ -151,10 +151,7 @@ def test_a_hung_destination_delays_only_its_own_results(
     tmp_path: Path, orthanc: OrthancHandle, exam: list[Path]
 ) -> None:
     silent = _SilentPacs()
-    # A pixel budget smaller than any cine: the two workers take the cines one at a time.
-    config = write_config(
-        tmp_path, orthanc, models=MODELS, output_kinds=KINDS, workers=2, concurrent_pixels=1
-    )
+    config = write_config(tmp_path, orthanc, models=MODELS, output_kinds=KINDS, workers=2)
     with config.open("a") as f:
         f.write(
             f'\n[[destinations]]\nname = "hung"\nae_title = "HUNG"\nhost = "127.0.0.1"\n'

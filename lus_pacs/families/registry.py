@@ -98,7 +98,7 @@ class Registry:
 
     def identity(self, runners: Mapping[str, Runner]) -> str:
         """The identity of a result: the loaded families' ``name@version``, those without a
-        setup first, then those with one (``segmentation@0.1.0[key,mc40]``), each in registry
+        setup first, then those with one (``segmentation@0.1.0[best,mc10]``), each in registry
         order; "none" when no family runs. Result UIDs derive from it."""
         loaded = [f.name for f in self.families if f.name in runners]
         bare = [runners[n].identity(n) for n in loaded if not runners[n].setup]

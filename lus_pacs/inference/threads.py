@@ -59,4 +59,14 @@ def compact_allocator() -> bool:
         (_M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES),
         (_M_TRIM_THRESHOLD, KEPT_FREE_BYTES),
     )
-    return all(mallopt(parameter, value) == 1 for parameter, value in settings)
+    applied = [mallopt(parameter, value) == 1 for parameter, value in settings]
+    return all(applied)
+
+
+def prepare_workers(workers: int) -> None:
+    """Set up a process that will run the models on ``workers`` threads, before they load
+    (their runtime sizes its thread pools by torch's): glibc's malloc kept compact
+    (:func:`compact_allocator`), then each worker's share of the cores. ``lus-pacs serve`` and
+    ``lus-pacs demo`` call it, as the benchmarks do."""
+    compact_allocator()
+    limit_threads(threads_per_worker(workers))

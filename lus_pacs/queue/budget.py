@@ -34,6 +34,12 @@ class PixelBudget:
         with self._changed:
             return self._held
 
+    @property
+    def waiting(self) -> int:
+        """Workers waiting for room."""
+        with self._changed:
+            return len(self._waiting)
+
     @contextmanager
     def hold(self, pixels: int) -> Iterator[None]:
         """Wait for room for ``pixels`` (or, when they exceed the budget, for every other
@@ -41,11 +47,13 @@ class PixelBudget:
         ticket = object()
         with self._changed:
             self._waiting.append(ticket)
-            self._changed.wait_for(lambda: self._waiting[0] is ticket and self._fits(pixels))
-            self._waiting.popleft()
+            try:
+                self._changed.wait_for(lambda: self._waiting[0] is ticket and self._fits(pixels))
+            finally:  # in line no more, whether it got the pixels or was interrupted
+                self._waiting.remove(ticket)
+                self._changed.notify_all()  # the next in line may fit too
             self._held += pixels
             self._holders += 1
-            self._changed.notify_all()  # the next in line may fit too
         try:
             yield
         finally:

@@ -75,8 +75,8 @@ class _Worker:
     """The models of one worker process or actor, loaded once."""
 
     def __init__(self, settings: Settings, threads: int) -> None:
-        limit_threads(threads)
         compact_allocator()  # as the node: what one cine freed goes back before the next
+        limit_threads(threads)
         from lus_pacs.pipeline import Models
 
         self.settings = settings

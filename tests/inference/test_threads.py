@@ -30,8 +30,10 @@ print((resident() - before) >> 20)
 
 
 def _retained_mb(mode: str) -> int:
+    # glibc reads MALLOC_* variables at start: the child starts from its defaults.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     done = subprocess.run(
-        [sys.executable, "-c", RETAINED, mode], capture_output=True, text=True, check=True
+        [sys.executable, "-c", RETAINED, mode], capture_output=True, text=True, check=True, env=env
     )
     return int(done.stdout.strip())
 

@@ -497,8 +497,8 @@ def monte_carlo(
     for first in range(0, samples, per_chunk):
         k = min(per_chunk, samples - first)
         copies = [f.repeat(k, *([1] * (f.dim() - 1))) for f in features] if k > 1 else features
-        mean = tail(*copies, *masks(k * rows, dropout=True))
-        chunks.append(mean.reshape(k, rows, *mean.shape[1:]))
+        chunk = tail(*copies, *masks(k * rows, dropout=True))
+        chunks.append(chunk.reshape(k, rows, *chunk.shape[1:]))
     passes = torch.cat(chunks)
     mean = passes.mean(dim=0)
     # Written out: torch's std over the first dimension is five times slower on a CPU (32

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from lus_pacs.domain import OutputKind
+from lus_pacs.domain import KeyFrameReason, OutputKind
 from lus_pacs.errors import ModelError
 from lus_pacs.families.segmentation.inference import SegmentationModel
 from lus_pacs.pipeline import Models, analyse, encode, result_record
@@ -115,7 +115,7 @@ def test_the_node_segments_the_best_key_frame_by_default_and_every_one_on_reques
 ) -> None:
     settings = Settings(
         data_dir=tmp_path,
-        models=("b_lines", "severity", "segmentation"),
+        models=("b_lines", "severity", "segmentation", "key_frames"),
         segmentation=SegmentationSettings(mc_samples=2),
     )
     assert settings.segmentation.frames == "best"
@@ -124,7 +124,9 @@ def test_the_node_segments_the_best_key_frame_by_default_and_every_one_on_reques
     findings = analyse(header, sim.dicom.name, Models.load(settings), settings)
     assert findings.segmentation is not None
     assert len({k.frame for k in findings.key_frames}) > 1  # else the test tells nothing
-    assert findings.segmentation.frames == (findings.key_frames[0].frame,)
+    best = findings.key_frames[0]
+    assert best.reason is KeyFrameReason.BEST
+    assert findings.segmentation.frames == (best.frame,)
 
     every_key = settings.model_copy(
         update={"segmentation": SegmentationSettings(frames="key", mc_samples=2)}

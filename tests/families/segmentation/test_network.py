@@ -13,6 +13,7 @@ from lus_pacs.families.segmentation.network import (
     SegmentationEnsemble,
     enable_mc_dropout,
     mc_dropout_predict,
+    monte_carlo,
 )
 
 NAMES = sorted(SEGMENTATION_NETWORKS)
@@ -98,6 +99,29 @@ def test_mc_dropout_batches_passes_without_mixing_frames() -> None:
         expected = torch.softmax(network.eval()(x), dim=1)
     torch.testing.assert_close(mean, expected)
     assert float(std.max()) < 1e-6
+
+
+def test_monte_carlo_gives_the_mean_and_population_std_of_its_passes() -> None:
+    """The written-out standard deviation is torch's (``correction=0``) over the passes."""
+    features = torch.rand(2, 6, 5, 7)
+    passes: list[torch.Tensor] = []
+
+    def tail(feature: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = torch.softmax(feature * mask, dim=1)
+        passes.append(out)
+        return out
+
+    plain, mean, std = monte_carlo(
+        lambda x: [x], tail, [1], [0.5], features, 9, torch.Generator().manual_seed(3)
+    )
+    drawn = torch.stack(passes[1:])  # the first call is the pass without dropout
+    assert len(drawn) == 9
+    assert torch.equal(plain, passes[0])
+    assert mean is not None
+    assert std is not None
+    torch.testing.assert_close(mean, drawn.mean(dim=0), rtol=0, atol=1e-7)
+    torch.testing.assert_close(std, drawn.std(dim=0, correction=0), rtol=0, atol=1e-6)
+    assert float(std.max()) > 0.01  # the masks did vary the passes
 
 
 def test_mc_dropout_rejects_zero_samples() -> None:
