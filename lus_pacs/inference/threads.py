@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import os
+from pathlib import Path
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -25,9 +27,26 @@ def limit_threads(threads: int) -> None:
 
 
 def threads_per_worker(workers: int) -> int:
-    """Each worker's share of the cores this process may run on (at least one)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // workers)
+    """Each worker's share of the cores this process may use (at least one)."""
+    return max(1, available_cores() // workers)
+
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+"""A container's CPU quota (cgroup v2): ``max 100000``, or ``200000 100000`` for two cores."""
+
+
+def available_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """The cores this process may run on (its CPU affinity), fewer where its container's CPU
+    quota allows fewer (``podman run --cpus 2`` on a 16-core host: 2)."""
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    cores = len(affinity) if affinity else os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 quota to read: the affinity holds
+        pass
+    return cores
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from lus_pacs.inference.threads import threads_per_worker
+from lus_pacs.inference.threads import available_cores, threads_per_worker
 
 RETAINED = """
 import sys
@@ -47,7 +48,20 @@ def test_the_compact_allocator_gives_freed_buffers_back() -> None:
 
 
 def test_each_worker_gets_its_share_of_the_cores() -> None:
-    cores = len(os.sched_getaffinity(0))
+    cores = available_cores()
+    assert 1 <= cores <= len(os.sched_getaffinity(0))
     assert threads_per_worker(1) == cores
     assert threads_per_worker(cores) == 1
     assert threads_per_worker(cores + 1) == 1  # never none
+
+
+def test_a_container_quota_caps_the_cores(tmp_path: Path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    affinity = len(os.sched_getaffinity(0))
+    cpu_max.write_text("max 100000\n")  # no quota
+    assert available_cores(cpu_max) == affinity
+    cpu_max.write_text("150000 100000\n")  # one and a half cores: two threads
+    assert available_cores(cpu_max) == min(affinity, 2)
+    cpu_max.write_text("50000 100000\n")
+    assert available_cores(cpu_max) == 1
+    assert available_cores(tmp_path / "absent") == affinity

@@ -29,7 +29,12 @@ from lus_pacs.families.severity.network import SeverityNet, theta_to_box
 from lus_pacs.inference.bundle import load_bundle
 from lus_pacs.inference.lung_features import cine_features
 from lus_pacs.inference.runtime import Runtime, compile_module
-from lus_pacs.inference.transforms import SEVERITY_SIZE, box_to_source, severity_frames
+from lus_pacs.inference.transforms import (
+    SEVERITY_SIZE,
+    box_to_source,
+    frame_chunks,
+    severity_frames,
+)
 
 
 class SeverityModel:
@@ -89,8 +94,7 @@ class SeverityModel:
         frames is made ready just before it is scored: a 1000-frame cine never holds its
         200 MB of model input at once."""
         probabilities, thetas = [], []
-        for first in range(1, cine.n_frames + 1, self.batch_size):
-            batch = range(first, min(first + self.batch_size, cine.n_frames + 1))
+        for batch in frame_chunks(cine.n_frames, self.batch_size):
             out = self._scorer(severity_frames(cine, batch))
             probabilities.append(out[0])
             if len(out) > 1:
