@@ -162,16 +162,28 @@ class Node:
                 raise
 
     def _process(self, job: Job) -> None:
+        pixels = stored_pixels(job.instance.path)
+        asked = time.monotonic()
+        with self._budget.hold(pixels):
+            if self._stop.is_set():  # waited for a long cine past the stop: next start
+                self.store.jobs.requeue(job.id)
+                return
+            waited = time.monotonic() - asked
+            log.info(
+                "Processing %s (%.1f M pixels%s)",
+                job.instance.sop_instance_uid,
+                pixels / 1e6,
+                f", after {waited:.1f} s for the pixel budget" if waited >= 0.05 else "",
+            )
+            self._process_cine(job)
+
+    def _process_cine(self, job: Job) -> None:
         uid = job.instance.sop_instance_uid
         out_dir = self.settings.results_dir / job.instance.study_instance_uid
         try:
-            with self._budget.hold(stored_pixels(job.instance.path)):
-                if self._stop.is_set():  # waited for a long cine past the stop: next start
-                    self.store.jobs.requeue(job.id)
-                    return
-                record, outputs = process_file(
-                    job.instance.path, self.models, self.settings, out_dir, revision=job.revision
-                )
+            record, outputs = process_file(
+                job.instance.path, self.models, self.settings, out_dir, revision=job.revision
+            )
         except LusPacsError as exc:
             if isinstance(exc, StageError) and exc.stage == "write":
                 raise  # the disk, not the cine: the job is tried again

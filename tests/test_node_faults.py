@@ -173,6 +173,31 @@ def test_a_hung_destination_delays_only_its_own_results(
     assert orthanc.count() == 2 * len(exam)  # two workers, each cine still processed once
 
 
+def test_cines_over_the_pixel_budget_run_one_at_a_time(
+    tmp_path: Path, orthanc: OrthancHandle, exam: list[Path]
+) -> None:
+    # Two workers, a budget smaller than any cine: each waits for the other to finish (what keeps
+    # two long cines from adding up in memory), and every cine is still processed once.
+    config = write_config(
+        tmp_path, orthanc, models=MODELS, output_kinds=KINDS, workers=2, concurrent_pixels=1
+    )
+    node = NodeProcess(config)
+    node.start()
+    try:
+        assert storescu(node.port, exam).returncode == 0
+        wait_for(lambda: orthanc.count() >= 2 * len(exam), 180, "every result in the PACS")
+    finally:
+        node.stop()
+    events = [
+        ("start" if " Processing " in line else "end", line)
+        for line in node.log_text().splitlines()
+        if " Processing " in line or " Processed " in line
+    ]
+    assert [kind for kind, _ in events] == ["start", "end"] * len(exam), events
+    assert any("for the pixel budget" in line for _, line in events), events
+    assert orthanc.count() == 2 * len(exam)
+
+
 def _same_uids_other_pixels(source: Path, pixels_from: Path, out: Path) -> Path:
     """``pixels_from`` under the UIDs of ``source``: a scanner re-sending a corrected zone."""
     ds = pydicom.dcmread(pixels_from)

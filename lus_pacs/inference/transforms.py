@@ -268,8 +268,9 @@ def severity_frames(cine: Cine, frames: Sequence[int] | None = None) -> torch.Te
     wanted = list(frames) if frames is not None else list(range(1, cine.n_frames + 1))
     tissue = cine.tissue()
     indices = _frame_indices(wanted, cine.n_frames)
-    rows, columns = _fitted_size((int(tissue.shape[1]), int(tissue.shape[2])), SEVERITY_SIZE)
-    top, left = (SEVERITY_SIZE[0] - rows) // 2, (SEVERITY_SIZE[1] - columns) // 2
+    top, left, rows, columns = _fitted_place(
+        (int(tissue.shape[1]), int(tissue.shape[2])), SEVERITY_SIZE
+    )
     # Padding is black, 0, which the intensity scaling maps to -1.
     out = torch.full((len(wanted), 1, *SEVERITY_SIZE), -1.0, dtype=torch.float32)
     for i, index in enumerate(indices):
@@ -353,8 +354,9 @@ def to_source_geometry(
     if mask.ndim != 2:
         raise ValueError(f"to_source_geometry needs a 2D label map; got shape {mask.shape}.")
     r = cine.region
-    rows, cols = _fitted_size((r.height, r.width), (int(mask.shape[0]), int(mask.shape[1])))
-    top, left = (mask.shape[0] - rows) // 2, (mask.shape[1] - cols) // 2
+    top, left, rows, cols = _fitted_place(
+        (r.height, r.width), (int(mask.shape[0]), int(mask.shape[1]))
+    )
     fitted = mask[top : top + rows, left : left + cols]
     # Nearest neighbour by pixel centres, for any label dtype (cv2 has no int64).
     ys = ((np.arange(r.height) + 0.5) * rows / r.height).astype(np.intp)
@@ -375,10 +377,7 @@ def box_to_source(
     entirely in the padding collapses to a zero-area box on the region's edge.
     """
     r = cine.region
-    rows, cols = _fitted_size((r.height, r.width), model_size)
-    top, left = (model_size[0] - rows) / 2, (model_size[1] - cols) / 2
-    # // 2 in FitAndPad puts an odd remainder after: the same offsets as to_source_geometry.
-    top, left = float(int(top)), float(int(left))
+    top, left, rows, cols = _fitted_place((r.height, r.width), model_size)
     sx, sy = r.width / cols, r.height / rows
     x0, y0, x1, y1 = box
     xs = np.clip([(x0 - left) * sx, (x1 - left) * sx], 0, r.width)
@@ -389,6 +388,14 @@ def box_to_source(
         r.x0 + int(np.ceil(xs[1])),
         r.y0 + int(np.ceil(ys[1])),
     )
+
+
+def _fitted_place(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Where :class:`FitAndPad` puts an image of ``size`` in ``box``: the top and left of the
+    fitted image (centred, an odd remainder of padding after, as its symmetric pad) and its
+    rows and columns."""
+    rows, columns = _fitted_size(size, box)
+    return (box[0] - rows) // 2, (box[1] - columns) // 2, rows, columns
 
 
 def _fitted_size(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
