@@ -4,7 +4,10 @@ the eager path before this issue and the node now, side by side in one run.
 A simulated 6-zone exam of 60-frame 640 x 480 cines at 30 fps (12 s of cine) goes through every
 default model as the node runs them (``process_file``: read, decode, each family, the result
 objects made and written, on the node's ``workers`` threads, each with its share of the cores as
-``lus-pacs serve`` gives it), once per column, each in a fresh process:
+``lus-pacs serve`` gives it), once per column, each in a fresh process, timed from the moment
+the models are loaded and warmed up as a started node's are (``warm_up``: a simulated cine
+processed once; the baseline, which has no warm-up, processes the exam's first cine once
+untimed):
 
 * ``dc23332``: the node at that commit (a git worktree of it): eager PyTorch, every
   segmentation pass through the three whole networks: the baseline the issue measured;
@@ -54,7 +57,7 @@ import json, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from lus_pacs.settings import Settings
-settings = Settings(**json.loads(sys.argv[2]))
+settings = Settings(**{"data_dir": sys.argv[1] + "/data", **json.loads(sys.argv[2])})
 workers = getattr(settings, "workers", 1)
 try:  # as lus-pacs serve: before loading, each worker its share of the cores
     from lus_pacs.inference.threads import prepare_workers
@@ -63,6 +66,11 @@ except ImportError:  # the baseline: one worker with every core
     pass
 from lus_pacs.pipeline import Models, process_file
 models = Models.load(settings)
+try:  # as a started node: warmed up on a simulated cine
+    from lus_pacs.pipeline import warm_up
+    warm_up(models, settings)
+except ImportError:  # the baseline has no warm-up: the exam's first cine once, untimed
+    process_file(Path(sys.argv[3]), models, settings, Path(sys.argv[1]) / "warm-up")
 started = time.perf_counter()
 def run(path):
     record, _ = process_file(Path(path), models, settings, Path(sys.argv[1]))

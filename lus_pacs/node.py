@@ -29,7 +29,7 @@ from lus_pacs.export.stow import stow
 from lus_pacs.ingest.audit import AuditEvent, AuditLog
 from lus_pacs.ingest.metrics import NodeMetrics
 from lus_pacs.ingest.scp import Listener, check_exposure, start_listener
-from lus_pacs.pipeline import Models, encode_summary, process_file, write_outputs
+from lus_pacs.pipeline import Models, encode_summary, process_file, warm_up, write_outputs
 from lus_pacs.queue.budget import PixelBudget
 from lus_pacs.queue.deliveries import Delivery
 from lus_pacs.queue.store import JobStore
@@ -71,6 +71,7 @@ class Node:
         return self._listener.port
 
     def start(self) -> None:
+        self._warm_up()
         recovered = self.store.jobs.recover()
         if recovered:
             log.info("Resuming %d job(s) interrupted by the last stop", recovered)
@@ -104,6 +105,22 @@ class Node:
             self.models.key,
             list(self.settings.destination_names) or "none (results folder only)",
         )
+
+    def _warm_up(self) -> None:
+        """The models run once on a simulated cine before the node listens, so that its first
+        cine is processed as fast as the next ones (:func:`~lus_pacs.pipeline.warm_up`)."""
+        started = time.monotonic()
+        try:
+            warm_up(self.models, self.settings)
+        except Exception as exc:  # the node still stores what it is sent; each cine's failure
+            # is recorded as it would be without the warm-up
+            log.error(
+                "The models could not process a simulated cine (%s); the node starts anyway "
+                "and records each cine that fails",
+                exc,
+            )
+            return
+        log.info("Models warmed up on a simulated cine in %.1f s", time.monotonic() - started)
 
     def stop(self) -> None:
         self._stop.set()

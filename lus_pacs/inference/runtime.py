@@ -107,6 +107,14 @@ class _OnnxFunction:
         # No arena: memory goes back when a call ends, so that the runtime's peak stays that of
         # the eager path (an arena keeps the largest batch's buffers for the process's life).
         options.enable_cpu_mem_arena = False
+        # Nor one block per call for all of a call's intermediate tensors (the memory pattern):
+        # without an arena that block (17-31 MB for the key-frame, severity and segmentation
+        # networks) is above the compact allocator's mmap threshold, so each call mapped fresh
+        # pages and faulted them in, while the other worker's calls waited on the same mappings'
+        # lock. Tensor by tensor they come from the heap and are reused: the exam of
+        # bench/realtime.py 9 % faster (6.56-6.85 against 7.28-7.44 s, three alternate runs, with
+        # the key-frame batch of 4), the same peak.
+        options.enable_mem_pattern = False
         # Its threads sleep between calls instead of spinning: PyTorch's pre- and
         # post-processing runs between them on the same cores (12 % faster over the exam of
         # bench/realtime.py: 15.4 against 17.5 s, three alternate runs).

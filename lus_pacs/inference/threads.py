@@ -53,7 +53,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 """glibc's ``mallopt`` parameters (malloc.h)."""
 LARGE_BUFFER_BYTES = 16 << 20
 """Buffers from this size up are mapped for themselves and unmapped when freed."""
-KEPT_FREE_BYTES = 32 << 20
+KEPT_FREE_BYTES = 128 << 20
 """Free memory at the top of the heap above this goes back to the system."""
 
 
@@ -65,7 +65,11 @@ def compact_allocator() -> bool:
     which keeps them all on the heaps), and the heap trimmed above :data:`KEPT_FREE_BYTES`.
 
     Call it before the worker threads start. On bench/realtime.py's exam with two workers the
-    node's peak memory is 0.81-0.82 GB instead of 1.03-1.11, and its processing 3-6 % slower.
+    node's peak memory is 0.81-0.88 GB instead of 1.03-1.11. The trim threshold is 128 MB, not
+    32 as first chosen: at 32 the top of the heap went back to the system and was faulted in
+    again as the two workers' cines came and went (270 ``brk`` calls and 0.3-0.5 M page faults
+    over the exam, against 25-60 k), which made the exam about 5 % slower (6.27-6.58 against
+    6.52-6.99 s, three alternate runs) for the same peak.
     Returns False where the C library is not glibc (nothing changed).
     """
     try:

@@ -334,3 +334,13 @@ def _write_exports(out: Path, records: list[CineRecord]) -> None:
             )
     write_via(ann / "b_lines_via.json", clips)
     write_frame_scores(ann / "frame_scores.csv", scores)
+
+
+def sample_cine(out: Path, frames: int = 30, seed: int = 7) -> Path:
+    """Write one simulated cine under ``out`` (with its truth) and return its path: the zone of
+    the most severe lung of a patient drawn from ``seed`` (the default's shows B-lines and a
+    consolidation, so every model family has something to find)."""
+    patient = draw_patient(np.random.default_rng([seed, 0]), 0, seed, 6, Probe.CONVEX)
+    z = max(range(len(patient.zones)), key=lambda i: patient.zones[i].designed_severity)
+    options = SynthOptions(patients=1, seed=seed, frames=frames)
+    return write_zone(out, options, patient, patient.zones[z], z).dicom

@@ -144,3 +144,17 @@ def test_montage_has_a_row_per_severity(synth_exams: Path) -> None:
     assert sheet.shape[0] == 4 * 240
     rows = sheet.reshape(4, 240, *sheet.shape[1:])
     assert all(row.mean() > 5 for row in rows[:3])
+
+
+def test_the_sample_cine_is_the_patients_most_severe_zone(tmp_path: Path) -> None:
+    from lus_pacs.synth.exam import sample_cine
+
+    path = sample_cine(tmp_path, frames=12)
+    truth = json.loads(path.with_name(path.stem + ".truth.json").read_text())
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    assert int(ds.NumberOfFrames) == 12
+    # The default patient's most severe zone shows what every model family looks for.
+    assert truth["clip"]["severity"] == 3
+    assert truth["clip"]["b_lines"]
+    assert truth["clip"]["consolidation"]
+    assert dciodvfy_errors(path) == []

@@ -48,8 +48,8 @@ class SeverityModel:
         Identifies the bundle in every result.
     batch_size:
         Frames scored at once (bounds memory on long cines). 8 rather than 32: the same speed
-        on two cores, and with the key-frame model's batch of 8 the node's peak memory over
-        bench/realtime.py's exam is 0.83 GB instead of 0.91.
+        on two cores, and (measured with the key-frame model's batch of 8 then) the node's
+        peak memory over bench/realtime.py's exam 0.83 GB instead of 0.91.
     """
 
     def __init__(
