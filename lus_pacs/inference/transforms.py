@@ -22,7 +22,6 @@ import torch
 from monai.config import KeysCollection
 from monai.networks.layers.convutils import gaussian_1d
 from monai.transforms import (
-    Compose,
     MapTransform,
     Resize,
     SpatialPad,
@@ -233,14 +232,17 @@ def b_line_windows(cine: Cine, default_fps: float) -> tuple[torch.Tensor, list[i
         frame).
     """
     fps = cine.timing.fps or default_fps
-
-    def shrink(chunk: Sequence[int]) -> torch.Tensor:
-        # Area averaging is the anti-aliased shrink here; trilinear with smoothing is 200x
-        # slower. Each frame is shrunk on its own, so chunks give the whole cine's result.
-        out = Compose([CropTissue(chunk), Resize((-1, *B_LINE_SIZE), mode="area")])(cine)
-        return convert_to_tensor(out, track_meta=False)
-
-    frames = torch.cat([shrink(chunk) for chunk in frame_chunks(cine.n_frames)], dim=1)
+    tissue = cine.tissue()
+    # Area averaging is the anti-aliased shrink here (trilinear with smoothing is 200x slower):
+    # MONAI's ``Compose([CropTissue, Resize((-1, 64, 64), mode="area")])`` written out, chunk by
+    # chunk of frames (what bounds its memory), the same numbers (tests/inference/
+    # test_transforms.py) without building a transform chain per chunk.
+    pieces = []
+    for chunk in frame_chunks(cine.n_frames):
+        grey = torch.from_numpy(np.divide(tissue[chunk[0] - 1 : chunk[-1]], 255, dtype=np.float32))
+        size = (len(chunk), *B_LINE_SIZE)
+        pieces.append(torch.nn.functional.interpolate(grey[None, None], size=size, mode="area")[0])
+    frames = torch.cat(pieces, dim=1)
     windows, starts = TemporalWindows(fps)(frames)
     return windows, [s + 1 for s in starts]
 
@@ -284,8 +286,9 @@ CHUNK_FRAMES = 1
 """Frames the B-line shrink takes to float at full resolution at once: what bounds the
 pre-processing's memory whatever the cine's length (paper 003's input is made one frame at a
 time always: its anti-aliased resize costs about 0.3 GB above the cine for 4 frames of
-1920 x 1080, 0.25 GB for 2 and 0.1 GB for 1, bench/memory.py); one at a time costs the B-line
-shrink 16 ms."""
+1920 x 1080, 0.25 GB for 2 and 0.1 GB for 1, bench/memory.py); one at a time cost the B-line
+shrink 16 ms when it was a MONAI transform chain per chunk, and about nothing since it is
+written out."""
 
 
 def frame_chunks(n_frames: int, size: int | None = None) -> list[list[int]]:

@@ -258,3 +258,28 @@ def test_the_fast_anti_aliased_resize_is_monais(
     fast = transforms.anti_aliased_resize(image, size)
     assert fast.shape == reference.shape
     assert float((fast - reference).abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("shape", "region"),
+    [
+        ((5, 480, 640), Region(40, 30, 600, 470, RegionSource.IMAGE)),  # shrunk
+        ((3, 50, 40), None),  # enlarged
+        ((2, 700, 301), None),  # narrow
+    ],
+)
+def test_paper_001_input_is_the_monai_transform_chain(
+    shape: tuple[int, int, int], region: Region | None
+) -> None:
+    """b_line_windows writes out CropTissue and an area Resize to 64 x 64: the same numbers as
+    the chain of MONAI transforms."""
+    from monai.transforms import Compose, Resize
+
+    frames = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
+    cine = _cine(frames, region, fps=2.0)
+    chain = Compose([CropTissue(), Resize((-1, 64, 64), mode="area")])
+    reference = torch.as_tensor(chain(cine), dtype=torch.float32)
+    windows, starts = b_line_windows(cine, 30.0)
+    expected, expected_starts = TemporalWindows(2.0)(reference)
+    assert starts == [s + 1 for s in expected_starts]
+    torch.testing.assert_close(windows, torch.as_tensor(expected), rtol=0, atol=0)
