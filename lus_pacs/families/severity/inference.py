@@ -139,6 +139,6 @@ class _FrameScorer(nn.Module):
         self.network = network
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.network(x)
+        out = self.network.predict(x)
         probabilities = torch.softmax(out.logits, dim=1)
         return (probabilities,) if out.thetas is None else (probabilities, out.thetas[:, 0])

@@ -366,6 +366,15 @@ class RegSTNScorer(nn.Module):
         logits, logits2 = self.cnn(crops).chunk(2)
         return SeverityOutput(logits, logits2, thetas, sigmas)
 
+    def predict(self, x: torch.Tensor) -> SeverityOutput:
+        """:meth:`forward` without the second crop, which only trains (its logits are the
+        consistency term of the loss): the same prediction in eval mode, where batch norm uses
+        its running statistics, for half the CNN's work. ``logits2`` is None."""
+        _check_frames(self, x)
+        thetas, sigmas = self.localiser(x)
+        logits = self.cnn(crop(x, thetas[:, 0], self.cnn_input))
+        return SeverityOutput(logits, None, thetas, sigmas)
+
 
 class RandomCropScorer(nn.Module):
     """CNN + Random Crop + SORD: random crops at the priors' scales in training, whole frames
@@ -540,6 +549,13 @@ class SeverityNet(nn.Module):
     def forward(self, x: torch.Tensor) -> SeverityOutput:
         out: SeverityOutput = self.scorer(x)
         return out
+
+    def predict(self, x: torch.Tensor) -> SeverityOutput:
+        """What inference needs of :meth:`forward`: the prediction, its crops' transforms and
+        scales; Reg-STN's second crop, which only trains, is left out (``logits2`` None)."""
+        if isinstance(self.scorer, RegSTNScorer):
+            return self.scorer.predict(x)
+        return self.forward(x)
 
 
 def _shrink(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

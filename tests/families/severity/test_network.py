@@ -67,6 +67,28 @@ def test_every_scorer_shapes(name: str, training: bool) -> None:
         assert out.logits2 is None
 
 
+@pytest.mark.parametrize("name", sorted(FRAME_SCORERS))
+def test_the_prediction_alone_is_the_forward_pass_in_eval_mode(name: str) -> None:
+    # Inference leaves Reg-STN's second crop out (it only trains): the same logits and
+    # transforms, with batch norm's running statistics moved off their start.
+    torch.manual_seed(1)
+    network = SeverityNet(name)
+    network.train()
+    with torch.no_grad():
+        for _ in range(3):
+            network(_frames(8, seed=3))
+    network.eval()
+    with torch.no_grad():
+        full, alone = network(_frames(5)), network.predict(_frames(5))
+    torch.testing.assert_close(alone.logits, full.logits, rtol=0, atol=1e-6)
+    assert alone.logits2 is None
+    if full.thetas is None:
+        assert alone.thetas is None
+    else:
+        assert alone.thetas is not None
+        torch.testing.assert_close(alone.thetas, full.thetas, rtol=0, atol=0)
+
+
 def test_scorers_and_losses_name_the_same_rows() -> None:
     assert set(FRAME_SCORERS) == set(LOSSES)
     assert set(LOSSES.values()) == {"ce", "sord"}
