@@ -138,7 +138,7 @@ def cine_features(cine: Cine) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.f
         known = _MEASURED.get(cine)
     if known is not None:
         return known
-    view = lung_view(cine)
+    view = cine_view(cine)
     per_frame = frame_features(view)
     clip = clip_features(view, per_frame)
     for array in (per_frame, clip):
@@ -149,6 +149,22 @@ def cine_features(cine: Cine) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.f
     return measured
 
 
+def cine_view(cine: Cine) -> LungView:
+    """:func:`lung_view` of one cine, made once per cine object (the assessment, B-line and
+    severity families all read it) and forgotten with the cine."""
+    with _MEASURED_LOCK:
+        known = _VIEWS.get(cine)
+    if known is not None:
+        return known
+    view = lung_view(cine)
+    for array in (view.frames, view.scan, view.picks):
+        array.setflags(write=False)
+    with _MEASURED_LOCK:
+        _VIEWS[cine] = view
+    return view
+
+
+_VIEWS: weakref.WeakKeyDictionary[Cine, LungView] = weakref.WeakKeyDictionary()
 _MEASURED: weakref.WeakKeyDictionary[
     Cine, tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], LungView]
 ] = weakref.WeakKeyDictionary()

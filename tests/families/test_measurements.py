@@ -141,3 +141,16 @@ def test_a_stratified_ordinal_fit_learns_within_sources_not_which_source() -> No
     stratified = fit_ordinal(x, y, groups=list(groups)).weight.numpy()
     assert pooled[0] > 0.5 * pooled[1]
     assert abs(stratified[0]) < 0.2 * stratified[1]
+
+
+def test_the_lung_view_is_made_once_per_cine_and_read_only(synth_exams: Path) -> None:
+    from lus_pacs.families.assessment.inference import apex_ratio
+    from lus_pacs.inference.lung_features import cine_view, lung_view
+
+    cine = read_cine(sorted(synth_exams.glob("*/*.dcm"))[0])
+    view = cine_view(cine)
+    apex_ratio(cine)  # the assessment reads the same view as the measurements
+    assert cine_features(cine)[2] is view
+    assert cine_view(cine) is view
+    assert not view.frames.flags.writeable
+    np.testing.assert_array_equal(view.frames, lung_view(cine).frames)

@@ -38,7 +38,7 @@ from lus_pacs.domain import (
 )
 from lus_pacs.errors import ModelError
 from lus_pacs.inference.bundle import INFERENCE, METADATA, read_json
-from lus_pacs.inference.lung_features import lung_view
+from lus_pacs.inference.lung_features import cine_view
 
 TOP_ROWS = 6
 """Rows of the normalised view, from the first row of the scan area, whose width is measured."""
@@ -108,7 +108,7 @@ class Assessor:
 
 def apex_ratio(cine: Cine) -> float:
     """Width of the scan area at the skin over its widest row, in the normalised view."""
-    view = lung_view(cine)
+    view = cine_view(cine)
     widths = view.scan.sum(axis=1).astype(np.float64)
     widest = float(widths.max())
     if widest == 0:
