@@ -87,6 +87,7 @@ from lus_pacs.imaging.decode import read_header
 from lus_pacs.node import stored_pixels
 from lus_pacs.pipeline import Models, analyse, encode
 from lus_pacs.queue.budget import PixelBudget
+from lus_pacs.inference.threads import release_free_memory
 models = Models.load(settings)
 budget = PixelBudget(settings.concurrent_pixels)
 def run(path):  # a node worker's cine: within the pixel budget, as Node._process
@@ -94,6 +95,9 @@ def run(path):  # a node worker's cine: within the pixel budget, as Node._proces
         header, in_file = read_header(path)
         findings = analyse(header, path.name, models, settings, in_file)
         encode(findings, header, settings.output_kinds, models.key, {})
+        del header, in_file, findings
+        if 2 * stored_pixels(path) > settings.concurrent_pixels:
+            release_free_memory()
 workers = [threading.Thread(target=run, args=(Path(p),)) for p in sys.argv[2:]]
 for w in workers: w.start()
 for w in workers: w.join()

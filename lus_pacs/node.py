@@ -26,6 +26,7 @@ from lus_pacs.durable import durable_file
 from lus_pacs.errors import ExportError, LusPacsError, StageError
 from lus_pacs.export.dimse import store as c_store
 from lus_pacs.export.stow import stow
+from lus_pacs.inference.threads import release_free_memory
 from lus_pacs.ingest.audit import AuditEvent, AuditLog
 from lus_pacs.ingest.metrics import NodeMetrics
 from lus_pacs.ingest.scp import Listener, check_exposure, start_listener
@@ -193,6 +194,8 @@ class Node:
                 f", after {waited:.1f} s for the pixel budget" if waited >= 0.05 else "",
             )
             self._process_cine(job)
+            if 2 * pixels > self.settings.concurrent_pixels:  # a long cine: its leftovers back
+                release_free_memory()  # before the next long cine starts
 
     def _process_cine(self, job: Job) -> None:
         uid = job.instance.sop_instance_uid
