@@ -215,7 +215,9 @@ def demo(
     config: ConfigOption = None,
 ) -> None:
     """The main job on the embedded defaults: start the node, push a simulated exam to it by
-    C-STORE as a scanner would, wait for the results and print the findings per zone."""
+    C-STORE as a scanner would, wait for the results and print the findings per zone. The
+    node's folder (OUT/node) is made anew on every run."""
+    import shutil
     import time
 
     from lus_pacs.domain import JobState
@@ -227,6 +229,9 @@ def demo(
 
     _logging(verbose=False)
     typer.echo("lus-pacs demo: research software trained on simulated data, not a medical device.")
+    # A fresh node each run: the last run's node would find the same exam already processed
+    # and the demo would time nothing.
+    shutil.rmtree(out / "node", ignore_errors=True)
     records = synthesize(out / "scanner", SynthOptions(patients=1, seed=2026, frames=45))
     typer.echo(f"simulated a 6-zone exam in {out / 'scanner'} (ground truth beside each cine)")
     settings = load_settings(

@@ -172,6 +172,13 @@ def test_demo_pushes_an_exam_through_the_node(tmp_path: Path) -> None:
     assert len([r for r in results if r.name.startswith("pr-")]) == 6
     assert len([r for r in results if r.name.startswith("study-sr-")]) == 1
     assert len([line for line in result.stdout.splitlines() if "masks of frames" in line]) == 6
+    # Run again in the same folder: a fresh node processes the exam again (the last run's would
+    # have found it done, and the demo would have timed nothing).
+    (summary,) = (tmp_path / "demo" / "node" / "results").glob("*/study-summary.json")
+    first = summary.stat().st_mtime_ns
+    again = run_cli("demo", "--out", str(tmp_path / "demo"), "--config", str(config))
+    assert "processed 6 cines" in again.stdout
+    assert summary.stat().st_mtime_ns > first
 
 
 def test_train_and_evaluate_b_lines_are_commands(linear_exams: Path) -> None:
