@@ -77,18 +77,19 @@ print(int(peak) * 1024, len(objects))
 
 
 TOGETHER = """
-import sys, threading
+import sys, tempfile, threading
 from pathlib import Path
 from lus_pacs.inference.threads import prepare_workers
 from lus_pacs.settings import Settings
-settings = Settings(concurrent_pixels=int(sys.argv[1]))
+settings = Settings(concurrent_pixels=int(sys.argv[1]), data_dir=tempfile.mkdtemp())
 prepare_workers(settings.workers)  # as lus-pacs serve
 from lus_pacs.imaging.decode import read_header
 from lus_pacs.node import stored_pixels
-from lus_pacs.pipeline import Models, analyse, encode
+from lus_pacs.pipeline import Models, analyse, encode, warm_up
 from lus_pacs.queue.budget import PixelBudget
 from lus_pacs.inference.threads import release_free_memory
 models = Models.load(settings)
+warm_up(models, settings)  # as a started node
 budget = PixelBudget(settings.concurrent_pixels)
 def run(path):  # a node worker's cine: within the pixel budget, as Node._process
     with budget.hold(stored_pixels(path)):

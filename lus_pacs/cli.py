@@ -216,7 +216,8 @@ def demo(
 ) -> None:
     """The main job on the embedded defaults: start the node, push a simulated exam to it by
     C-STORE as a scanner would, wait for the results and print the findings per zone. The
-    node's folder (OUT/node) is made anew on every run."""
+    node's folder (OUT/node) is made anew on every run; an OUT/node that is not a node's folder
+    is left alone and the demo stops."""
     import shutil
     import time
 
@@ -230,8 +231,13 @@ def demo(
     _logging(verbose=False)
     typer.echo("lus-pacs demo: research software trained on simulated data, not a medical device.")
     # A fresh node each run: the last run's node would find the same exam already processed
-    # and the demo would time nothing.
-    shutil.rmtree(out / "node", ignore_errors=True)
+    # and the demo would time nothing. Only a node's folder (its job store inside) is removed.
+    node_dir = out / "node"
+    if node_dir.exists():
+        if not (node_dir / "jobs.sqlite").is_file():
+            typer.echo(f"{node_dir} is not a node's folder; choose another --out", err=True)
+            raise typer.Exit(2)
+        shutil.rmtree(node_dir)
     records = synthesize(out / "scanner", SynthOptions(patients=1, seed=2026, frames=45))
     typer.echo(f"simulated a 6-zone exam in {out / 'scanner'} (ground truth beside each cine)")
     settings = load_settings(

@@ -119,6 +119,7 @@ class Node:
                 "The models could not process a simulated cine (%s); the node starts anyway "
                 "and records each cine that fails",
                 exc,
+                exc_info=True,
             )
             return
         log.info("Models warmed up on a simulated cine in %.1f s", time.monotonic() - started)

@@ -96,14 +96,23 @@ def warm_up(models: Models, settings: Settings) -> CineRecord:
     LusPacsError
         The models cannot process the simulated cine (the message says at which stage).
     """
-    import tempfile
+    import shutil
 
     from lus_pacs.synth.exam import sample_cine
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="warm-up-", dir=settings.data_dir) as tmp:
-        cine = sample_cine(Path(tmp) / "cine")
-        record, _ = process_file(cine, models, settings, Path(tmp) / "results")
+    # One folder, cleared first: a start interrupted during the warm-up leaves nothing that
+    # piles up. The site's limits on what it accepts are not the sample cine's to meet.
+    folder = settings.data_dir / "warm-up"
+    shutil.rmtree(folder, ignore_errors=True)
+    limits = ("max_instance_bytes", "max_cine_frames", "max_cine_pixels")
+    defaults = settings.model_copy(
+        update={k: type(settings).model_fields[k].default for k in limits}
+    )
+    try:
+        cine = sample_cine(folder / "cine")
+        record, _ = process_file(cine, models, defaults, folder / "results")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return record
 
 

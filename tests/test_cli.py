@@ -181,6 +181,16 @@ def test_demo_pushes_an_exam_through_the_node(tmp_path: Path) -> None:
     assert summary.stat().st_mtime_ns > first
 
 
+def test_demo_leaves_a_folder_that_is_not_a_nodes_alone(tmp_path: Path) -> None:
+    mine = tmp_path / "node" / "notes.txt"
+    mine.parent.mkdir()
+    mine.write_text("kept")
+    result = run_cli("demo", "--out", str(tmp_path), check=False)
+    assert result.returncode == 2
+    assert "is not a node's folder" in result.stderr
+    assert mine.read_text() == "kept"
+
+
 def test_train_and_evaluate_b_lines_are_commands(linear_exams: Path) -> None:
     shown = run_cli("train", "b-lines", "--help").stdout
     assert "--arch" in shown

@@ -104,8 +104,10 @@ class _OnnxFunction:
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        # No arena: memory goes back when a call ends, so that the runtime's peak stays that of
-        # the eager path (an arena keeps the largest batch's buffers for the process's life).
+        # No arena: memory goes back to the heap when a call ends (and from there to the system
+        # above compact_allocator's threshold or after a long cine), so that the runtime's peak
+        # stays that of the eager path (an arena keeps the largest batch's buffers for the
+        # process's life).
         options.enable_cpu_mem_arena = False
         # Nor one block per call for all of a call's intermediate tensors (the memory pattern):
         # without an arena that block (17-31 MB for the key-frame, severity and segmentation

@@ -65,7 +65,8 @@ def compact_allocator() -> bool:
     which keeps them all on the heaps), and the heap trimmed above :data:`KEPT_FREE_BYTES`.
 
     Call it before the worker threads start. On bench/realtime.py's exam with two workers the
-    node's peak memory is 0.81-0.88 GB instead of 1.03-1.11. The trim threshold is 128 MB, not
+    node's peak memory was 0.81-0.88 GB instead of 1.03-1.11 when it was introduced (0.86-0.94
+    GB with the models and settings of 8d2db5b). The trim threshold is 128 MB, not
     32 as first chosen: at 32 the top of the heap went back to the system and was faulted in
     again as the two workers' cines came and went (270 ``brk`` calls and 0.3-0.5 M page faults
     over the exam, against 25-60 k), which made the exam about 5 % slower (6.27-6.58 against

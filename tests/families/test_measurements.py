@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from lus_pacs.domain import Cine
 from lus_pacs.families.b_lines.inference import BLineModel
 from lus_pacs.families.measurements import MeasurementHead, fit_head, fit_ordinal
 from lus_pacs.imaging.decode import read_cine
@@ -143,14 +144,24 @@ def test_a_stratified_ordinal_fit_learns_within_sources_not_which_source() -> No
     assert abs(stratified[0]) < 0.2 * stratified[1]
 
 
-def test_the_lung_view_is_made_once_per_cine_and_read_only(synth_exams: Path) -> None:
+def test_the_lung_view_is_made_once_per_cine_and_read_only(
+    synth_exams: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lus_pacs.families.assessment.inference import apex_ratio
-    from lus_pacs.inference.lung_features import cine_view, lung_view
+    from lus_pacs.inference import lung_features
 
+    made = []
+    real = lung_features.lung_view
+
+    def counted(cine: Cine) -> lung_features.LungView:
+        made.append(cine)
+        return real(cine)
+
+    monkeypatch.setattr(lung_features, "lung_view", counted)
     cine = read_cine(sorted(synth_exams.glob("*/*.dcm"))[0])
-    view = cine_view(cine)
-    apex_ratio(cine)  # the assessment reads the same view as the measurements
-    assert cine_features(cine)[2] is view
-    assert cine_view(cine) is view
+    apex_ratio(cine)  # the assessment, then the measurements, read one view
+    view = cine_features(cine)[2]
+    assert len(made) == 1
+    assert lung_features.cine_view(cine) is view
     assert not view.frames.flags.writeable
-    np.testing.assert_array_equal(view.frames, lung_view(cine).frames)
+    np.testing.assert_array_equal(view.frames, real(cine).frames)

@@ -369,7 +369,10 @@ class RegSTNScorer(nn.Module):
     def predict(self, x: torch.Tensor) -> SeverityOutput:
         """:meth:`forward` without the second crop, which only trains (its logits are the
         consistency term of the loss): the same prediction in eval mode, where batch norm uses
-        its running statistics, for half the CNN's work. ``logits2`` is None."""
+        its running statistics, for half the CNN's work. ``logits2`` is None. In training mode
+        batch norm would see the first crops alone: :meth:`forward` runs instead."""
+        if self.training:
+            return self.forward(x)
         _check_frames(self, x)
         thetas, sigmas = self.localiser(x)
         logits = self.cnn(crop(x, thetas[:, 0], self.cnn_input))
