@@ -91,8 +91,8 @@ def release_free_memory() -> bool:
     """Give the free memory of glibc's heap back to the system now (``malloc_trim``), also
     what :data:`KEPT_FREE_BYTES` keeps: the node calls it after a cine that held more than half
     of its pixel budget, so that the next long cine does not start above the last one's
-    leftovers (bench/memory.py --together: 1.46 GB without it). Returns False where the C
-    library is not glibc."""
+    leftovers (bench/memory.py --together: 1.46 GB without it, 1.37 with it), and after its
+    warm-up. Returns False where the C library is not glibc."""
     try:
         trim = ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):
