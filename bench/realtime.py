@@ -226,7 +226,7 @@ def main() -> None:
             f"p50 {p50:.2f} s, p95 {p95:.2f} s (target p95 3 s)"
         )
     print(
-        f"onnx: real-time factor {elapsed['onnx'] / cine_s:.2f} (target 0.50); "
+        f"onnx: real-time factor {elapsed['onnx'] / cine_s:.3f} (target 0.5); "
         f"torch / onnx = {elapsed['torch'] / elapsed['onnx']:.2f}x"
         + (
             f"; {BASELINE} / onnx = {elapsed[BASELINE] / elapsed['onnx']:.2f}x (target 8x)"
