@@ -227,7 +227,7 @@ class Settings(BaseModel):
     """Cines processed at once, within :attr:`concurrent_pixels`. ``lus-pacs serve`` gives each
     worker's networks its share of the cores (one each on two cores): two cines at a time keep
     both cores busy while the other cine's Python work runs (decode, the result objects). On
-    bench/realtime.py's exam on two cores: real-time factor 0.47-0.50 and peak 0.86-0.94 GB
+    bench/realtime.py's exam on two cores: real-time factor 0.47-0.54 and peak 0.84-0.94 GB
     with two workers (0.62-0.69 with two and 0.79-0.83 with one before the allocator's and ONNX
     Runtime's page faults were removed; one worker gives a lone cine its results a little
     sooner)."""
