@@ -92,12 +92,13 @@ models = Models.load(settings)
 warm_up(models, settings)  # as a started node
 budget = PixelBudget(settings.concurrent_pixels)
 def run(path):  # a node worker's cine: within the pixel budget, as Node._process
-    with budget.hold(stored_pixels(path)):
+    pixels = stored_pixels(path)
+    with budget.hold(pixels):
         header, in_file = read_header(path)
         findings = analyse(header, path.name, models, settings, in_file)
         encode(findings, header, settings.output_kinds, models.key, {})
         del header, in_file, findings
-        if 2 * stored_pixels(path) > settings.concurrent_pixels:
+        if budget.is_long(pixels):
             release_free_memory()
 workers = [threading.Thread(target=run, args=(Path(p),)) for p in sys.argv[2:]]
 for w in workers: w.start()

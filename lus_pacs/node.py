@@ -195,8 +195,8 @@ class Node:
                 f", after {waited:.1f} s for the pixel budget" if waited >= 0.05 else "",
             )
             self._process_cine(job)
-            if 2 * pixels > self.settings.concurrent_pixels:  # a long cine: its leftovers back
-                release_free_memory()  # before the next long cine starts
+            if self._budget.is_long(pixels):  # its leftovers back before the next long cine
+                release_free_memory()
 
     def _process_cine(self, job: Job) -> None:
         uid = job.instance.sop_instance_uid

@@ -87,9 +87,10 @@ class Models:
 
 def warm_up(models: Models, settings: Settings) -> CineRecord:
     """Process a small simulated cine with ``models``, drop its result files and return its
-    record. ``lus-pacs serve`` calls it before it listens, so that the first cine a node is
-    sent costs what the others do: on the first cine highdicom reads its tables of the standard
-    and each runtime makes its first runs (0.8 s more than the next cines on two cores).
+    record. The node runs it as it starts, before it listens (``lus-pacs serve`` and ``demo``),
+    so that the first cine a node is sent costs what the others do: on the first cine
+    highdicom reads its tables of the standard and each runtime makes its first runs (0.8 s
+    more than the next cines on two cores).
 
     Raises
     ------

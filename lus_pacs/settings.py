@@ -204,7 +204,7 @@ class Settings(BaseModel):
     (frames x rows x columns) together; a larger cine waits for the others and runs alone. Two
     ordinary cines (a 60-frame 640 x 480 cine is 18 M pixels) run side by side; two long ones
     do not add up (two cines of 300 frames at 1080p and 1000 at 640 x 480 side by side peaked at
-    1.74-1.86 GB, one after the other at 1.37-1.43, bench/memory.py --together)."""
+    1.74-1.96 GB, one after the other at 1.37-1.47, bench/memory.py --together)."""
     audit_max_bytes: int = Field(default=50 * 1024**2, ge=1024)
     """Size at which the audit trail (``audit/audit.jsonl`` in :attr:`data_dir`) is rotated."""
     audit_backups: int = Field(default=10, ge=1)

@@ -176,8 +176,7 @@ def test_demo_pushes_an_exam_through_the_node(tmp_path: Path) -> None:
     # have found it done, and the demo would have timed nothing).
     (summary,) = (tmp_path / "demo" / "node" / "results").glob("*/study-summary.json")
     first = summary.stat().st_mtime_ns
-    again = run_cli("demo", "--out", str(tmp_path / "demo"), "--config", str(config))
-    assert "processed 6 cines" in again.stdout
+    run_cli("demo", "--out", str(tmp_path / "demo"), "--config", str(config))
     assert summary.stat().st_mtime_ns > first
 
 

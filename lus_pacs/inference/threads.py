@@ -8,6 +8,7 @@ import ctypes
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -73,10 +74,8 @@ def compact_allocator() -> bool:
     6.52-6.99 s, three alternate runs) for the same peak.
     Returns False where the C library is not glibc (nothing changed).
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
         return False
     settings = (
         (_M_ARENA_MAX, 1),
@@ -93,12 +92,19 @@ def release_free_memory() -> bool:
     of its pixel budget, so that the next long cine does not start above the last one's
     leftovers (bench/memory.py --together: 1.46 GB without it, 1.37 with it), and after its
     warm-up. Returns False where the C library is not glibc."""
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
+    trim = _glibc("malloc_trim")
+    if trim is None:
         return False
     trim(0)
     return True
+
+
+def _glibc(function: str) -> Any | None:
+    """glibc's ``function``, None where the C library is another."""
+    try:
+        return getattr(ctypes.CDLL("libc.so.6"), function)
+    except (OSError, AttributeError):
+        return None
 
 
 def prepare_workers(workers: int) -> None:

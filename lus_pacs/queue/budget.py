@@ -62,5 +62,10 @@ class PixelBudget:
                 self._holders -= 1
                 self._changed.notify_all()
 
+    def is_long(self, pixels: int) -> bool:
+        """A cine of more than half the budget: after one the node gives the heap's free memory
+        back, so that the next long cine does not start above its leftovers."""
+        return 2 * pixels > self.limit
+
     def _fits(self, pixels: int) -> bool:
         return self._holders == 0 or self._held + pixels <= self.limit

@@ -73,6 +73,12 @@ def test_a_long_cine_waits_for_the_others_runs_alone_and_is_not_overtaken() -> N
     assert budget.held == 0
 
 
+def test_a_cine_over_half_the_budget_is_long() -> None:
+    budget = PixelBudget(100)
+    assert not budget.is_long(50)
+    assert budget.is_long(51)
+
+
 def test_a_failing_cine_gives_its_pixels_back() -> None:
     budget = PixelBudget(10)
     with pytest.raises(RuntimeError), budget.hold(8):
