@@ -71,6 +71,28 @@ def roc_auc(scores: npt.ArrayLike, labels: npt.ArrayLike) -> float:
     return float(above / (positives.size * negatives.size))
 
 
+def within_group_auc(scores: npt.ArrayLike, labels: npt.ArrayLike, groups: npt.ArrayLike) -> float:
+    """AUC counting only pairs from the same group: the chance that a positive scores above a
+    negative of its own source (device, site), ties half. Each group holding both classes
+    weighs by its number of such pairs; NaN when no group holds both.
+
+    Pooled :func:`roc_auc` over sources also rewards (or punishes) where each source's scores
+    sit as a whole; a site running the node on one device sees only the order within it.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    g = np.asarray(groups)
+    above = pairs = 0.0
+    for group in np.unique(g):
+        mine = g == group
+        n_pos = int(y[mine].sum())
+        n_neg = int(mine.sum()) - n_pos
+        if n_pos and n_neg:
+            above += roc_auc(s[mine], y[mine]) * n_pos * n_neg
+            pairs += n_pos * n_neg
+    return above / pairs if pairs else float("nan")
+
+
 def quadratic_kappa(truth: npt.ArrayLike, predicted: npt.ArrayLike, n_classes: int) -> float:
     """Cohen's kappa with quadratic weights: 1 = perfect agreement, 0 = chance, <0 = worse.
 

@@ -12,6 +12,11 @@ Two protocols, never mixed (see :mod:`lus_pacs.training.real`):
   :func:`lus_pacs.pipeline.analyse` on each clip's DICOM import exactly as on a pushed cine,
   on the trainable clips (which the simulator-trained bundles never saw) and on the
   evaluation-only clips (another device and other sites).
+
+Every AUC row (B-lines, consolidation, effusion; both protocols) gives the AUC twice: pooled
+over the sources, and within them (``auc_within_source``: only pairs of clips from one source
+count). A site running the node on one device sees the second; the first also asks where each
+source's scores sit as a whole, which is what a threshold shared by all devices needs.
 """
 
 from __future__ import annotations
@@ -179,7 +184,7 @@ def evaluate_real(
             value = getattr(clip.clip, column)
             return None if value is None else bool(value)
 
-        scores, labels, _ = leave_source_out(measured, label)
+        scores, labels, groups = leave_source_out(measured, label)
         rows.append(
             binary_row(
                 f"{name} (measurement recipe)",
@@ -188,6 +193,7 @@ def evaluate_real(
                 scores,
                 labels,
                 0.5,
+                groups=groups,
                 rounds=rounds,
             )
         )
@@ -248,26 +254,42 @@ def _shipped_rows(
             )
         )
     b_lines = [
-        (found.probability, bool(c.clip.b_lines))
+        (found.probability, bool(c.clip.b_lines), c.group)
         for c in assessed
         if c.clip.b_lines is not None and (found := findings[c.name].b_lines) is not None
     ]
     if b_lines:
         threshold = float(read_json(models_dir / "b_lines" / INFERENCE)["threshold"])
-        scores, labels = zip(*b_lines, strict=True)
+        scores, labels, groups = zip(*b_lines, strict=True)
         rows.append(
-            binary_row("b_lines", "b_lines", protocol, scores, labels, threshold, rounds=rounds)
+            binary_row(
+                "b_lines",
+                "b_lines",
+                protocol,
+                scores,
+                labels,
+                threshold,
+                groups=groups,
+                rounds=rounds,
+            )
         )
     consolidation = [
-        (con.probability, bool(c.clip.consolidations))
+        (con.probability, bool(c.clip.consolidations), c.group)
         for c in assessed
         if c.clip.consolidations is not None and (con := findings[c.name].consolidation) is not None
     ]
     if consolidation:
-        scores, labels = zip(*consolidation, strict=True)
+        scores, labels, groups = zip(*consolidation, strict=True)
         rows.append(
             binary_row(
-                "consolidation", "consolidation", protocol, scores, labels, 0.5, rounds=rounds
+                "consolidation",
+                "consolidation",
+                protocol,
+                scores,
+                labels,
+                0.5,
+                groups=groups,
+                rounds=rounds,
             )
         )
     severity = [

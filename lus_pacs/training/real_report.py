@@ -23,6 +23,7 @@ from lus_pacs.training.metrics import (
     quadratic_kappa,
     roc_auc,
     weighted_metrics,
+    within_group_auc,
 )
 
 SCORES = 4
@@ -64,18 +65,28 @@ def binary_row(
     labels: npt.ArrayLike,
     threshold: float,
     *,
+    groups: Sequence[str] | None = None,
     rounds: int = 1000,
     seed: int = 0,
 ) -> Row:
-    """AUC, and sensitivity, specificity and F1 at ``threshold``, each with its interval."""
+    """AUC, and sensitivity, specificity and F1 at ``threshold``, each with its interval; with
+    each clip's source in ``groups``, also the AUC within sources (:func:`within_group_auc`,
+    ``auc_within_source``)."""
     s = np.asarray(scores, np.float64)
     y = np.asarray(labels, bool)
+    g = None if groups is None else np.asarray(groups)
+    if g is not None and len(g) != len(s):
+        raise ValueError(f"binary_row: {len(g)} groups for {len(s)} clips.")
+
+    def stats(i: npt.NDArray[np.intp]) -> dict[str, float]:
+        found = binary_metrics(s[i], y[i], threshold)
+        if g is not None:
+            found["auc_within_source"] = within_group_auc(s[i], y[i], g[i])
+        return found
+
+    keys = ("auc", "sensitivity", "specificity", "f1")
     metrics = _with_intervals(
-        lambda i: binary_metrics(s[i], y[i], threshold),
-        ("auc", "sensitivity", "specificity", "f1"),
-        len(s),
-        rounds,
-        seed,
+        stats, keys if g is None else (*keys, "auc_within_source"), len(s), rounds, seed
     )
     return Row(
         family,

@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lus_pacs.training.metrics import binary_metrics, bootstrap_interval, quadratic_kappa
+from lus_pacs.training.metrics import (
+    binary_metrics,
+    bootstrap_interval,
+    quadratic_kappa,
+    roc_auc,
+    within_group_auc,
+)
 from lus_pacs.training.real_report import binary_row, calibration, markdown, roc_curve, severity_row
 
 
@@ -22,6 +28,24 @@ def test_binary_metrics_at_the_threshold_match_the_hand_count() -> None:
     assert m["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
     # Pairs (positive, negative) ranked right: 0.9 beats 3, 0.6 beats 2, 0.3 beats 2 -> 7 of 9.
     assert m["auc"] == pytest.approx(7 / 9)
+
+
+def test_auc_within_sources_counts_only_pairs_of_one_source() -> None:
+    # Source a: positive 0.9 against negatives 0.5 (right) and 0.95 (wrong): 1 of 2 pairs.
+    # Source b: positives 0.2 and 0.3 against negative 0.1: 2 of 2. Source c: negatives only.
+    # Within sources (1 + 2) / 4; pooled, the positives beat 5 of 12 negatives.
+    scores = [0.9, 0.5, 0.95, 0.2, 0.3, 0.1, 0.4]
+    labels = [1, 0, 0, 1, 1, 0, 0]
+    groups = ["a", "a", "a", "b", "b", "b", "c"]
+    assert within_group_auc(scores, labels, groups) == pytest.approx(0.75)
+    assert roc_auc(scores, labels) == pytest.approx(5 / 12)
+    assert math.isnan(within_group_auc([0.1, 0.2], [1, 0], ["a", "b"]))
+    row = binary_row("b_lines", "B-lines", "external", scores, labels, 0.5, groups=groups)
+    assert row.metrics["auc_within_source"].value == pytest.approx(0.75)
+    assert row.metrics["auc"].value == pytest.approx(5 / 12)
+    assert "auc_within_source" in markdown([row]).splitlines()[0]
+    with pytest.raises(ValueError, match="2 groups for 7 clips"):
+        binary_row("b_lines", "B-lines", "external", scores, labels, 0.5, groups=["a", "b"])
 
 
 def test_quadratic_kappa_matches_the_hand_computation() -> None:
@@ -59,6 +83,7 @@ def test_roc_curve_and_calibration_of_a_small_case() -> None:
 def test_rows_and_table() -> None:
     b = binary_row("b_lines", "B-lines", "external", [0.9, 0.2, 0.7, 0.4], [1, 0, 1, 0], 0.5)
     assert b.metrics["auc"].value == 1.0
+    assert "auc_within_source" not in b.metrics  # no sources given
     assert b.metrics["f1"].value == 1.0
     s = severity_row("severity", "leave-source-out", [0, 1, 2, 3, 3], [0, 1, 2, 3, 2])
     assert s.metrics["accuracy"].value == pytest.approx(0.8)
