@@ -15,7 +15,7 @@ import typer
 from lus_pacs import __version__
 from lus_pacs.errors import LusPacsError
 from lus_pacs.families.registry import FAMILIES, Registry
-from lus_pacs.training.real_commands import evaluate_real
+from lus_pacs.training.real_commands import evaluate_real, evaluate_simulator
 
 if TYPE_CHECKING:
     from lus_pacs.domain import Cine
@@ -618,3 +618,4 @@ add_family_commands(
     FAMILIES,
 )
 evaluate_app.command("real", help=getdoc(evaluate_real))(evaluate_real)
+evaluate_app.command("simulator", help=getdoc(evaluate_simulator))(evaluate_simulator)

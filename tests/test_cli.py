@@ -47,8 +47,9 @@ def test_every_family_has_its_commands() -> None:
 
     families = {"b-lines", "consolidation", "key-frames", "segmentation", "severity"}
     assert names(train_app) == families
-    # Beside the families': the real-data evaluation of them all.
-    assert names(evaluate_app) == families - {"consolidation"} | {"real"}
+    # Beside the families': the real-data evaluation of them all, and the simulator's distance
+    # from real clips.
+    assert names(evaluate_app) == families - {"consolidation"} | {"real", "simulator"}
     assert names(pretrain_app) == {"consolidation"}
     assert names(fit_app) == {"b-lines", "severity"}
 

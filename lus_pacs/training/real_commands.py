@@ -1,5 +1,6 @@
-"""``lus-pacs evaluate real``: the options only; :mod:`lus_pacs.training.real_evaluation` does
-the work and is imported when the command runs."""
+"""``lus-pacs evaluate real`` and ``lus-pacs evaluate simulator``: the options only;
+:mod:`lus_pacs.training.real_evaluation` and :mod:`lus_pacs.training.realism` do the work and are
+imported when the command runs."""
 
 from __future__ import annotations
 
@@ -56,3 +57,29 @@ def evaluate_real(
         typer.echo(f"not read: {name}: {reason}", err=True)
     typer.echo(result.table)
     typer.echo(f"written: {out / 'real.md'} and plots")
+
+
+def evaluate_simulator(
+    simulated: Annotated[Path, typer.Option(help="Output of `lus-pacs synth`.")],
+    data: Annotated[
+        Path,
+        typer.Option(help="The folder holding pocus/ (only its trainable clips are compared)."),
+    ],
+    out: Annotated[Path, typer.Option(help="Where realism.md goes.")] = Path(
+        "build/simulator-realism"
+    ),
+    cache: Annotated[
+        Path, typer.Option(help="Folder for the clips' DICOM imports and measurements.")
+    ] = Path("build/real-cache"),
+) -> None:
+    """How far the simulated cines sit from the trainable real clips on each lung measurement:
+    the shift of their mean in real standard deviations, the share inside the real 5-95 % range
+    and the ratio of spreads, largest shift first. Prints the table and writes realism.md."""
+    import logging
+
+    from lus_pacs.training.realism import evaluate_simulator as run
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _, table = run(simulated, data, cache, out)
+    typer.echo(table)
+    typer.echo(f"written: {out / 'realism.md'}")
