@@ -9,6 +9,7 @@ import pytest
 
 from lus_pacs.inference.lung_features import CLIP_FEATURES
 from lus_pacs.training.realism import gap_table, measurement_gaps, simulated_measurements
+from tests.tools import POCUS_HEADER, measured_pocus, run_cli
 
 
 def test_gaps_match_the_hand_computation() -> None:
@@ -46,3 +47,42 @@ def test_simulated_exam_against_itself_and_shifted(synth_exams: Path, tmp_path: 
     assert first.shift == pytest.approx(2.0, abs=1e-4)
     with pytest.raises(ValueError, match="no simulated cine"):
         simulated_measurements(tmp_path)
+
+
+def test_the_command_compares_with_the_trainable_clips_only(
+    synth_exams: Path, tmp_path: Path
+) -> None:
+    # The "real" trainable clips are the simulated exam with its streak contrast three standard
+    # deviations lower; the evaluation-only clips are far off on pleural depth and must not count.
+    sim = simulated_measurements(synth_exams).astype(np.float64)
+    streak = CLIP_FEATURES.index("p90_streak_contrast")
+    depth = CLIP_FEATURES.index("mean_pleura_depth")
+    trainable = sim.copy()
+    trainable[:, streak] -= 3 * sim[:, streak].std()
+    external = sim.copy()
+    external[:, depth] += 50 * (sim[:, depth].std() + 1e-3)
+    files = [f"videos/Reg-site{i % 3}-{i}.mp4" for i in range(len(sim))]
+    rows = [f"{f},regular,convex,site,CC BY 4.0,20,200x200,0,,,,,,,0" for f in files]
+    data, cache = measured_pocus(
+        tmp_path,
+        rows,
+        [f"pocus/{f}" for f in files] + [f"pocus-extra/{f}" for f in files],
+        np.concatenate([trainable, external]).astype(np.float32),
+    )
+    (data / "pocus-extra").mkdir()
+    (data / "pocus-extra" / "labels.csv").write_text("\n".join([POCUS_HEADER, *rows]) + "\n")
+    out = tmp_path / "out"
+
+    result = run_cli(
+        "evaluate", "simulator", "--simulated", str(synth_exams), "--data", str(data),
+        "--cache", str(cache), "--out", str(out),
+    )  # fmt: skip
+
+    table = (out / "realism.md").read_text()
+    rows_out = table.split("|---|---|---|---|\n")[1].splitlines()
+    assert len(rows_out) == len(CLIP_FEATURES)
+    first = rows_out[0]
+    assert first.startswith("| p90_streak_contrast | +3.00 | 0% | 1.00 |")
+    assert "mean_pleura_depth | +0.00 |" in table  # the evaluation-only clips are not read
+    assert f"real: {len(sim)} trainable clips" in table
+    assert first in result.stdout
