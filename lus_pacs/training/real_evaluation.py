@@ -13,6 +13,11 @@ Two protocols, never mixed (see :mod:`lus_pacs.training.real`):
   on the trainable clips (which the simulator-trained bundles never saw) and on the
   evaluation-only clips (another device and other sites).
 
+The shipped bundles' external rows come again for each part of the evaluation-only clips that
+differs in what a new site would differ in (:func:`external_subsets`): each probe (convex,
+linear) and each scanner the labels name (Butterfly iQ), so a site with a handheld convex probe
+reads the rows nearest its own.
+
 Every AUC row (B-lines, consolidation, effusion; both protocols) gives the AUC twice: pooled
 over the sources, and within them (``auc_within_source``: only pairs of clips from one source
 count). A site running the node on one device sees the second; the first also asks where each
@@ -57,6 +62,9 @@ RECIPE_TASKS = (
 """(row name, label column) of the leave-source-out rows."""
 _GATE_FAMILIES = ("key_frames", "assessment")
 """What decides whether a clip is assessable: they run whatever ``families`` says."""
+MIN_SUBSET = 10
+"""Fewest clips of a part of the external set that gets rows of its own
+(:func:`external_subsets`)."""
 EVALUATED_FAMILIES = (
     "key_frames",
     "assessment",
@@ -222,6 +230,8 @@ def evaluate_real(
         ):
             chosen = [c for c in measured.clips if c.dataset == dataset]
             rows.extend(_shipped_rows(chosen, findings, protocol, rounds, run.models_dir))
+        for protocol, chosen in external_subsets(measured.clips):
+            rows.extend(_shipped_rows(chosen, findings, protocol, rounds, run.models_dir))
     table = markdown(rows)
     (out_dir / "real.md").write_text(
         "# Real-data evaluation (lus-pacs evaluate real)\n\n"
@@ -232,6 +242,29 @@ def evaluate_real(
     plot_calibration(rows, out_dir / "calibration.png")
     plot_confusions(rows, out_dir / "confusion.png")
     return RealEvaluation(tuple(rows), measured.refused, table)
+
+
+def external_subsets(clips: Sequence[RealClip]) -> list[tuple[str, list[RealClip]]]:
+    """The evaluation-only clips of each probe and of each scanner named in their labels, as
+    (protocol, clips): ``shipped, external, convex probe``, ``shipped, external, Butterfly iQ``.
+
+    A part is left out when it holds fewer than :data:`MIN_SUBSET` clips or every external
+    clip (it would repeat the ``shipped, external`` rows).
+    """
+    external = [c for c in clips if c.dataset == EXTERNAL]
+    parts = [
+        (f"{probe.value} probe", [c for c in external if c.clip.probe is probe])
+        for probe in sorted({c.clip.probe for c in external})
+    ]
+    parts += [
+        (device, [c for c in external if c.clip.device == device])
+        for device in sorted({c.clip.device for c in external} - {""})
+    ]
+    return [
+        (f"shipped, external, {name}", chosen)
+        for name, chosen in parts
+        if MIN_SUBSET <= len(chosen) < len(external)
+    ]
 
 
 def _shipped_rows(

@@ -16,6 +16,7 @@ from lus_pacs.training.metrics import (
     within_group_auc,
 )
 from lus_pacs.training.real_report import binary_row, calibration, markdown, roc_curve, severity_row
+from tests.tools import POCUS_HEADER
 
 
 def test_binary_metrics_at_the_threshold_match_the_hand_count() -> None:
@@ -100,3 +101,50 @@ def test_evaluate_real_names_the_families_it_knows(tmp_path: Path) -> None:
         evaluate_real(tmp_path / "data", tmp_path / "cache", tmp_path / "out", families=["b-lines"])
     assert all(name in str(caught.value) for name in EVALUATED_FAMILIES)
     assert not (tmp_path / "out").exists()  # refused before anything ran
+
+
+def _external_rows(n_butterfly: int, n_convex: int, n_linear: int) -> list[str]:
+    def row(file: str, probe: str, device: str) -> str:
+        return f"{file},regular,{probe},{device},site,None,20,200x200,0,,,,,,,0"
+
+    return (
+        [row(f"videos/convex/Reg_Butterfly_{i}.avi", "convex", "Butterfly iQ")
+         for i in range(n_butterfly)]
+        + [row(f"videos/convex/Reg-web-{i}.mp4", "convex", "") for i in range(n_convex)]
+        + [row(f"videos/linear/Reg-lin-{i}.mp4", "linear", "") for i in range(n_linear)]
+    )  # fmt: skip
+
+
+def _data_with_external(root: Path, rows: list[str]) -> Path:
+    header = POCUS_HEADER.replace("probe,", "probe,device,")
+    (root / "pocus").mkdir(parents=True)
+    (root / "pocus" / "labels.csv").write_text(
+        POCUS_HEADER + "\nvideos/Reg-a-1.mp4,regular,convex,site,CC BY 4.0,20,200x200,0,,,,,,,0\n"
+    )
+    (root / "pocus-extra").mkdir()
+    (root / "pocus-extra" / "labels.csv").write_text("\n".join([header, *rows]) + "\n")
+    return root
+
+
+def test_external_rows_come_again_per_probe_and_named_scanner(tmp_path: Path) -> None:
+    from lus_pacs.training.real import real_clips
+    from lus_pacs.training.real_evaluation import MIN_SUBSET, external_subsets
+
+    data = _data_with_external(tmp_path / "a", _external_rows(12, 3, 11))
+    parts = {
+        name: {c.clip.file for c in chosen} for name, chosen in external_subsets(real_clips(data))
+    }
+    assert sorted(parts) == [
+        "shipped, external, Butterfly iQ",
+        "shipped, external, convex probe",
+        "shipped, external, linear probe",
+    ]
+    assert len(parts["shipped, external, convex probe"]) == 15
+    assert all("Butterfly" in f for f in parts["shipped, external, Butterfly iQ"])
+    assert all("/linear/" in f for f in parts["shipped, external, linear probe"])
+    # No trainable clip in any part.
+    assert not any("Reg-a-1" in f for files in parts.values() for f in files)
+
+    # A scanner with too few clips, and a probe that is the whole external set, get no rows.
+    data = _data_with_external(tmp_path / "b", _external_rows(MIN_SUBSET - 1, 4, 0))
+    assert external_subsets(real_clips(data)) == []
