@@ -194,6 +194,47 @@ def inspect(
         raise typer.Exit(1)
 
 
+@app.command()
+def calibrate(
+    labels: Annotated[
+        Path,
+        typer.Option(
+            help="CSV of the site's labelled cines: file (DICOM, relative to the CSV), "
+            "b_lines (0, 1 or empty), severity (0-3 or empty)."
+        ),
+    ],
+    site: Annotated[str, typer.Option(help="The site's name (letters, digits, '.', '-').")],
+    out: Annotated[Path, typer.Option(help="The calibration file to write.")],
+    config: ConfigOption = None,
+) -> None:
+    """Fit a site's calibration of the B-line and severity decisions on cines it labelled.
+
+    Point the node's ``calibration`` setting at the file written; its B-line and severity
+    findings then carry the version ``<bundle version>+site.<site>``. Prints each family's
+    figures on the site's cines before and after (in-sample).
+    """
+    from lus_pacs.families.calibration import calibrate_site
+    from lus_pacs.settings import load_settings
+
+    settings = load_settings(config)
+    try:
+        report = calibrate_site(labels, site, settings.models_dir)
+    except LusPacsError as exc:
+        typer.echo(f"calibrate: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for path, reason in report.refused:
+        typer.echo(f"{path}: refused: {reason}", err=True)
+    for line in report.lines:
+        typer.echo(line)
+    report.calibration.save(out)
+    for family, found in report.calibration.offsets.items():
+        typer.echo(
+            f"{family}: offset {found.offset:+.3f} from {found.clips} cines "
+            f"(bundle {found.bundle_version})"
+        )
+    typer.echo(f"wrote {out}")
+
+
 def describe(cine: Cine) -> str:
     """One line about a decoded cine, for people."""
     r = cine.region

@@ -193,12 +193,13 @@ class OrdinalHead(nn.Module):
         return ((x - self.mean) / self.scale) @ self.weight
 
     def predict(
-        self, inputs: npt.NDArray[np.floating]
+        self, inputs: npt.NDArray[np.floating], shift: float = 0.0
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
         """Each clip's score (how many cuts its ``eta`` passes: the median of its score
-        distribution) and the probabilities of every score, shaped (clips, n_scores)."""
+        distribution) and the probabilities of every score, shaped (clips, n_scores);
+        ``shift`` is added to every ``eta`` (a site's calibration)."""
         with torch.inference_mode():
-            eta = self(torch.tensor(np.asarray(inputs, np.float32))).double()
+            eta = self(torch.tensor(np.asarray(inputs, np.float32))).double() + shift
         cuts = self.cuts.double()
         below = torch.sigmoid(cuts[None, :] - eta[:, None])
         ones = torch.ones(len(eta), 1, dtype=torch.float64)

@@ -55,6 +55,9 @@ class BLineModel:
     attention_threshold:
         Frame score (attention, maximum 1) from which a frame of a positive window is a B-line
         frame.
+    logit_offset:
+        Added to the clip's logit before the threshold: a site's calibration
+        (:mod:`lus_pacs.families.calibration`); 0 runs the bundle as shipped.
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class BLineModel:
         model: ModelInfo,
         threshold: float,
         attention_threshold: float,
+        logit_offset: float = 0.0,
     ) -> None:
         for name, value in (("threshold", threshold), ("attention_threshold", attention_threshold)):
             if not 0.0 <= value <= 1.0:
@@ -71,6 +75,7 @@ class BLineModel:
         self.model = model
         self.threshold = threshold
         self.attention_threshold = attention_threshold
+        self.logit_offset = logit_offset
 
     @classmethod
     def load(cls, bundle_dir: Path) -> BLineModel:
@@ -119,8 +124,8 @@ class BLineModel:
         out = BLineOutput(
             torch.cat([p.logit for p in parts]), torch.cat([p.attention for p in parts])
         )
-        probabilities = torch.sigmoid(out.logit).numpy()
         if not isinstance(self.network, MeasuredBLines):
+            probabilities = torch.sigmoid(out.logit + self.logit_offset).numpy()
             return findings_from_windows(
                 probabilities,
                 out.attention.numpy(),
@@ -131,9 +136,10 @@ class BLineModel:
                 model=self.model,
                 intact=cine.intact(),
             )
+        probabilities = torch.sigmoid(out.logit).numpy()
         # The head decides; the network's most probable windows say where, so a cine the head
         # calls positive always has its key frame and B-line frames.
-        probability = float(self.network.head.probability(cine_features(cine)[1][None])[0])
+        probability = self._calibrated(self.clip_logit(cine))
         where = findings_from_windows(
             probabilities,
             out.attention.numpy(),
@@ -153,13 +159,41 @@ class BLineModel:
             key_frame=where.key_frame if present else None,
         )
 
+    def calibrate(self, offset: float, version: str) -> None:
+        """Apply a site's calibration (:mod:`lus_pacs.families.calibration`): ``offset`` added
+        to every cine's logit, ``version`` reported instead of the bundle's."""
+        self.logit_offset = offset
+        self.model = replace(self.model, version=version)
+
+    def clip_logit(self, cine: Cine) -> float:
+        """The measurement head's logit of the cine, before any site calibration.
+
+        Raises
+        ------
+        ModelError
+            The bundle has no measurement head (paper 001's network alone).
+        """
+        head = self.network.head if isinstance(self.network, MeasuredBLines) else self.network
+        if not isinstance(head, MeasurementHead):
+            raise ModelError(
+                f"B-line bundle {self.model.version} has no measurement head to calibrate."
+            )
+        features = torch.tensor(np.asarray(cine_features(cine)[1][None], np.float32))
+        with torch.inference_mode():
+            return float(head(features)[0])
+
+    def _calibrated(self, logit: float) -> float:
+        """The clip probability of the head's ``logit`` with the site's offset (float32, as
+        :meth:`~lus_pacs.families.measurements.MeasurementHead.probability`)."""
+        return float(torch.sigmoid(torch.tensor(logit + self.logit_offset, dtype=torch.float32)))
+
     def _predict_measured(self, cine: Cine) -> BLineFindings:
         """The real-data model: the head on the clip's measurements gives the probability; on
         each measured frame's own measurements (in place of the clip's pooled ones) it gives
         the frame scores, which every frame takes from the nearest measured frame."""
         assert isinstance(self.network, MeasurementHead)
         per_frame, clip, view = cine_features(cine)
-        probability = float(self.network.probability(clip[None])[0])
+        probability = self._calibrated(self.clip_logit(cine))
         n = len(FRAME_FEATURES)
         motion = np.repeat(clip[None, 2 * n :], len(per_frame), axis=0)
         by_frame = self.network.probability(np.concatenate([per_frame, per_frame, motion], 1))

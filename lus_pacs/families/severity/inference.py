@@ -15,14 +15,17 @@ network's.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
 from lus_pacs.domain import Cine, ModelInfo, SeverityFindings
+from lus_pacs.errors import ModelError
 from lus_pacs.families.measurements import check_feature_version
 from lus_pacs.families.severity.measured import MeasuredSeverity
 from lus_pacs.families.severity.network import SeverityNet, theta_to_box
@@ -59,6 +62,8 @@ class SeverityModel:
         batch_size: int = 8,
         runtime: Runtime | str = Runtime.ONNX,
     ) -> None:
+        self.eta_shift = 0.0
+        """Added to the recipe's ordinal score: a site's calibration (:meth:`calibrate`)."""
         self.network = network.eval()
         self.model = model
         self.batch_size = batch_size
@@ -80,6 +85,42 @@ class SeverityModel:
             check_feature_version(bundle.config, bundle_dir, "lus-pacs fit severity")
         network = cast(SeverityNet | MeasuredSeverity, bundle.network)
         return cls(network, bundle.model, runtime=runtime)
+
+    def calibrate(self, shift: float, version: str) -> None:
+        """Apply a site's calibration (:mod:`lus_pacs.families.calibration`): ``shift`` added
+        to every cine's ordinal score, ``version`` reported instead of the bundle's.
+
+        Raises
+        ------
+        ModelError
+            The bundle has no real-data recipe (paper 003's network alone).
+        """
+        if not isinstance(self.network, MeasuredSeverity):
+            raise ModelError(
+                f"severity bundle {self.model.version}: a site calibration shifts the real-data "
+                "recipe's ordinal score, which this bundle (paper 003's network alone) has not."
+            )
+        self.eta_shift = shift
+        self.model = replace(self.model, version=version)
+
+    def clip_eta(self, cine: Cine) -> float:
+        """The recipe's ordinal score of the cine, before any site calibration.
+
+        Raises
+        ------
+        ModelError
+            The bundle has no real-data recipe (paper 003's network alone).
+        """
+        if not isinstance(self.network, MeasuredSeverity):
+            raise ModelError(f"severity bundle {self.model.version} has no recipe to calibrate.")
+        return float(self.network.clip_etas(cine_features(cine)[1][None])[0])
+
+    @property
+    def cuts(self) -> npt.NDArray[np.float64]:
+        """The recipe's ordinal cuts (empty for paper 003's network alone)."""
+        if not isinstance(self.network, MeasuredSeverity):
+            return np.zeros(0)
+        return self.network.ordinal.cuts.double().numpy()
 
     @property
     def paper_network(self) -> SeverityNet:
@@ -105,7 +146,7 @@ class SeverityModel:
         """Score every frame of ``cine`` and aggregate them into the clip score."""
         frame_probabilities, thetas = self.frame_outputs(cine)
         if isinstance(self.network, MeasuredSeverity):
-            score, clip = self.network.clip_scores(cine_features(cine)[1][None])
+            score, clip = self.network.clip_scores(cine_features(cine)[1][None], self.eta_shift)
             clip_score, clip_probabilities = int(score[0]), clip[0]
         else:
             with torch.inference_mode():

@@ -73,10 +73,18 @@ class MeasuredSeverity(nn.Module):
         return out
 
     def clip_scores(
-        self, features: npt.NDArray[np.floating]
+        self, features: npt.NDArray[np.floating], shift: float = 0.0
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-        """Scores 0-3 and their probabilities (clips, 4) of clip measurements (clips, n)."""
-        return self.ordinal.predict(finding_logits(self.b_lines, self.consolidation, features))
+        """Scores 0-3 and their probabilities (clips, 4) of clip measurements (clips, n);
+        ``shift`` is added to the ordinal score (a site's calibration)."""
+        logits = finding_logits(self.b_lines, self.consolidation, features)
+        return self.ordinal.predict(logits, shift)
+
+    def clip_etas(self, features: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+        """The ordinal score ``eta`` of clip measurements (clips, n), before any shift."""
+        logits = finding_logits(self.b_lines, self.consolidation, features)
+        with torch.inference_mode():
+            return self.ordinal(torch.tensor(np.asarray(logits, np.float32))).double().numpy()
 
 
 @dataclass(frozen=True)

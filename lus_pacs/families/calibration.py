@@ -1,0 +1,336 @@
+"""A site's calibration of the real-data decisions: two offsets fitted on cines the site labelled.
+
+A new device moves where the shipped heads' scores sit more than how they order clips. On the
+20 evaluation-only clips of a handheld convex probe (Butterfly iQ) the B-line head orders the
+clips at AUC 0.80 yet calls 2 of the 13 B-line clips present, and the severity recipe scores its
+score-2 and -3 clips mostly 1 (``lus-pacs evaluate real``: the ``shipped, external, Butterfly
+iQ`` rows). No threshold fitted on other devices knows how far a new one moves; the site's own
+labelled cines do. ``lus-pacs calibrate`` fits, with the bundles' weights unchanged:
+
+* ``b_lines``: an offset added to the B-line head's logit, the intercept of a logistic
+  regression with the head's logit as a fixed offset, classes weighted equally (as the head was
+  fitted): at the bundle's threshold sensitivity and specificity balance on the site's cines.
+  Measured on the Butterfly clips (scratch, 2026-12-05: the offset fitted on half of them,
+  scored on the other half, 20 random halvings each way): sensitivity 0.15 -> 0.65, specificity
+  1.00 -> 0.69, F1 0.25 -> 0.70.
+* ``severity``: a shift added to the severity recipe's ordinal score ``eta`` (the cuts stay),
+  fitted by maximum likelihood of the site's scores, unweighted: the recipe's ordinal head
+  weighed every score equally because no training source's mix of scores is any site's, but
+  the site's own cines have the mix it will see. Measured the same way on the 15 scored
+  Butterfly clips: accuracy 0.20 -> 0.31, quadratic kappa 0.05 -> 0.04: it moves the level,
+  not the order, which on that device is the recipe's failure too.
+
+The node applies them when ``calibration`` names the file in its settings; each calibrated
+family's version becomes ``<bundle version>+site.<site>`` in every record, SR and result UID,
+and a calibration fitted on another bundle version is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from scipy.optimize import minimize_scalar
+from scipy.special import expit
+
+from lus_pacs.errors import ConfigError, ModelError
+
+SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,31}")
+"""What a site may be called: it ends up in a DICOM Algorithm Version (LO, 64 characters)."""
+FAMILIES = ("b_lines", "severity")
+"""The families a calibration can hold."""
+
+
+@dataclass(frozen=True)
+class FamilyOffset:
+    """One family's offset and what it was fitted on."""
+
+    bundle_version: str
+    """The bundle version the offset belongs to; another version refuses it."""
+    offset: float
+    clips: int
+    """The site's labelled cines it was fitted on."""
+    counts: tuple[int, ...]
+    """Cines per class: (absent, present) for B-lines, (score 0, 1, 2, 3) for severity."""
+
+
+@dataclass(frozen=True)
+class SiteCalibration:
+    """A site's offsets (see the module); a family without one runs as shipped."""
+
+    site: str
+    offsets: dict[str, FamilyOffset]
+
+    def __post_init__(self) -> None:
+        if not SITE_NAME.fullmatch(self.site):
+            raise ConfigError(
+                f"site name {self.site!r}: 1-32 letters, digits, '.' or '-', starting with a "
+                "letter or digit (it becomes part of the algorithm version)."
+            )
+        unknown = sorted(set(self.offsets) - set(FAMILIES))
+        if unknown:
+            raise ConfigError(
+                f"calibration of {', '.join(unknown)}: only {', '.join(FAMILIES)} can be "
+                "calibrated."
+            )
+
+    def version(self, bundle_version: str) -> str:
+        """The version a calibrated family reports: ``0.3.0+site.<site>``."""
+        return f"{bundle_version}+site.{self.site}"
+
+    def offset(self, family: str, bundle_version: str) -> float | None:
+        """The family's offset, None when it has none.
+
+        Raises
+        ------
+        ModelError
+            The offset was fitted on another version of the family's bundle.
+        """
+        found = self.offsets.get(family)
+        if found is None:
+            return None
+        if found.bundle_version != bundle_version:
+            raise ModelError(
+                f"the site calibration of {family} ({self.site}) was fitted on bundle version "
+                f"{found.bundle_version}, the loaded bundle is {bundle_version}: run "
+                "`lus-pacs calibrate` again with this bundle."
+            )
+        return found.offset
+
+    def save(self, path: Path) -> None:
+        document = {"site": self.site, **{f: asdict(o) for f, o in self.offsets.items()}}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(document, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> SiteCalibration:
+        """The calibration written by :meth:`save`.
+
+        Raises
+        ------
+        ConfigError
+            The file cannot be read or is not a calibration.
+        """
+        try:
+            document = json.loads(Path(path).read_text())
+            offsets = {
+                family: FamilyOffset(
+                    str(entry["bundle_version"]),
+                    float(entry["offset"]),
+                    int(entry["clips"]),
+                    tuple(int(c) for c in entry["counts"]),
+                )
+                for family, entry in document.items()
+                if family != "site"
+            }
+            return cls(str(document["site"]), offsets)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"{path}: not a site calibration ({exc!r})") from exc
+
+
+def site_calibration(path: Path | None) -> SiteCalibration | None:
+    """The calibration of the settings' ``calibration`` file, or None without one.
+
+    Raises
+    ------
+    ConfigError
+        The file cannot be read or is not a calibration.
+    """
+    return None if path is None else SiteCalibration.load(path)
+
+
+def fit_logit_offset(logits: npt.ArrayLike, labels: npt.ArrayLike) -> float:
+    """The offset ``o`` maximising the class-balanced likelihood of ``sigmoid(logit + o)``.
+
+    Raises
+    ------
+    ValueError
+        Fewer than one cine of each class.
+    """
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(labels, bool)
+    if len(z) != len(y) or y.all() or not y.any():
+        raise ValueError("A B-line calibration needs labelled cines of both classes.")
+    weight = np.where(y, 0.5 / y.mean(), 0.5 / (1 - y.mean()))
+
+    def loss(o: float) -> float:
+        p = np.clip(expit(z + o), 1e-12, 1 - 1e-12)
+        return -float(np.sum(weight * np.where(y, np.log(p), np.log1p(-p))))
+
+    return _minimise(loss)
+
+
+def fit_ordinal_shift(
+    etas: npt.ArrayLike, cuts: npt.ArrayLike, scores: Sequence[int], n_scores: int = 4
+) -> float:
+    """The shift ``d`` maximising the likelihood of ``scores`` under ``P(score <= k) =
+    sigmoid(cut_k - eta - d)``: the site's own mix of scores is the one to match.
+
+    Raises
+    ------
+    ValueError
+        Fewer than two different scores, or a score outside 0 .. n_scores - 1.
+    """
+    eta = np.asarray(etas, np.float64)
+    c = np.asarray(cuts, np.float64)
+    s = np.asarray(scores, np.intp)
+    if len(eta) != len(s) or len(set(s.tolist())) < 2:
+        raise ValueError("A severity calibration needs scored cines of two scores or more.")
+    if s.min() < 0 or s.max() >= n_scores or len(c) != n_scores - 1:
+        raise ValueError(f"Scores must be 0 .. {n_scores - 1} with {n_scores - 1} cuts.")
+    bounds = np.r_[-np.inf, c, np.inf]
+
+    def loss(d: float) -> float:
+        upper = expit(bounds[s + 1] - eta - d)
+        lower = expit(bounds[s] - eta - d)
+        return -float(np.sum(np.log(np.clip(upper - lower, 1e-12, 1.0))))
+
+    return _minimise(loss)
+
+
+def _minimise(loss: object) -> float:
+    # Both losses are convex in their one parameter; 20 logits either way is far beyond any
+    # device's move.
+    found = minimize_scalar(loss, bounds=(-20.0, 20.0), method="bounded", options={"xatol": 1e-6})
+    return float(found.x)
+
+
+@dataclass(frozen=True)
+class LabelledCine:
+    """One row of a site's labels file: a cine and what the site's reader said of it."""
+
+    path: Path
+    b_lines: bool | None
+    severity: int | None
+
+
+def read_site_labels(path: Path) -> list[LabelledCine]:
+    """The rows of a labels file (CSV: ``file`` relative to the file's folder, ``b_lines`` 0, 1
+    or empty, ``severity`` 0-3 or empty).
+
+    Raises
+    ------
+    ConfigError
+        The file cannot be read, a column is missing, or a value is not one of those.
+    """
+    import csv
+
+    try:
+        with Path(path).open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc})") from exc
+    if not rows or not {"file", "b_lines", "severity"} <= set(rows[0]):
+        raise ConfigError(f"{path}: needs the columns file, b_lines and severity")
+    cines = []
+    for line, row in enumerate(rows, start=2):
+        b_lines, severity = (row["b_lines"] or "").strip(), (row["severity"] or "").strip()
+        if b_lines not in ("", "0", "1") or severity not in ("", "0", "1", "2", "3"):
+            raise ConfigError(
+                f"{path}: line {line}: b_lines must be 0, 1 or empty and severity 0-3 or "
+                f"empty; got {b_lines!r} and {severity!r}"
+            )
+        cines.append(
+            LabelledCine(
+                Path(path).parent / row["file"].strip(),
+                None if b_lines == "" else b_lines == "1",
+                None if severity == "" else int(severity),
+            )
+        )
+    return cines
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    """What :func:`calibrate_site` fitted and how the site's own cines fare before and after
+    (in-sample: the offsets were fitted on them)."""
+
+    calibration: SiteCalibration
+    refused: tuple[tuple[Path, str], ...]
+    lines: tuple[str, ...]
+
+
+def calibrate_site(labels: Path, site: str, models_dir: Path) -> CalibrationReport:
+    """Fit a site's offsets (see the module) on the cines of a labels file
+    (:func:`read_site_labels`) with the bundles under ``models_dir``.
+
+    A cine that cannot be read is reported in :attr:`CalibrationReport.refused` and left out;
+    a family whose labelled cines do not hold two classes (scores) gets no offset.
+
+    Raises
+    ------
+    ConfigError
+        The labels file is invalid, or no family could be calibrated.
+    ModelError
+        A bundle cannot be loaded or has no real-data head to calibrate.
+    """
+    from lus_pacs.errors import UnreadableImageError
+    from lus_pacs.families.b_lines.inference import BLineModel
+    from lus_pacs.families.severity.inference import SeverityModel
+    from lus_pacs.imaging.decode import read_cine
+
+    rows = read_site_labels(labels)
+    b_model = BLineModel.load(models_dir / "b_lines")
+    s_model = SeverityModel.load(models_dir / "severity", "torch")
+    logits: list[tuple[float, bool]] = []
+    etas: list[tuple[float, int]] = []
+    refused: list[tuple[Path, str]] = []
+    for row in rows:
+        if row.b_lines is None and row.severity is None:
+            continue
+        try:
+            cine = read_cine(row.path)
+        except UnreadableImageError as exc:
+            refused.append((row.path, exc.reason))
+            continue
+        if row.b_lines is not None:
+            logits.append((b_model.clip_logit(cine), row.b_lines))
+        if row.severity is not None:
+            etas.append((s_model.clip_eta(cine), row.severity))
+    offsets: dict[str, FamilyOffset] = {}
+    lines: list[str] = []
+    threshold = b_model.threshold
+    if len({y for _, y in logits}) == 2:
+        z = np.array([v for v, _ in logits])
+        y = np.array([t for _, t in logits])
+        offset = fit_logit_offset(z, y)
+        offsets["b_lines"] = FamilyOffset(
+            b_model.model.version, offset, len(y), (int((~y).sum()), int(y.sum()))
+        )
+        for name, o in (("as shipped", 0.0), ("calibrated", offset)):
+            called = expit(z + o) >= threshold
+            lines.append(
+                f"b_lines {name}: sensitivity {called[y].mean():.2f}, specificity "
+                f"{(~called[~y]).mean():.2f} on the site's {len(y)} cines"
+            )
+    else:
+        lines.append("b_lines: not calibrated (the labelled cines do not hold both classes)")
+    if len({s for _, s in etas}) >= 2:
+        eta = np.array([v for v, _ in etas])
+        s = np.array([t for _, t in etas])
+        cuts = s_model.cuts
+        shift = fit_ordinal_shift(eta, cuts, s.tolist())
+        offsets["severity"] = FamilyOffset(
+            s_model.model.version, shift, len(s), tuple(np.bincount(s, minlength=4).tolist())
+        )
+        for name, d in (("as shipped", 0.0), ("calibrated", shift)):
+            predicted = ((eta + d)[:, None] > cuts[None, :]).sum(axis=1)
+            lines.append(
+                f"severity {name}: accuracy {(predicted == s).mean():.2f} on the site's "
+                f"{len(s)} scored cines"
+            )
+    else:
+        lines.append("severity: not calibrated (the scored cines do not hold two scores)")
+    if not offsets:
+        raise ConfigError(
+            f"{labels}: nothing to calibrate: label B-lines on cines of both classes or "
+            "severity on cines of two scores or more."
+        )
+    return CalibrationReport(SiteCalibration(site, offsets), tuple(refused), tuple(lines))

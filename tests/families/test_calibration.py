@@ -1,0 +1,155 @@
+"""A site's calibration: the offsets fitted on hand cases, the file, the node applying it, and
+``lus-pacs calibrate`` on simulated cines."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from lus_pacs.errors import ConfigError, ModelError
+from lus_pacs.families.calibration import (
+    FamilyOffset,
+    SiteCalibration,
+    fit_logit_offset,
+    fit_ordinal_shift,
+    read_site_labels,
+)
+from tests.tools import run_cli
+
+
+def test_logit_offset_of_a_hand_case() -> None:
+    # Balanced: log sigmoid(-1 + o) + log(1 - sigmoid(-3 + o)) is largest where
+    # sigmoid(1 - o) = sigmoid(o - 3), at o = 2.
+    assert fit_logit_offset([-3.0, -1.0], [False, True]) == pytest.approx(2.0, abs=1e-4)
+    # Three negatives weigh as much as the one positive: the same offset (unweighted it is lower).
+    assert fit_logit_offset([-3.0, -3.0, -3.0, -1.0], [False, False, False, True]) == (
+        pytest.approx(2.0, abs=1e-4)
+    )
+    with pytest.raises(ValueError, match="both classes"):
+        fit_logit_offset([0.0, 1.0], [True, True])
+
+
+def test_ordinal_shift_of_a_hand_case() -> None:
+    # Cuts far apart: scores 0 and 1 at eta 1 make P(score 0) = sigmoid(-1 - d) = 1/2, d = -1.
+    assert fit_ordinal_shift([1.0, 1.0], [0.0, 10.0, 20.0], [0, 1]) == pytest.approx(-1.0, abs=1e-3)
+    # Scores drawn from the model with every eta moved by 1.5 give back 1.5.
+    rng = np.random.default_rng(0)
+    cuts = np.array([-1.0, 0.5, 2.0])
+    eta = rng.normal(0.0, 1.5, 4000)
+    below = 1 / (1 + np.exp(-(cuts[None] - (eta + 1.5)[:, None])))
+    scores = (rng.random(4000)[:, None] > below).sum(axis=1)
+    assert fit_ordinal_shift(eta, cuts, scores.tolist()) == pytest.approx(1.5, abs=0.1)
+    with pytest.raises(ValueError, match="two scores"):
+        fit_ordinal_shift([0.0, 1.0], cuts, [2, 2])
+
+
+def test_calibration_file_and_its_refusals(tmp_path: Path) -> None:
+    calibration = SiteCalibration("ward-7", {"b_lines": FamilyOffset("0.3.0", 1.25, 20, (7, 13))})
+    path = tmp_path / "site.json"
+    calibration.save(path)
+    loaded = SiteCalibration.load(path)
+    assert loaded == calibration
+    assert loaded.offset("b_lines", "0.3.0") == 1.25
+    assert loaded.offset("severity", "0.2.0") is None
+    assert loaded.version("0.3.0") == "0.3.0+site.ward-7"
+    with pytest.raises(ModelError, match=r"fitted on bundle version 0\.3\.0.*is 0\.4\.0"):
+        loaded.offset("b_lines", "0.4.0")
+    with pytest.raises(ConfigError, match="site name"):
+        SiteCalibration("ward 7/../x", {})
+    with pytest.raises(ConfigError, match="only b_lines, severity"):
+        SiteCalibration("w", {"consolidation": FamilyOffset("0.1.0", 0.0, 1, (1,))})
+    path.write_text(json.dumps({"site": "w", "b_lines": {"offset": 1}}))
+    with pytest.raises(ConfigError, match="not a site calibration"):
+        SiteCalibration.load(path)
+
+
+def test_site_labels_file(tmp_path: Path) -> None:
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,b_lines,severity\na.dcm,1,\nsub/b.dcm,,2\n")
+    rows = read_site_labels(labels)
+    assert [(r.path, r.b_lines, r.severity) for r in rows] == [
+        (tmp_path / "a.dcm", True, None),
+        (tmp_path / "sub/b.dcm", None, 2),
+    ]
+    labels.write_text("file,b_lines,severity\na.dcm,yes,\n")
+    with pytest.raises(ConfigError, match="line 2"):
+        read_site_labels(labels)
+    labels.write_text("file,severity\na.dcm,1\n")
+    with pytest.raises(ConfigError, match="columns"):
+        read_site_labels(labels)
+
+
+def test_the_node_applies_a_site_calibration(tmp_path: Path) -> None:
+    from lus_pacs.pipeline import Models, analyse
+    from lus_pacs.settings import Settings
+    from lus_pacs.synth.exam import sample_cine
+
+    cine = sample_cine(tmp_path / "cine")
+    models = ("b_lines", "severity", "key_frames", "assessment")
+
+    def findings(calibration: Path | None) -> tuple[float, int, str, str, str]:
+        settings = Settings(data_dir=tmp_path / "data", models=models, calibration=calibration)
+        loaded = Models.load(settings)
+        found = analyse(pydicom.dcmread(cine), cine.name, loaded, settings)
+        assert found.b_lines is not None
+        assert found.severity is not None
+        return (
+            found.b_lines.probability,
+            found.severity.score,
+            found.b_lines.model.version,
+            found.severity.model.version,
+            loaded.key,
+        )
+
+    p0, _, b_version, s_version, key0 = findings(None)
+    assert "+site" not in b_version + s_version
+    path = tmp_path / "site.json"
+    for shift, score in ((10.0, 3), (-10.0, 0)):
+        SiteCalibration(
+            "ward-7",
+            {
+                "b_lines": FamilyOffset(b_version, 2.0, 10, (5, 5)),
+                "severity": FamilyOffset(s_version, shift, 10, (3, 3, 2, 2)),
+            },
+        ).save(path)
+        p, found_score, b_cal, s_cal, key = findings(path)
+        logit0 = math.log(p0 / (1 - p0))
+        assert p == pytest.approx(1 / (1 + math.exp(-(logit0 + 2.0))), abs=1e-5)
+        assert found_score == score
+        assert b_cal == f"{b_version}+site.ward-7"
+        assert s_cal == f"{s_version}+site.ward-7"
+        assert key != key0  # the results of a calibrated node get UIDs of their own
+    SiteCalibration("ward-7", {"b_lines": FamilyOffset("0.0.1", 2.0, 10, (5, 5))}).save(path)
+    with pytest.raises(ModelError, match=r"fitted on bundle version 0\.0\.1"):
+        findings(path)
+
+
+def test_calibrate_command_on_simulated_cines(synth_exams: Path, tmp_path: Path) -> None:
+    cines = sorted(synth_exams.rglob("*.dcm"))[:8]
+    assert len(cines) == 8
+    labels = tmp_path / "labels.csv"
+    rows = [f"{c},{i % 2},{i % 4}" for i, c in enumerate(cines)] + [f"{tmp_path / 'gone.dcm'},1,2"]
+    labels.write_text("file,b_lines,severity\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "site.json"
+
+    result = run_cli("calibrate", "--labels", str(labels), "--site", "sim", "--out", str(out))
+
+    saved = SiteCalibration.load(out)
+    assert set(saved.offsets) == {"b_lines", "severity"}
+    assert saved.offsets["b_lines"].clips == 8
+    assert saved.offsets["b_lines"].counts == (4, 4)
+    assert saved.offsets["severity"].counts == (2, 2, 2, 2)
+    assert "gone.dcm: refused" in result.stderr
+    assert "b_lines calibrated: sensitivity" in result.stdout
+
+    labels.write_text("file,b_lines,severity\n" + "\n".join(f"{c},0,0" for c in cines) + "\n")
+    failed = run_cli(
+        "calibrate", "--labels", str(labels), "--site", "sim", "--out", str(out), check=False
+    )
+    assert failed.returncode == 1
+    assert "nothing to calibrate" in failed.stderr
