@@ -210,7 +210,7 @@ def calibrate(
     """Fit a site's calibration of the B-line and severity decisions on cines it labelled.
 
     Point the node's ``calibration`` setting at the file written; its B-line and severity
-    findings then carry the version ``<bundle version>+site.<site>``. Prints each family's
+    findings then carry the version ``<bundle version>+site.<site>.<digest>``. Prints each family's
     figures on the site's cines before and after (in-sample).
     """
     from lus_pacs.families.calibration import calibrate_site
@@ -226,7 +226,11 @@ def calibrate(
         typer.echo(f"{path}: refused: {reason}", err=True)
     for line in report.lines:
         typer.echo(line)
-    report.calibration.save(out)
+    try:
+        report.calibration.save(out)
+    except OSError as exc:
+        typer.echo(f"calibrate: cannot write {out}: {exc}", err=True)
+        raise typer.Exit(1) from None
     for family, found in report.calibration.offsets.items():
         typer.echo(
             f"{family}: offset {found.offset:+.3f} from {found.clips} cines "

@@ -9,10 +9,10 @@ labelled cines do. ``lus-pacs calibrate`` fits, with the bundles' weights unchan
 
 * ``b_lines``: an offset added to the B-line head's logit, the intercept of a logistic
   regression with the head's logit as a fixed offset, classes weighted equally (as the head was
-  fitted): at the bundle's threshold sensitivity and specificity balance on the site's cines.
-  Measured on the Butterfly clips (scratch, 2026-12-05: the offset fitted on half of them,
-  scored on the other half, 20 random halvings each way): sensitivity 0.15 -> 0.65, specificity
-  1.00 -> 0.69, F1 0.25 -> 0.70.
+  fitted), so that the offset does not follow the share of B-line cines the site happened to
+  label. Measured on the Butterfly clips (scratch, 2026-12-05: the offset fitted on half of
+  them, scored on the other half, 20 random halvings each way): sensitivity 0.15 -> 0.65,
+  specificity 1.00 -> 0.69, F1 0.25 -> 0.70 (means over the scored halves).
 * ``severity``: a shift added to the severity recipe's ordinal score ``eta`` (the cuts stay),
   fitted by maximum likelihood of the site's scores, unweighted: the recipe's ordinal head
   weighed every score equally because no training source's mix of scores is any site's, but
@@ -21,15 +21,17 @@ labelled cines do. ``lus-pacs calibrate`` fits, with the bundles' weights unchan
   not the order, which on that device is the recipe's failure too.
 
 The node applies them when ``calibration`` names the file in its settings; each calibrated
-family's version becomes ``<bundle version>+site.<site>`` in every record, SR and result UID,
-and a calibration fitted on another bundle version is refused.
+family's version becomes ``<bundle version>+site.<site>.<digest of the offset>`` in every record,
+SR and result UID, and a calibration fitted on another bundle version is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,7 +40,7 @@ import numpy.typing as npt
 from scipy.optimize import minimize_scalar
 from scipy.special import expit
 
-from lus_pacs.errors import ConfigError, ModelError
+from lus_pacs.errors import ConfigError, ModelError, describe
 
 SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,31}")
 """What a site may be called: it ends up in a DICOM Algorithm Version (LO, 64 characters)."""
@@ -57,6 +59,10 @@ class FamilyOffset:
     """The site's labelled cines it was fitted on."""
     counts: tuple[int, ...]
     """Cines per class: (absent, present) for B-lines, (score 0, 1, 2, 3) for severity."""
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.offset):
+            raise ConfigError(f"offset {self.offset!r} is not a finite number")
 
 
 @dataclass(frozen=True)
@@ -79,9 +85,13 @@ class SiteCalibration:
                 "calibrated."
             )
 
-    def version(self, bundle_version: str) -> str:
-        """The version a calibrated family reports: ``0.3.0+site.<site>``."""
-        return f"{bundle_version}+site.{self.site}"
+    def version(self, family: str, bundle_version: str) -> str:
+        """The version a calibrated family reports, ``0.3.0+site.<site>.<digest>``: the digest
+        (6 hex digits of the offset) gives a refit under the same site name results of its own
+        (result UIDs derive from the versions)."""
+        offset = self.offsets[family].offset
+        digest = hashlib.sha256(f"{family}:{offset!r}".encode()).hexdigest()[:6]
+        return f"{bundle_version}+site.{self.site}.{digest}"
 
     def offset(self, family: str, bundle_version: str) -> float | None:
         """The family's offset, None when it has none.
@@ -198,8 +208,22 @@ def fit_ordinal_shift(
 def _minimise(loss: object) -> float:
     # Both losses are convex in their one parameter; 20 logits either way is far beyond any
     # device's move.
-    found = minimize_scalar(loss, bounds=(-20.0, 20.0), method="bounded", options={"xatol": 1e-6})
+    found = minimize_scalar(
+        loss, bounds=(-_BOUND, _BOUND), method="bounded", options={"xatol": 1e-6}
+    )
+    if abs(found.x) > _BOUND - 0.1:
+        raise ValueError(
+            f"the labelled cines put the offset at {found.x:+.1f}, the bound: they disagree with "
+            "the model beyond any device's move (check the labels and that the cines are lung "
+            "ultrasound of one scanner)"
+        )
     return float(found.x)
+
+
+_BOUND = 20.0
+"""Largest offset searched (logits)."""
+_FEW = 20
+"""Fewer labelled cines than this give an offset the command warns about."""
 
 
 @dataclass(frozen=True)
@@ -223,7 +247,7 @@ def read_site_labels(path: Path) -> list[LabelledCine]:
     import csv
 
     try:
-        with Path(path).open(newline="") as handle:
+        with Path(path).open(newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.DictReader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ConfigError(f"{path}: cannot be read ({exc})") from exc
@@ -231,7 +255,10 @@ def read_site_labels(path: Path) -> list[LabelledCine]:
         raise ConfigError(f"{path}: needs the columns file, b_lines and severity")
     cines = []
     for line, row in enumerate(rows, start=2):
+        file = (row["file"] or "").strip()
         b_lines, severity = (row["b_lines"] or "").strip(), (row["severity"] or "").strip()
+        if not file:
+            raise ConfigError(f"{path}: line {line}: no file")
         if b_lines not in ("", "0", "1") or severity not in ("", "0", "1", "2", "3"):
             raise ConfigError(
                 f"{path}: line {line}: b_lines must be 0, 1 or empty and severity 0-3 or "
@@ -239,7 +266,7 @@ def read_site_labels(path: Path) -> list[LabelledCine]:
             )
         cines.append(
             LabelledCine(
-                Path(path).parent / row["file"].strip(),
+                Path(path).parent / file,
                 None if b_lines == "" else b_lines == "1",
                 None if severity == "" else int(severity),
             )
@@ -287,20 +314,32 @@ def calibrate_site(labels: Path, site: str, models_dir: Path) -> CalibrationRepo
             continue
         try:
             cine = read_cine(row.path)
+            row_logit = b_model.clip_logit(cine) if row.b_lines is not None else None
+            row_eta = s_model.clip_eta(cine) if row.severity is not None else None
         except UnreadableImageError as exc:
             refused.append((row.path, exc.reason))
             continue
-        if row.b_lines is not None:
-            logits.append((b_model.clip_logit(cine), row.b_lines))
-        if row.severity is not None:
-            etas.append((s_model.clip_eta(cine), row.severity))
+        except ModelError:
+            raise
+        # A cine that breaks a model is that cine's failure only, as in the node.
+        except Exception as exc:
+            refused.append((row.path, describe(exc)))
+            continue
+        if row_logit is not None and row.b_lines is not None:
+            logits.append((row_logit, row.b_lines))
+        if row_eta is not None and row.severity is not None:
+            etas.append((row_eta, row.severity))
     offsets: dict[str, FamilyOffset] = {}
     lines: list[str] = []
     threshold = b_model.threshold
     if len({y for _, y in logits}) == 2:
         z = np.array([v for v, _ in logits])
         y = np.array([t for _, t in logits])
-        offset = fit_logit_offset(z, y)
+        offset = _fitted(lambda: fit_logit_offset(z, y), labels)
+        if len(y) < _FEW:
+            lines.append(
+                f"b_lines: only {len(y)} cines: the offset is uncertain; label {_FEW} or more"
+            )
         offsets["b_lines"] = FamilyOffset(
             b_model.model.version, offset, len(y), (int((~y).sum()), int(y.sum()))
         )
@@ -316,7 +355,11 @@ def calibrate_site(labels: Path, site: str, models_dir: Path) -> CalibrationRepo
         eta = np.array([v for v, _ in etas])
         s = np.array([t for _, t in etas])
         cuts = s_model.cuts
-        shift = fit_ordinal_shift(eta, cuts, s.tolist())
+        shift = _fitted(lambda: fit_ordinal_shift(eta, cuts, s.tolist()), labels)
+        if len(s) < _FEW:
+            lines.append(
+                f"severity: only {len(s)} cines: the shift is uncertain; score {_FEW} or more"
+            )
         offsets["severity"] = FamilyOffset(
             s_model.model.version, shift, len(s), tuple(np.bincount(s, minlength=4).tolist())
         )
@@ -334,3 +377,10 @@ def calibrate_site(labels: Path, site: str, models_dir: Path) -> CalibrationRepo
             "severity on cines of two scores or more."
         )
     return CalibrationReport(SiteCalibration(site, offsets), tuple(refused), tuple(lines))
+
+
+def _fitted(fit: Callable[[], float], labels: Path) -> float:
+    try:
+        return fit()
+    except ValueError as exc:
+        raise ConfigError(f"{labels}: {exc}") from exc

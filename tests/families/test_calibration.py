@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 
+from lus_pacs.domain import BLineFindings, SeverityFindings
 from lus_pacs.errors import ConfigError, ModelError
 from lus_pacs.families.calibration import (
     FamilyOffset,
@@ -56,7 +58,10 @@ def test_calibration_file_and_its_refusals(tmp_path: Path) -> None:
     assert loaded == calibration
     assert loaded.offset("b_lines", "0.3.0") == 1.25
     assert loaded.offset("severity", "0.2.0") is None
-    assert loaded.version("0.3.0") == "0.3.0+site.ward-7"
+    version = loaded.version("b_lines", "0.3.0")
+    assert re.fullmatch(r"0\.3\.0\+site\.ward-7\.[0-9a-f]{6}", version)
+    refit = SiteCalibration("ward-7", {"b_lines": FamilyOffset("0.3.0", 1.5, 20, (7, 13))})
+    assert refit.version("b_lines", "0.3.0") != version  # a refit, same site: a version of its own
     with pytest.raises(ModelError, match=r"fitted on bundle version 0\.3\.0.*is 0\.4\.0"):
         loaded.offset("b_lines", "0.4.0")
     with pytest.raises(ConfigError, match="site name"):
@@ -65,6 +70,10 @@ def test_calibration_file_and_its_refusals(tmp_path: Path) -> None:
         SiteCalibration("w", {"consolidation": FamilyOffset("0.1.0", 0.0, 1, (1,))})
     path.write_text(json.dumps({"site": "w", "b_lines": {"offset": 1}}))
     with pytest.raises(ConfigError, match="not a site calibration"):
+        SiteCalibration.load(path)
+    entry = {"bundle_version": "0.3.0", "offset": float("nan"), "clips": 2, "counts": [1, 1]}
+    path.write_text(json.dumps({"site": "w", "b_lines": entry}))  # json writes NaN
+    with pytest.raises(ConfigError, match="not a finite number"):
         SiteCalibration.load(path)
 
 
@@ -82,6 +91,11 @@ def test_site_labels_file(tmp_path: Path) -> None:
     labels.write_text("file,severity\na.dcm,1\n")
     with pytest.raises(ConfigError, match="columns"):
         read_site_labels(labels)
+    labels.write_text("b_lines,severity,file\n1,2\n")  # a short row: no file
+    with pytest.raises(ConfigError, match="line 2: no file"):
+        read_site_labels(labels)
+    labels.write_bytes(b"\xef\xbb\xbffile,b_lines,severity\na.dcm,0,1\n")  # a spreadsheet's BOM
+    assert read_site_labels(labels)[0].severity == 1
 
 
 def test_the_node_applies_a_site_calibration(tmp_path: Path) -> None:
@@ -92,38 +106,43 @@ def test_the_node_applies_a_site_calibration(tmp_path: Path) -> None:
     cine = sample_cine(tmp_path / "cine")
     models = ("b_lines", "severity", "key_frames", "assessment")
 
-    def findings(calibration: Path | None) -> tuple[float, int, str, str, str]:
+    def findings(calibration: Path | None) -> tuple[BLineFindings, SeverityFindings, str]:
         settings = Settings(data_dir=tmp_path / "data", models=models, calibration=calibration)
         loaded = Models.load(settings)
         found = analyse(pydicom.dcmread(cine), cine.name, loaded, settings)
         assert found.b_lines is not None
         assert found.severity is not None
-        return (
-            found.b_lines.probability,
-            found.severity.score,
-            found.b_lines.model.version,
-            found.severity.model.version,
-            loaded.key,
-        )
+        return found.b_lines, found.severity, loaded.key
 
-    p0, _, b_version, s_version, key0 = findings(None)
+    b0, s0, key0 = findings(None)
+    b_version, s_version = b0.model.version, s0.model.version
     assert "+site" not in b_version + s_version
+    logit0 = math.log(b0.probability / (1 - b0.probability))
     path = tmp_path / "site.json"
-    for shift, score in ((10.0, 3), (-10.0, 0)):
+    keys = {key0}
+    presence: dict[float, bool] = {}
+    for offset, shift, score in ((2.0, 10.0, 3), (12.0, -10.0, 0), (-12.0, -10.0, 0)):
         SiteCalibration(
             "ward-7",
             {
-                "b_lines": FamilyOffset(b_version, 2.0, 10, (5, 5)),
+                "b_lines": FamilyOffset(b_version, offset, 10, (5, 5)),
                 "severity": FamilyOffset(s_version, shift, 10, (3, 3, 2, 2)),
             },
         ).save(path)
-        p, found_score, b_cal, s_cal, key = findings(path)
-        logit0 = math.log(p0 / (1 - p0))
-        assert p == pytest.approx(1 / (1 + math.exp(-(logit0 + 2.0))), abs=1e-5)
-        assert found_score == score
-        assert b_cal == f"{b_version}+site.ward-7"
-        assert s_cal == f"{s_version}+site.ward-7"
-        assert key != key0  # the results of a calibrated node get UIDs of their own
+        b, sev, key = findings(path)
+        assert b.probability == pytest.approx(1 / (1 + math.exp(-(logit0 + offset))), abs=1e-5)
+        # The decision and what follows from it move with the probability.
+        assert b.present == (b.probability >= 0.5)
+        assert (b.key_frame is not None) == b.present
+        assert bool(b.frames) == b.present
+        assert sev.score == score
+        assert b.model.version.startswith(f"{b_version}+site.ward-7.")
+        assert sev.model.version.startswith(f"{s_version}+site.ward-7.")
+        keys.add(key)  # every calibration's results get UIDs of their own
+        if abs(offset) > 10:
+            presence[offset] = b.present
+    assert len(keys) == 4
+    assert presence == {12.0: True, -12.0: False}  # far enough either way to flip any cine
     SiteCalibration("ward-7", {"b_lines": FamilyOffset("0.0.1", 2.0, 10, (5, 5))}).save(path)
     with pytest.raises(ModelError, match=r"fitted on bundle version 0\.0\.1"):
         findings(path)

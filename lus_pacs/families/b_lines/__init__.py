@@ -23,7 +23,7 @@ def _load(folder: Path, settings: Settings) -> Runner:
     if calibration is not None:
         offset = calibration.offset(FAMILY.name, model.model.version)
         if offset is not None:
-            model.calibrate(offset, calibration.version(model.model.version))
+            model.calibrate(offset, calibration.version(FAMILY.name, model.model.version))
     return Runner(model.model.version, lambda cine, _: model.predict(cine, settings.default_fps))
 
 

@@ -161,7 +161,18 @@ class BLineModel:
 
     def calibrate(self, offset: float, version: str) -> None:
         """Apply a site's calibration (:mod:`lus_pacs.families.calibration`): ``offset`` added
-        to every cine's logit, ``version`` reported instead of the bundle's."""
+        to every cine's logit, ``version`` reported instead of the bundle's.
+
+        Raises
+        ------
+        ModelError
+            The bundle has no measurement head (the offset is fitted on the head's logit).
+        """
+        if not isinstance(self.network, MeasuredBLines | MeasurementHead):
+            raise ModelError(
+                f"B-line bundle {self.model.version}: a site calibration shifts the measurement "
+                "head's logit, which this bundle (paper 001's network alone) has not."
+            )
         self.logit_offset = offset
         self.model = replace(self.model, version=version)
 

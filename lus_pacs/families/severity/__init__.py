@@ -24,7 +24,7 @@ def _load(folder: Path, settings: Settings) -> Runner:
     if calibration is not None:
         shift = calibration.offset(FAMILY.name, model.model.version)
         if shift is not None:
-            model.calibrate(shift, calibration.version(model.model.version))
+            model.calibrate(shift, calibration.version(FAMILY.name, model.model.version))
     return Runner(model.model.version, lambda cine, _: model.predict(cine))
 
 
