@@ -200,17 +200,19 @@ def calibrate(
         Path,
         typer.Option(
             help="CSV of the site's labelled cines: file (DICOM, relative to the CSV), "
-            "b_lines (0, 1 or empty), severity (0-3 or empty)."
+            "b_lines (0, 1 or empty), severity (0-3 or empty), optionally consolidation "
+            "(0, 1 or empty)."
         ),
     ],
     site: Annotated[str, typer.Option(help="The site's name (letters, digits, '.', '-').")],
     out: Annotated[Path, typer.Option(help="The calibration file to write.")],
     config: ConfigOption = None,
 ) -> None:
-    """Fit a site's calibration of the B-line and severity decisions on cines it labelled.
+    """Fit a site's calibration of the B-line, consolidation and severity decisions on cines it
+    labelled.
 
-    Point the node's ``calibration`` setting at the file written; its B-line and severity
-    findings then carry the version ``<bundle version>+site.<site>.<digest>``. Prints each family's
+    Point the node's ``calibration`` setting at the file written; those families' findings
+    then carry the version ``<bundle version>+site.<site>.<digest>``. Prints each family's
     figures on the site's cines before and after (in-sample).
     """
     from lus_pacs.families.calibration import calibrate_site

@@ -258,7 +258,8 @@ class Settings(BaseModel):
     """The model families the node runs (:data:`lus_pacs.families.registry.FAMILIES`), each
     from its bundle under ``models_dir``."""
     calibration: Path | None = None
-    """A site's calibration of the B-line and severity decisions (``lus-pacs calibrate``,
+    """A site's calibration of the B-line, consolidation and severity decisions
+    (``lus-pacs calibrate``,
     :mod:`lus_pacs.families.calibration`); None runs the bundles as shipped."""
     segmentation: SegmentationSettings = Field(default_factory=SegmentationSettings)
     consolidation: ConsolidationSettings = Field(default_factory=ConsolidationSettings)

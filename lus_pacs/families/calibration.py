@@ -1,4 +1,4 @@
-"""A site's calibration of the real-data decisions: two offsets fitted on cines the site labelled.
+"""A site's calibration of the clip decisions: offsets fitted on cines the site labelled.
 
 A new device moves where the shipped heads' scores sit more than how they order clips. On the
 20 evaluation-only clips of a handheld convex probe (Butterfly iQ) the B-line head orders the
@@ -13,6 +13,9 @@ labelled cines do. ``lus-pacs calibrate`` fits, with the bundles' weights unchan
   label. Measured on the Butterfly clips (scratch, 2026-12-05: the offset fitted on half of
   them, scored on the other half, 20 random halvings each way): sensitivity 0.15 -> 0.65,
   specificity 1.00 -> 0.69, F1 0.25 -> 0.70 (means over the scored halves).
+* ``consolidation``: the same for the consolidation network's logit. On the Butterfly clips
+  (four with a consolidation; same halvings): sensitivity 0.00 -> 0.50, specificity 0.88 ->
+  0.68, F1 0.00 -> 0.35.
 * ``severity``: a shift added to the severity recipe's ordinal score ``eta`` (the cuts stay),
   fitted by maximum likelihood of the site's scores, unweighted: the recipe's ordinal head
   weighed every score equally because no training source's mix of scores is any site's, but
@@ -33,6 +36,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +44,13 @@ import numpy.typing as npt
 from scipy.optimize import minimize_scalar
 from scipy.special import expit
 
+from lus_pacs.domain import Cine
 from lus_pacs.errors import ConfigError, ModelError, describe
 
 SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,31}")
 """What a site may be called: it ends up in a DICOM Algorithm Version (LO, 64 characters)."""
-FAMILIES = ("b_lines", "severity")
-"""The families a calibration can hold."""
+FAMILIES = ("b_lines", "consolidation", "severity")
+"""The families a calibration can hold (and the labels file's columns for them)."""
 
 
 @dataclass(frozen=True)
@@ -232,12 +237,13 @@ class LabelledCine:
 
     path: Path
     b_lines: bool | None
+    consolidation: bool | None
     severity: int | None
 
 
 def read_site_labels(path: Path) -> list[LabelledCine]:
     """The rows of a labels file (CSV: ``file`` relative to the file's folder, ``b_lines`` 0, 1
-    or empty, ``severity`` 0-3 or empty).
+    or empty, ``severity`` 0-3 or empty, and optionally ``consolidation`` 0, 1 or empty).
 
     Raises
     ------
@@ -256,19 +262,22 @@ def read_site_labels(path: Path) -> list[LabelledCine]:
     cines = []
     for line, row in enumerate(rows, start=2):
         file = (row["file"] or "").strip()
-        b_lines, severity = (row["b_lines"] or "").strip(), (row["severity"] or "").strip()
+        values = {k: (row.get(k) or "").strip() for k in FAMILIES}
         if not file:
             raise ConfigError(f"{path}: line {line}: no file")
-        if b_lines not in ("", "0", "1") or severity not in ("", "0", "1", "2", "3"):
+        binary = all(values[k] in ("", "0", "1") for k in ("b_lines", "consolidation"))
+        if not binary or values["severity"] not in ("", "0", "1", "2", "3"):
             raise ConfigError(
-                f"{path}: line {line}: b_lines must be 0, 1 or empty and severity 0-3 or "
-                f"empty; got {b_lines!r} and {severity!r}"
+                f"{path}: line {line}: b_lines and consolidation must be 0, 1 or empty and "
+                f"severity 0-3 or empty; got {values['b_lines']!r}, "
+                f"{values['consolidation']!r} and {values['severity']!r}"
             )
         cines.append(
             LabelledCine(
                 Path(path).parent / file,
-                None if b_lines == "" else b_lines == "1",
-                None if severity == "" else int(severity),
+                None if values["b_lines"] == "" else values["b_lines"] == "1",
+                None if values["consolidation"] == "" else values["consolidation"] == "1",
+                None if values["severity"] == "" else int(values["severity"]),
             )
         )
     return cines
@@ -300,22 +309,36 @@ def calibrate_site(labels: Path, site: str, models_dir: Path) -> CalibrationRepo
     """
     from lus_pacs.errors import UnreadableImageError
     from lus_pacs.families.b_lines.inference import BLineModel
+    from lus_pacs.families.consolidation.inference import ConsolidationModel
     from lus_pacs.families.severity.inference import SeverityModel
     from lus_pacs.imaging.decode import read_cine
 
     rows = read_site_labels(labels)
-    b_model = BLineModel.load(models_dir / "b_lines")
-    s_model = SeverityModel.load(models_dir / "severity", "torch")
-    logits: list[tuple[float, bool]] = []
-    etas: list[tuple[float, int]] = []
+    labelled = {f for f in FAMILIES if any(getattr(r, f) is not None for r in rows)}
+    binary: dict[str, tuple[Callable[[Cine], float], float, str]] = {}
+    if "b_lines" in labelled:
+        b_model = BLineModel.load(models_dir / "b_lines")
+        binary["b_lines"] = (b_model.clip_logit, b_model.threshold, b_model.model.version)
+    if "consolidation" in labelled:
+        c_model = ConsolidationModel.load(models_dir / "consolidation", saliency_frames=0)
+        binary["consolidation"] = (c_model.clip_logit, c_model.threshold, c_model.model.version)
+    s_model = (
+        SeverityModel.load(models_dir / "severity", "torch") if "severity" in labelled else None
+    )
+    found: dict[str, list[tuple[float, int]]] = {f: [] for f in FAMILIES}
     refused: list[tuple[Path, str]] = []
     for row in rows:
-        if row.b_lines is None and row.severity is None:
+        wanted = [f for f in FAMILIES if getattr(row, f) is not None]
+        if not wanted:
             continue
         try:
             cine = read_cine(row.path)
-            row_logit = b_model.clip_logit(cine) if row.b_lines is not None else None
-            row_eta = s_model.clip_eta(cine) if row.severity is not None else None
+            scores = {
+                f: s_model.clip_eta(cine)
+                if s_model is not None and f == "severity"
+                else binary[f][0](cine)
+                for f in wanted
+            }
         except UnreadableImageError as exc:
             refused.append((row.path, exc.reason))
             continue
@@ -325,56 +348,53 @@ def calibrate_site(labels: Path, site: str, models_dir: Path) -> CalibrationRepo
         except Exception as exc:
             refused.append((row.path, describe(exc)))
             continue
-        if row_logit is not None and row.b_lines is not None:
-            logits.append((row_logit, row.b_lines))
-        if row_eta is not None and row.severity is not None:
-            etas.append((row_eta, row.severity))
+        for f, value in scores.items():
+            found[f].append((value, int(getattr(row, f))))
     offsets: dict[str, FamilyOffset] = {}
     lines: list[str] = []
-    threshold = b_model.threshold
-    if len({y for _, y in logits}) == 2:
-        z = np.array([v for v, _ in logits])
-        y = np.array([t for _, t in logits])
-        offset = _fitted(lambda: fit_logit_offset(z, y), labels)
+    for family, (_, threshold, version) in binary.items():
+        if len({label for _, label in found[family]}) < 2:
+            lines.append(f"{family}: not calibrated (the labelled cines do not hold both classes)")
+            continue
+        z = np.array([v for v, _ in found[family]])
+        y = np.array([bool(t) for _, t in found[family]])
+        offset = _fitted(partial(fit_logit_offset, z, y), labels)
+        offsets[family] = FamilyOffset(version, offset, len(y), (int((~y).sum()), int(y.sum())))
         if len(y) < _FEW:
             lines.append(
-                f"b_lines: only {len(y)} cines: the offset is uncertain; label {_FEW} or more"
+                f"{family}: only {len(y)} cines: the offset is uncertain; label {_FEW} or more"
             )
-        offsets["b_lines"] = FamilyOffset(
-            b_model.model.version, offset, len(y), (int((~y).sum()), int(y.sum()))
-        )
         for name, o in (("as shipped", 0.0), ("calibrated", offset)):
             called = expit(z + o) >= threshold
             lines.append(
-                f"b_lines {name}: sensitivity {called[y].mean():.2f}, specificity "
+                f"{family} {name}: sensitivity {called[y].mean():.2f}, specificity "
                 f"{(~called[~y]).mean():.2f} on the site's {len(y)} cines"
             )
-    else:
-        lines.append("b_lines: not calibrated (the labelled cines do not hold both classes)")
-    if len({s for _, s in etas}) >= 2:
-        eta = np.array([v for v, _ in etas])
-        s = np.array([t for _, t in etas])
-        cuts = s_model.cuts
-        shift = _fitted(lambda: fit_ordinal_shift(eta, cuts, s.tolist()), labels)
-        if len(s) < _FEW:
-            lines.append(
-                f"severity: only {len(s)} cines: the shift is uncertain; score {_FEW} or more"
+    if s_model is not None:
+        if len({label for _, label in found["severity"]}) >= 2:
+            eta = np.array([v for v, _ in found["severity"]])
+            s = np.array([t for _, t in found["severity"]])
+            cuts = s_model.cuts
+            shift = _fitted(partial(fit_ordinal_shift, eta, cuts, s.tolist()), labels)
+            offsets["severity"] = FamilyOffset(
+                s_model.model.version, shift, len(s), tuple(np.bincount(s, minlength=4).tolist())
             )
-        offsets["severity"] = FamilyOffset(
-            s_model.model.version, shift, len(s), tuple(np.bincount(s, minlength=4).tolist())
-        )
-        for name, d in (("as shipped", 0.0), ("calibrated", shift)):
-            predicted = ((eta + d)[:, None] > cuts[None, :]).sum(axis=1)
-            lines.append(
-                f"severity {name}: accuracy {(predicted == s).mean():.2f} on the site's "
-                f"{len(s)} scored cines"
-            )
-    else:
-        lines.append("severity: not calibrated (the scored cines do not hold two scores)")
+            if len(s) < _FEW:
+                lines.append(
+                    f"severity: only {len(s)} cines: the shift is uncertain; score {_FEW} or more"
+                )
+            for name, d in (("as shipped", 0.0), ("calibrated", shift)):
+                predicted = ((eta + d)[:, None] > cuts[None, :]).sum(axis=1)
+                lines.append(
+                    f"severity {name}: accuracy {(predicted == s).mean():.2f} on the site's "
+                    f"{len(s)} scored cines"
+                )
+        else:
+            lines.append("severity: not calibrated (the scored cines do not hold two scores)")
     if not offsets:
         raise ConfigError(
-            f"{labels}: nothing to calibrate: label B-lines on cines of both classes or "
-            "severity on cines of two scores or more."
+            f"{labels}: nothing to calibrate: label B-lines or consolidation on cines of both "
+            "classes, or severity on cines of two scores or more."
         )
     return CalibrationReport(SiteCalibration(site, offsets), tuple(refused), tuple(lines))
 

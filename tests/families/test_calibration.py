@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from lus_pacs.domain import BLineFindings, SeverityFindings
+from lus_pacs.domain import BLineFindings, ConsolidationFindings, SeverityFindings
 from lus_pacs.errors import ConfigError, ModelError
 from lus_pacs.families.calibration import (
     FamilyOffset,
@@ -66,8 +66,8 @@ def test_calibration_file_and_its_refusals(tmp_path: Path) -> None:
         loaded.offset("b_lines", "0.4.0")
     with pytest.raises(ConfigError, match="site name"):
         SiteCalibration("ward 7/../x", {})
-    with pytest.raises(ConfigError, match="only b_lines, severity"):
-        SiteCalibration("w", {"consolidation": FamilyOffset("0.1.0", 0.0, 1, (1,))})
+    with pytest.raises(ConfigError, match="only b_lines, consolidation, severity"):
+        SiteCalibration("w", {"segmentation": FamilyOffset("0.1.0", 0.0, 1, (1,))})
     path.write_text(json.dumps({"site": "w", "b_lines": {"offset": 1}}))
     with pytest.raises(ConfigError, match="not a site calibration"):
         SiteCalibration.load(path)
@@ -81,10 +81,12 @@ def test_site_labels_file(tmp_path: Path) -> None:
     labels = tmp_path / "labels.csv"
     labels.write_text("file,b_lines,severity\na.dcm,1,\nsub/b.dcm,,2\n")
     rows = read_site_labels(labels)
-    assert [(r.path, r.b_lines, r.severity) for r in rows] == [
-        (tmp_path / "a.dcm", True, None),
-        (tmp_path / "sub/b.dcm", None, 2),
+    assert [(r.path, r.b_lines, r.consolidation, r.severity) for r in rows] == [
+        (tmp_path / "a.dcm", True, None, None),
+        (tmp_path / "sub/b.dcm", None, None, 2),
     ]
+    labels.write_text("file,b_lines,severity,consolidation\na.dcm,,,1\n")  # optional column
+    assert read_site_labels(labels)[0].consolidation is True
     labels.write_text("file,b_lines,severity\na.dcm,yes,\n")
     with pytest.raises(ConfigError, match="line 2"):
         read_site_labels(labels)
@@ -104,20 +106,24 @@ def test_the_node_applies_a_site_calibration(tmp_path: Path) -> None:
     from lus_pacs.synth.exam import sample_cine
 
     cine = sample_cine(tmp_path / "cine")
-    models = ("b_lines", "severity", "key_frames", "assessment")
+    models = ("b_lines", "consolidation", "severity", "key_frames", "assessment")
 
-    def findings(calibration: Path | None) -> tuple[BLineFindings, SeverityFindings, str]:
+    def findings(
+        calibration: Path | None,
+    ) -> tuple[BLineFindings, SeverityFindings, ConsolidationFindings, str]:
         settings = Settings(data_dir=tmp_path / "data", models=models, calibration=calibration)
         loaded = Models.load(settings)
         found = analyse(pydicom.dcmread(cine), cine.name, loaded, settings)
         assert found.b_lines is not None
         assert found.severity is not None
-        return found.b_lines, found.severity, loaded.key
+        assert found.consolidation is not None
+        return found.b_lines, found.severity, found.consolidation, loaded.key
 
-    b0, s0, key0 = findings(None)
-    b_version, s_version = b0.model.version, s0.model.version
-    assert "+site" not in b_version + s_version
+    b0, s0, c0, key0 = findings(None)
+    b_version, s_version, c_version = b0.model.version, s0.model.version, c0.model.version
+    assert "+site" not in b_version + s_version + c_version
     logit0 = math.log(b0.probability / (1 - b0.probability))
+    c_logit0 = math.log(c0.probability / (1 - c0.probability))
     path = tmp_path / "site.json"
     keys = {key0}
     presence: dict[float, bool] = {}
@@ -126,10 +132,15 @@ def test_the_node_applies_a_site_calibration(tmp_path: Path) -> None:
             "ward-7",
             {
                 "b_lines": FamilyOffset(b_version, offset, 10, (5, 5)),
+                "consolidation": FamilyOffset(c_version, offset, 10, (5, 5)),
                 "severity": FamilyOffset(s_version, shift, 10, (3, 3, 2, 2)),
             },
         ).save(path)
-        b, sev, key = findings(path)
+        b, sev, con, key = findings(path)
+        assert con.probability == pytest.approx(1 / (1 + math.exp(-(c_logit0 + offset))), abs=1e-5)
+        assert con.present == (con.probability >= 0.5)
+        assert bool(con.boxes) == con.present  # the boxes come with a presence, and only then
+        assert con.model.version.startswith(f"{c_version}+site.ward-7.")
         assert b.probability == pytest.approx(1 / (1 + math.exp(-(logit0 + offset))), abs=1e-5)
         # The decision and what follows from it move with the probability.
         assert b.present == (b.probability >= 0.5)
@@ -152,14 +163,16 @@ def test_calibrate_command_on_simulated_cines(synth_exams: Path, tmp_path: Path)
     cines = sorted(synth_exams.rglob("*.dcm"))[:8]
     assert len(cines) == 8
     labels = tmp_path / "labels.csv"
-    rows = [f"{c},{i % 2},{i % 4}" for i, c in enumerate(cines)] + [f"{tmp_path / 'gone.dcm'},1,2"]
-    labels.write_text("file,b_lines,severity\n" + "\n".join(rows) + "\n")
+    rows = [f"{c},{i % 2},{i % 4},{i // 4}" for i, c in enumerate(cines)]
+    rows.append(f"{tmp_path / 'gone.dcm'},1,2,")
+    labels.write_text("file,b_lines,severity,consolidation\n" + "\n".join(rows) + "\n")
     out = tmp_path / "site.json"
 
     result = run_cli("calibrate", "--labels", str(labels), "--site", "sim", "--out", str(out))
 
     saved = SiteCalibration.load(out)
-    assert set(saved.offsets) == {"b_lines", "severity"}
+    assert set(saved.offsets) == {"b_lines", "consolidation", "severity"}
+    assert saved.offsets["consolidation"].counts == (4, 4)
     assert saved.offsets["b_lines"].clips == 8
     assert saved.offsets["b_lines"].counts == (4, 4)
     assert saved.offsets["severity"].counts == (2, 2, 2, 2)

@@ -16,7 +16,7 @@ which stays available (``[consolidation] saliency = "occlusion"``); see the mode
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +160,22 @@ class ConsolidationModel:
     threshold: float
     saliency_frames: int
     saliency_method: str = "gradient"
+    logit_offset: float = 0.0
+    """Added to the clip's logit before the threshold: a site's calibration
+    (:mod:`lus_pacs.families.calibration`); 0 runs the bundle as shipped."""
+
+    def calibrated(self, offset: float, version: str) -> ConsolidationModel:
+        """This model with a site's calibration: ``offset`` added to every cine's logit,
+        ``version`` reported instead of the bundle's."""
+        return replace(self, logit_offset=offset, model=replace(self.model, version=version))
+
+    def clip_logit(self, cine: Cine) -> float:
+        """The network's logit of the cine, before any site calibration."""
+        return self._logit(clip_tensor(clip_frames(cine), frame_indices(cine.n_frames)))
+
+    def _logit(self, clip: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float(self.network(clip.unsqueeze(0))[0])
 
     @classmethod
     def load(
@@ -183,8 +199,8 @@ class ConsolidationModel:
     def predict(self, cine: Cine) -> ConsolidationFindings:
         indices = frame_indices(cine.n_frames)
         clip = clip_tensor(clip_frames(cine), indices)
-        with torch.no_grad():
-            probability = float(torch.sigmoid(self.network(clip.unsqueeze(0)))[0])
+        logit = torch.tensor(self._logit(clip) + self.logit_offset, dtype=torch.float32)
+        probability = float(torch.sigmoid(logit))
         present = probability >= self.threshold
         boxes: list[ConsolidationBox] = []
         if present and self.saliency_frames > 0:
