@@ -132,7 +132,11 @@ class SiteCalibration:
             The file cannot be read or is not a calibration.
         """
         try:
-            document = json.loads(Path(path).read_text())
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: the site calibration cannot be read ({exc})") from exc
+        try:
+            document = json.loads(text)
             offsets = {
                 family: FamilyOffset(
                     str(entry["bundle_version"]),
@@ -146,7 +150,7 @@ class SiteCalibration:
             return cls(str(document["site"]), offsets)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"{path}: not a site calibration ({exc!r})") from exc
 
 

@@ -75,6 +75,8 @@ def test_calibration_file_and_its_refusals(tmp_path: Path) -> None:
     path.write_text(json.dumps({"site": "w", "b_lines": entry}))  # json writes NaN
     with pytest.raises(ConfigError, match="not a finite number"):
         SiteCalibration.load(path)
+    with pytest.raises(ConfigError, match="cannot be read"):
+        SiteCalibration.load(tmp_path / "missing.json")
 
 
 def test_site_labels_file(tmp_path: Path) -> None:
