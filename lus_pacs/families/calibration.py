@@ -36,7 +36,6 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +45,7 @@ from scipy.special import expit
 
 from lus_pacs.domain import Cine
 from lus_pacs.errors import ConfigError, ModelError, describe
+from lus_pacs.families.measurements import fit_intercept
 
 SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,31}")
 """What a site may be called: it ends up in a DICOM Algorithm Version (LO, 64 characters)."""
@@ -154,36 +154,23 @@ class SiteCalibration:
             raise ConfigError(f"{path}: not a site calibration ({exc!r})") from exc
 
 
-def site_calibration(path: Path | None) -> SiteCalibration | None:
-    """The calibration of the settings' ``calibration`` file, or None without one.
+def site_offset(family: str, bundle_version: str, path: Path | None) -> tuple[float, str] | None:
+    """The offset of ``family`` in the settings' ``calibration`` file and the version the
+    family then reports, or None when there is no file or it holds no offset for the family:
+    what each calibrated family's ``load`` applies.
 
     Raises
     ------
     ConfigError
         The file cannot be read or is not a calibration.
+    ModelError
+        Its offset was fitted on another version of the family's bundle.
     """
-    return None if path is None else SiteCalibration.load(path)
-
-
-def fit_logit_offset(logits: npt.ArrayLike, labels: npt.ArrayLike) -> float:
-    """The offset ``o`` maximising the class-balanced likelihood of ``sigmoid(logit + o)``.
-
-    Raises
-    ------
-    ValueError
-        Fewer than one cine of each class.
-    """
-    z = np.asarray(logits, np.float64)
-    y = np.asarray(labels, bool)
-    if len(z) != len(y) or y.all() or not y.any():
-        raise ValueError("A B-line calibration needs labelled cines of both classes.")
-    weight = np.where(y, 0.5 / y.mean(), 0.5 / (1 - y.mean()))
-
-    def loss(o: float) -> float:
-        p = np.clip(expit(z + o), 1e-12, 1 - 1e-12)
-        return -float(np.sum(weight * np.where(y, np.log(p), np.log1p(-p))))
-
-    return _minimise(loss)
+    calibration = None if path is None else SiteCalibration.load(path)
+    offset = None if calibration is None else calibration.offset(family, bundle_version)
+    if calibration is None or offset is None:
+        return None
+    return offset, calibration.version(family, bundle_version)
 
 
 def fit_ordinal_shift(
@@ -214,19 +201,30 @@ def fit_ordinal_shift(
     return _minimise(loss)
 
 
-def _minimise(loss: object) -> float:
-    # Both losses are convex in their one parameter; 20 logits either way is far beyond any
-    # device's move.
+def _minimise(loss: Callable[[float], float]) -> float:
+    # The loss is convex in its one parameter; 20 either way is far beyond any device's move
+    # (a fit at the bound is refused: _within_reach).
     found = minimize_scalar(
         loss, bounds=(-_BOUND, _BOUND), method="bounded", options={"xatol": 1e-6}
     )
-    if abs(found.x) > _BOUND - 0.1:
-        raise ValueError(
-            f"the labelled cines put the offset at {found.x:+.1f}, the bound: they disagree with "
-            "the model beyond any device's move (check the labels and that the cines are lung "
-            "ultrasound of one scanner)"
-        )
     return float(found.x)
+
+
+def _within_reach(offset: float, labels: Path) -> float:
+    """``offset``, unless it is at (or past) the bound of any device's move.
+
+    Raises
+    ------
+    ConfigError
+        It is: the labels disagree with the model.
+    """
+    if not abs(offset) < _BOUND - 0.1:
+        raise ConfigError(
+            f"{labels}: the labelled cines put the offset at {offset:+.1f}, at or past the bound "
+            f"of {_BOUND:.0f}: they disagree with the model beyond any device's move (check the "
+            "labels and that the cines are lung ultrasound of one scanner)"
+        )
+    return offset
 
 
 _BOUND = 20.0
@@ -319,16 +317,26 @@ def calibrate_site(labels: Path, site: str, models_dir: Path) -> CalibrationRepo
 
     rows = read_site_labels(labels)
     labelled = {f for f in FAMILIES if any(getattr(r, f) is not None for r in rows)}
-    binary: dict[str, tuple[Callable[[Cine], float], float, str]] = {}
+    # Per family: the cine's score before any calibration, the bundle version, and for the
+    # two presence families their threshold.
+    scorers: dict[str, Callable[[Cine], float]] = {}
+    versions: dict[str, str] = {}
+    thresholds: dict[str, float] = {}
     if "b_lines" in labelled:
         b_model = BLineModel.load(models_dir / "b_lines")
-        binary["b_lines"] = (b_model.clip_logit, b_model.threshold, b_model.model.version)
+        scorers["b_lines"], versions["b_lines"] = b_model.clip_logit, b_model.model.version
+        thresholds["b_lines"] = b_model.threshold
     if "consolidation" in labelled:
         c_model = ConsolidationModel.load(models_dir / "consolidation", saliency_frames=0)
-        binary["consolidation"] = (c_model.clip_logit, c_model.threshold, c_model.model.version)
-    s_model = (
-        SeverityModel.load(models_dir / "severity", "torch") if "severity" in labelled else None
-    )
+        scorers["consolidation"], versions["consolidation"] = (
+            c_model.clip_logit,
+            c_model.model.version,
+        )
+        thresholds["consolidation"] = c_model.threshold
+    s_model = None
+    if "severity" in labelled:
+        s_model = SeverityModel.load(models_dir / "severity", "torch")
+        scorers["severity"], versions["severity"] = s_model.clip_eta, s_model.model.version
     found: dict[str, list[tuple[float, int]]] = {f: [] for f in FAMILIES}
     refused: list[tuple[Path, str]] = []
     for row in rows:
@@ -337,12 +345,7 @@ def calibrate_site(labels: Path, site: str, models_dir: Path) -> CalibrationRepo
             continue
         try:
             cine = read_cine(row.path)
-            scores = {
-                f: s_model.clip_eta(cine)
-                if s_model is not None and f == "severity"
-                else binary[f][0](cine)
-                for f in wanted
-            }
+            scores = {f: scorers[f](cine) for f in wanted}
         except UnreadableImageError as exc:
             refused.append((row.path, exc.reason))
             continue
@@ -356,14 +359,16 @@ def calibrate_site(labels: Path, site: str, models_dir: Path) -> CalibrationRepo
             found[f].append((value, int(getattr(row, f))))
     offsets: dict[str, FamilyOffset] = {}
     lines: list[str] = []
-    for family, (_, threshold, version) in binary.items():
+    for family, threshold in thresholds.items():
         if len({label for _, label in found[family]}) < 2:
             lines.append(f"{family}: not calibrated (the labelled cines do not hold both classes)")
             continue
         z = np.array([v for v, _ in found[family]])
         y = np.array([bool(t) for _, t in found[family]])
-        offset = _fitted(partial(fit_logit_offset, z, y), labels)
-        offsets[family] = FamilyOffset(version, offset, len(y), (int((~y).sum()), int(y.sum())))
+        offset = _within_reach(fit_intercept(z, y), labels)
+        offsets[family] = FamilyOffset(
+            versions[family], offset, len(y), (int((~y).sum()), int(y.sum()))
+        )
         if len(y) < _FEW:
             lines.append(
                 f"{family}: only {len(y)} cines: the offset is uncertain; label {_FEW} or more"
@@ -379,9 +384,9 @@ def calibrate_site(labels: Path, site: str, models_dir: Path) -> CalibrationRepo
             eta = np.array([v for v, _ in found["severity"]])
             s = np.array([t for _, t in found["severity"]])
             cuts = s_model.cuts
-            shift = _fitted(partial(fit_ordinal_shift, eta, cuts, s.tolist()), labels)
+            shift = _within_reach(fit_ordinal_shift(eta, cuts, s.tolist()), labels)
             offsets["severity"] = FamilyOffset(
-                s_model.model.version, shift, len(s), tuple(np.bincount(s, minlength=4).tolist())
+                versions["severity"], shift, len(s), tuple(np.bincount(s, minlength=4).tolist())
             )
             if len(s) < _FEW:
                 lines.append(
@@ -401,10 +406,3 @@ def calibrate_site(labels: Path, site: str, models_dir: Path) -> CalibrationRepo
             "classes, or severity on cines of two scores or more."
         )
     return CalibrationReport(SiteCalibration(site, offsets), tuple(refused), tuple(lines))
-
-
-def _fitted(fit: Callable[[], float], labels: Path) -> float:
-    try:
-        return fit()
-    except ValueError as exc:
-        raise ConfigError(f"{labels}: {exc}") from exc

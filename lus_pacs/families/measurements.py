@@ -112,10 +112,7 @@ def fit_head(
     mean = x.mean(axis=0)
     scale = x.std(axis=0) + 1e-6
     standard = (x - mean) / scale
-    weight = np.ones(len(y))
-    if balanced:
-        share = y.mean()
-        weight = np.where(y > 0.5, 0.5 / share, 0.5 / (1 - share))
+    weight = _balanced(y) if balanced else np.ones(len(y))
     n = x.shape[1]
     if groups is None:
         z = np.c_[standard, np.ones(len(y))]
@@ -127,8 +124,7 @@ def fit_head(
         penalty = np.r_[np.full(n, l2), np.full(len(names), _GROUP_PENALTY)]
     w = _newton(z, y, weight, np.diag(penalty), iterations)
     if groups is not None:
-        offset = standard @ w[:n]
-        bias = _newton(np.ones((len(y), 1)), y, weight, np.zeros((1, 1)), iterations, offset)
+        bias = _intercept(standard @ w[:n], y, weight, iterations)
         w = np.r_[w[:n], bias]
     head = MeasurementHead(x.shape[1])
     with torch.no_grad():
@@ -137,6 +133,53 @@ def fit_head(
         head.linear.weight.copy_(torch.as_tensor(w[None, :-1], dtype=torch.float32))
         head.linear.bias.copy_(torch.as_tensor(w[-1:], dtype=torch.float32))
     return head.eval()
+
+
+def fit_intercept(logits: npt.ArrayLike, labels: npt.ArrayLike, iterations: int = 100) -> float:
+    """The intercept ``b`` that maximises the class-balanced likelihood of ``sigmoid(logit +
+    b)`` with ``logits`` fixed: how :func:`fit_head` sets a stratified head's one intercept,
+    and how a site's calibration moves a shipped logit (:mod:`lus_pacs.families.calibration`).
+
+    Raises
+    ------
+    ValueError
+        Not one label per logit, or only one class.
+    """
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(labels, np.float64)
+    if len(z) != len(y) or len(y) < 2 or y.min() == y.max():
+        raise ValueError("fit_intercept needs one label per logit and both classes.")
+    return float(_intercept(z, y, _balanced(y), iterations)[0])
+
+
+def _balanced(y: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Weights that give each class equal total weight."""
+    share = y.mean()
+    return np.where(y > 0.5, 0.5 / share, 0.5 / (1 - share))
+
+
+def _intercept(
+    offset: npt.NDArray[np.float64],
+    y: npt.NDArray[np.float64],
+    weight: npt.NDArray[np.float64],
+    iterations: int,
+) -> npt.NDArray[np.float64]:
+    """Newton's method on the one intercept, each step at most ``_MAX_STEP``: logits far from
+    the labels (a device far off) saturate the sigmoid, and an undamped step then overshoots."""
+    from scipy.special import expit
+
+    b = 0.0
+    for _ in range(iterations):
+        p = expit(offset + b)
+        step = float(weight @ (p - y)) / (float(weight @ (p * (1 - p))) + 1e-9)
+        step = min(max(step, -_MAX_STEP), _MAX_STEP)
+        b -= step
+        if abs(step) < 1e-9:
+            break
+    return np.array([b])
+
+
+_MAX_STEP = 5.0
 
 
 _GROUP_PENALTY = 1e-2

@@ -17,23 +17,35 @@ from lus_pacs.errors import ConfigError, ModelError
 from lus_pacs.families.calibration import (
     FamilyOffset,
     SiteCalibration,
-    fit_logit_offset,
     fit_ordinal_shift,
     read_site_labels,
 )
+from lus_pacs.families.measurements import fit_intercept
 from tests.tools import run_cli
 
 
 def test_logit_offset_of_a_hand_case() -> None:
     # Balanced: log sigmoid(-1 + o) + log(1 - sigmoid(-3 + o)) is largest where
     # sigmoid(1 - o) = sigmoid(o - 3), at o = 2.
-    assert fit_logit_offset([-3.0, -1.0], [False, True]) == pytest.approx(2.0, abs=1e-4)
+    assert fit_intercept([-3.0, -1.0], [False, True]) == pytest.approx(2.0, abs=1e-4)
     # Three negatives weigh as much as the one positive: the same offset (unweighted it is lower).
-    assert fit_logit_offset([-3.0, -3.0, -3.0, -1.0], [False, False, False, True]) == (
+    assert fit_intercept([-3.0, -3.0, -3.0, -1.0], [False, False, False, True]) == (
         pytest.approx(2.0, abs=1e-4)
     )
+    # A device far off saturates the sigmoid: the damped steps still reach the same answer.
+    assert fit_intercept([-30.0, -28.0], [False, True]) == pytest.approx(29.0, abs=1e-4)
+    assert fit_intercept([50.0, 52.0], [False, True]) == pytest.approx(-51.0, abs=1e-4)
     with pytest.raises(ValueError, match="both classes"):
-        fit_logit_offset([0.0, 1.0], [True, True])
+        fit_intercept([0.0, 1.0], [True, True])
+
+
+def test_an_offset_at_the_bound_is_refused(tmp_path: Path) -> None:
+    from lus_pacs.families.calibration import _within_reach
+
+    labels = tmp_path / "labels.csv"
+    assert _within_reach(-19.5, labels) == -19.5
+    with pytest.raises(ConfigError, match=r"labels\.csv: .*at \+25\.0, at or past the bound"):
+        _within_reach(25.0, labels)
 
 
 def test_ordinal_shift_of_a_hand_case() -> None:

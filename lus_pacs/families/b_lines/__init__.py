@@ -16,14 +16,12 @@ if TYPE_CHECKING:
 
 def _load(folder: Path, settings: Settings) -> Runner:
     from lus_pacs.families.b_lines.inference import BLineModel
-    from lus_pacs.families.calibration import site_calibration
+    from lus_pacs.families.calibration import site_offset
 
     model = BLineModel.load(folder)
-    calibration = site_calibration(settings.calibration)
-    if calibration is not None:
-        offset = calibration.offset(FAMILY.name, model.model.version)
-        if offset is not None:
-            model.calibrate(offset, calibration.version(FAMILY.name, model.model.version))
+    site = site_offset(FAMILY.name, model.model.version, settings.calibration)
+    if site is not None:
+        model.calibrate(*site)
     return Runner(model.model.version, lambda cine, _: model.predict(cine, settings.default_fps))
 
 

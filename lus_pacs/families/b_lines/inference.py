@@ -55,9 +55,6 @@ class BLineModel:
     attention_threshold:
         Frame score (attention, maximum 1) from which a frame of a positive window is a B-line
         frame.
-    logit_offset:
-        Added to the clip's logit before the threshold: a site's calibration
-        (:mod:`lus_pacs.families.calibration`); 0 runs the bundle as shipped.
     """
 
     def __init__(
@@ -66,7 +63,6 @@ class BLineModel:
         model: ModelInfo,
         threshold: float,
         attention_threshold: float,
-        logit_offset: float = 0.0,
     ) -> None:
         for name, value in (("threshold", threshold), ("attention_threshold", attention_threshold)):
             if not 0.0 <= value <= 1.0:
@@ -75,7 +71,9 @@ class BLineModel:
         self.model = model
         self.threshold = threshold
         self.attention_threshold = attention_threshold
-        self.logit_offset = logit_offset
+        self.logit_offset = 0.0
+        """Added to the head's logit before the threshold: a site's calibration
+        (:meth:`calibrate`); 0 runs the bundle as shipped."""
 
     @classmethod
     def load(cls, bundle_dir: Path) -> BLineModel:
@@ -124,8 +122,8 @@ class BLineModel:
         out = BLineOutput(
             torch.cat([p.logit for p in parts]), torch.cat([p.attention for p in parts])
         )
+        probabilities = torch.sigmoid(out.logit).numpy()
         if not isinstance(self.network, MeasuredBLines):
-            probabilities = torch.sigmoid(out.logit + self.logit_offset).numpy()
             return findings_from_windows(
                 probabilities,
                 out.attention.numpy(),
@@ -136,7 +134,6 @@ class BLineModel:
                 model=self.model,
                 intact=cine.intact(),
             )
-        probabilities = torch.sigmoid(out.logit).numpy()
         # The head decides; the network's most probable windows say where, so a cine the head
         # calls positive always has its key frame and B-line frames.
         probability = self._calibrated(self.clip_logit(cine))

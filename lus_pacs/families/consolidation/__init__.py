@@ -15,16 +15,14 @@ if TYPE_CHECKING:
 
 
 def _load(folder: Path, settings: Settings) -> Runner:
-    from lus_pacs.families.calibration import site_calibration
+    from lus_pacs.families.calibration import site_offset
     from lus_pacs.families.consolidation.inference import ConsolidationModel
 
     chosen = settings.consolidation
     model = ConsolidationModel.load(folder, chosen.saliency_frames, chosen.saliency)
-    calibration = site_calibration(settings.calibration)
-    if calibration is not None:
-        offset = calibration.offset(FAMILY.name, model.model.version)
-        if offset is not None:
-            model = model.calibrated(offset, calibration.version(FAMILY.name, model.model.version))
+    site = site_offset(FAMILY.name, model.model.version, settings.calibration)
+    if site is not None:
+        model = model.calibrated(*site)
     # The saliency frames and method change the SR's boxes: part of the result identity.
     identity = f"s{model.saliency_frames}" + ("" if chosen.saliency == "gradient" else ",occlusion")
     return Runner(model.model.version, lambda cine, _: model.predict(cine), identity)

@@ -16,15 +16,13 @@ if TYPE_CHECKING:
 
 
 def _load(folder: Path, settings: Settings) -> Runner:
-    from lus_pacs.families.calibration import site_calibration
+    from lus_pacs.families.calibration import site_offset
     from lus_pacs.families.severity.inference import SeverityModel
 
     model = SeverityModel.load(folder, settings.runtime)
-    calibration = site_calibration(settings.calibration)
-    if calibration is not None:
-        shift = calibration.offset(FAMILY.name, model.model.version)
-        if shift is not None:
-            model.calibrate(shift, calibration.version(FAMILY.name, model.model.version))
+    site = site_offset(FAMILY.name, model.model.version, settings.calibration)
+    if site is not None:
+        model.calibrate(*site)
     return Runner(model.model.version, lambda cine, _: model.predict(cine))
 
 
