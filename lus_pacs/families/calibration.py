@@ -1,18 +1,21 @@
 """A site's calibration of the clip decisions: offsets fitted on cines the site labelled.
 
 A new device moves where the shipped heads' scores sit more than how they order clips. On the
-20 evaluation-only clips of a handheld convex probe (Butterfly iQ) the B-line head orders the
-clips at AUC 0.80 yet calls 2 of the 13 B-line clips present, and the severity recipe scores its
-score-2 and -3 clips mostly 1 (``lus-pacs evaluate real``: the ``shipped, external, Butterfly
-iQ`` rows). No threshold fitted on other devices knows how far a new one moves; the site's own
-labelled cines do. ``lus-pacs calibrate`` fits, with the bundles' weights unchanged:
+20 evaluation-only clips of a handheld convex probe (Butterfly iQ) the B-line head (0.3.0)
+orders the clips at AUC 0.80 yet calls 2 of the 13 B-line clips present, and the severity
+recipe scores its score-2 and -3 clips mostly 1 (``lus-pacs evaluate real``: the ``shipped,
+external, Butterfly iQ`` rows). No threshold fitted on other devices knows how far a new one
+moves; the site's own labelled cines do. ``lus-pacs calibrate`` fits, with the bundles'
+weights unchanged:
 
 * ``b_lines``: an offset added to the B-line head's logit, the intercept of a logistic
   regression with the head's logit as a fixed offset, classes weighted equally (as the head was
   fitted), so that the offset does not follow the share of B-line cines the site happened to
-  label. Measured on the Butterfly clips (scratch, 2026-12-05: the offset fitted on half of
-  them, scored on the other half, 20 random halvings each way): sensitivity 0.15 -> 0.65,
-  specificity 1.00 -> 0.69, F1 0.25 -> 0.70 (means over the scored halves).
+  label. It replaces the bundle's operating point (B-lines 0.4.0 lean to sensitivity because
+  a new device's level is unknown) by the site's balanced one. Measured on the Butterfly clips
+  (scratch, 2026-12-05: the offset fitted on half of them, scored on the other half, 20 random
+  halvings each way) from 0.3.0: sensitivity 0.15 -> 0.65, specificity 1.00 -> 0.69, F1 0.25
+  -> 0.70 (means over the scored halves); 0.4.0 uncalibrated sits near there on that scanner.
 * ``consolidation``: the same for the consolidation network's logit. On the Butterfly clips
   (four with a consolidation; same halvings): sensitivity 0.00 -> 0.50, specificity 0.88 ->
   0.68, F1 0.00 -> 0.35.

@@ -152,6 +152,69 @@ def fit_intercept(logits: npt.ArrayLike, labels: npt.ArrayLike, iterations: int 
     return float(_intercept(z, y, _balanced(y), iterations)[0])
 
 
+def held_out_logits(
+    features: npt.NDArray[np.floating],
+    labels: npt.NDArray[np.bool_],
+    groups: Sequence[str],
+    l2: float = HEAD_L2,
+    *,
+    sensitivity: float | None = None,
+) -> npt.NDArray[np.float64]:
+    """Each clip's logit by the head fitted (stratified) on the other groups only: what the
+    head says of a source it has never seen. NaN for a group whose others hold one class.
+
+    With ``sensitivity`` each group's logits also get the :func:`operating_shift` fitted on
+    the other groups alone, so the shift, too, never sees the group it scores.
+    """
+    x = np.asarray(features, np.float64)
+    y = np.asarray(labels, bool)
+    names = np.asarray(groups)
+    logits = np.full(len(y), np.nan)
+    for group in sorted(set(groups)):
+        held = names == group
+        if len(set(y[~held])) < 2:
+            continue
+        rest = [str(g) for g in names[~held]]
+        head = fit_head(x[~held], y[~held], l2, groups=rest)
+        with torch.inference_mode():
+            logits[held] = head(torch.tensor(x[held], dtype=torch.float32)).double().numpy()
+        if sensitivity is not None:
+            logits[held] += operating_shift(x[~held], y[~held], rest, sensitivity, l2)
+    return logits
+
+
+def operating_shift(
+    features: npt.NDArray[np.floating],
+    labels: npt.NDArray[np.bool_],
+    groups: Sequence[str],
+    sensitivity: float,
+    l2: float = HEAD_L2,
+) -> float:
+    """The logit shift at which the head, on sources it was not fitted on, finds
+    ``sensitivity`` of the positive clips: the smallest shift that puts that share of the
+    :func:`held_out_logits` of the positives at or above 0.
+
+    The class-balanced intercept fits the training sources' own level; on a device none of
+    them had, the level is unknown (the B-line model card: a handheld scanner's B-line clips
+    scored below it). Held-out logits carry that uncertainty, so a shift chosen on them keeps
+    the sensitivity on an unseen source, at the cost of specificity.
+
+    Raises
+    ------
+    ValueError
+        ``sensitivity`` outside (0, 1], or no positive clip has a held-out logit.
+    """
+    if not 0.0 < sensitivity <= 1.0:
+        raise ValueError(f"operating_shift: sensitivity {sensitivity} is not in (0, 1].")
+    y = np.asarray(labels, bool)
+    logits = held_out_logits(features, y, groups, l2)
+    positives = np.sort(logits[y & ~np.isnan(logits)])[::-1]
+    if not len(positives):
+        raise ValueError("operating_shift: no positive clip of a source that can be held out.")
+    found = int(np.ceil(sensitivity * len(positives) - 1e-9))
+    return float(-positives[found - 1])
+
+
 def _balanced(y: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """Weights that give each class equal total weight."""
     share = y.mean()

@@ -36,7 +36,8 @@ import numpy.typing as npt
 import pydicom
 
 from lus_pacs.domain import Findings
-from lus_pacs.families.measurements import HEAD_L2, fit_head
+from lus_pacs.families.b_lines.real_head import OPERATING_SENSITIVITY
+from lus_pacs.families.measurements import HEAD_L2, held_out_logits
 from lus_pacs.inference.bundle import INFERENCE, read_json
 from lus_pacs.settings import SegmentationSettings, Settings
 from lus_pacs.training.pocus import import_clip
@@ -86,24 +87,21 @@ def leave_source_out(
     measured: Measured,
     label: Callable[[RealClip], bool | None],
     l2: float = HEAD_L2,
+    *,
+    sensitivity: float | None = None,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_], list[str]]:
     """Pooled held-out scores of the trainable clips that have a label, their labels and
-    sources, by the head fitted stratified by source on the other sources. A source whose
-    training side holds one class only scores its clips 0.5."""
+    sources, by the head fitted stratified by source on the other sources
+    (:func:`~lus_pacs.families.measurements.held_out_logits`; with ``sensitivity``, shifted to
+    that operating point as the shipped head is, the shift fitted without the source too). A
+    source whose training side holds one class only scores its clips 0.5."""
     chosen = [
         i for i, c in enumerate(measured.clips) if c.dataset == TRAINABLE and label(c) is not None
     ]
-    x = measured.features[chosen]
     y = np.array([bool(label(measured.clips[i])) for i in chosen])
     groups = [measured.clips[i].group for i in chosen]
-    scores = np.full(len(chosen), 0.5)
-    for group in sorted(set(groups)):
-        held = np.array([g == group for g in groups])
-        if len(set(y[~held])) < 2:
-            continue
-        training = [g for g, h in zip(groups, held, strict=True) if not h]
-        head = fit_head(x[~held], y[~held], l2, groups=training)
-        scores[held] = head.probability(x[held])
+    logits = held_out_logits(measured.features[chosen], y, groups, l2, sensitivity=sensitivity)
+    scores = np.where(np.isnan(logits), 0.5, 1.0 / (1.0 + np.exp(-np.nan_to_num(logits))))
     return scores, y, groups
 
 
@@ -192,7 +190,9 @@ def evaluate_real(
             value = getattr(clip.clip, column)
             return None if value is None else bool(value)
 
-        scores, labels, groups = leave_source_out(measured, label)
+        # The B-line recipe, as shipped, decides at its operating point (see the model card).
+        sensitivity = OPERATING_SENSITIVITY if name == "b_lines" else None
+        scores, labels, groups = leave_source_out(measured, label, sensitivity=sensitivity)
         rows.append(
             binary_row(
                 f"{name} (measurement recipe)",

@@ -12,7 +12,13 @@ import torch
 
 from lus_pacs.domain import Cine
 from lus_pacs.families.b_lines.inference import BLineModel
-from lus_pacs.families.measurements import MeasurementHead, fit_head, fit_ordinal
+from lus_pacs.families.measurements import (
+    MeasurementHead,
+    fit_head,
+    fit_ordinal,
+    held_out_logits,
+    operating_shift,
+)
 from lus_pacs.imaging.decode import read_cine
 from lus_pacs.inference.lung_features import CLIP_FEATURES, FEATURE_VERSION, cine_features
 from lus_pacs.training.metrics import roc_auc
@@ -97,6 +103,64 @@ def test_a_stratified_fit_learns_within_sources_not_which_source() -> None:
     assert (~called[~y]).mean() > 0.6
     with pytest.raises(ValueError, match="groups"):
         fit_head(x, y, groups=["a"])
+
+
+def _devices(
+    rng: np.random.Generator, sources: int, clips: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Clips of ``sources`` devices, each with its own level of the one telling measurement
+    (column 0: a device's gain moves it for both classes); 40 % positive."""
+    groups = np.repeat([f"device-{i}" for i in range(sources)], clips)
+    level = np.repeat(rng.normal(0.0, 1.0, sources), clips)
+    y = rng.random(len(groups)) < 0.4
+    x = np.c_[1.5 * y + level + rng.normal(size=len(groups)), rng.normal(size=len(groups))]
+    return x, y, [str(g) for g in groups]
+
+
+def _logits(head: MeasurementHead, x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return head(torch.tensor(x, dtype=torch.float32)).double().numpy()
+
+
+def test_the_operating_shift_keeps_the_sensitivity_on_devices_never_seen() -> None:
+    rng = np.random.default_rng(1)
+    x, y, groups = _devices(rng, 12, 30)
+    shift = operating_shift(x, y, groups, 0.8, l2=1.0)
+    # On the held-out logits it is the smallest shift that finds 80 % of the positives.
+    held = held_out_logits(x, y, groups, l2=1.0)[y]
+    assert (held + shift >= 0).mean() >= 0.8
+    assert (held + shift - 1e-6 >= 0).mean() < 0.8
+    # Thirty new devices: the balanced head misses a third of their positives, the shifted
+    # one finds close to the share it was set to.
+    head = fit_head(x, y, l2=1.0, groups=groups)
+    new_x, new_y, _ = _devices(rng, 30, 100)
+    balanced = float((_logits(head, new_x)[new_y] >= 0).mean())
+    shifted = float((_logits(head, new_x)[new_y] + shift >= 0).mean())
+    assert balanced < 0.7
+    assert 0.72 <= shifted <= 0.9
+    assert shift > 0
+    for wrong in (0.0, 1.5):
+        with pytest.raises(ValueError, match="sensitivity"):
+            operating_shift(x, y, groups, wrong)
+
+
+def test_held_out_logits_at_an_operating_point_never_see_the_source_they_score() -> None:
+    rng = np.random.default_rng(2)
+    x, y, groups = _devices(rng, 5, 30)
+    plain = held_out_logits(x, y, groups, l2=1.0)
+    shifted = held_out_logits(x, y, groups, l2=1.0, sensitivity=0.8)
+    names = np.array(groups)
+    for group in sorted(set(groups)):
+        held = names == group
+        rest = [g for g in groups if g != group]
+        own = operating_shift(x[~held], y[~held], rest, 0.8, l2=1.0)
+        np.testing.assert_allclose(shifted[held], plain[held] + own)
+        head = fit_head(x[~held], y[~held], l2=1.0, groups=rest)
+        np.testing.assert_allclose(plain[held], _logits(head, x[held]))
+    # A source whose others hold one class has no held-out logit.
+    one_class = y.copy()
+    one_class[names != "device-0"] = False
+    assert np.isnan(held_out_logits(x, one_class, groups)[names == "device-0"]).all()
 
 
 def test_the_ordinal_head_orders_scores_by_what_separates_them() -> None:

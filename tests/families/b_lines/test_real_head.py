@@ -14,7 +14,8 @@ import torch
 from lus_pacs.errors import ModelError
 from lus_pacs.families.b_lines.inference import BLineModel
 from lus_pacs.families.b_lines.network import MeasuredBLines
-from lus_pacs.families.b_lines.real_head import VERSION, fit_real_head
+from lus_pacs.families.b_lines.real_head import OPERATING_SENSITIVITY, VERSION, fit_real_head
+from lus_pacs.families.measurements import fit_head, operating_shift
 from lus_pacs.inference.lung_features import CLIP_FEATURES, FEATURE_VERSION
 from lus_pacs.training.metrics import roc_auc
 from tests.tools import measured_pocus
@@ -66,6 +67,18 @@ def test_fit_writes_the_head_beside_the_unchanged_network(tmp_path: Path) -> Non
     new_rows, _, new = _clips(rng, {"delta": 0.5}, 200)
     labels = np.array([row.split(",")[7] == "1" for row in new_rows])
     assert roc_auc(model.network.head.probability(new), labels) > 0.85
+    # The intercept sits at the operating point: the balanced fit's, moved by the shift that
+    # finds OPERATING_SENSITIVITY of the positives of sources held out.
+    labels_fitted = np.array([row.split(",")[7] == "1" for row in rows])
+    sites = [row.split(",")[3] for row in rows]
+    shift = operating_shift(features, labels_fitted, sites, OPERATING_SENSITIVITY)
+    assert fit["operating_point"]["logit_shift"] == pytest.approx(shift, abs=1e-4)
+    assert fit["operating_point"]["sensitivity_leave_source_out"] == OPERATING_SENSITIVITY
+    balanced = fit_head(features, labels_fitted, groups=sites).linear.bias
+    assert float(model.network.head.linear.bias.detach()[0]) == pytest.approx(
+        float(balanced.detach()[0]) + shift, abs=1e-4
+    )
+    assert abs(shift) > 0.05  # the move is not nothing
     assert fit["sources"] == ["alpha", "beta", "gamma"]
     assert fit["data"].startswith("pocus: 120 clips with a B-line label")
     metadata = json.loads((out / "configs" / "metadata.json").read_text())
