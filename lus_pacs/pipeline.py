@@ -65,7 +65,7 @@ class Models:
     runners: Mapping[str, Runner]
     key: str
     """The identity of the results they make (:meth:`Registry.identity`); result UIDs derive
-    from it: ``b_lines@0.3.0,...,segmentation@0.1.0[best,mc10]``."""
+    from it: ``b_lines@0.4.0,...,segmentation@0.1.0[best,mc10]``."""
     registry: Registry = FAMILIES
     """The registry they come from, which writes their records."""
 

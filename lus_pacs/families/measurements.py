@@ -164,8 +164,16 @@ def held_out_logits(
     head says of a source it has never seen. NaN for a group whose others hold one class.
 
     With ``sensitivity`` each group's logits also get the :func:`operating_shift` fitted on
-    the other groups alone, so the shift, too, never sees the group it scores.
+    the other groups alone, so the shift, too, never sees the group it scores; NaN where no
+    positive clip of the other groups can itself be held out (all of them in one group).
+
+    Raises
+    ------
+    ValueError
+        ``sensitivity`` outside (0, 1].
     """
+    if sensitivity is not None:
+        _check_sensitivity(sensitivity)
     x = np.asarray(features, np.float64)
     y = np.asarray(labels, bool)
     names = np.asarray(groups)
@@ -179,8 +187,16 @@ def held_out_logits(
         with torch.inference_mode():
             logits[held] = head(torch.tensor(x[held], dtype=torch.float32)).double().numpy()
         if sensitivity is not None:
-            logits[held] += operating_shift(x[~held], y[~held], rest, sensitivity, l2)
+            try:
+                logits[held] += operating_shift(x[~held], y[~held], rest, sensitivity, l2)
+            except ValueError:  # the other groups' positives all lie in one group
+                logits[held] = np.nan
     return logits
+
+
+def _check_sensitivity(sensitivity: float) -> None:
+    if not 0.0 < sensitivity <= 1.0:
+        raise ValueError(f"operating_shift: sensitivity {sensitivity} is not in (0, 1].")
 
 
 def operating_shift(
@@ -204,8 +220,7 @@ def operating_shift(
     ValueError
         ``sensitivity`` outside (0, 1], or no positive clip has a held-out logit.
     """
-    if not 0.0 < sensitivity <= 1.0:
-        raise ValueError(f"operating_shift: sensitivity {sensitivity} is not in (0, 1].")
+    _check_sensitivity(sensitivity)
     y = np.asarray(labels, bool)
     logits = held_out_logits(features, y, groups, l2)
     positives = np.sort(logits[y & ~np.isnan(logits)])[::-1]

@@ -94,7 +94,8 @@ def leave_source_out(
     sources, by the head fitted stratified by source on the other sources
     (:func:`~lus_pacs.families.measurements.held_out_logits`; with ``sensitivity``, shifted to
     that operating point as the shipped head is, the shift fitted without the source too). A
-    source whose training side holds one class only scores its clips 0.5."""
+    source whose training side holds one class only (or, with ``sensitivity``, its positives
+    all in one source) scores its clips 0.5."""
     chosen = [
         i for i, c in enumerate(measured.clips) if c.dataset == TRAINABLE and label(c) is not None
     ]

@@ -161,6 +161,12 @@ def test_held_out_logits_at_an_operating_point_never_see_the_source_they_score()
     one_class = y.copy()
     one_class[names != "device-0"] = False
     assert np.isnan(held_out_logits(x, one_class, groups)[names == "device-0"]).all()
+    # All positives in one source: no fold can fit its own operating point, none fails.
+    at_point = held_out_logits(x, one_class, groups, sensitivity=0.8)
+    assert np.isnan(at_point).all()
+    assert not np.isnan(held_out_logits(x, one_class, groups)[names != "device-0"]).any()
+    with pytest.raises(ValueError, match="sensitivity"):
+        held_out_logits(x, y, groups, sensitivity=0.0)
 
 
 def test_the_ordinal_head_orders_scores_by_what_separates_them() -> None:
