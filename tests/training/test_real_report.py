@@ -148,3 +148,48 @@ def test_external_rows_come_again_per_probe_and_named_scanner(tmp_path: Path) ->
     # A scanner with too few clips, and a probe that is the whole external set, get no rows.
     data = _data_with_external(tmp_path / "b", _external_rows(MIN_SUBSET - 1, 4, 0))
     assert external_subsets(real_clips(data)) == []
+
+
+def test_the_b_line_recipe_is_scored_at_its_operating_point_fitted_without_the_source(
+    tmp_path: Path,
+) -> None:
+    from lus_pacs.families.measurements import held_out_logits
+    from lus_pacs.inference.lung_features import CLIP_FEATURES
+    from lus_pacs.training.real import Measured, RealClip, real_clips
+    from lus_pacs.training.real_evaluation import leave_source_out
+    from tests.tools import measured_pocus
+
+    # Six sites, each with its own level of the one telling measurement (a device's gain).
+    rng = np.random.default_rng(5)
+    rows, names, features = [], [], []
+    for site in range(6):
+        level = rng.normal()
+        for i in range(25):
+            positive = bool(rng.random() < 0.4)
+            file = f"videos/Cov-site{site}-{i}.mp4"
+            rows.append(f"{file},COVID-19,convex,site{site},CC BY 4.0,20,200x200,{int(positive)}")
+            names.append(f"pocus/{file}")
+            x = rng.normal(size=len(CLIP_FEATURES))
+            x[0] += 1.5 * positive + level
+            features.append(x)
+    data, _ = measured_pocus(tmp_path, [r + ",,,,,,," for r in rows], names, np.array(features))
+    clips = tuple(real_clips(data))
+    assert [c.name for c in clips] == names
+    measured = Measured(clips, np.array(features, np.float32), ())
+
+    def label(clip: RealClip) -> bool | None:
+        return clip.clip.b_lines
+
+    plain, y, groups = leave_source_out(measured, label, l2=1.0)
+    at_point, _, _ = leave_source_out(measured, label, l2=1.0, sensitivity=0.8)
+    expected = held_out_logits(measured.features, y, groups, l2=1.0, sensitivity=0.8)
+    np.testing.assert_allclose(at_point, 1 / (1 + np.exp(-expected)))
+    assert (at_point[y] >= 0.5).mean() > (plain[y] >= 0.5).mean()
+    # All B-line clips in one site: no fold can fit its operating point; every clip scores 0.5.
+    keep = np.array([c.group == "site0" or not c.clip.b_lines for c in clips])
+    only = Measured(
+        tuple(c for c, k in zip(clips, keep, strict=True) if k), measured.features[keep], ()
+    )
+    scores, labels, _ = leave_source_out(only, label, sensitivity=0.8)
+    assert labels.any()
+    assert (scores == 0.5).all()
