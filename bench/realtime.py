@@ -15,8 +15,10 @@ untimed):
 * ``onnx``: the node now with its defaults (ONNX Runtime).
 
 It prints each stage's mean milliseconds per cine, the real-time factor (processing time /
-cine duration; real time is 1.0, the target 0.5), the process's peak memory and, last, the
-speed-up of the node over the baseline (target 8x).
+cine duration; real time is 1.0, the target 0.5), how many cores the process kept busy over the
+exam (its CPU seconds per second: with two workers on two cores, what falls short of 2.0 is
+time a worker waited, mostly for the interpreter's lock while the other ran Python), the
+process's peak memory and, last, the speed-up of the node over the baseline (target 8x).
 
 With ``--e2e`` it then measures the end-to-end latency with a real PACS: a ``lus-pacs serve``
 with its defaults sending to a test Orthanc; 11 cines are pushed one at a time with storescu
@@ -53,7 +55,7 @@ BASELINE = "dc23332"
 PUSHES = 10
 
 RUN = """
-import json, sys, time
+import json, resource, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from lus_pacs.settings import Settings
@@ -72,15 +74,18 @@ try:  # as a started node: warmed up on a simulated cine
 except ImportError:  # the baseline has no warm-up: the exam's first cine once, untimed
     process_file(Path(sys.argv[3]), models, settings, Path(sys.argv[1]) / "warm-up")
 started = time.perf_counter()
+used = resource.getrusage(resource.RUSAGE_SELF)
 def run(path):
     record, _ = process_file(Path(path), models, settings, Path(sys.argv[1]))
     return dict(record.timings_ms)
 with ThreadPoolExecutor(workers) as pool:  # the node's worker threads, cines in order
     timings = list(pool.map(run, sys.argv[3:]))
 elapsed = time.perf_counter() - started
+after = resource.getrusage(resource.RUSAGE_SELF)
+cpu = after.ru_utime - used.ru_utime + after.ru_stime - used.ru_stime
 peak = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]
 print(json.dumps({"timings": timings, "elapsed_s": elapsed, "peak_bytes": int(peak) * 1024,
-                  "workers": workers}))
+                  "workers": workers, "cpu_s": cpu}))
 """
 
 
@@ -217,6 +222,8 @@ def main() -> None:
     elapsed = {name: float(str(r["elapsed_s"])) for name, r in results.items()}
     print(f"{'processing s':<26}" + "".join(f"{elapsed[n]:10.1f}" for n in results))
     print(f"{'real-time factor':<26}" + "".join(f"{elapsed[n] / cine_s:10.2f}" for n in results))
+    busy = {name: float(str(r["cpu_s"])) / elapsed[name] for name, r in results.items()}
+    print(f"{'cores busy (cpu s / s)':<26}" + "".join(f"{busy[n]:10.2f}" for n in results))
     peaks = {name: float(str(r["peak_bytes"])) / 1e9 for name, r in results.items()}
     print(f"{'peak memory GB':<26}" + "".join(f"{peaks[n]:10.2f}" for n in results))
     if latency:
