@@ -73,6 +73,11 @@ class MeasurementHead(nn.Module):
         """Logits, shape (clips,), of measurements shaped (clips, n_features)."""
         return self.linear((x - self.mean) / self.scale).squeeze(-1)
 
+    def logits(self, features: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+        """Logits of measurements shaped (clips, n_features), computed in float32."""
+        with torch.inference_mode():
+            return self(torch.tensor(np.asarray(features, np.float32))).double().numpy()
+
     def probability(self, features: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
         """Probabilities of measurements shaped (clips, n_features)."""
         with torch.inference_mode():
@@ -184,8 +189,7 @@ def held_out_logits(
             continue
         rest = [str(g) for g in names[~held]]
         head = fit_head(x[~held], y[~held], l2, groups=rest)
-        with torch.inference_mode():
-            logits[held] = head(torch.tensor(x[held], dtype=torch.float32)).double().numpy()
+        logits[held] = head.logits(x[held])
         if sensitivity is not None:
             try:
                 logits[held] += operating_shift(x[~held], y[~held], rest, sensitivity, l2)

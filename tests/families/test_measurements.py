@@ -30,6 +30,7 @@ def test_the_head_separates_what_one_measurement_separates() -> None:
     y = x[:, 2] + 0.3 * rng.normal(size=200) > 1.0  # rare positives (about 16 %)
     head = fit_head(x, y, l2=1.0)
     assert roc_auc(head.probability(x), y) > 0.95
+    np.testing.assert_allclose(1 / (1 + np.exp(-head.logits(x))), head.probability(x), atol=1e-6)
     # Classes weigh equally: the decision at 0.5 is not pulled towards the majority.
     called = head.probability(x) >= 0.5
     assert called[y].mean() > 0.8
@@ -117,11 +118,6 @@ def _devices(
     return x, y, [str(g) for g in groups]
 
 
-def _logits(head: MeasurementHead, x: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        return head(torch.tensor(x, dtype=torch.float32)).double().numpy()
-
-
 def test_the_operating_shift_keeps_the_sensitivity_on_devices_never_seen() -> None:
     rng = np.random.default_rng(1)
     x, y, groups = _devices(rng, 12, 30)
@@ -134,8 +130,8 @@ def test_the_operating_shift_keeps_the_sensitivity_on_devices_never_seen() -> No
     # one finds close to the share it was set to.
     head = fit_head(x, y, l2=1.0, groups=groups)
     new_x, new_y, _ = _devices(rng, 30, 100)
-    balanced = float((_logits(head, new_x)[new_y] >= 0).mean())
-    shifted = float((_logits(head, new_x)[new_y] + shift >= 0).mean())
+    balanced = float((head.logits(new_x)[new_y] >= 0).mean())
+    shifted = float((head.logits(new_x)[new_y] + shift >= 0).mean())
     assert balanced < 0.7
     assert 0.72 <= shifted <= 0.9
     assert shift > 0
@@ -156,7 +152,7 @@ def test_held_out_logits_at_an_operating_point_never_see_the_source_they_score()
         own = operating_shift(x[~held], y[~held], rest, 0.8, l2=1.0)
         np.testing.assert_allclose(shifted[held], plain[held] + own)
         head = fit_head(x[~held], y[~held], l2=1.0, groups=rest)
-        np.testing.assert_allclose(plain[held], _logits(head, x[held]))
+        np.testing.assert_allclose(plain[held], head.logits(x[held]))
     # A source whose others hold one class has no held-out logit.
     one_class = y.copy()
     one_class[names != "device-0"] = False

@@ -186,9 +186,7 @@ class BLineModel:
             raise ModelError(
                 f"B-line bundle {self.model.version} has no measurement head to calibrate."
             )
-        features = torch.tensor(np.asarray(cine_features(cine)[1][None], np.float32))
-        with torch.inference_mode():
-            return float(head(features)[0])
+        return float(head.logits(cine_features(cine)[1][None])[0])
 
     def _calibrated(self, logit: float) -> float:
         """The clip probability of the head's ``logit`` with the site's offset (float32, as
