@@ -20,7 +20,9 @@ weights unchanged:
   (four with a consolidation; same halvings): sensitivity 0.00 -> 0.50, specificity 0.88 ->
   0.68, F1 0.00 -> 0.35.
 * ``severity``: a shift added to the severity recipe's ordinal score ``eta`` (the cuts stay),
-  fitted by maximum likelihood of the site's scores, unweighted: the recipe's ordinal head
+  fitted by maximum likelihood of the site's scores against the shipped cuts, so that it
+  replaces their operating point (severity 0.3.0 moved them to score severe lungs severe on
+  an unseen device), unweighted: the recipe's ordinal head
   weighed every score equally because no training source's mix of scores is any site's, but
   the site's own cines have the mix it will see. Measured the same way on the 15 scored
   Butterfly clips: accuracy 0.20 -> 0.31, quadratic kappa 0.05 -> 0.04: it moves the level,

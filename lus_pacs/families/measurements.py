@@ -227,11 +227,25 @@ def operating_shift(
     _check_sensitivity(sensitivity)
     y = np.asarray(labels, bool)
     logits = held_out_logits(features, y, groups, l2)
-    positives = np.sort(logits[y & ~np.isnan(logits)])[::-1]
-    if not len(positives):
+    return shift_to_reach(logits[y], sensitivity)
+
+
+def shift_to_reach(margins: npt.NDArray[np.floating], share: float) -> float:
+    """The smallest shift that puts ``share`` of the finite ``margins`` at or above 0 (the
+    k-th largest margin, negated, k = ceil(share x count)).
+
+    Raises
+    ------
+    ValueError
+        ``share`` outside (0, 1], or no finite margin.
+    """
+    _check_sensitivity(share)
+    m = np.asarray(margins, np.float64)
+    ranked = np.sort(m[~np.isnan(m)])[::-1]
+    if not len(ranked):
         raise ValueError("operating_shift: no positive clip of a source that can be held out.")
-    found = int(np.ceil(sensitivity * len(positives) - 1e-9))
-    return float(-positives[found - 1])
+    found = int(np.ceil(share * len(ranked) - 1e-9))
+    return float(-ranked[found - 1])
 
 
 def _balanced(y: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -317,14 +331,18 @@ class OrdinalHead(nn.Module):
         """``eta``, shape (clips,), of inputs shaped (clips, n_inputs)."""
         return ((x - self.mean) / self.scale) @ self.weight
 
+    def etas(self, inputs: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+        """``eta`` of inputs shaped (clips, n_inputs), before any shift."""
+        with torch.inference_mode():
+            return self(torch.tensor(np.asarray(inputs, np.float32))).double().numpy()
+
     def predict(
         self, inputs: npt.NDArray[np.floating], shift: float = 0.0
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
         """Each clip's score (how many cuts its ``eta`` passes: the median of its score
         distribution) and the probabilities of every score, shaped (clips, n_scores);
         ``shift`` is added to every ``eta`` (a site's calibration)."""
-        with torch.inference_mode():
-            eta = self(torch.tensor(np.asarray(inputs, np.float32))).double() + shift
+        eta = torch.as_tensor(self.etas(inputs)) + shift
         cuts = self.cuts.double()
         below = torch.sigmoid(cuts[None, :] - eta[:, None])
         ones = torch.ones(len(eta), 1, dtype=torch.float64)

@@ -26,6 +26,7 @@ source's scores sit as a whole, which is what a threshold shared by all devices 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ import pydicom
 from lus_pacs.domain import Findings
 from lus_pacs.families.b_lines.real_head import OPERATING_SENSITIVITY
 from lus_pacs.families.measurements import HEAD_L2, held_out_logits
+from lus_pacs.families.severity.measured import OPERATING_SHARE
 from lus_pacs.inference.bundle import INFERENCE, read_json
 from lus_pacs.settings import SegmentationSettings, Settings
 from lus_pacs.training.pocus import import_clip
@@ -107,11 +109,16 @@ def leave_source_out(
 
 
 def severity_leave_source_out(
-    measured: Measured,
+    measured: Measured, share: float | None = None
 ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], list[str]]:
     """Pooled held-out scores of the scored trainable clips, their true scores and sources:
-    for each source, the severity recipe fitted on the trainable clips of all other sources."""
-    from lus_pacs.families.severity.measured import fit_recipe
+    for each source, the severity recipe fitted on the trainable clips of all other sources.
+
+    With ``share``, each source's scores are given at the operating point
+    (:func:`~lus_pacs.families.severity.measured.operating_shift`) fitted on the other
+    sources alone, as the shipped recipe's is on all of them: the shift never sees the source
+    it scores. Where the other sources cannot give one, the recipe scores without it."""
+    from lus_pacs.families.severity.measured import fit_recipe, operating_shift
 
     trainable = [i for i, c in enumerate(measured.clips) if c.dataset == TRAINABLE]
     clips = [measured.clips[i] for i in trainable]
@@ -121,15 +128,19 @@ def severity_leave_source_out(
     predicted = np.zeros(len(scored), np.intp)
     for group in sorted({groups[i] for i in scored}):
         rest = [i for i, g in enumerate(groups) if g != group]
-        recipe = fit_recipe(
-            x[rest],
+        labels = (
             [groups[i] for i in rest],
             [clips[i].clip.b_lines for i in rest],
             [clips[i].clip.consolidations for i in rest],
             [clips[i].severity for i in rest],
         )
+        recipe = fit_recipe(x[rest], *labels)
+        shift = 0.0
+        if share is not None:
+            with contextlib.suppress(ValueError):  # no severe clip of another source held out
+                shift = operating_shift(x[rest], *labels, share=share)
         held = [k for k, i in enumerate(scored) if groups[i] == group]
-        predicted[held] = recipe.clip_scores(x[[scored[k] for k in held]])[0]
+        predicted[held] = recipe.clip_scores(x[[scored[k] for k in held]], shift)[0]
     truth = np.array([clips[i].severity for i in scored], np.intp)
     return predicted, truth, [groups[i] for i in scored]
 
@@ -206,7 +217,7 @@ def evaluate_real(
                 rounds=rounds,
             )
         )
-    predicted, truth, _ = severity_leave_source_out(measured)
+    predicted, truth, _ = severity_leave_source_out(measured, OPERATING_SHARE)
     rows.append(
         severity_row(
             "severity (measurement recipe)", "leave-source-out", predicted, truth, rounds=rounds

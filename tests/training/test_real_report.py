@@ -193,3 +193,56 @@ def test_the_b_line_recipe_is_scored_at_its_operating_point_fitted_without_the_s
     scores, labels, _ = leave_source_out(only, label, sensitivity=0.8)
     assert labels.any()
     assert (scores == 0.5).all()
+
+
+def test_the_severity_recipe_is_scored_at_its_operating_point_fitted_without_the_source(
+    tmp_path: Path,
+) -> None:
+    from lus_pacs.families.severity.measured import fit_recipe, operating_shift
+    from lus_pacs.inference.lung_features import CLIP_FEATURES
+    from lus_pacs.training.real import Measured, real_clips
+    from lus_pacs.training.real_evaluation import severity_leave_source_out
+    from tests.tools import measured_pocus
+
+    # Five sites, each with its own level of the two telling measurements (a device's gain);
+    # a clip's score is 0 (neither finding), 1 (B-lines), 2 (consolidation) or 3 (both).
+    rng = np.random.default_rng(6)
+    rows, names, features = [], [], []
+    for site in range(5):
+        level = rng.normal()
+        for i in range(24):
+            b, c = bool(rng.random() < 0.5), bool(rng.random() < 0.3)
+            file = f"videos/Cov-site{site}-{i}.mp4"
+            rows.append(
+                f"{file},COVID-19,convex,site{site},CC BY 4.0,20,200x200,{int(b)},{int(c)},"
+                f",,,,,{int(b) + 2 * int(c)}"
+            )
+            names.append(f"pocus/{file}")
+            x = rng.normal(size=len(CLIP_FEATURES))
+            x[0] += 1.5 * b + level
+            x[1] += 1.5 * c + level
+            features.append(x)
+    data, _ = measured_pocus(tmp_path, rows, names, np.array(features))
+    clips = tuple(real_clips(data))
+    measured = Measured(clips, np.array(features, np.float32), ())
+
+    plain, truth, groups = severity_leave_source_out(measured)
+    at_point, again, _ = severity_leave_source_out(measured, share=0.8)
+    np.testing.assert_array_equal(again, truth)
+    measures = measured.features
+    for source in sorted(set(groups)):
+        rest = [i for i, clip in enumerate(clips) if clip.group != source]
+        labels = (
+            [clips[i].group for i in rest],
+            [clips[i].clip.b_lines for i in rest],
+            [clips[i].clip.consolidations for i in rest],
+            [clips[i].severity for i in rest],
+        )
+        recipe = fit_recipe(measures[rest], *labels)
+        shift = operating_shift(measures[rest], *labels, share=0.8)
+        held = measures[[i for i, clip in enumerate(clips) if clip.group == source]]
+        mine = np.array(groups) == source
+        np.testing.assert_array_equal(at_point[mine], recipe.clip_scores(held, shift)[0])
+        np.testing.assert_array_equal(plain[mine], recipe.clip_scores(held)[0])
+    severe = truth >= 2
+    assert (at_point[severe] >= 2).mean() > (plain[severe] >= 2).mean()

@@ -32,11 +32,22 @@ from lus_pacs.families.measurements import (
     OrdinalHead,
     fit_head,
     fit_ordinal,
+    shift_to_reach,
 )
 from lus_pacs.families.severity.network import SeverityNet, SeverityOutput
 
 FINDINGS = ("b_lines", "consolidations")
 """The label columns whose heads feed the ordinal head, in its input order."""
+SEVERE = 2
+"""The score from which a clip counts as severe for the operating point: coalescent B-lines or
+consolidation (scores 2 and 3)."""
+OPERATING_SHARE = 0.80
+"""Share of the severe clips (:data:`SEVERE` or more) the shipped recipe scores severe on
+sources it was not fitted on (leave-source-out on the trainable clips): its cuts are moved to
+that operating point (:func:`operating_shift`), as the B-line head's intercept is."""
+_ABOVE_CUT = 1e-4
+"""Added to the shift so that the clip it is set by lands above its cut, not on it, whatever the
+rounding of the bundle's float32 cuts (a score counts the cuts ``eta`` is strictly above)."""
 
 
 class MeasuredSeverity(nn.Module):
@@ -82,9 +93,7 @@ class MeasuredSeverity(nn.Module):
 
     def clip_etas(self, features: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
         """The ordinal score ``eta`` of clip measurements (clips, n), before any shift."""
-        logits = finding_logits(self.b_lines, self.consolidation, features)
-        with torch.inference_mode():
-            return self.ordinal(torch.tensor(np.asarray(logits, np.float32))).double().numpy()
+        return self.ordinal.etas(finding_logits(self.b_lines, self.consolidation, features))
 
 
 @dataclass(frozen=True)
@@ -96,10 +105,11 @@ class SeverityRecipe:
     ordinal: OrdinalHead
 
     def clip_scores(
-        self, features: npt.NDArray[np.floating]
+        self, features: npt.NDArray[np.floating], shift: float = 0.0
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
         """As :meth:`MeasuredSeverity.clip_scores`."""
-        return self.ordinal.predict(finding_logits(self.b_lines, self.consolidation, features))
+        logits = finding_logits(self.b_lines, self.consolidation, features)
+        return self.ordinal.predict(logits, shift)
 
 
 def finding_logits(
@@ -152,3 +162,69 @@ def fit_recipe(
         groups=[groups[i] for i in scored],
     )
     return SeverityRecipe(heads[0], heads[1], ordinal)
+
+
+def held_out_margins(
+    features: npt.NDArray[np.floating],
+    groups: Sequence[str],
+    b_lines: Sequence[bool | None],
+    consolidation: Sequence[bool | None],
+    severity: Sequence[int | None],
+    level: int = SEVERE,
+) -> npt.NDArray[np.float64]:
+    """Each scored clip's ordinal score ``eta`` less the cut it must pass to score ``level``
+    or more, by the recipe fitted on the other groups only: positive where the recipe of the
+    other sources scores it ``level`` or more. NaN for a clip without a score and for a group
+    whose others cannot be fitted on (a finding of one class, or one score)."""
+    x = np.asarray(features, np.float64)
+    names = np.asarray(groups)
+    margins = np.full(len(names), np.nan)
+    scored = np.array([s is not None for s in severity], bool)
+    for group in sorted(set(names[scored].tolist())):
+        held = names == group
+        rest = np.flatnonzero(~held).tolist()
+        try:
+            recipe = fit_recipe(
+                x[rest],
+                [str(names[i]) for i in rest],
+                [b_lines[i] for i in rest],
+                [consolidation[i] for i in rest],
+                [severity[i] for i in rest],
+            )
+        except ValueError:  # the other groups hold one class of a finding, or one score
+            continue
+        target = held & scored
+        logits = finding_logits(recipe.b_lines, recipe.consolidation, x[target])
+        margins[target] = recipe.ordinal.etas(logits) - float(recipe.ordinal.cuts[level - 1])
+    return margins
+
+
+def operating_shift(
+    features: npt.NDArray[np.floating],
+    groups: Sequence[str],
+    b_lines: Sequence[bool | None],
+    consolidation: Sequence[bool | None],
+    severity: Sequence[int | None],
+    share: float = OPERATING_SHARE,
+    level: int = SEVERE,
+) -> float:
+    """The shift of ``eta`` at which the recipe, on sources it was not fitted on, scores
+    ``share`` of the clips of score ``level`` or more at ``level`` or more: the smallest that
+    puts that share of their :func:`held_out_margins` above 0.
+
+    The recipe's cuts fit the training sources' own level; on a device none of them had it
+    scored the severe clips of a handheld scanner mostly 1 (the model card). Held-out margins
+    carry the spread of the sources' levels, so a shift chosen on them keeps the share on an
+    unseen source, at the cost of calling some milder clips more severe.
+
+    Raises
+    ------
+    ValueError
+        ``share`` outside (0, 1], ``level`` not a score above 0, or no clip of ``level`` or
+        more has a held-out margin.
+    """
+    if not 1 <= level <= 3:
+        raise ValueError(f"operating_shift: level {level} is not a score of 1 to 3.")
+    margins = held_out_margins(features, groups, b_lines, consolidation, severity, level)
+    severe = np.array([s is not None and s >= level for s in severity], bool)
+    return shift_to_reach(margins[severe], share) + _ABOVE_CUT

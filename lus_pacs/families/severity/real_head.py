@@ -4,6 +4,12 @@ The recipe of :mod:`lus_pacs.families.severity.measured` (B-line and consolidati
 lung measurements, an ordinal head on their logits, all stratified by source) is fitted on the
 trainable real clips (:data:`~lus_pacs.training.real.TRAINABLE`) and written beside the given
 bundle's paper-003 network, whose weights are kept as they are; no evaluation-only clip is read.
+The ordinal head's cuts are then moved to the operating point
+(:func:`~lus_pacs.families.severity.measured.operating_shift`): on sources the recipe was not
+fitted on, it scores :data:`~lus_pacs.families.severity.measured.OPERATING_SHARE` of the severe
+clips severe. A new device's level is unknown, and a severe lung scored mild costs more than a
+mild one scored severe; a site that scores its own cines sets its level with ``lus-pacs
+calibrate`` (fitted against these cuts, it replaces the operating point).
 """
 
 from __future__ import annotations
@@ -11,20 +17,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lus_pacs.errors import ModelError
 from lus_pacs.families.measurements import ORDINAL_L2, MeasurementHead, OrdinalHead
-from lus_pacs.families.severity.measured import FINDINGS, MeasuredSeverity, fit_recipe
+from lus_pacs.families.severity.measured import (
+    FINDINGS,
+    OPERATING_SHARE,
+    SEVERE,
+    MeasuredSeverity,
+    fit_recipe,
+    operating_shift,
+)
 from lus_pacs.families.severity.network import SeverityNet
 from lus_pacs.inference.bundle import load_bundle
 from lus_pacs.inference.lung_features import CLIP_FEATURES, FEATURE_VERSION
 from lus_pacs.training.bundle_files import write_bundle
 from lus_pacs.training.real import TRAINABLE, measure, real_clips
 
-VERSION = "0.2.0"
+VERSION = "0.3.0"
 CHANGE = (
-    "clip score from the real-data recipe (B-line and consolidation heads on the lung "
-    "measurements, an ordinal head on their logits), fitted on the real POCUS clips stratified "
-    "by source; paper 003's network (0.1.0's weights) gives the frame scores and the top frame"
+    "the recipe's cuts moved to the operating point at which, on sources it was not fitted on, "
+    "it scores 80 % of the clips of score 2 or 3 at 2 or more (0.2.0: scores balanced on the "
+    "training sources, which scored the severe clips of a handheld scanner mostly 1); weights "
+    "unchanged"
 )
 
 
@@ -55,6 +71,10 @@ def fit_real_severity(network: Path, data_root: Path, cache_dir: Path, out: Path
     consolidation = [c.clip.consolidations for c in measured.clips]
     severity = [c.severity for c in measured.clips]
     recipe = fit_recipe(measured.features, groups, b_lines, consolidation, severity)
+    fitted_cuts = [round(float(c), 4) for c in recipe.ordinal.cuts]
+    shift = operating_shift(measured.features, groups, b_lines, consolidation, severity)
+    with torch.no_grad():
+        recipe.ordinal.cuts.sub_(shift)
     combined = MeasuredSeverity(scorer, recipe.b_lines, recipe.consolidation, recipe.ordinal)
 
     def counted(labels: list[bool | None], what: str) -> str:
@@ -72,10 +92,19 @@ def fit_real_severity(network: Path, data_root: Path, cache_dir: Path, out: Path
         "measurements": f"lus_pacs.inference.lung_features version {FEATURE_VERSION}",
         "fit": "a logistic head per finding (classes balanced) and a cumulative-logit head on "
         "their logits (scores balanced), each stratified by source (an offset per source), "
-        "then the intercept or cuts refitted with the weights fixed",
+        "then the intercept or cuts refitted with the weights fixed; the cuts then moved to the "
+        "operating point",
         "ordinal_l2": ORDINAL_L2,
         "ordinal_weights": [round(float(w), 4) for w in recipe.ordinal.weight],
         "ordinal_cuts": [round(float(c), 4) for c in recipe.ordinal.cuts],
+        "operating_point": {
+            "severe_from_score": SEVERE,
+            "severe_scored_severe_leave_source_out": OPERATING_SHARE,
+            "eta_shift": round(shift, 6),
+            "fitted_cuts": fitted_cuts,
+            "rule": "cuts moved down by the smallest shift at which the recipes fitted without "
+            "each source score this share of its severe clips severe (pooled over sources)",
+        },
     }
     metadata = dict(bundle.metadata)
     metadata["version"] = VERSION

@@ -14,7 +14,11 @@ import torch
 
 from lus_pacs.errors import ModelError
 from lus_pacs.families.severity.inference import SeverityModel
-from lus_pacs.families.severity.measured import MeasuredSeverity
+from lus_pacs.families.severity.measured import (
+    OPERATING_SHARE,
+    MeasuredSeverity,
+    operating_shift,
+)
 from lus_pacs.families.severity.real_head import VERSION, fit_real_severity
 from lus_pacs.imaging.decode import read_cine
 from lus_pacs.inference.lung_features import CLIP_FEATURES, FEATURE_VERSION, cine_features
@@ -54,7 +58,7 @@ def _clips(rng: np.random.Generator, sites: dict[str, float], n: int) -> tuple:
 
 def test_fit_writes_the_recipe_beside_the_unchanged_frame_scorer(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
-    rows, names, features, _ = _clips(rng, {"alpha": 0.8, "beta": 0.5, "gamma": 0.2}, 60)
+    rows, names, features, scores = _clips(rng, {"alpha": 0.8, "beta": 0.5, "gamma": 0.2}, 60)
     data, cache = measured_pocus(tmp_path, rows, names, features)
     out = tmp_path / "out"
 
@@ -79,6 +83,18 @@ def test_fit_writes_the_recipe_beside_the_unchanged_frame_scorer(tmp_path: Path)
     assert quadratic_kappa(truth, predicted, 4) > 0.7
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
     assert fit["sources"] == ["alpha", "beta", "gamma"]
+    # The cuts sit at the operating point: the fitted ones moved down by the shift at which
+    # recipes fitted without each site score 80 % of its severe clips severe.
+    sites = [name.split("-")[1] for name in names]
+    b_lines = [bool(s % 2) for s in scores]
+    consolidation = [s >= 2 for s in scores]
+    shift = operating_shift(features, sites, b_lines, consolidation, scores.tolist())
+    assert abs(shift) > 0.01
+    point = fit["operating_point"]
+    assert point["severe_scored_severe_leave_source_out"] == OPERATING_SHARE
+    assert point["eta_shift"] == pytest.approx(shift, abs=1e-6)
+    cuts = model.network.ordinal.cuts.double().numpy()
+    np.testing.assert_allclose(cuts, np.array(point["fitted_cuts"]) - shift, atol=1e-4)
     assert fit["data"].startswith("pocus: 180 clips with a B-line label")
     metadata = json.loads((out / "configs" / "metadata.json").read_text())
     assert metadata["training"]["real_recipe"] == fit
