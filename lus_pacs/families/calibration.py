@@ -3,7 +3,7 @@
 A new device moves where the shipped heads' scores sit more than how they order clips. On the
 20 evaluation-only clips of a handheld convex probe (Butterfly iQ) the B-line head (0.3.0)
 orders the clips at AUC 0.80 yet calls 2 of the 13 B-line clips present, and the severity
-recipe scores its score-2 and -3 clips mostly 1 (``lus-pacs evaluate real``: the ``shipped,
+recipe (0.2.0) scored its score-2 and -3 clips mostly 1 (``lus-pacs evaluate real``: the ``shipped,
 external, Butterfly iQ`` rows). No threshold fitted on other devices knows how far a new one
 moves; the site's own labelled cines do. ``lus-pacs calibrate`` fits, with the bundles'
 weights unchanged:
@@ -25,8 +25,9 @@ weights unchanged:
   an unseen device), unweighted: the recipe's ordinal head
   weighed every score equally because no training source's mix of scores is any site's, but
   the site's own cines have the mix it will see. Measured the same way on the 15 scored
-  Butterfly clips: accuracy 0.20 -> 0.31, quadratic kappa 0.05 -> 0.04: it moves the level,
-  not the order, which on that device is the recipe's failure too.
+  Butterfly clips from 0.2.0: accuracy 0.20 -> 0.31, quadratic kappa 0.05 -> 0.04 (0.3.0
+  uncalibrated: 0.27, 0.13): it moves the level, not the order, which on that device is the
+  recipe's failure too.
 
 The node applies them when ``calibration`` names the file in its settings; each calibrated
 family's version becomes ``<bundle version>+site.<site>.<digest of the offset>`` in every record,

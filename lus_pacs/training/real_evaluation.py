@@ -26,7 +26,6 @@ source's scores sit as a whole, which is what a threshold shared by all devices 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -137,8 +136,10 @@ def severity_leave_source_out(
         recipe = fit_recipe(x[rest], *labels)
         shift = 0.0
         if share is not None:
-            with contextlib.suppress(ValueError):  # no severe clip of another source held out
+            try:
                 shift = operating_shift(x[rest], *labels, share=share)
+            except ValueError as exc:  # no severe clip of another source can be held out
+                log.warning("severity without %s: scored as fitted (%s)", group, exc)
         held = [k for k, i in enumerate(scored) if groups[i] == group]
         predicted[held] = recipe.clip_scores(x[[scored[k] for k in held]], shift)[0]
     truth = np.array([clips[i].severity for i in scored], np.intp)

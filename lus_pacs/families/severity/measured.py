@@ -46,8 +46,8 @@ OPERATING_SHARE = 0.80
 sources it was not fitted on (leave-source-out on the trainable clips): its cuts are moved to
 that operating point (:func:`operating_shift`), as the B-line head's intercept is."""
 _ABOVE_CUT = 1e-4
-"""Added to the shift so that the clip it is set by lands above its cut, not on it, whatever the
-rounding of the bundle's float32 cuts (a score counts the cuts ``eta`` is strictly above)."""
+"""Added to the shift so that the clip it is set by lands above its cut, not on it: a score
+counts the cuts ``eta`` is strictly above."""
 
 
 class MeasuredSeverity(nn.Module):

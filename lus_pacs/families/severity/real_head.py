@@ -102,8 +102,9 @@ def fit_real_severity(network: Path, data_root: Path, cache_dir: Path, out: Path
             "severe_scored_severe_leave_source_out": OPERATING_SHARE,
             "eta_shift": round(shift, 6),
             "fitted_cuts": fitted_cuts,
-            "rule": "cuts moved down by the smallest shift at which the recipes fitted without "
-            "each source score this share of its severe clips severe (pooled over sources)",
+            "rule": "eta_shift subtracted from the cuts: the smallest shift at which the recipes "
+            "fitted without each source score this share of its severe clips severe (pooled "
+            "over sources)",
         },
     }
     metadata = dict(bundle.metadata)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lus_pacs.families.severity.measured import (
+    finding_logits,
     fit_recipe,
     held_out_margins,
     operating_shift,
@@ -76,8 +77,10 @@ def test_held_out_margins_come_from_recipes_fitted_without_the_source() -> None:
         )
         held = np.flatnonzero(~rest)
         held = held[held != 5]
-        expected, _ = recipe.clip_scores(x[held])
+        etas = recipe.ordinal.etas(finding_logits(recipe.b_lines, recipe.consolidation, x[held]))
+        np.testing.assert_allclose(margins[held], etas - float(recipe.ordinal.cuts[0]))
         # A positive margin is a clip the recipe scores 1 or more.
+        expected, _ = recipe.clip_scores(x[held])
         np.testing.assert_array_equal(margins[held] > 0, expected >= 1)
     assert np.isnan(margins[5])
     # A source whose others hold one score only has no margin, and nothing fails.
