@@ -198,10 +198,11 @@ def test_the_b_line_recipe_is_scored_at_its_operating_point_fitted_without_the_s
 def test_the_severity_recipe_is_scored_at_its_operating_point_fitted_without_the_source(
     tmp_path: Path,
 ) -> None:
-    from lus_pacs.families.severity.measured import fit_recipe, operating_shift
+    from lus_pacs.families.severity.measured import OPERATING_SHARE, fit_recipe, operating_shift
     from lus_pacs.inference.lung_features import CLIP_FEATURES
+    from lus_pacs.training.metrics import confusion
     from lus_pacs.training.real import Measured, real_clips
-    from lus_pacs.training.real_evaluation import severity_leave_source_out
+    from lus_pacs.training.real_evaluation import evaluate_real, severity_leave_source_out
     from tests.tools import measured_pocus
 
     # Five sites, each with its own level of the two telling measurements (a device's gain);
@@ -215,14 +216,14 @@ def test_the_severity_recipe_is_scored_at_its_operating_point_fitted_without_the
             file = f"videos/Cov-site{site}-{i}.mp4"
             rows.append(
                 f"{file},COVID-19,convex,site{site},CC BY 4.0,20,200x200,{int(b)},{int(c)},"
-                f",,,,,{int(b) + 2 * int(c)}"
+                f"{i % 2},,,,,{int(b) + 2 * int(c)}"
             )
             names.append(f"pocus/{file}")
             x = rng.normal(size=len(CLIP_FEATURES))
             x[0] += 1.5 * b + level
             x[1] += 1.5 * c + level
             features.append(x)
-    data, _ = measured_pocus(tmp_path, rows, names, np.array(features))
+    data, cache = measured_pocus(tmp_path, rows, names, np.array(features))
     clips = tuple(real_clips(data))
     measured = Measured(clips, np.array(features, np.float32), ())
 
@@ -246,3 +247,8 @@ def test_the_severity_recipe_is_scored_at_its_operating_point_fitted_without_the
         np.testing.assert_array_equal(plain[mine], recipe.clip_scores(held)[0])
     severe = truth >= 2
     assert (at_point[severe] >= 2).mean() > (plain[severe] >= 2).mean()
+    # The evaluation's severity row is the recipe at its shipped operating point.
+    evaluation = evaluate_real(data, cache, tmp_path / "out", shipped=False, rounds=10)
+    (row,) = [r for r in evaluation.rows if r.family == "severity (measurement recipe)"]
+    shipped_point, _, _ = severity_leave_source_out(measured, share=OPERATING_SHARE)
+    assert row.extra["confusion"] == confusion(truth, shipped_point, 4).tolist()
