@@ -249,7 +249,9 @@ def evaluate_real(
     (out_dir / "real.md").write_text(
         "# Real-data evaluation (lus-pacs evaluate real)\n\n"
         "Metrics as value [95 % bootstrap interval]; clips of both classes counted as in "
-        "`clips` and `positives`.\n\n" + table
+        "`clips` and `positives`. The B-line and severity leave-source-out rows score the "
+        "recipes at their shipped operating points, each point fitted without the source it "
+        "scores.\n\n" + table
     )
     plot_rocs(rows, out_dir / "roc.png")
     plot_calibration(rows, out_dir / "calibration.png")
