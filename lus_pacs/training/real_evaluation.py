@@ -116,34 +116,24 @@ def severity_leave_source_out(
     With ``share``, each source's scores are given at the operating point
     (:func:`~lus_pacs.families.severity.measured.operating_shift`) fitted on the other
     sources alone, as the shipped recipe's is on all of them: the shift never sees the source
-    it scores. Where the other sources cannot give one, the recipe scores without it."""
-    from lus_pacs.families.severity.measured import fit_recipe, operating_shift
+    it scores. Where the other sources cannot give one, the recipe scores without it
+    (:func:`~lus_pacs.families.severity.measured.held_out_scores`)."""
+    from lus_pacs.families.severity.measured import held_out_scores
 
     trainable = [i for i, c in enumerate(measured.clips) if c.dataset == TRAINABLE]
     clips = [measured.clips[i] for i in trainable]
-    x = measured.features[trainable]
     groups = [c.group for c in clips]
+    predicted = held_out_scores(
+        measured.features[trainable],
+        groups,
+        [c.clip.b_lines for c in clips],
+        [c.clip.consolidations for c in clips],
+        [c.severity for c in clips],
+        share,
+    )
     scored = [i for i, c in enumerate(clips) if c.severity is not None]
-    predicted = np.zeros(len(scored), np.intp)
-    for group in sorted({groups[i] for i in scored}):
-        rest = [i for i, g in enumerate(groups) if g != group]
-        labels = (
-            [groups[i] for i in rest],
-            [clips[i].clip.b_lines for i in rest],
-            [clips[i].clip.consolidations for i in rest],
-            [clips[i].severity for i in rest],
-        )
-        recipe = fit_recipe(x[rest], *labels)
-        shift = 0.0
-        if share is not None:
-            try:
-                shift = operating_shift(x[rest], *labels, share=share)
-            except ValueError as exc:  # no severe clip of another source can be held out
-                log.warning("severity without %s: scored as fitted (%s)", group, exc)
-        held = [k for k, i in enumerate(scored) if groups[i] == group]
-        predicted[held] = recipe.clip_scores(x[[scored[k] for k in held]], shift)[0]
     truth = np.array([clips[i].severity for i in scored], np.intp)
-    return predicted, truth, [groups[i] for i in scored]
+    return predicted[scored].astype(np.intp), truth, [groups[i] for i in scored]
 
 
 def shipped_findings(

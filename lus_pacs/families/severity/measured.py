@@ -17,7 +17,8 @@ scores, the top frame and its box.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,8 @@ from lus_pacs.families.measurements import (
     shift_to_reach,
 )
 from lus_pacs.families.severity.network import SeverityNet, SeverityOutput
+
+log = logging.getLogger(__name__)
 
 FINDINGS = ("b_lines", "consolidations")
 """The label columns whose heads feed the ordinal head, in its input order."""
@@ -164,6 +167,38 @@ def fit_recipe(
     return SeverityRecipe(heads[0], heads[1], ordinal)
 
 
+Labels = tuple[Sequence[str], Sequence[bool | None], Sequence[bool | None], Sequence[int | None]]
+"""A clip list's groups, B-line and consolidation labels and scores, in :func:`fit_recipe`'s
+order."""
+
+
+def _take(labels: Labels, rows: Sequence[int]) -> Labels:
+    groups, b_lines, consolidation, severity = labels
+    return (
+        [str(groups[i]) for i in rows],
+        [b_lines[i] for i in rows],
+        [consolidation[i] for i in rows],
+        [severity[i] for i in rows],
+    )
+
+
+def _without_each_source(
+    x: npt.NDArray[np.float64], labels: Labels
+) -> Iterator[tuple[str, npt.NDArray[np.bool_], list[int], SeverityRecipe | None]]:
+    """For each group holding a scored clip: the group, its scored clips (a mask over all
+    clips), the other groups' clips and the recipe fitted on them only (None where they cannot
+    be fitted on: a finding of one class, or one score)."""
+    names = np.asarray(labels[0])
+    scored = np.array([s is not None for s in labels[3]], bool)
+    for group in sorted(set(names[scored].tolist())):
+        rest = np.flatnonzero(names != group).tolist()
+        try:
+            recipe: SeverityRecipe | None = fit_recipe(x[rest], *_take(labels, rest))
+        except ValueError:
+            recipe = None
+        yield str(group), (names == group) & scored, rest, recipe
+
+
 def held_out_margins(
     features: npt.NDArray[np.floating],
     groups: Sequence[str],
@@ -177,26 +212,49 @@ def held_out_margins(
     other sources scores it ``level`` or more. NaN for a clip without a score and for a group
     whose others cannot be fitted on (a finding of one class, or one score)."""
     x = np.asarray(features, np.float64)
-    names = np.asarray(groups)
-    margins = np.full(len(names), np.nan)
-    scored = np.array([s is not None for s in severity], bool)
-    for group in sorted(set(names[scored].tolist())):
-        held = names == group
-        rest = np.flatnonzero(~held).tolist()
-        try:
-            recipe = fit_recipe(
-                x[rest],
-                [str(names[i]) for i in rest],
-                [b_lines[i] for i in rest],
-                [consolidation[i] for i in rest],
-                [severity[i] for i in rest],
-            )
-        except ValueError:  # the other groups hold one class of a finding, or one score
-            continue
-        target = held & scored
-        logits = finding_logits(recipe.b_lines, recipe.consolidation, x[target])
-        margins[target] = recipe.ordinal.etas(logits) - float(recipe.ordinal.cuts[level - 1])
+    margins = np.full(len(groups), np.nan)
+    for _, target, _, recipe in _without_each_source(x, (groups, b_lines, consolidation, severity)):
+        if recipe is not None:
+            logits = finding_logits(recipe.b_lines, recipe.consolidation, x[target])
+            cut = float(recipe.ordinal.cuts[level - 1])
+            margins[target] = recipe.ordinal.etas(logits) - cut
     return margins
+
+
+def held_out_scores(
+    features: npt.NDArray[np.floating],
+    groups: Sequence[str],
+    b_lines: Sequence[bool | None],
+    consolidation: Sequence[bool | None],
+    severity: Sequence[int | None],
+    share: float | None = None,
+) -> npt.NDArray[np.int64]:
+    """Each scored clip's score by the recipe fitted on the other groups only (-1 for a clip
+    without a score): what the recipe says of a source it has never seen.
+
+    With ``share``, each group's scores are given at the :func:`operating_shift` fitted on the
+    other groups alone (as the shipped recipe's is on all of them), so the shift never sees
+    the group it scores; where the other groups cannot give one, at the recipe as fitted.
+
+    Raises
+    ------
+    ValueError
+        The other groups of a group cannot be fitted on (a finding of one class, or one score).
+    """
+    x = np.asarray(features, np.float64)
+    scores = np.full(len(groups), -1, np.int64)
+    labels: Labels = (groups, b_lines, consolidation, severity)
+    for group, target, rest, recipe in _without_each_source(x, labels):
+        if recipe is None:
+            raise ValueError(f"severity: the sources other than {group} cannot be fitted on.")
+        shift = 0.0
+        if share is not None:
+            try:
+                shift = operating_shift(x[rest], *_take(labels, rest), share=share)
+            except ValueError as exc:  # no severe clip of another source can be held out
+                log.warning("severity without %s: scored as fitted (%s)", group, exc)
+        scores[target] = recipe.clip_scores(x[target], shift)[0]
+    return scores
 
 
 def operating_shift(
