@@ -237,6 +237,18 @@ def test_the_node_answers_and_stores_after_each_attack(
     assert "Traceback" not in process.log_text(), process.log_text()[-3000:]
 
 
+def test_a_burst_of_connections_reaches_the_node_at_once(node: tuple[NodeProcess, Attacks]) -> None:
+    # pynetdicom listens with socketserver's backlog of 5: the kernel then held the rest of a
+    # burst of 40 half-open until its SYN retries, 6.1 s to connect them all, and they reached
+    # the node in bunches seconds apart (the node now listens with a backlog of 128).
+    process, attacks = node
+    start = time.monotonic()
+    attacks.idle_connections()
+    assert time.monotonic() - start < 1.0  # no connection waited for a SYN retry (1 s)
+    wait_for(lambda: _answers(process.port), SETTLE_S, "C-ECHO after a burst")
+    attacks.close()
+
+
 def test_nothing_acknowledged_was_lost(node: tuple[NodeProcess, Attacks]) -> None:
     process, attacks = node
     assert len(attacks.acknowledged) >= len(ATTACKS)

@@ -262,6 +262,11 @@ class Receiver:
             )
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
+            # pynetdicom's acceptor waits the ACSE timeout for an A-ASSOCIATE-RQ even on a
+            # closed socket, and counts as active meanwhile: each refusal would hold one of
+            # the peer's (and the listener's) associations for that long, so a peer retrying
+            # faster than that would keep itself out. With no time to wait it ends at once.
+            event.assoc.acse_timeout = 0
 
     def handle_rejected(self, event: evt.Event) -> None:
         requestor = event.assoc.requestor
@@ -365,9 +370,28 @@ def start_listener(
         evt_handlers=receiver.handlers(),
         ssl_context=server_context(settings.tls) if settings.tls else None,
     )
-    if server is None:  # pynetdicom returns None only when blocking
+    if server is None or server.socket is None:  # None only when blocking, or closed
         raise RuntimeError("the DICOM listener did not start")
+    server.socket.listen(listen_backlog(settings))
     return Listener(server)
+
+
+LISTEN_BACKLOG = 128
+"""Connections the kernel queues for the listener to accept, at least."""
+
+
+def listen_backlog(settings: Settings) -> int:
+    """The listening socket's backlog: :data:`LISTEN_BACKLOG`, or
+    :attr:`~lus_pacs.settings.Settings.max_associations` where that is more.
+
+    pynetdicom's server listens with the backlog of Python's ``socketserver``, 5: in a burst of
+    more connections than that (scanners pushing at once, a PACS opening parallel associations,
+    a peer flooding the port) the kernel drops the rest's handshakes until the queue drains and
+    the peers retry (after 1, 2, 4 s...): 40 connections took 6 s to connect, reaching the node
+    late and in bunches, and a bunch of idle ones can fill :attr:`~lus_pacs.settings.Settings.max_associations_per_peer` again after the earlier
+    ones timed out. Listening again on the bound socket sets the new backlog (Linux; the kernel
+    caps it at ``net.core.somaxconn``)."""
+    return max(LISTEN_BACKLOG, settings.max_associations)
 
 
 def _make_ae(settings: Settings) -> AE:

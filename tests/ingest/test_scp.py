@@ -319,6 +319,14 @@ def test_half_open_connections_are_closed_and_cannot_lock_scanners_out(
         node.listener.stop()
 
 
+def _verification_scu() -> AE:
+    """A scanner's AE asking for Verification only, with timeouts of 5 s."""
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = 5
+    return ae
+
+
 @needs_dcmtk
 def test_one_address_cannot_take_every_association(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -326,9 +334,7 @@ def test_one_address_cannot_take_every_association(
     node = StoringNode(
         Settings(data_dir=tmp_path, port=0, max_associations=8, max_associations_per_peer=2)
     )
-    ae = AE(ae_title="SCANNER")
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.network_timeout = 5
+    ae = _verification_scu()
     held = [ae.associate("127.0.0.1", node.port, ae_title="LUSPACS") for _ in range(2)]
     try:
         assert all(a.is_established for a in held)
@@ -339,6 +345,34 @@ def test_one_address_cannot_take_every_association(
         time.sleep(0.3)
         assert _dcmtk("echoscu", node.port).returncode == 0  # room again
     finally:
+        for assoc in held:
+            assoc.release()
+        node.listener.stop()
+
+
+def test_refused_connections_hold_no_association(tmp_path: Path) -> None:
+    # pynetdicom's acceptor of a refused connection used to wait out the ACSE timeout (10 s
+    # here) while counted as active: a peer retrying kept itself out after its own release.
+    node = StoringNode(
+        Settings(data_dir=tmp_path, port=0, max_associations_per_peer=2, acse_timeout_s=10)
+    )
+    ae = _verification_scu()
+    held = [ae.associate("127.0.0.1", node.port, ae_title="LUSPACS") for _ in range(2)]
+    refused = []
+    try:
+        assert all(a.is_established for a in held)
+        for _ in range(5):  # each shut at once by the node
+            connection = socket.create_connection(("127.0.0.1", node.port), timeout=5)
+            refused.append(connection)
+            assert connection.recv(64) == b""
+        held.pop().release()
+        time.sleep(0.3)
+        again = ae.associate("127.0.0.1", node.port, ae_title="LUSPACS")
+        assert again.is_established  # one held, the refused ones gone
+        again.release()
+    finally:
+        for connection in refused:
+            connection.close()
         for assoc in held:
             assoc.release()
         node.listener.stop()
