@@ -388,9 +388,10 @@ def listen_backlog(settings: Settings) -> int:
     more connections than that (scanners pushing at once, a PACS opening parallel associations,
     a peer flooding the port) the kernel drops the rest's handshakes until the queue drains and
     the peers retry (after 1, 2, 4 s...): 40 connections took 6 s to connect, reaching the node
-    late and in bunches, and a bunch of idle ones can fill :attr:`~lus_pacs.settings.Settings.max_associations_per_peer` again after the earlier
-    ones timed out. Listening again on the bound socket sets the new backlog (Linux; the kernel
-    caps it at ``net.core.somaxconn``)."""
+    late and in bunches, and a bunch of idle ones can fill
+    :attr:`~lus_pacs.settings.Settings.max_associations_per_peer` again after the earlier ones
+    timed out. Listening again on the bound socket sets the new backlog (Linux; the kernel caps
+    it at ``net.core.somaxconn``)."""
     return max(LISTEN_BACKLOG, settings.max_associations)
 
 
