@@ -62,7 +62,8 @@ class VideoClip:
     """The decoded frames of a video file and its frame rate."""
 
     frames: npt.NDArray[np.uint8]
-    """RGB pixels, shape (frames, rows, columns, 3), square pixels."""
+    """RGB pixels, shape (frames, rows, columns, 3), or their luminance, shape (frames, rows,
+    columns) (:func:`read_video` with ``monochrome``); square pixels."""
     fps: float
     fps_source: str
     """Where ``fps`` came from: "timestamps", "average_rate", "guessed_rate" or "default"."""
@@ -72,10 +73,11 @@ class VideoClip:
     """When the container says it was made (``creation_time``, UTC), if it says."""
 
     def __post_init__(self) -> None:
-        if self.frames.dtype != np.uint8 or self.frames.ndim != 4 or self.frames.shape[3] != 3:
+        rgb = self.frames.ndim == 4 and self.frames.shape[3] == 3
+        if self.frames.dtype != np.uint8 or not (rgb or self.frames.ndim == 3):
             raise ValueError(
-                "VideoClip.frames must be uint8 of shape (frames, rows, columns, 3); "
-                f"got {self.frames.dtype} {self.frames.shape}."
+                "VideoClip.frames must be uint8 of shape (frames, rows, columns, 3) or (frames, "
+                f"rows, columns); got {self.frames.dtype} {self.frames.shape}."
             )
         if not self.fps > 0:
             raise ValueError(f"VideoClip.fps must be positive; got {self.fps}.")
@@ -111,8 +113,9 @@ def read_video(
     max_frames: int = MAX_FRAMES,
     max_bytes: int = MAX_BYTES,
     default_fps: float = DEFAULT_FPS,
+    monochrome: bool = False,
 ) -> VideoClip:
-    """Decode the first video stream of ``path`` to RGB frames.
+    """Decode the first video stream of ``path`` to RGB frames, or to their luminance.
 
     The container is recognised from its content, not its extension (several ``.avi`` files of
     the POCUS dataset are MP4 inside). Non-square pixels are resampled to square ones, the way a
@@ -123,9 +126,12 @@ def read_video(
     path:
         The video file.
     max_frames, max_bytes:
-        A clip with more frames, or more decoded RGB bytes, is refused instead of filling memory.
+        A clip with more frames, or more decoded bytes, is refused instead of filling memory.
     default_fps:
         The frame rate used when neither the frame timestamps nor the stream give one.
+    monochrome:
+        Keep each frame's BT.601 luma (the Y that a JPEG YBR_FULL scanner cine decodes to),
+        taken as it is decoded: a third of the memory, and no RGB copy of the whole clip.
 
     Raises
     ------
@@ -146,7 +152,7 @@ def read_video(
             raise UnreadableImageError(name, _too_many_frames(stream.frames, max_frames))
         stream.thread_type = "AUTO"
         try:
-            frames, times = _decode(container, stream, name, max_frames, max_bytes)
+            frames, times = _decode(container, stream, name, max_frames, max_bytes, monochrome)
         except av.FFmpegError as exc:
             raise UnreadableImageError(name, f"the video decoder failed: {exc}") from exc
         if not frames:
@@ -217,8 +223,7 @@ def import_video(
     if reuse_existing and target.is_file():
         return target
 
-    clip = read_video(path, max_frames=max_frames)
-    frames = _luminance(clip.frames) if monochrome else clip.frames
+    clip = read_video(path, max_frames=max_frames, monochrome=monochrome)
     when = clip.created or _UNKNOWN_TIME
     study = StudyIdentity(
         patient_id=patient,
@@ -243,7 +248,7 @@ def import_video(
         derived=True,
     )
     write_us_cine(
-        target, frames, study=study, instance=instance, equipment=_EQUIPMENT, syntax=syntax
+        target, clip.frames, study=study, instance=instance, equipment=_EQUIPMENT, syntax=syntax
     )
     return target
 
@@ -320,22 +325,27 @@ def _decode(
     name: str,
     max_frames: int,
     max_bytes: int,
+    monochrome: bool,
 ) -> tuple[list[npt.NDArray[np.uint8]], list[float | None]]:
     frames: list[npt.NDArray[np.uint8]] = []
     times: list[float | None] = []
     size: tuple[int, int] | None = None
+    channels = 1 if monochrome else 3
     for frame in container.decode(stream):
         if size is None:
             size = _square_pixels(frame.width, frame.height, stream.sample_aspect_ratio)
         if len(frames) == max_frames:
             raise UnreadableImageError(name, _too_many_frames(len(frames) + 1, max_frames))
-        if (len(frames) + 1) * size[0] * size[1] * 3 > max_bytes:
+        if (len(frames) + 1) * size[0] * size[1] * channels > max_bytes:
             raise UnreadableImageError(
                 name,
                 f"the decoded clip is larger than {max_bytes} bytes after {len(frames)} frames "
                 f"of {size[0]}x{size[1]}; cut or downscale the video, or raise max_bytes",
             )
-        frames.append(_rgb(frame, size))
+        rgb = _rgb(frame, size)
+        frames.append(
+            np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), np.uint8) if monochrome else rgb
+        )
         times.append(frame.time)
     return frames, times
 
@@ -396,14 +406,6 @@ def _creation_time(*metadata: dict[str, str]) -> dt.datetime | None:
             when = when.astimezone(dt.UTC).replace(tzinfo=None)
         return when
     return None
-
-
-def _luminance(frames: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    """BT.601 luma, the Y that a JPEG YBR_FULL scanner cine decodes to."""
-    grey = np.empty(frames.shape[:3], dtype=np.uint8)
-    for i, frame in enumerate(frames):
-        cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY, dst=grey[i])
-    return grey
 
 
 def _too_many_frames(count: int, max_frames: int) -> str:

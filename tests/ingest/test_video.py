@@ -6,6 +6,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pydicom
 import pytest
@@ -166,6 +167,21 @@ def test_too_many_frames_is_refused_with_the_limit(videos: dict) -> None:
         read_video(videos["mp4"][0], max_frames=5)
     with pytest.raises(UnreadableImageError, match="larger than 10000 bytes"):
         read_video(videos["gif"][0], max_bytes=10_000)
+
+
+def test_monochrome_reading_keeps_each_frames_luma_in_a_third_of_the_bytes(videos: dict) -> None:
+    path = videos["mp4"][0]
+    rgb = read_video(path).frames
+    grey = read_video(path, monochrome=True).frames
+    assert grey.shape == rgb.shape[:3]
+    # BT.601 luma of the RGB frames, exactly (cv2's rounding, as a JPEG YBR_FULL cine decodes).
+    expected = np.stack([cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in rgb])
+    np.testing.assert_array_equal(grey, expected)
+    # The byte limit counts what is held: one byte a pixel.
+    limit = grey.nbytes
+    assert read_video(path, monochrome=True, max_bytes=limit).n_frames == N_FRAMES
+    with pytest.raises(UnreadableImageError, match=f"larger than {limit} bytes"):
+        read_video(path, max_bytes=limit)
 
 
 def test_import_videos_collects_refusals_and_goes_on(videos: dict, tmp_path: Path) -> None:
