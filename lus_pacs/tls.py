@@ -9,14 +9,43 @@ presents its own certificate when one is given.
 
 from __future__ import annotations
 
+import socket
 import ssl
 
 from lus_pacs.errors import ConfigError
 from lus_pacs.settings import TlsFiles
 
 
-def server_context(tls: TlsFiles) -> ssl.SSLContext:
-    """The listener's context: its certificate and key, the clients' CA bundle.
+class HandshakeLater(ssl.SSLContext):
+    """A server context whose sockets are wrapped without their handshake, which the
+    connection's own thread then does (:meth:`ssl.SSLSocket.do_handshake`, under a timeout).
+
+    pynetdicom wraps each accepted connection in its accept loop, and a blocking handshake
+    there waits on the peer: one silent TCP connection held every later connection, scanners'
+    included, for as long as it stayed open."""
+
+    def wrap_socket(
+        self,
+        sock: socket.socket,
+        server_side: bool = False,
+        do_handshake_on_connect: bool = True,
+        suppress_ragged_eofs: bool = True,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLSocket:
+        return super().wrap_socket(
+            sock,
+            server_side=server_side,
+            do_handshake_on_connect=False,
+            suppress_ragged_eofs=suppress_ragged_eofs,
+            server_hostname=server_hostname,
+            session=session,
+        )
+
+
+def server_context(tls: TlsFiles, *, handshake_later: bool = False) -> ssl.SSLContext:
+    """The listener's context: its certificate and key, the clients' CA bundle; a
+    :class:`HandshakeLater` with ``handshake_later``, whose user does each handshake.
 
     Raises
     ------
@@ -31,7 +60,8 @@ def server_context(tls: TlsFiles) -> ssl.SSLContext:
             "tls: require_peer_certificate needs a ca_bundle that signed the scanners' "
             "certificates (or set require_peer_certificate = false)."
         )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    kind = HandshakeLater if handshake_later else ssl.SSLContext
+    context = kind(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     _load(context, tls)
     context.verify_mode = ssl.CERT_REQUIRED if tls.require_peer_certificate else ssl.CERT_NONE

@@ -15,9 +15,11 @@ import io
 import ipaddress
 import logging
 import socket
+import ssl
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 from typing import BinaryIO
 
 from pydicom import Dataset
@@ -26,7 +28,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.events import EventHandlerType
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from lus_pacs.dicom_vocabulary import (
     CANNOT_UNDERSTAND,
@@ -235,14 +237,17 @@ class Receiver:
         blocking, so a peer that sends part of a PDU and stays silent would hold its thread
         (and one of the associations) for ever."""
         connection = getattr(event.assoc.dul.socket, "socket", None)
-        if connection is None:
-            return
-        connection.settimeout(self._settings.network_timeout_s)
-        # One host may not take every association: the others' scanners must get in.
-        peer = event.assoc.requestor.address
+        if connection is not None:
+            connection.settimeout(self._settings.network_timeout_s)
+
+    def refuses(self, peer: str, connection: socket.socket, ae: AE) -> bool:
+        """Whether the new ``connection`` from ``peer`` is refused because that address holds
+        :attr:`~lus_pacs.settings.Settings.max_associations_per_peer` associations already
+        (one host may not take every association: the others' scanners must get in); a
+        refused connection is logged, audited and shut."""
         held = sum(
             1
-            for other in event.assoc.ae.active_associations
+            for other in ae.active_associations
             if other.is_acceptor and other.requestor.address == peer
         )
         limit = self._settings.max_associations_per_peer
@@ -262,11 +267,22 @@ class Receiver:
             )
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            # pynetdicom's acceptor waits the ACSE timeout for an A-ASSOCIATE-RQ even on a
-            # closed socket, and counts as active meanwhile: each refusal would hold one of
-            # the peer's (and the listener's) associations for that long, so a peer retrying
-            # faster than that would keep itself out. With no time to wait it ends at once.
-            event.assoc.acse_timeout = 0
+            return True
+        return False
+
+    def handshake(self, peer: str, connection: ssl.SSLSocket) -> bool:
+        """Whether the TLS handshake of a new connection from ``peer`` succeeds within
+        :attr:`~lus_pacs.settings.Settings.network_timeout_s`; a failure is logged and
+        audited with its reason (the connection is then closed)."""
+        connection.settimeout(self._settings.network_timeout_s)
+        try:
+            connection.do_handshake()
+        except (ssl.SSLError, OSError) as exc:
+            reason = f"TLS handshake failed: {describe(exc)}"
+            log.warning("Refused a connection from %s: %s", peer, reason)
+            self.audit(AuditEvent.CONNECTION, "refused", address=peer, reason=reason)
+            return False
+        return True
 
     def handle_rejected(self, event: evt.Event) -> None:
         requestor = event.assoc.requestor
@@ -303,6 +319,37 @@ class Receiver:
             (evt.EVT_RELEASED, self.handle_released),
             (evt.EVT_ABORTED, self.handle_released),
         ]
+
+
+class _PeerLimitedRequest(RequestHandler):
+    """pynetdicom's handler of an accepted connection, which first asks the receiver whether
+    the connection's address may have one more association (:meth:`Receiver.refuses`).
+
+    A refused connection gets no association at all. Refused from an association instead (at
+    its connection event), it stayed counted as active, and so held one of the peer's and
+    the listener's associations, until the ACSE timeout: pynetdicom's acceptor waits that long
+    for an A-ASSOCIATE-RQ even on a closed socket, so a peer retrying faster kept itself out;
+    and an A-ASSOCIATE-RQ already on the wire could still be negotiated."""
+
+    def __init__(
+        self,
+        receiver: Receiver,
+        request: socket.socket,
+        client_address: tuple[str, int],
+        server: ThreadedAssociationServer,
+    ) -> None:
+        self._receiver = receiver
+        super().__init__(request, client_address, server)
+
+    def handle(self) -> None:
+        peer = str(self.client_address[0])
+        if self._receiver.refuses(peer, self.request, self.ae):
+            return
+        if isinstance(self.request, ssl.SSLSocket) and not self._receiver.handshake(
+            peer, self.request
+        ):
+            return
+        super().handle()
 
 
 class Listener:
@@ -368,11 +415,14 @@ def start_listener(
         (settings.host, settings.port),
         block=False,
         evt_handlers=receiver.handlers(),
-        ssl_context=server_context(settings.tls) if settings.tls else None,
+        ssl_context=server_context(settings.tls, handshake_later=True) if settings.tls else None,
     )
-    if server is None or server.socket is None:  # None only when blocking, or closed
+    # pynetdicom returns None only when blocking; the server's socket is set once bound.
+    if server is None or server.socket is None:
         raise RuntimeError("the DICOM listener did not start")
     server.socket.listen(listen_backlog(settings))
+    # socketserver makes each connection's handler by calling this with the connection.
+    server.RequestHandlerClass = partial(_PeerLimitedRequest, receiver)
     return Listener(server)
 
 

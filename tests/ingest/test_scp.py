@@ -350,9 +350,10 @@ def test_one_address_cannot_take_every_association(
         node.listener.stop()
 
 
-def test_refused_connections_hold_no_association(tmp_path: Path) -> None:
-    # pynetdicom's acceptor of a refused connection used to wait out the ACSE timeout (10 s
-    # here) while counted as active: a peer retrying kept itself out after its own release.
+def test_a_refused_connection_gets_no_association(tmp_path: Path) -> None:
+    # Refused at pynetdicom's connection event, a connection used to keep an acceptor that
+    # waited out the ACSE timeout (10 s here) counted as active, so a peer retrying kept itself
+    # out after its own release; and an A-ASSOCIATE-RQ already sent could still be accepted.
     node = StoringNode(
         Settings(data_dir=tmp_path, port=0, max_associations_per_peer=2, acse_timeout_s=10)
     )
@@ -361,12 +362,17 @@ def test_refused_connections_hold_no_association(tmp_path: Path) -> None:
     refused = []
     try:
         assert all(a.is_established for a in held)
-        for _ in range(5):  # each shut at once by the node
+        for _ in range(5):  # silent ones, shut at once by the node
             connection = socket.create_connection(("127.0.0.1", node.port), timeout=5)
             refused.append(connection)
             assert connection.recv(64) == b""
+        for _ in range(5):  # ones that ask at once: never accepted
+            assert not ae.associate("127.0.0.1", node.port, ae_title="LUSPACS").is_established
         held.pop().release()
-        time.sleep(0.3)
+        deadline = time.monotonic() + 2
+        while len(node.listener._server.ae.active_associations) > 1:
+            assert time.monotonic() < deadline, "the released association did not end"
+            time.sleep(0.05)
         again = ae.associate("127.0.0.1", node.port, ae_title="LUSPACS")
         assert again.is_established  # one held, the refused ones gone
         again.release()

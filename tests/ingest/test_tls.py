@@ -4,8 +4,11 @@ results sent to, and an archive re-processed from, an Orthanc that speaks DICOM 
 
 from __future__ import annotations
 
+import logging
 import shutil
+import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -136,6 +139,29 @@ def test_dcmtk_echoes_and_stores_over_tls_and_the_rest_is_refused(pki: Pki, tmp_
     assert plain.returncode != 0
     assert intruder.returncode != 0
     assert again.returncode == 0, again.stderr
+
+
+def test_a_silent_connection_holds_no_scanner_up(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # pynetdicom did each handshake in its accept loop: one TCP connection that sent nothing
+    # held every later one (a scanner's echo timed out) for as long as it stayed open.
+    listener = _listener(pki, tmp_path, [])
+    silent = socket.create_connection(("127.0.0.1", listener.port), timeout=5)
+    try:
+        with caplog.at_level(logging.WARNING, logger="lus_pacs.ingest.scp"):
+            echo = _dcmtk("echoscu", listener.port, pki, "scanner")
+            with socket.create_connection(("127.0.0.1", listener.port), timeout=5) as other:
+                other.sendall(b"not a TLS record" * 8)
+                deadline = time.monotonic() + 5
+                while "TLS handshake failed" not in caplog.text:
+                    assert time.monotonic() < deadline, caplog.text
+                    time.sleep(0.05)
+    finally:
+        silent.close()
+        listener.stop()
+    assert echo.returncode == 0, echo.stderr
+    assert "Refused a connection from 127.0.0.1: TLS handshake failed" in caplog.text
 
 
 def _uid(path: Path) -> str:
