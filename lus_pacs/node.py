@@ -53,7 +53,12 @@ class Node:
         self.store = JobStore(settings.store_path)
         self.models = models if models is not None else Models.load(settings)
         self.metrics = NodeMetrics(self.store.jobs.counts, self.health)
-        self.audit = AuditLog(settings.audit_path, settings.audit_max_bytes, settings.audit_backups)
+        self.audit = AuditLog(
+            settings.audit_path,
+            settings.audit_max_bytes,
+            settings.audit_backups,
+            observe=self.metrics.count_audited,
+        )
         self.metrics_port: int | None = None
         """The bound port of ``/metrics`` once started, None when the settings serve none."""
         self._wake = threading.Event()

@@ -530,6 +530,13 @@ def test_the_metrics_move_for_a_pushed_cine(
     (result,) = [line for line in lines if line["event"] == "result"]
     assert result["outcome"] == "sent"
     assert result["destination"] == "pacs"
+    # ... and the same lines counted for the metrics, by event and outcome.
+    for event in ("association", "instance", "result"):
+        for outcome in {line["outcome"] for line in lines if line["event"] == event}:
+            key = f'lus_pacs_audit_events_total{{event="{event}",outcome="{outcome}"}}'
+            assert after[key] == sum(
+                1 for line in lines if line["event"] == event and line["outcome"] == outcome
+            ), key
     assert len(result["sop_instance_uids"]) == orthanc.count()  # every object it stored
     assert after['lus_pacs_instances_received_total{outcome="new"}'] == 1
     assert after['lus_pacs_cines_processed_total{outcome="done"}'] == 1

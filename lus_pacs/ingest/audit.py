@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import logging
 import threading
+from collections.abc import Callable
 from enum import StrEnum
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
@@ -46,11 +47,21 @@ class AuditLog:
         Size at which the file is rotated.
     backups:
         Rotated files kept.
+    observe:
+        Called with each line's event and outcome once it is written (the node counts them
+        for its metrics).
     """
 
-    def __init__(self, path: Path, max_bytes: int = 50 * 1024**2, backups: int = 10) -> None:
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int = 50 * 1024**2,
+        backups: int = 10,
+        observe: Callable[[AuditEvent, str], None] | None = None,
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self._observe = observe
         self._handler = RotatingFileHandler(
             path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
         )
@@ -72,6 +83,8 @@ class AuditLog:
             with self._lock:
                 self._handler.emit(record)
                 self._handler.flush()
+            if self._observe is not None:
+                self._observe(event, outcome)
         except Exception:  # the audit trail must never stop the node
             log.exception("Could not write the audit line %s", line)
 

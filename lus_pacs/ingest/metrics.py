@@ -3,7 +3,8 @@ node's other network endpoint): ``/metrics`` and ``/healthz``.
 
 Per-stage latency histograms (read, decode, each model family, encode), jobs by state and the
 queue depth (read from the job store when scraped), instances received by what the store made
-of them, cines processed and failed, and result sets sent and failed by destination. Every
+of them, cines processed and failed, result sets sent and failed by destination, and the
+audit trail's lines by event and outcome (connections refused, associations rejected...). Every
 metric is in the node's own registry, so that two nodes in one process do not share counts.
 
 ``/healthz`` answers 200 with ``{"status": "ok", "checks": {...}}`` while the node works and 503
@@ -25,6 +26,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from lus_pacs.domain import JobState
+from lus_pacs.ingest.audit import AuditEvent
 
 STAGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 """Seconds: a stage of one cine takes from milliseconds (decode) to minutes (segmentation of
@@ -87,6 +89,13 @@ class NodeMetrics:
             ["destination"],
             registry=self.registry,
         )
+        self.audited = Counter(
+            "lus_pacs_audit_events",
+            "Lines of the audit trail by event and outcome: associations accepted or rejected, "
+            "connections refused, instances received or refused, results sent or failed",
+            ["event", "outcome"],
+            registry=self.registry,
+        )
         self.send_failed = Counter(
             "lus_pacs_results_failed",
             "Failed delivery attempts, by destination",
@@ -100,6 +109,10 @@ class NodeMetrics:
         """One cine's stage timings (the record's ``timings_ms``)."""
         for stage, ms in timings_ms.items():
             self.stage_seconds.labels(stage).observe(ms / 1000)
+
+    def count_audited(self, event: AuditEvent, outcome: str) -> None:
+        """One line of the audit trail (:class:`~lus_pacs.ingest.audit.AuditLog`'s observer)."""
+        self.audited.labels(event.value, outcome).inc()
 
     def serve(self, host: str, port: int) -> int:
         """Serve ``/metrics`` and ``/healthz`` on ``host``:``port`` (0: any free port) in a
