@@ -83,10 +83,14 @@ class AuditLog:
             with self._lock:
                 self._handler.emit(record)
                 self._handler.flush()
-            if self._observe is not None:
-                self._observe(event, outcome)
         except Exception:  # the audit trail must never stop the node
             log.exception("Could not write the audit line %s", line)
+            return
+        if self._observe is not None:
+            try:
+                self._observe(event, outcome)
+            except Exception:  # nor must counting it
+                log.exception("Could not count the audit line %s", line)
 
     def close(self) -> None:
         with self._lock:

@@ -13,7 +13,7 @@ from pydicom.data import get_testdata_file
 
 from lus_pacs.domain import Received
 from lus_pacs.errors import ConfigError
-from lus_pacs.ingest.audit import AuditLog
+from lus_pacs.ingest.audit import AuditEvent, AuditLog
 from lus_pacs.ingest.scp import Listener, check_exposure, start_listener
 from lus_pacs.settings import Settings
 from tests.ingest.test_scp import US_IMAGE, _dcmtk, _echo
@@ -152,3 +152,22 @@ def test_the_audit_file_is_rotated_and_never_rewritten(tmp_path: Path) -> None:
     assert newest[-1]["sop_instance_uid"] == "1.2.39"
     assert "reason" not in newest[-1]  # None facts are left out
     assert all(f.stat().st_size <= 1024 for f in files)
+
+
+def test_an_audit_observer_that_fails_loses_no_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[tuple[str, str]] = []
+
+    def observe(event: AuditEvent, outcome: str) -> None:
+        seen.append((event.value, outcome))
+        raise RuntimeError("the metrics registry is gone")
+
+    audit = AuditLog(tmp_path / "audit.jsonl", observe=observe)
+    audit.write(AuditEvent.CONNECTION, "refused", address="10.0.0.9")
+    audit.write(AuditEvent.RESULT, "sent", destination="pacs")
+    assert seen == [("connection", "refused"), ("result", "sent")]
+    assert [(line["event"], line["outcome"]) for line in _lines(audit)] == seen
+    # Said as what failed: the count, not the line.
+    assert "Could not count the audit line" in caplog.text
+    assert "Could not write" not in caplog.text
