@@ -3,6 +3,8 @@ answered or expected. Plain constants, importable by any stage (no network libra
 
 from __future__ import annotations
 
+import re
+
 IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.3.1": "Ultrasound Multi-frame Image Storage",
     "1.2.840.10008.5.1.4.1.1.6.1": "Ultrasound Image Storage",
@@ -33,3 +35,15 @@ CANNOT_UNDERSTAND = 0xC000
 CHANGED_INSTANCE = 0xC111
 """Error (cannot understand, in the range C-STORE allows): the instance's UID was received
 before with other content, and the settings refuse such instances. The error comment says so."""
+
+
+_UID_FORM = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def is_uid(value: str) -> bool:
+    """Whether ``value`` has the form of a UID: components of digits joined by single dots, at
+    most 64 characters (PS3.5 9.1). Components with a leading zero, which PS3.5 forbids but
+    some scanners write, pass: they name an instance as well and harm nothing downstream.
+    What fails (an empty UID, a slash, spaces, ``..``, 65 characters or more) could not name a
+    folder safely nor be written into a valid result object."""
+    return len(value) <= 64 and _UID_FORM.fullmatch(value) is not None

@@ -63,6 +63,8 @@ class Node:
         """The bound port of ``/metrics`` once started, None when the settings serve none."""
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._held: set[int] = set()
+        """Jobs given up by a worker that could not be put back in the queue (yet)."""
         self._ready = {name: threading.Event() for name in settings.destination_names}
         """Per destination: results were queued for it (its exporter need not wait to poll)."""
         self._threads: list[threading.Thread] = []
@@ -174,6 +176,7 @@ class Node:
 
     def _process_loop(self) -> None:
         while not self._stop.is_set():
+            self._put_back_held()
             job = self.store.jobs.claim()
             if job is None:
                 self._wake.wait(_IDLE_S)
@@ -182,8 +185,18 @@ class Node:
             try:
                 self._process(job)
             except BaseException:  # the disk, not the cine: the job waits in the queue
-                self.store.jobs.requeue(job.id)
+                if not self.store.jobs.requeue(job.id):
+                    self._held.add(job.id)
                 raise
+
+    def _put_back_held(self) -> None:
+        """Jobs whose return to the queue failed (the store was locked or its disk full when
+        their worker gave them up) go back now; until then no worker would take them again
+        before a restart."""
+        for job_id in list(self._held):
+            if self.store.jobs.requeue(job_id):
+                self._held.discard(job_id)
+                log.info("Job %d back in the queue", job_id)
 
     def _process(self, job: Job) -> None:
         pixels = stored_pixels(job.instance.path)
@@ -261,12 +274,17 @@ class Node:
                 stow(paths, destination)
             else:
                 c_store(paths, destination, calling_ae=self.settings.ae_title)
-        except ExportError as exc:
+        except Exception as exc:  # an attempt that failed, however: counted, and tried again
+            if isinstance(exc, ExportError):
+                reason = str(exc)
+            else:  # a fault of the exporter or its libraries, not of the destination
+                log.exception("Delivery of %s %d: unexpected error", what, delivery.job_id)
+                reason = f"unexpected error: {exc!r}"
             retry_at = self._retry_at(delivery.attempts)
             self.store.deliveries.failed(
-                delivery.job_id, delivery.destination, str(exc), retry_at, summary=delivery.summary
+                delivery.job_id, delivery.destination, reason, retry_at, summary=delivery.summary
             )
-            self._audit_delivery(delivery, "failed" if retry_at else "given up", str(exc))
+            self._audit_delivery(delivery, "failed" if retry_at else "given up", reason)
             self.metrics.send_failed.labels(destination.name).inc()
             log.warning(
                 "Delivery of %s %d to %s failed (attempt %d): %s%s",
@@ -274,7 +292,7 @@ class Node:
                 delivery.job_id,
                 destination.name,
                 delivery.attempts + 1,
-                exc,
+                reason,
                 "" if retry_at else "; retry budget spent, marked failed",
             )
             return

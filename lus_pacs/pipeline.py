@@ -22,6 +22,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from lus_pacs.dicom_vocabulary import is_uid
 from lus_pacs.domain import (
     Findings,
     KeyFrame,
@@ -138,8 +139,9 @@ def analyse(
     timings: dict[str, float] | None = None,
 ) -> Findings:
     """Decode the cine and run every enabled family on it, each after those it needs. A source
-    without one of :data:`_IDENTITY` is refused. With ``timings``, the milliseconds of the
-    decode (``decode``) and of each family (by its name) are put in it.
+    without one of :data:`_IDENTITY`, or with one that is not a valid UID, is refused. With
+    ``timings``, the milliseconds of the decode (``decode``) and of each family (by its name)
+    are put in it.
 
     With ``in_file`` (:func:`~lus_pacs.imaging.decode.read_header`), the encapsulated frames
     are read from the file a batch at a time and never held in memory whole. Otherwise, once
@@ -152,6 +154,13 @@ def analyse(
     if missing:
         raise UnreadableImageError(
             name, f"{', '.join(missing)} missing: its results could not be placed beside it"
+        )
+    malformed = [
+        f"{k} {str(header[k].value)[:80]!r}" for k in _IDENTITY if not is_uid(str(header[k].value))
+    ]
+    if malformed:
+        raise UnreadableImageError(
+            name, f"{', '.join(malformed)} not a valid UID: its results could not reference it"
         )
     spent = timings if timings is not None else {}
     start = time.perf_counter()

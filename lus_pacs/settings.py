@@ -265,8 +265,11 @@ class Settings(BaseModel):
     consolidation: ConsolidationSettings = Field(default_factory=ConsolidationSettings)
     study_quiet_s: float = Field(default=30.0, gt=0)
     """A study is complete this long after its last instance (or on association release)."""
-    retry_budget: int = Field(default=6, ge=0)
-    """Delivery attempts after the first before a result is marked failed."""
+    retry_budget: int = Field(default=300, ge=0)
+    """Delivery attempts after the first before a result is marked failed. With the default
+    backoff (2 s doubling to 300 s) 300 attempts span about a day: a PACS down for its
+    maintenance, or overnight, gets its results when it is back, without ``lus-pacs retry``
+    (6 attempts, the default before, gave up after two minutes)."""
     retry_base_s: float = Field(default=2.0, gt=0)
     retry_max_s: float = Field(default=300.0, gt=0)
     data_dir: Path = Path("lus-pacs-data")

@@ -128,19 +128,22 @@ def test_a_file_that_fails_is_recorded_and_the_next_is_processed(
     retired = tmp_path / "retired-us.dcm"
     _copy(cine, retired, SOPClassUID="1.2.840.10008.5.1.4.1.1.6")  # case 3
     palette = Path(str(get_testdata_file("OBXXXX1A_2frame.dcm")))  # case 3
-    files = [over, not_dicom, under, odd_time, retired, palette, cine]
+    path_uid = tmp_path / "path-uid.dcm"  # its results' folder would be /1.2.3
+    _copy(cine, path_uid, StudyInstanceUID="/1.2.3")
+    files = [over, not_dicom, under, odd_time, retired, palette, path_uid, cine]
 
     records, failed = _process(files, tmp_path / "run")
 
     reasons = {Path(f["file"]).name: f for f in failed}
-    assert set(reasons) == {"over.dcm", "notes.dcm"}, failed
+    assert set(reasons) == {"over.dcm", "notes.dcm", "path-uid.dcm"}, failed
+    assert "StudyInstanceUID '/1.2.3' not a valid UID" in reasons["path-uid.dcm"]["reason"]
     assert reasons["over.dcm"]["stage"] == "decode"
     assert f"NumberOfFrames is {n + 5}" in reasons["over.dcm"]["reason"]
     assert reasons["notes.dcm"]["stage"] == "read"
     assert reasons["notes.dcm"]["reason"].strip()
     # Every other file has its record (`process` takes the files in name order), the good
     # cine's with every object.
-    assert len(records) == len(files) - 2
+    assert len(records) == len(files) - 3
     good = next(r for r in records if r["source"]["sop_instance_uid"] == ds.SOPInstanceUID)
     assert {o["kind"] for o in good["outputs"]} == {"sr", "kos", "seg", "pr"}
     assert "outputs_failed" not in good

@@ -212,6 +212,12 @@ def _store_on_one(
                 # pynetdicom cannot encode it in the accepted transfer syntax.
                 failures.append(f"{item.label}: cannot be encoded for sending: {exc}")
                 continue
+            except RuntimeError as exc:  # the peer aborted since the check above
+                raise ExportError(
+                    destination.name,
+                    f"association with {_where(destination)} ended ({exc}) after "
+                    f"{len(statuses)} of {len(items)} instances were delivered",
+                ) from exc
             if "Status" not in status:
                 raise ExportError(
                     destination.name,

@@ -8,6 +8,7 @@ the job store: this module says what one attempt delivered or raises :class:`Exp
 
 from __future__ import annotations
 
+import http.client
 import json
 import ssl
 import urllib.error
@@ -65,9 +66,9 @@ def stow(paths: Sequence[Path], destination: WebDestination) -> list[str]:
     answer = _post(request, destination)
     failed = {
         _first(item, _SOP_INSTANCE): _first(item, _FAILURE_REASON)
-        for item in _values(answer, _FAILED)
+        for item in _items(answer, _FAILED)
     }
-    stored = {_first(item, _SOP_INSTANCE) for item in _values(answer, _REFERENCED)}
+    stored = {_first(item, _SOP_INSTANCE) for item in _items(answer, _REFERENCED)}
     missing = [u for u in uids if u not in stored and u not in failed]
     if failed or missing:
         said = [f"{u} (failure reason {reason})" for u, reason in failed.items()]
@@ -100,7 +101,7 @@ def _post(request: urllib.request.Request, destination: WebDestination) -> dict[
             + (": check its credentials" if exc.code in (401, 403) else "")
             + (f" ({detail})" if detail else ""),
         ) from exc
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # a cut answer is no OSError
         raise ExportError(destination.name, f"cannot reach {destination.url}: {exc}") from exc
     try:
         doc = json.loads(text) if text.strip() else {}
@@ -122,11 +123,17 @@ def _authorisation(destination: WebDestination) -> dict[str, str]:
         raise ExportError(destination.name, str(exc)) from exc
 
 
-def _values(doc: dict[str, Any], tag: str) -> list[dict[str, Any]]:
-    element = doc.get(tag) or {}
-    return [v for v in element.get("Value", []) if isinstance(v, dict)]
+def _values(doc: dict[str, Any], tag: str) -> list[Any]:
+    """The values of ``tag`` in a DICOM JSON data set; none where the answer is not shaped so."""
+    element = doc.get(tag)
+    values = element.get("Value") if isinstance(element, dict) else None
+    return values if isinstance(values, list) else []
+
+
+def _items(doc: dict[str, Any], tag: str) -> list[dict[str, Any]]:
+    return [v for v in _values(doc, tag) if isinstance(v, dict)]
 
 
 def _first(item: dict[str, Any], tag: str) -> str:
-    values = (item.get(tag) or {}).get("Value") or [""]
-    return str(values[0])
+    values = _values(item, tag)
+    return str(values[0]) if values else ""

@@ -37,6 +37,7 @@ from lus_pacs.dicom_vocabulary import (
     OUT_OF_RESOURCES,
     REFUSED_SOP_CLASS,
     SUCCESS,
+    is_uid,
 )
 from lus_pacs.domain import Instance, Received
 from lus_pacs.durable import durable_file
@@ -173,12 +174,22 @@ class Receiver:
         try:
             ds = event.dataset
             study, series = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+            named = str(ds.get("SOPInstanceUID", ""))
             facts["patient_id"] = str(ds.get("PatientID", ""))
             facts["study_instance_uid"] = study
         except Exception as exc:  # a malformed dataset must never escape into pynetdicom
             log.warning("Refused %s from %s: unreadable dataset (%s)", sop_instance, calling, exc)
             facts["reason"] = f"unreadable dataset ({exc})"
             return CANNOT_UNDERSTAND
+        wrong = _identity_problem(sop_instance, named, study, series)
+        if wrong is not None:
+            reason, comment = wrong
+            log.warning("Refused %s from %s: %s", sop_instance, calling, reason)
+            facts["reason"] = reason
+            refused = Dataset()
+            refused.Status = CANNOT_UNDERSTAND
+            refused.ErrorComment = comment
+            return refused
         try:
             # Named by its content too: other content under a known UID never overwrites the
             # copy its results were made from.
@@ -562,6 +573,30 @@ def _size_and_digest(raw: BinaryIO | None) -> tuple[int, str]:
         return 0, hashlib.sha256(b"").hexdigest()
     with raw.getbuffer() as view:
         return view.nbytes, hashlib.sha256(view).hexdigest()
+
+
+def _identity_problem(
+    requested: str, named: str, study: str, series: str
+) -> tuple[str, str] | None:
+    """Why an instance cannot be stored under its identity (the reason for the log and the
+    audit trail, and a comment of at most 64 characters for the sender), or None. Its UIDs name
+    its folder, its job and its results' references: each must have a UID's form
+    (:func:`~lus_pacs.dicom_vocabulary.is_uid`), and the data set's SOP Instance UID must be the
+    one the request announced (jobs are keyed by the one, results made from the other)."""
+    for name, uid in (
+        ("SOP Instance UID", named),
+        ("Study Instance UID", study),
+        ("Series Instance UID", series),
+    ):
+        if not is_uid(uid):
+            return f"its {name} {uid[:80]!r} is not a valid UID", f"{name} is not a valid UID"
+    if named != requested:
+        return (
+            f"its data set's SOP Instance UID {named} is not the request's Affected SOP "
+            f"Instance UID {requested}",
+            "SOP Instance UID differs from the request's",
+        )
+    return None
 
 
 def _safe(uid: str) -> str:

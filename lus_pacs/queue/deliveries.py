@@ -110,20 +110,22 @@ class Deliveries:
         *,
         summary: bool = False,
     ) -> None:
-        """Count a failed attempt; ``retry_at`` None means the retry budget is spent."""
+        """Count a failed attempt; ``retry_at`` None means the retry budget is spent. A delivery
+        no longer pending (called off while it was tried: its instance came again with other
+        content) keeps its state and the reason it was called off."""
         table, owner = _tables(summary)
         with self._db.transaction() as db:
             if retry_at is None:
                 db.execute(
                     f"UPDATE {table} SET state = ?, attempts = attempts + 1, error = ? "
-                    f"WHERE {owner} = ? AND destination = ?",
-                    (DeliveryState.FAILED, reason, job_id, destination),
+                    f"WHERE {owner} = ? AND destination = ? AND state = ?",
+                    (DeliveryState.FAILED, reason, job_id, destination, DeliveryState.PENDING),
                 )
             else:
                 db.execute(
                     f"UPDATE {table} SET attempts = attempts + 1, error = ?, "
-                    f"next_attempt_at = ? WHERE {owner} = ? AND destination = ?",
-                    (reason, retry_at, job_id, destination),
+                    f"next_attempt_at = ? WHERE {owner} = ? AND destination = ? AND state = ?",
+                    (reason, retry_at, job_id, destination, DeliveryState.PENDING),
                 )
             if not summary:
                 _settle(db, job_id)
@@ -171,7 +173,9 @@ def delivery_rows(
 
 
 def _settle(db: sqlite3.Connection, job_id: int) -> None:
-    """The job's state once its deliveries have all ended: sent, or failed."""
+    """The job's state once its deliveries have all ended: sent, or failed. A replaced job
+    stays replaced (a delivery may end after its instance came again with other content): its
+    record must not come back into its study's summary beside the new content's."""
     states = {r[0] for r in db.execute("SELECT state FROM deliveries WHERE job_id = ?", (job_id,))}
     if states == {DeliveryState.SENT}:
         state, error = JobState.SENT, None
@@ -180,8 +184,8 @@ def _settle(db: sqlite3.Connection, job_id: int) -> None:
     else:
         return
     db.execute(
-        "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ?",
-        (state, error, time.time(), job_id),
+        "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ? AND state != ?",
+        (state, error, time.time(), job_id, JobState.REPLACED),
     )
 
 

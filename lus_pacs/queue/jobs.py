@@ -138,9 +138,10 @@ class Jobs:
             )
             return cursor.rowcount
 
-    def requeue(self, job_id: int) -> None:
+    def requeue(self, job_id: int) -> bool:
         """A job a worker could not finish for a cause outside the cine (a full disk) goes back
-        to the queue; if the store itself is down, :meth:`recover` does it on the next start."""
+        to the queue. False when the store could not be written (locked, its disk full): the
+        caller tries again later, and :meth:`recover` does it on the next start."""
         try:
             with self._db.transaction() as db:
                 db.execute(
@@ -148,7 +149,8 @@ class Jobs:
                     (JobState.QUEUED, time.time(), job_id, JobState.PROCESSING),
                 )
         except sqlite3.Error:
-            pass
+            return False
+        return True
 
     def claim(self) -> Job | None:
         """The oldest queued job, now ``processing``; None when the queue is empty."""

@@ -4,10 +4,13 @@ server read as an archive), and the node's deliveries made exactly once across a
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from pydicom import dcmread
@@ -122,3 +125,43 @@ def test_the_node_delivers_by_stow_exactly_once_across_a_restart(
     assert sent, results
     assert set(sent.values()) == {1}
     assert all(len(line["sop_instance_uids"]) >= 1 for line in results if line["event"] == "result")
+
+
+class _Misbehaving(http.server.BaseHTTPRequestHandler):
+    """A DICOMweb server that answers each STOW-RS badly, as the path asks: a body cut short,
+    or a JSON answer that is not shaped as a DICOM data set's."""
+
+    answers: ClassVar[dict[str, tuple[bytes, int]]] = {
+        "/cut": (b'{"00081199": {"vr": "SQ", "Value": [', 4096),
+        "/shapeless": (b'{"00081199": {"vr": "SQ", "Value": "all stored"}, "00081198": []}', 0),
+    }
+
+    def do_POST(self) -> None:  # the name http.server calls
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body, declared = self.answers[self.path.removesuffix("/studies")]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dicom+json")
+        self.send_header("Content-Length", str(declared or len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_cut_or_shapeless_answer_is_an_export_error() -> None:
+    """Neither is an OSError or a well-formed answer: both must come back as export errors (the
+    node counts and retries those), not as errors that end the exporter's loop."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Misbehaving)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(ExportError, match="IncompleteRead"):
+            stow([US_IMAGE], WebDestination(name="web", url=f"{url}/cut", timeout_s=10))
+        with pytest.raises(ExportError, match="not in the answer"):
+            stow([US_IMAGE], WebDestination(name="web", url=f"{url}/shapeless", timeout_s=10))
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -25,9 +25,14 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from lus_pacs.dicom_vocabulary import OUT_OF_RESOURCES, REFUSED_SOP_CLASS, SUCCESS
+from lus_pacs.dicom_vocabulary import (
+    CANNOT_UNDERSTAND,
+    OUT_OF_RESOURCES,
+    REFUSED_SOP_CLASS,
+    SUCCESS,
+)
 from lus_pacs.domain import Instance, JobState, Received
-from lus_pacs.ingest.scp import start_listener
+from lus_pacs.ingest.scp import _identity_problem, start_listener
 from lus_pacs.queue.store import JobStore
 from lus_pacs.settings import Settings
 
@@ -204,6 +209,48 @@ def test_an_instance_over_the_byte_limit_is_refused_and_not_stored(
     assert "over the limit of 1000 (max_instance_bytes)" in caplog.text
     assert node.store.jobs.counts() == {}
     assert not (tmp_path / "incoming").exists()
+
+
+@pytest.mark.parametrize(
+    ("keyword", "uid"),
+    [
+        ("StudyInstanceUID", "/1.2.3"),
+        ("StudyInstanceUID", "../../1.2"),
+        ("StudyInstanceUID", "1." + "2" * 70),
+        ("SeriesInstanceUID", "1.2 .3"),
+    ],
+)
+def test_an_instance_whose_uid_could_not_name_it_is_refused_and_not_stored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, keyword: str, uid: str
+) -> None:
+    """Its Study Instance UID names its folders; an acknowledged instance whose UID cannot (a
+    path, too long) would fail at every try to write its results, and stall the queue."""
+    ds = pydicom.dcmread(US_IMAGE)
+    setattr(ds, keyword, uid)
+    path = tmp_path / "bad.dcm"
+    ds.save_as(path)
+    node = StoringNode(Settings(data_dir=tmp_path / "node", port=0))
+    try:
+        with caplog.at_level(logging.WARNING, logger="lus_pacs.ingest.scp"):
+            assert _send(node.port, path) == [CANNOT_UNDERSTAND]
+            assert _send(node.port, US_IMAGE) == [SUCCESS]  # the next one is taken
+    finally:
+        node.listener.stop()
+    assert "is not a valid UID" in caplog.text
+    assert [r.sop_instance_uid for r in node.store.jobs.rows()] == [
+        pydicom.dcmread(US_IMAGE).SOPInstanceUID
+    ]
+    assert len(list((tmp_path / "node" / "incoming").rglob("*.dcm"))) == 1
+
+
+def test_an_instance_is_stored_only_under_the_uid_its_request_announced() -> None:
+    study, series = "1.2.3", "1.2.3.4"
+    assert _identity_problem("1.2.3.4.5", "1.2.3.4.5", study, series) is None
+    assert _identity_problem("1.2.03.4.5", "1.2.03.4.5", study, series) is None  # as scanners do
+    reason, comment = _identity_problem("1.2.3.4.5", "1.2.3.4.6", study, series) or ("", "")
+    assert "not the request's Affected SOP Instance UID 1.2.3.4.5" in reason
+    assert 0 < len(comment) <= 64  # an Error Comment is LO
+    assert _identity_problem("", "", study, series) is not None
 
 
 def test_an_instance_that_cannot_be_recorded_is_not_acknowledged(tmp_path: Path) -> None:

@@ -34,6 +34,28 @@ def test_a_crash_while_processing_puts_the_job_back(store: JobStore, tmp_path: P
     assert again.id == job.id
 
 
+def test_a_job_that_could_not_be_put_back_says_so_and_can_be_later(
+    store: JobStore, tmp_path: Path
+) -> None:
+    store.jobs.record_instance(instance(1), "m@1")
+    job = store.jobs.claim()
+    assert job is not None
+    other = sqlite3.connect(tmp_path / "jobs.sqlite")  # the store's writes fail meanwhile
+    other.execute(
+        "CREATE TRIGGER full BEFORE UPDATE ON jobs BEGIN SELECT RAISE(ABORT, 'full'); END"
+    )
+    other.commit()
+    assert store.jobs.requeue(job.id) is False
+    assert store.jobs.counts() == {JobState.PROCESSING: 1}
+    other.execute("DROP TRIGGER full")
+    other.commit()
+    other.close()
+    assert store.jobs.requeue(job.id) is True
+    again = store.jobs.claim()
+    assert again is not None
+    assert again.id == job.id
+
+
 def _content(n: int, content: str) -> Instance:
     return replace(instance(n), content=content, path=Path(f"{n}-{content}.dcm"))
 
@@ -77,6 +99,37 @@ def test_a_job_replaced_while_it_was_processed_sends_nothing(store: JobStore) ->
     store.jobs.fail(job.id, "late")
     assert store.jobs.counts() == {JobState.REPLACED: 1, JobState.QUEUED: 1}
     assert store.deliveries.due() == []
+
+
+def test_a_delivery_ending_after_its_job_was_replaced_leaves_it_replaced(
+    store: JobStore,
+) -> None:
+    """The exporter took the old results before the new content came and ends after: the
+    old job stays replaced, so that its record stays out of the study's summary."""
+    for ending in ("sent", "failed", "given up"):
+        uid = {"sent": 1, "failed": 2, "given up": 3}[ending]
+        store.jobs.record_instance(_content(uid, "aa"), "m@1")
+        job = store.jobs.claim()
+        assert job is not None
+        store.jobs.finish(job.id, '{"v": "aa"}', [], ["pacs", "archive"])
+        (taken, *_) = store.deliveries.due()  # the exporter takes one: in flight
+        store.jobs.record_instance(_content(uid, "bb"), "m@1")  # the new content arrives
+        if ending == "sent":
+            store.deliveries.delivered(taken.job_id, taken.destination)
+        else:
+            retry_at = 1e12 if ending == "failed" else None
+            store.deliveries.failed(taken.job_id, taken.destination, "refused", retry_at)
+        (old,) = [r for r in store.jobs.rows() if r.id == job.id]
+        assert old.state is JobState.REPLACED, ending
+        called_off = {d[0]: d for d in old.deliveries}[taken.destination]
+        if ending != "sent":  # called off for the new content, not counted as a failure
+            assert called_off[1] == DeliveryState.FAILED
+            assert "other content" in (called_off[3] or "")
+        new = store.jobs.claim()
+        assert new is not None
+        store.jobs.finish(new.id, '{"v": "bb"}', [], [])
+    assert store.studies.records() == ['{"v": "bb"}'] * 3
+    assert store.deliveries.retry_failed() == 0  # nothing of the old content is sent again
 
 
 def test_jobs_of_an_older_store_are_kept_and_take_the_content_first_received(
