@@ -565,7 +565,7 @@ def reprocess(
     plot_report(records, summaries, folder / "report.png")
     typer.echo(report)
     typer.echo(f"results in {folder}")
-    if counts.failed or counts.send_failures:
+    if counts.failed or counts.problems or counts.send_failures:
         raise typer.Exit(1)
 
 

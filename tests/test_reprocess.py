@@ -4,18 +4,29 @@ and by DICOMweb, sending back to Orthanc; interrupted and resumed; local and Ray
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
+from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
+from lus_pacs.errors import ArchiveError, LusPacsError
+from lus_pacs.ingest.archive import ArchiveStudy
+from lus_pacs.ingest.archive.folder import FolderSource
+from lus_pacs.pipeline import Models, process_bytes
+from lus_pacs.queue.manifest import Manifest
+from lus_pacs.reprocess.engine import Outcome, WorkItem
+from lus_pacs.reprocess.run import Run
+from lus_pacs.settings import Settings
 from tests.node_process import lus_pacs, wait_for
 from tests.orthanc import OrthancHandle, free_ports, running_orthanc
 
@@ -217,3 +228,128 @@ def test_ray_with_two_workers_gives_the_summary_of_the_local_engine(
     assert ray.returncode == 0, ray.stdout + ray.stderr
     for name in ("summary.jsonl", "studies.jsonl"):
         assert (tmp_path / "ray" / name).read_text() == (local / name).read_text()
+
+
+class _InProcess:
+    """The engine's protocol in this process, one cine after another, with the node's stage
+    function: these tests are about the run's bookkeeping, which both engines share."""
+
+    workers = 1
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.models = Models.load(settings)
+
+    def start(self) -> None:
+        pass
+
+    def run(self, items: Iterable[WorkItem]) -> Iterator[Outcome]:
+        for item in items:
+            try:
+                record, files = process_bytes(
+                    item.path.read_bytes(), item.path.name, self.models, self.settings
+                )
+            except LusPacsError as exc:
+                yield Outcome(item, None, [], str(exc))
+            else:
+                yield Outcome(item, record, files, None)
+
+    def close(self) -> None:
+        pass
+
+
+class _Unavailable(FolderSource):
+    """The folder, except that fetching one study fails as an archive's HTTP 500 would."""
+
+    def __init__(self, path: Path, study: str) -> None:
+        super().__init__(path)
+        self.study = study
+
+    def fetch(self, study: ArchiveStudy, folder: Path) -> list[Path]:
+        if study.study_instance_uid == self.study:
+            raise ArchiveError(self.name, "HTTP 500 Internal Server Error", study=self.study)
+        return super().fetch(study, folder)
+
+
+def test_a_study_that_cannot_be_fetched_is_named_and_the_run_goes_on(
+    archive: Path, tmp_path: Path
+) -> None:
+    """Before: the run ended at that study, every time it was run again."""
+    settings = Settings(models=tuple(MODELS.split(",")), data_dir=tmp_path / "data")
+    synth = dcmread(next(archive.glob("synth/*/*.dcm")), stop_before_pixels=True)
+    out = tmp_path / "out"
+    engine = _InProcess(settings)
+    first = Run(
+        settings, _Unavailable(archive, synth.StudyInstanceUID), out, engine, "k", progress=False
+    ).execute()
+    assert (first.studies, first.problems, first.processed) == (2, 1, CINES - 6)
+    failures = dict(Manifest(out / "manifest.sqlite").failures("k"))
+    assert "HTTP 500" in failures[f"study {synth.StudyInstanceUID}"]
+    # The archive is back: the study is done, and no longer listed as a failure.
+    again = Run(settings, FolderSource(archive), out, engine, "k", progress=False).execute()
+    assert (again.problems, again.processed, again.skipped) == (0, 6, CINES - 6)
+    assert again.failures == []
+
+
+class _Damaging(FolderSource):
+    """The folder, fetched as the network sources fetch (copies under the study's folder),
+    with one file damaged on the way: its SOP Instance UID's VR made one pydicom does not know,
+    so that reading the UID raises."""
+
+    def __init__(self, path: Path, damaged: Path) -> None:
+        super().__init__(path)
+        self.damaged = damaged
+
+    def fetch(self, study: ArchiveStudy, folder: Path) -> list[Path]:
+        copies = []
+        for path in super().fetch(study, folder):
+            data = bytearray(path.read_bytes())
+            if path == self.damaged:
+                at = data.find(bytes.fromhex("08001800"), 132 + 200)  # (0008,0018)
+                data[at + 4 : at + 6] = b"ZZ"
+            copies.append(folder / path.name)
+            copies[-1].write_bytes(bytes(data))
+        return copies
+
+
+def test_a_fetched_file_that_cannot_be_read_is_named_and_its_study_goes_on(
+    archive: Path, tmp_path: Path
+) -> None:
+    """Before: the run ended at that file, every time it was run again."""
+    damaged = sorted(archive.glob("synth/*/*.dcm"))[0]
+    settings = Settings(models=tuple(MODELS.split(",")), data_dir=tmp_path / "data")
+    source = _Damaging(archive, damaged)
+    out = tmp_path / "out"
+    done = Run(settings, source, out, _InProcess(settings), "k", progress=False).execute()
+    assert (done.problems, done.processed) == (1, CINES - 1)
+    ((subject, reason),) = done.failures
+    assert subject.endswith(f"/{damaged.name}")
+    assert "not readable as DICOM" in reason
+
+
+def test_a_worker_that_dies_fails_the_cines_in_flight_and_the_run_goes_on(archive: Path) -> None:
+    """The kernel's out-of-memory killer, as a SIGKILL to the pool's one worker: before, the
+    broken pool ended the run, and every run again at the same cine."""
+    from lus_pacs.reprocess.engine import WORKER_DIED, LocalEngine, _worker_pid
+
+    settings = Settings(models=tuple(MODELS.split(",")))
+    items = [
+        WorkItem(dcmread(p, stop_before_pixels=True).SOPInstanceUID, "study", p)
+        for p in sorted(archive.rglob("*.dcm"))
+    ]
+    engine = LocalEngine(settings, 1)
+    try:
+        engine.start()
+        pid = engine._pool.submit(_worker_pid, 0.0).result()
+        killer = threading.Timer(0.5, os.kill, (pid, signal.SIGKILL))
+        killer.start()
+        outcomes = list(engine.run(items))
+        killer.join()
+    finally:
+        engine.close()
+    assert sorted(o.item.sop_instance_uid for o in outcomes) == sorted(
+        i.sop_instance_uid for i in items
+    )
+    died = [o for o in outcomes if o.error == WORKER_DIED]
+    assert 1 <= len(died) <= 2  # the cine in the worker and the one queued for it
+    assert all(o.record is not None for o in outcomes if o not in died)  # by a new pool

@@ -41,6 +41,13 @@ CREATE TABLE IF NOT EXISTS items (
     PRIMARY KEY (sop_instance_uid, models)
 );
 CREATE INDEX IF NOT EXISTS items_by_study ON items(study_instance_uid, models, state);
+CREATE TABLE IF NOT EXISTS problems (
+    subject TEXT NOT NULL,
+    models TEXT NOT NULL,
+    error TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (subject, models)
+);
 """
 
 
@@ -211,10 +218,32 @@ class Manifest:
         rows = self._db.execute(sql + " ORDER BY study_instance_uid, sop_instance_uid", args)
         return [CineRecord.loads(r[0], part_types) for r in rows]
 
+    # What is not a cine
+
+    def problem(self, subject: str, models: str, error: str) -> None:
+        """Something of the archive that did not become cines to process (a study that could
+        not be fetched, a file that could not be read): named, with the reason, until a later
+        run gets past it (:meth:`solved`)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO problems VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                "error = excluded.error, updated_at = excluded.updated_at",
+                (subject, models, error, time.time()),
+            )
+
+    def solved(self, subject: str, models: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM problems WHERE subject = ? AND models = ?", (subject, models))
+
     def failures(self, models: str) -> list[tuple[str, str]]:
+        """(what, why) of every failed cine (by its SOP Instance UID), then of every problem
+        (by its subject)."""
         rows = self._db.execute(
             "SELECT sop_instance_uid, error FROM items WHERE models = ? AND state = ? "
             "ORDER BY sop_instance_uid",
             (models, ItemState.FAILED),
         )
-        return [(r[0], r[1]) for r in rows]
+        problems = self._db.execute(
+            "SELECT subject, error FROM problems WHERE models = ? ORDER BY subject", (models,)
+        )
+        return [(r[0], r[1]) for r in rows] + [(r[0], r[1]) for r in problems]

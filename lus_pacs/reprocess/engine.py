@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -124,22 +125,43 @@ def _process_in_pool(name: str, data: bytes) -> _Result:
     return _PROCESS_WORKER.process(name, data)
 
 
+WORKER_DIED = (
+    "the worker process died while this cine or one beside it was processed (killed, out of "
+    "memory?); run again to retry it"
+)
+"""The failure of each cine in flight in a worker pool that broke."""
+
+
 class LocalEngine:
-    """A pool of ``workers`` processes (spawned: torch does not survive fork)."""
+    """A pool of ``workers`` processes (spawned: torch does not survive fork).
+
+    A worker that dies (the kernel's out-of-memory killer, a signal) breaks the pool: the cines
+    in flight in it fail with :data:`WORKER_DIED`, a new pool is started and the run goes on."""
 
     def __init__(self, settings: Settings, workers: int) -> None:
         self.workers = workers
+        self._settings = settings
         # A spawned worker imports the caller's main module, and with it numpy and torch,
         # before its initializer runs: the thread limits must be in the environment it
         # inherits. (The caller's own thread pools are already made; they do not change.)
         for variable in THREAD_VARIABLES:
             os.environ[variable] = str(threads_per_worker(workers))
-        self._pool = ProcessPoolExecutor(
-            max_workers=workers,
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
             mp_context=get_context("spawn"),
             initializer=_init_process,
-            initargs=(settings, threads_per_worker(workers)),
+            initargs=(self._settings, threads_per_worker(self.workers)),
         )
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        """A new pool in place of ``broken`` (once, however many of its futures report it)."""
+        if self._pool is broken:
+            log.error("A worker process died; starting a new pool of %d", self.workers)
+            broken.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
 
     def start(self, timeout: float = 300.0) -> None:
         # The pool starts a process per task that finds no idle worker; tasks that wait a
@@ -153,19 +175,28 @@ class LocalEngine:
             pids.update(f.result() for f in futures)
 
     def run(self, items: Iterable[WorkItem]) -> Iterator[Outcome]:
-        running: dict[Future[_Result], str] = {}
+        running: dict[Future[_Result], tuple[str, ProcessPoolExecutor]] = {}
         finished: list[tuple[str, _Result]] = []
 
         def submit(item: WorkItem) -> None:
             data = item.path.read_bytes()
-            running[self._pool.submit(_process_in_pool, item.path.name, data)] = (
-                item.sop_instance_uid
-            )
+            try:
+                future = self._pool.submit(_process_in_pool, item.path.name, data)
+            except BrokenProcessPool:  # broke since the last answer: its futures tell which
+                self._replace(self._pool)
+                future = self._pool.submit(_process_in_pool, item.path.name, data)
+            running[future] = (item.sop_instance_uid, self._pool)
 
         def collect() -> tuple[str, _Result]:
             if not finished:
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
-                finished.extend((running.pop(f), f.result()) for f in done)
+                for future in done:
+                    key, pool = running.pop(future)
+                    try:
+                        finished.append((key, future.result()))
+                    except BrokenProcessPool:
+                        finished.append((key, (None, [], WORKER_DIED)))
+                        self._replace(pool)
             return finished.pop(0)
 
         return _stream(items, 2 * self.workers, submit, collect)

@@ -43,6 +43,11 @@ def text_report(
         f"studies: {counts.studies} listed, {counts.studies_skipped} already done",
         f"cines: {counts.processed} processed, {counts.skipped} already done, "
         f"{counts.failed} failed" + (f", {counts.sent} sent" if counts.sent else ""),
+        *(
+            [f"not processed: {counts.problems} (studies not fetched, files not read)"]
+            if counts.problems
+            else []
+        ),
         f"time: {counts.seconds:.1f} s, {counts.cines_per_minute:.1f} cines/min",
         "",
         f"{'zone':<6}{'cines':>7}{'B-lines':>10}{'mean LUS':>10}",

@@ -26,9 +26,10 @@ import pydicom
 from pydicom import Dataset
 from tqdm import tqdm
 
+from lus_pacs.dicom_vocabulary import is_uid
 from lus_pacs.domain import OutputKind
 from lus_pacs.durable import durable_file
-from lus_pacs.errors import ExportError
+from lus_pacs.errors import ArchiveError, ExportError
 from lus_pacs.families.registry import FAMILIES, Registry
 from lus_pacs.ingest.archive import ArchiveSource, ArchiveStudy
 from lus_pacs.pipeline import encode_summary, write_outputs
@@ -49,6 +50,8 @@ class RunCounts:
     processed: int = 0
     skipped: int = 0
     failed: int = 0
+    problems: int = 0
+    """Studies that could not be fetched and files that could not be read, in this run."""
     sent: int = 0
     send_failures: int = 0
     seconds: float = 0.0
@@ -134,14 +137,24 @@ class Run:
                 self.counts.studies_skipped += 1
                 self.counts.skipped += len(known)
                 continue
+            subject = f"study {uid}"
+            if not is_uid(uid):
+                self._problem(subject, f"{uid[:80]!r} is not a valid Study Instance UID")
+                continue
             folder = self.out / "fetched" / uid
-            files = self.source.fetch(archive, folder)
+            try:
+                files = self.source.fetch(archive, folder)
+            except (ArchiveError, OSError) as exc:  # this study; the next may come
+                self._problem(subject, f"could not be fetched: {exc}")
+                continue
+            self.manifest.solved(subject, self.key)
             headers: dict[str, Dataset] = {}
             by_uid: dict[str, Path] = {}
             for f in files:
-                header = pydicom.dcmread(f, stop_before_pixels=True)
-                headers[str(header.SOPInstanceUID)] = header
-                by_uid[str(header.SOPInstanceUID)] = f
+                header = self._header(f, uid)
+                if header is not None:
+                    headers[str(header.SOPInstanceUID)] = header
+                    by_uid[str(header.SOPInstanceUID)] = f
             self.manifest.record_study(uid, self.key, self.source.name, list(by_uid))
             done = self.manifest.done(self.key, uid)
             pending = {u for u in by_uid if u not in done}
@@ -157,6 +170,29 @@ class Run:
                 continue
             for sop in sorted(pending):
                 yield WorkItem(sop, uid, by_uid[sop])
+
+    def _header(self, path: Path, study_uid: str) -> Dataset | None:
+        """The header of a fetched file, or None (a problem recorded) when it cannot be read,
+        has no valid SOP Instance UID or belongs to another study."""
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+            sop, study = str(header.SOPInstanceUID), str(header.get("StudyInstanceUID", ""))
+        except Exception as exc:  # pydicom raises many kinds on a damaged file
+            self._problem(str(path), f"not readable as DICOM: {exc!r}")
+            return None
+        if not is_uid(sop):
+            self._problem(str(path), f"SOP Instance UID {sop[:80]!r} is not a valid UID")
+            return None
+        if study != study_uid:
+            self._problem(str(path), f"of study {study[:80]!r}, fetched for study {study_uid}")
+            return None
+        self.manifest.solved(str(path), self.key)
+        return header
+
+    def _problem(self, subject: str, reason: str) -> None:
+        log.error("%s: %s", subject, reason)
+        self.manifest.problem(subject, self.key, reason)
+        self.counts.problems += 1
 
     def _finish(self, outcome: Outcome) -> None:
         item = outcome.item
@@ -201,14 +237,17 @@ class Run:
         ]
         if records:
             summary = StudySummary.of(uid, records)
-            self.manifest.record_summary(uid, self.key, summary)
             folder = self.out / "results" / uid
+            # The files first, the manifest's note of the summary last: an interruption between
+            # them leaves the study to summarise again, never noted done without its files.
             write_exam_csv(summary, self.out / "exams" / f"{uid}.csv")
+            output = None
             if OutputKind.STUDY_SR in self.settings.output_kinds:
                 headers = [study.headers[r.source.sop_instance_uid] for r in records]
                 (output,) = write_outputs([encode_summary(summary, headers, self.key)], folder)
-                if self._send(None, [output.path]):
-                    self.manifest.summary_sent(uid, self.key)
+            self.manifest.record_summary(uid, self.key, summary)
+            if output is not None and self._send(None, [output.path]):
+                self.manifest.summary_sent(uid, self.key)
         finished = self.manifest.study_finished(uid, self.key, sending=self.destination is not None)
         if finished and study.fetched_here:
             shutil.rmtree(self.out / "fetched" / uid, ignore_errors=True)

@@ -220,3 +220,26 @@ def test_a_configured_archive_that_cannot_be_used_is_named(tmp_path: Path) -> No
     )
     with pytest.raises(ArchiveError, match="C-MOVE over TLS needs this node's certificate"):
         open_source("dimse://pacs", retrieve="move", dicom_nodes=[pacs])
+
+
+def test_a_damaged_or_unnamed_file_in_a_folder_is_skipped_not_the_archive(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pydicom reads this header but raises when its SOP Instance UID is asked for (a VR it
+    does not know); another file names its study by a path. Each is skipped with a warning;
+    the good file's study is listed."""
+    good = _testdata("US1_UNCR.dcm")
+    data = bytearray(good.read_bytes())
+    at = data.find(bytes.fromhex("08001800"), 132 + 200)  # (0008,0018) in the data set
+    data[at + 4 : at + 6] = b"ZZ"
+    (tmp_path / "damaged.dcm").write_bytes(bytes(data))
+    unnamed = dcmread(good)
+    unnamed.StudyInstanceUID = "../1.2.3"
+    unnamed.SOPInstanceUID = generate_uid()
+    unnamed.save_as(tmp_path / "unnamed.dcm")
+    shutil.copy(good, tmp_path / "good.dcm")
+    with caplog.at_level("WARNING", logger="lus_pacs.ingest.archive.folder"):
+        studies = open_source(str(tmp_path)).studies()
+    assert [s.study_instance_uid for s in studies] == [dcmread(good).StudyInstanceUID]
+    assert "damaged.dcm: not readable as DICOM" in caplog.text
+    assert "unnamed.dcm: no valid SOP Instance UID or Study Instance UID" in caplog.text

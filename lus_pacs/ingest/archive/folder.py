@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.fileset import FileSet
 
-from lus_pacs.dicom_vocabulary import IMAGE_SOP_CLASSES
+from lus_pacs.dicom_vocabulary import IMAGE_SOP_CLASSES, is_uid
 from lus_pacs.errors import ArchiveError
 from lus_pacs.ingest.archive.common import ArchiveStudy, dataset_study, select
 
@@ -71,15 +71,22 @@ class FolderSource:
         for path in self._candidates():
             try:
                 ds = dcmread(path, stop_before_pixels=True)
-            except (OSError, InvalidDicomError, EOFError, ValueError) as exc:
+                if str(ds.get("SOPClassUID", "")) not in IMAGE_SOP_CLASSES:
+                    continue
+                sop, study = str(ds.get("SOPInstanceUID", "")), dataset_study(ds)
+            # pydicom raises many kinds on a damaged file, some only when an element is read:
+            # one such file is skipped, never the whole archive.
+            except Exception as exc:
                 if path.suffix.lower() == ".dcm":
-                    logger.warning("Skipped %s: not readable as DICOM (%s)", path, exc)
+                    logger.warning("Skipped %s: not readable as DICOM (%r)", path, exc)
                 continue
-            if str(ds.get("SOPClassUID", "")) not in IMAGE_SOP_CLASSES:
-                continue
-            sop, study = str(ds.get("SOPInstanceUID", "")), dataset_study(ds)
-            if not sop or not study.study_instance_uid:
-                logger.warning("Skipped %s: no SOP Instance UID or Study Instance UID", path)
+            if not is_uid(sop) or not is_uid(study.study_instance_uid):
+                logger.warning(
+                    "Skipped %s: no valid SOP Instance UID or Study Instance UID (%r, %r)",
+                    path,
+                    sop[:80],
+                    study.study_instance_uid[:80],
+                )
                 continue
             if sop in seen:
                 logger.warning("Skipped %s: another file holds instance %s", path, sop)
