@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.uid import UID
 
 from lus_pacs.errors import ArchiveError, LusPacsError
 from lus_pacs.ingest.archive import ArchiveStudy
@@ -353,3 +354,43 @@ def test_a_worker_that_dies_fails_the_cines_in_flight_and_the_run_goes_on(archiv
     died = [o for o in outcomes if o.error == WORKER_DIED]
     assert 1 <= len(died) <= 2  # the cine in the worker and the one queued for it
     assert all(o.record is not None for o in outcomes if o not in died)  # by a new pool
+
+
+class _Colliding(FolderSource):
+    """The folder, fetched as copies, one file's copy given the SOP Instance UID of an instance
+    of another study (as after a careless study merge in an archive)."""
+
+    def __init__(self, path: Path, collider: Path, taken: str) -> None:
+        super().__init__(path)
+        self.collider, self.taken = collider, taken
+
+    def fetch(self, study: ArchiveStudy, folder: Path) -> list[Path]:
+        copies = []
+        for path in super().fetch(study, folder):
+            ds = dcmread(path)
+            if path == self.collider:
+                ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID(self.taken)
+            copies.append(folder / path.name)
+            ds.save_as(copies[-1])
+        return copies
+
+
+def test_an_instance_uid_of_two_studies_is_named_and_processed_in_one(
+    archive: Path, tmp_path: Path
+) -> None:
+    """Records, results and the manifest are keyed by the SOP Instance UID: a second study's
+    instance under it would be filed in the first study, or processed again at every run."""
+    real = next(archive.glob("real/*.dcm"))
+    collider = sorted(archive.glob("synth/*/*.dcm"))[0]
+    assert dcmread(real).StudyDate < dcmread(collider).StudyDate  # the real study comes first
+    taken = str(dcmread(real, stop_before_pixels=True).SOPInstanceUID)
+    settings = Settings(models=tuple(MODELS.split(",")), data_dir=tmp_path / "data")
+    source = _Colliding(archive, collider, taken)
+    out = tmp_path / "out"
+    done = Run(settings, source, out, _InProcess(settings), "k", progress=False).execute()
+    assert (done.problems, done.processed) == (1, CINES - 1)
+    ((subject, reason),) = done.failures
+    assert subject.endswith(f"/{collider.name}")
+    assert f"instance {taken} is also one of study" in reason
+    again = Run(settings, source, out, _InProcess(settings), "k", progress=False).execute()
+    assert (again.processed, again.skipped) == (0, CINES - 1)  # nothing done twice

@@ -176,6 +176,14 @@ class Manifest:
                 ),
             )
 
+    def study_of(self, sop_uid: str, models: str) -> str | None:
+        """The study a cine was processed in (done or failed), None when it never was."""
+        row = self._db.execute(
+            "SELECT study_instance_uid FROM items WHERE sop_instance_uid = ? AND models = ?",
+            (sop_uid, models),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     def mark_sent(self, sop_uid: str, models: str) -> None:
         with self._tx() as db:
             db.execute(

@@ -186,6 +186,11 @@ class Run:
         if study != study_uid:
             self._problem(str(path), f"of study {study[:80]!r}, fetched for study {study_uid}")
             return None
+        other = next((u for u, s in self._studies.items() if sop in s.files), None)
+        other = other or self.manifest.study_of(sop, self.key)
+        if other is not None and other != study_uid:  # results and records are keyed by it
+            self._problem(str(path), f"instance {sop} is also one of study {other}")
+            return None
         self.manifest.solved(str(path), self.key)
         return header
 
@@ -248,9 +253,11 @@ class Run:
             self.manifest.record_summary(uid, self.key, summary)
             if output is not None and self._send(None, [output.path]):
                 self.manifest.summary_sent(uid, self.key)
-        finished = self.manifest.study_finished(uid, self.key, sending=self.destination is not None)
-        if finished and study.fetched_here:
+        # Every cine is through (done or failed): the fetched copies go (a later run that has
+        # something left to do fetches the study again), and so does what this run held of it.
+        if study.fetched_here:
             shutil.rmtree(self.out / "fetched" / uid, ignore_errors=True)
+        del self._studies[uid]
 
     # Sending
 
