@@ -130,7 +130,15 @@ def test_a_file_that_fails_is_recorded_and_the_next_is_processed(
     palette = Path(str(get_testdata_file("OBXXXX1A_2frame.dcm")))  # case 3
     path_uid = tmp_path / "path-uid.dcm"  # its results' folder would be /1.2.3
     _copy(cine, path_uid, StudyInstanceUID="/1.2.3")
-    files = [over, not_dicom, under, odd_time, retired, palette, path_uid, cine]
+    worklist = tmp_path / "worklist.dcm"  # values the encoders refused: every object failed
+    _copy(
+        cine,
+        worklist,
+        SpecificCharacterSet=["", "ISO 2022 IR 87"],  # the standard form for Japanese
+        PatientSex="U",
+        StudyDate="2026.01.05",  # ACR-NEMA's form
+    )
+    files = [over, not_dicom, under, odd_time, retired, palette, path_uid, worklist, cine]
 
     records, failed = _process(files, tmp_path / "run")
 
@@ -150,7 +158,7 @@ def test_a_file_that_fails_is_recorded_and_the_next_is_processed(
     assert next(r for r in records if r["source"]["frames"] == n - 5)
     # Dates and times in scanner style are repaired, a retired class encoded as its current
     # one (the references keep the source's own class): every object made and valid.
-    for name, copy in (("odd-time", odd_time), ("retired", retired)):
+    for name, copy in (("odd-time", odd_time), ("retired", retired), ("worklist", worklist)):
         uid = pydicom.dcmread(copy, stop_before_pixels=True).SOPInstanceUID
         record = next(r for r in records if r["source"]["sop_instance_uid"] == uid)
         assert "outputs_failed" not in record, (name, record["outputs_failed"])
@@ -159,6 +167,10 @@ def test_a_file_that_fails_is_recorded_and_the_next_is_processed(
         assert dciodvfy_errors(path) == [], name
         if name == "retired":
             assert "1.2.840.10008.5.1.4.1.1.6\n" in _referenced_classes(pydicom.dcmread(path))
+        if name == "worklist":
+            made = pydicom.dcmread(path)
+            assert list(made.SpecificCharacterSet) == ["ISO 2022 IR 6", "ISO 2022 IR 87"]
+            assert (made.PatientSex, made.StudyDate) == ("", "20260105")
     # A palette-colour source has no presentation state (none fits it); its other objects are
     # made, and the record says why the presentation state is missing.
     record = next(r for r in records if r["source"]["sop_instance_uid"].startswith("1.3.46."))

@@ -168,11 +168,16 @@ def repaired_header(header: Dataset) -> Dataset:
     """``header`` with its top-level dates and times in DICOM form, for the encoders (which
     copy them into the results and refuse what they cannot parse).
 
-    Scanners write ``11:25:01`` or ``2026-01-01``: the separators are removed when what remains
-    is a valid value; a value that still does not parse is left out, with a log line. A retired
-    ultrasound class is given as its current one (:data:`RETIRED_IMAGE_CLASSES`;
-    :func:`restore_source_class` puts the source's own class back in the references). The
-    original dataset is not changed.
+    Scanners write ``11:25:01``, ``2026-01-01`` or ACR-NEMA's ``2026.01.01``: the separators
+    are removed when what remains is a valid value; a value that still does not parse is left
+    out, with a log line. A retired ultrasound class is given as its current one
+    (:data:`RETIRED_IMAGE_CLASSES`; :func:`restore_source_class` puts the source's own class
+    back in the references). Two values that worklists and scanners write and the encoders
+    refuse, failing every result object, are mended too: a Specific Character Set whose first
+    value is empty (the standard form of ISO 2022 Japanese and Korean, ``\\ISO 2022 IR 87``)
+    gets ``ISO 2022 IR 6`` there, the default repertoire it stands for; a Patient's Sex other
+    than M, F or O (``U``, ``male``) becomes M or F where it spells one, else empty (the
+    attribute is type 2). The original dataset is not changed.
     """
     # A new element dict holding the same elements: each repair replaces an element, never
     # changes one (the header's own elements stay as they are).
@@ -185,6 +190,8 @@ def repaired_header(header: Dataset) -> Dataset:
     current = RETIRED_IMAGE_CLASSES.get(str(header.get("SOPClassUID", "")))
     if current is not None:
         repaired[_SOP_CLASS_UID] = DataElement(_SOP_CLASS_UID, "UI", current)
+    _repair_character_set(header, repaired)
+    _repair_patient_sex(header, repaired)
     for element in list(header):
         if element.VR not in _DATE_TIME_VRS or element.VM != 1 or not element.value:
             continue
@@ -192,7 +199,7 @@ def repaired_header(header: Dataset) -> Dataset:
         if _parses(element.VR, raw):
             continue
         # A DT's '-' may be its UTC offset: only ':', ' ' and 'T' go.
-        gone = ":- " if element.VR != "DT" else ": T"
+        gone = {"DA": ":-. ", "TM": ":- "}.get(element.VR, ": T")
         fixed = raw.translate({ord(c): None for c in gone})
         keyword = element.keyword or str(element.tag)
         if _parses(element.VR, fixed):
@@ -206,7 +213,32 @@ def repaired_header(header: Dataset) -> Dataset:
     return repaired
 
 
+def _repair_character_set(header: Dataset, repaired: Dataset) -> None:
+    element = header.data_element("SpecificCharacterSet")
+    if element is None or element.VM < 2 or str(element.value[0]).strip():
+        return
+    values = ["ISO 2022 IR 6", *map(str, element.value[1:])]
+    log.warning("SpecificCharacterSet %r written as %r for the results", element.value, values)
+    repaired[element.tag] = DataElement(element.tag, "CS", values)
+
+
+_SEXES = {"M": "M", "F": "F", "O": "O", "MALE": "M", "FEMALE": "F"}
+_PATIENT_SEX = 0x00100040
+
+
+def _repair_patient_sex(header: Dataset, repaired: Dataset) -> None:
+    raw = header.get("PatientSex")
+    if raw is None or raw in ("", "M", "F", "O"):
+        return
+    fixed = _SEXES.get(str(raw).strip().upper(), "")
+    log.warning("PatientSex %r written as %r for the results", raw, fixed)
+    repaired[_PATIENT_SEX] = DataElement(_PATIENT_SEX, "CS", fixed)
+
+
 def _parses(vr: str, value: str) -> bool:
+    # pydicom also reads ACR-NEMA's dotted dates, which are no valid DA in a result object.
+    if vr == "DA" and not value.isdigit():
+        return False
     kind = {"DA": valuerep.DA, "TM": valuerep.TM, "DT": valuerep.DT}[vr]
     try:
         kind(value)

@@ -30,8 +30,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments, generate_frames
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, iter_pixels
-from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit
+from pydicom.pixels import apply_color_lut, get_decoder, iter_pixels
+from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit
 
 from lus_pacs.dicom_vocabulary import IMAGE_SOP_CLASSES, MULTI_FRAME_CLASSES
 from lus_pacs.domain import Cine, GreyFrames, SourceRef
@@ -49,9 +49,28 @@ MAX_FRAMES = 10_000
 _DECODE_THREADS = min(4, os.cpu_count() or 1)
 
 _FAST_JPEG = {JPEGBaseline8Bit, JPEGExtended12Bit}
-_FAST_PHOTOMETRIC = {"YBR_FULL_422", "YBR_FULL", "MONOCHROME2", "MONOCHROME1"}
-"""JPEG colour models whose grey output is the luminance without looking at the markers.
-An RGB-labelled JPEG may hold untransformed RGB, which libjpeg would take for YCbCr."""
+_FAST_PHOTOMETRIC = {"YBR_FULL_422", "YBR_FULL", "MONOCHROME2", "MONOCHROME1", "RGB"}
+"""JPEG colour models decoded to grey by libjpeg-turbo. For RGB it reads the stream's own
+markers (JFIF, Adobe's transform) and component identifiers to tell untransformed RGB, which
+it converts to luminance, from YCbCr, whose luminance it keeps: scanners often label a YCbCr
+stream RGB, which pydicom, trusting the label, decodes to washed-out grey (the 120-frame
+echocardiogram relabelled: black read as 91)."""
+
+
+def decodable_syntaxes(syntaxes: Iterable[str]) -> list[str]:
+    """Those of ``syntaxes`` whose pixel data this module can decode (pydicom has a decoder
+    for it here): not MPEG-2, MPEG-4, HEVC, JPEG XL or JPIP. The listener accepts images only in
+    these, so that a scanner sends an image in one it offers beside them, or is told at
+    association, instead of being acknowledged for a cine that cannot be read."""
+    decodable = []
+    for syntax in syntaxes:
+        try:
+            available = get_decoder(UID(syntax)).is_available
+        except NotImplementedError:  # pydicom knows no decoder for it at all
+            available = False
+        if available:
+            decodable.append(syntax)
+    return decodable
 
 
 def read_cine(path: Path, *, zone_rules: Iterable[ZoneRule] = DEFAULT_ZONE_RULES) -> Cine:

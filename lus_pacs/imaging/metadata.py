@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -12,30 +14,43 @@ from pydicom.tag import Tag
 from lus_pacs.domain import FrameTiming, Region, RegionSource
 from lus_pacs.settings import DEFAULT_ZONE_RULES, ZoneRule
 
+log = logging.getLogger(__name__)
+
 _FRAME_TIME = Tag(0x0018, 0x1063)
 _FRAME_TIME_VECTOR = Tag(0x0018, 0x1065)
 _CM = 3
 """PhysicalUnitsXDirection value for centimetres."""
 
 
+FPS_RANGE = (1.0, 1000.0)
+"""Frame rates believed from a header; a value outside (FrameTime written in seconds instead of
+milliseconds: 30,000 frames a second; a stray 0.001 ms: a million) is skipped for the next
+attribute. The models' one-second windows are as long as the rate says: at a million frames
+a second one window alone would take 16 GB."""
+
+
 def frame_timing(ds: Dataset) -> FrameTiming:
     """The frame rate, from the attribute the file points at first, then the fallbacks.
 
     Order: what ``FrameIncrementPointer`` names (``FrameTimeVector`` or ``FrameTime``), then
-    ``FrameTime``, ``CineRate``, ``RecommendedDisplayFrameRate``. A value that is missing, zero
-    or unreadable is skipped; ``fps`` is None when no attribute gives a rate.
+    ``FrameTime``, ``CineRate``, ``RecommendedDisplayFrameRate``. A value that is missing, zero,
+    unreadable or a rate outside :data:`FPS_RANGE` is skipped (logged); ``fps`` is None when no
+    attribute gives a rate.
     """
     pointers = _as_list(ds.get("FrameIncrementPointer"))
     candidates = [Tag(p) for p in pointers if Tag(p) in (_FRAME_TIME, _FRAME_TIME_VECTOR)]
     candidates += [t for t in (_FRAME_TIME, _FRAME_TIME_VECTOR) if t not in candidates]
-    for tag in candidates:
-        fps = _fps_from_times(ds, tag)
-        if fps is not None:
-            return FrameTiming(fps, "FrameTimeVector" if tag == _FRAME_TIME_VECTOR else "FrameTime")
-    for keyword in ("CineRate", "RecommendedDisplayFrameRate"):
-        rate = _positive(ds.get(keyword))
-        if rate is not None:
-            return FrameTiming(rate, keyword)
+    rates = [
+        ("FrameTimeVector" if tag == _FRAME_TIME_VECTOR else "FrameTime", _fps_from_times(ds, tag))
+        for tag in candidates
+    ]
+    rates += [(k, _positive(ds.get(k))) for k in ("CineRate", "RecommendedDisplayFrameRate")]
+    for source, fps in rates:
+        if fps is None:
+            continue
+        if FPS_RANGE[0] <= fps <= FPS_RANGE[1]:
+            return FrameTiming(fps, source)
+        log.warning("%s gives %.4g frames a second: not believed", source, fps)
     return FrameTiming(None, "none")
 
 
@@ -44,6 +59,12 @@ def _fps_from_times(ds: Dataset, tag: Any) -> float | None:
         return None
     values = _as_list(ds[tag].value)
     if tag == _FRAME_TIME_VECTOR:
+        every = [_positive(v) or 0.0 for v in values]
+        rising = all(b > a for a, b in itertools.pairwise(every[1:]))
+        if len(every) >= 4 and rising and every[-1] >= 2 * every[1]:
+            # Times that grow with the frame: each frame's time since the first (PS3.3 says
+            # since the frame before), as some scanners write them.
+            return 1000.0 * (len(every) - 1) / (every[-1] - every[0])
         # The first entry is the time of the first frame since itself: zero.
         values = values[1:]
     times = [t for t in (_positive(v) for v in values) if t is not None]

@@ -42,6 +42,7 @@ from lus_pacs.dicom_vocabulary import (
 from lus_pacs.domain import Instance, Received
 from lus_pacs.durable import durable_file
 from lus_pacs.errors import ConfigError, describe
+from lus_pacs.imaging.decode import decodable_syntaxes
 from lus_pacs.ingest.audit import AuditEvent, AuditLog
 from lus_pacs.settings import Settings
 from lus_pacs.tls import server_context
@@ -458,14 +459,17 @@ def listen_backlog(settings: Settings) -> int:
 
 def _make_ae(settings: Settings) -> AE:
     """The application entity: every storage class is accepted at association so that an
-    unsupported instance gets a precise C-STORE status instead of a rejected context."""
+    unsupported instance gets a precise C-STORE status instead of a rejected context. The
+    classes read as cines only in the transfer syntaxes their pixels can be decoded in
+    (:func:`~lus_pacs.imaging.decode.decodable_syntaxes`: no MPEG or HEVC video)."""
     ae = AE(ae_title=settings.ae_title)
     ae.add_supported_context(Verification)
     for context in AllStoragePresentationContexts:
-        if context.abstract_syntax is not None:
+        if context.abstract_syntax is not None and context.abstract_syntax not in IMAGE_SOP_CLASSES:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    readable = decodable_syntaxes(ALL_TRANSFER_SYNTAXES)
     for sop_class in IMAGE_SOP_CLASSES:  # retired US classes are not in pynetdicom's list
-        ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(sop_class, readable)
     if settings.allowed_aes:
         ae.require_calling_aet = list(settings.allowed_aes)
     else:

@@ -221,6 +221,18 @@ def _plain_dataset(pixels: np.ndarray, photometric: str, bits: int) -> Dataset:
     return ds
 
 
+def test_a_ycbcr_jpeg_labelled_rgb_reads_as_its_luminance(tmp_path: Path) -> None:
+    """Scanners label YCbCr JPEG frames RGB; the stream's markers say what it holds."""
+    source = Path(str(get_testdata_file("color3d_jpeg_baseline.dcm")))
+    ds = pydicom.dcmread(source)
+    assert ds.PhotometricInterpretation == "YBR_FULL_422"
+    ds.PhotometricInterpretation = "RGB"
+    ds.save_as(tmp_path / "rgb.dcm")
+    labelled, truthful = read_cine(tmp_path / "rgb.dcm"), read_cine(source)
+    np.testing.assert_array_equal(labelled.frames, truthful.frames)
+    assert int(labelled.frames[0].min()) == 0  # black stays black
+
+
 def test_monochrome1_is_inverted_and_16_bit_scaled() -> None:
     ramp = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (8, 1))
     inverted = decode_dataset(_plain_dataset(ramp, "MONOCHROME1", 8), "m1")

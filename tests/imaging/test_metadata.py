@@ -34,6 +34,13 @@ def _ds(**attributes: object) -> Dataset:
         ({"RecommendedDisplayFrameRate": 15}, 15.0, "RecommendedDisplayFrameRate"),
         ({"FrameTime": "", "CineRate": 0}, None, "none"),
         ({}, None, "none"),
+        # Times since the first frame (some scanners), not since the frame before.
+        ({"FrameTimeVector": [0, 33.3, 66.7, 100, 133.3]}, 4000 / 133.3, "FrameTimeVector"),
+        ({"FrameTimeVector": [0, 33, 34, 35]}, 1000 / 34, "FrameTimeVector"),  # jitter
+        # Rates no scanner records: the next attribute, or none.
+        ({"FrameTime": "0.0333", "CineRate": 30}, 30.0, "CineRate"),  # seconds, not ms
+        ({"FrameTime": "0.001"}, None, "none"),  # a million frames a second
+        ({"RecommendedDisplayFrameRate": 1e6}, None, "none"),
     ],
 )
 def test_frame_timing(attributes: dict, fps: float | None, source: str) -> None:

@@ -454,3 +454,23 @@ def test_every_storage_class_is_accepted_at_association_and_answered_per_instanc
         assert status.Status == REFUSED_SOP_CLASS
     finally:
         assoc.release()
+
+
+def test_a_cine_is_taken_only_in_a_syntax_its_pixels_can_be_read_in(listener: StoringNode) -> None:
+    """Acknowledged in MPEG-4, a cine could not be decoded afterwards, and the scanner, told
+    Success, would never send it otherwise: the context is refused at association, so that a
+    scanner that offers JPEG beside it sends JPEG."""
+    us = "1.2.840.10008.5.1.4.1.1.3.1"  # Ultrasound Multi-frame Image Storage
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(us, [pydicom.uid.MPEG4HP41])
+    ae.add_requested_context(us, [pydicom.uid.HEVCMP51])
+    ae.add_requested_context(us, [pydicom.uid.JPEGBaseline8Bit])
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title="LUSPACS")
+    assert assoc.is_established
+    try:
+        accepted = [str(c.transfer_syntax[0]) for c in assoc.accepted_contexts]
+        rejected = [str(c.transfer_syntax[0]) for c in assoc.rejected_contexts]
+    finally:
+        assoc.release()
+    assert accepted == [pydicom.uid.JPEGBaseline8Bit]
+    assert sorted(rejected) == sorted([pydicom.uid.MPEG4HP41, pydicom.uid.HEVCMP51])
