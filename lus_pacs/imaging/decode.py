@@ -190,7 +190,8 @@ def decode_dataset(
     # The static overlay (paper 004's mask, found instead of drawn) is wanted even when the
     # regions are declared: a region's rectangle around a sector still holds scale marks and
     # markers. It costs 10-30 ms a cine.
-    found, overlay = find_tissue_region(frames)
+    usable = [i for i in range(len(frames)) if i + 1 not in damaged] if damaged else None
+    found, overlay = find_tissue_region(frames, usable)
     if region is None:
         region = found
     source = SourceRef(

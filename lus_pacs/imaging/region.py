@@ -9,6 +9,8 @@ bright pixels around the tissue are paper 004's static mask, found instead of dr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 import numpy.typing as npt
@@ -34,7 +36,9 @@ PART_FRACTION = 0.10
 (an anechoic band can split the scan area in two)."""
 
 
-def find_tissue_region(frames: GreyFrames) -> tuple[Region, npt.NDArray[np.bool_]]:
+def find_tissue_region(
+    frames: GreyFrames, usable: Sequence[int] | npt.NDArray[np.intp] | None = None
+) -> tuple[Region, npt.NDArray[np.bool_]]:
     """Find the tissue region and the burned-in overlay of a cine from its pixels.
 
     The region is the bounding box of the tissue: pixels whose grey level changes by more than
@@ -48,6 +52,9 @@ def find_tissue_region(frames: GreyFrames) -> tuple[Region, npt.NDArray[np.bool_
     ----------
     frames:
         Luminance frames, shape (frames, rows, columns).
+    usable:
+        The (0-based) frames to sample, when not all: a damaged frame (grey or garbage where
+        its data was lost) would read as moving tissue or hide the still overlay.
 
     Returns
     -------
@@ -66,7 +73,9 @@ def find_tissue_region(frames: GreyFrames) -> tuple[Region, npt.NDArray[np.bool_
             f"least one frame; got {frames.dtype} {frames.shape}."
         )
     n, rows, cols = frames.shape
-    picks = np.unique(np.linspace(0, n - 1, min(n, MAX_SAMPLES)).round().astype(np.intp))
+    pool = np.arange(n) if usable is None or len(usable) == 0 else np.asarray(usable, np.intp)
+    spread = np.linspace(0, len(pool) - 1, min(len(pool), MAX_SAMPLES)).round().astype(np.intp)
+    picks = pool[np.unique(spread)]
     brightest, darkest = frames[picks[0]].copy(), frames[picks[0]].copy()
     for i in picks[1:]:
         cv2.max(brightest, frames[i], dst=brightest)

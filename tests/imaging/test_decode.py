@@ -233,6 +233,33 @@ def test_a_ycbcr_jpeg_labelled_rgb_reads_as_its_luminance(tmp_path: Path) -> Non
     assert int(labelled.frames[0].min()) == 0  # black stays black
 
 
+@pytest.mark.parametrize("damage", ["unreadable", "cut short"])
+def test_a_damaged_frame_does_not_move_the_tissue_region_or_the_overlay(damage: str) -> None:
+    """Grey or garbage where a frame's data was lost read as moving tissue over the whole image
+    and hid the still overlay (the region was the whole width, the overlay mask empty)."""
+    ds = pydicom.dcmread(get_testdata_file("color3d_jpeg_baseline.dcm"))
+    del ds.SequenceOfUltrasoundRegions  # the region found from the pixels
+    intact = decode_dataset(ds, "intact")
+    encoded = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+    first = encoded[0]
+    encoded[0] = (
+        b"\xff\xd8" + bytes(200) + b"\xff\xd9"
+        if damage == "unreadable"
+        else first[: len(first) // 3]
+    )
+    cine = decode_dataset(_with_frames(ds, encoded), damage)
+    assert list(cine.damaged) == [1]
+    found, expected = cine.region, intact.region
+    edges = (
+        (found.x0, found.y0, found.x1, found.y1),
+        (expected.x0, expected.y0, expected.x1, expected.y1),
+    )
+    assert max(abs(a - b) for a, b in zip(*edges, strict=True)) <= 2, edges
+    assert cine.overlay_mask is not None
+    assert intact.overlay_mask is not None
+    assert abs(int(cine.overlay_mask.sum()) - int(intact.overlay_mask.sum())) <= 40
+
+
 def test_monochrome1_is_inverted_and_16_bit_scaled() -> None:
     ramp = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (8, 1))
     inverted = decode_dataset(_plain_dataset(ramp, "MONOCHROME1", 8), "m1")
