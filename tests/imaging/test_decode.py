@@ -237,7 +237,7 @@ def test_a_ycbcr_jpeg_labelled_rgb_reads_as_its_luminance(tmp_path: Path) -> Non
 def test_a_damaged_frame_does_not_move_the_tissue_region_or_the_overlay(damage: str) -> None:
     """Grey or garbage where a frame's data was lost read as moving tissue over the whole image
     and hid the still overlay (the region was the whole width, the overlay mask empty)."""
-    ds = pydicom.dcmread(get_testdata_file("color3d_jpeg_baseline.dcm"))
+    ds = pydicom.dcmread(str(get_testdata_file("color3d_jpeg_baseline.dcm")))
     del ds.SequenceOfUltrasoundRegions  # the region found from the pixels
     intact = decode_dataset(ds, "intact")
     encoded = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
