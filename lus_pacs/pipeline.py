@@ -390,6 +390,13 @@ def process_bytes(
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
+    if len(data) > settings.max_instance_bytes:
+        raise StageError(
+            name,
+            "read",
+            f"{len(data)} bytes is over the limit of {settings.max_instance_bytes} "
+            "(max_instance_bytes)",
+        )
     header = _read_dataset(lambda: pydicom.dcmread(BytesIO(data)), name)
     timings["read"] = (time.perf_counter() - start) * 1000
     findings, objects, failed = _analyse_and_encode(header, name, models, settings, timings)

@@ -20,7 +20,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import UID
 
-from lus_pacs.errors import ArchiveError, LusPacsError
+from lus_pacs.errors import ArchiveError, LusPacsError, StageError
 from lus_pacs.ingest.archive import ArchiveStudy
 from lus_pacs.ingest.archive.folder import FolderSource
 from lus_pacs.pipeline import Models, process_bytes
@@ -394,3 +394,25 @@ def test_an_instance_uid_of_two_studies_is_named_and_processed_in_one(
     assert f"instance {taken} is also one of study" in reason
     again = Run(settings, source, out, _InProcess(settings), "k", progress=False).execute()
     assert (again.processed, again.skipped) == (0, CINES - 1)  # nothing done twice
+
+
+def test_a_cine_over_the_byte_limit_is_failed_unread_and_the_run_goes_on(
+    archive: Path, tmp_path: Path
+) -> None:
+    """The engines read each cine whole into memory: one over ``max_instance_bytes`` is failed
+    with the limit named before it is read, as the node refuses it."""
+    real = next(archive.glob("real/*.dcm"))
+    limit = real.stat().st_size - 1  # the real cine only (the simulated ones are smaller)
+    assert all(p.stat().st_size <= limit for p in archive.glob("synth/*/*.dcm"))
+    settings = Settings(
+        models=tuple(MODELS.split(",")), data_dir=tmp_path / "data", max_instance_bytes=limit
+    )
+    engine = _InProcess(settings)
+    run = Run(settings, FolderSource(archive), tmp_path / "out", engine, "k", progress=False)
+    done = run.execute()
+    assert (done.failed, done.processed) == (1, CINES - 1)
+    ((uid, reason),) = done.failures
+    assert uid == dcmread(real, stop_before_pixels=True).SOPInstanceUID
+    assert f"over the limit of {limit} (max_instance_bytes)" in reason
+    with pytest.raises(StageError, match="max_instance_bytes"):  # the engines' own check
+        process_bytes(real.read_bytes(), real.name, engine.models, settings)

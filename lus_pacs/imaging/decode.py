@@ -388,12 +388,20 @@ def _to_luminance(pixels: npt.NDArray[np.generic], ds: Dataset, photometric: str
     if photometric == "PALETTE COLOR":
         rgb = apply_color_lut(pixels, ds)
         # 16-bit entries carry the colour in their high byte, but some writers put 8-bit
-        # values there: judge by the values.
-        return _rgb_to_grey(rgb >> 8 if rgb.max() > 255 else rgb, 8)
+        # values there: judge by the palette's values, not the frame's (a dark frame of a
+        # 16-bit palette holds only entries up to 255 and would be read as 8-bit).
+        return _rgb_to_grey(rgb >> 8 if _palette_max(ds) > 255 else rgb, 8)
     if samples == 3:
         # pydicom hands back RGB for every colour model (YBR is converted on decoding).
         return _rgb_to_grey(pixels, int(ds.get("BitsStored", 8)))
     return _to_uint8(pixels, ds)
+
+
+def _palette_max(ds: Dataset) -> int:
+    """The largest value of the cine's palette, over every index its pixels can hold."""
+    bits = int(ds.get("BitsStored", 8))
+    indices = np.arange(2 ** min(bits, 16), dtype=np.uint16 if bits > 8 else np.uint8)
+    return int(apply_color_lut(indices, ds).max())
 
 
 def _rgb_to_grey(rgb: npt.NDArray[np.generic], bits: int) -> GreyFrames:

@@ -169,6 +169,11 @@ class Run:
                 self._close_study(study)
                 continue
             for sop in sorted(pending):
+                size, limit = by_uid[sop].stat().st_size, self.settings.max_instance_bytes
+                if size > limit:  # not read into memory to be refused there
+                    reason = f"{size} bytes is over the limit of {limit} (max_instance_bytes)"
+                    self._finish(Outcome(WorkItem(sop, uid, by_uid[sop]), None, [], reason))
+                    continue
                 yield WorkItem(sop, uid, by_uid[sop])
 
     def _header(self, path: Path, study_uid: str) -> Dataset | None:

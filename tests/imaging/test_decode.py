@@ -260,6 +260,25 @@ def test_a_damaged_frame_does_not_move_the_tissue_region_or_the_overlay(damage: 
     assert abs(int(cine.overlay_mask.sum()) - int(intact.overlay_mask.sum())) <= 40
 
 
+def test_a_dark_frame_of_a_16_bit_palette_stays_dark() -> None:
+    """A 16-bit palette whose low entries are small values: a frame that uses only those
+    was judged 8-bit by its own values (200 of 65535 read as grey 200)."""
+    ds = pydicom.dcmread(str(get_testdata_file("OBXXXX1A_2frame.dcm")))
+    assert not ds.file_meta.TransferSyntaxUID.is_compressed
+    lut = (np.arange(256, dtype=np.uint16) * 256).astype("<u2")
+    lut[:10] = 200
+    for colour in ("Red", "Green", "Blue"):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", lut.tobytes())
+    indices = ds.pixel_array.copy()
+    indices[1] = 0  # the second frame: only entry 0, 200 of 65535
+    indices[0, :10, :10] = 255
+    ds.PixelData = indices.tobytes()
+    cine = decode_dataset(ds, "palette")
+    assert int(cine.frames[1].max()) == 0
+    assert int(cine.frames[0].max()) == 255  # 255 x 256: 255 in the high byte
+
+
 def test_monochrome1_is_inverted_and_16_bit_scaled() -> None:
     ramp = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (8, 1))
     inverted = decode_dataset(_plain_dataset(ramp, "MONOCHROME1", 8), "m1")
