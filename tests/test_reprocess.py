@@ -237,9 +237,8 @@ class _InProcess:
 
     workers = 1
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.models = Models.load(settings)
+    def __init__(self, settings: Settings, models: Models) -> None:
+        self.settings, self.models = settings, models
 
     def start(self) -> None:
         pass
@@ -259,6 +258,12 @@ class _InProcess:
         pass
 
 
+@pytest.fixture(scope="module")
+def models() -> Models:
+    """The bundles of these runs, loaded once for the in-process engine."""
+    return Models.load(Settings(models=tuple(MODELS.split(","))))
+
+
 class _Unavailable(FolderSource):
     """The folder, except that fetching one study fails as an archive's HTTP 500 would."""
 
@@ -273,13 +278,13 @@ class _Unavailable(FolderSource):
 
 
 def test_a_study_that_cannot_be_fetched_is_named_and_the_run_goes_on(
-    archive: Path, tmp_path: Path
+    archive: Path, tmp_path: Path, models: Models
 ) -> None:
     """Before: the run ended at that study, every time it was run again."""
     settings = Settings(models=tuple(MODELS.split(",")), data_dir=tmp_path / "data")
     synth = dcmread(next(archive.glob("synth/*/*.dcm")), stop_before_pixels=True)
     out = tmp_path / "out"
-    engine = _InProcess(settings)
+    engine = _InProcess(settings, models)
     first = Run(
         settings, _Unavailable(archive, synth.StudyInstanceUID), out, engine, "k", progress=False
     ).execute()
@@ -314,14 +319,14 @@ class _Damaging(FolderSource):
 
 
 def test_a_fetched_file_that_cannot_be_read_is_named_and_its_study_goes_on(
-    archive: Path, tmp_path: Path
+    archive: Path, tmp_path: Path, models: Models
 ) -> None:
     """Before: the run ended at that file, every time it was run again."""
     damaged = sorted(archive.glob("synth/*/*.dcm"))[0]
     settings = Settings(models=tuple(MODELS.split(",")), data_dir=tmp_path / "data")
     source = _Damaging(archive, damaged)
     out = tmp_path / "out"
-    done = Run(settings, source, out, _InProcess(settings), "k", progress=False).execute()
+    done = Run(settings, source, out, _InProcess(settings, models), "k", progress=False).execute()
     assert (done.problems, done.processed) == (1, CINES - 1)
     ((subject, reason),) = done.failures
     assert subject.endswith(f"/{damaged.name}")
@@ -376,7 +381,7 @@ class _Colliding(FolderSource):
 
 
 def test_an_instance_uid_of_two_studies_is_named_and_processed_in_one(
-    archive: Path, tmp_path: Path
+    archive: Path, tmp_path: Path, models: Models
 ) -> None:
     """Records, results and the manifest are keyed by the SOP Instance UID: a second study's
     instance under it would be filed in the first study, or processed again at every run."""
@@ -387,17 +392,17 @@ def test_an_instance_uid_of_two_studies_is_named_and_processed_in_one(
     settings = Settings(models=tuple(MODELS.split(",")), data_dir=tmp_path / "data")
     source = _Colliding(archive, collider, taken)
     out = tmp_path / "out"
-    done = Run(settings, source, out, _InProcess(settings), "k", progress=False).execute()
+    done = Run(settings, source, out, _InProcess(settings, models), "k", progress=False).execute()
     assert (done.problems, done.processed) == (1, CINES - 1)
     ((subject, reason),) = done.failures
     assert subject.endswith(f"/{collider.name}")
     assert f"instance {taken} is also one of study" in reason
-    again = Run(settings, source, out, _InProcess(settings), "k", progress=False).execute()
+    again = Run(settings, source, out, _InProcess(settings, models), "k", progress=False).execute()
     assert (again.processed, again.skipped) == (0, CINES - 1)  # nothing done twice
 
 
 def test_a_cine_over_the_byte_limit_is_failed_unread_and_the_run_goes_on(
-    archive: Path, tmp_path: Path
+    archive: Path, tmp_path: Path, models: Models
 ) -> None:
     """The engines read each cine whole into memory: one over ``max_instance_bytes`` is failed
     with the limit named before it is read, as the node refuses it."""
@@ -407,7 +412,7 @@ def test_a_cine_over_the_byte_limit_is_failed_unread_and_the_run_goes_on(
     settings = Settings(
         models=tuple(MODELS.split(",")), data_dir=tmp_path / "data", max_instance_bytes=limit
     )
-    engine = _InProcess(settings)
+    engine = _InProcess(settings, models)
     run = Run(settings, FolderSource(archive), tmp_path / "out", engine, "k", progress=False)
     done = run.execute()
     assert (done.failed, done.processed) == (1, CINES - 1)
@@ -416,3 +421,35 @@ def test_a_cine_over_the_byte_limit_is_failed_unread_and_the_run_goes_on(
     assert f"over the limit of {limit} (max_instance_bytes)" in reason
     with pytest.raises(StageError, match="max_instance_bytes"):  # the engines' own check
         process_bytes(real.read_bytes(), real.name, engine.models, settings)
+
+
+def test_a_ray_worker_that_dies_fails_its_cines_and_another_takes_its_place(
+    archive: Path,
+) -> None:
+    """An actor killed mid-run (the out-of-memory killer, a lost node): before, Ray's error
+    ended the run, at the same cine every time."""
+    ray = pytest.importorskip("ray")
+    from lus_pacs.reprocess.engine import WORKER_DIED, RayEngine
+
+    items = [
+        WorkItem(dcmread(p, stop_before_pixels=True).SOPInstanceUID, "study", p)
+        for p in sorted(archive.glob("synth/*/*.dcm"))
+    ]
+    engine = RayEngine(Settings(models=tuple(MODELS.split(","))), 1)
+    try:
+        engine.start()
+        first = engine._actors[0]
+        killer = threading.Timer(0.5, ray.kill, (first,), {"no_restart": True})
+        killer.start()
+        outcomes = list(engine.run(items))
+        killer.join()
+        assert engine._actors[0] is not first
+    finally:
+        engine.close()
+        ray.shutdown()
+    assert sorted(o.item.sop_instance_uid for o in outcomes) == sorted(
+        i.sop_instance_uid for i in items
+    )
+    died = [o for o in outcomes if o.error == WORKER_DIED]
+    assert 1 <= len(died) <= 2  # the cine the actor ran and the one waiting on it
+    assert all(o.record is not None for o in outcomes if o not in died)  # by its successor

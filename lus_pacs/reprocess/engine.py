@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Protocol
@@ -206,11 +207,13 @@ class LocalEngine:
 
 
 class RayEngine:
-    """One model-holding actor per worker, on a local Ray (default) or a cluster."""
+    """One model-holding actor per worker, on a local Ray (default) or a cluster.
+
+    An actor that dies (its process killed: the out-of-memory killer, a lost node) fails the
+    cines it held with :data:`WORKER_DIED`; a new actor takes its place and the run goes on."""
 
     def __init__(self, settings: Settings, workers: int, address: str | None = None) -> None:
         import ray
-        from ray.util import ActorPool
 
         if not ray.is_initialized():
             ray.init(
@@ -221,10 +224,10 @@ class RayEngine:
                 configure_logging=False,
             )
         self.workers = workers
-        actor = ray.remote(num_cpus=1)(_Worker)
-        threads = threads_per_worker(workers)
-        self._actors: list[Any] = [actor.remote(settings, threads) for _ in range(workers)]
-        self._pool = ActorPool(self._actors)
+        self._new_actor = partial(
+            ray.remote(num_cpus=1)(_Worker).remote, settings, threads_per_worker(workers)
+        )
+        self._actors: list[Any] = [self._new_actor() for _ in range(workers)]
 
     def start(self) -> None:
         import ray
@@ -232,12 +235,32 @@ class RayEngine:
         ray.get([actor.ready.remote() for actor in self._actors])
 
     def run(self, items: Iterable[WorkItem]) -> Iterator[Outcome]:
+        import ray
+        from ray.exceptions import RayActorError
+
+        running: dict[Any, tuple[str, Any]] = {}
+        """Each call in flight: its object reference -> (SOP Instance UID, actor)."""
+
         def submit(item: WorkItem) -> None:
-            value = (item.sop_instance_uid, item.path.name, item.path.read_bytes())
-            self._pool.submit(lambda actor, v: actor.process_keyed.remote(*v), value)
+            # The actor with the fewest calls in flight (calls wait in turn on their actor).
+            load = {id(a): 0 for a in self._actors}
+            for _, actor in running.values():
+                load[id(actor)] = load.get(id(actor), 0) + 1
+            actor = min(self._actors, key=lambda a: load[id(a)])
+            data = item.path.read_bytes()
+            ref = actor.process_keyed.remote(item.sop_instance_uid, item.path.name, data)
+            running[ref] = (item.sop_instance_uid, actor)
 
         def collect() -> tuple[str, _Result]:
-            key, result = self._pool.get_next_unordered()
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            key, actor = running.pop(ref)
+            try:
+                _, result = ray.get(ref)
+            except RayActorError:
+                if actor in self._actors:  # once, however many of its calls report it
+                    log.error("A Ray worker died; starting another in its place")
+                    self._actors[self._actors.index(actor)] = self._new_actor()
+                return key, (None, [], WORKER_DIED)
             return str(key), result
 
         return _stream(items, 2 * self.workers, submit, collect)
