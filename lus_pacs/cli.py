@@ -372,11 +372,22 @@ def serve(
     _logging()
     overrides = {"port": port} if port is not None else {}
     settings = load_settings(config, **overrides)
+    stopping = threading.Event()
+    started = threading.Event()
+
+    def terminate(*_: object) -> None:
+        if not started.is_set():  # loading or warming up: nothing received yet, nothing lost
+            raise SystemExit(128 + signal.SIGTERM)
+        stopping.set()
+
+    # Before the models load (tens of seconds): a container stopped while it starts exits at
+    # once instead of ignoring SIGTERM (PID 1 has no default handler) until it is killed.
+    signal.signal(signal.SIGTERM, terminate)
     prepare_workers(settings.workers)
+    logging.getLogger("lus_pacs.cli").info("Loading the models: %s", ", ".join(settings.models))
     node = Node(settings)
     node.start()
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    started.set()
     try:
         stopping.wait()
     except KeyboardInterrupt:

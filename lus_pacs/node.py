@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 _IDLE_S = 0.5
 _RESUME_S = 10.0
 """Seconds a loop of the node waits after a failure of the disk or the job store."""
+FAILING_S = 2 * _RESUME_S + 5
+"""A loop that raised this recently is failing: one that keeps failing raises again about
+``_RESUME_S`` after each restart, so it stays failing; one that recovered is healthy again
+within this."""
 
 
 class Node:
@@ -63,6 +67,8 @@ class Node:
         """The bound port of ``/metrics`` once started, None when the settings serve none."""
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._failed_at: dict[str, float] = {}
+        """When each loop last raised (thread name -> monotonic seconds)."""
         self._held: set[int] = set()
         """Jobs given up by a worker that could not be put back in the queue (yet)."""
         self._ready = {name: threading.Event() for name in settings.destination_names}
@@ -83,6 +89,13 @@ class Node:
         recovered = self.store.jobs.recover()
         if recovered:
             log.info("Resuming %d job(s) interrupted by the last stop", recovered)
+        adopted = self.store.jobs.adopt(self.models.key)
+        if adopted:
+            log.info(
+                "%d job(s) queued before the models changed are made by %s",
+                adopted,
+                self.models.key,
+            )
         self._listener = start_listener(
             self.settings,
             record=self._record,
@@ -102,7 +115,9 @@ class Node:
         ]
         loops.append(("studies", self._study_loop))
         for name, target in loops:
-            thread = threading.Thread(target=_outliving(target, self._stop), name=name, daemon=True)
+            thread = threading.Thread(
+                target=_outliving(target, self._stop, self._failed_at), name=name, daemon=True
+            )
             thread.start()
             self._threads.append(thread)
         log.info(
@@ -146,9 +161,17 @@ class Node:
 
     def health(self) -> tuple[bool, dict[str, object]]:
         """Whether the node is working, and what was checked (``/healthz``): the listener is
-        up, every loop thread is alive, and the job store answers."""
+        up, every loop thread is alive and none failed in the last :data:`FAILING_S` (a loop
+        that keeps failing, on a full disk say, is restarted every ``_RESUME_S`` and would look
+        alive), and the job store answers."""
         threads = {t.name: t.is_alive() for t in self._threads}
-        checks: dict[str, object] = {"listener": self._listener is not None, "threads": threads}
+        now = time.monotonic()
+        failing = sorted(n for n, at in self._failed_at.items() if now - at < FAILING_S)
+        checks: dict[str, object] = {
+            "listener": self._listener is not None,
+            "threads": threads,
+            "failing": failing,
+        }
         try:
             checks["queued"] = int(self.store.jobs.counts().get(JobState.QUEUED, 0))
             store_ok = True
@@ -156,7 +179,7 @@ class Node:
             checks["job_store_error"] = str(exc)
             store_ok = False
         checks["job_store"] = store_ok
-        ok = self._listener is not None and all(threads.values()) and store_ok
+        ok = self._listener is not None and all(threads.values()) and store_ok and not failing
         return ok and not self._stop.is_set(), checks
 
     def _record(self, instance: Instance) -> Received:
@@ -369,20 +392,22 @@ class Node:
             log.info("Study %s: summary SR %s queued", study, output.sop_instance_uid)
 
 
-def _outliving(loop: Callable[[], None], stop: threading.Event) -> Callable[[], None]:
+def _outliving(
+    loop: Callable[[], None], stop: threading.Event, failed_at: dict[str, float]
+) -> Callable[[], None]:
     """``loop`` run until ``stop``, started again ``_RESUME_S`` after any error it raises: a
-    full disk or an unavailable job store must not end a thread of the node for good."""
+    full disk or an unavailable job store must not end a thread of the node for good. When it
+    last raised goes in ``failed_at`` (by thread name, monotonic seconds), for the health
+    check: a loop that keeps failing is alive but does no work."""
 
     def run() -> None:
         while not stop.is_set():
             try:
                 loop()
             except Exception:
-                log.exception(
-                    "%s failed; it starts again in %.0f s",
-                    threading.current_thread().name,
-                    _RESUME_S,
-                )
+                name = threading.current_thread().name
+                failed_at[name] = time.monotonic()
+                log.exception("%s failed; it starts again in %.0f s", name, _RESUME_S)
                 stop.wait(_RESUME_S)
 
     return run

@@ -10,6 +10,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -110,6 +111,9 @@ def test_a_full_disk_while_writing_results_stalls_nothing_for_good(
     try:
         assert storescu(node.port, exam[:1]).returncode == 0  # the incoming folder has room
         wait_for(lambda: "No space left on device" in node.log_text(), 120, "the full disk")
+        # A worker that keeps failing is alive, restarted every 10 s: /healthz says so.
+        wait_for(lambda: _health(node)[0] == 503, 30, "/healthz unhealthy on the full disk")
+        assert any(n.startswith("worker-") for n in _health(node)[1]["checks"]["failing"])
         assert orthanc.count() == 0
         store = JobStore(tmp_path / "node" / "jobs.sqlite")
         assert JobState.FAILED not in store.jobs.counts()  # the disk's fault, not the cine's
@@ -117,10 +121,25 @@ def test_a_full_disk_while_writing_results_stalls_nothing_for_good(
         wait_for(lambda: orthanc.count() >= 2, 120, "the results once the disk has room")
         assert storescu(node.port, exam[1:2]).returncode == 0  # and new pushes are processed
         wait_for(lambda: orthanc.count() >= 4, 120, "the next cine's results")
+        wait_for(lambda: _health(node)[0] == 200, 60, "/healthz healthy again")
     finally:
         node.stop()
     assert orthanc.count() == 4
     assert store.jobs.counts() == {JobState.SENT: 2}
+
+
+def _health(node: NodeProcess) -> tuple[int, dict[str, Any]]:
+    """The status and document of the node's /healthz (its port is in the node's log)."""
+    import re
+    import urllib.error
+    import urllib.request
+
+    (port,) = re.findall(r"Metrics on http://127\.0\.0\.1:(\d+)/metrics", node.log_text())
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 class _SilentPacs:
@@ -246,3 +265,31 @@ def test_an_instance_sent_again_with_other_content_is_reprocessed_or_refused(
     stored = list((refusing / "node" / "incoming").rglob("*.dcm"))
     assert len(stored) == 1  # the copy its results come from is kept
     assert pydicom.dcmread(stored[0]).PixelData == pydicom.dcmread(exam[0]).PixelData
+
+
+def test_a_stop_while_the_models_load_ends_the_node_at_once(tmp_path: Path) -> None:
+    """A container stopped as it starts: PID 1 ignores SIGTERM without a handler, so the
+    node, whose handler came only after the models had loaded and warmed up, was killed at
+    the end of the grace period. Now it exits at once, with 128 + SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = write_config(tmp_path, None)
+    exe = Path(sys.executable).with_name("lus-pacs")
+    log = tmp_path / "node.log"
+    with log.open("wb") as out:
+        command = [str(exe), "serve", "--config", str(config)]
+        node = subprocess.Popen(command, stdout=out, stderr=out)
+    try:
+        loading = "Loading the models"
+        wait_for(lambda: loading in log.read_text() or node.poll() is not None, 60, loading)
+        node.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert node.wait(30) == 128 + signal.SIGTERM, log.read_text()
+        assert time.monotonic() - started < 10
+    finally:
+        if node.poll() is None:
+            node.kill()
+    assert "Traceback" not in log.read_text()

@@ -138,6 +138,26 @@ class Jobs:
             )
             return cursor.rowcount
 
+    def adopt(self, models: str) -> int:
+        """After an upgrade (or a changed segmentation setup): queued jobs of other model
+        versions are made by ``models``, the versions that will process them, so that their
+        records count in their studies' summaries (which read only the current versions').
+        One whose instance content has a job of ``models`` already is left to that job (marked
+        replaced). Returns how many were taken over."""
+        now = time.time()
+        with self._db.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, updated_at = ? WHERE state = ? AND models != ? "
+                "AND EXISTS (SELECT 1 FROM jobs k WHERE k.sop_instance_uid = "
+                "jobs.sop_instance_uid AND k.content = jobs.content AND k.models = ?)",
+                (JobState.REPLACED, now, JobState.QUEUED, models, models),
+            )
+            cursor = db.execute(
+                "UPDATE jobs SET models = ?, updated_at = ? WHERE state = ? AND models != ?",
+                (models, now, JobState.QUEUED, models),
+            )
+            return cursor.rowcount
+
     def requeue(self, job_id: int) -> bool:
         """A job a worker could not finish for a cause outside the cine (a full disk) goes back
         to the queue. False when the store could not be written (locked, its disk full): the

@@ -132,6 +132,34 @@ def test_a_delivery_ending_after_its_job_was_replaced_leaves_it_replaced(
     assert store.deliveries.retry_failed() == 0  # nothing of the old content is sent again
 
 
+def test_jobs_queued_before_the_models_changed_are_made_by_the_new_ones(
+    store: JobStore,
+) -> None:
+    """A node restarted on new bundles processes what was queued with them: the records must
+    carry their key, or the study summary (which reads the current key's) leaves them out."""
+    store.jobs.record_instance(_content(1, "aa"), "m@1")  # queued before the upgrade
+    store.jobs.record_instance(_content(2, "aa"), "m@1")
+    store.jobs.record_instance(_content(2, "aa"), "m@2")  # sent again since: queued anew
+    store.jobs.record_instance(_content(3, "aa"), "m@1")
+    done = store.jobs.claim()
+    assert done is not None
+    store.jobs.finish(done.id, '{"v": 1}', [], [])  # made by m@1 before the upgrade
+    assert store.jobs.adopt("m@2") == 1  # instance 3's; instance 2 has its m@2 job
+    states = {(r.sop_instance_uid, r.state) for r in store.jobs.rows()}
+    assert states == {
+        ("1.2.3.1", JobState.SENT),  # made by m@1: its record stays m@1's
+        ("1.2.3.2", JobState.REPLACED),  # the m@2 job of the same content does it
+        ("1.2.3.2", JobState.QUEUED),
+        ("1.2.3.3", JobState.QUEUED),
+    }
+    for _ in range(2):
+        job = store.jobs.claim()
+        assert job is not None
+        store.jobs.finish(job.id, f'{{"v": "{job.instance.sop_instance_uid}"}}', [], [])
+    assert sorted(store.studies.records(models="m@2")) == ['{"v": "1.2.3.2"}', '{"v": "1.2.3.3"}']
+    assert store.jobs.adopt("m@2") == 0
+
+
 def test_jobs_of_an_older_store_are_kept_and_take_the_content_first_received(
     tmp_path: Path,
 ) -> None:
