@@ -606,6 +606,28 @@ def _echo_deliveries(deliveries: tuple[tuple[str, DeliveryState, int, str | None
 
 
 @app.command()
+def prune(
+    older_than: Annotated[
+        float, typer.Option("--older-than", help="Days a study has been done and quiet.", min=0)
+    ],
+    config: ConfigOption = None,
+) -> None:
+    """Remove the received instances and result files of studies done (summarised, every
+    result sent) and quiet for --older-than days; the job store keeps their rows. Safe while
+    the node runs."""
+    from lus_pacs.queue.store import JobStore
+    from lus_pacs.retention import DAY_S
+    from lus_pacs.retention import prune as prune_store
+    from lus_pacs.settings import load_settings
+
+    store = JobStore(load_settings(config).store_path)
+    done = prune_store(store, older_than * DAY_S)
+    typer.echo(
+        f"{done.studies} studies pruned: {done.files} files, {done.bytes / 1e6:.1f} MB removed"
+    )
+
+
+@app.command()
 def retry(config: ConfigOption = None) -> None:
     """Give failed jobs a fresh retry budget; a running node picks them up."""
     from lus_pacs.queue.store import JobStore

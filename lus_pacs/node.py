@@ -35,6 +35,7 @@ from lus_pacs.queue.budget import PixelBudget
 from lus_pacs.queue.deliveries import Delivery
 from lus_pacs.queue.store import JobStore
 from lus_pacs.records import CineRecord, StudySummary, to_json
+from lus_pacs.retention import DAY_S, prune
 from lus_pacs.settings import DicomDestination, Settings, WebDestination
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 _IDLE_S = 0.5
 _RESUME_S = 10.0
 """Seconds a loop of the node waits after a failure of the disk or the job store."""
+_PRUNE_EVERY_S = 3600.0
+"""How often the node applies ``retention_days``."""
 FAILING_S = 2 * _RESUME_S + 5
 """A loop that raised this recently is failing: one that keeps failing raises again about
 ``_RESUME_S`` after each restart, so it stays failing; one that recovered is healthy again
@@ -348,12 +351,27 @@ class Node:
     # Studies
 
     def _study_loop(self) -> None:
+        pruned_at = float("-inf")  # at start, then every _PRUNE_EVERY_S
         while not self._stop.wait(_IDLE_S):
+            if self.settings.retention_days and time.monotonic() - pruned_at >= _PRUNE_EVERY_S:
+                pruned_at = time.monotonic()
+                self._prune(self.settings.retention_days)
             self.store.studies.complete_quiet(self.settings.study_quiet_s)
             for study, received_at in self.store.studies.awaiting_summary():
                 self._summarise(study)
                 if not self.store.studies.summarised(study, received_at):
                     log.info("Study %s received more while it was summarised; again", study)
+
+    def _prune(self, days: float) -> None:
+        done = prune(self.store, days * DAY_S)
+        if done.studies or done.files:
+            log.info(
+                "Retention (%g days): %d studies' files removed, %d files, %.1f MB",
+                days,
+                done.studies,
+                done.files,
+                done.bytes / 1e6,
+            )
 
     def _summarise(self, study: str) -> None:
         """The study's summary SR, when configured, queued for every destination (once per

@@ -265,6 +265,10 @@ class Settings(BaseModel):
     consolidation: ConsolidationSettings = Field(default_factory=ConsolidationSettings)
     study_quiet_s: float = Field(default=30.0, gt=0)
     """A study is complete this long after its last instance (or on association release)."""
+    retention_days: float | None = Field(default=None, gt=0)
+    """When set, every hour the node removes the received instances and result files of the
+    studies done (summarised, all sent) and quiet for this many days (:mod:`lus_pacs.retention`;
+    the job store keeps their rows). None: nothing is removed (``lus-pacs prune`` by hand)."""
     retry_budget: int = Field(default=300, ge=0)
     """Delivery attempts after the first before a result is marked failed. With the default
     backoff (2 s doubling to 300 s) 300 attempts span about a day: a PACS down for its

@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS studies (
     study_instance_uid TEXT PRIMARY KEY,
     last_received_at REAL NOT NULL,
     complete INTEGER NOT NULL DEFAULT 0,
-    summarised INTEGER NOT NULL DEFAULT 0
+    summarised INTEGER NOT NULL DEFAULT 0,
+    pruned INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS summaries (
     id INTEGER PRIMARY KEY,
@@ -87,6 +88,7 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
 _ADDED_COLUMNS = (
     ("studies", "summarised", "INTEGER NOT NULL DEFAULT 0"),
     ("instances", "content", "TEXT NOT NULL DEFAULT ''"),
+    ("studies", "pruned", "INTEGER NOT NULL DEFAULT 0"),
 )
 """Columns added since the first schema: a store made by an older node gets them on open."""
 

@@ -79,7 +79,7 @@ class Jobs:
                 "INSERT INTO studies (study_instance_uid, last_received_at) VALUES (?, ?) "
                 "ON CONFLICT (study_instance_uid) "
                 "DO UPDATE SET last_received_at = excluded.last_received_at, complete = 0, "
-                "summarised = 0",
+                "summarised = 0, pruned = 0",
                 (instance.study_instance_uid, now),
             )
             if changed:

@@ -147,6 +147,55 @@ class Studies:
             )
             return True
 
+    def prunable(self, before: float) -> list[str]:
+        """Studies whose files may go (:func:`lus_pacs.retention.prune`): summarised, nothing
+        received since ``before`` (seconds since the epoch), every job sent (or replaced by
+        other content) and every summary delivered; none pruned before. A study with a job or a
+        delivery that failed keeps its files for ``lus-pacs retry``."""
+        rows = self._db.connection().execute(
+            "SELECT s.study_instance_uid FROM studies s WHERE s.summarised = 1 AND s.pruned = 0 "
+            "AND s.last_received_at < ? AND NOT EXISTS (SELECT 1 FROM jobs j JOIN instances i "
+            "USING (sop_instance_uid) WHERE i.study_instance_uid = s.study_instance_uid AND "
+            "j.state NOT IN (?, ?)) AND NOT EXISTS (SELECT 1 FROM summaries m JOIN "
+            "summary_deliveries d ON d.summary_id = m.id WHERE m.study_instance_uid = "
+            "s.study_instance_uid AND d.state != ?) ORDER BY s.last_received_at",
+            (before, JobState.SENT, JobState.REPLACED, DeliveryState.SENT),
+        )
+        return [r[0] for r in rows]
+
+    def files(self, study_uid: str) -> tuple[list[tuple[str, Path]], list[Path]]:
+        """The study's received instances as (SOP Instance UID, stored path), and every result
+        file recorded for it (each job's objects, each summary SR)."""
+        db = self._db.connection()
+        instances = [
+            (r[0], Path(r[1]))
+            for r in db.execute(
+                "SELECT sop_instance_uid, path FROM instances WHERE study_instance_uid = ?",
+                (study_uid,),
+            )
+        ]
+        results = [
+            Path(r[0])
+            for r in db.execute(
+                "SELECT o.path FROM outputs o JOIN jobs j ON j.id = o.job_id JOIN instances i "
+                "ON i.sop_instance_uid = j.sop_instance_uid WHERE i.study_instance_uid = ? "
+                "UNION SELECT path FROM summaries WHERE study_instance_uid = ?",
+                (study_uid, study_uid),
+            )
+        ]
+        return instances, results
+
+    def pruned(self, study_uid: str, before: float) -> bool:
+        """The study's files are gone; False when an instance of it arrived meanwhile (then
+        it is pruned again once it is done)."""
+        with self._db.transaction() as db:
+            cursor = db.execute(
+                "UPDATE studies SET pruned = 1 WHERE study_instance_uid = ? AND summarised = 1 "
+                "AND last_received_at < ?",
+                (study_uid, before),
+            )
+            return cursor.rowcount == 1
+
     def summaries(self) -> list[SummaryRow]:
         db = self._db.connection()
         out = []

@@ -1,0 +1,62 @@
+"""Retention: the files of studies done long ago go, the job store's memory of them stays.
+
+The node keeps every instance it acknowledged (``incoming/``) and every result object it made
+(``results/``) until they are not needed: a study is done when it is summarised, every job is
+sent (or replaced by other content) and every summary delivered. :func:`prune` removes the
+files of the studies done and quiet for longer than a given time; their rows stay in the store
+(records, what was sent where, and the memory that stops an instance sent again from being
+processed again). A study with a failed job or delivery keeps its files for ``lus-pacs retry``.
+
+Only files older than the cut-off are removed: an instance that arrives for a study while it
+is pruned (a late cine) keeps its file and is processed; the study is pruned again once it is
+done. A late cine of a study pruned earlier gets its results; its study's summary SR cannot be
+made again without the earlier cines' files (logged), its JSON summary is.
+
+``lus-pacs prune --older-than DAYS`` does it once; ``retention_days`` in the settings has the
+node do it every hour.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+from lus_pacs.dicom_vocabulary import is_uid
+from lus_pacs.queue.store import JobStore
+
+DAY_S = 86400.0
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What one :func:`prune` removed."""
+
+    studies: int
+    files: int
+    bytes: int
+
+
+def prune(store: JobStore, older_than_s: float, *, now: float | None = None) -> Pruned:
+    """Remove the files of every study done and quiet for ``older_than_s`` seconds."""
+    before = (time.time() if now is None else now) - older_than_s
+    studies = files = freed = 0
+    for study in store.studies.prunable(before):
+        instances, results = store.studies.files(study)
+        paths = set(results)
+        for sop, path in instances:
+            paths.add(path)
+            if is_uid(sop):  # every content received under the UID (a replaced one too)
+                paths.update(path.parent.glob(f"{sop}-*.dcm"))
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                stat = path.stat()
+                if stat.st_mtime < before:  # not one that arrived while the study is pruned
+                    path.unlink()
+                    files += 1
+                    freed += stat.st_size
+        for folder in {p.parent for p in paths}:
+            with contextlib.suppress(OSError):  # not empty: something newer is in it
+                folder.rmdir()
+        studies += store.studies.pruned(study, before)
+    return Pruned(studies, files, freed)

@@ -1,0 +1,109 @@
+"""Retention: the files of studies done and quiet go, their rows stay; a study with something
+left to do, or a file newer than the cut-off, keeps its files."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from lus_pacs.domain import JobState, Output, Received
+from lus_pacs.queue.store import JobStore
+from lus_pacs.retention import prune
+from tests.queue.conftest import instance
+from tests.tools import run_cli
+
+
+def _received(store: JobStore, root: Path, n: int, study: str, content: str = "aa") -> Path:
+    path = root / "incoming" / study / f"1.2.3.{n}-{content}.dcm"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"cine" * 100)
+    arrived = replace(instance(n, study), path=path, content=content)
+    assert store.jobs.record_instance(arrived, "m@1") in (Received.NEW, Received.REPLACED)
+    return path
+
+
+def _processed(store: JobStore, root: Path, deliver: bool = True) -> Path:
+    job = store.jobs.claim()
+    assert job is not None
+    out = root / "results" / job.instance.study_instance_uid / f"sr-{job.id}.dcm"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(b"result" * 10)
+    store.jobs.finish(job.id, "{}", [Output("sr", f"9.9.{job.id}", out)], ["pacs"])
+    (delivery,) = store.deliveries.due()
+    if deliver:
+        store.deliveries.delivered(delivery.job_id, delivery.destination)
+    else:
+        store.deliveries.failed(delivery.job_id, delivery.destination, "refused", None)
+    return out
+
+
+def _summarised(store: JobStore, root: Path, study: str) -> Path:
+    store.studies.complete([study])
+    ((uid, at),) = [a for a in store.studies.awaiting_summary() if a[0] == study]
+    path = root / "results" / study / "summary-sr.dcm"
+    path.write_bytes(b"summary")
+    assert store.studies.record_summary(uid, "{}", Output("study-sr", f"8.{uid}", path), ["pacs"])
+    (delivery,) = store.deliveries.due()
+    store.deliveries.delivered(delivery.job_id, delivery.destination, summary=True)
+    assert store.studies.summarised(uid, at)
+    return path
+
+
+def test_a_study_done_and_quiet_loses_its_files_and_keeps_its_rows(
+    store: JobStore, tmp_path: Path
+) -> None:
+    files = [_received(store, tmp_path, 1, "1.2.3"), _processed(store, tmp_path)]
+    files.append(_summarised(store, tmp_path, "1.2.3"))
+    replaced = tmp_path / "incoming" / "1.2.3" / "1.2.3.1-old.dcm"  # an earlier content's file
+    replaced.write_bytes(b"old")
+    assert prune(store, 3600).studies == 0  # not quiet for an hour yet
+    done = prune(store, 0, now=time.time() + 10)
+    assert (done.studies, done.files) == (1, 4)
+    assert not any(p.exists() for p in [*files, replaced])
+    assert not (tmp_path / "incoming" / "1.2.3").exists()
+    assert store.studies.records("1.2.3") == ["{}"]  # the store still knows what was made
+    assert store.jobs.counts() == {JobState.SENT: 1}
+    assert prune(store, 0, now=time.time() + 10).studies == 0  # once
+
+
+def test_a_study_with_something_left_to_do_keeps_its_files(store: JobStore, tmp_path: Path) -> None:
+    kept = [_received(store, tmp_path, 1, "1.2.4"), _processed(store, tmp_path, deliver=False)]
+    store.studies.complete(["1.2.4"])
+    for uid, at in store.studies.awaiting_summary():
+        store.studies.summarised(uid, at)
+    assert prune(store, 0, now=time.time() + 10).studies == 0  # its delivery failed: retry
+    assert all(p.exists() for p in kept)
+
+
+def test_a_file_that_arrives_while_its_study_is_pruned_is_kept(
+    store: JobStore, tmp_path: Path
+) -> None:
+    _received(store, tmp_path, 1, "1.2.5")
+    _processed(store, tmp_path)
+    _summarised(store, tmp_path, "1.2.5")
+    late = tmp_path / "incoming" / "1.2.5" / "1.2.3.1-bb.dcm"  # other content, just arrived
+    late.write_bytes(b"late")
+    os.utime(late, (time.time() + 60, time.time() + 60))
+    assert prune(store, 0, now=time.time() + 10).studies == 1
+    assert late.exists()
+    # Recorded, it makes the study not done again: pruned again once it is.
+    _received(store, tmp_path, 1, "1.2.5", content="bb")
+    assert store.studies.prunable(time.time() + 10) == []
+
+
+def test_prune_from_the_command_line(store: JobStore, tmp_path: Path) -> None:
+    source = _received(store, tmp_path, 1, "1.2.6")
+    _processed(store, tmp_path)
+    _summarised(store, tmp_path, "1.2.6")
+    config = tmp_path / "lus-pacs.toml"
+    config.write_text(f'data_dir = "{tmp_path}"\n')
+    assert store.path == tmp_path / "jobs.sqlite"  # the store of these settings
+    kept = run_cli("prune", "--older-than", "1", "--config", str(config))
+    assert "0 studies pruned: 0 files" in kept.stdout
+    assert source.exists()
+    time.sleep(0.05)  # quiet for longer than zero days
+    pruned = run_cli("prune", "--older-than", "0", "--config", str(config))
+    assert "1 studies pruned: 3 files" in pruned.stdout
+    assert not source.exists()
