@@ -72,8 +72,9 @@ class Node:
         self._stop = threading.Event()
         self._failed_at: dict[str, float] = {}
         """When each loop last raised (thread name -> monotonic seconds)."""
-        self._held: set[int] = set()
-        """Jobs given up by a worker that could not be put back in the queue (yet)."""
+        self._held: dict[str, set[int]] = {}
+        """Per worker (thread name): the jobs it gave up and could not put back in the queue
+        (yet). Its own: another worker putting one back could race a third that claimed it."""
         self._ready = {name: threading.Event() for name in settings.destination_names}
         """Per destination: results were queued for it (its exporter need not wait to poll)."""
         self._threads: list[threading.Thread] = []
@@ -169,7 +170,7 @@ class Node:
         alive), and the job store answers."""
         threads = {t.name: t.is_alive() for t in self._threads}
         now = time.monotonic()
-        failing = sorted(n for n, at in self._failed_at.items() if now - at < FAILING_S)
+        failing = sorted(n for n, at in list(self._failed_at.items()) if now - at < FAILING_S)
         checks: dict[str, object] = {
             "listener": self._listener is not None,
             "threads": threads,
@@ -212,16 +213,17 @@ class Node:
                 self._process(job)
             except BaseException:  # the disk, not the cine: the job waits in the queue
                 if not self.store.jobs.requeue(job.id):
-                    self._held.add(job.id)
+                    self._held.setdefault(threading.current_thread().name, set()).add(job.id)
                 raise
 
     def _put_back_held(self) -> None:
         """Jobs whose return to the queue failed (the store was locked or its disk full when
         their worker gave them up) go back now; until then no worker would take them again
         before a restart."""
-        for job_id in list(self._held):
+        held = self._held.get(threading.current_thread().name, set())
+        for job_id in list(held):
             if self.store.jobs.requeue(job_id):
-                self._held.discard(job_id)
+                held.discard(job_id)
                 log.info("Job %d back in the queue", job_id)
 
     def _process(self, job: Job) -> None:

@@ -48,15 +48,19 @@ def prune(store: JobStore, older_than_s: float, *, now: float | None = None) -> 
             paths.add(path)
             if is_uid(sop):  # every content received under the UID (a replaced one too)
                 paths.update(path.parent.glob(f"{sop}-*.dcm"))
+        newer = False
         for path in paths:
             with contextlib.suppress(FileNotFoundError):
                 stat = path.stat()
-                if stat.st_mtime < before:  # not one that arrived while the study is pruned
-                    path.unlink()
-                    files += 1
-                    freed += stat.st_size
-        for folder in {p.parent for p in paths}:
+                if stat.st_mtime >= before:  # arrived or made while the study is pruned
+                    newer = True
+                    continue
+                path.unlink()
+                files += 1
+                freed += stat.st_size
+        for folder in {p.parent for p in results}:  # not incoming/: a late instance's folder
             with contextlib.suppress(OSError):  # not empty: something newer is in it
                 folder.rmdir()
-        studies += store.studies.pruned(study, before)
+        if not newer:  # else looked at again by the next prune
+            studies += store.studies.pruned(study, before)
     return Pruned(studies, files, freed)

@@ -331,6 +331,12 @@ def test_a_fetched_file_that_cannot_be_read_is_named_and_its_study_goes_on(
     ((subject, reason),) = done.failures
     assert subject.endswith(f"/{damaged.name}")
     assert "not readable as DICOM" in reason
+    # The study is not finished while a file of it is unread: the next run fetches it again.
+    again = Run(
+        settings, FolderSource(archive), out, _InProcess(settings, models), "k", progress=False
+    )
+    redone = again.execute()
+    assert (redone.problems, redone.processed, redone.failures) == (0, 1, [])
 
 
 def test_a_worker_that_dies_fails_the_cines_in_flight_and_the_run_goes_on(archive: Path) -> None:

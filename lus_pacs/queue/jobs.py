@@ -141,16 +141,26 @@ class Jobs:
     def adopt(self, models: str) -> int:
         """After an upgrade (or a changed segmentation setup): queued jobs of other model
         versions are made by ``models``, the versions that will process them, so that their
-        records count in their studies' summaries (which read only the current versions').
-        One whose instance content has a job of ``models`` already is left to that job (marked
-        replaced). Returns how many were taken over."""
+        records count in their studies' summaries (which read only the current versions'). A
+        queued content that has a job of ``models`` already is left to that job (revived when
+        it was replaced), and of several queued for one content (``retry`` queues failed jobs
+        of any versions) the first is kept. Returns how many were taken over."""
         now = time.time()
+        other = "k.models != ? AND k.state = ? AND k.sop_instance_uid = jobs.sop_instance_uid "
+        other += "AND k.content = jobs.content"
         with self._db.transaction() as db:
             db.execute(
+                f"UPDATE jobs SET state = ?, updated_at = ? WHERE models = ? AND state = ? "
+                f"AND EXISTS (SELECT 1 FROM jobs k WHERE {other})",
+                (JobState.QUEUED, now, models, JobState.REPLACED, models, JobState.QUEUED),
+            )
+            db.execute(
                 "UPDATE jobs SET state = ?, updated_at = ? WHERE state = ? AND models != ? "
-                "AND EXISTS (SELECT 1 FROM jobs k WHERE k.sop_instance_uid = "
-                "jobs.sop_instance_uid AND k.content = jobs.content AND k.models = ?)",
-                (JobState.REPLACED, now, JobState.QUEUED, models, models),
+                "AND (EXISTS (SELECT 1 FROM jobs k WHERE k.models = ? AND "
+                "k.sop_instance_uid = jobs.sop_instance_uid AND k.content = jobs.content) "
+                "OR id != (SELECT MIN(k.id) FROM jobs k WHERE k.state = ? AND "
+                "k.sop_instance_uid = jobs.sop_instance_uid AND k.content = jobs.content))",
+                (JobState.REPLACED, now, JobState.QUEUED, models, models, JobState.QUEUED),
             )
             cursor = db.execute(
                 "UPDATE jobs SET models = ?, updated_at = ? WHERE state = ? AND models != ?",
@@ -205,9 +215,13 @@ class Jobs:
             if state == JobState.REPLACED:  # received again with other content meanwhile
                 db.execute("UPDATE jobs SET record = ? WHERE id = ?", (record, job_id))
                 return
+            # A job made again (its content received anew after other content, A, B, then A)
+            # has new result objects: its earlier deliveries start over.
             db.executemany(
-                "INSERT OR IGNORE INTO deliveries (job_id, destination, state, next_attempt_at) "
-                "VALUES (?, ?, ?, ?)",
+                "INSERT INTO deliveries (job_id, destination, state, next_attempt_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (job_id, destination) DO UPDATE SET "
+                "state = excluded.state, attempts = 0, error = NULL, "
+                "next_attempt_at = excluded.next_attempt_at",
                 [(job_id, d, DeliveryState.PENDING, now) for d in destinations],
             )
             state = JobState.ENCODED if destinations else JobState.SENT

@@ -44,6 +44,7 @@ CREATE INDEX IF NOT EXISTS items_by_study ON items(study_instance_uid, models, s
 CREATE TABLE IF NOT EXISTS problems (
     subject TEXT NOT NULL,
     models TEXT NOT NULL,
+    study_instance_uid TEXT NOT NULL,
     error TEXT NOT NULL,
     updated_at REAL NOT NULL,
     PRIMARY KEY (subject, models)
@@ -104,13 +105,20 @@ class Manifest:
         return None if row is None else list(json.loads(row[0]))
 
     def study_finished(self, study_uid: str, models: str, *, sending: bool) -> bool:
-        """Fetched, every instance done (and sent), and its summary made (and sent)."""
+        """Fetched, every instance done (and sent), its summary made (and sent), and no
+        problem of it open (:meth:`problem`)."""
         row = self._db.execute(
             "SELECT instances, summary, summary_sent FROM studies "
             "WHERE study_instance_uid = ? AND models = ?",
             (study_uid, models),
         ).fetchone()
         if row is None or row["summary"] is None or (sending and not row["summary_sent"]):
+            return False
+        problem = self._db.execute(
+            "SELECT 1 FROM problems WHERE study_instance_uid = ? AND models = ?",
+            (study_uid, models),
+        ).fetchone()
+        if problem is not None:  # a file not read yet: fetched again
             return False
         done = self.done(models, study_uid, sent=sending)
         return all(uid in done for uid in json.loads(row["instances"]))
@@ -228,20 +236,27 @@ class Manifest:
 
     # What is not a cine
 
-    def problem(self, subject: str, models: str, error: str) -> None:
-        """Something of the archive that did not become cines to process (a study that could
-        not be fetched, a file that could not be read): named, with the reason, until a later
-        run gets past it (:meth:`solved`)."""
+    def problem(self, subject: str, models: str, study_uid: str, error: str) -> None:
+        """Something of study ``study_uid`` that did not become cines to process (the study,
+        which could not be fetched; a file that could not be read): named, with the reason,
+        until a later run gets past it (:meth:`solved`). Until then the study is not finished:
+        the next run fetches it again."""
         with self._tx() as db:
             db.execute(
-                "INSERT INTO problems VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
-                "error = excluded.error, updated_at = excluded.updated_at",
-                (subject, models, error, time.time()),
+                "INSERT INTO problems VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                "error = excluded.error, updated_at = excluded.updated_at, "
+                "study_instance_uid = excluded.study_instance_uid",
+                (subject, models, study_uid, error, time.time()),
             )
 
-    def solved(self, subject: str, models: str) -> None:
+    def solved(self, study_uid: str, models: str) -> None:
+        """The study's problems are over: it was fetched (what it still has is noted again as
+        its files are read)."""
         with self._tx() as db:
-            db.execute("DELETE FROM problems WHERE subject = ? AND models = ?", (subject, models))
+            db.execute(
+                "DELETE FROM problems WHERE study_instance_uid = ? AND models = ?",
+                (study_uid, models),
+            )
 
     def failures(self, models: str) -> list[tuple[str, str]]:
         """(what, why) of every failed cine (by its SOP Instance UID), then of every problem

@@ -149,17 +149,22 @@ class Studies:
 
     def prunable(self, before: float) -> list[str]:
         """Studies whose files may go (:func:`lus_pacs.retention.prune`): summarised, nothing
-        received since ``before`` (seconds since the epoch), every job sent (or replaced by
-        other content) and every summary delivered; none pruned before. A study with a job or a
-        delivery that failed keeps its files for ``lus-pacs retry``."""
+        received, processed or summarised since ``before`` (seconds since the epoch; results
+        and summaries are made after the last instance, late after a retry), every job sent
+        (or replaced by other content) and every summary delivered; none pruned before. A
+        study with a job or a delivery that failed keeps its files for ``lus-pacs retry``."""
         rows = self._db.connection().execute(
             "SELECT s.study_instance_uid FROM studies s WHERE s.summarised = 1 AND s.pruned = 0 "
             "AND s.last_received_at < ? AND NOT EXISTS (SELECT 1 FROM jobs j JOIN instances i "
             "USING (sop_instance_uid) WHERE i.study_instance_uid = s.study_instance_uid AND "
             "j.state NOT IN (?, ?)) AND NOT EXISTS (SELECT 1 FROM summaries m JOIN "
             "summary_deliveries d ON d.summary_id = m.id WHERE m.study_instance_uid = "
-            "s.study_instance_uid AND d.state != ?) ORDER BY s.last_received_at",
-            (before, JobState.SENT, JobState.REPLACED, DeliveryState.SENT),
+            "s.study_instance_uid AND d.state != ?) AND NOT EXISTS (SELECT 1 FROM jobs j JOIN "
+            "instances i USING (sop_instance_uid) WHERE i.study_instance_uid = "
+            "s.study_instance_uid AND j.updated_at >= ?) AND NOT EXISTS (SELECT 1 FROM "
+            "summaries m WHERE m.study_instance_uid = s.study_instance_uid AND m.made_at >= ?) "
+            "ORDER BY s.last_received_at",
+            (before, JobState.SENT, JobState.REPLACED, DeliveryState.SENT, before, before),
         )
         return [r[0] for r in rows]
 

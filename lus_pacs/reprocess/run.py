@@ -139,15 +139,15 @@ class Run:
                 continue
             subject = f"study {uid}"
             if not is_uid(uid):
-                self._problem(subject, f"{uid[:80]!r} is not a valid Study Instance UID")
+                self._problem(subject, uid, f"{uid[:80]!r} is not a valid Study Instance UID")
                 continue
             folder = self.out / "fetched" / uid
             try:
                 files = self.source.fetch(archive, folder)
             except (ArchiveError, OSError) as exc:  # this study; the next may come
-                self._problem(subject, f"could not be fetched: {exc}")
+                self._problem(subject, uid, f"could not be fetched: {exc}")
                 continue
-            self.manifest.solved(subject, self.key)
+            self.manifest.solved(uid, self.key)
             headers: dict[str, Dataset] = {}
             by_uid: dict[str, Path] = {}
             for f in files:
@@ -183,25 +183,25 @@ class Run:
             header = pydicom.dcmread(path, stop_before_pixels=True)
             sop, study = str(header.SOPInstanceUID), str(header.get("StudyInstanceUID", ""))
         except Exception as exc:  # pydicom raises many kinds on a damaged file
-            self._problem(str(path), f"not readable as DICOM: {exc!r}")
+            self._problem(str(path), study_uid, f"not readable as DICOM: {exc!r}")
             return None
         if not is_uid(sop):
-            self._problem(str(path), f"SOP Instance UID {sop[:80]!r} is not a valid UID")
+            self._problem(str(path), study_uid, f"SOP Instance UID {sop[:80]!r} is not a valid UID")
             return None
         if study != study_uid:
-            self._problem(str(path), f"of study {study[:80]!r}, fetched for study {study_uid}")
+            reason = f"of study {study[:80]!r}, fetched for study {study_uid}"
+            self._problem(str(path), study_uid, reason)
             return None
         other = next((u for u, s in self._studies.items() if sop in s.files), None)
         other = other or self.manifest.study_of(sop, self.key)
         if other is not None and other != study_uid:  # results and records are keyed by it
-            self._problem(str(path), f"instance {sop} is also one of study {other}")
+            self._problem(str(path), study_uid, f"instance {sop} is also one of study {other}")
             return None
-        self.manifest.solved(str(path), self.key)
         return header
 
-    def _problem(self, subject: str, reason: str) -> None:
+    def _problem(self, subject: str, study_uid: str, reason: str) -> None:
         log.error("%s: %s", subject, reason)
-        self.manifest.problem(subject, self.key, reason)
+        self.manifest.problem(subject, self.key, study_uid, reason)
         self.counts.problems += 1
 
     def _finish(self, outcome: Outcome) -> None:

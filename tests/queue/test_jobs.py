@@ -160,6 +160,39 @@ def test_jobs_queued_before_the_models_changed_are_made_by_the_new_ones(
     assert store.jobs.adopt("m@2") == 0
 
 
+def test_failed_jobs_of_two_older_versions_queued_again_are_made_once(store: JobStore) -> None:
+    """retry queues the failed jobs of every version: at the next start both would take the
+    current key, which the store's uniqueness refuses (the node could not start)."""
+    for models in ("m@1", "m@2"):
+        store.jobs.record_instance(_content(1, "aa"), models)
+        job = store.jobs.claim()
+        assert job is not None
+        store.jobs.fail(job.id, "unreadable")
+    assert store.deliveries.retry_failed() == 2
+    assert store.jobs.adopt("m@3") == 1
+    assert store.jobs.counts() == {JobState.QUEUED: 1, JobState.REPLACED: 1}
+    assert store.jobs.adopt("m@3") == 0
+
+
+def test_content_received_again_after_other_content_is_sent_again(store: JobStore) -> None:
+    """A, B, then A again: A's job is made again, with new result objects, and its earlier
+    delivery (sent, or called off for B) starts over; before, it stayed as it was and the new
+    results were never sent."""
+    store.jobs.record_instance(_content(1, "aa"), "m@1")
+    first = store.jobs.claim()
+    assert first is not None
+    store.jobs.finish(first.id, "{}", [], ["pacs"])
+    (delivery,) = store.deliveries.due()
+    store.deliveries.delivered(delivery.job_id, delivery.destination)
+    store.jobs.record_instance(_content(1, "bb"), "m@1")
+    store.jobs.record_instance(_content(1, "aa"), "m@1")  # A again: its job is current again
+    again = store.jobs.claim()
+    assert again is not None
+    assert again.id == first.id
+    store.jobs.finish(again.id, '{"made": "again"}', [], ["pacs"])
+    assert [d.job_id for d in store.deliveries.due()] == [first.id]
+
+
 def test_jobs_of_an_older_store_are_kept_and_take_the_content_first_received(
     tmp_path: Path,
 ) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lus_pacs.domain import JobState, Output, Received
 from lus_pacs.queue.store import JobStore
-from lus_pacs.retention import prune
+from lus_pacs.retention import Pruned, prune
 from tests.queue.conftest import instance
 from tests.tools import run_cli
 
@@ -62,7 +62,8 @@ def test_a_study_done_and_quiet_loses_its_files_and_keeps_its_rows(
     done = prune(store, 0, now=time.time() + 10)
     assert (done.studies, done.files) == (1, 4)
     assert not any(p.exists() for p in [*files, replaced])
-    assert not (tmp_path / "incoming" / "1.2.3").exists()
+    assert list((tmp_path / "incoming" / "1.2.3").iterdir()) == []  # kept: a late cine's
+    assert (tmp_path / "results" / "1.2.3").exists() is False
     assert store.studies.records("1.2.3") == ["{}"]  # the store still knows what was made
     assert store.jobs.counts() == {JobState.SENT: 1}
     assert prune(store, 0, now=time.time() + 10).studies == 0  # once
@@ -86,7 +87,8 @@ def test_a_file_that_arrives_while_its_study_is_pruned_is_kept(
     late = tmp_path / "incoming" / "1.2.5" / "1.2.3.1-bb.dcm"  # other content, just arrived
     late.write_bytes(b"late")
     os.utime(late, (time.time() + 60, time.time() + 60))
-    assert prune(store, 0, now=time.time() + 10).studies == 1
+    done = prune(store, 0, now=time.time() + 10)
+    assert (done.studies, done.files) == (0, 3)  # not noted pruned: looked at again
     assert late.exists()
     # Recorded, it makes the study not done again: pruned again once it is.
     _received(store, tmp_path, 1, "1.2.5", content="bb")
@@ -107,3 +109,20 @@ def test_prune_from_the_command_line(store: JobStore, tmp_path: Path) -> None:
     pruned = run_cli("prune", "--older-than", "0", "--config", str(config))
     assert "1 studies pruned: 3 files" in pruned.stdout
     assert not source.exists()
+
+
+def test_a_study_summarised_after_the_cut_off_waits_for_the_next_prune(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """Its results and summary are newer than the cut-off though its last instance is older
+    (processing after a backlog, a retry): pruned then, their files were skipped and the study
+    noted pruned for good."""
+    files = [_received(store, tmp_path, 1, "1.2.7")]
+    time.sleep(0.05)
+    cut_off = time.time()
+    time.sleep(0.05)
+    files += [_processed(store, tmp_path), _summarised(store, tmp_path, "1.2.7")]
+    assert prune(store, 0, now=cut_off) == Pruned(0, 0, 0)
+    assert all(p.exists() for p in files)
+    assert prune(store, 0, now=time.time() + 10).studies == 1
+    assert not any(p.exists() for p in files)
