@@ -214,7 +214,7 @@ def repaired_header(header: Dataset) -> Dataset:
 
 
 def _repair_character_set(header: Dataset, repaired: Dataset) -> None:
-    element = header.data_element("SpecificCharacterSet")
+    element = header.get(_SPECIFIC_CHARACTER_SET)  # by tag: the element, or None
     if element is None or element.VM < 2 or str(element.value[0]).strip():
         return
     values = ["ISO 2022 IR 6", *map(str, element.value[1:])]
@@ -224,6 +224,7 @@ def _repair_character_set(header: Dataset, repaired: Dataset) -> None:
 
 _SEXES = {"M": "M", "F": "F", "O": "O", "MALE": "M", "FEMALE": "F"}
 _PATIENT_SEX = 0x00100040
+_SPECIFIC_CHARACTER_SET = 0x00080005
 
 
 def _repair_patient_sex(header: Dataset, repaired: Dataset) -> None:
