@@ -59,7 +59,12 @@ class Node:
         self.settings = settings
         self.store = JobStore(settings.store_path)
         self.models = models if models is not None else Models.load(settings)
-        self.metrics = NodeMetrics(self.store.jobs.counts, self.health)
+        self.metrics = NodeMetrics(
+            self.store.jobs.counts,
+            self.health,
+            deliveries=self.store.deliveries.counts,
+            oldest_queued_s=self.store.jobs.oldest_queued_s,
+        )
         self.audit = AuditLog(
             settings.audit_path,
             settings.audit_max_bytes,

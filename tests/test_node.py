@@ -542,6 +542,9 @@ def test_the_metrics_move_for_a_pushed_cine(
     assert after['lus_pacs_cines_processed_total{outcome="done"}'] == 1
     assert after['lus_pacs_jobs{state="sent"}'] == 1
     assert after["lus_pacs_queue_depth"] == 0
+    assert after["lus_pacs_oldest_queued_seconds"] == 0
+    assert after['lus_pacs_deliveries{destination="pacs",state="sent"}'] == 1
+    assert 'lus_pacs_deliveries{destination="pacs",state="failed"}' not in after
     # Every stage of the cine was timed once: read, decode, each model, encode.
     for stage in ("read", "decode", *DELIVERY_MODELS, "encode"):
         assert after[f'lus_pacs_stage_seconds_count{{stage="{stage}"}}'] == 1, stage

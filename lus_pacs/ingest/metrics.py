@@ -54,6 +54,34 @@ class _Jobs(Collector):
         )
 
 
+class _Deliveries(Collector):
+    """Deliveries by destination and state, and the age of the oldest queued job, as the job
+    store has them at scrape time."""
+
+    def __init__(
+        self,
+        counts: Callable[[], Mapping[tuple[str, str], int]],
+        oldest_queued_s: Callable[[], float],
+    ) -> None:
+        self._counts, self._oldest = counts, oldest_queued_s
+
+    def collect(self) -> Iterator[Metric]:
+        deliveries = GaugeMetricFamily(
+            "lus_pacs_deliveries",
+            "Deliveries of results and study summaries in the job store, by destination and "
+            "state (pending, sent, failed: failed ones wait for lus-pacs retry)",
+            labels=["destination", "state"],
+        )
+        for (destination, state), n in sorted(self._counts().items()):
+            deliveries.add_metric([destination, str(state)], n)
+        yield deliveries
+        yield GaugeMetricFamily(
+            "lus_pacs_oldest_queued_seconds",
+            "Seconds the oldest cine waiting to be processed has waited (0: none waits)",
+            value=self._oldest(),
+        )
+
+
 class NodeMetrics:
     """The metrics of one node; ``jobs`` reads the job store's counts by state."""
 
@@ -61,6 +89,8 @@ class NodeMetrics:
         self,
         jobs: Callable[[], Mapping[JobState, int]],
         health: Callable[[], tuple[bool, Mapping[str, object]]] | None = None,
+        deliveries: Callable[[], Mapping[tuple[str, str], int]] | None = None,
+        oldest_queued_s: Callable[[], float] | None = None,
     ) -> None:
         self._health = health
         self.registry = CollectorRegistry()
@@ -103,6 +133,8 @@ class NodeMetrics:
             registry=self.registry,
         )
         self.registry.register(_Jobs(jobs))
+        if deliveries is not None and oldest_queued_s is not None:
+            self.registry.register(_Deliveries(deliveries, oldest_queued_s))
         self._server: WSGIServer | None = None
 
     def observe(self, timings_ms: Mapping[str, float]) -> None:

@@ -130,6 +130,16 @@ class Deliveries:
             if not summary:
                 _settle(db, job_id)
 
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Deliveries (cines' results and study summaries together) by destination and state:
+        what an operator alerts on (results failing or piling up for one destination)."""
+        rows = self._db.connection().execute(
+            "SELECT destination, state, COUNT(*) FROM (SELECT destination, state FROM "
+            "deliveries UNION ALL SELECT destination, state FROM summary_deliveries) "
+            "GROUP BY destination, state"
+        )
+        return {(r[0], DeliveryState(r[1]).value): int(r[2]) for r in rows}
+
     def retry_failed(self) -> int:
         """Failed deliveries get a fresh retry budget and failed jobs are processed again.
         Returns the number of jobs and study summaries put back."""

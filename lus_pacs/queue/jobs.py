@@ -237,6 +237,16 @@ class Jobs:
                 (JobState.FAILED, reason, time.time(), job_id, JobState.REPLACED),
             )
 
+    def oldest_queued_s(self, now: float | None = None) -> float:
+        """Seconds the oldest queued job has waited (0 when none): a queue that grows old
+        while cines arrive has stalled."""
+        (oldest,) = (
+            self._db.connection()
+            .execute("SELECT MIN(updated_at) FROM jobs WHERE state = ?", (JobState.QUEUED,))
+            .fetchone()
+        )
+        return 0.0 if oldest is None else max(0.0, (time.time() if now is None else now) - oldest)
+
     def counts(self) -> dict[JobState, int]:
         rows = self._db.connection().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
         return {JobState(r[0]): int(r[1]) for r in rows}

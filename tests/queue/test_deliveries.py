@@ -31,3 +31,25 @@ def test_deliveries_retry_then_fail_and_can_be_retried(store: JobStore, tmp_path
     assert due.attempts == 0
     store.deliveries.delivered(job.id, "pacs")
     assert store.jobs.counts() == {JobState.SENT: 1}
+
+
+def test_deliveries_are_counted_by_destination_and_state_and_the_queue_by_its_age(
+    store: JobStore,
+) -> None:
+    """What /metrics shows an operator: results failing for one destination, a queue that
+    has stopped moving."""
+    assert store.jobs.oldest_queued_s() == 0.0
+    store.jobs.record_instance(instance(1), "m@1")
+    store.jobs.record_instance(instance(2), "m@1")
+    queued_at = time.time()
+    assert 100 <= store.jobs.oldest_queued_s(now=queued_at + 100) < 101
+    job = store.jobs.claim()
+    assert job is not None
+    store.jobs.finish(job.id, "{}", [], ["pacs", "archive"])
+    for delivery in store.deliveries.due():
+        if delivery.destination == "pacs":
+            store.deliveries.delivered(delivery.job_id, delivery.destination)
+        else:
+            store.deliveries.failed(delivery.job_id, delivery.destination, "refused", None)
+    assert store.deliveries.counts() == {("pacs", "sent"): 1, ("archive", "failed"): 1}
+    assert 100 <= store.jobs.oldest_queued_s(now=queued_at + 100) < 101  # instance 2 waits
