@@ -272,12 +272,14 @@ def luminance(
     # time, never of the whole cine.
     grey = np.empty((n_frames, rows, cols), np.uint8)
     read = 0
+    # A palette's 16-bit scale is judged once, over the palette, not per frame.
+    high_byte = photometric == "PALETTE COLOR" and _palette_max(ds) > 255
     try:
         # Pixel decoders raise many kinds of error on corrupt input: this is the trust boundary.
         for pixels in iter_pixels(ds):
             if read == n_frames:
                 break  # more frames than NumberOfFrames declares: the declared ones are the cine
-            frame = _to_luminance(pixels, ds, photometric)
+            frame = _to_luminance(pixels, ds, photometric, high_byte=high_byte)
             if frame.size != rows * cols:
                 raise UnreadableImageError(
                     name,
@@ -383,14 +385,16 @@ def _grey_jpeg(data: bytes, *, strict: bool) -> npt.NDArray[np.uint8]:
     return np.ascontiguousarray(grey[:, :, 0], dtype=np.uint8)
 
 
-def _to_luminance(pixels: npt.NDArray[np.generic], ds: Dataset, photometric: str) -> GreyFrames:
+def _to_luminance(
+    pixels: npt.NDArray[np.generic], ds: Dataset, photometric: str, *, high_byte: bool = False
+) -> GreyFrames:
+    """One frame's luminance. ``high_byte``: a palette's entries carry the colour in their high
+    byte (16-bit entries; some writers put 8-bit values there, so :func:`_palette_max` judges
+    by the palette's values: a dark frame of a 16-bit palette holds only entries up to 255)."""
     samples = int(ds.get("SamplesPerPixel", 1))
     if photometric == "PALETTE COLOR":
         rgb = apply_color_lut(pixels, ds)
-        # 16-bit entries carry the colour in their high byte, but some writers put 8-bit
-        # values there: judge by the palette's values, not the frame's (a dark frame of a
-        # 16-bit palette holds only entries up to 255 and would be read as 8-bit).
-        return _rgb_to_grey(rgb >> 8 if _palette_max(ds) > 255 else rgb, 8)
+        return _rgb_to_grey(rgb >> 8 if high_byte else rgb, 8)
     if samples == 3:
         # pydicom hands back RGB for every colour model (YBR is converted on decoding).
         return _rgb_to_grey(pixels, int(ds.get("BitsStored", 8)))
