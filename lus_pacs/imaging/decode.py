@@ -272,10 +272,10 @@ def luminance(
     # time, never of the whole cine.
     grey = np.empty((n_frames, rows, cols), np.uint8)
     read = 0
-    # A palette's 16-bit scale is judged once, over the palette, not per frame.
-    high_byte = photometric == "PALETTE COLOR" and _palette_max(ds) > 255
     try:
         # Pixel decoders raise many kinds of error on corrupt input: this is the trust boundary.
+        # A palette's 16-bit scale is judged once, over the palette (a damaged one raises).
+        high_byte = photometric == "PALETTE COLOR" and _palette_max(ds) > 255
         for pixels in iter_pixels(ds):
             if read == n_frames:
                 break  # more frames than NumberOfFrames declares: the declared ones are the cine
