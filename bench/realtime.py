@@ -12,13 +12,18 @@ untimed):
 * ``dc23332``: the node at that commit (a git worktree of it): eager PyTorch, every
   segmentation pass through the three whole networks: the baseline the issue measured;
 * ``torch``: the node now with ``runtime = "torch"`` (eager PyTorch, the reference);
-* ``onnx``: the node now with its defaults (ONNX Runtime).
+* ``no-enc``: the node now with ONNX Runtime, its result objects made in the workers' threads
+  (``encoders = 0``) as before the encoding processes;
+* ``onnx``: the node now with its defaults (ONNX Runtime, the result objects made and written
+  in the encoding processes, :class:`lus_pacs.pipeline.Encoder`).
 
 It prints each stage's mean milliseconds per cine, the real-time factor (processing time /
 cine duration; real time is 1.0, the target 0.5), how many cores the process kept busy over the
 exam (its CPU seconds per second: with two workers on two cores, what falls short of 2.0 is
-time a worker waited, mostly for the interpreter's lock while the other ran Python), the
-process's peak memory and, last, the speed-up of the node over the baseline (target 8x).
+time a worker waited, mostly for the interpreter's lock while the other ran Python; the
+encoding processes' CPU is not in it), the peak memory (the process's, plus each encoding
+process's own peak: an upper bound of what was held at once) and, last, the speed-up of the
+node over the baseline (target 8x).
 
 With ``--e2e`` it then measures the end-to-end latency with a real PACS: a ``lus-pacs serve``
 with its defaults sending to a test Orthanc; 11 cines are pushed one at a time with storescu
@@ -68,29 +73,72 @@ except ImportError:  # the baseline: one worker with every core
     pass
 from lus_pacs.pipeline import Models, process_file
 models = Models.load(settings)
+try:  # as a started node: the encoding processes started
+    from lus_pacs.pipeline import Encoder
+    encoder = Encoder(settings.encoders) if settings.encoders else None
+except ImportError:  # before them
+    encoder = None
+if encoder is not None:
+    encoder.start()
+extra = {"encoder": encoder} if encoder is not None else {}
 try:  # as a started node: warmed up on a simulated cine
     from lus_pacs.pipeline import warm_up
-    warm_up(models, settings)
+    warm_up(models, settings, **extra)
 except ImportError:  # the baseline has no warm-up: the exam's first cine once, untimed
     process_file(Path(sys.argv[3]), models, settings, Path(sys.argv[1]) / "warm-up")
+import os, threading
+def tree():  # this process and every process below it (the encoding processes and their server)
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+                parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    found, todo = [], [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += [p for p, parent in parents.items() if parent == pid]
+    return found
+def pss(pid):
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            return next(int(l.split()[1]) * 1024 for l in rollup if l.startswith("Pss:"))
+    except (OSError, StopIteration):
+        return 0
+PSS_PEAK = [0]
+done = threading.Event()
+def sample():  # what the processes hold together, each shared page counted once
+    while not done.wait(0.25):
+        PSS_PEAK[0] = max(PSS_PEAK[0], sum(pss(p) for p in tree()))
+sampler = threading.Thread(target=sample, daemon=True)
+sampler.start()
 started = time.perf_counter()
 used = resource.getrusage(resource.RUSAGE_SELF)
 def run(path):
-    record, _ = process_file(Path(path), models, settings, Path(sys.argv[1]))
+    record, _ = process_file(Path(path), models, settings, Path(sys.argv[1]), **extra)
     return dict(record.timings_ms)
 with ThreadPoolExecutor(workers) as pool:  # the node's worker threads, cines in order
     timings = list(pool.map(run, sys.argv[3:]))
 elapsed = time.perf_counter() - started
+done.set()
+sampler.join()
 after = resource.getrusage(resource.RUSAGE_SELF)
 cpu = after.ru_utime - used.ru_utime + after.ru_stime - used.ru_stime
 peak = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]
-print(json.dumps({"timings": timings, "elapsed_s": elapsed, "peak_bytes": int(peak) * 1024,
+# the encoding processes' own peaks added: an upper bound of what the node held at once
+children = encoder.peak_bytes if encoder is not None else 0
+print(json.dumps({"timings": timings, "elapsed_s": elapsed,
+                  "peak_bytes": int(peak) * 1024 + children, "encoder_peak_bytes": children,
+                  "pss_peak_bytes": PSS_PEAK[0],
                   "workers": workers, "cpu_s": cpu}))
 """
 
 
 def _run(
-    cines: list[Path], out: Path, settings: dict[str, str], code: Path = ROOT
+    cines: list[Path], out: Path, settings: dict[str, object], code: Path = ROOT
 ) -> dict[str, object]:
     done = subprocess.run(
         [sys.executable, "-c", RUN, str(out), json.dumps(settings), *map(str, cines)],
@@ -192,8 +240,11 @@ def main() -> None:
         results: dict[str, dict[str, object]] = {}
         if not args.no_baseline:
             results[BASELINE] = _baseline(exam, tmp)
-        workers = {"workers": args.workers} if args.workers else {}
+        workers: dict[str, object] = {"workers": args.workers} if args.workers else {}
         results["torch"] = _run(exam, tmp / "out-torch", {"runtime": "torch", **workers})
+        results["no-enc"] = _run(
+            exam, tmp / "out-no-enc", {"runtime": "onnx", "encoders": 0, **workers}
+        )
         results["onnx"] = _run(exam, tmp / "out-onnx", {"runtime": "onnx", **workers})
         latency = _latency(cines, tmp, args.workers) if args.e2e else []
         if shutil.which("git") is None:  # pragma: no cover - the baseline needs a checkout
@@ -226,6 +277,12 @@ def main() -> None:
     print(f"{'cores busy (cpu s / s)':<26}" + "".join(f"{busy[n]:10.2f}" for n in results))
     peaks = {name: float(str(r["peak_bytes"])) / 1e9 for name, r in results.items()}
     print(f"{'peak memory GB':<26}" + "".join(f"{peaks[n]:10.2f}" for n in results))
+    encoding = {
+        name: float(str(r.get("encoder_peak_bytes", 0))) / 1e9 for name, r in results.items()
+    }
+    print(f"{'  of it encoding processes':<26}" + "".join(f"{encoding[n]:10.2f}" for n in results))
+    shared = {name: float(str(r["pss_peak_bytes"])) / 1e9 for name, r in results.items()}
+    print(f"{'peak held together GB':<26}" + "".join(f"{shared[n]:10.2f}" for n in results))
     if latency:
         p50, p95 = np.percentile(latency, [50, 95])
         print(
@@ -234,7 +291,8 @@ def main() -> None:
         )
     print(
         f"onnx: real-time factor {elapsed['onnx'] / cine_s:.3f} (target 0.5); "
-        f"torch / onnx = {elapsed['torch'] / elapsed['onnx']:.2f}x"
+        f"torch / onnx = {elapsed['torch'] / elapsed['onnx']:.2f}x; "
+        f"no-enc / onnx = {elapsed['no-enc'] / elapsed['onnx']:.2f}x"
         + (
             f"; {BASELINE} / onnx = {elapsed[BASELINE] / elapsed['onnx']:.2f}x (target 8x)"
             if BASELINE in elapsed

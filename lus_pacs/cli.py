@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from lus_pacs import __version__
+from lus_pacs import LOG_FORMAT, __version__
 from lus_pacs.errors import LusPacsError
 from lus_pacs.families.registry import FAMILIES, Registry
 from lus_pacs.training.real_commands import evaluate_real, evaluate_simulator
@@ -350,7 +350,7 @@ def _logging(verbose: bool = True) -> None:
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
     )
 
 

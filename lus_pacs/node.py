@@ -23,14 +23,21 @@ import pydicom
 
 from lus_pacs.domain import Instance, Job, JobState, OutputKind, Received
 from lus_pacs.durable import durable_file
-from lus_pacs.errors import ExportError, LusPacsError, StageError
+from lus_pacs.errors import ExportError, LusPacsError, StageError, describe
 from lus_pacs.export.dimse import store as c_store
 from lus_pacs.export.stow import stow
 from lus_pacs.inference.threads import release_free_memory
 from lus_pacs.ingest.audit import AuditEvent, AuditLog
 from lus_pacs.ingest.metrics import NodeMetrics
 from lus_pacs.ingest.scp import Listener, check_exposure, start_listener
-from lus_pacs.pipeline import Models, encode_summary, process_file, warm_up, write_outputs
+from lus_pacs.pipeline import (
+    Encoder,
+    Models,
+    encode_summary,
+    process_file,
+    warm_up,
+    write_outputs,
+)
 from lus_pacs.queue.budget import PixelBudget
 from lus_pacs.queue.deliveries import Delivery
 from lus_pacs.queue.store import JobStore
@@ -86,6 +93,8 @@ class Node:
         self._listener: Listener | None = None
         self._budget = PixelBudget(settings.concurrent_pixels)
         """What the workers' cines hold decoded at once (two long cines do not add up)."""
+        self._encoder: Encoder | None = None
+        """The processes that make the result objects (``encoders``), once started."""
 
     @property
     def port(self) -> int:
@@ -94,6 +103,7 @@ class Node:
         return self._listener.port
 
     def start(self) -> None:
+        self._start_encoder()
         self._warm_up()
         recovered = self.store.jobs.recover()
         if recovered:
@@ -138,12 +148,30 @@ class Node:
             list(self.settings.destination_names) or "none (results folder only)",
         )
 
+    def _start_encoder(self) -> None:
+        """The encoding processes (:class:`~lus_pacs.pipeline.Encoder`); where they cannot
+        start, the workers make the result objects themselves."""
+        if not self.settings.encoders:
+            return
+        encoder = Encoder(self.settings.encoders)
+        try:
+            encoder.start()
+        except Exception as exc:  # the node works without them, only slower
+            log.error(
+                "The encoding processes could not start (%s); the workers make the result "
+                "objects themselves",
+                describe(exc),
+            )
+            encoder.close()
+            return
+        self._encoder = encoder
+
     def _warm_up(self) -> None:
         """The models run once on a simulated cine before the node listens, so that its first
         cine is processed as fast as the next ones (:func:`~lus_pacs.pipeline.warm_up`)."""
         started = time.monotonic()
         try:
-            warm_up(self.models, self.settings)
+            warm_up(self.models, self.settings, self._encoder)
         except Exception as exc:  # the node still stores what it is sent; each cine's failure
             # is recorded as it would be without the warm-up
             log.error(
@@ -166,6 +194,8 @@ class Node:
         # delivery is still pending in the store and is made again after a restart).
         for thread in self._threads:
             thread.join(timeout=5 if thread.name.startswith("export-") else 30)
+        if self._encoder is not None:
+            self._encoder.close()
         self.audit.close()
 
     def health(self) -> tuple[bool, dict[str, object]]:
@@ -254,7 +284,12 @@ class Node:
         out_dir = self.settings.results_dir / job.instance.study_instance_uid
         try:
             record, outputs = process_file(
-                job.instance.path, self.models, self.settings, out_dir, revision=job.revision
+                job.instance.path,
+                self.models,
+                self.settings,
+                out_dir,
+                revision=job.revision,
+                encoder=self._encoder,
             )
         except LusPacsError as exc:
             if isinstance(exc, StageError) and exc.stage == "write":

@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -29,11 +34,17 @@ from lus_pacs.domain import (
     KeyFrameReason,
     Output,
     OutputKind,
-    ResultIdentity,
 )
-from lus_pacs.durable import durable_file
 from lus_pacs.encode.common import repaired_header, restore_source_class
-from lus_pacs.encode.objects import SERIES_NUMBERS, encode_objects
+from lus_pacs.encode.files import (
+    configure_encoder_process,
+    encode,
+    encode_and_write,
+    encoder_ready,
+    output_name,
+    result_identity,
+    write_outputs,
+)
 from lus_pacs.errors import (
     LusPacsError,
     StageError,
@@ -86,7 +97,7 @@ class Models:
         return cls(ordered, runners, families.identity(runners), families)
 
 
-def warm_up(models: Models, settings: Settings) -> CineRecord:
+def warm_up(models: Models, settings: Settings, encoder: Encoder | None = None) -> CineRecord:
     """Process a small simulated cine with ``models``, drop its result files and return its
     record. The node runs it as it starts, before it listens (``lus-pacs serve`` and ``demo``),
     so that the first cine a node is sent costs what the others do: on the first cine
@@ -113,7 +124,7 @@ def warm_up(models: Models, settings: Settings) -> CineRecord:
     )
     try:
         cine = sample_cine(folder / "cine")
-        record, _ = process_file(cine, models, defaults, folder / "results")
+        record, _ = process_file(cine, models, defaults, folder / "results", encoder=encoder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     # What the sample's processing freed goes back to the system: the heap kept up to 128 MB
@@ -221,73 +232,6 @@ _REASONS = {reason: i for i, reason in enumerate(KeyFrameReason)}
 """Key frames are listed in the order of :class:`KeyFrameReason`, whoever proposed them."""
 
 
-def result_identity(source: str, models_key: str, kind: OutputKind) -> ResultIdentity:
-    """A result object's UIDs derive from its source (a cine, or a study and the cines it
-    covers), the model versions and its kind: encoding the same result again (after a crash)
-    gives the same object."""
-    return ResultIdentity(
-        instance_uid=str(generate_uid(entropy_srcs=[source, models_key, kind, "instance"])),
-        series_uid=str(generate_uid(entropy_srcs=[source, models_key, kind, "series"])),
-        series_number=SERIES_NUMBERS[kind],
-    )
-
-
-def encode(
-    findings: Findings,
-    header: Dataset,
-    kinds: Sequence[OutputKind],
-    models_key: str,
-    failed: dict[OutputKind, str] | None = None,
-    revision: str = "",
-) -> list[tuple[OutputKind, Dataset]]:
-    """The result objects of one cine (:data:`lus_pacs.encode.objects.ENCODERS`).
-
-    With ``failed``, a kind that cannot be made for this source is logged, put in it with the
-    reason and left out; the others are still made. ``revision`` (the content digest of an
-    instance received again with other content) gives the objects UIDs of their own.
-
-    Raises
-    ------
-    EncodeError
-        Without ``failed``: an encoder refused the findings.
-    """
-    source = findings.source.sop_instance_uid
-    identity_source = f"{source}#{revision}" if revision else source
-
-    def report(kind: OutputKind, reason: str) -> None:
-        log.error("%s: the %s object could not be made: %s", source, kind.value, reason)
-        assert failed is not None
-        failed[kind] = reason
-
-    objects = encode_objects(
-        findings,
-        repaired_header(header),
-        kinds,
-        lambda kind: result_identity(identity_source, models_key, kind),
-        None if failed is None else report,
-    )
-    for _, dataset in objects:
-        restore_source_class(dataset, header)
-    return objects
-
-
-def output_name(kind: OutputKind, ds: Dataset) -> str:
-    """The file name of a result object: ``<kind>-<SOPInstanceUID>.dcm``."""
-    return f"{kind}-{ds.SOPInstanceUID}.dcm"
-
-
-def write_outputs(objects: Sequence[tuple[OutputKind, Dataset]], folder: Path) -> list[Output]:
-    """Each object as a DICOM file, written durably, named by its SOP Instance UID."""
-    folder.mkdir(parents=True, exist_ok=True)
-    outputs = []
-    for kind, ds in objects:
-        path = folder / output_name(kind, ds)
-        with durable_file(path) as f:
-            ds.save_as(f, enforce_file_format=True)
-        outputs.append(Output(kind, str(ds.SOPInstanceUID), path))
-    return outputs
-
-
 def result_record(
     findings: Findings,
     outputs: Sequence[Output],
@@ -323,9 +267,12 @@ def process_file(
     out_dir: Path,
     plots_dir: Path | None = None,
     revision: str = "",
+    encoder: Encoder | None = None,
 ) -> tuple[CineRecord, list[Output]]:
     """Every stage for one stored cine: its result files in ``out_dir`` and its record.
-    ``revision`` marks a later content of an instance (see :func:`encode`).
+    ``revision`` marks a later content of an instance (see :func:`encode`). With ``encoder``,
+    the result objects are made and written in its processes (:class:`Encoder`), otherwise in
+    this thread.
 
     With ``plots_dir``, the B-line frame scores over time are also drawn there as
     ``<SOPInstanceUID>_b_lines.png`` (the paper's Fig. 1, without truth).
@@ -355,15 +302,26 @@ def process_file(
         )
     header, in_file = _read_dataset(lambda: read_header(path), path.name)
     timings["read"] = (time.perf_counter() - start) * 1000
-    findings, objects, failed = _analyse_and_encode(
-        header, path.name, models, settings, timings, revision, in_file
-    )
-    start = time.perf_counter()
-    try:
-        outputs = write_outputs(objects, out_dir)
-    except OSError as exc:
-        raise StageError(path.name, "write", describe(exc)) from exc
-    timings["encode"] += (time.perf_counter() - start) * 1000
+    if encoder is None:
+        findings, objects, failed = _analyse_and_encode(
+            header, path.name, models, settings, timings, revision, in_file
+        )
+        start = time.perf_counter()
+        try:
+            outputs = write_outputs(objects, out_dir)
+        except OSError as exc:
+            raise StageError(path.name, "write", describe(exc)) from exc
+        timings["encode"] += (time.perf_counter() - start) * 1000
+    else:
+        findings = _analysed(header, path.name, models, settings, timings, in_file)
+        start = time.perf_counter()
+        try:
+            outputs, failed = encoder.encode_and_write(
+                path.name, findings, header, settings.output_kinds, models.key, revision, out_dir
+            )
+        except OSError as exc:
+            raise StageError(path.name, "write", describe(exc)) from exc
+        timings["encode"] = (time.perf_counter() - start) * 1000
     if plots_dir is not None and findings.b_lines is not None and findings.b_lines.frame_scores:
         from lus_pacs.families.b_lines.plots import plot_attention
 
@@ -428,19 +386,142 @@ def _analyse_and_encode(
     revision: str = "",
     in_file: PixelsInFile | None = None,
 ) -> tuple[Findings, list[tuple[OutputKind, Dataset]], dict[OutputKind, str]]:
+    findings = _analysed(header, name, models, settings, timings, in_file)
+    start = time.perf_counter()
+    failed: dict[OutputKind, str] = {}
+    objects = encode(findings, header, settings.output_kinds, models.key, failed, revision)
+    timings["encode"] = (time.perf_counter() - start) * 1000
+    return findings, objects, failed
+
+
+def _analysed(
+    header: Dataset,
+    name: str,
+    models: Models,
+    settings: Settings,
+    timings: dict[str, float],
+    in_file: PixelsInFile | None = None,
+) -> Findings:
     try:
-        findings = analyse(header, name, models, settings, in_file, timings)
+        return analyse(header, name, models, settings, in_file, timings)
     except LusPacsError:
         raise
     # A model or a pre-processing step failing on one cine is that cine's failure only.
     except Exception as exc:
         log.exception("%s: the analysis failed", name)
         raise StageError(name, "analyse", describe(exc)) from exc
-    start = time.perf_counter()
-    failed: dict[OutputKind, str] = {}
-    objects = encode(findings, header, settings.output_kinds, models.key, failed, revision)
-    timings["encode"] = (time.perf_counter() - start) * 1000
-    return findings, objects, failed
+
+
+class Encoder:
+    """Processes of their own that make and write the result objects of the node's cines.
+
+    Making the objects (highdicom, pydicom) is pure Python: in the workers' threads it holds
+    the interpreter's lock, so the other worker's cine waits for it between two network calls
+    (on bench/realtime.py's exam the two workers kept 1.74 of the 2 cores busy, and the objects
+    took 370-500 ms a cine against 210-280 alone). Here the workers only wait for the answer,
+    without the lock. The processes import no network runtime and are forked from a server
+    process started clean (``forkserver``: no copy of the models or of the workers' threads)
+    that has imported what they share (:mod:`lus_pacs.encode.preload`). Each reports its own
+    peak resident memory with every answer (:attr:`peak_bytes`; shared pages counted in each).
+
+    A process that died (the out-of-memory killer) is replaced and the cine is encoded again
+    in the new one; when that one dies too, the cine fails at its ``encode`` stage.
+    """
+
+    def __init__(self, processes: int) -> None:
+        self._processes = processes
+        self._lock = threading.Lock()
+        self._pool = self._new_pool()
+        self._peaks: dict[int, int] = {}
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["lus_pacs.encode.preload"])  # before the server starts
+        return ProcessPoolExecutor(
+            self._processes,
+            mp_context=context,
+            initializer=configure_encoder_process,
+            initargs=(logging.getLogger().getEffectiveLevel(), os.getpid()),
+        )
+
+    def start(self) -> None:
+        """Start every process and import what encoding needs in it, so that the first cine
+        does not wait for that (``warm_up`` then makes highdicom read its tables in each)."""
+        started = [self._submit(encoder_ready, 0.2) for _ in range(self._processes)]
+        for future in started:
+            self._note(future.result())
+
+    @property
+    def pids(self) -> list[int]:
+        """The processes that have answered, the replaced ones included."""
+        with self._lock:
+            return sorted(self._peaks)
+
+    @property
+    def peak_bytes(self) -> int:
+        """The largest resident memory each process has had, summed over the processes
+        (those that died included)."""
+        with self._lock:
+            return sum(self._peaks.values())
+
+    def encode_and_write(
+        self,
+        name: str,
+        findings: Findings,
+        header: Dataset,
+        kinds: Sequence[OutputKind],
+        models_key: str,
+        revision: str,
+        out_dir: Path,
+    ) -> tuple[list[Output], dict[OutputKind, str]]:
+        """:func:`encode` (with ``failed``) and :func:`write_outputs` in one of the processes.
+
+        Raises
+        ------
+        OSError
+            Writing the files failed.
+        StageError
+            The process died twice on this cine (stage ``encode``).
+        """
+        for attempt in (1, 2):
+            try:
+                future = self._submit(
+                    encode_and_write, findings, header, kinds, models_key, revision, out_dir
+                )
+                outputs, failed, memory = future.result()
+            except BrokenProcessPool:
+                log.error("%s: the encoding process died (attempt %d of 2)", name, attempt)
+                self._replace()
+                continue
+            self._note(memory)
+            return outputs, failed
+        raise StageError(name, "encode", "the process making its result objects died twice")
+
+    def _submit(self, function: Callable[..., _T], *args: object) -> Future[_T]:
+        with self._lock:
+            try:
+                return self._pool.submit(function, *args)
+            except BrokenProcessPool:  # one died while idle: not this cine's doing
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+                return self._pool.submit(function, *args)
+
+    def _replace(self) -> None:
+        with self._lock:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+
+    def _note(self, memory: tuple[int, int]) -> None:
+        pid, peak = memory
+        with self._lock:
+            self._peaks[pid] = max(peak, self._peaks.get(pid, 0))
+
+    def close(self) -> None:
+        with self._lock:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+_T = TypeVar("_T")
 
 
 def encode_summary(

@@ -231,6 +231,12 @@ class Settings(BaseModel):
     with two workers (0.62-0.69 with two and 0.79-0.83 with one before the allocator's and ONNX
     Runtime's page faults were removed; one worker gives a lone cine its results a little
     sooner)."""
+    encoders: int = Field(default=2, ge=0)
+    """Processes of the node that make and write the result objects (``lus-pacs serve``;
+    ``0``: each worker makes its own in its thread). Making them is pure Python, which in a
+    worker's thread holds the other worker up; in processes of their own it does not: on
+    bench/realtime.py's exam on two cores the real-time factor went from 0.49-0.65 to
+    0.48-0.51 (two processes, alternate runs), for about 0.1 GB of memory each."""
     output_kinds: tuple[OutputKind, ...] = (
         OutputKind.SR,
         OutputKind.KOS,

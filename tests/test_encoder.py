@@ -1,0 +1,160 @@
+"""The node's encoding processes (:class:`lus_pacs.pipeline.Encoder`): the result objects they
+make are the ones a worker makes in its own thread, and one that dies is replaced."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from lus_pacs.pipeline import Encoder, Models, process_file
+from lus_pacs.settings import Settings
+
+VOLATILE = {
+    "ContentDate",
+    "ContentTime",
+    "InstanceCreationDate",
+    "InstanceCreationTime",
+    "ContributionDateTime",
+    "PresentationCreationDate",
+    "PresentationCreationTime",
+    "ICCProfile",
+    "DimensionOrganizationUID",
+}
+"""What differs between two makings of one object: when it was made (the ICC profile holds the
+time it was made too), and the SEG's dimension organisation (highdicom draws a new UID for it
+each time)."""
+
+
+@pytest.fixture(scope="module")
+def node_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Models]:
+    settings = Settings(data_dir=tmp_path_factory.mktemp("data"))
+    return settings, Models.load(settings)
+
+
+@pytest.fixture
+def encoder() -> Iterator[Encoder]:
+    encoder = Encoder(2)
+    encoder.start()
+    try:
+        yield encoder
+    finally:
+        encoder.close()
+
+
+def _cines(synth_exams: Path) -> list[Path]:
+    exam = sorted(p for p in synth_exams.iterdir() if p.is_dir())[0]
+    return sorted(exam.glob("*.dcm"))
+
+
+def _content(path: Path) -> dict[str, object]:
+    ds = pydicom.dcmread(path)
+    found: list[tuple[pydicom.Dataset, str]] = []
+    ds.walk(lambda d, e: found.append((d, e.keyword)) if e.keyword in VOLATILE else None)
+    for dataset, keyword in found:
+        delattr(dataset, keyword)
+    return ds.to_json_dict()
+
+
+def test_the_processes_make_and_write_what_the_worker_makes(
+    tmp_path: Path, synth_exams: Path, node_models: tuple[Settings, Models], encoder: Encoder
+) -> None:
+    settings, models = node_models
+    cine = _cines(synth_exams)[0]
+    alone, files_alone = process_file(cine, models, settings, tmp_path / "thread")
+    pooled, files_pooled = process_file(cine, models, settings, tmp_path / "pool", encoder=encoder)
+
+    assert [(o.kind, o.sop_instance_uid) for o in files_pooled] == [
+        (o.kind, o.sop_instance_uid) for o in files_alone
+    ]
+    assert {o.kind for o in files_pooled} >= {"sr", "kos", "seg", "pr"}
+    for made_alone, made_pooled in zip(files_alone, files_pooled, strict=True):
+        assert made_pooled.path.parent == tmp_path / "pool"
+        assert _content(made_pooled.path) == _content(made_alone.path), made_pooled.kind
+    records = [json.loads(r.dumps()) for r in (alone, pooled)]
+    for record in records:
+        del record["timings_ms"]
+        for output in record["outputs"]:
+            output.pop("path", None)
+    assert records[0] == records[1]
+    assert pooled.timings_ms["encode"] > 0
+    assert len(encoder.pids) == 2
+    assert os.getpid() not in encoder.pids
+    assert encoder.peak_bytes > 50e6
+
+
+def test_a_process_that_died_is_replaced_and_the_next_cine_is_encoded(
+    tmp_path: Path, synth_exams: Path, node_models: tuple[Settings, Models], encoder: Encoder
+) -> None:
+    settings, models = node_models
+    first, second = _cines(synth_exams)[:2]
+    process_file(first, models, settings, tmp_path, encoder=encoder)
+    for pid in encoder.pids:  # as the out-of-memory killer would
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in encoder.pids):
+        assert time.monotonic() < deadline, "the killed processes are still there"
+        time.sleep(0.05)
+    record, outputs = process_file(second, models, settings, tmp_path, encoder=encoder)
+    assert {o.kind for o in outputs} >= {"sr", "kos"}
+    assert all(o.path.exists() for o in outputs)
+    assert not record.outputs_failed
+    assert len(encoder.pids) > 2  # new processes answered
+
+
+START_AND_WAIT = """
+import sys, time
+from lus_pacs.pipeline import Encoder
+if __name__ == "__main__":
+    encoder = Encoder(2)
+    encoder.start()
+    print(*encoder.pids, flush=True)
+    time.sleep(600)
+"""
+
+
+def _descendants(pid: int) -> set[int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, todo = set(), [pid]
+    while todo:
+        above = todo.pop()
+        below = [p for p, parent in parents.items() if parent == above]
+        found.update(below)
+        todo += below
+    return found
+
+
+def test_the_processes_end_when_the_node_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "node.py"
+    script.write_text(START_AND_WAIT)
+    node = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    try:
+        assert node.stdout is not None
+        pids = {int(p) for p in node.stdout.readline().split()}
+        assert len(pids) == 2
+        started = _descendants(node.pid)  # the encoding processes, their server and tracker
+        assert pids <= started
+    finally:
+        node.kill()
+        node.wait()
+    deadline = time.monotonic() + 10
+    while left := {p for p in started if Path(f"/proc/{p}").exists()}:
+        assert time.monotonic() < deadline, f"still running after the node was killed: {left}"
+        time.sleep(0.1)
