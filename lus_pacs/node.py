@@ -153,16 +153,18 @@ class Node:
         start, the workers make the result objects themselves."""
         if not self.settings.encoders:
             return
-        encoder = Encoder(self.settings.encoders)
+        encoder = None
         try:
+            encoder = Encoder(self.settings.encoders)
             encoder.start()
         except Exception as exc:  # the node works without them, only slower
             log.error(
                 "The encoding processes could not start (%s); the workers make the result "
                 "objects themselves",
-                describe(exc),
+                describe(exc) or type(exc).__name__,
             )
-            encoder.close()
+            if encoder is not None:
+                encoder.close(wait=False)
             return
         self._encoder = encoder
 

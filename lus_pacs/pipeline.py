@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from io import BytesIO
@@ -419,18 +419,28 @@ class Encoder:
     the interpreter's lock, so the other worker's cine waits for it between two network calls
     (on bench/realtime.py's exam the two workers kept 1.74 of the 2 cores busy, and the objects
     took 370-500 ms a cine against 210-280 alone). Here the workers only wait for the answer,
-    without the lock. The processes import no network runtime and are forked from a server
-    process started clean (``forkserver``: no copy of the models or of the workers' threads)
-    that has imported what they share (:mod:`lus_pacs.encode.preload`). Each reports its own
-    peak resident memory with every answer (:attr:`peak_bytes`; shared pages counted in each).
+    without the lock. The processes import neither a network runtime nor OpenCV and are forked
+    from a server process started clean (``forkserver``: no copy of the models or of the
+    workers' threads) that has imported what they share (:mod:`lus_pacs.encode.preload`). Each
+    reports its own peak resident memory with every answer (:attr:`peak_bytes`; shared pages
+    counted in each).
 
-    A process that died (the out-of-memory killer) is replaced and the cine is encoded again
-    in the new one; when that one dies too, the cine fails at its ``encode`` stage.
+    A process that dies (the out-of-memory killer) takes the others' calls down with it (the
+    standard library's pool ends them all): the pool is replaced once per death and each cine
+    in flight is encoded again, up to :data:`ATTEMPTS` times, after which it fails at its
+    ``encode`` stage (``lus-pacs retry`` tries it again).
     """
+
+    ATTEMPTS = 3
+    START_S = 60.0
+    """How long the processes may take to start and import what they need."""
 
     def __init__(self, processes: int) -> None:
         self._processes = processes
         self._lock = threading.Lock()
+        self._closed = False
+        self._generation = 0
+        """Which pool is current: a pool is replaced once, whoever saw it break first."""
         self._pool = self._new_pool()
         self._peaks: dict[int, int] = {}
 
@@ -446,10 +456,16 @@ class Encoder:
 
     def start(self) -> None:
         """Start every process and import what encoding needs in it, so that the first cine
-        does not wait for that (``warm_up`` then makes highdicom read its tables in each)."""
-        started = [self._submit(encoder_ready, 0.2) for _ in range(self._processes)]
+        does not wait for that (``warm_up`` then makes highdicom read its tables in each).
+
+        Raises
+        ------
+        TimeoutError
+            They did not answer within :data:`START_S`.
+        """
+        started = [self._submit(encoder_ready, 0.2)[0] for _ in range(self._processes)]
         for future in started:
-            self._note(future.result())
+            self._note(future.result(timeout=self.START_S))
 
     @property
     def pids(self) -> list[int]:
@@ -481,44 +497,69 @@ class Encoder:
         OSError
             Writing the files failed.
         StageError
-            The process died twice on this cine (stage ``encode``).
+            Stage ``write`` once :meth:`close` was called (the node is stopping: the job
+            waits in the queue, as after a full disk); stage ``encode`` when the process died
+            :data:`ATTEMPTS` times on this cine.
+        RuntimeError
+            Making the objects raised (the type and message of the error; the traceback is in
+            the encoding process's log).
         """
-        for attempt in (1, 2):
+        for attempt in range(1, self.ATTEMPTS + 1):
+            generation = -1  # none replaced when the submission itself failed
             try:
-                future = self._submit(
+                future, generation = self._submit(
                     encode_and_write, findings, header, kinds, models_key, revision, out_dir
                 )
                 outputs, failed, memory = future.result()
-            except BrokenProcessPool:
-                log.error("%s: the encoding process died (attempt %d of 2)", name, attempt)
-                self._replace()
+            except _ClosedError:
+                raise StageError(name, "write", "the node is stopping") from None
+            except (BrokenProcessPool, CancelledError):
+                log.error(
+                    "%s: an encoding process died (attempt %d of %d)", name, attempt, self.ATTEMPTS
+                )
+                self._replace(generation)
                 continue
             self._note(memory)
             return outputs, failed
-        raise StageError(name, "encode", "the process making its result objects died twice")
+        raise StageError(
+            name, "encode", f"the processes making its result objects died {self.ATTEMPTS} times"
+        )
 
-    def _submit(self, function: Callable[..., _T], *args: object) -> Future[_T]:
+    def _submit(self, function: Callable[..., _T], *args: object) -> tuple[Future[_T], int]:
         with self._lock:
+            if self._closed:
+                raise _ClosedError
             try:
-                return self._pool.submit(function, *args)
+                return self._pool.submit(function, *args), self._generation
             except BrokenProcessPool:  # one died while idle: not this cine's doing
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = self._new_pool()
-                return self._pool.submit(function, *args)
+                self._renew()
+                return self._pool.submit(function, *args), self._generation
 
-    def _replace(self) -> None:
+    def _replace(self, broken: int) -> None:
         with self._lock:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._new_pool()
+            if self._generation == broken and not self._closed:
+                self._renew()
+
+    def _renew(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._new_pool()
+        self._generation += 1
 
     def _note(self, memory: tuple[int, int]) -> None:
         pid, peak = memory
         with self._lock:
             self._peaks[pid] = max(peak, self._peaks.get(pid, 0))
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """No more cines; with ``wait``, until the processes have ended."""
         with self._lock:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._closed = True
+            pool = self._pool
+        pool.shutdown(wait=wait, cancel_futures=True)
+
+
+class _ClosedError(Exception):
+    """The encoder was closed."""
 
 
 _T = TypeVar("_T")

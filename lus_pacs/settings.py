@@ -234,9 +234,11 @@ class Settings(BaseModel):
     encoders: int = Field(default=2, ge=0)
     """Processes of the node that make and write the result objects (``lus-pacs serve``;
     ``0``: each worker makes its own in its thread). Making them is pure Python, which in a
-    worker's thread holds the other worker up; in processes of their own it does not: on
-    bench/realtime.py's exam on two cores the real-time factor went from 0.49-0.65 to
-    0.48-0.51 (two processes, alternate runs), for about 0.1 GB of memory each."""
+    worker's thread holds the other worker's cine up on the interpreter's lock; in processes
+    of their own it does not. On bench/realtime.py's exam on two cores, four rounds of
+    alternate runs: real-time factor 0.48-0.59 with two (mean 0.53), 0.51-0.65 with one (0.58),
+    0.55-0.66 with none (0.59); the processes hold about 0.2 GB together (the node's peak
+    0.84 GB -> 1.03 GB, counting shared pages once)."""
     output_kinds: tuple[OutputKind, ...] = (
         OutputKind.SR,
         OutputKind.KOS,

@@ -15,8 +15,11 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from lus_pacs import pipeline
+from lus_pacs.errors import StageError
 from lus_pacs.pipeline import Encoder, Models, process_file
 from lus_pacs.settings import Settings
+from tests.node_process import processes_below
 
 VOLATILE = {
     "ContentDate",
@@ -86,7 +89,7 @@ def test_the_processes_make_and_write_what_the_worker_makes(
             output.pop("path", None)
     assert records[0] == records[1]
     assert pooled.timings_ms["encode"] > 0
-    assert len(encoder.pids) == 2
+    assert encoder.pids
     assert os.getpid() not in encoder.pids
     assert encoder.peak_bytes > 50e6
 
@@ -110,6 +113,58 @@ def test_a_process_that_died_is_replaced_and_the_next_cine_is_encoded(
     assert len(encoder.pids) > 2  # new processes answered
 
 
+class _KillsItsReader:
+    """Unpickled in an encoding process, it ends that process: a cine whose encoding kills
+    the process every time (or an out-of-memory killer that always picks it)."""
+
+    def __reduce__(self) -> tuple[object, tuple[int]]:
+        return os._exit, (9,)
+
+
+def test_a_cine_that_kills_its_process_fails_at_encode_and_the_next_is_encoded(
+    tmp_path: Path,
+    synth_exams: Path,
+    node_models: tuple[Settings, Models],
+    encoder: Encoder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings, models = node_models
+    first, second = _cines(synth_exams)[:2]
+    read_header = pipeline.read_header
+
+    def poisoned(path: Path) -> tuple[pydicom.Dataset, object]:
+        header, in_file = read_header(path)
+        header._kills_its_reader = _KillsItsReader()  # pickled with the header
+        return header, in_file
+
+    monkeypatch.setattr(pipeline, "read_header", poisoned)
+    with pytest.raises(StageError) as failed:
+        process_file(first, models, settings, tmp_path, encoder=encoder)
+    assert failed.value.stage == "encode"
+    assert "died 3 times" in failed.value.reason
+    monkeypatch.undo()
+    record, outputs = process_file(second, models, settings, tmp_path, encoder=encoder)
+    assert {o.kind for o in outputs} >= {"sr", "kos"}
+    assert not record.outputs_failed
+
+
+def test_writing_and_stopping_fail_as_the_disk_does_not_as_the_cine(
+    tmp_path: Path, synth_exams: Path, node_models: tuple[Settings, Models], encoder: Encoder
+) -> None:
+    settings, models = node_models
+    cine = _cines(synth_exams)[0]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(StageError) as unwritable:  # its results folder cannot be made
+        process_file(cine, models, settings, blocker / "results", encoder=encoder)
+    assert unwritable.value.stage == "write"
+    encoder.close()
+    with pytest.raises(StageError) as stopping:  # the node stops while a worker analyses
+        process_file(cine, models, settings, tmp_path, encoder=encoder)
+    assert stopping.value.stage == "write"
+    assert "stopping" in stopping.value.reason
+
+
 START_AND_WAIT = """
 import sys, time
 from lus_pacs.pipeline import Encoder
@@ -119,24 +174,6 @@ if __name__ == "__main__":
     print(*encoder.pids, flush=True)
     time.sleep(600)
 """
-
-
-def _descendants(pid: int) -> set[int]:
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, todo = set(), [pid]
-    while todo:
-        above = todo.pop()
-        below = [p for p, parent in parents.items() if parent == above]
-        found.update(below)
-        todo += below
-    return found
 
 
 def test_the_processes_end_when_the_node_is_killed(tmp_path: Path) -> None:
@@ -149,7 +186,7 @@ def test_the_processes_end_when_the_node_is_killed(tmp_path: Path) -> None:
         assert node.stdout is not None
         pids = {int(p) for p in node.stdout.readline().split()}
         assert len(pids) == 2
-        started = _descendants(node.pid)  # the encoding processes, their server and tracker
+        started = set(processes_below(node.pid))  # the encoding processes, their server and tracker
         assert pids <= started
     finally:
         node.kill()

@@ -1,7 +1,7 @@
 """Making one cine's result objects and writing them as files: what :func:`lus_pacs.pipeline.
 process_file` does after the analysis, in the worker's thread or in an encoding process of the
-node (:class:`lus_pacs.pipeline.Encoder`: this module imports no network runtime nor image
-library, so that such a process stays small)."""
+node (:class:`lus_pacs.pipeline.Encoder`: this module imports neither a network runtime nor
+OpenCV, so that such a process stays small)."""
 
 from __future__ import annotations
 
@@ -146,7 +146,23 @@ def encode_and_write(
     revision: str,
     out_dir: Path,
 ) -> tuple[list[Output], dict[OutputKind, str], tuple[int, int]]:
-    """:func:`encode` (with ``failed``) and :func:`write_outputs`, and :func:`own_memory`."""
+    """:func:`encode` (with ``failed``) and :func:`write_outputs`, and :func:`own_memory`.
+
+    Raises
+    ------
+    OSError
+        Writing the files failed.
+    RuntimeError
+        Anything else that raised, as its type and message: what crosses back to the node
+        must be rebuilt there from its pickle, which the project's own errors are not (the
+        traceback is logged here).
+    """
     failed: dict[OutputKind, str] = {}
-    objects = encode(findings, header, kinds, models_key, failed, revision)
-    return write_outputs(objects, out_dir), failed, own_memory()
+    try:
+        objects = encode(findings, header, kinds, models_key, failed, revision)
+        return write_outputs(objects, out_dir), failed, own_memory()
+    except OSError:
+        raise
+    except Exception as exc:
+        log.exception("%s: the result objects could not be made", findings.source.sop_instance_uid)
+        raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
