@@ -421,7 +421,9 @@ class Encoder:
     took 370-500 ms a cine against 210-280 alone). Here the workers only wait for the answer,
     without the lock. The processes import neither a network runtime nor OpenCV and are forked
     from a server process started clean (``forkserver``: no copy of the models or of the
-    workers' threads) that has imported what they share (:mod:`lus_pacs.encode.preload`). Each
+    workers' threads) that has imported what they share (:mod:`lus_pacs.encode.preload`, and
+    the node's main module, which each would import anyway) and frozen it out of the garbage
+    collector's reach (a node's three encoding processes held 0.29 GB before, 0.20 GB since). Each
     reports its own peak resident memory with every answer (:attr:`peak_bytes`; shared pages
     counted in each).
 
@@ -446,7 +448,7 @@ class Encoder:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["lus_pacs.encode.preload"])  # before the server starts
+        context.set_forkserver_preload(["__main__", "lus_pacs.encode.preload"])  # before it starts
         return ProcessPoolExecutor(
             self._processes,
             mp_context=context,

@@ -6,6 +6,7 @@ Python objects, read on the first object made)."""
 from __future__ import annotations
 
 import contextlib
+import gc
 
 import lus_pacs.encode.files  # noqa: F401 - imported to be shared
 
@@ -19,3 +20,7 @@ with contextlib.suppress(ImportError):  # a later highdicom may name it otherwis
     get_module_attribute_map()
     get_iod_module_map()
     get_sop_class_iod_map()
+
+# Out of the collector's reach: a collection in a forked process would otherwise write to every
+# object's header and so copy the pages it shares with the server.
+gc.freeze()
