@@ -239,7 +239,7 @@ class Settings(BaseModel):
     factor 0.48-0.59 with two, 0.54-0.66 with none (two faster in each of eight rounds, by
     1.06-1.17x); one process gave 0.51-0.65 (mean 0.58 against 0.53 for two in the same four
     rounds: the workers often finish a cine at once). The processes hold about 0.2 GB together
-    (the node's peak 0.83-0.88 GB -> 1.01-1.07 GB, counting shared pages once)."""
+    (a node's peak on those six cines 0.86 GB -> 1.06 GB, counting shared pages once)."""
     output_kinds: tuple[OutputKind, ...] = (
         OutputKind.SR,
         OutputKind.KOS,
