@@ -302,26 +302,20 @@ def process_file(
         )
     header, in_file = _read_dataset(lambda: read_header(path), path.name)
     timings["read"] = (time.perf_counter() - start) * 1000
-    if encoder is None:
-        findings, objects, failed = _analyse_and_encode(
-            header, path.name, models, settings, timings, revision, in_file
-        )
-        start = time.perf_counter()
-        try:
+    findings = _analysed(header, path.name, models, settings, timings, in_file)
+    start = time.perf_counter()
+    failed: dict[OutputKind, str] = {}
+    try:
+        if encoder is None:
+            objects = encode(findings, header, settings.output_kinds, models.key, failed, revision)
             outputs = write_outputs(objects, out_dir)
-        except OSError as exc:
-            raise StageError(path.name, "write", describe(exc)) from exc
-        timings["encode"] += (time.perf_counter() - start) * 1000
-    else:
-        findings = _analysed(header, path.name, models, settings, timings, in_file)
-        start = time.perf_counter()
-        try:
+        else:
             outputs, failed = encoder.encode_and_write(
                 path.name, findings, header, settings.output_kinds, models.key, revision, out_dir
             )
-        except OSError as exc:
-            raise StageError(path.name, "write", describe(exc)) from exc
-        timings["encode"] = (time.perf_counter() - start) * 1000
+    except OSError as exc:
+        raise StageError(path.name, "write", describe(exc)) from exc
+    timings["encode"] = (time.perf_counter() - start) * 1000
     if plots_dir is not None and findings.b_lines is not None and findings.b_lines.frame_scores:
         from lus_pacs.families.b_lines.plots import plot_attention
 

@@ -226,11 +226,11 @@ class Settings(BaseModel):
     workers: int = Field(default=2, ge=1)
     """Cines processed at once, within :attr:`concurrent_pixels`. ``lus-pacs serve`` gives each
     worker's networks its share of the cores (one each on two cores): two cines at a time keep
-    both cores busy while the other cine's Python work runs (decode, the result objects). On
-    bench/realtime.py's exam on two cores: real-time factor 0.47-0.54 and peak 0.84-0.94 GB
-    with two workers (0.62-0.69 with two and 0.79-0.83 with one before the allocator's and ONNX
-    Runtime's page faults were removed; one worker gives a lone cine its results a little
-    sooner)."""
+    both cores busy while the other cine's Python work runs (decode; the result objects are
+    made in the :attr:`encoders`). On bench/realtime.py's exam on two cores, before the encoding
+    processes: real-time factor 0.47-0.54 and peak 0.84-0.94 GB with two workers (0.62-0.69 with
+    two and 0.79-0.83 with one before the allocator's and ONNX Runtime's page faults were
+    removed; one worker gives a lone cine its results a little sooner)."""
     encoders: int = Field(default=2, ge=0)
     """Processes of the node that make and write the result objects (``lus-pacs serve``;
     ``0``: each worker makes its own in its thread). Making them is pure Python, which in a
