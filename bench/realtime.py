@@ -33,10 +33,12 @@ with its defaults sending to a test Orthanc; 11 cines are pushed one at a time w
 last C-STORE answered and the association released) to the moment Orthanc holds every result
 object of the cine is taken; p50 and p95 over the 10 (target p95 <= 3 s).
 
-    .venv/bin/python bench/realtime.py [--e2e] [--no-baseline] [--workers N]
+    .venv/bin/python bench/realtime.py [--e2e] [--no-baseline] [--workers N] [--rounds N]
 
 ``--workers N`` runs the torch and onnx columns (and the node of ``--e2e``) with N workers
-instead of the default.
+instead of the default. ``--rounds N`` then runs ``no-enc`` and ``onnx`` N more times,
+alternately, and prints each round's real-time factors and ratio: the machine's speed drifts
+within minutes, and a pair run back to back is the fairer comparison.
 """
 
 from __future__ import annotations
@@ -228,6 +230,12 @@ def main() -> None:
     parser.add_argument("--e2e", action="store_true", help="also the latency with Orthanc")
     parser.add_argument("--no-baseline", action="store_true", help=f"skip {BASELINE}")
     parser.add_argument("--workers", type=int, help="the node's workers instead of its default")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="then N more rounds of no-enc and onnx run alternately, each round's ratio printed",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
@@ -245,6 +253,16 @@ def main() -> None:
             exam, tmp / "out-no-enc", {"runtime": "onnx", "encoders": 0, **workers}
         )
         results["onnx"] = _run(exam, tmp / "out-onnx", {"runtime": "onnx", **workers})
+        rounds = [
+            tuple(
+                float(str(_run(exam, tmp / f"out-{i}-{n}", settings)["elapsed_s"]))
+                for n, settings in (
+                    ("no-enc", {"runtime": "onnx", "encoders": 0, **workers}),
+                    ("onnx", {"runtime": "onnx", **workers}),
+                )
+            )
+            for i in range(args.rounds)
+        ]
         latency = _latency(cines, tmp, args.workers) if args.e2e else []
         if shutil.which("git") is None:  # pragma: no cover - the baseline needs a checkout
             print("git is missing: no baseline")
@@ -282,6 +300,11 @@ def main() -> None:
     print(f"{'  of it encoding processes':<26}" + "".join(f"{encoding[n]:10.2f}" for n in results))
     shared = {name: float(str(r["pss_peak_bytes"])) / 1e9 for name, r in results.items()}
     print(f"{'peak held together GB':<26}" + "".join(f"{shared[n]:10.2f}" for n in results))
+    for i, (before, now) in enumerate(rounds, 1):
+        print(
+            f"round {i}: real-time factor no-enc {before / cine_s:.3f}, onnx {now / cine_s:.3f}; "
+            f"no-enc / onnx = {before / now:.2f}x"
+        )
     if latency:
         p50, p95 = np.percentile(latency, [50, 95])
         print(

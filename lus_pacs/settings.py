@@ -236,8 +236,8 @@ class Settings(BaseModel):
     ``0``: each worker makes its own in its thread). Making them is pure Python, which in a
     worker's thread holds the other worker's cine up on the interpreter's lock; in processes
     of their own it does not. On bench/realtime.py's exam on two cores, alternate runs: real-time
-    factor 0.48-0.59 with two, 0.54-0.66 with none (two faster in each of eight rounds, by
-    1.06-1.17x); one process gave 0.51-0.65 (mean 0.58 against 0.53 for two in the same four
+    factor 0.48-0.59 with two, 0.53-0.66 with none (two faster in each of eleven rounds, by
+    1.03-1.17x); one process gave 0.51-0.65 (mean 0.58 against 0.53 for two in the same four
     rounds: the workers often finish a cine at once). The processes hold about 0.2 GB together
     (a node's peak on those six cines 0.86 GB -> 1.06 GB, counting shared pages once)."""
     output_kinds: tuple[OutputKind, ...] = (
