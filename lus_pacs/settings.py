@@ -124,9 +124,9 @@ class SegmentationSettings(BaseModel):
     """``best``: the cine's first key frame, the one its KOS marks best in set and a viewer
     opens first; ``key``: every key frame the other models chose (best, B-line and
     highest-severity frame); ``all``: every frame; ``every``: every ``every``-th frame. Each
-    frame costs 0.4-0.5 s on two CPU cores with the default 10 Monte-Carlo dropout passes
-    (the model card), most of a cine's processing: ``best`` keeps the node faster than the
-    cine plays (bench/realtime.py)."""
+    frame costs about 0.5 s with the default 10 Monte-Carlo dropout passes while two workers
+    share two CPU cores (the model card), a quarter of a cine's processing: ``best`` keeps the
+    node faster than the cine plays (bench/realtime.py)."""
     every: int = Field(default=10, ge=1)
     mc_samples: int | None = Field(default=None, ge=0)
     """Monte-Carlo dropout passes per frame; None takes the bundle's default (10); 0 runs once

@@ -15,8 +15,10 @@ Dropout draws its masks from a generator seeded by the cine's SOP Instance UID a
 the same cine gives the same masks and uncertainty every time it is processed (a re-sent or
 re-processed cine gives identical result objects), and the global random state is untouched.
 
-Which frames are segmented is the caller's choice (:func:`frames_to_segment`): on two CPU cores
-one frame costs about 40 ms per pass of the three networks' decoders, so 40 passes over every
+Which frames are segmented is the caller's choice (:func:`frames_to_segment`): on one CPU core
+a 200 x 260 frame costs about 50 ms before the dropout and 33 ms per pass of the three
+networks' decoders (ONNX Runtime, the networks arranged for the passes by
+:func:`~lus_pacs.families.segmentation.network.arranged_for_passes`), so 40 passes over every
 frame of a cine would take minutes.
 """
 

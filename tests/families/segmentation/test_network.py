@@ -3,17 +3,20 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.nn.functional import cross_entropy
+from torch.nn.functional import conv2d, cross_entropy, interpolate
 
 from lus_pacs.families.segmentation.network import (
     BACKGROUND,
     CLASSES,
     SEGMENTATION_NETWORKS,
+    NearestUpConvolution,
     PaperUNet,
     SegmentationEnsemble,
+    arranged_for_passes,
     enable_mc_dropout,
     mc_dropout_predict,
     monte_carlo,
+    split,
 )
 
 NAMES = sorted(SEGMENTATION_NETWORKS)
@@ -165,3 +168,35 @@ def test_ensemble_members_must_be_known_networks() -> None:
         SegmentationEnsemble(["unet", "segformer"])
     with pytest.raises(ValueError, match="Ensemble members"):
         SegmentationEnsemble([])
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3, 5])
+def test_a_convolution_after_nearest_upsampling_is_computed_at_low_resolution(scale: int) -> None:
+    torch.manual_seed(scale)
+    weight = torch.randn(4, 3, 3, 3)
+    x = torch.randn(2, 3, 7, 5)
+    expected = conv2d(interpolate(x, scale_factor=scale, mode="nearest"), weight, padding=1)
+    torch.testing.assert_close(NearestUpConvolution(weight, scale)(x), expected)
+
+
+def test_a_nearest_up_convolution_takes_only_three_by_three_kernels() -> None:
+    with pytest.raises(ValueError, match="3 x 3"):
+        NearestUpConvolution(torch.zeros(2, 2, 5, 5), 2)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_arrangement_for_dropout_passes_gives_the_networks_logits(name: str) -> None:
+    """Every pass decodes the same features with another channel mask on the last one."""
+    network = _network(name).eval()
+    arranged = split(arranged_for_passes(network))
+    x = torch.randn(2, 1, 60, 80)
+    with torch.inference_mode():
+        features = split(network).encode(x)
+        mask = (torch.rand(2, features[-1].shape[1], 1, 1) > 0.5).float() * 2.0
+        features[-1] = features[-1] * mask
+        expected = split(network).decode(features, x.shape[-2:])
+        fixed = arranged.encode(x)
+        fixed[-1] = fixed[-1] * mask
+        logits = arranged.decode(fixed, x.shape[-2:])
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
+    assert arranged.dropout is split(network).dropout
