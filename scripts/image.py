@@ -340,8 +340,15 @@ def image_test(tag: str) -> None:
                 }
                 if not pushed <= audited:
                     raise SystemExit(f"the audit trail misses {sorted(pushed - audited)}")
+                encoding = _encoding_processes(name)
+                stop_s, code = _stop(name)
+                if code != "0" or stop_s > STOP_GRACE_S / 2:
+                    logs = podman("logs", name, check=False)[-3000:]
+                    raise SystemExit(
+                        f"the node exited with {code} {stop_s:.0f} s after SIGTERM:\n{logs}"
+                    )
             finally:
-                podman("stop", "-t", "30", name, check=False)
+                podman("stop", "-t", str(STOP_GRACE_S), name, check=False)
                 podman("rm", "-f", name, check=False)
                 podman("volume", "rm", "-f", volume, check=False)
     print(f"image {tag}: {size / 1e9:.2f} GB, runs as uid {uid}, healthcheck passed")
@@ -350,7 +357,36 @@ def image_test(tag: str) -> None:
         f"{waited:.0f} s after the push: "
         + ", ".join(f"{count} {name}" for name, count in sorted(classes.items()))
     )
+    print(f"{encoding} encoding processes and their server in the container")
+    print(f"stopped by SIGTERM in {stop_s:.1f} s, exit code 0")
     print("audit trail: every pushed instance recorded; image-test passed")
+
+
+STOP_GRACE_S = 30
+"""The seconds ``podman stop`` gives the node before it kills it."""
+
+
+def _encoding_processes(container: str) -> int:
+    """How many of the node's encoding processes run in ``container`` (the server they are forked
+    from not counted); none, or a log line saying they could not start, fails the test: the
+    workers would make the objects themselves, slower, without anyone noticing."""
+    logs = podman("logs", container, check=False)
+    if "encoding processes could not start" in logs:
+        raise SystemExit(f"the node's encoding processes could not start:\n{logs[-3000:]}")
+    table = podman("top", container, "pid", "args")
+    forked = sum("forkserver" in line for line in table.splitlines()) - 1
+    if forked < 1:
+        raise SystemExit(f"no encoding process in the node's container:\n{table}")
+    return forked
+
+
+def _stop(container: str) -> tuple[float, str]:
+    """Stop ``container`` as its orchestrator would (SIGTERM, then SIGKILL after
+    :data:`STOP_GRACE_S`): the seconds it took and the node's exit code."""
+    started = time.monotonic()
+    podman("stop", "-t", str(STOP_GRACE_S), container)
+    took = time.monotonic() - started
+    return took, podman("inspect", "--format", "{{.State.ExitCode}}", container).strip()
 
 
 def pilot_test() -> None:
