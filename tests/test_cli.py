@@ -153,8 +153,8 @@ def test_import_video_writes_dicom_and_reports_refusals(tmp_path: Path) -> None:
 
 
 def test_demo_pushes_an_exam_through_the_node(tmp_path: Path) -> None:
-    # The embedded defaults but for the dropout passes: 40 passes of three networks on every
-    # segmented frame are most of the demo's minute and a half, and test no more than 4 do.
+    # The embedded defaults but for the dropout passes: the test needs no more than 4 of the
+    # default 10 passes of three networks on each segmented frame.
     config = tmp_path / "lus-pacs.toml"
     config.write_text("[segmentation]\nmc_samples = 4\n")
     result = run_cli("demo", "--out", str(tmp_path / "demo"), "--config", str(config))
