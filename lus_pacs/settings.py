@@ -238,8 +238,11 @@ class Settings(BaseModel):
     of their own it does not. On bench/realtime.py's exam on two cores, alternate runs: real-time
     factor 0.48-0.59 with two, 0.53-0.66 with none (two faster in each of eleven rounds, by
     1.03-1.17x); one process gave 0.51-0.65 (mean 0.58 against 0.53 for two in the same four
-    rounds: the workers often finish a cine at once). The processes hold about 0.2 GB together
-    (a node's peak on those six cines 0.86 GB -> 1.06 GB, counting shared pages once)."""
+    rounds: the workers often finish a cine at once). Since segmentation costs a third less
+    (its networks arranged for the dropout passes) they gain less: 0.42-0.48 with two, 0.44-0.48
+    with none, two faster in seven of eight pairs (0.94-1.09x). The processes hold about 0.2 GB
+    together (a node's peak on those six cines 0.86 GB -> 1.06 GB, counting shared pages
+    once)."""
     output_kinds: tuple[OutputKind, ...] = (
         OutputKind.SR,
         OutputKind.KOS,
