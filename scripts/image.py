@@ -66,6 +66,20 @@ OBJECTS_PER_CINE = 5
 """SR, KOS, LABELMAP SEG, BINARY SEG and colour presentation state of a lung cine."""
 
 
+def node_log(container: str) -> str:
+    """What the node in ``container`` wrote, standard output and standard error together in
+    order (``podman logs`` gives a container's standard error on its own; the node logs
+    there)."""
+    result = subprocess.run(
+        ["podman", "logs", container],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=_env(),
+        check=False,
+    )
+    return result.stdout.decode(errors="replace")
+
+
 def _env() -> dict[str, str]:
     """The environment with the project's containers.conf, unless one is set already."""
     env = dict(os.environ)
@@ -265,9 +279,9 @@ def _wait(predicate: object, timeout: float, what: str, container: str) -> None:
         if predicate():
             return
         if podman("inspect", "--format", "{{.State.Running}}", container).strip() != "true":
-            raise SystemExit(f"the node's container stopped:\n{podman('logs', container)[-3000:]}")
+            raise SystemExit(f"the node's container stopped:\n{node_log(container)[-3000:]}")
         time.sleep(2.0)
-    logs = podman("logs", container, check=False)[-3000:]
+    logs = node_log(container)[-3000:]
     raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}; node log:\n{logs}")
 
 
@@ -343,7 +357,7 @@ def image_test(tag: str) -> None:
                 encoding = _encoding_processes(name)
                 stop_s, code = _stop(name)
                 if code != "0" or stop_s > STOP_GRACE_S / 2:
-                    logs = podman("logs", name, check=False)[-3000:]
+                    logs = node_log(name)[-3000:]
                     raise SystemExit(
                         f"the node exited with {code} {stop_s:.0f} s after SIGTERM:\n{logs}"
                     )
@@ -370,7 +384,7 @@ def _encoding_processes(container: str) -> int:
     """How many of the node's encoding processes run in ``container`` (the server they are forked
     from not counted); none, or a log line saying they could not start, fails the test: the
     workers would make the objects themselves, slower, without anyone noticing."""
-    logs = podman("logs", container, check=False)
+    logs = node_log(container)
     if "encoding processes could not start" in logs:
         raise SystemExit(f"the node's encoding processes could not start:\n{logs[-3000:]}")
     table = podman("top", container, "pid", "args")

@@ -408,13 +408,14 @@ class NearestUpConvolution(nn.Module):
             rows = [(p + d) // scale for d in (-1, 0, 1)]
             for q in range(scale):
                 cols = [(q + d) // scale for d in (-1, 0, 1)]
-                kernel = torch.zeros(
+                kernel = taps.new_zeros(
                     *taps.shape[:2], max(rows) - min(rows) + 1, max(cols) - min(cols) + 1
                 )
                 for i, row in enumerate(rows):
                     for j, col in enumerate(cols):
                         kernel[:, :, row - min(rows), col - min(cols)] += taps[:, :, i, j]
-                self.register_buffer(f"phase_{p}_{q}", kernel)
+                # not in a state dict: made from the weights, which the bundle holds
+                self.register_buffer(f"phase_{p}_{q}", kernel, persistent=False)
                 self.windows.append((min(rows), min(cols), *kernel.shape[-2:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -490,12 +491,12 @@ class PaperUNetPasses(nn.Module):
 class UNetPlusPlusPasses(nn.Module):
     """A trained :class:`UNetPlusPlus` arranged for many dropout passes over the same frames
     (the same logits within float rounding): each decoder node reads the nodes to its left,
-    which :meth:`encode` gives and which are the same in every pass, and the upsampled node
-    below; :meth:`encode` computes once the part of the node's first convolution and of its
-    shortcut that reads the nodes to the left (most of their input channels: 64 of 80 at the
-    top), :meth:`decode` adds the part that reads the node below. A pass of the decoder costs
-    about half as much. Made from the weights as they are: arrange the network again after
-    training it further."""
+    which the network's own ``encode`` gives and which are the same in every pass, and the
+    upsampled node below; :meth:`encode` computes once the part of the node's first
+    convolution and of its shortcut that reads the nodes to the left (most of their input
+    channels: 64 of 80 at the top), :meth:`decode` adds the part that reads the node below. A
+    pass of the decoder costs about half as much. Made from the weights as they are: arrange
+    the network again after training it further."""
 
     def __init__(self, network: UNetPlusPlus) -> None:
         super().__init__()
@@ -541,7 +542,7 @@ def _first_convolution(node: ResidualUnit) -> nn.Conv2d:
 
 def _shortcut(node: ResidualUnit) -> nn.Conv2d:
     if not isinstance(node.residual, nn.Conv2d):
-        raise TypeError("A decoder node of U-Net++ reads more channels than it gives.")
+        raise TypeError("A decoder node of U-Net++ has no projecting convolution as shortcut.")
     return node.residual
 
 
@@ -550,6 +551,8 @@ def _convolution_part(
 ) -> torch.Tensor:
     """``convolution`` applied to ``x`` as if ``x`` were its input's ``channels`` and the rest
     zero: summed over a split of the channels, the whole convolution (the bias taken once)."""
+    if convolution.groups != 1 or convolution.padding_mode != "zeros":
+        raise TypeError("Only an ungrouped, zero-padded convolution splits over its channels.")
     return conv2d(
         x,
         convolution.weight[:, channels],

@@ -11,9 +11,12 @@ from lus_pacs.families.segmentation.network import (
     SEGMENTATION_NETWORKS,
     NearestUpConvolution,
     PaperUNet,
+    PaperUNetPasses,
     SegmentationEnsemble,
+    UNetPlusPlusPasses,
     arranged_for_passes,
     enable_mc_dropout,
+    ensemble_parts,
     mc_dropout_predict,
     monte_carlo,
     split,
@@ -200,3 +203,14 @@ def test_the_arrangement_for_dropout_passes_gives_the_networks_logits(name: str)
         logits = arranged.decode(fixed, x.shape[-2:])
     torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
     assert arranged.dropout is split(network).dropout
+
+
+def test_the_ensemble_parts_run_the_arranged_networks() -> None:
+    members = [_network(name).eval() for name in NAMES]
+    trunk, tail = ensemble_parts(members, torch.zeros(1, 1, 60, 80))
+    kinds = [type(m) for m in trunk.members]
+    assert kinds == [type(m) for m in tail.members]
+    assert PaperUNetPasses in kinds
+    assert UNetPlusPlusPasses in kinds
+    # the arrangement's kernels are made from the weights, not saved beside them
+    assert not any("phase" in key for key in trunk.state_dict())
