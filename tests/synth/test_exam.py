@@ -99,6 +99,7 @@ def test_masks_line_up_with_drawn_structures(synth_exams: Path) -> None:
         frames = _grey(dicom, step=10)  # the frames compared below
         masks = np.load(dicom.with_name(truth["mask_file"]))["masks"]
         assert masks.shape == (truth["n_frames"], *frames.shape[1:])
+        assert pydicom.dcmread(dicom, stop_before_pixels=True).NumberOfFrames == len(masks)
         r = truth["region"]
         outside = np.ones(masks.shape[1:], bool)
         outside[r["y0"] : r["y1"], r["x0"] : r["x1"]] = False

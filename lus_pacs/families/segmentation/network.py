@@ -476,8 +476,8 @@ class PaperUNetPasses(nn.Module):
         terms = []
         for block, skip in zip(self.unet.decoder, reversed(skips), strict=True):
             first = self._first(block)
-            weight = first.weight[:, self._below(block) :]
-            terms.append(conv2d(skip, weight, first.bias, padding=1))
+            behind = slice(self._below(block), first.in_channels)
+            terms.append(_convolution_part(first, skip, behind, bias=True))
         return [*terms, latent]
 
     def decode(self, features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
