@@ -27,8 +27,11 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+# The suite on TEST_WORKERS processes (CI has two cores), each test file whole on one worker, so
+# a module's fixtures are made once; `TEST_WORKERS=0` runs it in this process.
+TEST_WORKERS ?= 2
 test: lint
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
