@@ -53,6 +53,53 @@ def measured_pocus(
     return data, cache
 
 
+def write_cine(path: Path, frames: Any, syntax: str, **kwargs: Any) -> Path:
+    """``frames`` written as a US Multi-frame cine of a one-cine test study (``syntax`` a
+    :class:`~lus_pacs.imaging.writer.CineSyntax` value); ``kwargs`` go to ``write_us_cine``
+    (``regions``, ``jpeg_quality``)."""
+    import datetime as dt
+
+    import pydicom
+
+    from lus_pacs.imaging.writer import (
+        CineInstance,
+        CineSyntax,
+        Equipment,
+        StudyIdentity,
+        write_us_cine,
+    )
+
+    study = StudyIdentity(
+        patient_id="P1",
+        patient_name="Test^Patient",
+        study_instance_uid=pydicom.uid.generate_uid(),
+        study_date=dt.date(2026, 1, 1),
+        study_time=dt.time(9, 0),
+        study_id="1",
+        accession_number="A1",
+    )
+    instance = CineInstance(
+        series_instance_uid=pydicom.uid.generate_uid(),
+        series_number=1,
+        series_description="Lung L3",
+        sop_instance_uid=pydicom.uid.generate_uid(),
+        instance_number=1,
+        fps=25.0,
+        acquisition_datetime=dt.datetime(2026, 1, 1, 9, 0),
+    )
+    equipment = Equipment("test", "test", "1", "1")
+    write_us_cine(
+        path,
+        frames,
+        study=study,
+        instance=instance,
+        equipment=equipment,
+        syntax=CineSyntax(syntax),
+        **kwargs,
+    )
+    return path
+
+
 def chosen_frames(record: dict[str, Any]) -> set[int]:
     """Every frame a cine's record presents as chosen: key frames, the B-line and severity key
     frames, the segmented frames."""

@@ -3,6 +3,7 @@ model's measured path on a cine."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -231,3 +232,58 @@ def test_the_lung_view_is_made_once_per_cine_and_read_only(
     assert lung_features.cine_view(cine) is view
     assert not view.frames.flags.writeable
     np.testing.assert_array_equal(view.frames, real(cine).frames)
+
+
+def test_a_declared_region_with_black_margins_is_measured_as_the_tissue_inside_it(
+    synth_exams: Path, tmp_path: Path
+) -> None:
+    """A scanner may declare a rectangle wider than its sector: the measurements (which the
+    heads were fitted on with regions found from the pixels) must not move with the margin."""
+    from lus_pacs.domain import RegionSource
+    from lus_pacs.imaging.writer import UltrasoundRegion
+    from lus_pacs.inference.lung_features import clip_features, frame_features, lung_view
+    from tests.tools import write_cine
+
+    tissue = read_cine(sorted(synth_exams.glob("*/*.dcm"))[0]).tissue()
+    n, rows, cols = tissue.shape
+    margin_y, margin_x = rows // 4, cols // 4
+    padded = np.zeros((n, rows + 2 * margin_y, cols + 2 * margin_x), np.uint8)
+    padded[:, margin_y : margin_y + rows, margin_x : margin_x + cols] = tissue
+    declared = UltrasoundRegion(0, 0, padded.shape[2] - 1, padded.shape[1] - 1, 0.02, 0.02)
+    found_only = read_cine(write_cine(tmp_path / "found.dcm", tissue, "rle"))
+    wide = read_cine(write_cine(tmp_path / "wide.dcm", padded, "rle", regions=[declared]))
+    assert found_only.region.source is RegionSource.IMAGE
+    assert wide.region.source is RegionSource.DICOM
+    assert wide.region.width == padded.shape[2]
+    assert wide.found_region is not None
+
+    def measured(cine: Cine) -> np.ndarray:
+        view = lung_view(cine)
+        return clip_features(view, frame_features(view))
+
+    expected = measured(found_only)
+    np.testing.assert_allclose(measured(wide), expected, atol=1e-4)
+    # The declared rectangle as it is would have moved them: what the narrowing is for.
+    as_declared = measured(dataclasses.replace(wide, found_region=None))
+    assert np.abs(as_declared - expected).max() > 0.05
+
+
+def test_the_view_keeps_a_found_region_and_a_declared_one_with_little_tissue_in_it() -> None:
+    from lus_pacs.domain import FrameTiming, Region, RegionSource, SourceRef
+    from lus_pacs.inference.lung_features import view_region
+
+    def cine(region: Region, found: Region | None) -> Cine:
+        frames = np.zeros((2, 100, 200), np.uint8)
+        timing = FrameTiming(fps=None, source="none")
+        ref = SourceRef("1.2", "1.2.840.10008.5.1.4.1.1.3.1", "1.3", "1.4", "P", None)
+        return Cine(frames, timing, region, ref, found_region=found)
+
+    declared = Region(0, 0, 200, 100, RegionSource.DICOM, 0.02, 0.03)
+    sector = Region(50, 10, 150, 90, RegionSource.IMAGE)
+    narrowed = view_region(cine(declared, sector))
+    assert (narrowed.x0, narrowed.y0, narrowed.x1, narrowed.y1) == (50, 10, 150, 90)
+    assert narrowed.cm_per_pixel_y == 0.03  # the file's calibration stays
+    # A moving marker a tenth of the region wide is not the scan: the file's region stays.
+    assert view_region(cine(declared, Region(90, 10, 110, 90, RegionSource.IMAGE))) == declared
+    assert view_region(cine(sector, Region(60, 20, 120, 80, RegionSource.IMAGE))) == sector
+    assert view_region(cine(declared, None)) == declared

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +15,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from lus_pacs.domain import RegionSource
 from lus_pacs.errors import UnreadableImageError
 from lus_pacs.imaging.decode import decode_dataset, read_cine, read_header
-from lus_pacs.imaging.writer import (
-    CineInstance,
-    CineSyntax,
-    Equipment,
-    StudyIdentity,
-    UltrasoundRegion,
-    write_us_cine,
-)
+from lus_pacs.imaging.writer import CineSyntax, UltrasoundRegion
+from tests.tools import write_cine
 
 _US_CLASSES = ("1.2.840.10008.5.1.4.1.1.6", "1.2.840.10008.5.1.4.1.1.3")
 
@@ -143,41 +136,6 @@ def test_the_120_frame_jpeg_cine() -> None:
     assert cine.source.sop_instance_uid == pydicom.dcmread(path).SOPInstanceUID
 
 
-def _study() -> StudyIdentity:
-    return StudyIdentity(
-        patient_id="P1",
-        patient_name="Test^Patient",
-        study_instance_uid=pydicom.uid.generate_uid(),
-        study_date=dt.date(2026, 1, 1),
-        study_time=dt.time(9, 0),
-        study_id="1",
-        accession_number="A1",
-    )
-
-
-def _write(path: Path, frames: np.ndarray, syntax: CineSyntax, **kwargs: object) -> Path:
-    instance = CineInstance(
-        series_instance_uid=pydicom.uid.generate_uid(),
-        series_number=1,
-        series_description="Lung L3",
-        sop_instance_uid=pydicom.uid.generate_uid(),
-        instance_number=1,
-        fps=25.0,
-        acquisition_datetime=dt.datetime(2026, 1, 1, 9, 0),
-    )
-    equipment = Equipment("test", "test", "1", "1")
-    write_us_cine(
-        path,
-        frames,
-        study=_study(),
-        instance=instance,
-        equipment=equipment,
-        syntax=syntax,
-        **kwargs,  # type: ignore[arg-type]
-    )
-    return path
-
-
 @pytest.mark.parametrize("syntax", list(CineSyntax))
 @pytest.mark.parametrize("colour", [False, True])
 def test_our_own_files_round_trip(tmp_path: Path, syntax: CineSyntax, colour: bool) -> None:
@@ -189,7 +147,7 @@ def test_our_own_files_round_trip(tmp_path: Path, syntax: CineSyntax, colour: bo
         frames = frames.copy()
         frames[..., 0] = np.clip(frames[..., 0].astype(int) + rng.integers(0, 30), 0, 255)
     region = UltrasoundRegion(4, 3, 59, 44, 0.02, 0.02)
-    path = _write(tmp_path / "c.dcm", frames, syntax, regions=[region])
+    path = write_cine(tmp_path / "c.dcm", frames, syntax, regions=[region])
     cine = read_cine(path)
     expected = (
         np.rint(frames.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
@@ -315,7 +273,7 @@ def _textured(n: int = 4, size: int = 64) -> np.ndarray:
 
 
 def _jpeg_frames(tmp_path: Path, frames: np.ndarray) -> tuple[Dataset, list[bytes]]:
-    ds = pydicom.dcmread(_write(tmp_path / "j.dcm", frames, CineSyntax.JPEG))
+    ds = pydicom.dcmread(write_cine(tmp_path / "j.dcm", frames, CineSyntax.JPEG))
     return ds, list(generate_frames(ds.PixelData, number_of_frames=len(frames)))
 
 
