@@ -28,7 +28,7 @@ def _shipped_us_files() -> list[Path]:
         Path(str(get_testdata_file("color3d_jpeg_baseline.dcm"))).parent,
     }
     found = []
-    for folder in folders:
+    for folder in sorted(folders):
         for path in sorted(folder.rglob("*.dcm")):
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
