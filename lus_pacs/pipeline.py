@@ -424,14 +424,25 @@ class Encoder:
     A process that dies (the out-of-memory killer) takes the others' calls down with it (the
     standard library's pool ends them all): the pool is replaced once per death and each cine
     in flight is encoded again, up to :data:`ATTEMPTS` times, after which it fails at its
-    ``encode`` stage (``lus-pacs retry`` tries it again).
+    ``encode`` stage (``lus-pacs retry`` tries it again). A cine whose objects are not made
+    within :attr:`encode_s` fails at its ``encode`` stage at once, and the pool's processes
+    are killed and replaced (a process stuck in a loop would otherwise hold its worker for
+    good); the other cines in flight are encoded again.
     """
 
     ATTEMPTS = 3
     START_S = 60.0
     """How long the processes may take to start and import what they need."""
+    ENCODE_S = 300.0
+    """How long one cine's objects may take by default (a cine takes 0.1-0.5 s; one of 1000
+    frames a few seconds)."""
+    CLOSE_S = 10.0
+    """How long :meth:`close` waits for the processes to finish what they make before it
+    kills them."""
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, encode_s: float = ENCODE_S) -> None:
+        self.encode_s = encode_s
+        """How long one cine's objects may take before its encoding is given up."""
         self._processes = processes
         self._lock = threading.Lock()
         self._closed = False
@@ -506,9 +517,20 @@ class Encoder:
                 future, generation = self._submit(
                     encode_and_write, findings, header, kinds, models_key, revision, out_dir
                 )
-                outputs, failed, memory = future.result()
+                outputs, failed, memory = future.result(timeout=self.encode_s)
             except _ClosedError:
                 raise StageError(name, "write", "the node is stopping") from None
+            except TimeoutError:
+                log.error(
+                    "%s: its result objects were not made within %.0f s; the encoding "
+                    "processes are replaced",
+                    name,
+                    self.encode_s,
+                )
+                self._replace(generation, kill=True)
+                raise StageError(
+                    name, "encode", f"its result objects were not made within {self.encode_s:.0f} s"
+                ) from None
             except (BrokenProcessPool, CancelledError):
                 log.error(
                     "%s: an encoding process died (attempt %d of %d)", name, attempt, self.ATTEMPTS
@@ -531,9 +553,11 @@ class Encoder:
                 self._renew()
                 return self._pool.submit(function, *args), self._generation
 
-    def _replace(self, broken: int) -> None:
+    def _replace(self, broken: int, kill: bool = False) -> None:
         with self._lock:
             if self._generation == broken and not self._closed:
+                if kill:
+                    _kill(_processes_of(self._pool))
                 self._renew()
 
     def _renew(self) -> None:
@@ -547,11 +571,40 @@ class Encoder:
             self._peaks[pid] = max(peak, self._peaks.get(pid, 0))
 
     def close(self, wait: bool = True) -> None:
-        """No more cines; with ``wait``, until the processes have ended."""
+        """No more cines; with ``wait``, until the processes have ended: those still making
+        objects after :data:`CLOSE_S` are killed (their cines wait in the queue)."""
         with self._lock:
             self._closed = True
             pool = self._pool
-        pool.shutdown(wait=wait, cancel_futures=True)
+        processes = _processes_of(pool)
+        pool.shutdown(wait=False, cancel_futures=True)
+        if not wait:
+            return
+        deadline = time.monotonic() + self.CLOSE_S
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        left = [p for p in processes if p.is_alive()]
+        if left:
+            log.warning(
+                "%d encoding process(es) still busy after %.0f s are killed",
+                len(left),
+                self.CLOSE_S,
+            )
+            _kill(left)
+
+
+def _processes_of(pool: ProcessPoolExecutor) -> list[multiprocessing.process.BaseProcess]:
+    """The pool's worker processes (the standard library keeps them by pid; none yet before
+    its first call)."""
+    return list((pool._processes or {}).values())
+
+
+def _kill(processes: Sequence[multiprocessing.process.BaseProcess]) -> None:
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    for process in processes:
+        process.join(5.0)
 
 
 class _ClosedError(Exception):

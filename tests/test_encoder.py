@@ -94,6 +94,15 @@ def test_the_processes_make_and_write_what_the_worker_makes(
     assert encoder.peak_bytes > 50e6
 
 
+def _gone(pids: set[int], within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while any(Path(f"/proc/{pid}").exists() for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def test_a_process_that_died_is_replaced_and_the_next_cine_is_encoded(
     tmp_path: Path, synth_exams: Path, node_models: tuple[Settings, Models], encoder: Encoder
 ) -> None:
@@ -102,10 +111,7 @@ def test_a_process_that_died_is_replaced_and_the_next_cine_is_encoded(
     process_file(first, models, settings, tmp_path, encoder=encoder)
     for pid in encoder.pids:  # as the out-of-memory killer would
         os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in encoder.pids):
-        assert time.monotonic() < deadline, "the killed processes are still there"
-        time.sleep(0.05)
+    assert _gone(set(encoder.pids), 10), "the killed processes are still there"
     record, outputs = process_file(second, models, settings, tmp_path, encoder=encoder)
     assert {o.kind for o in outputs} >= {"sr", "kos"}
     assert all(o.path.exists() for o in outputs)
@@ -121,6 +127,19 @@ class _KillsItsReader:
         return os._exit, (9,)
 
 
+def _poison_headers(monkeypatch: pytest.MonkeyPatch, payload: object) -> None:
+    """Every header the pipeline reads carries ``payload``, which is pickled with it into the
+    encoding process and does what it does there when unpickled."""
+    read_header = pipeline.read_header
+
+    def poisoned(path: Path) -> tuple[pydicom.Dataset, object]:
+        header, in_file = read_header(path)
+        header._poison = payload
+        return header, in_file
+
+    monkeypatch.setattr(pipeline, "read_header", poisoned)
+
+
 def test_a_cine_that_kills_its_process_fails_at_encode_and_the_next_is_encoded(
     tmp_path: Path,
     synth_exams: Path,
@@ -130,14 +149,7 @@ def test_a_cine_that_kills_its_process_fails_at_encode_and_the_next_is_encoded(
 ) -> None:
     settings, models = node_models
     first, second = _cines(synth_exams)[:2]
-    read_header = pipeline.read_header
-
-    def poisoned(path: Path) -> tuple[pydicom.Dataset, object]:
-        header, in_file = read_header(path)
-        header._kills_its_reader = _KillsItsReader()  # pickled with the header
-        return header, in_file
-
-    monkeypatch.setattr(pipeline, "read_header", poisoned)
+    _poison_headers(monkeypatch, _KillsItsReader())
     with pytest.raises(StageError) as failed:
         process_file(first, models, settings, tmp_path, encoder=encoder)
     assert failed.value.stage == "encode"
@@ -146,6 +158,58 @@ def test_a_cine_that_kills_its_process_fails_at_encode_and_the_next_is_encoded(
     record, outputs = process_file(second, models, settings, tmp_path, encoder=encoder)
     assert {o.kind for o in outputs} >= {"sr", "kos"}
     assert not record.outputs_failed
+
+
+class _HoldsItsReader:
+    """Unpickled in an encoding process, it holds that process for ten minutes: a cine whose
+    encoding never ends."""
+
+    def __reduce__(self) -> tuple[object, tuple[float]]:
+        return time.sleep, (600.0,)
+
+
+def test_a_cine_whose_encoding_never_ends_fails_at_encode_and_the_next_is_encoded(
+    tmp_path: Path,
+    synth_exams: Path,
+    node_models: tuple[Settings, Models],
+    encoder: Encoder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings, models = node_models
+    first, second = _cines(synth_exams)[:2]
+    _poison_headers(monkeypatch, _HoldsItsReader())
+    encoder.encode_s = 3.0
+    stuck = set(encoder.pids)
+    started = time.monotonic()
+    with pytest.raises(StageError) as failed:
+        process_file(first, models, settings, tmp_path, encoder=encoder)
+    assert time.monotonic() - started < 60  # the analysis, then 3 s: not the ten minutes
+    assert failed.value.stage == "encode"
+    assert "not made within 3 s" in failed.value.reason
+    assert _gone(stuck, 10), "the stuck processes are still there"
+    monkeypatch.undo()
+    encoder.encode_s = Encoder.ENCODE_S
+    record, outputs = process_file(second, models, settings, tmp_path, encoder=encoder)
+    assert {o.kind for o in outputs} >= {"sr", "kos"}
+    assert not record.outputs_failed
+    assert set(encoder.pids) - stuck  # new processes answered
+
+
+def test_closing_kills_a_process_that_does_not_finish() -> None:
+    encoder = Encoder(1)
+    encoder.start()
+    encoder.CLOSE_S = 1.0
+    busy = set(encoder.pids)
+    future, _ = encoder._submit(time.sleep, 600.0)
+    deadline = time.monotonic() + 10
+    while not future.running():
+        assert time.monotonic() < deadline, "the call never started"
+        time.sleep(0.05)
+    started = time.monotonic()
+    encoder.close()
+    assert time.monotonic() - started < 8
+    assert _gone(busy, 5), "the busy process is still there"
+    assert future.exception(timeout=10) is not None
 
 
 def test_writing_and_stopping_fail_as_the_disk_does_not_as_the_cine(
