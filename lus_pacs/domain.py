@@ -118,9 +118,10 @@ class Cine:
     """Frames (1-based) the decoder read only in part, with what it said: named in the record,
     never chosen as a key, severity or segmented frame."""
     found_region: Region | None = None
-    """The tissue region found from the pixels (moving tissue, ``RegionSource.IMAGE``), also
-    where ``region`` is the file's declared one: a declared rectangle may hold black margins
-    around the scan area; None when nothing was found or the cine was not decoded from pixels."""
+    """The moving tissue's region found from the pixels (``RegionSource.IMAGE``), also where
+    ``region`` is the file's declared one: a declared rectangle may hold black margins around
+    the scan area. None for a cine that does not move (a single frame gives no evidence of where
+    the tissue is) and one not decoded from a file."""
 
     def __post_init__(self) -> None:
         if self.frames.ndim != 3 or self.frames.dtype != np.uint8:

@@ -34,7 +34,7 @@ from pydicom.pixels import apply_color_lut, get_decoder, iter_pixels
 from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit
 
 from lus_pacs.dicom_vocabulary import IMAGE_SOP_CLASSES, MULTI_FRAME_CLASSES
-from lus_pacs.domain import Cine, GreyFrames, RegionSource, SourceRef
+from lus_pacs.domain import Cine, GreyFrames, SourceRef
 from lus_pacs.errors import UnreadableImageError, describe
 from lus_pacs.imaging.metadata import frame_timing, lung_zone, ultrasound_region
 from lus_pacs.imaging.region import find_tissue_region
@@ -191,10 +191,11 @@ def decode_dataset(
     # regions are declared: a region's rectangle around a sector still holds scale marks and
     # markers. It costs 10-30 ms a cine.
     usable = [i for i in range(len(frames)) if i + 1 not in damaged] if damaged else None
-    found, overlay = find_tissue_region(frames, usable)
+    found = find_tissue_region(frames, usable)
+    overlay = found.overlay
     if region is None:
-        region = found
-    from_pixels = found if found.source is RegionSource.IMAGE else None
+        region = found.region
+    moving = found.region if found.moving else None
     source = SourceRef(
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
         sop_class_uid=sop_class,
@@ -204,9 +205,7 @@ def decode_dataset(
         zone=lung_zone(ds, zone_rules),
         path=path,
     )
-    return Cine(
-        frames, frame_timing(ds), region, source, overlay, damaged, found_region=from_pixels
-    )
+    return Cine(frames, frame_timing(ds), region, source, overlay, damaged, found_region=moving)
 
 
 def luminance(

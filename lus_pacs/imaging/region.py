@@ -10,6 +10,7 @@ bright pixels around the tissue are paper 004's static mask, found instead of dr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -36,9 +37,19 @@ PART_FRACTION = 0.10
 (an anechoic band can split the scan area in two)."""
 
 
+class FoundTissue(NamedTuple):
+    """What :func:`find_tissue_region` found."""
+
+    region: Region
+    overlay: npt.NDArray[np.bool_]
+    moving: bool
+    """Whether the region is the tissue seen moving; False for the largest non-black area of
+    a cine that does not move (a single frame), and for the whole image."""
+
+
 def find_tissue_region(
     frames: GreyFrames, usable: Sequence[int] | npt.NDArray[np.intp] | None = None
-) -> tuple[Region, npt.NDArray[np.bool_]]:
+) -> FoundTissue:
     """Find the tissue region and the burned-in overlay of a cine from its pixels.
 
     The region is the bounding box of the tissue: pixels whose grey level changes by more than
@@ -93,13 +104,13 @@ def find_tissue_region(
         tissue = live | _touching(_clean(span > STATIC_RANGE, speck, gap), live)
         # Tissue near the probe can be as still as text; inside the tissue it is tissue.
         overlay = (span <= STATIC_RANGE) & (darkest >= BRIGHT_LEVEL) & ~tissue
-        return _region(tissue, RegionSource.IMAGE), overlay
+        return FoundTissue(_region(tissue, RegionSource.IMAGE), overlay, moving=True)
     no_overlay = np.zeros((rows, cols), np.bool_)
     # The wider opening detaches text and scale marks drawn against the scan area.
     blob = _largest_parts(_clean(brightest > BLACK_LEVEL, gap, gap), min_area)
     if blob is None or blob.all():
-        return Region(0, 0, cols, rows, RegionSource.WHOLE), no_overlay
-    return _region(blob, RegionSource.IMAGE), no_overlay
+        return FoundTissue(Region(0, 0, cols, rows, RegionSource.WHOLE), no_overlay, moving=False)
+    return FoundTissue(_region(blob, RegionSource.IMAGE), no_overlay, moving=False)
 
 
 def _disc(diameter: int) -> npt.NDArray[np.uint8]:

@@ -241,7 +241,12 @@ def test_a_declared_region_with_black_margins_is_measured_as_the_tissue_inside_i
     heads were fitted on with regions found from the pixels) must not move with the margin."""
     from lus_pacs.domain import RegionSource
     from lus_pacs.imaging.writer import UltrasoundRegion
-    from lus_pacs.inference.lung_features import clip_features, frame_features, lung_view
+    from lus_pacs.inference.lung_features import (
+        clip_features,
+        frame_features,
+        lung_view,
+        view_region,
+    )
     from tests.tools import write_cine
 
     tissue = read_cine(sorted(synth_exams.glob("*/*.dcm"))[0]).tissue()
@@ -266,6 +271,10 @@ def test_a_declared_region_with_black_margins_is_measured_as_the_tissue_inside_i
     # The declared rectangle as it is would have moved them: what the narrowing is for.
     as_declared = measured(dataclasses.replace(wide, found_region=None))
     assert np.abs(as_declared - expected).max() > 0.05
+    # One frame shows no moving tissue: the file's region is all there is to go by.
+    still = read_cine(write_cine(tmp_path / "still.dcm", padded[:1], "rle", regions=[declared]))
+    assert still.found_region is None
+    assert view_region(still) == still.region
 
 
 def test_the_view_keeps_a_found_region_and_a_declared_one_with_little_tissue_in_it() -> None:

@@ -40,8 +40,9 @@ def _iou(a: Box, b: Box) -> float:
     return inter / (area - inter)
 
 
-def _box(frames: np.ndarray) -> tuple[Box, RegionSource, np.ndarray]:
-    region, overlay = find_tissue_region(frames)
+def _box(frames: np.ndarray, moving: bool) -> tuple[Box, RegionSource, np.ndarray]:
+    region, overlay, seen_moving = find_tissue_region(frames)
+    assert seen_moving is moving
     assert region.cm_per_pixel_x is None
     assert region.cm_per_pixel_y is None
     assert overlay.shape == frames.shape[1:]
@@ -80,14 +81,14 @@ def simulated(
 
 def test_region_matches_the_declared_one(simulated: list[Simulated]) -> None:
     for cine in simulated:
-        box, source, _ = _box(cine.grey)
+        box, source, _ = _box(cine.grey, moving=True)
         assert source is RegionSource.IMAGE
         assert _iou(box, cine.region) > 0.9, (box, cine.region)
 
 
 def test_overlay_mask_is_the_burned_in_text(simulated: list[Simulated]) -> None:
     for cine in simulated:
-        _, _, overlay = _box(cine.grey)
+        _, _, overlay = _box(cine.grey, moving=True)
         x0, y0, x1, y1 = cine.region
         outside = np.ones_like(overlay)
         outside[y0:y1, x0:x1] = False
@@ -100,7 +101,7 @@ def test_overlay_mask_is_the_burned_in_text(simulated: list[Simulated]) -> None:
 
 def test_single_frame_gives_the_bright_sector(simulated: list[Simulated]) -> None:
     for cine in simulated:
-        box, source, overlay = _box(cine.grey[:1])
+        box, source, overlay = _box(cine.grey[:1], moving=False)
         assert source is RegionSource.IMAGE
         assert _iou(box, cine.region) > 0.9, (box, cine.region)
         assert not overlay.any()  # one frame cannot tell text from tissue
@@ -108,7 +109,7 @@ def test_single_frame_gives_the_bright_sector(simulated: list[Simulated]) -> Non
 
 def test_frozen_loop_falls_back_to_the_bright_sector(simulated: list[Simulated]) -> None:
     cine = simulated[0]
-    box, source, overlay = _box(np.repeat(cine.grey[:1], 12, axis=0))
+    box, source, overlay = _box(np.repeat(cine.grey[:1], 12, axis=0), moving=False)
     assert source is RegionSource.IMAGE
     assert _iou(box, cine.region) > 0.9
     assert not overlay.any()
@@ -117,7 +118,7 @@ def test_frozen_loop_falls_back_to_the_bright_sector(simulated: list[Simulated])
 @pytest.mark.parametrize("level", [0, 128, 255])
 def test_blank_or_constant_cine_is_the_whole_image(level: int) -> None:
     frames = np.full((10, 48, 64), level, np.uint8)
-    box, source, overlay = _box(frames)
+    box, source, overlay = _box(frames, moving=False)
     assert source is RegionSource.WHOLE
     assert box == (0, 0, 64, 48)
     assert not overlay.any()
@@ -127,7 +128,7 @@ def test_small_moving_spot_is_not_a_region() -> None:
     rng = np.random.default_rng(0)
     frames = np.zeros((10, 100, 100), np.uint8)
     frames[:, 40:60, 40:60] = rng.integers(0, 255, (10, 20, 20), dtype=np.uint8)  # 4 % of it
-    _, source, _ = _box(frames)
+    _, source, _ = _box(frames, moving=False)
     assert source is RegionSource.WHOLE
 
 
@@ -177,7 +178,7 @@ def _on_a_screen(grey: np.ndarray, top: int, left: int) -> tuple[np.ndarray, np.
 def test_real_clip_region(pocus_dir: Path, name: str) -> None:
     grey = _grey(read_video(pocus_dir / "videos" / name).frames)
     _, rows, cols = grey.shape
-    box, source, overlay = _box(grey)
+    box, source, overlay = _box(grey, moving=True)
     assert source is RegionSource.IMAGE
     area = (box[2] - box[0]) * (box[3] - box[1])
     assert 0.15 * rows * cols <= area <= rows * cols
@@ -187,7 +188,7 @@ def test_real_clip_region(pocus_dir: Path, name: str) -> None:
     # The same clip as a scanner screen shows it: the region moves with it, the text is overlay.
     top, left = 80, 150
     screen, text = _on_a_screen(grey, top, left)
-    on_screen, source, overlay = _box(screen)
+    on_screen, source, overlay = _box(screen, moving=True)
     assert source is RegionSource.IMAGE
     shifted = (box[0] + left, box[1] + top, box[2] + left, box[3] + top)
     assert _iou(on_screen, shifted) > 0.9, (on_screen, shifted)
