@@ -514,7 +514,7 @@ class Encoder:
         for attempt in range(1, self.ATTEMPTS + 1):
             generation = -1  # none replaced when the submission itself failed
             try:
-                future, generation = self._submit(
+                future, generation, pool = self._submit(
                     encode_and_write, findings, header, kinds, models_key, revision, out_dir
                 )
                 outputs, failed, memory = future.result(timeout=self.encode_s)
@@ -527,7 +527,10 @@ class Encoder:
                     name,
                     self.encode_s,
                 )
-                self._replace(generation, kill=True)
+                # The pool it was given to: if another worker has replaced it since, it broke
+                # and the standard library has ended its processes already.
+                _kill(_processes_of(pool))
+                self._replace(generation)
                 raise StageError(
                     name, "encode", f"its result objects were not made within {self.encode_s:.0f} s"
                 ) from None
@@ -543,21 +546,22 @@ class Encoder:
             name, "encode", f"the processes making its result objects died {self.ATTEMPTS} times"
         )
 
-    def _submit(self, function: Callable[..., _T], *args: object) -> tuple[Future[_T], int]:
+    def _submit(
+        self, function: Callable[..., _T], *args: object
+    ) -> tuple[Future[_T], int, ProcessPoolExecutor]:
+        """The call's future, the generation and the pool it was given to."""
         with self._lock:
             if self._closed:
                 raise _ClosedError
             try:
-                return self._pool.submit(function, *args), self._generation
+                return self._pool.submit(function, *args), self._generation, self._pool
             except BrokenProcessPool:  # one died while idle: not this cine's doing
                 self._renew()
-                return self._pool.submit(function, *args), self._generation
+                return self._pool.submit(function, *args), self._generation, self._pool
 
-    def _replace(self, broken: int, kill: bool = False) -> None:
+    def _replace(self, broken: int) -> None:
         with self._lock:
             if self._generation == broken and not self._closed:
-                if kill:
-                    _kill(_processes_of(self._pool))
                 self._renew()
 
     def _renew(self) -> None:

@@ -200,7 +200,7 @@ def test_closing_kills_a_process_that_does_not_finish() -> None:
     encoder.start()
     encoder.CLOSE_S = 1.0
     busy = set(encoder.pids)
-    future, _ = encoder._submit(time.sleep, 600.0)
+    future, _, _ = encoder._submit(time.sleep, 600.0)
     deadline = time.monotonic() + 10
     while not future.running():
         assert time.monotonic() < deadline, "the call never started"
