@@ -127,39 +127,6 @@ class _KillsItsReader:
         return os._exit, (9,)
 
 
-def _poison_headers(monkeypatch: pytest.MonkeyPatch, payload: object) -> None:
-    """Every header the pipeline reads carries ``payload``, which is pickled with it into the
-    encoding process and does what it does there when unpickled."""
-    read_header = pipeline.read_header
-
-    def poisoned(path: Path) -> tuple[pydicom.Dataset, object]:
-        header, in_file = read_header(path)
-        header._poison = payload
-        return header, in_file
-
-    monkeypatch.setattr(pipeline, "read_header", poisoned)
-
-
-def test_a_cine_that_kills_its_process_fails_at_encode_and_the_next_is_encoded(
-    tmp_path: Path,
-    synth_exams: Path,
-    node_models: tuple[Settings, Models],
-    encoder: Encoder,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    settings, models = node_models
-    first, second = _cines(synth_exams)[:2]
-    _poison_headers(monkeypatch, _KillsItsReader())
-    with pytest.raises(StageError) as failed:
-        process_file(first, models, settings, tmp_path, encoder=encoder)
-    assert failed.value.stage == "encode"
-    assert "died 3 times" in failed.value.reason
-    monkeypatch.undo()
-    record, outputs = process_file(second, models, settings, tmp_path, encoder=encoder)
-    assert {o.kind for o in outputs} >= {"sr", "kos"}
-    assert not record.outputs_failed
-
-
 class _HoldsItsReader:
     """Unpickled in an encoding process, it holds that process for ten minutes: a cine whose
     encoding never ends."""
@@ -168,31 +135,45 @@ class _HoldsItsReader:
         return time.sleep, (600.0,)
 
 
-def test_a_cine_whose_encoding_never_ends_fails_at_encode_and_the_next_is_encoded(
+@pytest.mark.parametrize(
+    ("poison", "reason"),
+    [(_KillsItsReader(), "died 3 times"), (_HoldsItsReader(), "not made within 3 s")],
+    ids=["kills-its-process", "never-ends"],
+)
+def test_a_cine_whose_encoding_kills_or_holds_its_process_fails_and_the_next_is_encoded(
     tmp_path: Path,
     synth_exams: Path,
     node_models: tuple[Settings, Models],
     encoder: Encoder,
     monkeypatch: pytest.MonkeyPatch,
+    poison: object,
+    reason: str,
 ) -> None:
     settings, models = node_models
     first, second = _cines(synth_exams)[:2]
-    _poison_headers(monkeypatch, _HoldsItsReader())
+    read_header = pipeline.read_header
+
+    def poisoned(path: Path) -> tuple[pydicom.Dataset, object]:
+        header, in_file = read_header(path)
+        header._poison = poison  # pickled with the header, it acts when unpickled
+        return header, in_file
+
+    monkeypatch.setattr(pipeline, "read_header", poisoned)
     encoder.encode_s = 3.0
-    stuck = set(encoder.pids)
+    before = set(encoder.pids)
     started = time.monotonic()
     with pytest.raises(StageError) as failed:
         process_file(first, models, settings, tmp_path, encoder=encoder)
-    assert time.monotonic() - started < 60  # the analysis, then 3 s: not the ten minutes
+    assert time.monotonic() - started < 60  # the analysis, then seconds: not ten minutes
     assert failed.value.stage == "encode"
-    assert "not made within 3 s" in failed.value.reason
-    assert _gone(stuck, 10), "the stuck processes are still there"
+    assert reason in failed.value.reason
+    assert _gone(before, 10), "the processes it ended or held are still there"
     monkeypatch.undo()
     encoder.encode_s = Encoder.ENCODE_S
     record, outputs = process_file(second, models, settings, tmp_path, encoder=encoder)
     assert {o.kind for o in outputs} >= {"sr", "kos"}
     assert not record.outputs_failed
-    assert set(encoder.pids) - stuck  # new processes answered
+    assert set(encoder.pids) - before  # new processes answered
 
 
 def test_closing_kills_a_process_that_does_not_finish() -> None:

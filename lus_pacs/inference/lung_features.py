@@ -36,8 +36,9 @@ from lus_pacs.domain import Cine, Region, RegionSource
 
 FEATURE_VERSION = 2
 """Changes whenever a measurement changes: cached measurements of another version are redone.
-2: the view of a declared region is cut to the tissue found in it (:func:`view_region`); cines
-whose region was found from their pixels (every real clip measured so far) measure as in 1."""
+2: the view of a declared region is cut to the moving tissue found in it (:func:`view_region`);
+cines whose region was found from their pixels (every real clip measured so far) measure as in
+1."""
 VIEW_SIZE = (128, 128)
 """Rows (depth) and columns of the normalised view."""
 MAX_FRAMES = 32
