@@ -163,8 +163,8 @@ class Node:
                 "objects themselves",
                 describe(exc) or type(exc).__name__,
             )
-            if encoder is not None:
-                encoder.close(wait=False)
+            if encoder is not None:  # processes stuck in their start are killed
+                encoder.close()
             return
         self._encoder = encoder
 

@@ -513,6 +513,7 @@ class Encoder:
         """
         for attempt in range(1, self.ATTEMPTS + 1):
             generation = -1  # none replaced when the submission itself failed
+            future = None
             try:
                 future, generation, pool = self._submit(
                     encode_and_write, findings, header, kinds, models_key, revision, out_dir
@@ -521,6 +522,11 @@ class Encoder:
             except _ClosedError:
                 raise StageError(name, "write", "the node is stopping") from None
             except TimeoutError:
+                if future is not None and future.done():
+                    # The process's own: an OSError whose errno is ETIMEDOUT (a network share
+                    # that timed out while it wrote) is a TimeoutError too; the disk's, not
+                    # the cine's, like any other OSError.
+                    raise
                 log.error(
                     "%s: its result objects were not made within %.0f s; the encoding "
                     "processes are replaced",
@@ -535,6 +541,8 @@ class Encoder:
                     name, "encode", f"its result objects were not made within {self.encode_s:.0f} s"
                 ) from None
             except (BrokenProcessPool, CancelledError):
+                if self._closed:  # close() ended the processes: the cine waits in the queue
+                    raise StageError(name, "write", "the node is stopping") from None
                 log.error(
                     "%s: an encoding process died (attempt %d of %d)", name, attempt, self.ATTEMPTS
                 )

@@ -3,11 +3,13 @@ make are the ones a worker makes in its own thread, and one that dies is replace
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 
 from lus_pacs import pipeline
 from lus_pacs.errors import StageError
+from lus_pacs.node import Node
 from lus_pacs.pipeline import Encoder, Models, process_file
 from lus_pacs.settings import Settings
 from tests.node_process import processes_below
@@ -208,6 +211,109 @@ def test_writing_and_stopping_fail_as_the_disk_does_not_as_the_cine(
         process_file(cine, models, settings, tmp_path, encoder=encoder)
     assert stopping.value.stage == "write"
     assert "stopping" in stopping.value.reason
+
+
+def _times_out_writing(*args: object) -> object:
+    """In an encoding process, as a results folder on a network share that stops answering."""
+    raise OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT), "results/sr.dcm")
+
+
+def test_a_share_that_times_out_fails_the_write_not_the_cine_and_keeps_the_processes(
+    tmp_path: Path,
+    synth_exams: Path,
+    node_models: tuple[Settings, Models],
+    encoder: Encoder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # OSError(ETIMEDOUT) is a TimeoutError, the type the wait for the processes raises too
+    settings, models = node_models
+    cine = _cines(synth_exams)[0]
+    before = set(encoder.pids)
+    monkeypatch.setattr(pipeline, "encode_and_write", _times_out_writing)  # by name, in them
+    with pytest.raises(StageError) as failed:
+        process_file(cine, models, settings, tmp_path, encoder=encoder)
+    assert failed.value.stage == "write"  # queued again, as after a full disk
+    assert "timed out" in failed.value.reason
+    monkeypatch.undo()
+    process_file(cine, models, settings, tmp_path, encoder=encoder)
+    assert set(encoder.pids) == before  # none killed or replaced
+
+
+def test_a_cine_whose_process_close_kills_waits_in_the_queue_on_its_last_attempt(
+    tmp_path: Path,
+    synth_exams: Path,
+    node_models: tuple[Settings, Models],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings, models = node_models
+    read_header = pipeline.read_header
+
+    def holding(path: Path) -> tuple[pydicom.Dataset, object]:
+        header, in_file = read_header(path)
+        header._poison = _HoldsItsReader()
+        return header, in_file
+
+    monkeypatch.setattr(pipeline, "read_header", holding)
+    encoder = Encoder(1)
+    encoder.start()
+    encoder.ATTEMPTS = 1  # its earlier processes died: this is its last attempt
+    encoder.CLOSE_S = 0.5
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            process_file(_cines(synth_exams)[0], models, settings, tmp_path, encoder=encoder)
+        except BaseException as exc:
+            failures.append(exc)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not encoder._pool._pending_work_items:  # the analysis is done, the cine is given
+        assert worker.is_alive(), failures
+        assert time.monotonic() < deadline, "the cine was never given to the processes"
+        time.sleep(0.05)
+    encoder.close()
+    worker.join(30)
+    assert not worker.is_alive()
+    (failed,) = failures
+    assert isinstance(failed, StageError)
+    assert (failed.stage, failed.reason) == ("write", "the node is stopping")
+
+
+def _never_ready(pause_s: float) -> tuple[int, int]:
+    """In an encoding process, as one stuck in its start."""
+    time.sleep(600.0)
+    return os.getpid(), 0
+
+
+def test_a_node_whose_encoding_processes_do_not_start_ends_them_and_works_without(
+    tmp_path: Path, node_models: tuple[Settings, Models], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, models = node_models
+    stuck: list[int] = []
+    start = Encoder.start
+
+    def starting(encoder: Encoder) -> None:
+        try:
+            start(encoder)
+        finally:
+            stuck.extend(p.pid for p in pipeline._processes_of(encoder._pool) if p.pid)
+
+    monkeypatch.setattr(pipeline, "encoder_ready", _never_ready)  # by name, in them
+    monkeypatch.setattr(Encoder, "start", starting)
+    monkeypatch.setattr(Encoder, "START_S", 2.0)
+    monkeypatch.setattr(Encoder, "CLOSE_S", 0.5)
+    node = Node(Settings(data_dir=tmp_path, port=0, metrics_port=None, encoders=2), models)
+    node.start()
+    try:
+        assert len(stuck) == 2
+        assert node._encoder is None  # the workers make the result objects themselves
+        assert _gone(set(stuck), 10), "the processes stuck in their start are still there"
+        healthy, checks = node.health()
+        assert healthy, checks
+    finally:
+        node.stop()
 
 
 START_AND_WAIT = """

@@ -31,8 +31,10 @@ pytestmark = pytest.mark.skipif(
 
 NETWORK_TIMEOUT_S = 2.0
 """The node's network and ACSE timeouts in this run: idle peers are dropped within seconds."""
-SETTLE_S = NETWORK_TIMEOUT_S + 3.0
-"""How long after an attack the node must answer again, at most."""
+SETTLE_S = NETWORK_TIMEOUT_S + 10.0
+"""How long after an attack the node must answer again, at most (it drops idle peers after
+``NETWORK_TIMEOUT_S``; with 3 s more the node once still refused, 7 s after 40 idle
+connections, in a full suite run on two busy cores)."""
 
 
 def _association_request_head(length: int = 1000) -> bytes:
@@ -229,9 +231,11 @@ def test_the_node_answers_and_stores_after_each_attack(
 ) -> None:
     process, attacks = node
     run: Callable[[], None] = getattr(attacks, attack)
-    run()
-    wait_for(lambda: _answers(process.port), SETTLE_S, f"C-ECHO after {attack}")
-    attacks.close()
+    try:
+        run()
+        wait_for(lambda: _answers(process.port), SETTLE_S, f"C-ECHO after {attack}")
+    finally:  # the next attack does not meet this one's open connections
+        attacks.close()
     # The node counts a closed peer's association until its thread has seen the close: right
     # after closing sixteen, the next one from this address can still meet the per-peer limit.
     wait_for(lambda: _answers(process.port), SETTLE_S, f"C-ECHO after closing {attack}")
