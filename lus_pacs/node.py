@@ -11,6 +11,7 @@ outlives errors of the disk or the job store and resumes when the cause is gone.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import threading
@@ -18,12 +19,13 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import IO
 
 import pydicom
 
 from lus_pacs.domain import Instance, Job, JobState, OutputKind, Received
 from lus_pacs.durable import durable_file
-from lus_pacs.errors import ExportError, LusPacsError, StageError, describe
+from lus_pacs.errors import ConfigError, ExportError, LusPacsError, StageError, describe
 from lus_pacs.export.dimse import store as c_store
 from lus_pacs.export.stow import stow
 from lus_pacs.inference.threads import release_free_memory
@@ -63,6 +65,7 @@ class Node:
 
     def __init__(self, settings: Settings, models: Models | None = None) -> None:
         check_exposure(settings)  # before the models load: the fix is in the settings
+        self._store_lock = _hold_store(settings.store_path)  # before the store is opened
         self.settings = settings
         self.store = JobStore(settings.store_path)
         self.models = models if models is not None else Models.load(settings)
@@ -199,6 +202,7 @@ class Node:
         if self._encoder is not None:
             self._encoder.close()
         self.audit.close()
+        self._store_lock.close()
 
     def health(self) -> tuple[bool, dict[str, object]]:
         """Whether the node is working, and what was checked (``/healthz``): the listener is
@@ -241,7 +245,7 @@ class Node:
     def _process_loop(self) -> None:
         while not self._stop.is_set():
             self._put_back_held()
-            job = self.store.jobs.claim()
+            job = self.store.jobs.claim(self.models.key)
             if job is None:
                 self._wake.wait(_IDLE_S)
                 self._wake.clear()
@@ -493,3 +497,23 @@ def stored_pixels(path: Path) -> int:
         return max(frame, path.stat().st_size)
     except Exception:  # a damaged header: the cine's own failure, reported where it is read
         return 0
+
+
+def _hold_store(store_path: Path) -> IO[bytes]:
+    """An exclusive lock on the job store for as long as the node runs (the kernel drops it
+    when the process ends, however it ends). A second node started on the same store (an
+    operator checking, a service restart overlapping the old process) would put the first
+    one's cines in progress back in the queue (:meth:`~lus_pacs.queue.jobs.Jobs.recover`)
+    and make and send them twice; ``lus-pacs status`` and ``retry`` need no lock."""
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    path = store_path.with_name(store_path.name + ".lock")
+    handle = path.open("ab")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ConfigError(
+            f"another node is running on the job store {store_path} (it holds {path.name}): "
+            "stop it first, or give this node a data_dir of its own"
+        ) from None
+    return handle

@@ -182,21 +182,29 @@ class Jobs:
             return False
         return True
 
-    def claim(self) -> Job | None:
-        """The oldest queued job, now ``processing``; None when the queue is empty."""
-        with self._db.transaction() as db:
-            row = db.execute(
-                "SELECT j.id, j.models, j.state, j.error, j.revision, i.* FROM jobs j "
-                "JOIN instances i USING (sop_instance_uid) WHERE j.state = ? "
-                "ORDER BY j.id LIMIT 1",
-                (JobState.QUEUED,),
-            ).fetchone()
-            if row is None:
-                return None
-            db.execute(
-                "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?",
-                (JobState.PROCESSING, time.time(), row["id"]),
-            )
+    def claim(self, models: str | None = None) -> Job | None:
+        """The oldest queued job, now ``processing``; None when the queue is empty. With
+        ``models`` (the versions that will process it), queued jobs of other versions are
+        first :meth:`adopt`-ed: ``lus-pacs retry`` puts failed jobs back as they were, and a
+        running node of newer versions would otherwise file its record under the old ones,
+        where its study's summary does not look."""
+        while True:
+            with self._db.transaction() as db:
+                row = db.execute(
+                    "SELECT j.id, j.models, j.state, j.error, j.revision, i.* FROM jobs j "
+                    "JOIN instances i USING (sop_instance_uid) WHERE j.state = ? "
+                    "ORDER BY j.id LIMIT 1",
+                    (JobState.QUEUED,),
+                ).fetchone()
+                if row is None:
+                    return None
+                if models is None or row["models"] == models:
+                    db.execute(
+                        "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?",
+                        (JobState.PROCESSING, time.time(), row["id"]),
+                    )
+                    break
+            self.adopt(models)
         return Job(
             row["id"], _instance(row), row["models"], JobState.PROCESSING, None, row["revision"]
         )

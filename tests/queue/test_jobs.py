@@ -216,3 +216,21 @@ def test_jobs_of_an_older_store_are_kept_and_take_the_content_first_received(
     assert store.jobs.record_instance(_content(1, "aa"), "m@1") is Received.KNOWN
     assert store.jobs.record_instance(_content(1, "bb"), "m@1") is Received.REPLACED
     assert [r.id for r in store.jobs.rows(JobState.REPLACED)] == [7]
+
+
+def test_a_failed_job_retried_while_a_newer_node_runs_is_made_and_counted_by_its_versions(
+    store: JobStore,
+) -> None:
+    """``lus-pacs retry`` puts a failed job back as it was; the running node (upgraded since,
+    so it adopted at its start) makes it with its own versions, and its study's summary,
+    which reads only those, counts it."""
+    store.jobs.record_instance(instance(1), "m@1")
+    job = store.jobs.claim("m@1")
+    assert job is not None
+    store.jobs.fail(job.id, "a fault fixed in m@2")
+    assert store.deliveries.retry_failed() == 1
+    again = store.jobs.claim("m@2")
+    assert again is not None
+    assert (again.id, again.models) == (job.id, "m@2")
+    store.jobs.finish(again.id, '{"v": 2}', [], [])
+    assert store.studies.records("1.2.3", models="m@2") == ['{"v": 2}']
