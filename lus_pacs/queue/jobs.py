@@ -48,7 +48,7 @@ class Jobs:
         now = time.time()
         with self._db.transaction() as db:
             prior = db.execute(
-                "SELECT content FROM instances WHERE sop_instance_uid = ?",
+                "SELECT content, study_instance_uid FROM instances WHERE sop_instance_uid = ?",
                 (instance.sop_instance_uid,),
             ).fetchone()
             known = prior[0] if prior is not None else ""
@@ -58,7 +58,11 @@ class Jobs:
             db.execute(
                 "INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (sop_instance_uid) DO UPDATE SET path = excluded.path, "
-                "received_at = excluded.received_at, content = excluded.content",
+                "received_at = excluded.received_at, content = excluded.content, "
+                "sop_class_uid = excluded.sop_class_uid, "
+                "study_instance_uid = excluded.study_instance_uid, "
+                "series_instance_uid = excluded.series_instance_uid, "
+                "calling_ae = excluded.calling_ae",
                 (
                     instance.sop_instance_uid,
                     instance.sop_class_uid,
@@ -82,6 +86,14 @@ class Jobs:
                 "summarised = 0, pruned = 0",
                 (instance.study_instance_uid, now),
             )
+            if changed and prior[1] != instance.study_instance_uid:
+                # Sent again under another study (the scanner's worklist corrected): the study
+                # it left is summarised again, without it.
+                db.execute(
+                    "UPDATE studies SET last_received_at = ?, complete = 0, summarised = 0, "
+                    "pruned = 0 WHERE study_instance_uid = ?",
+                    (now, prior[1]),
+                )
             if changed:
                 # Results of the earlier content not yet delivered are not sent any more.
                 db.execute(

@@ -3,9 +3,10 @@ delivered and retried like a cine's results."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
-from lus_pacs.domain import JobState, Output
+from lus_pacs.domain import JobState, Output, Received
 from lus_pacs.queue.deliveries import DeliveryState
 from lus_pacs.queue.store import JobStore
 from tests.queue.conftest import instance
@@ -88,3 +89,34 @@ def test_a_done_study_awaits_its_summary_across_a_restart_until_one_is_made(
     assert reopened.studies.summarised("7.7", received_at)
     assert reopened.studies.awaiting_summary() == []
     assert reopened.studies.done("7.7")
+
+
+def test_a_cine_sent_again_under_another_study_moves_there_and_its_old_study_is_summarised_again(
+    store: JobStore,
+) -> None:
+    """The scanner's worklist was corrected and the cine sent again, same SOP Instance UID:
+    before, it stayed filed under the first patient's study (whose next summary counted it)
+    and the corrected study waited for a summary of nothing."""
+    moved = replace(instance(1, "1.1"), content="a")
+    store.jobs.record_instance(moved, "m@1")
+    store.jobs.record_instance(instance(2, "1.1"), "m@1")
+    for n in (1, 2):
+        job = store.jobs.claim()
+        assert job is not None
+        store.jobs.finish(job.id, f'{{"cine": {n}}}', [], [])
+    store.studies.complete(["1.1"])
+    ((study, received),) = store.studies.awaiting_summary()
+    assert store.studies.summarised(study, received)
+    again = replace(
+        moved, study_instance_uid="2.2", series_instance_uid="2.2.9", path=Path("1b"), content="b"
+    )
+    assert store.jobs.record_instance(again, "m@1") == Received.REPLACED
+    job = store.jobs.claim()
+    assert job is not None
+    assert job.instance.study_instance_uid == "2.2"
+    store.jobs.finish(job.id, '{"cine": "1 again"}', [], [])
+    assert store.studies.records("2.2") == ['{"cine": "1 again"}']
+    assert store.studies.records("1.1") == ['{"cine": 2}']
+    assert store.studies.processed_paths("1.1", "m@1") == [Path("2.dcm")]
+    assert sorted(store.studies.complete_quiet(quiet_s=0)) == ["1.1", "2.2"]
+    assert sorted(uid for uid, _ in store.studies.awaiting_summary()) == ["1.1", "2.2"]
