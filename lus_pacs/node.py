@@ -393,8 +393,9 @@ class Node:
         """When to try again after ``attempts + 1`` failures; None when the budget is spent."""
         if attempts >= self.settings.retry_budget:
             return None
-        delay = min(self.settings.retry_max_s, self.settings.retry_base_s * 2**attempts)
-        return time.time() + delay
+        return time.time() + backoff_s(
+            attempts, self.settings.retry_base_s, self.settings.retry_max_s
+        )
 
     # Studies
 
@@ -497,6 +498,13 @@ def stored_pixels(path: Path) -> int:
         return max(frame, path.stat().st_size)
     except Exception:  # a damaged header: the cine's own failure, reported where it is read
         return 0
+
+
+def backoff_s(attempts: int, base_s: float, max_s: float) -> float:
+    """The wait before the next try after ``attempts + 1`` failures: doubling from
+    ``base_s``, at most ``max_s``, for any number of attempts (a float's exponent ends at
+    2**1023: a budget of thousands of tries would otherwise fail its own bookkeeping)."""
+    return min(max_s, base_s * 2.0 ** min(attempts, 64))
 
 
 def _hold_store(store_path: Path) -> IO[bytes]:

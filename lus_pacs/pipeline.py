@@ -9,6 +9,7 @@ the files afterwards (C-STORE or nothing) differs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -629,27 +630,37 @@ _T = TypeVar("_T")
 def encode_summary(
     summary: StudySummary, sources: Sequence[Dataset], models_key: str
 ) -> tuple[OutputKind, Dataset]:
-    """The study summary SR. Its instance UID derives from the study, the cines it covers and
-    the model versions: the same exam summarised again gives the same object. A study that
-    grows after a summary (a late cine) gets a new one in the same series, its Instance Number
-    the count of cines it covers, so the latest summary is the highest-numbered."""
+    """The study summary SR. Its instance UID derives from the study, the cines it covers, the
+    model versions, what the summary says and the sources' headers: the same exam summarised
+    again gives the same object, and a summary that changed (a cine received again with other
+    pixels or a corrected patient) is a new object, sent again. A study that grows after a
+    summary (a late cine) gets a new one in the same series, its Instance Number the count of
+    cines it covers, so the latest summary is the highest-numbered."""
     from lus_pacs.encode.summary import encode_study_summary
 
     study = summary.study_instance_uid
     cines = sorted(u for uids in summary.zone_cines.values() for u in uids)
     kind = OutputKind.STUDY_SR
     identity = result_identity(study, models_key, kind)
+    headers = [repaired_header(s) for s in sources]
+    said = [summary.dumps(), *sorted(map(_header_digest, headers))]
     dataset = encode_study_summary(
         summary,
-        [repaired_header(s) for s in sources],
+        headers,
         series_number=identity.series_number,
-        instance_uid=str(generate_uid(entropy_srcs=[study, models_key, *cines, kind])),
+        instance_uid=str(generate_uid(entropy_srcs=[study, models_key, *cines, kind, *said])),
         series_uid=identity.series_uid,
         instance_number=len(cines),
     )
     for source in sources:
         restore_source_class(dataset, source)
     return kind, dataset
+
+
+def _header_digest(header: Dataset) -> str:
+    """What a source's header holds (patient, study, equipment), as one digest."""
+    content = json.dumps(header.to_json_dict(suppress_invalid_tags=True), sort_keys=True)
+    return hashlib.sha256(content.encode()).hexdigest()
 
 
 def process_paths(

@@ -16,6 +16,7 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, generate_frames
 
 from lus_pacs.encode.readback import read_study_summary
+from lus_pacs.node import backoff_s
 from tests.node_process import NodeProcess, echo, lus_pacs, storescu, wait_for, write_config
 from tests.orthanc import OrthancHandle, running_orthanc
 from tests.tools import dciodvfy_errors
@@ -549,3 +550,9 @@ def test_the_metrics_move_for_a_pushed_cine(
     for stage in ("read", "decode", *DELIVERY_MODELS, "encode"):
         assert after[f'lus_pacs_stage_seconds_count{{stage="{stage}"}}'] == 1, stage
         assert after[f'lus_pacs_stage_seconds_sum{{stage="{stage}"}}'] > 0, stage
+
+
+def test_the_wait_between_tries_doubles_up_to_its_limit_for_any_budget() -> None:
+    assert [backoff_s(n, 2.0, 300.0) for n in range(4)] == [2.0, 4.0, 8.0, 16.0]
+    assert backoff_s(8, 2.0, 300.0) == 300.0
+    assert backoff_s(5000, 2.0, 300.0) == 300.0  # a budget of a week of tries

@@ -4,7 +4,9 @@ back (highdicom ``srread``) to the record in ``summary.jsonl`` / ``studies.jsonl
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,8 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from lus_pacs.encode.readback import read_cine_sr, read_study_summary
+from lus_pacs.pipeline import encode_summary
+from lus_pacs.records import StudySummary
 from tests.node_process import lus_pacs
 from tests.tools import run_cli
 
@@ -207,3 +211,23 @@ def test_every_object_using_the_private_codes_declares_their_scheme(
         }
         assert "99LUSPACS" in declared, path.name
     assert users >= 7 + 6 + 2  # at least the SRs, the lung cines' uncertainty SEGs, summaries
+
+
+def test_a_study_summary_that_changed_is_a_new_object_and_the_same_one_is_not(
+    processed: Processed,
+) -> None:
+    """A cine received again with other pixels or a corrected patient makes a summary that
+    says something else: the PACS gets it as a new object (before, its UID stayed, so it was
+    not sent again, and the file under that UID was overwritten)."""
+    (line,) = [s for s in processed.studies if s.get("lus_score")]
+    summary = StudySummary.loads(json.dumps(line))
+    exam = processed.sources[:-1]  # the simulated exam: the last is pydicom's cine
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in exam]
+    uid = encode_summary(summary, headers, "m@1")[1].SOPInstanceUID
+    assert encode_summary(summary, headers, "m@1")[1].SOPInstanceUID == uid
+    fewer = replace(summary, b_line_zones=summary.b_line_zones[1:])
+    assert fewer.b_line_zones != summary.b_line_zones
+    assert encode_summary(fewer, headers, "m@1")[1].SOPInstanceUID != uid
+    renamed = [copy.deepcopy(h) for h in headers]
+    renamed[0].PatientName = "Corrected^Name"
+    assert encode_summary(summary, renamed, "m@1")[1].SOPInstanceUID != uid

@@ -141,8 +141,9 @@ class Deliveries:
         return {(r[0], DeliveryState(r[1]).value): int(r[2]) for r in rows}
 
     def retry_failed(self) -> int:
-        """Failed deliveries get a fresh retry budget and failed jobs are processed again.
-        Returns the number of jobs and study summaries put back."""
+        """Failed deliveries get a fresh retry budget and failed jobs are processed again (their
+        studies' summaries are made again once they are, now counting them). Returns the
+        number of jobs and study summaries put back."""
         now = time.time()
         with self._db.transaction() as db:
             failed = [
@@ -159,6 +160,13 @@ class Deliveries:
                     "UPDATE jobs SET state = ?, error = NULL, updated_at = ? WHERE id = ?",
                     (state, now, job_id),
                 )
+                if state == JobState.QUEUED:  # its study is summarised again once it is made
+                    db.execute(
+                        "UPDATE studies SET summarised = 0 WHERE study_instance_uid = "
+                        "(SELECT study_instance_uid FROM instances i JOIN jobs j "
+                        "USING (sop_instance_uid) WHERE j.id = ?)",
+                        (job_id,),
+                    )
             summaries = db.execute(
                 "UPDATE summary_deliveries SET state = ?, attempts = 0, next_attempt_at = ? "
                 "WHERE state = ?",

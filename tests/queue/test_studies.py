@@ -120,3 +120,28 @@ def test_a_cine_sent_again_under_another_study_moves_there_and_its_old_study_is_
     assert store.studies.processed_paths("1.1", "m@1") == [Path("2.dcm")]
     assert sorted(store.studies.complete_quiet(quiet_s=0)) == ["1.1", "2.2"]
     assert sorted(uid for uid, _ in store.studies.awaiting_summary()) == ["1.1", "2.2"]
+
+
+def test_a_cine_that_retry_makes_after_its_study_was_summarised_is_summarised_again(
+    store: JobStore,
+) -> None:
+    """One cine of the exam failed (a passing fault) and the summary went out without it;
+    ``lus-pacs retry`` makes it, and before, the summary was never made again."""
+    for n in (1, 2):
+        store.jobs.record_instance(instance(n, "7.7"), "m@1")
+    first = store.jobs.claim()
+    second = store.jobs.claim()
+    assert first is not None
+    assert second is not None
+    store.jobs.finish(first.id, '{"cine": 1}', [], [])
+    store.jobs.fail(second.id, "unexpected error: MemoryError()")
+    store.studies.complete(["7.7"])
+    ((study, received),) = store.studies.awaiting_summary()
+    assert store.studies.summarised(study, received)
+    assert store.deliveries.retry_failed() == 1
+    assert store.studies.awaiting_summary() == []  # not before the cine is made
+    again = store.jobs.claim()
+    assert again is not None
+    store.jobs.finish(again.id, '{"cine": 2}', [], [])
+    assert [uid for uid, _ in store.studies.awaiting_summary()] == ["7.7"]
+    assert sorted(store.studies.records("7.7")) == ['{"cine": 1}', '{"cine": 2}']
