@@ -327,12 +327,22 @@ def _contexts(items: Sequence[_Item]) -> list[tuple[UID, UID]]:
 def _associate(ae: AE, destination: DicomDestination) -> Association:
     """An established association, or ExportError saying which step failed."""
     connected: list[bool] = []
+
+    def opened(event: evt.Event) -> None:
+        connected.append(True)
+        # pynetdicom clears the socket's timeout once connected: a destination that stops
+        # reading (its storage stalled, the connection kept open) would hold the send, and
+        # the abort after it, for good, and every later result of that destination with it.
+        connection = getattr(event.assoc.dul.socket, "socket", None)
+        if connection is not None:
+            connection.settimeout(ae.network_timeout)
+
     tls = destination.tls
     assoc = ae.associate(
         destination.host,
         destination.port,
         ae_title=destination.ae_title,
-        evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: connected.append(True))],
+        evt_handlers=[(evt.EVT_CONN_OPEN, opened)],
         tls_args=(client_context(tls), tls.server_name or destination.host) if tls else None,
     )
     if assoc.is_established:

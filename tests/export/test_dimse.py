@@ -3,6 +3,10 @@ transfer syntax refusals Orthanc does not produce."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,3 +254,59 @@ def test_what_refused_associations_carried_goes_over_one_more(mr_scp: MrOnlyScp)
     assert sorted(ds.SOPInstanceUID for ds in mr_scp.received) == sorted(
         ds.SOPInstanceUID for ds in instances
     )
+
+
+def test_a_destination_that_stops_reading_fails_the_send_within_its_timeout(
+    orthanc: OrthancHandle,
+) -> None:
+    """Orthanc behind a link that passes 256 kB and then stops reading, the connection left
+    open (a PACS whose storage stalls): before, the send waited for ever, and so did every
+    later result for that destination."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def stalling_link() -> None:
+        scanner_side, _ = listener.accept()
+        pacs_side = socket.create_connection(("127.0.0.1", orthanc.dicom_port))
+        held.extend((scanner_side, pacs_side))
+
+        def answers() -> None:
+            with contextlib.suppress(OSError):
+                while data := pacs_side.recv(65536):
+                    scanner_side.sendall(data)
+
+        threading.Thread(target=answers, daemon=True).start()
+        passed = 0
+        while passed < 256_000 and (data := scanner_side.recv(65536)):
+            pacs_side.sendall(data)
+            passed += len(data)
+
+    threading.Thread(target=stalling_link, daemon=True).start()
+    large = _renumbered(CT)
+    large.Rows = large.Columns = 4096  # 32 MB: more than the kernel's buffers hold
+    large.PixelData = bytes(4096 * 4096 * 2)
+    stalled = DicomDestination(
+        name="stalled", ae_title=orthanc.aet, host="127.0.0.1", port=listener.getsockname()[1]
+    )
+    failed: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            store([large], stalled, calling_ae=CALLING_AE, timeout=3)
+        except BaseException as exc:
+            failed.append(exc)
+
+    sender = threading.Thread(target=send, daemon=True)
+    started = time.monotonic()
+    sender.start()
+    sender.join(60)
+    try:
+        assert not sender.is_alive(), "the send still waits on the stalled destination"
+        assert time.monotonic() - started < 30
+        (error,) = failed
+        assert isinstance(error, ExportError)
+        assert "stalled" in str(error)
+    finally:
+        for connection in held:
+            connection.close()
+        listener.close()
