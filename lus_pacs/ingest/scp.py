@@ -196,6 +196,7 @@ class Receiver:
             # copy its results were made from.
             name = f"{_safe(sop_instance)}-{content[:16]}.dcm"
             path = self._settings.incoming_dir / _safe(study) / name
+            kept = path.exists()  # this content came before: that copy stays whatever happens
             with durable_file(path) as f:
                 f.write(event.encoded_dataset(include_meta=True))
             instance = Instance(sop_instance, sop_class, study, series, calling, path, content)
@@ -205,7 +206,8 @@ class Receiver:
             facts["reason"] = f"could not be stored ({exc})"
             return OUT_OF_RESOURCES
         if received is Received.REFUSED:
-            path.unlink(missing_ok=True)
+            if not kept:
+                path.unlink(missing_ok=True)
             log.warning(
                 "Refused %s from %s: received before with other content (changed_instance = "
                 "refuse); the stored copy and its results are kept",

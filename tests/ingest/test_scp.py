@@ -53,7 +53,9 @@ class StoringNode:
         self.released = threading.Event()
         self.listener = start_listener(
             settings,
-            record=partial(self.store.jobs.record_instance, models="m@1"),
+            record=partial(
+                self.store.jobs.record_instance, models="m@1", on_change=settings.changed_instance
+            ),
             on_stored=self._stored,
             on_study_complete=self._complete,
         )
@@ -474,3 +476,33 @@ def test_a_cine_is_taken_only_in_a_syntax_its_pixels_can_be_read_in(listener: St
         assoc.release()
     assert accepted == [pydicom.uid.JPEGBaseline8Bit]
     assert sorted(rejected) == sorted([pydicom.uid.MPEG4HP41, pydicom.uid.HEVCMP51])
+
+
+@needs_dcmtk
+def test_a_refused_copy_of_content_received_before_keeps_that_contents_stored_file(
+    tmp_path: Path,
+) -> None:
+    """A, then B under the same UID (reprocessed), then, the policy set to refuse, A again:
+    its copy is written where A's first copy is (the name holds the content), and refusing
+    it deleted the file A's results were made from."""
+    first, second = tmp_path / "a.dcm", tmp_path / "b.dcm"
+    shutil.copy(US_IMAGE, first)
+    changed = pydicom.dcmread(US_IMAGE)
+    changed.PatientName = "Corrected^Name"
+    changed.save_as(second)
+    data = tmp_path / "node"
+    reprocessing = StoringNode(Settings(data_dir=data, port=0))
+    try:
+        for sent in (first, second):
+            assert _dcmtk("storescu", reprocessing.port, str(sent)).returncode == 0
+    finally:
+        reprocessing.listener.stop()
+    stored = sorted(data.rglob("*.dcm"))
+    assert len(stored) == 2
+    refusing = StoringNode(Settings(data_dir=data, port=0, changed_instance="refuse"))
+    try:
+        answer = _dcmtk("storescu", refusing.port, str(first), options=("-v",))
+    finally:
+        refusing.listener.stop()
+    assert "CannotUnderstand" in answer.stderr, answer.stderr
+    assert sorted(data.rglob("*.dcm")) == stored
