@@ -30,6 +30,11 @@ PENDING = (0xFF00, 0xFF01)
 """C-FIND, C-GET and C-MOVE: more responses follow."""
 REFUSED_SOP_CLASS = 0x0122
 """Refused: SOP Class not supported."""
+DUPLICATE_SOP_INSTANCE = 0x0111
+"""A destination that refuses an instance it holds already answers this (C-STORE status, or a
+STOW-RS Failure Reason) when results are sent again, after a restart or over one more
+association after a partial failure. Result UIDs derive from the source's content, the model
+versions and the kind, so it holds this very object: the delivery is made."""
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
 CHANGED_INSTANCE = 0xC111

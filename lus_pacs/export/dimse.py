@@ -20,7 +20,7 @@ from pynetdicom import AE, VerificationPresentationContexts, evt
 from pynetdicom.association import Association
 from pynetdicom.status import code_to_category
 
-from lus_pacs.dicom_vocabulary import SUCCESS
+from lus_pacs.dicom_vocabulary import DUPLICATE_SOP_INSTANCE, SUCCESS
 from lus_pacs.errors import ExportError
 from lus_pacs.network import application_entity
 from lus_pacs.settings import DicomDestination
@@ -227,7 +227,9 @@ def _store_on_one(
                 )
             code = int(status.Status)
             category = code_to_category(code)
-            if category not in _DELIVERED:
+            if code == DUPLICATE_SOP_INSTANCE:
+                logger.info("%s holds %s already", _where(destination), item.sop_instance)
+            elif category not in _DELIVERED:
                 comment = f", {status.ErrorComment}" if "ErrorComment" in status else ""
                 failures.append(f"{item.label}: status 0x{code:04X} ({category}{comment})")
                 continue

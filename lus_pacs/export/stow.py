@@ -2,12 +2,14 @@
 
 The instances go as one ``multipart/related; type="application/dicom"`` POST to
 ``<url>/studies``; the answer (``application/dicom+json``) must list every one of them in its
-Referenced SOP Sequence and none in its Failed SOP Sequence. As with C-STORE, retries belong to
+Referenced SOP Sequence and none in its Failed SOP Sequence but as held already (Failure
+Reason 0x0111, also in a 409 answer). As with C-STORE, retries belong to
 the job store: this module says what one attempt delivered or raises :class:`ExportError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import ssl
@@ -15,6 +17,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Sequence
+from http import HTTPStatus
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from typing import Any
 from pydicom import dcmread
 
 from lus_pacs.credentials import SameOriginRedirects, authorisation
+from lus_pacs.dicom_vocabulary import DUPLICATE_SOP_INSTANCE
 from lus_pacs.errors import ConfigError, ExportError
 from lus_pacs.settings import WebDestination
 
@@ -69,6 +73,9 @@ def stow(paths: Sequence[Path], destination: WebDestination) -> list[str]:
         for item in _items(answer, _FAILED)
     }
     stored = {_first(item, _SOP_INSTANCE) for item in _items(answer, _REFERENCED)}
+    # Held already (results sent again after a restart): the very object, as over DIMSE.
+    stored |= {u for u, reason in failed.items() if reason == str(DUPLICATE_SOP_INSTANCE)}
+    failed = {u: reason for u, reason in failed.items() if u not in stored}
     missing = [u for u in uids if u not in stored and u not in failed]
     if failed or missing:
         said = [f"{u} (failure reason {reason})" for u, reason in failed.items()]
@@ -94,7 +101,13 @@ def _post(request: urllib.request.Request, destination: WebDestination) -> dict[
         with opener.open(request, timeout=destination.timeout_s) as response:
             text = response.read()
     except urllib.error.HTTPError as exc:
-        detail = exc.read()[:300].decode(errors="replace")
+        text = exc.read()
+        if exc.code == HTTPStatus.CONFLICT:  # none stored: its Failed SOP Sequence says why
+            with contextlib.suppress(ValueError):
+                doc = json.loads(text)
+                if isinstance(doc, dict) and _items(doc, _FAILED):
+                    return doc
+        detail = text[:300].decode(errors="replace")
         raise ExportError(
             destination.name,
             f"{destination.url} answered HTTP {exc.code} {exc.reason}"

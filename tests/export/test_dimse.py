@@ -203,6 +203,15 @@ def test_warning_status_counts_as_delivered(mr_scp: MrOnlyScp, warning: int) -> 
     assert store([MR_RLE], mr_scp.destination, calling_ae=CALLING_AE) == [warning]
 
 
+def test_a_destination_that_holds_the_instance_already_counts_it_delivered(
+    mr_scp: MrOnlyScp,
+) -> None:
+    """Duplicate SOP Instance (0x0111) from a PACS that refuses what it holds: results sent
+    again after a restart would otherwise fail for good although they are there."""
+    mr_scp.answers.append(0x0111)
+    assert store([MR_RLE], mr_scp.destination, calling_ae=CALLING_AE) == [0x0111]
+
+
 def test_failure_status_names_code_and_instance(mr_scp: MrOnlyScp) -> None:
     mr_scp.answers.append(0xA700)
     with pytest.raises(

@@ -131,15 +131,19 @@ class _Misbehaving(http.server.BaseHTTPRequestHandler):
     """A DICOMweb server that answers each STOW-RS badly, as the path asks: a body cut short,
     or a JSON answer that is not shaped as a DICOM data set's."""
 
-    answers: ClassVar[dict[str, tuple[bytes, int]]] = {
-        "/cut": (b'{"00081199": {"vr": "SQ", "Value": [', 4096),
-        "/shapeless": (b'{"00081199": {"vr": "SQ", "Value": "all stored"}, "00081198": []}', 0),
+    answers: ClassVar[dict[str, tuple[bytes, int, int]]] = {
+        "/cut": (b'{"00081199": {"vr": "SQ", "Value": [', 4096, 200),
+        "/shapeless": (
+            b'{"00081199": {"vr": "SQ", "Value": "all stored"}, "00081198": []}',
+            0,
+            200,
+        ),
     }
 
     def do_POST(self) -> None:  # the name http.server calls
         self.rfile.read(int(self.headers["Content-Length"]))
-        body, declared = self.answers[self.path.removesuffix("/studies")]
-        self.send_response(200)
+        body, declared, status = self.answers[self.path.removesuffix("/studies")]
+        self.send_response(status)
         self.send_header("Content-Type", "application/dicom+json")
         self.send_header("Content-Length", str(declared or len(body)))
         self.end_headers()
@@ -162,6 +166,29 @@ def test_a_cut_or_shapeless_answer_is_an_export_error() -> None:
             stow([US_IMAGE], WebDestination(name="web", url=f"{url}/cut", timeout_s=10))
         with pytest.raises(ExportError, match="not in the answer"):
             stow([US_IMAGE], WebDestination(name="web", url=f"{url}/shapeless", timeout_s=10))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _failed(uid: str, reason: int) -> bytes:
+    item = {"00081155": {"vr": "UI", "Value": [uid]}, "00081197": {"vr": "US", "Value": [reason]}}
+    return json.dumps({"00081198": {"vr": "SQ", "Value": [item]}}).encode()
+
+
+def test_an_instance_the_server_holds_already_is_delivered_and_other_failures_are_not() -> None:
+    """A server that refuses what it holds answers 409 with Failure Reason 0x0111 when results
+    are sent again after a restart: they are there (the same UIDs are the same objects)."""
+    uid = str(dcmread(US_IMAGE, stop_before_pixels=True).SOPInstanceUID)
+    _Misbehaving.answers["/held"] = (_failed(uid, 0x0111), 0, 409)
+    _Misbehaving.answers["/refused"] = (_failed(uid, 0xC000), 0, 409)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Misbehaving)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert stow([US_IMAGE], WebDestination(name="web", url=f"{url}/held")) == [uid]
+        with pytest.raises(ExportError, match="failure reason 49152"):
+            stow([US_IMAGE], WebDestination(name="web", url=f"{url}/refused"))
     finally:
         server.shutdown()
         server.server_close()
