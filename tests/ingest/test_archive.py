@@ -4,7 +4,10 @@ C-MOVE and DICOMweb."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import shutil
+import threading
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -243,3 +246,47 @@ def test_a_damaged_or_unnamed_file_in_a_folder_is_skipped_not_the_archive(
     assert [s.study_instance_uid for s in studies] == [dcmread(good).StudyInstanceUID]
     assert "damaged.dcm: not readable as DICOM" in caplog.text
     assert "unnamed.dcm: no valid SOP Instance UID or Study Instance UID" in caplog.text
+
+
+def test_a_damaged_instance_on_a_dicomweb_server_fails_its_study_not_the_run(
+    tmp_path: Path,
+) -> None:
+    """pydicom reads the header but raises a NotImplementedError when its SOP Instance UID is
+    asked for (a VR it does not know; Orthanc refuses such a file, a server may not): before,
+    that error ended ``reprocess`` at this study on every run."""
+    good = dcmread(_testdata("US1_UNCR.dcm"))
+    data = bytearray(_testdata("US1_UNCR.dcm").read_bytes())
+    at = data.find(bytes.fromhex("08001800"), 132 + 200)  # (0008,0018) in the data set
+    data[at + 4 : at + 6] = b"ZZ"
+    listing = [
+        {
+            "00080016": {"vr": "UI", "Value": [str(good.SOPClassUID)]},
+            "00080018": {"vr": "UI", "Value": [str(good.SOPInstanceUID)]},
+            "0020000E": {"vr": "UI", "Value": [str(good.SeriesInstanceUID)]},
+        }
+    ]
+
+    class Server(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # the name http.server calls
+            instances = "/instances?" in self.path
+            body = json.dumps(listing).encode() if instances else bytes(data)
+            self.send_response(200)
+            kind = "application/dicom+json" if instances else "application/dicom"
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        source = open_source(f"http://127.0.0.1:{server.server_address[1]}/dicom-web")
+        study = ArchiveStudy(str(good.StudyInstanceUID), "", "", "")
+        with pytest.raises(ArchiveError, match="answered no readable DICOM Part 10 file"):
+            source.fetch(study, tmp_path / "fetched")
+    finally:
+        server.shutdown()
+        server.server_close()

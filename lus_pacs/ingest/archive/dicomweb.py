@@ -16,7 +16,6 @@ from urllib.parse import urlencode, urlsplit
 from urllib.request import HTTPSHandler, OpenerDirector, ProxyHandler, Request, build_opener
 
 from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 
 from lus_pacs.credentials import SameOriginRedirects
 from lus_pacs.dicom_vocabulary import IMAGE_SOP_CLASSES
@@ -112,15 +111,14 @@ class DicomwebSource:
                 )
             try:
                 header = dcmread(BytesIO(parts[0]), stop_before_pixels=True)
-            except (InvalidDicomError, EOFError, ValueError) as exc:
+                answered, sop_class = header.get("SOPInstanceUID"), header.get("SOPClassUID", "")
+            except Exception as exc:  # pydicom raises several kinds for a damaged file
                 raise ArchiveError(
-                    self.name, f"{url} answered no DICOM Part 10 file ({exc})", study=uid
+                    self.name, f"{url} answered no readable DICOM Part 10 file ({exc})", study=uid
                 ) from exc
-            if header.get("SOPInstanceUID") != sop:
-                raise ArchiveError(
-                    self.name, f"{url} answered instance {header.get('SOPInstanceUID')}", study=uid
-                )
-            if str(header.get("SOPClassUID", "")) not in IMAGE_SOP_CLASSES:
+            if answered != sop:
+                raise ArchiveError(self.name, f"{url} answered instance {answered}", study=uid)
+            if str(sop_class) not in IMAGE_SOP_CLASSES:
                 continue
             paths.append(write_instance(folder, sop, parts[0]))
         return sorted(paths)
