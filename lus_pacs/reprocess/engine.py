@@ -9,6 +9,7 @@ threads, the same in both engines, so that both compute the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -236,7 +237,11 @@ class RayEngine:
 
     def run(self, items: Iterable[WorkItem]) -> Iterator[Outcome]:
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import NodeDiedError, OutOfMemoryError, RayActorError
+
+        # Each says the call's worker is gone: killed (RayActorError), killed by Ray's memory
+        # monitor (OutOfMemoryError, not a RayActorError since Ray 2.3) or its node lost.
+        worker_lost = (RayActorError, OutOfMemoryError, NodeDiedError)
 
         running: dict[Any, tuple[str, Any]] = {}
         """Each call in flight: its object reference -> (SOP Instance UID, actor)."""
@@ -256,9 +261,14 @@ class RayEngine:
             key, actor = running.pop(ref)
             try:
                 _, result = ray.get(ref)
-            except RayActorError:
+            except worker_lost as exc:
                 if actor in self._actors:  # once, however many of its calls report it
-                    log.error("A Ray worker died; starting another in its place")
+                    log.error(
+                        "A Ray worker died (%s); starting another in its place",
+                        type(exc).__name__,
+                    )
+                    with contextlib.suppress(Exception):  # gone already, as a rule
+                        ray.kill(actor)
                     self._actors[self._actors.index(actor)] = self._new_actor()
                 return key, (None, [], WORKER_DIED)
             return str(key), result
