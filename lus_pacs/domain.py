@@ -363,6 +363,9 @@ class NotAssessableReason(StrEnum):
     """Lung, but no frame a clinician would read (key-frame model)."""
     DAMAGED_FRAMES = "damaged_frames"
     """Too many frames the decoder could read only in part (corrupt or cut-short data)."""
+    BLANK = "blank"
+    """The scan area shows no echo texture: black, blank or uniform frames (a probe in the
+    air, a frozen or switched-off image, a screen captured without its picture)."""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from lus_pacs.domain import NotAssessableReason
-from lus_pacs.families.assessment.inference import Assessor, apex_ratio
+from lus_pacs.families.assessment.inference import Assessor, apex_ratio, echo_texture
 from lus_pacs.imaging.decode import read_cine
 from tests.conftest import PocusCache
 
@@ -70,3 +70,28 @@ def test_real_lung_clips_are_assessable(assessor: Assessor, pocus_cache: PocusCa
     assert len(dicoms) >= 120
     verdicts = [assessor.assess(read_cine(path)).assessable for path in dicoms]
     assert np.mean(verdicts) >= 0.95, f"{len(verdicts) - sum(verdicts)} of {len(verdicts)}"
+
+
+def test_a_blank_cine_is_not_assessable_and_a_dim_one_is(
+    assessor: Assessor, synth_exams: Path, tmp_path: Path
+) -> None:
+    """A probe in the air, a frozen black or a uniform grey screen: before, the gate passed
+    them (their scan area fills the view, so it is no cardiac sector) and the lung models
+    read B-lines and a severity score from nothing."""
+    from tests.tools import write_cine
+
+    lung = read_cine(next(synth_exams.glob("*/R1.dcm"))).frames
+    assert lung.ndim == 3  # grey frames
+    variants = {
+        "black": np.zeros_like(lung),
+        "grey": np.full_like(lung, 128),
+        "dim": lung // 8,  # the same cine at a low gain
+    }
+    found = {
+        name: assessor.assess(read_cine(write_cine(tmp_path / f"{name}.dcm", frames, "rle")))
+        for name, frames in variants.items()
+    }
+    assert found["black"].reasons == (NotAssessableReason.BLANK,)
+    assert found["grey"].reasons == (NotAssessableReason.BLANK,)
+    assert found["dim"].assessable, found["dim"]
+    assert echo_texture(read_cine(tmp_path / "dim.dcm")) > 2 * assessor.min_texture
