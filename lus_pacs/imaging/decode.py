@@ -265,9 +265,8 @@ def luminance(
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if syntax in _FAST_JPEG and ds.get("BitsAllocated") == 8 and photometric in _FAST_PHOTOMETRIC:
-        decoded = _jpeg_luminance(ds, name, n_frames, rows, cols, in_file)
-        if decoded is not None:
-            return _invert_if_monochrome1(decoded[0], photometric), decoded[1]
+        grey, damaged = _jpeg_luminance(ds, name, n_frames, rows, cols, in_file)
+        return _invert_if_monochrome1(grey, photometric), damaged
     if in_file is not None:
         in_file.load(ds, name)
     # Frame by frame into the cine's array: the decoded (maybe RGB) pixels of one frame at a
@@ -305,14 +304,15 @@ def luminance(
 
 def _jpeg_luminance(
     ds: Dataset, name: str, n_frames: int, rows: int, cols: int, in_file: PixelsInFile | None
-) -> tuple[GreyFrames, dict[int, str]] | None:
-    """libjpeg-turbo's grey output of each frame and the frames it warned about; None when a
-    frame is not a JPEG of the header's size (pydicom then gets its chance and reports it).
+) -> tuple[GreyFrames, dict[int, str]]:
+    """libjpeg-turbo's grey output of each frame and the frames it warned about.
 
     Raises
     ------
     UnreadableImageError
-        The Pixel Data holds fewer frames than NumberOfFrames, or no frame decodes at all.
+        The Pixel Data holds fewer frames than NumberOfFrames, a frame is a JPEG of another
+        size than the header's (found from its own header, before it is decoded), or no frame
+        decodes at all.
     """
     # Each frame is decoded into its place in the cine: no second copy of the whole cine, and
     # the encoded frames are taken from the Pixel Data a batch at a time, not all copied out.
@@ -321,11 +321,19 @@ def _jpeg_luminance(
 
     def decode_into(item: tuple[int, bytes]) -> tuple[bool, str | None]:
         index, data = item
+        # The frame's own size first: a frame of 8000 x 8000 under a header of 32 x 32 would
+        # otherwise be decoded whole (hundreds of MB from a few kB) before it is found wrong.
+        try:
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data, strict=False)
+        except Exception:  # a damaged header (ValueError; KeyError for garbage): decoding says
+            height, width = rows, cols
+        if (height, width) != (rows, cols):
+            raise _WrongSizeError(index, width, height)
         frame, warning = _decode_jpeg_frame(data)
         if frame is None:
             return False, warning
         if frame.shape != (rows, cols):
-            raise _WrongSizeError
+            raise _WrongSizeError(index, frame.shape[1], frame.shape[0])
         out[index] = frame
         return True, warning
 
@@ -352,8 +360,13 @@ def _jpeg_luminance(
                 )
             try:
                 results.extend(pool.map(decode_into, enumerate(batch, start=len(results))))
-            except _WrongSizeError:
-                return None
+            except _WrongSizeError as wrong:
+                index, width, height = wrong.args
+                raise UnreadableImageError(
+                    name,
+                    f"frame {index + 1} is a JPEG of {width} x {height} pixels, not Columns x "
+                    f"Rows = {cols} x {rows}",
+                ) from None
     # Fragments past the declared frames are ignored: NumberOfFrames says what the cine is.
     if not any(read for read, _ in results):
         raise UnreadableImageError(name, f"no JPEG frame decodes: {results[0][1]}")
@@ -366,7 +379,7 @@ _BATCH = 32
 
 
 class _WrongSizeError(Exception):
-    """A JPEG frame whose size is not the header's."""
+    """A JPEG frame whose size is not the header's: its index, width and height."""
 
 
 def _decode_jpeg_frame(data: bytes) -> tuple[npt.NDArray[np.uint8] | None, str | None]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+import simplejpeg
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
@@ -291,6 +293,24 @@ def test_a_jpeg_frame_cut_short_is_read_and_named_damaged(tmp_path: Path) -> Non
     assert list(cine.damaged) == [3]
     assert "Premature end of JPEG file" in cine.damaged[3]
     assert cine.intact().tolist() == [True, True, False, True]
+
+
+def test_jpeg_frames_of_another_size_are_refused_from_their_headers_undecoded(
+    tmp_path: Path,
+) -> None:
+    """A header of 64 x 64 over frames that are the first 3 kB of a 4096 x 4096 JPEG: before,
+    each was decoded whole, leniently (16 MB a frame from 3 kB; at libjpeg's limit of 65500
+    pixels a side, gigabytes), then by pydicom again, before the size was found wrong."""
+    ds, _ = _jpeg_frames(tmp_path, _textured(n=8))
+    large = simplejpeg.encode_jpeg(np.zeros((4096, 4096, 1), np.uint8), colorspace="GRAY")
+    tracemalloc.start()
+    try:
+        with pytest.raises(UnreadableImageError, match=r"frame 1 is a JPEG of 4096 x 4096 pix"):
+            decode_dataset(_with_frames(ds, [large[:3000]] * 8), "bomb")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4_000_000  # no frame of 16 MB was made
 
 
 def test_corrupt_entropy_data_with_its_end_marker_is_named_damaged(tmp_path: Path) -> None:
