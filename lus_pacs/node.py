@@ -42,6 +42,7 @@ from lus_pacs.pipeline import (
 )
 from lus_pacs.queue.budget import PixelBudget
 from lus_pacs.queue.deliveries import Delivery
+from lus_pacs.queue.jobs import MAX_INTERRUPTIONS
 from lus_pacs.queue.store import JobStore
 from lus_pacs.records import CineRecord, StudySummary, to_json
 from lus_pacs.retention import DAY_S, prune
@@ -109,8 +110,15 @@ class Node:
         self._start_encoder()
         self._warm_up()
         recovered = self.store.jobs.recover()
-        if recovered:
-            log.info("Resuming %d job(s) interrupted by the last stop", recovered)
+        if recovered.resumed:
+            log.info("Resuming %d job(s) interrupted by the last stop", recovered.resumed)
+        for uid in recovered.given_up:
+            log.error(
+                "%s: the node stopped while processing it %d times; failed (lus-pacs retry "
+                "tries it again)",
+                uid,
+                MAX_INTERRUPTIONS,
+            )
         adopted = self.store.jobs.adopt(self.models.key)
         if adopted:
             log.info(

@@ -157,7 +157,8 @@ class Deliveries:
                 ).rowcount
                 state = JobState.ENCODED if undelivered else JobState.QUEUED
                 db.execute(
-                    "UPDATE jobs SET state = ?, error = NULL, updated_at = ? WHERE id = ?",
+                    "UPDATE jobs SET state = ?, error = NULL, updated_at = ?, interrupted = 0 "
+                    "WHERE id = ?",
                     (state, now, job_id),
                 )
                 if state == JobState.QUEUED:  # its study is summarised again once it is made

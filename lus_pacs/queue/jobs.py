@@ -19,6 +19,19 @@ from lus_pacs.domain import Instance, Job, JobState, Output, Received
 from lus_pacs.queue.database import Database
 from lus_pacs.queue.deliveries import DeliveryRow, DeliveryState, delivery_rows
 
+MAX_INTERRUPTIONS = 3
+"""Stops of the node while a worker held a job, after which the job fails at the next start."""
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What :meth:`Jobs.recover` did after a restart."""
+
+    resumed: int
+    """Jobs a dead worker held, back in the queue."""
+    given_up: tuple[str, ...]
+    """SOP Instance UIDs of the jobs failed instead: the node stopped on each too often."""
+
 
 @dataclass(frozen=True)
 class JobRow:
@@ -141,14 +154,42 @@ class Jobs:
                 return Received.KNOWN
             return Received.REPLACED if changed else Received.NEW
 
-    def recover(self) -> int:
-        """After a restart: jobs a dead worker held go back to the queue. Returns how many."""
+    def recover(self, max_interruptions: int = MAX_INTERRUPTIONS) -> Recovery:
+        """After a restart: jobs a dead worker held go back to the queue, but one the node
+        stopped on ``max_interruptions`` times fails (a cine whose processing kills the node,
+        by memory or a crash in a library, would otherwise kill it at every start; ``lus-pacs
+        retry`` tries it again)."""
+        now = time.time()
         with self._db.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET interrupted = interrupted + 1 WHERE state = ?",
+                (JobState.PROCESSING,),
+            )
+            given_up = [
+                r[0]
+                for r in db.execute(
+                    "SELECT sop_instance_uid FROM jobs WHERE state = ? AND interrupted >= ? "
+                    "ORDER BY id",
+                    (JobState.PROCESSING, max_interruptions),
+                )
+            ]
+            db.execute(
+                "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE state = ? "
+                "AND interrupted >= ?",
+                (
+                    JobState.FAILED,
+                    f"the node stopped while processing it {max_interruptions} times (killed "
+                    "for memory, or a crash): given up; lus-pacs retry tries it again",
+                    now,
+                    JobState.PROCESSING,
+                    max_interruptions,
+                ),
+            )
             cursor = db.execute(
                 "UPDATE jobs SET state = ?, updated_at = ? WHERE state = ?",
-                (JobState.QUEUED, time.time(), JobState.PROCESSING),
+                (JobState.QUEUED, now, JobState.PROCESSING),
             )
-            return cursor.rowcount
+            return Recovery(cursor.rowcount, tuple(given_up))
 
     def adopt(self, models: str) -> int:
         """After an upgrade (or a changed segmentation setup): queued jobs of other model

@@ -28,7 +28,7 @@ def test_a_crash_while_processing_puts_the_job_back(store: JobStore, tmp_path: P
     assert store.jobs.claim() is None
     store.close()
     restarted = JobStore(tmp_path / "jobs.sqlite")  # the process died holding the job
-    assert restarted.jobs.recover() == 1
+    assert restarted.jobs.recover().resumed == 1
     again = restarted.jobs.claim()
     assert again is not None
     assert again.id == job.id
@@ -234,3 +234,33 @@ def test_a_failed_job_retried_while_a_newer_node_runs_is_made_and_counted_by_its
     assert (again.id, again.models) == (job.id, "m@2")
     store.jobs.finish(again.id, '{"v": 2}', [], [])
     assert store.studies.records("1.2.3", models="m@2") == ['{"v": 2}']
+
+
+def test_a_job_the_node_stops_on_three_times_fails_and_retry_gives_it_three_more(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """A cine whose processing kills the node (the out-of-memory killer, a crash in a
+    decoder): before, each start put it back, the node took it and died again, for good."""
+    store.jobs.record_instance(instance(1), "m@1")
+    store.jobs.record_instance(instance(2), "m@1")
+    for stop in range(1, 4):
+        held = store.jobs.claim()
+        assert held is not None
+        assert held.instance.sop_instance_uid == "1.2.3.1"  # the first in the queue, again
+        store.close()
+        store = JobStore(tmp_path / "jobs.sqlite")  # the node died holding it
+        recovered = store.jobs.recover()
+        assert recovered.resumed == (1 if stop < 3 else 0)
+    assert recovered.given_up == ("1.2.3.1",)
+    (failed,) = store.jobs.rows(JobState.FAILED)
+    assert "stopped while processing it 3 times" in (failed.error or "")
+    following = store.jobs.claim()  # the next cine is made
+    assert following is not None
+    store.jobs.finish(following.id, "{}", [], [])
+    assert store.deliveries.retry_failed() == 1
+    again = store.jobs.claim()
+    assert again is not None
+    assert again.instance.sop_instance_uid == "1.2.3.1"
+    store.close()
+    store = JobStore(tmp_path / "jobs.sqlite")
+    assert store.jobs.recover().resumed == 1  # retry gave it its three again
