@@ -301,7 +301,9 @@ def process_file(
             "read",
             f"{size} bytes is over the limit of {settings.max_instance_bytes} (max_instance_bytes)",
         )
-    header, in_file = _read_dataset(lambda: read_header(path), path.name)
+    header, in_file = _read_dataset(
+        lambda: read_header(path, settings.max_instance_bytes), path.name
+    )
     timings["read"] = (time.perf_counter() - start) * 1000
     findings = _analysed(header, path.name, models, settings, timings, in_file)
     start = time.perf_counter()

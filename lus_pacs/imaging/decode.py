@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import logging
 import os
+import zlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,8 +31,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments, generate_frames
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.pixels import apply_color_lut, get_decoder, iter_pixels
-from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit
 
 from lus_pacs.dicom_vocabulary import IMAGE_SOP_CLASSES, MULTI_FRAME_CLASSES
 from lus_pacs.domain import Cine, GreyFrames, SourceRef
@@ -137,15 +139,22 @@ _ENCAPSULATED_PIXEL_DATA = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff"
 """(7FE0,0010), OB, undefined length, in explicit VR little endian: encapsulated pixels."""
 
 
-def read_header(path: Path) -> tuple[Dataset, PixelsInFile | None]:
+def read_header(path: Path, max_bytes: int | None = None) -> tuple[Dataset, PixelsInFile | None]:
     """A DICOM file's data set, its encapsulated Pixel Data left in the file (with where it
-    is); other Pixel Data (native pixels) is read in, and then no place is returned.
+    is); other Pixel Data (native pixels) is read in, and then no place is returned. With
+    ``max_bytes``, a deflated data set is first inflated only to be measured: pydicom
+    inflates it whole before it reads a single element, and a few MB of zeros inflate a
+    thousandfold, past every limit on frames and pixels, which are checked after.
 
     Raises
     ------
     OSError, InvalidDicomError
         The file cannot be read, or is not DICOM.
+    UnreadableImageError
+        Its deflated data set inflates to more than ``max_bytes``.
     """
+    if max_bytes is not None:
+        _check_inflated_size(path, max_bytes)
     with path.open("rb") as f:
         ds = dcmread(f, stop_before_pixels=True)
         at = f.tell()
@@ -153,6 +162,30 @@ def read_header(path: Path) -> tuple[Dataset, PixelsInFile | None]:
     if head == _ENCAPSULATED_PIXEL_DATA:
         return ds, PixelsInFile(path, at + len(head))
     return dcmread(path), None
+
+
+def _check_inflated_size(path: Path, max_bytes: int) -> None:
+    with path.open("rb") as f:
+        read_preamble(f, False)
+        meta = _read_file_meta_info(f)
+        if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+            return
+        inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+        size = 0
+        while chunk := f.read(_CHUNK):
+            while chunk and size <= max_bytes:
+                size += len(inflate.decompress(chunk, _CHUNK))
+                chunk = inflate.unconsumed_tail
+            if size > max_bytes:
+                raise UnreadableImageError(
+                    path.name,
+                    f"its deflated data set inflates to more than {max_bytes} bytes "
+                    "(max_instance_bytes)",
+                )
+
+
+_CHUNK = 1 << 20
+"""Bytes read, and inflated, at once when a deflated data set is measured."""
 
 
 def decode_dataset(

@@ -388,3 +388,21 @@ def test_a_jpeg_cine_read_from_its_file_decodes_the_same_frames(
     header, in_file = read_header(native)
     assert in_file is None
     assert "PixelData" in header
+
+
+def test_a_deflated_data_set_that_inflates_past_the_limit_is_refused_before_it_is_read(
+    tmp_path: Path,
+) -> None:
+    """A 32 x 32 header over 24 MB of zeros, deflated to a few kB: pydicom inflates it whole
+    before reading one element, so the limits on frames and pixels came too late."""
+    ds = pydicom.dcmread(write_cine(tmp_path / "small.dcm", _textured(n=2, size=32), "explicit"))
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "fits.dcm", enforce_file_format=True)
+    block = ds.private_block(0x0009, "LUS-PACS TEST", create=True)
+    block.add_new(0x10, "OB", bytes(24_000_000))  # what the Pixel Data would be
+    ds.save_as(tmp_path / "bomb.dcm", enforce_file_format=True)
+    assert (tmp_path / "bomb.dcm").stat().st_size < 100_000
+    header, _ = read_header(tmp_path / "fits.dcm", max_bytes=10_000_000)
+    assert decode_dataset(header, "fits").n_frames == 2
+    with pytest.raises(UnreadableImageError, match=r"bomb.dcm: .*inflates to more than 10000000"):
+        read_header(tmp_path / "bomb.dcm", max_bytes=10_000_000)
