@@ -441,7 +441,15 @@ class Node:
         if not records:
             log.warning("Study %s complete, but none of its cines was processed", study)
             return
-        summary = StudySummary.of(study, records)
+        failed = self.store.studies.failed(study, self.models.key)
+        if failed:
+            log.warning(
+                "Study %s: summarised without %d cine(s) that could not be processed: %s",
+                study,
+                len(failed),
+                ", ".join(failed),
+            )
+        summary = StudySummary.of(study, records, failed)
         path = summary_path(self.settings, study)
         if OutputKind.STUDY_SR in self.settings.output_kinds:
             self._send_summary(study, summary, path.parent)

@@ -448,6 +448,9 @@ class StudySummary:
     """SOP Instance UID -> reasons, for every cine the lung models did not read."""
     not_assessable_zones: tuple[str, ...] | None = field(default=None, metadata=OMIT_NONE)
     """Zones none of whose cines the lung models read: left out of the LUS score."""
+    failed_cines: Mapping[str, str] | None = field(default=None, metadata=OMIT_NONE)
+    """SOP Instance UID -> reason, for every cine of the study that could not be processed
+    (unreadable, damaged): in no zone and no score. Absent when none failed."""
 
     def dumps(self) -> str:
         """The summary as one line of ``studies.jsonl``."""
@@ -458,10 +461,13 @@ class StudySummary:
         return from_json(cls, json.loads(text))
 
     @classmethod
-    def of(cls, study: str, records: Sequence[CineRecord]) -> StudySummary:
+    def of(
+        cls, study: str, records: Sequence[CineRecord], failed: Mapping[str, str] | None = None
+    ) -> StudySummary:
         """Zones scanned and the cines of each, B-line zones, consolidation zones, zones to
         scan again, and the LUS score per zone (the highest clip score among the zone's cines)
-        with its total over the scored zones."""
+        with its total over the scored zones; ``failed``, the cines of the study that could
+        not be processed and why (an exam is never scored on part of its cines unsaid)."""
         grouped: dict[str, list[CineRecord]] = {}
         for record in records:
             grouped.setdefault(record.source.zone or "?", []).append(record)
@@ -526,6 +532,7 @@ class StudySummary:
             lus_score=lus_score,
             not_assessable=not_assessable,
             not_assessable_zones=not_assessable_zones,
+            failed_cines=dict(sorted(failed.items())) if failed else None,
         )
 
 

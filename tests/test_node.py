@@ -246,11 +246,17 @@ def test_bad_input_fails_with_a_reason_and_the_node_keeps_serving(
         )
         assert storescu(node.port, sources[1:2]).returncode == 0
         wait_for(lambda: orthanc.count() == 2, 180, "the next cine's results")
+        # The exam's summary counts the cine it could make and names the one it could not.
+        summary = tmp_path / "node" / "results" / broken.StudyInstanceUID / "study-summary.json"
+        wait_for(summary.exists, 60, "the study's summary")
     finally:
         node.stop()
     assert f"NumberOfFrames is {len(frames)} but the Pixel Data holds {len(frames) - 1}" in (
         node.log_text()
     )
+    written = json.loads(summary.read_text())
+    assert written["cines"] == 1
+    assert list(written["failed_cines"]) == [broken.SOPInstanceUID]
     status = lus_pacs("status", "--config", str(config)).stdout
     assert f"failed {broken.SOPInstanceUID}" in status
 

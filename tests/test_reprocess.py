@@ -419,20 +419,27 @@ def test_a_cine_over_the_byte_limit_is_failed_unread_and_the_run_goes_on(
     archive: Path, tmp_path: Path, models: Models
 ) -> None:
     """The engines read each cine whole into memory: one over ``max_instance_bytes`` is failed
-    with the limit named before it is read, as the node refuses it."""
+    with the limit named before it is read, as the node refuses it; the summary of its study
+    names it (before, the exam was scored on its other cines without a word)."""
     real = next(archive.glob("real/*.dcm"))
-    limit = real.stat().st_size - 1  # the real cine only (the simulated ones are smaller)
-    assert all(p.stat().st_size <= limit for p in archive.glob("synth/*/*.dcm"))
+    largest = max(archive.glob("synth/*/*.dcm"), key=lambda p: p.stat().st_size)
+    limit = largest.stat().st_size - 1  # the real cine (larger) and the largest simulated one
+    assert sum(p.stat().st_size > limit for p in archive.glob("synth/*/*.dcm")) == 1
+    assert real.stat().st_size > limit
     settings = Settings(
         models=tuple(MODELS.split(",")), data_dir=tmp_path / "data", max_instance_bytes=limit
     )
     engine = _InProcess(settings, models)
     run = Run(settings, FolderSource(archive), tmp_path / "out", engine, "k", progress=False)
     done = run.execute()
-    assert (done.failed, done.processed) == (1, CINES - 1)
-    ((uid, reason),) = done.failures
-    assert uid == dcmread(real, stop_before_pixels=True).SOPInstanceUID
-    assert f"over the limit of {limit} (max_instance_bytes)" in reason
+    assert (done.failed, done.processed) == (2, CINES - 2)
+    failed = dict(done.failures)
+    uids = {p: dcmread(p, stop_before_pixels=True) for p in (real, largest)}
+    assert set(failed) == {str(h.SOPInstanceUID) for h in uids.values()}
+    assert all(f"over the limit of {limit} (max_instance_bytes)" in r for r in failed.values())
+    studies = [json.loads(x) for x in (tmp_path / "out" / "studies.jsonl").read_text().splitlines()]
+    (exam,) = [s for s in studies if s["study_instance_uid"] == uids[largest].StudyInstanceUID]
+    assert list(exam["failed_cines"]) == [uids[largest].SOPInstanceUID]
     with pytest.raises(StageError, match="max_instance_bytes"):  # the engines' own check
         process_bytes(real.read_bytes(), real.name, engine.models, settings)
 

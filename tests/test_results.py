@@ -14,6 +14,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from lus_pacs.encode.files import write_outputs
 from lus_pacs.encode.readback import read_cine_sr, read_study_summary
 from lus_pacs.pipeline import encode_summary
 from lus_pacs.records import StudySummary
@@ -231,3 +232,19 @@ def test_a_study_summary_that_changed_is_a_new_object_and_the_same_one_is_not(
     renamed = [copy.deepcopy(h) for h in headers]
     renamed[0].PatientName = "Corrected^Name"
     assert encode_summary(summary, renamed, "m@1")[1].SOPInstanceUID != uid
+
+
+def test_a_study_summary_says_how_many_of_its_cines_could_not_be_processed(
+    processed: Processed, tmp_path: Path
+) -> None:
+    """An exam is never scored on part of its cines unsaid: before, a cine that failed (an
+    unreadable file) was simply absent from the summary a reader sees in PACS."""
+    (line,) = [s for s in processed.studies if s.get("lus_score")]
+    assert "failed_cines" not in line  # none failed in this exam
+    summary = StudySummary.loads(json.dumps(line))
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in processed.sources[:-1]]
+    cut = replace(summary, failed_cines={"1.2.3.4": "R3.dcm: NumberOfFrames is 45 but 12"})
+    (output,) = write_outputs([encode_summary(cut, headers, "m@1")], tmp_path / "cut")
+    assert read_study_summary(output.path)["cines_not_processed"] == 1
+    (output,) = write_outputs([encode_summary(summary, headers, "m@1")], tmp_path / "whole")
+    assert "cines_not_processed" not in read_study_summary(output.path)

@@ -117,6 +117,8 @@ NOT_ASSESSABLE_REASONS = {
 }
 """Values of the Reason not assessable of a cine the lung models did not read."""
 ZONES_NOT_ASSESSABLE = _private("LUS087", "Lung ultrasound zones not assessable")
+CINES_NOT_PROCESSED = _private("LUS091", "Lung ultrasound cines not processed")
+"""Study summary: cines of the study that could not be processed (in no zone and no score)."""
 DAMAGED_FRAMES = _private("LUS089", "Frames damaged in the source")
 """Study summary: zones none of whose cines the lung models could read (out of the score)."""
 
@@ -155,6 +157,7 @@ MEAN = codes.SCT.Mean  # 373098007, CID 3488 derivation
 MAXIMUM = codes.SCT.Maximum  # 56851009, CID 3488 derivation
 FRAMES = Code(value="{frames}", scheme_designator="UCUM", meaning="frames")
 ZONES = Code(value="{zones}", scheme_designator="UCUM", meaning="zones")
+CINES = Code(value="{cines}", scheme_designator="UCUM", meaning="cines")
 
 
 def laterality_for_zone(zone: str | None) -> Code | None:

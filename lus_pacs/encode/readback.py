@@ -123,6 +123,7 @@ def read_study_summary(path: Path) -> dict[str, Any]:
                 "maximum": codes.MAXIMUM_LUS_SCORE,
                 "zones_scored": codes.ZONES_SCORED,
                 "zones_scanned": codes.ZONES_SCANNED,
+                "cines_not_processed": codes.CINES_NOT_PROCESSED,
             }
             for key, name in names.items():
                 for m in group.get_measurements(name=name):
@@ -158,6 +159,8 @@ def read_study_summary(path: Path) -> dict[str, Any]:
         summary["poor_zones"] = poor_zones
     if not_assessable_zones:
         summary["not_assessable_zones"] = not_assessable_zones
+    if "cines_not_processed" in totals:
+        summary["cines_not_processed"] = totals["cines_not_processed"]
     if per_zone:
         summary["lus_score"] = {
             "per_zone": per_zone,

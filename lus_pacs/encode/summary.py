@@ -203,6 +203,8 @@ def _exam_group(
     if summary.not_assessable_zones is not None:
         zones = len(summary.not_assessable_zones)
         counts.append((codes.ZONES_NOT_ASSESSABLE, zones, codes.ZONES, "assessment"))
+    if summary.failed_cines:
+        counts.append((codes.CINES_NOT_PROCESSED, len(summary.failed_cines), codes.CINES, None))
     score = summary.lus_score
     if score is not None:
         counts = [

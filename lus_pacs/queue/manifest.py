@@ -258,6 +258,16 @@ class Manifest:
                 (study_uid, models),
             )
 
+    def failed_cines(self, models: str, study_uid: str) -> dict[str, str]:
+        """SOP Instance UID -> reason, for the study's cines that failed (this run or an
+        earlier one)."""
+        rows = self._db.execute(
+            "SELECT sop_instance_uid, error FROM items WHERE models = ? AND state = ? "
+            "AND study_instance_uid = ? ORDER BY sop_instance_uid",
+            (models, ItemState.FAILED, study_uid),
+        )
+        return {r[0]: r[1] or "failed" for r in rows}
+
     def failures(self, models: str) -> list[tuple[str, str]]:
         """(what, why) of every failed cine (by its SOP Instance UID), then of every problem
         (by its subject)."""

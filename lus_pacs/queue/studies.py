@@ -96,6 +96,17 @@ class Studies:
         rows = self._db.connection().execute(sql + " ORDER BY s.last_received_at", args)
         return [(r[0], float(r[1])) for r in rows]
 
+    def failed(self, study_uid: str, models: str) -> dict[str, str]:
+        """SOP Instance UID -> reason, for the study's instances whose job for ``models``
+        failed (and was not replaced by other content since)."""
+        rows = self._db.connection().execute(
+            "SELECT i.sop_instance_uid, j.error FROM jobs j JOIN instances i "
+            "USING (sop_instance_uid) WHERE j.state = ? AND i.study_instance_uid = ? "
+            "AND j.models = ? ORDER BY j.id",
+            (JobState.FAILED, study_uid, models),
+        )
+        return {r[0]: r[1] or "failed" for r in rows}
+
     def processed_paths(self, study_uid: str, models: str) -> list[Path]:
         """The stored files of the study's instances with a result record for ``models``."""
         rows = self._db.connection().execute(

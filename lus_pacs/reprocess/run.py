@@ -245,8 +245,13 @@ class Run:
             for r in self.manifest.records(self.key, self.part_types, uid)
             if r.source.sop_instance_uid in study.headers
         ]
+        failed = {
+            u: why
+            for u, why in self.manifest.failed_cines(self.key, uid).items()
+            if u in study.headers
+        }
         if records:
-            summary = StudySummary.of(uid, records)
+            summary = StudySummary.of(uid, records, failed)
             folder = self.out / "results" / uid
             # The files first, the manifest's note of the summary last: an interruption between
             # them leaves the study to summarise again, never noted done without its files.

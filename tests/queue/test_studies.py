@@ -145,3 +145,21 @@ def test_a_cine_that_retry_makes_after_its_study_was_summarised_is_summarised_ag
     store.jobs.finish(again.id, '{"cine": 2}', [], [])
     assert [uid for uid, _ in store.studies.awaiting_summary()] == ["7.7"]
     assert sorted(store.studies.records("7.7")) == ['{"cine": 1}', '{"cine": 2}']
+
+
+def test_a_study_names_its_cines_that_failed_and_not_those_replaced_since(
+    store: JobStore,
+) -> None:
+    store.jobs.record_instance(instance(1, "7.7"), "m@1")
+    store.jobs.record_instance(replace(instance(2, "7.7"), content="a"), "m@1")
+    for reason in ("R1.dcm: not a readable DICOM file", "R2.dcm: cut short"):
+        job = store.jobs.claim()
+        assert job is not None
+        store.jobs.fail(job.id, reason)
+    assert store.studies.failed("7.7", "m@1") == {
+        "1.2.3.1": "R1.dcm: not a readable DICOM file",
+        "1.2.3.2": "R2.dcm: cut short",
+    }
+    assert store.studies.failed("7.7", "m@2") == {}
+    store.jobs.record_instance(replace(instance(2, "7.7"), content="b"), "m@1")  # sent again
+    assert list(store.studies.failed("7.7", "m@1")) == ["1.2.3.1"]
