@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from dataclasses import dataclass
@@ -70,7 +71,17 @@ def pocus_cache(pocus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Po
     from lus_pacs.training.pocus import cache_clips, read_labels
 
     clips = read_labels(pocus_dir / "labels.csv")
-    cache_dir = tmp_path_factory.mktemp("pocus-cache")
-    start = time.perf_counter()
-    report = cache_clips(clips, pocus_dir, cache_dir, progress=False, workers=2)
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        cache_dir = tmp_path_factory.mktemp("pocus-cache")
+        start = time.perf_counter()
+        report = cache_clips(clips, pocus_dir, cache_dir, progress=False, workers=2)
+        return PocusCache(pocus_dir, cache_dir, report, time.perf_counter() - start)
+    # One import for the run's test processes (80 s each on two cores): the first makes it in
+    # the run's own temporary folder, the others wait for it and reuse its files.
+    cache_dir = tmp_path_factory.getbasetemp().parent / "pocus-cache"
+    cache_dir.mkdir(exist_ok=True)
+    with (cache_dir.parent / "pocus-cache.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        start = time.perf_counter()
+        report = cache_clips(clips, pocus_dir, cache_dir, progress=False, workers=2)
     return PocusCache(pocus_dir, cache_dir, report, time.perf_counter() - start)

@@ -156,8 +156,8 @@ def test_a_cine_whose_encoding_kills_or_holds_its_process_fails_and_the_next_is_
     first, second = _cines(synth_exams)[:2]
     read_header = pipeline.read_header
 
-    def poisoned(path: Path) -> tuple[pydicom.Dataset, object]:
-        header, in_file = read_header(path)
+    def poisoned(path: Path, *limit: int) -> tuple[pydicom.Dataset, object]:
+        header, in_file = read_header(path, *limit)
         header._poison = poison  # pickled with the header, it acts when unpickled
         return header, in_file
 
@@ -248,8 +248,8 @@ def test_a_cine_whose_process_close_kills_waits_in_the_queue_on_its_last_attempt
     settings, models = node_models
     read_header = pipeline.read_header
 
-    def holding(path: Path) -> tuple[pydicom.Dataset, object]:
-        header, in_file = read_header(path)
+    def holding(path: Path, *limit: int) -> tuple[pydicom.Dataset, object]:
+        header, in_file = read_header(path, *limit)
         header._poison = _HoldsItsReader()
         return header, in_file
 
