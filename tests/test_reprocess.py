@@ -26,7 +26,7 @@ from lus_pacs.ingest.archive.folder import FolderSource
 from lus_pacs.pipeline import Models, process_bytes
 from lus_pacs.queue.manifest import Manifest
 from lus_pacs.reprocess.engine import Outcome, WorkItem
-from lus_pacs.reprocess.run import Run
+from lus_pacs.reprocess.run import Run, RunCounts
 from lus_pacs.settings import Settings
 from tests.node_process import lus_pacs, wait_for
 from tests.orthanc import OrthancHandle, free_ports, running_orthanc
@@ -474,3 +474,33 @@ def test_a_ray_worker_that_dies_fails_its_cines_and_another_takes_its_place(
     died = [o for o in outcomes if o.error == WORKER_DIED]
     assert 1 <= len(died) <= 2  # the cine the actor ran and the one waiting on it
     assert all(o.record is not None for o in outcomes if o not in died)  # by its successor
+
+
+def test_a_damaged_file_in_a_folder_is_a_problem_of_the_run_until_it_is_gone(
+    archive: Path, tmp_path: Path, models: Models
+) -> None:
+    """Its study is unknown, so before it was a log line only: not in the report's failures
+    nor counted, and the run looked whole."""
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    cine = sorted(archive.glob("synth/*/*.dcm"))[0]
+    shutil.copy(cine, folder / cine.name)
+    data = bytearray(cine.read_bytes())
+    at = data.find(bytes.fromhex("08001800"), 132 + 200)  # (0008,0018) in the data set
+    data[at + 4 : at + 6] = b"ZZ"
+    (folder / "damaged.dcm").write_bytes(bytes(data))
+    settings = Settings(models=tuple(MODELS.split(",")), data_dir=tmp_path / "data")
+    out = tmp_path / "out"
+
+    def run() -> RunCounts:
+        engine = _InProcess(settings, models)
+        return Run(settings, FolderSource(folder), out, engine, "k", progress=False).execute()
+
+    done = run()
+    assert (done.processed, done.problems) == (1, 1)
+    ((subject, reason),) = done.failures
+    assert subject == str(folder / "damaged.dcm")
+    assert reason.startswith("skipped: not readable as DICOM")
+    (folder / "damaged.dcm").unlink()
+    again = run()
+    assert (again.processed, again.problems, again.failures) == (0, 0, [])

@@ -114,6 +114,11 @@ class Run:
             self._send_leftovers()
             studies = self.source.studies(self.since)
             self.counts.studies = len(studies)
+            # Files of no known study are named again by every run that meets them: the
+            # last run's list goes first, so that a file mended or removed since drops out.
+            self.manifest.solved("", self.key)
+            for path, reason in self.source.skipped:
+                self._problem(path, "", f"skipped: {reason}")
             self._bar = tqdm(
                 total=0, unit="cine", disable=not self.progress, desc="reprocess", smoothing=0.1
             )

@@ -36,6 +36,10 @@ class ArchiveSource(Protocol):
     name: str
     """For logs and the manifest: ``folder:/data/x``, ``dimse:PACS@host:104``,
     ``dicomweb:http://host/dicom-web``."""
+    skipped: tuple[tuple[str, str], ...]
+    """The files the last :meth:`studies` could not take as an instance of a study, and why
+    (a folder's damaged or unnamed files: their study is unknown); none for a network archive,
+    whose instances are named by the archive (what fails there fails its study)."""
 
     def studies(self, since: datetime.date | None = None) -> list[ArchiveStudy]:
         """The ultrasound studies, sorted by (study date, Study Instance UID); with ``since``,

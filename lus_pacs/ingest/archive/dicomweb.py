@@ -40,6 +40,8 @@ class DicomwebSource:
     except for loopback. Thread-safe (no state between calls).
     """
 
+    skipped: tuple[tuple[str, str], ...] = ()
+
     def __init__(
         self,
         base_url: str,

@@ -91,6 +91,8 @@ class DimseSource:
         (Orthanc: ``DicomModalities``) before fetching.
     """
 
+    skipped: tuple[tuple[str, str], ...] = ()
+
     def __init__(
         self,
         ae_title: str,

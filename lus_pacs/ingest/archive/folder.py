@@ -44,6 +44,7 @@ class FolderSource:
         self.path = path
         self._lock = threading.Lock()
         self._index: dict[str, list[tuple[Path, str, ArchiveStudy]]] | None = None
+        self.skipped: tuple[tuple[str, str], ...] = ()
 
     def studies(self, since: datetime.date | None = None) -> list[ArchiveStudy]:
         """Scans the folder again; the studies are those with an instance of an image class."""
@@ -68,6 +69,7 @@ class FolderSource:
     def _scan(self) -> dict[str, list[tuple[Path, str, ArchiveStudy]]]:
         index: dict[str, list[tuple[Path, str, ArchiveStudy]]] = {}
         seen: set[str] = set()
+        skipped: list[tuple[str, str]] = []
         for path in self._candidates():
             try:
                 ds = dcmread(path, stop_before_pixels=True)
@@ -79,22 +81,25 @@ class FolderSource:
             except Exception as exc:
                 if path.suffix.lower() == ".dcm":
                     logger.warning("Skipped %s: not readable as DICOM (%r)", path, exc)
+                    skipped.append((str(path), f"not readable as DICOM ({exc!r})"))
                 continue
             if not is_uid(sop) or not is_uid(study.study_instance_uid):
-                logger.warning(
-                    "Skipped %s: no valid SOP Instance UID or Study Instance UID (%r, %r)",
-                    path,
-                    sop[:80],
-                    study.study_instance_uid[:80],
+                reason = (
+                    f"no valid SOP Instance UID or Study Instance UID ({sop[:80]!r}, "
+                    f"{study.study_instance_uid[:80]!r})"
                 )
+                logger.warning("Skipped %s: %s", path, reason)
+                skipped.append((str(path), reason))
                 continue
             if sop in seen:
                 logger.warning("Skipped %s: another file holds instance %s", path, sop)
+                skipped.append((str(path), f"another file holds instance {sop}"))
                 continue
             seen.add(sop)
             index.setdefault(study.study_instance_uid, []).append((path, sop, study))
         with self._lock:
             self._index = index
+            self.skipped = tuple(skipped)
         return index
 
     def _candidates(self) -> Iterator[Path]:
