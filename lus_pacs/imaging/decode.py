@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -167,21 +168,30 @@ def read_header(path: Path, max_bytes: int | None = None) -> tuple[Dataset, Pixe
 def _check_inflated_size(path: Path, max_bytes: int) -> None:
     with path.open("rb") as f:
         read_preamble(f, False)
-        meta = _read_file_meta_info(f)
+        meta = _read_file_meta_info(f)  # pydicom's own reader of group 2 (pinned to 3.0)
         if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
             return
-        inflate = zlib.decompressobj(-zlib.MAX_WBITS)
-        size = 0
-        while chunk := f.read(_CHUNK):
-            while chunk and size <= max_bytes:
-                size += len(inflate.decompress(chunk, _CHUNK))
-                chunk = inflate.unconsumed_tail
-            if size > max_bytes:
-                raise UnreadableImageError(
-                    path.name,
-                    f"its deflated data set inflates to more than {max_bytes} bytes "
-                    "(max_instance_bytes)",
-                )
+        if inflates_past(f, max_bytes):
+            raise UnreadableImageError(
+                path.name,
+                f"its deflated data set inflates to more than {max_bytes} bytes "
+                "(max_instance_bytes)",
+            )
+
+
+def inflates_past(deflated: BinaryIO, limit: int) -> bool:
+    """Whether the deflated data set read from ``deflated`` (from where it stands) inflates to
+    more than ``limit`` bytes: inflated a chunk at a time and counted, never held whole (the
+    listener asks it of a received data set before pynetdicom inflates it in one piece)."""
+    inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+    size = 0
+    while chunk := deflated.read(_CHUNK):
+        while chunk and size <= limit:
+            size += len(inflate.decompress(chunk, _CHUNK))
+            chunk = inflate.unconsumed_tail
+        if size > limit:
+            return True
+    return False
 
 
 _CHUNK = 1 << 20

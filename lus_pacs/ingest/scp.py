@@ -23,7 +23,7 @@ from functools import partial
 from typing import BinaryIO
 
 from pydicom import Dataset
-from pydicom.uid import UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.events import EventHandlerType
 from pynetdicom.presentation import AllStoragePresentationContexts
@@ -42,7 +42,7 @@ from lus_pacs.dicom_vocabulary import (
 from lus_pacs.domain import Instance, Received
 from lus_pacs.durable import durable_file
 from lus_pacs.errors import ConfigError, describe
-from lus_pacs.imaging.decode import decodable_syntaxes
+from lus_pacs.imaging.decode import decodable_syntaxes, inflates_past
 from lus_pacs.ingest.audit import AuditEvent, AuditLog
 from lus_pacs.settings import Settings
 from lus_pacs.tls import server_context
@@ -159,7 +159,8 @@ class Receiver:
             log.warning("Refused %s from %s: %s is not processed", sop_instance, calling, name)
             return REFUSED_SOP_CLASS
         limit = self._settings.max_instance_bytes
-        size, content = _size_and_digest(getattr(event.request, "DataSet", None))
+        raw = getattr(event.request, "DataSet", None)
+        size, content = _size_and_digest(raw)
         if size > limit:
             log.warning(
                 "Refused %s from %s: %d bytes is over the limit of %d (max_instance_bytes)",
@@ -171,6 +172,23 @@ class Receiver:
             over = Dataset()
             over.Status = OUT_OF_RESOURCES
             over.ErrorComment = "over the node's max_instance_bytes"
+            return over
+        if event.context.transfer_syntax == DeflatedExplicitVRLittleEndian and _inflates_past(
+            raw, limit
+        ):
+            # pynetdicom inflates a deflated data set whole to read it: a few MB of zeros would
+            # take GB of the node's memory before any limit is looked at.
+            log.warning(
+                "Refused %s from %s: its deflated data set inflates past the limit of %d "
+                "(max_instance_bytes)",
+                sop_instance,
+                calling,
+                limit,
+            )
+            facts["reason"] = "its deflated data set inflates past max_instance_bytes"
+            over = Dataset()
+            over.Status = OUT_OF_RESOURCES
+            over.ErrorComment = "inflates past the node's max_instance_bytes"
             return over
         try:
             ds = event.dataset
@@ -579,6 +597,18 @@ def _size_and_digest(raw: BinaryIO | None) -> tuple[int, str]:
         return 0, hashlib.sha256(b"").hexdigest()
     with raw.getbuffer() as view:
         return view.nbytes, hashlib.sha256(view).hexdigest()
+
+
+def _inflates_past(raw: BinaryIO | None, limit: int) -> bool:
+    """:func:`~lus_pacs.imaging.decode.inflates_past` of pynetdicom's buffer, read from its
+    start and left there for pynetdicom."""
+    if not isinstance(raw, io.BytesIO):
+        return False
+    raw.seek(0)
+    try:
+        return inflates_past(raw, limit)
+    finally:
+        raw.seek(0)
 
 
 def _identity_problem(

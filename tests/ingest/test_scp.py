@@ -213,6 +213,33 @@ def test_an_instance_over_the_byte_limit_is_refused_and_not_stored(
     assert not (tmp_path / "incoming").exists()
 
 
+def test_a_deflated_instance_that_inflates_past_the_byte_limit_is_refused_unread(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """24 MB of zeros deflate to a few kB, far under the limit: pynetdicom inflates a received
+    data set whole to read it, so the listener measured the sent bytes and then held the
+    inflated ones (150 MB from 146 kB in the review's run)."""
+    ds = pydicom.dcmread(US_IMAGE)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "fits.dcm", enforce_file_format=True)
+    block = ds.private_block(0x0009, "LUS-PACS TEST", create=True)
+    block.add_new(0x10, "OB", bytes(24_000_000))
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(tmp_path / "bomb.dcm", enforce_file_format=True)
+    assert (tmp_path / "bomb.dcm").stat().st_size < 10**6  # a tenth of the limit
+    node = StoringNode(Settings(data_dir=tmp_path / "node", port=0, max_instance_bytes=10**7))
+    try:
+        with caplog.at_level(logging.WARNING, logger="lus_pacs.ingest.scp"):
+            assert _send(node.port, tmp_path / "fits.dcm") == [SUCCESS]
+            assert _send(node.port, tmp_path / "bomb.dcm") == [OUT_OF_RESOURCES]
+    finally:
+        node.listener.stop()
+    assert "inflates past the limit of 10000000 (max_instance_bytes)" in caplog.text
+    assert [r.sop_instance_uid for r in node.store.jobs.rows()] == [
+        pydicom.dcmread(US_IMAGE).SOPInstanceUID
+    ]
+
+
 @pytest.mark.parametrize(
     ("keyword", "uid"),
     [
