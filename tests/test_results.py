@@ -246,5 +246,10 @@ def test_a_study_summary_says_how_many_of_its_cines_could_not_be_processed(
     cut = replace(summary, failed_cines={"1.2.3.4": "R3.dcm: NumberOfFrames is 45 but 12"})
     (output,) = write_outputs([encode_summary(cut, headers, "m@1")], tmp_path / "cut")
     assert read_study_summary(output.path)["cines_not_processed"] == 1
+    checked = lus_pacs("validate", str(output.path))  # dciodvfy and dsrdump on the new count
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    lines = checked.stdout.splitlines()
+    assert any(x.startswith("ok") and " dciodvfy " in x for x in lines), lines
+    assert lines[-1].endswith(" 0 failed")
     (output,) = write_outputs([encode_summary(summary, headers, "m@1")], tmp_path / "whole")
     assert "cines_not_processed" not in read_study_summary(output.path)
