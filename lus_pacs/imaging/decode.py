@@ -15,6 +15,7 @@ frame's end-of-image marker (vendor padding) are ignored, as libjpeg ignores the
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import logging
 import os
@@ -30,7 +31,12 @@ import numpy.typing as npt
 import simplejpeg
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.encaps import generate_fragments, generate_frames
+from pydicom.encaps import (
+    generate_fragments,
+    generate_frames,
+    parse_basic_offsets,
+    parse_fragments,
+)
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.pixels import apply_color_lut, get_decoder, iter_pixels
@@ -116,6 +122,12 @@ class PixelsInFile:
         f.seek(self.offset)
         return generate_frames(f, number_of_frames=number_of_frames)
 
+    def offset_table_fault(self, number_of_frames: int) -> str | None:
+        """Why the Basic Offset Table in the file cannot place the frames, or None."""
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            return offset_table_fault(f, number_of_frames)
+
     def load(self, ds: Dataset, name: str) -> None:
         """Read the whole Pixel Data into ``ds`` (the decoders other than libjpeg-turbo's need
         it in memory).
@@ -134,6 +146,61 @@ class PixelsInFile:
         if "PixelData" not in whole:
             raise UnreadableImageError(name, "the Pixel Data is cut short (no end delimiter)")
         ds.PixelData = whole.PixelData
+
+
+def offset_table_fault(buffer: BinaryIO, number_of_frames: int) -> str | None:
+    """Why the Basic Offset Table at ``buffer``'s position cannot say where the frames start,
+    or None when it can or is empty (then pydicom finds the frames from their fragments and
+    end markers). The buffer is left where it was.
+
+    pydicom trusts a table it is given: one of zeros (some encoders' placeholder) made frame
+    1 empty and shifted every later frame by one, each a half frame, so a cine of whole
+    frames was read as damaged ones.
+    """
+    start = buffer.tell()
+    try:
+        offsets = parse_basic_offsets(buffer)
+        if not offsets:
+            return None
+        first = buffer.tell()
+        fragments, starts = parse_fragments(buffer)
+    except ValueError:
+        return None  # the fragments cannot be split at all: splitting them says so, named
+    finally:
+        buffer.seek(start)
+    if len(offsets) < number_of_frames <= fragments:  # fewer fragments: too few frames, named
+        return f"it holds {len(offsets)} offsets for {number_of_frames} frames"
+    if offsets[0] != 0 or any(b <= a for a, b in itertools.pairwise(offsets)):
+        return f"its offsets do not rise from 0 ({_some(offsets)})"
+    fragment_starts = {at - first for at in starts}
+    if stray := [o for o in offsets if o not in fragment_starts]:
+        return f"offset {stray[0]} is not where a fragment starts"
+    return None
+
+
+def _is_encapsulated(syntax: str | None) -> bool:
+    uid = UID(syntax or "")
+    return uid.is_transfer_syntax and uid.is_encapsulated
+
+
+def _some(values: list[int], shown: int = 4) -> str:
+    return ", ".join(map(str, values[:shown])) + (", ..." if len(values) > shown else "")
+
+
+def _trusted_offsets(pixel_data: bytes, number_of_frames: int, name: str) -> bytes:
+    """``pixel_data`` (encapsulated), its Basic Offset Table emptied when it cannot place the
+    frames (logged), so that the frames are found from the fragments themselves."""
+    buffer = io.BytesIO(pixel_data)
+    fault = offset_table_fault(buffer, number_of_frames)
+    if fault is None:
+        return pixel_data
+    log.warning("%s: the Basic Offset Table is ignored, %s", name, fault)
+    parse_basic_offsets(buffer)
+    return _EMPTY_OFFSET_TABLE + pixel_data[buffer.tell() :]
+
+
+_EMPTY_OFFSET_TABLE = b"\xfe\xff\x00\xe0\x00\x00\x00\x00"
+"""An empty Basic Offset Table item (little endian)."""
 
 
 _ENCAPSULATED_PIXEL_DATA = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff"
@@ -307,6 +374,11 @@ def luminance(
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     photometric = str(ds.get("PhotometricInterpretation", ""))
+    if in_file is not None and in_file.offset_table_fault(n_frames) is not None:
+        in_file.load(ds, name)  # rare: the table is mended in memory, below
+        in_file = None
+    if in_file is None and _is_encapsulated(syntax):
+        ds.PixelData = _trusted_offsets(ds.PixelData, n_frames, name)
     if syntax in _FAST_JPEG and ds.get("BitsAllocated") == 8 and photometric in _FAST_PHOTOMETRIC:
         grey, damaged = _jpeg_luminance(ds, name, n_frames, rows, cols, in_file)
         return _invert_if_monochrome1(grey, photometric), damaged

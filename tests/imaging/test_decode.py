@@ -406,3 +406,63 @@ def test_a_deflated_data_set_that_inflates_past_the_limit_is_refused_before_it_i
     assert decode_dataset(header, "fits").n_frames == 2
     with pytest.raises(UnreadableImageError, match=r"bomb.dcm: .*inflates to more than 10000000"):
         read_header(tmp_path / "bomb.dcm", max_bytes=10_000_000)
+
+
+def _in_fragments(encoded: list[bytes], offsets: list[int] | None) -> bytes:
+    """Encapsulated Pixel Data with each frame in two fragments, under the Basic Offset
+    Table ``offsets`` (None: the table a correct encoder writes)."""
+    parts = []
+    for frame in encoded:
+        cut = len(frame) // 4 * 2  # an even first fragment; the frame's end padded
+        parts += [frame[:cut], frame[cut:] + b"\x00" * (len(frame) % 2)]
+    items = [b"\xfe\xff\x00\xe0" + len(part).to_bytes(4, "little") + part for part in parts]
+    if offsets is None:
+        offsets = [sum(len(item) for item in items[: 2 * n]) for n in range(len(encoded))]
+    table = b"".join(o.to_bytes(4, "little") for o in offsets)
+    head = b"\xfe\xff\x00\xe0" + len(table).to_bytes(4, "little") + table
+    return head + b"".join(items) + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+@pytest.mark.parametrize(
+    "offsets",
+    [[0, 0, 0, 0], [0, 100, 200, 300], [0, 1], [7, 8, 9, 10]],
+    ids=["zeros", "inside-fragments", "too-few", "not-from-zero"],
+)
+def test_a_basic_offset_table_that_cannot_place_the_frames_is_ignored(
+    tmp_path: Path, offsets: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A table of zeros made frame 1 empty and every later frame half of one: a cine of whole
+    frames read as damaged frames, in memory and from its file alike."""
+    frames = _textured()
+    ds, encoded = _jpeg_frames(tmp_path, frames)
+    reference = decode_dataset(pydicom.dcmread(tmp_path / "j.dcm"), "plain").frames
+    ds.PixelData = _in_fragments(encoded, None)
+    assert not decode_dataset(ds, "correct table").damaged
+    assert "Basic Offset Table" not in caplog.text
+    ds.PixelData = _in_fragments(encoded, offsets)
+    ds.save_as(tmp_path / "bad-table.dcm", enforce_file_format=True)
+    in_memory = decode_dataset(pydicom.dcmread(tmp_path / "bad-table.dcm"), "bad table")
+    header, in_file = read_header(tmp_path / "bad-table.dcm")
+    assert in_file is not None
+    from_file = decode_dataset(header, "bad table", in_file=in_file)
+    for cine in (in_memory, from_file):
+        assert not cine.damaged
+        np.testing.assert_array_equal(cine.frames, reference)
+    assert "bad table: the Basic Offset Table is ignored" in caplog.text
+
+
+def test_an_rle_cine_under_a_table_of_zeros_reads_whole(tmp_path: Path) -> None:
+    """The same through pydicom's decoders (RLE here; JPEG-LS and JPEG 2000 alike)."""
+    frames = _textured()
+    ds = pydicom.dcmread(write_cine(tmp_path / "r.dcm", frames, CineSyntax.RLE))
+    reference = decode_dataset(ds, "plain").frames
+    encoded = list(generate_frames(ds.PixelData, number_of_frames=len(frames)))
+    ds.PixelData = encapsulate(encoded, has_bot=False)
+    table = (0).to_bytes(4, "little") * len(encoded)
+    ds.PixelData = (
+        b"\xfe\xff\x00\xe0"
+        + len(table).to_bytes(4, "little")
+        + table
+        + ds.PixelData[8:]  # encapsulate() wrote an empty table
+    )
+    np.testing.assert_array_equal(decode_dataset(ds, "zeros").frames, reference)
