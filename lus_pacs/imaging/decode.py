@@ -40,7 +40,21 @@ from pydicom.encaps import (
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.pixels import apply_color_lut, get_decoder, iter_pixels
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+)
 
 from lus_pacs.dicom_vocabulary import IMAGE_SOP_CLASSES, MULTI_FRAME_CLASSES
 from lus_pacs.domain import Cine, GreyFrames, SourceRef
@@ -385,24 +399,26 @@ def luminance(
     if in_file is not None:
         in_file.load(ds, name)
     # Frame by frame into the cine's array: the decoded (maybe RGB) pixels of one frame at a
-    # time, never of the whole cine.
-    grey = np.empty((n_frames, rows, cols), np.uint8)
+    # time, never of the whole cine. Encapsulated frames are streams of their own: one that
+    # does not decode, or ends before its end marker, is a damaged frame, as for JPEG above.
+    encapsulated = _is_encapsulated(syntax)
+    damaged = _encoded_frame_faults(ds, name, n_frames, syntax) if encapsulated else {}
+    failed: dict[int, str] = {}
+    grey = np.zeros((n_frames, rows, cols), np.uint8)
     read = 0
     try:
         # Pixel decoders raise many kinds of error on corrupt input: this is the trust boundary.
         # A palette's 16-bit scale is judged once, over the palette (a damaged one raises).
         high_byte = photometric == "PALETTE COLOR" and _palette_max(ds) > 255
-        for pixels in iter_pixels(ds):
-            if read == n_frames:
-                break  # more frames than NumberOfFrames declares: the declared ones are the cine
+        for index, pixels in _each_frame(ds, n_frames, failed if encapsulated else None):
             frame = _to_luminance(pixels, ds, photometric, high_byte=high_byte)
             if frame.size != rows * cols:
                 raise UnreadableImageError(
                     name,
-                    f"frame {read + 1} decodes to {frame.size} values, not Rows x Columns = "
+                    f"frame {index + 1} decodes to {frame.size} values, not Rows x Columns = "
                     f"{rows} x {cols}",
                 )
-            grey[read] = frame.reshape(rows, cols)
+            grey[index] = frame.reshape(rows, cols)
             read += 1
     except UnreadableImageError:
         raise
@@ -410,11 +426,93 @@ def luminance(
         raise UnreadableImageError(
             name, f"cannot decode the pixels ({syntax}, {photometric}): {describe(exc)}"
         ) from exc
-    if read < n_frames:
+    if not read and failed:
+        raise UnreadableImageError(
+            name, f"cannot decode the pixels ({syntax}, {photometric}): {failed[1]}"
+        )
+    if read + len(failed) < n_frames:
         raise UnreadableImageError(
             name, f"NumberOfFrames is {n_frames} but the Pixel Data holds {read} frames"
         )
-    return _invert_if_monochrome1(grey, photometric), {}
+    return _invert_if_monochrome1(grey, photometric), damaged | failed
+
+
+_END_MARKED = {
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    HTJ2K,
+}
+"""Syntaxes whose every frame ends with the marker FFD9 (JPEG's end of image, JPEG-LS's,
+JPEG 2000's end of codestream)."""
+
+
+def _encoded_frame_faults(
+    ds: Dataset, name: str, n_frames: int, syntax: str | None
+) -> dict[int, str]:
+    """The frames (1-based) of an encapsulated Pixel Data that end before their end marker,
+    each with the reason. Such a frame decodes without a word from some decoders (JPEG-LS:
+    the missing part of the image filled with whatever the decoder's state gives).
+
+    Raises
+    ------
+    UnreadableImageError
+        The Pixel Data cannot be split into frames, or holds fewer than ``n_frames``.
+    """
+    faults: dict[int, str] = {}
+    count = 0
+    try:
+        for count, data in enumerate(generate_frames(ds.PixelData, number_of_frames=n_frames), 1):
+            if count > n_frames:
+                break  # more frames than NumberOfFrames declares: the declared ones are the cine
+            if syntax in _END_MARKED and b"\xff\xd9" not in data[-_END_MARKER_SLACK:]:
+                faults[count] = "the frame ends before its end marker (FFD9): cut short"
+    except ValueError as exc:
+        raise UnreadableImageError(
+            name, f"the encapsulated Pixel Data cannot be split into frames: {describe(exc)}"
+        ) from exc
+    if count < n_frames:
+        raise UnreadableImageError(
+            name, f"NumberOfFrames is {n_frames} but the Pixel Data holds {count} frames"
+        )
+    return faults
+
+
+_END_MARKER_SLACK = 10
+"""Bytes at a frame's end searched for its end marker: vendors pad after it (pydicom's own
+frame splitter searches as far)."""
+
+
+def _each_frame(
+    ds: Dataset, n_frames: int, failed: dict[int, str] | None
+) -> Iterator[tuple[int, npt.NDArray[np.generic]]]:
+    """Each frame of ``ds`` that decodes, with its (0-based) index. With ``failed``, a frame
+    whose decoder raises is recorded there (1-based, with the reason) and the frames after it
+    are decoded; without, the error is raised."""
+    start = 0
+    while start < n_frames:
+        # The whole Pixel Data in one pass first; after a failure, frame by frame from the
+        # next one (pydicom finds each frame again, slower).
+        indices = range(start, n_frames) if start else None
+        try:
+            for pixels in iter_pixels(ds, indices=indices):
+                if start == n_frames:
+                    return  # more frames than NumberOfFrames declares
+                yield start, pixels
+                start += 1
+            return
+        except Exception as exc:  # the decoders raise many kinds on damaged frames
+            if failed is None:
+                raise
+            failed[start + 1] = " ".join(describe(exc).split())  # one line, for the log
+            start += 1
 
 
 def _jpeg_luminance(

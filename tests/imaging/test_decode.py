@@ -466,3 +466,35 @@ def test_an_rle_cine_under_a_table_of_zeros_reads_whole(tmp_path: Path) -> None:
         + ds.PixelData[8:]  # encapsulate() wrote an empty table
     )
     np.testing.assert_array_equal(decode_dataset(ds, "zeros").frames, reference)
+
+
+@pytest.mark.parametrize(
+    ("syntax", "reason"),
+    [
+        (pydicom.uid.JPEGLSLossless, "ends before its end marker"),
+        (pydicom.uid.JPEG2000Lossless, "Unable to decode"),
+    ],
+    ids=["jpeg-ls", "jpeg-2000"],
+)
+def test_a_frame_cut_short_in_pydicoms_decoders_is_named_damaged_and_the_rest_read(
+    tmp_path: Path, syntax: str, reason: str
+) -> None:
+    """A JPEG-LS frame cut in half decoded without a word, its lower half garbage; a JPEG 2000
+    one refused the whole cine."""
+    frames = _textured()
+    ds = pydicom.dcmread(write_cine(tmp_path / "n.dcm", frames, "explicit"))
+    ds.compress(syntax)
+    encoded = list(generate_frames(ds.PixelData, number_of_frames=len(frames)))
+    encoded[2] = encoded[2][: len(encoded[2]) // 2]
+    cine = decode_dataset(_with_frames(ds, encoded), "cut")
+    assert list(cine.damaged) == [3]
+    assert reason in cine.damaged[3]
+    assert "\n" not in cine.damaged[3]
+    assert cine.intact().tolist() == [True, True, False, True]
+    np.testing.assert_array_equal(cine.frames[cine.intact()], frames[[0, 1, 3]])
+    with pytest.raises(
+        UnreadableImageError, match="NumberOfFrames is 6 but the Pixel Data holds 4 frames"
+    ):
+        decode_dataset(_with_frames(ds, encoded, n_frames=6), "over")
+    with pytest.raises(UnreadableImageError, match=r"cannot decode the pixels \(.*\): \S"):
+        decode_dataset(_with_frames(ds, [b"\x00\x01" * 8] * 4), "garbage")
