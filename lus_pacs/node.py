@@ -350,6 +350,14 @@ class Node:
 
     def _deliver(self, delivery: Delivery, destination: DicomDestination | WebDestination) -> None:
         what = "study summary" if delivery.summary else "job"
+        if not self.store.deliveries.still_due(delivery):
+            log.info(
+                "Delivery of %s %d to %s was called off; not sent",
+                what,
+                delivery.job_id,
+                destination.name,
+            )
+            return
         paths = [o.path for o in delivery.outputs]
         try:
             if isinstance(destination, WebDestination):

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pydicom
 import pytest
 
-from lus_pacs.domain import Instance, JobState
+from lus_pacs.domain import Instance, JobState, Output
 from lus_pacs.errors import ConfigError
 from lus_pacs.node import Node
 from lus_pacs.pipeline import Models
-from lus_pacs.settings import Settings
+from lus_pacs.settings import DicomDestination, Settings
+from tests.orthanc import running_orthanc
+from tests.tools import write_cine
+
+US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
 
 
 def test_a_second_node_on_the_same_store_refuses_and_the_first_keeps_its_cines(
@@ -28,3 +34,45 @@ def test_a_second_node_on_the_same_store_refuses_and_the_first_keeps_its_cines(
     assert [r.state for r in first.store.jobs.rows()] == [JobState.PROCESSING]
     first.stop()
     Node(settings, models).stop()  # once the first has stopped
+
+
+def test_results_called_off_while_waiting_to_be_sent_do_not_reach_pacs(tmp_path: Path) -> None:
+    """The exporter sends from a list taken before: behind a slow PACS it can be hours old. A
+    cine received again meanwhile under another study (a corrected worklist) calls its first
+    results off; they were sent all the same, filed under the wrong patient's study."""
+    with running_orthanc(tmp_path) as orthanc:
+        pacs = DicomDestination(
+            name="pacs", ae_title=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port
+        )
+        settings = Settings(
+            data_dir=tmp_path / "node",
+            port=0,
+            metrics_port=None,
+            models=("b_lines",),
+            destinations=(pacs,),
+        )
+        node = Node(settings, Models.load(settings))
+        try:
+            for n in (1, 2):
+                cine = Instance(
+                    f"1.2.3.{n}", US_MULTIFRAME, "1.2.3", "1.2.3.9", "SCU", tmp_path, content="a"
+                )
+                node.store.jobs.record_instance(cine, node.models.key)
+                job = node.store.jobs.claim(node.models.key)
+                assert job is not None
+                result = write_cine(
+                    tmp_path / f"result-{n}.dcm", np.zeros((1, 8, 8), np.uint8), "explicit"
+                )
+                uid = str(pydicom.dcmread(result).SOPInstanceUID)
+                node.store.jobs.finish(job.id, "{}", [Output("sr", uid, result)], ["pacs"])
+            listed = node.store.deliveries.due(destination="pacs")
+            assert len(listed) == 2
+            corrected = Instance(
+                "1.2.3.2", US_MULTIFRAME, "1.2.4", "1.2.4.9", "SCU", tmp_path, content="b"
+            )
+            node.store.jobs.record_instance(corrected, node.models.key)
+            for delivery in listed:
+                node._deliver(delivery, pacs)
+            assert orthanc.count() == 1  # the first cine's results only
+        finally:
+            node.stop()

@@ -91,12 +91,29 @@ class Deliveries:
         )
         return (Output(r["kind"], r["sop_instance_uid"], Path(r["path"])),)
 
+    def still_due(self, delivery: Delivery) -> bool:
+        """Whether ``delivery`` is still pending. One called off since it was listed (its
+        instance came again with other content, maybe under another patient's study) is not
+        to be sent: the exporter's list can be hours old behind a slow destination."""
+        table, owner = _tables(delivery.summary)
+        row = (
+            self._db.connection()
+            .execute(
+                f"SELECT state FROM {table} WHERE {owner} = ? AND destination = ?",
+                (delivery.job_id, delivery.destination),
+            )
+            .fetchone()
+        )
+        return row is not None and row["state"] == DeliveryState.PENDING
+
     def delivered(self, job_id: int, destination: str, *, summary: bool = False) -> None:
+        """Mark a pending delivery sent; one called off meanwhile keeps its state and reason."""
         table, owner = _tables(summary)
         with self._db.transaction() as db:
             db.execute(
-                f"UPDATE {table} SET state = ?, error = NULL WHERE {owner} = ? AND destination = ?",
-                (DeliveryState.SENT, job_id, destination),
+                f"UPDATE {table} SET state = ?, error = NULL "
+                f"WHERE {owner} = ? AND destination = ? AND state = ?",
+                (DeliveryState.SENT, job_id, destination, DeliveryState.PENDING),
             )
             if not summary:
                 _settle(db, job_id)
