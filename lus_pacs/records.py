@@ -452,6 +452,11 @@ class StudySummary:
     """SOP Instance UID -> reason, for every cine of the study that could not be processed
     (unreadable, damaged): in no zone and no score. Absent when none failed."""
 
+    def read(self, zone: str) -> bool:
+        """Whether the lung models read one of ``zone``'s cines at least: a zone none of
+        whose cines is assessable has no B-line or consolidation finding, present or absent."""
+        return zone not in (self.not_assessable_zones or ())
+
     def dumps(self) -> str:
         """The summary as one line of ``studies.jsonl``."""
         return json.dumps(to_json(self), sort_keys=True)

@@ -5,6 +5,7 @@ back (highdicom ``srread``) to the record in ``summary.jsonl`` / ``studies.jsonl
 from __future__ import annotations
 
 import copy
+import csv
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from lus_pacs.encode.files import write_outputs
 from lus_pacs.encode.readback import read_cine_sr, read_study_summary
 from lus_pacs.pipeline import encode_summary
 from lus_pacs.records import StudySummary
+from lus_pacs.reprocess.run import write_exam_csv
 from tests.node_process import lus_pacs
 from tests.tools import run_cli
 
@@ -253,3 +255,50 @@ def test_a_study_summary_says_how_many_of_its_cines_could_not_be_processed(
     assert lines[-1].endswith(" 0 failed")
     (output,) = write_outputs([encode_summary(summary, headers, "m@1")], tmp_path / "whole")
     assert "cines_not_processed" not in read_study_summary(output.path)
+
+
+def _zone_findings(ds: pydicom.Dataset) -> dict[str, list[str]]:
+    """The summary SR's zone groups: tracking identifier -> the names of its evaluations."""
+    found: dict[str, list[str]] = {}
+    for group in ds.ContentSequence:
+        if group.get("ValueType") != "CONTAINER":
+            continue
+        for item in group.get("ContentSequence", []):
+            items = item.get("ContentSequence", [])
+            zone = [i.TextValue for i in items if i.get("ValueType") == "TEXT"]
+            if zone and zone[0].startswith("Zone "):
+                found[zone[0]] = [
+                    i.ConceptNameCodeSequence[0].CodeMeaning
+                    for i in items
+                    if i.get("ValueType") == "CODE"
+                ]
+    return found
+
+
+def test_a_zone_no_model_read_has_no_finding_absent_in_the_summary(
+    processed: Processed, tmp_path: Path
+) -> None:
+    """A zone whose only cine the gate kept from the lung models (not lung, blank) was written
+    "B-lines: Absent, Lung consolidation: Absent" beside "not assessable", in the SR and the
+    exam CSV: a negative finding for a zone nobody looked at."""
+    (line,) = [s for s in processed.studies if s.get("lus_score")]
+    summary = StudySummary.loads(json.dumps(line))
+    assert summary.consolidation_zones is not None
+    assert summary.b_lines_assessed
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in processed.sources[:-1]]
+    unread = replace(
+        summary,
+        not_assessable_zones=("R3",),
+        b_line_zones=tuple(z for z in summary.b_line_zones if z != "R3"),
+        consolidation_zones=tuple(z for z in summary.consolidation_zones if z != "R3"),
+    )
+    zones = _zone_findings(encode_summary(unread, headers, "m@1")[1])
+    assert "B-lines" in zones["Zone R1"]
+    assert "Lung consolidation" in zones["Zone R1"]
+    assert "B-lines" not in zones["Zone R3"]
+    assert "Lung consolidation" not in zones["Zone R3"]
+    assert "Lung ultrasound assessability" in zones["Zone R3"]
+    write_exam_csv(unread, tmp_path / "exam.csv")
+    rows = {r[0]: r for r in csv.reader((tmp_path / "exam.csv").read_text().splitlines())}
+    assert rows["R1"][3] in {"True", "False"}
+    assert rows["R3"][3:] == ["", ""]

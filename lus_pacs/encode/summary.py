@@ -129,14 +129,15 @@ def _zone_group(
     known = zone if zone != UNKNOWN_ZONE else None
     score = summary.lus_score.per_zone.get(zone) if summary.lus_score else None
     evaluations = []
-    if summary.b_lines_assessed:
+    read = summary.read(zone)  # else the zone was not looked at: no finding, not "absent"
+    if summary.b_lines_assessed and read:
         present = zone in summary.b_line_zones
         evaluations.append(
             hd.sr.QualitativeEvaluation(
                 name=codes.B_LINES, value=codes.PRESENT if present else codes.ABSENT
             )
         )
-    if summary.consolidation_zones is not None:
+    if summary.consolidation_zones is not None and read:
         present = zone in summary.consolidation_zones
         evaluations.append(
             hd.sr.QualitativeEvaluation(

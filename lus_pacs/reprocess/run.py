@@ -319,7 +319,7 @@ class Run:
 
 def write_exam_csv(summary: StudySummary, path: Path) -> None:
     """One exam as CSV: a row per zone (cines, LUS score, B-lines, consolidation), then the
-    total; empty cells where a model did not run."""
+    total; empty cells where a model did not run or read none of the zone's cines."""
     import csv
     import io
 
@@ -329,8 +329,11 @@ def write_exam_csv(summary: StudySummary, path: Path) -> None:
     writer.writerow(["zone", "cines", "lus_score", "b_lines", "consolidation"])
     consolidation_zones = summary.consolidation_zones
     for zone in summary.zones:
-        b_lines = (zone in summary.b_line_zones) if summary.b_lines_assessed else ""
-        consolidation = zone in consolidation_zones if consolidation_zones is not None else ""
+        read = summary.read(zone)  # a zone not looked at is empty, not "False"
+        b_lines = (zone in summary.b_line_zones) if summary.b_lines_assessed and read else ""
+        consolidation = (
+            zone in consolidation_zones if consolidation_zones is not None and read else ""
+        )
         writer.writerow(
             [zone, len(summary.zone_cines[zone]), scores.get(zone, ""), b_lines, consolidation]
         )
