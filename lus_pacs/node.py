@@ -472,8 +472,10 @@ class Node:
                 for p in self.store.studies.processed_paths(study, self.models.key)
             ]
             summary_sr = encode_summary(summary, sources, self.models.key)
-        except (OSError, ValueError, LusPacsError) as exc:
-            log.error("Study %s: the summary SR could not be made: %s", study, exc)
+        except Exception as exc:  # the sources' headers are foreign input, whatever they hold
+            # Logged, and the study summarised without its SR: raising would stop the study
+            # loop on this study again and again, and every study after it with it.
+            log.error("Study %s: the summary SR could not be made: %s", study, describe(exc))
             return
         # A failed write (a full disk) raises: the study stays awaiting its summary.
         (output,) = write_outputs([summary_sr], folder)

@@ -138,7 +138,16 @@ def test_a_file_that_fails_is_recorded_and_the_next_is_processed(
         PatientSex="U",
         StudyDate="2026.01.05",  # ACR-NEMA's form
     )
-    files = [over, not_dicom, under, odd_time, retired, palette, path_uid, worklist, cine]
+    # One value where the standard allows one, given several: every object, and the study
+    # summary, failed ("Invalid type for a person name"); so did a source without Modality.
+    names = tmp_path / "names.dcm"
+    _copy(cine, names, PatientName=["Doe^John", "Smith^J"], StudyDate=["20260105", "20260106"])
+    no_modality = tmp_path / "no-modality.dcm"
+    without = _copy(cine, no_modality)
+    del without.Modality
+    without.save_as(no_modality, enforce_file_format=True)
+    files = [over, not_dicom, under, odd_time, retired, palette, path_uid, worklist, names]
+    files += [no_modality, cine]
 
     records, failed = _process(files, tmp_path / "run")
 
@@ -158,7 +167,13 @@ def test_a_file_that_fails_is_recorded_and_the_next_is_processed(
     assert next(r for r in records if r["source"]["frames"] == n - 5)
     # Dates and times in scanner style are repaired, a retired class encoded as its current
     # one (the references keep the source's own class): every object made and valid.
-    for name, copy in (("odd-time", odd_time), ("retired", retired), ("worklist", worklist)):
+    for name, copy in (
+        ("odd-time", odd_time),
+        ("retired", retired),
+        ("worklist", worklist),
+        ("names", names),
+        ("no-modality", no_modality),
+    ):
         uid = pydicom.dcmread(copy, stop_before_pixels=True).SOPInstanceUID
         record = next(r for r in records if r["source"]["sop_instance_uid"] == uid)
         assert "outputs_failed" not in record, (name, record["outputs_failed"])
@@ -171,6 +186,9 @@ def test_a_file_that_fails_is_recorded_and_the_next_is_processed(
             made = pydicom.dcmread(path)
             assert list(made.SpecificCharacterSet) == ["ISO 2022 IR 6", "ISO 2022 IR 87"]
             assert (made.PatientSex, made.StudyDate) == ("", "20260105")
+        if name == "names":
+            made = pydicom.dcmread(path)
+            assert (str(made.PatientName), made.StudyDate) == ("Doe^John", "20260105")
     # A palette-colour source has no presentation state (none fits it); its other objects are
     # made, and the record says why the presentation state is missing.
     record = next(r for r in records if r["source"]["sop_instance_uid"].startswith("1.3.46."))

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 import highdicom as hd
 from pydicom import Dataset, valuerep
+from pydicom.datadict import dictionary_VM
 from pydicom.dataelem import DataElement
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
@@ -177,7 +178,10 @@ def repaired_header(header: Dataset) -> Dataset:
     value is empty (the standard form of ISO 2022 Japanese and Korean, ``\\ISO 2022 IR 87``)
     gets ``ISO 2022 IR 6`` there, the default repertoire it stands for; a Patient's Sex other
     than M, F or O (``U``, ``male``) becomes M or F where it spells one, else empty (the
-    attribute is type 2). The original dataset is not changed.
+    attribute is type 2). An attribute of one value given several (a PatientName of two
+    names, two StudyDates) keeps its first, and a missing Modality is taken from the class
+    (US, or OT for a secondary capture): both made every result object and the study
+    summary fail. The original dataset is not changed.
     """
     # A new element dict holding the same elements: each repair replaces an element, never
     # changes one (the header's own elements stay as they are).
@@ -192,6 +196,8 @@ def repaired_header(header: Dataset) -> Dataset:
         repaired[_SOP_CLASS_UID] = DataElement(_SOP_CLASS_UID, "UI", current)
     _repair_character_set(header, repaired)
     _repair_patient_sex(header, repaired)
+    _repair_single_values(header, repaired)
+    _repair_modality(header, repaired)
     for element in list(header):
         if element.VR not in _DATE_TIME_VRS or element.VM != 1 or not element.value:
             continue
@@ -225,6 +231,41 @@ def _repair_character_set(header: Dataset, repaired: Dataset) -> None:
 _SEXES = {"M": "M", "F": "F", "O": "O", "MALE": "M", "FEMALE": "F"}
 _PATIENT_SEX = 0x00100040
 _SPECIFIC_CHARACTER_SET = 0x00080005
+
+
+def _repair_single_values(header: Dataset, repaired: Dataset) -> None:
+    for element in header:
+        if element.VR == "SQ" or element.VM < 2 or element.tag.is_private:
+            continue
+        try:
+            single = dictionary_VM(element.tag) == "1"
+        except KeyError:  # not in the dictionary
+            continue
+        if single:
+            first = element.value[0]
+            keyword = element.keyword or str(element.tag)
+            log.warning(
+                "%s has %d values: the first, %r, kept for the results",
+                keyword,
+                element.VM,
+                str(first),
+            )
+            repaired[element.tag] = DataElement(element.tag, element.VR, first)
+
+
+_MODALITY = 0x00080060
+
+
+def _repair_modality(header: Dataset, repaired: Dataset) -> None:
+    if str(header.get("Modality", "") or "").strip():
+        return
+    ultrasound = str(repaired.get("SOPClassUID", "")).startswith(_ULTRASOUND_CLASS_ROOTS)
+    modality = "US" if ultrasound else "OT"
+    log.warning("Modality missing: written as %r for the results, from the SOP class", modality)
+    repaired[_MODALITY] = DataElement(_MODALITY, "CS", modality)
+
+
+_ULTRASOUND_CLASS_ROOTS = ("1.2.840.10008.5.1.4.1.1.3", "1.2.840.10008.5.1.4.1.1.6")
 
 
 def _repair_patient_sex(header: Dataset, repaired: Dataset) -> None:
