@@ -17,6 +17,8 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import generate_uid
 
+from lus_pacs.encode import codes
+from tests.encode import tree
 from tests.tools import chosen_frames, dciodvfy_errors
 
 CONFIG = 'output_kinds = ["sr", "kos", "seg", "pr"]\n\n[segmentation]\nmc_samples = 2\n'
@@ -97,12 +99,23 @@ def test_damaged_frames_are_named_and_never_chosen(cine: Path, tmp_path: Path) -
     again = chosen_frames(record)
     assert again
     assert not again & chosen, (again, chosen)
+    assert not set(record["b_lines"]["frames"]) & chosen  # no B-line frame is a damaged one
     # The SR says how many frames were damaged, and which, and stays valid.
     (sr,) = [o for o in record["outputs"] if o["kind"] == "sr"]
     path = tmp_path / "damaged" / "results" / sr["path"]
     assert dciodvfy_errors(path) == []
     text = str(pydicom.dcmread(path))
     assert "Frames damaged in the source" in text
+    scored = [  # nor is one counted among the frames of a severity score
+        frame
+        for name in codes.FRAMES_WITH_SCORE
+        for item in tree.named(pydicom.dcmread(path), name)
+        for image in item.ContentSequence
+        if image.ValueType == "IMAGE"
+        for frame in tree.frames(image)
+    ]
+    assert scored
+    assert not set(scored) & chosen
 
     record = by_uid[pydicom.dcmread(wrecked, stop_before_pixels=True).SOPInstanceUID]
     assert len(record["source"]["frames_damaged"]) == (n_frames + 1) // 2

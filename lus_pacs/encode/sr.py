@@ -60,6 +60,8 @@ A model that did not run leaves nothing in the tree: no B-line item is ever made
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import highdicom as hd
 import numpy as np
 from pydicom import Dataset
@@ -438,7 +440,7 @@ def _severity_groups(
         finding_type=codes.LUS_SCORE,
         algorithm_id=algorithm,
         finding_sites=[finding_site(zone)],
-        measurements=_severity_measurements(sev, header),
+        measurements=_severity_measurements(sev, header, findings.damaged),
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(header)],
     )
     _add_key_frame_items(clip, findings, header, (KeyFrameReason.SEVERITY,))
@@ -466,7 +468,11 @@ def _severity_groups(
     return [clip, box]
 
 
-def _severity_measurements(sev: SeverityFindings, header: Dataset) -> list[hd.sr.Measurement]:
+def _severity_measurements(
+    sev: SeverityFindings, header: Dataset, damaged: Mapping[int, str]
+) -> list[hd.sr.Measurement]:
+    """The clip score, its probability, and the frames of each score: a damaged frame (read
+    only in part, grey where its data ended) is in none, whatever score it was given."""
     items = [
         hd.sr.Measurement(name=codes.LUS_SCORE, value=sev.score, unit=codes.UNITLESS),
         hd.sr.Measurement(
@@ -474,7 +480,9 @@ def _severity_measurements(sev: SeverityFindings, header: Dataset) -> list[hd.sr
         ),
     ]
     for score, name in enumerate(codes.FRAMES_WITH_SCORE):
-        frames = [i + 1 for i, s in enumerate(sev.frame_scores) if s == score]
+        frames = [
+            i + 1 for i, s in enumerate(sev.frame_scores) if s == score and i + 1 not in damaged
+        ]
         if not frames:
             continue
         frames = check_frames(frames, header, f"Frames with score {score}")

@@ -118,9 +118,12 @@ def view_region(cine: Cine) -> Region:
 
 def lung_view(cine: Cine, max_frames: int = MAX_FRAMES) -> LungView:
     """The clip's tissue (:func:`view_region`), resampled to ``VIEW_SIZE`` and gain
-    normalised (see the module)."""
-    n = cine.n_frames
-    picks = np.unique(np.linspace(0, n - 1, min(n, max_frames)).round().astype(np.intp))
+    normalised (see the module), from its intact frames (a damaged frame, grey where its
+    data ended, would be measured as lung) unless none is."""
+    intact = np.flatnonzero(cine.intact())
+    usable = intact if len(intact) else np.arange(cine.n_frames)
+    n = len(usable)
+    picks = usable[np.unique(np.linspace(0, n - 1, min(n, max_frames)).round().astype(np.intp))]
     r = view_region(cine)
     tissue = cine.frames[:, r.y0 : r.y1, r.x0 : r.x1]
     rows, cols = VIEW_SIZE

@@ -77,6 +77,12 @@ def test_a_measured_b_line_bundle_loads_and_scores_every_frame(tmp_path: Path) -
     assert all(found.frame_scores[f - 1] >= 0.9 for f in found.frames)
     expected = head.probability(cine_features(cine)[1][None])[0]
     assert found.probability == pytest.approx(expected, abs=1e-6)
+    # A damaged frame is no B-line frame and scores nothing.
+    damaged = {f: "cut short" for f in range(1, cine.n_frames + 1, 2)}
+    found = model.predict(dataclasses.replace(cine, damaged=damaged), 30.0)
+    assert found.frames
+    assert not set(found.frames) & set(damaged)
+    assert all(found.frame_scores[f - 1] == 0 for f in damaged)
 
 
 def test_a_stratified_fit_learns_within_sources_not_which_source() -> None:
@@ -296,3 +302,20 @@ def test_the_view_keeps_a_found_region_and_a_declared_one_with_little_tissue_in_
     assert view_region(cine(declared, Region(90, 10, 110, 90, RegionSource.IMAGE))) == declared
     assert view_region(cine(sector, Region(60, 20, 120, 80, RegionSource.IMAGE))) == sector
     assert view_region(cine(declared, None)) == declared
+
+
+def test_the_lung_view_leaves_damaged_frames_out(synth_exams: Path) -> None:
+    """A frame read only in part (grey where its data ended) was measured as lung: the B-line
+    and severity heads' clip measurements, and the B-line frames, took it in."""
+    from dataclasses import replace
+
+    from lus_pacs.inference.lung_features import lung_view
+
+    cine = read_cine(sorted(synth_exams.glob("*/*.dcm"))[0])
+    damaged = replace(cine, damaged={f: "cut short" for f in range(2, cine.n_frames + 1, 3)})
+    picks = lung_view(damaged).picks
+    assert len(picks)
+    assert not set((picks + 1).tolist()) & set(damaged.damaged)
+    n = cine.n_frames  # a cine without damage is picked as before
+    expected = np.unique(np.linspace(0, n - 1, min(n, 32)).round().astype(int))
+    np.testing.assert_array_equal(lung_view(cine).picks, expected)

@@ -205,6 +205,8 @@ class BLineModel:
         by_frame = self.network.probability(np.concatenate([per_frame, per_frame, motion], 1))
         nearest = np.abs(np.arange(cine.n_frames)[:, None] - view.picks[None]).argmin(axis=1)
         scores = by_frame[nearest] / max(float(by_frame.max()), np.finfo(float).tiny)
+        if cine.intact().any():  # a damaged frame is no B-line frame (the view skipped it)
+            scores = np.where(cine.intact(), scores, 0.0)
         key_frame: int | None = None
         frames: tuple[int, ...] = ()
         if probability >= self.threshold:

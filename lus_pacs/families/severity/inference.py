@@ -149,8 +149,10 @@ class SeverityModel:
             score, clip = self.network.clip_scores(cine_features(cine)[1][None], self.eta_shift)
             clip_score, clip_probabilities = int(score[0]), clip[0]
         else:
+            intact = torch.from_numpy(cine.intact())
+            whole = frame_probabilities[intact] if bool(intact.any()) else frame_probabilities
             with torch.inference_mode():
-                uninorm = self.network.aggregator(frame_probabilities)
+                uninorm = self.network.aggregator(whole)  # damaged frames do not score the clip
             clip_score, clip_probabilities = int(uninorm.argmax()), uninorm.numpy()
         scores = frame_probabilities.argmax(dim=1).numpy()
         confidence = frame_probabilities.max(dim=1).values.numpy()
