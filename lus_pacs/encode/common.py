@@ -15,6 +15,7 @@ from pydicom.uid import generate_uid
 
 from lus_pacs import __version__
 from lus_pacs.domain import Findings, ModelInfo, PoorReason
+from lus_pacs.encode import codes as lus_codes
 from lus_pacs.errors import UnreadableImageError
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,18 @@ POOR_REASON_TEXT = {
     PoorReason.NO_PLEURA: "pleura not in view",
 }
 """Why a cine is of poor quality, in the words of the KOS description and the annotations."""
+
+
+def not_assessable_text(findings: Findings) -> str | None:
+    """ "not assessable for lung findings: <reasons>" for a cine the lung models did not read
+    (a still image, whose frames they read, aside); None otherwise. The KOS and the overlay
+    say it beside their key frame, which a reader may see without the SR."""
+    assessment = findings.assessment
+    if assessment is None or assessment.frames_assessable:
+        return None
+    why = ", ".join(lus_codes.NOT_ASSESSABLE_REASONS[r].meaning.lower() for r in assessment.reasons)
+    return f"not assessable for lung findings: {why}"
+
 
 _REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 # Type 2 in the source's Patient and General Study modules: present but possibly empty, and

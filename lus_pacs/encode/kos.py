@@ -24,6 +24,7 @@ from lus_pacs.encode.common import (
     copy_retired_patient_attributes,
     device_observer,
     frame_references,
+    not_assessable_text,
     source_header,
 )
 
@@ -93,6 +94,8 @@ def encode_kos(
     if document_title is None:
         chosen = findings.key_frame_model
         usable = chosen is not None and chosen.quality is Quality.USABLE
+        if not_assessable_text(findings) is not None:  # an echocardiogram's "best" frame
+            usable = False
         document_title = codes.BEST_IN_SET if usable else codes.OF_INTEREST
 
     content = hd.ko.KeyObjectSelection(
@@ -139,4 +142,6 @@ def _description(findings: Findings, reasons: dict[int, list[KeyFrameReason]]) -
     if kf is not None and kf.quality is Quality.POOR:
         why = ", ".join(POOR_REASON_TEXT[r] for r in kf.reasons)
         quality = f" Cine of poor quality{f' ({why})' if why else ''}."
-    return f"Key frames ({chosen}).{quality} {RESEARCH_NOTICE}"
+    gate = not_assessable_text(findings)
+    unread = f" Cine {gate}." if gate else ""
+    return f"Key frames ({chosen}).{unread}{quality} {RESEARCH_NOTICE}"

@@ -36,6 +36,7 @@ from lus_pacs.encode.common import (
     POOR_REASON_TEXT,
     check_frames,
     copy_retired_patient_attributes,
+    not_assessable_text,
     source_header,
 )
 
@@ -196,13 +197,21 @@ def _label(findings: Findings, frame: int, header: Dataset) -> hd.pr.TextObject:
 
 
 def _quality(findings: Findings, header: Dataset) -> list[hd.pr.TextObject]:
-    """For a poor cine, a second line under the label: "poor quality: <reasons>"."""
+    """Under the label, a line for a cine the lung models did not read ("not assessable for
+    lung findings: <reasons>") and one for a poor cine ("poor quality: <reasons>")."""
+    lines = []
+    gate = not_assessable_text(findings)
+    if gate is not None:
+        lines.append(f"AI: {gate}")
     kf = findings.key_frame_model
-    if kf is None or kf.quality is not Quality.POOR:
-        return []
-    why = ", ".join(POOR_REASON_TEXT[r] for r in kf.reasons) or "no frame worth keeping"
-    y = 2.0 + _LABEL_HEIGHT + 2.0
-    return [_text(f"AI: poor quality: {why}", 2.0, y, float(header.Columns))]
+    if kf is not None and kf.quality is Quality.POOR:
+        why = ", ".join(POOR_REASON_TEXT[r] for r in kf.reasons) or "no frame worth keeping"
+        lines.append(f"AI: poor quality: {why}")
+    columns = float(header.Columns)
+    return [
+        _text(line, 2.0, 2.0 + (n + 1) * (_LABEL_HEIGHT + 2.0), columns)
+        for n, line in enumerate(lines)
+    ]
 
 
 def _notice(header: Dataset) -> hd.pr.TextObject:

@@ -9,7 +9,13 @@ import pytest
 from pydicom.sr.codedict import codes as dicom_codes
 from pydicom.uid import KeyObjectSelectionDocumentStorage
 
-from lus_pacs.domain import KeyFrame, KeyFrameReason
+from lus_pacs.domain import (
+    AssessmentFindings,
+    KeyFrame,
+    KeyFrameReason,
+    ModelInfo,
+    NotAssessableReason,
+)
 from lus_pacs.encode import codes, encode_kos
 from tests.encode import tree, validators
 from tests.encode.conftest import B_LINE_KEY_FRAME, KEY_FRAMES, POOR_REASONS, Source
@@ -18,6 +24,7 @@ from tests.encode.test_sr import PATIENT_STUDY
 pytestmark = pytest.mark.filterwarnings('ignore:The string "PLA":UserWarning')
 
 KEY_OBJECT_DESCRIPTION = dicom_codes.DCM.KeyObjectDescription
+ASSESSMENT_MODEL = ModelInfo(name="assessment", version="0.2.0", title="Assessment gate")
 
 
 def _kos(cine: Source, tmp_path: Path, key_frames: tuple[KeyFrame, ...] = KEY_FRAMES) -> Path:
@@ -143,3 +150,26 @@ def test_key_frames_outside_the_cine_are_refused(right_cine: Source, frame: int)
     findings = right_cine.findings(key_frames=(KeyFrame(frame, KeyFrameReason.BEST),))
     with pytest.raises(ValueError, match="1-based"):
         encode_kos(findings, right_cine.header)
+
+
+def test_a_cine_the_lung_models_did_not_read_is_not_best_in_set_and_says_why(
+    right_cine: Source,
+) -> None:
+    """An echocardiogram's best frame was sent as "Best In Set": a reader who opens only the
+    KOS saw a good lung frame; only the SR said "not assessable"."""
+    gate = AssessmentFindings((NotAssessableReason.NOT_LUNG,), 0.05, ASSESSMENT_MODEL)
+    findings = right_cine.findings(
+        b_lines=False, key_frames=(KEY_FRAMES[1],), key_frame_model=right_cine.key_frame_model()
+    ).with_family("assessment", gate)
+    kos = encode_kos(findings, right_cine.header)
+    assert kos is not None
+    assert tree.concept(kos) == codes.OF_INTEREST
+    (description,) = tree.named(kos, KEY_OBJECT_DESCRIPTION)
+    assert (
+        "Cine not assessable for lung findings: not a lung ultrasound view."
+        in description.TextValue
+    )
+    still = AssessmentFindings((NotAssessableReason.STILL_IMAGE,), None, ASSESSMENT_MODEL)
+    kos = encode_kos(findings.with_family("assessment", still), right_cine.header)
+    assert kos is not None
+    assert tree.concept(kos) == codes.BEST_IN_SET  # a still's frames are read

@@ -15,9 +15,11 @@ from pydicom.uid import (
 )
 
 from lus_pacs.domain import (
+    AssessmentFindings,
     Findings,
     KeyFrame,
     KeyFrameReason,
+    NotAssessableReason,
     PoorReason,
     SegmentationFindings,
     SeverityFindings,
@@ -26,6 +28,7 @@ from lus_pacs.encode.pstate import SHORT_NOTICE, encode_presentation_state, srgb
 from lus_pacs.families.segmentation.inference import summarise
 from tests.encode import validators
 from tests.encode.conftest import B_LINE_KEY_FRAME, BEST_FRAME, POOR_REASONS, Source
+from tests.encode.test_kos import ASSESSMENT_MODEL
 from tests.encode.test_sr import PATIENT_STUDY, SEGMENTATION_MODEL, SEVERITY_MODEL
 
 pytestmark = pytest.mark.filterwarnings('ignore:The string "PLA":UserWarning')
@@ -210,3 +213,23 @@ def test_best_frame_and_poor_quality_are_labelled(
     for frame_texts in texts.values():
         assert (poor in frame_texts) == (reasons is not None)
         assert not any("poor" in t for t in frame_texts if t != poor)
+
+
+def test_a_cine_the_lung_models_did_not_read_says_so_on_its_frame(
+    right_cine: Source, tmp_path: Path
+) -> None:
+    """The overlay labelled an echocardiogram's frame "AI: best frame p=0.93" and nothing
+    else: a reader of the overlay alone saw a good lung frame."""
+    gate = AssessmentFindings((NotAssessableReason.BLANK,), 0.4, ASSESSMENT_MODEL)
+    findings = right_cine.findings(
+        b_lines=False,
+        key_frames=(KeyFrame(BEST_FRAME, KeyFrameReason.BEST),),
+        key_frame_model=right_cine.key_frame_model(POOR_REASONS),
+    ).with_family("assessment", gate)
+    path = tmp_path / "pr.dcm"
+    state = _write(encode_presentation_state(findings, right_cine.header), path)
+    _checked(right_cine, state, path)
+    texts = _texts_by_frame(state)[BEST_FRAME]
+    line = "AI: not assessable for lung findings: no echo texture in the scan area"
+    assert line in texts
+    assert any(t.startswith("AI: poor quality") for t in texts)  # both lines, one under the other
