@@ -54,3 +54,19 @@ def _sync_folder(folder: Path) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def remove_partial(folder: Path) -> tuple[int, int]:
+    """Remove the temporary files (``.<name>.<random>.part``) that writers killed mid-write
+    left anywhere under ``folder``, each up to a cine's size: the number removed and their
+    bytes. Only where no writer is at work (the node at its start holds its store's lock)."""
+    removed = freed = 0
+    for tmp in folder.rglob(".*.part"):
+        try:
+            size = tmp.stat().st_size
+            tmp.unlink()
+        except FileNotFoundError:
+            continue
+        removed += 1
+        freed += size
+    return removed, freed

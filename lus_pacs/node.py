@@ -24,7 +24,7 @@ from typing import IO
 import pydicom
 
 from lus_pacs.domain import Instance, Job, JobState, OutputKind, Received
-from lus_pacs.durable import durable_file
+from lus_pacs.durable import durable_file, remove_partial
 from lus_pacs.errors import ConfigError, ExportError, LusPacsError, StageError, describe
 from lus_pacs.export.dimse import store as c_store
 from lus_pacs.export.stow import stow
@@ -109,6 +109,15 @@ class Node:
     def start(self) -> None:
         self._start_encoder()
         self._warm_up()
+        for folder in (self.settings.incoming_dir, self.settings.results_dir):
+            removed, freed = remove_partial(folder)
+            if removed:
+                log.warning(
+                    "Removed %d file(s) half written when the node last stopped (%d bytes) from %s",
+                    removed,
+                    freed,
+                    folder,
+                )
         recovered = self.store.jobs.recover()
         if recovered.resumed:
             log.info("Resuming %d job(s) interrupted by the last stop", recovered.resumed)
@@ -207,6 +216,11 @@ class Node:
         # delivery is still pending in the store and is made again after a restart).
         for thread in self._threads:
             thread.join(timeout=5 if thread.name.startswith("export-") else 30)
+        # One node per store: a job still in progress is one of this node's workers, not done
+        # in time. Back in the queue uncounted, or three restarts during a long cine would
+        # fail it as if it had killed the node three times.
+        if held := self.store.jobs.release_held():
+            log.warning("Stopping with %d cine(s) in progress: queued again", held)
         if self._encoder is not None:
             self._encoder.close()
         self.audit.close()

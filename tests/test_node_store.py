@@ -76,3 +76,25 @@ def test_results_called_off_while_waiting_to_be_sent_do_not_reach_pacs(tmp_path:
             assert orthanc.count() == 1  # the first cine's results only
         finally:
             node.stop()
+
+
+def test_a_cine_in_progress_at_a_stop_is_queued_again_not_counted_as_a_crash(
+    tmp_path: Path,
+) -> None:
+    """A worker not done with a long cine when the node stops (SIGTERM, then the process
+    exits) left it in progress; the next start counted that as the cine killing the node, so
+    three routine restarts during one long cine failed it for good."""
+    settings = Settings(data_dir=tmp_path, port=0, metrics_port=None, models=("b_lines",))
+    models = Models.load(settings)
+    cine = Instance("1.2.3.1", US_MULTIFRAME, "1.2.3", "1.2.3.9", "SCU", tmp_path)
+    for restart in range(4):
+        node = Node(settings, models)
+        node.store.jobs.recover()  # what its start does first
+        if restart == 0:
+            node.store.jobs.record_instance(cine, models.key)
+        assert node.store.jobs.claim(models.key) is not None  # a worker has it...
+        node.stop()  # ... and is not done when the node stops
+    node = Node(settings, models)
+    (row,) = node.store.jobs.rows()
+    node.stop()
+    assert row.state is JobState.QUEUED

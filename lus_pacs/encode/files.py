@@ -18,7 +18,7 @@ from pydicom.uid import generate_uid
 
 from lus_pacs import LOG_FORMAT
 from lus_pacs.domain import Findings, Output, OutputKind, ResultIdentity
-from lus_pacs.durable import durable_file
+from lus_pacs.durable import durable_file, durable_folder
 from lus_pacs.encode.common import repaired_header, restore_source_class
 from lus_pacs.encode.objects import SERIES_NUMBERS, encode_objects
 
@@ -81,8 +81,9 @@ def output_name(kind: OutputKind, ds: Dataset) -> str:
 
 
 def write_outputs(objects: Sequence[tuple[OutputKind, Dataset]], folder: Path) -> list[Output]:
-    """Each object as a DICOM file, written durably, named by its SOP Instance UID."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Each object as a DICOM file, written durably, named by its SOP Instance UID (a new
+    folder's entry synced in its parent too: a power cut cannot take the folder away)."""
+    durable_folder(folder)
     outputs = []
     for kind, ds in objects:
         path = folder / output_name(kind, ds)

@@ -83,6 +83,9 @@ class Receiver:
         self._studies: dict[int, set[str]] = {}
         self._lock = threading.Lock()
         self._bound = {ae: _addresses(hosts) for ae, hosts in settings.calling_ae_hosts.items()}
+        self._stripes = [threading.Lock() for _ in range(_STRIPES)]
+        """One held while an instance's file is written and recorded: the same content on
+        two associations at once must not remove the file the other recorded."""
 
     def audit(self, event: AuditEvent, outcome: str, **facts: object) -> None:
         if self._audit is not None:
@@ -209,20 +212,24 @@ class Receiver:
             refused.Status = CANNOT_UNDERSTAND
             refused.ErrorComment = comment
             return refused
-        try:
-            # Named by its content too: other content under a known UID never overwrites the
-            # copy its results were made from.
-            name = f"{_safe(sop_instance)}-{content[:16]}.dcm"
-            path = self._settings.incoming_dir / _safe(study) / name
+        # Named by its content too: other content under a known UID never overwrites the copy
+        # its results were made from.
+        name = f"{_safe(sop_instance)}-{content[:16]}.dcm"
+        path = self._settings.incoming_dir / _safe(study) / name
+        with self._stripes[hash(name) % _STRIPES]:
             kept = path.exists()  # this content came before: that copy stays whatever happens
-            with durable_file(path) as f:
-                f.write(event.encoded_dataset(include_meta=True))
-            instance = Instance(sop_instance, sop_class, study, series, calling, path, content)
-            received = self._record(instance)
-        except Exception as exc:  # disk full, database locked: the sender retries later
-            log.error("Could not store %s from %s: %s", sop_instance, calling, exc)
-            facts["reason"] = f"could not be stored ({exc})"
-            return OUT_OF_RESOURCES
+            try:
+                with durable_file(path) as f:
+                    f.write(event.encoded_dataset(include_meta=True))
+                instance = Instance(sop_instance, sop_class, study, series, calling, path, content)
+                received = self._record(instance)
+            except Exception as exc:  # disk full, database locked: the sender retries later
+                log.error("Could not store %s from %s: %s", sop_instance, calling, exc)
+                facts["reason"] = f"could not be stored ({exc})"
+                if not kept:  # no row names it: nothing would ever process or remove it
+                    with contextlib.suppress(OSError):
+                        path.unlink(missing_ok=True)
+                return OUT_OF_RESOURCES
         if received is Received.REFUSED:
             if not kept:
                 path.unlink(missing_ok=True)
@@ -588,6 +595,10 @@ class _PeerNoise(logging.Filter):
 
 _PEER_NOISE = _PeerNoise()
 _PEER_LOGGERS = ("pynetdicom.dul", "pynetdicom.transport", "pynetdicom.fsm")
+
+
+_STRIPES = 64
+"""Locks instances are written under, chosen by file name."""
 
 
 def _size_and_digest(raw: BinaryIO | None) -> tuple[int, str]:

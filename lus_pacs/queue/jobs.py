@@ -191,6 +191,17 @@ class Jobs:
             )
             return Recovery(cursor.rowcount, tuple(given_up))
 
+    def release_held(self) -> int:
+        """Jobs in progress back to the queue, not counted as interrupted: the node is
+        stopping on purpose and its workers did not finish in time (a long cine). Only a stop
+        the node did not see (killed for memory, a crash) counts towards giving a cine up."""
+        with self._db.transaction() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET state = ?, updated_at = ? WHERE state = ?",
+                (JobState.QUEUED, time.time(), JobState.PROCESSING),
+            )
+            return cursor.rowcount
+
     def adopt(self, models: str) -> int:
         """After an upgrade (or a changed segmentation setup): queued jobs of other model
         versions are made by ``models``, the versions that will process them, so that their

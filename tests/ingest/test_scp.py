@@ -298,6 +298,8 @@ def test_an_instance_that_cannot_be_recorded_is_not_acknowledged(tmp_path: Path)
     finally:
         listener.stop()
     assert woken == []
+    # Nor is it left on disk, where no row names it: nothing would ever remove it.
+    assert list((tmp_path / "incoming").rglob("*.dcm")) == []
 
 
 def _echo(port: int, calling_ae: str = "SCANNER") -> int | None:
