@@ -16,7 +16,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from lus_pacs import LOG_FORMAT
+from lus_pacs import LOG_FORMAT, __version__
 from lus_pacs.domain import Findings, Output, OutputKind, ResultIdentity
 from lus_pacs.durable import durable_file, durable_folder
 from lus_pacs.encode.common import repaired_header, restore_source_class
@@ -25,12 +25,19 @@ from lus_pacs.encode.objects import SERIES_NUMBERS, encode_objects
 log = logging.getLogger(__name__)
 
 
-def result_identity(source: str, models_key: str, kind: OutputKind) -> ResultIdentity:
+def result_identity(
+    source: str, models_key: str, kind: OutputKind, context: Sequence[str] = ()
+) -> ResultIdentity:
     """A result object's UIDs derive from its source (a cine, or a study and the cines it
     covers), the model versions and its kind: encoding the same result again (after a crash)
-    gives the same object."""
+    gives the same object. The instance UID also derives from ``context``, what else decides
+    the object's content (the zone, the other kinds it references, this software's version):
+    different content is never sent under a UID a PACS already holds (it would keep the old
+    object, a wrong-side zone say). The series stays the source's."""
     return ResultIdentity(
-        instance_uid=str(generate_uid(entropy_srcs=[source, models_key, kind, "instance"])),
+        instance_uid=str(
+            generate_uid(entropy_srcs=[source, models_key, kind, "instance", *context])
+        ),
         series_uid=str(generate_uid(entropy_srcs=[source, models_key, kind, "series"])),
         series_number=SERIES_NUMBERS[kind],
     )
@@ -63,11 +70,12 @@ def encode(
         assert failed is not None
         failed[kind] = reason
 
+    context = [findings.source.zone or "", *sorted(kinds), __version__]
     objects = encode_objects(
         findings,
         repaired_header(header),
         kinds,
-        lambda kind: result_identity(identity_source, models_key, kind),
+        lambda kind: result_identity(identity_source, models_key, kind, context),
         None if failed is None else report,
     )
     for _, dataset in objects:

@@ -18,6 +18,7 @@ from lus_pacs.domain import (
     BLineFindings,
     Findings,
     ModelInfo,
+    OutputKind,
     PoorReason,
     SegmentationFindings,
     SeverityFindings,
@@ -561,3 +562,26 @@ def test_sr_reports_the_key_frame_models_quality_flag(
     assert image.referenced_frame_numbers == [BEST_FRAME]
     names = {item.TextValue for item in tree.named(pydicom.dcmread(path), codes.ALGORITHM_NAME)}
     assert names == {MODEL.name, KEY_FRAME_MODEL.name}
+
+
+def test_other_content_from_the_same_source_and_models_is_another_object(
+    right_cine: Source,
+) -> None:
+    """The result UIDs derived from the source, the models and the kind only: zone rules
+    changed (the side, R to L), other output kinds or another release made a new SR under the
+    old UID, which a PACS holding the old one keeps (Orthanc ignores the copy)."""
+    from lus_pacs.encode.files import encode
+
+    findings = right_cine.findings()
+    kinds = [OutputKind.SR, OutputKind.KOS]
+
+    def made(found: Findings, kinds: list[OutputKind]) -> dict[OutputKind, Dataset]:
+        return dict(encode(found, right_cine.header, kinds, "b_lines@1"))
+
+    first = made(findings, kinds)
+    again = made(findings, kinds)  # after a crash: the same objects
+    assert first[OutputKind.SR].SOPInstanceUID == again[OutputKind.SR].SOPInstanceUID
+    other_side = replace(findings, source=replace(findings.source, zone="L1"))
+    for other in (made(other_side, kinds), made(findings, [*kinds, OutputKind.PR])):
+        assert other[OutputKind.SR].SOPInstanceUID != first[OutputKind.SR].SOPInstanceUID
+        assert other[OutputKind.SR].SeriesInstanceUID == first[OutputKind.SR].SeriesInstanceUID
