@@ -23,6 +23,8 @@ from functools import partial
 from typing import BinaryIO
 
 from pydicom import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.events import EventHandlerType
@@ -163,7 +165,7 @@ class Receiver:
             return REFUSED_SOP_CLASS
         limit = self._settings.max_instance_bytes
         raw = getattr(event.request, "DataSet", None)
-        size, content = _size_and_digest(raw)
+        size = _size(raw)
         if size > limit:
             log.warning(
                 "Refused %s from %s: %d bytes is over the limit of %d (max_instance_bytes)",
@@ -199,6 +201,7 @@ class Receiver:
             named = str(ds.get("SOPInstanceUID", ""))
             facts["patient_id"] = str(ds.get("PatientID", ""))
             facts["study_instance_uid"] = study
+            content = content_digest(ds)
         except Exception as exc:  # a malformed dataset must never escape into pynetdicom
             log.warning("Refused %s from %s: unreadable dataset (%s)", sop_instance, calling, exc)
             facts["reason"] = f"unreadable dataset ({exc})"
@@ -601,13 +604,36 @@ _STRIPES = 64
 """Locks instances are written under, chosen by file name."""
 
 
-def _size_and_digest(raw: BinaryIO | None) -> tuple[int, str]:
-    """Size and SHA-256 of a received data set's bytes (pynetdicom's buffer), read where they
-    lie: no copy of a cine of hundreds of MB on the association's thread."""
+def _size(raw: BinaryIO | None) -> int:
+    """The size of a received data set's bytes (pynetdicom's buffer), read where they lie."""
     if not isinstance(raw, io.BytesIO):
-        return 0, hashlib.sha256(b"").hexdigest()
+        return 0
     with raw.getbuffer() as view:
-        return view.nbytes, hashlib.sha256(view).hexdigest()
+        return view.nbytes
+
+
+def content_digest(ds: Dataset) -> str:
+    """SHA-256 of what a received data set says, not of how it was encoded: its elements but
+    the Pixel Data written in Implicit VR Little Endian (which holds no VR to differ by), then
+    the Pixel Data's bytes as received (not copied). The same instance sent again in another
+    uncompressed syntax (a PACS forwarding a scanner's cine in Implicit VR) is the same
+    content; other pixels, other compressed bytes or another value of any element are not."""
+    digest = hashlib.sha256()
+    header = Dataset()
+    for element in ds.elements():  # as read: no value converted that need not be
+        if element.tag != _PIXEL_DATA:
+            header[element.tag] = element
+    encoded = DicomBytesIO()
+    encoded.is_implicit_VR, encoded.is_little_endian = True, True
+    write_dataset(encoded, header)
+    digest.update(encoded.getvalue())
+    if _PIXEL_DATA in ds:
+        pixels = ds.get_item(_PIXEL_DATA).value
+        digest.update(pixels if isinstance(pixels, bytes | bytearray) else b"")
+    return digest.hexdigest()
+
+
+_PIXEL_DATA = 0x7FE00010
 
 
 def _inflates_past(raw: BinaryIO | None, limit: int) -> bool:

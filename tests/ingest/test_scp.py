@@ -535,3 +535,27 @@ def test_a_refused_copy_of_content_received_before_keeps_that_contents_stored_fi
         refusing.listener.stop()
     assert "CannotUnderstand" in answer.stderr, answer.stderr
     assert sorted(data.rglob("*.dcm")) == stored
+
+
+@needs_dcmtk
+def test_the_same_instance_in_another_transfer_syntax_is_the_same_content(
+    tmp_path: Path,
+) -> None:
+    """A PACS forwarding a cine the scanner also sent may send it in Implicit VR: the digest
+    of the bytes as received made it "other content", processed again, its first results
+    called off, and refused (0xC111) under changed_instance = refuse."""
+    node = StoringNode(Settings(data_dir=tmp_path / "node", port=0, changed_instance="refuse"))
+    try:
+        for syntax in ("-xe", "-xi", "-xb"):  # explicit, implicit, explicit big endian
+            sent = _dcmtk("storescu", node.port, str(US_IMAGE), options=(syntax, "-v"))
+            assert sent.returncode == 0
+            assert "Success" in sent.stderr, sent.stderr
+        changed = pydicom.dcmread(US_IMAGE)
+        changed.PatientName = "Corrected^Name"  # other content stays other content
+        changed.save_as(tmp_path / "changed.dcm")
+        refused = _dcmtk("storescu", node.port, str(tmp_path / "changed.dcm"), options=("-v",))
+        assert "CannotUnderstand" in refused.stderr, refused.stderr
+    finally:
+        node.listener.stop()
+    assert len(node.store.jobs.rows()) == 1
+    assert len(list((tmp_path / "node").rglob("*.dcm"))) == 1
