@@ -20,6 +20,7 @@ from lus_pacs.training.real_commands import evaluate_real, evaluate_simulator
 if TYPE_CHECKING:
     from lus_pacs.domain import Cine
     from lus_pacs.queue.deliveries import DeliveryState
+    from lus_pacs.queue.store import JobStore
 
 app = typer.Typer(
     name="lus-pacs",
@@ -422,6 +423,7 @@ def process(
     files = sorted(
         f for p in paths for f in ([p] if p.is_file() else p.rglob("*.dcm")) if f.is_file()
     )
+    _found_some(paths, files)  # before the models load
     failed = process_paths(
         files,
         out,
@@ -433,6 +435,18 @@ def process(
     typer.echo(f"{len(files) - failed} processed, {failed} failed; results in {out}")
     if failed:
         raise typer.Exit(1)
+
+
+def _found_some(paths: list[Path], files: list[Path]) -> None:
+    """Exit 2, naming why, when a path is missing or nothing was found to work on: a typo or
+    an empty export is not a success."""
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        typer.echo(f"no such file or folder: {', '.join(missing)}", err=True)
+        raise typer.Exit(2)
+    if not files:
+        typer.echo("no DICOM file found (folders are searched for *.dcm files)", err=True)
+        raise typer.Exit(2)
 
 
 class EngineKind(StrEnum):
@@ -583,10 +597,7 @@ def reprocess(
 @app.command()
 def status(config: ConfigOption = None) -> None:
     """List the node's jobs by state, with each delivery and its last error."""
-    from lus_pacs.queue.store import JobStore
-    from lus_pacs.settings import load_settings
-
-    store = JobStore(load_settings(config).store_path)
+    store = _node_store(config)
     counts = store.jobs.counts()
     typer.echo(", ".join(f"{state.value}: {n}" for state, n in sorted(counts.items())) or "no jobs")
     for job in store.jobs.rows():
@@ -597,6 +608,23 @@ def status(config: ConfigOption = None) -> None:
     for summary in store.studies.summaries():
         typer.echo(f"study summary {summary.id} of {summary.study_instance_uid}")
         _echo_deliveries(summary.deliveries)
+
+
+def _node_store(config: Path | None) -> JobStore:
+    """The job store of the node these settings run; a store that is not there is not made
+    (an empty new one answered "no jobs" for a mistyped data_dir or a missing --config)."""
+    from lus_pacs.queue.store import JobStore
+    from lus_pacs.settings import load_settings
+
+    path = load_settings(config).store_path
+    if not path.is_file():
+        typer.echo(
+            f"no job store at {path}: give the node's settings with --config "
+            "(its data_dir holds jobs.sqlite)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    return JobStore(path)
 
 
 def _echo_deliveries(deliveries: tuple[tuple[str, DeliveryState, int, str | None], ...]) -> None:
@@ -615,13 +643,10 @@ def prune(
     """Remove the received instances and result files of studies done (summarised, every
     result sent) and quiet for --older-than days; the job store keeps their rows. Safe while
     the node runs."""
-    from lus_pacs.queue.store import JobStore
     from lus_pacs.retention import DAY_S
     from lus_pacs.retention import prune as prune_store
-    from lus_pacs.settings import load_settings
 
-    store = JobStore(load_settings(config).store_path)
-    done = prune_store(store, older_than * DAY_S)
+    done = prune_store(_node_store(config), older_than * DAY_S)
     typer.echo(
         f"{done.studies} studies pruned: {done.files} files, {done.bytes / 1e6:.1f} MB removed"
     )
@@ -630,10 +655,7 @@ def prune(
 @app.command()
 def retry(config: ConfigOption = None) -> None:
     """Give failed jobs a fresh retry budget; a running node picks them up."""
-    from lus_pacs.queue.store import JobStore
-    from lus_pacs.settings import load_settings
-
-    n = JobStore(load_settings(config).store_path).deliveries.retry_failed()
+    n = _node_store(config).deliveries.retry_failed()
     typer.echo(f"{n} failed job(s) queued again")
 
 
@@ -646,8 +668,10 @@ def validate(
 ) -> None:
     """Check DICOM files with dciodvfy, dcentvfy (per study), dsrdump (SR, KOS) and dcmpschk
     (presentation states). Exits 1 on any error line, which the tools themselves do not."""
+    from lus_pacs.validate import dicom_files
     from lus_pacs.validate import validate as run_validation
 
+    _found_some(paths, dicom_files(p for p in paths if p.exists()))
     report = run_validation(paths)
     for verdict in report.verdicts:
         names = ", ".join(f.name for f in verdict.files)

@@ -288,11 +288,20 @@ class Settings(BaseModel):
     (6 attempts, the default before, gave up after two minutes)."""
     retry_base_s: float = Field(default=2.0, gt=0)
     retry_max_s: float = Field(default=300.0, gt=0)
-    data_dir: Path = Path("lus-pacs-data")
+    data_dir: Path = Field(default=Path("lus-pacs-data"), validate_default=True)
     pocus_dir: Path = Path("../shared/data/pocus")
     zone_rules: tuple[ZoneRule, ...] = Field(default=DEFAULT_ZONE_RULES)
     default_fps: float = Field(default=30.0, gt=0)
     """Frame rate assumed for a cine whose file gives none."""
+
+    @field_validator("data_dir", "models_dir", "calibration")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        """A relative path is taken from the working folder once, when the settings load: the
+        job store records its files' paths, and a relative one recorded by a node started in
+        one folder named nothing for a ``lus-pacs prune`` run from another (it marked the
+        study pruned and removed nothing, for good)."""
+        return None if value is None else value.expanduser().absolute()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:

@@ -203,3 +203,27 @@ def test_train_and_evaluate_b_lines_are_commands(linear_exams: Path) -> None:
     for column in ("Precision", "Recall", "F1", "IoU α=0.3", "Key frame"):
         assert column in header
     assert "| b_lines |" in table.stdout
+
+
+def test_a_typo_or_an_empty_folder_is_no_success(tmp_path: Path) -> None:
+    """`process` on a mistyped folder printed "0 processed, 0 failed" and exited 0 (after
+    loading the models); `validate` on an empty folder "0 checks, 0 failed"; `status`, `retry`
+    and `prune` without the node's settings made an empty job store and said "no jobs"."""
+    (tmp_path / "empty").mkdir()
+    for args in (
+        ["process", str(tmp_path / "typo"), "--out", str(tmp_path / "out")],
+        ["process", str(tmp_path / "empty"), "--out", str(tmp_path / "out")],
+        ["validate", str(tmp_path / "empty")],
+        ["validate", str(tmp_path / "typo.dcm")],
+    ):
+        done = run_cli(*args, check=False)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr
+        assert "no such file or folder" in done.stderr or "no DICOM file found" in done.stderr
+    config = tmp_path / "node.toml"
+    config.write_text(f'data_dir = "{tmp_path / "node"}"\n')
+    for command in (["status"], ["retry"], ["prune", "--older-than", "1"]):
+        done = run_cli(*command, "--config", str(config), check=False)
+        assert done.returncode == 2, (command, done.stdout, done.stderr)
+        assert "no job store at" in done.stderr
+    assert not (tmp_path / "node").exists()

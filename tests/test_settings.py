@@ -67,3 +67,17 @@ def test_a_bad_settings_file_is_one_line_naming_the_keys_not_a_traceback(tmp_pat
     assert str(path) in line
     assert "ae_titel: unknown setting" in line
     assert "segmentation.mc_sample: unknown setting" in line
+
+
+def test_a_relative_data_dir_is_taken_from_the_working_folder_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job store records its files' paths: relative ones, recorded by a node started in
+    one folder, named nothing for `lus-pacs prune` run from another, which marked the study
+    pruned and removed none of its files, for good."""
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(None, data_dir="rel/node", calibration="site.json")
+    monkeypatch.chdir(tmp_path.parent)
+    assert settings.incoming_dir == tmp_path / "rel" / "node" / "incoming"
+    assert settings.calibration == tmp_path / "site.json"
+    assert settings.models_dir.is_absolute()
