@@ -36,16 +36,30 @@ def authorisation(server: WebDestination) -> dict[str, str]:
 
 
 def _secret(server: WebDestination, file: Path | None, variable: str | None) -> str:
-    """The first line of ``file``, else the value of ``variable``."""
+    """The first line of ``file``, else the value of ``variable``, without the spaces and
+    line ends around it (a secret made from a file ends with one).
+
+    Raises
+    ------
+    ConfigError
+        It cannot be read, or holds a control character: http.client refuses such a header
+        with its value in the message, which went into every failed delivery's log line,
+        status row and audit record. The message names the source, never the value.
+    """
     if file is not None:
         try:
             lines = file.read_text().splitlines()
         except OSError as exc:
             raise ConfigError(f"{server.name}: cannot read the credential {file}: {exc}") from exc
-        return lines[0].strip() if lines else ""
-    value = os.environ.get(variable or "")
-    if value is None:
-        raise ConfigError(f"{server.name}: the environment variable {variable} is not set")
+        value, where = (lines[0] if lines else ""), str(file)
+    else:
+        found = os.environ.get(variable or "")
+        if found is None:
+            raise ConfigError(f"{server.name}: the environment variable {variable} is not set")
+        value, where = found, f"the environment variable {variable}"
+    value = value.strip()
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ConfigError(f"{server.name}: the credential in {where} holds a control character")
     return value
 
 

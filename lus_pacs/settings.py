@@ -99,6 +99,17 @@ class WebDestination(BaseModel):
     """For https: the CAs that sign the server's certificate (the system's when None)."""
     timeout_s: float = Field(default=60.0, gt=0)
 
+    @field_validator("url")
+    @classmethod
+    def _no_credentials_in_url(cls, url: str) -> str:
+        # The URL is in every log line, status row and audit record of a delivery.
+        if re.match(r"^https?://[^/?#]*@", url):  # user info in the authority
+            raise ValueError(
+                f"{_SECRET_IN_URL} would be written to logs and the job store; give "
+                "username with password_file or password_env (or a token) instead"
+            )
+        return url
+
     @model_validator(mode="after")
     def _one_credential(self) -> WebDestination:
         given = [
@@ -352,6 +363,9 @@ class Settings(BaseModel):
         return next((d for d in self.web_destinations if d.name == name), None)
 
 
+_SECRET_IN_URL = "credentials in the URL"
+
+
 def load_settings(path: Path | None, **overrides: object) -> Settings:
     """Settings from a TOML file, or the embedded defaults when ``path`` is None; ``overrides``
     (command-line options) win over both. The enabled models must be families the node ships
@@ -379,6 +393,8 @@ def _problems(exc: ValidationError) -> str:
         key = ".".join(str(part) for part in error["loc"]) or "(top level)"
         if error["type"] == "extra_forbidden":
             problems.append(f"{key}: unknown setting")
+        elif _SECRET_IN_URL in error["msg"]:  # the value is not repeated: it holds a secret
+            problems.append(f"{key}: {error['msg']}")
         else:
             problems.append(f"{key}: {error['msg']} (got {error.get('input')!r})")
     return "; ".join(problems)

@@ -7,8 +7,13 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
-from lus_pacs.credentials import SameOriginRedirects
+import pytest
+
+from lus_pacs.credentials import SameOriginRedirects, authorisation
+from lus_pacs.errors import ConfigError
+from lus_pacs.settings import WebDestination, load_settings
 
 
 @contextmanager
@@ -58,3 +63,23 @@ def test_a_redirect_to_another_server_loses_the_credentials_one_on_the_same_keep
     with _server("/landed", same) as origin:
         assert _get(f"{origin}/start") == 200
     assert same == ["Bearer s3cret", "Bearer s3cret"]
+
+
+def test_a_secret_never_reaches_a_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token from a Kubernetes secret made from a file ends with a line end: http.client
+    refused the header with the token in its message, written to every failed delivery's log
+    line, status row and audit record. A password in the URL went the same way."""
+    server = WebDestination(name="pacs", url="http://pacs/dicom-web", token_env="PACS_TOKEN")
+    monkeypatch.setenv("PACS_TOKEN", "eyJ-s3cret\n")
+    assert authorisation(server) == {"Authorization": "Bearer eyJ-s3cret"}
+    monkeypatch.setenv("PACS_TOKEN", "eyJ\x01s3cret")
+    with pytest.raises(ConfigError, match="PACS_TOKEN holds a control character") as caught:
+        authorisation(server)
+    assert "s3cret" not in str(caught.value)
+    config = tmp_path / "node.toml"
+    config.write_text(
+        '[[web_destinations]]\nname = "pacs"\nurl = "http://orthanc:S3cretPassw0rd@pacs:8042/"\n'
+    )
+    with pytest.raises(ConfigError, match="credentials in the URL") as caught:
+        load_settings(config)
+    assert "S3cretPassw0rd" not in str(caught.value)
