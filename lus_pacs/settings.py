@@ -5,9 +5,17 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lus_pacs.domain import OutputKind
 from lus_pacs.errors import ConfigError
@@ -59,13 +67,28 @@ class TlsFiles(BaseModel):
     """Client: the name the peer's certificate must carry; the destination's host when None."""
 
 
+def _ae_title(value: str) -> str:
+    """An AE title as DICOM has it (PS3.5, AE): 1-16 characters of the default repertoire, no
+    backslash or control character; spaces around it are not part of it (pynetdicom strips a
+    calling AE's, so an allow-list entry "SCANNER1 " refused that scanner for good)."""
+    title = value.strip(" ")
+    if not 1 <= len(title) <= 16:
+        raise ValueError(f"an AE title has 1 to 16 characters, not {len(title)} ({value!r})")
+    if any(not 32 <= ord(c) < 127 or c == "\\" for c in title):
+        raise ValueError(f"an AE title is printable ASCII without a backslash ({value!r})")
+    return title
+
+
+AeTitle = Annotated[str, AfterValidator(_ae_title)]
+
+
 class DicomDestination(BaseModel):
     """A DICOM node results are sent to by C-STORE."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
-    ae_title: str = Field(min_length=1, max_length=16)
+    ae_title: AeTitle
     host: str
     port: int = Field(gt=0, lt=65536)
     tls: TlsFiles | None = None
@@ -162,15 +185,15 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    ae_title: str = Field(default="LUSPACS", min_length=1, max_length=16)
+    ae_title: AeTitle = "LUSPACS"
     host: str = "127.0.0.1"
     """Address the DICOM listener binds to; 0.0.0.0 to accept scanners on the network."""
     port: int = Field(default=11112, ge=0, lt=65536)
     """DICOM port; 0 takes any free port (tests, demo)."""
-    allowed_calling_aes: tuple[str, ...] = ()
+    allowed_calling_aes: tuple[AeTitle, ...] = ()
     """Calling AE titles allowed to associate; empty accepts any (logged as a warning), which
     on an address other than loopback needs :attr:`accept_any_calling_ae`."""
-    calling_ae_hosts: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    calling_ae_hosts: dict[AeTitle, tuple[str, ...]] = Field(default_factory=dict)
     """Per calling AE title, the addresses (IP addresses or host names) it may associate from,
     as Orthanc's ``DicomModalities`` bind a modality to its host: an association of that title
     from any other address is rejected. The titles are allowed as if listed in
@@ -321,6 +344,24 @@ class Settings(BaseModel):
             raise ValueError(f"destination names must be unique; got {list(names)}")
         return self
 
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        """Settings that each look valid but together fail only once the node runs."""
+        if self.port and self.metrics_port == self.port:
+            raise ValueError(f"metrics_port and port are both {self.port}")
+        if self.retry_base_s > self.retry_max_s:
+            raise ValueError(
+                f"retry_base_s ({self.retry_base_s:g}) is over retry_max_s ({self.retry_max_s:g})"
+            )
+        for d in self.destinations:
+            here = d.host in (self.host, *_LOOPBACK_HOSTS) or self.host in _ANY_HOST
+            if here and d.port == self.port and d.ae_title == self.ae_title:
+                raise ValueError(
+                    f"destination {d.name!r} is this node itself ({d.ae_title}@{d.host}:{d.port}): "
+                    "its results would be sent to it, refused, and retried for a day"
+                )
+        return self
+
     @property
     def destination_names(self) -> tuple[str, ...]:
         """Every destination, DIMSE and DICOMweb, by name."""
@@ -364,6 +405,8 @@ class Settings(BaseModel):
 
 
 _SECRET_IN_URL = "credentials in the URL"
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+_ANY_HOST = ("0.0.0.0", "::")
 
 
 def load_settings(path: Path | None, **overrides: object) -> Settings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,34 @@ def test_a_relative_data_dir_is_taken_from_the_working_folder_once(
     assert settings.incoming_dir == tmp_path / "rel" / "node" / "incoming"
     assert settings.calibration == tmp_path / "site.json"
     assert settings.models_dir.is_absolute()
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ('ae_title = "LÜSPACS"', "printable ASCII"),
+        ('allowed_calling_aes = ["SCANNER-OF-WARD-12"]', "1 to 16 characters"),
+        ('calling_ae_hosts = { "A\\\\B" = ["10.0.0.1"] }', "without a backslash"),
+        ("metrics_port = 11112", "metrics_port and port are both 11112"),
+        ("retry_base_s = 600\nretry_max_s = 5", "retry_base_s (600) is over retry_max_s (5)"),
+        (
+            '[[destinations]]\nname = "me"\nae_title = "LUSPACS"\nhost = "localhost"\nport = 11112',
+            "is this node itself",
+        ),
+    ],
+)
+def test_settings_that_would_fail_once_running_are_refused_at_load(
+    tmp_path: Path, setting: str, message: str
+) -> None:
+    """Each was accepted, then failed after the models had loaded (a traceback at start: the
+    AE titles, the ports) or at every delivery (the node as its own destination, retried for
+    a day)."""
+    path = tmp_path / "node.toml"
+    path.write_text(setting + "\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(path)
+
+
+def test_spaces_around_an_allowed_ae_title_are_not_part_of_it() -> None:
+    """pynetdicom strips a calling AE title: "SCANNER1 " in the allow-list refused SCANNER1."""
+    assert Settings(allowed_calling_aes=("SCANNER1 ",)).allowed_aes == ("SCANNER1",)
