@@ -366,6 +366,8 @@ class NotAssessableReason(StrEnum):
     BLANK = "blank"
     """The scan area shows no echo texture: black, blank or uniform frames (a probe in the
     air, a frozen or switched-off image, a screen captured without its picture)."""
+    TOO_SMALL = "too_small"
+    """The scan area is too small to read (a thumbnail, an icon, a strip of a few pixels)."""
 
 
 @dataclass(frozen=True)

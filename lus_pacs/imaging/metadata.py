@@ -77,7 +77,8 @@ def ultrasound_region(ds: Dataset, rows: int, cols: int) -> Region | None:
     """The 2D tissue region from ``SequenceOfUltrasoundRegions``, ends exclusive.
 
     Takes the largest region with RegionSpatialFormat 1 (2D) and RegionDataType 1 (tissue),
-    clipped to the image. None when the file has no such region.
+    clipped to the image; a region reaching past the image by more than :data:`_OVERHANG`
+    pixels describes another image and is not taken. None when the file has no such region.
     """
     best: Region | None = None
     for item in ds.get("SequenceOfUltrasoundRegions", ()):
@@ -86,10 +87,14 @@ def ultrasound_region(ds: Dataset, rows: int, cols: int) -> Region | None:
         try:
             x0 = max(0, int(item.RegionLocationMinX0))
             y0 = max(0, int(item.RegionLocationMinY0))
-            x1 = min(cols, int(item.RegionLocationMaxX1) + 1)
-            y1 = min(rows, int(item.RegionLocationMaxY1) + 1)
+            x1, y1 = int(item.RegionLocationMaxX1) + 1, int(item.RegionLocationMaxY1) + 1
         except (AttributeError, TypeError, ValueError):
             continue
+        if x1 > cols + _OVERHANG or y1 > rows + _OVERHANG:
+            # Coordinates of another image (one scaled down after its regions were written):
+            # clipped, they cut the sector; the region is found from the pixels instead.
+            continue
+        x1, y1 = min(cols, x1), min(rows, y1)
         if x1 <= x0 or y1 <= y0:
             continue
         region = Region(
@@ -104,6 +109,10 @@ def ultrasound_region(ds: Dataset, rows: int, cols: int) -> Region | None:
         if best is None or region.width * region.height > best.width * best.height:
             best = region
     return best
+
+
+_OVERHANG = 2
+"""Pixels a declared region may reach past the image (an off-by-one of its writer)."""
 
 
 def _cm_per_pixel(item: Dataset, axis: str) -> float | None:

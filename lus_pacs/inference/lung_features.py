@@ -91,6 +91,10 @@ class LungView:
     """(rows, columns): the scan area (sector or rectangle) of the view."""
     picks: npt.NDArray[np.intp]
     """0-based source frame of each view frame."""
+    level: float = 255.0
+    """The grey level (0-255) the frames were divided by: the 99th percentile of the scan
+    area before normalisation. A black screen's codec noise (a few grey levels) is stretched
+    to full contrast by the normalisation; this says how bright the image really was."""
 
 
 def view_region(cine: Cine) -> Region:
@@ -139,7 +143,7 @@ def lung_view(cine: Cine, max_frames: int = MAX_FRAMES) -> LungView:
         scan = np.ones_like(scan)
     level = float(np.percentile(frames[:, scan], 99)) if scan.any() else 255.0
     frames = np.clip(frames / max(level, 1.0), 0.0, 1.0)
-    return LungView(frames=frames, scan=scan, picks=picks)
+    return LungView(frames=frames, scan=scan, picks=picks, level=level)
 
 
 def frame_features(view: LungView) -> npt.NDArray[np.float32]:

@@ -91,10 +91,13 @@ def test_every_shipped_us_file_is_read_or_refused_with_a_reason(path: Path) -> N
         assert cine.timing.fps == pytest.approx(1000 / float(header.FrameTime))
     else:
         assert cine.timing.fps is None
-    regions = [
+    regions = [  # tissue regions of this image (some files hold a larger image's)
         r
         for r in header.get("SequenceOfUltrasoundRegions", [])
-        if r.RegionSpatialFormat == 1 and r.RegionDataType == 1
+        if r.RegionSpatialFormat == 1
+        and r.RegionDataType == 1
+        and r.RegionLocationMaxX1 <= cols + 1
+        and r.RegionLocationMaxY1 <= rows + 1
     ]
     if regions:
         assert cine.region.source is RegionSource.DICOM

@@ -69,8 +69,17 @@ def _region(x0: int, y0: int, x1: int, y1: int, data_type: int = 1) -> Dataset:
 
 def test_the_largest_tissue_region_clipped_to_the_image() -> None:
     doppler = _region(0, 0, 639, 479, data_type=2)  # a colour-flow region is not tissue
+    # Coordinates of a larger image (one scaled down after its regions were written) are not
+    # taken: clipped, they cut the sector (pydicom's 320 x 240 echocardiogram declares regions
+    # of 640 x 480, and was read as lung). A pixel over is a writer's off-by-one, clipped.
+    other_image = _region(0, 0, 900, 700)
     ds = _ds(
-        SequenceOfUltrasoundRegions=[_region(10, 20, 99, 99), _region(100, 30, 700, 400), doppler]
+        SequenceOfUltrasoundRegions=[
+            _region(10, 20, 99, 99),
+            _region(100, 30, 640, 400),
+            other_image,
+            doppler,
+        ]
     )
     region = ultrasound_region(ds, rows=480, cols=640)
     assert region is not None

@@ -1,6 +1,6 @@
 """The assessment of one cine: can the lung models read it?
 
-Five checks, in this order, each giving its reason (:class:`NotAssessableReason`):
+Seven checks, in this order, each giving its reason (:class:`NotAssessableReason`):
 
 * **still image**: fewer than ``min_frames`` frames. B-lines, consolidation and the clip scores
   are read from a loop; the other checks still apply, and when this is the only reason the
@@ -17,6 +17,13 @@ Five checks, in this order, each giving its reason (:class:`NotAssessableReason`
   standard deviation of its scan-area pixels (the view is gain normalised, so a dim image
   with speckle keeps its texture) is under ``min_texture``. On the 229 real POCUS clips (both
   sets) the smallest is 0.155 and the 1st percentile 0.170; a black or uniform cine gives 0.
+* **blank, dark**: the scan area's 99th percentile grey level (before the gain
+  normalisation) is under ``min_level``: a black screen's codec noise, which the
+  normalisation stretches to full contrast, read as texture (a black cine with noise of a few
+  grey levels got B-lines present and a severity score). The real clips' smallest is 76.
+* **too small**: the region the view is cut from spans fewer than ``min_side`` source pixels
+  one way (a thumbnail, a strip): its view is mostly made up by resampling. The real clips'
+  smallest is 118 x 118.
 * **poor quality** (only with ``use_quality``): the key-frame model (paper 004), when it ran,
   found no frame a clinician would keep. Off in the shipped bundle: that model flags 2 of 6
   ordinary simulated cines poor (rib shadow), so its flag stays a flag beside the findings.
@@ -42,7 +49,7 @@ from lus_pacs.domain import (
 )
 from lus_pacs.errors import ModelError
 from lus_pacs.inference.bundle import INFERENCE, METADATA, read_json
-from lus_pacs.inference.lung_features import cine_view
+from lus_pacs.inference.lung_features import cine_view, view_region
 
 TOP_ROWS = 6
 """Rows of the normalised view, from the first row of the scan area, whose width is measured."""
@@ -56,9 +63,12 @@ class Assessor:
     min_frames: int
     apex_width: float
     use_quality: bool
-    max_damaged_share: float = 0.25
-    min_texture: float = 0.0
-    """0: no blank check (a bundle written before it)."""
+    max_damaged_share: float
+    min_texture: float
+    min_level: float
+    """Grey level (0-255) the scan area's 99th percentile must reach (else blank)."""
+    min_side: int
+    """Source pixels the scan area's region must span each way (else too small)."""
 
     @classmethod
     def load(cls, folder: Path) -> Assessor:
@@ -74,9 +84,12 @@ class Assessor:
         config = read_json(folder / INFERENCE)
         min_frames = config.get("min_frames")
         apex_width = config.get("apex_width")
-        use_quality = config.get("use_quality", False)
-        damaged_share = config.get("max_damaged_share", 0.25)
-        min_texture = config.get("min_texture", 0.0)
+        use_quality = config.get("use_quality")
+        damaged_share = config.get("max_damaged_share")
+        min_texture = config.get("min_texture")
+        min_level = config.get("min_level")
+        min_side = config.get("min_side")
+        # Every threshold is required: one left out would turn its check off without a word.
         if not isinstance(min_frames, int) or min_frames < 1:
             raise ModelError(f"{folder / INFERENCE}: 'min_frames' must be a positive integer.")
         if not isinstance(apex_width, int | float) or not 0 <= apex_width < 1:
@@ -85,6 +98,10 @@ class Assessor:
             raise ModelError(f"{folder / INFERENCE}: 'max_damaged_share' must be within [0, 1].")
         if not isinstance(min_texture, int | float) or not 0 <= min_texture < 1:
             raise ModelError(f"{folder / INFERENCE}: 'min_texture' must be within [0, 1).")
+        if not isinstance(min_level, int | float) or not 0 <= min_level < 255:
+            raise ModelError(f"{folder / INFERENCE}: 'min_level' must be within [0, 255).")
+        if not isinstance(min_side, int) or min_side < 1:
+            raise ModelError(f"{folder / INFERENCE}: 'min_side' must be a positive integer.")
         if not isinstance(use_quality, bool):
             raise ModelError(f"{folder / INFERENCE}: 'use_quality' must be true or false.")
         for key in ("version", "name"):
@@ -98,6 +115,8 @@ class Assessor:
             use_quality,
             float(damaged_share),
             float(min_texture),
+            float(min_level),
+            min_side,
         )
 
     def assess(self, cine: Cine, quality: object | None = None) -> AssessmentFindings:
@@ -113,8 +132,11 @@ class Assessor:
         width = apex_ratio(cine)
         if width <= self.apex_width:
             reasons.append(NotAssessableReason.NOT_LUNG)
-        if echo_texture(cine) < self.min_texture:
+        if echo_texture(cine) < self.min_texture or cine_view(cine).level < self.min_level:
             reasons.append(NotAssessableReason.BLANK)
+        region = view_region(cine)
+        if min(region.width, region.height) < self.min_side:
+            reasons.append(NotAssessableReason.TOO_SMALL)
         if (
             self.use_quality
             and isinstance(quality, KeyFrameFindings)

@@ -34,9 +34,12 @@ def test_a_still_image_is_not_assessable(assessor: Assessor, name: str) -> None:
     assert found.reasons == (NotAssessableReason.STILL_IMAGE,)
 
 
-def test_an_echocardiogram_is_not_lung(assessor: Assessor) -> None:
-    # pydicom's 120-frame cardiac cine: a phased-array sector that starts at a point.
-    cine = read_cine(_pydicom("color3d_jpeg_baseline.dcm"))
+@pytest.mark.parametrize("name", ["color3d_jpeg_baseline.dcm", "examples_ybr_color.dcm"])
+def test_an_echocardiogram_is_not_lung(assessor: Assessor, name: str) -> None:
+    """pydicom's cardiac cines: phased-array sectors that start at a point. The 30-frame one
+    declares regions of a 640 x 480 image over its 320 x 240 pixels: clipped, they cut the
+    apex off and its B-lines were "present" with consolidation boxes."""
+    cine = read_cine(_pydicom(name))
     assert apex_ratio(cine) <= assessor.apex_width
     found = assessor.assess(cine)
     assert found.reasons == (NotAssessableReason.NOT_LUNG,)
@@ -82,10 +85,12 @@ def test_a_blank_cine_is_not_assessable_and_a_dim_one_is(
 
     lung = read_cine(next(synth_exams.glob("*/R1.dcm"))).frames
     assert lung.ndim == 3  # grey frames
+    noise = np.random.default_rng(3).integers(0, 7, size=lung.shape, dtype=np.uint8)
     variants = {
         "black": np.zeros_like(lung),
         "grey": np.full_like(lung, 128),
         "dim": lung // 8,  # the same cine at a low gain
+        "dark": noise,  # a black screen's codec noise: B-lines "present", severity 2
     }
     found = {
         name: assessor.assess(read_cine(write_cine(tmp_path / f"{name}.dcm", frames, "rle")))
@@ -93,5 +98,41 @@ def test_a_blank_cine_is_not_assessable_and_a_dim_one_is(
     }
     assert found["black"].reasons == (NotAssessableReason.BLANK,)
     assert found["grey"].reasons == (NotAssessableReason.BLANK,)
+    assert found["dark"].reasons == (NotAssessableReason.BLANK,)
     assert found["dim"].assessable, found["dim"]
     assert echo_texture(read_cine(tmp_path / "dim.dcm")) > 2 * assessor.min_texture
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (30, 600), (600, 30)])
+def test_a_scan_area_too_small_to_read_is_not_assessable(
+    assessor: Assessor, synth_exams: Path, tmp_path: Path, shape: tuple[int, int]
+) -> None:
+    """A 4 x 4 thumbnail got B-lines present and severity 3; a strip of 30 x 1200 the same
+    and a consolidation."""
+    import cv2
+
+    from tests.tools import write_cine
+
+    lung = read_cine(next(synth_exams.glob("*/R1.dcm"))).frames
+    small = np.stack([cv2.resize(f, shape[::-1], interpolation=cv2.INTER_AREA) for f in lung])
+    found = assessor.assess(read_cine(write_cine(tmp_path / "small.dcm", small, "rle")))
+    assert NotAssessableReason.TOO_SMALL in found.reasons, found
+
+
+def test_every_threshold_of_the_bundle_is_required(tmp_path: Path) -> None:
+    """A threshold left out of the bundle turned its check off without a word (the version
+    still said the check was there)."""
+    import json
+    import shutil
+
+    from lus_pacs.errors import ModelError
+
+    for key in ("min_texture", "min_level", "min_side", "max_damaged_share", "use_quality"):
+        bundle = tmp_path / key / "assessment"
+        shutil.copytree(BUNDLE, bundle)
+        config = bundle / "configs" / "inference.json"
+        values = json.loads(config.read_text())
+        del values[key]
+        config.write_text(json.dumps(values))
+        with pytest.raises(ModelError, match=key):
+            Assessor.load(bundle)
