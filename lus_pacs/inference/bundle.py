@@ -2,11 +2,12 @@
 
 A bundle holds ``configs/metadata.json`` (MONAI's metadata: version, inputs, outputs, metrics),
 ``configs/inference.json`` (``network_def`` and the decision settings) and ``models/model.pt``
-(a state dict, loaded with ``weights_only=True``).
+(a state dict, loaded with ``weights_only=True``) with ``models/model.pt.sha256``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ from lus_pacs.errors import ModelError
 METADATA = Path("configs/metadata.json")
 INFERENCE = Path("configs/inference.json")
 WEIGHTS = Path("models/model.pt")
+CHECKSUM = Path("models/model.pt.sha256")
+"""The SHA-256 of the weights, written with them: a bundle whose weights changed since (a
+flipped byte loads as a valid state dict, one weight off by thousands) is refused at load."""
 NETWORK_PACKAGE = "lus_pacs.families."
 """Where every ``network_def`` must point: a bundle names code of this package, nothing else."""
 
@@ -92,6 +96,7 @@ def load_bundle(folder: Path, expected: tuple[type[nn.Module], ...] = ()) -> Bun
             f"{' or '.join(t.__name__ for t in expected)}."
         )
 
+    _check_checksum(folder)
     try:
         state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
         network.load_state_dict(state)
@@ -100,6 +105,9 @@ def load_bundle(folder: Path, expected: tuple[type[nn.Module], ...] = ()) -> Bun
             f"{folder / WEIGHTS}: not a state dict that fits {target} ({exc}). "
             "Were the weights trained with another network_def?"
         ) from exc
+    for key, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not value.isfinite().all():
+            raise ModelError(f"{folder / WEIGHTS}: {key} holds NaN or infinite values.")
     network.eval()
     return Bundle(
         network=network,
@@ -109,6 +117,31 @@ def load_bundle(folder: Path, expected: tuple[type[nn.Module], ...] = ()) -> Bun
         config=config,
         metadata=metadata,
     )
+
+
+def weights_digest(path: Path) -> str:
+    """The SHA-256 of a weights file, as ``models/model.pt.sha256`` holds it."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_checksum(folder: Path) -> None:
+    """Refuse weights that are not those written with the bundle (its checksum file), when
+    the bundle has one (every shipped bundle has; a test holds them to it)."""
+    if not (folder / CHECKSUM).is_file():
+        return
+    try:
+        recorded = (folder / CHECKSUM).read_text().split()[0]
+    except (OSError, IndexError) as exc:
+        raise ModelError(f"{folder / CHECKSUM}: not readable ({exc})") from exc
+    if weights_digest(folder / WEIGHTS) != recorded:
+        raise ModelError(
+            f"{folder / WEIGHTS}: its SHA-256 is not the one in {CHECKSUM}: the weights are "
+            "damaged or were replaced; restore the bundle (git checkout models/) or train it again."
+        )
 
 
 def read_json(path: Path) -> dict[str, Any]:

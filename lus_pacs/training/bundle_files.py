@@ -26,6 +26,15 @@ def finite(doc: Any) -> Any:
     return doc
 
 
+def save_weights(network: torch.nn.Module, out_dir: Path) -> None:
+    """``models/model.pt`` (the state dict) and its SHA-256 beside it, which loading checks."""
+    from lus_pacs.inference.bundle import CHECKSUM, WEIGHTS, weights_digest
+
+    (out_dir / "models").mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), out_dir / WEIGHTS)
+    (out_dir / CHECKSUM).write_text(f"{weights_digest(out_dir / WEIGHTS)}  model.pt\n")
+
+
 def write_weights_and_config(
     out_dir: Path, network: torch.nn.Module, config: dict[str, Any]
 ) -> None:
@@ -33,7 +42,7 @@ def write_weights_and_config(
     pointing at the network's class, then ``config``) into ``out_dir``."""
     (out_dir / "models").mkdir(parents=True, exist_ok=True)
     (out_dir / "configs").mkdir(parents=True, exist_ok=True)
-    torch.save(network.state_dict(), out_dir / "models" / "model.pt")
+    save_weights(network, out_dir)
     target = f"{type(network).__module__}.{type(network).__qualname__}"
     write_json(
         out_dir / "configs" / "inference.json",
@@ -51,7 +60,7 @@ def write_bundle(
     ``configs/inference.json`` and ``configs/metadata.json`` as given."""
     (out_dir / "models").mkdir(parents=True, exist_ok=True)
     (out_dir / "configs").mkdir(parents=True, exist_ok=True)
-    torch.save(network.state_dict(), out_dir / "models" / "model.pt")
+    save_weights(network, out_dir)
     write_json(out_dir / "configs" / "inference.json", inference)
     write_json(out_dir / "configs" / "metadata.json", metadata)
 

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from lus_pacs.families.b_lines.evaluate import ATTENTION_THRESHOLD, THRESHOLD
@@ -16,6 +15,7 @@ from lus_pacs.training.bundle_files import (
     finite,
     grey_clip_input,
     logit_output,
+    save_weights,
     versions_and_authors,
     write_json,
 )
@@ -55,7 +55,7 @@ def write_b_lines_bundle(
     """
     (out_dir / "models").mkdir(parents=True, exist_ok=True)
     (out_dir / "configs").mkdir(parents=True, exist_ok=True)
-    torch.save(network.state_dict(), out_dir / "models" / "model.pt")
+    save_weights(network, out_dir)
     inference = {
         "imports": [],
         "network_def": {

@@ -8,14 +8,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lus_pacs.families.segmentation.network import CLASSES, SegmentationEnsemble
 from lus_pacs.training.bundle_files import (
     INTENDED_USE,
     PAPER_003,
     finite,
     paper_003_frame_input,
+    save_weights,
     versions_and_authors,
     write_json,
 )
@@ -34,7 +33,7 @@ def write_segmentation_bundle(
     """Write ``models/model.pt`` and ``configs/*.json`` into ``out_dir``; leave ``docs/``."""
     (out_dir / "models").mkdir(parents=True, exist_ok=True)
     (out_dir / "configs").mkdir(parents=True, exist_ok=True)
-    torch.save(ensemble.state_dict(), out_dir / "models" / "model.pt")
+    save_weights(ensemble, out_dir)
     members = list(ensemble.members)
     inference = {
         "imports": [],

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
 from lus_pacs.families.severity.aggregation import UninormAggregator
@@ -16,6 +15,7 @@ from lus_pacs.training.bundle_files import (
     PAPER_003,
     finite,
     paper_003_frame_input,
+    save_weights,
     versions_and_authors,
     write_json,
 )
@@ -48,7 +48,7 @@ def write_severity_bundle(
     network.aggregator.load_state_dict(uninorm.state_dict())
     (out_dir / "models").mkdir(parents=True, exist_ok=True)
     (out_dir / "configs").mkdir(parents=True, exist_ok=True)
-    torch.save(network.state_dict(), out_dir / "models" / "model.pt")
+    save_weights(network, out_dir)
     inference = {
         "imports": [],
         "network_def": {

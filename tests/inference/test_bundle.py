@@ -1,0 +1,49 @@
+"""Loading a bundle refuses weights that are not the ones written with it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from lus_pacs.errors import ModelError
+from lus_pacs.inference.bundle import CHECKSUM, WEIGHTS, load_bundle, weights_digest
+from lus_pacs.training.bundle_files import save_weights
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+SHIPPED = sorted(p.parent.parent for p in MODELS.glob("*/models/model.pt"))
+
+
+def test_every_shipped_bundle_carries_the_checksum_of_its_weights() -> None:
+    assert len(SHIPPED) == 5
+    for bundle in SHIPPED:
+        recorded = (bundle / CHECKSUM).read_text().split()[0]
+        assert recorded == weights_digest(bundle / WEIGHTS), bundle.name
+
+
+def test_weights_changed_since_they_were_written_are_refused(tmp_path: Path) -> None:
+    """64 flipped bytes in the middle of model.pt loaded as a valid state dict in every
+    bundle (a b_lines weight became 16552) and the node ran on."""
+    bundle = tmp_path / "key_frames"
+    shutil.copytree(MODELS / "key_frames", bundle)
+    load_bundle(bundle)
+    data = bytearray((bundle / WEIGHTS).read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    (bundle / WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="SHA-256"):
+        load_bundle(bundle)
+
+
+def test_weights_that_are_not_finite_are_refused(tmp_path: Path) -> None:
+    """A NaN weight in the severity head loaded, and every cine was scored 0 ("normal")."""
+    bundle = tmp_path / "key_frames"
+    shutil.copytree(MODELS / "key_frames", bundle)
+    network = load_bundle(bundle).network
+    with torch.no_grad():
+        next(p for p in network.parameters() if p.is_floating_point()).view(-1)[0] = float("nan")
+    save_weights(network, bundle)  # its checksum written with it: only the values are wrong
+    with pytest.raises(ModelError, match="NaN or infinite"):
+        load_bundle(bundle)
