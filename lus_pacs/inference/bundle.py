@@ -119,6 +119,22 @@ def load_bundle(folder: Path, expected: tuple[type[nn.Module], ...] = ()) -> Bun
     )
 
 
+def probability_setting(bundle: Bundle, key: str, folder: Path) -> float:
+    """The bundle's decision threshold ``key``, a probability: required (a missing one would
+    run on a default without a word) and within [0, 1] (a threshold of 50 never decides
+    positive, one of -0.5 always does).
+
+    Raises
+    ------
+    ModelError
+        It is missing, not a number or outside [0, 1].
+    """
+    value = bundle.config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ModelError(f"{folder / INFERENCE}: {key!r} must be a probability in [0, 1].")
+    return float(value)
+
+
 def weights_digest(path: Path) -> str:
     """The SHA-256 of a weights file, as ``models/model.pt.sha256`` holds it."""
     digest = hashlib.sha256()

@@ -47,3 +47,36 @@ def test_weights_that_are_not_finite_are_refused(tmp_path: Path) -> None:
     save_weights(network, bundle)  # its checksum written with it: only the values are wrong
     with pytest.raises(ModelError, match="NaN or infinite"):
         load_bundle(bundle)
+
+
+@pytest.mark.parametrize(
+    ("family", "key"),
+    [
+        ("consolidation", "threshold"),
+        ("key_frames", "threshold"),
+        ("key_frames", "reason_threshold"),
+    ],
+)
+@pytest.mark.parametrize("value", [50, -0.5, "0.5", None])
+def test_a_decision_threshold_missing_or_out_of_range_is_refused(
+    tmp_path: Path, family: str, key: str, value: object
+) -> None:
+    """Consolidation loaded with threshold 50 (never positive) or -0.5 (always), and without
+    one ran on 0.5; the key-frame model with 5 called every cine poor."""
+    import json
+
+    from lus_pacs.families.consolidation.inference import ConsolidationModel
+    from lus_pacs.families.key_frames.inference import KeyFrameModel
+
+    bundle = tmp_path / family
+    shutil.copytree(MODELS / family, bundle)
+    config = bundle / "configs" / "inference.json"
+    values = json.loads(config.read_text())
+    if value is None:
+        del values[key]
+    else:
+        values[key] = value
+    config.write_text(json.dumps(values))
+    load = ConsolidationModel.load if family == "consolidation" else KeyFrameModel.load
+    with pytest.raises(ModelError, match=key):
+        load(bundle)

@@ -32,7 +32,7 @@ from lus_pacs.families.consolidation.clips import (
     from_clip_box,
 )
 from lus_pacs.families.consolidation.network import CLIP_FRAMES, ConsolidationClassifier
-from lus_pacs.inference.bundle import load_bundle
+from lus_pacs.inference.bundle import load_bundle, probability_setting
 
 Box = tuple[int, int, int, int]
 TOP_FRACTION = 0.10
@@ -187,7 +187,7 @@ class ConsolidationModel:
         return cls(
             network=network,
             model=bundle.model,
-            threshold=float(bundle.config.get("threshold", 0.5)),
+            threshold=probability_setting(bundle, "threshold", folder),
             saliency_frames=int(
                 saliency_frames
                 if saliency_frames is not None

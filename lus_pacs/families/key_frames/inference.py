@@ -33,7 +33,7 @@ from lus_pacs.families.key_frames.network import (
     KeyFrameNet,
 )
 from lus_pacs.families.key_frames.similarity import tissue_mask
-from lus_pacs.inference.bundle import load_bundle
+from lus_pacs.inference.bundle import load_bundle, probability_setting
 from lus_pacs.inference.runtime import Compiled, Runtime, compile_module
 
 _BATCH = 4
@@ -151,8 +151,8 @@ class KeyFrameModel:
         return cls(
             network=network.eval(),
             model=bundle.model,
-            threshold=float(bundle.config.get("threshold", 0.5)),
-            reason_threshold=float(bundle.config.get("reason_threshold", 0.5)),
+            threshold=probability_setting(bundle, "threshold", folder),
+            reason_threshold=probability_setting(bundle, "reason_threshold", folder),
             compiled=compile_module(network, [example], runtime),
         )
 
