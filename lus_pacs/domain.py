@@ -368,6 +368,9 @@ class NotAssessableReason(StrEnum):
     air, a frozen or switched-off image, a screen captured without its picture)."""
     TOO_SMALL = "too_small"
     """The scan area is too small to read (a thumbnail, an icon, a strip of a few pixels)."""
+    OUT_OF_RANGE = "out_of_range"
+    """Its lung measurements lie far outside those of every clip the models learned from: a
+    view the heads never saw, whose findings would be extrapolation."""
 
 
 @dataclass(frozen=True)

@@ -160,7 +160,8 @@ def clip_features(view: LungView, per_frame: npt.NDArray[np.float32]) -> npt.NDA
     far = slice(min(VIEW_SIZE[0] - 1, depth + 10), VIEW_SIZE[0])
     if len(view.frames) > 1:
         step = np.abs(np.diff(view.frames, axis=0))
-        pleura_motion = float(step[:, band][:, :, view.scan[band].any(axis=0)].mean())
+        columns = view.scan[band].any(axis=0)  # none where the band holds no scan area
+        pleura_motion = float(step[:, band][:, :, columns].mean()) if columns.any() else 0.0
         far_field_motion = float(step[:, far].mean())
     else:
         pleura_motion = far_field_motion = 0.0

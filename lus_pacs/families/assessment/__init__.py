@@ -35,4 +35,5 @@ FAMILY = Family(
     record_type=AssessmentRecord,
     needs=("key_frames",),
     gate=True,
+    commands="lus_pacs.families.assessment.commands",
 )

@@ -1,6 +1,6 @@
 """The assessment of one cine: can the lung models read it?
 
-Seven checks, in this order, each giving its reason (:class:`NotAssessableReason`):
+Eight checks, in this order, each giving its reason (:class:`NotAssessableReason`):
 
 * **still image**: fewer than ``min_frames`` frames. B-lines, consolidation and the clip scores
   are read from a loop; the other checks still apply, and when this is the only reason the
@@ -24,6 +24,12 @@ Seven checks, in this order, each giving its reason (:class:`NotAssessableReason
 * **too small**: the region the view is cut from spans fewer than ``min_side`` source pixels
   one way (a thumbnail, a strip): its view is mostly made up by resampling. The real clips'
   smallest is 118 x 118.
+* **out of range**: one of the cine's 32 clip measurements lies more than
+  ``max_deviation`` standard deviations from its mean over the real trainable clips
+  (``measurement_reference``, written by ``lus-pacs fit assessment``): a view the heads never
+  saw, whose "findings" would be extrapolation (a sector drawn in a strip at the bottom of a
+  declared full-frame region measured 357 deviations out and was called a certain "no B-lines,
+  score 0"). The real clips lie within 5.2 (trainable) and 7.3 (evaluation-only).
 * **poor quality** (only with ``use_quality``): the key-frame model (paper 004), when it ran,
   found no frame a clinician would keep. Off in the shipped bundle: that model flags 2 of 6
   ordinary simulated cines poor (rib shadow), so its flag stays a flag beside the findings.
@@ -38,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from lus_pacs.domain import (
     AssessmentFindings,
@@ -49,7 +56,13 @@ from lus_pacs.domain import (
 )
 from lus_pacs.errors import ModelError
 from lus_pacs.inference.bundle import INFERENCE, METADATA, read_json
-from lus_pacs.inference.lung_features import cine_view, view_region
+from lus_pacs.inference.lung_features import (
+    CLIP_FEATURES,
+    FEATURE_VERSION,
+    cine_features,
+    cine_view,
+    view_region,
+)
 
 TOP_ROWS = 6
 """Rows of the normalised view, from the first row of the scan area, whose width is measured."""
@@ -69,6 +82,11 @@ class Assessor:
     """Grey level (0-255) the scan area's 99th percentile must reach (else blank)."""
     min_side: int
     """Source pixels the scan area's region must span each way (else too small)."""
+    reference: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]
+    """Mean and standard deviation of each clip measurement over the trainable real clips."""
+    max_deviation: float
+    """Standard deviations a clip measurement may lie from the reference mean (else out of
+    range)."""
 
     @classmethod
     def load(cls, folder: Path) -> Assessor:
@@ -89,6 +107,8 @@ class Assessor:
         min_texture = config.get("min_texture")
         min_level = config.get("min_level")
         min_side = config.get("min_side")
+        max_deviation = config.get("max_deviation")
+        reference = _reference(config.get("measurement_reference"), folder)
         # Every threshold is required: one left out would turn its check off without a word.
         if not isinstance(min_frames, int) or min_frames < 1:
             raise ModelError(f"{folder / INFERENCE}: 'min_frames' must be a positive integer.")
@@ -102,6 +122,8 @@ class Assessor:
             raise ModelError(f"{folder / INFERENCE}: 'min_level' must be within [0, 255).")
         if not isinstance(min_side, int) or min_side < 1:
             raise ModelError(f"{folder / INFERENCE}: 'min_side' must be a positive integer.")
+        if not isinstance(max_deviation, int | float) or max_deviation <= 0:
+            raise ModelError(f"{folder / INFERENCE}: 'max_deviation' must be a positive number.")
         if not isinstance(use_quality, bool):
             raise ModelError(f"{folder / INFERENCE}: 'use_quality' must be true or false.")
         for key in ("version", "name"):
@@ -117,6 +139,8 @@ class Assessor:
             float(min_texture),
             float(min_level),
             min_side,
+            reference,
+            float(max_deviation),
         )
 
     def assess(self, cine: Cine, quality: object | None = None) -> AssessmentFindings:
@@ -137,6 +161,8 @@ class Assessor:
         region = view_region(cine)
         if min(region.width, region.height) < self.min_side:
             reasons.append(NotAssessableReason.TOO_SMALL)
+        elif self.deviation(cine) > self.max_deviation:
+            reasons.append(NotAssessableReason.OUT_OF_RANGE)
         if (
             self.use_quality
             and isinstance(quality, KeyFrameFindings)
@@ -144,6 +170,39 @@ class Assessor:
         ):
             reasons.append(NotAssessableReason.POOR_QUALITY)
         return AssessmentFindings(tuple(reasons), width, self.model)
+
+    def deviation(self, cine: Cine) -> float:
+        """How far the cine's clip measurements lie from the reference: the largest of their
+        distances from its means, in its standard deviations."""
+        mean, std = self.reference
+        clip = cine_features(cine)[1].astype(np.float64)
+        if not np.isfinite(clip).all():  # a measurement of nothing (an empty band)
+            return float("inf")
+        return float(np.max(np.abs(clip - mean) / std))
+
+
+def _reference(
+    doc: object, folder: Path
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The bundle's ``measurement_reference`` (``lus-pacs fit assessment``), checked against
+    the measurements this code makes."""
+    where = folder / INFERENCE
+    if not isinstance(doc, dict):
+        raise ModelError(f"{where}: 'measurement_reference' is missing; `lus-pacs fit assessment`.")
+    if doc.get("feature_version") != FEATURE_VERSION or doc.get("features") != list(CLIP_FEATURES):
+        raise ModelError(
+            f"{where}: its measurement reference is of other lung measurements than this code "
+            f"makes (version {FEATURE_VERSION}); make it again with `lus-pacs fit assessment`."
+        )
+    try:
+        mean = np.asarray(doc["mean"], dtype=np.float64)
+        std = np.asarray(doc["std"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{where}: 'measurement_reference' is unreadable ({exc}).") from exc
+    n = len(CLIP_FEATURES)
+    if mean.shape != (n,) or std.shape != (n,) or not (np.isfinite(mean).all() and (std > 0).all()):
+        raise ModelError(f"{where}: 'measurement_reference' needs {n} means and positive stds.")
+    return mean, std
 
 
 def apex_ratio(cine: Cine) -> float:

@@ -127,7 +127,8 @@ def test_every_threshold_of_the_bundle_is_required(tmp_path: Path) -> None:
 
     from lus_pacs.errors import ModelError
 
-    for key in ("min_texture", "min_level", "min_side", "max_damaged_share", "use_quality"):
+    required = ("min_texture", "min_level", "min_side", "max_damaged_share", "use_quality")
+    for key in (*required, "max_deviation", "measurement_reference"):
         bundle = tmp_path / key / "assessment"
         shutil.copytree(BUNDLE, bundle)
         config = bundle / "configs" / "inference.json"
@@ -136,3 +137,26 @@ def test_every_threshold_of_the_bundle_is_required(tmp_path: Path) -> None:
         config.write_text(json.dumps(values))
         with pytest.raises(ModelError, match=key):
             Assessor.load(bundle)
+
+
+def test_a_cine_whose_measurements_no_lung_clip_has_is_out_of_range(
+    assessor: Assessor, synth_exams: Path, tmp_path: Path
+) -> None:
+    """A sector drawn in a strip at the bottom of a declared full-frame region: its far-field
+    brightness lies over a thousand standard deviations from the real clips' (which stay
+    within 7.3), and the heads gave a certain "no B-lines" (p 0.00) and score 0 (p 1.00)."""
+    import cv2
+
+    from lus_pacs.imaging.writer import UltrasoundRegion
+    from tests.tools import write_cine
+
+    lung = read_cine(next(synth_exams.glob("*/R1.dcm")))
+    assert assessor.deviation(lung) < assessor.max_deviation
+    strip = np.zeros((lung.n_frames, 480, 640), np.uint8)
+    for i, frame in enumerate(lung.tissue()):
+        strip[i, 380:] = cv2.resize(frame, (640, 100), interpolation=cv2.INTER_AREA)
+    whole = UltrasoundRegion(0, 0, 639, 479, 0.01, 0.01)
+    cine = read_cine(write_cine(tmp_path / "strip.dcm", strip, "rle", regions=[whole]))
+    found = assessor.assess(cine)
+    assert found.reasons == (NotAssessableReason.OUT_OF_RANGE,), found
+    assert assessor.deviation(cine) > 10 * assessor.max_deviation
