@@ -63,6 +63,15 @@ def frame_indices(n_frames: int, rng: np.random.Generator | None = None) -> npt.
     )
 
 
+def cine_indices(cine: Cine) -> npt.NDArray[np.int64]:
+    """The frames a cine's clip is made of at inference: :func:`frame_indices` over its intact
+    frames (a damaged frame, grey where its data ended, is not read as lung) unless none is."""
+    intact = np.flatnonzero(cine.intact())
+    if len(intact) == 0:
+        return frame_indices(cine.n_frames)
+    return intact[frame_indices(len(intact))].astype(np.int64)
+
+
 def clip_tensor(frames: npt.NDArray[np.uint8], indices: npt.NDArray[np.int64]) -> torch.Tensor:
     """(1, T, H, W) float in [0, 1]."""
     return torch.from_numpy(frames[indices].astype(np.float32) / 255.0).unsqueeze(0)

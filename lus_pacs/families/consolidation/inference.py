@@ -26,9 +26,9 @@ from scipy import ndimage
 
 from lus_pacs.domain import Cine, ConsolidationBox, ConsolidationFindings, ModelInfo
 from lus_pacs.families.consolidation.clips import (
+    cine_indices,
     clip_frames,
     clip_tensor,
-    frame_indices,
     from_clip_box,
 )
 from lus_pacs.families.consolidation.network import CLIP_FRAMES, ConsolidationClassifier
@@ -171,7 +171,7 @@ class ConsolidationModel:
 
     def clip_logit(self, cine: Cine) -> float:
         """The network's logit of the cine, before any site calibration."""
-        return self._logit(clip_tensor(clip_frames(cine), frame_indices(cine.n_frames)))
+        return self._logit(clip_tensor(clip_frames(cine), cine_indices(cine)))
 
     def _logit(self, clip: torch.Tensor) -> float:
         with torch.no_grad():
@@ -197,7 +197,7 @@ class ConsolidationModel:
         )
 
     def predict(self, cine: Cine) -> ConsolidationFindings:
-        indices = frame_indices(cine.n_frames)
+        indices = cine_indices(cine)
         clip = clip_tensor(clip_frames(cine), indices)
         logit = torch.tensor(self._logit(clip) + self.logit_offset, dtype=torch.float32)
         probability = float(torch.sigmoid(logit))
