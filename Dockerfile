@@ -44,9 +44,12 @@ EXPOSE 11112 9464
 # /healthz answers 503 when a check fails (job store, listener, exporters): urlopen raises, the
 # check fails. Loading the models (ONNX export included) takes under a minute on two cores.
 ENV LUS_PACS_HEALTH_URL=http://127.0.0.1:9464/healthz
+# The node refuses to listen on loopback here: no scanner would reach it, the check above would.
+ENV LUS_PACS_IN_CONTAINER=1
 HEALTHCHECK --interval=30s --timeout=5s --start-period=90s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['LUS_PACS_HEALTH_URL'], timeout=4)"]
 ENTRYPOINT ["lus-pacs", "serve"]
 # config/container.toml: every interface, state on the volume, the bundles of the image.
-# Mount your own file over it for AE titles, the allow-list and destinations.
+# Mount your own file over it for AE titles, the allow-list and destinations: start it from a
+# copy of config/container.toml (keys left out take a machine's defaults, not the container's).
 CMD ["--config", "/opt/lus-pacs/config/container.toml"]

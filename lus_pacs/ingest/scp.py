@@ -14,6 +14,7 @@ import hashlib
 import io
 import ipaddress
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -513,15 +514,30 @@ def _make_ae(settings: Settings) -> AE:
     return ae
 
 
+IN_CONTAINER = "LUS_PACS_IN_CONTAINER"
+"""Set (to 1) by the image: the node runs in a container, whose loopback no scanner reaches."""
+
+
 def check_exposure(settings: Settings) -> None:
     """Refuse to listen on an address other than loopback with no calling AE allowed (anyone
-    on the network could send), unless the settings accept it in so many words.
+    on the network could send), unless the settings accept it in so many words; and, in the
+    container (:data:`IN_CONTAINER`), to listen on loopback, where no scanner reaches it.
 
     Raises
     ------
     ConfigError
         Naming the two ways out.
     """
+    if os.environ.get(IN_CONTAINER) and _loopback(settings.host):
+        # A settings file mounted over config/container.toml that leaves host out falls back
+        # to loopback: the published port reaches nothing, while the health check, which asks
+        # over loopback, stays green.
+        raise ConfigError(
+            f"Refusing to listen on {settings.host} inside the container: the published DICOM "
+            'port would reach nothing. Set host = "0.0.0.0" (start your settings from a copy '
+            "of config/container.toml: keys left out take the defaults for a machine, not for "
+            "the container)."
+        )
     if settings.allowed_aes or settings.accept_any_calling_ae or _loopback(settings.host):
         return
     raise ConfigError(

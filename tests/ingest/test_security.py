@@ -66,6 +66,34 @@ def test_serve_on_every_address_without_an_allow_list_exits_naming_the_fix(
     assert "Traceback" not in done.stderr
 
 
+def test_serve_in_the_container_on_loopback_exits_naming_the_fix(tmp_path: Path) -> None:
+    """A settings file mounted over config/container.toml without host fell back to loopback:
+    the published port reached nothing, while the health check (over loopback) stayed green."""
+    import os
+    import subprocess
+    import sys
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LUS_PACS_IN_CONTAINER", "1")
+        with pytest.raises(ConfigError, match="inside the container"):
+            check_exposure(Settings(data_dir=tmp_path, port=0, allowed_calling_aes=("US1",)))
+    config = tmp_path / "mine.toml"
+    config.write_text(f'allowed_calling_aes = ["US1"]\ndata_dir = "{tmp_path / "node"}"\n')
+    exe = Path(sys.executable).with_name("lus-pacs")
+    done = subprocess.run(
+        [str(exe), "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "LUS_PACS_IN_CONTAINER": "1"},
+    )
+    assert done.returncode == 2, done.stderr
+    assert 'Set host = "0.0.0.0"' in done.stderr
+    assert "Traceback" not in done.stderr
+    check_exposure(Settings(data_dir=tmp_path, port=0))  # outside the container: loopback is fine
+
+
 def test_an_ae_title_bound_to_other_addresses_is_rejected_and_audited(tmp_path: Path) -> None:
     audit = AuditLog(tmp_path / "audit.jsonl")
     elsewhere = Settings(data_dir=tmp_path, port=0, calling_ae_hosts={"SCANNER": ("10.11.12.13",)})
