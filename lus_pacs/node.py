@@ -31,7 +31,7 @@ from lus_pacs.export.stow import stow
 from lus_pacs.inference.threads import release_free_memory
 from lus_pacs.ingest.audit import AuditEvent, AuditLog
 from lus_pacs.ingest.metrics import NodeMetrics
-from lus_pacs.ingest.scp import Listener, check_exposure, start_listener
+from lus_pacs.ingest.scp import Listener, check_exposure, free_bytes, start_listener
 from lus_pacs.pipeline import (
     Encoder,
     Models,
@@ -75,6 +75,7 @@ class Node:
             self.health,
             deliveries=self.store.deliveries.counts,
             oldest_queued_s=self.store.jobs.oldest_queued_s,
+            disk_free=partial(free_bytes, settings),
         )
         self.audit = AuditLog(
             settings.audit_path,
@@ -239,6 +240,10 @@ class Node:
             "threads": threads,
             "failing": failing,
         }
+        free = free_bytes(self.settings)
+        disk_ok = free is None or free >= self.settings.min_free_bytes
+        if free is not None:
+            checks["disk_free_bytes"] = free
         try:
             checks["queued"] = int(self.store.jobs.counts().get(JobState.QUEUED, 0))
             store_ok = True
@@ -246,7 +251,14 @@ class Node:
             checks["job_store_error"] = str(exc)
             store_ok = False
         checks["job_store"] = store_ok
-        ok = self._listener is not None and all(threads.values()) and store_ok and not failing
+        checks["disk"] = disk_ok  # below min_free_bytes the listener refuses instances
+        ok = (
+            self._listener is not None
+            and all(threads.values())
+            and store_ok
+            and disk_ok
+            and not failing
+        )
         return ok and not self._stop.is_set(), checks
 
     def _record(self, instance: Instance) -> Received:

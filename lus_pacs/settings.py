@@ -228,6 +228,11 @@ class Settings(BaseModel):
     max_instance_bytes: int = Field(default=4 * 1024**3, ge=1)
     """An instance larger than this is refused (status 0xA700 with the limit named, or a
     failure line in ``process``) before anything reads it."""
+    min_free_bytes: int = Field(default=1024**3, ge=0)
+    """Free space the data_dir's file system keeps: below it the listener refuses instances
+    (0xA700, "disk nearly full": the sender retries later) and ``/healthz`` is unhealthy, so
+    that what was acknowledged can still be processed, its results written and the job store
+    updated. 0 turns both off."""
     max_cine_frames: int = Field(default=10_000, ge=1)
     """A cine of more frames is refused with the limit named."""
     max_cine_pixels: int = Field(default=1_500_000_000, ge=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import prometheus_client
 import pydicom
 import pytest
 
@@ -98,3 +99,20 @@ def test_a_cine_in_progress_at_a_stop_is_queued_again_not_counted_as_a_crash(
     (row,) = node.store.jobs.rows()
     node.stop()
     assert row.state is JobState.QUEUED
+
+
+def test_health_and_metrics_say_when_the_disk_is_nearly_full(tmp_path: Path) -> None:
+    import shutil as disk
+
+    free = disk.disk_usage(tmp_path).free
+    settings = Settings(data_dir=tmp_path, port=0, metrics_port=None, models=("b_lines",))
+    node = Node(settings.model_copy(update={"min_free_bytes": free * 2}), Models.load(settings))
+    try:
+        _, checks = node.health()
+        assert checks["disk"] is False
+        assert isinstance(checks["disk_free_bytes"], int)
+        assert checks["disk_free_bytes"] > 0
+        exposed = prometheus_client.generate_latest(node.metrics.registry).decode()
+        assert "lus_pacs_disk_free_bytes " in exposed
+    finally:
+        node.stop()

@@ -21,7 +21,7 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -91,6 +91,7 @@ class NodeMetrics:
         health: Callable[[], tuple[bool, Mapping[str, object]]] | None = None,
         deliveries: Callable[[], Mapping[tuple[str, str], int]] | None = None,
         oldest_queued_s: Callable[[], float] | None = None,
+        disk_free: Callable[[], int | None] | None = None,
     ) -> None:
         self._health = health
         self.registry = CollectorRegistry()
@@ -132,6 +133,14 @@ class NodeMetrics:
             ["destination"],
             registry=self.registry,
         )
+        if disk_free is not None:
+            gauge = Gauge(
+                "lus_pacs_disk_free_bytes",
+                "Free bytes of the file system holding the node's data (alert well before "
+                "min_free_bytes, where the listener starts refusing instances)",
+                registry=self.registry,
+            )
+            gauge.set_function(lambda: float(disk_free() or 0))
         self.registry.register(_Jobs(jobs))
         if deliveries is not None and oldest_queued_s is not None:
             self.registry.register(_Deliveries(deliveries, oldest_queued_s))

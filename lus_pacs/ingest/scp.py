@@ -15,6 +15,7 @@ import io
 import ipaddress
 import logging
 import os
+import shutil
 import socket
 import ssl
 import threading
@@ -167,6 +168,20 @@ class Receiver:
         limit = self._settings.max_instance_bytes
         raw = getattr(event.request, "DataSet", None)
         size = _size(raw)
+        free = free_bytes(self._settings)
+        if free is not None and free - size < self._settings.min_free_bytes:
+            log.error(
+                "Refused %s from %s: the disk is nearly full (%d bytes free, min_free_bytes %d)",
+                sop_instance,
+                calling,
+                free,
+                self._settings.min_free_bytes,
+            )
+            facts["reason"] = "the node's disk is nearly full (min_free_bytes)"
+            full = Dataset()
+            full.Status = OUT_OF_RESOURCES
+            full.ErrorComment = "the node's disk is nearly full"
+            return full
         if size > limit:
             log.warning(
                 "Refused %s from %s: %d bytes is over the limit of %d (max_instance_bytes)",
@@ -512,6 +527,20 @@ def _make_ae(settings: Settings) -> AE:
     ae.acse_timeout = settings.acse_timeout_s
     ae.dimse_timeout = settings.dimse_timeout_s
     return ae
+
+
+def free_bytes(settings: Settings) -> int | None:
+    """Free bytes of the file system the node keeps its data on; None when the settings keep
+    no reserve (``min_free_bytes`` 0) or it cannot be read."""
+    if not settings.min_free_bytes:
+        return None
+    folder = settings.data_dir
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # before the first instance made it
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
 
 
 IN_CONTAINER = "LUS_PACS_IN_CONTAINER"

@@ -559,3 +559,23 @@ def test_the_same_instance_in_another_transfer_syntax_is_the_same_content(
         node.listener.stop()
     assert len(node.store.jobs.rows()) == 1
     assert len(list((tmp_path / "node").rglob("*.dcm"))) == 1
+
+
+def test_an_instance_is_refused_while_the_disk_is_nearly_full(tmp_path: Path) -> None:
+    """Acknowledging an instance the node has no room to process, write results for or record
+    loses it in all but name; a full disk failed every C-STORE while /healthz stayed green."""
+    import shutil as disk
+
+    free = disk.disk_usage(tmp_path).free
+    node = StoringNode(Settings(data_dir=tmp_path / "node", port=0, min_free_bytes=free * 2))
+    try:
+        assert _send(node.port, US_IMAGE) == [OUT_OF_RESOURCES]
+    finally:
+        node.listener.stop()
+    assert node.store.jobs.rows() == []
+    assert list((tmp_path / "node").rglob("*.dcm")) == []
+    room = StoringNode(Settings(data_dir=tmp_path / "room", port=0, min_free_bytes=1024))
+    try:
+        assert _send(room.port, US_IMAGE) == [0]
+    finally:
+        room.listener.stop()
