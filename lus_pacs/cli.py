@@ -542,7 +542,13 @@ def reprocess(
         if "@" in send:
             ae, _, address = send.partition("@")
             host, _, port = address.rpartition(":")
-            destination = DicomDestination(name=send, ae_title=ae, host=host, port=int(port))
+            try:
+                destination = DicomDestination(name=send, ae_title=ae, host=host, port=int(port))
+            except ValueError as exc:  # pydantic's ValidationError is one
+                raise typer.BadParameter(
+                    f"--send {send!r}: give AE@host:port, or a destination named in the "
+                    f"settings ({str(exc).splitlines()[0]})"
+                ) from exc
         else:
             destination = settings.destination(send)
     try:

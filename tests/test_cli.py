@@ -227,3 +227,15 @@ def test_a_typo_or_an_empty_folder_is_no_success(tmp_path: Path) -> None:
         assert done.returncode == 2, (command, done.stdout, done.stderr)
         assert "no job store at" in done.stderr
     assert not (tmp_path / "node").exists()
+
+
+def test_reprocess_send_without_a_port_is_a_usage_error(tmp_path: Path) -> None:
+    """`--send PACS@host` ended in a traceback (int(''))."""
+    (tmp_path / "archive").mkdir()
+    done = run_cli(
+        "reprocess", str(tmp_path / "archive"), "--send", "PACS@host", "--out",
+        str(tmp_path / "out"), check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "AE@host:port" in done.stderr
