@@ -504,3 +504,32 @@ def test_a_damaged_file_in_a_folder_is_a_problem_of_the_run_until_it_is_gone(
     (folder / "damaged.dcm").unlink()
     again = run()
     assert (again.processed, again.problems, again.failures) == (0, 0, [])
+
+
+def test_a_cine_added_to_a_finished_study_is_made_and_the_study_summarised_again(
+    archive: Path, tmp_path: Path, models: Models
+) -> None:
+    """A research team re-running a folder after more of an exam was exported: a study done
+    in an earlier run was skipped whole, so its new cines were never made, and its summary
+    counted the old cines only."""
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    first, second = sorted(archive.glob("synth/*/*.dcm"))[:2]
+    shutil.copy(first, folder / first.name)
+    settings = Settings(models=tuple(MODELS.split(",")), data_dir=tmp_path / "data")
+    out = tmp_path / "out"
+
+    def run() -> RunCounts:
+        engine = _InProcess(settings, models)
+        return Run(settings, FolderSource(folder), out, engine, "k", progress=False).execute()
+
+    done = run()
+    assert (done.processed, done.studies_skipped) == (1, 0)
+    assert (run().processed, run().studies_skipped) == (0, 1)  # finished: skipped whole
+    shutil.copy(second, folder / second.name)
+    added = run()
+    assert (added.processed, added.studies_skipped) == (1, 0)
+    (summary,) = [json.loads(x) for x in (out / "studies.jsonl").read_text().splitlines()]
+    assert summary["cines"] == 2
+    again = run()
+    assert (again.processed, again.studies_skipped) == (0, 1)

@@ -139,9 +139,13 @@ class Run:
             uid = archive.study_instance_uid
             if self.manifest.study_finished(uid, self.key, sending=self.destination is not None):
                 known = self.manifest.study_instances(uid, self.key) or []
-                self.counts.studies_skipped += 1
-                self.counts.skipped += len(known)
-                continue
+                added = (self.source.listed_instances(archive) or frozenset()) - set(known)
+                if not added:
+                    self.counts.studies_skipped += 1
+                    self.counts.skipped += len(known)
+                    continue
+                # Cines added to a finished study since: made, and the study summarised again.
+                log.info("Study %s: %d cine(s) added since it was finished", uid, len(added))
             subject = f"study {uid}"
             if not is_uid(uid):
                 self._problem(subject, uid, f"{uid[:80]!r} is not a valid Study Instance UID")

@@ -46,6 +46,12 @@ class ArchiveSource(Protocol):
         only those with a StudyDate on or after it (a study with no date is then left out)."""
         ...
 
+    def listed_instances(self, study: ArchiveStudy) -> frozenset[str] | None:
+        """The SOP Instance UIDs of ``study``'s images that the last :meth:`studies` saw, when
+        it saw them (a folder, whose files it reads); None when knowing them would take a query
+        of its own (a network archive)."""
+        ...
+
     def fetch(self, study: ArchiveStudy, folder: Path) -> list[Path]:
         """The study's image instances as DICOM Part 10 files, sorted by path; non-image
         instances (earlier SR, SEG, KOS results) are skipped."""

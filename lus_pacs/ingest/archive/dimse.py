@@ -127,6 +127,9 @@ class DimseSource:
             since,
         )
 
+    def listed_instances(self, study: ArchiveStudy) -> frozenset[str] | None:
+        return None  # its study list names no instances: finding them is a query per study
+
     def fetch(self, study: ArchiveStudy, folder: Path) -> list[Path]:
         """The study's image instances written durably as ``folder/<SOPInstanceUID>.dcm``.
 

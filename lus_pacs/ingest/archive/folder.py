@@ -51,6 +51,13 @@ class FolderSource:
         index = self._scan()
         return select([instances[0][2] for instances in index.values()], since)
 
+    def listed_instances(self, study: ArchiveStudy) -> frozenset[str] | None:
+        with self._lock:
+            index = self._index
+        if index is None:
+            return None
+        return frozenset(sop for _, sop, _ in index.get(study.study_instance_uid, ()))
+
     def fetch(self, study: ArchiveStudy, folder: Path) -> list[Path]:
         """The study's image files where they are, not copied: not under ``folder`` (which is
         created, for the same contract as the other sources), nor named by their UID. A caller
