@@ -19,8 +19,10 @@ node do it every hour.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from lus_pacs.dicom_vocabulary import is_uid
 from lus_pacs.queue.store import JobStore
@@ -50,17 +52,40 @@ def prune(store: JobStore, older_than_s: float, *, now: float | None = None) -> 
                 paths.update(path.parent.glob(f"{sop}-*.dcm"))
         newer = False
         for path in paths:
-            with contextlib.suppress(FileNotFoundError):
-                stat = path.stat()
-                if stat.st_mtime >= before:  # arrived or made while the study is pruned
-                    newer = True
-                    continue
-                path.unlink()
+            size = remove_if_older(path, before)
+            if size is None:  # arrived or made while the study is pruned
+                newer = True
+            elif size:
                 files += 1
-                freed += stat.st_size
+                freed += size
         for folder in {p.parent for p in results}:  # not incoming/: a late instance's folder
             with contextlib.suppress(OSError):  # not empty: something newer is in it
                 folder.rmdir()
         if not newer:  # else looked at again by the next prune
             studies += store.studies.pruned(study, before)
     return Pruned(studies, files, freed)
+
+
+def remove_if_older(path: Path, before: float) -> int | None:
+    """Remove the file at ``path`` if it was last written before ``before``: its size (0 when
+    there is none), or None when it is newer and stays.
+
+    The file is first moved aside under a name of its own and judged there, so the file
+    removed is always the one judged: an instance received again while its study is pruned
+    is renamed over ``path`` (a new file), and checking the age at ``path`` then removing it
+    could remove that fresh, acknowledged copy. A newer file moved aside is put back, unless a
+    newer still took its place meanwhile.
+    """
+    aside = path.with_name(f".{path.name}.pruning")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return 0
+    stat = aside.stat()
+    if stat.st_mtime < before:
+        aside.unlink()
+        return stat.st_size
+    with contextlib.suppress(FileExistsError):
+        os.link(aside, path)
+    aside.unlink()
+    return None

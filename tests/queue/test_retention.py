@@ -8,6 +8,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
+from lus_pacs import retention
 from lus_pacs.domain import JobState, Output, Received
 from lus_pacs.queue.store import JobStore
 from lus_pacs.retention import Pruned, prune
@@ -126,3 +129,29 @@ def test_a_study_summarised_after_the_cut_off_waits_for_the_next_prune(
     assert all(p.exists() for p in files)
     assert prune(store, 0, now=time.time() + 10).studies == 1
     assert not any(p.exists() for p in files)
+
+
+def test_the_file_removed_is_the_one_judged_old(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prune checked a file's age at its path, then removed the path: an instance received
+    again in between (renamed over the path, a fresh acknowledged copy) was the one removed."""
+    old = tmp_path / "1.2.3.1-aa.dcm"
+    old.write_bytes(b"old copy")
+    os.utime(old, (time.time() - 100, time.time() - 100))
+    real_rename = os.rename
+
+    def received_again_meanwhile(src: str | Path, dst: str | Path) -> None:
+        real_rename(src, dst)  # the old copy moved aside ...
+        fresh = tmp_path / "fresh.tmp"
+        fresh.write_bytes(b"fresh copy")
+        real_rename(fresh, old)  # ... and the listener's fresh copy renamed into place
+
+    monkeypatch.setattr(retention.os, "rename", received_again_meanwhile)
+    assert retention.remove_if_older(old, time.time() - 50) == len(b"old copy")
+    monkeypatch.undo()
+    assert old.read_bytes() == b"fresh copy"
+    assert retention.remove_if_older(old, time.time() - 50) is None  # newer: stays
+    assert old.read_bytes() == b"fresh copy"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [old.name]
+    assert retention.remove_if_older(tmp_path / "gone.dcm", time.time()) == 0
