@@ -45,7 +45,7 @@ from lus_pacs.queue.deliveries import Delivery
 from lus_pacs.queue.jobs import MAX_INTERRUPTIONS
 from lus_pacs.queue.store import JobStore
 from lus_pacs.records import CineRecord, StudySummary, to_json
-from lus_pacs.retention import DAY_S, prune
+from lus_pacs.retention import DAY_S, prune, restore_aside
 from lus_pacs.settings import DicomDestination, Settings, WebDestination
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,8 @@ class Node:
         self._start_encoder()
         self._warm_up()
         for folder in (self.settings.incoming_dir, self.settings.results_dir):
+            if restored := restore_aside(folder):
+                log.warning("Put back %d file(s) a prune left aside when it stopped", restored)
             removed, freed = remove_partial(folder)
             if removed:
                 log.warning(

@@ -89,3 +89,19 @@ def remove_if_older(path: Path, before: float) -> int | None:
         os.link(aside, path)
     aside.unlink()
     return None
+
+
+def restore_aside(folder: Path) -> int:
+    """Put back the files a prune killed mid-way left moved aside under ``folder`` (where
+    nothing took their place since); the number put back. At the node's start, when no prune
+    runs."""
+    restored = 0
+    for aside in folder.rglob(".*.pruning"):
+        path = aside.with_name(aside.name[1 : -len(".pruning")])
+        try:
+            os.link(aside, path)
+            restored += 1
+        except FileExistsError:
+            pass
+        aside.unlink(missing_ok=True)
+    return restored

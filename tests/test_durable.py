@@ -88,7 +88,9 @@ def test_half_written_files_are_removed_when_the_node_starts(tmp_path: Path) -> 
         settings.results_dir / "1.2.3" / ".sr-1.2.3.5.dcm.0123456789ab.part",
     ]
     kept = settings.incoming_dir / "1.2.3" / "1.2.3.4-ab.dcm"
-    for path in (*left, kept):
+    # A prune killed between moving a file aside and judging it left it aside.
+    aside = settings.incoming_dir / "1.2.3" / ".1.2.3.6-cd.dcm.pruning"
+    for path in (*left, kept, aside):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x" * 1000)
     node = Node(settings)
@@ -96,5 +98,7 @@ def test_half_written_files_are_removed_when_the_node_starts(tmp_path: Path) -> 
     try:
         assert not any(path.exists() for path in left)
         assert kept.exists()
+        assert (settings.incoming_dir / "1.2.3" / "1.2.3.6-cd.dcm").exists()
+        assert not aside.exists()
     finally:
         node.stop()
