@@ -450,10 +450,25 @@ class Node:
                 pruned_at = time.monotonic()
                 self._prune(self.settings.retention_days)
             self.store.studies.complete_quiet(self.settings.study_quiet_s)
-            for study, received_at in self.store.studies.awaiting_summary():
-                self._summarise(study)
-                if not self.store.studies.summarised(study, received_at):
-                    log.info("Study %s received more while it was summarised; again", study)
+            self._summarise_done()
+
+    def _summarise_done(self) -> None:
+        """Summarise every study done and not summarised yet; one with cines made by other
+        model versions (before an upgrade or a site's calibration) has them made again first,
+        then is summarised whole."""
+        for study, received_at in self.store.studies.awaiting_summary():
+            if queued := self.store.jobs.queue_missing(study, self.models.key):
+                log.info(
+                    "Study %s: %d cine(s) made by other model versions queued for %s",
+                    study,
+                    queued,
+                    self.models.key,
+                )
+                self._wake.set()
+                continue
+            self._summarise(study)
+            if not self.store.studies.summarised(study, received_at):
+                log.info("Study %s received more while it was summarised; again", study)
 
     def _prune(self, days: float) -> None:
         done = prune(self.store, days * DAY_S)

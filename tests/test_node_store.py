@@ -11,7 +11,7 @@ import pytest
 
 from lus_pacs.domain import Instance, JobState, Output
 from lus_pacs.errors import ConfigError
-from lus_pacs.node import Node
+from lus_pacs.node import Node, summary_path
 from lus_pacs.pipeline import Models
 from lus_pacs.settings import DicomDestination, Settings
 from tests.orthanc import running_orthanc
@@ -114,5 +114,31 @@ def test_health_and_metrics_say_when_the_disk_is_nearly_full(tmp_path: Path) -> 
         assert checks["disk_free_bytes"] > 0
         exposed = prometheus_client.generate_latest(node.metrics.registry).decode()
         assert "lus_pacs_disk_free_bytes " in exposed
+    finally:
+        node.stop()
+
+
+def test_a_study_with_cines_of_other_model_versions_is_summarised_whole(tmp_path: Path) -> None:
+    """A late cine after a site's calibration (another models key) reopened its study: the
+    summary covered that cine alone, and the exam's earlier cines silently dropped out."""
+    settings = Settings(data_dir=tmp_path, port=0, metrics_port=None, models=("b_lines",))
+    node = Node(settings, Models.load(settings))
+    try:
+        store = node.store
+        early = Instance("1.2.3.1", US_MULTIFRAME, "7.7", "7.7.9", "SCU", tmp_path, content="a")
+        store.jobs.record_instance(early, "b_lines@0.0.1")  # made before the calibration
+        job = store.jobs.claim("b_lines@0.0.1")
+        assert job is not None
+        store.jobs.finish(job.id, "{}", [], [])
+        late = Instance("1.2.3.2", US_MULTIFRAME, "7.7", "7.7.9", "SCU", tmp_path, content="b")
+        store.jobs.record_instance(late, node.models.key)
+        job = store.jobs.claim(node.models.key)
+        assert job is not None
+        store.jobs.finish(job.id, "{}", [], [])
+        store.studies.complete(["7.7"])
+        node._summarise_done()
+        queued = [r.sop_instance_uid for r in store.jobs.rows() if r.state is JobState.QUEUED]
+        assert queued == ["1.2.3.1"]  # made again by the current versions before a summary
+        assert not summary_path(settings, "7.7").exists()
     finally:
         node.stop()

@@ -191,6 +191,28 @@ class Jobs:
             )
             return Recovery(cursor.rowcount, tuple(given_up))
 
+    def queue_missing(self, study_uid: str, models: str) -> int:
+        """Queue a job for ``models`` for each of the study's instances that has none (it was
+        made by other model versions: before an upgrade or a site's calibration); the number
+        queued. A study summarised again (a late cine) would otherwise cover only its cines
+        made by the current versions, and score the exam on part of its cines unsaid."""
+        now = time.time()
+        with self._db.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO jobs (sop_instance_uid, models, state, updated_at, content, revision) "
+                "SELECT i.sop_instance_uid, ?, ?, ?, i.content, "
+                "(SELECT j.revision FROM jobs j WHERE j.sop_instance_uid = i.sop_instance_uid "
+                "AND j.content = i.content ORDER BY j.id DESC LIMIT 1) "
+                "FROM instances i WHERE i.study_instance_uid = ? "
+                "AND NOT EXISTS (SELECT 1 FROM jobs j "
+                "WHERE j.sop_instance_uid = i.sop_instance_uid "
+                "AND j.models = ? AND j.content = i.content) "
+                "AND EXISTS (SELECT 1 FROM jobs j WHERE j.sop_instance_uid = i.sop_instance_uid "
+                "AND j.content = i.content AND j.state != ?)",
+                (models, JobState.QUEUED, now, study_uid, models, JobState.REPLACED),
+            )
+            return cursor.rowcount
+
     def release_held(self) -> int:
         """Jobs in progress back to the queue, not counted as interrupted: the node is
         stopping on purpose and its workers did not finish in time (a long cine). Only a stop

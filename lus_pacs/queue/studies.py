@@ -98,11 +98,12 @@ class Studies:
 
     def failed(self, study_uid: str, models: str) -> dict[str, str]:
         """SOP Instance UID -> reason, for the study's instances whose job for ``models``
-        failed (and was not replaced by other content since)."""
+        failed to process them (and was not replaced by other content since). A job that
+        failed only at delivery has its record: the cine was processed and is summarised."""
         rows = self._db.connection().execute(
             "SELECT i.sop_instance_uid, j.error FROM jobs j JOIN instances i "
             "USING (sop_instance_uid) WHERE j.state = ? AND i.study_instance_uid = ? "
-            "AND j.models = ? ORDER BY j.id",
+            "AND j.models = ? AND j.record IS NULL ORDER BY j.id",
             (JobState.FAILED, study_uid, models),
         )
         return {r[0]: r[1] or "failed" for r in rows}

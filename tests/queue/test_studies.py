@@ -163,3 +163,38 @@ def test_a_study_names_its_cines_that_failed_and_not_those_replaced_since(
     assert store.studies.failed("7.7", "m@2") == {}
     store.jobs.record_instance(replace(instance(2, "7.7"), content="b"), "m@1")  # sent again
     assert list(store.studies.failed("7.7", "m@1")) == ["1.2.3.1"]
+
+
+def test_a_cine_failed_only_at_delivery_is_summarised_not_named_unprocessed(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """Its retry budget spent, a delivered-nowhere cine was both scored and counted among
+    the cines "not processed" (LUS091) of its study's next summary."""
+    store.jobs.record_instance(instance(1, "7.7"), "m@1")
+    job = store.jobs.claim()
+    assert job is not None
+    store.jobs.finish(job.id, '{"x": 1}', [Output("sr", "9.9.1", tmp_path / "sr.dcm")], ["pacs"])
+    store.deliveries.failed(job.id, "pacs", "PACS down", retry_at=None)
+    assert store.jobs.rows()[0].state is JobState.FAILED
+    assert store.studies.records("7.7", "m@1") == ['{"x": 1}']
+    assert store.studies.failed("7.7", "m@1") == {}
+
+
+def test_cines_made_by_other_model_versions_are_queued_again_before_a_summary(
+    store: JobStore,
+) -> None:
+    """After an upgrade or a site's calibration (another models key), a late cine reopened
+    its study, whose new summary covered only that cine: an exam of total 7 was sent as total
+    0 of 3, without a word about the others."""
+    for n in (1, 2):
+        store.jobs.record_instance(replace(instance(n, "7.7"), content=f"c{n}"), "m@1")
+        job = store.jobs.claim("m@1")
+        assert job is not None
+        store.jobs.finish(job.id, f'{{"n": {n}}}', [], [])
+    store.jobs.record_instance(replace(instance(3, "7.7"), content="c3"), "m@2")  # late
+    assert store.jobs.queue_missing("7.7", "m@2") == 2
+    assert store.jobs.queue_missing("7.7", "m@2") == 0  # once
+    queued = [r for r in store.jobs.rows() if r.state is JobState.QUEUED]
+    assert sorted(r.sop_instance_uid for r in queued) == ["1.2.3.1", "1.2.3.2", "1.2.3.3"]
+    store.jobs.record_instance(replace(instance(1, "7.7"), content="c1b"), "m@2")  # replaced
+    assert store.jobs.queue_missing("8.8", "m@2") == 0  # another study: nothing
