@@ -421,11 +421,16 @@ class LusScore:
     """3 per scored zone."""
 
 
+UNKNOWN_ZONE = "?"
+"""The zone of the cines whose zone the headers do not give."""
+
+
 @dataclass(frozen=True)
 class StudySummary:
     """A study's summary from its cines' records.
 
-    Cines without a zone count as zone "?". A model that did not run leaves its keys out
+    Cines without a zone are listed as zone "?", which has no LUS score (its cines may be of
+    several zones, or repeat a scored one). A model that did not run leaves its keys out
     (``b_lines_assessed`` says whether the B-line zones are known). With the key-frame model,
     ``quality_zones`` lists the zones it assessed and ``poor_zones`` those of them none of whose
     assessed cines is usable: to scan again.
@@ -475,7 +480,7 @@ class StudySummary:
         not be processed and why (an exam is never scored on part of its cines unsaid)."""
         grouped: dict[str, list[CineRecord]] = {}
         for record in records:
-            grouped.setdefault(record.source.zone or "?", []).append(record)
+            grouped.setdefault(record.source.zone or UNKNOWN_ZONE, []).append(record)
         zones = dict(sorted(grouped.items()))
         models: dict[str, str] = {}
         for record in records:
@@ -496,10 +501,10 @@ class StudySummary:
                 for z, flags in assessed.items()
                 if flags and all(f is Quality.POOR for f in flags)
             )
-        scores = {
+        scores = {  # cines of no known zone ("?") are listed, but scored in no zone
             z: max(r.severity.score for r in rs if r.severity is not None)
             for z, rs in zones.items()
-            if any(r.severity is not None for r in rs)
+            if z != UNKNOWN_ZONE and any(r.severity is not None for r in rs)
         }
         not_assessable = None
         not_assessable_zones = None
@@ -517,7 +522,7 @@ class StudySummary:
             lus_score = LusScore(
                 per_zone=scores,
                 total=sum(scores.values()),
-                zones_scanned=len(zones),
+                zones_scanned=len([z for z in zones if z != UNKNOWN_ZONE]),
                 zones_scored=len(scores),
                 maximum=3 * len(scores),
             )

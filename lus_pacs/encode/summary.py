@@ -48,10 +48,9 @@ from lus_pacs.encode.common import (
     public_header,
 )
 from lus_pacs.encode.sr import report_document
-from lus_pacs.records import StudySummary
+from lus_pacs.records import UNKNOWN_ZONE, StudySummary
 
 SERIES_DESCRIPTION = "lus-pacs AI exam summary (research only, not a medical device)"
-UNKNOWN_ZONE = "?"
 
 _CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
 
@@ -191,7 +190,7 @@ def _exam_group(
     summary: StudySummary, cines: Sequence[Dataset], sop_instance_uid: str
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     counts: list[tuple[Code, int, Code, str | None]] = [
-        (codes.ZONES_SCANNED, len(summary.zones), codes.ZONES, None)
+        (codes.ZONES_SCANNED, sum(z != UNKNOWN_ZONE for z in summary.zones), codes.ZONES, None)
     ]
     if summary.b_lines_assessed:
         counts.append((codes.ZONES_WITH_B_LINES, len(summary.b_line_zones), codes.ZONES, "b_lines"))

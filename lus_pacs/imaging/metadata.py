@@ -129,7 +129,8 @@ def lung_zone(ds: Dataset, rules: Iterable[ZoneRule] = DEFAULT_ZONE_RULES) -> st
             continue
         match = re.search(rule.pattern, str(value))
         if match:
-            return match["zone"].upper()
+            # One label per zone: "r01" and "R1" are the same zone, not two in the LUS total.
+            return re.sub(r"(?<=[A-Z])0+(?=\d)", "", match["zone"].upper())
     return None
 
 

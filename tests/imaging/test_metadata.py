@@ -96,3 +96,6 @@ def test_zone_from_the_first_matching_rule() -> None:
     assert lung_zone(_ds(SeriesDescription="Abdomen")) is None
     site = [ZoneRule(attribute="StationName", pattern=r"bay-(?P<zone>[rl]\d)")]
     assert lung_zone(_ds(StationName="bay-l4"), site) == "L4"
+    # One label per zone: "R01" and "R1" were two zones, both in the LUS total.
+    assert lung_zone(_ds(SeriesDescription="Lung R01")) == "R1"
+    assert lung_zone(_ds(SeriesDescription="Lung r10")) == "R10"

@@ -145,6 +145,11 @@ def test_study_summary_sums_the_zone_scores() -> None:
     assert summary.poor_zones is None  # no key-frame model ran
     assert "poor_zones" not in json.loads(summary.dumps())
     assert StudySummary.loads(summary.dumps()) == summary
+    # Cines of no known zone are listed, and scored in none: they may repeat a scored zone
+    # (before, "?" took its cines' highest score into the total and 3 into the maximum).
+    unzoned = StudySummary.of("1.2.3", [*records, record("", 3)])
+    assert unzoned.zones == ("?", "L2", "L3", "R1")
+    assert unzoned.lus_score == summary.lus_score
 
 
 def test_study_summary_lists_the_zones_without_a_usable_cine() -> None:
