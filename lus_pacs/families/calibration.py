@@ -236,6 +236,8 @@ def _within_reach(offset: float, labels: Path) -> float:
 _BOUND = 20.0
 """Largest offset searched (logits)."""
 _FEW = 20
+_FEW_OF_A_CLASS = 10
+"""Labelled cines of the smaller class below which the offset is flagged as resting on them."""
 """Fewer labelled cines than this give an offset the command warns about."""
 
 
@@ -299,6 +301,47 @@ class CalibrationReport:
     calibration: SiteCalibration
     refused: tuple[tuple[Path, str], ...]
     lines: tuple[str, ...]
+
+
+def offset_lines(
+    family: str,
+    z: npt.NDArray[np.float64],
+    y: npt.NDArray[np.bool_],
+    offset: float,
+    threshold: float,
+) -> list[str]:
+    """What a fitted offset does on the site's labelled cines (logits ``z``, labels ``y``), as
+    shipped and calibrated, with a warning where it rests on few cines: few in all, few of the
+    smaller class (the classes weigh alike, so one positive among a hundred sets the offset on
+    its own), or worse on both sensitivity and specificity than as shipped."""
+    lines = []
+    smaller = int(min(y.sum(), (~y).sum()))
+    if len(y) < _FEW:
+        lines.append(
+            f"{family}: only {len(y)} cines: the offset is uncertain; label {_FEW} or more"
+        )
+    if smaller < _FEW_OF_A_CLASS:
+        which = "with" if y.sum() <= (~y).sum() else "without"
+        lines.append(
+            f"{family}: WARNING only {smaller} labelled cine(s) {which} the finding: the offset "
+            f"rests on them; label {_FEW_OF_A_CLASS} or more of each class"
+        )
+    figures = []
+    for name, o in (("as shipped", 0.0), ("calibrated", offset)):
+        called = expit(z + o) >= threshold
+        sensitivity, specificity = float(called[y].mean()), float((~called[~y]).mean())
+        figures.append((sensitivity, specificity))
+        lines.append(
+            f"{family} {name}: sensitivity {sensitivity:.2f}, specificity "
+            f"{specificity:.2f} on the site's {len(y)} cines"
+        )
+    (shipped_se, shipped_sp), (se, sp) = figures
+    if se <= shipped_se and sp <= shipped_sp and (se, sp) != (shipped_se, shipped_sp):
+        lines.append(
+            f"{family}: WARNING the calibration does worse than the bundle as shipped on both "
+            "measures on the site's own cines: do not install it; label more cines"
+        )
+    return lines
 
 
 def calibrate_site(labels: Path, site: str, models_dir: Path) -> CalibrationReport:
@@ -375,16 +418,7 @@ def calibrate_site(labels: Path, site: str, models_dir: Path) -> CalibrationRepo
         offsets[family] = FamilyOffset(
             versions[family], offset, len(y), (int((~y).sum()), int(y.sum()))
         )
-        if len(y) < _FEW:
-            lines.append(
-                f"{family}: only {len(y)} cines: the offset is uncertain; label {_FEW} or more"
-            )
-        for name, o in (("as shipped", 0.0), ("calibrated", offset)):
-            called = expit(z + o) >= threshold
-            lines.append(
-                f"{family} {name}: sensitivity {called[y].mean():.2f}, specificity "
-                f"{(~called[~y]).mean():.2f} on the site's {len(y)} cines"
-            )
+        lines += offset_lines(family, z, y, offset, threshold)
     if s_model is not None:
         if len({label for _, label in found["severity"]}) >= 2:
             eta = np.array([v for v, _ in found["severity"]])

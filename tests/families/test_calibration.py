@@ -18,6 +18,7 @@ from lus_pacs.families.calibration import (
     FamilyOffset,
     SiteCalibration,
     fit_ordinal_shift,
+    offset_lines,
     read_site_labels,
 )
 from lus_pacs.families.measurements import fit_intercept
@@ -199,3 +200,23 @@ def test_calibrate_command_on_simulated_cines(synth_exams: Path, tmp_path: Path)
     )
     assert failed.returncode == 1
     assert "nothing to calibrate" in failed.stderr
+
+
+def test_an_offset_resting_on_few_cines_of_a_class_is_flagged() -> None:
+    """One positive among a hundred set the offset alone (the classes weigh alike): no word,
+    and the file was written though it did worse than the bundle on the site's own cines."""
+    rng = np.random.default_rng(5)
+    y = np.zeros(100, bool)
+    y[0] = True
+    z = rng.normal(size=100)
+    z[0] = -2.0  # the one positive scored low
+    offset = fit_intercept(z, y)
+    lines = offset_lines("b_lines", z, y, offset, 0.5)
+    assert any("WARNING only 1 labelled cine(s) with the finding" in x for x in lines), lines
+    balanced = np.arange(40) % 2 == 0
+    scores = np.where(balanced, 1.0, -1.0) + rng.normal(scale=0.5, size=40)
+    lines = offset_lines("b_lines", scores, balanced, fit_intercept(scores, balanced), 0.5)
+    assert not any("WARNING" in x for x in lines), lines
+    worse = offset_lines("b_lines", scores, balanced, 5.0, 0.5)  # every cine called positive
+    assert any("worse than the bundle" in x for x in worse), worse  # nothing gained
+    assert any("worse than the bundle" in x for x in worse), worse
