@@ -134,6 +134,37 @@ def binary_metrics(
     }
 
 
+def source_bootstrap_interval(
+    statistic: Callable[[npt.NDArray[np.intp]], float],
+    groups: npt.ArrayLike,
+    *,
+    rounds: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(indices)`` resampling whole sources (each
+    case's in ``groups``) with replacement: clips of one source (one device, site, publisher)
+    are alike, so resampling clips one by one understates how a figure moves with the sources
+    drawn. NaN when fewer than two sources; undefined resamples are dropped."""
+    g = np.asarray(groups)
+    members = [np.flatnonzero(g == name) for name in np.unique(g)]
+    if len(members) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+
+    def draw() -> npt.NDArray[np.intp]:
+        chosen = rng.integers(0, len(members), len(members))
+        return np.concatenate([members[k] for k in chosen])
+
+    values = np.array([statistic(draw()) for _ in range(rounds)], np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def bootstrap_interval(
     statistic: Callable[[npt.NDArray[np.intp]], float],
     n: int,

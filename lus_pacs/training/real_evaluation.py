@@ -10,8 +10,14 @@ Two protocols, never mixed (see :mod:`lus_pacs.training.real`):
   consolidation heads, an ordinal head on their logits), refitted whole without the source.
 * **shipped bundles**: the node's own families, loaded from ``models_dir`` and run through
   :func:`lus_pacs.pipeline.analyse` on each clip's DICOM import exactly as on a pushed cine,
-  on the trainable clips (which the simulator-trained bundles never saw) and on the
-  evaluation-only clips (another device and other sites).
+  on the trainable clips (**in-sample**: the B-line head, the severity recipe, the
+  consolidation and key-frame bundles and the assessment's reference were fitted on them, so
+  these rows do not measure generalisation) and on the evaluation-only clips (another device
+  and other sites).
+
+Each interval is given twice: resampling clips (``[low, high]``) and resampling whole sources
+(``by source``): clips of one source are alike, so the first understates how a figure would
+move on another device or site.
 
 The shipped bundles' external rows come again for each part of the evaluation-only clips that
 differs in what a new site would differ in (:func:`external_subsets`): each probe (convex,
@@ -208,10 +214,15 @@ def evaluate_real(
                 rounds=rounds,
             )
         )
-    predicted, truth, _ = severity_leave_source_out(measured, OPERATING_SHARE)
+    predicted, truth, sources = severity_leave_source_out(measured, OPERATING_SHARE)
     rows.append(
         severity_row(
-            "severity (measurement recipe)", "leave-source-out", predicted, truth, rounds=rounds
+            "severity (measurement recipe)",
+            "leave-source-out",
+            predicted,
+            truth,
+            rounds=rounds,
+            groups=sources,
         )
     )
     if shipped:
@@ -228,7 +239,7 @@ def evaluate_real(
         )
         findings = shipped_findings(measured.clips, data_root, cache_dir, run)
         for dataset, protocol in (
-            (TRAINABLE, "shipped, trainable clips"),
+            (TRAINABLE, "shipped, trainable clips (in-sample)"),
             (EXTERNAL, "shipped, external"),
         ):
             chosen = [c for c in measured.clips if c.dataset == dataset]
@@ -331,20 +342,22 @@ def _shipped_rows(
             )
         )
     severity = [
-        (sev.score, score)
+        (sev.score, score, c.group)
         for c in assessed
         if (score := c.severity) is not None and (sev := findings[c.name].severity) is not None
     ]
     if severity:
-        predicted, truth = zip(*severity, strict=True)
-        rows.append(severity_row("severity", protocol, predicted, truth, rounds=rounds))
+        predicted, truth, groups = zip(*severity, strict=True)
+        rows.append(
+            severity_row("severity", protocol, predicted, truth, rounds=rounds, groups=groups)
+        )
     segmented = [
-        (max((k.score for k in seg.classes), default=0), score)
+        (max((k.score for k in seg.classes), default=0), score, c.group)
         for c in assessed
         if (score := c.severity) is not None and (seg := findings[c.name].segmentation) is not None
     ]
     if segmented:
-        predicted, truth = zip(*segmented, strict=True)
+        predicted, truth, groups = zip(*segmented, strict=True)
         rows.append(
             severity_row(
                 "segmentation",
@@ -353,6 +366,7 @@ def _shipped_rows(
                 truth,
                 rounds=rounds,
                 task="highest score segmented vs clip severity",
+                groups=groups,
             )
         )
     quality = [findings[c.name].key_frame_model for c in clips]

@@ -22,6 +22,7 @@ from lus_pacs.training.metrics import (
     confusion,
     quadratic_kappa,
     roc_auc,
+    source_bootstrap_interval,
     weighted_metrics,
     within_group_auc,
 )
@@ -35,11 +36,19 @@ class Metric:
     value: float
     low: float
     high: float
+    """The interval resampling clips."""
+    source_low: float = float("nan")
+    source_high: float = float("nan")
+    """The interval resampling whole sources (NaN without sources): wider, and the one to
+    read for another device or site, whose clips are alike as a source's are."""
 
     def __str__(self) -> str:
         if not np.isfinite(self.value):
             return "n/a"
-        return f"{self.value:.2f} [{self.low:.2f}, {self.high:.2f}]"
+        text = f"{self.value:.2f} [{self.low:.2f}, {self.high:.2f}]"
+        if np.isfinite(self.source_low):
+            text += f" (by source {self.source_low:.2f}, {self.source_high:.2f})"
+        return text
 
 
 @dataclass(frozen=True)
@@ -86,7 +95,7 @@ def binary_row(
 
     keys = ("auc", "sensitivity", "specificity", "f1")
     metrics = _with_intervals(
-        stats, keys if g is None else (*keys, "auc_within_source"), len(s), rounds, seed
+        stats, keys if g is None else (*keys, "auc_within_source"), len(s), rounds, seed, g
     )
     return Row(
         family,
@@ -108,10 +117,13 @@ def severity_row(
     rounds: int = 1000,
     seed: int = 0,
     task: str = "severity 0-3",
+    groups: Sequence[str] | None = None,
 ) -> Row:
-    """Accuracy, weighted F1 and quadratic-weighted kappa with intervals; the confusion."""
+    """Accuracy, weighted F1 and quadratic-weighted kappa with intervals (also by source with
+    each clip's source in ``groups``); the confusion."""
     p = np.asarray(predicted, np.intp)
     t = np.asarray(truth, np.intp)
+    g = None if groups is None else np.asarray(groups)
 
     def stats(i: npt.NDArray[np.intp]) -> dict[str, float]:
         return {
@@ -120,7 +132,8 @@ def severity_row(
             "kappa": quadratic_kappa(t[i], p[i], SCORES),
         }
 
-    metrics = _with_intervals(stats, ("accuracy", "weighted_f1", "kappa"), len(p), rounds, seed)
+    keys = ("accuracy", "weighted_f1", "kappa")
+    metrics = _with_intervals(stats, keys, len(p), rounds, seed, g)
     return Row(
         family,
         task,
@@ -138,8 +151,10 @@ def _with_intervals(
     n: int,
     rounds: int,
     seed: int,
+    groups: npt.NDArray[np.generic] | None = None,
 ) -> dict[str, Metric]:
-    """Each of ``keys`` of ``stats`` on all ``n`` cases, with its bootstrap interval."""
+    """Each of ``keys`` of ``stats`` on all ``n`` cases, with its bootstrap interval over
+    clips and, with each case's source in ``groups``, over sources."""
     point = stats(np.arange(n))
     metrics = {}
     for key in keys:
@@ -148,7 +163,10 @@ def _with_intervals(
             return stats(i)[key]
 
         low, high = bootstrap_interval(statistic, n, rounds=rounds, seed=seed)
-        metrics[key] = Metric(point[key], low, high)
+        by_source = (float("nan"), float("nan"))
+        if groups is not None:
+            by_source = source_bootstrap_interval(statistic, groups, rounds=rounds, seed=seed)
+        metrics[key] = Metric(point[key], low, high, *by_source)
     return metrics
 
 
@@ -163,7 +181,8 @@ def share_row(
 
 
 def markdown(rows: Sequence[Row]) -> str:
-    """The table: one line per row, metrics as ``value [low, high]``."""
+    """The table: one line per row, metrics as ``value [low, high]`` (resampling clips) and,
+    where the clips' sources are known, ``(by source low, high)`` (resampling sources)."""
     keys: list[str] = []
     for row in rows:
         keys.extend(k for k in row.metrics if k not in keys)
