@@ -102,14 +102,15 @@ def leave_source_out(
     (:func:`~lus_pacs.families.measurements.held_out_logits`; with ``sensitivity``, shifted to
     that operating point as the shipped head is, the shift fitted without the source too). A
     source whose training side holds one class only (or, with ``sensitivity``, its positives
-    all in one source) scores its clips 0.5."""
+    all in one source) scores its clips NaN: they are left out of the row and counted (a score
+    of 0.5 was a positive call at the 0.5 threshold, flattering sensitivity)."""
     chosen = [
         i for i, c in enumerate(measured.clips) if c.dataset == TRAINABLE and label(c) is not None
     ]
     y = np.array([bool(label(measured.clips[i])) for i in chosen])
     groups = [measured.clips[i].group for i in chosen]
     logits = held_out_logits(measured.features[chosen], y, groups, l2, sensitivity=sensitivity)
-    scores = np.where(np.isnan(logits), 0.5, 1.0 / (1.0 + np.exp(-np.nan_to_num(logits))))
+    scores = np.where(np.isnan(logits), np.nan, 1.0 / (1.0 + np.exp(-np.nan_to_num(logits))))
     return scores, y, groups
 
 
@@ -202,15 +203,17 @@ def evaluate_real(
         # The B-line recipe, as shipped, decides at its operating point (see the model card).
         sensitivity = OPERATING_SENSITIVITY if name == "b_lines" else None
         scores, labels, groups = leave_source_out(measured, label, sensitivity=sensitivity)
+        scored = np.isfinite(scores)
+        unscored = int((~scored).sum())
         rows.append(
             binary_row(
                 f"{name} (measurement recipe)",
-                name,
+                name if not unscored else f"{name} ({unscored} clips not scorable, left out)",
                 "leave-source-out",
-                scores,
-                labels,
+                scores[scored],
+                labels[scored],
                 0.5,
-                groups=groups,
+                groups=[g for g, k in zip(groups, scored, strict=True) if k],
                 rounds=rounds,
             )
         )
