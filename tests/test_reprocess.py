@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -476,6 +476,18 @@ def test_a_ray_worker_that_dies_fails_its_cines_and_another_takes_its_place(
     assert all(o.record is not None for o in outcomes if o not in died)  # by its successor
 
 
+def _folder_runs(folder: Path, tmp_path: Path, models: Models) -> Callable[[], RunCounts]:
+    """Runs of the folder by an in-process engine, each resuming the one before (one out)."""
+    settings = Settings(models=tuple(MODELS.split(",")), data_dir=tmp_path / "data")
+    out = tmp_path / "out"
+
+    def run() -> RunCounts:
+        engine = _InProcess(settings, models)
+        return Run(settings, FolderSource(folder), out, engine, "k", progress=False).execute()
+
+    return run
+
+
 def test_a_damaged_file_in_a_folder_is_a_problem_of_the_run_until_it_is_gone(
     archive: Path, tmp_path: Path, models: Models
 ) -> None:
@@ -489,12 +501,7 @@ def test_a_damaged_file_in_a_folder_is_a_problem_of_the_run_until_it_is_gone(
     at = data.find(bytes.fromhex("08001800"), 132 + 200)  # (0008,0018) in the data set
     data[at + 4 : at + 6] = b"ZZ"
     (folder / "damaged.dcm").write_bytes(bytes(data))
-    settings = Settings(models=tuple(MODELS.split(",")), data_dir=tmp_path / "data")
-    out = tmp_path / "out"
-
-    def run() -> RunCounts:
-        engine = _InProcess(settings, models)
-        return Run(settings, FolderSource(folder), out, engine, "k", progress=False).execute()
+    run = _folder_runs(folder, tmp_path, models)
 
     done = run()
     assert (done.processed, done.problems) == (1, 1)
@@ -516,20 +523,18 @@ def test_a_cine_added_to_a_finished_study_is_made_and_the_study_summarised_again
     folder.mkdir()
     first, second = sorted(archive.glob("synth/*/*.dcm"))[:2]
     shutil.copy(first, folder / first.name)
-    settings = Settings(models=tuple(MODELS.split(",")), data_dir=tmp_path / "data")
-    out = tmp_path / "out"
-
-    def run() -> RunCounts:
-        engine = _InProcess(settings, models)
-        return Run(settings, FolderSource(folder), out, engine, "k", progress=False).execute()
+    run = _folder_runs(folder, tmp_path, models)
 
     done = run()
     assert (done.processed, done.studies_skipped) == (1, 0)
-    assert (run().processed, run().studies_skipped) == (0, 1)  # finished: skipped whole
+    skipped = run()
+    assert (skipped.processed, skipped.studies_skipped) == (0, 1)  # finished: skipped whole
     shutil.copy(second, folder / second.name)
     added = run()
     assert (added.processed, added.studies_skipped) == (1, 0)
-    (summary,) = [json.loads(x) for x in (out / "studies.jsonl").read_text().splitlines()]
+    (summary,) = [
+        json.loads(x) for x in (tmp_path / "out" / "studies.jsonl").read_text().splitlines()
+    ]
     assert summary["cines"] == 2
     again = run()
     assert (again.processed, again.studies_skipped) == (0, 1)

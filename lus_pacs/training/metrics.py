@@ -156,13 +156,7 @@ def source_bootstrap_interval(
         chosen = rng.integers(0, len(members), len(members))
         return np.concatenate([members[k] for k in chosen])
 
-    values = np.array([statistic(draw()) for _ in range(rounds)], np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return float("nan"), float("nan")
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)
+    return _percentiles([statistic(draw()) for _ in range(rounds)], level)
 
 
 def bootstrap_interval(
@@ -176,7 +170,12 @@ def bootstrap_interval(
     """Percentile bootstrap interval of ``statistic(indices)`` over ``n`` cases resampled with
     replacement; resamples where the statistic is undefined (NaN) are dropped."""
     rng = np.random.default_rng(seed)
-    values = np.array([statistic(rng.integers(0, n, n)) for _ in range(rounds)], np.float64)
+    return _percentiles([statistic(rng.integers(0, n, n)) for _ in range(rounds)], level)
+
+
+def _percentiles(drawn: list[float], level: float) -> tuple[float, float]:
+    """The percentile interval of the resampled statistics, the undefined ones dropped."""
+    values = np.array(drawn, np.float64)
     values = values[np.isfinite(values)]
     if values.size == 0:
         return float("nan"), float("nan")
