@@ -51,7 +51,7 @@ def test_every_family_has_its_commands() -> None:
     # from real clips.
     assert names(evaluate_app) == families - {"consolidation"} | {"real", "simulator"}
     assert names(pretrain_app) == {"consolidation"}
-    assert names(fit_app) == {"b-lines", "severity"}
+    assert names(fit_app) == {"assessment", "b-lines", "severity"}  # its measurement reference
 
 
 def test_family_choices_are_those_the_networks_know() -> None:
