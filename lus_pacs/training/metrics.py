@@ -134,6 +134,20 @@ def binary_metrics(
     }
 
 
+def exact_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson interval of a proportion of ``k`` in ``n``: where every resample of a
+    bootstrap gives the same 0 or 1 (0 of 4 found: [0.00, 0.00]), this says what the count
+    allows ([0.00, 0.60])."""
+    from scipy.stats import beta
+
+    if n == 0:
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2
+    low = 0.0 if k == 0 else float(beta.ppf(tail, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1 - tail, k + 1, n - k))
+    return low, high
+
+
 def source_bootstrap_interval(
     statistic: Callable[[npt.NDArray[np.intp]], float],
     groups: npt.ArrayLike,

@@ -9,7 +9,7 @@ external on the evaluation-only clips); :func:`binary_row`, :func:`severity_row`
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +20,7 @@ from lus_pacs.training.metrics import (
     binary_metrics,
     bootstrap_interval,
     confusion,
+    exact_interval,
     quadratic_kappa,
     roc_auc,
     source_bootstrap_interval,
@@ -97,6 +98,12 @@ def binary_row(
     metrics = _with_intervals(
         stats, keys if g is None else (*keys, "auc_within_source"), len(s), rounds, seed, g
     )
+    called = s >= threshold
+    for key, hits, of in (
+        ("sensitivity", int((called & y).sum()), int(y.sum())),
+        ("specificity", int((~called & ~y).sum()), int((~y).sum())),
+    ):
+        metrics[key] = _exact_where_degenerate(metrics[key], hits, of)
     return Row(
         family,
         task,
@@ -177,7 +184,18 @@ def share_row(
     f = np.asarray(flags, bool)
     point = float(f.mean()) if f.size else float("nan")
     low, high = bootstrap_interval(lambda i: float(f[i].mean()), len(f), rounds=rounds)
-    return Row(family, task, protocol, len(f), int(f.sum()), {"share": Metric(point, low, high)})
+    share = _exact_where_degenerate(Metric(point, low, high), int(f.sum()), len(f))
+    return Row(family, task, protocol, len(f), int(f.sum()), {"share": share})
+
+
+def _exact_where_degenerate(metric: Metric, k: int, n: int) -> Metric:
+    """``metric`` (a proportion of ``k`` in ``n``) with the exact interval in place of a
+    bootstrap interval of no width: at 0 or 1 every resample agrees, and 7 of 7 printed
+    [1.00, 1.00] where the count allows [0.59, 1.00]."""
+    if not (np.isfinite(metric.low) and metric.low == metric.high and n):
+        return metric
+    low, high = exact_interval(k, n)
+    return replace(metric, low=low, high=high)
 
 
 def markdown(rows: Sequence[Row]) -> str:

@@ -286,3 +286,29 @@ def test_the_interval_by_source_resamples_whole_sources() -> None:
     )  # fmt: skip
     assert "(by source" in markdown([row])
     assert np.isfinite(row.metrics["f1"].source_low)
+
+
+def test_a_proportion_at_zero_or_one_gets_the_interval_its_count_allows() -> None:
+    """Every resample agrees at 0 or 1: 0 of 4 B-line clips found printed sensitivity
+    0.00 [0.00, 0.00], and 7 of 7 specificity 1.00 [1.00, 1.00]."""
+    from lus_pacs.training.metrics import exact_interval
+    from lus_pacs.training.real_report import share_row
+
+    low, high = exact_interval(0, 4)
+    assert (low, round(high, 2)) == (0.0, 0.60)
+    low, high = exact_interval(7, 7)
+    assert (round(low, 2), high) == (0.59, 1.0)
+    low, high = exact_interval(5, 10)  # symmetric about a half
+    assert low == pytest.approx(1 - high)
+    row = binary_row(
+        "b_lines", "b_lines", "external", [0.1] * 4 + [0.2] * 7, [1] * 4 + [0] * 7, 0.5,
+        rounds=200,
+    )  # fmt: skip
+    assert str(row.metrics["sensitivity"]) == "0.00 [0.00, 0.60]"
+    assert str(row.metrics["specificity"]) == "1.00 [0.59, 1.00]"
+    assert str(share_row("key_frames", "usable", "x", [True] * 130).metrics["share"]) == (
+        "1.00 [0.97, 1.00]"
+    )
+    mixed = binary_row("b", "b", "x", [0.9, 0.2, 0.7, 0.4, 0.6], [1, 0, 1, 0, 0], 0.5)
+    specificity = mixed.metrics["specificity"]  # 2 of 3: the bootstrap's interval stays
+    assert specificity.low < specificity.value < specificity.high
