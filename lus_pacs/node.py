@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -243,7 +244,7 @@ class Node:
             "failing": failing,
         }
         free = free_bytes(self.settings)
-        disk_ok = free is None or free >= self.settings.min_free_bytes
+        disk_ok = free is None or free >= self.settings.min_free_bytes  # 0: no reserve kept
         if free is not None:
             checks["disk_free_bytes"] = free
         try:
@@ -515,6 +516,8 @@ class Node:
                 for p in self.store.studies.processed_paths(study, self.models.key)
             ]
             summary_sr = encode_summary(summary, sources, self.models.key)
+        except (OSError, sqlite3.Error):
+            raise  # the disk or the store, for now: the study stays awaiting its summary
         except Exception as exc:  # the sources' headers are foreign input, whatever they hold
             # Logged, and the study summarised without its SR: raising would stop the study
             # loop on this study again and again, and every study after it with it.

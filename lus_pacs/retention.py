@@ -79,15 +79,15 @@ def remove_if_older(path: Path, before: float) -> int | None:
     aside = path.with_name(f".{path.name}.pruning")
     try:
         os.rename(path, aside)
-    except FileNotFoundError:
+        stat = aside.stat()
+    except FileNotFoundError:  # gone, or taken by another prune (the CLI beside the node)
         return 0
-    stat = aside.stat()
     if stat.st_mtime < before:
-        aside.unlink()
+        aside.unlink(missing_ok=True)
         return stat.st_size
-    with contextlib.suppress(FileExistsError):
+    with contextlib.suppress(FileExistsError, FileNotFoundError):
         os.link(aside, path)
-    aside.unlink()
+    aside.unlink(missing_ok=True)
     return None
 
 
@@ -101,7 +101,7 @@ def restore_aside(folder: Path) -> int:
         try:
             os.link(aside, path)
             restored += 1
-        except FileExistsError:
+        except (FileExistsError, FileNotFoundError):  # taken, or a prune beside finished it
             pass
         aside.unlink(missing_ok=True)
     return restored

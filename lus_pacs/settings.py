@@ -359,7 +359,7 @@ class Settings(BaseModel):
                 f"retry_base_s ({self.retry_base_s:g}) is over retry_max_s ({self.retry_max_s:g})"
             )
         for d in self.destinations:
-            here = d.host in (self.host, *_LOOPBACK_HOSTS) or self.host in _ANY_HOST
+            here = d.host in (self.host, *_LOOPBACK_HOSTS)
             if here and d.port == self.port and d.ae_title == self.ae_title:
                 raise ValueError(
                     f"destination {d.name!r} is this node itself ({d.ae_title}@{d.host}:{d.port}): "
@@ -411,7 +411,6 @@ class Settings(BaseModel):
 
 _SECRET_IN_URL = "credentials in the URL"
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-_ANY_HOST = ("0.0.0.0", "::")
 
 
 def load_settings(path: Path | None, **overrides: object) -> Settings:

@@ -116,6 +116,15 @@ def test_health_and_metrics_say_when_the_disk_is_nearly_full(tmp_path: Path) -> 
         assert "lus_pacs_disk_free_bytes " in exposed
     finally:
         node.stop()
+    # With no reserve kept the gauge still reads the disk (it read 0, firing every alert).
+    node = Node(settings.model_copy(update={"min_free_bytes": 0}), Models.load(settings))
+    try:
+        exposed = prometheus_client.generate_latest(node.metrics.registry).decode()
+        (line,) = [x for x in exposed.splitlines() if x.startswith("lus_pacs_disk_free_bytes ")]
+        assert float(line.split()[1]) > 0
+        assert node.health()[1]["disk"] is True
+    finally:
+        node.stop()
 
 
 def test_a_study_with_cines_of_other_model_versions_is_summarised_whole(tmp_path: Path) -> None:

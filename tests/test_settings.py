@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lus_pacs.errors import ConfigError
-from lus_pacs.settings import Settings, load_settings
+from lus_pacs.settings import DicomDestination, Settings, load_settings
 from tests.tools import run_cli
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
@@ -108,6 +108,11 @@ def test_settings_that_would_fail_once_running_are_refused_at_load(
     path.write_text(setting + "\n")
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_settings(path)
+
+
+def test_a_node_on_every_address_may_send_to_another_host_with_its_ae_title_and_port() -> None:
+    remote = DicomDestination(name="pacs", ae_title="LUSPACS", host="pacs.example", port=11112)
+    Settings(host="0.0.0.0", destinations=(remote,), accept_any_calling_ae=True)
 
 
 def test_spaces_around_an_allowed_ae_title_are_not_part_of_it() -> None:

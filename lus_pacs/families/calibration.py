@@ -236,9 +236,9 @@ def _within_reach(offset: float, labels: Path) -> float:
 _BOUND = 20.0
 """Largest offset searched (logits)."""
 _FEW = 20
+"""Fewer labelled cines than this give an offset the command warns about."""
 _FEW_OF_A_CLASS = 10
 """Labelled cines of the smaller class below which the offset is flagged as resting on them."""
-"""Fewer labelled cines than this give an offset the command warns about."""
 
 
 @dataclass(frozen=True)

@@ -168,8 +168,9 @@ class Receiver:
         limit = self._settings.max_instance_bytes
         raw = getattr(event.request, "DataSet", None)
         size = _size(raw)
-        free = free_bytes(self._settings)
-        if free is not None and free - size < self._settings.min_free_bytes:
+        reserve = self._settings.min_free_bytes
+        free = free_bytes(self._settings) if reserve else None
+        if free is not None and free - size < reserve:
             log.error(
                 "Refused %s from %s: the disk is nearly full (%d bytes free, min_free_bytes %d)",
                 sop_instance,
@@ -530,10 +531,8 @@ def _make_ae(settings: Settings) -> AE:
 
 
 def free_bytes(settings: Settings) -> int | None:
-    """Free bytes of the file system the node keeps its data on; None when the settings keep
-    no reserve (``min_free_bytes`` 0) or it cannot be read."""
-    if not settings.min_free_bytes:
-        return None
+    """Free bytes of the file system the node keeps its data on; None when it cannot be
+    read."""
     folder = settings.data_dir
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent  # before the first instance made it

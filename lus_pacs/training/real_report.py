@@ -192,10 +192,14 @@ def _exact_where_degenerate(metric: Metric, k: int, n: int) -> Metric:
     """``metric`` (a proportion of ``k`` in ``n``) with the exact interval in place of a
     bootstrap interval of no width: at 0 or 1 every resample agrees, and 7 of 7 printed
     [1.00, 1.00] where the count allows [0.59, 1.00]."""
-    if not (np.isfinite(metric.low) and metric.low == metric.high and n):
+    if not n:
         return metric
     low, high = exact_interval(k, n)
-    return replace(metric, low=low, high=high)
+    if np.isfinite(metric.low) and metric.low == metric.high:
+        metric = replace(metric, low=low, high=high)
+    if np.isfinite(metric.source_low) and metric.source_low == metric.source_high:
+        metric = replace(metric, source_low=low, source_high=high)
+    return metric
 
 
 def markdown(rows: Sequence[Row]) -> str:

@@ -312,3 +312,11 @@ def test_a_proportion_at_zero_or_one_gets_the_interval_its_count_allows() -> Non
     mixed = binary_row("b", "b", "x", [0.9, 0.2, 0.7, 0.4, 0.6], [1, 0, 1, 0, 0], 0.5)
     specificity = mixed.metrics["specificity"]  # 2 of 3: the bootstrap's interval stays
     assert specificity.low < specificity.value < specificity.high
+
+
+def test_the_interval_by_source_of_a_proportion_at_zero_is_the_exact_one_too() -> None:
+    row = binary_row(
+        "b", "b", "external", [0.1] * 4 + [0.2] * 4, [1] * 4 + [0] * 4, 0.5,
+        groups=list("abcdabcd"), rounds=200,
+    )  # fmt: skip
+    assert str(row.metrics["sensitivity"]) == "0.00 [0.00, 0.60] (by source 0.00, 0.60)"

@@ -28,8 +28,8 @@ Eight checks, in this order, each giving its reason (:class:`NotAssessableReason
   ``max_deviation`` standard deviations from its mean over the real trainable clips
   (``measurement_reference``, written by ``lus-pacs fit assessment``): a view the heads never
   saw, whose "findings" would be extrapolation (a sector drawn in a strip at the bottom of a
-  declared full-frame region measured 357 deviations out and was called a certain "no B-lines,
-  score 0"). The real clips lie within 5.2 (trainable) and 7.3 (evaluation-only).
+  declared full-frame region measured about 1,700 deviations out and was called a certain "no
+  B-lines, score 0"). The real clips lie within 5.2 (trainable) and 7.3 (evaluation-only).
 * **poor quality** (only with ``use_quality``): the key-frame model (paper 004), when it ran,
   found no frame a clinician would keep. Off in the shipped bundle: that model flags 2 of 6
   ordinary simulated cines poor (rib shadow), so its flag stays a flag beside the findings.
