@@ -18,6 +18,7 @@ from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import generate_uid
 
 from lus_pacs.encode import codes
+from lus_pacs.encode.readback import read_cine_sr
 from tests.encode import tree
 from tests.tools import chosen_frames, dciodvfy_errors
 
@@ -116,6 +117,12 @@ def test_damaged_frames_are_named_and_never_chosen(cine: Path, tmp_path: Path) -
     ]
     assert scored
     assert not set(scored) & chosen
+    # Read back, each frame keeps its place: the damaged ones are None (the SR scores none).
+    back = read_cine_sr(path)["severity"]["frame_scores"]
+    assert [f + 1 for f, score in enumerate(back) if score is None] == sorted(
+        f for f in chosen if f <= len(back)
+    )
+    assert back[-1] is not None or n_frames in chosen
 
     record = by_uid[pydicom.dcmread(wrecked, stop_before_pixels=True).SOPInstanceUID]
     assert len(record["source"]["frames_damaged"]) == (n_frames + 1) // 2

@@ -244,7 +244,9 @@ def _severity(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> dict[str, A
     return {
         "score": int(score.value),
         "probability": float(probability.value),
-        "frame_scores": [by_frame[f] for f in sorted(by_frame)],
+        # By frame number: a damaged frame is in no score group (None), so the frames after
+        # it keep their places.
+        "frame_scores": [by_frame.get(f) for f in range(1, max(by_frame, default=0) + 1)],
     }
 
 
