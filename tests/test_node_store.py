@@ -134,7 +134,10 @@ def test_a_study_with_cines_of_other_model_versions_is_summarised_whole(tmp_path
     node = Node(settings, Models.load(settings))
     try:
         store = node.store
-        early = Instance("1.2.3.1", US_MULTIFRAME, "7.7", "7.7.9", "SCU", tmp_path, content="a")
+        (tmp_path / "early.dcm").write_bytes(b"cine")
+        early = Instance(
+            "1.2.3.1", US_MULTIFRAME, "7.7", "7.7.9", "SCU", tmp_path / "early.dcm", content="a"
+        )
         store.jobs.record_instance(early, "b_lines@0.0.1")  # made before the calibration
         job = store.jobs.claim("b_lines@0.0.1")
         assert job is not None

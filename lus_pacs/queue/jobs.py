@@ -193,14 +193,14 @@ class Jobs:
 
     def queue_missing(self, study_uid: str, models: str) -> int:
         """Queue a job for ``models`` for each of the study's instances that has none (it was
-        made by other model versions: before an upgrade or a site's calibration); the number
-        queued. A study summarised again (a late cine) would otherwise cover only its cines
-        made by the current versions, and score the exam on part of its cines unsaid."""
+        made by other model versions: before an upgrade or a site's calibration) and whose
+        file is still there (retention may have removed it); the number queued. A study
+        summarised again (a late cine) would otherwise cover only its cines made by the
+        current versions, and score the exam on part of its cines unsaid."""
         now = time.time()
         with self._db.transaction() as db:
-            cursor = db.execute(
-                "INSERT INTO jobs (sop_instance_uid, models, state, updated_at, content, revision) "
-                "SELECT i.sop_instance_uid, ?, ?, ?, i.content, "
+            candidates = db.execute(
+                "SELECT i.sop_instance_uid, i.path, i.content, "
                 "(SELECT j.revision FROM jobs j WHERE j.sop_instance_uid = i.sop_instance_uid "
                 "AND j.content = i.content ORDER BY j.id DESC LIMIT 1) "
                 "FROM instances i WHERE i.study_instance_uid = ? "
@@ -209,9 +209,19 @@ class Jobs:
                 "AND j.models = ? AND j.content = i.content) "
                 "AND EXISTS (SELECT 1 FROM jobs j WHERE j.sop_instance_uid = i.sop_instance_uid "
                 "AND j.content = i.content AND j.state != ?)",
-                (models, JobState.QUEUED, now, study_uid, models, JobState.REPLACED),
+                (study_uid, models, JobState.REPLACED),
+            ).fetchall()
+            queued = [
+                (sop, models, JobState.QUEUED, now, content, revision)
+                for sop, path, content, revision in candidates
+                if Path(path).is_file()  # pruned: its earlier record stays the study's word
+            ]
+            db.executemany(
+                "INSERT INTO jobs (sop_instance_uid, models, state, updated_at, content, "
+                "revision) VALUES (?, ?, ?, ?, ?, ?)",
+                queued,
             )
-            return cursor.rowcount
+            return len(queued)
 
     def release_held(self) -> int:
         """Jobs in progress back to the queue, not counted as interrupted: the node is

@@ -181,16 +181,19 @@ def test_a_cine_failed_only_at_delivery_is_summarised_not_named_unprocessed(
 
 
 def test_cines_made_by_other_model_versions_are_queued_again_before_a_summary(
-    store: JobStore,
+    store: JobStore, tmp_path: Path
 ) -> None:
     """After an upgrade or a site's calibration (another models key), a late cine reopened
     its study, whose new summary covered only that cine: an exam of total 7 was sent as total
     0 of 3, without a word about the others."""
-    for n in (1, 2):
-        store.jobs.record_instance(replace(instance(n, "7.7"), content=f"c{n}"), "m@1")
+    for n in (1, 2, 4):
+        path = tmp_path / f"{n}.dcm"
+        path.write_bytes(b"cine")
+        store.jobs.record_instance(replace(instance(n, "7.7"), path=path, content=f"c{n}"), "m@1")
         job = store.jobs.claim("m@1")
         assert job is not None
         store.jobs.finish(job.id, f'{{"n": {n}}}', [], [])
+    (tmp_path / "4.dcm").unlink()  # removed by retention: not made again (it would fail)
     store.jobs.record_instance(replace(instance(3, "7.7"), content="c3"), "m@2")  # late
     assert store.jobs.queue_missing("7.7", "m@2") == 2
     assert store.jobs.queue_missing("7.7", "m@2") == 0  # once
