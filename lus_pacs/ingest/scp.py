@@ -656,6 +656,11 @@ def _size(raw: BinaryIO | None) -> int:
         return view.nbytes
 
 
+CONTENT_DIGEST_PREFIX = "c-"
+"""Marks a digest of what an instance says (:func:`content_digest`): one without it is of the
+bytes as received, stored by a node before 2026-12-07."""
+
+
 def content_digest(ds: Dataset) -> str:
     """SHA-256 of what a received data set says, not of how it was encoded: its elements but
     the Pixel Data written in Implicit VR Little Endian (which holds no VR to differ by), then
@@ -674,7 +679,7 @@ def content_digest(ds: Dataset) -> str:
     if _PIXEL_DATA in ds:
         pixels = ds.get_item(_PIXEL_DATA).value
         digest.update(pixels if isinstance(pixels, bytes | bytearray) else b"")
-    return digest.hexdigest()
+    return CONTENT_DIGEST_PREFIX + digest.hexdigest()
 
 
 _PIXEL_DATA = 0x7FE00010

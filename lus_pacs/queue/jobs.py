@@ -44,6 +44,16 @@ class JobRow:
     deliveries: tuple[DeliveryRow, ...]
 
 
+def _legacy(known: str, received: str) -> bool:
+    """Whether ``known`` is a digest of an older node's kind (of the bytes, no prefix) and
+    ``received`` of this one's (:data:`~lus_pacs.ingest.scp.CONTENT_DIGEST_PREFIX`)."""
+    return received.startswith(_DIGEST_PREFIX) and not known.startswith(_DIGEST_PREFIX)
+
+
+_DIGEST_PREFIX = "c-"
+"""The listener's digest prefix (the queue does not import the listener)."""
+
+
 class Jobs:
     """Recording received instances, and the processing queue."""
 
@@ -66,6 +76,16 @@ class Jobs:
             ).fetchone()
             known = prior[0] if prior is not None else ""
             changed = bool(known and instance.content and known != instance.content)
+            if changed and on_change == "refuse" and _legacy(known, instance.content):
+                # Stored by a node that digested the bytes as received: the two digests cannot
+                # be compared. Under "refuse" (the site keeps what it has) the instance is
+                # taken as the one known and its digest brought up to date; refusing it would
+                # refuse every later copy of it, for good.
+                db.execute(
+                    "UPDATE jobs SET content = ? WHERE sop_instance_uid = ? AND content = ?",
+                    (instance.content, instance.sop_instance_uid, known),
+                )
+                known, changed = instance.content, False
             if changed and on_change == "refuse":
                 return Received.REFUSED
             db.execute(

@@ -579,3 +579,11 @@ def test_an_instance_is_refused_while_the_disk_is_nearly_full(tmp_path: Path) ->
         assert _send(room.port, US_IMAGE) == [0]
     finally:
         room.listener.stop()
+
+
+def test_the_queue_knows_the_listeners_kind_of_digest() -> None:
+    from lus_pacs.ingest.scp import CONTENT_DIGEST_PREFIX, content_digest
+    from lus_pacs.queue import jobs
+
+    assert jobs._DIGEST_PREFIX == CONTENT_DIGEST_PREFIX
+    assert content_digest(pydicom.dcmread(US_IMAGE)).startswith(CONTENT_DIGEST_PREFIX)

@@ -264,3 +264,23 @@ def test_a_job_the_node_stops_on_three_times_fails_and_retry_gives_it_three_more
     store.close()
     store = JobStore(tmp_path / "jobs.sqlite")
     assert store.jobs.recover().resumed == 1  # retry gave it its three again
+
+
+def test_an_instance_stored_before_the_digest_changed_is_not_refused_for_good(
+    store: JobStore,
+) -> None:
+    """Digests of the bytes (a node before 2026-12-07) cannot be compared with digests of what
+    an instance says: under "refuse" every later copy of an instance received before was
+    refused with 0xC111, for good."""
+    store.jobs.record_instance(replace(instance(1), content="0f1e2d"), "m@1", "refuse")
+    sent_again = replace(instance(1), content="c-aaaa")
+    assert store.jobs.record_instance(sent_again, "m@1", "refuse") is Received.KNOWN
+    assert store.jobs.record_instance(sent_again, "m@1", "refuse") is Received.KNOWN
+    changed = replace(instance(1), content="c-bbbb")
+    assert store.jobs.record_instance(changed, "m@1", "refuse") is Received.REFUSED
+    assert len(store.jobs.rows()) == 1
+    # Under "reprocess" a copy of the old kind is taken as other content, once.
+    store.jobs.record_instance(replace(instance(2), content="0a0b0c"), "m@1")
+    again = replace(instance(2), content="c-cccc")
+    assert store.jobs.record_instance(again, "m@1") is Received.REPLACED
+    assert store.jobs.record_instance(again, "m@1") is Received.KNOWN
