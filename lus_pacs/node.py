@@ -101,6 +101,10 @@ class Node:
         """What the workers' cines hold decoded at once (two long cines do not add up)."""
         self._encoder: Encoder | None = None
         """The processes that make the result objects (``encoders``), once started."""
+        self._running: dict[str, tuple[Job, float]] = {}
+        """Per worker: the job it is processing and since when (monotonic seconds)."""
+        self._overdue: set[str] = set()
+        """Workers still on a cine given up for running past ``max_cine_s``."""
 
     @property
     def port(self) -> int:
@@ -234,14 +238,17 @@ class Node:
         """Whether the node is working, and what was checked (``/healthz``): the listener is
         up, every loop thread is alive and none failed in the last :data:`FAILING_S` (a loop
         that keeps failing, on a full disk say, is restarted every ``_RESUME_S`` and would look
-        alive), and the job store answers."""
+        alive), no worker is hung on a cine given up (``overdue``), and the job store
+        answers."""
         threads = {t.name: t.is_alive() for t in self._threads}
         now = time.monotonic()
         failing = sorted(n for n, at in list(self._failed_at.items()) if now - at < FAILING_S)
+        overdue = sorted(self._overdue)
         checks: dict[str, object] = {
             "listener": self._listener is not None,
             "threads": threads,
             "failing": failing,
+            "overdue": overdue,
         }
         free = free_bytes(self.settings)
         disk_ok = free is None or free >= self.settings.min_free_bytes  # 0: no reserve kept
@@ -261,6 +268,7 @@ class Node:
             and store_ok
             and disk_ok
             and not failing
+            and not overdue
         )
         return ok and not self._stop.is_set(), checks
 
@@ -318,7 +326,15 @@ class Node:
                 pixels / 1e6,
                 f", after {waited:.1f} s for the pixel budget" if waited >= 0.05 else "",
             )
-            self._process_cine(job)
+            worker = threading.current_thread().name
+            self._running[worker] = (job, time.monotonic())
+            try:
+                self._process_cine(job)
+            finally:
+                del self._running[worker]
+                if worker in self._overdue:
+                    self._overdue.discard(worker)
+                    log.warning("%s is free again", worker)
             if self._budget.is_long(pixels):  # its leftovers back before the next long cine
                 release_free_memory()
 
@@ -344,14 +360,44 @@ class Node:
             log.exception("Failed %s: unexpected error", uid)
             self._fail(job, f"unexpected error: {exc!r}")
             return
-        self.store.jobs.finish(
+        if not self.store.jobs.finish(
             job.id, record.dumps(), outputs, list(self.settings.destination_names)
-        )
+        ):
+            for output in outputs:  # recorded nowhere: nothing would send or prune them
+                output.path.unlink(missing_ok=True)
+            log.warning(
+                "%s finished after it was given up; its results are not kept (lus-pacs retry "
+                "makes them again)",
+                uid,
+            )
+            return
         self._results_queued()
         self.metrics.observe(record.timings_ms)
         self.metrics.processed.labels("done").inc()
         b_lines = to_json(record.b_lines) if record.b_lines else {}
         log.info("Processed %s (zone %s): %s", uid, record.source.zone, b_lines)
+
+    def _give_up_overdue(self) -> None:
+        """Fail each cine processed for longer than ``max_cine_s``: its worker has hung. The
+        worker thread cannot be stopped; it is reported (``/healthz``) until it returns."""
+        now = time.monotonic()
+        limit = self.settings.max_cine_s
+        for worker, (job, started) in list(self._running.items()):
+            if worker in self._overdue or now - started <= limit:
+                continue
+            self._overdue.add(worker)
+            reason = (
+                f"processing took longer than max_cine_s ({limit:g} s): given up; lus-pacs "
+                "retry tries it again"
+            )
+            if self.store.jobs.give_up(job.id, reason):
+                self.metrics.processed.labels("failed").inc()
+                log.error(
+                    "%s: %s. %s stays busy with it until it returns or the node restarts",
+                    job.instance.sop_instance_uid,
+                    reason,
+                    worker,
+                )
 
     def _fail(self, job: Job, reason: str) -> None:
         self.store.jobs.fail(job.id, reason)
@@ -447,6 +493,7 @@ class Node:
     def _study_loop(self) -> None:
         pruned_at = float("-inf")  # at start, then every _PRUNE_EVERY_S
         while not self._stop.wait(_IDLE_S):
+            self._give_up_overdue()
             if self.settings.retention_days and time.monotonic() - pruned_at >= _PRUNE_EVERY_S:
                 pruned_at = time.monotonic()
                 self._prune(self.settings.retention_days)

@@ -238,6 +238,13 @@ class Settings(BaseModel):
     max_cine_pixels: int = Field(default=1_500_000_000, ge=1)
     """A cine of more pixels (frames x rows x columns) is refused with the limit named. The
     decoded cine takes one byte a pixel, and the node's peak memory is about that plus 1 GB."""
+    max_cine_s: float = Field(default=3600.0, gt=0)
+    """A cine whose processing runs longer than this (from when its worker starts it) has hung
+    its worker (a decoder or library that never returns): it fails with the time named, is not
+    queued again by a restart (``lus-pacs retry`` tries it again), and ``/healthz`` is
+    unhealthy until its worker is free, since a thread cannot be stopped from outside and
+    still holds its core and memory; a restart frees it. The default is far above what the
+    largest cine the limits admit takes on two cores."""
     concurrent_pixels: int = Field(default=100_000_000, ge=1)
     """The workers start a cine only while the cines in process hold at most this many pixels
     (frames x rows x columns) together; a larger cine waits for the others and runs alone. Two

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import prometheus_client
@@ -154,3 +158,75 @@ def test_a_study_with_cines_of_other_model_versions_is_summarised_whole(tmp_path
         assert not summary_path(settings, "7.7").exists()
     finally:
         node.stop()
+
+
+def test_a_cine_that_hangs_its_worker_is_given_up_and_the_node_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cine whose processing never returns (a decoder caught in a loop) held its worker for
+    good while /healthz stayed green, and each restart queued it again to hang again. Here the
+    hang is a processing that waits on an event, then runs as usual."""
+    from lus_pacs import node as node_module
+    from lus_pacs.synth.exam import SynthOptions, synthesize
+
+    synthesize(tmp_path / "exam", SynthOptions(patients=1, seed=5, frames=8, zones=6))
+    path = sorted((tmp_path / "exam").glob("*/*.dcm"))[0]
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    cine = Instance(
+        ds.SOPInstanceUID, ds.SOPClassUID, ds.StudyInstanceUID, ds.SeriesInstanceUID, "SCU", path
+    )
+    entered, release = threading.Event(), threading.Event()
+    process_file = node_module.process_file
+
+    def hanging(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        release.wait(120)
+        return process_file(*args, **kwargs)
+
+    monkeypatch.setattr(node_module, "process_file", hanging)
+    settings = Settings(
+        data_dir=tmp_path / "node",
+        port=0,
+        metrics_port=None,
+        models=("b_lines",),
+        workers=1,
+        encoders=0,
+        max_cine_s=1.0,
+    )
+    models = Models.load(settings)
+    node = Node(settings, models)
+    node.start()
+    try:
+        node.store.jobs.record_instance(cine, models.key)
+        node._wake.set()
+        assert entered.wait(60)
+        assert _wait(lambda: node.store.jobs.rows()[0].state is JobState.FAILED, 30)
+        (row,) = node.store.jobs.rows()
+        assert row.error is not None
+        assert "max_cine_s (1 s)" in row.error
+        healthy, checks = node.health()
+        assert not healthy
+        assert checks["overdue"] == ["worker-1"]
+        release.set()  # the worker comes back: what it made is not kept
+        assert _wait(lambda: node.health()[0], 60), node.health()[1]
+        (row,) = node.store.jobs.rows()
+        assert row.state is JobState.FAILED
+        assert row.deliveries == ()
+        assert not list(settings.results_dir.rglob("*.dcm"))
+    finally:
+        release.set()
+        node.stop()
+    node = Node(settings, models)
+    node.store.jobs.recover()  # what a start does first: not queued to hang again
+    (row,) = node.store.jobs.rows()
+    node.stop()
+    assert row.state is JobState.FAILED
+
+
+def _wait(predicate: Callable[[], object], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return bool(predicate())

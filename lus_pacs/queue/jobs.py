@@ -327,18 +327,22 @@ class Jobs:
 
     def finish(
         self, job_id: int, record: str, outputs: Sequence[Output], destinations: Sequence[str]
-    ) -> None:
-        """The job's result files are on disk: record them and queue one delivery each."""
+    ) -> bool:
+        """The job's result files are on disk: record them and queue one delivery each. False
+        when the job was given up while it ran (:meth:`give_up`): nothing is recorded, and the
+        files are the caller's to remove."""
         now = time.time()
         with self._db.transaction() as db:
+            (state,) = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if state == JobState.FAILED:
+                return False
             db.executemany(
                 "INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?)",
                 [(job_id, o.kind, o.sop_instance_uid, str(o.path)) for o in outputs],
             )
-            (state,) = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if state == JobState.REPLACED:  # received again with other content meanwhile
                 db.execute("UPDATE jobs SET record = ? WHERE id = ?", (record, job_id))
-                return
+                return True
             # A job made again (its content received anew after other content, A, B, then A)
             # has new result objects: its earlier deliveries start over.
             db.executemany(
@@ -353,13 +357,28 @@ class Jobs:
                 "UPDATE jobs SET state = ?, record = ?, error = NULL, updated_at = ? WHERE id = ?",
                 (state, record, now, job_id),
             )
+        return True
 
     def fail(self, job_id: int, reason: str) -> None:
+        """The job failed (a reason the record keeps); a job given up while it ran keeps the
+        reason it was given up for."""
         with self._db.transaction() as db:
             db.execute(
-                "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ? AND state != ?",
-                (JobState.FAILED, reason, time.time(), job_id, JobState.REPLACED),
+                "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ? "
+                "AND state NOT IN (?, ?)",
+                (JobState.FAILED, reason, time.time(), job_id, JobState.REPLACED, JobState.FAILED),
             )
+
+    def give_up(self, job_id: int, reason: str) -> bool:
+        """A job in progress fails now, while its worker still runs it (a cine that hangs
+        its worker): whatever that worker makes of it later is not recorded (:meth:`finish`),
+        and no restart queues it again. False when the job was no longer in progress."""
+        with self._db.transaction() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ? AND state = ?",
+                (JobState.FAILED, reason, time.time(), job_id, JobState.PROCESSING),
+            )
+            return cursor.rowcount == 1
 
     def oldest_queued_s(self, now: float | None = None) -> float:
         """Seconds the oldest queued job has waited (0 when none): a queue that grows old
