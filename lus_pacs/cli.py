@@ -4,6 +4,7 @@ so ``lus-pacs --help`` answers at once."""
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Mapping
 from enum import StrEnum
 from inspect import getdoc
@@ -610,10 +611,36 @@ def status(config: ConfigOption = None) -> None:
         typer.echo(f"job {job.id} {job.state.value} {job.sop_instance_uid}")
         if job.error:
             typer.echo(f"    error: {job.error}")
+        for note in record_notes(job.record):
+            typer.echo(f"    {note}")
         _echo_deliveries(job.deliveries)
     for summary in store.studies.summaries():
         typer.echo(f"study summary {summary.id} of {summary.study_instance_uid}")
         _echo_deliveries(summary.deliveries)
+
+
+def record_notes(record: str | None) -> list[str]:
+    """What a processed cine's record says beside its findings that its operator should see:
+    kept from the lung models (not assessable, and why), frames left out as damaged, result
+    objects not made."""
+    if not record:
+        return []
+    try:
+        data = json.loads(record)
+    except ValueError:
+        return ["record unreadable"]
+    notes = []
+    assessment = data.get("assessment") or {}
+    if assessment.get("assessable") is False:
+        reasons = ", ".join(assessment.get("reasons") or ()) or "no reason recorded"
+        notes.append(f"not assessable for lung findings: {reasons}")
+    damaged = (data.get("source") or {}).get("frames_damaged") or ()
+    if damaged:
+        frames = ", ".join(str(d.get("frame")) for d in damaged)
+        notes.append(f"{len(damaged)} damaged frame(s) left out: {frames}")
+    for failed in data.get("outputs_failed") or ():
+        notes.append(f"{failed.get('kind')} not made: {failed.get('reason')}")
+    return notes
 
 
 def _node_store(config: Path | None) -> JobStore:

@@ -17,6 +17,7 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import generate_uid
 
+from lus_pacs.cli import record_notes
 from lus_pacs.encode import codes
 from lus_pacs.encode.readback import read_cine_sr
 from tests.encode import tree
@@ -97,6 +98,9 @@ def test_damaged_frames_are_named_and_never_chosen(cine: Path, tmp_path: Path) -
     assert set(named) == chosen
     assert all("JPEG" in reason for reason in named.values())
     assert record["assessment"]["assessable"]
+    listed = ", ".join(map(str, sorted(chosen)))  # what lus-pacs status says of it
+    expected = f"{len(chosen)} damaged frame(s) left out: {listed}"
+    assert record_notes(json.dumps(record)) == [expected]
     again = chosen_frames(record)
     assert again
     assert not again & chosen, (again, chosen)

@@ -75,6 +75,20 @@ def test_every_lung_cine_gets_the_whole_object_set(processed: Processed) -> None
     assert len(list(processed.out.glob("study-sr-*.dcm"))) == 2
 
 
+def test_lus_pacs_status_says_why_a_cine_got_no_lung_finding(processed: Processed) -> None:
+    """``lus-pacs status`` listed a cine kept from the lung models as sent, like any other: the
+    operator saw no finding and no reason."""
+    from lus_pacs.cli import record_notes
+
+    notes = {
+        r["source"]["sop_instance_uid"]: record_notes(json.dumps(r)) for r in processed.records
+    }
+    lung = {r["source"]["sop_instance_uid"] for r in _lung(processed)}
+    assert all(notes[uid] == [] for uid in lung)
+    (vendor,) = set(notes) - lung
+    assert notes[vendor] == ["not assessable for lung findings: not_lung"]
+
+
 def test_every_object_passes_lus_pacs_validate(processed: Processed) -> None:
     result = lus_pacs("validate", *map(str, processed.sources), str(processed.out))
     assert result.returncode == 0, result.stdout + result.stderr

@@ -42,6 +42,8 @@ class JobRow:
     state: JobState
     error: str | None
     deliveries: tuple[DeliveryRow, ...]
+    record: str | None = None
+    """The cine's record (JSON) once processed."""
 
 
 def _legacy(known: str, received: str) -> bool:
@@ -397,7 +399,7 @@ class Jobs:
     def rows(self, state: JobState | None = None) -> list[JobRow]:
         """Every job (or those in ``state``) with its deliveries, in the order received."""
         db = self._db.connection()
-        sql = "SELECT id, sop_instance_uid, state, error FROM jobs"
+        sql = "SELECT id, sop_instance_uid, state, error, record FROM jobs"
         args: tuple[str, ...] = ()
         if state is not None:
             sql += " WHERE state = ?"
@@ -406,7 +408,14 @@ class Jobs:
         for r in db.execute(sql + " ORDER BY id", args).fetchall():
             deliveries = delivery_rows(db, r["id"], summary=False)
             out.append(
-                JobRow(r["id"], r["sop_instance_uid"], JobState(r["state"]), r["error"], deliveries)
+                JobRow(
+                    r["id"],
+                    r["sop_instance_uid"],
+                    JobState(r["state"]),
+                    r["error"],
+                    deliveries,
+                    r["record"],
+                )
             )
         return out
 
