@@ -6,6 +6,7 @@ them to another server."""
 from __future__ import annotations
 
 import base64
+import codecs
 import os
 import urllib.request
 from http.client import HTTPMessage
@@ -31,6 +32,9 @@ def authorisation(server: WebDestination) -> dict[str, str]:
         return {"Authorization": f"Basic {pair}"}
     if server.token_file or server.token_env:
         token = _secret(server, server.token_file, server.token_env)
+        if not token.isascii():  # http.client's refusal would quote the header
+            where = server.token_file or f"the environment variable {server.token_env}"
+            raise ConfigError(f"{server.name}: the token in {where} is not ASCII")
         return {"Authorization": f"Bearer {token}"}
     return {}
 
@@ -48,19 +52,36 @@ def _secret(server: WebDestination, file: Path | None, variable: str | None) -> 
     """
     if file is not None:
         try:
-            lines = file.read_text().splitlines()
+            lines = _text(file.read_bytes()).splitlines()
         except OSError as exc:
             raise ConfigError(f"{server.name}: cannot read the credential {file}: {exc}") from exc
+        except UnicodeError:  # its message would quote the bytes
+            raise ConfigError(
+                f"{server.name}: the credential {file} is not UTF-8 (or UTF-16 with a byte "
+                "order mark) text"
+            ) from None
         value, where = (lines[0] if lines else ""), str(file)
     else:
         found = os.environ.get(variable or "")
         if found is None:
             raise ConfigError(f"{server.name}: the environment variable {variable} is not set")
         value, where = found, f"the environment variable {variable}"
+        try:
+            value.encode()  # bytes that are not UTF-8 come as lone surrogates
+        except UnicodeError:
+            raise ConfigError(f"{server.name}: {where} is not UTF-8 text") from None
     value = value.strip()
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ConfigError(f"{server.name}: the credential in {where} holds a control character")
     return value
+
+
+def _text(data: bytes) -> str:
+    """A credential file's text: UTF-8 (a byte order mark dropped), or UTF-16 with its byte
+    order mark (what Windows' PowerShell writes by default)."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16")
+    return data.decode("utf-8-sig")
 
 
 class SameOriginRedirects(urllib.request.HTTPRedirectHandler):

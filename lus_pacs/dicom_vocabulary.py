@@ -36,6 +36,8 @@ STOW-RS Failure Reason) when results are sent again, after a restart or over one
 association after a partial failure. Result UIDs derive from the source's content, the model
 versions and the kind, so it holds this very object: the delivery is made."""
 OUT_OF_RESOURCES = 0xA700
+MISMATCHED_CLASS = 0xA900
+"""Error: data set does not match SOP Class (its SOP Class UID is not the request's)."""
 CANNOT_UNDERSTAND = 0xC000
 CHANGED_INSTANCE = 0xC111
 """Error (cannot understand, in the range C-STORE allows): the instance's UID was received

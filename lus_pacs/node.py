@@ -104,6 +104,9 @@ class Node:
         self._running: dict[str, tuple[Job, float]] = {}
         """Per worker: the job it is processing and since when (monotonic seconds)."""
         self._overdue: set[str] = set()
+        self._summary_failed_at: dict[str, float] = {}
+        """Per study: when its summary last failed (monotonic seconds); tried again after
+        ``_RESUME_S``, the other studies meanwhile."""
         """Workers still on a cine given up for running past ``max_cine_s``."""
 
     @property
@@ -444,7 +447,9 @@ class Node:
                 reason = str(exc)
             else:  # a fault of the exporter or its libraries, not of the destination
                 log.exception("Delivery of %s %d: unexpected error", what, delivery.job_id)
-                reason = f"unexpected error: {exc!r}"
+                # Its type and message, not its repr: a codec error's repr quotes the whole
+                # text it failed on, which may be a credential.
+                reason = f"unexpected error: {type(exc).__name__}: {exc}"
             retry_at = self._retry_at(delivery.attempts)
             self.store.deliveries.failed(
                 delivery.job_id, delivery.destination, reason, retry_at, summary=delivery.summary
@@ -504,19 +509,33 @@ class Node:
         """Summarise every study done and not summarised yet; one with cines made by other
         model versions (before an upgrade or a site's calibration) has them made again first,
         then is summarised whole."""
+        now = time.monotonic()
         for study, received_at in self.store.studies.awaiting_summary():
-            if queued := self.store.jobs.queue_missing(study, self.models.key):
-                log.info(
-                    "Study %s: %d cine(s) made by other model versions queued for %s",
-                    study,
-                    queued,
-                    self.models.key,
-                )
-                self._wake.set()
+            if now - self._summary_failed_at.get(study, float("-inf")) < _RESUME_S:
                 continue
-            self._summarise(study)
-            if not self.store.studies.summarised(study, received_at):
-                log.info("Study %s received more while it was summarised; again", study)
+            try:
+                self._summarise_one(study, received_at)
+            except Exception:  # the disk, the store, or this study alone: the others go on
+                self._summary_failed_at[study] = self._failed_at["studies"] = time.monotonic()
+                log.exception(
+                    "Study %s could not be summarised; tried again in %.0f s", study, _RESUME_S
+                )
+            else:
+                self._summary_failed_at.pop(study, None)
+
+    def _summarise_one(self, study: str, received_at: float) -> None:
+        if queued := self.store.jobs.queue_missing(study, self.models.key):
+            log.info(
+                "Study %s: %d cine(s) made by other model versions queued for %s",
+                study,
+                queued,
+                self.models.key,
+            )
+            self._wake.set()
+            return
+        self._summarise(study)
+        if not self.store.studies.summarised(study, received_at):
+            log.info("Study %s received more while it was summarised; again", study)
 
     def _prune(self, days: float) -> None:
         done = prune(self.store, days * DAY_S)
@@ -557,11 +576,20 @@ class Node:
         log.info("Study %s complete: %s", study, summary.dumps())
 
     def _send_summary(self, study: str, summary: StudySummary, folder: Path) -> None:
+        paths = self.store.studies.processed_paths(study, self.models.key)
+        if removed := [p for p in paths if not p.exists()]:
+            # A late cine of a study retention pruned: the SR would need the earlier cines'
+            # headers. Raising would hold the study loop on this study for good.
+            log.error(
+                "Study %s: the summary SR cannot be made: the files of %d of its %d cine(s) "
+                "were removed (retention); its summary is written without it",
+                study,
+                len(removed),
+                len(paths),
+            )
+            return
         try:
-            sources = [
-                pydicom.dcmread(p, stop_before_pixels=True)
-                for p in self.store.studies.processed_paths(study, self.models.key)
-            ]
+            sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
             summary_sr = encode_summary(summary, sources, self.models.key)
         except (OSError, sqlite3.Error):
             raise  # the disk or the store, for now: the study stays awaiting its summary

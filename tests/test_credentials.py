@@ -83,3 +83,35 @@ def test_a_secret_never_reaches_a_message(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(ConfigError, match="credentials in the URL") as caught:
         load_settings(config)
     assert "S3cretPassw0rd" not in str(caught.value)
+
+
+def test_a_credential_in_another_encoding_is_read_or_refused_never_quoted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token file written by PowerShell (UTF-16), a Latin-1 password file, a variable of
+    bytes that are not UTF-8: each raised a codec error whose repr, the text it failed on,
+    went into the delivery's log line, status row and audit record."""
+    token = tmp_path / "token"
+    token.write_bytes("eyJ-s3cret\r\n".encode("utf-16"))  # with its byte order mark
+    server = WebDestination(name="pacs", url="http://pacs/dicom-web", token_file=token)
+    assert authorisation(server) == {"Authorization": "Bearer eyJ-s3cret"}
+    password = tmp_path / "password"
+    password.write_bytes("P\xe4ss-s3cret\n".encode("latin-1"))
+    server = WebDestination(
+        name="pacs", url="http://pacs/dicom-web", username="lus", password_file=password
+    )
+    with pytest.raises(ConfigError, match="is not UTF-8") as caught:
+        authorisation(server)
+    assert "s3cret" not in str(caught.value)
+    monkeypatch.setenv("PACS_PASSWORD", "P\udce4ss-s3cret")  # how os.environ gives such bytes
+    server = WebDestination(
+        name="pacs", url="http://pacs/dicom-web", username="lus", password_env="PACS_PASSWORD"
+    )
+    with pytest.raises(ConfigError, match="PACS_PASSWORD is not UTF-8") as caught:
+        authorisation(server)
+    assert "s3cret" not in str(caught.value)
+    monkeypatch.setenv("PACS_TOKEN", "eyJ\u20ac-s3cret")  # http.client sends headers as Latin-1
+    server = WebDestination(name="pacs", url="http://pacs/dicom-web", token_env="PACS_TOKEN")
+    with pytest.raises(ConfigError, match="PACS_TOKEN is not ASCII") as caught:
+        authorisation(server)
+    assert "s3cret" not in str(caught.value)

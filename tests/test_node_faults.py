@@ -293,3 +293,43 @@ def test_a_stop_while_the_models_load_ends_the_node_at_once(tmp_path: Path) -> N
         if node.poll() is None:
             node.kill()
     assert "Traceback" not in log.read_text()
+
+
+def test_a_late_cine_of_a_pruned_study_holds_up_no_other_studys_summary(
+    tmp_path: Path, synth_exams: Path
+) -> None:
+    """Retention removed an exam's files; a late cine of it reopened the study, whose summary
+    SR read the removed files: the study loop failed on that study every ten seconds, and no
+    study received after it was summarised (nor ever pruned)."""
+    first, second = sorted(p for p in synth_exams.iterdir() if p.is_dir())[:2]
+    early, late = sorted(first.glob("*.dcm"))[:2], sorted(first.glob("*.dcm"))[2]
+    other = sorted(second.glob("*.dcm"))[:2]
+    config = write_config(
+        tmp_path, None, models=["b_lines"], output_kinds=["sr", "study-sr"], workers=1
+    )
+    node = NodeProcess(config)
+    results = tmp_path / "node" / "results"
+
+    def summarised(cine: Path) -> Path:
+        study = pydicom.dcmread(cine, stop_before_pixels=True).StudyInstanceUID
+        return results / study / "study-summary.json"
+
+    node.start()
+    try:
+        assert storescu(node.port, early).returncode == 0
+        wait_for(summarised(late).is_file, 240, "the first study's summary")
+        pruned = lus_pacs("prune", "--older-than", "0", "--config", str(config))
+        assert "1 studies pruned" in pruned.stdout, pruned.stdout + pruned.stderr
+        assert storescu(node.port, [late]).returncode == 0
+        assert storescu(node.port, other).returncode == 0
+        wait_for(summarised(other[0]).is_file, 240, "the second study's summary")
+        wait_for(
+            lambda: json.loads(summarised(late).read_text())["cines"] == 3,
+            60,
+            "the first study summarised again with its late cine",
+        )
+    finally:
+        node.stop()
+    log = node.log_text()
+    assert "the summary SR cannot be made: the files of 2 of its 3 cine(s) were removed" in log
+    assert "studies failed" not in log

@@ -61,10 +61,11 @@ def _fps_from_times(ds: Dataset, tag: Any) -> float | None:
     if tag == _FRAME_TIME_VECTOR:
         every = [_positive(v) or 0.0 for v in values]
         rising = all(b > a for a, b in itertools.pairwise(every[1:]))
-        if len(every) >= 4 and rising and every[-1] >= 2 * every[1]:
+        span = every[-1] - every[0]
+        if len(every) >= 4 and rising and every[-1] >= 2 * every[1] and span > 0:
             # Times that grow with the frame: each frame's time since the first (PS3.3 says
             # since the frame before), as some scanners write them.
-            return 1000.0 * (len(every) - 1) / (every[-1] - every[0])
+            return 1000.0 * (len(every) - 1) / span
         # The first entry is the time of the first frame since itself: zero.
         values = values[1:]
     times = [t for t in (_positive(v) for v in values) if t is not None]

@@ -19,6 +19,7 @@ import shutil
 import socket
 import ssl
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
@@ -38,6 +39,7 @@ from lus_pacs.dicom_vocabulary import (
     CANNOT_UNDERSTAND,
     CHANGED_INSTANCE,
     IMAGE_SOP_CLASSES,
+    MISMATCHED_CLASS,
     OUT_OF_RESOURCES,
     REFUSED_SOP_CLASS,
     SUCCESS,
@@ -223,15 +225,18 @@ class Receiver:
             log.warning("Refused %s from %s: unreadable dataset (%s)", sop_instance, calling, exc)
             facts["reason"] = f"unreadable dataset ({exc})"
             return CANNOT_UNDERSTAND
-        wrong = _identity_problem(sop_instance, named, study, series)
-        if wrong is not None:
-            reason, comment = wrong
-            log.warning("Refused %s from %s: %s", sop_instance, calling, reason)
-            facts["reason"] = reason
-            refused = Dataset()
-            refused.Status = CANNOT_UNDERSTAND
-            refused.ErrorComment = comment
-            return refused
+        for refusal, wrong in (
+            (CANNOT_UNDERSTAND, _identity_problem(sop_instance, named, study, series)),
+            (MISMATCHED_CLASS, _class_problem(sop_class, str(ds.get("SOPClassUID", "")))),
+        ):
+            if wrong is not None:
+                reason, comment = wrong
+                log.warning("Refused %s from %s: %s", sop_instance, calling, reason)
+                facts["reason"] = reason
+                refused = Dataset()
+                refused.Status = refusal
+                refused.ErrorComment = comment
+                return refused
         # Named by its content too: other content under a known UID never overwrites the copy
         # its results were made from.
         name = f"{_safe(sop_instance)}-{content[:16]}.dcm"
@@ -693,6 +698,8 @@ def _inflates_past(raw: BinaryIO | None, limit: int) -> bool:
     raw.seek(0)
     try:
         return inflates_past(raw, limit)
+    except zlib.error:  # not a deflate stream: refused as unreadable when it is read
+        return False
     finally:
         raw.seek(0)
 
@@ -719,6 +726,19 @@ def _identity_problem(
             "SOP Instance UID differs from the request's",
         )
     return None
+
+
+def _class_problem(requested: str, named: str) -> tuple[str, str] | None:
+    """Why a data set of another SOP class than the request announced is refused (the reason,
+    and the comment for the sender), or None. One without a SOP Class UID is taken as the
+    request's class."""
+    if not named or named == requested:
+        return None
+    return (
+        f"its data set's SOP Class UID {named[:80]} is not the request's Affected SOP Class "
+        f"UID {requested}",
+        "SOP Class UID differs from the request's",
+    )
 
 
 def _safe(uid: str) -> str:

@@ -37,6 +37,9 @@ def _ds(**attributes: object) -> Dataset:
         # Times since the first frame (some scanners), not since the frame before.
         ({"FrameTimeVector": [0, 33.3, 66.7, 100, 133.3]}, 4000 / 133.3, "FrameTimeVector"),
         ({"FrameTimeVector": [0, 33, 34, 35]}, 1000 / 34, "FrameTimeVector"),  # jitter
+        # Rising after a first entry as large as the last: no span to divide by (it raised
+        # ZeroDivisionError and failed the cine); read as times since the frame before.
+        ({"FrameTimeVector": [40, 0, 20, 40], "CineRate": 25}, 1000 / 30, "FrameTimeVector"),
         # Rates no scanner records: the next attribute, or none.
         ({"FrameTime": "0.0333", "CineRate": 30}, 30.0, "CineRate"),  # seconds, not ms
         ({"FrameTime": "0.001"}, None, "none"),  # a million frames a second

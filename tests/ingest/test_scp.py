@@ -4,6 +4,7 @@ stop."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import socket
@@ -18,7 +19,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom import Dataset
 from pydicom.data import get_testdata_file
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomFileLike
+from pydicom.filereader import read_file_meta_info
+from pydicom.filewriter import write_file_meta_info
 from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     LabelMapSegmentationStorage,
@@ -27,11 +33,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from lus_pacs.dicom_vocabulary import (
     CANNOT_UNDERSTAND,
+    MISMATCHED_CLASS,
     OUT_OF_RESOURCES,
     REFUSED_SOP_CLASS,
     SUCCESS,
 )
 from lus_pacs.domain import Instance, JobState, Received
+from lus_pacs.ingest.audit import AuditLog
 from lus_pacs.ingest.scp import _identity_problem, start_listener
 from lus_pacs.queue.store import JobStore
 from lus_pacs.settings import Settings
@@ -238,6 +246,73 @@ def test_a_deflated_instance_that_inflates_past_the_byte_limit_is_refused_unread
     assert [r.sop_instance_uid for r in node.store.jobs.rows()] == [
         pydicom.dcmread(US_IMAGE).SOPInstanceUID
     ]
+
+
+def _send_as_written(port: int, path: Path, monkeypatch: pytest.MonkeyPatch) -> Dataset:
+    """The C-STORE response of sending ``path``'s bytes as they are, its request's class and
+    syntax from its file meta (how a streaming sender works: pynetdicom's chunked mode)."""
+    from pynetdicom import _config
+
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    meta = read_file_meta_info(path)
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="LUSPACS")
+    assert assoc.is_established
+    try:
+        return assoc.send_c_store(path)
+    finally:
+        assoc.release()
+
+
+def _raw_file(path: Path, meta: FileMetaDataset, body: bytes) -> Path:
+    with path.open("wb") as f:
+        f.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(DicomFileLike(f), meta, enforce_standard=True)
+        f.write(body)
+    return path
+
+
+def test_a_data_set_of_another_class_than_announced_or_not_deflated_is_refused_and_audited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request announcing US Multi-frame whose data set is a Comprehensive SR was
+    acknowledged (only the worker found it foreign: the sender never knew); a request in
+    Deflated Explicit VR whose bytes are no deflate stream raised out of the handler
+    (pynetdicom answered 0xC211 itself, with a traceback, and no audit line)."""
+    ds = pydicom.dcmread(US_IMAGE)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"  # its meta still says ultrasound
+    ds.save_as(tmp_path / "sr.dcm")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    _raw_file(tmp_path / "deflated.dcm", meta, b"\xff" * 64)
+    settings = Settings(data_dir=tmp_path / "node", port=0)
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    store = JobStore(settings.store_path)
+    listener = start_listener(
+        settings,
+        record=partial(store.jobs.record_instance, models="m@1"),
+        on_stored=lambda: None,
+        on_study_complete=lambda studies: None,
+        audit=audit,
+    )
+    try:
+        foreign = _send_as_written(listener.port, tmp_path / "sr.dcm", monkeypatch)
+        broken = _send_as_written(listener.port, tmp_path / "deflated.dcm", monkeypatch)
+        assert int(foreign.Status) == MISMATCHED_CLASS
+        assert foreign.ErrorComment == "SOP Class UID differs from the request's"
+        assert int(broken.Status) == CANNOT_UNDERSTAND
+    finally:
+        listener.stop()
+        audit.close()
+    assert store.jobs.counts() == {}
+    lines = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    refused = [x for x in lines if x["event"] == "instance" and x["outcome"] == "refused"]
+    assert len(refused) == 2
+    assert "1.2.840.10008.5.1.4.1.1.88.33" in refused[0]["reason"]
+    assert "unreadable" in refused[1]["reason"]
 
 
 @pytest.mark.parametrize(
