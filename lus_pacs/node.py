@@ -139,6 +139,19 @@ class Node:
                 uid,
                 MAX_INTERRUPTIONS,
             )
+        unknown = self.store.deliveries.fail_unknown(
+            self.settings.destination_names,
+            "destination {destination!r} is not in the settings (renamed or removed): give it "
+            "back that name, then lus-pacs retry sends its results",
+        )
+        for destination, count in unknown.items():
+            log.error(
+                "%d result set(s) waiting for destination %r, which is not in the settings "
+                "(renamed or removed): failed (lus-pacs status lists them; give the destination "
+                "that name again, then lus-pacs retry)",
+                count,
+                destination,
+            )
         adopted = self.store.jobs.adopt(self.models.key)
         if adopted:
             log.info(

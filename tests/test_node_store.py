@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -230,3 +231,37 @@ def _wait(predicate: Callable[[], object], timeout: float) -> bool:
             return True
         time.sleep(0.1)
     return bool(predicate())
+
+
+def test_results_waiting_for_a_destination_no_longer_configured_fail_visibly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A destination renamed in the settings ("pacs" to "pacs-main"): the results queued for
+    the old name had no exporter, stayed pending for good, their jobs neither sent nor failed
+    (lus-pacs retry skipped them), their studies never pruned, and nothing said so."""
+    settings = Settings(data_dir=tmp_path, port=0, metrics_port=None, models=("b_lines",))
+    models = Models.load(settings)
+    node = Node(settings, models)
+    try:
+        cine = Instance("1.2.3.1", US_MULTIFRAME, "1.2.3", "1.2.3.9", "SCU", tmp_path)
+        node.store.jobs.record_instance(cine, models.key)
+        job = node.store.jobs.claim(models.key)
+        assert job is not None
+        node.store.jobs.finish(job.id, "{}", [], ["pacs"])
+    finally:
+        node.stop()
+    renamed = DicomDestination(name="pacs-main", ae_title="PACS", host="127.0.0.1", port=1)
+    node = Node(settings.model_copy(update={"destinations": (renamed,)}), models)
+    with caplog.at_level(logging.ERROR, logger="lus_pacs.node"):
+        node.start()
+    try:
+        (row,) = node.store.jobs.rows()
+        assert row.state is JobState.FAILED
+        ((destination, state, _, error),) = row.deliveries
+        assert (destination, state.value) == ("pacs", "failed")
+        assert error is not None
+        assert "'pacs' is not in the settings" in error
+        assert "1 result set(s) waiting for destination 'pacs'" in caplog.text
+        assert node.store.deliveries.retry_failed() == 1  # once its name is back
+    finally:
+        node.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -146,6 +147,38 @@ class Deliveries:
                 )
             if not summary:
                 _settle(db, job_id)
+
+    def fail_unknown(self, destinations: Sequence[str], reason: str) -> dict[str, int]:
+        """Fail every pending delivery to a destination not in ``destinations`` (renamed or
+        removed from the settings: no exporter would ever send it, and its job would stay
+        undelivered, unnoticed, for good), with ``reason`` naming the destination
+        (``{destination}`` in it). Returns how many per destination."""
+        known = list(destinations)
+        marks = ", ".join("?" * len(known))
+        failed: dict[str, int] = {}
+        with self._db.transaction() as db:
+            for summary in (False, True):
+                table, owner = _tables(summary)
+                rows = db.execute(
+                    f"SELECT {owner}, destination FROM {table} WHERE state = ? "
+                    f"AND destination NOT IN ({marks})",
+                    (DeliveryState.PENDING, *known),
+                ).fetchall()
+                for owner_id, destination in rows:
+                    db.execute(
+                        f"UPDATE {table} SET state = ?, error = ? WHERE {owner} = ? "
+                        "AND destination = ?",
+                        (
+                            DeliveryState.FAILED,
+                            reason.format(destination=destination),
+                            owner_id,
+                            destination,
+                        ),
+                    )
+                    if not summary:
+                        _settle(db, owner_id)
+                    failed[destination] = failed.get(destination, 0) + 1
+        return failed
 
     def counts(self) -> dict[tuple[str, str], int]:
         """Deliveries (cines' results and study summaries together) by destination and state:
