@@ -392,6 +392,8 @@ def luminance(
         return _invert_if_monochrome1(grey, photometric), damaged
     if in_file is not None:
         in_file.load(ds, name)
+    if _native_ybr_422(ds, syntax, photometric) and cols % 2 == 0:
+        return _ybr_422_luminance(ds, name, n_frames, rows, cols), {}
     # Frame by frame into the cine's array: the decoded (maybe RGB) pixels of one frame at a
     # time, never of the whole cine. Encapsulated frames are streams of their own: one that
     # does not decode, or ends before its end marker, is a damaged frame, as for JPEG above.
@@ -655,6 +657,38 @@ def _count_frames(ds: Dataset, rows: int, cols: int) -> int:
         except Exception:  # the decode that follows names what is wrong
             return 1
     samples = int(ds.get("SamplesPerPixel") or 1)
+    if _native_ybr_422(ds, syntax, str(ds.get("PhotometricInterpretation", ""))):
+        samples = 2  # two luminance values and one pair of chrominance values per two pixels
     bits = int(ds.get("BitsAllocated") or 8)
     frame_bytes = rows * cols * samples * max(1, bits // 8)
     return max(1, len(ds.PixelData) // frame_bytes) if frame_bytes else 1
+
+
+def _native_ybr_422(ds: Dataset, syntax: UID | None, photometric: str) -> bool:
+    """Uncompressed 8-bit YBR_FULL_422: Y1 Y2 Cb Cr for every two pixels of a row, two bytes
+    a pixel. pydicom 3.0's frame reader takes it for three bytes a pixel and refuses every
+    multi-frame cine in it (its whole-array reader gets it right)."""
+    return (
+        photometric == "YBR_FULL_422"
+        and syntax is not None
+        and not syntax.is_compressed
+        and int(ds.get("BitsAllocated") or 0) == 8
+        and int(ds.get("SamplesPerPixel") or 0) == 3
+    )
+
+
+def _ybr_422_luminance(ds: Dataset, name: str, n_frames: int, rows: int, cols: int) -> GreyFrames:
+    """The luminance of native YBR_FULL_422 frames: their Y bytes as they are (Y is the
+    weighted sum of R, G and B that :func:`_rgb_to_grey` computes)."""
+    frame_bytes = rows * cols * 2
+    data = ds.PixelData
+    if len(data) < n_frames * frame_bytes:
+        raise UnreadableImageError(
+            name,
+            f"the Pixel Data holds {len(data)} bytes, under the {n_frames * frame_bytes} of "
+            f"{n_frames} frames of {rows} x {cols} pixels in YBR_FULL_422",
+        )
+    pairs = np.frombuffer(data, np.uint8, n_frames * frame_bytes).reshape(
+        n_frames, rows, cols // 2, 4
+    )
+    return np.ascontiguousarray(pairs[..., :2]).reshape(n_frames, rows, cols)

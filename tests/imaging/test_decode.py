@@ -12,7 +12,7 @@ import simplejpeg
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from lus_pacs.domain import RegionSource
 from lus_pacs.errors import UnreadableImageError
@@ -501,3 +501,33 @@ def test_a_frame_cut_short_in_pydicoms_decoders_is_named_damaged_and_the_rest_re
         decode_dataset(_with_frames(ds, encoded, n_frames=6), "over")
     with pytest.raises(UnreadableImageError, match=r"cannot decode the pixels \(.*\): \S"):
         decode_dataset(_with_frames(ds, [b"\x00\x01" * 8] * 4), "garbage")
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_an_uncompressed_ybr_full_422_cine_is_read_as_its_luminance(
+    tmp_path: Path, declared: bool
+) -> None:
+    """Uncompressed YBR_FULL_422 (two bytes a pixel) as some scanners write their cines:
+    pydicom's frame reader takes it for three bytes a pixel, and every multi-frame cine in it
+    was refused ("insufficient pixel data"), or counted as 6 frames of 10 without
+    NumberOfFrames."""
+    source = Path(str(get_testdata_file("SC_ybr_full_422_uncompressed.dcm")))
+    ds = pydicom.dcmread(source)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.3.1")
+    ds.FrameTime = 40
+    row = ds.Columns * 2
+    # Frames that differ (the rows turned down by 7 a frame): each must be read in its place.
+    frames = [ds.PixelData[7 * k * row :] + ds.PixelData[: 7 * k * row] for k in range(10)]
+    ds.PixelData = b"".join(frames)
+    ds.NumberOfFrames = 10
+    expected = pydicom.dcmread(source)
+    ds.save_as(tmp_path / "whole.dcm")
+    rgb = pydicom.dcmread(tmp_path / "whole.dcm").pixel_array  # pydicom's whole-array reader
+    if not declared:
+        del ds.NumberOfFrames
+    ds.save_as(tmp_path / "cine.dcm")
+    cine = read_cine(tmp_path / "cine.dcm")
+    assert cine.frames.shape == (10, expected.Rows, expected.Columns)
+    grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    assert np.abs(cine.frames.astype(np.float32) - grey).max() <= 2.0
+    assert not np.array_equal(cine.frames[0], cine.frames[1])
