@@ -27,7 +27,7 @@ from pydicom.uid import generate_uid
 from tqdm import tqdm
 
 from lus_pacs import __version__
-from lus_pacs.errors import UnreadableImageError
+from lus_pacs.errors import UnreadableImageError, describe
 from lus_pacs.imaging.writer import (
     CineInstance,
     CineSyntax,
@@ -317,6 +317,8 @@ def _import_one(path: Path, **options: Any) -> tuple[Path | None, str]:
         return import_video(path, **options), ""
     except UnreadableImageError as exc:
         return None, exc.reason
+    except Exception as exc:  # the encoders and the disk, for this file: the others go on
+        return None, f"could not be written as DICOM ({describe(exc)})"
 
 
 def _decode(

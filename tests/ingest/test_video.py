@@ -193,3 +193,19 @@ def test_import_videos_collects_refusals_and_goes_on(videos: dict, tmp_path: Pat
     assert all(i.output.is_file() for i in report.imported)
     assert [r.source for r in report.refused] == [bad]
     assert report.refused[0].reason
+
+
+def test_a_file_that_cannot_be_written_is_refused_and_the_batch_goes_on(tmp_path: Path) -> None:
+    """A 2-frame GIF 65535 pixels wide (1 kB) decodes, but JPEG stops at 65500: Pillow's
+    OSError ended the whole batch, the good file's report with it."""
+    from PIL import Image
+
+    wide, good = tmp_path / "wide.gif", tmp_path / "good.gif"
+    for path, shape in ((wide, (2, 65535)), (good, (64, 64))):
+        frames = [Image.fromarray(np.full(shape, v, np.uint8)) for v in (10, 200)]
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    report = import_videos([wide, good], tmp_path / "out", progress=False)
+    assert [i.source for i in report.imported] == [good]
+    (refused,) = report.refused
+    assert refused.source == wide
+    assert refused.reason.startswith("could not be written as DICOM")
