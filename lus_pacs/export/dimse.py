@@ -365,8 +365,13 @@ def _associate(ae: AE, destination: DicomDestination) -> Association:
             + "): is the destination running?"
         )
     elif assoc.rejected_contexts and not assoc.accepted_contexts:
+        # The destination does not take these classes (a PACS without SEG): no limit of
+        # associations, so not one more association for them, and no advice to set one.
         offered = sorted({UID(cx.abstract_syntax or "").name for cx in assoc.rejected_contexts})
-        reason = f"{where} accepted no presentation context (offered: {', '.join(offered)})"
+        raise ExportError(
+            destination.name,
+            f"{where} accepted no presentation context (offered: {', '.join(offered)})",
+        )
     else:
         reason = (
             f"association with {where} aborted during negotiation "

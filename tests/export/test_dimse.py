@@ -4,6 +4,7 @@ transfer syntax refusals Orthanc does not produce."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -250,6 +251,21 @@ def test_one_failing_association_fails_the_set_and_names_the_instance(mr_scp: Mr
         store(instances, parallel, calling_ae=CALLING_AE)
     # The other associations delivered theirs: the caller sends the whole set again.
     assert len(mr_scp.received) == 4
+
+
+def test_a_lane_of_a_class_the_destination_does_not_take_is_no_association_limit(
+    mr_scp: MrOnlyScp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A result set whose one lane carries only a class the PACS does not take (a SEG to a
+    PACS without SEG) was taken for a limit of associations: "set associations = 3" logged,
+    a fifth association opened for it, at every attempt."""
+    instances = [_renumbered(MR_RLE), dcmread(CT), _renumbered(MR_RLE), _renumbered(MR_RLE)]
+    parallel = mr_scp.destination.model_copy(update={"associations": 4})
+    caplog.set_level(logging.WARNING, logger="lus_pacs.export.dimse")
+    with pytest.raises(ExportError, match=r"accepted no presentation context .*CT Image Storage"):
+        store(instances, parallel, calling_ae=CALLING_AE)
+    assert "set associations" not in caplog.text
+    assert len(mr_scp.received) == 3
 
 
 @pytest.mark.parametrize("mr_scp", [1], indirect=True)
