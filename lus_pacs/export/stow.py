@@ -21,6 +21,7 @@ from http import HTTPStatus
 from io import BytesIO
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 from pydicom import dcmread
 
@@ -103,8 +104,9 @@ def _post(request: urllib.request.Request, destination: WebDestination) -> dict[
     except urllib.error.HTTPError as exc:
         text = exc.read()
         if exc.code == HTTPStatus.CONFLICT:  # none stored: its Failed SOP Sequence says why
-            with contextlib.suppress(ValueError):
-                doc = json.loads(text)
+            with contextlib.suppress(ValueError, ExportError):
+                xml = text.lstrip().startswith(b"<")
+                doc = _native_model(text, destination) if xml else json.loads(text)
                 if isinstance(doc, dict) and _items(doc, _FAILED):
                     return doc
         detail = text[:300].decode(errors="replace")
@@ -116,6 +118,8 @@ def _post(request: urllib.request.Request, destination: WebDestination) -> dict[
         ) from exc
     except (OSError, ValueError, http.client.HTTPException) as exc:  # a cut answer is no OSError
         raise ExportError(destination.name, f"cannot reach {destination.url}: {exc}") from exc
+    if text.lstrip().startswith(b"<"):  # a server that answers XML whatever was asked
+        return _native_model(text, destination)
     try:
         doc = json.loads(text) if text.strip() else {}
     except ValueError as exc:
@@ -124,6 +128,29 @@ def _post(request: urllib.request.Request, destination: WebDestination) -> dict[
         doc = doc[0] if doc else {}
     if not isinstance(doc, dict):
         raise ExportError(destination.name, f"{destination.url}: not a DICOM JSON data set")
+    return doc
+
+
+def _native_model(text: bytes, destination: WebDestination) -> dict[str, Any]:
+    """A STOW-RS answer in XML (PS3.19's Native DICOM Model, ``application/dicom+xml``) in
+    the shape of its DICOM JSON: attributes by tag, each with its ``Value`` list, a sequence's
+    values its items. A server may answer so although JSON was asked for."""
+    try:
+        root = ElementTree.fromstring(text)
+    except ElementTree.ParseError as exc:
+        raise ExportError(destination.name, f"{destination.url}: not an XML answer") from exc
+    return _native_items(root)
+
+
+def _native_items(parent: ElementTree.Element) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    for attribute in parent.findall("DicomAttribute"):
+        tag = (attribute.get("tag") or "").upper()
+        if attribute.get("vr") == "SQ":
+            values: list[Any] = [_native_items(item) for item in attribute.findall("Item")]
+        else:
+            values = [(v.text or "").strip() for v in attribute.findall("Value")]
+        doc[tag] = {"vr": attribute.get("vr"), "Value": values}
     return doc
 
 

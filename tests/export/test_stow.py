@@ -192,3 +192,45 @@ def test_an_instance_the_server_holds_already_is_delivered_and_other_failures_ar
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _xml(stored: str, failed: tuple[str, int] | None = None) -> bytes:
+    """A STOW-RS answer as PS3.19's Native DICOM Model."""
+    referenced = (
+        '<DicomAttribute tag="00081199" vr="SQ" keyword="ReferencedSOPSequence"><Item number="1">'
+        f'<DicomAttribute tag="00081155" vr="UI"><Value number="1">{stored}</Value>'
+        "</DicomAttribute></Item></DicomAttribute>"
+    )
+    refused = ""
+    if failed is not None:
+        refused = (
+            '<DicomAttribute tag="00081198" vr="SQ"><Item number="1">'
+            f'<DicomAttribute tag="00081155" vr="UI"><Value number="1">{failed[0]}</Value>'
+            '</DicomAttribute><DicomAttribute tag="00081197" vr="US">'
+            f'<Value number="1">{failed[1]}</Value></DicomAttribute></Item></DicomAttribute>'
+        )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<NativeDicomModel xml:space="preserve">'
+        f"{referenced if stored else ''}{refused}</NativeDicomModel>"
+    ).encode()
+
+
+def test_an_answer_in_xml_is_read_as_the_json_one() -> None:
+    """A server that answers application/dicom+xml whatever was asked: every delivery failed
+    ("not a JSON answer") and was given up after a day, although the server stored it all."""
+    us = str(dcmread(US_IMAGE, stop_before_pixels=True).SOPInstanceUID)
+    ct = str(dcmread(CT_IMAGE, stop_before_pixels=True).SOPInstanceUID)
+    _Misbehaving.answers["/xml-stored"] = (_xml(us), 0, 200)
+    _Misbehaving.answers["/xml-partial"] = (_xml(us, (ct, 0xC000)), 0, 202)
+    _Misbehaving.answers["/xml-held"] = (_xml("", (us, 0x0111)), 0, 409)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Misbehaving)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert stow([US_IMAGE], WebDestination(name="web", url=f"{url}/xml-stored")) == [us]
+        with pytest.raises(ExportError, match=rf"{ct} \(failure reason 49152\)"):
+            stow([US_IMAGE, CT_IMAGE], WebDestination(name="web", url=f"{url}/xml-partial"))
+        assert stow([US_IMAGE], WebDestination(name="web", url=f"{url}/xml-held")) == [us]
+    finally:
+        server.shutdown()
+        server.server_close()
