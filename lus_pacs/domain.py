@@ -523,6 +523,9 @@ class Job:
     revision: str = ""
     """Empty for the first content its instance was received with; the content's digest for
     a later one, so that its results get UIDs of their own."""
+    claim: int = 0
+    """Which taking of the job by a worker this is: the job store records the outcome of the
+    latest only (one given up, or received again, may be taken by another worker meanwhile)."""
 
 
 @dataclass(frozen=True)

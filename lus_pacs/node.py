@@ -90,7 +90,7 @@ class Node:
         self._stop = threading.Event()
         self._failed_at: dict[str, float] = {}
         """When each loop last raised (thread name -> monotonic seconds)."""
-        self._held: dict[str, set[int]] = {}
+        self._held: dict[str, dict[int, Job]] = {}
         """Per worker (thread name): the jobs it gave up and could not put back in the queue
         (yet). Its own: another worker putting one back could race a third that claimed it."""
         self._ready = {name: threading.Event() for name in settings.destination_names}
@@ -314,26 +314,26 @@ class Node:
             try:
                 self._process(job)
             except BaseException:  # the disk, not the cine: the job waits in the queue
-                if not self.store.jobs.requeue(job.id):
-                    self._held.setdefault(threading.current_thread().name, set()).add(job.id)
+                if not self.store.jobs.requeue(job):
+                    self._held.setdefault(threading.current_thread().name, {})[job.id] = job
                 raise
 
     def _put_back_held(self) -> None:
         """Jobs whose return to the queue failed (the store was locked or its disk full when
         their worker gave them up) go back now; until then no worker would take them again
         before a restart."""
-        held = self._held.get(threading.current_thread().name, set())
-        for job_id in list(held):
-            if self.store.jobs.requeue(job_id):
-                held.discard(job_id)
-                log.info("Job %d back in the queue", job_id)
+        held = self._held.get(threading.current_thread().name, {})
+        for job in list(held.values()):
+            if self.store.jobs.requeue(job):
+                del held[job.id]
+                log.info("Job %d back in the queue", job.id)
 
     def _process(self, job: Job) -> None:
         pixels = stored_pixels(job.instance.path)
         asked = time.monotonic()
         with self._budget.hold(pixels):
             if self._stop.is_set():  # waited for a long cine past the stop: next start
-                self.store.jobs.requeue(job.id)
+                self.store.jobs.requeue(job)
                 return
             waited = time.monotonic() - asked
             log.info(
@@ -377,13 +377,15 @@ class Node:
             self._fail(job, f"unexpected error: {exc!r}")
             return
         if not self.store.jobs.finish(
-            job.id, record.dumps(), outputs, list(self.settings.destination_names)
+            job.id, record.dumps(), outputs, list(self.settings.destination_names), job.claim
         ):
-            for output in outputs:  # recorded nowhere: nothing would send or prune them
-                output.path.unlink(missing_ok=True)
+            # Recorded nowhere, nothing would send or prune them; the same files of another
+            # worker's claim (the same UIDs, the same paths) are recorded, and kept.
+            for path in self.store.jobs.unrecorded([o.path for o in outputs]):
+                path.unlink(missing_ok=True)
             log.warning(
-                "%s finished after it was given up; its results are not kept (lus-pacs retry "
-                "makes them again)",
+                "%s finished after it was given up or taken by another worker; its results are "
+                "not kept",
                 uid,
             )
             return
@@ -406,7 +408,7 @@ class Node:
                 f"processing took longer than max_cine_s ({limit:g} s): given up; lus-pacs "
                 "retry tries it again"
             )
-            if self.store.jobs.give_up(job.id, reason):
+            if self.store.jobs.give_up(job, reason):
                 self.metrics.processed.labels("failed").inc()
                 log.error(
                     "%s: %s. %s stays busy with it until it returns or the node restarts",
@@ -416,7 +418,7 @@ class Node:
                 )
 
     def _fail(self, job: Job, reason: str) -> None:
-        self.store.jobs.fail(job.id, reason)
+        self.store.jobs.fail(job, reason)
         self.metrics.processed.labels("failed").inc()
 
     # Delivering

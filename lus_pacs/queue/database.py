@@ -24,11 +24,13 @@ _JOBS = """CREATE TABLE IF NOT EXISTS jobs (
     content TEXT NOT NULL DEFAULT '',
     revision TEXT NOT NULL DEFAULT '',
     interrupted INTEGER NOT NULL DEFAULT 0,
+    claims INTEGER NOT NULL DEFAULT 0,
     UNIQUE (sop_instance_uid, models, content)
 );"""
 """A job per instance content and model versions; ``revision`` is empty for the first content
 an instance was received with and the content's digest for a later one; ``interrupted``
-counts the node's stops (a crash, the out-of-memory killer) while a worker held it."""
+counts the node's stops (a crash, the out-of-memory killer) while a worker held it; ``claims``
+counts the times a worker took it (only the latest one's outcome is recorded)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -92,6 +94,7 @@ _ADDED_COLUMNS = (
     ("instances", "content", "TEXT NOT NULL DEFAULT ''"),
     ("studies", "pruned", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "interrupted", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "claims", "INTEGER NOT NULL DEFAULT 0"),
 )
 """Columns added since the first schema: a store made by an older node gets them on open."""
 

@@ -24,6 +24,10 @@ class DeliveryState(StrEnum):
     FAILED = "failed"
 
 
+CALLED_OFF = "not sent: "
+"""How the reason of a delivery called off begins (its results superseded): failed for good,
+never put back by :meth:`Deliveries.retry_failed`."""
+
 DeliveryRow = tuple[str, DeliveryState, int, str | None]
 """(destination, state, attempts, last error) of one delivery, for ``lus-pacs status``."""
 
@@ -212,16 +216,18 @@ class Deliveries:
                     (state, now, job_id),
                 )
                 if state == JobState.QUEUED:  # its study is summarised again once it is made
+                    # As if received again: a summary under way meanwhile does not mark the
+                    # study summarised without it (StudyStore.summarised compares this time).
                     db.execute(
-                        "UPDATE studies SET summarised = 0 WHERE study_instance_uid = "
-                        "(SELECT study_instance_uid FROM instances i JOIN jobs j "
-                        "USING (sop_instance_uid) WHERE j.id = ?)",
-                        (job_id,),
+                        "UPDATE studies SET summarised = 0, last_received_at = ? "
+                        "WHERE study_instance_uid = (SELECT study_instance_uid FROM instances i "
+                        "JOIN jobs j USING (sop_instance_uid) WHERE j.id = ?)",
+                        (now, job_id),
                     )
             summaries = db.execute(
                 "UPDATE summary_deliveries SET state = ?, attempts = 0, next_attempt_at = ? "
-                "WHERE state = ?",
-                (DeliveryState.PENDING, now, DeliveryState.FAILED),
+                "WHERE state = ? AND (error IS NULL OR substr(error, 1, ?) != ?)",
+                (DeliveryState.PENDING, now, DeliveryState.FAILED, len(CALLED_OFF), CALLED_OFF),
             ).rowcount
             return len(failed) + summaries
 
@@ -242,9 +248,12 @@ def delivery_rows(
 
 
 def _settle(db: sqlite3.Connection, job_id: int) -> None:
-    """The job's state once its deliveries have all ended: sent, or failed. A replaced job
-    stays replaced (a delivery may end after its instance came again with other content): its
-    record must not come back into its study's summary beside the new content's."""
+    """The job's state once its deliveries have all ended: sent, or failed. Only a job whose
+    results are on their way (encoded) moves: a replaced one stays replaced (a delivery may end
+    after its instance came again with other content: its record must not come back into its
+    study's summary beside the new content's), and one queued or in progress again (received
+    A, B, then A while A's first results were being sent) is made again, not failed by the
+    end of its earlier send."""
     states = {r[0] for r in db.execute("SELECT state FROM deliveries WHERE job_id = ?", (job_id,))}
     if states == {DeliveryState.SENT}:
         state, error = JobState.SENT, None
@@ -253,8 +262,8 @@ def _settle(db: sqlite3.Connection, job_id: int) -> None:
     else:
         return
     db.execute(
-        "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ? AND state != ?",
-        (state, error, time.time(), job_id, JobState.REPLACED),
+        "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ? AND state = ?",
+        (state, error, time.time(), job_id, JobState.ENCODED),
     )
 
 

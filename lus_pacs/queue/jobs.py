@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lus_pacs.domain import Instance, Job, JobState, Output, Received
 from lus_pacs.queue.database import Database
-from lus_pacs.queue.deliveries import DeliveryRow, DeliveryState, delivery_rows
+from lus_pacs.queue.deliveries import CALLED_OFF, DeliveryRow, DeliveryState, delivery_rows
 
 MAX_INTERRUPTIONS = 3
 """Stops of the node while a worker held a job, after which the job fails at the next start."""
@@ -136,10 +136,24 @@ class Jobs:
                     "(SELECT id FROM jobs WHERE sop_instance_uid = ? AND content != ?)",
                     (
                         DeliveryState.FAILED,
-                        "not sent: its instance was received again with other content",
+                        f"{CALLED_OFF}its instance was received again with other content",
                         DeliveryState.PENDING,
                         instance.sop_instance_uid,
                         instance.content,
+                    ),
+                )
+                # So are the summaries of its study (and of the study it left) not yet sent:
+                # they hold the earlier content's findings, maybe under another patient. The
+                # studies are summarised again.
+                db.execute(
+                    "UPDATE summary_deliveries SET state = ?, error = ? WHERE state = ? AND "
+                    "summary_id IN (SELECT id FROM summaries WHERE study_instance_uid IN (?, ?))",
+                    (
+                        DeliveryState.FAILED,
+                        f"{CALLED_OFF}a cine of its study was received again with other content",
+                        DeliveryState.PENDING,
+                        prior[1],
+                        instance.study_instance_uid,
                     ),
                 )
                 db.execute(
@@ -286,15 +300,17 @@ class Jobs:
             )
             return cursor.rowcount
 
-    def requeue(self, job_id: int) -> bool:
+    def requeue(self, job: Job) -> bool:
         """A job a worker could not finish for a cause outside the cine (a full disk) goes back
-        to the queue. False when the store could not be written (locked, its disk full): the
-        caller tries again later, and :meth:`recover` does it on the next start."""
+        to the queue, unless another claim has it since. False when the store could not be
+        written (locked, its disk full): the caller tries again later, and :meth:`recover` does
+        it on the next start."""
         try:
             with self._db.transaction() as db:
                 db.execute(
-                    "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ? AND state = ?",
-                    (JobState.QUEUED, time.time(), job_id, JobState.PROCESSING),
+                    "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ? AND state = ? "
+                    "AND claims = ?",
+                    (JobState.QUEUED, time.time(), job.id, JobState.PROCESSING, job.claim),
                 )
         except sqlite3.Error:
             return False
@@ -309,7 +325,8 @@ class Jobs:
         while True:
             with self._db.transaction() as db:
                 row = db.execute(
-                    "SELECT j.id, j.models, j.state, j.error, j.revision, i.* FROM jobs j "
+                    "SELECT j.id, j.models, j.state, j.error, j.revision, j.claims, i.* "
+                    "FROM jobs j "
                     "JOIN instances i USING (sop_instance_uid) WHERE j.state = ? "
                     "ORDER BY j.id LIMIT 1",
                     (JobState.QUEUED,),
@@ -318,25 +335,40 @@ class Jobs:
                     return None
                 if models is None or row["models"] == models:
                     db.execute(
-                        "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?",
+                        "UPDATE jobs SET state = ?, updated_at = ?, claims = claims + 1 "
+                        "WHERE id = ?",
                         (JobState.PROCESSING, time.time(), row["id"]),
                     )
                     break
             self.adopt(models)
         return Job(
-            row["id"], _instance(row), row["models"], JobState.PROCESSING, None, row["revision"]
+            row["id"],
+            _instance(row),
+            row["models"],
+            JobState.PROCESSING,
+            None,
+            row["revision"],
+            row["claims"] + 1,
         )
 
     def finish(
-        self, job_id: int, record: str, outputs: Sequence[Output], destinations: Sequence[str]
+        self,
+        job_id: int,
+        record: str,
+        outputs: Sequence[Output],
+        destinations: Sequence[str],
+        claim: int | None = None,
     ) -> bool:
         """The job's result files are on disk: record them and queue one delivery each. False
-        when the job was given up while it ran (:meth:`give_up`): nothing is recorded, and the
-        files are the caller's to remove."""
+        when the job was given up while it ran (:meth:`give_up`), or taken by another worker
+        since ``claim`` (:attr:`Job.claim`; received again A, B, A, or given up and retried):
+        nothing is recorded, and the files are the caller's to remove."""
         now = time.time()
         with self._db.transaction() as db:
-            (state,) = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if state == JobState.FAILED:
+            state, claims = db.execute(
+                "SELECT state, claims FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            if state == JobState.FAILED or (claim is not None and claims != claim):
                 return False
             db.executemany(
                 "INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?)",
@@ -361,24 +393,36 @@ class Jobs:
             )
         return True
 
-    def fail(self, job_id: int, reason: str) -> None:
-        """The job failed (a reason the record keeps); a job given up while it ran keeps the
-        reason it was given up for."""
+    def unrecorded(self, paths: Sequence[Path]) -> list[Path]:
+        """Those of ``paths`` that no job's outputs name."""
+        db = self._db.connection()
+        return [
+            p
+            for p in paths
+            if db.execute("SELECT 1 FROM outputs WHERE path = ?", (str(p),)).fetchone() is None
+        ]
+
+    def fail(self, job: Job, reason: str) -> None:
+        """The job failed (a reason the record keeps), if this claim of it is still in
+        progress: a job given up while it ran keeps the reason it was given up for, and one
+        another worker took since is that worker's."""
         with self._db.transaction() as db:
             db.execute(
-                "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ? "
-                "AND state NOT IN (?, ?)",
-                (JobState.FAILED, reason, time.time(), job_id, JobState.REPLACED, JobState.FAILED),
+                "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ? AND state = ? "
+                "AND claims = ?",
+                (JobState.FAILED, reason, time.time(), job.id, JobState.PROCESSING, job.claim),
             )
 
-    def give_up(self, job_id: int, reason: str) -> bool:
+    def give_up(self, job: Job, reason: str) -> bool:
         """A job in progress fails now, while its worker still runs it (a cine that hangs
         its worker): whatever that worker makes of it later is not recorded (:meth:`finish`),
-        and no restart queues it again. False when the job was no longer in progress."""
+        and no restart queues it again. False when this claim of it was no longer in
+        progress."""
         with self._db.transaction() as db:
             cursor = db.execute(
-                "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ? AND state = ?",
-                (JobState.FAILED, reason, time.time(), job_id, JobState.PROCESSING),
+                "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ? AND state = ? "
+                "AND claims = ?",
+                (JobState.FAILED, reason, time.time(), job.id, JobState.PROCESSING, job.claim),
             )
             return cursor.rowcount == 1
 

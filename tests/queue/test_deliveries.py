@@ -75,3 +75,79 @@ def test_a_delivery_called_off_after_it_was_listed_is_not_due_and_stays_called_o
     assert state is DeliveryState.FAILED
     assert reason is not None
     assert "received again with other content" in reason
+
+
+def test_a_send_ending_after_its_content_came_back_leaves_the_job_to_be_made_again(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """A, B, then A again while A's first results were on their way: when that send ended
+    (sent, or failed to be tried later) the job of A, queued again, was marked failed by it:
+    never made or sent again without a retry by hand."""
+    for ending in ("sent", "failed"):
+        uid = f"1.2.3.{1 if ending == 'sent' else 2}"
+        first = replace(instance(1 if ending == "sent" else 2), content="aa")
+        store.jobs.record_instance(first, "m@1")
+        job = store.jobs.claim()
+        assert job is not None
+        store.jobs.finish(job.id, "{}", [Output("sr", "9.9.1", tmp_path / "sr.dcm")], ["pacs"])
+        (taken,) = store.deliveries.due()  # the exporter's, on its way
+        store.jobs.record_instance(replace(first, content="bb"), "m@1")
+        store.jobs.record_instance(first, "m@1")  # A again
+        if ending == "sent":
+            store.deliveries.delivered(taken.job_id, "pacs")
+        else:
+            store.deliveries.failed(taken.job_id, "pacs", "timeout", time.time() + 60)
+        (row,) = [r for r in store.jobs.rows() if r.id == job.id]
+        assert row.sop_instance_uid == uid
+        assert row.state is JobState.QUEUED, ending
+        again = store.jobs.claim()
+        assert again is not None
+        assert again.id == job.id
+        store.jobs.finish(again.id, "{}", [], [])
+
+
+def test_a_retry_while_its_study_is_summarised_summarises_it_again(store: JobStore) -> None:
+    """lus-pacs retry while the study loop made the summary: the retried cine's study was
+    marked summarised by the loop's end, and never summarised with that cine."""
+    for n in (1, 2):
+        store.jobs.record_instance(instance(n), "m@1")
+    done = store.jobs.claim()
+    assert done is not None
+    store.jobs.finish(done.id, '{"cine": 1}', [], [])
+    failed = store.jobs.claim()
+    assert failed is not None
+    store.jobs.fail(failed, "out of memory")
+    store.studies.complete(["1.2.3"])
+    ((study, received_at),) = store.studies.awaiting_summary()  # the loop starts a summary
+    assert store.deliveries.retry_failed() == 1
+    assert not store.studies.summarised(study, received_at)  # the loop's end
+    again = store.jobs.claim()
+    assert again is not None
+    store.jobs.finish(again.id, '{"cine": 2}', [], [])
+    assert [s for s, _ in store.studies.awaiting_summary()] == [study]
+
+
+def test_a_summary_not_yet_sent_is_called_off_when_a_cine_of_its_study_moves(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """A study summarised while the PACS was down, then one of its cines sent again under
+    another study (a corrected worklist): its own results were called off, but the pending
+    summary SR, holding its findings under the first patient's study, was still sent (and
+    put back by lus-pacs retry once called off)."""
+    for n in (1, 2):
+        store.jobs.record_instance(replace(instance(n, "1.1"), content="a"), "m@1")
+    for n in (1, 2):
+        job = store.jobs.claim()
+        assert job is not None
+        out = [Output("sr", f"9.{n}", tmp_path / f"{n}.dcm")]
+        store.jobs.finish(job.id, f'{{"cine": {n}}}', out, ["pacs"])
+    store.studies.complete(["1.1"])
+    ((study, received_at),) = store.studies.awaiting_summary()
+    summary = Output("study-sr", "8.8", tmp_path / "summary.dcm")
+    store.studies.record_summary(study, '{"cines": 2}', summary, ["pacs"])
+    assert store.studies.summarised(study, received_at)
+    store.jobs.record_instance(replace(instance(1, "2.2"), content="b"), "m@1")
+    due = store.deliveries.due()
+    assert [(d.summary, d.job_id) for d in due] == [(False, 2)]  # cine 2's results only
+    store.deliveries.retry_failed()
+    assert [(d.summary, d.job_id) for d in store.deliveries.due()] == [(False, 2)]

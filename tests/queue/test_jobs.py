@@ -7,7 +7,7 @@ import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
-from lus_pacs.domain import Instance, JobState, Received
+from lus_pacs.domain import Instance, JobState, Output, Received
 from lus_pacs.queue.deliveries import DeliveryState
 from lus_pacs.queue.store import JobStore
 from tests.queue.conftest import instance
@@ -45,12 +45,12 @@ def test_a_job_that_could_not_be_put_back_says_so_and_can_be_later(
         "CREATE TRIGGER full BEFORE UPDATE ON jobs BEGIN SELECT RAISE(ABORT, 'full'); END"
     )
     other.commit()
-    assert store.jobs.requeue(job.id) is False
+    assert store.jobs.requeue(job) is False
     assert store.jobs.counts() == {JobState.PROCESSING: 1}
     other.execute("DROP TRIGGER full")
     other.commit()
     other.close()
-    assert store.jobs.requeue(job.id) is True
+    assert store.jobs.requeue(job) is True
     again = store.jobs.claim()
     assert again is not None
     assert again.id == job.id
@@ -96,7 +96,7 @@ def test_a_job_replaced_while_it_was_processed_sends_nothing(store: JobStore) ->
     assert job is not None
     store.jobs.record_instance(_content(1, "bb"), "m@1")
     store.jobs.finish(job.id, "{}", [], ["pacs"])
-    store.jobs.fail(job.id, "late")
+    store.jobs.fail(job, "late")
     assert store.jobs.counts() == {JobState.REPLACED: 1, JobState.QUEUED: 1}
     assert store.deliveries.due() == []
 
@@ -167,7 +167,7 @@ def test_failed_jobs_of_two_older_versions_queued_again_are_made_once(store: Job
         store.jobs.record_instance(_content(1, "aa"), models)
         job = store.jobs.claim()
         assert job is not None
-        store.jobs.fail(job.id, "unreadable")
+        store.jobs.fail(job, "unreadable")
     assert store.deliveries.retry_failed() == 2
     assert store.jobs.adopt("m@3") == 1
     assert store.jobs.counts() == {JobState.QUEUED: 1, JobState.REPLACED: 1}
@@ -227,7 +227,7 @@ def test_a_failed_job_retried_while_a_newer_node_runs_is_made_and_counted_by_its
     store.jobs.record_instance(instance(1), "m@1")
     job = store.jobs.claim("m@1")
     assert job is not None
-    store.jobs.fail(job.id, "a fault fixed in m@2")
+    store.jobs.fail(job, "a fault fixed in m@2")
     assert store.deliveries.retry_failed() == 1
     again = store.jobs.claim("m@2")
     assert again is not None
@@ -284,3 +284,38 @@ def test_an_instance_stored_before_the_digest_changed_is_not_refused_for_good(
     again = replace(instance(2), content="c-cccc")
     assert store.jobs.record_instance(again, "m@1") is Received.REPLACED
     assert store.jobs.record_instance(again, "m@1") is Received.KNOWN
+
+
+def test_only_the_latest_claim_of_a_job_records_its_outcome(store: JobStore) -> None:
+    """Two ways a job is taken again while its first worker still runs it: received A, B, A
+    (A's job current again), or given up as overdue and retried. Both workers finished: the
+    second finish put the delivery the first had made back to pending (sent twice), or the
+    stale worker's failure failed the retried job and its good results were thrown away."""
+    out = [Output("sr", "9.9.9", Path("sr.dcm"))]
+    store.jobs.record_instance(_content(1, "aa"), "m@1")
+    first = store.jobs.claim("m@1")
+    assert first is not None
+    store.jobs.record_instance(_content(1, "bb"), "m@1")
+    store.jobs.record_instance(_content(1, "aa"), "m@1")  # A again: its job queued again
+    second = store.jobs.claim("m@1")
+    assert second is not None
+    assert (second.id, second.claim) == (first.id, first.claim + 1)
+    assert store.jobs.finish(second.id, "{}", out, ["pacs"], second.claim)
+    (delivery,) = store.deliveries.due()
+    store.deliveries.delivered(delivery.job_id, "pacs")
+    assert not store.jobs.finish(first.id, "{}", out, ["pacs"], first.claim)  # the stale one
+    store.jobs.fail(first, "late")
+    assert store.deliveries.due() == []
+    assert [r.state for r in store.jobs.rows()] == [JobState.SENT, JobState.REPLACED]
+
+    store.jobs.record_instance(_content(2, "cc"), "m@1")
+    hung = store.jobs.claim("m@1")
+    assert hung is not None
+    assert store.jobs.give_up(hung, "max_cine_s")
+    assert store.deliveries.retry_failed() == 1  # lus-pacs retry, the node running
+    retried = store.jobs.claim("m@1")
+    assert retried is not None
+    store.jobs.fail(hung, "the hung worker's late error")  # not the retried claim's
+    assert not store.jobs.give_up(hung, "max_cine_s")
+    assert store.jobs.finish(retried.id, "{}", [], ["pacs"], retried.claim)
+    assert store.jobs.rows()[-1].state is JobState.ENCODED

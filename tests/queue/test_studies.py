@@ -134,7 +134,7 @@ def test_a_cine_that_retry_makes_after_its_study_was_summarised_is_summarised_ag
     assert first is not None
     assert second is not None
     store.jobs.finish(first.id, '{"cine": 1}', [], [])
-    store.jobs.fail(second.id, "unexpected error: MemoryError()")
+    store.jobs.fail(second, "unexpected error: MemoryError()")
     store.studies.complete(["7.7"])
     ((study, received),) = store.studies.awaiting_summary()
     assert store.studies.summarised(study, received)
@@ -155,7 +155,7 @@ def test_a_study_names_its_cines_that_failed_and_not_those_replaced_since(
     for reason in ("R1.dcm: not a readable DICOM file", "R2.dcm: cut short"):
         job = store.jobs.claim()
         assert job is not None
-        store.jobs.fail(job.id, reason)
+        store.jobs.fail(job, reason)
     assert store.studies.failed("7.7", "m@1") == {
         "1.2.3.1": "R1.dcm: not a readable DICOM file",
         "1.2.3.2": "R2.dcm: cut short",
