@@ -518,10 +518,19 @@ def reprocess(
         typer.Option("--move-host", help="Address of the C-MOVE receiver (0.0.0.0: every one)."),
     ] = "127.0.0.1",
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Process again the cines that failed in an earlier run (by default a failure "
+            "is final, but a worker that died is always tried again).",
+        ),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Re-run the models over an archive, resumably: what is done with the same model versions
-    is skipped, what changed is re-done. Ctrl-C keeps every finished cine."""
+    is skipped, what changed is re-done, a cine that failed is not tried again unless asked.
+    Ctrl-C keeps every finished cine."""
     import datetime as dt
     import os
 
@@ -578,6 +587,7 @@ def reprocess(
             destination=destination,
             since=since_date,
             progress=progress,
+            retry_failed=retry_failed,
         )
         counts = run.execute()
     except KeyboardInterrupt:

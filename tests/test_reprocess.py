@@ -442,6 +442,22 @@ def test_a_cine_over_the_byte_limit_is_failed_unread_and_the_run_goes_on(
     assert list(exam["failed_cines"]) == [uids[largest].SOPInstanceUID]
     with pytest.raises(StageError, match="max_instance_bytes"):  # the engines' own check
         process_bytes(real.read_bytes(), real.name, engine.models, settings)
+    # A failure a new run would meet again is final: its study is not fetched and summarised
+    # again (and its summary SR sent again) at every run, unless asked.
+    again = Run(settings, FolderSource(archive), tmp_path / "out", engine, "k", progress=False)
+    done = again.execute()
+    assert (done.failed, done.processed, done.studies_skipped) == (0, 0, 2)
+    assert set(dict(done.failures)) == set(failed)  # still named
+    retried = Run(
+        settings,
+        FolderSource(archive),
+        tmp_path / "out",
+        engine,
+        "k",
+        progress=False,
+        retry_failed=True,
+    ).execute()
+    assert (retried.failed, retried.processed) == (2, 0)
 
 
 def test_a_ray_worker_that_dies_fails_its_cines_and_another_takes_its_place(
@@ -538,3 +554,19 @@ def test_a_cine_added_to_a_finished_study_is_made_and_the_study_summarised_again
     assert summary["cines"] == 2
     again = run()
     assert (again.processed, again.studies_skipped) == (0, 1)
+
+
+def test_a_summary_made_again_the_same_is_not_sent_again(tmp_path: Path) -> None:
+    """A study summarised again with nothing changed (an open problem fetches it again at
+    every run) had its summary SR, the very same object, sent again each time."""
+    from lus_pacs.records import StudySummary
+
+    manifest = Manifest(tmp_path / "manifest.sqlite")
+    manifest.record_study("1.2", "k", "folder", [])
+    same = StudySummary.of("1.2", [], {"1.2.3": "unreadable"})
+    manifest.record_summary("1.2", "k", same)
+    manifest.summary_sent("1.2", "k")
+    manifest.record_summary("1.2", "k", same)
+    assert manifest.summary_is_sent("1.2", "k")
+    manifest.record_summary("1.2", "k", StudySummary.of("1.2", [], {"1.2.4": "unreadable"}))
+    assert not manifest.summary_is_sent("1.2", "k")

@@ -104,15 +104,23 @@ class Manifest:
         ).fetchone()
         return None if row is None else list(json.loads(row[0]))
 
-    def study_finished(self, study_uid: str, models: str, *, sending: bool) -> bool:
-        """Fetched, every instance done (and sent), its summary made (and sent), and no
-        problem of it open (:meth:`problem`)."""
+    def study_finished(
+        self,
+        study_uid: str,
+        models: str,
+        *,
+        sending: bool,
+        retried: Sequence[str] | None = (),
+    ) -> bool:
+        """Fetched, every instance done (and sent) or failed for good (:meth:`failed_for_good`
+        with ``retried``; None: a failed cine is never through), its summary made (and sent),
+        and no problem of it open (:meth:`problem`)."""
         row = self._db.execute(
             "SELECT instances, summary, summary_sent FROM studies "
             "WHERE study_instance_uid = ? AND models = ?",
             (study_uid, models),
         ).fetchone()
-        if row is None or row["summary"] is None or (sending and not row["summary_sent"]):
+        if row is None:
             return False
         problem = self._db.execute(
             "SELECT 1 FROM problems WHERE study_instance_uid = ? AND models = ?",
@@ -120,16 +128,50 @@ class Manifest:
         ).fetchone()
         if problem is not None:  # a file not read yet: fetched again
             return False
+        instances = json.loads(row["instances"])
         done = self.done(models, study_uid, sent=sending)
-        return all(uid in done for uid in json.loads(row["instances"]))
+        if row["summary"] is None:
+            # No summary: not made yet, or nothing to summarise (every cine failed for good).
+            if done or not instances:
+                return False
+        elif sending and not row["summary_sent"]:
+            return False
+        through = done
+        if retried is not None:
+            through |= self.failed_for_good(models, study_uid, retried)
+        return all(uid in through for uid in instances)
+
+    def failed_for_good(self, models: str, study_uid: str, retried: Sequence[str]) -> set[str]:
+        """SOP Instance UIDs of the study's cines that failed for a reason a new run would
+        meet again (unreadable, over a limit, refused by the models): not processed again,
+        their study fetched again for nothing and its summary sent again at every run. The
+        reasons in ``retried`` (a worker that died beside them) are tried again."""
+        marks = ", ".join("?" * len(retried))
+        sql = (
+            "SELECT sop_instance_uid FROM items WHERE models = ? AND study_instance_uid = ? "
+            "AND state = ?"
+        )
+        if retried:
+            sql += f" AND coalesce(error, '') NOT IN ({marks})"
+        rows = self._db.execute(sql, (models, study_uid, ItemState.FAILED, *retried))
+        return {r[0] for r in rows}
 
     def record_summary(self, study_uid: str, models: str, summary: StudySummary) -> None:
+        """The study's summary; one the same as the last keeps its sent mark (its SR, the same
+        object, is not sent again)."""
         with self._tx() as db:
             db.execute(
-                "UPDATE studies SET summary = ?, summary_sent = 0 "
+                "UPDATE studies SET summary_sent = (summary IS ? AND summary_sent), summary = ? "
                 "WHERE study_instance_uid = ? AND models = ?",
-                (summary.dumps(), study_uid, models),
+                (summary.dumps(), summary.dumps(), study_uid, models),
             )
+
+    def summary_is_sent(self, study_uid: str, models: str) -> bool:
+        row = self._db.execute(
+            "SELECT summary_sent FROM studies WHERE study_instance_uid = ? AND models = ?",
+            (study_uid, models),
+        ).fetchone()
+        return bool(row and row[0])
 
     def summary_sent(self, study_uid: str, models: str) -> None:
         with self._tx() as db:

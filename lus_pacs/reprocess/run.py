@@ -35,7 +35,7 @@ from lus_pacs.ingest.archive import ArchiveSource, ArchiveStudy
 from lus_pacs.pipeline import encode_summary, write_outputs
 from lus_pacs.queue.manifest import Manifest
 from lus_pacs.records import StudySummary
-from lus_pacs.reprocess.engine import Engine, Outcome, WorkItem
+from lus_pacs.reprocess.engine import WORKER_DIED, Engine, Outcome, WorkItem
 from lus_pacs.settings import DicomDestination, Settings
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class Run:
         since: dt.date | None = None,
         progress: bool = True,
         families: Registry = FAMILIES,
+        retry_failed: bool = False,
     ) -> None:
         self.settings = settings
         self.part_types = families.record_types()
@@ -99,6 +100,8 @@ class Run:
         self.destination = destination
         self.since = since
         self.progress = progress
+        self.retried: tuple[str, ...] | None = None if retry_failed else (WORKER_DIED,)
+        """The failure reasons tried again (None: every failure); other failures are final."""
         self.manifest = Manifest(out / "manifest.sqlite")
         self.counts = RunCounts()
         self._studies: dict[str, _Study] = {}
@@ -137,7 +140,9 @@ class Run:
         """The cines still to process, study by study, fetched just before they are needed."""
         for archive in studies:
             uid = archive.study_instance_uid
-            if self.manifest.study_finished(uid, self.key, sending=self.destination is not None):
+            if self.manifest.study_finished(
+                uid, self.key, sending=self.destination is not None, retried=self.retried
+            ):
                 known = self.manifest.study_instances(uid, self.key) or []
                 added = (self.source.listed_instances(archive) or frozenset()) - set(known)
                 if not added:
@@ -166,6 +171,8 @@ class Run:
                     by_uid[str(header.SOPInstanceUID)] = f
             self.manifest.record_study(uid, self.key, self.source.name, list(by_uid))
             done = self.manifest.done(self.key, uid)
+            if self.retried is not None:  # failed before for a reason this run would meet again
+                done |= self.manifest.failed_for_good(self.key, uid, self.retried)
             pending = {u for u in by_uid if u not in done}
             fetched_here = any(folder in f.parents for f in files)
             study = _Study(archive, by_uid, headers, set(pending), fetched_here)
@@ -270,7 +277,8 @@ class Run:
                 headers = [study.headers[r.source.sop_instance_uid] for r in records]
                 (output,) = write_outputs([encode_summary(summary, headers, self.key)], folder)
             self.manifest.record_summary(uid, self.key, summary)
-            if output is not None and self._send(None, [output.path]):
+            sent = self.manifest.summary_is_sent(uid, self.key)  # this very summary, before
+            if output is not None and not sent and self._send(None, [output.path]):
                 self.manifest.summary_sent(uid, self.key)
         # Every cine is through (done or failed): the fetched copies go (a later run that has
         # something left to do fetches the study again), and so does what this run held of it.
