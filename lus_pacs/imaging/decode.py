@@ -664,14 +664,15 @@ def _count_frames(ds: Dataset, rows: int, cols: int) -> int:
     return max(1, len(ds.PixelData) // frame_bytes) if frame_bytes else 1
 
 
-def _native_ybr_422(ds: Dataset, syntax: UID | None, photometric: str) -> bool:
+def _native_ybr_422(ds: Dataset, syntax: str | None, photometric: str) -> bool:
     """Uncompressed 8-bit YBR_FULL_422: Y1 Y2 Cb Cr for every two pixels of a row, two bytes
     a pixel. pydicom 3.0's frame reader takes it for three bytes a pixel and refuses every
     multi-frame cine in it (its whole-array reader gets it right)."""
+    known = UID(syntax or "")
     return (
         photometric == "YBR_FULL_422"
-        and syntax is not None
-        and not syntax.is_compressed
+        and known.is_transfer_syntax  # an unknown one is refused by the decoders, named
+        and not known.is_compressed
         and int(ds.get("BitsAllocated") or 0) == 8
         and int(ds.get("SamplesPerPixel") or 0) == 3
     )
