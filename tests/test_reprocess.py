@@ -280,7 +280,9 @@ class _Unavailable(FolderSource):
         self.study = study
 
     def fetch(self, study: ArchiveStudy, folder: Path) -> list[Path]:
-        if study.study_instance_uid == self.study:
+        if study.study_instance_uid == self.study:  # after some of its files came
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "part.dcm").write_bytes(b"a patient's pixels")
             raise ArchiveError(self.name, "HTTP 500 Internal Server Error", study=self.study)
         return super().fetch(study, folder)
 
@@ -299,6 +301,7 @@ def test_a_study_that_cannot_be_fetched_is_named_and_the_run_goes_on(
     assert (first.studies, first.problems, first.processed) == (2, 1, CINES - 6)
     failures = dict(Manifest(out / "manifest.sqlite").failures("k"))
     assert "HTTP 500" in failures[f"study {synth.StudyInstanceUID}"]
+    assert not (out / "fetched" / synth.StudyInstanceUID).exists()  # no patient's file left
     # The archive is back: the study is done, and no longer listed as a failure.
     again = Run(settings, FolderSource(archive), out, engine, "k", progress=False).execute()
     assert (again.problems, again.processed, again.skipped) == (0, 6, CINES - 6)
@@ -554,6 +557,21 @@ def test_a_cine_added_to_a_finished_study_is_made_and_the_study_summarised_again
     assert summary["cines"] == 2
     again = run()
     assert (again.processed, again.studies_skipped) == (0, 1)
+    # One taken out again: the summary, summary.jsonl and the exam's CSV kept counting it.
+    (folder / first.name).unlink()
+    removed = run()
+    assert (removed.processed, removed.studies_skipped) == (0, 0)
+    (summary,) = [
+        json.loads(x) for x in (tmp_path / "out" / "studies.jsonl").read_text().splitlines()
+    ]
+    assert summary["cines"] == 1
+    records = (tmp_path / "out" / "summary.jsonl").read_text().splitlines()
+    assert [json.loads(r)["source"]["sop_instance_uid"] for r in records] == [
+        str(dcmread(second, stop_before_pixels=True).SOPInstanceUID)
+    ]
+    assert not (tmp_path / "out" / "fetched").exists() or not any(
+        (tmp_path / "out" / "fetched").iterdir()
+    )  # a folder's cines are read where they are: no empty folders left per study
 
 
 def test_a_summary_made_again_the_same_is_not_sent_again(tmp_path: Path) -> None:

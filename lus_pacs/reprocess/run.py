@@ -12,6 +12,7 @@ cine, without timings, ordered by study and instance, so two engines give the sa
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -143,14 +144,20 @@ class Run:
             if self.manifest.study_finished(
                 uid, self.key, sending=self.destination is not None, retried=self.retried
             ):
-                known = self.manifest.study_instances(uid, self.key) or []
-                added = (self.source.listed_instances(archive) or frozenset()) - set(known)
-                if not added:
+                known = set(self.manifest.study_instances(uid, self.key) or [])
+                listed = self.source.listed_instances(archive)
+                if listed is None or listed == known:
                     self.counts.studies_skipped += 1
                     self.counts.skipped += len(known)
                     continue
-                # Cines added to a finished study since: made, and the study summarised again.
-                log.info("Study %s: %d cine(s) added since it was finished", uid, len(added))
+                # Cines added to or removed from a finished study since: the added made, and
+                # the study summarised again over the cines it holds now.
+                log.info(
+                    "Study %s: %d cine(s) added and %d removed since it was finished",
+                    uid,
+                    len(listed - known),
+                    len(known - listed),
+                )
             subject = f"study {uid}"
             if not is_uid(uid):
                 self._problem(subject, uid, f"{uid[:80]!r} is not a valid Study Instance UID")
@@ -160,6 +167,7 @@ class Run:
                 files = self.source.fetch(archive, folder)
             except (ArchiveError, OSError) as exc:  # this study; the next may come
                 self._problem(subject, uid, f"could not be fetched: {exc}")
+                shutil.rmtree(folder, ignore_errors=True)  # what came of it: patients' files
                 continue
             self.manifest.solved(uid, self.key)
             headers: dict[str, Dataset] = {}
@@ -284,6 +292,9 @@ class Run:
         # something left to do fetches the study again), and so does what this run held of it.
         if study.fetched_here:
             shutil.rmtree(self.out / "fetched" / uid, ignore_errors=True)
+        else:  # a folder's cines are read where they are: the run's folder for it is empty
+            with contextlib.suppress(OSError):
+                (self.out / "fetched" / uid).rmdir()
         del self._studies[uid]
 
     # Sending
@@ -321,9 +332,14 @@ class Run:
     def _write_summaries(self) -> None:
         """summary.jsonl and studies.jsonl from the manifest: every cine done so far with these
         model versions, in a fixed order, without timings (which differ run to run)."""
+        holds: dict[str, set[str]] = {}  # each study's instances as last fetched
         with durable_file(self.out / "summary.jsonl") as f:
             for record in self.manifest.records(self.key, self.part_types):
-                f.write((record.dumps(timings=False) + "\n").encode())
+                study = record.source.study_instance_uid
+                if study not in holds:
+                    holds[study] = set(self.manifest.study_instances(study, self.key) or ())
+                if record.source.sop_instance_uid in holds[study]:  # not one removed since
+                    f.write((record.dumps(timings=False) + "\n").encode())
         with durable_file(self.out / "studies.jsonl") as f:
             for summary in self.manifest.summaries(self.key):
                 f.write((summary.dumps() + "\n").encode())
