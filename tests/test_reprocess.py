@@ -350,6 +350,43 @@ def test_a_fetched_file_that_cannot_be_read_is_named_and_its_study_goes_on(
     assert (redone.problems, redone.processed, redone.failures) == (0, 1, [])
 
 
+class _DamagingArchive(_Damaging):
+    """The same, listing no instances as a PACS or DICOMweb archive (asked per study only
+    when it is fetched)."""
+
+    def listed_instances(self, study: ArchiveStudy) -> frozenset[str] | None:
+        return None
+
+
+def test_an_unreadable_file_is_not_forgotten_by_a_run_interrupted_while_reading_headers(
+    archive: Path, tmp_path: Path, models: Models, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its study's problems were dropped before its headers were read again: Ctrl-C between
+    the two left the study finished, its unreadable file forgotten by every later run."""
+    damaged = sorted(archive.glob("synth/*/*.dcm"))[0]
+    settings = Settings(models=tuple(MODELS.split(",")), data_dir=tmp_path / "data")
+    source, out = _DamagingArchive(archive, damaged), tmp_path / "out"
+
+    def run() -> RunCounts:
+        return Run(
+            settings, source, out, _InProcess(settings, models), "k", progress=False
+        ).execute()
+
+    assert run().problems == 1
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Run, "_header", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run()
+    after = run()
+    assert after.problems == 1
+    ((subject, _),) = after.failures
+    assert subject.endswith(f"/{damaged.name}")
+
+
 def test_a_worker_that_dies_fails_the_cines_in_flight_and_the_run_goes_on(archive: Path) -> None:
     """The kernel's out-of-memory killer, as a SIGKILL to the pool's one worker: before, the
     broken pool ended the run, and every run again at the same cine."""

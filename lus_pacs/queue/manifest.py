@@ -85,10 +85,29 @@ class Manifest:
     # Studies
 
     def record_study(
-        self, study_uid: str, models: str, source: str, instances: Sequence[str]
+        self,
+        study_uid: str,
+        models: str,
+        source: str,
+        instances: Sequence[str],
+        *,
+        problems: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """The study's image instances as fetched (the set to finish before it is done)."""
+        """The study's image instances as fetched (the set to finish before it is done) and,
+        in the same transaction, its problems of now (subject, reason) in place of those it
+        had (:meth:`problem`): fetched, its earlier problems are over."""
         with self._tx() as db:
+            db.execute(
+                "DELETE FROM problems WHERE study_instance_uid = ? AND models = ?",
+                (study_uid, models),
+            )
+            now = time.time()
+            db.executemany(
+                "INSERT INTO problems VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                "error = excluded.error, updated_at = excluded.updated_at, "
+                "study_instance_uid = excluded.study_instance_uid",
+                [(subject, models, study_uid, error, now) for subject, error in problems],
+            )
             db.execute(
                 "INSERT INTO studies (study_instance_uid, models, source, instances) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET instances = excluded.instances, "

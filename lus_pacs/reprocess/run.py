@@ -169,15 +169,22 @@ class Run:
                 self._problem(subject, uid, f"could not be fetched: {exc}")
                 shutil.rmtree(folder, ignore_errors=True)  # what came of it: patients' files
                 continue
-            self.manifest.solved(uid, self.key)
             headers: dict[str, Dataset] = {}
             by_uid: dict[str, Path] = {}
+            problems: list[tuple[str, str]] = []
             for f in files:
-                header = self._header(f, uid)
+                header = self._header(f, uid, problems)
                 if header is not None:
                     headers[str(header.SOPInstanceUID)] = header
                     by_uid[str(header.SOPInstanceUID)] = f
-            self.manifest.record_study(uid, self.key, self.source.name, list(by_uid))
+            # Its instances and its problems of now in one step: interrupted before, the last
+            # run's stand (its problems dropped first, a file still unreadable was forgotten).
+            self.manifest.record_study(
+                uid, self.key, self.source.name, list(by_uid), problems=problems
+            )
+            for subject, reason in problems:
+                log.error("%s: %s", subject, reason)
+                self.counts.problems += 1
             done = self.manifest.done(self.key, uid)
             if self.retried is not None:  # failed before for a reason this run would meet again
                 done |= self.manifest.failed_for_good(self.key, uid, self.retried)
@@ -200,26 +207,28 @@ class Run:
                     continue
                 yield WorkItem(sop, uid, by_uid[sop])
 
-    def _header(self, path: Path, study_uid: str) -> Dataset | None:
+    def _header(
+        self, path: Path, study_uid: str, problems: list[tuple[str, str]]
+    ) -> Dataset | None:
         """The header of a fetched file, or None (a problem recorded) when it cannot be read,
         has no valid SOP Instance UID or belongs to another study."""
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True)
             sop, study = str(header.SOPInstanceUID), str(header.get("StudyInstanceUID", ""))
         except Exception as exc:  # pydicom raises many kinds on a damaged file
-            self._problem(str(path), study_uid, f"not readable as DICOM: {exc!r}")
+            problems.append((str(path), f"not readable as DICOM: {exc!r}"))
             return None
         if not is_uid(sop):
-            self._problem(str(path), study_uid, f"SOP Instance UID {sop[:80]!r} is not a valid UID")
+            problems.append((str(path), f"SOP Instance UID {sop[:80]!r} is not a valid UID"))
             return None
         if study != study_uid:
             reason = f"of study {study[:80]!r}, fetched for study {study_uid}"
-            self._problem(str(path), study_uid, reason)
+            problems.append((str(path), reason))
             return None
         other = next((u for u, s in self._studies.items() if sop in s.files), None)
         other = other or self.manifest.study_of(sop, self.key)
         if other is not None and other != study_uid:  # results and records are keyed by it
-            self._problem(str(path), study_uid, f"instance {sop} is also one of study {other}")
+            problems.append((str(path), f"instance {sop} is also one of study {other}"))
             return None
         return header
 
