@@ -532,6 +532,32 @@ def test_a_ray_worker_that_dies_fails_its_cines_and_another_takes_its_place(
     assert all(o.record is not None for o in outcomes if o not in died)  # by its successor
 
 
+def test_ray_workers_a_cluster_cannot_place_are_given_up_and_the_run_goes_on(
+    archive: Path,
+) -> None:
+    """A cluster with fewer free CPUs than --workers (its default is the driver's cores):
+    the actors never placed got cines whose answers never came, and the run waited for good.
+    Here Ray has one CPU for two workers."""
+    ray = pytest.importorskip("ray")
+    from lus_pacs.reprocess.engine import RayEngine
+
+    items = [
+        WorkItem(dcmread(p, stop_before_pixels=True).SOPInstanceUID, "study", p)
+        for p in sorted(archive.glob("synth/*/*.dcm"))[:2]
+    ]
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    engine = RayEngine(Settings(models=("b_lines",)), 2)
+    try:
+        engine.start(timeout=30)  # the placed one has loaded its models well before
+        assert (engine.workers, len(engine._actors)) == (1, 1)
+        outcomes = list(engine.run(items))
+    finally:
+        engine.close()
+        ray.shutdown()
+    assert all(o.record is not None for o in outcomes)
+    assert len(outcomes) == len(items)
+
+
 def _folder_runs(folder: Path, tmp_path: Path, models: Models) -> Callable[[], RunCounts]:
     """Runs of the folder by an in-process engine, each resuming the one before (one out)."""
     settings = Settings(models=tuple(MODELS.split(",")), data_dir=tmp_path / "data")

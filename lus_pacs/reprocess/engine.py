@@ -23,7 +23,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Protocol
 
-from lus_pacs.errors import LusPacsError
+from lus_pacs.errors import ConfigError, LusPacsError
 from lus_pacs.inference.threads import (
     THREAD_VARIABLES,
     compact_allocator,
@@ -230,10 +230,40 @@ class RayEngine:
         )
         self._actors: list[Any] = [self._new_actor() for _ in range(workers)]
 
-    def start(self) -> None:
+    def start(self, timeout: float = 300.0) -> None:
+        """Every actor placed and its models loaded within ``timeout``; those the cluster did
+        not place by then (fewer free CPUs than ``workers``) are given up and the run goes on
+        with the others: cines given to an actor never placed never come back, and the run
+        waited for them for good.
+
+        Raises
+        ------
+        ConfigError
+            Not one actor started.
+        """
         import ray
 
-        ray.get([actor.ready.remote() for actor in self._actors])
+        asked = {actor.ready.remote(): actor for actor in self._actors}
+        ready, waiting = ray.wait(list(asked), num_returns=len(asked), timeout=timeout)
+        ray.get(ready)  # an actor whose models did not load says why
+        if not waiting:
+            return
+        for ref in waiting:
+            with contextlib.suppress(Exception):
+                ray.kill(asked[ref])
+        self._actors = [asked[ref] for ref in ready]
+        if not self._actors:
+            raise ConfigError(
+                f"no Ray worker started within {timeout:g} s: has the cluster a free CPU?"
+            )
+        log.warning(
+            "%d of %d Ray workers started within %g s (the cluster's free CPUs); the run goes "
+            "on with them",
+            len(self._actors),
+            self.workers,
+            timeout,
+        )
+        self.workers = len(self._actors)
 
     def run(self, items: Iterable[WorkItem]) -> Iterator[Outcome]:
         import ray

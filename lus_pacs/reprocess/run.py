@@ -115,6 +115,7 @@ class Run:
         every finished cine; the exception propagates after the engine is closed."""
         start = time.perf_counter()
         try:
+            self.engine.start()  # every worker up (or those a cluster placed) before any cine
             self._send_leftovers()
             studies = self.source.studies(self.since)
             self.counts.studies = len(studies)
