@@ -122,6 +122,13 @@ class Cine:
     ``region`` is the file's declared one: a declared rectangle may hold black margins around
     the scan area. None for a cine that does not move (a single frame gives no evidence of where
     the tissue is) and one not decoded from a file."""
+    blank: frozenset[int] = frozenset()
+    """Frames (1-based) with no echo in the tissue region (a black or noise-only frame: the
+    probe lifted, a frame the scanner left empty): never a key, severity or segmented frame,
+    and left out of the lung view, as damaged frames are."""
+    moving: bool | None = None
+    """Whether the loop moves (the region finder saw tissue change over it); False for a
+    frozen image sent as a loop, None for a cine not decoded from a file."""
 
     def __post_init__(self) -> None:
         if self.frames.ndim != 3 or self.frames.dtype != np.uint8:
@@ -135,9 +142,9 @@ class Cine:
         return int(self.frames.shape[0])
 
     def intact(self) -> npt.NDArray[np.bool_]:
-        """Per frame (0-based), whether it decoded whole."""
+        """Per frame (0-based), whether it decoded whole and shows an echo (not blank)."""
         ok = np.ones(self.n_frames, dtype=bool)
-        ok[[f - 1 for f in self.damaged if 1 <= f <= self.n_frames]] = False
+        ok[[f - 1 for f in (*self.damaged, *self.blank) if 1 <= f <= self.n_frames]] = False
         return ok
 
     def tissue(self) -> GreyFrames:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
@@ -21,7 +22,7 @@ from lus_pacs.cli import record_notes
 from lus_pacs.encode import codes
 from lus_pacs.encode.readback import read_cine_sr
 from tests.encode import tree
-from tests.tools import chosen_frames, dciodvfy_errors
+from tests.tools import chosen_frames, dciodvfy_errors, write_cine
 
 CONFIG = 'output_kinds = ["sr", "kos", "seg", "pr"]\n\n[segmentation]\nmc_samples = 2\n'
 
@@ -300,3 +301,34 @@ def test_the_limits_on_bytes_frames_and_pixels_refuse_naming_the_limit(
     for (limit, value), name in zip(limits.items(), ("big", "long", "wide"), strict=True):
         assert f"over the limit of {value}" in reasons[name], reasons
         assert f"({limit})" in reasons[name], reasons
+
+
+def test_a_frame_with_no_echo_is_never_chosen_and_a_frozen_loop_is_a_still_image(
+    cine: Path, tmp_path: Path
+) -> None:
+    """A black frame (the probe lifted) in a lung cine was its B-line key frame, its severity
+    top frame, its best frame and its segmented frame: the only frame its result objects
+    referenced. One image sent as a loop of 30 got the loop findings (B-lines, severity)
+    that the same image sent alone is refused as a still image."""
+    ds = pydicom.dcmread(cine)
+    frames = ds.pixel_array
+    frames = frames[..., 0] if frames.ndim == 4 else frames
+    black = frames.copy()
+    black[[0, 14]] = 0  # the first frame and one in the middle
+    black[14, 5:9, 5:60] = 200  # burned-in text survives on a black frame
+    frozen = np.repeat(frames[:1], 30, axis=0)
+    files = [
+        write_cine(tmp_path / "black.dcm", black, "jpeg"),
+        write_cine(tmp_path / "frozen.dcm", frozen, "jpeg"),
+    ]
+    (blank, still), failed = _process(files, tmp_path / "out")
+    assert not failed
+    assert blank["assessment"]["assessable"]
+    chosen = chosen_frames(blank)
+    assert chosen
+    assert not chosen & {1, 15}, chosen
+    assert not set(blank["b_lines"]["frames"]) & {1, 15}
+    assert not still["assessment"]["assessable"]
+    assert still["assessment"]["reasons"] == ["still_image"]
+    assert "b_lines" not in still
+    assert "severity" not in still

@@ -54,7 +54,7 @@ from lus_pacs.dicom_vocabulary import IMAGE_SOP_CLASSES, MULTI_FRAME_CLASSES
 from lus_pacs.domain import Cine, GreyFrames, SourceRef
 from lus_pacs.errors import UnreadableImageError, describe
 from lus_pacs.imaging.metadata import frame_timing, lung_zone, ultrasound_region
-from lus_pacs.imaging.region import find_tissue_region
+from lus_pacs.imaging.region import blank_frames, find_tissue_region
 from lus_pacs.settings import DEFAULT_ZONE_RULES, ZoneRule
 
 log = logging.getLogger(__name__)
@@ -323,7 +323,20 @@ def decode_dataset(
         zone=lung_zone(ds, zone_rules),
         path=path,
     )
-    return Cine(frames, frame_timing(ds), region, source, overlay, damaged, found_region=moving)
+    blank = blank_frames(frames, region, overlay)
+    if blank:
+        log.info("%s: frames with no echo: %s", name, _some(sorted(blank)))
+    return Cine(
+        frames,
+        frame_timing(ds),
+        region,
+        source,
+        overlay,
+        damaged,
+        found_region=moving,
+        blank=blank,
+        moving=found.moving,
+    )
 
 
 def luminance(

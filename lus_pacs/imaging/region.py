@@ -152,3 +152,26 @@ def _touching(mask: npt.NDArray[np.uint8], seeds: npt.NDArray[np.bool_]) -> npt.
 def _region(mask: npt.NDArray[np.bool_], source: RegionSource) -> Region:
     x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
     return Region(x, y, x + w, y + h, source)
+
+
+BLANK_LEVEL = 16
+"""Grey level under which a pixel holds no echo (a black screen's codec noise is a few levels;
+the assessment's ``min_level`` for a whole cine is the same)."""
+
+
+def blank_frames(
+    frames: npt.NDArray[np.uint8], region: Region, overlay: npt.NDArray[np.bool_]
+) -> frozenset[int]:
+    """Frames (1-based) of ``frames`` with no echo in ``region``: fewer than 1 % of its pixels
+    at :data:`BLANK_LEVEL` or brighter, the burned-in ``overlay`` (full-image mask, from
+    :func:`find_tissue_region`) aside: text over a black frame leaves it a black frame."""
+    tissue = frames[:, region.y0 : region.y1, region.x0 : region.x1]
+    if tissue.size == 0:
+        return frozenset()
+    content = ~overlay[region.y0 : region.y1, region.x0 : region.x1]
+    limit = 0.01 * tissue.shape[1] * tissue.shape[2]
+    return frozenset(
+        i + 1
+        for i, frame in enumerate(tissue)
+        if np.count_nonzero((frame >= BLANK_LEVEL) & content) < limit
+    )

@@ -2,9 +2,10 @@
 
 Eight checks, in this order, each giving its reason (:class:`NotAssessableReason`):
 
-* **still image**: fewer than ``min_frames`` frames. B-lines, consolidation and the clip scores
-  are read from a loop; the other checks still apply, and when this is the only reason the
-  models that read single frames (segmentation) still run.
+* **still image**: fewer than ``min_frames`` frames, or a loop that does not move (one image
+  sent as a loop: :attr:`~lus_pacs.domain.Cine.moving`). B-lines, consolidation and the clip
+  scores are read from a loop; the other checks still apply, and when this is the only reason
+  the models that read single frames (segmentation) still run.
 * **not lung**: the scan area narrows to a point at the skin (``apex_width`` or less of its
   widest row, averaged over the first rows): a phased-array cardiac sector. Lung is scanned
   with a convex or linear probe, whose scan area is wide at the skin; on the 229 real POCUS clips
@@ -12,7 +13,7 @@ Eight checks, in this order, each giving its reason (:class:`NotAssessableReason
   echocardiogram gives 0.12.
 * **damaged frames**: more than ``max_damaged_share`` of the frames were read only in part
   (:attr:`~lus_pacs.domain.Cine.damaged`: corrupt or cut-short JPEG data), or fewer than
-  ``min_frames`` are intact.
+  ``min_frames`` decoded whole.
 * **blank**: the scan area shows no echo texture: the median over the view's frames of the
   standard deviation of its scan-area pixels (the view is gain normalised, so a dim image
   with speckle keeps its texture) is under ``min_texture``. On the 229 real POCUS clips (both
@@ -21,6 +22,9 @@ Eight checks, in this order, each giving its reason (:class:`NotAssessableReason
   normalisation) is under ``min_level``: a black screen's codec noise, which the
   normalisation stretches to full contrast, read as texture (a black cine with noise of a few
   grey levels got B-lines present and a severity score). The real clips' smallest is 76.
+  Also when frames with no echo (:attr:`~lus_pacs.domain.Cine.blank`: the probe lifted) are
+  more than ``max_damaged_share`` of the loop or leave fewer than ``min_frames``; fewer, they
+  are left out of every reading, as damaged frames are.
 * **too small**: the region the view is cut from spans fewer than ``min_side`` source pixels
   one way (a thumbnail, a strip): its view is mostly made up by resampling. The real clips'
   smallest is 118 x 118.
@@ -146,17 +150,23 @@ class Assessor:
     def assess(self, cine: Cine, quality: object | None = None) -> AssessmentFindings:
         """The assessment of ``cine``; ``quality`` is the key-frame model's findings, if any."""
         reasons = []
-        if cine.n_frames < self.min_frames:
+        # A loop that does not move (one image sent as a loop) is a still image too.
+        if cine.n_frames < self.min_frames or cine.moving is False:
             reasons.append(NotAssessableReason.STILL_IMAGE)
-        intact = int(cine.intact().sum())
-        if intact < min(self.min_frames, cine.n_frames) or (
-            cine.n_frames - intact > self.max_damaged_share * cine.n_frames
-        ):
+        needed = min(self.min_frames, cine.n_frames)
+        damaged = sum(1 for f in cine.damaged if 1 <= f <= cine.n_frames)
+        if cine.n_frames - damaged < needed or damaged > self.max_damaged_share * cine.n_frames:
             reasons.append(NotAssessableReason.DAMAGED_FRAMES)
         width = apex_ratio(cine)
         if width <= self.apex_width:
             reasons.append(NotAssessableReason.NOT_LUNG)
-        if echo_texture(cine) < self.min_texture or cine_view(cine).level < self.min_level:
+        if (
+            echo_texture(cine) < self.min_texture
+            or cine_view(cine).level < self.min_level
+            # Frames with no echo (the probe lifted) leave too few to read, or most of it.
+            or int(cine.intact().sum()) < needed
+            or len(cine.blank) > self.max_damaged_share * cine.n_frames
+        ):
             reasons.append(NotAssessableReason.BLANK)
         region = view_region(cine)
         if min(region.width, region.height) < self.min_side:

@@ -96,9 +96,10 @@ def test_a_blank_cine_is_not_assessable_and_a_dim_one_is(
         name: assessor.assess(read_cine(write_cine(tmp_path / f"{name}.dcm", frames, "rle")))
         for name, frames in variants.items()
     }
-    assert found["black"].reasons == (NotAssessableReason.BLANK,)
-    assert found["grey"].reasons == (NotAssessableReason.BLANK,)
-    assert found["dark"].reasons == (NotAssessableReason.BLANK,)
+    # Neither moves: a still image as well (since 0.4.0).
+    assert found["black"].reasons == (NotAssessableReason.STILL_IMAGE, NotAssessableReason.BLANK)
+    assert found["grey"].reasons == (NotAssessableReason.STILL_IMAGE, NotAssessableReason.BLANK)
+    assert found["dark"].reasons == (NotAssessableReason.STILL_IMAGE, NotAssessableReason.BLANK)
     assert found["dim"].assessable, found["dim"]
     assert echo_texture(read_cine(tmp_path / "dim.dcm")) > 2 * assessor.min_texture
 
