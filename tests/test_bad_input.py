@@ -332,3 +332,29 @@ def test_a_frame_with_no_echo_is_never_chosen_and_a_frozen_loop_is_a_still_image
     assert still["assessment"]["reasons"] == ["still_image"]
     assert "b_lines" not in still
     assert "severity" not in still
+
+
+def test_a_cine_a_few_pixels_high_or_wide_still_gets_its_presentation_state(
+    cine: Path, tmp_path: Path
+) -> None:
+    """The research notice's box was placed at Rows - 24 and the labels' right edge clamped to
+    Columns - 1: a cine 20 pixels high or 3 wide got no presentation state (highdicom refused
+    the box), so its viewer showed no notice that it is not assessable."""
+    import cv2
+
+    frames = pydicom.dcmread(cine).pixel_array
+    frames = frames[..., 0] if frames.ndim == 4 else frames
+    files = [
+        write_cine(
+            tmp_path / f"{h}x{w}.dcm",
+            np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames]),
+            "rle",
+        )
+        for h, w in ((20, 200), (40, 3))
+    ]
+    records, failed = _process(files, tmp_path / "out")
+    assert not failed
+    for record in records:
+        assert not record.get("outputs_failed"), record["outputs_failed"]
+        (pr,) = [o for o in record["outputs"] if o["kind"] == "pr"]
+        assert dciodvfy_errors(tmp_path / "out" / "results" / pr["path"]) == []

@@ -193,7 +193,13 @@ def _label(findings: Findings, frame: int, header: Dataset) -> hd.pr.TextObject:
     con = findings.consolidation
     if con is not None and any(found.frame == frame for found in con.boxes):
         parts.append(f"consolidation p={con.probability:.2f}")
-    return _text("AI: " + ", ".join(dict.fromkeys(parts)), 2.0, 2.0, float(header.Columns))
+    return _text(
+        "AI: " + ", ".join(dict.fromkeys(parts)),
+        2.0,
+        2.0,
+        float(header.Columns),
+        float(header.Rows),
+    )
 
 
 def _quality(findings: Findings, header: Dataset) -> list[hd.pr.TextObject]:
@@ -209,7 +215,7 @@ def _quality(findings: Findings, header: Dataset) -> list[hd.pr.TextObject]:
         lines.append(f"AI: poor quality: {why}")
     columns = float(header.Columns)
     return [
-        _text(line, 2.0, 2.0 + (n + 1) * (_LABEL_HEIGHT + 2.0), columns)
+        _text(line, 2.0, 2.0 + (n + 1) * (_LABEL_HEIGHT + 2.0), columns, float(header.Rows))
         for n, line in enumerate(lines)
     ]
 
@@ -219,16 +225,26 @@ def _notice(header: Dataset) -> hd.pr.TextObject:
     the SR and KOS)."""
     text = SHORT_NOTICE
     bottom = float(header.Rows) - 2.0
-    return _text(text, 2.0, bottom - _LABEL_HEIGHT, float(header.Columns))
+    return _text(text, 2.0, bottom - _LABEL_HEIGHT, float(header.Columns), float(header.Rows))
 
 
-def _text(text: str, x: float, y: float, columns: float) -> hd.pr.TextObject:
-    """A left-justified label whose box starts at (x, y), sized to the text, inside the image."""
-    right = min(columns - 1.0, x + _CHAR_WIDTH * len(text) + 8.0)
+def _text(
+    text: str, x: float, y: float, columns: float, rows: float | None = None
+) -> hd.pr.TextObject:
+    """A left-justified label whose box starts at (x, y), sized to the text, inside the image
+    (``rows`` high, when given): in an image smaller than the box, the box is the image (a
+    cine a few pixels high or wide got no presentation state: its box lay outside)."""
+    x = max(0.0, min(x, columns - 2.0))
+    right = max(x + 1.0, min(columns - 1.0, x + _CHAR_WIDTH * len(text) + 8.0))
+    bottom = y + _LABEL_HEIGHT
+    if rows is not None:
+        bottom = min(rows - 1.0, bottom)
+        y = max(0.0, min(y, bottom - 1.0))
+        bottom = max(bottom, y + 1.0)
     return hd.pr.TextObject(
         text_value=text,
         units="PIXEL",
-        bounding_box=(x, y, right, y + _LABEL_HEIGHT),
+        bounding_box=(x, y, right, bottom),
         text_justification="LEFT",
     )
 
