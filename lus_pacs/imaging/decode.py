@@ -304,16 +304,14 @@ def decode_dataset(
         ds, name, max_frames=max_frames, max_pixels=max_pixels, in_file=in_file
     )
     rows, cols = frames.shape[1:]
-    region = ultrasound_region(ds, rows, cols)
     # The static overlay (paper 004's mask, found instead of drawn) is wanted even when the
     # regions are declared: a region's rectangle around a sector still holds scale marks and
     # markers. It costs 10-30 ms a cine.
     usable = [i for i in range(len(frames)) if i + 1 not in damaged] if damaged else None
     found = find_tissue_region(frames, usable)
     overlay = found.overlay
-    if region is None:
-        region = found.region
     moving = found.region if found.moving else None
+    region = ultrasound_region(ds, rows, cols, moving) or found.region
     source = SourceRef(
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
         sop_class_uid=sop_class,

@@ -74,12 +74,16 @@ def _fps_from_times(ds: Dataset, tag: Any) -> float | None:
     return 1000.0 / (sum(times) / len(times))
 
 
-def ultrasound_region(ds: Dataset, rows: int, cols: int) -> Region | None:
+def ultrasound_region(
+    ds: Dataset, rows: int, cols: int, moving: Region | None = None
+) -> Region | None:
     """The 2D tissue region from ``SequenceOfUltrasoundRegions``, ends exclusive.
 
-    Takes the largest region with RegionSpatialFormat 1 (2D) and RegionDataType 1 (tissue),
-    clipped to the image; a region reaching past the image by more than :data:`_OVERHANG`
-    pixels describes another image and is not taken. None when the file has no such region.
+    Takes, of the regions with RegionSpatialFormat 1 (2D) and RegionDataType 1 (tissue), the
+    one that overlaps most the ``moving`` tissue found in the pixels (when given), then the
+    largest, clipped to the image; a region reaching past the image by more than
+    :data:`_OVERHANG` pixels describes another image and is not taken. None when the file has
+    no such region.
     """
     best: Region | None = None
     for item in ds.get("SequenceOfUltrasoundRegions", ()):
@@ -107,9 +111,21 @@ def ultrasound_region(ds: Dataset, rows: int, cols: int) -> Region | None:
             cm_per_pixel_x=_cm_per_pixel(item, "X"),
             cm_per_pixel_y=_cm_per_pixel(item, "Y"),
         )
-        if best is None or region.width * region.height > best.width * best.height:
+        if best is None or _rank(region, moving) > _rank(best, moving):
             best = region
     return best
+
+
+def _rank(region: Region, moving: Region | None) -> tuple[int, int]:
+    """How a declared tissue region ranks among a file's: by its overlap with the ``moving``
+    tissue found in the pixels, then by its area. A dual view may declare a frozen reference
+    image beside the live one, as large: the live one is read."""
+    overlap = 0
+    if moving is not None:
+        width = min(region.x1, moving.x1) - max(region.x0, moving.x0)
+        height = min(region.y1, moving.y1) - max(region.y0, moving.y0)
+        overlap = max(0, width) * max(0, height)
+    return overlap, region.width * region.height
 
 
 _OVERHANG = 2

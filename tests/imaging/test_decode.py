@@ -531,3 +531,20 @@ def test_an_uncompressed_ybr_full_422_cine_is_read_as_its_luminance(
     grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     assert np.abs(cine.frames.astype(np.float32) - grey).max() <= 2.0
     assert not np.array_equal(cine.frames[0], cine.frames[1])
+
+
+def test_of_a_dual_view_the_live_image_is_read_not_the_frozen_reference(tmp_path: Path) -> None:
+    """A dual view declaring a frozen reference image and the live one side by side, as
+    large: the first was taken (the largest, the first of equals) and the models read a frozen
+    image while the live one showed B-lines."""
+    rng = np.random.default_rng(1)
+    frames = np.zeros((12, 200, 400), np.uint8)
+    frames[:, 40:160, 10:190] = rng.integers(40, 200, (120, 180), dtype=np.uint8)  # frozen
+    frames[:, 40:160, 210:390] = rng.integers(40, 200, (12, 120, 180), dtype=np.uint8)  # live
+    regions = [
+        UltrasoundRegion(10, 40, 189, 159, 0.05, 0.05),
+        UltrasoundRegion(210, 40, 389, 159, 0.05, 0.05),
+    ]
+    cine = read_cine(write_cine(tmp_path / "dual.dcm", frames, CineSyntax.RLE, regions=regions))
+    assert (cine.region.x0, cine.region.x1) == (210, 390)
+    assert cine.region.source is RegionSource.DICOM
