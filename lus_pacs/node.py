@@ -42,7 +42,7 @@ from lus_pacs.pipeline import (
     write_outputs,
 )
 from lus_pacs.queue.budget import PixelBudget
-from lus_pacs.queue.deliveries import Delivery
+from lus_pacs.queue.deliveries import Delivery, DeliveryState
 from lus_pacs.queue.jobs import MAX_INTERRUPTIONS
 from lus_pacs.queue.store import JobStore
 from lus_pacs.records import CineRecord, StudySummary, to_json
@@ -77,6 +77,11 @@ class Node:
             deliveries=self.store.deliveries.counts,
             oldest_queued_s=self.store.jobs.oldest_queued_s,
             disk_free=partial(free_bytes, settings),
+            delivery_series=[
+                (name, state.value)
+                for name in settings.destination_names
+                for state in DeliveryState
+            ],
         )
         self.audit = AuditLog(
             settings.audit_path,

@@ -62,8 +62,10 @@ class _Deliveries(Collector):
         self,
         counts: Callable[[], Mapping[tuple[str, str], int]],
         oldest_queued_s: Callable[[], float],
+        series: Iterable[tuple[str, str]] = (),
     ) -> None:
         self._counts, self._oldest = counts, oldest_queued_s
+        self._series = tuple(series)
 
     def collect(self) -> Iterator[Metric]:
         deliveries = GaugeMetricFamily(
@@ -72,8 +74,12 @@ class _Deliveries(Collector):
             "state (pending, sent, failed: failed ones wait for lus-pacs retry)",
             labels=["destination", "state"],
         )
-        for (destination, state), n in sorted(self._counts().items()):
-            deliveries.add_metric([destination, str(state)], n)
+        # Every (destination, state) of ``series`` (each configured destination's states), 0
+        # where none: a series that vanished when its failures were retried read as stale.
+        counts = dict.fromkeys(self._series, 0)
+        counts.update({(d, str(s)): n for (d, s), n in self._counts().items()})
+        for (destination, state), n in sorted(counts.items()):
+            deliveries.add_metric([destination, state], n)
         yield deliveries
         yield GaugeMetricFamily(
             "lus_pacs_oldest_queued_seconds",
@@ -92,6 +98,7 @@ class NodeMetrics:
         deliveries: Callable[[], Mapping[tuple[str, str], int]] | None = None,
         oldest_queued_s: Callable[[], float] | None = None,
         disk_free: Callable[[], int | None] | None = None,
+        delivery_series: Iterable[tuple[str, str]] = (),
     ) -> None:
         self._health = health
         self.registry = CollectorRegistry()
@@ -140,10 +147,11 @@ class NodeMetrics:
                 "min_free_bytes, where the listener starts refusing instances)",
                 registry=self.registry,
             )
-            gauge.set_function(lambda: float(disk_free() or 0))
+            # Unknown (the file system cannot be asked) is NaN, not 0: 0 fires "disk full".
+            gauge.set_function(lambda: float("nan") if (free := disk_free()) is None else free)
         self.registry.register(_Jobs(jobs))
         if deliveries is not None and oldest_queued_s is not None:
-            self.registry.register(_Deliveries(deliveries, oldest_queued_s))
+            self.registry.register(_Deliveries(deliveries, oldest_queued_s, delivery_series))
         self._server: WSGIServer | None = None
 
     def observe(self, timings_ms: Mapping[str, float]) -> None:
@@ -181,12 +189,43 @@ class NodeMetrics:
             self._server = None
 
 
+MAX_CLIENTS = 16
+"""Requests served at once on the metrics port; a connection beyond them is closed at once."""
+
+
 class _Server(ThreadingMixIn, WSGIServer):
+    """A thread per request, at most :data:`MAX_CLIENTS` at once: each connection that sent
+    part of a request and stopped held a thread for good, so anyone reaching the port could
+    pile up threads and memory."""
+
     daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: its slot is free again
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _QuietHandler(WSGIRequestHandler):
-    """No access line per scrape on stderr."""
+    """No access line per scrape on stderr; a client silent for ``timeout`` seconds is
+    dropped."""
+
+    timeout = 10.0
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
