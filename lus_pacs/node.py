@@ -109,10 +109,10 @@ class Node:
         self._running: dict[str, tuple[Job, float]] = {}
         """Per worker: the job it is processing and since when (monotonic seconds)."""
         self._overdue: set[str] = set()
+        """Workers still on a cine given up for running past ``max_cine_s``."""
         self._summary_failed_at: dict[str, float] = {}
         """Per study: when its summary last failed (monotonic seconds); tried again after
         ``_RESUME_S``, the other studies meanwhile."""
-        """Workers still on a cine given up for running past ``max_cine_s``."""
 
     @property
     def port(self) -> int:

@@ -105,8 +105,7 @@ def _post(request: urllib.request.Request, destination: WebDestination) -> dict[
         text = exc.read()
         if exc.code == HTTPStatus.CONFLICT:  # none stored: its Failed SOP Sequence says why
             with contextlib.suppress(ValueError, ExportError):
-                xml = text.lstrip().startswith(b"<")
-                doc = _native_model(text, destination) if xml else json.loads(text)
+                doc = _answer(text, destination)
                 if isinstance(doc, dict) and _items(doc, _FAILED):
                     return doc
         detail = text[:300].decode(errors="replace")
@@ -118,10 +117,8 @@ def _post(request: urllib.request.Request, destination: WebDestination) -> dict[
         ) from exc
     except (OSError, ValueError, http.client.HTTPException) as exc:  # a cut answer is no OSError
         raise ExportError(destination.name, f"cannot reach {destination.url}: {exc}") from exc
-    if text.lstrip().startswith(b"<"):  # a server that answers XML whatever was asked
-        return _native_model(text, destination)
     try:
-        doc = json.loads(text) if text.strip() else {}
+        doc = _answer(text, destination) if text.strip() else {}
     except ValueError as exc:
         raise ExportError(destination.name, f"{destination.url}: not a JSON answer") from exc
     if isinstance(doc, list):  # some servers wrap the one data set in a list
@@ -129,6 +126,15 @@ def _post(request: urllib.request.Request, destination: WebDestination) -> dict[
     if not isinstance(doc, dict):
         raise ExportError(destination.name, f"{destination.url}: not a DICOM JSON data set")
     return doc
+
+
+def _answer(text: bytes, destination: WebDestination) -> Any:
+    """The answer's data set: DICOM JSON, or the Native DICOM Model in XML read as its JSON
+    (a server may answer XML although JSON was asked for). Raises ValueError for text that
+    is neither."""
+    if text.lstrip().startswith(b"<"):
+        return _native_model(text, destination)
+    return json.loads(text)
 
 
 def _native_model(text: bytes, destination: WebDestination) -> dict[str, Any]:

@@ -162,9 +162,10 @@ class Manifest:
 
     def failed_for_good(self, models: str, study_uid: str, retried: Sequence[str]) -> set[str]:
         """SOP Instance UIDs of the study's cines that failed for a reason a new run would
-        meet again (unreadable, over a limit, refused by the models): not processed again,
-        their study fetched again for nothing and its summary sent again at every run. The
-        reasons in ``retried`` (a worker that died beside them) are tried again."""
+        meet again (unreadable, over a limit, refused by the models): a run does not process
+        them again (else their study would be fetched again, and its summary sent again, at
+        every run). Failures whose reason is one of ``retried`` (a worker that died beside
+        them) are not among them: those are tried again."""
         marks = ", ".join("?" * len(retried))
         sql = (
             "SELECT sop_instance_uid FROM items WHERE models = ? AND study_instance_uid = ? "

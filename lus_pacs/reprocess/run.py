@@ -211,8 +211,9 @@ class Run:
     def _header(
         self, path: Path, study_uid: str, problems: list[tuple[str, str]]
     ) -> Dataset | None:
-        """The header of a fetched file, or None (a problem recorded) when it cannot be read,
-        has no valid SOP Instance UID or belongs to another study."""
+        """The header of a fetched file, or None (its subject and reason appended to
+        ``problems``) when it cannot be read, has no valid SOP Instance UID or belongs to
+        another study."""
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True)
             sop, study = str(header.SOPInstanceUID), str(header.get("StudyInstanceUID", ""))
