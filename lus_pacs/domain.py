@@ -129,6 +129,11 @@ class Cine:
     moving: bool | None = None
     """Whether the loop moves (the region finder saw tissue change over it); False for a
     frozen image sent as a loop, None for a cine not decoded from a file."""
+    colour_share: float | None = None
+    """Share of the tissue region's pixels (burned-in overlay aside) shown in a strong colour,
+    over a few frames spread over the loop: colour flow (Doppler) drawn over the tissue, which
+    read as grey would be read as echoes. None for an image with no colour and a cine not
+    decoded from a file."""
 
     def __post_init__(self) -> None:
         if self.frames.ndim != 3 or self.frames.dtype != np.uint8:
@@ -375,6 +380,10 @@ class NotAssessableReason(StrEnum):
     air, a frozen or switched-off image, a screen captured without its picture)."""
     TOO_SMALL = "too_small"
     """The scan area is too small to read (a thumbnail, an icon, a strip of a few pixels)."""
+    COLOUR_FLOW = "colour_flow"
+    """Colour (colour flow or power Doppler) drawn over the scan area: read as grey, its
+    colours would be read as echoes (a colour box over the lung turned "no B-lines" into
+    "B-lines present" and raised the severity score)."""
     OUT_OF_RANGE = "out_of_range"
     """Its lung measurements lie far outside those of every clip the models learned from: a
     view the heads never saw, whose findings would be extrapolation."""

@@ -116,6 +116,7 @@ NOT_ASSESSABLE_REASONS = {
     NotAssessableReason.BLANK: _private("LUS090", "No echo texture in the scan area"),
     NotAssessableReason.TOO_SMALL: _private("LUS092", "Scan area too small to read"),
     NotAssessableReason.OUT_OF_RANGE: _private("LUS093", "Measurements unlike any lung clip"),
+    NotAssessableReason.COLOUR_FLOW: _private("LUS094", "Colour flow over the scan area"),
 }
 """Values of the Reason not assessable of a cine the lung models did not read."""
 ZONES_NOT_ASSESSABLE = _private("LUS087", "Lung ultrasound zones not assessable")

@@ -15,6 +15,7 @@ frame's end-of-image marker (vendor padding) are ignored, as libjpeg ignores the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import itertools
 import logging
@@ -72,6 +73,52 @@ markers (JFIF, Adobe's transform) and component identifiers to tell untransforme
 it converts to luminance, from YCbCr, whose luminance it keeps: scanners often label a YCbCr
 stream RGB, which pydicom, trusting the label, decodes to washed-out grey (the 120-frame
 echocardiogram relabelled: black read as 91)."""
+
+COLOUR_SAMPLES = 4
+"""Frames of a colour cine, spread over the loop, whose colours are looked at (the grey
+frames are all that is read otherwise)."""
+MIN_CHROMA = 60
+"""Least difference between a pixel's largest and smallest of R, G and B (0-255) for it to be
+coloured: colour flow's reds, blues and yellows reach 100-200; JPEG's chroma noise on a grey
+image stays under 20."""
+MIN_SATURATION = 0.5
+"""Least chroma over the pixel's largest component for it to be coloured: a B-mode tint (a
+sepia or blue grey map) is a weak colour of every grey level, colour flow a strong one."""
+
+
+def coloured_pixels(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
+    """Pixels of an 8-bit RGB frame (rows, columns, 3) shown in a strong colour
+    (:data:`MIN_CHROMA`, :data:`MIN_SATURATION`): colour flow (Doppler) or a colour marker,
+    not a grey echo nor a tinted one."""
+    top = rgb.max(axis=-1).astype(np.int16)
+    chroma = top - rgb.min(axis=-1)
+    return (chroma >= MIN_CHROMA) & (chroma >= MIN_SATURATION * top)
+
+
+def colour_frames(n_frames: int) -> frozenset[int]:
+    """The (0-based) frames whose colours are looked at: :data:`COLOUR_SAMPLES` of them, spread
+    over the loop from its first frame to its last."""
+    count = min(COLOUR_SAMPLES, n_frames)
+    return frozenset(int(i) for i in np.linspace(0, n_frames - 1, count).round())
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """An instance's pixels as the cine is made of them."""
+
+    grey: GreyFrames
+    """uint8 luminance, shape (frames, rows, columns)."""
+    damaged: dict[int, str]
+    """The frames (1-based) read only in part, with the decoder's warning."""
+    colour: npt.NDArray[np.float32] | None
+    """(rows, columns): in what share of the :func:`colour_frames` that decoded each pixel is
+    :func:`coloured_pixels`; None for an image with no colour (one sample a pixel)."""
+
+
+def _colour_share(masks: dict[int, npt.NDArray[np.bool_]]) -> npt.NDArray[np.float32] | None:
+    if not masks:
+        return None
+    return np.mean(np.stack(list(masks.values())), axis=0, dtype=np.float32)
 
 
 def decodable_syntaxes(syntaxes: Iterable[str]) -> list[str]:
@@ -300,9 +347,8 @@ def decode_dataset(
             f"SOP class {sop_class or '(none)'} is not an ultrasound or secondary-capture image; "
             f"accepted: {', '.join(sorted(set(IMAGE_SOP_CLASSES.values())))}",
         )
-    frames, damaged = luminance(
-        ds, name, max_frames=max_frames, max_pixels=max_pixels, in_file=in_file
-    )
+    pixels = luminance(ds, name, max_frames=max_frames, max_pixels=max_pixels, in_file=in_file)
+    frames, damaged = pixels.grey, pixels.damaged
     rows, cols = frames.shape[1:]
     # The static overlay (paper 004's mask, found instead of drawn) is wanted even when the
     # regions are declared: a region's rectangle around a sector still holds scale marks and
@@ -322,6 +368,12 @@ def decode_dataset(
         path=path,
     )
     blank = blank_frames(frames, region, overlay)
+    colour_share = None
+    if pixels.colour is not None:
+        inside = pixels.colour[region.y0 : region.y1, region.x0 : region.x1]
+        if overlay is not None:  # a coloured marker burned in is not drawn over the tissue
+            inside = inside[~overlay[region.y0 : region.y1, region.x0 : region.x1]]
+        colour_share = float(inside.mean()) if inside.size else 0.0
     if blank:
         log.info("%s: frames with no echo: %s", name, _some(sorted(blank)))
     return Cine(
@@ -334,6 +386,7 @@ def decode_dataset(
         found_region=moving,
         blank=blank,
         moving=found.moving,
+        colour_share=colour_share,
     )
 
 
@@ -344,10 +397,10 @@ def luminance(
     max_frames: int = MAX_FRAMES,
     max_pixels: int = MAX_PIXELS,
     in_file: PixelsInFile | None = None,
-) -> tuple[GreyFrames, dict[int, str]]:
-    """The pixels of ``ds`` as uint8 luminance, shape (frames, rows, columns), and the frames
-    (1-based) read only in part, with the decoder's warning. With ``in_file``, the Pixel Data
-    is in the file there, not in ``ds``.
+) -> Pixels:
+    """The pixels of ``ds`` as uint8 luminance, the frames read only in part and where a few
+    frames are coloured (:class:`Pixels`). With ``in_file``, the Pixel Data is in the file
+    there, not in ``ds``.
 
     Raises
     ------
@@ -399,12 +452,12 @@ def luminance(
     if in_file is None and _is_encapsulated(syntax):
         ds.PixelData = _trusted_offsets(ds.PixelData, n_frames, name)
     if syntax in _FAST_JPEG and ds.get("BitsAllocated") == 8 and photometric in _FAST_PHOTOMETRIC:
-        grey, damaged = _jpeg_luminance(ds, name, n_frames, rows, cols, in_file)
-        return _invert_if_monochrome1(grey, photometric), damaged
+        jpeg = _jpeg_luminance(ds, name, n_frames, rows, cols, in_file)
+        return dataclasses.replace(jpeg, grey=_invert_if_monochrome1(jpeg.grey, photometric))
     if in_file is not None:
         in_file.load(ds, name)
     if _native_ybr_422(ds, syntax, photometric) and cols % 2 == 0:
-        return _ybr_422_luminance(ds, name, n_frames, rows, cols), {}
+        return _ybr_422_luminance(ds, name, n_frames, rows, cols)
     # Frame by frame into the cine's array: the decoded (maybe RGB) pixels of one frame at a
     # time, never of the whole cine. Encapsulated frames are streams of their own: one that
     # does not decode, or ends before its end marker, is a damaged frame, as for JPEG above.
@@ -412,6 +465,8 @@ def luminance(
     damaged = _encoded_frame_faults(ds, name, n_frames, syntax) if encapsulated else {}
     failed: dict[int, str] = {}
     grey = np.zeros((n_frames, rows, cols), np.uint8)
+    sampled = colour_frames(n_frames)
+    colours: dict[int, npt.NDArray[np.bool_]] = {}
     read = 0
     try:
         # Pixel decoders raise many kinds of error on corrupt input: this is the trust boundary.
@@ -426,6 +481,8 @@ def luminance(
                     f"{rows} x {cols}",
                 )
             grey[index] = frame.reshape(rows, cols)
+            if index in sampled and (rgb := _rgb8(pixels, ds, photometric, high_byte)) is not None:
+                colours[index] = coloured_pixels(rgb.reshape(rows, cols, 3))
             read += 1
     except UnreadableImageError:
         raise
@@ -441,7 +498,9 @@ def luminance(
         raise UnreadableImageError(
             name, f"NumberOfFrames is {n_frames} but the Pixel Data holds {read} frames"
         )
-    return _invert_if_monochrome1(grey, photometric), damaged | failed
+    return Pixels(
+        _invert_if_monochrome1(grey, photometric), damaged | failed, _colour_share(colours)
+    )
 
 
 _END_MARKED = {*JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes, *JPEG2000TransferSyntaxes}
@@ -512,8 +571,9 @@ def _each_frame(
 
 def _jpeg_luminance(
     ds: Dataset, name: str, n_frames: int, rows: int, cols: int, in_file: PixelsInFile | None
-) -> tuple[GreyFrames, dict[int, str]]:
-    """libjpeg-turbo's grey output of each frame and the frames it warned about.
+) -> Pixels:
+    """libjpeg-turbo's grey output of each frame, the frames it warned about, and where the
+    :func:`colour_frames` of a colour JPEG are coloured (from their RGB output).
 
     Raises
     ------
@@ -526,15 +586,17 @@ def _jpeg_luminance(
     # the encoded frames are taken from the Pixel Data a batch at a time, not all copied out.
     out = np.zeros((n_frames, rows, cols), np.uint8)
     results: list[tuple[bool, str | None]] = []
+    sampled = colour_frames(n_frames)
+    colours: dict[int, npt.NDArray[np.bool_]] = {}
 
     def decode_into(item: tuple[int, bytes]) -> tuple[bool, str | None]:
         index, data = item
         # The frame's own size first: a frame of 8000 x 8000 under a header of 32 x 32 would
         # otherwise be decoded whole (hundreds of MB from a few kB) before it is found wrong.
         try:
-            height, width, _, _ = simplejpeg.decode_jpeg_header(data, strict=False)
+            height, width, colourspace, _ = simplejpeg.decode_jpeg_header(data, strict=False)
         except Exception:  # a damaged header (ValueError; KeyError for garbage): decoding says
-            height, width = rows, cols
+            height, width, colourspace = rows, cols, "Gray"
         if (height, width) != (rows, cols):
             raise _WrongSizeError(index, width, height)
         frame, warning = _decode_jpeg_frame(data)
@@ -543,6 +605,10 @@ def _jpeg_luminance(
         if frame.shape != (rows, cols):
             raise _WrongSizeError(index, frame.shape[1], frame.shape[0])
         out[index] = frame
+        if index in sampled and colourspace != "Gray":
+            with contextlib.suppress(ValueError):  # damaged: its grey is what is read
+                rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False)
+                colours[index] = coloured_pixels(rgb)
         return True, warning
 
     # libjpeg-turbo releases the GIL while decoding, so frames decode in parallel on threads.
@@ -579,7 +645,7 @@ def _jpeg_luminance(
     if not any(read for read, _ in results):
         raise UnreadableImageError(name, f"no JPEG frame decodes: {results[0][1]}")
     damaged = {n: w for n, (_, w) in enumerate(results, start=1) if w is not None}
-    return out, damaged
+    return Pixels(out, damaged, _colour_share(colours))
 
 
 _BATCH = 32
@@ -622,6 +688,21 @@ def _to_luminance(
         # pydicom hands back RGB for every colour model (YBR is converted on decoding).
         return _rgb_to_grey(pixels, int(ds.get("BitsStored", 8)))
     return _to_uint8(pixels, ds)
+
+
+def _rgb8(
+    pixels: npt.NDArray[np.generic], ds: Dataset, photometric: str, high_byte: bool
+) -> npt.NDArray[np.uint8] | None:
+    """One decoded frame as 8-bit RGB, or None when it has no colour (one sample a pixel)."""
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(pixels, ds)
+        return np.asarray(rgb >> 8 if high_byte else rgb, np.uint8)
+    if int(ds.get("SamplesPerPixel", 1)) != 3:
+        return None
+    bits = int(ds.get("BitsStored", 8))
+    if bits > 8:
+        return np.asarray(pixels.astype(np.uint32) >> (bits - 8), np.uint8)
+    return np.asarray(pixels, np.uint8)
 
 
 def _palette_max(ds: Dataset) -> int:
@@ -689,9 +770,10 @@ def _native_ybr_422(ds: Dataset, syntax: str | None, photometric: str) -> bool:
     )
 
 
-def _ybr_422_luminance(ds: Dataset, name: str, n_frames: int, rows: int, cols: int) -> GreyFrames:
+def _ybr_422_luminance(ds: Dataset, name: str, n_frames: int, rows: int, cols: int) -> Pixels:
     """The luminance of native YBR_FULL_422 frames: their Y bytes as they are (Y is the
-    weighted sum of R, G and B that :func:`_rgb_to_grey` computes)."""
+    weighted sum of R, G and B that :func:`_rgb_to_grey` computes); and where the
+    :func:`colour_frames` are coloured (their Cb and Cr as RGB)."""
     frame_bytes = rows * cols * 2
     data = ds.PixelData
     if len(data) < n_frames * frame_bytes:
@@ -703,4 +785,15 @@ def _ybr_422_luminance(ds: Dataset, name: str, n_frames: int, rows: int, cols: i
     pairs = np.frombuffer(data, np.uint8, n_frames * frame_bytes).reshape(
         n_frames, rows, cols // 2, 4
     )
-    return np.ascontiguousarray(pairs[..., :2]).reshape(n_frames, rows, cols)
+    colours = {}
+    for index in colour_frames(n_frames):
+        luma = pairs[index, ..., :2].astype(np.float32)
+        cb, cr = (np.repeat(pairs[index, ..., k : k + 1], 2, axis=-1) - 128.0 for k in (2, 3))
+        rgb = np.stack(
+            [luma + 1.402 * cr, luma - 0.344136 * cb - 0.714136 * cr, luma + 1.772 * cb], axis=-1
+        )
+        colours[index] = coloured_pixels(
+            np.clip(np.rint(rgb), 0, 255).astype(np.uint8).reshape(rows, cols, 3)
+        )
+    grey = np.ascontiguousarray(pairs[..., :2]).reshape(n_frames, rows, cols)
+    return Pixels(grey, {}, _colour_share(colours))

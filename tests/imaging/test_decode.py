@@ -16,7 +16,14 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from lus_pacs.domain import RegionSource
 from lus_pacs.errors import UnreadableImageError
-from lus_pacs.imaging.decode import decode_dataset, read_cine, read_header
+from lus_pacs.imaging.decode import (
+    colour_frames,
+    coloured_pixels,
+    decode_dataset,
+    luminance,
+    read_cine,
+    read_header,
+)
 from lus_pacs.imaging.writer import CineSyntax, UltrasoundRegion
 from tests.tools import write_cine
 
@@ -531,6 +538,12 @@ def test_an_uncompressed_ybr_full_422_cine_is_read_as_its_luminance(
     grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     assert np.abs(cine.frames.astype(np.float32) - grey).max() <= 2.0
     assert not np.array_equal(cine.frames[0], cine.frames[1])
+    # Its colours are read from the chroma bytes, as pydicom's RGB shows them.
+    colour = luminance(pydicom.dcmread(tmp_path / "cine.dcm"), "cine").colour
+    assert colour is not None
+    shown = np.mean([coloured_pixels(rgb[i]) for i in colour_frames(10)], axis=0)
+    assert shown.mean() > 0.2  # the test image is colour bars
+    assert np.mean(colour != shown) < 0.01
 
 
 def test_of_a_dual_view_the_live_image_is_read_not_the_frozen_reference(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The assessment of one cine: can the lung models read it?
 
-Eight checks, in this order, each giving its reason (:class:`NotAssessableReason`):
+Nine checks, in this order, each giving its reason (:class:`NotAssessableReason`):
 
 * **still image**: fewer than ``min_frames`` frames, or a loop that does not move (one image
   sent as a loop: :attr:`~lus_pacs.domain.Cine.moving`). B-lines, consolidation and the clip
@@ -25,6 +25,12 @@ Eight checks, in this order, each giving its reason (:class:`NotAssessableReason
   Also when frames with no echo (:attr:`~lus_pacs.domain.Cine.blank`: the probe lifted) are
   more than ``max_damaged_share`` of the loop or leave fewer than ``min_frames``; fewer, they
   are left out of every reading, as damaged frames are.
+* **colour flow**: more than ``max_colour_share`` of the tissue region's pixels (burned-in
+  overlay aside) are of a strong colour in a few frames spread over the loop
+  (:attr:`~lus_pacs.domain.Cine.colour_share`): colour flow or power Doppler over the lung,
+  whose reds and blues the grey reading takes for echoes. On the 238 real POCUS clips (both
+  sets, decoded in colour) the largest share is 0.005 (a web clip's coloured arrows); a colour
+  box over a quarter of the sector gives about 0.1.
 * **too small**: the region the view is cut from spans fewer than ``min_side`` source pixels
   one way (a thumbnail, a strip): its view is mostly made up by resampling. The real clips'
   smallest is 118 x 118.
@@ -91,6 +97,8 @@ class Assessor:
     max_deviation: float
     """Standard deviations a clip measurement may lie from the reference mean (else out of
     range)."""
+    max_colour_share: float
+    """Share of the tissue region that may be of a strong colour (else colour flow)."""
 
     @classmethod
     def load(cls, folder: Path) -> Assessor:
@@ -112,6 +120,7 @@ class Assessor:
         min_level = config.get("min_level")
         min_side = config.get("min_side")
         max_deviation = config.get("max_deviation")
+        max_colour_share = config.get("max_colour_share")
         reference = _reference(config.get("measurement_reference"), folder)
         # Every threshold is required: one left out would turn its check off without a word.
         if not isinstance(min_frames, int) or min_frames < 1:
@@ -128,6 +137,8 @@ class Assessor:
             raise ModelError(f"{folder / INFERENCE}: 'min_side' must be a positive integer.")
         if not isinstance(max_deviation, int | float) or max_deviation <= 0:
             raise ModelError(f"{folder / INFERENCE}: 'max_deviation' must be a positive number.")
+        if not isinstance(max_colour_share, int | float) or not 0 <= max_colour_share < 1:
+            raise ModelError(f"{folder / INFERENCE}: 'max_colour_share' must be within [0, 1).")
         if not isinstance(use_quality, bool):
             raise ModelError(f"{folder / INFERENCE}: 'use_quality' must be true or false.")
         for key in ("version", "name"):
@@ -145,6 +156,7 @@ class Assessor:
             min_side,
             reference,
             float(max_deviation),
+            float(max_colour_share),
         )
 
     def assess(self, cine: Cine, quality: object | None = None) -> AssessmentFindings:
@@ -168,6 +180,8 @@ class Assessor:
             or len(cine.blank) > self.max_damaged_share * cine.n_frames
         ):
             reasons.append(NotAssessableReason.BLANK)
+        if cine.colour_share is not None and cine.colour_share > self.max_colour_share:
+            reasons.append(NotAssessableReason.COLOUR_FLOW)
         region = view_region(cine)
         if min(region.width, region.height) < self.min_side:
             reasons.append(NotAssessableReason.TOO_SMALL)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
-from lus_pacs.domain import NotAssessableReason
+from lus_pacs.domain import NotAssessableReason, Region
 from lus_pacs.families.assessment.inference import Assessor, apex_ratio, echo_texture
 from lus_pacs.imaging.decode import read_cine
 from tests.conftest import PocusCache
@@ -26,12 +26,24 @@ def _pydicom(name: str) -> Path:
 
 
 @pytest.mark.parametrize(
-    "name", ["US1_UNCR.dcm", "OBXXXX1A.dcm", "gdcm-US-ALOKA-16.dcm", "examples_rgb_color.dcm"]
+    ("name", "doppler"),
+    [
+        ("US1_UNCR.dcm", True),
+        ("OBXXXX1A.dcm", False),
+        ("gdcm-US-ALOKA-16.dcm", False),
+        ("examples_rgb_color.dcm", True),
+    ],
 )
-def test_a_still_image_is_not_assessable(assessor: Assessor, name: str) -> None:
+def test_a_still_image_is_not_assessable(assessor: Assessor, name: str, doppler: bool) -> None:
+    """Two are a scanner's power Doppler of a lymph node (GE, an orange flow map over about a
+    tenth of the tissue): colour flow as well (since assessment 0.5.0); the palette colour
+    images' few coloured pixels are not."""
     found = assessor.assess(read_cine(_pydicom(name)))
     assert not found.assessable
-    assert found.reasons == (NotAssessableReason.STILL_IMAGE,)
+    expected = [NotAssessableReason.STILL_IMAGE]
+    if doppler:
+        expected.append(NotAssessableReason.COLOUR_FLOW)
+    assert found.reasons == tuple(expected)
 
 
 @pytest.mark.parametrize("name", ["color3d_jpeg_baseline.dcm", "examples_ybr_color.dcm"])
@@ -128,7 +140,14 @@ def test_every_threshold_of_the_bundle_is_required(tmp_path: Path) -> None:
 
     from lus_pacs.errors import ModelError
 
-    required = ("min_texture", "min_level", "min_side", "max_damaged_share", "use_quality")
+    required = (
+        "min_texture",
+        "min_level",
+        "min_side",
+        "max_damaged_share",
+        "use_quality",
+        "max_colour_share",
+    )
     for key in (*required, "max_deviation", "measurement_reference"):
         bundle = tmp_path / key / "assessment"
         shutil.copytree(BUNDLE, bundle)
@@ -161,3 +180,71 @@ def test_a_cine_whose_measurements_no_lung_clip_has_is_out_of_range(
     found = assessor.assess(cine)
     assert found.reasons == (NotAssessableReason.OUT_OF_RANGE,), found
     assert assessor.deviation(cine) > 10 * assessor.max_deviation
+
+
+def _colour_box(grey: np.ndarray, region: Region, seed: int) -> np.ndarray:
+    """``grey`` as RGB with colour flow drawn in a box over the middle quarter of
+    ``region``: red and blue blobs that change from frame to frame, as a scanner draws it."""
+    import cv2
+
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    y0, y1 = region.y0 + region.height // 4, region.y0 + 3 * region.height // 4
+    x0, x1 = region.x0 + region.width // 4, region.x0 + 3 * region.width // 4
+    rng = np.random.default_rng(seed)
+    for frame in rgb:
+        coarse = rng.normal(size=(max(2, (y1 - y0) // 8), max(2, (x1 - x0) // 8)))
+        flow = cv2.resize(coarse, (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
+        box = frame[y0:y1, x0:x1]
+        box[flow > 0.8] = (200, 30, 30)  # towards the probe
+        box[flow < -0.8] = (40, 70, 220)  # away from it
+    return rgb
+
+
+@pytest.mark.parametrize("syntax", ["jpeg", "rle", "explicit"])
+def test_colour_flow_over_the_lung_is_not_assessable_and_a_tinted_grey_is(
+    assessor: Assessor, synth_exams: Path, tmp_path: Path, syntax: str
+) -> None:
+    """A colour flow box over the lung: read as grey, its reds and blues were echoes (a
+    review on 2026-12-07: B-lines absent -> present, severity 1 -> 2). The same cine in grey
+    written as RGB, and tinted sepia (some scanners' grey map), are read as before."""
+    from tests.tools import write_cine
+
+    lung = read_cine(next(synth_exams.glob("*/R1.dcm")))
+    grey = lung.frames
+    variants = {
+        "doppler": _colour_box(grey, lung.region, seed=4),
+        "grey": np.repeat(grey[..., None], 3, axis=-1),
+        "sepia": np.rint(grey[..., None] * np.array([1.0, 0.85, 0.65])).astype(np.uint8),
+    }
+    cines = {
+        name: read_cine(write_cine(tmp_path / f"{name}.dcm", frames, syntax))
+        for name, frames in variants.items()
+    }
+    found = {name: assessor.assess(cine) for name, cine in cines.items()}
+    assert found["doppler"].reasons == (NotAssessableReason.COLOUR_FLOW,), found["doppler"]
+    assert cines["doppler"].colour_share is not None
+    assert 0.05 < cines["doppler"].colour_share < 0.2  # a quarter of the area, in part coloured
+    for name in ("grey", "sepia"):
+        assert found[name].assessable, found[name]
+        share = cines[name].colour_share
+        assert share is not None, name
+        assert share < assessor.max_colour_share / 20, (name, share)
+    # A grey image (MONOCHROME2) holds no colour to look at.
+    assert read_cine(write_cine(tmp_path / "mono.dcm", grey, "rle")).colour_share is None
+
+
+def test_colour_share_is_required_within_its_range(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from lus_pacs.errors import ModelError
+
+    for value in (1.0, -0.1, "0.02"):
+        bundle = tmp_path / str(value) / "assessment"
+        shutil.copytree(BUNDLE, bundle)
+        config = bundle / "configs" / "inference.json"
+        values = json.loads(config.read_text())
+        values["max_colour_share"] = value
+        config.write_text(json.dumps(values))
+        with pytest.raises(ModelError, match="max_colour_share"):
+            Assessor.load(bundle)
