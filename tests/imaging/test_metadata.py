@@ -102,3 +102,9 @@ def test_zone_from_the_first_matching_rule() -> None:
     # One label per zone: "R01" and "R1" were two zones, both in the LUS total.
     assert lung_zone(_ds(SeriesDescription="Lung R01")) == "R1"
     assert lung_zone(_ds(SeriesDescription="Lung r10")) == "R10"
+    # A probe's name beside the zone is not a zone: "L12-4" was zone L12, a zone of its own
+    # in the LUS total; "L38" (a linear probe) likewise.
+    assert lung_zone(_ds(SeriesDescription="L12-4 Lung R3")) == "R3"
+    assert lung_zone(_ds(SeriesDescription="Lung L38 L2")) == "L2"
+    assert lung_zone(_ds(SeriesDescription="Lung L12-4")) is None
+    assert lung_zone(_ds(SeriesDescription="Lung R14")) == "R14"
