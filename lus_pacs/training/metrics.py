@@ -149,28 +149,33 @@ def exact_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
 
 
 def source_bootstrap_interval(
-    statistic: Callable[[npt.NDArray[np.intp]], float],
+    statistic: Callable[[npt.NDArray[np.intp], npt.NDArray[np.intp]], float],
     groups: npt.ArrayLike,
     *,
     rounds: int = 1000,
     seed: int = 0,
     level: float = 0.95,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``statistic(indices)`` resampling whole sources (each
-    case's in ``groups``) with replacement: clips of one source (one device, site, publisher)
-    are alike, so resampling clips one by one understates how a figure moves with the sources
-    drawn. NaN when fewer than two sources; undefined resamples are dropped."""
+    """Percentile bootstrap interval of ``statistic(indices, sources)`` resampling whole
+    sources (each case's in ``groups``) with replacement: clips of one source (one device,
+    site, publisher) are alike, so resampling clips one by one understates how a figure moves
+    with the sources drawn. ``sources`` numbers the drawn sources of each index, a source drawn
+    twice under two numbers: a statistic over pairs within a source (:func:`within_group_auc`)
+    must count its copies as two sources, not one source with four times the pairs. NaN when
+    fewer than two sources; undefined resamples are dropped."""
     g = np.asarray(groups)
     members = [np.flatnonzero(g == name) for name in np.unique(g)]
     if len(members) < 2:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
 
-    def draw() -> npt.NDArray[np.intp]:
+    def draw() -> float:
         chosen = rng.integers(0, len(members), len(members))
-        return np.concatenate([members[k] for k in chosen])
+        indices = np.concatenate([members[k] for k in chosen])
+        sources = np.repeat(np.arange(len(chosen)), [len(members[k]) for k in chosen])
+        return statistic(indices, sources)
 
-    return _percentiles([statistic(draw()) for _ in range(rounds)], level)
+    return _percentiles([draw() for _ in range(rounds)], level)
 
 
 def bootstrap_interval(

@@ -88,10 +88,10 @@ def binary_row(
     if g is not None and len(g) != len(s):
         raise ValueError(f"binary_row: {len(g)} groups for {len(s)} clips.")
 
-    def stats(i: npt.NDArray[np.intp]) -> dict[str, float]:
+    def stats(i: npt.NDArray[np.intp], sources: npt.NDArray[np.generic] | None) -> dict[str, float]:
         found = binary_metrics(s[i], y[i], threshold)
-        if g is not None:
-            found["auc_within_source"] = within_group_auc(s[i], y[i], g[i])
+        if sources is not None:
+            found["auc_within_source"] = within_group_auc(s[i], y[i], sources)
         return found
 
     keys = ("auc", "sensitivity", "specificity", "f1")
@@ -132,7 +132,7 @@ def severity_row(
     t = np.asarray(truth, np.intp)
     g = None if groups is None else np.asarray(groups)
 
-    def stats(i: npt.NDArray[np.intp]) -> dict[str, float]:
+    def stats(i: npt.NDArray[np.intp], _sources: object) -> dict[str, float]:
         return {
             "accuracy": float((p[i] == t[i]).mean()) if i.size else float("nan"),
             "weighted_f1": weighted_metrics(t[i], p[i], SCORES)["f1"],
@@ -153,27 +153,33 @@ def severity_row(
 
 
 def _with_intervals(
-    stats: Callable[[npt.NDArray[np.intp]], dict[str, float]],
+    stats: Callable[[npt.NDArray[np.intp], npt.NDArray[np.generic] | None], dict[str, float]],
     keys: tuple[str, ...],
     n: int,
     rounds: int,
     seed: int,
     groups: npt.NDArray[np.generic] | None = None,
 ) -> dict[str, Metric]:
-    """Each of ``keys`` of ``stats`` on all ``n`` cases, with its bootstrap interval over
-    clips and, with each case's source in ``groups``, over sources."""
-    point = stats(np.arange(n))
+    """Each of ``keys`` of ``stats(indices, sources)`` on all ``n`` cases, with its bootstrap
+    interval over clips and, with each case's source in ``groups``, over sources (``sources``:
+    the source of each index, None without ``groups``)."""
+    point = stats(np.arange(n), groups)
     metrics = {}
     for key in keys:
 
-        def statistic(i: npt.NDArray[np.intp], key: str = key) -> float:
-            return stats(i)[key]
+        def by_clip(i: npt.NDArray[np.intp], key: str = key) -> float:
+            return stats(i, None if groups is None else groups[i])[key]
 
-        low, high = bootstrap_interval(statistic, n, rounds=rounds, seed=seed)
-        by_source = (float("nan"), float("nan"))
+        def by_source(
+            i: npt.NDArray[np.intp], sources: npt.NDArray[np.intp], key: str = key
+        ) -> float:
+            return stats(i, sources)[key]
+
+        low, high = bootstrap_interval(by_clip, n, rounds=rounds, seed=seed)
+        source_interval = (float("nan"), float("nan"))
         if groups is not None:
-            by_source = source_bootstrap_interval(statistic, groups, rounds=rounds, seed=seed)
-        metrics[key] = Metric(point[key], low, high, *by_source)
+            source_interval = source_bootstrap_interval(by_source, groups, rounds=rounds, seed=seed)
+        metrics[key] = Metric(point[key], low, high, *source_interval)
     return metrics
 
 

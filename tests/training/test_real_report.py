@@ -264,13 +264,13 @@ def test_the_interval_by_source_resamples_whole_sources() -> None:
     level = np.repeat(rng.random(6), 30)  # each source its own rate: clips alike within it
     flags = rng.random(180) < level
     clip_low, clip_high = bootstrap_interval(lambda i: float(flags[i].mean()), 180, rounds=400)
-    low, high = source_bootstrap_interval(lambda i: float(flags[i].mean()), groups, rounds=400)
+    low, high = source_bootstrap_interval(lambda i, _: float(flags[i].mean()), groups, rounds=400)
     assert low <= flags.mean() <= high
     assert high - low > 2 * (clip_high - clip_low)
     # Drawn by source: each draw holds whole sources, so one source's clips come together.
     drawn: list[np.ndarray] = []
 
-    def kept(indices: np.ndarray) -> float:
+    def kept(indices: np.ndarray, _sources: np.ndarray) -> float:
         drawn.append(indices)
         return 0.0
 
@@ -279,7 +279,7 @@ def test_the_interval_by_source_resamples_whole_sources() -> None:
         counts = np.bincount(indices, minlength=180)
         for k in range(6):
             assert len(set(counts[groups == f"s{k}"])) == 1
-    assert np.isnan(source_bootstrap_interval(lambda i: 0.0, ["one"] * 5)[0])
+    assert np.isnan(source_bootstrap_interval(lambda i, _: 0.0, ["one"] * 5)[0])
     row = binary_row(
         "b_lines", "b_lines", "external", level + rng.normal(scale=0.1, size=180), flags, 0.5,
         groups=list(groups), rounds=200,
@@ -320,3 +320,28 @@ def test_the_interval_by_source_of_a_proportion_at_zero_is_the_exact_one_too() -
         groups=list("abcdabcd"), rounds=200,
     )  # fmt: skip
     assert str(row.metrics["sensitivity"]) == "0.00 [0.00, 0.60] (by source 0.00, 0.60)"
+
+
+def test_a_source_drawn_twice_counts_as_two_sources_within_sources() -> None:
+    """Drawn as one source, a source's copies multiplied its pairs by four, not two: with
+    sources ordered perfectly, reversed and perfectly (AUC 1, 0, 1; one pair each), a draw of
+    A, A, B gave 0.8 within sources where two A sources and one B give 2/3; the by-source
+    interval of the B-line recipe printed an upper bound of 0.89 for 0.84."""
+    from lus_pacs.training.metrics import within_group_auc
+
+    scores = np.array([1.0, 0.0, 0.0, 1.0, 1.0, 0.0])
+    labels = np.array([True, False, True, False, True, False])
+    groups = np.array(["A", "A", "B", "B", "C", "C"])
+    assert within_group_auc(scores, labels, groups) == pytest.approx(2 / 3)
+    found: set[float] = set()
+
+    def within(indices: np.ndarray, sources: np.ndarray) -> float:
+        value = within_group_auc(scores[indices], labels[indices], sources)
+        found.add(round(value, 4))
+        return value
+
+    source_bootstrap_interval(within, groups, rounds=60)
+    # Three sources drawn, each a pair: the mean of three AUCs of 0 or 1.
+    thirds = {round(k / 3, 4) for k in range(4)}
+    assert found <= thirds, found
+    assert len(found) >= 3
