@@ -188,13 +188,17 @@ def fit_ordinal_shift(
     Raises
     ------
     ValueError
-        Fewer than two different scores, or a score outside 0 .. n_scores - 1.
+        Fewer than two different scores, a score outside 0 .. n_scores - 1, or an ``eta``
+        that is not a number (the bounded search then returned its first probe, -4.72, as if
+        fitted).
     """
     eta = np.asarray(etas, np.float64)
     c = np.asarray(cuts, np.float64)
     s = np.asarray(scores, np.intp)
     if len(eta) != len(s) or len(set(s.tolist())) < 2:
         raise ValueError("A severity calibration needs scored cines of two scores or more.")
+    if not np.isfinite(eta).all():
+        raise ValueError("A severity calibration needs a finite clip score of every cine.")
     if s.min() < 0 or s.max() >= n_scores or len(c) != n_scores - 1:
         raise ValueError(f"Scores must be 0 .. {n_scores - 1} with {n_scores - 1} cuts.")
     bounds = np.r_[-np.inf, c, np.inf]
@@ -403,6 +407,9 @@ def calibrate_site(labels: Path, site: str, models_dir: Path) -> CalibrationRepo
         # A cine that breaks a model is that cine's failure only, as in the node.
         except Exception as exc:
             refused.append((row.path, describe(exc)))
+            continue
+        if not all(np.isfinite(value) for value in scores.values()):
+            refused.append((row.path, "a model gave no score (not a number)"))
             continue
         for f, value in scores.items():
             found[f].append((value, int(getattr(row, f))))

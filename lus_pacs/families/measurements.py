@@ -148,12 +148,14 @@ def fit_intercept(logits: npt.ArrayLike, labels: npt.ArrayLike, iterations: int 
     Raises
     ------
     ValueError
-        Not one label per logit, or only one class.
+        Not one label per logit, only one class, or a logit that is not a number.
     """
     z = np.asarray(logits, np.float64)
     y = np.asarray(labels, np.float64)
     if len(z) != len(y) or len(y) < 2 or y.min() == y.max():
         raise ValueError("fit_intercept needs one label per logit and both classes.")
+    if not np.isfinite(z).all():
+        raise ValueError("fit_intercept needs finite logits.")
     return float(_intercept(z, y, _balanced(y), iterations)[0])
 
 

@@ -61,6 +61,11 @@ def test_ordinal_shift_of_a_hand_case() -> None:
     assert fit_ordinal_shift(eta, cuts, scores.tolist()) == pytest.approx(1.5, abs=0.1)
     with pytest.raises(ValueError, match="two scores"):
         fit_ordinal_shift([0.0, 1.0], cuts, [2, 2])
+    # A score that is not a number: the bounded search answered its first probe, -4.72.
+    with pytest.raises(ValueError, match="finite"):
+        fit_ordinal_shift([float("nan"), 0.2, 0.5], cuts, [0, 1, 2])
+    with pytest.raises(ValueError, match="finite"):
+        fit_intercept([float("nan"), 0.2, 0.5], [True, False, True])
 
 
 def test_calibration_file_and_its_refusals(tmp_path: Path) -> None:
