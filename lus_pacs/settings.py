@@ -43,9 +43,10 @@ class ZoneRule(BaseModel):
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 """The bundles shipped beside the package (``models/`` of the repository)."""
 
-_ZONE = r"(?i)\b(?:zone\s*)?(?P<zone>[RL](?:0?[1-9]|1[0-4]))\b(?![-.]\d)"
-"""R or L and a zone number of 1-14 (of the 8-, 12- and 14-zone protocols), alone: not a probe's
-name such as L12-4, L38 or C5-1, which scanners write beside the zone."""
+_ZONE = r"(?i)\b(?:zone\s*)?(?P<zone>R(?:0?[1-9]|1[0-4])|L(?:0?[1-9]|1[0-4])(?!-\d))\b"
+"""R or L and a zone number of 1-14 (of the 8-, 12- and 14-zone protocols), alone: not a linear
+probe's name such as L12-4 or L38, which scanners write beside the zone (an L zone followed by
+a dash and a digit is taken for one; "R1-2" and "R2.1", a zone and its clip, stay zones)."""
 
 DEFAULT_ZONE_RULES = (
     ZoneRule(attribute="SeriesDescription", pattern=_ZONE),

@@ -108,3 +108,6 @@ def test_zone_from_the_first_matching_rule() -> None:
     assert lung_zone(_ds(SeriesDescription="Lung L38 L2")) == "L2"
     assert lung_zone(_ds(SeriesDescription="Lung L12-4")) is None
     assert lung_zone(_ds(SeriesDescription="Lung R14")) == "R14"
+    # ... while a zone's clip number after it is still its zone.
+    for text, zone in (("R2.1", "R2"), ("Lung R1-2", "R1"), ("L2.1", "L2"), ("L1-L2", "L1")):
+        assert lung_zone(_ds(SeriesDescription=text)) == zone, text
