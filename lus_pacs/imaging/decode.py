@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 import simplejpeg
@@ -74,9 +75,10 @@ it converts to luminance, from YCbCr, whose luminance it keeps: scanners often l
 stream RGB, which pydicom, trusting the label, decodes to washed-out grey (the 120-frame
 echocardiogram relabelled: black read as 91)."""
 
-COLOUR_SAMPLES = 4
+COLOUR_SAMPLES = 8
 """Frames of a colour cine, spread over the loop, whose colours are looked at (the grey
-frames are all that is read otherwise)."""
+frames are all that is read otherwise); those read only in part are left out (grey filler
+where the data ended would hide the colour)."""
 MIN_CHROMA = 60
 """Least difference between a pixel's largest and smallest of R, G and B (0-255) for it to be
 coloured: colour flow's reds, blues and yellows reach 100-200; JPEG's chroma noise on a grey
@@ -90,9 +92,10 @@ def coloured_pixels(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
     """Pixels of an 8-bit RGB frame (rows, columns, 3) shown in a strong colour
     (:data:`MIN_CHROMA`, :data:`MIN_SATURATION`): colour flow (Doppler) or a colour marker,
     not a grey echo nor a tinted one."""
-    top = rgb.max(axis=-1).astype(np.int16)
-    chroma = top - rgb.min(axis=-1)
-    return (chroma >= MIN_CHROMA) & (chroma >= MIN_SATURATION * top)
+    red, green, blue = (np.ascontiguousarray(rgb[..., k]) for k in range(3))
+    top = cv2.max(cv2.max(red, green), blue)  # 20 times numpy's max over the last axis
+    chroma = cv2.subtract(top, cv2.min(cv2.min(red, green), blue))
+    return (chroma >= MIN_CHROMA) & (chroma >= MIN_SATURATION * top.astype(np.float32))
 
 
 def colour_frames(n_frames: int) -> frozenset[int]:
@@ -111,14 +114,33 @@ class Pixels:
     damaged: dict[int, str]
     """The frames (1-based) read only in part, with the decoder's warning."""
     colour: npt.NDArray[np.float32] | None
-    """(rows, columns): in what share of the :func:`colour_frames` that decoded each pixel is
-    :func:`coloured_pixels`; None for an image with no colour (one sample a pixel)."""
+    """(rows, columns): in what share of the :func:`colour_frames` that decoded whole each
+    pixel is :func:`coloured_pixels`, burned-in colour aside (:func:`_colour_share`); None for
+    an image with no colour (one sample a pixel)."""
 
 
-def _colour_share(masks: dict[int, npt.NDArray[np.bool_]]) -> npt.NDArray[np.float32] | None:
+STILL_LEVELS = 2
+"""Grey levels a pixel may vary by over the sampled frames and still be still."""
+
+
+def _colour_share(
+    masks: dict[int, npt.NDArray[np.bool_]], grey: GreyFrames, damaged: Iterable[int]
+) -> npt.NDArray[np.float32] | None:
+    """The share of the sampled frames in which each pixel is coloured, from the ``masks`` of
+    the frames (0-based) not among the ``damaged`` (1-based). A pixel coloured in every one of
+    two or more frames while its grey stays still is burned in (a body marker, a colour bar),
+    not flow, which changes from frame to frame: it counts as not coloured."""
+    whole = {i: mask for i, mask in masks.items() if i + 1 not in set(damaged)}
     if not masks:
         return None
-    return np.mean(np.stack(list(masks.values())), axis=0, dtype=np.float32)
+    if not whole:
+        return np.zeros(grey.shape[1:], np.float32)
+    share: npt.NDArray[np.float32] = np.stack(list(whole.values())).mean(axis=0, dtype=np.float32)
+    if len(whole) > 1:
+        sampled = grey[sorted(whole)]
+        still = (sampled.max(axis=0) - sampled.min(axis=0)) <= STILL_LEVELS
+        share[still & (share == 1.0)] = 0.0
+    return share
 
 
 def decodable_syntaxes(syntaxes: Iterable[str]) -> list[str]:
@@ -498,8 +520,9 @@ def luminance(
         raise UnreadableImageError(
             name, f"NumberOfFrames is {n_frames} but the Pixel Data holds {read} frames"
         )
+    faults = damaged | failed
     return Pixels(
-        _invert_if_monochrome1(grey, photometric), damaged | failed, _colour_share(colours)
+        _invert_if_monochrome1(grey, photometric), faults, _colour_share(colours, grey, faults)
     )
 
 
@@ -645,7 +668,7 @@ def _jpeg_luminance(
     if not any(read for read, _ in results):
         raise UnreadableImageError(name, f"no JPEG frame decodes: {results[0][1]}")
     damaged = {n: w for n, (_, w) in enumerate(results, start=1) if w is not None}
-    return Pixels(out, damaged, _colour_share(colours))
+    return Pixels(out, damaged, _colour_share(colours, out, damaged))
 
 
 _BATCH = 32
@@ -796,4 +819,4 @@ def _ybr_422_luminance(ds: Dataset, name: str, n_frames: int, rows: int, cols: i
             np.clip(np.rint(rgb), 0, 255).astype(np.uint8).reshape(rows, cols, 3)
         )
     grey = np.ascontiguousarray(pairs[..., :2]).reshape(n_frames, rows, cols)
-    return Pixels(grey, {}, _colour_share(colours))
+    return Pixels(grey, {}, _colour_share(colours, grey, ()))

@@ -248,3 +248,53 @@ def test_colour_share_is_required_within_its_range(tmp_path: Path) -> None:
         config.write_text(json.dumps(values))
         with pytest.raises(ModelError, match="max_colour_share"):
             Assessor.load(bundle)
+
+
+def test_colour_flow_is_seen_past_frames_cut_short(
+    assessor: Assessor, synth_exams: Path, tmp_path: Path
+) -> None:
+    """The frames whose colours were looked at cut short (the last one, the likeliest to be
+    cut, is always among them): their grey filler hid the colour (share 0.098 -> 0.003) and
+    the cine was read as lung with its colours taken for echoes."""
+    import pydicom
+    from pydicom.encaps import encapsulate, generate_frames
+
+    from lus_pacs.imaging.decode import colour_frames
+    from tests.tools import write_cine
+
+    lung = read_cine(next(synth_exams.glob("*/R1.dcm")))
+    path = write_cine(tmp_path / "doppler.dcm", _colour_box(lung.frames, lung.region, 6), "jpeg")
+    ds = pydicom.dcmread(path)
+    n = int(ds.NumberOfFrames)
+    frames = list(generate_frames(ds.PixelData, number_of_frames=n))
+    cut = sorted(colour_frames(n))[1::2]  # half the sampled frames, the last among them
+    assert n - 1 in cut
+    for i in cut:
+        frames[i] = frames[i][: len(frames[i]) // 4]
+    ds.PixelData = encapsulate(frames, has_bot=True)
+    ds.save_as(tmp_path / "cut.dcm")
+    cine = read_cine(tmp_path / "cut.dcm")
+    assert {i + 1 for i in cut} <= set(cine.damaged)
+    whole = read_cine(path).colour_share
+    assert whole is not None
+    assert cine.colour_share is not None
+    assert cine.colour_share > 0.8 * whole  # the frames read whole still tell
+    assert NotAssessableReason.COLOUR_FLOW in assessor.assess(cine).reasons
+
+
+def test_a_dark_coloured_marker_burned_in_is_not_colour_flow(
+    assessor: Assessor, synth_exams: Path, tmp_path: Path
+) -> None:
+    """A dark blue body marker in a corner of the declared region, the same in every frame:
+    too dark for the overlay mask (bright text), it was counted as colour flow (share 0.025)."""
+    from tests.tools import write_cine
+
+    lung = read_cine(next(synth_exams.glob("*/R1.dcm")))
+    rgb = np.repeat(lung.frames[..., None], 3, axis=-1)
+    r = lung.region
+    side = max(r.height, r.width) // 5
+    rgb[:, r.y1 - side : r.y1, r.x0 : r.x0 + side] = (10, 20, 90)  # luma about 24
+    cine = read_cine(write_cine(tmp_path / "marker.dcm", rgb, "rle"))
+    assert cine.colour_share is not None
+    assert cine.colour_share < assessor.max_colour_share / 4
+    assert assessor.assess(cine).assessable
