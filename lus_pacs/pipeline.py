@@ -36,7 +36,12 @@ from lus_pacs.domain import (
     Output,
     OutputKind,
 )
-from lus_pacs.encode.common import repaired_header, restore_source_class
+from lus_pacs.encode.common import (
+    repaired_header,
+    restore_character_set,
+    restore_source_class,
+    results_character_set,
+)
 from lus_pacs.encode.files import (
     configure_encoder_process,
     encode,
@@ -656,6 +661,11 @@ def encode_summary(
     )
     for source in sources:
         restore_source_class(dataset, source)
+    # The sources' own character set where they agree on one; else UTF-8 holds every name.
+    if sources and all(
+        results_character_set(s) == results_character_set(sources[0]) for s in sources
+    ):
+        restore_character_set(dataset, sources[0])
     return kind, dataset
 
 

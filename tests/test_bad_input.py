@@ -21,6 +21,8 @@ from pydicom.uid import generate_uid
 from lus_pacs.cli import record_notes
 from lus_pacs.encode import codes
 from lus_pacs.encode.readback import read_cine_sr
+from lus_pacs.pipeline import encode_summary
+from lus_pacs.records import StudySummary
 from tests.encode import tree
 from tests.tools import chosen_frames, dciodvfy_errors, write_cine
 
@@ -358,3 +360,44 @@ def test_a_cine_a_few_pixels_high_or_wide_still_gets_its_presentation_state(
         assert not record.get("outputs_failed"), record["outputs_failed"]
         (pr,) = [o for o in record["outputs"] if o["kind"] == "pr"]
         assert dciodvfy_errors(tmp_path / "out" / "results" / pr["path"]) == []
+
+
+@pytest.mark.parametrize(
+    ("character_set", "name"),
+    [
+        (["", "ISO 2022 IR 149"], "Hong^Gildong=\ud64d^\uae38\ub3d9"),  # Korean
+        ("ISO_IR 100", "M\u00fcller^J\u00fcrgen"),  # Latin-1
+    ],
+    ids=["korean", "latin1"],
+)
+def test_a_cine_in_any_character_set_gets_its_results_in_it(
+    cine: Path, tmp_path: Path, character_set: str | list[str], name: str
+) -> None:
+    """highdicom refuses terms that are valid DICOM (Korean ISO 2022 IR 149, Chinese ISO 2022
+    IR 58, which pydicom cannot write back): every result object of such a cine, and its study
+    summary, failed. The results are made in UTF-8 and written in the source's own set: the
+    names read as the source's."""
+    source = tmp_path / "source.dcm"
+    _copy(cine, source, SpecificCharacterSet=character_set, PatientName=name)
+    written = pydicom.dcmread(source, stop_before_pixels=True)
+    assert str(written.PatientName) == name
+    records, failed = _process([source], tmp_path / "run")
+    assert failed == []
+    (record,) = records
+    assert "outputs_failed" not in record, record["outputs_failed"]
+    results = sorted((tmp_path / "run" / "results").rglob("*.dcm"))
+    assert {path.name.split("-")[0] for path in results} == {"sr", "kos", "seg", "pr"}
+    # The study summary, made as the node makes it.
+    studies = (tmp_path / "run" / "results" / "studies.jsonl").read_text().splitlines()
+    _, summary = encode_summary(StudySummary.loads(studies[0]), [written], "models")
+    summary.save_as(tmp_path / "summary.dcm", enforce_file_format=True)
+    results.append(tmp_path / "summary.dcm")
+    # The standard form of ISO 2022 (an empty first value) is written as the encoders take it.
+    expected = (
+        character_set if isinstance(character_set, str) else ["ISO 2022 IR 6", *character_set[1:]]
+    )
+    for path in results:
+        made = pydicom.dcmread(path, stop_before_pixels=True)
+        assert made.SpecificCharacterSet == expected, path.name
+        assert str(made.PatientName) == name, path.name
+        assert dciodvfy_errors(path) == [], path.name

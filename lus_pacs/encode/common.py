@@ -194,7 +194,12 @@ def repaired_header(header: Dataset) -> Dataset:
     attribute is type 2). An attribute of one value given several (a PatientName of two
     names, two StudyDates) keeps its first, and a missing Modality is taken from the class
     (US, or OT for a secondary capture): both made every result object and the study
-    summary fail. The original dataset is not changed.
+    summary fail. The encoders are given UTF-8 (``ISO_IR 192``) in place of any other Specific
+    Character Set (the values are already decoded text, which UTF-8 holds whole): highdicom
+    refuses terms that are valid DICOM (Korean ``ISO 2022 IR 149``, Chinese ``ISO 2022 IR
+    58``), which failed every result object; :func:`restore_character_set` puts the source's
+    own (mended) set back on the results before they are written. The original dataset is
+    not changed.
     """
     # A new element dict holding the same elements: each repair replaces an element, never
     # changes one (the header's own elements stay as they are).
@@ -207,7 +212,8 @@ def repaired_header(header: Dataset) -> Dataset:
     current = RETIRED_IMAGE_CLASSES.get(str(header.get("SOPClassUID", "")))
     if current is not None:
         repaired[_SOP_CLASS_UID] = DataElement(_SOP_CLASS_UID, "UI", current)
-    _repair_character_set(header, repaired)
+    if _SPECIFIC_CHARACTER_SET in repaired:
+        repaired[_SPECIFIC_CHARACTER_SET] = DataElement(_SPECIFIC_CHARACTER_SET, "CS", _UTF8)
     _repair_patient_sex(header, repaired)
     _repair_single_values(header, repaired)
     _repair_modality(header, repaired)
@@ -232,18 +238,35 @@ def repaired_header(header: Dataset) -> Dataset:
     return repaired
 
 
-def _repair_character_set(header: Dataset, repaired: Dataset) -> None:
+def results_character_set(header: Dataset) -> str | list[str] | None:
+    """The Specific Character Set the results of ``header``'s cine are written in: the
+    source's, an empty first value (the standard form of ISO 2022 Japanese and Korean,
+    ``\\ISO 2022 IR 87``, which the encoders refused) given as ``ISO 2022 IR 6``, the default
+    repertoire it stands for; None when the source declares none."""
     element = header.get(_SPECIFIC_CHARACTER_SET)  # by tag: the element, or None
-    if element is None or element.VM < 2 or str(element.value[0]).strip():
-        return
-    values = ["ISO 2022 IR 6", *map(str, element.value[1:])]
-    log.warning("SpecificCharacterSet %r written as %r for the results", element.value, values)
-    repaired[element.tag] = DataElement(element.tag, "CS", values)
+    if element is None:
+        return None
+    if element.VM < 2:
+        return str(element.value)
+    values = [str(v) for v in element.value]
+    if not values[0].strip():
+        values[0] = "ISO 2022 IR 6"
+    return values
+
+
+def restore_character_set(result: Dataset, source: Dataset) -> None:
+    """``result`` (made from :func:`repaired_header` of ``source``) in the source's own
+    character set (:func:`results_character_set`): its names and descriptions are written as
+    the source's were."""
+    values = results_character_set(source)
+    if values is not None:
+        result[_SPECIFIC_CHARACTER_SET] = DataElement(_SPECIFIC_CHARACTER_SET, "CS", values)
 
 
 _SEXES = {"M": "M", "F": "F", "O": "O", "MALE": "M", "FEMALE": "F"}
 _PATIENT_SEX = 0x00100040
 _SPECIFIC_CHARACTER_SET = 0x00080005
+_UTF8 = "ISO_IR 192"
 
 
 def _repair_single_values(header: Dataset, repaired: Dataset) -> None:

@@ -19,7 +19,11 @@ from pydicom.uid import generate_uid
 from lus_pacs import LOG_FORMAT, __version__
 from lus_pacs.domain import Findings, Output, OutputKind, ResultIdentity
 from lus_pacs.durable import durable_file, durable_folder
-from lus_pacs.encode.common import repaired_header, restore_source_class
+from lus_pacs.encode.common import (
+    repaired_header,
+    restore_character_set,
+    restore_source_class,
+)
 from lus_pacs.encode.objects import SERIES_NUMBERS, encode_objects
 
 log = logging.getLogger(__name__)
@@ -80,6 +84,7 @@ def encode(
     )
     for _, dataset in objects:
         restore_source_class(dataset, header)
+        restore_character_set(dataset, header)
     return objects
 
 
