@@ -429,6 +429,8 @@ class Findings:
     by_family: Mapping[str, object] = field(default_factory=dict)
     damaged: Mapping[int, str] = field(default_factory=dict)
     """The cine's frames read only in part (:attr:`Cine.damaged`)."""
+    blank: frozenset[int] = frozenset()
+    """The cine's frames with no echo (:attr:`Cine.blank`)."""
 
     def of_family(self, name: str, kind: type[_T]) -> _T | None:
         """The findings of family ``name`` if it ran, checked to be a ``kind``."""

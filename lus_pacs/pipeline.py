@@ -219,6 +219,7 @@ def analyse(
         key_frames=key_frames,
         by_family=by_family,
         damaged=dict(cine.damaged),
+        blank=cine.blank,
     )
 
 

@@ -330,6 +330,19 @@ def test_a_frame_with_no_echo_is_never_chosen_and_a_frozen_loop_is_a_still_image
     assert chosen
     assert not chosen & {1, 15}, chosen
     assert not set(blank["b_lines"]["frames"]) & {1, 15}
+    # Nor is one counted among the frames of a severity score in the SR (a review found them
+    # there after they were left out of every reading).
+    (sr,) = [o for o in blank["outputs"] if o["kind"] == "sr"]
+    scored = [
+        frame
+        for name in codes.FRAMES_WITH_SCORE
+        for item in tree.named(pydicom.dcmread(tmp_path / "out" / "results" / sr["path"]), name)
+        for image in item.ContentSequence
+        if image.ValueType == "IMAGE"
+        for frame in tree.frames(image)
+    ]
+    assert scored
+    assert not set(scored) & {1, 15}, scored
     assert not still["assessment"]["assessable"]
     assert still["assessment"]["reasons"] == ["still_image"]
     assert "b_lines" not in still

@@ -60,7 +60,7 @@ A model that did not run leaves nothing in the tree: no B-line item is ever made
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Set
 
 import highdicom as hd
 import numpy as np
@@ -440,7 +440,7 @@ def _severity_groups(
         finding_type=codes.LUS_SCORE,
         algorithm_id=algorithm,
         finding_sites=[finding_site(zone)],
-        measurements=_severity_measurements(sev, header, findings.damaged),
+        measurements=_severity_measurements(sev, header, {*findings.damaged, *findings.blank}),
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(header)],
     )
     _add_key_frame_items(clip, findings, header, (KeyFrameReason.SEVERITY,))
@@ -469,10 +469,11 @@ def _severity_groups(
 
 
 def _severity_measurements(
-    sev: SeverityFindings, header: Dataset, damaged: Mapping[int, str]
+    sev: SeverityFindings, header: Dataset, left_out: Set[int]
 ) -> list[hd.sr.Measurement]:
-    """The clip score, its probability, and the frames of each score: a damaged frame (read
-    only in part, grey where its data ended) is in none, whatever score it was given."""
+    """The clip score, its probability, and the frames of each score: a frame ``left_out`` of
+    every reading (damaged: read only in part, grey where its data ended; blank: no echo) is
+    in none, whatever score it was given."""
     items = [
         hd.sr.Measurement(name=codes.LUS_SCORE, value=sev.score, unit=codes.UNITLESS),
         hd.sr.Measurement(
@@ -481,7 +482,7 @@ def _severity_measurements(
     ]
     for score, name in enumerate(codes.FRAMES_WITH_SCORE):
         frames = [
-            i + 1 for i, s in enumerate(sev.frame_scores) if s == score and i + 1 not in damaged
+            i + 1 for i, s in enumerate(sev.frame_scores) if s == score and i + 1 not in left_out
         ]
         if not frames:
             continue
