@@ -137,16 +137,14 @@ def encode_presentation_state(
     }
     state: hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState
     if str(header.PhotometricInterpretation).startswith("MONOCHROME"):
-        bits = int(header.get("BitsStored") or 8)
+        slope, intercept, center, width = _grey_display(header)
         state = hd.pr.GrayscaleSoftcopyPresentationState(
             **common,
             modality_lut_transformation=hd.content.ModalityLUTTransformation(
-                rescale_intercept=0.0, rescale_slope=1.0, rescale_type="US"
+                rescale_intercept=intercept, rescale_slope=slope, rescale_type="US"
             ),
             voi_lut_transformations=[
-                hd.pr.SoftcopyVOILUTTransformation(
-                    window_center=2.0 ** (bits - 1), window_width=2.0**bits
-                )
+                hd.pr.SoftcopyVOILUTTransformation(window_center=center, window_width=width)
             ],
         )
     else:
@@ -157,8 +155,59 @@ def encode_presentation_state(
     # Laterality); the zone tells the side, else it stays empty (unknown).
     zone = (findings.source.zone or "").strip().upper()
     state.Laterality = zone[:1] if zone[:1] in ("R", "L") else None
+    # highdicom declares square pixels; a source of other pixels is shown squashed without its
+    # own ratio.
+    ratio = _pixel_aspect_ratio(header)
+    if ratio is not None:
+        for area in state.DisplayedAreaSelectionSequence:
+            area.PresentationPixelAspectRatio = list(ratio)
     copy_retired_patient_attributes(header, state)
     return state
+
+
+def _grey_display(header: Dataset) -> tuple[float, float, float, float]:
+    """The rescale slope and intercept and the window (center, width) a grey source is shown
+    with: its own (the first of its windows), else the whole range of its stored values
+    (signed ones centred on 0). A state with the whole range of unsigned values over a source
+    with a window of a quarter of it opened its key frames four times too dark."""
+    slope = _number(header.get("RescaleSlope"), 1.0)
+    intercept = _number(header.get("RescaleIntercept"), 0.0)
+    if slope == 0:
+        slope = 1.0
+    center = _number(_first(header.get("WindowCenter")), None)
+    width = _number(_first(header.get("WindowWidth")), None)
+    if center is not None and width is not None and width >= 1:
+        return slope, intercept, center, width
+    bits = int(header.get("BitsStored") or 8)
+    middle = 0.0 if header.get("PixelRepresentation") == 1 else 2.0 ** (bits - 1)
+    return slope, intercept, middle * slope + intercept, 2.0**bits * abs(slope)
+
+
+def _first(value: object) -> object:
+    if isinstance(value, str | bytes) or not hasattr(value, "__getitem__"):
+        return value
+    return value[0] if len(value) else None  # type: ignore[arg-type]
+
+
+def _number(value: object, default: float | None) -> Any:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default
+    return number if np.isfinite(number) else default
+
+
+def _pixel_aspect_ratio(header: Dataset) -> tuple[int, int] | None:
+    """The source's Pixel Aspect Ratio (vertical, horizontal) when it declares pixels that are
+    not square."""
+    ratio = header.get("PixelAspectRatio")
+    try:
+        vertical, horizontal = (int(v) for v in ratio)
+    except (TypeError, ValueError):
+        return None
+    if vertical < 1 or horizontal < 1 or vertical == horizontal:
+        return None
+    return vertical, horizontal
 
 
 def srgb_input_profile() -> bytes:

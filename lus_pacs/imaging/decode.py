@@ -41,7 +41,13 @@ from pydicom.encaps import (
 )
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
-from pydicom.pixels import apply_color_lut, get_decoder, iter_pixels
+from pydicom.pixels import (
+    apply_color_lut,
+    apply_modality_lut,
+    apply_voi_lut,
+    get_decoder,
+    iter_pixels,
+)
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -473,9 +479,11 @@ def luminance(
         in_file = None
     if in_file is None and _is_encapsulated(syntax):
         ds.PixelData = _trusted_offsets(ds.PixelData, n_frames, name)
+    display = display_table(ds, photometric, name)
     if syntax in _FAST_JPEG and ds.get("BitsAllocated") == 8 and photometric in _FAST_PHOTOMETRIC:
         jpeg = _jpeg_luminance(ds, name, n_frames, rows, cols, in_file)
-        return dataclasses.replace(jpeg, grey=_invert_if_monochrome1(jpeg.grey, photometric))
+        grey = display.apply(jpeg.grey) if display is not None else jpeg.grey
+        return dataclasses.replace(jpeg, grey=_invert_if_monochrome1(grey, photometric))
     if in_file is not None:
         in_file.load(ds, name)
     if _native_ybr_422(ds, syntax, photometric) and cols % 2 == 0:
@@ -495,7 +503,7 @@ def luminance(
         # A palette's 16-bit scale is judged once, over the palette (a damaged one raises).
         high_byte = photometric == "PALETTE COLOR" and _palette_max(ds) > 255
         for index, pixels in _each_frame(ds, n_frames, failed if encapsulated else None):
-            frame = _to_luminance(pixels, ds, photometric, high_byte=high_byte)
+            frame = _to_luminance(pixels, ds, photometric, high_byte=high_byte, display=display)
             if frame.size != rows * cols:
                 raise UnreadableImageError(
                     name,
@@ -697,8 +705,76 @@ def _grey_jpeg(data: bytes, *, strict: bool) -> npt.NDArray[np.uint8]:
     return np.ascontiguousarray(grey[:, :, 0], dtype=np.uint8)
 
 
+@dataclass(frozen=True)
+class DisplayTable:
+    """The grey level (0-255) a viewer shows for each stored value of a grey image whose header
+    says how to show it (:func:`display_table`)."""
+
+    first: int
+    """The stored value of the table's first entry (negative for signed pixels)."""
+    table: npt.NDArray[np.uint8]
+
+    def apply(self, pixels: npt.NDArray[np.generic]) -> GreyFrames:
+        """``pixels`` (stored values) as shown."""
+        if self.first == 0 and len(self.table) == 256 and pixels.dtype == np.uint8:
+            flat = np.ascontiguousarray(pixels).reshape(-1, pixels.shape[-1])
+            return np.asarray(cv2.LUT(flat, self.table), np.uint8).reshape(pixels.shape)
+        index = np.clip(pixels.astype(np.int64) - self.first, 0, len(self.table) - 1)
+        return self.table[index]
+
+
+_DISPLAY_ATTRIBUTES = (
+    "WindowCenter",
+    "VOILUTSequence",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "ModalityLUTSequence",
+)
+
+
+def display_table(ds: Dataset, photometric: str, name: str) -> DisplayTable | None:
+    """How a viewer shows the stored values of a grey image whose header sets a window, a VOI
+    LUT or a modality rescale or LUT: pydicom's modality LUT, then the first VOI transform,
+    spread over 0-255 by what they give over every value the pixels can hold. None when the
+    header sets none, or what it sets is the plain scaling to 8 bits (a window of the whole
+    range, the commonest); an unusable one is logged and left out.
+
+    Without it, stored values 0-63 under a window of 32/64 (shown 0-255) were read four times
+    too dark: consolidation present became absent and the cine "poor, no contact", while the
+    radiologist's viewer showed the image as it was."""
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        return None
+    if not any(keyword in ds for keyword in _DISPLAY_ATTRIBUTES):
+        return None
+    bits = int(ds.get("BitsStored") or 8)
+    if not 1 <= bits <= 16:
+        return None
+    signed = ds.get("PixelRepresentation") == 1
+    first = -(2 ** (bits - 1)) if signed else 0
+    stored = np.arange(first, first + 2**bits, dtype=np.int32)
+    try:
+        shown = np.asarray(apply_voi_lut(apply_modality_lut(stored, ds), ds, index=0), np.float64)
+    except Exception as exc:  # a header the transforms cannot use: read as stored
+        log.warning("%s: its window or LUT is unusable and ignored: %s", name, describe(exc))
+        return None
+    low, high = float(shown.min()), float(shown.max())
+    if not (np.isfinite(low) and np.isfinite(high)) or high <= low:
+        log.warning("%s: its window or LUT shows every value alike; ignored", name)
+        return None
+    table = np.rint((shown - low) * (255.0 / (high - low))).astype(np.uint8)
+    plain = _to_uint8(stored.astype(np.int16 if signed else np.uint16), ds)
+    if np.array_equal(table, plain):
+        return None
+    return DisplayTable(first, table)
+
+
 def _to_luminance(
-    pixels: npt.NDArray[np.generic], ds: Dataset, photometric: str, *, high_byte: bool = False
+    pixels: npt.NDArray[np.generic],
+    ds: Dataset,
+    photometric: str,
+    *,
+    high_byte: bool = False,
+    display: DisplayTable | None = None,
 ) -> GreyFrames:
     """One frame's luminance. ``high_byte``: a palette's entries carry the colour in their high
     byte (16-bit entries; some writers put 8-bit values there, so :func:`_palette_max` judges
@@ -710,6 +786,8 @@ def _to_luminance(
     if samples == 3:
         # pydicom hands back RGB for every colour model (YBR is converted on decoding).
         return _rgb_to_grey(pixels, int(ds.get("BitsStored", 8)))
+    if display is not None:
+        return display.apply(pixels)
     return _to_uint8(pixels, ds)
 
 

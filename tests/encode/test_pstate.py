@@ -121,6 +121,30 @@ def test_grey_source_gets_a_valid_gsps(grey_cine: Source, tmp_path: Path) -> Non
     _checked(grey_cine, state, path)
 
 
+def test_a_grey_source_is_shown_with_its_own_window_and_pixel_shape(
+    grey_cine: Source, tmp_path: Path
+) -> None:
+    """The state always gave the whole range of the stored values (a window of 32/64 over
+    values 0-63 opened the key frames four times too dark) and square pixels (a source of
+    pixels twice as wide as high was shown squashed to half its width)."""
+    header = pydicom.dcmread(grey_cine.path, stop_before_pixels=True)
+    header.WindowCenter, header.WindowWidth = [32, 40], [64, 80]  # the first is shown
+    header.PixelAspectRatio = [1, 2]
+    path = tmp_path / "pr.dcm"
+    state = _write(encode_presentation_state(_findings(grey_cine), header), path)
+    voi = state.SoftcopyVOILUTSequence[0]
+    assert (float(voi.WindowCenter), float(voi.WindowWidth)) == (32.0, 64.0)
+    (area,) = state.DisplayedAreaSelectionSequence
+    assert [int(v) for v in area.PresentationPixelAspectRatio] == [1, 2]
+    _checked(Source(grey_cine.path, header), state, path)
+    # Signed stored values without a window are centred on 0, not on half their range.
+    header = pydicom.dcmread(grey_cine.path, stop_before_pixels=True)
+    header.PixelRepresentation = 1
+    signed = encode_presentation_state(_findings(grey_cine), header)
+    assert signed is not None
+    assert float(signed.SoftcopyVOILUTSequence[0].WindowCenter) == 0.0
+
+
 def test_annotations_sit_on_the_key_frames_with_their_boxes(
     right_cine: Source, tmp_path: Path
 ) -> None:

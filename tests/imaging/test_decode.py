@@ -561,3 +561,64 @@ def test_of_a_dual_view_the_live_image_is_read_not_the_frozen_reference(tmp_path
     cine = read_cine(write_cine(tmp_path / "dual.dcm", frames, CineSyntax.RLE, regions=regions))
     assert (cine.region.x0, cine.region.x1) == (210, 390)
     assert cine.region.source is RegionSource.DICOM
+
+
+@pytest.mark.parametrize("syntax", [CineSyntax.EXPLICIT, CineSyntax.JPEG])
+def test_a_grey_cine_is_read_as_its_window_shows_it(tmp_path: Path, syntax: CineSyntax) -> None:
+    """Stored values 0-63 under a window of 32/64 (a viewer shows 0-255) were read as they
+    were stored, four times too dark: consolidation present became absent and the cine "poor,
+    no contact", while the radiologist's viewer showed the image as it was. A window of the
+    whole range, the commonest, reads as before."""
+    import simplejpeg
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    rng = np.random.default_rng(4)
+    shown = rng.integers(0, 256, (6, 64, 80), dtype=np.uint8)
+    path = write_cine(tmp_path / "stored.dcm", shown // 4, CineSyntax.EXPLICIT)
+    if syntax is CineSyntax.JPEG:  # grey JPEG (one component), read by libjpeg-turbo
+        ds = pydicom.dcmread(path)
+        encoded = [
+            simplejpeg.encode_jpeg(f[..., None], quality=100, colorspace="GRAY") for f in shown // 4
+        ]
+        ds.PixelData = encapsulate(encoded)
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.save_as(path)
+    plain = read_cine(path).frames
+    ds = pydicom.dcmread(path)
+    ds.WindowCenter, ds.WindowWidth = 32, 64
+    ds.save_as(tmp_path / "window.dcm")
+    windowed = read_cine(tmp_path / "window.dcm").frames
+    expected = np.clip(plain.astype(np.int32) * 4 + 2, 0, 255)  # 0..63 spread over 0..255
+    assert np.abs(windowed.astype(np.int32) - expected).max() <= 4
+    assert windowed.max() > 240
+    ds.WindowCenter, ds.WindowWidth = 128, 256
+    ds.save_as(tmp_path / "whole.dcm")
+    assert np.array_equal(read_cine(tmp_path / "whole.dcm").frames, plain)
+
+
+def test_a_signed_grey_image_is_read_through_its_window(tmp_path: Path) -> None:
+    """A signed 16-bit secondary capture with a window of 0/1024 read as a flat grey (values
+    126-129 of 255) and was called blank."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+    rng = np.random.default_rng(5)
+    values = rng.integers(-512, 512, (64, 80)).astype(np.int16)
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.Rows, ds.Columns = values.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.WindowCenter, ds.WindowWidth = 0, 1024
+    ds.PixelData = values.tobytes()
+    ds.save_as(tmp_path / "signed.dcm", enforce_file_format=True)
+    frames = read_cine(tmp_path / "signed.dcm").frames
+    assert frames.min() < 5
+    assert frames.max() > 250
+    expected = (values.astype(np.float64) + 512) * 255 / 1023
+    assert np.abs(frames[0] - expected).max() <= 2
