@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lus_pacs.domain import JobState, Output
 from lus_pacs.queue.database import Database
-from lus_pacs.queue.deliveries import DeliveryRow, DeliveryState, delivery_rows
+from lus_pacs.queue.deliveries import CALLED_OFF, DeliveryRow, DeliveryState, delivery_rows
 
 
 @dataclass(frozen=True)
@@ -163,20 +163,33 @@ class Studies:
         """Studies whose files may go (:func:`lus_pacs.retention.prune`): summarised, nothing
         received, processed or summarised since ``before`` (seconds since the epoch; results
         and summaries are made after the last instance, late after a retry), every job sent
-        (or replaced by other content) and every summary delivered; none pruned before. A
-        study with a job or a delivery that failed keeps its files for ``lus-pacs retry``."""
+        (or replaced by other content) and every summary delivered (or called off: made again
+        after one of its cines changed); none pruned before. A study with a job or a delivery
+        that failed keeps its files for ``lus-pacs retry``; a called-off delivery is never
+        retried, and held the study's files for good."""
         rows = self._db.connection().execute(
             "SELECT s.study_instance_uid FROM studies s WHERE s.summarised = 1 AND s.pruned = 0 "
             "AND s.last_received_at < ? AND NOT EXISTS (SELECT 1 FROM jobs j JOIN instances i "
             "USING (sop_instance_uid) WHERE i.study_instance_uid = s.study_instance_uid AND "
             "j.state NOT IN (?, ?)) AND NOT EXISTS (SELECT 1 FROM summaries m JOIN "
             "summary_deliveries d ON d.summary_id = m.id WHERE m.study_instance_uid = "
-            "s.study_instance_uid AND d.state != ?) AND NOT EXISTS (SELECT 1 FROM jobs j JOIN "
+            "s.study_instance_uid AND d.state != ? AND NOT (d.state = ? AND d.error IS NOT NULL "
+            "AND substr(d.error, 1, ?) = ?)) AND NOT EXISTS (SELECT 1 FROM jobs j JOIN "
             "instances i USING (sop_instance_uid) WHERE i.study_instance_uid = "
             "s.study_instance_uid AND j.updated_at >= ?) AND NOT EXISTS (SELECT 1 FROM "
             "summaries m WHERE m.study_instance_uid = s.study_instance_uid AND m.made_at >= ?) "
             "ORDER BY s.last_received_at",
-            (before, JobState.SENT, JobState.REPLACED, DeliveryState.SENT, before, before),
+            (
+                before,
+                JobState.SENT,
+                JobState.REPLACED,
+                DeliveryState.SENT,
+                DeliveryState.FAILED,
+                len(CALLED_OFF),
+                CALLED_OFF,
+                before,
+                before,
+            ),
         )
         return [r[0] for r in rows]
 

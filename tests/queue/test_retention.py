@@ -155,3 +155,29 @@ def test_the_file_removed_is_the_one_judged_old(
     assert old.read_bytes() == b"fresh copy"
     assert sorted(p.name for p in tmp_path.iterdir()) == [old.name]
     assert retention.remove_if_older(tmp_path / "gone.dcm", time.time()) == 0
+
+
+def test_a_study_whose_first_summary_was_called_off_is_pruned(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """A summary SR waiting for a PACS that was down, then a cine of the study corrected (same
+    UID, new content): the first summary's delivery is called off, never retried, and the
+    study was never pruned (every file kept for good, until the disk filled)."""
+    first = _received(store, tmp_path, 1, "1.2.3")
+    result = _processed(store, tmp_path)
+    store.studies.complete(["1.2.3"])
+    ((study, _),) = store.studies.awaiting_summary()
+    old_summary = tmp_path / "results" / "1.2.3" / "summary-1.dcm"
+    old_summary.write_bytes(b"summary")
+    assert store.studies.record_summary(
+        study, "{}", Output("study-sr", "8.1", old_summary), ["pacs"]
+    )  # pending: the PACS is down
+    corrected = _received(store, tmp_path, 1, "1.2.3", content="bb")
+    assert not [d for d in store.deliveries.due() if d.summary]  # called off
+    new_result = _processed(store, tmp_path)
+    new_summary = _summarised(store, tmp_path, "1.2.3")
+    later = time.time() + 3600
+    assert store.studies.prunable(later) == ["1.2.3"]
+    assert prune(store, 0, now=later).studies == 1
+    for path in (first, corrected, result, new_result, old_summary, new_summary):
+        assert not path.exists(), path
