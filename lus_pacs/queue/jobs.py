@@ -171,11 +171,17 @@ class Jobs:
                 "SELECT 1 FROM jobs WHERE sop_instance_uid = ? AND content != ?",
                 (instance.sop_instance_uid, instance.content),
             ).fetchone()
-            # A content received before and since replaced (A, B, then A again) is current again.
+            # A content received before and since replaced (A, B, then A again) is current again;
+            # one whose processing failed (its file unreadable for a moment: a mount glitch, no
+            # file handles left) is tried again when it is sent again, rather than answered as
+            # known and left out of its study for good. Its deliveries, if it made results, are
+            # lus-pacs retry's.
             cursor = db.execute(
                 "INSERT INTO jobs (sop_instance_uid, models, state, updated_at, content, revision) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET state = excluded.state, "
-                "updated_at = excluded.updated_at WHERE state = ?",
+                "updated_at = excluded.updated_at, error = NULL, interrupted = 0 "
+                "WHERE jobs.state = ? OR (jobs.state = ? AND NOT EXISTS "
+                "(SELECT 1 FROM deliveries d WHERE d.job_id = jobs.id))",
                 (
                     instance.sop_instance_uid,
                     models,
@@ -184,6 +190,7 @@ class Jobs:
                     instance.content,
                     "" if first else instance.content,
                     JobState.REPLACED,
+                    JobState.FAILED,
                 ),
             )
             if cursor.rowcount != 1:

@@ -319,3 +319,29 @@ def test_only_the_latest_claim_of_a_job_records_its_outcome(store: JobStore) -> 
     assert not store.jobs.give_up(hung, "max_cine_s")
     assert store.jobs.finish(retried.id, "{}", [], ["pacs"], retried.claim)
     assert store.jobs.rows()[-1].state is JobState.ENCODED
+
+
+def test_a_cine_sent_again_after_its_processing_failed_is_processed_again(
+    store: JobStore,
+) -> None:
+    """Its stored file unreadable for a moment (a mount glitch), the job failed at read; the
+    scanner sent the cine again and was told it was known: the job stayed failed and the
+    study's summary left it out until someone ran lus-pacs retry."""
+    store.jobs.record_instance(_content(1, "aa"), "m@1")
+    job = store.jobs.claim()
+    assert job is not None
+    store.jobs.fail(job, "1.dcm: read failed: [Errno 2] No such file or directory")
+    assert store.jobs.record_instance(_content(1, "aa"), "m@1") is Received.NEW
+    again = store.jobs.claim()
+    assert again is not None
+    assert again.id == job.id
+    assert again.error is None
+    # One that made results whose delivery failed is not processed again by a resend: its
+    # results are there, and lus-pacs retry sends them.
+    store.jobs.finish(again.id, "{}", [], ["pacs"], again.claim)
+    (delivery,) = store.deliveries.due()
+    for _ in range(20):
+        store.deliveries.failed(delivery.job_id, delivery.destination, "refused", None)
+    assert store.jobs.counts() == {JobState.FAILED: 1}
+    assert store.jobs.record_instance(_content(1, "aa"), "m@1") is Received.KNOWN
+    assert store.jobs.claim() is None
