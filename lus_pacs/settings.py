@@ -16,6 +16,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydicom.datadict import tag_for_keyword
 
 from lus_pacs.domain import OutputKind
 from lus_pacs.errors import ConfigError
@@ -23,13 +24,28 @@ from lus_pacs.families.registry import FAMILIES
 
 
 class ZoneRule(BaseModel):
-    """Finds the lung zone in a DICOM attribute: ``pattern`` is a regular expression whose
-    named group ``zone`` is the zone label (R1..R7, L1..L7)."""
+    """Finds the lung zone in a DICOM attribute: ``attribute`` is its keyword
+    (``SeriesDescription``) or its tag (``(0019,1010)``, ``00191010``: a vendor's private
+    one), ``pattern`` a regular expression whose named group ``zone`` is the zone label
+    (R1..R14, L1..L14)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     attribute: str
     pattern: str
+
+    @field_validator("attribute")
+    @classmethod
+    def _names_an_attribute(cls, value: str) -> str:
+        # A misspelt keyword matched nothing, without a word: every cine lost its zone and
+        # left the LUS score.
+        attribute_tag(value)
+        return value
+
+    @property
+    def tag(self) -> int:
+        """The attribute's tag."""
+        return attribute_tag(self.attribute)
 
     @field_validator("pattern")
     @classmethod
@@ -38,6 +54,27 @@ class ZoneRule(BaseModel):
             raise ValueError(f"zone pattern {value!r} needs a named group (?P<zone>...)")
         re.compile(value)
         return value
+
+
+def attribute_tag(attribute: str) -> int:
+    """The tag of a DICOM keyword, or of a tag written ``(gggg,eeee)``, ``gggg,eeee`` or
+    ``ggggeeee``.
+
+    Raises
+    ------
+    ValueError
+        Neither a keyword pydicom knows nor a tag.
+    """
+    tag = tag_for_keyword(attribute.strip())
+    if tag is not None:
+        return int(tag)
+    digits = re.fullmatch(r"\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?", attribute.strip())
+    if digits is None:
+        raise ValueError(
+            f"{attribute!r} is neither a DICOM keyword (such as SeriesDescription) nor a tag "
+            "such as (0019,1010)"
+        )
+    return int(digits[1] + digits[2], 16)
 
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"

@@ -141,10 +141,13 @@ def _cm_per_pixel(item: Dataset, axis: str) -> float | None:
 def lung_zone(ds: Dataset, rules: Iterable[ZoneRule] = DEFAULT_ZONE_RULES) -> str | None:
     """The zone label (R1, L3, ...) found by the first rule whose attribute matches, upper-cased."""
     for rule in rules:
-        value = ds.get(rule.attribute)
-        if value is None:
+        element = ds.get(rule.tag)
+        if element is None or element.value is None:
             continue
-        match = re.search(rule.pattern, str(value))
+        value = element.value
+        # A private element of an implicit VR file is bytes (VR UN).
+        text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+        match = re.search(rule.pattern, text)
         if match:
             # One label per zone: "r01" and "R1" are the same zone, not two in the LUS total.
             return re.sub(r"(?<=[A-Z])0+(?=\d)", "", match["zone"].upper())

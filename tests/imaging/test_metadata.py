@@ -108,6 +108,20 @@ def test_zone_from_the_first_matching_rule() -> None:
     assert lung_zone(_ds(SeriesDescription="Lung L38 L2")) == "L2"
     assert lung_zone(_ds(SeriesDescription="Lung L12-4")) is None
     assert lung_zone(_ds(SeriesDescription="Lung R14")) == "R14"
+    # A vendor's private element, by its tag (bytes when read as VR UN).
+    private = _ds()
+    private.add_new(0x00191010, "UN", b"zone L4 ")
+    for written in ("(0019,1010)", "0019,1010", "00191010"):
+        rule = ZoneRule(attribute=written, pattern=r"(?P<zone>[RL]\d)")
+        assert lung_zone(private, [rule]) == "L4"
     # ... while a zone's clip number after it is still its zone.
     for text, zone in (("R2.1", "R2"), ("Lung R1-2", "R1"), ("L2.1", "L2"), ("L1-L2", "L1")):
         assert lung_zone(_ds(SeriesDescription=text)) == zone, text
+
+
+@pytest.mark.parametrize("attribute", ["SeriesDescripton", "(0019,101)", "series description"])
+def test_a_zone_rule_of_no_attribute_is_refused(attribute: str) -> None:
+    """A misspelt keyword matched nothing, without a word: every cine lost its zone and left
+    the LUS score."""
+    with pytest.raises(ValueError, match="neither a DICOM keyword"):
+        ZoneRule(attribute=attribute, pattern=r"(?P<zone>[RL]\d)")
