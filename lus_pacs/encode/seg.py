@@ -385,10 +385,12 @@ def _add_plane_geometry(seg: Dataset, header: Dataset) -> None:
 
 
 def _region_spacing_mm(header: Dataset) -> tuple[float, float] | None:
-    """(row, column) spacing in mm of the first region with spatial units of cm."""
+    """(row, column) spacing in mm of the first 2D (B-mode) region with spatial units of cm:
+    not an M-mode or Doppler strip's, whose X may be in cm too (a strip listed first gave the
+    mask a spacing of 5 mm across for 0.37)."""
     for region in header.get("SequenceOfUltrasoundRegions", []):
         units_cm = 3
-        if (
+        if region.get("RegionSpatialFormat", 1) == 1 and (
             region.get("PhysicalUnitsXDirection")
             == units_cm
             == region.get("PhysicalUnitsYDirection")

@@ -33,7 +33,8 @@ def frame_timing(ds: Dataset) -> FrameTiming:
     """The frame rate, from the attribute the file points at first, then the fallbacks.
 
     Order: what ``FrameIncrementPointer`` names (``FrameTimeVector`` or ``FrameTime``), then
-    ``FrameTime``, ``CineRate``, ``RecommendedDisplayFrameRate``. A value that is missing, zero,
+    ``FrameTime``, ``CineRate``, ``RecommendedDisplayFrameRate``, ``ActualFrameDuration``. A
+    value that is missing, zero,
     unreadable or a rate outside :data:`FPS_RANGE` is skipped (logged); ``fps`` is None when no
     attribute gives a rate.
     """
@@ -45,6 +46,8 @@ def frame_timing(ds: Dataset) -> FrameTiming:
         for tag in candidates
     ]
     rates += [(k, _positive(ds.get(k))) for k in ("CineRate", "RecommendedDisplayFrameRate")]
+    duration = _positive(ds.get("ActualFrameDuration"))  # ms a frame was acquired over
+    rates.append(("ActualFrameDuration", None if duration is None else 1000.0 / duration))
     for source, fps in rates:
         if fps is None:
             continue

@@ -188,6 +188,24 @@ def test_both_seg_kinds_carry_the_plane_geometry_ohif_needs(
     assert [float(v) for v in orientation] == [1, 0, 0, 0, 1, 0]
 
 
+def test_the_seg_spacing_is_the_b_mode_regions_not_a_strips(right_cine: Source) -> None:
+    """An M-mode strip listed before the B-mode region, its X in cm too: its spacing (5 mm
+    across) was the mask's."""
+    import copy
+
+    header = copy.deepcopy(right_cine.header)
+    b_mode = header.SequenceOfUltrasoundRegions[0]
+    strip = copy.deepcopy(b_mode)
+    strip.RegionSpatialFormat = 2  # M-mode
+    strip.PhysicalDeltaX = 0.5
+    header.SequenceOfUltrasoundRegions.insert(0, strip)
+    seg = encode_seg(_masks(right_cine), header, model=SEG_MODEL, binary=False)
+    spacing = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+    assert [float(v) for v in spacing] == pytest.approx(
+        [10 * float(b_mode.PhysicalDeltaY), 10 * float(b_mode.PhysicalDeltaX)], rel=1e-5
+    )
+
+
 def test_uncertainty_is_a_valid_fractional_seg_of_the_maps(cine: Source, tmp_path: Path) -> None:
     rows, columns = int(cine.header.Rows), int(cine.header.Columns)
     maps = {

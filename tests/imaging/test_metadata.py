@@ -32,6 +32,7 @@ def _ds(**attributes: object) -> Dataset:
         ),
         ({"FrameTime": "0", "CineRate": 24}, 24.0, "CineRate"),
         ({"RecommendedDisplayFrameRate": 15}, 15.0, "RecommendedDisplayFrameRate"),
+        ({"ActualFrameDuration": 40}, 25.0, "ActualFrameDuration"),  # the last resort
         ({"FrameTime": "", "CineRate": 0}, None, "none"),
         ({}, None, "none"),
         # Times since the first frame (some scanners), not since the frame before.
