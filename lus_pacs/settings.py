@@ -16,7 +16,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydicom.datadict import tag_for_keyword
 
 from lus_pacs.domain import OutputKind
 from lus_pacs.errors import ConfigError
@@ -65,6 +64,8 @@ def attribute_tag(attribute: str) -> int:
     ValueError
         Neither a keyword pydicom knows nor a tag.
     """
+    from pydicom.datadict import tag_for_keyword  # not at import: the CLI's help is quick
+
     tag = tag_for_keyword(attribute.strip())
     if tag is not None:
         return int(tag)
@@ -85,9 +86,9 @@ _ZONE = r"(?i)\b(?:zone\s*)?(?P<zone>R(?:0?[1-9]|1[0-4])|L(?:0?[1-9]|1[0-4])(?!-
 probe's name such as L12-4 or L38, which scanners write beside the zone (an L zone followed by
 a dash and a digit is taken for one; "R1-2" and "R2.1", a zone and its clip, stay zones)."""
 
-DEFAULT_ZONE_RULES = (
-    ZoneRule(attribute="SeriesDescription", pattern=_ZONE),
-    ZoneRule(attribute="ImageComments", pattern=_ZONE),
+DEFAULT_ZONE_RULES = (  # built unchecked: checking reads pydicom's dictionary, slow to import
+    ZoneRule.model_construct(attribute="SeriesDescription", pattern=_ZONE),
+    ZoneRule.model_construct(attribute="ImageComments", pattern=_ZONE),
 )
 
 

@@ -118,3 +118,11 @@ def test_a_node_on_every_address_may_send_to_another_host_with_its_ae_title_and_
 def test_spaces_around_an_allowed_ae_title_are_not_part_of_it() -> None:
     """pynetdicom strips a calling AE title: "SCANNER1 " in the allow-list refused SCANNER1."""
     assert Settings(allowed_calling_aes=("SCANNER1 ",)).allowed_aes == ("SCANNER1",)
+
+
+def test_the_default_zone_rules_are_valid() -> None:
+    """They are built unchecked (the check imports pydicom); checked here."""
+    from lus_pacs.settings import DEFAULT_ZONE_RULES, ZoneRule
+
+    for rule in DEFAULT_ZONE_RULES:
+        assert ZoneRule.model_validate(rule.model_dump()) == rule
