@@ -6,6 +6,7 @@ arrays are indexed from 0.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -219,6 +220,11 @@ class SeverityFindings:
             raise ValueError("Severity scores must be between 0 and 3.")
         if not 1 <= self.top_frame <= len(self.frame_scores):
             raise ValueError(f"top_frame {self.top_frame} is not a frame of this cine (1-based).")
+        # A probability of 1.7 was written into the SR as it was; a NaN failed the whole SR.
+        if not all(math.isfinite(p) and 0.0 <= p <= 1.0 for p in self.probabilities):
+            raise ValueError(f"Score probabilities must be within [0, 1]: {self.probabilities}")
+        if abs(sum(self.probabilities) - 1.0) > 1e-3:
+            raise ValueError(f"Score probabilities must sum to 1: {self.probabilities}")
 
 
 @dataclass(frozen=True)
@@ -234,6 +240,13 @@ class SegmentedClass:
     uncertainty_mean: float | None
     """Mean Monte-Carlo dropout standard deviation over those pixels; None without sampling."""
     uncertainty_max: float | None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.score <= 3 or self.pixels < 0:
+            raise ValueError(f"A segmented class is a score 0-3 of pixels >= 0: {self}")
+        for value in (self.uncertainty_mean, self.uncertainty_max):
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"Uncertainties must be finite and >= 0: {self}")
 
 
 @dataclass(frozen=True, eq=False)

@@ -413,7 +413,8 @@ def source_record(
 @dataclass(frozen=True)
 class LusScore:
     per_zone: Mapping[str, int]
-    """The highest clip score among each scored zone's cines."""
+    """The highest clip score among each scored zone's cines: its usable ones, when it has
+    any (:func:`_zone_score`)."""
     total: int
     zones_scanned: int
     zones_scored: int
@@ -502,7 +503,7 @@ class StudySummary:
                 if flags and all(f is Quality.POOR for f in flags)
             )
         scores = {  # cines of no known zone ("?") are listed, but scored in no zone
-            z: max(r.severity.score for r in rs if r.severity is not None)
+            z: _zone_score(rs)
             for z, rs in zones.items()
             if z != UNKNOWN_ZONE and any(r.severity is not None for r in rs)
         }
@@ -544,6 +545,15 @@ class StudySummary:
             not_assessable_zones=not_assessable_zones,
             failed_cines=dict(sorted(failed.items())) if failed else None,
         )
+
+
+def _zone_score(records: Sequence[CineRecord]) -> int:
+    """A zone's score: the highest clip score of its cines the key-frame model did not call
+    poor, or of all its scored cines when each is poor (or none was judged). A rib-shadowed
+    or off-contact cine scoring 3 beside a usable one scoring 1 set the zone's 3."""
+    scored = [r for r in records if r.severity is not None]
+    usable = [r for r in scored if r.quality is None or r.quality.flag is not Quality.POOR]
+    return max(r.severity.score for r in usable or scored if r.severity is not None)
 
 
 def _present(part: BLinesRecord | ConsolidationRecord | None) -> bool:

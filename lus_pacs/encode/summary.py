@@ -179,6 +179,10 @@ def _zone_group(
     )
 
 
+def _known(zones: Sequence[str]) -> int:
+    return sum(z != UNKNOWN_ZONE for z in zones)
+
+
 def _algorithm(summary: StudySummary, model: str) -> hd.sr.AlgorithmIdentification | None:
     version = summary.models.get(model)
     if version is None:
@@ -189,19 +193,23 @@ def _algorithm(summary: StudySummary, model: str) -> hd.sr.AlgorithmIdentificati
 def _exam_group(
     summary: StudySummary, cines: Sequence[Dataset], sop_instance_uid: str
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    # Zones are counted among the zones the headers name: the cines of no zone ("?") may
+    # repeat one (two cines of no zone with B-lines beside R1 read "2 zones with B-lines"
+    # of 2 scanned).
     counts: list[tuple[Code, int, Code, str | None]] = [
-        (codes.ZONES_SCANNED, sum(z != UNKNOWN_ZONE for z in summary.zones), codes.ZONES, None)
+        (codes.ZONES_SCANNED, _known(summary.zones), codes.ZONES, None)
     ]
     if summary.b_lines_assessed:
-        counts.append((codes.ZONES_WITH_B_LINES, len(summary.b_line_zones), codes.ZONES, "b_lines"))
+        zones = _known(summary.b_line_zones)
+        counts.append((codes.ZONES_WITH_B_LINES, zones, codes.ZONES, "b_lines"))
     if summary.consolidation_zones is not None:
-        zones = len(summary.consolidation_zones)
+        zones = _known(summary.consolidation_zones)
         counts.append((codes.ZONES_WITH_CONSOLIDATION, zones, codes.ZONES, "consolidation"))
     if summary.poor_zones is not None:
-        zones = len(summary.poor_zones)
+        zones = _known(summary.poor_zones)
         counts.append((codes.ZONES_WITHOUT_USABLE_CINE, zones, codes.ZONES, "key_frames"))
     if summary.not_assessable_zones is not None:
-        zones = len(summary.not_assessable_zones)
+        zones = _known(summary.not_assessable_zones)
         counts.append((codes.ZONES_NOT_ASSESSABLE, zones, codes.ZONES, "assessment"))
     if summary.failed_cines:
         counts.append((codes.CINES_NOT_PROCESSED, len(summary.failed_cines), codes.CINES, None))

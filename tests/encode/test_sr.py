@@ -260,6 +260,25 @@ def test_frame_numbers_below_one_are_refused_by_the_domain(right_cine: Source) -
         replace(b_lines, key_frame=0)
 
 
+def test_probabilities_and_uncertainties_out_of_range_are_refused_by_the_domain() -> None:
+    """A score probability of 1.7 was written into the SR as it was; a NaN one, or a NaN mask
+    uncertainty, made highdicom refuse the whole SR of the cine."""
+    from lus_pacs.domain import SegmentedClass
+
+    def severity(probabilities: tuple[float, float, float, float]) -> SeverityFindings:
+        return SeverityFindings(1, probabilities, (1, 1), 1, None, SEVERITY_MODEL)
+
+    assert severity((0.1, 0.6, 0.2, 0.1)).score == 1
+    for wrong in ((1.7, -0.7, 0.0, 0.0), (float("nan"), 0.5, 0.25, 0.25), (0.1, 0.1, 0.1, 0.1)):
+        with pytest.raises(ValueError, match="probabilities"):
+            severity(wrong)
+    assert SegmentedClass(2, 10, (0,), 0.1, 0.3).pixels == 10
+    with pytest.raises(ValueError, match="Uncertainties"):
+        SegmentedClass(2, 10, (0,), float("nan"), 0.3)
+    with pytest.raises(ValueError, match="score 0-3"):
+        SegmentedClass(4, 10, (0,), None, None)
+
+
 def test_frames_beyond_the_cine_are_refused(right_cine: Source) -> None:
     findings = right_cine.findings()
     assert findings.b_lines is not None

@@ -274,3 +274,57 @@ def test_a_frame_score_csv_naming_a_missing_cine_is_refused(tmp_path: Path) -> N
     write_frame_scores(table, [FrameScore("gone/R1.dcm", 1, 2)])
     with pytest.raises(AnnotationError, match=r"gone/R1\.dcm"):
         read_frame_score_cines(table)
+
+
+def test_a_zone_is_scored_from_its_usable_cines_and_no_zone_counts_as_one() -> None:
+    """A poor cine (rib shadow) scoring 3 beside a usable one scoring 1 set the zone's 3; two
+    cines of no zone with B-lines beside R1 made the summary SR read "zones with B-lines: 2"
+    of 2 scanned."""
+    from pydicom import Dataset
+
+    from lus_pacs.encode import codes
+    from lus_pacs.encode.summary import encode_study_summary
+    from tests.encode import tree
+
+    def record(zone: str, uid: str, score: int, flag: Quality, b_lines: bool) -> CineRecord:
+        return _record(
+            zone,
+            uid,
+            severity=SeverityRecord(score, (0.25, 0.25, 0.25, 0.25), (score,), 1, None),
+            quality=QualityRecord(flag, (), 1, 0.5, (0.5,)),
+            b_lines=BLinesRecord(b_lines, 0.5, (), None),
+        )
+
+    records = [
+        record("R1", "1.2.3.1", 1, Quality.USABLE, True),
+        record("R1", "1.2.3.2", 3, Quality.POOR, True),
+        record("L1", "1.2.3.3", 2, Quality.POOR, False),  # only poor ones: scored from them
+        record("", "1.2.3.4", 3, Quality.USABLE, True),
+        record("", "1.2.3.5", 3, Quality.POOR, True),
+    ]
+    summary = StudySummary.of("1.2.3", records)
+    assert summary.lus_score is not None
+    assert summary.lus_score.per_zone == {"L1": 2, "R1": 1}
+
+    def header(uid: str) -> Dataset:
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.3.1", uid
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = "1.2.3", "1.2.3.9", "US"
+        ds.PatientID, ds.PatientName, ds.StudyDate, ds.StudyTime = "P", "X^Y", "20260101", "1000"
+        ds.Rows = ds.Columns = 64
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.NumberOfFrames = 10
+        return ds
+
+    sr = encode_study_summary(summary, [header(r.source.sop_instance_uid) for r in records])
+    counts = {
+        name.meaning: float(item.MeasuredValueSequence[0].NumericValue)
+        for name in (codes.ZONES_SCANNED, codes.ZONES_WITH_B_LINES, codes.ZONES_WITHOUT_USABLE_CINE)
+        for item in tree.named(sr, name)
+    }
+    assert counts == {
+        codes.ZONES_SCANNED.meaning: 2,
+        codes.ZONES_WITH_B_LINES.meaning: 1,  # R1; the cines of no zone may be R1's
+        codes.ZONES_WITHOUT_USABLE_CINE.meaning: 1,  # L1; "?" is no zone to scan again
+    }
