@@ -610,7 +610,8 @@ class Node:
             return
         try:
             sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
-            summary_sr = encode_summary(summary, sources, self.models.key)
+            previous = self.store.studies.summary_uids(study)
+            summary_sr = encode_summary(summary, sources, self.models.key, previous)
         except (OSError, sqlite3.Error):
             raise  # the disk or the store, for now: the study stays awaiting its summary
         except Exception as exc:  # the sources' headers are foreign input, whatever they hold

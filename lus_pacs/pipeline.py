@@ -636,14 +636,21 @@ _T = TypeVar("_T")
 
 
 def encode_summary(
-    summary: StudySummary, sources: Sequence[Dataset], models_key: str
+    summary: StudySummary,
+    sources: Sequence[Dataset],
+    models_key: str,
+    previous: Sequence[str] | None = None,
 ) -> tuple[OutputKind, Dataset]:
     """The study summary SR. Its instance UID derives from the study, the cines it covers, the
     model versions, what the summary says and the sources' headers: the same exam summarised
     again gives the same object, and a summary that changed (a cine received again with other
     pixels or a corrected patient) is a new object, sent again. A study that grows after a
     summary (a late cine) gets a new one in the same series, its Instance Number the count of
-    cines it covers, so the latest summary is the highest-numbered."""
+    cines it covers, so the latest summary is the highest-numbered. With ``previous``, the
+    SOP Instance UIDs of the study's summaries made before (the node's store; empty for its
+    first), oldest first: a summary is numbered after them and names the one before it as its
+    predecessor (a corrected cine, its score changed, gave a second summary of the same number
+    and nothing to tell which replaced which)."""
     from lus_pacs.encode.summary import encode_study_summary
 
     study = summary.study_instance_uid
@@ -652,14 +659,29 @@ def encode_summary(
     identity = result_identity(study, models_key, kind)
     headers = [repaired_header(s) for s in sources]
     said = [summary.dumps(), *sorted(map(_header_digest, headers))]
+    instance_uid = str(generate_uid(entropy_srcs=[study, models_key, *cines, kind, *said]))
+    made = list(previous or ())
+    if instance_uid in made:  # the same summary again: as it was made the first time
+        made = made[: made.index(instance_uid)]
     dataset = encode_study_summary(
         summary,
         headers,
         series_number=identity.series_number,
-        instance_uid=str(generate_uid(entropy_srcs=[study, models_key, *cines, kind, *said])),
+        instance_uid=instance_uid,
         series_uid=identity.series_uid,
-        instance_number=len(cines),
+        instance_number=len(cines) if previous is None else len(made) + 1,
     )
+    if made:
+        predecessor = Dataset()
+        predecessor.ReferencedSOPClassUID = dataset.SOPClassUID
+        predecessor.ReferencedSOPInstanceUID = made[-1]
+        series = Dataset()
+        series.SeriesInstanceUID = identity.series_uid
+        series.ReferencedSOPSequence = [predecessor]
+        document = Dataset()
+        document.StudyInstanceUID = study
+        document.ReferencedSeriesSequence = [series]
+        dataset.PredecessorDocumentsSequence = [document]
     for source in sources:
         restore_source_class(dataset, source)
     # The sources' own character set where they agree on one; else UTF-8 holds every name.

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from collections.abc import Iterator, Mapping
@@ -443,10 +444,23 @@ def test_interleaved_patients_on_parallel_associations_stay_apart(
             source = sources[uid]
             for keyword in ("PatientID", "PatientName", "StudyInstanceUID", "AccessionNumber"):
                 assert ds.get(keyword) == source.get(keyword), (keyword, ds.SOPClassUID)
+    by_patient: dict[str, list[tuple[int, int, pydicom.Dataset]]] = {}
     for summary in summaries:
         cines = {uid for uid, _ in _referenced(summary)}
         assert cines <= {u for u, ds in sources.items() if ds.PatientID == summary.PatientID}
-        assert int(summary.InstanceNumber) == len(cines)
+        by_patient.setdefault(str(summary.PatientID), []).append(
+            (int(summary.InstanceNumber), len(cines), summary)
+        )
+    # A study summarised early (an association's release) and again: each later summary is
+    # numbered after the earlier ones and names the one before it.
+    for made in by_patient.values():
+        made.sort(key=lambda m: m[0])
+        assert [number for number, _, _ in made] == list(range(1, len(made) + 1))
+        assert [covered for _, covered, _ in made] == sorted(covered for _, covered, _ in made)
+        for (_, _, before), (_, _, after) in itertools.pairwise(made):
+            (document,) = after.PredecessorDocumentsSequence
+            (earlier,) = document.ReferencedSeriesSequence[0].ReferencedSOPSequence
+            assert earlier.ReferencedSOPInstanceUID == before.SOPInstanceUID
 
 
 def _complete_summaries(orthanc: OrthancHandle, sources: Mapping[str, pydicom.Dataset]) -> int:

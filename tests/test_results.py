@@ -21,7 +21,7 @@ from lus_pacs.pipeline import encode_summary
 from lus_pacs.records import StudySummary
 from lus_pacs.reprocess.run import write_exam_csv
 from tests.node_process import lus_pacs
-from tests.tools import run_cli
+from tests.tools import dciodvfy_errors, run_cli
 
 ALL_KINDS = ["sr", "kos", "seg", "seg-binary", "seg-uncertainty", "pr", "study-sr"]
 PER_CINE = {"sr", "kos", "seg", "seg-binary", "seg-uncertainty", "pr"}
@@ -248,6 +248,40 @@ def test_a_study_summary_that_changed_is_a_new_object_and_the_same_one_is_not(
     renamed = [copy.deepcopy(h) for h in headers]
     renamed[0].PatientName = "Corrected^Name"
     assert encode_summary(summary, renamed, "m@1")[1].SOPInstanceUID != uid
+
+
+def test_a_changed_study_summary_is_numbered_after_the_ones_before_and_names_its_predecessor(
+    processed: Processed, tmp_path: Path
+) -> None:
+    """A corrected cine (its score changed) gave a second summary of the same Instance Number
+    as the first, and nothing told a reader which replaced which: both totals stood in PACS."""
+    (line,) = [s for s in processed.studies if s.get("lus_score")]
+    summary = StudySummary.loads(json.dumps(line))
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in processed.sources[:-1]]
+    assert encode_summary(summary, headers, "m@1")[1].InstanceNumber == len(headers)  # batch
+    first = encode_summary(summary, headers, "m@1", [])[1]  # the node's first
+    assert first.InstanceNumber == 1
+    made = [first.SOPInstanceUID]
+    assert encode_summary(summary, headers, "m@1", made)[1].InstanceNumber == 1  # the same
+    changed = replace(summary, b_line_zones=summary.b_line_zones[1:])
+    second = encode_summary(changed, headers, "m@1", made)[1]
+    assert second.InstanceNumber == 2
+    assert second.SeriesInstanceUID == first.SeriesInstanceUID
+    (document,) = second.PredecessorDocumentsSequence
+    assert document.StudyInstanceUID == first.StudyInstanceUID
+    (series,) = document.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == first.SeriesInstanceUID
+    (earlier,) = series.ReferencedSOPSequence
+    assert earlier.ReferencedSOPInstanceUID == first.SOPInstanceUID
+    assert earlier.ReferencedSOPClassUID == first.SOPClassUID
+    path = tmp_path / "second.dcm"
+    second.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+    # The first, made again after the second, is the first as it was.
+    again = encode_summary(summary, headers, "m@1", [*made, second.SOPInstanceUID])[1]
+    assert again.SOPInstanceUID == first.SOPInstanceUID
+    assert again.InstanceNumber == 1
+    assert "PredecessorDocumentsSequence" not in again
 
 
 def test_a_study_summary_says_how_many_of_its_cines_could_not_be_processed(

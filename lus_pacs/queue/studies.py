@@ -226,6 +226,14 @@ class Studies:
             )
             return cursor.rowcount == 1
 
+    def summary_uids(self, study_uid: str) -> list[str]:
+        """The SOP Instance UIDs of the study's summary SRs recorded so far, oldest first."""
+        rows = self._db.connection().execute(
+            "SELECT sop_instance_uid FROM summaries WHERE study_instance_uid = ? ORDER BY id",
+            (study_uid,),
+        )
+        return [r[0] for r in rows]
+
     def summaries(self) -> list[SummaryRow]:
         db = self._db.connection()
         out = []
