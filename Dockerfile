@@ -4,7 +4,7 @@
 # BASE: any Debian bookworm image with Python 3.11 and its venv module. The default is the
 # official Python image; `make image-test` builds a local one from Debian packages instead
 # (scripts/image.py) where registries cannot be pulled from.
-ARG BASE=python:3.11-slim-bookworm
+ARG BASE=docker.io/library/python:3.11-slim-bookworm
 FROM ${BASE}
 
 # PyTorch's CPU wheel: the torch on PyPI is the CUDA build (several GB). With this index beside
@@ -46,6 +46,9 @@ EXPOSE 11112 9464
 ENV LUS_PACS_HEALTH_URL=http://127.0.0.1:9464/healthz
 # The node refuses to listen on loopback here: no scanner would reach it, the check above would.
 ENV LUS_PACS_IN_CONTAINER=1
+# The node's settings for every command run in the container (`podman exec lus-pacs lus-pacs
+# status` reads the node's store without --config).
+ENV LUS_PACS_CONFIG=/opt/lus-pacs/config/container.toml
 HEALTHCHECK --interval=30s --timeout=5s --start-period=90s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['LUS_PACS_HEALTH_URL'], timeout=4)"]
 ENTRYPOINT ["lus-pacs", "serve"]

@@ -68,7 +68,7 @@ fit-real: $(STAMP)
 # image run for real (healthcheck, a simulated exam pushed with storescu, results in a test
 # Orthanc, non-root, audit trail) and stopped. Both print the image's size.
 IMAGE ?= localhost/lus-pacs:latest
-IMAGE_BASE ?= python:3.11-slim-bookworm
+IMAGE_BASE ?= docker.io/library/python:3.11-slim-bookworm
 container-packages:
 	bash dicom_nodes/install-system.sh dicom_nodes/container/debian-packages.txt
 

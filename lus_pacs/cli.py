@@ -43,7 +43,12 @@ def main() -> None:
 
 
 ConfigOption = Annotated[
-    Path | None, typer.Option("--config", help="TOML settings file; embedded defaults if omitted.")
+    Path | None,
+    typer.Option(
+        "--config",
+        envvar="LUS_PACS_CONFIG",
+        help="TOML settings file; embedded defaults if omitted.",
+    ),
 ]
 
 

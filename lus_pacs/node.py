@@ -56,6 +56,10 @@ _RESUME_S = 10.0
 """Seconds a loop of the node waits after a failure of the disk or the job store."""
 _PRUNE_EVERY_S = 3600.0
 """How often the node applies ``retention_days``."""
+STOP_GRACE_S = 5.0
+"""Seconds a stop waits for cines about to finish before those in progress go back to the
+queue; then up to ``STOP_WAIT_S`` more for the threads to end."""
+STOP_WAIT_S = 25.0
 FAILING_S = 2 * _RESUME_S + 5
 """A loop that raised this recently is failing: one that keeps failing raises again about
 ``_RESUME_S`` after each restart, so it stays failing; one that recovered is healthy again
@@ -241,19 +245,30 @@ class Node:
         if self._listener is not None:
             self._listener.stop()
         self.metrics.stop()
-        # A worker finishes its cine; an exporter blocked on a hung destination is left (its
-        # delivery is still pending in the store and is made again after a restart).
-        for thread in self._threads:
-            thread.join(timeout=5 if thread.name.startswith("export-") else 30)
+        # A worker finishes a cine it is about to finish; an exporter blocked on a hung
+        # destination is left (its delivery is still pending in the store and is made again
+        # after a restart).
+        self._join(STOP_GRACE_S)
         # One node per store: a job still in progress is one of this node's workers, not done
         # in time. Back in the queue uncounted, or three restarts during a long cine would
-        # fail it as if it had killed the node three times.
+        # fail it as if it had killed the node three times; and back now, before a supervisor
+        # that stops the node kills it (podman stop waits 10 s): a kill while the job is still
+        # in progress counted. A worker that ends it before the node is gone still records
+        # it (its claim is the latest: one node per store).
         if held := self.store.jobs.release_held():
             log.warning("Stopping with %d cine(s) in progress: queued again", held)
+        self._join(STOP_WAIT_S)
         if self._encoder is not None:
             self._encoder.close()
         self.audit.close()
         self._store_lock.close()
+
+    def _join(self, seconds: float) -> None:
+        """Wait for the node's threads, ``seconds`` in all (an exporter 5 at most)."""
+        deadline = time.monotonic() + seconds
+        for thread in self._threads:
+            left = max(0.0, deadline - time.monotonic())
+            thread.join(timeout=min(left, 5.0) if thread.name.startswith("export-") else left)
 
     def health(self) -> tuple[bool, dict[str, object]]:
         """Whether the node is working, and what was checked (``/healthz``): the listener is

@@ -239,3 +239,20 @@ def test_reprocess_send_without_a_port_is_a_usage_error(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert "AE@host:port" in done.stderr
+
+
+def test_the_settings_can_come_from_lus_pacs_config(tmp_path: Path) -> None:
+    """In the container every command is run with `podman exec` and no --config: status read
+    the default store, not the node's ("no job store at ..."). LUS_PACS_CONFIG names it."""
+    import os
+
+    data = tmp_path / "node-data"
+    config = tmp_path / "node.toml"
+    config.write_text(f'data_dir = "{data.as_posix()}"\n')
+    exe = Path(sys.executable).with_name("lus-pacs")
+    env = {**os.environ, "LUS_PACS_CONFIG": str(config)}
+    done = subprocess.run(
+        [str(exe), "status"], check=False, capture_output=True, text=True, env=env
+    )
+    assert done.returncode != 0
+    assert str(data / "jobs.sqlite") in done.stdout + done.stderr

@@ -18,6 +18,7 @@ from lus_pacs.domain import Instance, JobState, Output
 from lus_pacs.errors import ConfigError
 from lus_pacs.node import Node, summary_path
 from lus_pacs.pipeline import Models
+from lus_pacs.queue.store import JobStore
 from lus_pacs.settings import DicomDestination, Settings
 from tests.orthanc import running_orthanc
 from tests.tools import write_cine
@@ -159,6 +160,59 @@ def test_a_study_with_cines_of_other_model_versions_is_summarised_whole(tmp_path
         assert not summary_path(settings, "7.7").exists()
     finally:
         node.stop()
+
+
+def test_a_stop_puts_a_long_cine_back_before_a_supervisor_would_kill_the_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop waited up to 30 s for each worker before putting its cine back in the queue:
+    podman stop kills after 10 s, so a long cine was left in progress and counted as having
+    killed the node (three such stops failed it for good). The cine goes back after a short
+    grace; the worker still running it may still record it if it ends before the node is gone
+    (one node per store: no other took it meanwhile)."""
+    from lus_pacs import node as node_module
+    from lus_pacs.synth.exam import SynthOptions, synthesize
+
+    synthesize(tmp_path / "exam", SynthOptions(patients=1, seed=5, frames=8, zones=6))
+    path = sorted((tmp_path / "exam").glob("*/*.dcm"))[0]
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    cine = Instance(
+        ds.SOPInstanceUID, ds.SOPClassUID, ds.StudyInstanceUID, ds.SeriesInstanceUID, "SCU", path
+    )
+    entered, release = threading.Event(), threading.Event()
+    process_file = node_module.process_file
+
+    def long(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        release.wait(120)
+        return process_file(*args, **kwargs)
+
+    monkeypatch.setattr(node_module, "process_file", long)
+    monkeypatch.setattr(node_module, "STOP_GRACE_S", 1.0)
+    settings = Settings(
+        data_dir=tmp_path / "node", port=0, metrics_port=None, models=("b_lines",), encoders=0
+    )
+    models = Models.load(settings)
+    node = Node(settings, models)
+    node.start()
+    stopping = threading.Thread(target=node.stop)
+    try:
+        node.store.jobs.record_instance(cine, models.key)
+        node._wake.set()
+        assert entered.wait(60)
+        started = time.monotonic()
+        stopping.start()
+        store = JobStore(settings.data_dir / "jobs.sqlite")
+        assert _wait(lambda: store.jobs.rows()[0].state is JobState.QUEUED, 30)
+        assert time.monotonic() - started < 5  # well before podman's 10 s
+        assert stopping.is_alive()  # the worker is still on it
+    finally:
+        release.set()
+        stopping.join(60)
+    assert not stopping.is_alive()
+    (row,) = JobStore(settings.data_dir / "jobs.sqlite").jobs.rows()
+    assert row.state is JobState.SENT  # it ended within the stop: its results are kept
+    assert list(settings.results_dir.rglob("*.dcm"))
 
 
 def test_a_cine_that_hangs_its_worker_is_given_up_and_the_node_says_so(

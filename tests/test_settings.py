@@ -126,3 +126,26 @@ def test_the_default_zone_rules_are_valid() -> None:
 
     for rule in DEFAULT_ZONE_RULES:
         assert ZoneRule.model_validate(rule.model_dump()) == rule
+
+
+def test_the_sample_settings_name_every_setting() -> None:
+    """The README says config/lus-pacs.toml lists every key: runtime, encoders, the
+    consolidation's saliency, a destination's associations and a DICOMweb timeout were not
+    there, so a site could not learn of them from it."""
+    import re
+
+    from lus_pacs.settings import (
+        ConsolidationSettings,
+        DicomDestination,
+        SegmentationSettings,
+        WebDestination,
+    )
+
+    text = (CONFIG / "lus-pacs.toml").read_text()
+
+    def named(key: str) -> bool:
+        return bool(re.search(rf"^# ?{key} =|^{key} =|^#? ?\[\[?{key}\]\]?$", text, re.MULTILINE))
+
+    models = (Settings, SegmentationSettings, ConsolidationSettings, DicomDestination)
+    keys = {k for model in (*models, WebDestination) for k in model.model_fields}
+    assert not [k for k in sorted(keys) if not named(k)]
