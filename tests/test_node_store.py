@@ -171,23 +171,8 @@ def test_a_stop_puts_a_long_cine_back_before_a_supervisor_would_kill_the_node(
     grace; the worker still running it may still record it if it ends before the node is gone
     (one node per store: no other took it meanwhile)."""
     from lus_pacs import node as node_module
-    from lus_pacs.synth.exam import SynthOptions, synthesize
 
-    synthesize(tmp_path / "exam", SynthOptions(patients=1, seed=5, frames=8, zones=6))
-    path = sorted((tmp_path / "exam").glob("*/*.dcm"))[0]
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    cine = Instance(
-        ds.SOPInstanceUID, ds.SOPClassUID, ds.StudyInstanceUID, ds.SeriesInstanceUID, "SCU", path
-    )
-    entered, release = threading.Event(), threading.Event()
-    process_file = node_module.process_file
-
-    def long(*args: Any, **kwargs: Any) -> Any:
-        entered.set()
-        release.wait(120)
-        return process_file(*args, **kwargs)
-
-    monkeypatch.setattr(node_module, "process_file", long)
+    cine, entered, release = _held_cine(tmp_path, monkeypatch)
     monkeypatch.setattr(node_module, "STOP_GRACE_S", 1.0)
     settings = Settings(
         data_dir=tmp_path / "node", port=0, metrics_port=None, models=("b_lines",), encoders=0
@@ -221,24 +206,8 @@ def test_a_cine_that_hangs_its_worker_is_given_up_and_the_node_says_so(
     """A cine whose processing never returns (a decoder caught in a loop) held its worker for
     good while /healthz stayed green, and each restart queued it again to hang again. Here the
     hang is a processing that waits on an event, then runs as usual."""
-    from lus_pacs import node as node_module
-    from lus_pacs.synth.exam import SynthOptions, synthesize
 
-    synthesize(tmp_path / "exam", SynthOptions(patients=1, seed=5, frames=8, zones=6))
-    path = sorted((tmp_path / "exam").glob("*/*.dcm"))[0]
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    cine = Instance(
-        ds.SOPInstanceUID, ds.SOPClassUID, ds.StudyInstanceUID, ds.SeriesInstanceUID, "SCU", path
-    )
-    entered, release = threading.Event(), threading.Event()
-    process_file = node_module.process_file
-
-    def hanging(*args: Any, **kwargs: Any) -> Any:
-        entered.set()
-        release.wait(120)
-        return process_file(*args, **kwargs)
-
-    monkeypatch.setattr(node_module, "process_file", hanging)
+    cine, entered, release = _held_cine(tmp_path, monkeypatch)
     settings = Settings(
         data_dir=tmp_path / "node",
         port=0,
@@ -319,3 +288,29 @@ def test_results_waiting_for_a_destination_no_longer_configured_fail_visibly(
         assert node.store.deliveries.retry_failed() == 1  # once its name is back
     finally:
         node.stop()
+
+
+def _held_cine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Instance, threading.Event, threading.Event]:
+    """A simulated cine, and the node's processing made to wait: ``entered`` is set when a
+    worker starts a cine, which then waits for ``release`` (two minutes at most) and runs."""
+    from lus_pacs import node as node_module
+    from lus_pacs.synth.exam import SynthOptions, synthesize
+
+    synthesize(tmp_path / "exam", SynthOptions(patients=1, seed=5, frames=8, zones=6))
+    path = sorted((tmp_path / "exam").glob("*/*.dcm"))[0]
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    cine = Instance(
+        ds.SOPInstanceUID, ds.SOPClassUID, ds.StudyInstanceUID, ds.SeriesInstanceUID, "SCU", path
+    )
+    entered, release = threading.Event(), threading.Event()
+    process_file = node_module.process_file
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        release.wait(120)
+        return process_file(*args, **kwargs)
+
+    monkeypatch.setattr(node_module, "process_file", held)
+    return cine, entered, release
