@@ -268,7 +268,7 @@ def test_a_damaged_instance_on_a_dicomweb_server_fails_its_study_not_the_run(
 
     class Server(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # the name http.server calls
-            instances = "/instances?" in self.path
+            instances = "/instances?" in self.path or "/studies?" in self.path
             body = json.dumps(listing).encode() if instances else bytes(data)
             self.send_response(200)
             kind = "application/dicom+json" if instances else "application/dicom"
@@ -290,3 +290,21 @@ def test_a_damaged_instance_on_a_dicomweb_server_fails_its_study_not_the_run(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_dicomweb_server_that_caps_its_answers_fails_the_study_not_silently(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """Orthanc with LimitFindInstances below a study's size answers the first instances and
+    nothing after: 101 of a study's 1,200 instances were fetched, the study recorded done, and
+    the rest never processed, also after the cap was raised."""
+    capped = {"LimitFindInstances": 2, "LimitFindResults": 2}
+    with running_orthanc(tmp_path / "pacs", extra_config=capped) as orthanc:
+        patient = sorted(p for p in archive.folder.iterdir() if (p / "R1.dcm").is_file())[0]
+        for path in sorted(patient.glob("*.dcm")):
+            orthanc.upload(path)
+        study = dcmread(patient / "R1.dcm", stop_before_pixels=True).StudyInstanceUID
+        source = open_source(f"{orthanc.url}/dicom-web")
+        (found,) = [s for s in source.studies() if s.study_instance_uid == study]
+        with pytest.raises(ArchiveError, match=r"listed \d+ of the study's \d+ instances"):
+            source.fetch(found, tmp_path / "fetched")

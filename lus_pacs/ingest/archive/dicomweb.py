@@ -99,6 +99,7 @@ class DicomwebSource:
         )
         if not listing:
             raise ArchiveError(self.name, "QIDO-RS found no instance in this study", study=uid)
+        self._check_complete(uid, len(listing))
         folder.mkdir(parents=True, exist_ok=True)
         paths: list[Path] = []
         for item in listing:
@@ -127,6 +128,31 @@ class DicomwebSource:
                 continue
             paths.append(write_instance(folder, sop, parts[0]))
         return sorted(paths)
+
+    def _check_complete(self, uid: str, listed: int) -> None:
+        """Raise unless the instances listed are all the study holds, where the server says how
+        many (Number of Study Related Instances). A server that caps its answers (Orthanc's
+        ``LimitFindInstances``, ``LimitFindResults``) cuts the listing short without a word:
+        101 of a study's 1,200 instances were fetched, the study recorded done, and the rest
+        never processed, also after the cap was raised."""
+        found = self._query(
+            "/studies",
+            [("StudyInstanceUID", uid), ("includefield", "00201208")],
+            key="0020000D",
+            study=uid,
+        )
+        counts = [_json_value(item, "00201208") for item in found]
+        try:
+            total = max(int(c) for c in counts if c not in ("", None))
+        except ValueError:  # the server does not say: nothing to compare
+            return
+        if listed < total:
+            raise ArchiveError(
+                self.name,
+                f"QIDO-RS listed {listed} of the study's {total} instances: the server caps its "
+                "answers (Orthanc: LimitFindInstances, LimitFindResults); raise the cap",
+                study=uid,
+            )
 
     def _query(
         self, path: str, params: list[tuple[str, str]], *, key: str, study: str = ""
