@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import simplejpeg
+from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import (
@@ -619,6 +620,7 @@ def _jpeg_luminance(
     results: list[tuple[bool, str | None]] = []
     sampled = colour_frames(n_frames)
     colours: dict[int, npt.NDArray[np.bool_]] = {}
+    labelled_rgb = str(ds.get("PhotometricInterpretation", "")) == "RGB"
 
     def decode_into(item: tuple[int, bytes]) -> tuple[bool, str | None]:
         index, data = item
@@ -639,7 +641,13 @@ def _jpeg_luminance(
         if index in sampled and colourspace != "Gray":
             with contextlib.suppress(ValueError):  # damaged: its grey is what is read
                 rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False)
-                colours[index] = coloured_pixels(rgb)
+                coloured = coloured_pixels(rgb)
+                if labelled_rgb:
+                    # An RGB stream with no JFIF or Adobe marker is taken for YCbCr by
+                    # libjpeg, and its grey turns magenta in the RGB output (a grey cine was
+                    # colour flow over all of it): coloured read either way, or not.
+                    coloured &= coloured_pixels(_jpeg_components(data))
+                colours[index] = coloured
         return True, warning
 
     # libjpeg-turbo releases the GIL while decoding, so frames decode in parallel on threads.
@@ -681,6 +689,27 @@ def _jpeg_luminance(
 
 _BATCH = 32
 """JPEG frames taken out of the Pixel Data at once."""
+
+
+def _jpeg_components(data: bytes) -> npt.NDArray[np.uint8]:
+    """A colour JPEG frame's three components as stored, with no colour transform (as pydicom
+    reads an RGB-labelled stream without an Adobe marker).
+
+    Raises
+    ------
+    ValueError
+        The frame cannot be read.
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=("JPEG",)) as image:
+            if "adobe_transform" not in image.info:
+                image.draft("YCbCr", image.size)
+            components = np.asarray(image, np.uint8)
+    except Exception as exc:  # Pillow raises several kinds on damaged data
+        raise ValueError(describe(exc)) from exc
+    if components.ndim != 3 or components.shape[2] != 3:
+        raise ValueError(f"not three components: {components.shape}")
+    return components
 
 
 class _WrongSizeError(Exception):

@@ -622,3 +622,32 @@ def test_a_signed_grey_image_is_read_through_its_window(tmp_path: Path) -> None:
     assert frames.max() > 250
     expected = (values.astype(np.float64) + 512) * 255 / 1023
     assert np.abs(frames[0] - expected).max() <= 2
+
+
+def test_a_grey_rgb_jpeg_without_colour_transform_is_not_coloured(tmp_path: Path) -> None:
+    """An RGB stream with no JFIF or Adobe marker (pydicom's SC_jpeg_no_color_transform): libjpeg
+    takes it for YCbCr and its grey came out magenta in the RGB output, so a grey cine from
+    such a scanner read as colour flow over all of it. Colour flow in an RGB-labelled YCbCr
+    stream is still seen."""
+    import simplejpeg
+    from pydicom.encaps import encapsulate
+
+    grey = read_cine(Path(str(get_testdata_file("SC_jpeg_no_color_transform.dcm"))))
+    assert grey.colour_share == 0.0
+    rng = np.random.default_rng(7)
+    frames = np.repeat(rng.integers(0, 256, (6, 64, 80, 1), dtype=np.uint8), 3, axis=3)
+    for frame in frames:  # flow that changes from frame to frame
+        frame[16:48, 20:50, 0] = rng.integers(150, 256, (32, 30), dtype=np.uint8)
+        frame[16:48, 20:50, 1:] = 30
+    path = write_cine(tmp_path / "flow.dcm", frames, CineSyntax.EXPLICIT)
+    ds = pydicom.dcmread(path)
+    ds.PixelData = encapsulate(
+        [simplejpeg.encode_jpeg(f, quality=95, colorspace="RGB") for f in frames]
+    )
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
+    ds.PhotometricInterpretation = "RGB"  # as some scanners label a YCbCr stream
+    ds.save_as(tmp_path / "labelled.dcm")
+    labelled = read_cine(tmp_path / "labelled.dcm")
+    assert labelled.colour_share is not None
+    assert labelled.colour_share > 0.5 * (32 * 30) / (64 * 80)
