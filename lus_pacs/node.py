@@ -425,7 +425,7 @@ class Node:
                 continue
             self._overdue.add(worker)
             reason = (
-                f"processing took longer than max_cine_s ({limit:g} s): given up; lus-pacs "
+                f"processing took longer than max_cine_s ({limit:g} s); lus-pacs "
                 "retry tries it again"
             )
             if self.store.jobs.give_up(job, reason):

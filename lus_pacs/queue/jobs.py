@@ -20,6 +20,8 @@ from lus_pacs.queue.database import Database
 from lus_pacs.queue.deliveries import CALLED_OFF, DeliveryRow, DeliveryState, delivery_rows
 
 MAX_INTERRUPTIONS = 3
+GIVEN_UP = "given up: "
+"""How the error of a job failed while its worker still ran it (:meth:`Jobs.give_up`) begins."""
 """Stops of the node while a worker held a job, after which the job fails at the next start."""
 
 
@@ -175,12 +177,14 @@ class Jobs:
             # one whose processing failed (its file unreadable for a moment: a mount glitch, no
             # file handles left) is tried again when it is sent again, rather than answered as
             # known and left out of its study for good. Its deliveries, if it made results, are
-            # lus-pacs retry's.
+            # lus-pacs retry's; so is a cine given up for hanging its worker or for killing the
+            # node (each resend would hang one more worker, or kill the node three more times).
             cursor = db.execute(
                 "INSERT INTO jobs (sop_instance_uid, models, state, updated_at, content, revision) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET state = excluded.state, "
                 "updated_at = excluded.updated_at, error = NULL, interrupted = 0 "
-                "WHERE jobs.state = ? OR (jobs.state = ? AND NOT EXISTS "
+                "WHERE jobs.state = ? OR (jobs.state = ? AND COALESCE(jobs.interrupted, 0) < ? "
+                "AND (jobs.error IS NULL OR substr(jobs.error, 1, ?) != ?) AND NOT EXISTS "
                 "(SELECT 1 FROM deliveries d WHERE d.job_id = jobs.id))",
                 (
                     instance.sop_instance_uid,
@@ -191,6 +195,9 @@ class Jobs:
                     "" if first else instance.content,
                     JobState.REPLACED,
                     JobState.FAILED,
+                    MAX_INTERRUPTIONS,
+                    len(GIVEN_UP),
+                    GIVEN_UP,
                 ),
             )
             if cursor.rowcount != 1:
@@ -417,7 +424,14 @@ class Jobs:
             db.execute(
                 "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ? AND state = ? "
                 "AND claims = ?",
-                (JobState.FAILED, reason, time.time(), job.id, JobState.PROCESSING, job.claim),
+                (
+                    JobState.FAILED,
+                    reason,
+                    time.time(),
+                    job.id,
+                    JobState.PROCESSING,
+                    job.claim,
+                ),
             )
 
     def give_up(self, job: Job, reason: str) -> bool:
@@ -429,7 +443,14 @@ class Jobs:
             cursor = db.execute(
                 "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ? AND state = ? "
                 "AND claims = ?",
-                (JobState.FAILED, reason, time.time(), job.id, JobState.PROCESSING, job.claim),
+                (
+                    JobState.FAILED,
+                    f"{GIVEN_UP}{reason}",
+                    time.time(),
+                    job.id,
+                    JobState.PROCESSING,
+                    job.claim,
+                ),
             )
             return cursor.rowcount == 1
 

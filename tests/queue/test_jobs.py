@@ -345,3 +345,23 @@ def test_a_cine_sent_again_after_its_processing_failed_is_processed_again(
     assert store.jobs.counts() == {JobState.FAILED: 1}
     assert store.jobs.record_instance(_content(1, "aa"), "m@1") is Received.KNOWN
     assert store.jobs.claim() is None
+
+
+def test_a_cine_given_up_is_not_queued_again_by_a_resend(store: JobStore, tmp_path: Path) -> None:
+    """Given up for hanging its worker, or for killing the node three times: a resend queued
+    it again (a review), so each resend hung one more worker, or allowed three more crashes.
+    Those are lus-pacs retry's."""
+    store.jobs.record_instance(_content(1, "aa"), "m@1")
+    job = store.jobs.claim()
+    assert job is not None
+    assert store.jobs.give_up(job, "processing took longer than max_cine_s (1 s)")
+    assert store.jobs.record_instance(_content(1, "aa"), "m@1") is Received.KNOWN
+    store.jobs.record_instance(_content(2, "bb"), "m@1")
+    for _ in range(3):  # the node dies on it three times
+        assert store.jobs.claim() is not None
+        store.close()
+        store = JobStore(tmp_path / "jobs.sqlite")
+        store.jobs.recover()
+    assert store.jobs.counts() == {JobState.FAILED: 2}
+    assert store.jobs.record_instance(_content(2, "bb"), "m@1") is Received.KNOWN
+    assert store.jobs.claim() is None
