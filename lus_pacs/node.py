@@ -26,6 +26,7 @@ import pydicom
 
 from lus_pacs.domain import Instance, Job, JobState, OutputKind, Received
 from lus_pacs.durable import durable_file, remove_partial
+from lus_pacs.encode.files import result_identity
 from lus_pacs.errors import ConfigError, ExportError, LusPacsError, StageError, describe
 from lus_pacs.export.dimse import store as c_store
 from lus_pacs.export.stow import stow
@@ -625,7 +626,8 @@ class Node:
             return
         try:
             sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
-            previous = self.store.studies.summary_uids(study)
+            series = result_identity(study, self.models.key, OutputKind.STUDY_SR).series_uid
+            previous = self.store.studies.summary_uids(study, series)
             summary_sr = encode_summary(summary, sources, self.models.key, previous)
         except (OSError, sqlite3.Error):
             raise  # the disk or the store, for now: the study stays awaiting its summary
@@ -637,7 +639,8 @@ class Node:
         # A failed write (a full disk) raises: the study stays awaiting its summary.
         (output,) = write_outputs([summary_sr], folder)
         destinations = list(self.settings.destination_names)
-        if self.store.studies.record_summary(study, summary.dumps(), output, destinations):
+        series = str(summary_sr[1].SeriesInstanceUID)
+        if self.store.studies.record_summary(study, summary.dumps(), output, destinations, series):
             self._results_queued()
             log.info("Study %s: summary SR %s queued", study, output.sop_instance_uid)
 

@@ -648,9 +648,10 @@ def encode_summary(
     summary (a late cine) gets a new one in the same series, its Instance Number the count of
     cines it covers, so the latest summary is the highest-numbered. With ``previous``, the
     SOP Instance UIDs of the study's summaries made before (the node's store; empty for its
-    first), oldest first: a summary is numbered after them and names the one before it as its
-    predecessor (a corrected cine, its score changed, gave a second summary of the same number
-    and nothing to tell which replaced which)."""
+    first; those of the same series, sent or waiting), oldest first: a summary is numbered
+    after them and names the one before it as its predecessor (a corrected cine, its score
+    changed, gave a second summary of the same number and nothing to tell which replaced
+    which)."""
     from lus_pacs.encode.summary import encode_study_summary
 
     study = summary.study_instance_uid
@@ -659,17 +660,29 @@ def encode_summary(
     identity = result_identity(study, models_key, kind)
     headers = [repaired_header(s) for s in sources]
     said = [summary.dumps(), *sorted(map(_header_digest, headers))]
-    instance_uid = str(generate_uid(entropy_srcs=[study, models_key, *cines, kind, *said]))
+
+    def uid_after(predecessor: str | None) -> str:
+        """This summary's UID, made after ``predecessor`` (None: the study's first)."""
+        after = [] if predecessor is None else [predecessor]
+        return str(generate_uid(entropy_srcs=[study, models_key, *cines, kind, *said, *after]))
+
     made = list(previous or ())
-    if instance_uid in made:  # the same summary again: as it was made the first time
-        made = made[: made.index(instance_uid)]
+    # The latest summary made again (the study summarised once more, unchanged) is that
+    # object; any other content is a new one after it: a study that goes back to what its
+    # first summary said (A, B, A) gets a third, so the highest-numbered is always current.
+    before_latest = made[-2] if len(made) > 1 else None
+    if made and uid_after(before_latest) == made[-1]:
+        instance_uid, number = made[-1], len(made)
+        made = made[:-1]
+    else:
+        instance_uid, number = uid_after(made[-1] if made else None), len(made) + 1
     dataset = encode_study_summary(
         summary,
         headers,
         series_number=identity.series_number,
         instance_uid=instance_uid,
         series_uid=identity.series_uid,
-        instance_number=len(cines) if previous is None else len(made) + 1,
+        instance_number=len(cines) if previous is None else number,
     )
     if made:
         predecessor = Dataset()

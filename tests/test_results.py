@@ -277,11 +277,20 @@ def test_a_changed_study_summary_is_numbered_after_the_ones_before_and_names_its
     path = tmp_path / "second.dcm"
     second.save_as(path, enforce_file_format=True)
     assert dciodvfy_errors(path) == []
-    # The first, made again after the second, is the first as it was.
-    again = encode_summary(summary, headers, "m@1", [*made, second.SOPInstanceUID])[1]
-    assert again.SOPInstanceUID == first.SOPInstanceUID
-    assert again.InstanceNumber == 1
-    assert "PredecessorDocumentsSequence" not in again
+    made.append(second.SOPInstanceUID)
+    # The second made again (summarised once more, unchanged) is the second as it was.
+    same = encode_summary(changed, headers, "m@1", made)[1]
+    assert (same.SOPInstanceUID, same.InstanceNumber) == (second.SOPInstanceUID, 2)
+    # Back to what the first said (a cine corrected back): a third object after the second,
+    # not the first again, which was made before and would not be sent (a review found the
+    # PACS's highest-numbered summary then the stale second).
+    third = encode_summary(summary, headers, "m@1", made)[1]
+    assert third.SOPInstanceUID not in made
+    assert third.InstanceNumber == 3
+    (earlier,) = (
+        third.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
+    )
+    assert earlier.ReferencedSOPInstanceUID == second.SOPInstanceUID
 
 
 def test_a_study_summary_says_how_many_of_its_cines_could_not_be_processed(

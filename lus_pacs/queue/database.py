@@ -95,6 +95,7 @@ _ADDED_COLUMNS = (
     ("studies", "pruned", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "interrupted", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "claims", "INTEGER NOT NULL DEFAULT 0"),
+    ("summaries", "series_uid", "TEXT NOT NULL DEFAULT ''"),
 )
 """Columns added since the first schema: a store made by an older node gets them on open."""
 

@@ -138,7 +138,12 @@ class Studies:
         return [r[0] for r in db.execute(sql + " ORDER BY j.id", args)]
 
     def record_summary(
-        self, study_uid: str, record: str, output: Output, destinations: Sequence[str]
+        self,
+        study_uid: str,
+        record: str,
+        output: Output,
+        destinations: Sequence[str],
+        series_uid: str = "",
     ) -> bool:
         """A study summary's file is on disk: record it and queue one delivery each. False
         when the same summary object (same SOP Instance UID) was recorded before: the study
@@ -147,8 +152,16 @@ class Studies:
         with self._db.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO summaries (study_instance_uid, kind, sop_instance_uid, path, record, "
-                "made_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (study_uid, output.kind, output.sop_instance_uid, str(output.path), record, now),
+                "made_at, series_uid) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (
+                    study_uid,
+                    output.kind,
+                    output.sop_instance_uid,
+                    str(output.path),
+                    record,
+                    now,
+                    series_uid,
+                ),
             )
             if cursor.rowcount != 1:
                 return False
@@ -226,11 +239,15 @@ class Studies:
             )
             return cursor.rowcount == 1
 
-    def summary_uids(self, study_uid: str) -> list[str]:
-        """The SOP Instance UIDs of the study's summary SRs recorded so far, oldest first."""
+    def summary_uids(self, study_uid: str, series_uid: str) -> list[str]:
+        """The SOP Instance UIDs of the study's summary SRs in series ``series_uid`` (those of
+        one set of model versions) recorded so far, oldest first; not those called off before
+        they were sent, which no PACS holds."""
         rows = self._db.connection().execute(
-            "SELECT sop_instance_uid FROM summaries WHERE study_instance_uid = ? ORDER BY id",
-            (study_uid,),
+            "SELECT sop_instance_uid FROM summaries m WHERE study_instance_uid = ? AND "
+            "series_uid = ? AND NOT EXISTS (SELECT 1 FROM summary_deliveries d WHERE "
+            "d.summary_id = m.id AND d.state = ? AND substr(d.error, 1, ?) = ?) ORDER BY id",
+            (study_uid, series_uid, DeliveryState.FAILED, len(CALLED_OFF), CALLED_OFF),
         )
         return [r[0] for r in rows]
 

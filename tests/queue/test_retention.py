@@ -181,3 +181,21 @@ def test_a_study_whose_first_summary_was_called_off_is_pruned(
     assert prune(store, 0, now=later).studies == 1
     for path in (first, corrected, result, new_result, old_summary, new_summary):
         assert not path.exists(), path
+
+
+def test_a_studys_earlier_summaries_are_those_of_its_series_and_sent_or_waiting(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """The predecessors a new summary names: summaries of the same series (one set of model
+    versions; another's sit in another series), and not one called off before it was sent,
+    which no PACS holds."""
+    _received(store, tmp_path, 1, "1.2.3")
+    _processed(store, tmp_path)
+    store.studies.complete(["1.2.3"])
+    first = Output("study-sr", "8.1", tmp_path / "s1.dcm")
+    assert store.studies.record_summary("1.2.3", "{}", first, ["pacs"], "9.1")
+    other = Output("study-sr", "8.2", tmp_path / "s2.dcm")
+    assert store.studies.record_summary("1.2.3", "{}", other, ["pacs"], "9.2")  # other models
+    assert store.studies.summary_uids("1.2.3", "9.1") == ["8.1"]
+    _received(store, tmp_path, 1, "1.2.3", content="bb")  # 8.1 and 8.2 called off, unsent
+    assert store.studies.summary_uids("1.2.3", "9.1") == []
