@@ -746,8 +746,10 @@ class DisplayTable:
     def apply(self, pixels: npt.NDArray[np.generic]) -> GreyFrames:
         """``pixels`` (stored values) as shown."""
         if self.first == 0 and len(self.table) == 256 and pixels.dtype == np.uint8:
+            # In place: a second copy of a long cine would be memory the budget does not count.
             flat = np.ascontiguousarray(pixels).reshape(-1, pixels.shape[-1])
-            return np.asarray(cv2.LUT(flat, self.table), np.uint8).reshape(pixels.shape)
+            cv2.LUT(flat, self.table, dst=flat)
+            return flat.reshape(pixels.shape)
         index = np.clip(pixels.astype(np.int64) - self.first, 0, len(self.table) - 1)
         return self.table[index]
 
@@ -792,9 +794,21 @@ def display_table(ds: Dataset, photometric: str, name: str) -> DisplayTable | No
         return None
     table = np.rint((shown - low) * (255.0 / (high - low))).astype(np.uint8)
     plain = _to_uint8(stored.astype(np.int16 if signed else np.uint16), ds)
-    if np.array_equal(table, plain):
+    if np.abs(table.astype(np.int16) - plain).max() <= 1:  # 127/255, 128/255: the whole range
+        return None
+    if len(np.unique(table)) < _MIN_DISPLAY_LEVELS:
+        log.warning(
+            "%s: its window (or LUT) shows only %d grey levels; ignored, read as stored",
+            name,
+            len(np.unique(table)),
+        )
         return None
     return DisplayTable(first, table)
+
+
+_MIN_DISPLAY_LEVELS = 32
+"""Fewest grey levels a window may leave to be applied: a width of 1 left two (a thresholded
+image), which no one reads an ultrasound cine through."""
 
 
 def _to_luminance(

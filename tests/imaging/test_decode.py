@@ -651,3 +651,17 @@ def test_a_grey_rgb_jpeg_without_colour_transform_is_not_coloured(tmp_path: Path
     labelled = read_cine(tmp_path / "labelled.dcm")
     assert labelled.colour_share is not None
     assert labelled.colour_share > 0.5 * (32 * 30) / (64 * 80)
+
+
+def test_a_window_of_the_whole_range_or_of_two_levels_is_not_applied(tmp_path: Path) -> None:
+    """127/255 moved two thirds of the pixels by one grey level; a width of 1 left two grey
+    levels of a cine (a review)."""
+    rng = np.random.default_rng(6)
+    stored = rng.integers(0, 256, (6, 48, 64), dtype=np.uint8)
+    path = write_cine(tmp_path / "stored.dcm", stored, CineSyntax.EXPLICIT)
+    plain = read_cine(path).frames
+    for center, width in ((127, 255), (128, 255), (100, 1)):
+        ds = pydicom.dcmread(path)
+        ds.WindowCenter, ds.WindowWidth = center, width
+        ds.save_as(tmp_path / "window.dcm")
+        assert np.array_equal(read_cine(tmp_path / "window.dcm").frames, plain), (center, width)
