@@ -25,7 +25,7 @@ from xml.etree import ElementTree
 
 from pydicom import dcmread
 
-from lus_pacs.credentials import SameOriginRedirects, authorisation
+from lus_pacs.credentials import authorisation
 from lus_pacs.dicom_vocabulary import DUPLICATE_SOP_INSTANCE
 from lus_pacs.errors import ConfigError, ExportError
 from lus_pacs.settings import WebDestination
@@ -96,7 +96,7 @@ def _post(request: urllib.request.Request, destination: WebDestination) -> dict[
     opener = urllib.request.build_opener(
         urllib.request.ProxyHandler({}),
         urllib.request.HTTPSHandler(context=context),
-        SameOriginRedirects(),
+        _NoRedirects(),
     )
     try:
         with opener.open(request, timeout=destination.timeout_s) as response:
@@ -109,10 +109,12 @@ def _post(request: urllib.request.Request, destination: WebDestination) -> dict[
                 if isinstance(doc, dict) and _items(doc, _FAILED):
                     return doc
         detail = text[:300].decode(errors="replace")
+        moved = exc.headers.get("Location") if 300 <= exc.code < 400 and exc.headers else None
         raise ExportError(
             destination.name,
             f"{destination.url} answered HTTP {exc.code} {exc.reason}"
             + (": check its credentials" if exc.code in (401, 403) else "")
+            + (f": it moved to {moved}; set the destination's url to it" if moved else "")
             + (f" ({detail})" if detail else ""),
         ) from exc
     except (OSError, ValueError, http.client.HTTPException) as exc:  # a cut answer is no OSError
@@ -126,6 +128,15 @@ def _post(request: urllib.request.Request, destination: WebDestination) -> dict[
     if not isinstance(doc, dict):
         raise ExportError(destination.name, f"{destination.url}: not a DICOM JSON data set")
     return doc
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A STOW-RS POST is not redirected: urllib turns a POST redirected by 301, 302 or 303 into
+    a GET (a query of every study, with the credentials on the same origin) and reads its
+    answer as the store's; the 3xx comes back as an error naming the new location."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 def _answer(text: bytes, destination: WebDestination) -> Any:

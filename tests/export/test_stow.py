@@ -142,6 +142,12 @@ class _Misbehaving(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # the name http.server calls
         self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path.startswith("/moved"):
+            self.send_response(302)
+            self.send_header("Location", "/elsewhere/studies")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         body, declared, status = self.answers[self.path.removesuffix("/studies")]
         self.send_response(status)
         self.send_header("Content-Type", "application/dicom+json")
@@ -151,8 +157,34 @@ class _Misbehaving(http.server.BaseHTTPRequestHandler):
         self.wfile.flush()
         self.close_connection = True
 
+    def do_GET(self) -> None:  # the name http.server calls: a POST turned into a GET
+        _Misbehaving.got.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dicom+json")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"[]")
+
+    got: ClassVar[list[str]] = []
+
     def log_message(self, *args: object) -> None:
         pass
+
+
+def test_a_redirected_store_is_not_followed_as_a_query() -> None:
+    """urllib turned a POST redirected by 302 into a GET of the new location (a QIDO search of
+    every study, with the credentials on the same origin) and read its answer as the store's:
+    "not stored ... (not in the answer)". The redirect is an error naming where to."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Misbehaving)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/moved"
+        with pytest.raises(ExportError, match=r"302 .*moved to /elsewhere/studies"):
+            stow([US_IMAGE], WebDestination(name="web", url=url, timeout_s=10))
+        assert _Misbehaving.got == []
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_cut_or_shapeless_answer_is_an_export_error() -> None:
