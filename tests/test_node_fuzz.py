@@ -101,10 +101,17 @@ class Attacks:
 
     def slow_drip(self) -> None:
         s = _connect(self.port)
-        for byte in _association_request_head()[:6]:
-            s.sendall(bytes([byte]))
-            time.sleep(0.5)
         self.held.append(s)
+        for byte in _association_request_head()[:6]:
+            try:
+                s.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                # Dropped by the node: still counting some of the forty idle connections
+                # closed before it (its per-peer limit), or past its network timeout on cores
+                # too busy to drip in time (a full run once was). The attack is over; the
+                # test goes on to the C-ECHO and the push.
+                return
+            time.sleep(0.5)
 
     def aborted_associations(self) -> None:
         for _ in range(3):
