@@ -639,7 +639,6 @@ class Node:
         # A failed write (a full disk) raises: the study stays awaiting its summary.
         (output,) = write_outputs([summary_sr], folder)
         destinations = list(self.settings.destination_names)
-        series = str(summary_sr[1].SeriesInstanceUID)
         if self.store.studies.record_summary(study, summary.dumps(), output, destinations, series):
             self._results_queued()
             log.info("Study %s: summary SR %s queued", study, output.sop_instance_uid)

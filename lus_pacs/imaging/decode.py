@@ -137,9 +137,10 @@ def _colour_share(
     the frames (0-based) not among the ``damaged`` (1-based). A pixel coloured in every one of
     two or more frames while its grey stays still is burned in (a body marker, a colour bar),
     not flow, which changes from frame to frame: it counts as not coloured."""
-    whole = {i: mask for i, mask in masks.items() if i + 1 not in set(damaged)}
     if not masks:
         return None
+    left_out = set(damaged)
+    whole = {i: mask for i, mask in masks.items() if i + 1 not in left_out}
     if not whole:
         return np.zeros(grey.shape[1:], np.float32)
     share: npt.NDArray[np.float32] = np.stack(list(whole.values())).mean(axis=0, dtype=np.float32)
