@@ -81,10 +81,15 @@ def attribute_tag(attribute: str) -> int:
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 """The bundles shipped beside the package (``models/`` of the repository)."""
 
-_ZONE = r"(?i)\b(?:zone\s*)?(?P<zone>R(?:0?[1-9]|1[0-4])|L(?:0?[1-9]|1[0-4])(?!-\d))\b"
+_ZONE = (
+    r"(?i)(?<![a-z0-9])(?:zone\s*)?"
+    r"(?P<zone>R(?:0?[1-9]|1[0-4])|L(?:0?[1-9]|1[0-4])(?!-\d))(?![a-z0-9])"
+)
 """R or L and a zone number of 1-14 (of the 8-, 12- and 14-zone protocols), alone: not a linear
 probe's name such as L12-4 or L38, which scanners write beside the zone (an L zone followed by
-a dash and a digit is taken for one; "R1-2" and "R2.1", a zone and its clip, stay zones)."""
+a dash and a digit is taken for one; "R1-2" and "R2.1", a zone and its clip, stay zones). Only
+letters and digits join it to a word: "Lung_L2" names zone L2 (a word boundary counted the
+underscore as a letter)."""
 
 DEFAULT_ZONE_RULES = (  # built unchecked: checking reads pydicom's dictionary, slow to import
     ZoneRule.model_construct(attribute="SeriesDescription", pattern=_ZONE),

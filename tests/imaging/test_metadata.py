@@ -118,6 +118,14 @@ def test_zone_from_the_first_matching_rule() -> None:
     # ... while a zone's clip number after it is still its zone.
     for text, zone in (("R2.1", "R2"), ("Lung R1-2", "R1"), ("L2.1", "L2"), ("L1-L2", "L1")):
         assert lung_zone(_ds(SeriesDescription=text)) == zone, text
+    # An underscore or another separator joins words of a description, not letters of one.
+    for text, zone in (
+        ("Lung_L2", "L2"),
+        ("LUNG_R3_CLIP1", "R3"),
+        ("zone_R4", "R4"),
+    ):
+        assert lung_zone(_ds(SeriesDescription=text)) == zone, text
+    assert lung_zone(_ds(SeriesDescription="xR3")) is None
 
 
 @pytest.mark.parametrize("attribute", ["SeriesDescripton", "(0019,101)", "series description"])
