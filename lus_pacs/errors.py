@@ -77,12 +77,23 @@ class ExportError(LusPacsError):
         The destination's configured name.
     reason:
         What failed and where (AE title, host:port, status, SOP Instance UID).
+    unavailable:
+        The destination as a whole did not take the attempt (not reachable, the association
+        rejected, HTTP 401, 403, 404 or a server error): every delivery to it would fail alike,
+        so the node holds them all and tries one at a time until it answers.
+    final:
+        The same attempt cannot succeed later (an object larger than the server accepts): not
+        retried until an operator runs ``lus-pacs retry``.
     """
 
-    def __init__(self, destination: str, reason: str) -> None:
+    def __init__(
+        self, destination: str, reason: str, *, unavailable: bool = False, final: bool = False
+    ) -> None:
         super().__init__(f"export to {destination!r} failed: {reason}")
         self.destination = destination
         self.reason = reason
+        self.unavailable = unavailable
+        self.final = final
 
 
 class EncodeError(LusPacsError):

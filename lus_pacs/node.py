@@ -451,6 +451,7 @@ class Node:
     def _export_loop(self, name: str) -> None:
         destination = self.settings.web_destination(name) or self.settings.destination(name)
         ready = self._ready[name]
+        outages = 0  # attempts in a row that found the destination unavailable
         while not self._stop.is_set():
             ready.clear()
             due = self.store.deliveries.due(destination=name)
@@ -460,9 +461,26 @@ class Node:
             for delivery in due:
                 if self._stop.is_set():
                     return
-                self._deliver(delivery, destination)
+                if not self._deliver(delivery, destination):
+                    outages = 0
+                    continue
+                # The destination itself failed (down, or refusing this node's credentials):
+                # the other deliveries would fail alike, each one more login refused or one
+                # more connection timeout. All wait; then one tries, the longest waiting.
+                hold = backoff_s(outages, self.settings.retry_base_s, self.settings.retry_max_s)
+                outages += 1
+                log.warning(
+                    "%s is unavailable: its %d other due deliveries wait %.0f s, then one tries",
+                    destination.name,
+                    len(due) - 1,
+                    hold,
+                )
+                self._stop.wait(hold)
+                break
 
-    def _deliver(self, delivery: Delivery, destination: DicomDestination | WebDestination) -> None:
+    def _deliver(self, delivery: Delivery, destination: DicomDestination | WebDestination) -> bool:
+        """Send one delivery and record the outcome; True when the destination as a whole did
+        not take it (:attr:`~lus_pacs.errors.ExportError.unavailable`)."""
         what = "study summary" if delivery.summary else "job"
         if not self.store.deliveries.still_due(delivery):
             log.info(
@@ -471,7 +489,7 @@ class Node:
                 delivery.job_id,
                 destination.name,
             )
-            return
+            return False
         paths = [o.path for o in delivery.outputs]
         try:
             if isinstance(destination, WebDestination):
@@ -486,7 +504,8 @@ class Node:
                 # Its type and message, not its repr: a codec error's repr quotes the whole
                 # text it failed on, which may be a credential.
                 reason = f"unexpected error: {type(exc).__name__}: {exc}"
-            retry_at = self._retry_at(delivery.attempts)
+            final = isinstance(exc, ExportError) and exc.final
+            retry_at = None if final else self._retry_at(delivery.attempts)
             self.store.deliveries.failed(
                 delivery.job_id, delivery.destination, reason, retry_at, summary=delivery.summary
             )
@@ -499,15 +518,20 @@ class Node:
                 destination.name,
                 delivery.attempts + 1,
                 reason,
-                "" if retry_at else "; retry budget spent, marked failed",
+                "; not tried again, marked failed"
+                if final
+                else ""
+                if retry_at
+                else "; retry budget spent, marked failed",
             )
-            return
+            return isinstance(exc, ExportError) and exc.unavailable
         self.store.deliveries.delivered(
             delivery.job_id, delivery.destination, summary=delivery.summary
         )
         self._audit_delivery(delivery, "sent")
         self.metrics.sent.labels(destination.name).inc()
         log.info("Delivered %s %d to %s", what, delivery.job_id, destination.name)
+        return False
 
     def _audit_delivery(self, delivery: Delivery, outcome: str, reason: str | None = None) -> None:
         self.audit.write(

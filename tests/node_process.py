@@ -23,10 +23,16 @@ and the shipped 10 passes (`models/segmentation`) cost a third of a second a cin
 
 
 def write_config(
-    folder: Path, orthanc: OrthancHandle | None, *, retry_budget: int = 6, **extra: object
+    folder: Path,
+    orthanc: OrthancHandle | None,
+    *,
+    retry_budget: int = 6,
+    retry_base_s: float = 0.5,
+    **extra: object,
 ) -> Path:
     """A node configuration in TOML: listener on a free port, results sent to ``orthanc``,
-    ``MC_SAMPLES`` dropout passes."""
+    ``MC_SAMPLES`` dropout passes; tries again after ``retry_base_s``, at most 2 s (or
+    ``retry_base_s``, the longer)."""
     (port,) = free_ports(1)
     lines = [
         'ae_title = "LUSPACS"',
@@ -36,8 +42,8 @@ def write_config(
         f'allowed_calling_aes = ["{SCANNER_AE}"]',
         "study_quiet_s = 2.0",
         f"retry_budget = {retry_budget}",
-        "retry_base_s = 0.5",
-        "retry_max_s = 2.0",
+        f"retry_base_s = {retry_base_s}",
+        f"retry_max_s = {max(2.0, retry_base_s)}",
     ]
     if "metrics_port" not in extra:
         lines.append("metrics_port = 0")  # any free port: nodes of parallel tests never collide

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import shutil
+import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -220,6 +222,45 @@ def test_outage_retries_then_budget_zero_fails_visibly_and_retry_delivers(
         wait_for(lambda: orthanc.count() == 4, 120, "the retried results")
     finally:
         node.stop()
+
+
+def test_an_unavailable_pacs_is_tried_by_one_delivery_at_a_time(
+    tmp_path: Path, orthanc: OrthancHandle, sources: list[Path]
+) -> None:
+    """With the PACS down (or refusing this node's credentials), every due delivery was tried
+    in turn, each attempt one more connection timeout or one more refused login (an account
+    lockout at a DICOMweb server): a destination that is unavailable holds all of them, and
+    one tries when the wait is over. Its recovery is the test above."""
+    orthanc.stop()
+    try:
+        config = write_config(
+            tmp_path,
+            orthanc,
+            retry_base_s=60.0,
+            models=DELIVERY_MODELS,
+            output_kinds=DELIVERY_KINDS,
+        )
+        node = NodeProcess(config)
+        node.start()
+        try:
+            assert storescu(node.port, sources[:3]).returncode == 0
+            wait_for(
+                lambda: "encoded: 3" in lus_pacs("status", "--config", str(config)).stdout,
+                120,
+                "three cines processed, their results waiting for the PACS",
+            )
+            time.sleep(1)  # an exporter trying each due delivery would have by now
+        finally:
+            node.stop()
+        tries = re.findall(r"Delivery of job \d+ to pacs failed \(attempt", node.log_text())
+        assert len(tries) == 1, node.log_text()[-3000:]
+        assert "pacs is unavailable" in node.log_text()
+        status = lus_pacs("status", "--config", str(config)).stdout
+        # The one that tried, and the others not yet tried (the study's summary may be one).
+        assert status.count("-> pacs: pending after 1 attempt(s)") == 1, status
+        assert status.count("-> pacs: pending after 0 attempt(s)") >= 2, status
+    finally:
+        orthanc.start()
 
 
 def test_bad_input_fails_with_a_reason_and_the_node_keeps_serving(

@@ -139,7 +139,11 @@ def store(
             if len(failed) == 1 or not all(isinstance(e, ExportError) for e in failed):
                 raise failed[0]
             reasons = dict.fromkeys(e.reason for e in failed if isinstance(e, ExportError))
-            raise ExportError(destination.name, "; ".join(reasons))
+            raise ExportError(
+                destination.name,
+                "; ".join(reasons),
+                unavailable=all(isinstance(e, ExportError) and e.unavailable for e in failed),
+            )
         statuses = [0] * len(items)
         for lane, future in enumerate(futures):
             if lane not in refused:
@@ -381,11 +385,12 @@ def _associate(ae: AE, destination: DicomDestination) -> Association:
 
 
 class _NotAssociatedError(ExportError):
-    """No association could be made: nothing of this attempt was sent on it. ``rejected``: the
-    destination answered, and said no (a limit of associations, a wrong AE title)."""
+    """No association could be made: nothing of this attempt was sent on it, and nothing else
+    would be (the destination is unavailable). ``rejected``: the destination answered, and said
+    no (a limit of associations, a wrong AE title)."""
 
     def __init__(self, destination: str, reason: str, *, rejected: bool) -> None:
-        super().__init__(destination, reason)
+        super().__init__(destination, reason, unavailable=True)
         self.rejected = rejected
 
 

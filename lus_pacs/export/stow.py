@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import logging
+import re
 import ssl
 import urllib.error
 import urllib.request
@@ -34,6 +36,11 @@ _REFERENCED = "00081199"
 _FAILED = "00081198"
 _SOP_INSTANCE = "00081155"
 _FAILURE_REASON = "00081197"
+_UNAVAILABLE = frozenset({401, 403, 404, 405, 407, 408, 429})
+"""HTTP errors that every request to the server would meet alike (credentials refused, no
+STOW-RS at that address, too many requests): the destination is unavailable, not the object."""
+
+log = logging.getLogger(__name__)
 
 
 def stow(paths: Sequence[Path], destination: WebDestination) -> list[str]:
@@ -68,7 +75,15 @@ def stow(paths: Sequence[Path], destination: WebDestination) -> list[str]:
     request = urllib.request.Request(
         destination.url.rstrip("/") + "/studies", data=bytes(body), headers=headers, method="POST"
     )
-    answer = _post(request, destination)
+    try:
+        answer = _post(request, destination)
+    except ExportError as exc:
+        if not exc.final or len(paths) == 1:
+            raise
+        # The request is larger than the server takes (HTTP 413; nginx's default is 1 MB): one
+        # request per instance, so only an instance that is itself too large fails.
+        log.info("%s: %s; sending its %d instances one by one", destination.name, exc, len(paths))
+        return [uid for path in paths for uid in stow([path], destination)]
     failed = {
         _first(item, _SOP_INSTANCE): _first(item, _FAILURE_REASON)
         for item in _items(answer, _FAILED)
@@ -108,7 +123,18 @@ def _post(request: urllib.request.Request, destination: WebDestination) -> dict[
                 doc = _answer(text, destination)
                 if isinstance(doc, dict) and _items(doc, _FAILED):
                     return doc
-        detail = text[:300].decode(errors="replace")
+        if exc.code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+            size = len(request.data) if isinstance(request.data, bytes) else 0
+            raise ExportError(
+                destination.name,
+                f"{destination.url} answered HTTP 413 {exc.reason}: it takes no request of "
+                f"{size / 1e6:.1f} MB; raise its limit on a request's size (nginx: "
+                "client_max_body_size), then run lus-pacs retry",
+                final=True,
+            ) from exc
+        detail = _detail(text)
+        if f"{exc.code} {exc.reason}" in detail:  # a proxy's page of the status line alone
+            detail = ""
         moved = exc.headers.get("Location") if 300 <= exc.code < 400 and exc.headers else None
         raise ExportError(
             destination.name,
@@ -116,9 +142,12 @@ def _post(request: urllib.request.Request, destination: WebDestination) -> dict[
             + (": check its credentials" if exc.code in (401, 403) else "")
             + (f": it moved to {moved}; set the destination's url to it" if moved else "")
             + (f" ({detail})" if detail else ""),
+            unavailable=exc.code in _UNAVAILABLE or exc.code >= 500 or 300 <= exc.code < 400,
         ) from exc
     except (OSError, ValueError, http.client.HTTPException) as exc:  # a cut answer is no OSError
-        raise ExportError(destination.name, f"cannot reach {destination.url}: {exc}") from exc
+        raise ExportError(
+            destination.name, f"cannot reach {destination.url}: {exc}", unavailable=True
+        ) from exc
     try:
         doc = _answer(text, destination) if text.strip() else {}
     except ValueError as exc:
@@ -128,6 +157,17 @@ def _post(request: urllib.request.Request, destination: WebDestination) -> dict[
     if not isinstance(doc, dict):
         raise ExportError(destination.name, f"{destination.url}: not a DICOM JSON data set")
     return doc
+
+
+def _detail(text: bytes) -> str:
+    """The start of an error answer's body; of an HTML page (a proxy's error page), its title."""
+    shown = text[:300].decode(errors="replace").strip()
+    if shown.startswith("<"):
+        title = re.search(
+            r"<title>(.*?)</title>", text[:2000].decode(errors="replace"), re.I | re.S
+        )
+        return title[1].strip() if title else ""
+    return shown
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -177,7 +217,7 @@ def _authorisation(destination: WebDestination) -> dict[str, str]:
     try:
         return authorisation(destination)
     except ConfigError as exc:
-        raise ExportError(destination.name, str(exc)) from exc
+        raise ExportError(destination.name, str(exc), unavailable=True) from exc
 
 
 def _values(doc: dict[str, Any], tag: str) -> list[Any]:

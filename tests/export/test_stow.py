@@ -4,11 +4,18 @@ server read as an archive), and the node's deliveries made exactly once across a
 
 from __future__ import annotations
 
+import contextlib
+import grp
 import http.server
 import json
+import os
+import shutil
+import socket
+import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -21,7 +28,7 @@ from lus_pacs.export.stow import _authorisation, stow
 from lus_pacs.ingest.archive import open_source
 from lus_pacs.settings import WebDestination
 from tests.node_process import NodeProcess, storescu, write_config
-from tests.orthanc import running_orthanc
+from tests.orthanc import free_ports, running_orthanc
 
 US_IMAGE = Path(str(get_testdata_file("US1_UNCR.dcm")))
 CT_IMAGE = Path(str(get_testdata_file("CT_small.dcm")))
@@ -48,8 +55,9 @@ def test_basic_authentication_from_a_file_or_a_variable(
     users = {"AuthenticationEnabled": True, "RegisteredUsers": {"lus": "s3cret-pw"}}
     with running_orthanc(tmp_path, extra_config=users, credentials=("lus", "s3cret-pw")) as orthanc:
         url = f"{orthanc.url}/dicom-web"
-        with pytest.raises(ExportError, match=r"HTTP 401.*credentials"):
+        with pytest.raises(ExportError, match=r"HTTP 401.*credentials") as refused:
             stow([US_IMAGE], WebDestination(name="web", url=url))
+        assert refused.value.unavailable  # every delivery would be refused alike
         secret = tmp_path / "password"
         secret.write_text("s3cret-pw\n")
         stow([US_IMAGE], WebDestination(name="web", url=url, username="lus", password_file=secret))
@@ -219,8 +227,9 @@ def test_an_instance_the_server_holds_already_is_delivered_and_other_failures_ar
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
         assert stow([US_IMAGE], WebDestination(name="web", url=f"{url}/held")) == [uid]
-        with pytest.raises(ExportError, match="failure reason 49152"):
+        with pytest.raises(ExportError, match="failure reason 49152") as refused:
             stow([US_IMAGE], WebDestination(name="web", url=f"{url}/refused"))
+        assert not refused.value.unavailable  # this object, not the server
     finally:
         server.shutdown()
         server.server_close()
@@ -266,3 +275,67 @@ def test_an_answer_in_xml_is_read_as_the_json_one() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def _nginx_in_front(tmp_path: Path, orthanc_port: int, max_body: str) -> Iterator[str]:
+    """nginx on loopback proxying to Orthanc with a limit on a request's size, as a hospital's
+    reverse proxy (nginx's default is 1 MB); yields its base URL."""
+    (port,) = free_ports(1)
+    home = tmp_path / "nginx"
+    (home / "tmp").mkdir(parents=True)
+    temp = " ".join(
+        f"{kind}_temp_path {home}/tmp/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    # As root nginx runs its workers as "nobody", who cannot write the test's folder.
+    user = f"user root {grp.getgrgid(os.getgid()).gr_name};" if os.geteuid() == 0 else ""
+    (home / "nginx.conf").write_text(
+        f"daemon off; worker_processes 1; pid {home}/nginx.pid; error_log {home}/error.log;\n"
+        f"{user}\n"
+        "events { worker_connections 64; }\n"
+        f"http {{ access_log {home}/access.log; {temp}\n"
+        f"  server {{ listen 127.0.0.1:{port}; client_max_body_size {max_body};\n"
+        f"    location / {{ proxy_pass http://127.0.0.1:{orthanc_port}/; }} }} }}\n"
+    )
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"  # Debian's is not on a user's PATH
+    args = [nginx, "-p", str(home), "-e", str(home / "error.log"), "-c", str(home / "nginx.conf")]
+    process = subprocess.Popen(args)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert process.poll() is None, (home / "error.log").read_text()
+            assert time.monotonic() < deadline, "nginx is not listening"
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_a_request_too_large_for_the_proxy_goes_one_instance_at_a_time(tmp_path: Path) -> None:
+    """Behind nginx with a 400 kB limit (its default is 1 MB), two instances of 230 kB were
+    refused with HTTP 413 and retried, the same 413, until the budget was spent: they go one
+    request each. An instance that is itself too large is a final failure naming the limit to
+    raise, not tried again and again; an unreachable server holds its destination."""
+    rgb = Path(str(get_testdata_file("examples_rgb_color.dcm")))  # 232 kB
+    with (
+        running_orthanc(tmp_path) as orthanc,
+        _nginx_in_front(tmp_path, orthanc.http_port, "400k") as proxy,
+    ):
+        web = WebDestination(name="web", url=f"{proxy}/dicom-web", timeout_s=30)
+        ybr = Path(str(get_testdata_file("examples_ybr_color.dcm")))  # 225 kB
+        assert len(stow([rgb, ybr], web)) == 2
+        assert orthanc.count() == 2
+        with pytest.raises(ExportError, match=r"HTTP 413.*0\.9 MB.*client_max_body_size") as big:
+            stow([US_IMAGE], web)  # 923 kB
+        assert big.value.final
+        assert not big.value.unavailable
+        assert orthanc.count() == 2
+    with pytest.raises(ExportError, match="cannot reach") as gone:
+        stow([rgb], web)
+    assert gone.value.unavailable
+    assert not gone.value.final
