@@ -605,7 +605,7 @@ def reprocess(
     except LusPacsError as exc:
         typer.echo(f"reprocess failed: {exc}", err=True)
         raise typer.Exit(1) from None
-    records = run.manifest.records(key, run.part_types)
+    records = run.records()  # not the cines removed from the archive since they were made
     summaries = run.manifest.summaries(key)
     report = text_report(counts, records, summaries)
     (folder / "report.txt").write_text(report + "\n")

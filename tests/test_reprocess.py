@@ -20,6 +20,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import UID
 
+from lus_pacs.domain import OutputKind
 from lus_pacs.errors import ArchiveError, LusPacsError, StageError
 from lus_pacs.ingest.archive import ArchiveStudy
 from lus_pacs.ingest.archive.folder import FolderSource
@@ -27,7 +28,7 @@ from lus_pacs.pipeline import Models, process_bytes
 from lus_pacs.queue.manifest import Manifest
 from lus_pacs.reprocess.engine import Outcome, WorkItem
 from lus_pacs.reprocess.run import Run, RunCounts
-from lus_pacs.settings import Settings
+from lus_pacs.settings import DicomDestination, Settings
 from tests.node_process import lus_pacs, wait_for
 from tests.orthanc import OrthancHandle, free_ports, running_orthanc
 
@@ -410,9 +411,10 @@ def test_a_worker_that_dies_fails_the_cines_in_flight_and_the_run_goes_on(archiv
     assert sorted(o.item.sop_instance_uid for o in outcomes) == sorted(
         i.sop_instance_uid for i in items
     )
-    died = [o for o in outcomes if o.error == WORKER_DIED]
-    assert 1 <= len(died) <= 2  # the cine in the worker and the one queued for it
-    assert all(o.record is not None for o in outcomes if o not in died)  # by a new pool
+    # The cine in the worker and the one queued for it failed with it; both are tried again
+    # alone, by a new pool, and made (the kill was once: neither cine caused it).
+    assert all(o.record is not None for o in outcomes), [o.error for o in outcomes]
+    assert WORKER_DIED  # what they failed with before
 
 
 class _Colliding(FolderSource):
@@ -487,6 +489,8 @@ def test_a_cine_over_the_byte_limit_is_failed_unread_and_the_run_goes_on(
     again = Run(settings, FolderSource(archive), tmp_path / "out", engine, "k", progress=False)
     done = again.execute()
     assert (done.failed, done.processed, done.studies_skipped) == (0, 0, 2)
+    # Counted as failed before, not as done (the report read "7 already done, 0 failed").
+    assert (done.skipped, done.failed_before) == (CINES - 2, 2)
     assert set(dict(done.failures)) == set(failed)  # still named
     retried = Run(
         settings,
@@ -527,9 +531,10 @@ def test_a_ray_worker_that_dies_fails_its_cines_and_another_takes_its_place(
     assert sorted(o.item.sop_instance_uid for o in outcomes) == sorted(
         i.sop_instance_uid for i in items
     )
-    died = [o for o in outcomes if o.error == WORKER_DIED]
-    assert 1 <= len(died) <= 2  # the cine the actor ran and the one waiting on it
-    assert all(o.record is not None for o in outcomes if o not in died)  # by its successor
+    # The cine the actor ran and the one waiting on it failed with it (WORKER_DIED); both are
+    # tried again alone by its successor, and made (the kill was once: neither caused it).
+    assert all(o.record is not None for o in outcomes), [o.error for o in outcomes]
+    assert WORKER_DIED
 
 
 def test_ray_workers_a_cluster_cannot_place_are_given_up_and_the_run_goes_on(
@@ -628,6 +633,15 @@ def test_a_cine_added_to_a_finished_study_is_made_and_the_study_summarised_again
         json.loads(x) for x in (tmp_path / "out" / "studies.jsonl").read_text().splitlines()
     ]
     assert summary["cines"] == 1
+    # Three summaries of the study (one cine, two, one): numbered in the order made, each
+    # naming the one before; the one-cine summary after the removal was numbered 1 again,
+    # below the stale two-cine one, and named none.
+    made = [dcmread(p) for p in (tmp_path / "out" / "results").glob("*/study-sr-*.dcm")]
+    assert sorted(int(d.InstanceNumber) for d in made) == [1, 2, 3]
+    latest = max(made, key=lambda d: int(d.InstanceNumber))
+    (before,) = [d for d in made if int(d.InstanceNumber) == 2]
+    predecessor = latest.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == before.SOPInstanceUID
     records = (tmp_path / "out" / "summary.jsonl").read_text().splitlines()
     assert [json.loads(r)["source"]["sop_instance_uid"] for r in records] == [
         str(dcmread(second, stop_before_pixels=True).SOPInstanceUID)
@@ -651,3 +665,107 @@ def test_a_summary_made_again_the_same_is_not_sent_again(tmp_path: Path) -> None
     assert manifest.summary_is_sent("1.2", "k")
     manifest.record_summary("1.2", "k", StudySummary.of("1.2", [], {"1.2.4": "unreadable"}))
     assert not manifest.summary_is_sent("1.2", "k")
+
+
+def test_a_run_that_sends_only_study_summaries_skips_a_finished_study(
+    archive: Path, orthanc: OrthancHandle, tmp_path: Path, models: Models
+) -> None:
+    """With only the summary SR to send, a cine has no files: it was never noted sent, so its
+    study was never finished, and every run fetched it again (from a PACS, the whole study)."""
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    cine = sorted(archive.glob("synth/*/*.dcm"))[0]
+    shutil.copy(cine, folder / cine.name)
+    settings = Settings(
+        models=tuple(MODELS.split(",")),
+        data_dir=tmp_path / "data",
+        output_kinds=(OutputKind.STUDY_SR,),
+    )
+    pacs = DicomDestination(
+        name="pacs", ae_title=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port
+    )
+    before = orthanc.count()
+
+    def run() -> RunCounts:
+        engine = _InProcess(settings, models)
+        out = tmp_path / "out"
+        return Run(
+            settings, FolderSource(folder), out, engine, "k", destination=pacs, progress=False
+        ).execute()
+
+    first = run()
+    assert (first.processed, first.send_failures) == (1, 0)
+    wait_for(lambda: orthanc.count() == before + 1, 30, "the summary SR in Orthanc")
+    again = run()
+    assert (again.processed, again.studies_skipped, again.skipped) == (0, 1, 1)
+    assert orthanc.count() == before + 1
+
+
+class _Tidying(_InProcess):
+    """The in-process engine, with a file of the study removed from the folder while the first
+    cine is processed (a colleague tidying the export folder during a long run)."""
+
+    def __init__(self, settings: Settings, models: Models, removed: Path) -> None:
+        super().__init__(settings, models)
+        self.removed = removed
+
+    def run(self, items: Iterable[WorkItem]) -> Iterator[Outcome]:
+        for outcome in super().run(items):
+            self.removed.unlink(missing_ok=True)
+            yield outcome
+
+
+def test_a_file_removed_during_the_run_fails_its_cine_and_the_run_goes_on(
+    archive: Path, tmp_path: Path, models: Models
+) -> None:
+    """The run ended with FileNotFoundError and a traceback, the study half done."""
+    folder = tmp_path / "archive"
+    shutil.copytree(sorted((archive / "synth").iterdir())[0], folder)
+    uids = {
+        str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in folder.glob("*.dcm")
+    }
+    last = max(uids)  # the last of the study to be processed
+    removed = uids[last]
+    settings = Settings(models=tuple(MODELS.split(",")), data_dir=tmp_path / "data")
+    engine = _Tidying(settings, models, removed)
+    run = Run(settings, FolderSource(folder), tmp_path / "out", engine, "k", progress=False)
+    done = run.execute()
+    assert (done.processed, done.failed) == (len(uids) - 1, 1)
+    ((uid, reason),) = done.failures
+    assert uid == last
+    assert reason.startswith(f"cannot read {removed}")
+    assert "No such file" in reason
+
+
+def test_a_cine_that_kills_its_worker_fails_alone_and_those_beside_it_are_made() -> None:
+    """The scheduling of both engines: a pool that breaks fails every cine in flight in it
+    (WORKER_DIED). Before, all of them failed, and each later run sent them out together
+    again to die together again. Now each is tried again alone: the culprit fails for good
+    (DIED_ALONE), the others are made. A worker here is a function that dies, as a broken
+    pool reports it, whenever the poisonous cine is among those in flight."""
+    from lus_pacs.reprocess.engine import DIED_ALONE, WORKER_DIED, _stream
+
+    items = [WorkItem(f"1.2.{i}", "study", Path(f"c{i}.dcm")) for i in range(8)]
+    poison = "1.2.3"
+    in_flight: list[str] = []
+    alongside: list[int] = []
+    done: list[tuple[str, Any]] = []
+
+    def submit(item: WorkItem) -> None:
+        in_flight.append(item.sop_instance_uid)
+        alongside.append(len(in_flight))
+
+    def collect() -> tuple[str, Any]:
+        if not done:
+            if poison in in_flight:  # the pool breaks: everything in it fails
+                done.extend((uid, (None, [], WORKER_DIED)) for uid in in_flight)
+            else:
+                done.extend((uid, (None, [], None)) for uid in in_flight)
+            in_flight.clear()
+        return done.pop(0)
+
+    outcomes = {o.item.sop_instance_uid: o.error for o in _stream(items, 4, submit, collect)}
+    assert set(outcomes) == {i.sop_instance_uid for i in items}
+    assert outcomes.pop(poison) == DIED_ALONE
+    assert set(outcomes.values()) == {None}
+    assert max(alongside) == 4  # the limit in flight before the death

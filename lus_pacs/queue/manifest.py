@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS studies (
     instances TEXT NOT NULL,
     summary TEXT,
     summary_sent INTEGER NOT NULL DEFAULT 0,
+    summary_uids TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (study_instance_uid, models)
 );
 CREATE TABLE IF NOT EXISTS items (
@@ -68,6 +69,11 @@ class Manifest:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.row_factory = sqlite3.Row
         self._db.executescript(_SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(studies)")}
+        if "summary_uids" not in columns:  # a manifest of an earlier release
+            self._db.execute(
+                "ALTER TABLE studies ADD COLUMN summary_uids TEXT NOT NULL DEFAULT '[]'"
+            )
 
     def close(self) -> None:
         self._db.close()
@@ -176,15 +182,28 @@ class Manifest:
         rows = self._db.execute(sql, (models, study_uid, ItemState.FAILED, *retried))
         return {r[0] for r in rows}
 
-    def record_summary(self, study_uid: str, models: str, summary: StudySummary) -> None:
-        """The study's summary; one the same as the last keeps its sent mark (its SR, the same
-        object, is not sent again)."""
+    def record_summary(
+        self, study_uid: str, models: str, summary: StudySummary, sr_uid: str | None = None
+    ) -> None:
+        """The study's summary and the SOP Instance UID of its SR, if one was made; one the
+        same as the last keeps its sent mark (its SR, the same object, is not sent again)."""
         with self._tx() as db:
+            made = self.summary_uids(study_uid, models)
+            if sr_uid is not None and made[-1:] != [sr_uid]:
+                made.append(sr_uid)
             db.execute(
-                "UPDATE studies SET summary_sent = (summary IS ? AND summary_sent), summary = ? "
-                "WHERE study_instance_uid = ? AND models = ?",
-                (summary.dumps(), summary.dumps(), study_uid, models),
+                "UPDATE studies SET summary_sent = (summary IS ? AND summary_sent), summary = ?, "
+                "summary_uids = ? WHERE study_instance_uid = ? AND models = ?",
+                (summary.dumps(), summary.dumps(), json.dumps(made), study_uid, models),
             )
+
+    def summary_uids(self, study_uid: str, models: str) -> list[str]:
+        """The SOP Instance UIDs of the study's summary SRs made so far, oldest first."""
+        row = self._db.execute(
+            "SELECT summary_uids FROM studies WHERE study_instance_uid = ? AND models = ?",
+            (study_uid, models),
+        ).fetchone()
+        return [] if row is None else list(json.loads(row[0]))
 
     def summary_is_sent(self, study_uid: str, models: str) -> bool:
         row = self._db.execute(

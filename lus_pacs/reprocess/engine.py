@@ -131,7 +131,15 @@ WORKER_DIED = (
     "the worker process died while this cine or one beside it was processed (killed, out of "
     "memory?); run again to retry it"
 )
-"""The failure of each cine in flight in a worker pool that broke."""
+"""The failure of a cine in flight in a worker pool that broke, when it could not be tried
+again alone (the run was interrupted first)."""
+
+DIED_ALONE = (
+    "the worker process died while it processed this cine alone, after it had died with it "
+    "beside others (killed, out of memory?); --retry-failed tries it again"
+)
+"""The failure of a cine that a worker died on twice, the second time processing it alone: a
+final failure, so that no later run sends it out beside other cines to kill them again."""
 
 
 class LocalEngine:
@@ -321,17 +329,55 @@ def _stream(
 ) -> Iterator[Outcome]:
     """Keep up to ``limit`` items in flight, taking the next only when one is done (items
     are fetched lazily, so an archive is never all on disk at once). ``submit`` starts an
-    item; ``collect`` blocks until one finishes and returns its SOP Instance UID and result."""
+    item; ``collect`` blocks until one finishes and returns its SOP Instance UID and result.
+
+    The cines in flight when a worker died (:data:`WORKER_DIED`) are tried again one at a time
+    with nothing else in flight: a cine that kills its worker (a decoder's crash, memory) then
+    fails alone (:data:`DIED_ALONE`), and those beside it are made. Before, all of them failed,
+    and every later run sent them out together again, to die together again. An item whose
+    file cannot be read (removed from the folder since it was listed) fails, and the run goes
+    on."""
     in_flight: dict[str, WorkItem] = {}
+    suspects: list[WorkItem] = []
+    alone: str | None = None  # the suspect in flight by itself
     queue = iter(items)
     while True:
-        while len(in_flight) < limit and (item := next(queue, None)) is not None:
-            in_flight[item.sop_instance_uid] = item
-            submit(item)
+        while not in_flight and suspects:  # the others done: one suspect, alone
+            suspect = suspects.pop(0)
+            if (unread := _submitted(suspect, submit)) is not None:
+                yield unread
+                continue
+            in_flight[suspect.sop_instance_uid] = suspect
+            alone = suspect.sop_instance_uid
+        while not suspects and alone is None and len(in_flight) < limit:
+            if (new := next(queue, None)) is None:
+                break
+            if (unread := _submitted(new, submit)) is not None:
+                yield unread
+                continue
+            in_flight[new.sop_instance_uid] = new
         if not in_flight:
             return
         key, (record, files, error) = collect()
-        yield Outcome(in_flight.pop(key), record, files, error)
+        item = in_flight.pop(key)
+        if key == alone:
+            alone = None
+            if error == WORKER_DIED:
+                error = DIED_ALONE
+        elif error == WORKER_DIED:
+            log.warning("%s was in flight when a worker died: tried again alone", item.path.name)
+            suspects.append(item)
+            continue
+        yield Outcome(item, record, files, error)
+
+
+def _submitted(item: WorkItem, submit: Callable[[WorkItem], None]) -> Outcome | None:
+    """``item`` submitted; or, when its file cannot be read, its failure."""
+    try:
+        submit(item)
+    except OSError as exc:
+        return Outcome(item, None, [], f"cannot read {item.path}: {exc}")
+    return None
 
 
 def make_engine(

@@ -42,7 +42,9 @@ def text_report(
     lines = [
         f"studies: {counts.studies} listed, {counts.studies_skipped} already done",
         f"cines: {counts.processed} processed, {counts.skipped} already done, "
-        f"{counts.failed} failed" + (f", {counts.sent} sent" if counts.sent else ""),
+        f"{counts.failed} failed"
+        + (f", {counts.failed_before} failed before" if counts.failed_before else "")
+        + (f", {counts.sent} sent" if counts.sent else ""),
         *(
             [f"not processed: {counts.problems} (studies not fetched, files not read)"]
             if counts.problems

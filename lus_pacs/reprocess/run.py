@@ -35,7 +35,7 @@ from lus_pacs.families.registry import FAMILIES, Registry
 from lus_pacs.ingest.archive import ArchiveSource, ArchiveStudy
 from lus_pacs.pipeline import encode_summary, write_outputs
 from lus_pacs.queue.manifest import Manifest
-from lus_pacs.records import StudySummary
+from lus_pacs.records import CineRecord, StudySummary
 from lus_pacs.reprocess.engine import WORKER_DIED, Engine, Outcome, WorkItem
 from lus_pacs.settings import DicomDestination, Settings
 
@@ -50,6 +50,9 @@ class RunCounts:
     studies_skipped: int = 0
     processed: int = 0
     skipped: int = 0
+    """Cines done by an earlier run with these model versions."""
+    failed_before: int = 0
+    """Cines an earlier run failed for good (:meth:`Manifest.failed_for_good`), not tried."""
     failed: int = 0
     problems: int = 0
     """Studies that could not be fetched and files that could not be read, in this run."""
@@ -149,7 +152,9 @@ class Run:
                 listed = self.source.listed_instances(archive)
                 if listed is None or listed == known:
                     self.counts.studies_skipped += 1
-                    self.counts.skipped += len(known)
+                    done = self.manifest.done(self.key, uid)
+                    self.counts.skipped += len(done & known)
+                    self.counts.failed_before += len(known - done)
                     continue
                 # Cines added to or removed from a finished study since: the added made, and
                 # the study summarised again over the cines it holds now.
@@ -187,13 +192,15 @@ class Run:
                 log.error("%s: %s", subject, reason)
                 self.counts.problems += 1
             done = self.manifest.done(self.key, uid)
+            failed_before = set()
             if self.retried is not None:  # failed before for a reason this run would meet again
-                done |= self.manifest.failed_for_good(self.key, uid, self.retried)
-            pending = {u for u in by_uid if u not in done}
+                failed_before = self.manifest.failed_for_good(self.key, uid, self.retried) - done
+            pending = {u for u in by_uid if u not in done and u not in failed_before}
             fetched_here = any(folder in f.parents for f in files)
             study = _Study(archive, by_uid, headers, set(pending), fetched_here)
             self._studies[uid] = study
-            self.counts.skipped += len(by_uid) - len(pending)
+            self.counts.skipped += len(done & set(by_uid))
+            self.counts.failed_before += len(failed_before & set(by_uid))
             if self._bar is not None:
                 self._bar.total = (self._bar.total or 0) + len(pending)
                 self._bar.refresh()
@@ -201,7 +208,13 @@ class Run:
                 self._close_study(study)
                 continue
             for sop in sorted(pending):
-                size, limit = by_uid[sop].stat().st_size, self.settings.max_instance_bytes
+                limit = self.settings.max_instance_bytes
+                try:
+                    size = by_uid[sop].stat().st_size
+                except OSError as exc:  # a folder's file removed since it was listed
+                    reason = f"cannot read {by_uid[sop]}: {exc}"
+                    self._finish(Outcome(WorkItem(sop, uid, by_uid[sop]), None, [], reason))
+                    continue
                 if size > limit:  # not read into memory to be refused there
                     reason = f"{size} bytes is over the limit of {limit} (max_instance_bytes)"
                     self._finish(Outcome(WorkItem(sop, uid, by_uid[sop]), None, [], reason))
@@ -294,8 +307,15 @@ class Run:
             output = None
             if OutputKind.STUDY_SR in self.settings.output_kinds:
                 headers = [study.headers[r.source.sop_instance_uid] for r in records]
-                (output,) = write_outputs([encode_summary(summary, headers, self.key)], folder)
-            self.manifest.record_summary(uid, self.key, summary)
+                # Numbered after the study's earlier summaries, naming the one before (as the
+                # node's): a cine removed since gave a summary numbered as the first, below
+                # the stale one it replaced.
+                previous = self.manifest.summary_uids(uid, self.key)
+                made = encode_summary(summary, headers, self.key, previous)
+                (output,) = write_outputs([made], folder)
+            self.manifest.record_summary(
+                uid, self.key, summary, None if output is None else output.sop_instance_uid
+            )
             sent = self.manifest.summary_is_sent(uid, self.key)  # this very summary, before
             if output is not None and not sent and self._send(None, [output.path]):
                 self.manifest.summary_sent(uid, self.key)
@@ -313,8 +333,12 @@ class Run:
     def _send(self, sop_uid: str | None, paths: list[Path]) -> bool:
         """C-STORE ``paths`` to the destination, if any; the manifest notes a cine as sent.
         A failed send is logged and left for the next run."""
-        if self.destination is None or not paths:
+        if self.destination is None:
             return False
+        if not paths:  # nothing of this cine goes out (only the study's summary is sent)
+            if sop_uid is not None:
+                self.manifest.mark_sent(sop_uid, self.key)
+            return True
         from lus_pacs.export.dimse import store as c_store
 
         try:
@@ -340,17 +364,25 @@ class Run:
 
     # Reports
 
-    def _write_summaries(self) -> None:
-        """summary.jsonl and studies.jsonl from the manifest: every cine done so far with these
-        model versions, in a fixed order, without timings (which differ run to run)."""
+    def records(self) -> list[CineRecord]:
+        """Every cine done so far with these model versions that its study still holds (as
+        last fetched: not one removed from the archive since), in a fixed order."""
         holds: dict[str, set[str]] = {}  # each study's instances as last fetched
+        kept = []
+        for record in self.manifest.records(self.key, self.part_types):
+            study = record.source.study_instance_uid
+            if study not in holds:
+                holds[study] = set(self.manifest.study_instances(study, self.key) or ())
+            if record.source.sop_instance_uid in holds[study]:
+                kept.append(record)
+        return kept
+
+    def _write_summaries(self) -> None:
+        """summary.jsonl and studies.jsonl from the manifest: :meth:`records`, without timings
+        (which differ run to run), and each study's summary."""
         with durable_file(self.out / "summary.jsonl") as f:
-            for record in self.manifest.records(self.key, self.part_types):
-                study = record.source.study_instance_uid
-                if study not in holds:
-                    holds[study] = set(self.manifest.study_instances(study, self.key) or ())
-                if record.source.sop_instance_uid in holds[study]:  # not one removed since
-                    f.write((record.dumps(timings=False) + "\n").encode())
+            for record in self.records():
+                f.write((record.dumps(timings=False) + "\n").encode())
         with durable_file(self.out / "studies.jsonl") as f:
             for summary in self.manifest.summaries(self.key):
                 f.write((summary.dumps() + "\n").encode())

@@ -308,3 +308,40 @@ def test_a_dicomweb_server_that_caps_its_answers_fails_the_study_not_silently(
         (found,) = [s for s in source.studies() if s.study_instance_uid == study]
         with pytest.raises(ArchiveError, match=r"listed \d+ of the study's \d+ instances"):
             source.fetch(found, tmp_path / "fetched")
+
+
+def test_an_archive_without_c_get_says_to_retrieve_by_c_move(tmp_path: Path) -> None:
+    """Many PACS answer C-FIND and C-MOVE but not C-GET: the association took only the query
+    model and the run ended with pynetdicom's ValueError and a traceback. It is the study's
+    archive error, naming the other way to retrieve."""
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        StudyRootQueryRetrieveInformationModelFind,
+        UltrasoundMultiFrameImageStorage,
+    )
+
+    study, series, image = generate_uid(), generate_uid(), generate_uid()
+
+    def answer(event: evt.Event) -> Iterator[tuple[int, Dataset]]:
+        found = Dataset()
+        found.QueryRetrieveLevel = event.identifier.QueryRetrieveLevel
+        found.StudyInstanceUID, found.SeriesInstanceUID = study, series
+        found.SOPInstanceUID, found.SOPClassUID = image, UltrasoundMultiFrameImageStorage
+        yield 0xFF00, found
+
+    ae = AE(ae_title="FINDONLY")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_supported_context(UltrasoundMultiFrameImageStorage)  # it stores; it has no C-GET
+    (port,) = free_ports(1)
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_FIND, answer)]
+    )
+    assert server is not None
+    try:
+        source = open_source(f"dimse://FINDONLY@127.0.0.1:{port}", retrieve="get", timeout=5)
+        listed = ArchiveStudy(study, "P1", "20200101", "")
+        with pytest.raises(ArchiveError, match=r"does not offer .*GET; use --retrieve move"):
+            source.fetch(listed, tmp_path / "fetched")
+    finally:
+        server.shutdown()

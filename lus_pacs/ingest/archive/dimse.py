@@ -355,6 +355,19 @@ class DimseSource:
             else:
                 reason = f"association with {where} aborted during negotiation"
             raise ArchiveError(self.name, reason, study=study)
+        service = contexts[0][0]  # the query or retrieve model; storage contexts follow it
+        if not any(cx.abstract_syntax == service for cx in assoc.accepted_contexts):
+            assoc.release()
+            other = {
+                StudyRootQueryRetrieveInformationModelGet: "; use --retrieve move",
+                StudyRootQueryRetrieveInformationModelMove: "; use --retrieve get",
+            }.get(service, "")
+            raise ArchiveError(
+                self.name,
+                f"{self._ae_title}@{self._host}:{self._port} does not offer "
+                f"{pydicom.uid.UID(service).name}{other}",
+                study=study,
+            )
         try:
             yield assoc
         finally:
