@@ -105,7 +105,7 @@ class Receiver:
         (``calling_ae_hosts``), before pynetdicom negotiates it."""
         assoc = event.assoc
         calling = str(getattr(assoc.requestor.primitive, "calling_ae_title", "")).strip()
-        address = assoc.requestor.address
+        address = plain_address(assoc.requestor.address)
         allowed = self._bound.get(calling)
         if allowed is None or address in allowed:
             return
@@ -119,6 +119,10 @@ class Receiver:
             reason=reason,
         )
         assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent, user: calling AE not recognised
+        # Wait for the rejection to go out, as pynetdicom's own rejections do: the association
+        # closes the socket at once, and the scanner read "peer aborted" (a network fault, to
+        # be retried) instead of "calling AE title not recognised" (a setting to correct).
+        assoc.kill()
 
     def handle_accepted(self, event: evt.Event) -> None:
         requestor = event.assoc.requestor
@@ -134,6 +138,13 @@ class Receiver:
     def handle_store(self, event: evt.Event) -> int | Dataset:
         facts: dict[str, object] = {}
         status = self._store(event, facts)
+        # The association was not idle while the node stored: pynetdicom restarts its idle
+        # timer only when a PDU arrives, so a slow write or a locked job store counted against
+        # network_timeout_s as the sender's silence, and the association was aborted under
+        # the sender's next instance.
+        timer = getattr(event.assoc.dul, "_idle_timer", None)  # pynetdicom 3.0's
+        if timer is not None:
+            timer.restart()
         code = int(status.Status) if isinstance(status, Dataset) else status
         comment = str(status.get("ErrorComment", "")) if isinstance(status, Dataset) else ""
         outcome = facts.pop("outcome", "received" if code == SUCCESS else "refused")
@@ -225,6 +236,15 @@ class Receiver:
             log.warning("Refused %s from %s: unreadable dataset (%s)", sop_instance, calling, exc)
             facts["reason"] = f"unreadable dataset ({exc})"
             return CANNOT_UNDERSTAND
+        if (over_limit := _over_cine_limits(ds, self._settings)) is not None:
+            # Refused now, not acknowledged to fail later: the sender learns no results come.
+            reason, comment = over_limit
+            log.warning("Refused %s from %s: %s", sop_instance, calling, reason)
+            facts["reason"] = reason
+            over = Dataset()
+            over.Status = OUT_OF_RESOURCES
+            over.ErrorComment = comment
+            return over
         for refusal, wrong in (
             (CANNOT_UNDERSTAND, _identity_problem(sop_instance, named, study, series)),
             (MISMATCHED_CLASS, _class_problem(sop_class, str(ds.get("SOPClassUID", "")))),
@@ -491,6 +511,10 @@ def start_listener(
 
 
 LISTEN_BACKLOG = 128
+MAX_PDU_BYTES = 1 << 20
+"""The largest PDU the listener takes (1 MiB): a cine comes in PDUs of at most this, each
+restarting the idle timer (``network_timeout_s``), so even a slow link delivers a large cine.
+dcmtk's senders use 16 kB."""
 """Connections the kernel queues for the listener to accept, at least."""
 
 
@@ -527,7 +551,10 @@ def _make_ae(settings: Settings) -> AE:
     else:
         log.warning("No calling-AE allow-list configured: any AE may send to %s", ae.ae_title)
     ae.require_called_aet = True  # an association must call this node by its AE title
-    ae.maximum_pdu_size = 0  # no limit: cines are large
+    # Not unlimited: a sender that takes "no limit" at its word sends a cine as one PDU, and
+    # pynetdicom restarts its idle timer per PDU received, so a large cine over a slow link
+    # was aborted by network_timeout_s mid-transfer and could never arrive.
+    ae.maximum_pdu_size = MAX_PDU_BYTES
     ae.maximum_associations = settings.max_associations
     ae.network_timeout = settings.network_timeout_s
     ae.acse_timeout = settings.acse_timeout_s
@@ -593,12 +620,43 @@ def _loopback(host: str) -> bool:
     )
 
 
+def plain_address(address: str) -> str:
+    """``address`` as the listener compares it: an IPv4 peer of a dual-stack listener (host
+    "::") is seen as ``::ffff:a.b.c.d``, its IPv4 address here; other text as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped if mapped is not None else ip)
+
+
+def _over_cine_limits(ds: Dataset, settings: Settings) -> tuple[str, str] | None:
+    """Why a cine's header puts it over ``max_cine_frames`` or ``max_cine_pixels`` (the log's
+    reason and the status's error comment), or None; a header that does not say is left to
+    the decoder, which counts what the Pixel Data holds."""
+    try:
+        frames = int(ds.get("NumberOfFrames") or 1)
+        pixels = frames * int(ds.Rows) * int(ds.Columns)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if frames > settings.max_cine_frames:
+        limit = settings.max_cine_frames
+        reason = f"{frames} frames is over the limit of {limit} (max_cine_frames)"
+        return reason, f"{frames} frames is over the node's max_cine_frames"
+    if pixels > settings.max_cine_pixels:
+        limit = settings.max_cine_pixels
+        reason = f"{pixels} pixels is over the limit of {limit} (max_cine_pixels)"
+        return reason, "over the node's max_cine_pixels: send shorter loops"
+    return None
+
+
 def _addresses(hosts: tuple[str, ...]) -> frozenset[str]:
     """The IP addresses of ``hosts`` (IP addresses or names, resolved once at start)."""
     found: set[str] = set()
     for host in hosts:
         try:
-            found |= {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+            found |= {plain_address(str(info[4][0])) for info in socket.getaddrinfo(host, None)}
         except OSError as exc:
             raise ConfigError(f"calling_ae_hosts: {host!r} does not resolve ({exc}).") from exc
     return frozenset(found)

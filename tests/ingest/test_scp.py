@@ -662,3 +662,71 @@ def test_the_queue_knows_the_listeners_kind_of_digest() -> None:
 
     assert jobs._DIGEST_PREFIX == CONTENT_DIGEST_PREFIX
     assert content_digest(pydicom.dcmread(US_IMAGE)).startswith(CONTENT_DIGEST_PREFIX)
+
+
+def test_a_cine_over_the_frame_or_pixel_limit_is_refused_with_the_limit_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The settings say such a cine is refused with its limit named; it was acknowledged
+    (Success), stored and failed later, so the sender never learnt no results would come."""
+    ds = pydicom.dcmread(US_IMAGE)  # one frame of 480 x 640
+    cases = (
+        (1, Settings(data_dir=tmp_path / "p", port=0, max_cine_pixels=300_000), "307200 pixels"),
+        (2, Settings(data_dir=tmp_path / "f", port=0, max_cine_frames=1), "2 frames"),
+    )
+    for frames, settings, named in cases:
+        path = tmp_path / f"{frames}.dcm"
+        ds.NumberOfFrames = frames  # the header's count is checked, before any decoding
+        ds.save_as(path, enforce_file_format=True)
+        node = StoringNode(settings)
+        try:
+            with caplog.at_level(logging.WARNING, logger="lus_pacs.ingest.scp"):
+                assert _send(node.port, path) == [OUT_OF_RESOURCES]
+        finally:
+            node.listener.stop()
+        assert named in caplog.text
+        assert node.store.jobs.counts() == {}
+
+
+def test_an_association_stays_open_while_the_node_stores_slowly(tmp_path: Path) -> None:
+    """pynetdicom counts idle time from the last PDU received: a store held up by a locked job
+    store (a backup, `lus-pacs status` under load) counted as the sender's silence, and the
+    association was aborted under its next instance after the first was acknowledged."""
+    settings = Settings(data_dir=tmp_path, port=0, network_timeout_s=1.5)
+    node = StoringNode(settings)
+    locked = threading.Event()
+
+    def hold_the_store() -> None:
+        db = sqlite3.connect(settings.store_path, isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        locked.set()
+        time.sleep(3.0)  # twice the network timeout, far under SQLite's busy timeout
+        db.execute("ROLLBACK")
+        db.close()
+
+    holder = threading.Thread(target=hold_the_store)
+    holder.start()
+    try:
+        locked.wait(10)
+        assert _send(node.port, US_IMAGE, times=2) == [SUCCESS, SUCCESS]
+    finally:
+        holder.join()
+        node.listener.stop()
+
+
+def test_the_listener_takes_pdus_of_a_bounded_size(tmp_path: Path) -> None:
+    """It advertised no limit: a sender that takes that at its word sends a cine as one PDU,
+    and the idle timer, restarted per PDU, aborted a large cine on a slow link mid-transfer."""
+    from lus_pacs.ingest.scp import MAX_PDU_BYTES
+
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(Verification)
+    node = StoringNode(Settings(data_dir=tmp_path, port=0))
+    try:
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="LUSPACS")
+        assert assoc.is_established
+        advertised = assoc.acceptor.maximum_length
+        assoc.release()
+    finally:
+        node.listener.stop()
+    assert advertised == MAX_PDU_BYTES

@@ -120,6 +120,38 @@ def test_an_ae_title_bound_to_other_addresses_is_rejected_and_audited(tmp_path: 
     assert all(a["address"] == "127.0.0.1" for a in associations)
 
 
+def test_a_scanner_at_the_wrong_address_reads_a_rejection_not_an_abort(tmp_path: Path) -> None:
+    """The rejection was sent as the association closed its socket: dcmtk read "peer aborted
+    association" (a network fault, retried) five times in five, not the calling AE title not
+    recognised (a setting to correct)."""
+    elsewhere = Settings(data_dir=tmp_path, port=0, calling_ae_hosts={"SCANNER": ("10.11.12.13",)})
+    listener = _start(elsewhere)
+    try:
+        for _ in range(3):
+            refused = _dcmtk("echoscu", listener.port)
+            said = refused.stdout + refused.stderr
+            assert refused.returncode != 0
+            assert "Calling AE Title Not Recognized" in said, said
+            assert "Peer aborted" not in said
+    finally:
+        listener.stop()
+
+
+def test_a_scanner_bound_to_an_ipv4_address_gets_into_a_dual_stack_listener(
+    tmp_path: Path,
+) -> None:
+    """With host = "::" an IPv4 scanner is seen as ::ffff:127.0.0.1, which never matched the
+    127.0.0.1 it was bound to: every bound scanner was locked out."""
+    here = Settings(
+        data_dir=tmp_path, host="::", port=0, calling_ae_hosts={"SCANNER": ("127.0.0.1",)}
+    )
+    listener = _start(here)
+    try:
+        assert _echo(listener.port) == 0
+    finally:
+        listener.stop()
+
+
 def test_an_association_calling_another_ae_title_is_rejected(tmp_path: Path) -> None:
     audit = AuditLog(tmp_path / "audit.jsonl")
     listener = _start(Settings(data_dir=tmp_path, port=0, allowed_calling_aes=("SCANNER",)), audit)
