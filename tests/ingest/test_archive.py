@@ -345,3 +345,28 @@ def test_an_archive_without_c_get_says_to_retrieve_by_c_move(tmp_path: Path) -> 
             source.fetch(listed, tmp_path / "fetched")
     finally:
         server.shutdown()
+
+
+def test_a_folder_of_linked_exam_folders_is_read_through_the_links(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """A cohort assembled as links to exam folders elsewhere: the scan did not follow linked
+    folders, listed no study and the run looked complete. A link back up the tree, or a
+    second link to the same exam, is read once."""
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    exams = sorted(p for p in archive.folder.iterdir() if (p / "R1.dcm").is_file())
+    for exam in exams:
+        (cohort / exam.name).symlink_to(exam, target_is_directory=True)
+    (cohort / "again").symlink_to(exams[0], target_is_directory=True)
+    (cohort / "loop").symlink_to(cohort, target_is_directory=True)
+    listed = open_source(str(cohort)).studies()
+    expected = {dcmread(e / "R1.dcm", stop_before_pixels=True).StudyInstanceUID for e in exams}
+    assert {s.study_instance_uid for s in listed} == expected
+    source = open_source(str(cohort))
+    (first,) = [s for s in source.studies() if s.study_instance_uid == sorted(expected)[0]]
+    fetched = source.fetch(first, tmp_path / "fetched")
+    assert len(fetched) == len(
+        {dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in fetched}
+    )
+    assert source.skipped == ()  # nothing read twice

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,8 +118,22 @@ class FolderSource:
                 raise ArchiveError(self.name, f"cannot read the DICOMDIR ({exc})") from exc
             yield from sorted(files)
             return
-        for path in sorted(self.path.rglob("*")):
+        for path in sorted(_files(self.path)):
             suffix = path.suffix.lower()
             dicom_name = suffix in ("", ".dcm") or suffix[1:].isdigit()
             if dicom_name and not path.name.startswith(".") and path.is_file():
                 yield path
+
+
+def _files(root: Path) -> Iterator[Path]:
+    """Every file under ``root``, through linked folders too (a cohort assembled as links to
+    exam folders: ``rglob`` does not follow them, and the run found nothing and said so
+    nowhere), each folder once (a link back up the tree is not followed round)."""
+    visited: set[Path] = set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = Path(folder).resolve()
+        if real in visited:
+            subfolders.clear()
+            continue
+        visited.add(real)
+        yield from (Path(folder) / name for name in names)
