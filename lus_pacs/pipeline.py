@@ -359,6 +359,10 @@ def process_bytes(
             "(max_instance_bytes)",
         )
     header = _read_dataset(lambda: pydicom.dcmread(BytesIO(data)), name)
+    if not len(header):
+        # pydicom reads a file that ends inside its encapsulated Pixel Data as an empty data
+        # set, with a warning only: the failure read "SOPInstanceUID ... missing".
+        raise UnreadableImageError(name, "the file is cut short: no data set could be read")
     timings["read"] = (time.perf_counter() - start) * 1000
     findings, objects, failed = _analyse_and_encode(header, name, models, settings, timings)
     files = []

@@ -21,7 +21,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import UID
 
 from lus_pacs.domain import OutputKind
-from lus_pacs.errors import ArchiveError, LusPacsError, StageError
+from lus_pacs.errors import ArchiveError, LusPacsError, StageError, UnreadableImageError
 from lus_pacs.ingest.archive import ArchiveStudy
 from lus_pacs.ingest.archive.folder import FolderSource
 from lus_pacs.pipeline import Models, process_bytes
@@ -484,6 +484,11 @@ def test_a_cine_over_the_byte_limit_is_failed_unread_and_the_run_goes_on(
     assert list(exam["failed_cines"]) == [uids[largest].SOPInstanceUID]
     with pytest.raises(StageError, match="max_instance_bytes"):  # the engines' own check
         process_bytes(real.read_bytes(), real.name, engine.models, settings)
+    # A cine cut short inside its Pixel Data (pydicom reads it as an empty data set) is named
+    # so, as the node names it; it read "SOPInstanceUID, StudyInstanceUID ... missing".
+    whole = largest.read_bytes()
+    with pytest.raises(UnreadableImageError, match="cut short"):
+        process_bytes(whole[: len(whole) * 2 // 3], largest.name, engine.models, settings)
     # A failure a new run would meet again is final: its study is not fetched and summarised
     # again (and its summary SR sent again) at every run, unless asked.
     again = Run(settings, FolderSource(archive), tmp_path / "out", engine, "k", progress=False)
