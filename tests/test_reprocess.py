@@ -774,3 +774,27 @@ def test_a_cine_that_kills_its_worker_fails_alone_and_those_beside_it_are_made()
     assert outcomes.pop(poison) == DIED_ALONE
     assert set(outcomes.values()) == {None}
     assert max(alongside) == 4  # the limit in flight before the death
+
+
+def test_a_cine_over_the_pixel_budget_is_processed_with_no_other_beside_it() -> None:
+    """The node runs a cine larger than ``concurrent_pixels`` alone; a run started as many at
+    once as it had workers, whatever their size (two 700-frame cines took 1.5 GB where one
+    took 0.9 GB in the review's run), and a server's workers could be killed for memory."""
+    from lus_pacs.reprocess.engine import _stream
+
+    sizes = [10, 10, 500, 10, 10, 10, 600, 10]
+    items = [WorkItem(f"1.2.{i}", "study", Path(f"c{i}.dcm"), n) for i, n in enumerate(sizes)]
+    in_flight: list[WorkItem] = []
+    beside_large: list[int] = []
+
+    def submit(item: WorkItem) -> None:
+        in_flight.append(item)
+        if any(i.pixels > 100 for i in in_flight):
+            beside_large.append(len(in_flight))
+
+    def collect() -> tuple[str, Any]:
+        return in_flight.pop(0).sop_instance_uid, (None, [], None)
+
+    done = [o.item.sop_instance_uid for o in _stream(items, 4, submit, collect, budget=100)]
+    assert sorted(done) == sorted(i.sop_instance_uid for i in items)
+    assert beside_large == [1, 1]  # each large one alone when it started, none added after

@@ -43,6 +43,9 @@ class WorkItem:
     sop_instance_uid: str
     study_instance_uid: str
     path: Path
+    pixels: int = 0
+    """Frames x rows x columns as its header says (0: not known): one over the settings'
+    ``concurrent_pixels`` is processed with no other cine beside it, as the node does."""
 
 
 @dataclass(frozen=True)
@@ -135,11 +138,12 @@ WORKER_DIED = (
 again alone (the run was interrupted first)."""
 
 DIED_ALONE = (
-    "the worker process died while it processed this cine alone, after it had died with it "
-    "beside others (killed, out of memory?); --retry-failed tries it again"
+    "the worker process died while it processed this cine alone (killed, out of memory?); "
+    "--retry-failed tries it again"
 )
-"""The failure of a cine that a worker died on twice, the second time processing it alone: a
-final failure, so that no later run sends it out beside other cines to kill them again."""
+"""The failure of a cine a worker died on while processing it alone (tried alone after a
+worker died with it beside others, or too large to share): a final failure, so that no later
+run sends it out beside other cines to kill them again."""
 
 
 class LocalEngine:
@@ -151,6 +155,7 @@ class LocalEngine:
     def __init__(self, settings: Settings, workers: int) -> None:
         self.workers = workers
         self._settings = settings
+        self._budget = settings.concurrent_pixels
         # A spawned worker imports the caller's main module, and with it numpy and torch,
         # before its initializer runs: the thread limits must be in the environment it
         # inherits. (The caller's own thread pools are already made; they do not change.)
@@ -209,7 +214,7 @@ class LocalEngine:
                         self._replace(pool)
             return finished.pop(0)
 
-        return _stream(items, 2 * self.workers, submit, collect)
+        return _stream(items, 2 * self.workers, submit, collect, self._budget)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -233,6 +238,7 @@ class RayEngine:
                 configure_logging=False,
             )
         self.workers = workers
+        self._budget = settings.concurrent_pixels
         self._new_actor = partial(
             ray.remote(num_cpus=1)(_Worker).remote, settings, threads_per_worker(workers)
         )
@@ -311,7 +317,7 @@ class RayEngine:
                 return key, (None, [], WORKER_DIED)
             return str(key), result
 
-        return _stream(items, 2 * self.workers, submit, collect)
+        return _stream(items, 2 * self.workers, submit, collect, self._budget)
 
     def close(self) -> None:
         import ray
@@ -326,6 +332,7 @@ def _stream(
     limit: int,
     submit: Callable[[WorkItem], None],
     collect: Callable[[], tuple[str, _Result]],
+    budget: int | None = None,
 ) -> Iterator[Outcome]:
     """Keep up to ``limit`` items in flight, taking the next only when one is done (items
     are fetched lazily, so an archive is never all on disk at once). ``submit`` starts an
@@ -334,23 +341,27 @@ def _stream(
     The cines in flight when a worker died (:data:`WORKER_DIED`) are tried again one at a time
     with nothing else in flight: a cine that kills its worker (a decoder's crash, memory) then
     fails alone (:data:`DIED_ALONE`), and those beside it are made. Before, all of them failed,
-    and every later run sent them out together again, to die together again. An item whose
+    and every later run sent them out together again, to die together again. A cine of more
+    pixels than ``budget`` also runs alone (the workers' memory is their cines'). An item whose
     file cannot be read (removed from the folder since it was listed) fails, and the run goes
     on."""
     in_flight: dict[str, WorkItem] = {}
-    suspects: list[WorkItem] = []
-    alone: str | None = None  # the suspect in flight by itself
+    solo: list[WorkItem] = []  # the suspects and the large cines, each to run by itself
+    alone: str | None = None  # the one in flight by itself
     queue = iter(items)
     while True:
-        while not in_flight and suspects:  # the others done: one suspect, alone
-            suspect = suspects.pop(0)
-            if (unread := _submitted(suspect, submit)) is not None:
+        while not in_flight and solo:  # the others done: one, alone
+            single = solo.pop(0)
+            if (unread := _submitted(single, submit)) is not None:
                 yield unread
                 continue
-            in_flight[suspect.sop_instance_uid] = suspect
-            alone = suspect.sop_instance_uid
-        while not suspects and alone is None and len(in_flight) < limit:
+            in_flight[single.sop_instance_uid] = single
+            alone = single.sop_instance_uid
+        while not solo and alone is None and len(in_flight) < limit:
             if (new := next(queue, None)) is None:
+                break
+            if budget is not None and new.pixels > budget:
+                solo.append(new)  # after the others: it runs alone
                 break
             if (unread := _submitted(new, submit)) is not None:
                 yield unread
@@ -366,7 +377,7 @@ def _stream(
                 error = DIED_ALONE
         elif error == WORKER_DIED:
             log.warning("%s was in flight when a worker died: tried again alone", item.path.name)
-            suspects.append(item)
+            solo.append(item)
             continue
         yield Outcome(item, record, files, error)
 

@@ -219,7 +219,7 @@ class Run:
                     reason = f"{size} bytes is over the limit of {limit} (max_instance_bytes)"
                     self._finish(Outcome(WorkItem(sop, uid, by_uid[sop]), None, [], reason))
                     continue
-                yield WorkItem(sop, uid, by_uid[sop])
+                yield WorkItem(sop, uid, by_uid[sop], _pixels(headers[sop]))
 
     def _header(
         self, path: Path, study_uid: str, problems: list[tuple[str, str]]
@@ -386,6 +386,14 @@ class Run:
         with durable_file(self.out / "studies.jsonl") as f:
             for summary in self.manifest.summaries(self.key):
                 f.write((summary.dumps() + "\n").encode())
+
+
+def _pixels(header: Dataset) -> int:
+    """Frames x rows x columns of a cine as its header says; 0 when it does not say."""
+    try:
+        return int(header.get("NumberOfFrames") or 1) * int(header.Rows) * int(header.Columns)
+    except (AttributeError, TypeError, ValueError):
+        return 0
 
 
 def write_exam_csv(summary: StudySummary, path: Path) -> None:
