@@ -9,6 +9,7 @@ association threads.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import io
@@ -90,6 +91,10 @@ class Receiver:
         self._lock = threading.Lock()
         self._bound = {ae: _addresses(hosts) for ae, hosts in settings.calling_ae_hosts.items()}
         self._stripes = [threading.Lock() for _ in range(_STRIPES)]
+        self._starting: collections.Counter[str] = collections.Counter()
+        """Per address: connections admitted whose association thread is not started yet
+        (pynetdicom lists an association only once its thread runs)."""
+        self._admitting = threading.Lock()
         """One held while an instance's file is written and recorded: the same content on
         two associations at once must not remove the file the other recorded."""
 
@@ -328,13 +333,18 @@ class Receiver:
         """Whether the new ``connection`` from ``peer`` is refused because that address holds
         :attr:`~lus_pacs.settings.Settings.max_associations_per_peer` associations already
         (one host may not take every association: the others' scanners must get in); a
-        refused connection is logged, audited and shut."""
-        held = sum(
-            1
-            for other in ae.active_associations
-            if other.is_acceptor and other.requestor.address == peer
-        )
+        refused connection is logged, audited and shut. One admitted holds its place until
+        :meth:`started` (a burst of connections all counted the associations of before them:
+        19 held against a limit of 16)."""
         limit = self._settings.max_associations_per_peer
+        with self._admitting:
+            held = self._starting[peer] + sum(
+                1
+                for other in ae.active_associations
+                if other.is_acceptor and other.requestor.address == peer
+            )
+            if held < limit:
+                self._starting[peer] += 1
         if held >= limit:
             log.warning(
                 "Refused a connection from %s: it holds %d associations already "
@@ -353,6 +363,14 @@ class Receiver:
                 connection.shutdown(socket.SHUT_RDWR)
             return True
         return False
+
+    def started(self, peer: str) -> None:
+        """The association of a connection :meth:`refuses` admitted runs (or never will): it
+        is counted among the active ones now."""
+        with self._admitting:
+            self._starting[peer] -= 1
+            if self._starting[peer] <= 0:
+                del self._starting[peer]
 
     def handshake(self, peer: str, connection: ssl.SSLSocket) -> bool:
         """Whether the TLS handshake of a new connection from ``peer`` succeeds within
@@ -429,11 +447,14 @@ class _PeerLimitedRequest(RequestHandler):
         peer = str(self.client_address[0])
         if self._receiver.refuses(peer, self.request, self.ae):
             return
-        if isinstance(self.request, ssl.SSLSocket) and not self._receiver.handshake(
-            peer, self.request
-        ):
-            return
-        super().handle()
+        try:
+            if isinstance(self.request, ssl.SSLSocket) and not self._receiver.handshake(
+                peer, self.request
+            ):
+                return
+            super().handle()  # returns once the association's thread has started
+        finally:
+            self._receiver.started(peer)
 
 
 class Listener:

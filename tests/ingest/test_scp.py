@@ -503,6 +503,60 @@ def test_one_address_cannot_take_every_association(
         node.listener.stop()
 
 
+def test_a_burst_of_connections_from_one_address_stays_within_its_limit(
+    tmp_path: Path,
+) -> None:
+    """Each connection counted the associations already running; those of a burst all saw the
+    count of before it (an association is listed once its thread runs, after tens of ms of
+    setting it up): 19 of 100 held against a limit of 16."""
+    node = StoringNode(
+        Settings(
+            data_dir=tmp_path,
+            port=0,
+            max_associations=32,
+            max_associations_per_peer=4,
+            acse_timeout_s=15,
+        )
+    )
+    connections: list[socket.socket] = []
+    lock = threading.Lock()
+
+    def connect() -> None:
+        connection = socket.create_connection(("127.0.0.1", node.port), timeout=5)
+        with lock:
+            connections.append(connection)
+
+    try:
+        burst = [threading.Thread(target=connect) for _ in range(40)]
+        for thread in burst:
+            thread.start()
+        for thread in burst:
+            thread.join()
+        for connection in connections:
+            connection.setblocking(False)
+
+        def held() -> int:
+            """Connections still open (a refused one reads as closed)."""
+            count = 0
+            for connection in connections:
+                try:
+                    count += connection.recv(1, socket.MSG_PEEK) != b""
+                except BlockingIOError:  # open, waiting for the association request
+                    count += 1
+                except OSError:
+                    pass
+            return count
+
+        deadline = time.monotonic() + 10  # a loaded machine takes a while to shut them all
+        while held() > 4 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert held() == 4
+    finally:
+        for connection in connections:
+            connection.close()
+        node.listener.stop()
+
+
 def test_a_refused_connection_gets_no_association(tmp_path: Path) -> None:
     # Refused at pynetdicom's connection event, a connection used to keep an acceptor that
     # waited out the ACSE timeout (10 s here) counted as active, so a peer retrying kept itself
