@@ -667,7 +667,7 @@ def encode_summary(
 
     def uid_after(predecessor: str | None) -> str:
         """This summary's UID, made after ``predecessor`` (None: the study's first)."""
-        after = [] if predecessor is None else [predecessor]
+        after = [predecessor] if predecessor else []  # "": a place of an unknown one
         return str(generate_uid(entropy_srcs=[study, models_key, *cines, kind, *said, *after]))
 
     made = list(previous or ())
@@ -688,7 +688,7 @@ def encode_summary(
         series_uid=identity.series_uid,
         instance_number=len(cines) if previous is None else number,
     )
-    if made:
+    if made and made[-1]:  # not a place held for an unknown one (a run of an earlier release)
         predecessor = Dataset()
         predecessor.ReferencedSOPClassUID = dataset.SOPClassUID
         predecessor.ReferencedSOPInstanceUID = made[-1]

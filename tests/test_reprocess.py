@@ -798,3 +798,32 @@ def test_a_cine_over_the_pixel_budget_is_processed_with_no_other_beside_it() -> 
     done = [o.item.sop_instance_uid for o in _stream(items, 4, submit, collect, budget=100)]
     assert sorted(done) == sorted(i.sop_instance_uid for i in items)
     assert beside_large == [1, 1]  # each large one alone when it started, none added after
+
+
+def test_a_study_summarised_by_an_earlier_release_is_numbered_after_its_summary(
+    archive: Path, tmp_path: Path, models: Models
+) -> None:
+    """A manifest of the earlier release recorded no summary UIDs, and that release numbered a
+    summary SR by its count of cines: the next summary of such a study (a cine added) was
+    numbered 1, below the stale one, and named none before it."""
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    cines = sorted(sorted((archive / "synth").iterdir())[0].glob("*.dcm"))[:3]
+    for cine in cines[:2]:
+        shutil.copy(cine, folder / cine.name)
+    run = _folder_runs(folder, tmp_path, models)
+    assert run().processed == 2
+    # As the earlier release left it: no column of summary UIDs, the SR numbered 2 (cines).
+    manifest = tmp_path / "out" / "manifest.sqlite"
+    with sqlite3.connect(manifest) as db:
+        db.execute("ALTER TABLE studies DROP COLUMN summary_uids")
+    (old_path,) = (tmp_path / "out" / "results").glob("*/study-sr-*.dcm")
+    old = dcmread(old_path)
+    old.InstanceNumber = 2
+    old.save_as(old_path)
+    shutil.copy(cines[2], folder / cines[2].name)
+    assert run().processed == 1
+    made = {int(d.InstanceNumber): d for d in map(dcmread, old_path.parent.glob("study-sr-*"))}
+    assert sorted(made) == [2, 3]
+    predecessor = made[3].PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == old.SOPInstanceUID

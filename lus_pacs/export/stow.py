@@ -78,12 +78,13 @@ def stow(paths: Sequence[Path], destination: WebDestination) -> list[str]:
     try:
         answer = _post(request, destination)
     except ExportError as exc:
-        if not exc.final or len(paths) == 1:
+        if not (exc.final or isinstance(exc, _CutWhileSendingError)) or len(paths) == 1:
             raise
-        # The request is larger than the server takes (HTTP 413; nginx's default is 1 MB): one
-        # request per instance, so only an instance that is itself too large fails.
+        # The request is larger than the server takes (HTTP 413; nginx's default is 1 MB), or
+        # the server closed the connection while it was sent (as those that refuse a large
+        # body unread do): one request per instance, so only one itself too large fails.
         log.info("%s: %s; sending its %d instances one by one", destination.name, exc, len(paths))
-        return [uid for path in paths for uid in stow([path], destination)]
+        return _one_by_one(paths, destination)
     failed = {
         _first(item, _SOP_INSTANCE): _first(item, _FAILURE_REASON)
         for item in _items(answer, _FAILED)
@@ -98,6 +99,34 @@ def stow(paths: Sequence[Path], destination: WebDestination) -> list[str]:
         said += [f"{u} (not in the answer)" for u in missing]
         raise ExportError(destination.name, f"not stored by {destination.url}: {'; '.join(said)}")
     return uids
+
+
+def _one_by_one(paths: Sequence[Path], destination: WebDestination) -> list[str]:
+    """Each instance in a request of its own; every one is tried. Raises, once all were tried,
+    naming those the server refused as too large (final when that is every failure)."""
+    stored: list[str] = []
+    refused: list[ExportError] = []
+    for path in paths:
+        try:
+            stored += stow([path], destination)
+        except ExportError as exc:
+            if not (exc.final or isinstance(exc, _CutWhileSendingError)):
+                raise  # not the size: the delivery is tried again, whole
+            refused.append(exc)
+    if refused:
+        raise ExportError(
+            destination.name,
+            f"{len(refused)} of {len(paths)} instances not stored, each alone too large: "
+            + "; ".join(e.reason for e in refused),
+            final=all(e.final for e in refused),
+        )
+    return stored
+
+
+class _CutWhileSendingError(ExportError):
+    """The server closed the connection while the request was sent, after it took it: the way
+    many servers refuse a body larger than they take (an HTTP 413 sent at once, the body
+    unread). Not the destination's absence: the request, maybe its size."""
 
 
 def _post(request: urllib.request.Request, destination: WebDestination) -> dict[str, Any]:
@@ -117,7 +146,10 @@ def _post(request: urllib.request.Request, destination: WebDestination) -> dict[
         with opener.open(request, timeout=destination.timeout_s) as response:
             text = response.read()
     except urllib.error.HTTPError as exc:
-        text = exc.read()
+        try:
+            text = exc.read()
+        except (OSError, http.client.HTTPException):  # an answer sent as it closed: the status
+            text = b""
         if exc.code == HTTPStatus.CONFLICT:  # none stored: its Failed SOP Sequence says why
             with contextlib.suppress(ValueError, ExportError):
                 doc = _answer(text, destination)
@@ -145,6 +177,15 @@ def _post(request: urllib.request.Request, destination: WebDestination) -> dict[
             unavailable=exc.code in _UNAVAILABLE or exc.code >= 500 or 300 <= exc.code < 400,
         ) from exc
     except (OSError, ValueError, http.client.HTTPException) as exc:  # a cut answer is no OSError
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, (ConnectionResetError, BrokenPipeError)):
+            size = len(request.data) if isinstance(request.data, bytes) else 0
+            raise _CutWhileSendingError(
+                destination.name,
+                f"{destination.url} closed the connection while a request of {size / 1e6:.1f} "
+                f"MB was sent ({reason}): it may take no request this large (its limit on a "
+                "request's size)",
+            ) from exc
         raise ExportError(
             destination.name, f"cannot reach {destination.url}: {exc}", unavailable=True
         ) from exc

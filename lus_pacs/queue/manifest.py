@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS studies (
     instances TEXT NOT NULL,
     summary TEXT,
     summary_sent INTEGER NOT NULL DEFAULT 0,
-    summary_uids TEXT NOT NULL DEFAULT '[]',
+    summary_uids TEXT DEFAULT '[]',
     PRIMARY KEY (study_instance_uid, models)
 );
 CREATE TABLE IF NOT EXISTS items (
@@ -70,10 +70,9 @@ class Manifest:
         self._db.row_factory = sqlite3.Row
         self._db.executescript(_SCHEMA)
         columns = {r[1] for r in self._db.execute("PRAGMA table_info(studies)")}
-        if "summary_uids" not in columns:  # a manifest of an earlier release
-            self._db.execute(
-                "ALTER TABLE studies ADD COLUMN summary_uids TEXT NOT NULL DEFAULT '[]'"
-            )
+        if "summary_uids" not in columns:  # a manifest of an earlier release: not recorded
+            self._db.execute("ALTER TABLE studies ADD COLUMN summary_uids TEXT")
+            self._db.execute("UPDATE studies SET summary_uids = '[]' WHERE summary IS NULL")
 
     def close(self) -> None:
         self._db.close()
@@ -183,12 +182,20 @@ class Manifest:
         return {r[0] for r in rows}
 
     def record_summary(
-        self, study_uid: str, models: str, summary: StudySummary, sr_uid: str | None = None
+        self,
+        study_uid: str,
+        models: str,
+        summary: StudySummary,
+        sr_uid: str | None = None,
+        before: Sequence[str] | None = None,
     ) -> None:
-        """The study's summary and the SOP Instance UID of its SR, if one was made; one the
-        same as the last keeps its sent mark (its SR, the same object, is not sent again)."""
+        """The study's summary and the SOP Instance UID of its SR, if one was made, after the
+        study's earlier SRs (``before``; by default those recorded); one the same as the last
+        keeps its sent mark (its SR, the same object, is not sent again)."""
         with self._tx() as db:
-            made = self.summary_uids(study_uid, models)
+            made = list(
+                before if before is not None else self.summary_uids(study_uid, models) or []
+            )
             if sr_uid is not None and made[-1:] != [sr_uid]:
                 made.append(sr_uid)
             db.execute(
@@ -197,13 +204,16 @@ class Manifest:
                 (summary.dumps(), summary.dumps(), json.dumps(made), study_uid, models),
             )
 
-    def summary_uids(self, study_uid: str, models: str) -> list[str]:
-        """The SOP Instance UIDs of the study's summary SRs made so far, oldest first."""
+    def summary_uids(self, study_uid: str, models: str) -> list[str] | None:
+        """The SOP Instance UIDs of the study's summary SRs made so far, oldest first; None
+        when a run of an earlier release summarised it (which recorded none)."""
         row = self._db.execute(
             "SELECT summary_uids FROM studies WHERE study_instance_uid = ? AND models = ?",
             (study_uid, models),
         ).fetchone()
-        return [] if row is None else list(json.loads(row[0]))
+        if row is None:
+            return []
+        return None if row[0] is None else list(json.loads(row[0]))
 
     def summary_is_sent(self, study_uid: str, models: str) -> bool:
         row = self._db.execute(

@@ -311,10 +311,16 @@ class Run:
                 # node's): a cine removed since gave a summary numbered as the first, below
                 # the stale one it replaced.
                 previous = self.manifest.summary_uids(uid, self.key)
+                if previous is None:
+                    previous = _summaries_on_disk(folder)
                 made = encode_summary(summary, headers, self.key, previous)
                 (output,) = write_outputs([made], folder)
             self.manifest.record_summary(
-                uid, self.key, summary, None if output is None else output.sop_instance_uid
+                uid,
+                self.key,
+                summary,
+                None if output is None else output.sop_instance_uid,
+                previous,
             )
             sent = self.manifest.summary_is_sent(uid, self.key)  # this very summary, before
             if output is not None and not sent and self._send(None, [output.path]):
@@ -386,6 +392,21 @@ class Run:
         with durable_file(self.out / "studies.jsonl") as f:
             for summary in self.manifest.summaries(self.key):
                 f.write((summary.dumps() + "\n").encode())
+
+
+def _summaries_on_disk(folder: Path) -> list[str]:
+    """A study's summary SRs as an earlier release left them in ``folder`` (it recorded none,
+    and numbered each by its count of cines): as many places as the highest Instance Number,
+    the last of them that SR, so that the next is numbered after it and names it."""
+    latest: tuple[int, str] | None = None
+    for path in folder.glob(f"{OutputKind.STUDY_SR}-*.dcm"):
+        with contextlib.suppress(Exception):  # one unreadable leaves the others
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            numbered = (int(ds.InstanceNumber), str(ds.SOPInstanceUID))
+            latest = numbered if latest is None else max(latest, numbered)
+    if latest is None:
+        return []
+    return [""] * (latest[0] - 1) + [latest[1]]
 
 
 def _pixels(header: Dataset) -> int:

@@ -9,6 +9,7 @@ import grp
 import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -335,7 +336,66 @@ def test_a_request_too_large_for_the_proxy_goes_one_instance_at_a_time(tmp_path:
         assert big.value.final
         assert not big.value.unavailable
         assert orthanc.count() == 2
+        # One too large among others: the others are stored (the split stopped at it, and
+        # the small SR after a large SEG was never sent), the error names the one.
+        ct = Path(str(get_testdata_file("CT_small.dcm")))
+        with pytest.raises(ExportError, match=r"1 of 3 instances not stored.*0\.9 MB") as one:
+            stow([rgb, US_IMAGE, ct], web)
+        assert one.value.final
+        assert orthanc.count() == 3  # the CT, after the refused one
     with pytest.raises(ExportError, match="cannot reach") as gone:
         stow([rgb], web)
     assert gone.value.unavailable
     assert not gone.value.final
+
+
+def test_a_server_that_closes_on_a_large_request_gets_one_instance_a_request() -> None:
+    """Many servers refuse a body over their limit by answering 413 at once and closing the
+    connection unread (Go's net/http, a load balancer): the sender met a reset connection,
+    read "cannot reach", held the destination and never sent the set in smaller requests."""
+    limit = [1_000_000]
+    taken: list[int] = []
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += connection.recv(65536)
+                length = int(re.search(rb"Content-Length: (\d+)", head, re.I)[1])  # type: ignore[index]
+                if length > limit[0]:  # refused unread
+                    connection.sendall(b"HTTP/1.1 413 Too Large\r\nConnection: close\r\n\r\n")
+                    continue
+                body = head.split(b"\r\n\r\n", 1)[1]
+                while len(body) < length:
+                    body += connection.recv(65536)
+                taken.append(length)
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        web = WebDestination(name="web", url=url, timeout_s=10)
+        # 8 x 0.9 MB: each alone under the limit, together over it. The answer lists none
+        # stored (an empty JSON), so the split's requests fail as "not in the answer".
+        with pytest.raises(ExportError, match="not in the answer") as caught:
+            stow([US_IMAGE] * 8, web)
+        assert not caught.value.unavailable
+        assert taken  # the single-instance request got through
+        assert all(n <= limit[0] for n in taken)
+        limit[0] = 500_000  # one instance alone too large: named, neither final nor unavailable
+        # Refused as the request was sent, or the 413 read before the reset: named either way.
+        with pytest.raises(
+            ExportError, match=r"(closed the connection while|413).* 0\.9 MB"
+        ) as cut:
+            stow([US_IMAGE], web)
+        assert not cut.value.unavailable
+    finally:
+        listener.close()
