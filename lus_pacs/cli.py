@@ -702,8 +702,12 @@ def prune(
 
 @app.command()
 def retry(config: ConfigOption = None) -> None:
-    """Give failed jobs a fresh retry budget; a running node picks them up."""
-    n = _node_store(config).deliveries.retry_failed()
+    """Give failed jobs a fresh retry budget; a running node picks them up. Deliveries to a
+    destination no longer in the settings stay failed."""
+    from lus_pacs.settings import load_settings
+
+    names = load_settings(config).destination_names
+    n = _node_store(config).deliveries.retry_failed(names)
     typer.echo(f"{n} failed job(s) queued again")
 
 

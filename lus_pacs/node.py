@@ -115,6 +115,9 @@ class Node:
         """Per worker: the job it is processing and since when (monotonic seconds)."""
         self._overdue: set[str] = set()
         """Workers still on a cine given up for running past ``max_cine_s``."""
+        self._pruned_at = float("-inf")
+        """When retention last ran (monotonic seconds): at start, then every _PRUNE_EVERY_S;
+        not again at once when the study loop starts again after an error."""
         self._summary_failed_at: dict[str, float] = {}
         """Per study: when its summary last failed (monotonic seconds); tried again after
         ``_RESUME_S``, the other studies meanwhile."""
@@ -439,8 +442,8 @@ class Node:
                 )
 
     def _fail(self, job: Job, reason: str) -> None:
-        self.store.jobs.fail(job, reason)
-        self.metrics.processed.labels("failed").inc()
+        if self.store.jobs.fail(job, reason):  # not one given up and counted already
+            self.metrics.processed.labels("failed").inc()
 
     # Delivering
 
@@ -556,11 +559,11 @@ class Node:
     # Studies
 
     def _study_loop(self) -> None:
-        pruned_at = float("-inf")  # at start, then every _PRUNE_EVERY_S
         while not self._stop.wait(_IDLE_S):
             self._give_up_overdue()
-            if self.settings.retention_days and time.monotonic() - pruned_at >= _PRUNE_EVERY_S:
-                pruned_at = time.monotonic()
+            since = time.monotonic() - self._pruned_at
+            if self.settings.retention_days and since >= _PRUNE_EVERY_S:
+                self._pruned_at = time.monotonic()
                 self._prune(self.settings.retention_days)
             self.store.studies.complete_quiet(self.settings.study_quiet_s)
             self._summarise_done()

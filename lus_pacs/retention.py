@@ -19,6 +19,7 @@ node do it every hour.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from lus_pacs.dicom_vocabulary import is_uid
 from lus_pacs.queue.store import JobStore
 
 DAY_S = 86400.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,12 @@ def prune(store: JobStore, older_than_s: float, *, now: float | None = None) -> 
                 paths.update(path.parent.glob(f"{sop}-*.dcm"))
         newer = False
         for path in paths:
-            size = remove_if_older(path, before)
+            try:
+                size = remove_if_older(path, before)
+            except OSError as exc:  # not ours to remove (permissions, a read-only mount)
+                log.warning("Retention: %s stays (%s); study %s is pruned later", path, exc, study)
+                newer = True
+                continue
             if size is None:  # arrived or made while the study is pruned
                 newer = True
             elif size:
@@ -83,7 +91,13 @@ def remove_if_older(path: Path, before: float) -> int | None:
     except FileNotFoundError:  # gone, or taken by another prune (the CLI beside the node)
         return 0
     if stat.st_mtime < before:
-        aside.unlink(missing_ok=True)
+        try:
+            aside.unlink(missing_ok=True)
+        except OSError:  # not removable after all: back where it was, for the next prune
+            if not path.exists():
+                with contextlib.suppress(OSError):
+                    os.rename(aside, path)
+            raise
         return stat.st_size
     with contextlib.suppress(FileExistsError, FileNotFoundError):
         os.link(aside, path)

@@ -51,7 +51,10 @@ class ZoneRule(BaseModel):
     def _compiles(cls, value: str) -> str:
         if "(?P<zone>" not in value:
             raise ValueError(f"zone pattern {value!r} needs a named group (?P<zone>...)")
-        re.compile(value)
+        try:
+            re.compile(value)
+        except re.error as exc:  # not a ValueError: it went out as a traceback
+            raise ValueError(f"zone pattern {value!r} is not a regular expression: {exc}") from exc
         return value
 
 
@@ -305,7 +308,7 @@ class Settings(BaseModel):
     """Rotated audit files kept (``audit.jsonl.1`` the newest)."""
     metrics_port: int | None = Field(default=9464, ge=0, lt=65536)
     """Port of the Prometheus metrics (``/metrics``), on the listener's ``host``; 0 takes any
-    free port, None serves none."""
+    free port, None (``false`` in the settings file, which has no null) serves none."""
     destinations: tuple[DicomDestination, ...] = ()
     """Where results are sent by C-STORE, each by its own exporter (a hung PACS delays only its
     own results); with none, results stay in the results folder."""
@@ -396,6 +399,12 @@ class Settings(BaseModel):
         one folder named nothing for a ``lus-pacs prune`` run from another (it marked the
         study pruned and removed nothing, for good)."""
         return None if value is None else value.expanduser().absolute()
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _no_metrics(cls, value: object) -> object:
+        # TOML has no null: "false" says none (it read as port 0, any free port, before).
+        return None if value is False else value
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:

@@ -91,6 +91,10 @@ def test_a_relative_data_dir_is_taken_from_the_working_folder_once(
         ('allowed_calling_aes = ["SCANNER-OF-WARD-12"]', "1 to 16 characters"),
         ('calling_ae_hosts = { "A\\\\B" = ["10.0.0.1"] }', "without a backslash"),
         ("metrics_port = 11112", "metrics_port and port are both 11112"),
+        (  # re.error is no ValueError: it left as a traceback
+            '[[zone_rules]]\nattribute = "SeriesDescription"\npattern = "(?P<zone>R[1-9]"',
+            "is not a regular expression",
+        ),
         ("retry_base_s = 600\nretry_max_s = 5", "retry_base_s (600) is over retry_max_s (5)"),
         (
             '[[destinations]]\nname = "me"\nae_title = "LUSPACS"\nhost = "localhost"\nport = 11112',
@@ -149,3 +153,13 @@ def test_the_sample_settings_name_every_setting() -> None:
     models = (Settings, SegmentationSettings, ConsolidationSettings, DicomDestination)
     keys = {k for model in (*models, WebDestination) for k in model.model_fields}
     assert not [k for k in sorted(keys) if not named(k)]
+
+
+def test_metrics_can_be_turned_off_in_the_settings_file(tmp_path: Path) -> None:
+    """The sample said "remove the key to serve none", which served the default port: a second
+    node on the host died on it. TOML has no null; false says none."""
+    path = tmp_path / "node.toml"
+    path.write_text("metrics_port = false\n")
+    assert load_settings(path).metrics_port is None
+    path.write_text("")
+    assert load_settings(path).metrics_port == 9464

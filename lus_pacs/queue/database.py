@@ -85,6 +85,11 @@ CREATE TABLE IF NOT EXISTS summary_deliveries (
     error TEXT,
     PRIMARY KEY (summary_id, destination)
 );
+CREATE TABLE IF NOT EXISTS left_files (
+    study_instance_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    PRIMARY KEY (study_instance_uid, path)
+);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
 """.replace("{jobs}", _JOBS)

@@ -194,22 +194,34 @@ class Deliveries:
         )
         return {(r[0], DeliveryState(r[1]).value): int(r[2]) for r in rows}
 
-    def retry_failed(self) -> int:
+    def retry_failed(self, destinations: Sequence[str] | None = None) -> int:
         """Failed deliveries get a fresh retry budget and failed jobs are processed again (their
-        studies' summaries are made again once they are, now counting them). Returns the
-        number of jobs and study summaries put back."""
+        studies' summaries are made again once they are, now counting them). With
+        ``destinations`` (the settings' names), deliveries to other destinations stay failed:
+        no exporter would send them, and they would wait as pending for good (a job failed
+        only so stays failed). Returns the number of jobs and study summaries put back."""
         now = time.time()
+        known = list(destinations) if destinations is not None else None
+        only_known = "" if known is None else f" AND destination IN ({', '.join('?' * len(known))})"
         with self._db.transaction() as db:
             failed = [
                 r[0] for r in db.execute("SELECT id FROM jobs WHERE state = ?", (JobState.FAILED,))
             ]
+            put_back = 0
             for job_id in failed:
                 undelivered = db.execute(
                     "UPDATE deliveries SET state = ?, attempts = 0, next_attempt_at = ? "
-                    "WHERE job_id = ? AND state = ?",
-                    (DeliveryState.PENDING, now, job_id, DeliveryState.FAILED),
+                    f"WHERE job_id = ? AND state = ?{only_known}",
+                    (DeliveryState.PENDING, now, job_id, DeliveryState.FAILED, *(known or ())),
                 ).rowcount
-                state = JobState.ENCODED if undelivered else JobState.QUEUED
+                stranded = db.execute(
+                    "SELECT count(*) FROM deliveries WHERE job_id = ? AND state = ?",
+                    (job_id, DeliveryState.FAILED),
+                ).fetchone()[0]
+                if stranded and not undelivered:
+                    continue  # made, and failed to a destination gone from the settings
+                put_back += 1
+                state = JobState.ENCODED if undelivered or stranded else JobState.QUEUED
                 db.execute(
                     "UPDATE jobs SET state = ?, error = NULL, updated_at = ?, interrupted = 0 "
                     "WHERE id = ?",
@@ -226,10 +238,17 @@ class Deliveries:
                     )
             summaries = db.execute(
                 "UPDATE summary_deliveries SET state = ?, attempts = 0, next_attempt_at = ? "
-                "WHERE state = ? AND (error IS NULL OR substr(error, 1, ?) != ?)",
-                (DeliveryState.PENDING, now, DeliveryState.FAILED, len(CALLED_OFF), CALLED_OFF),
+                f"WHERE state = ? AND (error IS NULL OR substr(error, 1, ?) != ?){only_known}",
+                (
+                    DeliveryState.PENDING,
+                    now,
+                    DeliveryState.FAILED,
+                    len(CALLED_OFF),
+                    CALLED_OFF,
+                    *(known or ()),
+                ),
             ).rowcount
-            return len(failed) + summaries
+            return put_back + summaries
 
 
 def delivery_rows(

@@ -75,7 +75,8 @@ class Jobs:
         now = time.time()
         with self._db.transaction() as db:
             prior = db.execute(
-                "SELECT content, study_instance_uid FROM instances WHERE sop_instance_uid = ?",
+                "SELECT content, study_instance_uid, path FROM instances "
+                "WHERE sop_instance_uid = ?",
                 (instance.sop_instance_uid,),
             ).fetchone()
             known = prior[0] if prior is not None else ""
@@ -125,7 +126,13 @@ class Jobs:
             )
             if changed and prior[1] != instance.study_instance_uid:
                 # Sent again under another study (the scanner's worklist corrected): the study
-                # it left is summarised again, without it.
+                # it left is summarised again, without it; its first file, in the folder of
+                # the study it left, goes when the study it joined is pruned (nothing else
+                # names it any more: it stayed for good).
+                db.execute(
+                    "INSERT OR IGNORE INTO left_files VALUES (?, ?)",
+                    (instance.study_instance_uid, prior[2]),
+                )
                 db.execute(
                     "UPDATE studies SET last_received_at = ?, complete = 0, summarised = 0, "
                     "pruned = 0 WHERE study_instance_uid = ?",
@@ -416,12 +423,12 @@ class Jobs:
             if db.execute("SELECT 1 FROM outputs WHERE path = ?", (str(p),)).fetchone() is None
         ]
 
-    def fail(self, job: Job, reason: str) -> None:
+    def fail(self, job: Job, reason: str) -> bool:
         """The job failed (a reason the record keeps), if this claim of it is still in
         progress: a job given up while it ran keeps the reason it was given up for, and one
-        another worker took since is that worker's."""
+        another worker took since is that worker's. False when it was not this claim's."""
         with self._db.transaction() as db:
-            db.execute(
+            cursor = db.execute(
                 "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ? AND state = ? "
                 "AND claims = ?",
                 (
@@ -433,6 +440,7 @@ class Jobs:
                     job.claim,
                 ),
             )
+            return cursor.rowcount == 1
 
     def give_up(self, job: Job, reason: str) -> bool:
         """A job in progress fails now, while its worker still runs it (a cine that hangs

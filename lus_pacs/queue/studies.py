@@ -207,14 +207,16 @@ class Studies:
         return [r[0] for r in rows]
 
     def files(self, study_uid: str) -> tuple[list[tuple[str, Path]], list[Path]]:
-        """The study's received instances as (SOP Instance UID, stored path), and every result
-        file recorded for it (each job's objects, each summary SR)."""
+        """The study's received instances as (SOP Instance UID, stored path), the first files
+        of instances sent again into it from another study (with an empty UID), and every
+        result file recorded for it (each job's objects, each summary SR)."""
         db = self._db.connection()
         instances = [
             (r[0], Path(r[1]))
             for r in db.execute(
-                "SELECT sop_instance_uid, path FROM instances WHERE study_instance_uid = ?",
-                (study_uid,),
+                "SELECT sop_instance_uid, path FROM instances WHERE study_instance_uid = ? "
+                "UNION ALL SELECT '', path FROM left_files WHERE study_instance_uid = ?",
+                (study_uid, study_uid),
             )
         ]
         results = [

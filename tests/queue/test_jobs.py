@@ -304,7 +304,7 @@ def test_only_the_latest_claim_of_a_job_records_its_outcome(store: JobStore) -> 
     (delivery,) = store.deliveries.due()
     store.deliveries.delivered(delivery.job_id, "pacs")
     assert not store.jobs.finish(first.id, "{}", out, ["pacs"], first.claim)  # the stale one
-    store.jobs.fail(first, "late")
+    assert not store.jobs.fail(first, "late")  # said so: the node counts no failure for it
     assert store.deliveries.due() == []
     assert [r.state for r in store.jobs.rows()] == [JobState.SENT, JobState.REPLACED]
 
@@ -315,7 +315,7 @@ def test_only_the_latest_claim_of_a_job_records_its_outcome(store: JobStore) -> 
     assert store.deliveries.retry_failed() == 1  # lus-pacs retry, the node running
     retried = store.jobs.claim("m@1")
     assert retried is not None
-    store.jobs.fail(hung, "the hung worker's late error")  # not the retried claim's
+    assert not store.jobs.fail(hung, "the hung worker's late error")  # counted when given up
     assert not store.jobs.give_up(hung, "max_cine_s")
     assert store.jobs.finish(retried.id, "{}", [], ["pacs"], retried.claim)
     assert store.jobs.rows()[-1].state is JobState.ENCODED
@@ -365,3 +365,23 @@ def test_a_cine_given_up_is_not_queued_again_by_a_resend(store: JobStore, tmp_pa
     assert store.jobs.counts() == {JobState.FAILED: 2}
     assert store.jobs.record_instance(_content(2, "bb"), "m@1") is Received.KNOWN
     assert store.jobs.claim() is None
+
+
+def test_retry_leaves_deliveries_to_a_destination_gone_from_the_settings_failed(
+    store: JobStore,
+) -> None:
+    """Put back to pending, a delivery to a destination renamed or removed since was sent by
+    no exporter: "pending" for good, the failure hidden and the study never pruned."""
+    store.jobs.record_instance(_content(1, "aa"), "m@1")
+    job = store.jobs.claim("m@1")
+    assert job is not None
+    out = [Output("sr", "9.9.1", Path("sr.dcm"))]
+    assert store.jobs.finish(job.id, "{}", out, ["old-pacs", "pacs"], job.claim)
+    for delivery in store.deliveries.due():
+        store.deliveries.failed(delivery.job_id, delivery.destination, "down", None)
+    assert store.deliveries.retry_failed(["pacs", "archive"]) == 1
+    states = {d[0]: d[1] for d in store.jobs.rows()[0].deliveries}
+    assert states == {"old-pacs": DeliveryState.FAILED, "pacs": DeliveryState.PENDING}
+    store.deliveries.delivered(job.id, "pacs")
+    assert store.jobs.rows()[0].state is JobState.FAILED  # still named: old-pacs
+    assert store.deliveries.retry_failed(["pacs"]) == 0  # nothing it could send

@@ -199,3 +199,43 @@ def test_a_studys_earlier_summaries_are_those_of_its_series_and_sent_or_waiting(
     assert store.studies.summary_uids("1.2.3", "9.1") == ["8.1"]
     _received(store, tmp_path, 1, "1.2.3", content="bb")  # 8.1 and 8.2 called off, unsent
     assert store.studies.summary_uids("1.2.3", "9.1") == []
+
+
+def test_a_cine_sent_again_under_another_study_leaves_no_file_behind(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """A cine re-sent under the corrected study (a worklist mistake) is filed under the new
+    study; its first copy, in the folder of the study it left, was named by nothing and stayed
+    for good (a patient's image under the wrong study). It goes with the study it joined."""
+    first = _received(store, tmp_path, 1, "1.2.5", content="aa")
+    again = _received(store, tmp_path, 1, "1.2.6", content="bb")
+    _processed(store, tmp_path)
+    _summarised(store, tmp_path, "1.2.6")
+    store.studies.complete(["1.2.5"])  # the study it left, summarised again (without it)
+    for uid, at in store.studies.awaiting_summary():
+        store.studies.summarised(uid, at)
+    prune(store, 0, now=time.time() + 10)
+    assert not again.exists()
+    assert not first.exists()
+
+
+def test_a_file_retention_cannot_remove_keeps_its_study_and_the_others_go(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """An error other than "not found" (permissions, a read-only mount; here a folder where
+    the file was) left prune and stopped the node's study loop, which pruned first again at
+    each restart: no study was summarised any more."""
+    stuck = _received(store, tmp_path, 1, "1.2.7")
+    _processed(store, tmp_path)
+    _summarised(store, tmp_path, "1.2.7")
+    other = _received(store, tmp_path, 2, "1.2.8")
+    _processed(store, tmp_path)
+    _summarised(store, tmp_path, "1.2.8")
+    stuck.unlink()
+    (stuck / "inside").mkdir(parents=True)  # cannot be unlinked as a file
+    old = time.time() - 3600
+    os.utime(stuck, (old, old))
+    done = prune(store, 0, now=time.time() + 10)
+    assert done.studies == 1
+    assert not other.exists()
+    assert stuck.is_dir()  # put back, kept for the next prune
