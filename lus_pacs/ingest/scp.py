@@ -372,6 +372,28 @@ class Receiver:
             if self._starting[peer] <= 0:
                 del self._starting[peer]
 
+    def speaks_tls(self, peer: str, connection: socket.socket) -> bool:
+        """Whether a new connection to this plain listener opens with a TLS handshake (a
+        scanner set up for DICOM TLS): logged and audited with the fix named, and shut. Its
+        bytes read as PDUs of an unknown type, and the connection waited out the network
+        timeout with pynetdicom's log lines only. No DICOM PDU type is 0x16."""
+        connection.settimeout(self._settings.network_timeout_s)
+        try:
+            first = connection.recv(1, socket.MSG_PEEK)
+        except OSError:  # silent or gone: pynetdicom's timeouts and log deal with it
+            return False
+        if first != _TLS_HANDSHAKE:
+            return False
+        reason = (
+            "it opened with a TLS handshake: this listener speaks plain DICOM (set the "
+            "scanner's DICOM TLS off, or give the listener its certificate: [tls] in the settings)"
+        )
+        log.warning("Refused a connection from %s: %s", peer, reason)
+        self.audit(AuditEvent.CONNECTION, "refused", address=peer, reason=reason)
+        with contextlib.suppress(OSError):
+            connection.shutdown(socket.SHUT_RDWR)
+        return True
+
     def handshake(self, peer: str, connection: ssl.SSLSocket) -> bool:
         """Whether the TLS handshake of a new connection from ``peer`` succeeds within
         :attr:`~lus_pacs.settings.Settings.network_timeout_s`; a failure is logged and
@@ -448,9 +470,10 @@ class _PeerLimitedRequest(RequestHandler):
         if self._receiver.refuses(peer, self.request, self.ae):
             return
         try:
-            if isinstance(self.request, ssl.SSLSocket) and not self._receiver.handshake(
-                peer, self.request
-            ):
+            if isinstance(self.request, ssl.SSLSocket):
+                if not self._receiver.handshake(peer, self.request):
+                    return
+            elif self._receiver.speaks_tls(peer, self.request):
                 return
             super().handle()  # returns once the association's thread has started
         finally:
@@ -532,11 +555,13 @@ def start_listener(
 
 
 LISTEN_BACKLOG = 128
+"""Connections the kernel queues for the listener to accept, at least."""
+_TLS_HANDSHAKE = b"\x16"
+"""The first byte of a TLS connection (a handshake record)."""
 MAX_PDU_BYTES = 1 << 20
 """The largest PDU the listener takes (1 MiB): a cine comes in PDUs of at most this, each
 restarting the idle timer (``network_timeout_s``), so even a slow link delivers a large cine.
 dcmtk's senders use 16 kB."""
-"""Connections the kernel queues for the listener to accept, at least."""
 
 
 def listen_backlog(settings: Settings) -> int:

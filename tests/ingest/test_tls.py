@@ -227,3 +227,32 @@ def test_a_listener_requiring_client_certificates_needs_a_ca_bundle(pki: Pki) ->
                 certificate=pki["node.pem"], private_key=pki["ca.key"], ca_bundle=pki["ca.pem"]
             )
         )
+
+
+def test_a_scanner_speaking_tls_to_the_plain_listener_is_told_at_once(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A scanner set up for DICOM TLS against a plain listener: its handshake was read as PDUs
+    of an unknown type, and the connection held a thread until the network timeout with
+    pynetdicom's log lines only. It is shut at once, the log naming the cause and the fix."""
+    settings = Settings(
+        data_dir=tmp_path, port=0, allowed_calling_aes=("SCANNER",), network_timeout_s=30
+    )
+    listener = start_listener(
+        settings,
+        record=lambda _: Received.NEW,
+        on_stored=lambda: None,
+        on_study_complete=lambda _: None,
+    )
+    try:
+        start = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="lus_pacs.ingest.scp"):
+            secure = _dcmtk("echoscu", listener.port, pki, "scanner")
+        took = time.monotonic() - start
+        plain = _dcmtk("echoscu", listener.port, pki, None)  # the plain one still gets in
+    finally:
+        listener.stop()
+    assert secure.returncode != 0
+    assert took < 8, took  # not the network timeout, nor dcmtk's own (10 s)
+    assert "opened with a TLS handshake" in caplog.text
+    assert plain.returncode == 0, plain.stderr
