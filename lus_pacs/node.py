@@ -49,6 +49,7 @@ from lus_pacs.queue.store import JobStore
 from lus_pacs.records import CineRecord, StudySummary, to_json
 from lus_pacs.retention import DAY_S, prune, restore_aside
 from lus_pacs.settings import DicomDestination, Settings, WebDestination
+from lus_pacs.tls import certificate_expiry
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,11 @@ class Node:
         self.settings = settings
         self.store = JobStore(settings.store_path)
         self.models = models if models is not None else Models.load(settings)
+        tls = settings.tls
+        self._certificate_expiry = (
+            certificate_expiry(tls.certificate) if tls and tls.certificate else None
+        )
+        """When the listener's TLS certificate expires (epoch seconds), None without one."""
         self.metrics = NodeMetrics(
             self.store.jobs.counts,
             self.health,
@@ -87,6 +93,7 @@ class Node:
                 for name in settings.destination_names
                 for state in DeliveryState
             ],
+            certificate_expiry=self._certificate_expiry,
         )
         self.audit = AuditLog(
             settings.audit_path,
@@ -179,6 +186,7 @@ class Node:
             on_study_complete=self._study_released,
             audit=self.audit,
         )
+        self._check_certificate()
         if self.settings.metrics_port is not None:
             self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
             log.info("Metrics on http://%s:%d/metrics", self.settings.host, self.metrics_port)
@@ -274,6 +282,31 @@ class Node:
             left = max(0.0, deadline - time.monotonic())
             thread.join(timeout=min(left, 5.0) if thread.name.startswith("export-") else left)
 
+    def _check_certificate(self) -> None:
+        """Log an expired listener certificate (no scanner can associate: each handshake
+        fails) or one that expires within :data:`CERTIFICATE_WARNING_DAYS`."""
+        expiry = self._certificate_expiry
+        if expiry is None:
+            return
+        days = (expiry - time.time()) / 86400
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expiry))
+        path = self.settings.tls.certificate if self.settings.tls else None
+        if days <= 0:
+            log.error(
+                "The listener's TLS certificate %s expired on %s: no scanner can associate. "
+                "Renew it and restart the node",
+                path,
+                when,
+            )
+        elif days < CERTIFICATE_WARNING_DAYS:
+            log.warning(
+                "The listener's TLS certificate %s expires on %s (in %.0f days): renew it and "
+                "restart the node before then",
+                path,
+                when,
+                days,
+            )
+
     def health(self) -> tuple[bool, dict[str, object]]:
         """Whether the node is working, and what was checked (``/healthz``): the listener is
         up, every loop thread is alive and none failed in the last :data:`FAILING_S` (a loop
@@ -302,6 +335,13 @@ class Node:
             store_ok = False
         checks["job_store"] = store_ok
         checks["disk"] = disk_ok  # below min_free_bytes the listener refuses instances
+        certificate_ok = True
+        if self._certificate_expiry is not None:
+            certificate_ok = self._certificate_expiry > time.time()  # else every handshake fails
+            checks["tls_certificate_expires"] = time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._certificate_expiry)
+            )
+            checks["tls_certificate"] = certificate_ok
         ok = (
             self._listener is not None
             and all(threads.values())
@@ -309,6 +349,7 @@ class Node:
             and disk_ok
             and not failing
             and not overdue
+            and certificate_ok
         )
         return ok and not self._stop.is_set(), checks
 
@@ -710,6 +751,10 @@ def stored_pixels(path: Path) -> int:
         return max(frame, path.stat().st_size)
     except Exception:  # a damaged header: the cine's own failure, reported where it is read
         return 0
+
+
+CERTIFICATE_WARNING_DAYS = 30
+"""A listener certificate expiring sooner is warned of at start."""
 
 
 def backoff_s(attempts: int, base_s: float, max_s: float) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+from pathlib import Path
 
 from lus_pacs.errors import ConfigError
 from lus_pacs.settings import TlsFiles
@@ -97,3 +98,16 @@ def _load(context: ssl.SSLContext, tls: TlsFiles) -> None:
         raise ConfigError(
             f"tls: cannot load {tls.certificate}, {tls.private_key} or {tls.ca_bundle}: {exc}"
         ) from exc
+
+
+def certificate_expiry(path: Path) -> float | None:
+    """When the first certificate of the PEM file at ``path`` stops being valid (seconds since
+    the epoch); None when it cannot be read so. Python's own decoder of certificates is the
+    one its tests use (``ssl._ssl._test_decode_cert``): the image carries no other."""
+    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
+    if decode is None:
+        return None
+    try:
+        return float(ssl.cert_time_to_seconds(decode(str(path))["notAfter"]))
+    except (OSError, ValueError, KeyError, TypeError, ssl.SSLError):
+        return None

@@ -99,6 +99,7 @@ class NodeMetrics:
         oldest_queued_s: Callable[[], float] | None = None,
         disk_free: Callable[[], int | None] | None = None,
         delivery_series: Iterable[tuple[str, str]] = (),
+        certificate_expiry: float | None = None,
     ) -> None:
         self._health = health
         self.registry = CollectorRegistry()
@@ -149,6 +150,13 @@ class NodeMetrics:
             )
             # Unknown (the file system cannot be asked) is NaN, not 0: 0 fires "disk full".
             gauge.set_function(lambda: float("nan") if (free := disk_free()) is None else free)
+        if certificate_expiry is not None:
+            Gauge(
+                "lus_pacs_tls_certificate_expiry_timestamp_seconds",
+                "When the listener's TLS certificate expires (alert some weeks before: renewing "
+                "it needs a restart)",
+                registry=self.registry,
+            ).set(certificate_expiry)
         self.registry.register(_Jobs(jobs))
         if deliveries is not None and oldest_queued_s is not None:
             self.registry.register(_Deliveries(deliveries, oldest_queued_s, delivery_series))

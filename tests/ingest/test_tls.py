@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import prometheus_client
 import pytest
 
 from lus_pacs.domain import Instance, Received
@@ -256,3 +257,64 @@ def test_a_scanner_speaking_tls_to_the_plain_listener_is_told_at_once(
     assert took < 8, took  # not the network timeout, nor dcmtk's own (10 s)
     assert "opened with a TLS handshake" in caplog.text
     assert plain.returncode == 0, plain.stderr
+
+
+def _expired_leaf(folder: Path, name: str) -> None:
+    """A certificate of the first CA that expired in 2020 (``openssl ca`` sets the dates)."""
+    (folder / "index.txt").touch()
+    (folder / "serial").write_text("1000\n")
+    (folder / "ca.cnf").write_text(
+        "[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\n"
+        "default_md = sha256\npolicy = p\n[p]\ncommonName = supplied\n"
+    )
+    _openssl(
+        folder, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
+        "-out", f"{name}.csr", "-subj", f"/CN={name}",
+    )  # fmt: skip
+    _openssl(
+        folder, "ca", "-batch", "-config", "ca.cnf", "-cert", "ca.pem", "-keyfile", "ca.key",
+        "-in", f"{name}.csr", "-out", f"{name}.pem",
+        "-startdate", "20200101000000Z", "-enddate", "20200102000000Z",
+    )  # fmt: skip
+
+
+def test_the_listener_certificate_dates_are_watched(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An expired listener certificate was loaded without a word: every scanner's handshake
+    failed while /healthz said ok. It is logged at start (an expiring one too), /healthz says
+    so, and the expiry is a metric to alert on."""
+    from lus_pacs.node import Node
+    from lus_pacs.pipeline import Models
+
+    folder = tmp_path / "pki"
+    shutil.copytree(pki.folder, folder)
+    _expired_leaf(folder, "stale")
+    models = Models.load(Settings(models=("b_lines",)))
+    expected = {"node": (True, "expires on"), "stale": (False, "expired on 2020-01-02")}
+    for name, (valid, said) in expected.items():
+        settings = Settings(
+            data_dir=tmp_path / name,
+            port=0,
+            metrics_port=None,
+            models=("b_lines",),
+            allowed_calling_aes=("SCANNER",),
+            tls=TlsFiles(
+                certificate=folder / f"{name}.pem",
+                private_key=folder / f"{name}.key",
+                ca_bundle=folder / "ca.pem",
+            ),
+        )
+        node = Node(settings, models)
+        try:
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="lus_pacs.node"):
+                node.start()
+            healthy, checks = node.health()
+            exposed = prometheus_client.generate_latest(node.metrics.registry).decode()
+        finally:
+            node.stop()
+        assert said in caplog.text
+        assert checks["tls_certificate"] is valid
+        assert healthy is valid, checks
+        assert "lus_pacs_tls_certificate_expiry_timestamp_seconds " in exposed
