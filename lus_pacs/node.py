@@ -42,7 +42,7 @@ from lus_pacs.pipeline import (
     warm_up,
     write_outputs,
 )
-from lus_pacs.queue.budget import PixelBudget
+from lus_pacs.queue.budget import Hold, PixelBudget
 from lus_pacs.queue.deliveries import Delivery, DeliveryState
 from lus_pacs.queue.jobs import MAX_INTERRUPTIONS
 from lus_pacs.queue.store import JobStore
@@ -119,6 +119,8 @@ class Node:
         self._encoder: Encoder | None = None
         """The processes that make the result objects (``encoders``), once started."""
         self._running: dict[str, tuple[Job, float]] = {}
+        self._holds: dict[str, Hold] = {}
+        """Per worker: the pixels its cine holds against the budget."""
         """Per worker: the job it is processing and since when (monotonic seconds)."""
         self._overdue: set[str] = set()
         """Workers still on a cine given up for running past ``max_cine_s``."""
@@ -396,10 +398,11 @@ class Node:
     def _process(self, job: Job) -> None:
         pixels = stored_pixels(job.instance.path)
         asked = time.monotonic()
-        with self._budget.hold(pixels):
+        with self._budget.hold(pixels) as held:
             if self._stop.is_set():  # waited for a long cine past the stop: next start
                 self.store.jobs.requeue(job)
                 return
+            self.store.jobs.start(job)
             waited = time.monotonic() - asked
             log.info(
                 "Processing %s (%.1f M pixels%s)",
@@ -408,11 +411,13 @@ class Node:
                 f", after {waited:.1f} s for the pixel budget" if waited >= 0.05 else "",
             )
             worker = threading.current_thread().name
+            self._holds[worker] = held
             self._running[worker] = (job, time.monotonic())
             try:
                 self._process_cine(job)
             finally:
                 del self._running[worker]
+                del self._holds[worker]
                 if worker in self._overdue:
                     self._overdue.discard(worker)
                     log.warning("%s is free again", worker)
@@ -475,6 +480,10 @@ class Node:
             )
             if self.store.jobs.give_up(job, reason):
                 self.metrics.processed.labels("failed").inc()
+                if (held := self._holds.get(worker)) is not None:
+                    # Counted no more: every cine that did not fit beside it waited for it,
+                    # the whole node with them, until a restart.
+                    held.release()
                 log.error(
                     "%s: %s. %s stays busy with it until it returns or the node restarts",
                     job.instance.sop_instance_uid,

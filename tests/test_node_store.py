@@ -314,3 +314,62 @@ def _held_cine(
 
     monkeypatch.setattr(node_module, "process_file", held)
     return cine, entered, release
+
+
+def test_a_cine_given_up_for_hanging_holds_no_pixels_of_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hung worker kept its cine's pixels against the budget: every cine that did not fit
+    beside it waited, and every cine behind that one, the whole node until a restart (a
+    hung cine is meant to cost one worker)."""
+    from lus_pacs import node as node_module
+    from lus_pacs.synth.exam import SynthOptions, synthesize
+
+    synthesize(tmp_path / "exam", SynthOptions(patients=1, seed=5, frames=8, zones=6))
+    paths = sorted((tmp_path / "exam").glob("*/*.dcm"))[:2]
+    cines = []
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        cines.append(
+            Instance(
+                ds.SOPInstanceUID,
+                ds.SOPClassUID,
+                ds.StudyInstanceUID,
+                ds.SeriesInstanceUID,
+                "SCU",
+                path,
+            )
+        )
+    hung, release = threading.Event(), threading.Event()
+    process_file = node_module.process_file
+
+    def first_hangs(path: Path, *args: Any, **kwargs: Any) -> Any:
+        if path == cines[0].path:
+            hung.set()
+            release.wait(120)
+        return process_file(path, *args, **kwargs)
+
+    monkeypatch.setattr(node_module, "process_file", first_hangs)
+    one = node_module.stored_pixels(paths[0])
+    settings = Settings(
+        data_dir=tmp_path / "node", port=0, metrics_port=None, models=("b_lines",), workers=2,
+        encoders=0, max_cine_s=1.0, concurrent_pixels=one + 1,  # two do not fit side by side
+    )  # fmt: skip
+    models = Models.load(settings)
+    node = Node(settings, models)
+    node.start()
+    try:
+        node.store.jobs.record_instance(cines[0], models.key)
+        node._wake.set()
+        assert hung.wait(60)
+        node.store.jobs.record_instance(cines[1], models.key)
+        node._wake.set()
+        # Given up after a second; the other worker then makes the next cine beside it (sent:
+        # to no destination here).
+        assert _wait(lambda: node.store.jobs.rows()[1].state is JobState.SENT, 60), [
+            (r.state, r.error) for r in node.store.jobs.rows()
+        ]
+        assert node.store.jobs.rows()[0].state is JobState.FAILED
+    finally:
+        release.set()
+        node.stop()

@@ -41,9 +41,10 @@ class PixelBudget:
             return len(self._waiting)
 
     @contextmanager
-    def hold(self, pixels: int) -> Iterator[None]:
+    def hold(self, pixels: int) -> Iterator[Hold]:
         """Wait for room for ``pixels`` (or, when they exceed the budget, for every other
-        holder to finish), hold them while the block runs, then give them back."""
+        holder to finish), hold them while the block runs, then give them back (or before,
+        with :meth:`Hold.release`)."""
         ticket = object()
         with self._changed:
             self._waiting.append(ticket)
@@ -54,13 +55,17 @@ class PixelBudget:
                 self._changed.notify_all()  # the next in line may fit too
             self._held += pixels
             self._holders += 1
+        held = Hold(self, pixels)
         try:
-            yield
+            yield held
         finally:
-            with self._changed:
-                self._held -= pixels
-                self._holders -= 1
-                self._changed.notify_all()
+            held.release()
+
+    def _give_back(self, pixels: int) -> None:
+        with self._changed:
+            self._held -= pixels
+            self._holders -= 1
+            self._changed.notify_all()
 
     def is_long(self, pixels: int) -> bool:
         """A cine of more than half the budget: after one the node gives the heap's free memory
@@ -69,3 +74,23 @@ class PixelBudget:
 
     def _fits(self, pixels: int) -> bool:
         return self._holders == 0 or self._held + pixels <= self.limit
+
+
+class Hold:
+    """Pixels held against a :class:`PixelBudget`; given back once, by :meth:`release` or at
+    the end of :meth:`PixelBudget.hold`'s block."""
+
+    def __init__(self, budget: PixelBudget, pixels: int) -> None:
+        self._budget = budget
+        self._pixels = pixels
+        self._lock = threading.Lock()
+        self._released = False
+
+    def release(self) -> None:
+        """Give the pixels back now (a cine given up while its worker hangs on it: its hold
+        stopped every cine that did not fit beside it, the whole node, until a restart)."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        self._budget._give_back(self._pixels)

@@ -25,12 +25,14 @@ _JOBS = """CREATE TABLE IF NOT EXISTS jobs (
     revision TEXT NOT NULL DEFAULT '',
     interrupted INTEGER NOT NULL DEFAULT 0,
     claims INTEGER NOT NULL DEFAULT 0,
+    started INTEGER NOT NULL DEFAULT 1,
     UNIQUE (sop_instance_uid, models, content)
 );"""
 """A job per instance content and model versions; ``revision`` is empty for the first content
 an instance was received with and the content's digest for a later one; ``interrupted``
 counts the node's stops (a crash, the out-of-memory killer) while a worker held it; ``claims``
-counts the times a worker took it (only the latest one's outcome is recorded)."""
+counts the times a worker took it (only the latest one's outcome is recorded); ``started``
+says whether the worker holding it has started on it (it waits for the pixel budget first)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -101,6 +103,7 @@ _ADDED_COLUMNS = (
     ("jobs", "interrupted", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "claims", "INTEGER NOT NULL DEFAULT 0"),
     ("summaries", "series_uid", "TEXT NOT NULL DEFAULT ''"),
+    ("jobs", "started", "INTEGER NOT NULL DEFAULT 1"),
 )
 """Columns added since the first schema: a store made by an older node gets them on open."""
 

@@ -218,8 +218,10 @@ class Jobs:
         retry`` tries it again)."""
         now = time.time()
         with self._db.transaction() as db:
+            # Only the jobs a worker had started on: one claimed and waiting for the pixel
+            # budget (beside a long cine that took the node down) did nothing to it.
             db.execute(
-                "UPDATE jobs SET interrupted = interrupted + 1 WHERE state = ?",
+                "UPDATE jobs SET interrupted = interrupted + 1 WHERE state = ? AND started = 1",
                 (JobState.PROCESSING,),
             )
             given_up = [
@@ -356,8 +358,8 @@ class Jobs:
                     return None
                 if models is None or row["models"] == models:
                     db.execute(
-                        "UPDATE jobs SET state = ?, updated_at = ?, claims = claims + 1 "
-                        "WHERE id = ?",
+                        "UPDATE jobs SET state = ?, updated_at = ?, claims = claims + 1, "
+                        "started = 0 WHERE id = ?",
                         (JobState.PROCESSING, time.time(), row["id"]),
                     )
                     break
@@ -422,6 +424,15 @@ class Jobs:
             for p in paths
             if db.execute("SELECT 1 FROM outputs WHERE path = ?", (str(p),)).fetchone() is None
         ]
+
+    def start(self, job: Job) -> None:
+        """Its worker starts on it now (the pixel budget granted): from here a stop of the
+        node counts against it (:meth:`recover`)."""
+        with self._db.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET started = 1 WHERE id = ? AND state = ? AND claims = ?",
+                (job.id, JobState.PROCESSING, job.claim),
+            )
 
     def fail(self, job: Job, reason: str) -> bool:
         """The job failed (a reason the record keeps), if this claim of it is still in

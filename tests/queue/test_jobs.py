@@ -247,10 +247,14 @@ def test_a_job_the_node_stops_on_three_times_fails_and_retry_gives_it_three_more
         held = store.jobs.claim()
         assert held is not None
         assert held.instance.sop_instance_uid == "1.2.3.1"  # the first in the queue, again
+        store.jobs.start(held)  # the pixel budget granted, its worker on it
+        waiting = store.jobs.claim()  # the other worker's, waiting for the budget
+        assert waiting is not None
         store.close()
         store = JobStore(tmp_path / "jobs.sqlite")  # the node died holding it
         recovered = store.jobs.recover()
-        assert recovered.resumed == (1 if stop < 3 else 0)
+        assert recovered.resumed == (2 if stop < 3 else 1)
+    # The one waiting for the budget beside it was failed with it: it had not started.
     assert recovered.given_up == ("1.2.3.1",)
     (failed,) = store.jobs.rows(JobState.FAILED)
     assert "stopped while processing it 3 times" in (failed.error or "")
@@ -358,7 +362,9 @@ def test_a_cine_given_up_is_not_queued_again_by_a_resend(store: JobStore, tmp_pa
     assert store.jobs.record_instance(_content(1, "aa"), "m@1") is Received.KNOWN
     store.jobs.record_instance(_content(2, "bb"), "m@1")
     for _ in range(3):  # the node dies on it three times
-        assert store.jobs.claim() is not None
+        started = store.jobs.claim()
+        assert started is not None
+        store.jobs.start(started)
         store.close()
         store = JobStore(tmp_path / "jobs.sqlite")
         store.jobs.recover()
