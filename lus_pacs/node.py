@@ -646,7 +646,7 @@ class Node:
             )
             self._wake.set()
             return
-        self._summarise(study)
+        self._summarise(study, received_at)
         if not self.store.studies.summarised(study, received_at):
             log.info("Study %s received more while it was summarised; again", study)
 
@@ -661,7 +661,7 @@ class Node:
                 done.bytes / 1e6,
             )
 
-    def _summarise(self, study: str) -> None:
+    def _summarise(self, study: str, received_at: float) -> None:
         """The study's summary SR, when configured, queued for every destination (once per
         distinct summary); then the summary as JSON in the study's results folder, the sign
         that the study is done."""
@@ -683,12 +683,14 @@ class Node:
         summary = StudySummary.of(study, records, failed)
         path = summary_path(self.settings, study)
         if OutputKind.STUDY_SR in self.settings.output_kinds:
-            self._send_summary(study, summary, path.parent)
+            self._send_summary(study, summary, path.parent, received_at)
         with durable_file(path) as f:
             f.write(json.dumps(to_json(summary), indent=1).encode())
         log.info("Study %s complete: %s", study, summary.dumps())
 
-    def _send_summary(self, study: str, summary: StudySummary, folder: Path) -> None:
+    def _send_summary(
+        self, study: str, summary: StudySummary, folder: Path, received_at: float
+    ) -> None:
         paths = self.store.studies.processed_paths(study, self.models.key)
         if removed := [p for p in paths if not p.exists()]:
             # A late cine of a study retention pruned: the SR would need the earlier cines'
@@ -716,9 +718,16 @@ class Node:
         # A failed write (a full disk) raises: the study stays awaiting its summary.
         (output,) = write_outputs([summary_sr], folder)
         destinations = list(self.settings.destination_names)
-        if self.store.studies.record_summary(study, summary.dumps(), output, destinations, series):
+        if self.store.studies.record_summary(
+            study, summary.dumps(), output, destinations, series, received_at
+        ):
             self._results_queued()
             log.info("Study %s: summary SR %s queued", study, output.sop_instance_uid)
+        elif not self.store.studies.summary_known(output.sop_instance_uid):
+            # A cine came (other content, a late one) while this summary was made from what
+            # the study held before: not sent; the study is summarised again.
+            output.path.unlink(missing_ok=True)
+            log.info("Study %s changed while its summary was made; not queued", study)
 
 
 def _outliving(

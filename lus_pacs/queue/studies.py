@@ -144,12 +144,23 @@ class Studies:
         output: Output,
         destinations: Sequence[str],
         series_uid: str = "",
+        received_at: float | None = None,
     ) -> bool:
         """A study summary's file is on disk: record it and queue one delivery each. False
         when the same summary object (same SOP Instance UID) was recorded before: the study
-        did not change, and what was sent is not sent again."""
+        did not change, and what was sent is not sent again. False too, nothing recorded, when
+        the study received an instance since ``received_at`` (its ``last_received_at`` when
+        the summary was begun): a cine received again with other content calls off the
+        summaries recorded, and one made from the old content at that moment was sent."""
         now = time.time()
         with self._db.transaction() as db:
+            if received_at is not None:
+                row = db.execute(
+                    "SELECT last_received_at FROM studies WHERE study_instance_uid = ?",
+                    (study_uid,),
+                ).fetchone()
+                if row is None or row[0] != received_at:
+                    return False
             cursor = db.execute(
                 "INSERT INTO summaries (study_instance_uid, kind, sop_instance_uid, path, record, "
                 "made_at, series_uid) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -171,6 +182,15 @@ class Studies:
                 [(cursor.lastrowid, d, DeliveryState.PENDING, now) for d in destinations],
             )
             return True
+
+    def summary_known(self, sop_instance_uid: str) -> bool:
+        """Whether a summary of this SOP Instance UID is recorded."""
+        row = (
+            self._db.connection()
+            .execute("SELECT 1 FROM summaries WHERE sop_instance_uid = ?", (sop_instance_uid,))
+            .fetchone()
+        )
+        return row is not None
 
     def prunable(self, before: float) -> list[str]:
         """Studies whose files may go (:func:`lus_pacs.retention.prune`): summarised, nothing

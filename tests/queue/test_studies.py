@@ -201,3 +201,31 @@ def test_cines_made_by_other_model_versions_are_queued_again_before_a_summary(
     assert sorted(r.sop_instance_uid for r in queued) == ["1.2.3.1", "1.2.3.2", "1.2.3.3"]
     store.jobs.record_instance(replace(instance(1, "7.7"), content="c1b"), "m@2")  # replaced
     assert store.jobs.queue_missing("8.8", "m@2") == 0  # another study: nothing
+
+
+def test_a_summary_begun_before_a_cine_came_again_is_not_queued(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """A cine received again with other content (a corrected patient) calls off the study's
+    summaries recorded; one being made at that moment, from the old content, was recorded a
+    moment later, queued and sent."""
+    store.jobs.record_instance(replace(instance(1, "7.7"), content="aa"), "m@1")
+    job = store.jobs.claim()
+    assert job is not None
+    store.jobs.finish(job.id, "{}", [], [])
+    store.studies.complete(["7.7"])
+    ((study, begun),) = store.studies.awaiting_summary()
+    # ... the summary is being made from the records and headers of now, when:
+    store.jobs.record_instance(replace(instance(1, "7.7"), content="bb"), "m@1")
+    stale = Output("study-sr", "8.8.1", tmp_path / "stale.dcm")
+    assert not store.studies.record_summary(study, "{}", stale, ["pacs"], received_at=begun)
+    assert store.deliveries.due() == []
+    assert not store.studies.summary_known("8.8.1")
+    job = store.jobs.claim()  # the new content made, the study summarised again
+    assert job is not None
+    store.jobs.finish(job.id, "{}", [], [])
+    store.studies.complete(["7.7"])
+    ((_, now),) = store.studies.awaiting_summary()
+    fresh = Output("study-sr", "8.8.2", tmp_path / "fresh.dcm")
+    assert store.studies.record_summary(study, "{}", fresh, ["pacs"], received_at=now)
+    assert [d.outputs for d in store.deliveries.due()] == [(fresh,)]
