@@ -43,6 +43,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -57,6 +58,7 @@ SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,31}")
 """What a site may be called: it ends up in a DICOM Algorithm Version (LO, 64 characters)."""
 FAMILIES = ("b_lines", "consolidation", "severity")
 """The families a calibration can hold (and the labels file's columns for them)."""
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,14 @@ class FamilyOffset:
     def __post_init__(self) -> None:
         if not math.isfinite(self.offset):
             raise ConfigError(f"offset {self.offset!r} is not a finite number")
+        # As `lus-pacs calibrate` writes it: an edited file's -40 called every cine negative.
+        if not abs(self.offset) < _BOUND:
+            raise ConfigError(f"offset {self.offset!r} is beyond any device's move (+-{_BOUND:g})")
+        if self.clips < 1 or any(c < 0 for c in self.counts) or sum(self.counts) != self.clips:
+            raise ConfigError(
+                f"clips {self.clips} and counts {list(self.counts)} do not agree: not as "
+                "lus-pacs calibrate writes them"
+            )
 
 
 @dataclass(frozen=True)
@@ -145,10 +155,10 @@ class SiteCalibration:
             document = json.loads(text)
             offsets = {
                 family: FamilyOffset(
-                    str(entry["bundle_version"]),
-                    float(entry["offset"]),
-                    int(entry["clips"]),
-                    tuple(int(c) for c in entry["counts"]),
+                    _typed(entry["bundle_version"], str),
+                    float(_typed(entry["offset"], float)),
+                    _typed(entry["clips"], int),
+                    tuple(_typed(c, int) for c in entry["counts"]),
                 )
                 for family, entry in document.items()
                 if family != "site"
@@ -158,6 +168,15 @@ class SiteCalibration:
             raise ConfigError(f"{path}: {exc}") from exc
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"{path}: not a site calibration ({exc!r})") from exc
+
+
+def _typed(value: object, kind: type[T]) -> T:
+    """``value`` as the JSON of a calibration holds it: a number where a number is (not a
+    string, not true, which read as 1), text where text is."""
+    numbers = (int, float) if kind is float else (kind,)
+    if isinstance(value, bool) or not isinstance(value, numbers):
+        raise TypeError(f"{value!r} is not a {kind.__name__}")
+    return value  # type: ignore[return-value]
 
 
 def site_offset(family: str, bundle_version: str, path: Path | None) -> tuple[float, str] | None:

@@ -95,6 +95,19 @@ def test_calibration_file_and_its_refusals(tmp_path: Path) -> None:
         SiteCalibration.load(path)
     with pytest.raises(ConfigError, match="cannot be read"):
         SiteCalibration.load(tmp_path / "missing.json")
+    # An edited file: loaded as written, it called every cine negative (an offset of -40, or
+    # "-1e3" as text) or applied true as 1; counts that are not the clips went unread.
+    for changed, said in (
+        ({"offset": -40.0}, "beyond any device's move"),
+        ({"offset": "-1e3"}, "is not a float"),
+        ({"offset": True}, "is not a float"),
+        ({"clips": 2, "counts": [5, 9]}, "do not agree"),
+        ({"bundle_version": 3}, "is not a str"),
+    ):
+        good = {"bundle_version": "0.3.0", "offset": 1.25, "clips": 2, "counts": [1, 1]}
+        path.write_text(json.dumps({"site": "w", "b_lines": good | changed}))
+        with pytest.raises(ConfigError, match=said):
+            SiteCalibration.load(path)
 
 
 def test_site_labels_file(tmp_path: Path) -> None:

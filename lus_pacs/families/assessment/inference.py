@@ -99,6 +99,8 @@ class Assessor:
     range)."""
     max_colour_share: float
     """Share of the tissue region that may be of a strong colour (else colour flow)."""
+    min_speckle: float
+    """Correlation of neighbouring tissue pixels below which the image is noise (blank)."""
 
     @classmethod
     def load(cls, folder: Path) -> Assessor:
@@ -121,6 +123,7 @@ class Assessor:
         min_side = config.get("min_side")
         max_deviation = config.get("max_deviation")
         max_colour_share = config.get("max_colour_share")
+        min_speckle = config.get("min_speckle")
         reference = _reference(config.get("measurement_reference"), folder)
         # Every threshold is required: one left out would turn its check off without a word.
         if not isinstance(min_frames, int) or min_frames < 1:
@@ -139,6 +142,8 @@ class Assessor:
             raise ModelError(f"{folder / INFERENCE}: 'max_deviation' must be a positive number.")
         if not isinstance(max_colour_share, int | float) or not 0 <= max_colour_share < 1:
             raise ModelError(f"{folder / INFERENCE}: 'max_colour_share' must be within [0, 1).")
+        if not isinstance(min_speckle, int | float) or not -1 <= min_speckle < 1:
+            raise ModelError(f"{folder / INFERENCE}: 'min_speckle' must be within [-1, 1).")
         if not isinstance(use_quality, bool):
             raise ModelError(f"{folder / INFERENCE}: 'use_quality' must be true or false.")
         for key in ("version", "name"):
@@ -157,6 +162,7 @@ class Assessor:
             reference,
             float(max_deviation),
             float(max_colour_share),
+            float(min_speckle),
         )
 
     def assess(self, cine: Cine, quality: object | None = None) -> AssessmentFindings:
@@ -178,6 +184,9 @@ class Assessor:
             # Frames with no echo (the probe lifted) leave too few to read, or most of it.
             or int(cine.intact().sum()) < needed
             or len(cine.blank) > self.max_damaged_share * cine.n_frames
+            # Noise, not echo: ultrasound speckle spans several pixels, noise does not (random
+            # noise moved, had texture and level, and got B-lines and a severity score).
+            or speckle_correlation(cine) < self.min_speckle
         ):
             reasons.append(NotAssessableReason.BLANK)
         if cine.colour_share is not None and cine.colour_share > self.max_colour_share:
@@ -238,6 +247,46 @@ def apex_ratio(cine: Cine) -> float:
         return 0.0
     first = int(np.argmax(widths > 0.05 * widest))
     return float(widths[first : first + TOP_ROWS].mean() / widest)
+
+
+def speckle_correlation(cine: Cine, frames: int = 6) -> float:
+    """How alike neighbouring pixels of the tissue region are: on up to ``frames`` intact
+    frames spread over the loop, the correlation of each pixel with its right and its lower
+    neighbour (black and burned-in pixels aside), the smaller of the two, then the median over
+    the frames; 1 when it cannot be told (too few pixels, a uniform frame: other checks say
+    blank). Ultrasound speckle spans several pixels after scan conversion (229 real clips of
+    many devices: 0.84 at the least), noise drawn pixel by pixel about 0."""
+    region = view_region(cine)
+    intact = np.flatnonzero(cine.intact())
+    if intact.size == 0:
+        return 1.0
+    picked = intact[np.linspace(0, intact.size - 1, min(frames, intact.size)).astype(int)]
+    overlay = None
+    if cine.overlay_mask is not None:
+        overlay = cine.overlay_mask[region.y0 : region.y1, region.x0 : region.x1]
+    per_frame = []
+    for index in picked:
+        frame = cine.frames[index, region.y0 : region.y1, region.x0 : region.x1].astype(np.float32)
+        keep = frame > 0
+        if overlay is not None:
+            keep &= ~overlay
+        pairs = (
+            (frame[:, 1:], frame[:, :-1], keep[:, 1:] & keep[:, :-1]),
+            (frame[1:], frame[:-1], keep[1:] & keep[:-1]),
+        )
+        found = [
+            c for a, b, k in pairs if k.sum() >= 100 and (c := _correlation(a[k], b[k])) is not None
+        ]
+        if found:
+            per_frame.append(min(found))
+    return float(np.median(per_frame)) if per_frame else 1.0
+
+
+def _correlation(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float | None:
+    spread = float(a.std()) * float(b.std())
+    if spread < 1e-6:
+        return None
+    return float(((a - a.mean()) * (b - b.mean())).mean() / spread)
 
 
 def echo_texture(cine: Cine) -> float:

@@ -116,6 +116,32 @@ def test_a_blank_cine_is_not_assessable_and_a_dim_one_is(
     assert echo_texture(read_cine(tmp_path / "dim.dcm")) > 2 * assessor.min_texture
 
 
+def test_noise_at_any_level_is_not_assessable(
+    assessor: Assessor, synth_exams: Path, tmp_path: Path
+) -> None:
+    """Random noise over the whole grey range moves, has texture and level, and its
+    measurements lie within the reference's reach: it passed every check and got B-lines
+    present and severity 2 (a probe in air at a high gain shows such noise). Its neighbouring
+    pixels are unrelated, as speckle's never are."""
+    from lus_pacs.families.assessment.inference import speckle_correlation
+    from tests.tools import write_cine
+
+    lung = read_cine(next(synth_exams.glob("*/R1.dcm"))).frames
+    rng = np.random.default_rng(5)
+    variants = {
+        "full": rng.integers(0, 256, size=lung.shape, dtype=np.uint8),
+        "dark": rng.integers(0, 41, size=lung.shape, dtype=np.uint8),
+        "rayleigh": np.clip(rng.rayleigh(40, size=lung.shape), 0, 255).astype(np.uint8),
+    }
+    for name, frames in variants.items():
+        cine = read_cine(write_cine(tmp_path / f"{name}.dcm", frames, "rle"))
+        found = assessor.assess(cine)
+        assert NotAssessableReason.BLANK in found.reasons, (name, found)
+        assert speckle_correlation(cine) < assessor.min_speckle
+    lung_cine = read_cine(next(synth_exams.glob("*/R1.dcm")))
+    assert speckle_correlation(lung_cine) > 2 * assessor.min_speckle  # a lung, by far
+
+
 @pytest.mark.parametrize("shape", [(4, 4), (30, 600), (600, 30)])
 def test_a_scan_area_too_small_to_read_is_not_assessable(
     assessor: Assessor, synth_exams: Path, tmp_path: Path, shape: tuple[int, int]
