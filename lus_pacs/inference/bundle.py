@@ -61,11 +61,12 @@ def load_bundle(folder: Path, expected: tuple[type[nn.Module], ...] = ()) -> Bun
         fit the network.
     """
     folder = Path(folder)
-    for part in (METADATA, INFERENCE, WEIGHTS):
+    for part in (METADATA, INFERENCE, WEIGHTS, CHECKSUM):
         if not (folder / part).is_file():
             raise ModelError(
                 f"Model bundle {folder} is incomplete: {part} is missing. A bundle needs "
-                f"{METADATA}, {INFERENCE} and {WEIGHTS}; train it again or restore the file."
+                f"{METADATA}, {INFERENCE}, {WEIGHTS} and {CHECKSUM} (weights without their "
+                "checksum are not checked at all); train it again or restore the file."
             )
     metadata = read_json(folder / METADATA)
     config = read_json(folder / INFERENCE)
@@ -145,10 +146,7 @@ def weights_digest(path: Path) -> str:
 
 
 def _check_checksum(folder: Path) -> None:
-    """Refuse weights that are not those written with the bundle (its checksum file), when
-    the bundle has one (every shipped bundle has; a test holds them to it)."""
-    if not (folder / CHECKSUM).is_file():
-        return
+    """Refuse weights that are not those written with the bundle (its checksum file)."""
     try:
         recorded = (folder / CHECKSUM).read_text().split()[0]
     except (OSError, IndexError) as exc:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from lus_pacs.domain import Cine
 from lus_pacs.families.b_lines.inference import BLineModel
@@ -22,6 +21,7 @@ from lus_pacs.families.measurements import (
 )
 from lus_pacs.imaging.decode import read_cine
 from lus_pacs.inference.lung_features import CLIP_FEATURES, FEATURE_VERSION, cine_features
+from lus_pacs.training.bundle_files import save_weights
 from lus_pacs.training.metrics import roc_auc
 
 
@@ -50,8 +50,7 @@ def test_a_measured_b_line_bundle_loads_and_scores_every_frame(tmp_path: Path) -
     head = fit_head(features, np.array([True, False, True, False]), l2=10.0)
     bundle = tmp_path / "b_lines"
     (bundle / "configs").mkdir(parents=True)
-    (bundle / "models").mkdir()
-    torch.save(head.state_dict(), bundle / "models" / "model.pt")
+    save_weights(head, bundle)  # with the checksum, as `lus-pacs fit` writes
     target = "lus_pacs.families.measurements.MeasurementHead"
     (bundle / "configs" / "inference.json").write_text(
         json.dumps(

@@ -35,6 +35,10 @@ def test_weights_changed_since_they_were_written_are_refused(tmp_path: Path) -> 
     (bundle / WEIGHTS).write_bytes(bytes(data))
     with pytest.raises(ModelError, match="SHA-256"):
         load_bundle(bundle)
+    # Copied without its checksum, damaged weights were not checked at all.
+    (bundle / CHECKSUM).unlink()
+    with pytest.raises(ModelError, match=r"model\.pt\.sha256 is missing"):
+        load_bundle(bundle)
 
 
 def test_weights_that_are_not_finite_are_refused(tmp_path: Path) -> None:

@@ -148,6 +148,7 @@ def test_a_baseline_bundle_runs_in_the_node(arch: str, tmp_path: Path) -> None:
     from lus_pacs.families.b_lines.inference import BLineModel
     from lus_pacs.families.b_lines.network import ARCHITECTURES
     from lus_pacs.families.b_lines.train import network_args
+    from lus_pacs.training.bundle_files import save_weights
 
     shipped = Path(__file__).resolve().parents[3] / "models" / "b_lines"
     bundle = tmp_path / arch
@@ -156,9 +157,8 @@ def test_a_baseline_bundle_runs_in_the_node(arch: str, tmp_path: Path) -> None:
     cls = ARCHITECTURES[arch]
     config["network_def"] = {"_target_": f"{cls.__module__}.{cls.__name__}", **network_args(arch)}
     (bundle / "configs" / "inference.json").write_text(json.dumps(config))
-    (bundle / "models").mkdir()
     torch.manual_seed(0)
-    torch.save(cls(**network_args(arch)).state_dict(), bundle / "models" / "model.pt")
+    save_weights(cls(**network_args(arch)), bundle)  # with the checksum, as training writes
 
     model = BLineModel.load(bundle)
     frames = np.random.default_rng(0).integers(0, 255, (40, 96, 128), dtype=np.uint8)
