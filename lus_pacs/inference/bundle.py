@@ -136,6 +136,23 @@ def probability_setting(bundle: Bundle, key: str, folder: Path) -> float:
     return float(value)
 
 
+def count_setting(bundle: Bundle, key: str, folder: Path, minimum: int = 0) -> int:
+    """The bundle's whole-number setting ``key`` (passes, frames): required (a missing
+    ``mc_samples`` ran 40 passes, four times the 10 the settings document, without a word) and
+    at least ``minimum``.
+
+    Raises
+    ------
+    ModelError
+        It is missing, not a whole number (``"ten"`` left as a bare ValueError and a traceback
+        at start) or below ``minimum``.
+    """
+    value = bundle.config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ModelError(f"{folder / INFERENCE}: {key!r} must be a whole number >= {minimum}.")
+    return value
+
+
 def weights_digest(path: Path) -> str:
     """The SHA-256 of a weights file, as ``models/model.pt.sha256`` holds it."""
     digest = hashlib.sha256()

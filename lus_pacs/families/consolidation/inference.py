@@ -32,7 +32,7 @@ from lus_pacs.families.consolidation.clips import (
     from_clip_box,
 )
 from lus_pacs.families.consolidation.network import CLIP_FRAMES, ConsolidationClassifier
-from lus_pacs.inference.bundle import load_bundle, probability_setting
+from lus_pacs.inference.bundle import count_setting, load_bundle, probability_setting
 
 Box = tuple[int, int, int, int]
 TOP_FRACTION = 0.10
@@ -188,10 +188,10 @@ class ConsolidationModel:
             network=network,
             model=bundle.model,
             threshold=probability_setting(bundle, "threshold", folder),
-            saliency_frames=int(
+            saliency_frames=(
                 saliency_frames
                 if saliency_frames is not None
-                else bundle.config.get("saliency_frames", 2)
+                else count_setting(bundle, "saliency_frames", folder)
             ),
             saliency_method=saliency_method,
         )

@@ -43,7 +43,7 @@ from lus_pacs.families.segmentation.network import (
     monte_carlo,
     split,
 )
-from lus_pacs.inference.bundle import load_bundle
+from lus_pacs.inference.bundle import count_setting, load_bundle
 from lus_pacs.inference.runtime import Runtime, compile_module
 from lus_pacs.inference.transforms import SEVERITY_SIZE, severity_frames, to_source_geometry
 
@@ -127,7 +127,7 @@ class SegmentationModel:
             ``runtime``.
         """
         bundle = load_bundle(bundle_dir, (SegmentationEnsemble,))
-        default = int(bundle.config.get("mc_samples", 40))
+        default = count_setting(bundle, "mc_samples", Path(bundle_dir), minimum=0)
         ensemble = cast(SegmentationEnsemble, bundle.network)  # load_bundle checked the class
         return cls(ensemble, bundle.model, default if samples is None else samples, runtime)
 

@@ -171,3 +171,31 @@ def test_the_segmentation_setup_is_part_of_the_result_identity(tmp_path: Path) -
         )
     )
     assert every.key.endswith("[every-5,mc0]")
+
+
+@pytest.mark.parametrize(
+    ("family", "key", "value"),
+    [
+        ("segmentation", "mc_samples", "ten"),  # a bare ValueError and a traceback at start
+        ("segmentation", "mc_samples", None),  # left out: 40 passes ran, 4 x the documented 10
+        ("consolidation", "saliency_frames", -3),
+    ],
+)
+def test_a_bundle_count_that_is_not_a_count_is_refused_at_load(
+    tmp_path: Path, family: str, key: str, value: object
+) -> None:
+    import shutil
+
+    from lus_pacs.families.consolidation.inference import ConsolidationModel
+
+    bundle = tmp_path / family
+    shutil.copytree(BUNDLE.parent / family, bundle)
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    if value is None:
+        del config[key]
+    else:
+        config[key] = value
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    load = SegmentationModel.load if family == "segmentation" else ConsolidationModel.load
+    with pytest.raises(ModelError, match=f"'{key}' must be a whole number"):
+        load(bundle)
