@@ -8,6 +8,7 @@ A bundle holds ``configs/metadata.json`` (MONAI's metadata: version, inputs, out
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -73,11 +74,16 @@ def load_bundle(folder: Path, expected: tuple[type[nn.Module], ...] = ()) -> Bun
 
     network_def = config.get("network_def")
     target = network_def.get("_target_") if isinstance(network_def, Mapping) else None
-    if not isinstance(target, str) or not target.startswith(NETWORK_PACKAGE):
+    if (
+        not isinstance(network_def, Mapping)
+        or not isinstance(target, str)
+        or not target.startswith(NETWORK_PACKAGE)
+    ):
         raise ModelError(
             f"{folder / INFERENCE}: network_def must be a mapping whose _target_ names a class "
             f"in {NETWORK_PACKAGE[:-1]} (got {target!r})."
         )
+    _check_network_def(network_def, folder, expected)
     for key in ("version", "name"):
         if not isinstance(metadata.get(key), str):
             raise ModelError(f"{folder / METADATA}: '{key}' must be a string.")
@@ -118,6 +124,58 @@ def load_bundle(folder: Path, expected: tuple[type[nn.Module], ...] = ()) -> Bun
         config=config,
         metadata=metadata,
     )
+
+
+def _check_network_def(
+    network_def: Mapping[str, Any], folder: Path, expected: tuple[type[nn.Module], ...]
+) -> None:
+    """Before anything of it is built: every ``_target_`` in it is a torch module class of
+    :data:`NETWORK_PACKAGE` (of the ``expected`` ones at its top), and no value is an
+    expression or a reference for MONAI's parser to run (``$...``, ``@...``, ``%...``). A
+    prefix check let ``lus_pacs.families.<module>.torch.save`` through, and an expression
+    ran whatever it said, both at load, before any check of what was built.
+
+    Raises
+    ------
+    ModelError
+        One is not.
+    """
+    where = folder / INFERENCE
+
+    def visit(value: object, top: bool) -> None:
+        if isinstance(value, str) and value[:1] in ("$", "@", "%"):
+            raise ModelError(f"{where}: network_def holds {value[:40]!r}: no expressions.")
+        if isinstance(value, Mapping):
+            if "_target_" in value:
+                cls = _network_class(value["_target_"], where)
+                if top and expected and not issubclass(cls, expected):
+                    raise ModelError(
+                        f"{where}: network_def is {cls.__name__}, not "
+                        f"{' or '.join(t.__name__ for t in expected)}."
+                    )
+            for key, item in value.items():
+                if key != "_target_":
+                    visit(item, False)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                visit(item, False)
+
+    visit(network_def, True)
+
+
+def _network_class(target: object, where: Path) -> type[nn.Module]:
+    """The class ``target`` names: a torch module defined in :data:`NETWORK_PACKAGE`."""
+    if not isinstance(target, str) or not target.startswith(NETWORK_PACKAGE):
+        raise ModelError(f"{where}: _target_ {target!r} is not a class of {NETWORK_PACKAGE[:-1]}.")
+    module_name, _, name = target.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ModelError(f"{where}: _target_ {target!r} names nothing ({exc}).") from exc
+    defined_here = str(getattr(found, "__module__", "")).startswith(NETWORK_PACKAGE)
+    if not (isinstance(found, type) and issubclass(found, nn.Module) and defined_here):
+        raise ModelError(f"{where}: _target_ {target!r} is not a torch module of this package.")
+    return found
 
 
 def probability_setting(bundle: Bundle, key: str, folder: Path) -> float:

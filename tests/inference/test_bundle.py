@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -84,3 +85,33 @@ def test_a_decision_threshold_missing_or_out_of_range_is_refused(
     load = ConsolidationModel.load if family == "consolidation" else KeyFrameModel.load
     with pytest.raises(ModelError, match=key):
         load(bundle)
+
+
+@pytest.mark.parametrize(
+    "network_def",
+    [
+        # A prefix check let a function reached through a module of the package through...
+        {"_target_": "lus_pacs.families.key_frames.network.torch.save", "obj": 1, "f": "{out}"},
+        # ... and MONAI's parser ran an expression, both before any check of what was built.
+        {
+            "_target_": "lus_pacs.families.key_frames.network.KeyFrameNet",
+            "channels": "$__import__('pathlib').Path('{out}').write_text('ran') and 8",
+        },
+        {  # a nested one too
+            "_target_": "lus_pacs.families.b_lines.network.MeasuredBLines",
+            "localiser": {"_target_": "lus_pacs.families.b_lines.network.torch.nn.Identity"},
+        },
+    ],
+)
+def test_a_bundle_config_runs_no_code_of_its_own(
+    tmp_path: Path, network_def: dict[str, object]
+) -> None:
+    out = tmp_path / "ran"
+    bundle = tmp_path / "key_frames"
+    shutil.copytree(MODELS / "key_frames", bundle)
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["network_def"] = json.loads(json.dumps(network_def).replace("{out}", str(out)))
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError):
+        load_bundle(bundle)
+    assert not out.exists()
