@@ -75,6 +75,26 @@ from lus_pacs.settings import Settings
 log = logging.getLogger(__name__)
 
 
+BUNDLE_CONTENT = ("configs/inference.json", "models/model.pt.sha256")
+"""What decides a bundle's findings beside its code and version: its settings and its weights
+(by their checksum); not the metadata, whose measured figures change with the card."""
+
+
+def bundle_content(folder: Path) -> str:
+    """6 hex digits of the SHA-256 of the bundle's :data:`BUNDLE_CONTENT` ("" when it has none
+    of them): a threshold changed, or weights retrained under the same version, give results
+    of their own (the same UID with other content: a PACS keeps the first; the job store took
+    the instance as made)."""
+    digest = hashlib.sha256()
+    found = False
+    for name in BUNDLE_CONTENT:
+        path = folder / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+            found = True
+    return digest.hexdigest()[:6] if found else ""
+
+
 @dataclass(frozen=True, eq=False)
 class Models:
     """The enabled families' bundles, loaded once, in the order they run."""
@@ -83,7 +103,7 @@ class Models:
     runners: Mapping[str, Runner]
     key: str
     """The identity of the results they make (:meth:`Registry.identity`); result UIDs derive
-    from it: ``b_lines@0.4.0,...,segmentation@0.1.0[best,mc10]``."""
+    from it: ``b_lines@0.4.0~1a2b3c,...,segmentation@0.1.0~4d5e6f[best,mc10]``."""
     registry: Registry = FAMILIES
     """The registry they come from, which writes their records."""
 
@@ -100,7 +120,8 @@ class Models:
         """
         ordered = families.ordered(settings.models)
         runners = {f.name: f.load(settings.models_dir / f.name, settings) for f in ordered}
-        return cls(ordered, runners, families.identity(runners), families)
+        contents = {f.name: bundle_content(settings.models_dir / f.name) for f in ordered}
+        return cls(ordered, runners, families.identity(runners, contents), families)
 
 
 def warm_up(models: Models, settings: Settings, encoder: Encoder | None = None) -> CineRecord:

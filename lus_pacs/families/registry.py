@@ -96,13 +96,24 @@ class Registry:
         """Each family's record key and the type of its part of a cine's record."""
         return {f.json_key: f.record_type for f in self.families}
 
-    def identity(self, runners: Mapping[str, Runner]) -> str:
-        """The identity of a result: the loaded families' ``name@version``, those without a
-        setup first, then those with one (``segmentation@0.1.0[best,mc10]``), each in registry
-        order; "none" when no family runs. Result UIDs derive from it."""
+    def identity(
+        self, runners: Mapping[str, Runner], contents: Mapping[str, str] | None = None
+    ) -> str:
+        """The identity of a result: the loaded families' ``name@version``, with ``~`` and
+        the digest of their bundle's content where ``contents`` has one
+        (``b_lines@0.4.0~1a2b3c``), those without a setup first, then those with one
+        (``segmentation@0.1.0~4d5e6f[best,mc10]``), each in registry order; "none" when no
+        family runs. Result UIDs derive from it."""
+        contents = contents or {}
+
+        def named(n: str) -> str:
+            found = runners[n]
+            digest = f"~{contents[n]}" if contents.get(n) else ""
+            return f"{n}@{found.version}{digest}" + (f"[{found.setup}]" if found.setup else "")
+
         loaded = [f.name for f in self.families if f.name in runners]
-        bare = [runners[n].identity(n) for n in loaded if not runners[n].setup]
-        setup = [runners[n].identity(n) for n in loaded if runners[n].setup]
+        bare = [named(n) for n in loaded if not runners[n].setup]
+        setup = [named(n) for n in loaded if runners[n].setup]
         return ",".join(bare + setup) or "none"
 
 

@@ -126,3 +126,28 @@ def test_an_unknown_family_name_is_refused_with_the_closest_one() -> None:
         FAMILIES.ordered(["b_lines", "keyframes"])
     with pytest.raises(ValueError, match="unique"):
         FAMILIES.with_family(FAMILIES.families[0])
+
+
+def test_a_bundle_changed_under_the_same_version_makes_results_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """The result identity was the bundles' versions only: a threshold changed in
+    configs/inference.json (or weights retrained under the same version) gave other content
+    under the same result UIDs, which a PACS keeps as the first, and the job store took an
+    instance sent again as made."""
+    import json
+    import shutil
+
+    from lus_pacs.settings import MODELS_DIR
+
+    shutil.copytree(MODELS_DIR, tmp_path / "models")
+    settings = Settings(data_dir=tmp_path, models=("b_lines",), models_dir=tmp_path / "models")
+    before = Models.load(settings).key
+    config_path = tmp_path / "models" / "b_lines" / "configs" / "inference.json"
+    config = json.loads(config_path.read_text())
+    config["threshold"] = 0.99
+    config_path.write_text(json.dumps(config))
+    after = Models.load(settings).key
+    assert before.startswith("b_lines@")
+    assert before.split("~")[0] == after.split("~")[0]  # the same version
+    assert after != before
