@@ -119,6 +119,12 @@ class Models:
             A bundle is missing or does not fit its family's code.
         """
         ordered = families.ordered(settings.models)
+        if any(f.lung_finding for f in ordered) and not any(f.gate for f in ordered):
+            log.warning(
+                "No assessment runs (models = %s): every cine gets lung findings, a black, "
+                'noise or cardiac one too; add "assessment" to models',
+                ", ".join(f.name for f in ordered),
+            )
         runners = {f.name: f.load(settings.models_dir / f.name, settings) for f in ordered}
         contents = {f.name: bundle_content(settings.models_dir / f.name) for f in ordered}
         return cls(ordered, runners, families.identity(runners, contents), families)

@@ -151,3 +151,18 @@ def test_a_bundle_changed_under_the_same_version_makes_results_of_its_own(
     assert before.startswith("b_lines@")
     assert before.split("~")[0] == after.split("~")[0]  # the same version
     assert after != before
+
+
+def test_lung_models_without_the_assessment_gate_are_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without the gate a black cine got "B-lines present" and nothing said the gate was off."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="lus_pacs.pipeline"):
+        Models.load(Settings(data_dir=tmp_path, models=("b_lines",)))
+    assert "No assessment runs" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lus_pacs.pipeline"):
+        Models.load(Settings(data_dir=tmp_path, models=("b_lines", "assessment")))
+    assert "No assessment runs" not in caplog.text
