@@ -156,11 +156,10 @@ def _post(request: urllib.request.Request, destination: WebDestination) -> dict[
                 if isinstance(doc, dict) and _items(doc, _FAILED):
                     return doc
         if exc.code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
-            size = len(request.data) if isinstance(request.data, bytes) else 0
             raise ExportError(
                 destination.name,
                 f"{destination.url} answered HTTP 413 {exc.reason}: it takes no request of "
-                f"{size / 1e6:.1f} MB; raise its limit on a request's size (nginx: "
+                f"{_megabytes(request)} MB; raise its limit on a request's size (nginx: "
                 "client_max_body_size), then run lus-pacs retry",
                 final=True,
             ) from exc
@@ -179,12 +178,11 @@ def _post(request: urllib.request.Request, destination: WebDestination) -> dict[
     except (OSError, ValueError, http.client.HTTPException) as exc:  # a cut answer is no OSError
         reason = getattr(exc, "reason", exc)
         if isinstance(reason, (ConnectionResetError, BrokenPipeError)):
-            size = len(request.data) if isinstance(request.data, bytes) else 0
             raise _CutWhileSendingError(
                 destination.name,
-                f"{destination.url} closed the connection while a request of {size / 1e6:.1f} "
-                f"MB was sent ({reason}): it may take no request this large (its limit on a "
-                "request's size)",
+                f"{destination.url} closed the connection while a request of "
+                f"{_megabytes(request)} MB was sent ({reason}): it may take no request this "
+                "large (its limit on a request's size)",
             ) from exc
         raise ExportError(
             destination.name, f"cannot reach {destination.url}: {exc}", unavailable=True
@@ -198,6 +196,11 @@ def _post(request: urllib.request.Request, destination: WebDestination) -> dict[
     if not isinstance(doc, dict):
         raise ExportError(destination.name, f"{destination.url}: not a DICOM JSON data set")
     return doc
+
+
+def _megabytes(request: urllib.request.Request) -> str:
+    """The size of the request's body, in MB with one decimal."""
+    return f"{(len(request.data) if isinstance(request.data, bytes) else 0) / 1e6:.1f}"
 
 
 def _detail(text: bytes) -> str:

@@ -241,18 +241,11 @@ class Receiver:
             log.warning("Refused %s from %s: unreadable dataset (%s)", sop_instance, calling, exc)
             facts["reason"] = f"unreadable dataset ({exc})"
             return CANNOT_UNDERSTAND
-        if (over_limit := _over_cine_limits(ds, self._settings)) is not None:
-            # Refused now, not acknowledged to fail later: the sender learns no results come.
-            reason, comment = over_limit
-            log.warning("Refused %s from %s: %s", sop_instance, calling, reason)
-            facts["reason"] = reason
-            over = Dataset()
-            over.Status = OUT_OF_RESOURCES
-            over.ErrorComment = comment
-            return over
         for refusal, wrong in (
             (CANNOT_UNDERSTAND, _identity_problem(sop_instance, named, study, series)),
             (MISMATCHED_CLASS, _class_problem(sop_class, str(ds.get("SOPClassUID", "")))),
+            # Refused now, not acknowledged to fail later: the sender learns no results come.
+            (OUT_OF_RESOURCES, _over_cine_limits(ds, self._settings)),
         ):
             if wrong is not None:
                 reason, comment = wrong
