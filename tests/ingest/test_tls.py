@@ -24,6 +24,7 @@ from lus_pacs.ingest.scp import Listener, start_listener
 from lus_pacs.settings import DicomDestination, Settings, TlsFiles
 from lus_pacs.tls import server_context
 from tests.ingest.test_scp import US_IMAGE
+from tests.ingest.test_security import _start
 from tests.orthanc import free_ports, running_orthanc
 
 
@@ -239,12 +240,7 @@ def test_a_scanner_speaking_tls_to_the_plain_listener_is_told_at_once(
     settings = Settings(
         data_dir=tmp_path, port=0, allowed_calling_aes=("SCANNER",), network_timeout_s=30
     )
-    listener = start_listener(
-        settings,
-        record=lambda _: Received.NEW,
-        on_stored=lambda: None,
-        on_study_complete=lambda _: None,
-    )
+    listener = _start(settings)
     try:
         start = time.monotonic()
         with caplog.at_level(logging.WARNING, logger="lus_pacs.ingest.scp"):
