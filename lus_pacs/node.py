@@ -119,6 +119,8 @@ class Node:
         self._encoder: Encoder | None = None
         """The processes that make the result objects (``encoders``), once started."""
         self._running: dict[str, tuple[Job, float]] = {}
+        self._unavailable: dict[str, float] = {}
+        """Destinations held unavailable (their deliveries waiting), since when (epoch s)."""
         self._holds: dict[str, Hold] = {}
         """Per worker: the pixels its cine holds against the budget."""
         """Per worker: the job it is processing and since when (monotonic seconds)."""
@@ -337,6 +339,11 @@ class Node:
             store_ok = False
         checks["job_store"] = store_ok
         checks["disk"] = disk_ok  # below min_free_bytes the listener refuses instances
+        # Told, not counted against health: a restart would not bring a PACS back.
+        checks["unavailable_destinations"] = {
+            name: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
+            for name, since in sorted(self._unavailable.items())
+        }
         certificate_ok = True
         if self._certificate_expiry is not None:
             certificate_ok = self._certificate_expiry > time.time()  # else every handshake fails
@@ -516,7 +523,9 @@ class Node:
                     return
                 if not self._deliver(delivery, destination):
                     outages = 0
+                    self._unavailable.pop(name, None)
                     continue
+                self._unavailable.setdefault(name, time.time())
                 # The destination itself failed (down, or refusing this node's credentials):
                 # the other deliveries would fail alike, each one more login refused or one
                 # more connection timeout. All wait; then one tries, the longest waiting.

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +22,7 @@ from pydicom.encaps import encapsulate, generate_frames
 from lus_pacs.encode.readback import read_study_summary
 from lus_pacs.node import backoff_s
 from tests.node_process import NodeProcess, echo, lus_pacs, storescu, wait_for, write_config
-from tests.orthanc import OrthancHandle, running_orthanc
+from tests.orthanc import OrthancHandle, free_ports, running_orthanc
 from tests.tools import dciodvfy_errors
 
 pytestmark = pytest.mark.skipif(
@@ -233,12 +234,14 @@ def test_an_unavailable_pacs_is_tried_by_one_delivery_at_a_time(
     one tries when the wait is over. Its recovery is the test above."""
     orthanc.stop()
     try:
+        (metrics,) = free_ports(1)
         config = write_config(
             tmp_path,
             orthanc,
             retry_base_s=60.0,
             models=DELIVERY_MODELS,
             output_kinds=DELIVERY_KINDS,
+            metrics_port=metrics,
         )
         node = NodeProcess(config)
         node.start()
@@ -250,6 +253,11 @@ def test_an_unavailable_pacs_is_tried_by_one_delivery_at_a_time(
                 "three cines processed, their results waiting for the PACS",
             )
             time.sleep(1)  # an exporter trying each due delivery would have by now
+            # /healthz names it (without calling the node unhealthy: a restart brings no PACS).
+            direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with direct.open(f"http://127.0.0.1:{metrics}/healthz", timeout=10) as r:
+                checks = json.loads(r.read())["checks"]
+            assert list(checks["unavailable_destinations"]) == ["pacs"]
         finally:
             node.stop()
         tries = re.findall(r"Delivery of job \d+ to pacs failed \(attempt", node.log_text())
