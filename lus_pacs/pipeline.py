@@ -89,9 +89,20 @@ def bundle_content(folder: Path) -> str:
     found = False
     for name in BUNDLE_CONTENT:
         path = folder / name
-        if path.is_file():
-            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
-            found = True
+        if not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        try:  # what it says, not how it is laid out (line endings, indentation, the file name
+            # beside a checksum): the same bundle is the same identity on every machine
+            canonical = (
+                json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
+                if name.endswith(".json")
+                else (text.split() or [""])[0].lower()
+            )
+        except ValueError:  # not readable as it should be: loading the bundle says so
+            canonical = text
+        digest.update(name.encode() + b"\0" + canonical.encode() + b"\0")
+        found = True
     return digest.hexdigest()[:6] if found else ""
 
 

@@ -223,7 +223,7 @@ def weights_digest(path: Path) -> str:
 def _check_checksum(folder: Path) -> None:
     """Refuse weights that are not those written with the bundle (its checksum file)."""
     try:
-        recorded = (folder / CHECKSUM).read_text().split()[0]
+        recorded = (folder / CHECKSUM).read_text().split()[0].lower()
     except (OSError, IndexError) as exc:
         raise ModelError(f"{folder / CHECKSUM}: not readable ({exc})") from exc
     if weights_digest(folder / WEIGHTS) != recorded:

@@ -151,6 +151,12 @@ def test_a_bundle_changed_under_the_same_version_makes_results_of_its_own(
     assert before.startswith("b_lines@")
     assert before.split("~")[0] == after.split("~")[0]  # the same version
     assert after != before
+    # What it says, not how it is laid out: another machine's line endings or indentation,
+    # or the checksum file written by sha256sum with its path, are the same bundle.
+    config_path.write_text(json.dumps(config, indent=8).replace("\n", "\r\n"))
+    checksum = tmp_path / "models" / "b_lines" / "models" / "model.pt.sha256"
+    checksum.write_text(checksum.read_text().split()[0].upper() + "  models/model.pt\r\n")
+    assert Models.load(settings).key == after
 
 
 def test_lung_models_without_the_assessment_gate_are_warned_of(

@@ -239,3 +239,20 @@ def test_a_file_retention_cannot_remove_keeps_its_study_and_the_others_go(
     assert done.studies == 1
     assert not other.exists()
     assert stuck.is_dir()  # put back, kept for the next prune
+
+
+def test_a_cine_sent_back_to_its_first_study_keeps_its_file(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """A -> B -> A: the cine sent back under its first study, byte for byte, is stored at the
+    path of its first copy, which B had recorded as a file it left: pruning B removed A's
+    current cine."""
+    first = _received(store, tmp_path, 1, "1.2.9", content="aa")
+    _received(store, tmp_path, 1, "1.3.0", content="bb")
+    back = _received(store, tmp_path, 1, "1.2.9", content="aa")
+    assert back == first
+    store.studies.complete(["1.3.0"])
+    for uid, at in store.studies.awaiting_summary():
+        store.studies.summarised(uid, at)
+    prune(store, 0, now=time.time() + 10)
+    assert back.exists()
