@@ -24,6 +24,7 @@ from typing import IO
 
 import pydicom
 
+from lus_pacs.credentials import authorisation
 from lus_pacs.domain import Instance, Job, JobState, OutputKind, Received
 from lus_pacs.durable import durable_file, remove_partial
 from lus_pacs.encode.files import result_identity
@@ -191,6 +192,7 @@ class Node:
             audit=self.audit,
         )
         self._check_certificate()
+        self._check_credentials()
         if self.settings.metrics_port is not None:
             self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
             log.info("Metrics on http://%s:%d/metrics", self.settings.host, self.metrics_port)
@@ -285,6 +287,20 @@ class Node:
         for thread in self._threads:
             left = max(0.0, deadline - time.monotonic())
             thread.join(timeout=min(left, 5.0) if thread.name.startswith("export-") else left)
+
+    def _check_credentials(self) -> None:
+        """Log each DICOMweb destination whose credential cannot be read now (a variable not
+        set in this environment, a file not mounted): its deliveries would fail for a day, one
+        "unavailable" each retry, with nothing at start to say why."""
+        for destination in self.settings.web_destinations:
+            try:
+                authorisation(destination)
+            except ConfigError as exc:
+                log.error(
+                    "Results for %s cannot be sent until its credential can be read: %s",
+                    destination.name,
+                    exc,
+                )
 
     def _check_certificate(self) -> None:
         """Log an expired listener certificate (no scanner can associate: each handshake

@@ -373,3 +373,27 @@ def test_a_cine_given_up_for_hanging_holds_no_pixels_of_the_budget(
     finally:
         release.set()
         node.stop()
+
+
+def test_a_destination_credential_that_cannot_be_read_is_said_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A password variable not set in the container: each delivery failed, "unavailable", for a
+    day, with nothing at start to say why."""
+    from lus_pacs.settings import WebDestination
+
+    web = WebDestination(
+        name="web", url="http://127.0.0.1:9/dicom-web", username="lus",
+        password_env="LUS_PACS_TEST_UNSET_PASSWORD",
+    )  # fmt: skip
+    settings = Settings(
+        data_dir=tmp_path, port=0, metrics_port=None, models=("b_lines",), web_destinations=(web,)
+    )
+    node = Node(settings, Models.load(settings))
+    try:
+        with caplog.at_level(logging.ERROR, logger="lus_pacs.node"):
+            node.start()
+    finally:
+        node.stop()
+    assert "Results for web cannot be sent until its credential can be read" in caplog.text
+    assert "LUS_PACS_TEST_UNSET_PASSWORD" in caplog.text
