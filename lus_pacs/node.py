@@ -31,6 +31,7 @@ from lus_pacs.encode.files import result_identity
 from lus_pacs.errors import ConfigError, ExportError, LusPacsError, StageError, describe
 from lus_pacs.export.dimse import store as c_store
 from lus_pacs.export.stow import stow
+from lus_pacs.imaging.metadata import budget_pixels
 from lus_pacs.inference.threads import release_free_memory
 from lus_pacs.ingest.audit import AuditEvent, AuditLog
 from lus_pacs.ingest.metrics import NodeMetrics
@@ -781,17 +782,10 @@ def summary_path(settings: Settings, study: str) -> Path:
 
 
 def stored_pixels(path: Path) -> int:
-    """Frames x rows x columns of a stored instance, from its header, for the workers' pixel
-    budget. Without a Number of Frames the decoder reads every frame the Pixel Data holds: then
-    the file's size in bytes stands in when larger (native pixels take at least a byte each).
-    0 when the header cannot be read: processing then fails on it with the reason."""
+    """:func:`~lus_pacs.imaging.metadata.budget_pixels` of the stored instance at ``path``;
+    0 when its header cannot be read: processing then fails on it with the reason."""
     try:
-        header = pydicom.dcmread(path, stop_before_pixels=True)
-        frame = int(header.get("Rows") or 0) * int(header.get("Columns") or 0)
-        frames = int(header.get("NumberOfFrames") or 0)
-        if frames >= 1:
-            return frames * frame
-        return max(frame, path.stat().st_size)
+        return budget_pixels(pydicom.dcmread(path, stop_before_pixels=True), path.stat().st_size)
     except Exception:  # a damaged header: the cine's own failure, reported where it is read
         return 0
 

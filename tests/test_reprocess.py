@@ -388,10 +388,14 @@ def test_an_unreadable_file_is_not_forgotten_by_a_run_interrupted_while_reading_
     assert subject.endswith(f"/{damaged.name}")
 
 
-def test_a_worker_that_dies_fails_the_cines_in_flight_and_the_run_goes_on(archive: Path) -> None:
+def test_a_worker_that_dies_fails_the_cines_in_flight_and_the_run_goes_on(
+    archive: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """The kernel's out-of-memory killer, as a SIGKILL to the pool's one worker: before, the
     broken pool ended the run, and every run again at the same cine."""
-    from lus_pacs.reprocess.engine import WORKER_DIED, LocalEngine, _worker_pid
+    import logging
+
+    from lus_pacs.reprocess.engine import LocalEngine, _worker_pid
 
     settings = Settings(models=tuple(MODELS.split(",")))
     items = [
@@ -404,7 +408,8 @@ def test_a_worker_that_dies_fails_the_cines_in_flight_and_the_run_goes_on(archiv
         pid = engine._pool.submit(_worker_pid, 0.0).result()
         killer = threading.Timer(0.5, os.kill, (pid, signal.SIGKILL))
         killer.start()
-        outcomes = list(engine.run(items))
+        with caplog.at_level(logging.WARNING, logger="lus_pacs.reprocess.engine"):
+            outcomes = list(engine.run(items))
         killer.join()
     finally:
         engine.close()
@@ -413,8 +418,8 @@ def test_a_worker_that_dies_fails_the_cines_in_flight_and_the_run_goes_on(archiv
     )
     # The cine in the worker and the one queued for it failed with it; both are tried again
     # alone, by a new pool, and made (the kill was once: neither cine caused it).
+    assert 1 <= caplog.text.count("tried again alone") <= 2, caplog.text
     assert all(o.record is not None for o in outcomes), [o.error for o in outcomes]
-    assert WORKER_DIED  # what they failed with before
 
 
 class _Colliding(FolderSource):
@@ -515,7 +520,7 @@ def test_a_ray_worker_that_dies_fails_its_cines_and_another_takes_its_place(
     """An actor killed mid-run (the out-of-memory killer, a lost node): before, Ray's error
     ended the run, at the same cine every time."""
     ray = pytest.importorskip("ray")
-    from lus_pacs.reprocess.engine import WORKER_DIED, RayEngine
+    from lus_pacs.reprocess.engine import RayEngine
 
     items = [
         WorkItem(dcmread(p, stop_before_pixels=True).SOPInstanceUID, "study", p)
@@ -539,7 +544,6 @@ def test_a_ray_worker_that_dies_fails_its_cines_and_another_takes_its_place(
     # The cine the actor ran and the one waiting on it failed with it (WORKER_DIED); both are
     # tried again alone by its successor, and made (the kill was once: neither caused it).
     assert all(o.record is not None for o in outcomes), [o.error for o in outcomes]
-    assert WORKER_DIED
 
 
 def test_ray_workers_a_cluster_cannot_place_are_given_up_and_the_run_goes_on(

@@ -171,3 +171,17 @@ def _positive(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if number > 0 else None
+
+
+def budget_pixels(header: Dataset, file_bytes: int) -> int:
+    """Frames x rows x columns of a stored instance as its header says, for a pixel budget
+    (the node's workers, a re-processing run's). Without a Number of Frames the decoder reads
+    every frame the Pixel Data holds: then the file's size in bytes (``file_bytes``) stands in
+    when larger (native pixels take at least a byte each). 0 when the header does not say:
+    processing then fails on it with the reason."""
+    try:
+        frame = int(header.get("Rows") or 0) * int(header.get("Columns") or 0)
+        frames = int(header.get("NumberOfFrames") or 0)
+    except (TypeError, ValueError):
+        return 0
+    return frames * frame if frames >= 1 else max(frame, file_bytes)

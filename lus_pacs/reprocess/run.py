@@ -32,6 +32,7 @@ from lus_pacs.domain import OutputKind
 from lus_pacs.durable import durable_file
 from lus_pacs.errors import ArchiveError, ExportError
 from lus_pacs.families.registry import FAMILIES, Registry
+from lus_pacs.imaging.metadata import budget_pixels
 from lus_pacs.ingest.archive import ArchiveSource, ArchiveStudy
 from lus_pacs.pipeline import encode_summary, write_outputs
 from lus_pacs.queue.manifest import Manifest
@@ -219,7 +220,7 @@ class Run:
                     reason = f"{size} bytes is over the limit of {limit} (max_instance_bytes)"
                     self._finish(Outcome(WorkItem(sop, uid, by_uid[sop]), None, [], reason))
                     continue
-                yield WorkItem(sop, uid, by_uid[sop], _pixels(headers[sop]))
+                yield WorkItem(sop, uid, by_uid[sop], budget_pixels(headers[sop], size))
 
     def _header(
         self, path: Path, study_uid: str, problems: list[tuple[str, str]]
@@ -407,14 +408,6 @@ def _summaries_on_disk(folder: Path) -> list[str]:
     if latest is None:
         return []
     return [""] * (latest[0] - 1) + [latest[1]]
-
-
-def _pixels(header: Dataset) -> int:
-    """Frames x rows x columns of a cine as its header says; 0 when it does not say."""
-    try:
-        return int(header.get("NumberOfFrames") or 1) * int(header.Rows) * int(header.Columns)
-    except (AttributeError, TypeError, ValueError):
-        return 0
 
 
 def write_exam_csv(summary: StudySummary, path: Path) -> None:
