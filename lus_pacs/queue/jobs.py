@@ -138,9 +138,10 @@ class Jobs:
                     "pruned = 0 WHERE study_instance_uid = ?",
                     (now, prior[1]),
                 )
-            # A file received again (A -> B -> A: the first copy, the same bytes at the same
-            # path) is an instance's own again, no study's left file to remove.
-            db.execute("DELETE FROM left_files WHERE path = ?", (str(instance.path),))
+            if changed:
+                # A file received again (A -> B -> A: the first copy, the same bytes at the
+                # same path) is an instance's own again, no study's left file to remove.
+                db.execute("DELETE FROM left_files WHERE path = ?", (str(instance.path),))
             if changed:
                 # Results of the earlier content not yet delivered are not sent any more.
                 db.execute(
