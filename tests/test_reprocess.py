@@ -422,6 +422,64 @@ def test_a_worker_that_dies_fails_the_cines_in_flight_and_the_run_goes_on(
     assert all(o.record is not None for o in outcomes), [o.error for o in outcomes]
 
 
+def test_a_worker_that_hangs_on_a_cine_is_stopped_past_max_cine_s(archive: Path) -> None:
+    """A worker that never returns (here stopped by SIGSTOP mid-cine, as a decoder caught in a
+    loop): before, the run waited for it for good. Past ``max_cine_s`` its process is killed,
+    its cine fails with the limit named, and the cine queued beside it is made by a new pool."""
+    from lus_pacs.reprocess.engine import LocalEngine, _worker_pid, overdue
+
+    settings = Settings(models=tuple(MODELS.split(",")), max_cine_s=8)
+    items = [
+        WorkItem(dcmread(p, stop_before_pixels=True).SOPInstanceUID, "study", p)
+        for p in sorted(archive.glob("synth/*/*.dcm"))[:4]
+    ]
+    engine = LocalEngine(settings, 1)
+    try:
+        engine.start()
+        pid = engine._pool.submit(_worker_pid, 0.0).result()
+        stopper = threading.Timer(0.5, os.kill, (pid, signal.SIGSTOP))
+        stopper.start()
+        outcomes = list(engine.run(items))
+        stopper.join()
+    finally:
+        engine.close()
+    errors = {o.item.sop_instance_uid: o.error for o in outcomes}
+    assert set(errors) == {i.sop_instance_uid for i in items}
+    # The cine it hung on (the first: each takes about a second here) fails, named; the
+    # others are made.
+    assert errors.pop(items[0].sop_instance_uid) == overdue(8)
+    assert set(errors.values()) == {None}, errors
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the hung process is gone
+
+
+def test_a_ray_worker_that_hangs_on_a_cine_is_stopped_past_max_cine_s(archive: Path) -> None:
+    """As the local engine: an actor stopped mid-cine is killed past ``max_cine_s``, its cine
+    fails with the limit named, another actor takes its place and makes the others."""
+    ray = pytest.importorskip("ray")
+    from lus_pacs.reprocess.engine import RayEngine, overdue
+
+    items = [
+        WorkItem(dcmread(p, stop_before_pixels=True).SOPInstanceUID, "study", p)
+        for p in sorted(archive.glob("synth/*/*.dcm"))[:3]
+    ]
+    engine = RayEngine(Settings(models=tuple(MODELS.split(",")), max_cine_s=8), 1)
+    try:
+        engine.start()
+        pid = ray.get(engine._actors[0].ready.remote())
+        stopper = threading.Timer(0.5, os.kill, (pid, signal.SIGSTOP))
+        stopper.start()
+        outcomes = list(engine.run(items))
+        stopper.join()
+    finally:
+        engine.close()
+        ray.shutdown()
+    errors = {o.item.sop_instance_uid: o.error for o in outcomes}
+    assert set(errors) == {i.sop_instance_uid for i in items}
+    assert errors.pop(items[0].sop_instance_uid) == overdue(8)
+    assert set(errors.values()) == {None}, errors
+
+
 class _Colliding(FolderSource):
     """The folder, fetched as copies, one file's copy given the SOP Instance UID of an instance
     of another study (as after a careless study merge in an archive)."""

@@ -100,9 +100,10 @@ class _Worker:
             return None, [], f"unexpected error: {exc!r}"
         return record, files, None
 
-    def ready(self) -> bool:
-        """Answers once the models are loaded (Ray runs ``__init__`` before any call)."""
-        return True
+    def ready(self) -> int:
+        """Answers once the models are loaded (Ray runs ``__init__`` before any call), with
+        the worker's process id (logged: the process to look at when a cine hangs)."""
+        return os.getpid()
 
     def process_keyed(self, key: str, name: str, data: bytes) -> tuple[str, _Result]:
         """As :meth:`process`, with ``key`` returned beside the result: Ray's unordered
@@ -111,11 +112,14 @@ class _Worker:
 
 
 _PROCESS_WORKER: _Worker | None = None
+_PROCESS_STARTS: Any = None
+"""The pool's queue on which a worker process says which cine it starts (a SimpleQueue)."""
 
 
-def _init_process(settings: Settings, threads: int) -> None:
-    global _PROCESS_WORKER  # noqa: PLW0603 (one per worker process, by design)
+def _init_process(settings: Settings, threads: int, starts: Any) -> None:
+    global _PROCESS_WORKER, _PROCESS_STARTS  # noqa: PLW0603 (one per worker process, by design)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    _PROCESS_STARTS = starts
     _PROCESS_WORKER = _Worker(settings, threads)
 
 
@@ -124,9 +128,11 @@ def _worker_pid(pause: float) -> int:
     return os.getpid()
 
 
-def _process_in_pool(name: str, data: bytes) -> _Result:
+def _process_in_pool(token: int, name: str, data: bytes) -> _Result:
     if _PROCESS_WORKER is None:
         raise RuntimeError("worker process not initialised")
+    # The clock is the machine's monotonic one, the driver's too.
+    _PROCESS_STARTS.put((token, os.getpid(), time.monotonic()))
     return _PROCESS_WORKER.process(name, data)
 
 
@@ -146,29 +152,47 @@ worker died with it beside others, or too large to share): a final failure, so t
 run sends it out beside other cines to kill them again."""
 
 
+def overdue(limit: float) -> str:
+    """The failure of a cine whose processing ran past ``limit`` seconds (``max_cine_s``): it
+    hung its worker, which was stopped. Final, as in the node: ``--retry-failed`` tries it."""
+    return (
+        f"processing took longer than max_cine_s ({limit:g} s): its worker was stopped "
+        "(a decoder or library that never returns?); --retry-failed tries it again"
+    )
+
+
 class LocalEngine:
     """A pool of ``workers`` processes (spawned: torch does not survive fork).
 
     A worker that dies (the kernel's out-of-memory killer, a signal) breaks the pool: the cines
-    in flight in it fail with :data:`WORKER_DIED`, a new pool is started and the run goes on."""
+    in flight in it fail with :data:`WORKER_DIED`, a new pool is started and the run goes on.
+    A worker still on one cine ``max_cine_s`` after it started it has hung (a decoder that
+    never returns): it is killed, that cine fails (:func:`overdue`) and the pool it broke is
+    replaced in the same way; before, the run waited for it for good."""
 
     def __init__(self, settings: Settings, workers: int) -> None:
         self.workers = workers
         self._settings = settings
         self._budget = settings.concurrent_pixels
+        self._limit = settings.max_cine_s
+        self._context = get_context("spawn")
         # A spawned worker imports the caller's main module, and with it numpy and torch,
         # before its initializer runs: the thread limits must be in the environment it
         # inherits. (The caller's own thread pools are already made; they do not change.)
         for variable in THREAD_VARIABLES:
             os.environ[variable] = str(threads_per_worker(workers))
+        self._starts: Any = None
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
+        # A queue of its own for each pool: a worker killed while it wrote to the queue would
+        # leave its lock held.
+        self._starts = self._context.SimpleQueue()
         return ProcessPoolExecutor(
             max_workers=self.workers,
-            mp_context=get_context("spawn"),
+            mp_context=self._context,
             initializer=_init_process,
-            initargs=(self._settings, threads_per_worker(self.workers)),
+            initargs=(self._settings, threads_per_worker(self.workers), self._starts),
         )
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
@@ -190,27 +214,65 @@ class LocalEngine:
             pids.update(f.result() for f in futures)
 
     def run(self, items: Iterable[WorkItem]) -> Iterator[Outcome]:
-        running: dict[Future[_Result], tuple[str, ProcessPoolExecutor]] = {}
+        running: dict[Future[_Result], tuple[str, int, ProcessPoolExecutor]] = {}
+        """Each cine in flight: its future -> (SOP Instance UID, token, pool)."""
+        started: dict[int, tuple[int, float]] = {}
+        """Token of a cine a worker started -> (the worker's process id, when)."""
+        stopped: set[int] = set()  # the tokens of cines whose worker was killed as hung
         finished: list[tuple[str, _Result]] = []
+        tokens = iter(range(1 << 62))
 
         def submit(item: WorkItem) -> None:
             data = item.path.read_bytes()
+            token = next(tokens)
             try:
-                future = self._pool.submit(_process_in_pool, item.path.name, data)
+                future = self._pool.submit(_process_in_pool, token, item.path.name, data)
             except BrokenProcessPool:  # broke since the last answer: its futures tell which
                 self._replace(self._pool)
-                future = self._pool.submit(_process_in_pool, item.path.name, data)
-            running[future] = (item.sop_instance_uid, self._pool)
+                future = self._pool.submit(_process_in_pool, token, item.path.name, data)
+            running[future] = (item.sop_instance_uid, token, self._pool)
+
+        def stop_overdue() -> float:
+            """Kill the workers of the cines past the limit; the seconds to the next one's
+            limit (at most 5: a start may yet be reported)."""
+            while not self._starts.empty():
+                token, pid, when = self._starts.get()
+                started[token] = (pid, when)
+            now, wait_s = time.monotonic(), 5.0
+            live = {token for _, token, _ in running.values()}
+            for token in [t for t in started if t not in live]:  # reported after its answer
+                del started[token]
+            for future, (key, token, pool) in running.items():
+                if token not in started or token in stopped or pool is not self._pool:
+                    continue
+                pid, when = started[token]
+                left = when + self._limit - now
+                if left > 0:
+                    wait_s = min(wait_s, left)
+                elif not future.done():
+                    log.error(
+                        "%s: processing took longer than max_cine_s (%g s); stopping its "
+                        "worker (process %d)",
+                        key,
+                        self._limit,
+                        pid,
+                    )
+                    stopped.add(token)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            return max(wait_s, 0.01)
 
         def collect() -> tuple[str, _Result]:
-            if not finished:
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+            while not finished:
+                done, _ = wait(running, timeout=stop_overdue(), return_when=FIRST_COMPLETED)
                 for future in done:
-                    key, pool = running.pop(future)
+                    key, token, pool = running.pop(future)
+                    started.pop(token, None)
                     try:
                         finished.append((key, future.result()))
                     except BrokenProcessPool:
-                        finished.append((key, (None, [], WORKER_DIED)))
+                        why = overdue(self._limit) if token in stopped else WORKER_DIED
+                        finished.append((key, (None, [], why)))
                         self._replace(pool)
             return finished.pop(0)
 
@@ -224,7 +286,10 @@ class RayEngine:
     """One model-holding actor per worker, on a local Ray (default) or a cluster.
 
     An actor that dies (its process killed: the out-of-memory killer, a lost node) fails the
-    cines it held with :data:`WORKER_DIED`; a new actor takes its place and the run goes on."""
+    cines it held with :data:`WORKER_DIED`; a new actor takes its place and the run goes on.
+    An actor still on one cine ``max_cine_s`` after it started it (its calls run in turn: from
+    when the call before it was answered) has hung: it is killed, that cine fails
+    (:func:`overdue`) and the others it held are tried again, as when an actor dies."""
 
     def __init__(self, settings: Settings, workers: int, address: str | None = None) -> None:
         import ray
@@ -239,6 +304,7 @@ class RayEngine:
             )
         self.workers = workers
         self._budget = settings.concurrent_pixels
+        self._limit = settings.max_cine_s
         self._new_actor = partial(
             ray.remote(num_cpus=1)(_Worker).remote, settings, threads_per_worker(workers)
         )
@@ -259,7 +325,8 @@ class RayEngine:
 
         asked = {actor.ready.remote(): actor for actor in self._actors}
         ready, waiting = ray.wait(list(asked), num_returns=len(asked), timeout=timeout)
-        ray.get(ready)  # an actor whose models did not load says why
+        pids = ray.get(ready)  # an actor whose models did not load says why
+        log.info("Ray workers started (process ids %s)", ", ".join(map(str, pids)))
         if not waiting:
             return
         for ref in waiting:
@@ -289,23 +356,85 @@ class RayEngine:
 
         running: dict[Any, tuple[str, Any]] = {}
         """Each call in flight: its object reference -> (SOP Instance UID, actor)."""
+        calls: dict[int, list[Any]] = {}
+        """Each actor's calls in flight, in the order it runs them."""
+        began: dict[Any, float] = {}
+        """The call each actor runs now -> when it began (when the one before it answered, or
+        when the actor was ready: a new actor loads its models first)."""
+        loading: dict[int, Any] = {}
+        """Each actor started in place of another -> its ready call, until it answers."""
+        stopped: set[Any] = set()  # the calls whose actor was killed as hung
+
+        def replace(actor: Any) -> None:
+            if actor in self._actors:  # once, however many of its calls report it
+                new: Any = self._new_actor()
+                loading[id(new)] = new.ready.remote()
+                self._actors[self._actors.index(actor)] = new
+
+        def begin(actor: Any) -> None:
+            queue = calls.get(id(actor))
+            if queue and queue[0] not in began and id(actor) not in loading:
+                began[queue[0]] = time.monotonic()
 
         def submit(item: WorkItem) -> None:
             # The actor with the fewest calls in flight (calls wait in turn on their actor).
-            load = {id(a): 0 for a in self._actors}
-            for _, actor in running.values():
-                load[id(actor)] = load.get(id(actor), 0) + 1
-            actor = min(self._actors, key=lambda a: load[id(a)])
+            actor = min(self._actors, key=lambda a: len(calls.get(id(a), ())))
             data = item.path.read_bytes()
             ref = actor.process_keyed.remote(item.sop_instance_uid, item.path.name, data)
             running[ref] = (item.sop_instance_uid, actor)
+            calls.setdefault(id(actor), []).append(ref)
+            begin(actor)
+
+        def answered(ref: Any, actor: Any) -> None:
+            queue = calls.get(id(actor), [])
+            if ref in queue:
+                queue.remove(ref)
+            began.pop(ref, None)
+            if queue:
+                begin(actor)
+            else:
+                calls.pop(id(actor), None)
+
+        def stop_overdue() -> float:
+            """Kill the actors whose call ran past the limit, another in each one's place;
+            the seconds to the next call's limit."""
+            for actor in self._actors:
+                if id(actor) in loading and ray.wait([loading[id(actor)]], timeout=0)[0]:
+                    del loading[id(actor)]
+                    begin(actor)
+            now, wait_s = time.monotonic(), 5.0
+            for ref, when in list(began.items()):
+                left = when + self._limit - now
+                if left > 0:
+                    wait_s = min(wait_s, left)
+                    continue
+                key, actor = running[ref]
+                del began[ref]
+                log.error(
+                    "%s: processing took longer than max_cine_s (%g s); stopping its Ray "
+                    "worker and starting another in its place",
+                    key,
+                    self._limit,
+                )
+                stopped.add(ref)
+                calls.pop(id(actor), None)  # its other calls fail with it, none begins
+                with contextlib.suppress(Exception):
+                    ray.kill(actor, no_restart=True)
+                replace(actor)
+            return max(wait_s, 0.01)
 
         def collect() -> tuple[str, _Result]:
-            (ref,), _ = ray.wait(list(running), num_returns=1)
+            ready: list[Any] = []
+            while not ready:
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=stop_overdue())
+            (ref,) = ready
             key, actor = running.pop(ref)
+            answered(ref, actor)
             try:
                 _, result = ray.get(ref)
             except worker_lost as exc:
+                if ref in stopped:
+                    return key, (None, [], overdue(self._limit))
                 if actor in self._actors:  # once, however many of its calls report it
                     log.error(
                         "A Ray worker died (%s); starting another in its place",
@@ -313,7 +442,7 @@ class RayEngine:
                     )
                     with contextlib.suppress(Exception):  # gone already, as a rule
                         ray.kill(actor)
-                    self._actors[self._actors.index(actor)] = self._new_actor()
+                    replace(actor)
                 return key, (None, [], WORKER_DIED)
             return str(key), result
 
