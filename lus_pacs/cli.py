@@ -149,6 +149,18 @@ def import_video(
     monochrome: Annotated[
         bool, typer.Option(help="Store luminance only (B-mode is grey): a third of the size.")
     ] = False,
+    max_frames: Annotated[
+        int, typer.Option("--max-frames", min=1, help="Longer videos are refused.")
+    ] = 3000,
+    max_bytes: Annotated[
+        int,
+        typer.Option(
+            "--max-bytes",
+            min=1,
+            help="Videos larger once decoded (RGB, or grey with --monochrome) are refused; "
+            "importing takes about twice this in memory.",
+        ),
+    ] = 2 * 1024**3,
 ) -> None:
     """Import exported videos as US Multi-frame DICOM, one study per video.
 
@@ -164,9 +176,12 @@ def import_video(
         zone=zone,
         syntax=CineSyntax(transfer_syntax.value),
         monochrome=monochrome,
+        max_frames=max_frames,
+        max_bytes=max_bytes,
     )
     for item in report.imported:
-        typer.echo(f"imported {item.source} -> {item.output}")
+        same = f" (the same video as {item.same_as})" if item.same_as else ""
+        typer.echo(f"imported {item.source} -> {item.output}{same}")
     for refusal in report.refused:
         typer.echo(f"refused {refusal.source}: {refusal.reason}", err=True)
     typer.echo(f"{len(report.imported)} imported, {len(report.refused)} refused")

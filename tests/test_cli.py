@@ -150,6 +150,15 @@ def test_import_video_writes_dicom_and_reports_refusals(tmp_path: Path) -> None:
     (written,) = (tmp_path / "out").glob("*.dcm")
     inspected = run_cli("inspect", str(written))
     assert "10 frames 64x48, 20.0 fps (FrameTime), zone R3" in inspected.stdout
+    # The limits named in a refusal are options of the command (they were not).
+    limited = run_cli(
+        "import-video", str(video), "--out", str(tmp_path / "cut"), "--max-frames", "5", check=False
+    )
+    assert limited.returncode == 1
+    assert "over the limit of 5; cut it into loops or raise the limit (--max-frames)" in (
+        limited.stderr
+    )
+    assert run_cli("import-video", str(video), "--out", str(tmp_path / "ok"), "--max-frames", "10")
 
 
 def test_demo_pushes_an_exam_through_the_node(tmp_path: Path) -> None:

@@ -67,6 +67,8 @@ class StudyIdentity:
     patient_birth_date: dt.date | None = None
     patient_sex: str = ""
     referring_physician_name: str = ""
+    timezone_offset: str = ""
+    """TimezoneOffsetFromUTC of its dates and times ("+0000": UTC), when known."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,8 @@ def _dataset(
     acquired = instance.acquisition_datetime
     ds.InstanceCreationDate = acquired.strftime("%Y%m%d")
     ds.InstanceCreationTime = acquired.strftime("%H%M%S")
+    if study.timezone_offset:
+        ds.TimezoneOffsetFromUTC = study.timezone_offset
 
     ds.PatientName = study.patient_name
     ds.PatientID = study.patient_id

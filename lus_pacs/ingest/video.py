@@ -7,10 +7,12 @@ so importing the same file twice gives the same UIDs and the same instance.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hashlib
 import logging
+import os
 import re
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -46,6 +48,10 @@ DEFAULT_FPS = 30.0
 """Frame rate assumed when the file gives none (as ``Settings.default_fps``)."""
 
 _MIN_FPS, _MAX_FPS = 0.1, 1000.0
+_GIF_MIN_DELAY_S, _GIF_BROWSER_DELAY_S = 0.02, 0.1
+"""A GIF frame delay under 2/100 s plays at 10/100 s in browsers."""
+_MAX_STEM = 100
+"""Characters of the source's name kept in the output file's name."""
 _UNKNOWN_TIME = dt.datetime(1970, 1, 1)
 """Study and acquisition time of a video that does not say when it was made: fixed, not the
 import time, so that the same file always gives the same instance."""
@@ -91,6 +97,8 @@ class VideoClip:
 class Imported:
     source: Path
     output: Path
+    same_as: Path | None = None
+    """Another file of the batch with the same content, imported once as ``output``."""
 
 
 @dataclass(frozen=True)
@@ -118,8 +126,10 @@ def read_video(
     """Decode the first video stream of ``path`` to RGB frames, or to their luminance.
 
     The container is recognised from its content, not its extension (several ``.avi`` files of
-    the POCUS dataset are MP4 inside). Non-square pixels are resampled to square ones, the way a
-    player shows them, and transparent GIF pixels become black.
+    the POCUS dataset are MP4 inside). Non-square pixels are resampled to square ones and a
+    frame coded sideways with a display rotation is turned, the way a player shows them, and
+    transparent GIF pixels become black. The frame rate is the median interval between the
+    frames' timestamps (see :func:`_frame_rate`).
 
     Parameters
     ----------
@@ -139,9 +149,10 @@ def read_video(
         The file is not a video, has no video stream, no decodable frame, fails to decode or is
         over the limits.
     """
-    name = path.name
+    name = _printable(path.name)
     try:
-        container = av.open(str(path))
+        # Tags in another encoding than UTF-8 (a Latin-1 title) are not worth a refusal.
+        container = av.open(str(path), metadata_errors="replace")
     except (av.FFmpegError, OSError) as exc:
         raise UnreadableImageError(name, f"not a video file PyAV can open ({exc})") from exc
     with container:
@@ -157,7 +168,8 @@ def read_video(
             raise UnreadableImageError(name, f"the video decoder failed: {exc}") from exc
         if not frames:
             raise UnreadableImageError(name, "the video stream has no decodable frame")
-        fps, fps_source = _frame_rate(times, stream, default_fps)
+        gif = container.format.name == "gif"
+        fps, fps_source = _frame_rate(times, stream, default_fps, gif=gif)
         created = _creation_time(container.metadata, stream.metadata)
     return VideoClip(np.stack(frames), fps, fps_source, name, created)
 
@@ -172,6 +184,7 @@ def import_video(
     monochrome: bool = False,
     reuse_existing: bool = False,
     max_frames: int = MAX_FRAMES,
+    max_bytes: int = MAX_BYTES,
 ) -> Path:
     """Write the video ``path`` as one US Multi-frame instance in ``out_dir``.
 
@@ -185,7 +198,7 @@ def import_video(
     out_dir:
         Where the instance is written, as ``<file stem>-<12 hex digits>.dcm``.
     patient_id:
-        Defaults to ``VID-`` and a hash of the file name.
+        Defaults to ``VID-`` and a hash of the file's content.
     zone:
         The lung zone (for example ``R1``), written to SeriesDescription as ``Lung R1``.
     syntax:
@@ -195,8 +208,8 @@ def import_video(
     reuse_existing:
         Return the instance already in ``out_dir`` for this file and arguments without
         decoding again (a cache).
-    max_frames:
-        Longer videos are refused.
+    max_frames, max_bytes:
+        Longer videos, or larger once decoded, are refused.
 
     Returns
     -------
@@ -214,16 +227,22 @@ def import_video(
     try:
         content_hash = _sha256(path)
     except OSError as exc:
-        raise UnreadableImageError(path.name, f"cannot read the file ({exc})") from exc
-    patient = patient_id if patient_id is not None else _default_patient_id(path.name)
+        raise UnreadableImageError(_printable(path.name), f"cannot read the file ({exc})") from exc
+    patient = patient_id if patient_id is not None else _default_patient_id(content_hash)
     key = hashlib.sha256(
         "\n".join([content_hash, patient, zone or "", syntax.value, str(monochrome)]).encode()
     ).hexdigest()
     target = out_dir / f"{_safe_stem(path.stem)}-{key[:12]}.dcm"
     if reuse_existing and target.is_file():
         return target
+    # The same content imported the same way under another name is the same instance (its
+    # UIDs come from the content): a second file of one SOP Instance UID is not written.
+    if out_dir.is_dir():
+        for same in sorted(out_dir.glob(f"*-{key[:12]}.dcm")):
+            if same != target and same.is_file():
+                return same
 
-    clip = read_video(path, max_frames=max_frames, monochrome=monochrome)
+    clip = read_video(path, max_frames=max_frames, max_bytes=max_bytes, monochrome=monochrome)
     when = clip.created or _UNKNOWN_TIME
     study = StudyIdentity(
         patient_id=patient,
@@ -235,6 +254,8 @@ def import_video(
         study_id=key[:8],
         accession_number="",
         study_description="Lung ultrasound (imported video)",
+        # A container's creation_time is UTC; a video that gives none keeps no zone.
+        timezone_offset="+0000" if clip.created else "",
     )
     instance = CineInstance(
         series_instance_uid=generate_uid(entropy_srcs=[key, "series"]),
@@ -263,6 +284,7 @@ def import_videos(
     monochrome: bool = False,
     reuse_existing: bool = False,
     max_frames: int = MAX_FRAMES,
+    max_bytes: int = MAX_BYTES,
     progress: bool = True,
     workers: int = 1,
 ) -> ImportReport:
@@ -282,6 +304,14 @@ def import_videos(
     Other parameters are those of :func:`import_video`, applied to every file.
     """
     paths = list(paths)
+    # A video given twice (under two names, or two paths to one file) is imported once: in
+    # parallel both would write an instance of the same UIDs.
+    first: dict[str, Path] = {}
+    same_as: dict[Path, Path] = {}
+    for path in paths:
+        with contextlib.suppress(OSError):  # import_video reports it
+            same_as[path] = first.setdefault(_sha256(path), path)
+    unique = list(dict.fromkeys(same_as.get(path, path) for path in paths))
     one = functools.partial(
         _import_one,
         out_dir=out_dir,
@@ -291,23 +321,28 @@ def import_videos(
         monochrome=monochrome,
         reuse_existing=reuse_existing,
         max_frames=max_frames,
+        max_bytes=max_bytes,
     )
     bar = functools.partial(
         tqdm, total=len(paths), desc="Importing videos", unit="file", disable=not progress
     )
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
-            results = list(bar(pool.map(one, paths)))
+            results = dict(zip(unique, bar(pool.map(one, unique)), strict=True))
     else:
-        results = list(bar(map(one, paths)))
+        results = dict(zip(unique, bar(map(one, unique)), strict=True))
     imported: list[Imported] = []
     refused: list[Refusal] = []
-    for path, (output, reason) in zip(paths, results, strict=True):
+    for path in paths:
+        original = same_as.get(path, path)
+        output, reason = results[original]
+        if original != path:
+            reason = f"the same video as {original}: {reason}"
         if output is None:
             log.warning("Refused %s: %s", path, reason)
             refused.append(Refusal(path, reason))
         else:
-            imported.append(Imported(path, output))
+            imported.append(Imported(path, output, original if original != path else None))
     return ImportReport(tuple(imported), tuple(refused))
 
 
@@ -342,9 +377,10 @@ def _decode(
             raise UnreadableImageError(
                 name,
                 f"the decoded clip is larger than {max_bytes} bytes after {len(frames)} frames "
-                f"of {size[0]}x{size[1]}; cut or downscale the video, or raise max_bytes",
+                f"of {size[0]}x{size[1]}; cut or downscale the video, import it in grey "
+                "(--monochrome: a third of the bytes) or raise the limit (--max-bytes)",
             )
-        rgb = _rgb(frame, size)
+        rgb = _upright(_rgb(frame, size), frame)
         frames.append(
             np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), np.uint8) if monochrome else rgb
         )
@@ -373,21 +409,38 @@ def _rgb(frame: av.VideoFrame, size: tuple[int, int]) -> npt.NDArray[np.uint8]:
     )
 
 
+def _upright(rgb: npt.NDArray[np.uint8], frame: av.VideoFrame) -> npt.NDArray[np.uint8]:
+    """The frame as players show it: a phone's recording of a scanner's screen, held
+    upright, is coded sideways with a display matrix that turns it (``frame.rotation``, the
+    angle counterclockwise, as ffmpeg's autorotate reads it)."""
+    turns = round(float(getattr(frame, "rotation", 0) or 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+
+
 def _frame_rate(
-    times: list[float | None], stream: av.video.stream.VideoStream, default_fps: float
+    times: list[float | None],
+    stream: av.video.stream.VideoStream,
+    default_fps: float,
+    *,
+    gif: bool = False,
 ) -> tuple[float, str]:
     # The timestamps of the frames actually decoded come first. average_rate is the stream's
     # frame count over its duration, and QuickTime edit lists break that: one POCUS .mov reports
     # 55.5 fps for a 60 fps clip whose first 18 frames the edit list drops, and variable-rate
-    # screen recordings report r_frame_rate (guessed_rate) 60 for an average of 50. Where the
-    # timestamps are sound the three agree (AVI, MPEG-PS, MP4); GIF timestamps come from the
-    # frame delays (ffmpeg reads delays under 2/100 s as 10/100 s, like browsers), so a GIF
-    # gives its real playing rate. The stream rates remain for files whose frames carry no
-    # timestamps, and the default for a one-frame file.
+    # screen recordings report r_frame_rate (guessed_rate) 60 for an average of 50. The rate is
+    # the median interval between frames, not their average: a title frame held three seconds,
+    # a GIF whose last frames are held longer or a recording that dropped frames keep the rate
+    # at which the loop moves (the models' one-second windows follow it). GIF timestamps come
+    # from the frame delays; a delay of 0 or 1/100 s plays at 10/100 s in browsers, and is read
+    # so here. The stream rates remain for files whose frames carry no timestamps, and the
+    # default for a one-frame file.
     known = [t for t in times if t is not None]
     if len(known) == len(times) >= 2:
-        span = max(known) - min(known)
-        if span > 0 and _MIN_FPS <= (fps := (len(known) - 1) / span) <= _MAX_FPS:
+        steps = np.diff(np.sort(np.asarray(known, np.float64)))
+        if gif:
+            steps = np.where(steps < _GIF_MIN_DELAY_S, _GIF_BROWSER_DELAY_S, steps)
+        steps = steps[steps > 0]
+        if steps.size and _MIN_FPS <= (fps := 1.0 / float(np.median(steps))) <= _MAX_FPS:
             return fps, "timestamps"
     for source, rate in (
         ("average_rate", stream.average_rate),
@@ -413,7 +466,7 @@ def _creation_time(*metadata: dict[str, str]) -> dt.datetime | None:
 def _too_many_frames(count: int, max_frames: int) -> str:
     return (
         f"the video has {count} frames or more, over the limit of {max_frames}; "
-        "cut it into loops or raise max_frames"
+        "cut it into loops or raise the limit (--max-frames)"
     )
 
 
@@ -425,9 +478,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _default_patient_id(file_name: str) -> str:
-    return "VID-" + hashlib.sha256(file_name.encode()).hexdigest()[:10].upper()
+def _default_patient_id(content_hash: str) -> str:
+    """From the video's content: clips of one name in two folders (``R1.mp4`` of two
+    patients) were one patient when it came from the name."""
+    return "VID-" + content_hash[:10].upper()
 
 
 def _safe_stem(stem: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", stem) or "video"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", stem)[:_MAX_STEM] or "video"
+
+
+def _printable(name: str) -> str:
+    """A file name as text: bytes of the name that are no UTF-8 (a Latin-1 name unpacked
+    from an archive) become U+FFFD instead of failing where the name is written."""
+    return os.fsencode(name).decode("utf-8", "replace")

@@ -209,3 +209,128 @@ def test_a_file_that_cannot_be_written_is_refused_and_the_batch_goes_on(tmp_path
     (refused,) = report.refused
     assert refused.source == wide
     assert refused.reason.startswith("could not be written as DICOM")
+
+
+def _gif(path: Path, delays_ms: list[int]) -> Path:
+    from PIL import Image
+
+    frames = [Image.fromarray(np.full((32, 32), 5 * i, np.uint8)) for i in range(len(delays_ms))]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=delays_ms, loop=0)
+    return path
+
+
+def test_the_frame_rate_is_the_one_the_loop_moves_at(tmp_path: Path) -> None:
+    """The rate was the frames over the clip's span: a title frame held 3 s before 40 ms
+    frames gave 3 fps (the models' one-second windows then took 8 s of motion), a GIF of 100
+    ms frames whose last ones are held 200 ms 8.3 fps for 10. A GIF delay of 1/100 s plays
+    at 10/100 s in browsers; it was read as 100 fps."""
+    cases = {
+        "title.gif": ([3000] + [40] * 10, 25.0),
+        "held.gif": ([100] * 36 + [200] * 9, 10.0),
+        "one-hundredth.gif": ([10] * 8, 10.0),
+    }
+    for name, (delays, fps) in cases.items():
+        clip = read_video(_gif(tmp_path / name, delays))
+        assert (clip.fps, clip.fps_source) == (pytest.approx(fps), "timestamps"), name
+
+
+def test_a_video_coded_sideways_is_imported_as_players_show_it(tmp_path: Path) -> None:
+    """A phone held upright over a scanner's screen codes its frames landscape with a
+    display rotation; they were imported sideways."""
+    path = tmp_path / "upright.mp4"
+    coded = np.zeros((N_FRAMES, 48, 64, 3), np.uint8)
+    coded[:, :8] = 255  # a white band along the coded top
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv444p"
+        stream.set_display_rotation(90)  # turn 90 degrees counterclockwise to show
+        for frame in coded:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    frames = read_video(path, monochrome=True).frames
+    assert frames.shape == (N_FRAMES, 64, 48)
+    # Turned counterclockwise, the coded top is the left edge.
+    assert frames[:, :, :6].min() > 200
+    assert frames[:, :, 10:].max() < 60
+
+
+def test_clips_of_one_name_in_two_folders_are_two_patients(videos: dict, tmp_path: Path) -> None:
+    """The patient came from a hash of the file name: R1.mp4 of every patient's folder was
+    one patient."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = tmp_path / "a" / "R1.gif"
+    first.write_bytes(videos["gif"][0].read_bytes())
+    second = _gif(tmp_path / "b" / "R1.gif", [100] * 4)
+    ids = {pydicom.dcmread(import_video(p, tmp_path / "out")).PatientID for p in (first, second)}
+    assert len(ids) == 2
+
+
+def test_one_video_under_two_names_is_one_instance(videos: dict, tmp_path: Path) -> None:
+    """The same bytes under two names were written twice with one SOP Instance UID (dcentvfy:
+    duplicate), in a batch and across runs alike."""
+    copy = tmp_path / "copy of clip.gif"
+    copy.write_bytes(videos["gif"][0].read_bytes())
+    out = tmp_path / "out"
+    report = import_videos([videos["gif"][0], copy], out, progress=False, workers=2)
+    first, second = report.imported
+    assert (second.output, second.same_as) == (first.output, videos["gif"][0])
+    assert list(out.iterdir()) == [first.output]
+    again = tmp_path / "again.gif"
+    again.write_bytes(copy.read_bytes())
+    assert import_video(again, out) == first.output
+    assert list(out.iterdir()) == [first.output]
+
+
+def test_names_and_tags_that_are_no_utf8_do_not_refuse_a_video(
+    videos: dict, tmp_path: Path
+) -> None:
+    """A title tag in Latin-1 refused the video at opening; a Latin-1 file name (an archive
+    unpacked from Windows) and a name too long for the disk with the suffix added did too."""
+    import os
+
+    source = videos["mp4"][0].read_bytes()
+    tagged = tmp_path / "tagged.mp4"
+    with av.open(str(tagged), "w") as out:
+        out.metadata["title"] = "Poumon d\u00e9j\u00e0"
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = COLS, ROWS, "yuv444p"
+        for frame in _frames():
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    data = tagged.read_bytes()
+    latin = data.replace("d\u00e9j\u00e0".encode(), b"d\xe9j\xe0  ")
+    assert latin != data
+    assert len(latin) == len(data)
+    tagged.write_bytes(latin)
+    assert read_video(tagged).n_frames == N_FRAMES
+
+    latin_name = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"Lunge_\xfcbersicht.mp4")))
+    latin_name.write_bytes(source)
+    dicom = import_video(latin_name, tmp_path / "out")
+    assert "Imported from Lunge_\ufffdbersicht.mp4" in pydicom.dcmread(dicom).ImageComments
+
+    long_name = tmp_path / ("L" * 240 + ".gif")
+    long_name.write_bytes(_gif(tmp_path / "short.gif", [100] * 3).read_bytes())
+    assert import_video(long_name, tmp_path / "out").is_file()
+
+
+def test_a_video_made_at_a_known_time_says_it_is_utc(tmp_path: Path) -> None:
+    """creation_time is UTC; it was written as local StudyTime with no zone."""
+    path = tmp_path / "timed.mp4"
+    with av.open(str(path), "w") as out:
+        out.metadata["creation_time"] = "2025-03-04T16:51:36.000000Z"
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = COLS, ROWS, "yuv444p"
+        for frame in _frames():
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    ds = pydicom.dcmread(import_video(path, tmp_path / "out"), stop_before_pixels=True)
+    assert (ds.StudyTime, ds.TimezoneOffsetFromUTC) == ("165136", "+0000")
+    assert dciodvfy_errors(import_video(path, tmp_path / "out")) == []
