@@ -214,6 +214,12 @@ class SeverityFindings:
     """Where the frame scorer looked in ``top_frame``: (x0, y0, x1, y1) source pixels, ends
     exclusive (the spatial transformer's crop); None for networks without one."""
     model: ModelInfo
+    clip_from_measurements: bool = False
+    """The clip score comes from the real-data recipe on the clip's measurements, not from
+    ``frame_scores`` (which the frame scorer, trained on simulated cines, gives and the clip
+    score does not follow: they disagreed on 75 of 130 real clips). The results then show the
+    clip score alone: no frames of each score, no frame score on the key frame or region; the
+    top frame is the one the frame scorer finds most like the clip score."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.score <= 3 or any(not 0 <= s <= 3 for s in self.frame_scores):

@@ -193,10 +193,20 @@ class SeverityRecord:
     frame_scores: tuple[int, ...]
     top_frame: int
     box: tuple[int, int, int, int] | None
+    clip_from_measurements: bool | None = field(default=None, metadata=OMIT_NONE)
+    """True when the clip score is the real-data recipe's, not the frame scores' (absent:
+    it is theirs): see :class:`~lus_pacs.domain.SeverityFindings`."""
 
     @classmethod
     def of(cls, found: SeverityFindings) -> SeverityRecord:
-        return cls(found.score, found.probabilities, found.frame_scores, found.top_frame, found.box)
+        return cls(
+            found.score,
+            found.probabilities,
+            found.frame_scores,
+            found.top_frame,
+            found.box,
+            True if found.clip_from_measurements else None,
+        )
 
 
 @dataclass(frozen=True)

@@ -234,7 +234,10 @@ def _label(findings: Findings, frame: int, header: Dataset) -> hd.pr.TextObject:
         elif key.reason == KeyFrameReason.ATTENTION and b is not None:
             parts.append(f"no B-lines (p={b.probability:.2f})")
         elif key.reason == KeyFrameReason.SEVERITY and sev is not None:
-            parts.append(f"LUS score {sev.frame_scores[frame - 1]}")
+            if sev.clip_from_measurements:  # the frame shows the clip's score
+                parts.append(f"cine LUS score {sev.score}")
+            else:
+                parts.append(f"LUS score {sev.frame_scores[frame - 1]}")
         elif key.reason == KeyFrameReason.BEST:
             kf = findings.key_frame_model
             keep = f" p={kf.frame_scores[frame - 1]:.2f}" if kf is not None else ""
@@ -305,7 +308,12 @@ def _boxes(
     columns = float(header.Columns)
     sev = findings.severity
     if sev is not None and sev.box is not None and sev.top_frame == frame:
-        yield _box(sev.box, f"score {sev.frame_scores[frame - 1]} region", columns)
+        label = (
+            "severity region"
+            if sev.clip_from_measurements
+            else f"score {sev.frame_scores[frame - 1]} region"
+        )
+        yield _box(sev.box, label, columns)
     con = findings.consolidation
     if con is not None:
         for found in con.boxes:

@@ -457,7 +457,10 @@ def _severity_groups(
         finding_type=codes.SCORE_REGION,
         algorithm_id=algorithm,
         finding_sites=[finding_site(zone)],
-        measurements=[
+        # The frame's own score, unless the clip score does not follow the frame scores.
+        measurements=[]
+        if sev.clip_from_measurements
+        else [
             hd.sr.Measurement(
                 name=codes.LUS_SCORE,
                 value=sev.frame_scores[sev.top_frame - 1],
@@ -473,13 +476,16 @@ def _severity_measurements(
 ) -> list[hd.sr.Measurement]:
     """The clip score, its probability, and the frames of each score: a frame ``left_out`` of
     every reading (damaged: read only in part, grey where its data ended; blank: no echo) is
-    in none, whatever score it was given."""
+    in none, whatever score it was given. A clip score from the real-data recipe comes
+    without frames of each score (:class:`~lus_pacs.domain.SeverityFindings`)."""
     items = [
         hd.sr.Measurement(name=codes.LUS_SCORE, value=sev.score, unit=codes.UNITLESS),
         hd.sr.Measurement(
             name=codes.PROBABILITY, value=float(sev.probabilities[sev.score]), unit=codes.UNITLESS
         ),
     ]
+    if sev.clip_from_measurements:  # frame scores the clip score does not follow: not shown
+        return items
     for score, name in enumerate(codes.FRAMES_WITH_SCORE):
         frames = [
             i + 1 for i, s in enumerate(sev.frame_scores) if s == score and i + 1 not in left_out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ SCORE_2_BOX = (200, 100, 260, 140)
 exclusive."""
 
 
-def _findings(source: Source) -> Findings:
+def _findings(source: Source, *, measured: bool = False) -> Findings:
     """B-lines with their key frame, severity with its box on the last frame, and a mask of
     score 2 there: two annotated frames."""
     n = source.n_frames
@@ -50,6 +51,7 @@ def _findings(source: Source) -> Findings:
         top_frame=n,
         box=SEVERITY_BOX,
         model=SEVERITY_MODEL,
+        clip_from_measurements=measured,
     )
     masks = np.full((1, int(source.header.Rows), int(source.header.Columns)), 4, np.uint8)
     x0, y0, x1, y1 = SCORE_2_BOX
@@ -180,6 +182,30 @@ def test_annotations_sit_on_the_key_frames_with_their_boxes(
     )
     assert extents == sorted([SEVERITY_BOX, SCORE_2_BOX])
     assert all(g.GraphicAnnotationUnits == "PIXEL" for g in last.GraphicObjectSequence)
+
+
+def test_a_clip_score_from_the_measurements_is_what_its_key_frame_says(
+    right_cine: Source, tmp_path: Path
+) -> None:
+    """The key frame of a clip scored by the real-data recipe read 'LUS score 0' (the frame
+    scorer's score of that frame) under a cine scored 3."""
+    findings = _findings(right_cine, measured=True)
+    assert findings.severity is not None
+    frame = right_cine.n_frames
+    findings = findings.with_family(
+        "severity", replace(findings.severity, score=2, probabilities=(0.1, 0.1, 0.7, 0.1))
+    )
+    state = _write(encode_presentation_state(findings, right_cine.header), tmp_path / "pr.dcm")
+    (last,) = [
+        a
+        for a in state.GraphicAnnotationSequence
+        if int(a.ReferencedImageSequence[0].ReferencedFrameNumber) == frame
+    ]
+    texts = [t.UnformattedTextValue for t in last.TextObjectSequence]
+    assert "AI: cine LUS score 2" in texts
+    assert "severity region" in texts
+    assert not any(t.startswith("score ") for t in texts)
+    _checked(right_cine, state, tmp_path / "pr.dcm")
 
 
 def test_laterality_follows_the_zone(

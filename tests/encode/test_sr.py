@@ -321,7 +321,9 @@ def test_numpy_values_from_inference_are_accepted(right_cine: Source, tmp_path: 
 SEVERITY_MODEL = ModelInfo(name="severity", version="0.1.0", title="Reg-STN + uninorm (paper 003)")
 
 
-def _with_severity(source: Source, box: tuple[int, int, int, int] | None) -> Findings:
+def _with_severity(
+    source: Source, box: tuple[int, int, int, int] | None, *, measured: bool = False
+) -> Findings:
     n = source.n_frames
     frame_scores = tuple(min(3, i * 4 // n) for i in range(n))  # 0, 0, .., 3, 3
     severity = SeverityFindings(
@@ -331,6 +333,7 @@ def _with_severity(source: Source, box: tuple[int, int, int, int] | None) -> Fin
         top_frame=n,
         box=box,
         model=SEVERITY_MODEL,
+        clip_from_measurements=measured,
     )
     return source.findings().with_family("severity", severity)
 
@@ -367,6 +370,25 @@ def test_sr_reports_the_severity_scores_with_frames_and_the_box(
     assert tree.frames(source_image) == [cine.n_frames]
     names = {item.TextValue for item in tree.named(pydicom.dcmread(path), codes.ALGORITHM_NAME)}
     assert names == {MODEL.name, SEVERITY_MODEL.name}
+
+
+def test_a_clip_score_from_the_measurements_comes_without_frame_scores(
+    cine: Source, tmp_path: Path
+) -> None:
+    """The shipped bundle's clip score is the real-data recipe's; the frame scores are a
+    network's the score does not follow. The SR said 'LUS score 3' beside 'frames with score
+    0: all of them' (75 of 130 real clips disagreed): now the clip score alone, and the
+    region without a frame score."""
+    report = _valid_report(
+        _with_severity(cine, (40, 30, 120, 90), measured=True), cine.header, tmp_path / "sr.dcm"
+    )
+    (clip,) = report.get_image_measurement_groups(finding_type=codes.LUS_SCORE)
+    (score,) = clip.get_measurements(name=codes.LUS_SCORE)
+    assert score.value == 3
+    assert all(not clip.get_measurements(name=name) for name in codes.FRAMES_WITH_SCORE)
+    (region_group,) = report.get_planar_roi_measurement_groups(finding_type=codes.SCORE_REGION)
+    assert not region_group.get_measurements(name=codes.LUS_SCORE)
+    assert region_group.roi is not None
 
 
 def test_severity_without_a_box_has_no_region(right_cine: Source, tmp_path: Path) -> None:

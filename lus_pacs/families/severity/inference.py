@@ -9,8 +9,9 @@ source pixels, is the box reported with it.
 
 A bundle whose network is :class:`~lus_pacs.families.severity.measured.MeasuredSeverity` (the
 shipped one) takes the clip score and its probabilities from the real-data recipe on the cine's
-lung measurements instead of the uninorm; the frame scores, top frame and box stay the
-network's.
+lung measurements instead of the uninorm; the frame scores and box stay the network's, and the
+top frame is the intact frame the network finds most like the clip score (the probability of
+that score), so that the key frame shows the score reported, not the network's own highest.
 """
 
 from __future__ import annotations
@@ -154,10 +155,16 @@ class SeverityModel:
             with torch.inference_mode():
                 uninorm = self.network.aggregator(whole)  # damaged frames do not score the clip
             clip_score, clip_probabilities = int(uninorm.argmax()), uninorm.numpy()
+        measured = isinstance(self.network, MeasuredSeverity)
         scores = frame_probabilities.argmax(dim=1).numpy()
         confidence = frame_probabilities.max(dim=1).values.numpy()
-        # An intact frame first, then the highest score, then the most confident of that score.
-        top = int(np.lexsort((-confidence, -scores, ~cine.intact()))[0])
+        if measured:
+            # An intact frame first, then the one most like the clip score reported.
+            like = frame_probabilities[:, clip_score].numpy()
+            top = int(np.lexsort((-like, ~cine.intact()))[0])
+        else:
+            # An intact frame first, then the highest score, then the most confident of it.
+            top = int(np.lexsort((-confidence, -scores, ~cine.intact()))[0])
         box = None
         if thetas is not None:
             x0, y0, x1, y1 = (float(v) for v in theta_to_box(thetas[top], *SEVERITY_SIZE))
@@ -170,6 +177,7 @@ class SeverityModel:
             top_frame=top + 1,
             box=box,
             model=self.model,
+            clip_from_measurements=measured,
         )
 
 
