@@ -20,6 +20,8 @@ Pillow's littleCMS binding and declared as an input profile.
 
 from __future__ import annotations
 
+import hashlib
+import io
 from collections.abc import Iterator
 from typing import Any
 
@@ -149,7 +151,7 @@ def encode_presentation_state(
         )
     else:
         state = hd.pr.ColorSoftcopyPresentationState(
-            **common, icc_profile=header.get("ICCProfile") or srgb_input_profile()
+            **common, icc_profile=input_profile(header.get("ICCProfile"))
         )
     # General Series Laterality is required of a presentation state (it has no Image
     # Laterality); the zone tells the side, else it stays empty (unknown).
@@ -208,6 +210,35 @@ def _pixel_aspect_ratio(header: Dataset) -> tuple[int, int] | None:
     if vertical < 1 or horizontal < 1 or vertical == horizontal:
         return None
     return vertical, horizontal
+
+
+def input_profile(profile: bytes | None) -> bytes:
+    """The source's ICC profile as a colour presentation state takes it: an input ("scnr") or
+    colour-space ("spac") device's (PS3.3 C.11.15). Most sources embed sRGB as a display
+    ("mntr") profile, which highdicom refuses: every colour cine of such a scanner got no
+    presentation state. Its device class is declared "scnr" (its profile ID, an MD5 over the
+    profile, computed again where it has one); a profile that is not an RGB ICC profile, or
+    none, gives :func:`srgb_input_profile`."""
+    if not profile:
+        return srgb_input_profile()
+    data = bytes(profile)
+    size = int.from_bytes(data[:4], "big") if len(data) >= 128 else 0
+    if not 128 <= size <= len(data) or data[36:40] != b"acsp" or data[16:20] != b"RGB ":
+        return srgb_input_profile()
+    data = data[:size]  # a DICOM OB value may carry a byte of padding
+    try:
+        ImageCms.ImageCmsProfile(io.BytesIO(data))
+    except (OSError, ValueError, ImageCms.PyCMSError):
+        return srgb_input_profile()
+    if data[12:16] in (b"scnr", b"spac"):
+        return data
+    declared = bytearray(data)
+    declared[12:16] = b"scnr"
+    if any(data[84:100]):  # ICC.1 7.2.18: flags, intent and the ID itself zeroed
+        zeroed = bytearray(declared)
+        zeroed[44:48], zeroed[64:68], zeroed[84:100] = bytes(4), bytes(4), bytes(16)
+        declared[84:100] = hashlib.md5(zeroed, usedforsecurity=False).digest()
+    return bytes(declared)
 
 
 def srgb_input_profile() -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import io
 from dataclasses import replace
 from pathlib import Path
 
@@ -112,6 +114,36 @@ def test_colour_source_gets_a_valid_csps(cine: Source, tmp_path: Path) -> None:
     assert state.SOPClassUID == ColorSoftcopyPresentationStateStorage
     assert state.ICCProfile[12:16] == b"scnr"
     _checked(cine, state, path)
+
+
+def test_a_display_profile_of_the_source_is_declared_an_input_one(
+    cine: Source, tmp_path: Path
+) -> None:
+    """A colour cine embedding sRGB as a display ("mntr") profile, as most do, got no
+    presentation state at all (highdicom: the class must be "scnr" or "spac")."""
+    import hashlib
+
+    from PIL import ImageCms
+
+    display = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    assert display[12:16] == b"mntr"
+    with_id = bytearray(display)
+    with_id[84:100] = hashlib.md5(bytes(display)).digest()  # a profile ID, as many carry
+    for profile in (bytes(display), bytes(with_id) + b"\0", b"not a profile"):
+        header = copy.deepcopy(cine.header)
+        header.ICCProfile = profile
+        path = tmp_path / "pr.dcm"
+        state = _write(encode_presentation_state(_findings(cine), header), path)
+        made = bytes(state.ICCProfile)
+        assert made[12:16] == b"scnr"
+        ImageCms.ImageCmsProfile(io.BytesIO(made))  # still a profile
+        if profile.startswith(bytes(display[:12])):
+            assert made[:12] + made[16:84] == bytes(display[:12] + display[16:84])
+        if profile is not None and any(profile[84:100]):
+            zeroed = bytearray(made)
+            zeroed[44:48], zeroed[64:68], zeroed[84:100] = bytes(4), bytes(4), bytes(16)
+            assert made[84:100] == hashlib.md5(zeroed).digest()
+        _checked(cine, state, path)
 
 
 def test_grey_source_gets_a_valid_gsps(grey_cine: Source, tmp_path: Path) -> None:
