@@ -50,7 +50,7 @@ ENV LUS_PACS_IN_CONTAINER=1
 # status` reads the node's store without --config).
 ENV LUS_PACS_CONFIG=/opt/lus-pacs/config/container.toml
 HEALTHCHECK --interval=30s --timeout=5s --start-period=90s --retries=3 \
-    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['LUS_PACS_HEALTH_URL'], timeout=4)"]
+    CMD ["python3", "-c", "import os, urllib.request as u; u.build_opener(u.ProxyHandler({})).open(os.environ['LUS_PACS_HEALTH_URL'], timeout=4)"]
 ENTRYPOINT ["lus-pacs", "serve"]
 # config/container.toml: every interface, state on the volume, the bundles of the image.
 # Mount your own file over it for AE titles, the allow-list and destinations: start it from a

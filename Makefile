@@ -85,7 +85,8 @@ image-test: $(STAMP) container-packages
 # (build/test-artefacts/pilot/) and brings it down.
 pilot: $(STAMP) container-packages
 	CONTAINERS_CONF=$${CONTAINERS_CONF:-dicom_nodes/container/containers.conf} \
-		$(VENV)/bin/podman-compose -f dicom_nodes/pilot/compose.yaml up -d --build
+		PILOT_TZ=$${PILOT_TZ:-$$(timedatectl show -p Timezone --value 2>/dev/null || cat /etc/timezone 2>/dev/null || echo UTC)} \
+		$(VENV)/bin/podman-compose -f dicom_nodes/pilot/compose.yaml up -d --build --force-recreate
 
 pilot-test: $(STAMP) container-packages
 	$(PY) scripts/image.py pilot-test

@@ -461,12 +461,21 @@ def pilot_test() -> None:
                 str(item["00080060"]["Value"][0])
                 for item in _instances(viewer, study, "?includefield=00080060")
             )
-            # The PACS answers DICOM queries of its known nodes only (the node's AE title).
+            # The PACS answers no DICOM query: not of a stranger, nor of one calling itself
+            # the node (which only stores; Orthanc does not check the caller's host).
             found = {
                 ae: _finds(ae, ports["PILOT_PACS_PORT"], study) for ae in ("INTRUDER", "LUSPACS")
             }
-            if found != {"INTRUDER": False, "LUSPACS": True}:
+            if found != {"INTRUDER": False, "LUSPACS": False}:
                 raise SystemExit(f"the pilot's PACS answers C-FIND wrongly: {found}")
+            # Orthanc restarted (another address on the pilot's network): the viewer finds it
+            # again (nginx resolved it once, at start, and answered 502 after).
+            podman_ok("restart", f"{project}_orthanc_1")
+            _wait(lambda: _http_status(f"{viewer}/dicom-web/studies") == 200, HEALTH_TIMEOUT,
+                  "the viewer to reach the restarted Orthanc", node)  # fmt: skip
+            viewer_health = podman_ok("healthcheck", "run", f"{project}_viewer_1")
+            if not viewer_health:
+                raise SystemExit("the viewer's healthcheck fails with the PACS behind it up")
             shot = subprocess.run(
                 ["node", str(SCREENSHOT), viewer, study, str(out),
                  "--seg-series", str(LABELMAP_SEG_SERIES), "--frame", "seg"],
@@ -496,7 +505,7 @@ def pilot_test() -> None:
     print(
         f"{len(cines)} cines pushed to the pilot's PACS; {sum(modalities.values())} instances "
         f"in the study {waited:.0f} s later ({dict(sorted(modalities.items()))}), C-FIND "
-        "answered to the node's AE title only; OHIF shows "
+        "answered to no caller, the viewer back after Orthanc's restart; OHIF shows "
         f"the study ({dict(sorted(panel.items()))} in its panel) with the LABELMAP SEG on frame "
         f"{report['frame_with_seg']} ({coloured['with']} coloured pixels on the image, "
         f"{coloured['without']} before): {out / 'with-seg.png'}"

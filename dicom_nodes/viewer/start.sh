@@ -41,6 +41,18 @@ user_line="# not root: the workers run as the user who started nginx"
 if [[ $(id -u) -eq 0 ]]; then
   user_line="user root $(id -gn);"
 fi
+# A name for Orthanc's host (the pilot's container) is looked up by the system's first name
+# server, again when its answer expires; an address needs none.
+resolver="# Orthanc's host is an address: no resolver"
+if [[ ! "$orthanc_host" =~ ^[0-9.]+$ ]]; then
+  server=$(awk '$1 == "nameserver" { print $2; exit }' /etc/resolv.conf 2>/dev/null || true)
+  [[ -n "$server" ]] || {
+    echo "start.sh: ORTHANC_HOST '$orthanc_host' is a name, and /etc/resolv.conf names no server" >&2
+    exit 2
+  }
+  [[ "$server" == *:* ]] && server="[$server]"
+  resolver="resolver $server valid=10s;"
+fi
 config=$(<"$here/nginx.template.conf")
 # Quoted replacements: bash 5.2 would otherwise expand '&' in them to the matched text.
 config=${config//@DATA_DIR@/"$data_dir"}
@@ -51,6 +63,7 @@ config=${config//@ORTHANC_HTTP_PORT@/"$orthanc_http_port"}
 config=${config//@LISTEN@/"$listen"}
 config=${config//@ORTHANC_HOST@/"$orthanc_host"}
 config=${config//@USER@/"$user_line"}
+config=${config//@RESOLVER@/"$resolver"}
 printf '%s\n' "$config" >"$data_dir/nginx.conf"
 # -e: the error log before the configuration is read (the default is under /var/log/nginx).
 "$nginx" -t -q -p "$data_dir" -e "$data_dir/error.log" -c "$data_dir/nginx.conf"
