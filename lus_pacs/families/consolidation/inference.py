@@ -206,9 +206,15 @@ class ConsolidationModel:
         if present and self.saliency_frames > 0:
             maps = saliency(self.network, clip, self.saliency_method)
             strongest = np.argsort(-maps.reshape(CLIP_FRAMES, -1).max(axis=1))
-            # Boxes are drawn on intact frames only (a damaged frame is never shown as one).
+            # Boxes are drawn on intact frames only (a damaged frame is never shown as one), on
+            # distinct frames: a cine of fewer frames than the clip repeats them in it, and
+            # the same box came twice on one frame, in place of the next frame's.
             intact = cine.intact()
-            strongest = np.array([t for t in strongest if intact[indices[t]]], dtype=np.intp)
+            distinct: dict[int, int] = {}
+            for t in strongest:
+                if intact[indices[t]]:
+                    distinct.setdefault(int(indices[t]), int(t))
+            strongest = np.array(list(distinct.values()), dtype=np.intp)
             for t in sorted(strongest[: self.saliency_frames]):
                 frame = int(indices[t]) + 1
                 for box in boxes_of(maps[t]):

@@ -93,3 +93,21 @@ def test_the_clip_is_made_of_intact_frames(synth_exams: Path) -> None:
     picked = cine_indices(damaged)
     assert len(picked) == len(frame_indices(cine.n_frames))
     assert not set((picked + 1).tolist()) & set(damaged.damaged)
+
+
+def test_a_short_cine_gets_its_boxes_on_distinct_frames(synth_exams: Path) -> None:
+    """A cine of fewer frames than the clip (16) repeats them in it: the most salient clip
+    frames were copies of one frame, whose boxes came two or three times (the same box
+    twice, at times), in place of the next frame's."""
+    from dataclasses import replace
+
+    from lus_pacs.families.consolidation.inference import ConsolidationModel
+    from lus_pacs.imaging.decode import read_cine
+
+    model = replace(ConsolidationModel.load(BUNDLE), threshold=0.0)  # boxes whatever p is
+    for path in sorted(synth_exams.glob("*/*.dcm"))[:4]:
+        cine = read_cine(path)
+        found = model.predict(replace(cine, frames=cine.frames[:2]))
+        frames = [b.frame for b in found.boxes]
+        assert len({(b.frame, b.box) for b in found.boxes}) == len(found.boxes), path
+        assert set(frames) == {1, 2}, (path.name, frames)
