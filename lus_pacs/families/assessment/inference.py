@@ -3,9 +3,12 @@
 Nine checks, in this order, each giving its reason (:class:`NotAssessableReason`):
 
 * **still image**: fewer than ``min_frames`` frames, or a loop that does not move (one image
-  sent as a loop: :attr:`~lus_pacs.domain.Cine.moving`). B-lines, consolidation and the clip
-  scores are read from a loop; the other checks still apply, and when this is the only reason
-  the models that read single frames (segmentation) still run.
+  sent as a loop: :attr:`~lus_pacs.domain.Cine.moving`), or of few distinct images (fewer than
+  ``min_frames`` intact frames differing from the one before them, or more than
+  ``max_frozen_share`` of them repeating it exactly: a freeze; :func:`frame_changes`).
+  B-lines, consolidation and the clip scores are read from a loop; the other checks still
+  apply, and when this is the only reason the models that read single frames (segmentation)
+  still run.
 * **not lung**: the scan area narrows to a point at the skin (``apex_width`` or less of its
   widest row, averaged over the first rows): a phased-array cardiac sector. Lung is scanned
   with a convex or linear probe, whose scan area is wide at the skin; on the 229 real POCUS clips
@@ -50,6 +53,7 @@ name) and ``configs/inference.json`` (the thresholds above) and its card.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +105,9 @@ class Assessor:
     """Share of the tissue region that may be of a strong colour (else colour flow)."""
     min_speckle: float
     """Correlation of neighbouring tissue pixels below which the image is noise (blank)."""
+    max_frozen_share: float = 0.5
+    """Share of the intact frames that may repeat the one before them exactly, beyond which
+    the loop is a still image (a scanner's freeze stored as a loop)."""
 
     @classmethod
     def load(cls, folder: Path) -> Assessor:
@@ -124,6 +131,7 @@ class Assessor:
         max_deviation = config.get("max_deviation")
         max_colour_share = config.get("max_colour_share")
         min_speckle = config.get("min_speckle")
+        max_frozen_share = config.get("max_frozen_share")
         reference = _reference(config.get("measurement_reference"), folder)
         # Every threshold is required: one left out would turn its check off without a word.
         if not isinstance(min_frames, int) or min_frames < 1:
@@ -144,6 +152,8 @@ class Assessor:
             raise ModelError(f"{folder / INFERENCE}: 'max_colour_share' must be within [0, 1).")
         if not isinstance(min_speckle, int | float) or not -1 <= min_speckle < 1:
             raise ModelError(f"{folder / INFERENCE}: 'min_speckle' must be within [-1, 1).")
+        if not isinstance(max_frozen_share, int | float) or not 0 <= max_frozen_share < 1:
+            raise ModelError(f"{folder / INFERENCE}: 'max_frozen_share' must be within [0, 1).")
         if not isinstance(use_quality, bool):
             raise ModelError(f"{folder / INFERENCE}: 'use_quality' must be true or false.")
         for key in ("version", "name"):
@@ -163,13 +173,22 @@ class Assessor:
             float(max_deviation),
             float(max_colour_share),
             float(min_speckle),
+            float(max_frozen_share),
         )
 
     def assess(self, cine: Cine, quality: object | None = None) -> AssessmentFindings:
         """The assessment of ``cine``; ``quality`` is the key-frame model's findings, if any."""
         reasons = []
-        # A loop that does not move (one image sent as a loop) is a still image too.
-        if cine.n_frames < self.min_frames or cine.moving is False:
+        # A loop that does not move (one image sent as a loop) is a still image too, and so is
+        # one of few distinct images: a freeze with a frame or two of the live image beside it
+        # read as moving, and got B-lines on its 29 identical frames.
+        changes, repeats = frame_changes(cine)
+        if (
+            cine.n_frames < self.min_frames
+            or cine.moving is False
+            or changes + 1 < self.min_frames
+            or repeats > self.max_frozen_share * (changes + repeats)
+        ):
             reasons.append(NotAssessableReason.STILL_IMAGE)
         needed = min(self.min_frames, cine.n_frames)
         damaged = sum(1 for f in cine.damaged if 1 <= f <= cine.n_frames)
@@ -212,6 +231,20 @@ class Assessor:
         if not np.isfinite(clip).all():  # a measurement of nothing (an empty band)
             return float("inf")
         return float(np.max(np.abs(clip - mean) / std))
+
+
+def frame_changes(cine: Cine) -> tuple[int, int]:
+    """How many intact frames differ from the intact frame before them in the tissue region,
+    and how many repeat it exactly (a frozen image decodes to the same pixels every time)."""
+    tissue = cine.tissue()
+    kept = np.flatnonzero(cine.intact())
+    changes = repeats = 0
+    for before, after in itertools.pairwise(kept):
+        if np.array_equal(tissue[before], tissue[after]):
+            repeats += 1
+        else:
+            changes += 1
+    return changes, repeats
 
 
 def _reference(

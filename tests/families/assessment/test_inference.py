@@ -158,6 +158,31 @@ def test_a_scan_area_too_small_to_read_is_not_assessable(
     assert NotAssessableReason.TOO_SMALL in found.reasons, found
 
 
+def test_a_frozen_loop_with_a_live_frame_beside_it_is_a_still_image(
+    assessor: Assessor, tmp_path: Path
+) -> None:
+    """A scanner's freeze stored as a loop, with a frame of the live image before it: the
+    region finder saw it move, and the lung models read its 29 identical frames (B-lines
+    present, consolidation, severity 3). The live loop it came from is assessable."""
+    from dataclasses import replace
+
+    from tests.tools import run_cli
+
+    run_cli("synth", "--out", str(tmp_path), "--patients", "1", "--zones", "6", "--frames", "30",
+            "--seed", "5")  # fmt: skip
+    path = sorted(tmp_path.glob("*/*.dcm"))[0]
+    live = read_cine(path)
+    assert assessor.assess(live).assessable
+    frozen_once = np.concatenate([live.frames[3:4], np.repeat(live.frames[14:15], 29, axis=0)])
+    # Mostly a freeze: 20 repeats of one frame, then a third of a second of the live loop.
+    mostly = np.concatenate([np.repeat(live.frames[14:15], 20, 0), live.frames[:10]])
+    for frames in (frozen_once, mostly):
+        cine = replace(live, frames=frames)
+        assert cine.moving  # what the still check alone looked at
+        found = assessor.assess(cine)
+        assert NotAssessableReason.STILL_IMAGE in found.reasons, found
+
+
 def test_every_threshold_of_the_bundle_is_required(tmp_path: Path) -> None:
     """A threshold left out of the bundle turned its check off without a word (the version
     still said the check was there)."""
@@ -173,6 +198,8 @@ def test_every_threshold_of_the_bundle_is_required(tmp_path: Path) -> None:
         "max_damaged_share",
         "use_quality",
         "max_colour_share",
+        "min_speckle",
+        "max_frozen_share",
     )
     for key in (*required, "max_deviation", "measurement_reference"):
         bundle = tmp_path / key / "assessment"
