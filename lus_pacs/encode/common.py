@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 import highdicom as hd
 from pydicom import Dataset, valuerep
+from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VM
 from pydicom.dataelem import DataElement
 from pydicom.sr.codedict import codes
@@ -242,13 +243,17 @@ def results_character_set(header: Dataset) -> str | list[str] | None:
     """The Specific Character Set the results of ``header``'s cine are written in: the
     source's, an empty first value (the standard form of ISO 2022 Japanese and Korean,
     ``\\ISO 2022 IR 87``, which the encoders refused) given as ``ISO 2022 IR 6``, the default
-    repertoire it stands for; None when the source declares none."""
+    repertoire it stands for; None when the source declares none. A term DICOM does not define
+    (``ISO-8859-1``, ``ISO_IR100``: pydicom read the text by guessing) gives UTF-8: written
+    back, it made every result fail dciodvfy and a strict reader misread its names."""
     element = header.get(_SPECIFIC_CHARACTER_SET)  # by tag: the element, or None
     if element is None:
         return None
-    if element.VM < 2:
-        return str(element.value)
-    values = [str(v) for v in element.value]
+    values = [str(element.value)] if element.VM < 2 else [str(v) for v in element.value]
+    if any(v.strip() and v.strip() not in python_encoding for v in values):
+        return _UTF8
+    if len(values) < 2:
+        return values[0] if values else None
     if not values[0].strip():
         values[0] = "ISO 2022 IR 6"
     return values
