@@ -222,6 +222,7 @@ def encode_uncertainty_seg(
     )
     _set_frames(seg, header, frames, by_segment=True)
     seg.compress(RLELossless, _frames_array(scaled), generate_instance_uid=False)
+    _add_plane_geometry(seg, header)  # as the label SEGs: OHIF opens none without it
     return seg
 
 

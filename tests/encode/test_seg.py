@@ -223,6 +223,10 @@ def test_uncertainty_is_a_valid_fractional_seg_of_the_maps(cine: Source, tmp_pat
     assert validators.dcentvfy(cine.path, path).errors == []
 
     seg = hd.seg.segread(path)
+    # The plane geometry of the label SEGs (it had none: OHIF opens no SEG without it).
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    assert "PixelMeasuresSequence" in shared
+    assert "PlaneOrientationSequence" in shared
     assert seg.segmentation_type == hd.seg.SegmentationTypeValues.FRACTIONAL
     assert seg.NumberOfFrames == len(FRAMES)
     for frame, values in maps.items():
