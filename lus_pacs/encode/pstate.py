@@ -41,6 +41,7 @@ from lus_pacs.encode.common import (
     not_assessable_text,
     source_header,
 )
+from lus_pacs.imaging.decode import display_table
 
 SERIES_DESCRIPTION = "lus-pacs AI annotations (research only, not a medical device)"
 LAYER = "LUSPACS"
@@ -139,16 +140,7 @@ def encode_presentation_state(
     }
     state: hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState
     if str(header.PhotometricInterpretation).startswith("MONOCHROME"):
-        slope, intercept, center, width = _grey_display(header)
-        state = hd.pr.GrayscaleSoftcopyPresentationState(
-            **common,
-            modality_lut_transformation=hd.content.ModalityLUTTransformation(
-                rescale_intercept=intercept, rescale_slope=slope, rescale_type="US"
-            ),
-            voi_lut_transformations=[
-                hd.pr.SoftcopyVOILUTTransformation(window_center=center, window_width=width)
-            ],
-        )
+        state = hd.pr.GrayscaleSoftcopyPresentationState(**common, **_grey_transforms(header))
     else:
         state = hd.pr.ColorSoftcopyPresentationState(
             **common, icc_profile=input_profile(header.get("ICCProfile"))
@@ -165,6 +157,56 @@ def encode_presentation_state(
             area.PresentationPixelAspectRatio = list(ratio)
     copy_retired_patient_attributes(header, state)
     return state
+
+
+def _grey_transforms(header: Dataset) -> dict[str, Any]:
+    """The grey state's modality, VOI and presentation transforms: the source shown as its own
+    header shows it (and as the models read it). A state sets them all, whatever the image
+    says: the source's window (with its VOI LUT function), or, for a source whose modality or
+    VOI transform is a LUT, the table of what its transforms show for each stored value
+    (:func:`~lus_pacs.imaging.decode.display_table`); MONOCHROME1 inverted. Before, only the
+    rescale and window were read: a VOI or modality LUT's cine opened four times too dark, and
+    a MONOCHROME1 cine in negative."""
+    photometric = str(header.PhotometricInterpretation)
+    presentation = hd.PresentationLUTTransformation(
+        presentation_lut_shape="INVERSE" if photometric == "MONOCHROME1" else "IDENTITY"
+    )
+    if "ModalityLUTSequence" in header or "VOILUTSequence" in header:
+        table = display_table(header, photometric, "the presentation state's source")
+        if table is not None:
+            try:
+                voi = hd.VOILUT(
+                    first_mapped_value=table.first,
+                    lut_data=table.table,
+                    lut_explanation="the source's own LUTs",
+                )
+                return {
+                    "modality_lut_transformation": hd.ModalityLUTTransformation(
+                        rescale_intercept=0.0, rescale_slope=1.0, rescale_type="US"
+                    ),
+                    "voi_lut_transformations": [hd.pr.SoftcopyVOILUTTransformation(voi_luts=[voi])],
+                    "presentation_lut_transformation": presentation,
+                }
+            except (ValueError, TypeError):  # (a negative first value): the window below
+                pass
+    slope, intercept, center, width = _grey_display(header)
+    function = str(header.get("VOILUTFunction") or "").strip().upper()
+    return {
+        "modality_lut_transformation": hd.ModalityLUTTransformation(
+            rescale_intercept=intercept, rescale_slope=slope, rescale_type="US"
+        ),
+        "voi_lut_transformations": [
+            hd.pr.SoftcopyVOILUTTransformation(
+                window_center=center,
+                window_width=width,
+                voi_lut_function=function if function in _VOI_FUNCTIONS else None,
+            )
+        ],
+        "presentation_lut_transformation": presentation,
+    }
+
+
+_VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 
 
 def _grey_display(header: Dataset) -> tuple[float, float, float, float]:

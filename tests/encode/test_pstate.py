@@ -240,6 +240,70 @@ def test_a_clip_score_from_the_measurements_is_what_its_key_frame_says(
     _checked(right_cine, state, tmp_path / "pr.dcm")
 
 
+def test_a_grey_source_with_lookup_tables_or_inverted_is_shown_as_it_shows_itself(
+    grey_cine: Source, tmp_path: Path
+) -> None:
+    """Only the rescale and window were read: a source whose VOI or modality transform is a
+    LUT opened four times too dark through the state, and a MONOCHROME1 one in negative.
+    Frame 1 rendered by dcmtk as the source shows itself (dcm2pnm, its own transforms) and
+    through the state (dcmp2pgm) must agree."""
+    import subprocess
+
+    from PIL import Image
+    from pydicom.dataelem import DataElement
+
+    def lut(**extra: object) -> Dataset:
+        item = Dataset()
+        item.LUTDescriptor = [64, 0, 8]
+        for keyword, value in extra.items():
+            setattr(item, keyword, value)
+        item["LUTData"] = DataElement(0x00283006, "US", [min(255, 4 * i) for i in range(64)])
+        return item
+
+    def variant(name: str) -> Path:
+        ds = pydicom.dcmread(grey_cine.path)
+        if name == "monochrome1":
+            ds.PhotometricInterpretation = "MONOCHROME1"
+        else:  # stored 0-63, a LUT stretching them over 0-255
+            ds.PixelData = (ds.pixel_array // 4).astype(np.uint8).tobytes()
+            if name == "voi_lut":
+                ds.VOILUTSequence = [lut(LUTExplanation="stretch")]
+            else:
+                ds.ModalityLUTSequence = [lut(ModalityLUTType="US")]
+                ds.WindowCenter, ds.WindowWidth = 128, 256
+        path = tmp_path / f"{name}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        return path
+
+    for name, own in (
+        ("voi_lut", ["+Wl", "1"]),
+        ("modality_lut", ["+Ww", "128", "256"]),
+        ("monochrome1", []),
+    ):
+        source = variant(name)
+        header = pydicom.dcmread(source, stop_before_pixels=True)
+        state_path = tmp_path / f"{name}-pr.dcm"
+        state = _write(encode_presentation_state(_findings(grey_cine), header), state_path)
+        _checked(Source(source, header), state, state_path)
+        plain, through = tmp_path / f"{name}.pgm", tmp_path / f"{name}-pr.pgm"
+        subprocess.run(
+            ["dcm2pnm", "--frame", "1", *own, str(source), str(plain)], check=True,
+            capture_output=True,
+        )  # fmt: skip
+        subprocess.run(
+            ["dcmp2pgm", "-p", str(state_path), "-f", "1", str(source), str(through)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        a = np.asarray(Image.open(plain), float)
+        b = np.asarray(Image.open(through), float)
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99, name
+        assert abs(a.mean() - b.mean()) < 0.05 * max(a.mean(), 1.0) + 1.0, (
+            name,
+            a.mean(),
+            b.mean(),
+        )
+
+
 def test_laterality_follows_the_zone(
     right_cine: Source, vendor_cine: Source, tmp_path: Path
 ) -> None:
