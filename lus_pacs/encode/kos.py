@@ -28,7 +28,7 @@ from lus_pacs.encode.common import (
     source_header,
 )
 
-SERIES_DESCRIPTION = "lus-pacs AI key frames (research only, not a medical device)"
+SERIES_DESCRIPTION = "lus-pacs AI key frames (research use, not a medical device)"
 
 REASON_TEXT = {
     KeyFrameReason.B_LINES: "representative B-line frame",

@@ -139,5 +139,19 @@ def encode_objects(
             on_failure(kind, reason)
             continue
         if dataset is not None:
+            dataset.SeriesDescription = zoned(str(dataset.SeriesDescription), findings.source.zone)
             made[kind] = dataset
     return [(kind, made[kind]) for kind in kinds if kind in made]
+
+
+def zoned(description: str, zone: str | None) -> str:
+    """A per-cine result series' description with its cine's lung zone after the kind
+    (``lus-pacs AI findings R3 (research use, not a medical device)``): the series of a six-zone
+    exam read alike in a viewer's study panel. Unchanged without a zone, or where it would not
+    fit a LO (64 characters)."""
+    label = (zone or "").strip()
+    head, bracket, tail = description.partition(" (")
+    if not label or "\\" in label:
+        return description
+    named = f"{head} {label}{bracket}{tail}"
+    return named if len(named) <= 64 else description

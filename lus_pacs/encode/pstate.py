@@ -43,7 +43,7 @@ from lus_pacs.encode.common import (
 )
 from lus_pacs.imaging.decode import display_table
 
-SERIES_DESCRIPTION = "lus-pacs AI annotations (research only, not a medical device)"
+SERIES_DESCRIPTION = "lus-pacs AI annotations (research use, not a medical device)"
 LAYER = "LUSPACS"
 _YELLOW = hd.color.CIELabColor(97.1, -21.6, 94.5)
 _LABEL_HEIGHT = 22.0

@@ -40,10 +40,10 @@ from lus_pacs.encode.common import (
     public_header,
 )
 
-SERIES_DESCRIPTION = "lus-pacs AI score masks (research only, not a medical device)"
+SERIES_DESCRIPTION = "lus-pacs AI score masks (research use, not a medical device)"
 CONTENT_DESCRIPTION = "LUS score masks; research only, not a medical device"
 """Content Description is LO (64 characters); the full notice goes in Image Comments."""
-UNCERTAINTY_SERIES_DESCRIPTION = "lus-pacs AI uncertainty (research only, not a medical device)"
+UNCERTAINTY_SERIES_DESCRIPTION = "lus-pacs AI uncertainty (research use, not a medical device)"
 UNCERTAINTY_CONTENT_DESCRIPTION = "LUS mask uncertainty; research only, not a medical device"
 SCORES = tuple(range(CLASSES - 1))
 """The ICLUS scores 0 to 3 the masks label; segment ``k + 1`` is score ``k``."""

@@ -89,7 +89,7 @@ from lus_pacs.encode.common import (
     source_header,
 )
 
-SERIES_DESCRIPTION = "lus-pacs AI findings (research only, not a medical device)"
+SERIES_DESCRIPTION = "lus-pacs AI findings (research use, not a medical device)"
 
 _CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
 _HAS_CONCEPT_MOD = hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD

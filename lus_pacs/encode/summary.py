@@ -50,7 +50,7 @@ from lus_pacs.encode.common import (
 from lus_pacs.encode.sr import report_document
 from lus_pacs.records import UNKNOWN_ZONE, StudySummary
 
-SERIES_DESCRIPTION = "lus-pacs AI exam summary (research only, not a medical device)"
+SERIES_DESCRIPTION = "lus-pacs AI exam summary (research use, not a medical device)"
 
 _CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
 

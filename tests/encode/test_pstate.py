@@ -304,6 +304,28 @@ def test_a_grey_source_with_lookup_tables_or_inverted_is_shown_as_it_shows_itsel
         )
 
 
+def test_each_result_series_names_its_cines_zone(right_cine: Source, vendor_cine: Source) -> None:
+    """The result series of a six-zone exam read alike in OHIF's study panel (six SR series
+    'lus-pacs AI findings (research only, ...)'): each now says its zone, within LO's 64."""
+    from lus_pacs.domain import OutputKind, ResultIdentity
+    from lus_pacs.encode.objects import encode_objects, zoned
+
+    def identity(kind: OutputKind) -> ResultIdentity:
+        return ResultIdentity(pydicom.uid.generate_uid(), pydicom.uid.generate_uid(), 900)
+
+    kinds = [OutputKind.SR, OutputKind.KOS, OutputKind.PR, OutputKind.SEG]
+    made = encode_objects(_findings(right_cine), right_cine.header, kinds, identity)
+    assert [kind for kind, _ in made] == kinds
+    for kind, ds in made:
+        assert " R2 (research use, not a medical device)" in ds.SeriesDescription, kind
+        assert len(ds.SeriesDescription) <= 64
+    for kind, ds in encode_objects(_findings(vendor_cine), vendor_cine.header, kinds, identity):
+        assert ds.SeriesDescription.startswith("lus-pacs AI "), kind
+        assert " (research use" in ds.SeriesDescription  # no zone: as it was
+    for kind, ds in made:  # the longest zone label fits every kind
+        assert " L14 (" in zoned(str(ds.SeriesDescription).replace(" R2", ""), "L14"), kind
+
+
 def test_laterality_follows_the_zone(
     right_cine: Source, vendor_cine: Source, tmp_path: Path
 ) -> None:
