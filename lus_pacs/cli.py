@@ -537,6 +537,15 @@ def reprocess(
         str,
         typer.Option("--move-host", help="Address of the C-MOVE receiver (0.0.0.0: every one)."),
     ] = "127.0.0.1",
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout",
+            min=1.0,
+            help="Seconds allowed for connecting to the archive and for each of its DIMSE or "
+            "HTTP answers (a PACS that recalls studies from near-line storage may need minutes).",
+        ),
+    ] = 30.0,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
     retry_failed: Annotated[
         bool,
@@ -593,6 +602,7 @@ def reprocess(
             retrieve=retrieve.value,
             move_port=move_port,
             move_host=move_host,
+            timeout=timeout,
             dicom_nodes=settings.destinations,
             web_servers=settings.web_destinations,
         )

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+import pydicom.uid
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
@@ -205,6 +206,31 @@ def test_open_source_rejects_what_it_cannot_read(tmp_path: Path, spec: str, mess
     (tmp_path / "notes.dcm").write_text("not DICOM")
     with pytest.raises(ArchiveError, match=message):
         open_source(spec.format(tmp=tmp_path))
+
+
+def test_credentials_in_a_dicomweb_url_are_refused_without_being_shown() -> None:
+    """urllib took user:password@ for part of the host: nothing was reached, and the error
+    named the URL with the password in it (stderr, the log)."""
+    with pytest.raises(ArchiveError, match="credentials in the URL are not used") as caught:
+        open_source("http://alice:S3cret@127.0.0.1:8042/dicom-web")
+    assert "S3cret" not in str(caught.value)
+    assert "alice" not in str(caught.value)
+
+
+def test_c_get_takes_every_syntax_the_node_decodes_in_the_contexts_it_has() -> None:
+    """HTJ2K (decoded here) had no C-GET context, so an HTJ2K cine failed its whole study,
+    while four contexts went to MPEG and HEVC video, which the node cannot read."""
+    from pynetdicom import ALL_TRANSFER_SYNTAXES
+
+    from lus_pacs.dicom_vocabulary import IMAGE_SOP_CLASSES
+    from lus_pacs.imaging.decode import decodable_syntaxes
+    from lus_pacs.ingest.archive.dimse import _RETRIEVE_SYNTAXES
+
+    decodable = decodable_syntaxes(ALL_TRANSFER_SYNTAXES)
+    assert pydicom.uid.HTJ2KLossless in decodable  # the decoder the node has
+    assert set(_RETRIEVE_SYNTAXES) == set(decodable)
+    assert not {pydicom.uid.MPEG2MPML, pydicom.uid.HEVCMP51} & set(_RETRIEVE_SYNTAXES)
+    assert len(IMAGE_SOP_CLASSES) * len(_RETRIEVE_SYNTAXES) + 1 <= 128
 
 
 def test_a_configured_archive_that_cannot_be_used_is_named(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from lus_pacs.credentials import authorisation
 from lus_pacs.errors import ArchiveError, ConfigError
@@ -105,6 +106,17 @@ def open_source(
             timeout=timeout,
         )
     if spec.startswith(("http://", "https://")):
+        parts = urlsplit(spec)
+        if parts.username is not None or parts.password is not None:
+            # urllib took them for part of the host: nothing was reached, and the error printed
+            # the password.
+            shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+            raise ArchiveError(
+                shown,
+                "credentials in the URL are not used (and would be logged): name the server "
+                "in [[web_destinations]] with password_file or token_file, and reprocess "
+                "dicomweb://NAME",
+            )
         return DicomwebSource(spec, timeout=timeout)
     if "://" in spec:
         raise ArchiveError(

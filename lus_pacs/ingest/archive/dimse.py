@@ -31,6 +31,7 @@ from lus_pacs.dicom_vocabulary import (
     SUCCESS,
 )
 from lus_pacs.errors import ArchiveError
+from lus_pacs.imaging.decode import decodable_syntaxes
 from lus_pacs.ingest.archive.common import (
     UID,
     ArchiveStudy,
@@ -45,28 +46,12 @@ from lus_pacs.tls import client_context, server_context
 
 logger = logging.getLogger(__name__)
 
-_RETRIEVE_SYNTAXES = (
-    pydicom.uid.ImplicitVRLittleEndian,
-    pydicom.uid.ExplicitVRLittleEndian,
-    pydicom.uid.DeflatedExplicitVRLittleEndian,
-    pydicom.uid.ExplicitVRBigEndian,
-    pydicom.uid.JPEGBaseline8Bit,
-    pydicom.uid.JPEGExtended12Bit,
-    pydicom.uid.JPEGLossless,
-    pydicom.uid.JPEGLosslessSV1,
-    pydicom.uid.JPEGLSLossless,
-    pydicom.uid.JPEGLSNearLossless,
-    pydicom.uid.JPEG2000Lossless,
-    pydicom.uid.JPEG2000,
-    pydicom.uid.RLELossless,
-    pydicom.uid.MPEG2MPML,
-    pydicom.uid.MPEG4HP41,
-    pydicom.uid.MPEG4HP41BD,
-    pydicom.uid.HEVCMP51,
-)
+_RETRIEVE_SYNTAXES = tuple(decodable_syntaxes(ALL_TRANSFER_SYNTAXES))[:18]
 """Syntaxes a C-GET takes images in, each in its own presentation context, so the archive finds
-the one it stores an instance in and sends it unchanged instead of transcoding it
-(7 SOP classes x 17 syntaxes + the C-GET context fit the 128 contexts of an association)."""
+the one it stores an instance in and sends it unchanged instead of transcoding it: those the
+node decodes (HTJ2K among them; an HTJ2K cine failed its whole study, as no context took it,
+while contexts went to MPEG and HEVC, which the node cannot read). 7 SOP classes x at most 18
+syntaxes + the C-GET context fit the 128 contexts of an association."""
 
 
 class DimseSource:
