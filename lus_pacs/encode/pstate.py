@@ -29,7 +29,7 @@ import highdicom as hd
 import numpy as np
 from PIL import ImageCms
 from pydicom import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, generate_uid
 
 from lus_pacs import __version__
 from lus_pacs.domain import Findings, KeyFrameReason, Quality
@@ -140,7 +140,9 @@ def encode_presentation_state(
     }
     state: hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState
     if str(header.PhotometricInterpretation).startswith("MONOCHROME"):
-        state = hd.pr.GrayscaleSoftcopyPresentationState(**common, **_grey_transforms(header))
+        state = hd.pr.GrayscaleSoftcopyPresentationState(
+            **common, **_grey_transforms(header, source)
+        )
     else:
         state = hd.pr.ColorSoftcopyPresentationState(
             **common, icc_profile=input_profile(header.get("ICCProfile"))
@@ -159,7 +161,7 @@ def encode_presentation_state(
     return state
 
 
-def _grey_transforms(header: Dataset) -> dict[str, Any]:
+def _grey_transforms(header: Dataset, source: Dataset) -> dict[str, Any]:
     """The grey state's modality, VOI and presentation transforms: the source shown as its own
     header shows it (and as the models read it). A state sets them all, whatever the image
     says: the source's window (with its VOI LUT function), or, for a source whose modality or
@@ -172,23 +174,22 @@ def _grey_transforms(header: Dataset) -> dict[str, Any]:
         presentation_lut_shape="INVERSE" if photometric == "MONOCHROME1" else "IDENTITY"
     )
     if "ModalityLUTSequence" in header or "VOILUTSequence" in header:
-        table = display_table(header, photometric, "the presentation state's source")
+        table = display_table(
+            _display_attributes(source), photometric, "its presentation state", keep_plain=True
+        )
         if table is not None:
-            try:
-                voi = hd.VOILUT(
-                    first_mapped_value=table.first,
-                    lut_data=table.table,
-                    lut_explanation="the source's own LUTs",
-                )
-                return {
-                    "modality_lut_transformation": hd.ModalityLUTTransformation(
-                        rescale_intercept=0.0, rescale_slope=1.0, rescale_type="US"
-                    ),
-                    "voi_lut_transformations": [hd.pr.SoftcopyVOILUTTransformation(voi_luts=[voi])],
-                    "presentation_lut_transformation": presentation,
-                }
-            except (ValueError, TypeError):  # (a negative first value): the window below
-                pass
+            # Stored values shifted to start at 0 (signed pixels: a LUT's first mapped value
+            # must not be negative here), then the table.
+            voi = hd.VOILUT(
+                first_mapped_value=0, lut_data=table.table, lut_explanation="the source's LUTs"
+            )
+            return {
+                "modality_lut_transformation": hd.ModalityLUTTransformation(
+                    rescale_intercept=float(-table.first), rescale_slope=1.0, rescale_type="US"
+                ),
+                "voi_lut_transformations": [hd.pr.SoftcopyVOILUTTransformation(voi_luts=[voi])],
+                "presentation_lut_transformation": presentation,
+            }
     slope, intercept, center, width = _grey_display(header)
     function = str(header.get("VOILUTFunction") or "").strip().upper()
     return {
@@ -207,6 +208,27 @@ def _grey_transforms(header: Dataset) -> dict[str, Any]:
 
 
 _VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+_DISPLAY_KEYWORDS = (
+    "PhotometricInterpretation", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+    "RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence", "VOILUTSequence",
+    "WindowCenter", "WindowWidth", "VOILUTFunction",
+)  # fmt: skip
+
+
+def _display_attributes(source: Dataset) -> Dataset:
+    """The source's grey display attributes with the byte order pydicom needs to read LUT Data
+    stored as OW (every implicit VR file's, most 16-bit LUTs'): a header copied element by
+    element has none, and its LUT was read as unusable."""
+    attributes = Dataset()
+    for keyword in _DISPLAY_KEYWORDS:
+        if keyword in source:
+            attributes[keyword] = source[keyword]
+    meta = getattr(source, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    attributes.set_original_encoding(
+        syntax == ImplicitVRLittleEndian, syntax != ExplicitVRBigEndian
+    )
+    return attributes
 
 
 def _grey_display(header: Dataset) -> tuple[float, float, float, float]:

@@ -764,7 +764,9 @@ _DISPLAY_ATTRIBUTES = (
 )
 
 
-def display_table(ds: Dataset, photometric: str, name: str) -> DisplayTable | None:
+def display_table(
+    ds: Dataset, photometric: str, name: str, *, keep_plain: bool = False
+) -> DisplayTable | None:
     """How a viewer shows the stored values of a grey image whose header sets a window, a VOI
     LUT or a modality rescale or LUT: pydicom's modality LUT, then the first VOI transform,
     spread over 0-255 by what they give over every value the pixels can hold. None when the
@@ -773,7 +775,8 @@ def display_table(ds: Dataset, photometric: str, name: str) -> DisplayTable | No
 
     Without it, stored values 0-63 under a window of 32/64 (shown 0-255) were read four times
     too dark: consolidation present became absent and the cine "poor, no contact", while the
-    radiologist's viewer showed the image as it was."""
+    radiologist's viewer showed the image as it was. With ``keep_plain`` the plain scaling is
+    a table too (a presentation state must state how the source is shown)."""
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         return None
     if not any(keyword in ds for keyword in _DISPLAY_ATTRIBUTES):
@@ -795,7 +798,8 @@ def display_table(ds: Dataset, photometric: str, name: str) -> DisplayTable | No
         return None
     table = np.rint((shown - low) * (255.0 / (high - low))).astype(np.uint8)
     plain = _to_uint8(stored.astype(np.int16 if signed else np.uint16), ds)
-    if np.abs(table.astype(np.int16) - plain).max() <= 1:  # 127/255, 128/255: the whole range
+    # 127/255, 128/255: the whole range (unless asked for: a presentation state states it).
+    if not keep_plain and np.abs(table.astype(np.int16) - plain).max() <= 1:
         return None
     if len(np.unique(table)) < _MIN_DISPLAY_LEVELS:
         log.warning(

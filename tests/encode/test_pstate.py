@@ -264,20 +264,40 @@ def test_a_grey_source_with_lookup_tables_or_inverted_is_shown_as_it_shows_itsel
         ds = pydicom.dcmread(grey_cine.path)
         if name == "monochrome1":
             ds.PhotometricInterpretation = "MONOCHROME1"
+        elif name == "modality_plain":  # a LUT v -> 16 v and a window of its whole output
+            item = Dataset()
+            item.LUTDescriptor, item.ModalityLUTType = [256, 0, 16], "US"
+            item["LUTData"] = DataElement(0x00283006, "US", [16 * i for i in range(256)])
+            ds.ModalityLUTSequence = [item]
+            ds.WindowCenter, ds.WindowWidth = 2048, 4096
+        elif name == "signed_voi":  # signed stored values, a LUT from -128
+            ds.PixelData = (ds.pixel_array // 4).astype(np.uint8).tobytes()
+            ds.PixelRepresentation = 1
+            item = Dataset()
+            item["LUTDescriptor"] = DataElement(0x00283002, "SS", [256, -128, 8])
+            item["LUTData"] = DataElement(
+                0x00283006, "US", [min(255, 4 * max(0, i - 128)) for i in range(256)]
+            )
+            ds.VOILUTSequence = [item]
         else:  # stored 0-63, a LUT stretching them over 0-255
             ds.PixelData = (ds.pixel_array // 4).astype(np.uint8).tobytes()
-            if name == "voi_lut":
+            if name.startswith("voi_lut"):
                 ds.VOILUTSequence = [lut(LUTExplanation="stretch")]
             else:
                 ds.ModalityLUTSequence = [lut(ModalityLUTType="US")]
                 ds.WindowCenter, ds.WindowWidth = 128, 256
+        if name == "voi_lut_implicit":  # its LUT Data read back as OW: no byte order in a copy
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
         path = tmp_path / f"{name}.dcm"
         ds.save_as(path, enforce_file_format=True)
         return path
 
     for name, own in (
         ("voi_lut", ["+Wl", "1"]),
+        ("voi_lut_implicit", ["+Wl", "1"]),
         ("modality_lut", ["+Ww", "128", "256"]),
+        ("modality_plain", ["+Ww", "2048", "4096"]),
+        ("signed_voi", ["+Wl", "1"]),
         ("monochrome1", []),
     ):
         source = variant(name)
