@@ -4,8 +4,8 @@ Nine checks, in this order, each giving its reason (:class:`NotAssessableReason`
 
 * **still image**: fewer than ``min_frames`` frames, or a loop that does not move (one image
   sent as a loop: :attr:`~lus_pacs.domain.Cine.moving`), or of few distinct images (fewer than
-  ``min_frames`` intact frames differing from the one before them, or more than
-  ``max_frozen_share`` of them repeating it exactly: a freeze; :func:`frame_changes`).
+  ``min_frames`` intact frames differing from the one before them, or one image held
+  unchanged over more than ``max_frozen_share`` of them: a freeze; :func:`frame_changes`).
   B-lines, consolidation and the clip scores are read from a loop; the other checks still
   apply, and when this is the only reason the models that read single frames (segmentation)
   still run.
@@ -106,8 +106,8 @@ class Assessor:
     min_speckle: float
     """Correlation of neighbouring tissue pixels below which the image is noise (blank)."""
     max_frozen_share: float = 0.5
-    """Share of the intact frames that may repeat the one before them exactly, beyond which
-    the loop is a still image (a scanner's freeze stored as a loop)."""
+    """Share of the intact frames one unchanging image may hold (its longest run of exact
+    repeats), beyond which the loop is a still image (a scanner's freeze stored as a loop)."""
 
     @classmethod
     def load(cls, folder: Path) -> Assessor:
@@ -182,12 +182,12 @@ class Assessor:
         # A loop that does not move (one image sent as a loop) is a still image too, and so is
         # one of few distinct images: a freeze with a frame or two of the live image beside it
         # read as moving, and got B-lines on its 29 identical frames.
-        changes, repeats = frame_changes(cine)
+        changes, frozen = frame_changes(cine)
         if (
             cine.n_frames < self.min_frames
             or cine.moving is False
             or changes + 1 < self.min_frames
-            or repeats > self.max_frozen_share * (changes + repeats)
+            or frozen > self.max_frozen_share * int(cine.intact().sum())
         ):
             reasons.append(NotAssessableReason.STILL_IMAGE)
         needed = min(self.min_frames, cine.n_frames)
@@ -235,16 +235,21 @@ class Assessor:
 
 def frame_changes(cine: Cine) -> tuple[int, int]:
     """How many intact frames differ from the intact frame before them in the tissue region,
-    and how many repeat it exactly (a frozen image decodes to the same pixels every time)."""
+    and the longest run of intact frames showing one image exactly (a frozen image decodes to
+    the same pixels every time). A run, not the count of repeats: a loop recorded at twice
+    its rate (every frame stored twice, as screen recorders and rate converters do) repeats
+    half its frames and moves."""
     tissue = cine.tissue()
     kept = np.flatnonzero(cine.intact())
-    changes = repeats = 0
+    changes, run, longest = 0, 1, min(1, len(kept))
     for before, after in itertools.pairwise(kept):
         if np.array_equal(tissue[before], tissue[after]):
-            repeats += 1
+            run += 1
+            longest = max(longest, run)
         else:
             changes += 1
-    return changes, repeats
+            run = 1
+    return changes, longest
 
 
 def _reference(

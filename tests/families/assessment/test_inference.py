@@ -181,6 +181,10 @@ def test_a_frozen_loop_with_a_live_frame_beside_it_is_a_still_image(
         assert cine.moving  # what the still check alone looked at
         found = assessor.assess(cine)
         assert NotAssessableReason.STILL_IMAGE in found.reasons, found
+    # The live loop stored at twice its rate (every frame twice) moves: half its frames
+    # repeat the one before, but no image is held.
+    doubled = replace(live, frames=np.repeat(live.frames, 2, axis=0))
+    assert assessor.assess(doubled).assessable
 
 
 def test_every_threshold_of_the_bundle_is_required(tmp_path: Path) -> None:
