@@ -48,7 +48,7 @@ DEFAULT_FPS = 30.0
 """Frame rate assumed when the file gives none (as ``Settings.default_fps``)."""
 
 _MIN_FPS, _MAX_FPS = 0.1, 1000.0
-_GIF_MIN_DELAY_S, _GIF_BROWSER_DELAY_S = 0.02, 0.1
+_GIF_MIN_DELAY_CS, _GIF_BROWSER_DELAY_S = 2, 0.1
 """A GIF frame delay under 2/100 s plays at 10/100 s in browsers."""
 _MAX_STEM = 100
 """Characters of the source's name kept in the output file's name."""
@@ -437,8 +437,9 @@ def _frame_rate(
     known = [t for t in times if t is not None]
     if len(known) == len(times) >= 2:
         steps = np.diff(np.sort(np.asarray(known, np.float64)))
-        if gif:
-            steps = np.where(steps < _GIF_MIN_DELAY_S, _GIF_BROWSER_DELAY_S, steps)
+        if gif:  # in whole hundredths: 0.02 - 0.0 can come out as 0.0199999
+            hundredths = np.rint(steps / 0.01)
+            steps = np.where(hundredths < _GIF_MIN_DELAY_CS, _GIF_BROWSER_DELAY_S, steps)
         steps = steps[steps > 0]
         if steps.size and _MIN_FPS <= (fps := 1.0 / float(np.median(steps))) <= _MAX_FPS:
             return fps, "timestamps"
