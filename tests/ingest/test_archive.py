@@ -233,6 +233,45 @@ def test_c_get_takes_every_syntax_the_node_decodes_in_the_contexts_it_has() -> N
     assert len(IMAGE_SOP_CLASSES) * len(_RETRIEVE_SYNTAXES) + 1 <= 128
 
 
+def test_dicomdir_media_copied_in_lower_case_or_short_of_a_file_is_read_and_told(
+    tmp_path: Path,
+) -> None:
+    """A CD copied with lower-case names (pt000000/...) gave no study and no word; a file the
+    DICOMDIR references missing left its cine out without a word."""
+    source = _testdata("US1_UNCR.dcm")
+    fileset = FileSet()
+    for i in range(3):
+        ds = dcmread(source)
+        ds.SOPInstanceUID = generate_uid()
+        if i == 2:
+            ds.StudyInstanceUID = generate_uid()
+        ds.save_as(tmp_path / f"in{i}.dcm")
+        fileset.add(tmp_path / f"in{i}.dcm")
+    fileset.write(tmp_path / "media")
+    lower = tmp_path / "lower"
+    shutil.copytree(tmp_path / "media", lower)
+    for path in sorted(lower.rglob("*"), key=lambda p: -len(p.parts)):
+        if path.name != "DICOMDIR":
+            path.rename(path.with_name(path.name.lower()))
+    archive = open_source(str(lower / "DICOMDIR"))
+    studies = archive.studies()
+    assert len(studies) == 2
+    fetched = [p for study in studies for p in archive.fetch(study, tmp_path / "f")]
+    assert len(fetched) == 3
+    assert all(p.is_file() for p in fetched)
+    assert archive.skipped == ()
+
+    short = tmp_path / "short"
+    shutil.copytree(tmp_path / "media", short)
+    gone = sorted(p for p in short.rglob("*") if p.is_file() and p.name != "DICOMDIR")[0]
+    gone.unlink()
+    archive = open_source(str(short / "DICOMDIR"))
+    assert len(archive.studies()) == 2
+    ((skipped_path, reason),) = archive.skipped
+    assert Path(skipped_path) == gone
+    assert reason == "referenced by the DICOMDIR but not found"
+
+
 def test_a_configured_archive_that_cannot_be_used_is_named(tmp_path: Path) -> None:
     from lus_pacs.settings import DicomDestination, TlsFiles, WebDestination
 

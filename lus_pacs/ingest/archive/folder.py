@@ -12,7 +12,6 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.fileset import FileSet
 
 from lus_pacs.dicom_vocabulary import IMAGE_SOP_CLASSES, is_uid
 from lus_pacs.errors import ArchiveError
@@ -78,7 +77,14 @@ class FolderSource:
         index: dict[str, list[tuple[Path, str, ArchiveStudy]]] = {}
         seen: set[str] = set()
         skipped: list[tuple[str, str]] = []
-        for path in self._candidates():
+        for path, referenced in self._candidates():
+            if referenced and not path.is_file():
+                # A DICOMDIR names it: a cine of its study is missing (before, it was left out
+                # without a word, and the study processed on its other cines or not listed).
+                reason = "referenced by the DICOMDIR but not found"
+                logger.warning("Skipped %s: %s", path, reason)
+                skipped.append((str(path), reason))
+                continue
             try:
                 ds = dcmread(path, stop_before_pixels=True)
                 if str(ds.get("SOPClassUID", "")) not in IMAGE_SOP_CLASSES:
@@ -87,7 +93,7 @@ class FolderSource:
             # pydicom raises many kinds on a damaged file, some only when an element is read:
             # one such file is skipped, never the whole archive.
             except Exception as exc:
-                if path.suffix.lower() == ".dcm":
+                if referenced or path.suffix.lower() == ".dcm":
                     logger.warning("Skipped %s: not readable as DICOM (%r)", path, exc)
                     skipped.append((str(path), f"not readable as DICOM ({exc!r})"))
                 continue
@@ -110,19 +116,50 @@ class FolderSource:
             self.skipped = tuple(skipped)
         return index
 
-    def _candidates(self) -> Iterator[Path]:
+    def _candidates(self) -> Iterator[tuple[Path, bool]]:
+        """Each file to read, and whether a DICOMDIR references it (it must then be there)."""
         if self.path.is_file():
+            # The directory records' file IDs, read here: pydicom's FileSet leaves out, with a
+            # warning only, the files it does not find as named.
+            root = self.path.parent
             try:
-                files = [Path(instance.path) for instance in FileSet(self.path)]
+                records = dcmread(self.path).get("DirectoryRecordSequence") or []
+                ids = [r.ReferencedFileID for r in records if r.get("ReferencedFileID")]
             except (OSError, InvalidDicomError, ValueError, AttributeError) as exc:
                 raise ArchiveError(self.name, f"cannot read the DICOMDIR ({exc})") from exc
-            yield from sorted(files)
+            files = {root.joinpath(*([i] if isinstance(i, str) else list(i))) for i in ids}
+            for path in sorted(files):
+                yield _on_disk(path, root), True
             return
         for path in sorted(_files(self.path)):
             suffix = path.suffix.lower()
             dicom_name = suffix in ("", ".dcm") or suffix[1:].isdigit()
             if dicom_name and not path.name.startswith(".") and path.is_file():
-                yield path
+                yield path, False
+
+
+def _on_disk(path: Path, root: Path) -> Path:
+    """A DICOMDIR's file as it lies on disk: its file IDs are upper case, and media copied to a
+    file system that keeps case often has them in lower case (``pt000000/st000000/...``), so
+    each part is matched without case where it is not found as written. ``path`` itself when
+    nothing matches."""
+    if path.is_file():
+        return path
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return path
+    current = root
+    for part in parts:
+        try:
+            names = {entry.name.lower(): entry for entry in current.iterdir()}
+        except OSError:
+            return path
+        found = names.get(part.lower())
+        if found is None:
+            return path
+        current = found
+    return current if current.is_file() else path
 
 
 def _files(root: Path) -> Iterator[Path]:
