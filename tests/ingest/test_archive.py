@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pydicom.uid
 import pytest
@@ -224,13 +225,13 @@ def test_c_get_takes_every_syntax_the_node_decodes_in_the_contexts_it_has() -> N
 
     from lus_pacs.dicom_vocabulary import IMAGE_SOP_CLASSES
     from lus_pacs.imaging.decode import decodable_syntaxes
-    from lus_pacs.ingest.archive.dimse import _RETRIEVE_SYNTAXES
+    from lus_pacs.ingest.archive.dimse import _OTHER_CLASSES, _RETRIEVE_SYNTAXES
 
     decodable = decodable_syntaxes(ALL_TRANSFER_SYNTAXES)
     assert pydicom.uid.HTJ2KLossless in decodable  # the decoder the node has
     assert set(_RETRIEVE_SYNTAXES) == set(decodable)
     assert not {pydicom.uid.MPEG2MPML, pydicom.uid.HEVCMP51} & set(_RETRIEVE_SYNTAXES)
-    assert len(IMAGE_SOP_CLASSES) * len(_RETRIEVE_SYNTAXES) + 1 <= 128
+    assert len(IMAGE_SOP_CLASSES) * len(_RETRIEVE_SYNTAXES) + 1 + len(_OTHER_CLASSES) <= 128
 
 
 def test_dicomdir_media_copied_in_lower_case_or_short_of_a_file_is_read_and_told(
@@ -410,6 +411,104 @@ def test_an_archive_without_c_get_says_to_retrieve_by_c_move(tmp_path: Path) -> 
             source.fetch(listed, tmp_path / "fetched")
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize("retrieve", ["get", "move"])
+def test_a_study_holding_results_is_fetched_from_an_archive_that_hides_classes(
+    tmp_path: Path, retrieve: str
+) -> None:
+    """An archive whose image-level C-FIND leaves the SOP class out (an optional key) is asked
+    for every instance; a study holding an SR (this node's earlier results) failed whole: no
+    context took the SR (C-GET) or the receiver refused it (C-MOVE). The SR is taken and
+    dropped, the cines fetched."""
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        ComprehensiveSRStorage,
+        StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelGet,
+        StudyRootQueryRetrieveInformationModelMove,
+        UltrasoundImageStorage,
+    )
+
+    study = generate_uid()
+    held: list[Dataset] = []
+    for kind in ("US", "US", "SR"):
+        ds = dcmread(_testdata("US1_UNCR.dcm" if kind == "US" else "test-SR.dcm"))
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, f"{study}.{len(held) // 2 + 1}"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        held.append(ds)
+    scp_port, move_port = free_ports(2)
+
+    def matching(identifier: Dataset) -> list[Dataset]:
+        keys = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+        wanted = {k: identifier.get(k) for k in keys if identifier.get(k)}
+        return [
+            ds
+            for ds in held
+            if all(str(ds.get(k)) in ([v] if isinstance(v, str) else v) for k, v in wanted.items())
+        ]
+
+    def find(event: evt.Event) -> Iterator[tuple[int, Dataset]]:
+        level = event.identifier.QueryRetrieveLevel
+        key = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID"}.get(level)
+        seen: set[str] = set()
+        for ds in matching(event.identifier):
+            uid = str(ds.get(key or "SOPInstanceUID"))
+            if uid in seen:
+                continue
+            seen.add(uid)
+            found = Dataset()
+            found.QueryRetrieveLevel = level
+            found.StudyInstanceUID = study
+            if level == "STUDY":
+                found.ModalitiesInStudy, found.PatientID, found.StudyDate = "US", "P", "20200101"
+            if level in ("SERIES", "IMAGE"):
+                found.SeriesInstanceUID = ds.SeriesInstanceUID
+            if level == "IMAGE":
+                found.SOPInstanceUID, found.SOPClassUID = ds.SOPInstanceUID, ""  # left out
+            yield 0xFF00, found
+
+    def get(event: evt.Event) -> Iterator[int | tuple[int, Dataset]]:
+        found = matching(event.identifier)
+        yield len(found)
+        for ds in found:
+            yield 0xFF00, ds
+
+    def move(event: evt.Event) -> Iterator[tuple[str, int] | int | tuple[int, Dataset]]:
+        found = matching(event.identifier)
+        yield "127.0.0.1", move_port
+        yield len(found)
+        for ds in found:
+            yield 0xFF00, ds
+
+    ae = AE(ae_title="HIDING")
+    for model in (
+        StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelGet,
+        StudyRootQueryRetrieveInformationModelMove,
+    ):
+        ae.add_supported_context(model)
+    for sop in (UltrasoundImageStorage, ComprehensiveSRStorage):
+        ae.add_supported_context(sop, scu_role=True, scp_role=True)
+        ae.add_requested_context(sop)
+    handlers: list[Any] = [(evt.EVT_C_FIND, find), (evt.EVT_C_GET, get), (evt.EVT_C_MOVE, move)]
+    server = ae.start_server(("127.0.0.1", scp_port), block=False, evt_handlers=handlers)
+    assert server is not None
+    try:
+        source = open_source(
+            f"dimse://HIDING@127.0.0.1:{scp_port}",
+            retrieve=retrieve,  # type: ignore[arg-type]
+            move_port=move_port,
+            timeout=10,
+        )
+        (listed,) = source.studies()
+        fetched = source.fetch(listed, tmp_path / "fetched")
+    finally:
+        server.shutdown()
+    assert sorted(dcmread(p).SOPInstanceUID for p in fetched) == sorted(
+        str(ds.SOPInstanceUID) for ds in held[:2]
+    )
 
 
 def test_a_folder_of_linked_exam_folders_is_read_through_the_links(

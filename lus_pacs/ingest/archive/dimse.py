@@ -46,12 +46,28 @@ from lus_pacs.tls import client_context, server_context
 
 logger = logging.getLogger(__name__)
 
-_RETRIEVE_SYNTAXES = tuple(decodable_syntaxes(ALL_TRANSFER_SYNTAXES))[:18]
+_RETRIEVE_SYNTAXES = tuple(decodable_syntaxes(ALL_TRANSFER_SYNTAXES))[:16]
 """Syntaxes a C-GET takes images in, each in its own presentation context, so the archive finds
 the one it stores an instance in and sends it unchanged instead of transcoding it: those the
 node decodes (HTJ2K among them; an HTJ2K cine failed its whole study, as no context took it,
-while contexts went to MPEG and HEVC, which the node cannot read). 7 SOP classes x at most 18
-syntaxes + the C-GET context fit the 128 contexts of an association."""
+while contexts went to MPEG and HEVC, which the node cannot read). 7 SOP classes x at most 16
+syntaxes + the C-GET context + :data:`_OTHER_CLASSES` fit the 128 contexts of an association."""
+
+_OTHER_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
+    "1.2.840.10008.5.1.4.1.1.88.35",  # Extensible SR
+    "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection
+    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
+    "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State
+    "1.2.840.10008.5.1.4.1.1.11.2",  # Color Softcopy Presentation State
+    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
+)
+"""Classes of the results and documents an ultrasound study also holds (earlier results of this
+node among them), taken and dropped when they come: an archive whose image-level C-FIND leaves
+the SOP class out is asked for every instance, and one of these refused failed the study."""
 
 
 class DimseSource:
@@ -134,7 +150,7 @@ class DimseSource:
         elif requests:
             with self._move_lock:
                 self._move(uid, requests, receiver)
-        missing = sorted(expected - receiver.received.keys())
+        missing = sorted(expected - receiver.received.keys() - receiver.dropped)
         if missing:
             raise ArchiveError(
                 self.name,
@@ -192,9 +208,10 @@ class DimseSource:
             (StudyRootQueryRetrieveInformationModelGet, None)
         ]
         contexts += [(sop, [syntax]) for sop in IMAGE_SOP_CLASSES for syntax in _RETRIEVE_SYNTAXES]
+        contexts += [(sop, None) for sop in _OTHER_CLASSES]
         with self._association(
             contexts,
-            roles=[build_role(sop, scp_role=True) for sop in IMAGE_SOP_CLASSES],
+            roles=[build_role(sop, scp_role=True) for sop in (*IMAGE_SOP_CLASSES, *_OTHER_CLASSES)],
             handlers=[(evt.EVT_C_STORE, receiver.handle_store)],
             study=uid,
         ) as assoc:
@@ -204,7 +221,7 @@ class DimseSource:
 
     def _move(self, uid: str, requests: Sequence[Dataset], receiver: _Receiver) -> None:
         ae = application_entity(self._calling_ae, self._timeout, unlimited_pdu=True)
-        for sop in IMAGE_SOP_CLASSES:
+        for sop in (*IMAGE_SOP_CLASSES, *_OTHER_CLASSES):
             ae.add_supported_context(sop, ALL_TRANSFER_SYNTAXES)
         where = f"{self.move_host}:{self.move_port}"
         try:
@@ -363,12 +380,15 @@ class DimseSource:
 
 
 class _Receiver:
-    """Writes the instances a C-GET or C-MOVE brings; refuses what was not asked for."""
+    """Writes the images a C-GET or C-MOVE brings, drops the study's other instances
+    (:data:`_OTHER_CLASSES`), refuses what was not asked for."""
 
     def __init__(self, study: str, folder: Path) -> None:
         self.study = study
         self.folder = folder
         self.received: dict[str, Path] = {}
+        self.dropped: set[str] = set()
+        """Instances of the study that are no images: taken, not written."""
         self.problems: list[str] = []
 
     def handle_store(self, event: evt.Event) -> int:
@@ -378,6 +398,9 @@ class _Receiver:
             study = str(event.dataset.StudyInstanceUID)
         except Exception as exc:  # a malformed dataset must never escape into pynetdicom
             return self._refuse(CANNOT_UNDERSTAND, f"{sop}: unreadable dataset ({exc})")
+        if sop_class in _OTHER_CLASSES and study == self.study:
+            self.dropped.add(sop)
+            return SUCCESS
         if sop_class not in IMAGE_SOP_CLASSES or study != self.study or not UID.fullmatch(sop):
             return self._refuse(
                 CANNOT_UNDERSTAND, f"{sop}: not an image of this study (class {sop_class})"
