@@ -122,14 +122,19 @@ def test_damaged_frames_are_named_and_never_chosen(cine: Path, tmp_path: Path) -
         if image.ValueType == "IMAGE"
         for frame in tree.frames(image)
     ]
-    assert scored
-    assert not set(scored) & chosen
-    # Read back, each frame keeps its place: the damaged ones are None (the SR scores none).
     back = read_cine_sr(path)["severity"]["frame_scores"]
-    assert [f + 1 for f, score in enumerate(back) if score is None] == sorted(
-        f for f in chosen if f <= len(back)
-    )
-    assert back[-1] is not None or n_frames in chosen
+    if record["severity"].get("clip_from_measurements"):
+        # The shipped bundle's clip score is the recipe's: the SR lists no frame scores.
+        assert scored == []
+        assert back == []
+    else:
+        assert scored
+        assert not set(scored) & chosen
+        # Read back, each frame keeps its place: the damaged ones are None (none is scored).
+        assert [f + 1 for f, score in enumerate(back) if score is None] == sorted(
+            f for f in chosen if f <= len(back)
+        )
+        assert back[-1] is not None or n_frames in chosen
 
     record = by_uid[pydicom.dcmread(wrecked, stop_before_pixels=True).SOPInstanceUID]
     assert len(record["source"]["frames_damaged"]) == (n_frames + 1) // 2
@@ -341,7 +346,8 @@ def test_a_frame_with_no_echo_is_never_chosen_and_a_frozen_loop_is_a_still_image
         if image.ValueType == "IMAGE"
         for frame in tree.frames(image)
     ]
-    assert scored
+    # (The shipped bundle's clip score is the recipe's: the SR lists no frame scores at all.)
+    assert bool(scored) != bool(blank["severity"].get("clip_from_measurements"))
     assert not set(scored) & {1, 15}, scored
     assert not still["assessment"]["assessable"]
     assert still["assessment"]["reasons"] == ["still_image"]

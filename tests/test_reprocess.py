@@ -388,6 +388,26 @@ def test_an_unreadable_file_is_not_forgotten_by_a_run_interrupted_while_reading_
     assert subject.endswith(f"/{damaged.name}")
 
 
+def _signalled_run(
+    settings: Settings, items: list[WorkItem], sent: signal.Signals
+) -> tuple[list[Any], int]:
+    """A local run of one worker that gets ``sent`` half a second in (SIGKILL: the
+    out-of-memory killer; SIGSTOP: a cine that never returns): the outcomes and its pid."""
+    from lus_pacs.reprocess.engine import LocalEngine, _worker_pid
+
+    engine = LocalEngine(settings, 1)
+    try:
+        engine.start()
+        pid = engine._pool.submit(_worker_pid, 0.0).result()
+        sender = threading.Timer(0.5, os.kill, (pid, sent))
+        sender.start()
+        outcomes = list(engine.run(items))
+        sender.join()
+    finally:
+        engine.close()
+    return outcomes, pid
+
+
 def test_a_worker_that_dies_fails_the_cines_in_flight_and_the_run_goes_on(
     archive: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -395,24 +415,14 @@ def test_a_worker_that_dies_fails_the_cines_in_flight_and_the_run_goes_on(
     broken pool ended the run, and every run again at the same cine."""
     import logging
 
-    from lus_pacs.reprocess.engine import LocalEngine, _worker_pid
-
-    settings = Settings(models=tuple(MODELS.split(",")))
     items = [
         WorkItem(dcmread(p, stop_before_pixels=True).SOPInstanceUID, "study", p)
         for p in sorted(archive.rglob("*.dcm"))
     ]
-    engine = LocalEngine(settings, 1)
-    try:
-        engine.start()
-        pid = engine._pool.submit(_worker_pid, 0.0).result()
-        killer = threading.Timer(0.5, os.kill, (pid, signal.SIGKILL))
-        killer.start()
-        with caplog.at_level(logging.WARNING, logger="lus_pacs.reprocess.engine"):
-            outcomes = list(engine.run(items))
-        killer.join()
-    finally:
-        engine.close()
+    with caplog.at_level(logging.WARNING, logger="lus_pacs.reprocess.engine"):
+        outcomes, _ = _signalled_run(
+            Settings(models=tuple(MODELS.split(","))), items, signal.SIGKILL
+        )
     assert sorted(o.item.sop_instance_uid for o in outcomes) == sorted(
         i.sop_instance_uid for i in items
     )
@@ -426,23 +436,14 @@ def test_a_worker_that_hangs_on_a_cine_is_stopped_past_max_cine_s(archive: Path)
     """A worker that never returns (here stopped by SIGSTOP mid-cine, as a decoder caught in a
     loop): before, the run waited for it for good. Past ``max_cine_s`` its process is killed,
     its cine fails with the limit named, and the cine queued beside it is made by a new pool."""
-    from lus_pacs.reprocess.engine import LocalEngine, _worker_pid, overdue
+    from lus_pacs.reprocess.engine import overdue
 
     settings = Settings(models=tuple(MODELS.split(",")), max_cine_s=8)
     items = [
         WorkItem(dcmread(p, stop_before_pixels=True).SOPInstanceUID, "study", p)
         for p in sorted(archive.glob("synth/*/*.dcm"))[:4]
     ]
-    engine = LocalEngine(settings, 1)
-    try:
-        engine.start()
-        pid = engine._pool.submit(_worker_pid, 0.0).result()
-        stopper = threading.Timer(0.5, os.kill, (pid, signal.SIGSTOP))
-        stopper.start()
-        outcomes = list(engine.run(items))
-        stopper.join()
-    finally:
-        engine.close()
+    outcomes, pid = _signalled_run(settings, items, signal.SIGSTOP)
     errors = {o.item.sop_instance_uid: o.error for o in outcomes}
     assert set(errors) == {i.sop_instance_uid for i in items}
     # The cine it hung on (the first: each takes about a second here) fails, named; the

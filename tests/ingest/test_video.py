@@ -30,10 +30,18 @@ def _frames() -> np.ndarray:
     return out
 
 
-def _write_video(path: Path, frames: np.ndarray, fps: int, aspect: Fraction | None = None) -> Path:
-    """mp4 (H.264 4:4:4, near lossless) or gif (grey palette, lossless for grey frames)."""
+def _write_video(
+    path: Path,
+    frames: np.ndarray,
+    fps: int,
+    aspect: Fraction | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """mp4 (H.264 4:4:4, near lossless) or gif (grey palette, lossless for grey frames), with
+    the container's ``metadata`` tags."""
     gif = path.suffix == ".gif"
     with av.open(str(path), "w") as out:
+        out.metadata.update(metadata or {})
         stream = out.add_stream("gif" if gif else "libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "gray" if gif else "yuv444p"
@@ -294,16 +302,9 @@ def test_names_and_tags_that_are_no_utf8_do_not_refuse_a_video(
     import os
 
     source = videos["mp4"][0].read_bytes()
-    tagged = tmp_path / "tagged.mp4"
-    with av.open(str(tagged), "w") as out:
-        out.metadata["title"] = "Poumon d\u00e9j\u00e0"
-        stream = out.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = COLS, ROWS, "yuv444p"
-        for frame in _frames():
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+    tagged = _write_video(
+        tmp_path / "tagged.mp4", _frames(), 25, metadata={"title": "Poumon d\u00e9j\u00e0"}
+    )
     data = tagged.read_bytes()
     latin = data.replace("d\u00e9j\u00e0".encode(), b"d\xe9j\xe0  ")
     assert latin != data
@@ -323,16 +324,12 @@ def test_names_and_tags_that_are_no_utf8_do_not_refuse_a_video(
 
 def test_a_video_made_at_a_known_time_says_it_is_utc(tmp_path: Path) -> None:
     """creation_time is UTC; it was written as local StudyTime with no zone."""
-    path = tmp_path / "timed.mp4"
-    with av.open(str(path), "w") as out:
-        out.metadata["creation_time"] = "2025-03-04T16:51:36.000000Z"
-        stream = out.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = COLS, ROWS, "yuv444p"
-        for frame in _frames():
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+    path = _write_video(
+        tmp_path / "timed.mp4",
+        _frames(),
+        25,
+        metadata={"creation_time": "2025-03-04T16:51:36.000000Z"},
+    )
     ds = pydicom.dcmread(import_video(path, tmp_path / "out"), stop_before_pixels=True)
     assert (ds.StudyTime, ds.TimezoneOffsetFromUTC) == ("165136", "+0000")
     assert dciodvfy_errors(import_video(path, tmp_path / "out")) == []
