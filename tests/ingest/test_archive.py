@@ -4,6 +4,7 @@ C-MOVE and DICOMweb."""
 
 from __future__ import annotations
 
+import datetime
 import http.server
 import json
 import shutil
@@ -374,6 +375,35 @@ def test_a_dicomweb_server_that_caps_its_answers_fails_the_study_not_silently(
         (found,) = [s for s in source.studies() if s.study_instance_uid == study]
         with pytest.raises(ArchiveError, match=r"listed \d+ of the study's \d+ instances"):
             source.fetch(found, tmp_path / "fetched")
+
+
+def test_a_pacs_that_cuts_its_study_list_short_is_asked_by_date_ranges(tmp_path: Path) -> None:
+    """Orthanc with LimitFindResults below the number of studies ends its C-FIND with Cancel:
+    the run ended there, and such a PACS could not be re-processed at all. Five studies of five
+    days behind a limit of two are all listed; two studies of one day behind a limit of one
+    are named as the day the archive cuts short."""
+    dates = ["20210101", "20210102", "20210103", "20210104", "20210105"]
+    with running_orthanc(tmp_path / "pacs", extra_config={"LimitFindResults": 2}) as orthanc:
+        for i, date in enumerate(dates):
+            ds = dcmread(_testdata("US1_UNCR.dcm"))
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.StudyDate = date
+            ds.save_as(tmp_path / f"s{i}.dcm", enforce_file_format=True)
+            orthanc.upload(tmp_path / f"s{i}.dcm")
+        listed = open_source(_dimse(orthanc)).studies()
+        assert [s.study_date for s in listed] == dates
+        since = open_source(_dimse(orthanc)).studies(datetime.date(2021, 1, 3))
+        assert [s.study_date for s in since] == dates[2:]
+    with running_orthanc(tmp_path / "pacs1", extra_config={"LimitFindResults": 1}) as orthanc:
+        for i in range(2):
+            orthanc.upload(tmp_path / f"s{i}.dcm")
+            ds = dcmread(tmp_path / f"s{i}.dcm")
+            ds.StudyInstanceUID, ds.StudyDate = generate_uid(), "20210101"
+            ds.save_as(tmp_path / f"same{i}.dcm", enforce_file_format=True)
+            orthanc.upload(tmp_path / f"same{i}.dcm")
+        with pytest.raises(ArchiveError, match="cut short the studies of 2021-01-01 alone"):
+            open_source(_dimse(orthanc)).studies()
 
 
 def test_an_archive_without_c_get_says_to_retrieve_by_c_move(tmp_path: Path) -> None:

@@ -118,15 +118,54 @@ class DimseSource:
         self._move_lock = threading.Lock()
 
     def studies(self, since: datetime.date | None = None) -> list[ArchiveStudy]:
-        query = _identifier("STUDY", StudyInstanceUID="", PatientID="", StudyDescription="")
-        query.StudyDate = f"{since:%Y%m%d}-" if since else ""
-        query.ModalitiesInStudy = "US"
+        """The ultrasound studies (from ``since`` on). An archive that cuts its answer short
+        (more matches than it returns: Orthanc's ``LimitFindResults`` ends with Cancel, others
+        say Out of Resources) is asked again by halves of the date range, down to single days:
+        before, such a PACS could not be re-processed at all. Studies with no date are not
+        matched by a date range: an archive cut short loses those, and says so in the log.
+
+        Raises
+        ------
+        ArchiveError
+            The archive fails the query, or cuts short the answer for a single day.
+        """
         with self._association([(StudyRootQueryRetrieveInformationModelFind, None)]) as assoc:
-            answers = self._find(assoc, query, "")
+            try:
+                answers = self._find(assoc, _study_query(f"{since:%Y%m%d}-" if since else ""), "")
+            except _CutShort:
+                first = since or _EARLIEST
+                logger.warning(
+                    "%s cut its study list short; asking again by date ranges from %s (studies "
+                    "without a date are not listed then)",
+                    self.name,
+                    first,
+                )
+                answers = self._by_dates(assoc, first, datetime.date.today())
         return select_ultrasound(
             ((_values(answer, "ModalitiesInStudy"), dataset_study(answer)) for answer in answers),
             since,
         )
+
+    def _by_dates(
+        self, assoc: Association, first: datetime.date, last: datetime.date
+    ) -> list[Dataset]:
+        """The studies from ``first`` to ``last``, the range halved where the answer is cut
+        short."""
+        span = f"{first:%Y%m%d}-{last:%Y%m%d}"
+        try:
+            return self._find(assoc, _study_query(span), "")
+        except _CutShort as exc:
+            if first >= last:
+                raise ArchiveError(
+                    self.name,
+                    f"C-FIND cut short the studies of {first:%Y-%m-%d} alone ({exc}): raise "
+                    "the archive's limit of answers (Orthanc: LimitFindResults)",
+                ) from exc
+        middle = first + (last - first) // 2
+        return [
+            *self._by_dates(assoc, first, middle),
+            *self._by_dates(assoc, middle + datetime.timedelta(days=1), last),
+        ]
 
     def listed_instances(self, study: ArchiveStudy) -> frozenset[str] | None:
         return None  # its study list names no instances: finding them is a query per study
@@ -295,6 +334,8 @@ class DimseSource:
             code = int(status.Status)
             if code == SUCCESS:
                 return answers
+            if code in _CUT_SHORT and level == "STUDY":
+                raise _CutShort(_status(status))
             if code not in PENDING:
                 raise ArchiveError(
                     self.name,
@@ -417,6 +458,23 @@ class _Receiver:
         logger.warning("Refused an instance of study %s: %s", self.study, problem)
         self.problems.append(problem)
         return status
+
+
+_CUT_SHORT = (0xFE00, OUT_OF_RESOURCES)
+"""C-FIND statuses an archive ends a study list with when it has more matches than it sends."""
+_EARLIEST = datetime.date(1900, 1, 1)
+"""Where the halving of the date ranges starts when the run gives no ``since``."""
+
+
+class _CutShort(Exception):  # noqa: N818 (a signal between two methods, not an error shown)
+    """A C-FIND answer ended before every match was sent."""
+
+
+def _study_query(dates: str) -> Dataset:
+    query = _identifier("STUDY", StudyInstanceUID="", PatientID="", StudyDescription="")
+    query.StudyDate = dates
+    query.ModalitiesInStudy = "US"
+    return query
 
 
 def _free_port(host: str) -> int:
