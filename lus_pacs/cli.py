@@ -150,24 +150,27 @@ def import_video(
         bool, typer.Option(help="Store luminance only (B-mode is grey): a third of the size.")
     ] = False,
     max_frames: Annotated[
-        int, typer.Option("--max-frames", min=1, help="Longer videos are refused.")
-    ] = 3000,
+        int | None,
+        typer.Option(
+            "--max-frames", min=1, help="Longer videos are refused (default: a minute at 50 fps)."
+        ),
+    ] = None,
     max_bytes: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--max-bytes",
             min=1,
-            help="Videos larger once decoded (RGB, or grey with --monochrome) are refused; "
-            "importing takes about twice this in memory.",
+            help="Videos larger once decoded (RGB, or grey with --monochrome) are refused "
+            "(default: 2 GiB); importing takes about twice this in memory.",
         ),
-    ] = 2 * 1024**3,
+    ] = None,
 ) -> None:
     """Import exported videos as US Multi-frame DICOM, one study per video.
 
     Exits 1 when any file was refused; each refusal is printed with its reason.
     """
     from lus_pacs.imaging.writer import CineSyntax
-    from lus_pacs.ingest.video import import_videos
+    from lus_pacs.ingest.video import MAX_BYTES, MAX_FRAMES, import_videos
 
     report = import_videos(
         files,
@@ -176,8 +179,8 @@ def import_video(
         zone=zone,
         syntax=CineSyntax(transfer_syntax.value),
         monochrome=monochrome,
-        max_frames=max_frames,
-        max_bytes=max_bytes,
+        max_frames=max_frames or MAX_FRAMES,
+        max_bytes=max_bytes or MAX_BYTES,
     )
     for item in report.imported:
         same = f" (the same video as {item.same_as})" if item.same_as else ""

@@ -208,21 +208,13 @@ def _grey_transforms(header: Dataset, source: Dataset) -> dict[str, Any]:
 
 
 _VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
-_DISPLAY_KEYWORDS = (
-    "PhotometricInterpretation", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
-    "RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence", "VOILUTSequence",
-    "WindowCenter", "WindowWidth", "VOILUTFunction",
-)  # fmt: skip
 
 
 def _display_attributes(source: Dataset) -> Dataset:
-    """The source's grey display attributes with the byte order pydicom needs to read LUT Data
-    stored as OW (every implicit VR file's, most 16-bit LUTs'): a header copied element by
-    element has none, and its LUT was read as unusable."""
-    attributes = Dataset()
-    for keyword in _DISPLAY_KEYWORDS:
-        if keyword in source:
-            attributes[keyword] = source[keyword]
+    """The source's elements with the byte order pydicom needs to read LUT Data stored as OW
+    (every implicit VR file's, most 16-bit LUTs'): a header copied element by element has none,
+    and its LUT was read as unusable."""
+    attributes = Dataset(source)  # the elements, not copied
     meta = getattr(source, "file_meta", None)
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     attributes.set_original_encoding(

@@ -185,6 +185,7 @@ def import_video(
     reuse_existing: bool = False,
     max_frames: int = MAX_FRAMES,
     max_bytes: int = MAX_BYTES,
+    content_hash: str | None = None,
 ) -> Path:
     """Write the video ``path`` as one US Multi-frame instance in ``out_dir``.
 
@@ -210,6 +211,9 @@ def import_video(
         decoding again (a cache).
     max_frames, max_bytes:
         Longer videos, or larger once decoded, are refused.
+    content_hash:
+        The SHA-256 of the file's bytes, where the caller has it (:func:`import_videos`
+        hashes every file to find duplicates): not read again.
 
     Returns
     -------
@@ -225,7 +229,7 @@ def import_video(
     if zone is not None and not zone.strip():
         raise ValueError(f"{path.name}: zone must be a label such as 'R1', or None; got {zone!r}")
     try:
-        content_hash = _sha256(path)
+        content_hash = content_hash or _sha256(path)
     except OSError as exc:
         raise UnreadableImageError(_printable(path.name), f"cannot read the file ({exc})") from exc
     patient = patient_id if patient_id is not None else _default_patient_id(content_hash)
@@ -308,9 +312,11 @@ def import_videos(
     # parallel both would write an instance of the same UIDs.
     first: dict[str, Path] = {}
     same_as: dict[Path, Path] = {}
+    hashes: dict[Path, str] = {}
     for path in paths:
         with contextlib.suppress(OSError):  # import_video reports it
-            same_as[path] = first.setdefault(_sha256(path), path)
+            hashes[path] = _sha256(path)
+            same_as[path] = first.setdefault(hashes[path], path)
     unique = list(dict.fromkeys(same_as.get(path, path) for path in paths))
     one = functools.partial(
         _import_one,
@@ -326,11 +332,12 @@ def import_videos(
     bar = functools.partial(
         tqdm, total=len(paths), desc="Importing videos", unit="file", disable=not progress
     )
+    known = [hashes.get(path) for path in unique]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
-            results = dict(zip(unique, bar(pool.map(one, unique)), strict=True))
+            results = dict(zip(unique, bar(pool.map(one, unique, known)), strict=True))
     else:
-        results = dict(zip(unique, bar(map(one, unique)), strict=True))
+        results = dict(zip(unique, bar(map(one, unique, known)), strict=True))
     imported: list[Imported] = []
     refused: list[Refusal] = []
     for path in paths:
@@ -346,10 +353,12 @@ def import_videos(
     return ImportReport(tuple(imported), tuple(refused))
 
 
-def _import_one(path: Path, **options: Any) -> tuple[Path | None, str]:
+def _import_one(
+    path: Path, content_hash: str | None = None, **options: Any
+) -> tuple[Path | None, str]:
     """:func:`import_video` of one file: (output, "") or (None, why it was refused)."""
     try:
-        return import_video(path, **options), ""
+        return import_video(path, content_hash=content_hash, **options), ""
     except UnreadableImageError as exc:
         return None, exc.reason
     except Exception as exc:  # the encoders and the disk, for this file: the others go on

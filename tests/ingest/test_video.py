@@ -333,3 +333,24 @@ def test_a_video_made_at_a_known_time_says_it_is_utc(tmp_path: Path) -> None:
     ds = pydicom.dcmread(import_video(path, tmp_path / "out"), stop_before_pixels=True)
     assert (ds.StudyTime, ds.TimezoneOffsetFromUTC) == ("165136", "+0000")
     assert dciodvfy_errors(import_video(path, tmp_path / "out")) == []
+
+
+def test_a_batch_reads_each_file_once_to_hash_it(
+    videos: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch hashes every file to find the same video under two names; each import then
+    hashed it again (a second full read of every video)."""
+    from lus_pacs.ingest import video
+
+    hashed: list[Path] = []
+    original = video._sha256
+
+    def counting(path: Path) -> str:
+        hashed.append(path)
+        return original(path)
+
+    monkeypatch.setattr(video, "_sha256", counting)
+    paths = [videos["mp4"][0], videos["gif"][0]]
+    report = import_videos(paths, tmp_path / "out", progress=False)
+    assert [i.source for i in report.imported] == paths
+    assert sorted(hashed) == sorted(paths)

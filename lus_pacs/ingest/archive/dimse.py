@@ -54,16 +54,16 @@ while contexts went to MPEG and HEVC, which the node cannot read). 7 SOP classes
 syntaxes + the C-GET context + :data:`_OTHER_CLASSES` fit the 128 contexts of an association."""
 
 _OTHER_CLASSES = (
-    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
-    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
-    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
-    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
-    "1.2.840.10008.5.1.4.1.1.88.35",  # Extensible SR
-    "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection
-    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
-    "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State
-    "1.2.840.10008.5.1.4.1.1.11.2",  # Color Softcopy Presentation State
-    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
+    pydicom.uid.BasicTextSRStorage,
+    pydicom.uid.EnhancedSRStorage,
+    pydicom.uid.ComprehensiveSRStorage,
+    pydicom.uid.Comprehensive3DSRStorage,
+    pydicom.uid.ExtensibleSRStorage,
+    pydicom.uid.KeyObjectSelectionDocumentStorage,
+    pydicom.uid.SegmentationStorage,
+    pydicom.uid.GrayscaleSoftcopyPresentationStateStorage,
+    pydicom.uid.ColorSoftcopyPresentationStateStorage,
+    pydicom.uid.EncapsulatedPDFStorage,
 )
 """Classes of the results and documents an ultrasound study also holds (earlier results of this
 node among them), taken and dropped when they come: an archive whose image-level C-FIND leaves
