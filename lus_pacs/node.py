@@ -120,12 +120,12 @@ class Node:
         """What the workers' cines hold decoded at once (two long cines do not add up)."""
         self._encoder: Encoder | None = None
         """The processes that make the result objects (``encoders``), once started."""
-        self._running: dict[str, tuple[Job, float]] = {}
+        self._running: dict[str, tuple[Job, float, Hold]] = {}
+        """Per worker: the job it is processing, since when (monotonic seconds), and the pixels
+        it holds against the budget (one entry: the watchdog releases the hold of the job it
+        gave up, never that of the next job its worker took)."""
         self._unavailable: dict[str, float] = {}
         """Destinations held unavailable (their deliveries waiting), since when (epoch s)."""
-        self._holds: dict[str, Hold] = {}
-        """Per worker: the pixels its cine holds against the budget."""
-        """Per worker: the job it is processing and since when (monotonic seconds)."""
         self._overdue: set[str] = set()
         """Workers still on a cine given up for running past ``max_cine_s``."""
         self._pruned_at = float("-inf")
@@ -435,13 +435,11 @@ class Node:
                 f", after {waited:.1f} s for the pixel budget" if waited >= 0.05 else "",
             )
             worker = threading.current_thread().name
-            self._holds[worker] = held
-            self._running[worker] = (job, time.monotonic())
+            self._running[worker] = (job, time.monotonic(), held)
             try:
                 self._process_cine(job)
             finally:
                 del self._running[worker]
-                del self._holds[worker]
                 if worker in self._overdue:
                     self._overdue.discard(worker)
                     log.warning("%s is free again", worker)
@@ -494,7 +492,7 @@ class Node:
         worker thread cannot be stopped; it is reported (``/healthz``) until it returns."""
         now = time.monotonic()
         limit = self.settings.max_cine_s
-        for worker, (job, started) in list(self._running.items()):
+        for worker, (job, started, held) in list(self._running.items()):
             if worker in self._overdue or now - started <= limit:
                 continue
             self._overdue.add(worker)
@@ -504,10 +502,10 @@ class Node:
             )
             if self.store.jobs.give_up(job, reason):
                 self.metrics.processed.labels("failed").inc()
-                if (held := self._holds.get(worker)) is not None:
-                    # Counted no more: every cine that did not fit beside it waited for it,
-                    # the whole node with them, until a restart.
-                    held.release()
+                # Counted no more: every cine that did not fit beside it waited for it, the
+                # whole node with them, until a restart (its thread may still hold its frames:
+                # the budget is a throttle, not a measure of memory).
+                held.release()
                 log.error(
                     "%s: %s. %s stays busy with it until it returns or the node restarts",
                     job.instance.sop_instance_uid,
@@ -538,7 +536,10 @@ class Node:
             for delivery in due:
                 if self._stop.is_set():
                     return
-                if not self._deliver(delivery, destination):
+                outcome = self._deliver(delivery, destination)
+                if outcome is None:  # called off: the destination was not asked
+                    continue
+                if not outcome:
                     outages = 0
                     self._unavailable.pop(name, None)
                     continue
@@ -557,9 +558,13 @@ class Node:
                 self._stop.wait(hold)
                 break
 
-    def _deliver(self, delivery: Delivery, destination: DicomDestination | WebDestination) -> bool:
+    def _deliver(
+        self, delivery: Delivery, destination: DicomDestination | WebDestination
+    ) -> bool | None:
         """Send one delivery and record the outcome; True when the destination as a whole did
-        not take it (:attr:`~lus_pacs.errors.ExportError.unavailable`)."""
+        not take it (:attr:`~lus_pacs.errors.ExportError.unavailable`), None when the delivery
+        was called off and the destination not asked (it tells nothing of it: a destination
+        held unavailable was counted back)."""
         what = "study summary" if delivery.summary else "job"
         if not self.store.deliveries.still_due(delivery):
             log.info(
@@ -568,7 +573,7 @@ class Node:
                 delivery.job_id,
                 destination.name,
             )
-            return False
+            return None
         paths = [o.path for o in delivery.outputs]
         try:
             if isinstance(destination, WebDestination):

@@ -75,37 +75,6 @@ from lus_pacs.settings import Settings
 log = logging.getLogger(__name__)
 
 
-BUNDLE_CONTENT = ("configs/inference.json", "models/model.pt.sha256")
-"""What decides a bundle's findings beside its code and version: its settings and its weights
-(by their checksum); not the metadata, whose measured figures change with the card."""
-
-
-def bundle_content(folder: Path) -> str:
-    """6 hex digits of the SHA-256 of the bundle's :data:`BUNDLE_CONTENT` ("" when it has none
-    of them): a threshold changed, or weights retrained under the same version, give results
-    of their own (the same UID with other content: a PACS keeps the first; the job store took
-    the instance as made)."""
-    digest = hashlib.sha256()
-    found = False
-    for name in BUNDLE_CONTENT:
-        path = folder / name
-        if not path.is_file():
-            continue
-        text = path.read_text(errors="replace")
-        try:  # what it says, not how it is laid out (line endings, indentation, the file name
-            # beside a checksum): the same bundle is the same identity on every machine
-            canonical = (
-                json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
-                if name.endswith(".json")
-                else (text.split() or [""])[0].lower()
-            )
-        except ValueError:  # not readable as it should be: loading the bundle says so
-            canonical = text
-        digest.update(name.encode() + b"\0" + canonical.encode() + b"\0")
-        found = True
-    return digest.hexdigest()[:6] if found else ""
-
-
 @dataclass(frozen=True, eq=False)
 class Models:
     """The enabled families' bundles, loaded once, in the order they run."""
@@ -137,6 +106,8 @@ class Models:
                 ", ".join(f.name for f in ordered),
             )
         runners = {f.name: f.load(settings.models_dir / f.name, settings) for f in ordered}
+        from lus_pacs.inference.bundle import bundle_content  # torch: the runners load it too
+
         contents = {f.name: bundle_content(settings.models_dir / f.name) for f in ordered}
         return cls(ordered, runners, families.identity(runners, contents), families)
 

@@ -294,7 +294,9 @@ class Settings(BaseModel):
     its worker (a decoder or library that never returns): it fails with the time named, is not
     queued again by a restart (``lus-pacs retry`` tries it again), and ``/healthz`` is
     unhealthy until its worker is free, since a thread cannot be stopped from outside and
-    still holds its core and memory; a restart frees it. ``lus-pacs reprocess`` kills such a
+    still holds its core and memory; a restart frees it. Its pixels are no longer counted
+    against ``concurrent_pixels`` (every cine that did not fit beside it waited, the whole node
+    with them, until a restart). ``lus-pacs reprocess`` kills such a
     worker process (or Ray actor) and goes on with a new one. The default is far above what
     the largest cine the limits admit takes on two cores."""
     concurrent_pixels: int = Field(default=100_000_000, ge=1)

@@ -40,8 +40,11 @@ class Runner:
     """Settings that change its result objects (frames segmented, dropout passes): part of the
     result identity, as ``name@version[setup]``."""
 
-    def identity(self, name: str) -> str:
-        return f"{name}@{self.version}" + (f"[{self.setup}]" if self.setup else "")
+    def identity(self, name: str, content: str = "") -> str:
+        """``name@version``, with ``~`` and the digest of the bundle's ``content`` where there
+        is one, then ``[setup]`` where there is one."""
+        digest = f"~{content}" if content else ""
+        return f"{name}@{self.version}{digest}" + (f"[{self.setup}]" if self.setup else "")
 
 
 def _no_key_frames(findings: Any) -> Sequence[KeyFrame]:

@@ -107,9 +107,7 @@ class Registry:
         contents = contents or {}
 
         def named(n: str) -> str:
-            found = runners[n]
-            digest = f"~{contents[n]}" if contents.get(n) else ""
-            return f"{n}@{found.version}{digest}" + (f"[{found.setup}]" if found.setup else "")
+            return runners[n].identity(n, contents.get(n, ""))
 
         loaded = [f.name for f in self.families if f.name in runners]
         bare = [named(n) for n in loaded if not runners[n].setup]

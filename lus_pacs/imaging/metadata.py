@@ -177,7 +177,7 @@ def budget_pixels(header: Dataset, file_bytes: int) -> int:
     """Frames x rows x columns of a stored instance as its header says, for a pixel budget
     (the node's workers, a re-processing run's). Without a Number of Frames the decoder reads
     every frame the Pixel Data holds: then the file's size in bytes (``file_bytes``) stands in
-    when larger (native pixels take at least a byte each). 0 when the header does not say:
+    when larger (native pixels take at least a byte each). 0 when its counts are not numbers:
     processing then fails on it with the reason."""
     try:
         frame = int(header.get("Rows") or 0) * int(header.get("Columns") or 0)

@@ -220,10 +220,16 @@ def weights_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def recorded_checksum(text: str) -> str:
+    """The digest a checksum file holds (``sha256sum`` writes the file name after it; capitals
+    are the same digest)."""
+    return text.split(maxsplit=1)[0].lower()
+
+
 def _check_checksum(folder: Path) -> None:
     """Refuse weights that are not those written with the bundle (its checksum file)."""
     try:
-        recorded = (folder / CHECKSUM).read_text().split()[0].lower()
+        recorded = recorded_checksum((folder / CHECKSUM).read_text())
     except (OSError, IndexError) as exc:
         raise ModelError(f"{folder / CHECKSUM}: not readable ({exc})") from exc
     if weights_digest(folder / WEIGHTS) != recorded:
@@ -231,6 +237,37 @@ def _check_checksum(folder: Path) -> None:
             f"{folder / WEIGHTS}: its SHA-256 is not the one in {CHECKSUM}: the weights are "
             "damaged or were replaced; restore the bundle (git checkout models/) or train it again."
         )
+
+
+BUNDLE_CONTENT = (INFERENCE, CHECKSUM)
+"""What decides a bundle's findings beside its code and version: its settings and its weights
+(by their checksum); not the metadata, whose measured figures change with the card."""
+
+
+def bundle_content(folder: Path) -> str:
+    """6 hex digits of the SHA-256 of the bundle's :data:`BUNDLE_CONTENT` ("" when it has none
+    of them): a threshold changed, or weights retrained under the same version, give results
+    of their own (the same UID with other content: a PACS keeps the first; the job store took
+    the instance as made)."""
+    digest = hashlib.sha256()
+    found = False
+    for name in BUNDLE_CONTENT:
+        path = folder / name
+        if not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        try:  # what it says, not how it is laid out (line endings, indentation, the file name
+            # beside a checksum): the same bundle is the same identity on every machine
+            canonical = (
+                json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
+                if name == INFERENCE
+                else recorded_checksum(text)
+            )
+        except (ValueError, IndexError):  # not readable as it should be: loading says so
+            canonical = text
+        digest.update(str(name).encode() + b"\0" + canonical.encode() + b"\0")
+        found = True
+    return digest.hexdigest()[:6] if found else ""
 
 
 def read_json(path: Path) -> dict[str, Any]:

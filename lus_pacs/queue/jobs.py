@@ -142,7 +142,6 @@ class Jobs:
                 # A file received again (A -> B -> A: the first copy, the same bytes at the
                 # same path) is an instance's own again, no study's left file to remove.
                 db.execute("DELETE FROM left_files WHERE path = ?", (str(instance.path),))
-            if changed:
                 # Results of the earlier content not yet delivered are not sent any more.
                 db.execute(
                     "UPDATE deliveries SET state = ?, error = ? WHERE state = ? AND job_id IN "

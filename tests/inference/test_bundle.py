@@ -97,9 +97,14 @@ def test_a_decision_threshold_missing_or_out_of_range_is_refused(
             "_target_": "lus_pacs.families.key_frames.network.KeyFrameNet",
             "channels": "$__import__('pathlib').Path('{out}').write_text('ran') and 8",
         },
-        {  # a nested one too
+        {  # a nested one too (under a top-level class of the package)
             "_target_": "lus_pacs.families.b_lines.network.MeasuredBLines",
             "localiser": {"_target_": "lus_pacs.families.b_lines.network.torch.nn.Identity"},
+            "head": {
+                "_target_": "lus_pacs.families.key_frames.network.torch.save",
+                "obj": 1,
+                "f": "{out}",
+            },
         },
     ],
 )

@@ -254,7 +254,8 @@ def test_a_job_the_node_stops_on_three_times_fails_and_retry_gives_it_three_more
         store = JobStore(tmp_path / "jobs.sqlite")  # the node died holding it
         recovered = store.jobs.recover()
         assert recovered.resumed == (2 if stop < 3 else 1)
-    # The one waiting for the budget beside it was failed with it: it had not started.
+    # Only the one that started is failed; the one waiting for the budget beside it had not
+    # started and is queued again.
     assert recovered.given_up == ("1.2.3.1",)
     (failed,) = store.jobs.rows(JobState.FAILED)
     assert "stopped while processing it 3 times" in (failed.error or "")

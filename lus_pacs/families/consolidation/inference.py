@@ -184,15 +184,14 @@ class ConsolidationModel:
         bundle = load_bundle(folder, expected=(ConsolidationClassifier,))
         network = bundle.network
         assert isinstance(network, ConsolidationClassifier)
+        # The bundle's own is checked whether or not the settings replace it (as segmentation's
+        # mc_samples): a damaged bundle is refused alike either way.
+        bundled = count_setting(bundle, "saliency_frames", folder)
         return cls(
             network=network,
             model=bundle.model,
             threshold=probability_setting(bundle, "threshold", folder),
-            saliency_frames=(
-                saliency_frames
-                if saliency_frames is not None
-                else count_setting(bundle, "saliency_frames", folder)
-            ),
+            saliency_frames=bundled if saliency_frames is None else saliency_frames,
             saliency_method=saliency_method,
         )
 

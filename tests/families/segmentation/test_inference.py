@@ -199,3 +199,6 @@ def test_a_bundle_count_that_is_not_a_count_is_refused_at_load(
     load = SegmentationModel.load if family == "segmentation" else ConsolidationModel.load
     with pytest.raises(ModelError, match=f"'{key}' must be a whole number"):
         load(bundle)
+    if family == "consolidation":  # refused alike when the settings give their own count
+        with pytest.raises(ModelError, match=f"'{key}' must be a whole number"):
+            ConsolidationModel.load(bundle, saliency_frames=2)
