@@ -18,6 +18,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import IO
@@ -574,7 +575,18 @@ class Node:
                 destination.name,
             )
             return None
+        # Only the kinds that go there (the destination's output_kinds), audited as such.
+        delivery = replace(
+            delivery, outputs=tuple(o for o in delivery.outputs if destination.takes(o.kind))
+        )
         paths = [o.path for o in delivery.outputs]
+        if not paths:
+            self.store.deliveries.delivered(
+                delivery.job_id, delivery.destination, summary=delivery.summary
+            )
+            self._audit_delivery(delivery, "not sent", "none of its kinds goes there")
+            log.info("None of %s %d goes to %s", what, delivery.job_id, destination.name)
+            return False
         try:
             if isinstance(destination, WebDestination):
                 stow(paths, destination)

@@ -133,10 +133,23 @@ def _ae_title(value: str) -> str:
 AeTitle = Annotated[str, AfterValidator(_ae_title)]
 
 
-class DicomDestination(BaseModel):
-    """A DICOM node results are sent to by C-STORE."""
+class _Receiver(BaseModel):
+    """What a destination of either kind is sent."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    output_kinds: tuple[OutputKind, ...] | None = None
+    """The kinds of result object sent to it, of those the node makes
+    (:attr:`Settings.output_kinds`); None: all of them. A PACS that takes no LABELMAP SEG
+    (a class of 2024, unknown to many) refuses it at every attempt: leave ``seg`` out for it."""
+
+    def takes(self, kind: str) -> bool:
+        """Whether a result object of ``kind`` is sent to it."""
+        return self.output_kinds is None or kind in self.output_kinds
+
+
+class DicomDestination(_Receiver):
+    """A DICOM node results are sent to by C-STORE."""
 
     name: str
     ae_title: AeTitle
@@ -151,12 +164,10 @@ class DicomDestination(BaseModel):
     instances in order. Orthanc serves 4 at once by default (``DicomThreadsCount``)."""
 
 
-class WebDestination(BaseModel):
+class WebDestination(_Receiver):
     """A DICOMweb server results are sent to by STOW-RS (PS3.18), e.g. Orthanc's DICOMweb
     plugin at ``http://pacs:8042/dicom-web``. Credentials come from a file or an environment
     variable, never from the settings text or the command line."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
     url: str = Field(pattern=r"^https?://")

@@ -13,17 +13,23 @@ import numpy as np
 import prometheus_client
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import ComprehensiveSRStorage  # type: ignore[attr-defined]
 
 from lus_pacs.domain import Instance, JobState, Output
 from lus_pacs.errors import ConfigError
 from lus_pacs.node import Node, summary_path
 from lus_pacs.pipeline import Models
+from lus_pacs.queue.deliveries import DeliveryState
 from lus_pacs.queue.store import JobStore
 from lus_pacs.settings import DicomDestination, Settings
 from tests.orthanc import running_orthanc
 from tests.tools import write_cine
 
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
+COMPREHENSIVE_SR = Path(get_testdata_file("test-SR.dcm") or "test-SR.dcm")
 
 
 def test_a_second_node_on_the_same_store_refuses_and_the_first_keeps_its_cines(
@@ -397,3 +403,63 @@ def test_a_destination_credential_that_cannot_be_read_is_said_at_start(
         node.stop()
     assert "Results for web cannot be sent until its credential can be read" in caplog.text
     assert "LUS_PACS_TEST_UNSET_PASSWORD" in caplog.text
+
+
+def _result_file(folder: Path, name: str, sop_class: str) -> Output:
+    """A result file of ``sop_class`` (a comprehensive SR renamed to it)."""
+    ds = pydicom.dcmread(COMPREHENSIVE_SR)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.UID(sop_class)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    path = folder / f"{name}-{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return Output(name, str(ds.SOPInstanceUID), path)
+
+
+def test_a_pacs_without_the_seg_class_gets_the_rest_once(tmp_path: Path) -> None:
+    """A PACS that takes no LABELMAP SEG (a class of 2024) refused it at every attempt: the
+    SR, KOS and presentation state went again for a day, then the job was marked failed. The
+    refusal is final at once; the destination's output_kinds leave the SEG out."""
+    ae = AE("NOSEG")
+    ae.add_supported_context(ComprehensiveSRStorage, ExplicitVRLittleEndian)
+    received: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append(str(event.dataset.SOPInstanceUID))
+        return 0x0000
+
+    server = ae.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    assert server is not None
+    pacs = DicomDestination(
+        name="pacs", ae_title="NOSEG", host="127.0.0.1", port=server.server_address[1]
+    )
+    settings = Settings(
+        data_dir=tmp_path / "node", port=0, metrics_port=None, models=("b_lines",),
+        destinations=(pacs,),
+    )  # fmt: skip
+    node = Node(settings, Models.load(settings))
+    try:
+        for n, destination in enumerate((pacs, pacs.model_copy(update={"output_kinds": ("sr",)}))):
+            cine = Instance(f"1.2.3.{n}", US_MULTIFRAME, "1.2.3", "1.2.3.9", "SCU", tmp_path)
+            node.store.jobs.record_instance(cine, node.models.key)
+            job = node.store.jobs.claim(node.models.key)
+            assert job is not None
+            sr = _result_file(tmp_path, "sr", str(ComprehensiveSRStorage))
+            seg = _result_file(tmp_path, "seg", "1.2.840.10008.5.1.4.1.1.66.7")
+            node.store.jobs.finish(job.id, "{}", [sr, seg], ["pacs"])
+            (delivery,) = node.store.deliveries.due(now=time.time() + 1e6, destination="pacs")
+            assert node._deliver(delivery, destination) is False  # the PACS is there
+            assert node.store.deliveries.due(now=time.time() + 1e6, destination="pacs") == []
+            assert received.count(sr.sop_instance_uid) == 1
+            assert seg.sop_instance_uid not in received
+        refused, left_out = sorted(node.store.jobs.rows(), key=lambda r: r.id)
+        ((_, state, attempts, reason),) = refused.deliveries
+        assert (state, attempts) == (DeliveryState.FAILED, 1)
+        assert "output_kinds" in str(reason)
+        assert refused.state is JobState.FAILED
+        assert [d[1] for d in left_out.deliveries] == [DeliveryState.SENT]
+        assert left_out.state is JobState.SENT
+    finally:
+        node.stop()
+        server.shutdown()

@@ -735,30 +735,40 @@ def test_a_summary_made_again_the_same_is_not_sent_again(tmp_path: Path) -> None
     assert not manifest.summary_is_sent("1.2", "k")
 
 
+@pytest.mark.parametrize("chosen_by", ["settings", "destination"])
 def test_a_run_that_sends_only_study_summaries_skips_a_finished_study(
-    archive: Path, orthanc: OrthancHandle, tmp_path: Path, models: Models
+    archive: Path, orthanc: OrthancHandle, tmp_path: Path, models: Models, chosen_by: str
 ) -> None:
     """With only the summary SR to send, a cine has no files: it was never noted sent, so its
-    study was never finished, and every run fetched it again (from a PACS, the whole study)."""
+    study was never finished, and every run fetched it again (from a PACS, the whole study).
+    The kinds sent are the settings' or the destination's own (the cine's objects are made,
+    and kept in the run's folder, but not sent to it)."""
     folder = tmp_path / "archive"
     folder.mkdir()
     cine = sorted(archive.glob("synth/*/*.dcm"))[0]
     shutil.copy(cine, folder / cine.name)
+    only_summary = (OutputKind.STUDY_SR,)
     settings = Settings(
         models=tuple(MODELS.split(",")),
         data_dir=tmp_path / "data",
-        output_kinds=(OutputKind.STUDY_SR,),
+        output_kinds=only_summary if chosen_by == "settings" else Settings().output_kinds,
     )
     pacs = DicomDestination(
-        name="pacs", ae_title=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port
+        name="pacs",
+        ae_title=orthanc.aet,
+        host="127.0.0.1",
+        port=orthanc.dicom_port,
+        output_kinds=only_summary if chosen_by == "destination" else None,
     )
     before = orthanc.count()
 
     def run() -> RunCounts:
         engine = _InProcess(settings, models)
         out = tmp_path / "out"
+        # A key of its own: the same key's summary is the same instance, held from before.
+        key = f"k-{chosen_by}"
         return Run(
-            settings, FolderSource(folder), out, engine, "k", destination=pacs, progress=False
+            settings, FolderSource(folder), out, engine, key, destination=pacs, progress=False
         ).execute()
 
     first = run()

@@ -93,6 +93,12 @@ def output_name(kind: OutputKind, ds: Dataset) -> str:
     return f"{kind}-{ds.SOPInstanceUID}.dcm"
 
 
+def output_kind(path: Path) -> str:
+    """The kind of the result object at ``path``, from its :func:`output_name` (a UID has no
+    ``-``, a kind may)."""
+    return path.name.rpartition("-")[0]
+
+
 def write_outputs(objects: Sequence[tuple[OutputKind, Dataset]], folder: Path) -> list[Output]:
     """Each object as a DICOM file, written durably, named by its SOP Instance UID (a new
     folder's entry synced in its parent too: a power cut cannot take the folder away)."""

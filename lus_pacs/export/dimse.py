@@ -15,13 +15,13 @@ from pathlib import Path
 
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, VerificationPresentationContexts, evt
 from pynetdicom.association import Association
 from pynetdicom.status import code_to_category
 
 from lus_pacs.dicom_vocabulary import DUPLICATE_SOP_INSTANCE, SUCCESS
-from lus_pacs.errors import ExportError
+from lus_pacs.errors import ConfigError, ExportError
 from lus_pacs.network import application_entity
 from lus_pacs.settings import DicomDestination
 from lus_pacs.tls import client_context
@@ -33,6 +33,10 @@ MAX_CONTEXTS = 128
 
 _DELIVERED = ("Success", "Warning")
 """Status categories that mean the destination kept the instance (0xB000, 0xB006, 0xB007 warn)."""
+
+_CLASS_NOT_SUPPORTED = 0x0122
+"""C-STORE "Refused: SOP Class not supported": the destination will not take the class later
+either."""
 
 
 @dataclass(frozen=True)
@@ -66,9 +70,10 @@ def store(
     fails the call, and the caller sends the whole set again (the instances already stored come
     back under the same UIDs, which a PACS keeps once).
 
-    Each SOP class is proposed with the instance's own transfer syntax and with Explicit VR Little
-    Endian, as separate presentation contexts, so the destination can accept either. A compressed
-    instance whose own syntax is refused is decompressed and sent in Explicit VR Little Endian.
+    Each SOP class is proposed with the instance's own transfer syntax, Explicit VR Little Endian
+    and Implicit VR Little Endian (the default every SCP must take, and all some take), as
+    separate presentation contexts, so the destination can accept any. A compressed instance
+    whose own syntax is refused is decompressed and sent in the uncompressed syntax accepted.
 
     Parameters
     ----------
@@ -93,6 +98,9 @@ def store(
         An input cannot be read, the association is refused, rejected or aborted, or any instance
         is not delivered (failure status, no accepted presentation context, no response). The
         message names the destination, its AE title, host:port and each SOP Instance UID.
+        ``final`` when every instance not delivered was refused in a way the same attempt meets
+        again (its SOP class taken in no presentation context, or answered 0x0122): the rest
+        were delivered, and sending them again for a day would change nothing.
     """
     if not datasets_or_paths:
         return []
@@ -143,6 +151,7 @@ def store(
                 destination.name,
                 "; ".join(reasons),
                 unavailable=all(isinstance(e, ExportError) and e.unavailable for e in failed),
+                final=all(isinstance(e, ExportError) and e.final for e in failed),
             )
         statuses = [0] * len(items)
         for lane, future in enumerate(futures):
@@ -186,6 +195,7 @@ def _store_on_one(
     assoc = _associate(ae, destination)
     statuses: list[int] = []
     failures: list[str] = []
+    refused: list[str] = []  # failures the same attempt meets again (see store's Raises)
     try:
         accepted = {
             (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
@@ -200,21 +210,21 @@ def _store_on_one(
             try:
                 payload = _payload(item, accepted)
             except (OSError, ValueError, RuntimeError, NotImplementedError) as exc:
-                failures.append(
+                refused.append(
                     f"{item.label}: only uncompressed was accepted and decompressing failed: {exc}"
                 )
                 continue
             if payload is None:
-                failures.append(
+                refused.append(
                     f"{item.label}: no presentation context accepted for it in "
-                    f"{item.transfer_syntax.name} or {ExplicitVRLittleEndian.name}"
+                    f"{item.transfer_syntax.name} or an uncompressed syntax"
                 )
                 continue
             try:
                 status = assoc.send_c_store(payload)
             except ValueError as exc:
                 # pynetdicom cannot encode it in the accepted transfer syntax.
-                failures.append(f"{item.label}: cannot be encoded for sending: {exc}")
+                refused.append(f"{item.label}: cannot be encoded for sending: {exc}")
                 continue
             except RuntimeError as exc:  # the peer aborted since the check above
                 raise ExportError(
@@ -235,7 +245,8 @@ def _store_on_one(
                 logger.info("%s holds %s already", _where(destination), item.sop_instance)
             elif category not in _DELIVERED:
                 comment = f", {status.ErrorComment}" if "ErrorComment" in status else ""
-                failures.append(f"{item.label}: status 0x{code:04X} ({category}{comment})")
+                reason = f"{item.label}: status 0x{code:04X} ({category}{comment})"
+                (refused if code == _CLASS_NOT_SUPPORTED else failures).append(reason)
                 continue
             if category == "Warning":
                 logger.warning(
@@ -251,13 +262,23 @@ def _store_on_one(
         else:
             assoc.abort()
 
-    if failures:
+    if failures or refused:
+        not_taken = failures + refused
         raise ExportError(
             destination.name,
-            f"{_where(destination)} did not take {len(failures)} of {len(items)} instances: "
-            + "; ".join(failures),
+            f"{_where(destination)} did not take {len(not_taken)} of {len(items)} instances: "
+            + "; ".join(not_taken)
+            + ("" if failures else f"; the other {len(statuses)} were delivered{_NOT_AGAIN}"),
+            final=not failures,
         )
     return statuses
+
+
+_NOT_AGAIN = (
+    "; the same attempt would meet it again: let the destination take these classes (then "
+    "lus-pacs retry), or leave their kinds out for it (its output_kinds)"
+)
+"""What a refusal the same attempt would meet again says to do."""
 
 
 def echo(destination: DicomDestination, *, calling_ae: str, timeout: float = 10.0) -> bool:
@@ -327,6 +348,7 @@ def _contexts(items: Sequence[_Item]) -> list[tuple[UID, UID]]:
     for item in items:
         pairs[item.sop_class, item.transfer_syntax] = None
         pairs[item.sop_class, ExplicitVRLittleEndian] = None
+        pairs[item.sop_class, ImplicitVRLittleEndian] = None
     return list(pairs)
 
 
@@ -344,12 +366,16 @@ def _associate(ae: AE, destination: DicomDestination) -> Association:
             connection.settimeout(ae.network_timeout)
 
     tls = destination.tls
+    try:
+        context = client_context(tls) if tls else None
+    except ConfigError as exc:  # its files missing or unreadable (a mount lost, a rotation)
+        raise ExportError(destination.name, str(exc), unavailable=True) from exc
     assoc = ae.associate(
         destination.host,
         destination.port,
         ae_title=destination.ae_title,
         evt_handlers=[(evt.EVT_CONN_OPEN, opened)],
-        tls_args=(client_context(tls), tls.server_name or destination.host) if tls else None,
+        tls_args=(context, tls.server_name or destination.host) if context and tls else None,
     )
     if assoc.is_established:
         return assoc
@@ -374,7 +400,9 @@ def _associate(ae: AE, destination: DicomDestination) -> Association:
         offered = sorted({UID(cx.abstract_syntax or "").name for cx in assoc.rejected_contexts})
         raise ExportError(
             destination.name,
-            f"{where} accepted no presentation context (offered: {', '.join(offered)})",
+            f"{where} accepted no presentation context (offered: {', '.join(offered)})"
+            + _NOT_AGAIN,
+            final=True,
         )
     else:
         reason = (
@@ -407,8 +435,7 @@ def _payload(item: _Item, accepted: set[tuple[str, str]]) -> Dataset | Path | No
     if not own.is_compressed:
         # pynetdicom re-encodes between implicit and explicit VR little endian.
         return item.source
-    if ExplicitVRLittleEndian not in uncompressed:
-        return None
+    # Decompressed to explicit VR little endian, which pynetdicom re-encodes as above.
     dataset = dcmread(item.source) if isinstance(item.source, Path) else item.source.copy()
     # The same instance in another transfer syntax: its UID stays (pydicom would make a new one,
     # and the SR's references and the PACS's copy of an earlier attempt would miss it).

@@ -123,6 +123,13 @@ def _one_by_one(paths: Sequence[Path], destination: WebDestination) -> list[str]
     return stored
 
 
+def _one(doc: Any) -> Any:
+    """The answer's data set: some servers wrap the one data set in a list."""
+    if isinstance(doc, list):
+        return doc[0] if doc else {}
+    return doc
+
+
 class _CutWhileSendingError(ExportError):
     """The server closed the connection while the request was sent, after it took it: the way
     many servers refuse a body larger than they take (an HTTP 413 sent at once, the body
@@ -133,8 +140,12 @@ def _post(request: urllib.request.Request, destination: WebDestination) -> dict[
     try:
         context = ssl.create_default_context(cafile=destination.ca_bundle)
     except (OSError, ssl.SSLError) as exc:
+        # Every delivery to it would fail alike (a mount lost, a rotation): held, not each
+        # tried in turn.
         raise ExportError(
-            destination.name, f"cannot load the CA bundle {destination.ca_bundle}: {exc}"
+            destination.name,
+            f"cannot load the CA bundle {destination.ca_bundle}: {exc}",
+            unavailable=True,
         ) from exc
     # No proxy: a hospital's DICOMweb server is reached directly, as its DIMSE nodes are.
     opener = urllib.request.build_opener(
@@ -152,7 +163,7 @@ def _post(request: urllib.request.Request, destination: WebDestination) -> dict[
             text = b""
         if exc.code == HTTPStatus.CONFLICT:  # none stored: its Failed SOP Sequence says why
             with contextlib.suppress(ValueError, ExportError):
-                doc = _answer(text, destination)
+                doc = _one(_answer(text, destination))
                 if isinstance(doc, dict) and _items(doc, _FAILED):
                     return doc
         if exc.code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
@@ -191,8 +202,7 @@ def _post(request: urllib.request.Request, destination: WebDestination) -> dict[
         doc = _answer(text, destination) if text.strip() else {}
     except ValueError as exc:
         raise ExportError(destination.name, f"{destination.url}: not a JSON answer") from exc
-    if isinstance(doc, list):  # some servers wrap the one data set in a list
-        doc = doc[0] if doc else {}
+    doc = _one(doc)
     if not isinstance(doc, dict):
         raise ExportError(destination.name, f"{destination.url}: not a DICOM JSON data set")
     return doc

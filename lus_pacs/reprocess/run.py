@@ -30,6 +30,7 @@ from tqdm import tqdm
 from lus_pacs.dicom_vocabulary import is_uid
 from lus_pacs.domain import OutputKind
 from lus_pacs.durable import durable_file
+from lus_pacs.encode.files import output_kind
 from lus_pacs.errors import ArchiveError, ExportError
 from lus_pacs.families.registry import FAMILIES, Registry
 from lus_pacs.imaging.metadata import budget_pixels
@@ -342,6 +343,7 @@ class Run:
         A failed send is logged and left for the next run."""
         if self.destination is None:
             return False
+        paths = [p for p in paths if self.destination.takes(output_kind(p))]
         if not paths:  # nothing of this cine goes out (only the study's summary is sent)
             if sop_uid is not None:
                 self.manifest.mark_sent(sop_uid, self.key)

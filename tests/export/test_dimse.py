@@ -16,13 +16,16 @@ import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    ComprehensiveSRStorage,
+    MRImageStorage,
+)
 
 from lus_pacs.errors import ExportError
 from lus_pacs.export.dimse import echo, store
-from lus_pacs.settings import DicomDestination
+from lus_pacs.settings import DicomDestination, TlsFiles
 from tests.orthanc import OrthancHandle, free_ports, running_orthanc
 
 CALLING_AE = "LUSPACS"
@@ -191,11 +194,86 @@ def test_compressed_instance_is_decompressed_when_its_syntax_is_refused(mr_scp: 
 
 
 def test_sop_class_the_destination_refuses_is_reported(mr_scp: MrOnlyScp) -> None:
+    """A class the destination takes in no presentation context (a PACS without the LABELMAP
+    SEG class) is refused at every attempt: final, so the rest is not sent again for a day."""
     with pytest.raises(
         ExportError, match=rf"1 of 2 .*CT Image Storage {_uid(CT)}.*no presentation context"
-    ):
+    ) as refused:
         store([CT, MR_RLE], mr_scp.destination, calling_ae=CALLING_AE)
     assert len(mr_scp.received) == 1
+    assert refused.value.final
+    assert not refused.value.unavailable
+    assert "the other 1 were delivered" in refused.value.reason
+    assert "output_kinds" in refused.value.reason
+
+
+def test_class_not_supported_status_is_final_and_another_failure_is_not(
+    mr_scp: MrOnlyScp,
+) -> None:
+    first, second = _renumbered(MR_RLE), _renumbered(MR_RLE)
+    mr_scp.by_instance = {first.SOPInstanceUID: 0x0122}
+    with pytest.raises(ExportError, match=r"status 0x0122") as refused:
+        store([first, second], mr_scp.destination, calling_ae=CALLING_AE)
+    assert refused.value.final
+    mr_scp.by_instance[second.SOPInstanceUID] = 0xA700  # out of resources: may pass later
+    with pytest.raises(ExportError, match=r"status 0x0122.*status 0xA700|0xA700.*0x0122") as both:
+        store([first, second], mr_scp.destination, calling_ae=CALLING_AE)
+    assert not both.value.final
+
+
+@pytest.fixture
+def implicit_only_scp() -> Iterator[MrOnlyScp]:
+    """A pynetdicom SCP taking MR images and comprehensive SRs in Implicit VR Little Endian
+    only: the default transfer syntax every SCP must take, and all some PACS are set to."""
+    ae = AE("IMPLICIT")
+    ae.add_supported_context(MRImageStorage, ImplicitVRLittleEndian)
+    ae.add_supported_context(ComprehensiveSRStorage, ImplicitVRLittleEndian)
+    scp = MrOnlyScp(
+        DicomDestination(name="implicit", ae_title="IMPLICIT", host="127.0.0.1", port=1)
+    )
+
+    def on_store(event: evt.Event) -> int:
+        dataset = event.dataset
+        dataset.file_meta = event.file_meta
+        scp.received.append(dataset)
+        return 0x0000
+
+    server = ae.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    assert server is not None
+    try:
+        scp.destination = scp.destination.model_copy(update={"port": server.server_address[1]})
+        yield scp
+    finally:
+        server.shutdown()
+
+
+def test_a_destination_taking_implicit_vr_only_gets_every_instance(
+    implicit_only_scp: MrOnlyScp,
+) -> None:
+    """Explicit VR was the only uncompressed syntax proposed: such a PACS got nothing."""
+    sent = store([COMPREHENSIVE_SR, MR_RLE], implicit_only_scp.destination, calling_ae=CALLING_AE)
+    assert sent == [0x0000, 0x0000]
+    sr, mr = sorted(
+        implicit_only_scp.received, key=lambda ds: ds.SOPClassUID != ComprehensiveSRStorage
+    )
+    assert {sr.file_meta.TransferSyntaxUID, mr.file_meta.TransferSyntaxUID} == {
+        ImplicitVRLittleEndian
+    }
+    assert mr.SOPInstanceUID == _uid(MR_RLE)
+    np.testing.assert_array_equal(mr.pixel_array, dcmread(MR_RLE).pixel_array)
+
+
+def test_unreadable_tls_files_hold_the_destination(tmp_path: Path) -> None:
+    """A CA bundle not mounted (or mid-rotation) escaped as an unexpected error: each due
+    delivery tried in turn, a traceback each, and the destination counted as back."""
+    destination = _closed_port().model_copy(
+        update={"tls": TlsFiles(ca_bundle=tmp_path / "missing-ca.pem")}
+    )
+    with pytest.raises(ExportError, match=r"missing-ca\.pem") as failed:
+        store([COMPREHENSIVE_SR], destination, calling_ae=CALLING_AE)
+    assert failed.value.unavailable
 
 
 @pytest.mark.parametrize("warning", [0xB000, 0xB006, 0xB007])
@@ -262,8 +340,11 @@ def test_a_lane_of_a_class_the_destination_does_not_take_is_no_association_limit
     instances = [_renumbered(MR_RLE), dcmread(CT), _renumbered(MR_RLE), _renumbered(MR_RLE)]
     parallel = mr_scp.destination.model_copy(update={"associations": 4})
     caplog.set_level(logging.WARNING, logger="lus_pacs.export.dimse")
-    with pytest.raises(ExportError, match=r"accepted no presentation context .*CT Image Storage"):
+    with pytest.raises(
+        ExportError, match=r"accepted no presentation context .*CT Image Storage"
+    ) as refused:
         store(instances, parallel, calling_ae=CALLING_AE)
+    assert refused.value.final  # the other lanes delivered: not sent again for a day
     assert "set associations" not in caplog.text
     assert len(mr_scp.received) == 3
 

@@ -222,18 +222,30 @@ def test_an_instance_the_server_holds_already_is_delivered_and_other_failures_ar
     are sent again after a restart: they are there (the same UIDs are the same objects)."""
     uid = str(dcmread(US_IMAGE, stop_before_pixels=True).SOPInstanceUID)
     _Misbehaving.answers["/held"] = (_failed(uid, 0x0111), 0, 409)
+    # Some servers wrap the one data set in a list; a 409 so wrapped failed for a day.
+    _Misbehaving.answers["/held-list"] = (b"[" + _failed(uid, 0x0111) + b"]", 0, 409)
     _Misbehaving.answers["/refused"] = (_failed(uid, 0xC000), 0, 409)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Misbehaving)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
         assert stow([US_IMAGE], WebDestination(name="web", url=f"{url}/held")) == [uid]
+        assert stow([US_IMAGE], WebDestination(name="web", url=f"{url}/held-list")) == [uid]
         with pytest.raises(ExportError, match="failure reason 49152") as refused:
             stow([US_IMAGE], WebDestination(name="web", url=f"{url}/refused"))
         assert not refused.value.unavailable  # this object, not the server
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_an_unreadable_ca_bundle_holds_the_destination(tmp_path: Path) -> None:
+    """A CA bundle not mounted (or mid-rotation) fails every delivery alike: the destination
+    is held unavailable, not each delivery tried in turn."""
+    web = WebDestination(name="web", url="https://127.0.0.1:1", ca_bundle=tmp_path / "ca.pem")
+    with pytest.raises(ExportError, match=r"cannot load the CA bundle") as failed:
+        stow([US_IMAGE], web)
+    assert failed.value.unavailable
 
 
 def _xml(stored: str, failed: tuple[str, int] | None = None) -> bytes:
