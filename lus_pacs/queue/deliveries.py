@@ -236,6 +236,40 @@ class Deliveries:
                         "JOIN jobs j USING (sop_instance_uid) WHERE j.id = ?)",
                         (now, job_id),
                     )
+            # A delivery that failed while another of its job is still pending (the archive
+            # retrying, the PACS given up): the job is not failed, and its failed delivery
+            # would stay failed for good.
+            not_called_off = "(error IS NULL OR substr(error, 1, ?) != ?)"
+            encoded = [
+                r[0]
+                for r in db.execute(
+                    "SELECT DISTINCT job_id FROM deliveries WHERE state = ? AND "
+                    f"{not_called_off}{only_known} AND job_id IN (SELECT id FROM jobs WHERE "
+                    "state = ?)",
+                    (
+                        DeliveryState.FAILED,
+                        len(CALLED_OFF),
+                        CALLED_OFF,
+                        *(known or ()),
+                        JobState.ENCODED,
+                    ),
+                )
+            ]
+            for job_id in encoded:
+                db.execute(
+                    "UPDATE deliveries SET state = ?, attempts = 0, next_attempt_at = ? "
+                    f"WHERE job_id = ? AND state = ? AND {not_called_off}{only_known}",
+                    (
+                        DeliveryState.PENDING,
+                        now,
+                        job_id,
+                        DeliveryState.FAILED,
+                        len(CALLED_OFF),
+                        CALLED_OFF,
+                        *(known or ()),
+                    ),
+                )
+            put_back += len(encoded)
             summaries = db.execute(
                 "UPDATE summary_deliveries SET state = ?, attempts = 0, next_attempt_at = ? "
                 f"WHERE state = ? AND (error IS NULL OR substr(error, 1, ?) != ?){only_known}",

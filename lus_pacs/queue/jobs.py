@@ -154,16 +154,21 @@ class Jobs:
                         instance.content,
                     ),
                 )
-                # So are the summaries of its study (and of the study it left) not yet sent:
-                # they hold the earlier content's findings, maybe under another patient. The
-                # studies are summarised again.
+                # So are the summaries of its study (and of the study it left) not yet sent,
+                # those that failed too (lus-pacs retry would send them): they hold the earlier
+                # content's findings, maybe under another patient. The studies are summarised
+                # again.
                 db.execute(
-                    "UPDATE summary_deliveries SET state = ?, error = ? WHERE state = ? AND "
+                    "UPDATE summary_deliveries SET state = ?, error = ? WHERE (state = ? OR "
+                    "(state = ? AND (error IS NULL OR substr(error, 1, ?) != ?))) AND "
                     "summary_id IN (SELECT id FROM summaries WHERE study_instance_uid IN (?, ?))",
                     (
                         DeliveryState.FAILED,
                         f"{CALLED_OFF}a cine of its study was received again with other content",
                         DeliveryState.PENDING,
+                        DeliveryState.FAILED,
+                        len(CALLED_OFF),
+                        CALLED_OFF,
                         prior[1],
                         instance.study_instance_uid,
                     ),

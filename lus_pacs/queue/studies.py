@@ -148,7 +148,9 @@ class Studies:
     ) -> bool:
         """A study summary's file is on disk: record it and queue one delivery each. False
         when the same summary object (same SOP Instance UID) was recorded before: the study
-        did not change, and what was sent is not sent again. False too, nothing recorded, when
+        did not change, and what was sent is not sent again; but its deliveries called off
+        (the study changed, then came back to what it said) are queued again, True: without
+        them no destination would get a summary of the study. False too, nothing recorded, when
         the study received an instance since ``received_at`` (its ``last_received_at`` when
         the summary was begun): a cine received again with other content calls off the
         summaries recorded, and one made from the old content at that moment was sent."""
@@ -175,7 +177,20 @@ class Studies:
                 ),
             )
             if cursor.rowcount != 1:
-                return False
+                revived = db.execute(
+                    "UPDATE summary_deliveries SET state = ?, attempts = 0, next_attempt_at = ?, "
+                    "error = NULL WHERE state = ? AND substr(error, 1, ?) = ? AND summary_id = "
+                    "(SELECT id FROM summaries WHERE sop_instance_uid = ?)",
+                    (
+                        DeliveryState.PENDING,
+                        now,
+                        DeliveryState.FAILED,
+                        len(CALLED_OFF),
+                        CALLED_OFF,
+                        output.sop_instance_uid,
+                    ),
+                )
+                return revived.rowcount > 0
             db.executemany(
                 "INSERT INTO summary_deliveries (summary_id, destination, state, "
                 "next_attempt_at) VALUES (?, ?, ?, ?)",
@@ -264,12 +279,22 @@ class Studies:
     def summary_uids(self, study_uid: str, series_uid: str) -> list[str]:
         """The SOP Instance UIDs of the study's summary SRs in series ``series_uid`` (those of
         one set of model versions) recorded so far, oldest first; not those called off before
-        they were sent, which no PACS holds."""
+        they were sent anywhere, which no PACS holds (one sent to a destination before it was
+        called off for another is held there, and the next names it)."""
         rows = self._db.connection().execute(
             "SELECT sop_instance_uid FROM summaries m WHERE study_instance_uid = ? AND "
-            "series_uid = ? AND NOT EXISTS (SELECT 1 FROM summary_deliveries d WHERE "
-            "d.summary_id = m.id AND d.state = ? AND substr(d.error, 1, ?) = ?) ORDER BY id",
-            (study_uid, series_uid, DeliveryState.FAILED, len(CALLED_OFF), CALLED_OFF),
+            "series_uid = ? AND (NOT EXISTS (SELECT 1 FROM summary_deliveries d WHERE "
+            "d.summary_id = m.id AND d.state = ? AND substr(d.error, 1, ?) = ?) OR EXISTS "
+            "(SELECT 1 FROM summary_deliveries d WHERE d.summary_id = m.id AND d.state = ?)) "
+            "ORDER BY id",
+            (
+                study_uid,
+                series_uid,
+                DeliveryState.FAILED,
+                len(CALLED_OFF),
+                CALLED_OFF,
+                DeliveryState.SENT,
+            ),
         )
         return [r[0] for r in rows]
 

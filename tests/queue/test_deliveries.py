@@ -151,3 +151,79 @@ def test_a_summary_not_yet_sent_is_called_off_when_a_cine_of_its_study_moves(
     assert [(d.summary, d.job_id) for d in due] == [(False, 2)]  # cine 2's results only
     store.deliveries.retry_failed()
     assert [(d.summary, d.job_id) for d in store.deliveries.due()] == [(False, 2)]
+
+
+def _summarised(
+    store: JobStore, tmp_path: Path, study: str, n: int, destinations: list[str]
+) -> int:
+    """The study's summary number ``n`` recorded for ``destinations``: its id."""
+    summary = Output("study-sr", f"8.{n}", tmp_path / f"summary-{n}.dcm")
+    assert store.studies.record_summary(study, f'{{"n": {n}}}', summary, destinations)
+    return next(d.job_id for d in store.deliveries.due() if d.summary)
+
+
+def test_a_failed_summary_is_called_off_when_a_cine_of_its_study_moves(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """A summary whose retry budget ran out (the PACS down a day) was left failed when a cine
+    of its study moved to another study: lus-pacs retry then sent it, the first patient's
+    study with the moved cine's findings."""
+    store.jobs.record_instance(replace(instance(1, "1.1"), content="a"), "m@1")
+    job = store.jobs.claim()
+    assert job is not None
+    store.jobs.finish(job.id, '{"cine": 1}', [], [])
+    summary_id = _summarised(store, tmp_path, "1.1", 1, ["pacs"])
+    store.deliveries.failed(summary_id, "pacs", "cannot connect", retry_at=None, summary=True)
+    store.jobs.record_instance(replace(instance(1, "2.2"), content="b"), "m@1")
+    store.deliveries.retry_failed()
+    assert [d for d in store.deliveries.due() if d.summary] == []
+
+
+def test_retry_puts_back_a_failed_delivery_of_a_job_another_destination_still_waits_for(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """The PACS given up while the archive still retried: the job was not failed, so
+    lus-pacs retry said "0 queued again" and the PACS's delivery stayed failed for good."""
+    store.jobs.record_instance(instance(1), "m@1")
+    job = store.jobs.claim()
+    assert job is not None
+    store.jobs.finish(job.id, "{}", [Output("sr", "9.1", tmp_path / "1.dcm")], ["pacs", "archive"])
+    store.deliveries.failed(job.id, "pacs", "status 0xA700", retry_at=None)
+    store.deliveries.failed(job.id, "archive", "cannot connect", retry_at=time.time() + 3600)
+    assert store.deliveries.retry_failed(["pacs", "archive"]) == 1
+    (again,) = store.deliveries.due()
+    assert (again.destination, again.attempts) == ("pacs", 0)
+    assert store.deliveries.retry_failed(["archive"]) == 0  # only known destinations'
+
+
+def test_a_summary_called_off_then_current_again_is_sent(store: JobStore, tmp_path: Path) -> None:
+    """A, B, A with the PACS down: the third summary is the first object again (same UID),
+    which the store knew, so nothing was queued and no summary ever reached the PACS."""
+    store.jobs.record_instance(replace(instance(1, "1.1"), content="a"), "m@1")
+    job = store.jobs.claim()
+    assert job is not None
+    store.jobs.finish(job.id, '{"cine": 1}', [], [])
+    first = Output("study-sr", "8.1", tmp_path / "summary-1.dcm")
+    assert store.studies.record_summary("1.1", '{"n": 1}', first, ["pacs"])
+    store.jobs.record_instance(replace(instance(1, "1.1"), content="b"), "m@1")  # calls it off
+    assert [d for d in store.deliveries.due() if d.summary] == []
+    assert store.studies.summary_uids("1.1", "") == []  # no PACS holds it
+    assert store.studies.record_summary("1.1", '{"n": 1}', first, ["pacs"])  # current again
+    (again,) = [d for d in store.deliveries.due() if d.summary]
+    assert (again.outputs, again.attempts) == ((first,), 0)
+    assert not store.studies.record_summary("1.1", '{"n": 1}', first, ["pacs"])  # once
+
+
+def test_a_summary_sent_somewhere_before_it_was_called_off_is_named_by_the_next(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """Sent to the PACS, called off for the archive: it was left out of the study's summaries,
+    so the next was numbered 1 again and named no predecessor, two "first" summaries in PACS."""
+    store.jobs.record_instance(replace(instance(1, "1.1"), content="a"), "m@1")
+    job = store.jobs.claim()
+    assert job is not None
+    store.jobs.finish(job.id, '{"cine": 1}', [], [])
+    summary_id = _summarised(store, tmp_path, "1.1", 1, ["pacs", "archive"])
+    store.deliveries.delivered(summary_id, "pacs", summary=True)
+    store.jobs.record_instance(replace(instance(1, "1.1"), content="b"), "m@1")
+    assert store.studies.summary_uids("1.1", "") == ["8.1"]
