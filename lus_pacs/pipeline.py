@@ -40,6 +40,7 @@ from lus_pacs.encode.common import (
     repaired_header,
     restore_character_set,
     restore_source_class,
+    restore_time_zone,
     results_character_set,
 )
 from lus_pacs.encode.files import (
@@ -715,6 +716,11 @@ def encode_summary(
         results_character_set(s) == results_character_set(sources[0]) for s in sources
     ):
         restore_character_set(dataset, sources[0])
+    # Their time zone where they agree on one (the study's moments are copied as they are).
+    if sources and all(
+        s.get("TimezoneOffsetFromUTC") == sources[0].get("TimezoneOffsetFromUTC") for s in sources
+    ):
+        restore_time_zone(dataset, sources[0])
     return kind, dataset
 
 

@@ -5,9 +5,11 @@ finding of the models that read a loop (issue 19, cases 1-4 and 6)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -425,3 +427,40 @@ def test_a_cine_in_any_character_set_gets_its_results_in_it(
         assert made.SpecificCharacterSet == expected, path.name
         assert str(made.PatientName) == name, path.name
         assert dciodvfy_errors(path) == [], path.name
+
+
+def test_results_are_dated_in_the_time_zone_their_cine_declares(
+    cine: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node on UTC (a container's default) dated a Tokyo exam's results in UTC without a
+    word: a morning exam's summary carried the day before, earlier than the study it
+    reports. Their own moments are in the zone the cine declares, and that zone declared."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        source = tmp_path / "source.dcm"
+        written = _copy(cine, source, TimezoneOffsetFromUTC="+0900")
+        _, failed = _process([source], tmp_path / "run")
+        assert failed == []
+        results = sorted((tmp_path / "run" / "results").rglob("*.dcm"))
+        studies = (tmp_path / "run" / "results" / "studies.jsonl").read_text().splitlines()
+        _, summary = encode_summary(StudySummary.loads(studies[0]), [written], "models")
+        summary.save_as(tmp_path / "summary.dcm", enforce_file_format=True)
+        results.append(tmp_path / "summary.dcm")
+        tokyo = dt.timezone(dt.timedelta(hours=9))
+        for path in results:
+            made = pydicom.dcmread(path, stop_before_pixels=True)
+            assert made.TimezoneOffsetFromUTC == "+0900", path.name
+            assert made.StudyDate == written.StudyDate, path.name
+            moments = ("InstanceCreation", "Content", "PresentationCreation")
+            dated = [m for m in moments if f"{m}Date" in made]
+            assert "InstanceCreation" in dated, path.name
+            for moment in dated:
+                stamp = made[f"{moment}Date"].value + made[f"{moment}Time"].value
+                when = dt.datetime.strptime(stamp.split(".")[0], "%Y%m%d%H%M%S")
+                late = dt.datetime.now(dt.UTC) - when.replace(tzinfo=tokyo)
+                assert dt.timedelta(0) <= late < dt.timedelta(minutes=10), (path.name, moment)
+            assert dciodvfy_errors(path) == [], path.name
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -3,7 +3,9 @@ research output, the device and algorithm it names, and checks on the frames it 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import re
 from collections.abc import Iterable
 
 import highdicom as hd
@@ -266,6 +268,49 @@ def restore_character_set(result: Dataset, source: Dataset) -> None:
     values = results_character_set(source)
     if values is not None:
         result[_SPECIFIC_CHARACTER_SET] = DataElement(_SPECIFIC_CHARACTER_SET, "CS", values)
+
+
+def restore_time_zone(result: Dataset, source: Dataset) -> None:
+    """``result``'s own moments (its creation, content and presentation creation, which
+    highdicom takes from this machine's clock) in the time zone the source declares
+    (TimezoneOffsetFromUTC), and that zone declared: an instance has one zone for all its dates
+    and times, and its study's date and time are copied from the source as they are. A source
+    that declares none leaves them in this machine's zone (the site's, as the node is set)."""
+    offset = _utc_offset(source.get("TimezoneOffsetFromUTC"))
+    if offset is None:
+        return
+    zone = dt.timezone(offset)
+    for date_keyword, time_keyword in _OWN_MOMENTS:
+        if date_keyword not in result or time_keyword not in result:
+            continue
+        date = valuerep.DA(str(result[date_keyword].value))
+        time = valuerep.TM(str(result[time_keyword].value))
+        if date is None or time is None:
+            continue
+        there = dt.datetime.combine(date, time).astimezone().astimezone(zone)
+        setattr(result, date_keyword, there.strftime("%Y%m%d"))
+        setattr(result, time_keyword, there.strftime("%H%M%S.%f"))
+    result.TimezoneOffsetFromUTC = str(source.TimezoneOffsetFromUTC).strip()
+
+
+_OWN_MOMENTS = (
+    ("InstanceCreationDate", "InstanceCreationTime"),
+    ("ContentDate", "ContentTime"),
+    ("PresentationCreationDate", "PresentationCreationTime"),
+)
+
+
+def _utc_offset(value: object) -> dt.timedelta | None:
+    """A TimezoneOffsetFromUTC (``&ZZXX``: ``+0900``, ``-0500``) as an offset; None when absent
+    or not of that form (such a value is not copied)."""
+    match = re.fullmatch(r"([+-])(\d\d)(\d\d)", str(value or "").strip())
+    if match is None:
+        return None
+    hours, minutes = int(match[2]), int(match[3])
+    if hours > 14 or minutes >= 60:
+        return None
+    offset = dt.timedelta(hours=hours, minutes=minutes)
+    return -offset if match[1] == "-" else offset
 
 
 _SEXES = {"M": "M", "F": "F", "O": "O", "MALE": "M", "FEMALE": "F"}

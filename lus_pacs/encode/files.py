@@ -23,6 +23,7 @@ from lus_pacs.encode.common import (
     repaired_header,
     restore_character_set,
     restore_source_class,
+    restore_time_zone,
 )
 from lus_pacs.encode.objects import SERIES_NUMBERS, encode_objects
 
@@ -85,6 +86,7 @@ def encode(
     for _, dataset in objects:
         restore_source_class(dataset, header)
         restore_character_set(dataset, header)
+        restore_time_zone(dataset, header)
     return objects
 
 
