@@ -71,7 +71,14 @@ _PUBLISHERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("recommendations-ultrasoundj-2020", re.compile(r"recommendations")),
     ("prospective-critultrasoundj-2012", re.compile(r"prospective")),
     ("h1n1-critcare-2012", re.compile(r"whitelung")),
+    # Evaluation-only clips (../pocus-extra, its README): GrepMed's under four spellings, one
+    # journal article's three "advancesVid" clips.
+    ("grepmed", re.compile(r"grep|gred")),
+    ("emergmed-clinics-2015", re.compile(r"advancesvid")),
 )
+_BY_PATH = {"videos/linear/reg-nephropocus.mp4": "everydayultrasound"}
+"""Clips whose file name names another publisher than theirs (pocus-extra's README: the
+linear Reg-nephropocus is everydayultrasound.com's, the convex one nephropocus's)."""
 _CLASS_PREFIX = re.compile(r"^(cov|pneu|reg|vir)[-_+ ]+", re.IGNORECASE)
 
 _CACHE_SYNTAX = CineSyntax.RLE
@@ -115,8 +122,10 @@ def source_group(file: str) -> str:
     """The publisher or site that a POCUS clip came from, from its file name.
 
     Known publishers have fixed names (``pocusatlas``, ``litfl``, ``northumbria``, ...); any
-    other file gets the first word after its class prefix (``Cov-grep-7543.mp4`` -> ``grep``).
+    other file gets the first word after its class prefix (``Cov-youtube-3.mp4`` -> ``youtube``).
     """
+    if group := _BY_PATH.get(file.lower()):
+        return group
     stem = PurePosixPath(file).stem.lower()
     for group, pattern in _PUBLISHERS:
         if pattern.search(stem):

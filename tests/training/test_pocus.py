@@ -56,4 +56,9 @@ def test_every_imported_clip_loads_for_training(pocus_cache: PocusCache) -> None
 def test_groups_are_publishers_not_upstream_folders() -> None:
     assert source_group("videos/Cov-Atlas+(44).gif") == "pocusatlas"
     assert source_group("videos/Pneu_Avi_1.avi".lower()) == "northumbria"
-    assert source_group("videos/Cov-grep-7543.mp4") == "grep"
+    assert source_group("videos/Cov-grep-7543.mp4") == "grepmed"
+    assert source_group("videos/convex/pneu-gred-6.gif") == "grepmed"  # GrepMed misspelt
+    assert source_group("videos/convex/Cov-grepmed2.mp4") == "grepmed"
+    assert source_group("videos/convex/Reg-Youtube.mp4") == "youtube"
+    assert source_group("videos/linear/Reg-nephropocus.mp4") == "everydayultrasound"
+    assert source_group("videos/convex/Reg-nephropocus.mp4") == "nephropocus"
