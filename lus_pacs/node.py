@@ -734,6 +734,18 @@ class Node:
     def _send_summary(
         self, study: str, summary: StudySummary, folder: Path, received_at: float
     ) -> None:
+        if older := self.store.studies.made_by_others_only(study, self.models.key):
+            # A late cine of a study retention pruned, after a model update: the cines made
+            # before it cannot be made again, and a summary of the late one alone would give
+            # its score as the exam's total.
+            log.error(
+                "Study %s: the summary SR cannot be made: %d of its cine(s) were made by other "
+                "model versions and their files removed (retention); its summary is written "
+                "without it",
+                study,
+                len(older),
+            )
+            return
         paths = self.store.studies.processed_paths(study, self.models.key)
         if removed := [p for p in paths if not p.exists()]:
             # A late cine of a study retention pruned: the SR would need the earlier cines'

@@ -24,6 +24,7 @@ from lus_pacs.node import Node, summary_path
 from lus_pacs.pipeline import Models
 from lus_pacs.queue.deliveries import DeliveryState
 from lus_pacs.queue.store import JobStore
+from lus_pacs.records import BLinesRecord, CineRecord, SourceRecord
 from lus_pacs.settings import DicomDestination, Settings
 from tests.orthanc import running_orthanc
 from tests.tools import write_cine
@@ -463,3 +464,46 @@ def test_a_pacs_without_the_seg_class_gets_the_rest_once(tmp_path: Path) -> None
     finally:
         node.stop()
         server.shutdown()
+
+
+def test_a_late_cine_of_a_pruned_study_after_a_model_update_gets_no_summary_sr(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The earlier cines' files removed by retention, a late cine after a model update: they
+    could not be made again, and the summary SR covered the late cine alone, its score given
+    as the exam's total (with the same model versions the SR was already not made)."""
+    settings = Settings(data_dir=tmp_path / "node", port=0, metrics_port=None, models=("b_lines",))
+    node = Node(settings, Models.load(settings))
+    try:
+        store = node.store
+        early = Instance(
+            "1.2.3.1", US_MULTIFRAME, "7.7", "7.7.9", "SCU", tmp_path / "pruned.dcm", content="a"
+        )
+        store.jobs.record_instance(early, "b_lines@0.0.1")  # before the update; file gone
+        job = store.jobs.claim("b_lines@0.0.1")
+        assert job is not None
+        store.jobs.finish(job.id, _record(early, "R1"), [], [])
+        path = write_cine(tmp_path / "late.dcm", np.zeros((2, 8, 8), np.uint8), "explicit")
+        uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        late = Instance(uid, US_MULTIFRAME, "7.7", "7.7.9", "SCU", path, content="b")
+        store.jobs.record_instance(late, node.models.key)
+        job = store.jobs.claim(node.models.key)
+        assert job is not None
+        store.jobs.finish(job.id, _record(late, "L3"), [], [])
+        store.studies.complete(["7.7"])
+        node._summarise_done()
+        assert [r.state for r in store.jobs.rows()] == [JobState.SENT, JobState.SENT]
+        assert store.studies.summaries() == []  # no SR
+        assert "made by other model versions and their files removed" in caplog.text
+        assert summary_path(settings, "7.7").exists()  # the study is done
+    finally:
+        node.stop()
+
+
+def _record(instance: Instance, zone: str) -> str:
+    """A cine record of ``instance`` in ``zone``, B-lines absent."""
+    source = SourceRecord(
+        instance.sop_instance_uid, instance.series_instance_uid, "7.7", "P", zone, 2, 25.0
+    )
+    b_lines = BLinesRecord(False, 0.1, (), 1)
+    return CineRecord(source, {"b_lines": b_lines}, (), (), {"b_lines": "0.0.1"}, {}).dumps()

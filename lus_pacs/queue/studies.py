@@ -118,6 +118,18 @@ class Studies:
         )
         return [Path(r[0]) for r in rows]
 
+    def made_by_others_only(self, study_uid: str, models: str) -> list[str]:
+        """The study's instances made by other model versions only, none by ``models`` (their
+        files removed by retention, so not made again: :meth:`JobQueue.queue_missing`)."""
+        rows = self._db.connection().execute(
+            "SELECT i.sop_instance_uid FROM instances i WHERE i.study_instance_uid = ? AND NOT "
+            "EXISTS (SELECT 1 FROM jobs j WHERE j.sop_instance_uid = i.sop_instance_uid AND "
+            "j.models = ? AND j.content = i.content) AND EXISTS (SELECT 1 FROM jobs j WHERE "
+            "j.sop_instance_uid = i.sop_instance_uid AND j.content = i.content AND j.state != ?)",
+            (study_uid, models, JobState.REPLACED),
+        )
+        return [r[0] for r in rows]
+
     def records(self, study_uid: str | None = None, models: str | None = None) -> list[str]:
         """The result records (JSON text) of finished jobs, of one study or all, but those of
         replaced content; with
