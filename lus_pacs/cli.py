@@ -170,8 +170,12 @@ def import_video(
     Exits 1 when any file was refused; each refusal is printed with its reason.
     """
     from lus_pacs.imaging.writer import CineSyntax
-    from lus_pacs.ingest.video import MAX_BYTES, MAX_FRAMES, import_videos
+    from lus_pacs.ingest.video import MAX_BYTES, MAX_FRAMES, check_labels, import_videos
 
+    try:
+        check_labels(zone, patient_id)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     report = import_videos(
         files,
         out,
@@ -391,12 +395,13 @@ def serve(
     import threading
 
     from lus_pacs.inference.threads import prepare_workers
-    from lus_pacs.node import Node
+    from lus_pacs.node import Node, check_ports
     from lus_pacs.settings import load_settings
 
     _logging()
     overrides = {"port": port} if port is not None else {}
     settings = load_settings(config, **overrides)
+    check_ports(settings)
     stopping = threading.Event()
     started = threading.Event()
 
@@ -411,7 +416,11 @@ def serve(
     prepare_workers(settings.workers)
     logging.getLogger("lus_pacs.cli").info("Loading the models: %s", ", ".join(settings.models))
     node = Node(settings)
-    node.start()
+    try:
+        node.start()
+    except BaseException:  # a port taken meanwhile: what started stops, the store released
+        node.stop()
+        raise
     started.set()
     try:
         stopping.wait()
@@ -444,10 +453,19 @@ def process(
     from lus_pacs.settings import load_settings
 
     settings = load_settings(config)
-    files = sorted(
-        f for p in paths for f in ([p] if p.is_file() else p.rglob("*.dcm")) if f.is_file()
-    )
+    # Each file once, however it was named (twice, or in a folder given too): a cine counted
+    # twice scored its study's zone and cines twice.
+    found = {
+        f.resolve(): f
+        for p in paths
+        for f in ([p] if p.is_file() else p.rglob("*.dcm"))
+        if f.is_file()
+    }
+    files = sorted(found.values())
     _found_some(paths, files)  # before the models load
+    if out.exists() and not out.is_dir():
+        typer.echo(f"--out {out} is a file; give a folder", err=True)
+        raise typer.Exit(2)
     failed = process_paths(
         files,
         out,
@@ -736,7 +754,7 @@ def retry(config: ConfigOption = None) -> None:
 
     names = load_settings(config).destination_names
     n = _node_store(config).deliveries.retry_failed(names)
-    typer.echo(f"{n} failed job(s) queued again")
+    typer.echo(f"{n} failed job(s) and study summaries queued again")
 
 
 @app.command()

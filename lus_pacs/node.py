@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import socket
 import sqlite3
 import threading
 import time
@@ -186,17 +187,29 @@ class Node:
                 adopted,
                 self.models.key,
             )
-        self._listener = start_listener(
-            self.settings,
-            record=self._record,
-            on_stored=self._wake.set,
-            on_study_complete=self._study_released,
-            audit=self.audit,
-        )
+        try:
+            self._listener = start_listener(
+                self.settings,
+                record=self._record,
+                on_stored=self._wake.set,
+                on_study_complete=self._study_released,
+                audit=self.audit,
+            )
+        except OSError as exc:
+            raise ConfigError(
+                _cannot_listen("DICOM", self.settings.port, self.settings, exc)
+            ) from exc
         self._check_certificate()
         self._check_credentials()
         if self.settings.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
+            try:
+                self.metrics_port = self.metrics.serve(
+                    self.settings.host, self.settings.metrics_port
+                )
+            except OSError as exc:
+                raise ConfigError(
+                    _cannot_listen("metrics", self.settings.metrics_port, self.settings, exc)
+                ) from exc
             log.info("Metrics on http://%s:%d/metrics", self.settings.host, self.metrics_port)
         loops: list[tuple[str, Callable[[], None]]] = [
             (f"worker-{i + 1}", self._process_loop) for i in range(self.settings.workers)
@@ -804,6 +817,37 @@ def _outliving(
                 stop.wait(_RESUME_S)
 
     return run
+
+
+def check_ports(settings: Settings) -> None:
+    """Refuse at once, before the models load (tens of seconds), when the DICOM or the metrics
+    port cannot be bound (another node or program listens on it, an unknown host).
+
+    Raises
+    ------
+    ConfigError
+        Naming the port, the address and why.
+    """
+    for what, port in (("DICOM", settings.port), ("metrics", settings.metrics_port)):
+        if not port:  # None, or 0: any free port
+            continue
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                settings.host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            with socket.socket(family, kind, proto) as probe:
+                # As the servers bind: a port left in TIME_WAIT by the last run is free.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(_cannot_listen(what, port, settings, exc)) from exc
+
+
+def _cannot_listen(what: str, port: int | None, settings: Settings, exc: OSError) -> str:
+    return (
+        f"cannot listen for {what} on {settings.host}:{port}: {exc} (another node or program "
+        "on that port? set port or metrics_port)"
+    )
 
 
 def summary_path(settings: Settings, study: str) -> Path:

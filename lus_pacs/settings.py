@@ -505,6 +505,10 @@ def load_settings(path: Path | None, **overrides: object) -> Settings:
         return settings
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: no such configuration file") from exc
+    except UnicodeDecodeError as exc:  # TOML is UTF-8
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from exc
+    except OSError as exc:  # a folder, or unreadable
+        raise ConfigError(f"{path}: cannot read the configuration file: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path or 'settings'}: not valid TOML: {exc}") from exc
     except ValidationError as exc:

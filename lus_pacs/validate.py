@@ -80,7 +80,8 @@ def tool_path(name: str) -> str:
 def run_tool(name: str, *files: Path) -> Verdict:
     """Run one validator on ``files`` and keep its non-empty output lines."""
     command = [tool_path(name), *(str(f) for f in files)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    # The tools echo the files' own text (a Latin-1 patient name): not always UTF-8.
+    result = subprocess.run(command, capture_output=True, text=True, errors="replace", check=False)
     lines = (result.stdout + result.stderr).splitlines()
     return Verdict(name, tuple(files), result.returncode, tuple(x for x in lines if x.strip()))
 

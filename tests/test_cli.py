@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from tests.tools import run_cli
+from tests.tools import run_cli, write_cine
 
 
 @pytest.mark.parametrize(
@@ -159,6 +159,15 @@ def test_import_video_writes_dicom_and_reports_refusals(tmp_path: Path) -> None:
         limited.stderr
     )
     assert run_cli("import-video", str(video), "--out", str(tmp_path / "ok"), "--max-frames", "10")
+    # A zone the node reads as none, or a patient ID DICOM refuses: imported with exit 0, the
+    # cine then had no zone (out of the LUS score) or failed validation.
+    for option, value in (("--zone", "right 1"), ("--zone", "R15"), ("--patient-id", "A\\B")):
+        refused = run_cli(
+            "import-video", str(video), "--out", str(tmp_path / "no"), option, value, check=False
+        )
+        assert refused.returncode == 2, (option, value)
+        assert "Traceback" not in refused.stderr
+        assert not (tmp_path / "no").exists() or not list((tmp_path / "no").glob("*.dcm"))
 
 
 def test_demo_pushes_an_exam_through_the_node(tmp_path: Path) -> None:
@@ -265,3 +274,37 @@ def test_the_settings_can_come_from_lus_pacs_config(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert str(data / "jobs.sqlite") in done.stdout + done.stderr
+
+
+def test_process_takes_each_file_once_and_refuses_a_file_as_out(tmp_path: Path) -> None:
+    """A cine named twice (or in a folder named too) was processed twice and counted twice in
+    its study; --out naming a file ended with a traceback after the models had loaded."""
+    import numpy as np
+
+    folder = tmp_path / "cines"
+    folder.mkdir()
+    cine = write_cine(folder / "a.dcm", np.zeros((2, 16, 16), np.uint8), "explicit")
+    config = tmp_path / "lus-pacs.toml"
+    config.write_text('models = ["assessment"]\n')
+    out = tmp_path / "out"
+    done = run_cli("process", str(cine), str(cine), str(folder), "--out", str(out),
+                   "--config", str(config))  # fmt: skip
+    assert "1 processed, 0 failed" in done.stdout
+    assert len((out / "summary.jsonl").read_text().splitlines()) == 1
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    refused = run_cli("process", str(cine), "--out", str(taken), "--config", str(config),
+                      check=False)  # fmt: skip
+    assert refused.returncode == 2
+    assert "is a file" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_fit_names_a_data_folder_without_the_labels_sheet(tmp_path: Path) -> None:
+    nowhere, bundle, cache = (str(tmp_path / n) for n in ("nowhere", "bundle", "cache"))
+    done = run_cli(
+        "fit", "b-lines", "--data", nowhere, "--out", bundle, "--cache", cache, check=False
+    )
+    assert done.returncode == 2
+    assert "no labels sheet" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -219,7 +219,10 @@ def test_outage_retries_then_budget_zero_fails_visibly_and_retry_delivers(
         status = lus_pacs("status", "--config", str(config)).stdout
         assert "-> pacs: failed after 1 attempt(s)" in status
         orthanc.start()
-        assert "1 failed job(s) queued again" in lus_pacs("retry", "--config", str(config)).stdout
+        assert (
+            "1 failed job(s) and study summaries queued again"
+            in lus_pacs("retry", "--config", str(config)).stdout
+        )
         wait_for(lambda: orthanc.count() == 4, 120, "the retried results")
     finally:
         node.stop()

@@ -11,9 +11,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 
 from lus_pacs.encode.files import write_outputs
 from lus_pacs.encode.readback import read_cine_sr, read_study_summary
@@ -21,7 +23,7 @@ from lus_pacs.pipeline import encode_summary
 from lus_pacs.records import StudySummary
 from lus_pacs.reprocess.run import write_exam_csv
 from tests.node_process import lus_pacs
-from tests.tools import dciodvfy_errors, run_cli
+from tests.tools import dciodvfy_errors, run_cli, write_cine
 
 ALL_KINDS = ["sr", "kos", "seg", "seg-binary", "seg-uncertainty", "pr", "study-sr"]
 PER_CINE = {"sr", "kos", "seg", "seg-binary", "seg-uncertainty", "pr"}
@@ -115,6 +117,26 @@ def test_validate_fails_on_an_error_line(processed: Processed, tmp_path: Path) -
     result = lus_pacs("validate", str(path))
     assert result.returncode == 1
     assert "FAIL  dciodvfy" in result.stdout
+
+
+def test_validate_reads_what_the_tools_echo_in_the_files_own_character_set(
+    tmp_path: Path,
+) -> None:
+    """dcentvfy quotes two cines' Latin-1 patient names that disagree: validate ended with a
+    UnicodeDecodeError traceback instead of its verdict."""
+    frames = np.zeros((2, 16, 16), np.uint8)
+    for n, name in enumerate(("M\u00fcller^Jos\u00e9", "M\u00fcller^J\u00f6s\u00e9")):
+        path = write_cine(tmp_path / f"{n}.dcm", frames, "explicit")
+        cine = pydicom.dcmread(path)
+        cine.SpecificCharacterSet = "ISO_IR 100"
+        cine.PatientName = name
+        cine.SOPInstanceUID = cine.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        cine.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.42"  # one study
+        cine.save_as(path)
+    result = lus_pacs("validate", str(tmp_path / "0.dcm"), str(tmp_path / "1.dcm"))
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1  # the two cines of one study disagree on the patient
+    assert "FAIL  dcentvfy" in result.stdout
 
 
 def _output(processed: Processed, record: dict[str, Any], kind: str) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,34 @@ def test_metrics_can_be_turned_off_in_the_settings_file(tmp_path: Path) -> None:
     assert load_settings(path).metrics_port is None
     path.write_text("")
     assert load_settings(path).metrics_port == 9464
+
+
+def test_a_settings_path_that_is_no_readable_toml_is_a_config_error(tmp_path: Path) -> None:
+    """A folder, or a file in Latin-1, ended every command with a traceback."""
+    with pytest.raises(ConfigError, match="cannot read the configuration file"):
+        load_settings(tmp_path)
+    latin1 = tmp_path / "node.toml"
+    latin1.write_bytes('data_dir = "/srv/m\u00fcller"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_settings(latin1)
+    done = run_cli("status", "--config", str(tmp_path), check=False)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "cannot read the configuration file" in done.stderr
+
+
+def test_a_port_another_program_holds_is_refused_before_the_models_load(tmp_path: Path) -> None:
+    """serve loaded and warmed the models, recovered the store, then ended with a traceback
+    (Address already in use)."""
+    from lus_pacs.node import check_ports
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        settings = Settings(host="127.0.0.1", port=taken, metrics_port=None, data_dir=tmp_path)
+        with pytest.raises(ConfigError, match=rf"cannot listen for DICOM on 127\.0\.0\.1:{taken}"):
+            check_ports(settings)
+        with pytest.raises(ConfigError, match=r"cannot listen for metrics"):
+            check_ports(settings.model_copy(update={"port": 0, "metrics_port": taken}))
+    check_ports(settings)  # free again

@@ -25,11 +25,13 @@ import av
 import cv2
 import numpy as np
 import numpy.typing as npt
+from pydicom import Dataset
 from pydicom.uid import generate_uid
 from tqdm import tqdm
 
 from lus_pacs import __version__
 from lus_pacs.errors import UnreadableImageError, describe
+from lus_pacs.imaging.metadata import lung_zone
 from lus_pacs.imaging.writer import (
     CineInstance,
     CineSyntax,
@@ -226,8 +228,7 @@ def import_video(
         The file cannot be read as a video (see :func:`read_video`).
     """
     syntax = CineSyntax(syntax)
-    if zone is not None and not zone.strip():
-        raise ValueError(f"{path.name}: zone must be a label such as 'R1', or None; got {zone!r}")
+    check_labels(zone, patient_id)
     try:
         content_hash = content_hash or _sha256(path)
     except OSError as exc:
@@ -486,6 +487,37 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def check_labels(zone: str | None, patient_id: str | None) -> None:
+    """Refuse a zone the node would not read as one (written all the same, the cine had no
+    zone, and left its study's LUS score unsaid) and a patient ID DICOM does not take.
+
+    Raises
+    ------
+    ValueError
+        Naming the value and what is expected.
+    """
+    if zone is not None and lung_zone(_described(f"Lung {zone.strip()}")) is None:
+        raise ValueError(
+            f"zone must be a label such as 'R1' or 'L3' (side and number); got {zone!r}"
+        )
+    if patient_id is not None and not _LONG_STRING.fullmatch(patient_id):
+        raise ValueError(
+            "a patient ID is 1-64 characters without a backslash or control character "
+            f"(DICOM LO); got {patient_id!r}"
+        )
+
+
+_LONG_STRING = re.compile(r"[^\\\x00-\x1f\x7f]{1,64}")
+"""A value DICOM's LO takes: 64 characters at most, no backslash or control character."""
+
+
+def _described(description: str) -> Dataset:
+    """A data set holding only ``description`` as its SeriesDescription."""
+    described = Dataset()
+    described.SeriesDescription = description
+    return described
 
 
 def _default_patient_id(content_hash: str) -> str:

@@ -142,6 +142,8 @@ def read_labels(csv_path: Path) -> list[PocusClip]:
     AnnotationError
         A column is missing or a value cannot be read; the message names the line and column.
     """
+    if not csv_path.is_file():
+        raise AnnotationError(f"{csv_path}: no labels sheet (is --data the folder above pocus/?)")
     with csv_path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = [c for c in _COLUMNS if c not in (reader.fieldnames or ())]
