@@ -739,8 +739,10 @@ def prune(
     the node runs."""
     from lus_pacs.retention import DAY_S
     from lus_pacs.retention import prune as prune_store
+    from lus_pacs.settings import load_settings
 
-    done = prune_store(_node_store(config), older_than * DAY_S)
+    results_dir = load_settings(config).results_dir
+    done = prune_store(_node_store(config), older_than * DAY_S, results_dir=results_dir)
     typer.echo(
         f"{done.studies} studies pruned: {done.files} files, {done.bytes / 1e6:.1f} MB removed"
     )

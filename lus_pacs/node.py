@@ -47,11 +47,11 @@ from lus_pacs.pipeline import (
     write_outputs,
 )
 from lus_pacs.queue.budget import Hold, PixelBudget
-from lus_pacs.queue.deliveries import Delivery, DeliveryState
+from lus_pacs.queue.deliveries import CALLED_OFF_STATE, Delivery, DeliveryState
 from lus_pacs.queue.jobs import MAX_INTERRUPTIONS
 from lus_pacs.queue.store import JobStore
 from lus_pacs.records import CineRecord, StudySummary, to_json
-from lus_pacs.retention import DAY_S, prune, restore_aside
+from lus_pacs.retention import DAY_S, SUMMARY_NAME, prune, restore_aside
 from lus_pacs.settings import DicomDestination, Settings, WebDestination
 from lus_pacs.tls import certificate_expiry
 
@@ -93,9 +93,9 @@ class Node:
             oldest_queued_s=self.store.jobs.oldest_queued_s,
             disk_free=partial(free_bytes, settings),
             delivery_series=[
-                (name, state.value)
+                (name, state)
                 for name in settings.destination_names
-                for state in DeliveryState
+                for state in (*(s.value for s in DeliveryState), CALLED_OFF_STATE)
             ],
             certificate_expiry=self._certificate_expiry,
         )
@@ -577,8 +577,8 @@ class Node:
     ) -> bool | None:
         """Send one delivery and record the outcome; True when the destination as a whole did
         not take it (:attr:`~lus_pacs.errors.ExportError.unavailable`), None when the delivery
-        was called off and the destination not asked (it tells nothing of it: a destination
-        held unavailable was counted back)."""
+        was called off or none of its kinds goes there, and the destination was not asked (it
+        tells nothing of it: a destination held unavailable was counted back)."""
         what = "study summary" if delivery.summary else "job"
         if not self.store.deliveries.still_due(delivery):
             log.info(
@@ -599,7 +599,7 @@ class Node:
             )
             self._audit_delivery(delivery, "not sent", "none of its kinds goes there")
             log.info("None of %s %d goes to %s", what, delivery.job_id, destination.name)
-            return False
+            return None  # the destination was not asked: it tells nothing of it
         try:
             if isinstance(destination, WebDestination):
                 stow(paths, destination)
@@ -707,7 +707,7 @@ class Node:
             log.info("Study %s received more while it was summarised; again", study)
 
     def _prune(self, days: float) -> None:
-        done = prune(self.store, days * DAY_S)
+        done = prune(self.store, days * DAY_S, results_dir=self.settings.results_dir)
         if done.studies or done.files:
             log.info(
                 "Retention (%g days): %d studies' files removed, %d files, %.1f MB",
@@ -851,7 +851,7 @@ def _cannot_listen(what: str, port: int | None, settings: Settings, exc: OSError
 
 
 def summary_path(settings: Settings, study: str) -> Path:
-    return settings.results_dir / study / "study-summary.json"
+    return settings.results_dir / study / SUMMARY_NAME
 
 
 def stored_pixels(path: Path) -> int:

@@ -42,12 +42,22 @@ class Pruned:
     bytes: int
 
 
-def prune(store: JobStore, older_than_s: float, *, now: float | None = None) -> Pruned:
-    """Remove the files of every study done and quiet for ``older_than_s`` seconds."""
+def prune(
+    store: JobStore,
+    older_than_s: float,
+    *,
+    now: float | None = None,
+    results_dir: Path | None = None,
+) -> Pruned:
+    """Remove the files of every study done and quiet for ``older_than_s`` seconds; with
+    ``results_dir`` (the node's), its summary there too (``<study>/study-summary.json``, which
+    the store does not record: it stayed, with the study's findings, and kept its folder)."""
     before = (time.time() if now is None else now) - older_than_s
     studies = files = freed = 0
     for study in store.studies.prunable(before):
         instances, results = store.studies.files(study)
+        if results_dir is not None:
+            results = [*results, results_dir / study / SUMMARY_NAME]
         paths = set(results)
         for sop, path in instances:
             paths.add(path)
@@ -72,6 +82,10 @@ def prune(store: JobStore, older_than_s: float, *, now: float | None = None) -> 
         if not newer:  # else looked at again by the next prune
             studies += store.studies.pruned(study, before)
     return Pruned(studies, files, freed)
+
+
+SUMMARY_NAME = "study-summary.json"
+"""The node's summary of a study, in the study's results folder."""
 
 
 def remove_if_older(path: Path, before: float) -> int | None:

@@ -454,7 +454,19 @@ def test_a_pacs_without_the_seg_class_gets_the_rest_once(tmp_path: Path) -> None
             assert node.store.deliveries.due(now=time.time() + 1e6, destination="pacs") == []
             assert received.count(sr.sop_instance_uid) == 1
             assert seg.sop_instance_uid not in received
-        refused, left_out = sorted(node.store.jobs.rows(), key=lambda r: r.id)
+        # Nothing of it goes there: the destination is not asked, and tells nothing of
+        # whether it is there (it was counted back, a down one's outage forgotten).
+        cine = Instance("1.2.3.9", US_MULTIFRAME, "1.2.3", "1.2.3.9", "SCU", tmp_path)
+        node.store.jobs.record_instance(cine, node.models.key)
+        job = node.store.jobs.claim(node.models.key)
+        assert job is not None
+        sr = _result_file(tmp_path, "sr", str(ComprehensiveSRStorage))
+        node.store.jobs.finish(job.id, "{}", [sr], ["pacs"])
+        (delivery,) = node.store.deliveries.due(now=time.time() + 1e6, destination="pacs")
+        only_pr = pacs.model_copy(update={"output_kinds": ("pr",), "port": 1})
+        assert node._deliver(delivery, only_pr) is None
+        assert sr.sop_instance_uid not in received
+        refused, left_out, _ = sorted(node.store.jobs.rows(), key=lambda r: r.id)
         ((_, state, attempts, reason),) = refused.deliveries
         assert (state, attempts) == (DeliveryState.FAILED, 1)
         assert "output_kinds" in str(reason)

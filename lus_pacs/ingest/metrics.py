@@ -71,7 +71,8 @@ class _Deliveries(Collector):
         deliveries = GaugeMetricFamily(
             "lus_pacs_deliveries",
             "Deliveries of results and study summaries in the job store, by destination and "
-            "state (pending, sent, failed: failed ones wait for lus-pacs retry)",
+            "state (pending, sent, failed: failed ones wait for lus-pacs retry; called_off: "
+            "superseded before they were sent, never sent)",
             labels=["destination", "state"],
         )
         # Every (destination, state) of ``series`` (each configured destination's states), 0

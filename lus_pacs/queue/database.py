@@ -94,6 +94,8 @@ CREATE TABLE IF NOT EXISTS left_files (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS instances_by_study ON instances(study_instance_uid);
+CREATE INDEX IF NOT EXISTS summaries_by_study ON summaries(study_instance_uid);
 """.replace("{jobs}", _JOBS)
 
 _ADDED_COLUMNS = (

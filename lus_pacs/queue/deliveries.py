@@ -28,6 +28,9 @@ CALLED_OFF = "not sent: "
 """How the reason of a delivery called off begins (its results superseded): failed for good,
 never put back by :meth:`Deliveries.retry_failed`."""
 
+CALLED_OFF_STATE = "called_off"
+"""How :meth:`Deliveries.counts` (and the metrics) name a delivery called off."""
+
 DeliveryRow = tuple[str, DeliveryState, int, str | None]
 """(destination, state, attempts, last error) of one delivery, for ``lus-pacs status``."""
 
@@ -186,13 +189,17 @@ class Deliveries:
 
     def counts(self) -> dict[tuple[str, str], int]:
         """Deliveries (cines' results and study summaries together) by destination and state:
-        what an operator alerts on (results failing or piling up for one destination)."""
+        what an operator alerts on (results failing or piling up for one destination). Those
+        called off (their results superseded, never sent and never retried) are
+        :data:`CALLED_OFF_STATE`, not failed: an alert on failed ones could never clear."""
         rows = self._db.connection().execute(
-            "SELECT destination, state, COUNT(*) FROM (SELECT destination, state FROM "
-            "deliveries UNION ALL SELECT destination, state FROM summary_deliveries) "
-            "GROUP BY destination, state"
+            "SELECT destination, CASE WHEN state = ? AND substr(error, 1, ?) = ? THEN ? ELSE "
+            "state END AS shown, COUNT(*) FROM (SELECT destination, state, error FROM "
+            "deliveries UNION ALL SELECT destination, state, error FROM summary_deliveries) "
+            "GROUP BY destination, shown",
+            (DeliveryState.FAILED, len(CALLED_OFF), CALLED_OFF, CALLED_OFF_STATE),
         )
-        return {(r[0], DeliveryState(r[1]).value): int(r[2]) for r in rows}
+        return {(r[0], str(r[1])): int(r[2]) for r in rows}
 
     def retry_failed(self, destinations: Sequence[str] | None = None) -> int:
         """Failed deliveries get a fresh retry budget and failed jobs are processed again (their

@@ -177,6 +177,8 @@ def test_a_failed_summary_is_called_off_when_a_cine_of_its_study_moves(
     store.jobs.record_instance(replace(instance(1, "2.2"), content="b"), "m@1")
     store.deliveries.retry_failed()
     assert [d for d in store.deliveries.due() if d.summary] == []
+    # Never sent, never retried: not among the failed ones an operator's alert waits on.
+    assert store.deliveries.counts() == {("pacs", "called_off"): 1}
 
 
 def test_retry_puts_back_a_failed_delivery_of_a_job_another_destination_still_waits_for(

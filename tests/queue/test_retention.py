@@ -61,9 +61,13 @@ def test_a_study_done_and_quiet_loses_its_files_and_keeps_its_rows(
     files.append(_summarised(store, tmp_path, "1.2.3"))
     replaced = tmp_path / "incoming" / "1.2.3" / "1.2.3.1-old.dcm"  # an earlier content's file
     replaced.write_bytes(b"old")
-    assert prune(store, 3600).studies == 0  # not quiet for an hour yet
-    done = prune(store, 0, now=time.time() + 10)
-    assert (done.studies, done.files) == (1, 4)
+    # The node's summary (not recorded in the store: it stayed, findings and folder).
+    files.append(tmp_path / "results" / "1.2.3" / retention.SUMMARY_NAME)
+    files[-1].write_text("{}")
+    results = tmp_path / "results"
+    assert prune(store, 3600, results_dir=results).studies == 0  # not quiet for an hour yet
+    done = prune(store, 0, now=time.time() + 10, results_dir=results)
+    assert (done.studies, done.files) == (1, 5)
     assert not any(p.exists() for p in [*files, replaced])
     assert list((tmp_path / "incoming" / "1.2.3").iterdir()) == []  # kept: a late cine's
     assert (tmp_path / "results" / "1.2.3").exists() is False
