@@ -300,7 +300,7 @@ def demo(
     from lus_pacs.domain import JobState
     from lus_pacs.export.dimse import store
     from lus_pacs.inference.threads import prepare_workers
-    from lus_pacs.node import Node, summary_path
+    from lus_pacs.node import Node, hold_store, summary_path
     from lus_pacs.settings import DicomDestination, load_settings
     from lus_pacs.synth.exam import SynthOptions, synthesize
 
@@ -313,6 +313,8 @@ def demo(
         if not (node_dir / "jobs.sqlite").is_file():
             typer.echo(f"{node_dir} is not a node's folder; choose another --out", err=True)
             raise typer.Exit(2)
+        # Not the folder of a node still running (the last demo, not yet ended): refused.
+        hold_store(node_dir / "jobs.sqlite").close()
         shutil.rmtree(node_dir)
     records = synthesize(out / "scanner", SynthOptions(patients=1, seed=2026, frames=45))
     typer.echo(f"simulated a 6-zone exam in {out / 'scanner'} (ground truth beside each cine)")

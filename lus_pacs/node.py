@@ -77,7 +77,7 @@ class Node:
 
     def __init__(self, settings: Settings, models: Models | None = None) -> None:
         check_exposure(settings)  # before the models load: the fix is in the settings
-        self._store_lock = _hold_store(settings.store_path)  # before the store is opened
+        self._store_lock = hold_store(settings.store_path)  # before the store is opened
         self.settings = settings
         self.store = JobStore(settings.store_path)
         self.models = models if models is not None else Models.load(settings)
@@ -874,7 +874,7 @@ def backoff_s(attempts: int, base_s: float, max_s: float) -> float:
     return min(max_s, base_s * 2.0 ** min(attempts, 64))
 
 
-def _hold_store(store_path: Path) -> IO[bytes]:
+def hold_store(store_path: Path) -> IO[bytes]:
     """An exclusive lock on the job store for as long as the node runs (the kernel drops it
     when the process ends, however it ends). A second node started on the same store (an
     operator checking, a service restart overlapping the old process) would put the first

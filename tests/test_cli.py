@@ -308,3 +308,21 @@ def test_fit_names_a_data_folder_without_the_labels_sheet(tmp_path: Path) -> Non
     assert done.returncode == 2
     assert "no labels sheet" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_demo_leaves_the_folder_of_a_node_still_running(tmp_path: Path) -> None:
+    """The demo removed its last node's folder although that node still ran (its store and
+    lock file with it), then started a second node beside the first."""
+    from lus_pacs.node import hold_store
+
+    store = tmp_path / "node" / "jobs.sqlite"
+    store.parent.mkdir()
+    store.write_bytes(b"")
+    held = hold_store(store)
+    try:
+        done = run_cli("demo", "--out", str(tmp_path), check=False)
+    finally:
+        held.close()
+    assert done.returncode == 2
+    assert "another node is running" in done.stderr
+    assert store.exists()

@@ -467,8 +467,16 @@ def calibrate_site(labels: Path, site: str, models_dir: Path) -> CalibrationRepo
         else:
             lines.append("severity: not calibrated (the scored cines do not hold two scores)")
     if not offsets:
+        not_read = (
+            f" ({len(refused)} of its cines not read: "
+            + "; ".join(f"{path}: {why}" for path, why in refused[:5])
+            + (" ..." if len(refused) > 5 else "")
+            + ")"
+            if refused
+            else ""
+        )
         raise ConfigError(
             f"{labels}: nothing to calibrate: label B-lines or consolidation on cines of both "
-            "classes, or severity on cines of two scores or more."
+            f"classes, or severity on cines of two scores or more{not_read}."
         )
     return CalibrationReport(SiteCalibration(site, offsets), tuple(refused), tuple(lines))

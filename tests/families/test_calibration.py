@@ -218,6 +218,15 @@ def test_calibrate_command_on_simulated_cines(synth_exams: Path, tmp_path: Path)
     )
     assert failed.returncode == 1
     assert "nothing to calibrate" in failed.stderr
+    # Both classes labelled, one of them only on a cine not read: the error said to label
+    # both classes, not that a cine was not read.
+    labels.write_text(f"file,b_lines,severity\n{cines[0]},1,\n{tmp_path / 'gone.dcm'},0,\n")
+    failed = run_cli(
+        "calibrate", "--labels", str(labels), "--site", "sim", "--out", str(out), check=False
+    )
+    assert "nothing to calibrate" in failed.stderr
+    assert "1 of its cines not read" in failed.stderr
+    assert "gone.dcm" in failed.stderr
 
 
 def test_an_offset_resting_on_few_cines_of_a_class_is_flagged() -> None:
