@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from enum import StrEnum
 from logging.handlers import RotatingFileHandler
@@ -62,9 +63,7 @@ class AuditLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._observe = observe
-        self._handler = RotatingFileHandler(
-            path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
-        )
+        self._handler = _AuditFile(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
         self._handler.setFormatter(logging.Formatter("%(message)s"))
         self._lock = threading.Lock()
 
@@ -95,3 +94,39 @@ class AuditLog:
     def close(self) -> None:
         with self._lock:
             self._handler.close()
+
+
+class _AuditFile(RotatingFileHandler):
+    """The rotating file, with two differences from logging's: a rotation that fails (a
+    backup's name taken, permissions changed) leaves the lines in the current file, over its
+    size, rather than losing them (tried again a minute later); and a write that fails raises
+    to :meth:`AuditLog.write` (logging's handler prints it and goes on, so the line was lost
+    and counted as written)."""
+
+    _RETRY_S = 60.0
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._rotation_failed_at: float | None = None
+
+    def shouldRollover(self, record: logging.LogRecord) -> int:  # noqa: N802 (logging's name)
+        failed = self._rotation_failed_at
+        if failed is not None and time.monotonic() - failed < self._RETRY_S:
+            return 0
+        return super().shouldRollover(record)
+
+    def doRollover(self) -> None:  # noqa: N802 (logging's name)
+        try:
+            super().doRollover()
+            self._rotation_failed_at = None
+        except OSError as exc:
+            if self._rotation_failed_at is None:
+                log.error(
+                    "Could not rotate the audit trail %s (%s); it grows", self.baseFilename, exc
+                )
+            self._rotation_failed_at = time.monotonic()
+            if self.stream is None:  # closed by the rotation: the lines go on in it
+                self.stream = self._open()
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        raise  # noqa: PLE0704 (called in the handler's except clause: its error goes up)

@@ -231,3 +231,27 @@ def test_an_audit_observer_that_fails_loses_no_line(
     # Said as what failed: the count, not the line.
     assert "Could not count the audit line" in caplog.text
     assert "Could not write" not in caplog.text
+
+
+def test_a_rotation_that_fails_loses_no_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """logging's handler prints its errors and goes on: after a rotation failed once (a
+    backup's name taken), every later line was lost, and counted in the metrics as written."""
+    counted: list[str] = []
+    (tmp_path / "audit.jsonl.1" / "taken").mkdir(parents=True)  # in the backups' way
+    audit = AuditLog(
+        tmp_path / "audit.jsonl", max_bytes=1024, backups=2, observe=lambda e, o: counted.append(o)
+    )
+    for i in range(40):
+        audit.write(AuditEvent.INSTANCE, "new", sop_instance_uid=f"1.2.{i}")
+    audit.close()
+    kept = [
+        json.loads(line)["sop_instance_uid"]
+        for path in sorted(tmp_path.glob("audit.jsonl*"), reverse=True)
+        if path.is_file()
+        for line in path.read_text().splitlines()
+    ]
+    assert kept == [f"1.2.{i}" for i in range(40)]
+    assert len(counted) == 40
+    assert "Could not rotate the audit trail" in caplog.text
