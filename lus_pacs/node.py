@@ -832,15 +832,23 @@ def check_ports(settings: Settings) -> None:
         if not port:  # None, or 0: any free port
             continue
         try:
-            family, kind, proto, _, address = socket.getaddrinfo(
-                settings.host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )[0]
+            family, kind, proto, address = _bound_as_servers_do(settings.host, port)
             with socket.socket(family, kind, proto) as probe:
                 # As the servers bind: a port left in TIME_WAIT by the last run is free.
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind(address)
         except OSError as exc:
             raise ConfigError(_cannot_listen(what, port, settings, exc)) from exc
+
+
+def _bound_as_servers_do(host: str, port: int) -> tuple[int, int, int, tuple[str, int]]:
+    """The address the listeners bind for ``host``: "" as any, a name as its IPv4 address
+    (pynetdicom and the metrics server listen on IPv4; "localhost" may list ::1 first)."""
+    found = socket.getaddrinfo(
+        host or None, port, socket.AF_INET, socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    family, kind, proto, _, address = found[0]
+    return family, kind, proto, (str(address[0]), int(address[1]))
 
 
 def _cannot_listen(what: str, port: int | None, settings: Settings, exc: OSError) -> str:

@@ -460,6 +460,11 @@ def test_results_are_dated_in_the_time_zone_their_cine_declares(
                 when = dt.datetime.strptime(stamp.split(".")[0], "%Y%m%d%H%M%S")
                 late = dt.datetime.now(dt.UTC) - when.replace(tzinfo=tokyo)
                 assert dt.timedelta(0) <= late < dt.timedelta(minutes=10), (path.name, moment)
+            # highdicom's record of this software's contribution (a DT of this clock) too.
+            ours = made.ContributingEquipmentSequence[-1].ContributionDateTime
+            when = dt.datetime.strptime(ours.split(".")[0], "%Y%m%d%H%M%S")
+            late = dt.datetime.now(dt.UTC) - when.replace(tzinfo=tokyo)
+            assert dt.timedelta(0) <= late < dt.timedelta(minutes=10), (path.name, ours)
             assert dciodvfy_errors(path) == [], path.name
     finally:
         monkeypatch.undo()

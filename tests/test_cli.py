@@ -161,7 +161,9 @@ def test_import_video_writes_dicom_and_reports_refusals(tmp_path: Path) -> None:
     assert run_cli("import-video", str(video), "--out", str(tmp_path / "ok"), "--max-frames", "10")
     # A zone the node reads as none, or a patient ID DICOM refuses: imported with exit 0, the
     # cine then had no zone (out of the LUS score) or failed validation.
-    for option, value in (("--zone", "right 1"), ("--zone", "R15"), ("--patient-id", "A\\B")):
+    refusals = [("--zone", "right 1"), ("--zone", "R15"), ("--patient-id", "A\\B")]
+    refusals += [("--patient-id", "A" * 59), ("--patient-id", "Smith^John"), ("--patient-id", " ")]
+    for option, value in refusals:
         refused = run_cli(
             "import-video", str(video), "--out", str(tmp_path / "no"), option, value, check=False
         )

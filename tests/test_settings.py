@@ -195,3 +195,5 @@ def test_a_port_another_program_holds_is_refused_before_the_models_load(tmp_path
         with pytest.raises(ConfigError, match=r"cannot listen for metrics"):
             check_ports(settings.model_copy(update={"port": 0, "metrics_port": taken}))
     check_ports(settings)  # free again
+    check_ports(settings.model_copy(update={"host": ""}))  # any address, as the servers take ""
+    check_ports(settings.model_copy(update={"host": "localhost"}))

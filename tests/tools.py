@@ -37,7 +37,8 @@ def measured_pocus(
     ``names``): a fit reads them and never the (absent) videos. Returns (data, cache)."""
     import numpy as np
 
-    from lus_pacs.inference.lung_features import CLIP_FEATURES, FEATURE_VERSION
+    from lus_pacs.inference.lung_features import CLIP_FEATURES
+    from lus_pacs.training.real import feature_table_name
 
     data = root / "data"
     (data / "pocus").mkdir(parents=True)
@@ -45,7 +46,7 @@ def measured_pocus(
     cache = root / "cache"
     cache.mkdir()
     np.savez(
-        cache / f"features-v{FEATURE_VERSION}.npz",
+        cache / feature_table_name(),
         names=np.array(names),
         features=features,
         columns=np.array(CLIP_FEATURES),

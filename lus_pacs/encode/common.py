@@ -271,25 +271,26 @@ def restore_character_set(result: Dataset, source: Dataset) -> None:
 
 
 def restore_time_zone(result: Dataset, source: Dataset) -> None:
-    """``result``'s own moments (its creation, content and presentation creation, which
-    highdicom takes from this machine's clock) in the time zone the source declares
-    (TimezoneOffsetFromUTC), and that zone declared: an instance has one zone for all its dates
-    and times, and its study's date and time are copied from the source as they are. A source
-    that declares none leaves them in this machine's zone (the site's, as the node is set)."""
+    """``result``'s own moments (its creation, content and presentation creation, and the
+    contribution highdicom records for this software, all taken from this machine's clock) in
+    the time zone the source declares (TimezoneOffsetFromUTC), and that zone declared: an
+    instance has one zone for all its dates and times, and its study's date and time are copied
+    from the source as they are. Written as this moment there (the result is made a few
+    milliseconds before): re-reading the local strings would misplace them in the repeated
+    hour when summer time ends. A source that declares none leaves them in this machine's zone
+    (the site's, as the node is set)."""
     offset = _utc_offset(source.get("TimezoneOffsetFromUTC"))
     if offset is None:
         return
-    zone = dt.timezone(offset)
+    there = dt.datetime.now(dt.timezone(offset))
     for date_keyword, time_keyword in _OWN_MOMENTS:
-        if date_keyword not in result or time_keyword not in result:
-            continue
-        date = valuerep.DA(str(result[date_keyword].value))
-        time = valuerep.TM(str(result[time_keyword].value))
-        if date is None or time is None:
-            continue
-        there = dt.datetime.combine(date, time).astimezone().astimezone(zone)
-        setattr(result, date_keyword, there.strftime("%Y%m%d"))
-        setattr(result, time_keyword, there.strftime("%H%M%S.%f"))
+        if date_keyword in result and time_keyword in result:
+            setattr(result, date_keyword, there.strftime("%Y%m%d"))
+            setattr(result, time_keyword, there.strftime("%H%M%S.%f"))
+    # highdicom's own contribution comes last (the scanner's, before it, is the source's time).
+    contributions = result.get("ContributingEquipmentSequence") or []
+    if contributions and "ContributionDateTime" in contributions[-1]:
+        contributions[-1].ContributionDateTime = there.strftime("%Y%m%d%H%M%S.%f")
     result.TimezoneOffsetFromUTC = str(source.TimezoneOffsetFromUTC).strip()
 
 

@@ -502,15 +502,18 @@ def check_labels(zone: str | None, patient_id: str | None) -> None:
         raise ValueError(
             f"zone must be a label such as 'R1' or 'L3' (side and number); got {zone!r}"
         )
-    if patient_id is not None and not _LONG_STRING.fullmatch(patient_id):
+    if patient_id is not None and not (_PATIENT_ID.fullmatch(patient_id) and patient_id.strip()):
         raise ValueError(
-            "a patient ID is 1-64 characters without a backslash or control character "
-            f"(DICOM LO); got {patient_id!r}"
+            f"a patient ID is 1-{_PATIENT_ID_MAX} characters, not all spaces, without a "
+            "backslash, ^, = or control character (DICOM LO, and the patient's name "
+            f"Video^<ID> a PN); got {patient_id!r}"
         )
 
 
-_LONG_STRING = re.compile(r"[^\\\x00-\x1f\x7f]{1,64}")
-"""A value DICOM's LO takes: 64 characters at most, no backslash or control character."""
+_PATIENT_ID_MAX = 58
+_PATIENT_ID = re.compile(rf"[^\\^=\x00-\x1f\x7f]{{1,{_PATIENT_ID_MAX}}}")
+"""A patient ID the import writes: DICOM's LO (no backslash or control character) that also
+makes the patient's name ``Video^<ID>`` a PN (64 characters, no further ^ or =)."""
 
 
 def _described(description: str) -> Dataset:

@@ -142,14 +142,20 @@ class Jobs:
                 # A file received again (A -> B -> A: the first copy, the same bytes at the
                 # same path) is an instance's own again, no study's left file to remove.
                 db.execute("DELETE FROM left_files WHERE path = ?", (str(instance.path),))
-                # Results of the earlier content not yet delivered are not sent any more.
+                # Results of the earlier content not yet delivered are not sent any more (those
+                # failed too: their job is replaced, no retry sends them, and counted as failed
+                # they held an operator's alert for good).
                 db.execute(
-                    "UPDATE deliveries SET state = ?, error = ? WHERE state = ? AND job_id IN "
+                    "UPDATE deliveries SET state = ?, error = ? WHERE (state = ? OR (state = ? "
+                    "AND (error IS NULL OR substr(error, 1, ?) != ?))) AND job_id IN "
                     "(SELECT id FROM jobs WHERE sop_instance_uid = ? AND content != ?)",
                     (
                         DeliveryState.FAILED,
                         f"{CALLED_OFF}its instance was received again with other content",
                         DeliveryState.PENDING,
+                        DeliveryState.FAILED,
+                        len(CALLED_OFF),
+                        CALLED_OFF,
                         instance.sop_instance_uid,
                         instance.content,
                     ),

@@ -76,9 +76,17 @@ _PUBLISHERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("grepmed", re.compile(r"grep|gred")),
     ("emergmed-clinics-2015", re.compile(r"advancesvid")),
 )
-_BY_PATH = {"videos/linear/reg-nephropocus.mp4": "everydayultrasound"}
-"""Clips whose file name names another publisher than theirs (pocus-extra's README: the
-linear Reg-nephropocus is everydayultrasound.com's, the convex one nephropocus's)."""
+_BY_PATH = {
+    "videos/linear/reg-nephropocus.mp4": "everydayultrasound",
+    "videos/linear/reg-normallung.mp4": "criticalcarenorthampton",
+    "videos/linear/reg-minimalmovement.mp4": "criticalcarenorthampton",
+    "videos/convex/reg_alines-1-90.mov": "bja-education",
+    "videos/convex/pneu_air bronc2.mov": "bja-education",
+}
+"""Evaluation-only clips whose file name does not name their publisher (pocus-extra's README
+and the upstream sheet's URLs: the linear Reg-nephropocus is everydayultrasound.com's, the
+convex one nephropocus's; two clips of criticalcarenorthampton.com; two of one BJA Education
+article, one video library)."""
 _CLASS_PREFIX = re.compile(r"^(cov|pneu|reg|vir)[-_+ ]+", re.IGNORECASE)
 
 _CACHE_SYNTAX = CineSyntax.RLE

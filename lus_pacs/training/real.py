@@ -15,6 +15,7 @@ measurements are cached beside the DICOM files, keyed by file and the feature ve
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lus_pacs.errors import LusPacsError
+from lus_pacs.inference import lung_features
 from lus_pacs.inference.lung_features import CLIP_FEATURES, FEATURE_VERSION, cine_features
 from lus_pacs.training.pocus import PocusClip, load_clip, read_labels
 
@@ -101,13 +103,21 @@ def real_clips(data_root: Path) -> list[RealClip]:
     return clips
 
 
+def feature_table_name() -> str:
+    """The file of cached measurements: named by :data:`FEATURE_VERSION` and by the digest of
+    the code that measures, so that a change of a measurement made without a new version (one
+    went unnoticed: a clip's figures stayed those of the code before) measures again."""
+    code = hashlib.sha256(Path(lung_features.__file__).read_bytes()).hexdigest()
+    return f"features-v{FEATURE_VERSION}-{code[:12]}.npz"
+
+
 def measure(clips: Sequence[RealClip], data_root: Path, cache_dir: Path) -> Measured:
     """The clip measurements of every clip, from the cache where present.
 
     A clip that cannot be read is reported in :attr:`Measured.refused` and left out.
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
-    table_path = cache_dir / f"features-v{FEATURE_VERSION}.npz"
+    table_path = cache_dir / feature_table_name()
     cached: dict[str, npt.NDArray[np.float32]] = {}
     if table_path.is_file():
         with np.load(table_path) as table:

@@ -229,3 +229,16 @@ def test_a_summary_sent_somewhere_before_it_was_called_off_is_named_by_the_next(
     store.deliveries.delivered(summary_id, "pacs", summary=True)
     store.jobs.record_instance(replace(instance(1, "1.1"), content="b"), "m@1")
     assert store.studies.summary_uids("1.1", "") == ["8.1"]
+
+
+def test_a_failed_delivery_of_content_received_again_is_called_off(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """Its job replaced, no retry would send it; counted as failed it held an alert for good."""
+    store.jobs.record_instance(replace(instance(1), content="a"), "m@1")
+    job = store.jobs.claim()
+    assert job is not None
+    store.jobs.finish(job.id, "{}", [Output("sr", "9.1", tmp_path / "1.dcm")], ["pacs"])
+    store.deliveries.failed(job.id, "pacs", "status 0xA700", retry_at=None)
+    store.jobs.record_instance(replace(instance(1), content="b"), "m@1")
+    assert store.deliveries.counts() == {("pacs", "called_off"): 1}

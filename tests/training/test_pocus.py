@@ -62,3 +62,5 @@ def test_groups_are_publishers_not_upstream_folders() -> None:
     assert source_group("videos/convex/Reg-Youtube.mp4") == "youtube"
     assert source_group("videos/linear/Reg-nephropocus.mp4") == "everydayultrasound"
     assert source_group("videos/convex/Reg-nephropocus.mp4") == "nephropocus"
+    assert source_group("videos/linear/Reg-NormalLung.mp4") == "criticalcarenorthampton"
+    assert source_group("videos/convex/Pneu_AIR BRONC2.mov") == "bja-education"
