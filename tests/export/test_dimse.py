@@ -8,7 +8,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,6 +174,11 @@ def mr_scp(request: pytest.FixtureRequest) -> Iterator[MrOnlyScp]:
         return answer
 
     ae.maximum_associations = scp.max_associations
+    yield from _serving(ae, scp, on_store)
+
+
+def _serving(ae: AE, scp: MrOnlyScp, on_store: Callable[[evt.Event], int]) -> Iterator[MrOnlyScp]:
+    """``ae`` serving C-STORE by ``on_store`` on a free port, ``scp`` pointed at it."""
     server = ae.start_server(
         ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
     )
@@ -238,15 +243,7 @@ def implicit_only_scp() -> Iterator[MrOnlyScp]:
         scp.received.append(dataset)
         return 0x0000
 
-    server = ae.start_server(
-        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
-    )
-    assert server is not None
-    try:
-        scp.destination = scp.destination.model_copy(update={"port": server.server_address[1]})
-        yield scp
-    finally:
-        server.shutdown()
+    yield from _serving(ae, scp, on_store)
 
 
 def test_a_destination_taking_implicit_vr_only_gets_every_instance(
