@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import sqlite3
 from collections.abc import Mapping
 from enum import StrEnum
 from inspect import getdoc
@@ -720,7 +721,11 @@ def _node_store(config: Path | None) -> JobStore:
             err=True,
         )
         raise typer.Exit(2)
-    return JobStore(path)
+    try:
+        return JobStore(path)
+    except sqlite3.DatabaseError as exc:  # not a database, or damaged
+        typer.echo(f"{path}: cannot be read as a job store ({exc})", err=True)
+        raise typer.Exit(2) from exc
 
 
 def _echo_deliveries(deliveries: tuple[tuple[str, DeliveryState, int, str | None], ...]) -> None:

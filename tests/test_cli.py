@@ -328,3 +328,14 @@ def test_demo_leaves_the_folder_of_a_node_still_running(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "another node is running" in done.stderr
     assert store.exists()
+
+
+def test_status_on_a_damaged_store_says_so(tmp_path: Path) -> None:
+    (tmp_path / "node").mkdir()
+    (tmp_path / "node" / "jobs.sqlite").write_bytes(b"not a database " * 20)
+    config = tmp_path / "node.toml"
+    config.write_text(f'data_dir = "{tmp_path / "node"}"\n')
+    done = run_cli("status", "--config", str(config), check=False)
+    assert done.returncode == 2
+    assert "cannot be read as a job store" in done.stderr
+    assert "Traceback" not in done.stderr
