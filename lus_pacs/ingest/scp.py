@@ -20,6 +20,7 @@ import shutil
 import socket
 import ssl
 import threading
+import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.events import EventHandlerType
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from lus_pacs.dicom_vocabulary import (
     CANNOT_UNDERSTAND,
@@ -214,21 +215,22 @@ class Receiver:
             over.ErrorComment = "over the node's max_instance_bytes"
             return over
         if event.context.transfer_syntax == DeflatedExplicitVRLittleEndian and _inflates_past(
-            raw, limit
+            raw, min(limit, MAX_INFLATION * size)
         ):
             # pynetdicom inflates a deflated data set whole to read it: a few MB of zeros would
             # take GB of the node's memory before any limit is looked at.
             log.warning(
-                "Refused %s from %s: its deflated data set inflates past the limit of %d "
-                "(max_instance_bytes)",
+                "Refused %s from %s: its deflated data set inflates past %d times its size or "
+                "past the limit of %d (max_instance_bytes)",
                 sop_instance,
                 calling,
+                MAX_INFLATION,
                 limit,
             )
-            facts["reason"] = "its deflated data set inflates past max_instance_bytes"
+            facts["reason"] = "its deflated data set inflates past the node's limits"
             over = Dataset()
             over.Status = OUT_OF_RESOURCES
-            over.ErrorComment = "inflates past the node's max_instance_bytes"
+            over.ErrorComment = "inflates past the node's limits"
             return over
         try:
             ds = event.dataset
@@ -317,10 +319,13 @@ class Receiver:
     def handle_connection(self, event: evt.Event) -> None:
         """Bound every read of a new connection: pynetdicom leaves the accepted socket
         blocking, so a peer that sends part of a PDU and stays silent would hold its thread
-        (and one of the associations) for ever."""
+        (and one of the associations) for ever. And bound each PDU (:func:`_bounded_reads`):
+        pynetdicom reads a PDU whole, of the length its header declares."""
         connection = getattr(event.assoc.dul.socket, "socket", None)
         if connection is not None:
             connection.settimeout(self._settings.network_timeout_s)
+        if event.assoc.dul.socket is not None:
+            _bounded_reads(event.assoc.dul.socket, self._settings.network_timeout_s)
 
     def refuses(self, peer: str, connection: socket.socket, ae: AE) -> bool:
         """Whether the new ``connection`` from ``peer`` is refused because that address holds
@@ -555,6 +560,50 @@ MAX_PDU_BYTES = 1 << 20
 """The largest PDU the listener takes (1 MiB): a cine comes in PDUs of at most this, each
 restarting the idle timer (``network_timeout_s``), so even a slow link delivers a large cine.
 dcmtk's senders use 16 kB."""
+
+
+_PDU_HEADER_SLACK = 64 * 1024
+"""Beyond :data:`MAX_PDU_BYTES`, what a PDU of another kind may hold (an association request
+lists its contexts: a few kB)."""
+MIN_PDU_RATE = 8 * 1024
+"""Bytes a second a PDU must come at, beyond the idle timer: a peer that drips one byte
+within every ``network_timeout_s`` held its association (one of a peer's slots) for good."""
+MAX_INFLATION = 100
+"""Times its size a deflated data set may inflate to (a real image rarely 20): a few MB of
+zeros inflated to GB before a limit of the node's size was reached."""
+
+
+def _bounded_reads(association_socket: AssociationSocket, idle_s: float) -> None:
+    """Make ``association_socket`` (pynetdicom's) refuse a PDU longer than the node announced
+    (pynetdicom reads it whole, of the length its header declares, up to 4 GiB: a bare
+    connection, before any AE title is checked, took the node's memory), and one that comes
+    slower than :data:`MIN_PDU_RATE`. Either ends the connection (pynetdicom's event for a
+    transport closed: the association is aborted)."""
+    limit = MAX_PDU_BYTES + _PDU_HEADER_SLACK
+
+    def recv(nr_bytes: int) -> bytearray:
+        if nr_bytes > limit:
+            log.warning(
+                "Closed a connection that sent a PDU of %d bytes, over the %d the node takes",
+                nr_bytes,
+                MAX_PDU_BYTES,
+            )
+            raise OSError(f"a PDU of {nr_bytes} bytes, over the limit of {limit}")
+        deadline = time.monotonic() + idle_s + nr_bytes / MIN_PDU_RATE
+        data = bytearray()
+        while len(data) < nr_bytes:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"a PDU of {nr_bytes} bytes not received in time")
+            connection = association_socket.socket
+            if connection is None:  # closed meanwhile
+                return data
+            chunk = connection.recv(min(65536, nr_bytes - len(data)))
+            if not chunk:  # closed: what came (pynetdicom's reading says the PDU is short)
+                return data
+            data.extend(chunk)
+        return data
+
+    association_socket.recv = recv  # type: ignore[method-assign]
 
 
 def listen_backlog(settings: Settings) -> int:

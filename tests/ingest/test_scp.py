@@ -4,6 +4,7 @@ stop."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -242,10 +243,71 @@ def test_a_deflated_instance_that_inflates_past_the_byte_limit_is_refused_unread
             assert _send(node.port, tmp_path / "bomb.dcm") == [OUT_OF_RESOURCES]
     finally:
         node.listener.stop()
-    assert "inflates past the limit of 10000000 (max_instance_bytes)" in caplog.text
+    assert "past the limit of 10000000 (max_instance_bytes)" in caplog.text
     assert [r.sop_instance_uid for r in node.store.jobs.rows()] == [
         pydicom.dcmread(US_IMAGE).SOPInstanceUID
     ]
+    # Under the byte limit (4 GiB by default) a bomb still took GB: a ratio is kept too.
+    node = StoringNode(Settings(data_dir=tmp_path / "node2", port=0))
+    try:
+        assert _send(node.port, tmp_path / "fits.dcm") == [SUCCESS]
+        assert _send(node.port, tmp_path / "bomb.dcm") == [OUT_OF_RESOURCES]
+    finally:
+        node.listener.stop()
+
+
+def _closed_within(connection: socket.socket, seconds: float) -> bool:
+    """Whether the node closes ``connection`` within ``seconds`` (what it sends is read)."""
+    connection.settimeout(0.2)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if connection.recv(4096) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except OSError:  # reset
+            return True
+    return False
+
+
+def test_a_pdu_longer_than_the_node_takes_closes_its_connection_unread(tmp_path: Path) -> None:
+    """pynetdicom reads a PDU whole, of the length its header declares (up to 4 GiB), before
+    any AE title is checked: a bare connection streaming bytes took the node's memory."""
+    node = StoringNode(Settings(data_dir=tmp_path, port=0))
+    try:
+        bomb = socket.create_connection(("127.0.0.1", node.port), timeout=5)
+        with contextlib.suppress(OSError):  # the node may close while we send
+            bomb.sendall(struct.pack(">BBL", 0x01, 0x00, 100 * 2**20) + bytes(2**20))
+        assert _closed_within(bomb, 5)
+        bomb.close()
+        assert _echo(node.port) == SUCCESS
+    finally:
+        node.listener.stop()
+
+
+def test_a_pdu_dripped_slower_than_the_node_takes_closes_its_connection(tmp_path: Path) -> None:
+    """One byte within every network timeout restarted the idle timer: the peer held its
+    association slot for good, and two addresses' worth locked every scanner out."""
+    settings = Settings(data_dir=tmp_path, port=0, network_timeout_s=1.5, acse_timeout_s=1.5)
+    node = StoringNode(settings)
+    try:
+        drip = socket.create_connection(("127.0.0.1", node.port), timeout=5)
+        drip.sendall(struct.pack(">BBL", 0x01, 0x00, 200))
+        started = time.monotonic()
+        closed = False
+        while not closed and time.monotonic() - started < 8:
+            try:
+                drip.sendall(b"\x00")
+            except OSError:
+                closed = True
+                break
+            closed = _closed_within(drip, 1.0)
+        assert closed
+        assert time.monotonic() - started < 6
+        drip.close()
+    finally:
+        node.listener.stop()
 
 
 def _send_as_written(port: int, path: Path, monkeypatch: pytest.MonkeyPatch) -> Dataset:
