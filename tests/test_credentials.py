@@ -83,6 +83,11 @@ def test_a_secret_never_reaches_a_message(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(ConfigError, match="credentials in the URL") as caught:
         load_settings(config)
     assert "S3cretPassw0rd" not in str(caught.value)
+    # A "#" in the password ends the authority before its "@": it passed.
+    config.write_text('[[web_destinations]]\nname = "pacs"\nurl = "http://orthanc:S3c#ret@pacs/"\n')
+    with pytest.raises(ConfigError, match="credentials in the URL") as caught:
+        load_settings(config)
+    assert "S3c" not in str(caught.value)
 
 
 def test_a_credential_in_another_encoding_is_read_or_refused_never_quoted(

@@ -18,10 +18,11 @@ from typing import Any
 
 import pydicom.uid
 import pytest
-from pydicom import dcmread
+from pydicom import Dataset, dcmread, dcmwrite
 from pydicom.data import get_testdata_file
+from pydicom.dataset import FileMetaDataset
 from pydicom.fileset import FileSet
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from lus_pacs.errors import ArchiveError
 from lus_pacs.ingest.archive import ArchiveSource, ArchiveStudy, open_source
@@ -217,6 +218,33 @@ def test_credentials_in_a_dicomweb_url_are_refused_without_being_shown() -> None
         open_source("http://alice:S3cret@127.0.0.1:8042/dicom-web")
     assert "S3cret" not in str(caught.value)
     assert "alice" not in str(caught.value)
+
+
+def test_a_password_with_a_hash_in_a_dicomweb_url_is_refused_too() -> None:
+    """A "#" in the password ends the URL's authority before its "@": urllib saw no user, the
+    URL passed, and its password reached every error and the archive's name."""
+    with pytest.raises(ArchiveError, match="credentials in the URL are not used") as caught:
+        open_source("https://admin:S3c#ret@127.0.0.1:8042/dicom-web")
+    assert "S3c" not in str(caught.value)
+
+
+def test_a_dicomdir_file_outside_its_media_is_not_read(tmp_path: Path) -> None:
+    """A ReferencedFileID of ".." reached a file beside the media (another patient's): it was
+    listed and processed as the media's study."""
+    (tmp_path / "media").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copy(_testdata("US1_UNCR.dcm"), tmp_path / "elsewhere" / "OTHERPAT.dcm")
+    record = Dataset()
+    record.DirectoryRecordType = "IMAGE"
+    record.ReferencedFileID = ["..", "elsewhere", "OTHERPAT.dcm"]
+    media = Dataset()
+    media.DirectoryRecordSequence = [record]
+    media.file_meta = FileMetaDataset()
+    media.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.1.3.10")
+    media.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    media.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dcmwrite(tmp_path / "media" / "DICOMDIR", media, enforce_file_format=True)
+    assert open_source(str(tmp_path / "media" / "DICOMDIR")).studies() == []
 
 
 def test_c_get_takes_every_syntax_the_node_decodes_in_the_contexts_it_has() -> None:

@@ -18,7 +18,6 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 from lus_pacs.credentials import authorisation
 from lus_pacs.errors import ArchiveError, ConfigError
@@ -106,11 +105,12 @@ def open_source(
             timeout=timeout,
         )
     if spec.startswith(("http://", "https://")):
-        parts = urlsplit(spec)
-        if parts.username is not None or parts.password is not None:
+        if "@" in spec:
             # urllib took them for part of the host: nothing was reached, and the error printed
-            # the password.
-            shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+            # the password (any "@": a password holding "#", "?" or "/" ends the authority
+            # before its "@", and urllib sees no user).
+            scheme, _, rest = spec.partition("://")
+            shown = f"{scheme}://{rest.rpartition('@')[2]}"
             raise ArchiveError(
                 shown,
                 "credentials in the URL are not used (and would be logged): name the server "

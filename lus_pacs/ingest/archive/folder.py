@@ -128,7 +128,13 @@ class FolderSource:
             except (OSError, InvalidDicomError, ValueError, AttributeError) as exc:
                 raise ArchiveError(self.name, f"cannot read the DICOMDIR ({exc})") from exc
             files = {root.joinpath(*([i] if isinstance(i, str) else list(i))) for i in ids}
+            inside = root.resolve()
             for path in sorted(files):
+                if inside not in path.resolve().parents:  # "..", or an absolute ID
+                    logger.warning(
+                        "%s: the DICOMDIR names %s, outside its media: not read", self.name, path
+                    )
+                    continue
                 yield _on_disk(path, root), True
             return
         for path in sorted(_files(self.path)):
