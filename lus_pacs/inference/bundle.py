@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +108,7 @@ def load_bundle(folder: Path, expected: tuple[type[nn.Module], ...] = ()) -> Bun
     try:
         state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
         network.load_state_dict(state)
-    except (OSError, RuntimeError, ValueError, TypeError) as exc:
+    except (OSError, RuntimeError, ValueError, TypeError, pickle.UnpicklingError) as exc:
         raise ModelError(
             f"{folder / WEIGHTS}: not a state dict that fits {target} ({exc}). "
             "Were the weights trained with another network_def?"
@@ -230,7 +231,7 @@ def _check_checksum(folder: Path) -> None:
     """Refuse weights that are not those written with the bundle (its checksum file)."""
     try:
         recorded = recorded_checksum((folder / CHECKSUM).read_text())
-    except (OSError, IndexError) as exc:
+    except (OSError, IndexError, ValueError) as exc:  # ValueError: not text (UnicodeDecodeError)
         raise ModelError(f"{folder / CHECKSUM}: not readable ({exc})") from exc
     if weights_digest(folder / WEIGHTS) != recorded:
         raise ModelError(

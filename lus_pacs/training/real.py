@@ -24,7 +24,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import numpy.typing as npt
 
+from lus_pacs import domain
 from lus_pacs.errors import LusPacsError
+from lus_pacs.imaging import decode, metadata, region
 from lus_pacs.inference import lung_features
 from lus_pacs.inference.lung_features import CLIP_FEATURES, FEATURE_VERSION, cine_features
 from lus_pacs.training.pocus import PocusClip, load_clip, read_labels
@@ -105,10 +107,17 @@ def real_clips(data_root: Path) -> list[RealClip]:
 
 def feature_table_name() -> str:
     """The file of cached measurements: named by :data:`FEATURE_VERSION` and by the digest of
-    the code that measures, so that a change of a measurement made without a new version (one
-    went unnoticed: a clip's figures stayed those of the code before) measures again."""
-    code = hashlib.sha256(Path(lung_features.__file__).read_bytes()).hexdigest()
-    return f"features-v{FEATURE_VERSION}-{code[:12]}.npz"
+    the code that reads and measures a cine (:data:`_MEASURING`), so that a change of a
+    measurement made without a new version (one went unnoticed: a clip's figures stayed those
+    of the code before) measures again. The clips' DICOM imports are cached apart."""
+    code = hashlib.sha256()
+    for module in _MEASURING:
+        code.update(Path(module.__file__ or "").read_bytes())
+    return f"features-v{FEATURE_VERSION}-{code.hexdigest()[:12]}.npz"
+
+
+_MEASURING = (lung_features, decode, region, metadata, domain)
+"""The modules whose code makes a clip's measurements from its DICOM import."""
 
 
 def measure(clips: Sequence[RealClip], data_root: Path, cache_dir: Path) -> Measured:

@@ -54,6 +54,21 @@ def test_weights_that_are_not_finite_are_refused(tmp_path: Path) -> None:
         load_bundle(bundle)
 
 
+def test_a_checksum_not_text_or_weights_not_a_state_dict_are_model_errors(
+    tmp_path: Path,
+) -> None:
+    """Both ended the node's start with a traceback instead of the bundle's one-line error."""
+    bundle = tmp_path / "key_frames"
+    shutil.copytree(MODELS / "key_frames", bundle)
+    (bundle / CHECKSUM).write_bytes(b"\xff\xfe\x00 not text")
+    with pytest.raises(ModelError, match=r"not readable"):
+        load_bundle(bundle)
+    torch.save(torch.nn.Linear(2, 2), bundle / WEIGHTS)  # a whole module pickled, not weights
+    (bundle / CHECKSUM).write_text(f"{weights_digest(bundle / WEIGHTS)}  model.pt\n")
+    with pytest.raises(ModelError, match=r"not a state dict"):
+        load_bundle(bundle)
+
+
 @pytest.mark.parametrize(
     ("family", "key"),
     [
