@@ -402,6 +402,9 @@ def serve(
     from lus_pacs.settings import load_settings
 
     _logging()
+    # What the node writes (cines, results, the job store, the audit trail's patient IDs) is
+    # for its own user: a host's umask 022 left it all readable by every account.
+    os.umask(os.umask(0o077) | 0o077)
     overrides = {"port": port} if port is not None else {}
     settings = load_settings(config, **overrides)
     check_ports(settings)

@@ -153,6 +153,10 @@ def test_pushed_cines_come_back_to_pacs_as_the_whole_object_set(
     summaries = list((tmp_path / "node" / "results").glob("*/study-summary.json"))
     assert summaries, node.log_text()[-2000:]
     assert json.loads(summaries[0].read_text())["cines"] >= 1
+    # Patient data for the node's own user only (a host's umask 022 left it world-readable).
+    written = [p for p in (tmp_path / "node").rglob("*") if p.is_file()]
+    assert written
+    assert [p for p in written if p.stat().st_mode & 0o077] == []
 
 
 def test_a_crash_after_acknowledging_loses_nothing_and_sends_once(
