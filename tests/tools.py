@@ -17,6 +17,15 @@ def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(exe), *args], capture_output=True, text=True, check=check)
 
 
+def refused_by_cli(*args: str, saying: str) -> None:
+    """``lus-pacs args`` ends with exit status 2 and one line ``saying`` what is wrong, no
+    traceback (a user's error, :func:`lus_pacs.cli.main`)."""
+    done = run_cli(*args, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert saying in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+
+
 def dciodvfy_errors(path: Path) -> list[str]:
     """Lines dciodvfy reports as errors (it exits 0 even when there are some)."""
     return dciodvfy(path).errors
