@@ -192,7 +192,8 @@ class WebDestination(_Receiver):
         if "@" in url:
             raise ValueError(
                 f"{_SECRET_IN_URL} would be written to logs and the job store; give "
-                "username with password_file or password_env (or a token) instead"
+                "username with password_file or password_env (or a token) instead (an @ "
+                "that is part of the path: write it %40)"
             )
         return url
 

@@ -215,16 +215,17 @@ class Receiver:
             over.ErrorComment = "over the node's max_instance_bytes"
             return over
         if event.context.transfer_syntax == DeflatedExplicitVRLittleEndian and _inflates_past(
-            raw, min(limit, MAX_INFLATION * size)
+            raw, min(limit, max(INFLATION_ALLOWED, MAX_INFLATION * size))
         ):
             # pynetdicom inflates a deflated data set whole to read it: a few MB of zeros would
             # take GB of the node's memory before any limit is looked at.
             log.warning(
-                "Refused %s from %s: its deflated data set inflates past %d times its size or "
-                "past the limit of %d (max_instance_bytes)",
+                "Refused %s from %s: its deflated data set inflates past %d times its size "
+                "(and %d MiB) or past the limit of %d (max_instance_bytes)",
                 sop_instance,
                 calling,
                 MAX_INFLATION,
+                INFLATION_ALLOWED >> 20,
                 limit,
             )
             facts["reason"] = "its deflated data set inflates past the node's limits"
@@ -569,8 +570,11 @@ MIN_PDU_RATE = 8 * 1024
 """Bytes a second a PDU must come at, beyond the idle timer: a peer that drips one byte
 within every ``network_timeout_s`` held its association (one of a peer's slots) for good."""
 MAX_INFLATION = 100
-"""Times its size a deflated data set may inflate to (a real image rarely 20): a few MB of
-zeros inflated to GB before a limit of the node's size was reached."""
+"""Times its size a deflated data set may inflate to beyond :data:`INFLATION_ALLOWED` (a real
+image rarely 20): a few MB of zeros inflated to GB before a limit of the node's size was
+reached."""
+INFLATION_ALLOWED = 64 * 2**20
+"""What any deflated data set may inflate to (a mostly black cine deflates far)."""
 
 
 def _bounded_reads(association_socket: AssociationSocket, idle_s: float) -> None:
@@ -584,8 +588,10 @@ def _bounded_reads(association_socket: AssociationSocket, idle_s: float) -> None
     def recv(nr_bytes: int) -> bytearray:
         if nr_bytes > limit:
             log.warning(
-                "Closed a connection that sent a PDU of %d bytes, over the %d the node takes",
+                "Closed a connection that sent a PDU of %d bytes, over the %d the node takes "
+                "(%d announced)",
                 nr_bytes,
+                limit,
                 MAX_PDU_BYTES,
             )
             raise OSError(f"a PDU of {nr_bytes} bytes, over the limit of {limit}")

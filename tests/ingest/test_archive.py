@@ -245,6 +245,13 @@ def test_a_dicomdir_file_outside_its_media_is_not_read(tmp_path: Path) -> None:
     media.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     dcmwrite(tmp_path / "media" / "DICOMDIR", media, enforce_file_format=True)
     assert open_source(str(tmp_path / "media" / "DICOMDIR")).studies() == []
+    # A folder of the media that is a link elsewhere (a cohort assembled of links) is read.
+    fileset = FileSet()
+    fileset.add(dcmread(_testdata("US1_UNCR.dcm")))
+    fileset.write(tmp_path / "linked")
+    shutil.move(tmp_path / "linked" / "PT000000", tmp_path / "store")
+    (tmp_path / "linked" / "PT000000").symlink_to(tmp_path / "store")
+    assert len(open_source(str(tmp_path / "linked" / "DICOMDIR")).studies()) == 1
 
 
 def test_c_get_takes_every_syntax_the_node_decodes_in_the_contexts_it_has() -> None:

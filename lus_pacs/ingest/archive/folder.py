@@ -127,14 +127,20 @@ class FolderSource:
                 ids = [r.ReferencedFileID for r in records if r.get("ReferencedFileID")]
             except (OSError, InvalidDicomError, ValueError, AttributeError) as exc:
                 raise ArchiveError(self.name, f"cannot read the DICOMDIR ({exc})") from exc
-            files = {root.joinpath(*([i] if isinstance(i, str) else list(i))) for i in ids}
-            inside = root.resolve()
-            for path in sorted(files):
-                if inside not in path.resolve().parents:  # "..", or an absolute ID
+            named = [[i] if isinstance(i, str) else [str(part) for part in i] for i in ids]
+            files = set()
+            for parts in named:
+                # Not outside the media: no "..", no absolute part (a linked folder inside it,
+                # as a cohort assembled of links, is the media's).
+                if any(p in ("..", "") or p.startswith(("/", "\\")) for p in parts):
                     logger.warning(
-                        "%s: the DICOMDIR names %s, outside its media: not read", self.name, path
+                        "%s: the DICOMDIR names %s, outside its media: not read",
+                        self.name,
+                        "\\".join(parts),
                     )
                     continue
+                files.add(root.joinpath(*parts))
+            for path in sorted(files):
                 yield _on_disk(path, root), True
             return
         for path in sorted(_files(self.path)):
