@@ -31,6 +31,18 @@ never put back by :meth:`Deliveries.retry_failed`."""
 CALLED_OFF_STATE = "called_off"
 """How :meth:`Deliveries.counts` (and the metrics) name a delivery called off."""
 
+
+def called_off(alias: str = "") -> str:
+    """SQL: whether the delivery row (of table ``alias``, where the query names one) was
+    called off: failed with a reason that begins :data:`CALLED_OFF`. Never NULL, so that its
+    NOT keeps the rows without a reason."""
+    a = f"{alias}." if alias else ""
+    return (
+        f"({a}state = '{DeliveryState.FAILED.value}' AND "
+        f"substr(coalesce({a}error, ''), 1, {len(CALLED_OFF)}) = '{CALLED_OFF}')"
+    )
+
+
 DeliveryRow = tuple[str, DeliveryState, int, str | None]
 """(destination, state, attempts, last error) of one delivery, for ``lus-pacs status``."""
 
@@ -193,11 +205,10 @@ class Deliveries:
         called off (their results superseded, never sent and never retried) are
         :data:`CALLED_OFF_STATE`, not failed: an alert on failed ones could never clear."""
         rows = self._db.connection().execute(
-            "SELECT destination, CASE WHEN state = ? AND substr(error, 1, ?) = ? THEN ? ELSE "
-            "state END AS shown, COUNT(*) FROM (SELECT destination, state, error FROM "
-            "deliveries UNION ALL SELECT destination, state, error FROM summary_deliveries) "
-            "GROUP BY destination, shown",
-            (DeliveryState.FAILED, len(CALLED_OFF), CALLED_OFF, CALLED_OFF_STATE),
+            f"SELECT destination, CASE WHEN {called_off()} THEN ? ELSE state END AS shown, "
+            "COUNT(*) FROM (SELECT destination, state, error FROM deliveries UNION ALL SELECT "
+            "destination, state, error FROM summary_deliveries) GROUP BY destination, shown",
+            (CALLED_OFF_STATE,),
         )
         return {(r[0], str(r[1])): int(r[2]) for r in rows}
 
@@ -246,48 +257,23 @@ class Deliveries:
             # A delivery that failed while another of its job is still pending (the archive
             # retrying, the PACS given up): the job is not failed, and its failed delivery
             # would stay failed for good.
-            not_called_off = "(error IS NULL OR substr(error, 1, ?) != ?)"
-            encoded = [
-                r[0]
-                for r in db.execute(
-                    "SELECT DISTINCT job_id FROM deliveries WHERE state = ? AND "
-                    f"{not_called_off}{only_known} AND job_id IN (SELECT id FROM jobs WHERE "
-                    "state = ?)",
-                    (
-                        DeliveryState.FAILED,
-                        len(CALLED_OFF),
-                        CALLED_OFF,
-                        *(known or ()),
-                        JobState.ENCODED,
-                    ),
-                )
-            ]
-            for job_id in encoded:
-                db.execute(
-                    "UPDATE deliveries SET state = ?, attempts = 0, next_attempt_at = ? "
-                    f"WHERE job_id = ? AND state = ? AND {not_called_off}{only_known}",
-                    (
-                        DeliveryState.PENDING,
-                        now,
-                        job_id,
-                        DeliveryState.FAILED,
-                        len(CALLED_OFF),
-                        CALLED_OFF,
-                        *(known or ()),
-                    ),
-                )
-            put_back += len(encoded)
+            retried = (
+                f"state = ? AND NOT {called_off()}{only_known} AND job_id IN "
+                "(SELECT id FROM jobs WHERE state = ?)"
+            )
+            retried_args = (DeliveryState.FAILED, *(known or ()), JobState.ENCODED)
+            put_back += db.execute(
+                f"SELECT COUNT(DISTINCT job_id) FROM deliveries WHERE {retried}", retried_args
+            ).fetchone()[0]
+            db.execute(
+                "UPDATE deliveries SET state = ?, attempts = 0, next_attempt_at = ? "
+                f"WHERE {retried}",
+                (DeliveryState.PENDING, now, *retried_args),
+            )
             summaries = db.execute(
                 "UPDATE summary_deliveries SET state = ?, attempts = 0, next_attempt_at = ? "
-                f"WHERE state = ? AND (error IS NULL OR substr(error, 1, ?) != ?){only_known}",
-                (
-                    DeliveryState.PENDING,
-                    now,
-                    DeliveryState.FAILED,
-                    len(CALLED_OFF),
-                    CALLED_OFF,
-                    *(known or ()),
-                ),
+                f"WHERE state = ? AND NOT {called_off()}{only_known}",
+                (DeliveryState.PENDING, now, DeliveryState.FAILED, *(known or ())),
             ).rowcount
             return put_back + summaries
 

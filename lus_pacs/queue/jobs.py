@@ -17,12 +17,33 @@ from pathlib import Path
 
 from lus_pacs.domain import Instance, Job, JobState, Output, Received
 from lus_pacs.queue.database import Database
-from lus_pacs.queue.deliveries import CALLED_OFF, DeliveryRow, DeliveryState, delivery_rows
+from lus_pacs.queue.deliveries import (
+    CALLED_OFF,
+    DeliveryRow,
+    DeliveryState,
+    called_off,
+    delivery_rows,
+)
+
+_UNSENT = (
+    f"state IN ('{DeliveryState.PENDING.value}', '{DeliveryState.FAILED.value}') "
+    f"AND NOT {called_off()}"
+)
+"""SQL: a delivery not sent and not called off (pending, or failed and left for a retry)."""
+
+MADE_BY_OTHERS_ONLY = (
+    "FROM instances i WHERE i.study_instance_uid = ? AND NOT EXISTS (SELECT 1 FROM jobs j "
+    "WHERE j.sop_instance_uid = i.sop_instance_uid AND j.models = ? AND j.content = i.content) "
+    "AND EXISTS (SELECT 1 FROM jobs j WHERE j.sop_instance_uid = i.sop_instance_uid AND "
+    "j.content = i.content AND j.state != ?)"
+)
+"""SQL, the instances ``i`` of a study (?) whose content has a job by other model versions but
+none by these (?), replaced content (?: :attr:`JobState.REPLACED`) left out."""
 
 MAX_INTERRUPTIONS = 3
+"""Stops of the node while a worker held a job, after which the job fails at the next start."""
 GIVEN_UP = "given up: "
 """How the error of a job failed while its worker still ran it (:meth:`Jobs.give_up`) begins."""
-"""Stops of the node while a worker held a job, after which the job fails at the next start."""
 
 
 @dataclass(frozen=True)
@@ -146,16 +167,11 @@ class Jobs:
                 # failed too: their job is replaced, no retry sends them, and counted as failed
                 # they held an operator's alert for good).
                 db.execute(
-                    "UPDATE deliveries SET state = ?, error = ? WHERE (state = ? OR (state = ? "
-                    "AND (error IS NULL OR substr(error, 1, ?) != ?))) AND job_id IN "
+                    f"UPDATE deliveries SET state = ?, error = ? WHERE {_UNSENT} AND job_id IN "
                     "(SELECT id FROM jobs WHERE sop_instance_uid = ? AND content != ?)",
                     (
                         DeliveryState.FAILED,
                         f"{CALLED_OFF}its instance was received again with other content",
-                        DeliveryState.PENDING,
-                        DeliveryState.FAILED,
-                        len(CALLED_OFF),
-                        CALLED_OFF,
                         instance.sop_instance_uid,
                         instance.content,
                     ),
@@ -165,16 +181,11 @@ class Jobs:
                 # content's findings, maybe under another patient. The studies are summarised
                 # again.
                 db.execute(
-                    "UPDATE summary_deliveries SET state = ?, error = ? WHERE (state = ? OR "
-                    "(state = ? AND (error IS NULL OR substr(error, 1, ?) != ?))) AND "
+                    f"UPDATE summary_deliveries SET state = ?, error = ? WHERE {_UNSENT} AND "
                     "summary_id IN (SELECT id FROM summaries WHERE study_instance_uid IN (?, ?))",
                     (
                         DeliveryState.FAILED,
                         f"{CALLED_OFF}a cine of its study was received again with other content",
-                        DeliveryState.PENDING,
-                        DeliveryState.FAILED,
-                        len(CALLED_OFF),
-                        CALLED_OFF,
                         prior[1],
                         instance.study_instance_uid,
                     ),
@@ -275,13 +286,7 @@ class Jobs:
             candidates = db.execute(
                 "SELECT i.sop_instance_uid, i.path, i.content, "
                 "(SELECT j.revision FROM jobs j WHERE j.sop_instance_uid = i.sop_instance_uid "
-                "AND j.content = i.content ORDER BY j.id DESC LIMIT 1) "
-                "FROM instances i WHERE i.study_instance_uid = ? "
-                "AND NOT EXISTS (SELECT 1 FROM jobs j "
-                "WHERE j.sop_instance_uid = i.sop_instance_uid "
-                "AND j.models = ? AND j.content = i.content) "
-                "AND EXISTS (SELECT 1 FROM jobs j WHERE j.sop_instance_uid = i.sop_instance_uid "
-                "AND j.content = i.content AND j.state != ?)",
+                f"AND j.content = i.content ORDER BY j.id DESC LIMIT 1) {MADE_BY_OTHERS_ONLY}",
                 (study_uid, models, JobState.REPLACED),
             ).fetchall()
             queued = [

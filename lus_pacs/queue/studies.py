@@ -16,7 +16,8 @@ from pathlib import Path
 
 from lus_pacs.domain import JobState, Output
 from lus_pacs.queue.database import Database
-from lus_pacs.queue.deliveries import CALLED_OFF, DeliveryRow, DeliveryState, delivery_rows
+from lus_pacs.queue.deliveries import DeliveryRow, DeliveryState, called_off, delivery_rows
+from lus_pacs.queue.jobs import MADE_BY_OTHERS_ONLY
 
 
 @dataclass(frozen=True)
@@ -120,12 +121,10 @@ class Studies:
 
     def made_by_others_only(self, study_uid: str, models: str) -> list[str]:
         """The study's instances made by other model versions only, none by ``models`` (their
-        files removed by retention, so not made again: :meth:`JobQueue.queue_missing`)."""
+        files removed by retention, so not made again by
+        :meth:`~lus_pacs.queue.jobs.Jobs.queue_missing`)."""
         rows = self._db.connection().execute(
-            "SELECT i.sop_instance_uid FROM instances i WHERE i.study_instance_uid = ? AND NOT "
-            "EXISTS (SELECT 1 FROM jobs j WHERE j.sop_instance_uid = i.sop_instance_uid AND "
-            "j.models = ? AND j.content = i.content) AND EXISTS (SELECT 1 FROM jobs j WHERE "
-            "j.sop_instance_uid = i.sop_instance_uid AND j.content = i.content AND j.state != ?)",
+            f"SELECT i.sop_instance_uid {MADE_BY_OTHERS_ONLY}",
             (study_uid, models, JobState.REPLACED),
         )
         return [r[0] for r in rows]
@@ -191,16 +190,9 @@ class Studies:
             if cursor.rowcount != 1:
                 revived = db.execute(
                     "UPDATE summary_deliveries SET state = ?, attempts = 0, next_attempt_at = ?, "
-                    "error = NULL WHERE state = ? AND substr(error, 1, ?) = ? AND summary_id = "
+                    f"error = NULL WHERE {called_off()} AND summary_id = "
                     "(SELECT id FROM summaries WHERE sop_instance_uid = ?)",
-                    (
-                        DeliveryState.PENDING,
-                        now,
-                        DeliveryState.FAILED,
-                        len(CALLED_OFF),
-                        CALLED_OFF,
-                        output.sop_instance_uid,
-                    ),
+                    (DeliveryState.PENDING, now, output.sop_instance_uid),
                 )
                 return revived.rowcount > 0
             db.executemany(
@@ -233,8 +225,8 @@ class Studies:
             "USING (sop_instance_uid) WHERE i.study_instance_uid = s.study_instance_uid AND "
             "j.state NOT IN (?, ?)) AND NOT EXISTS (SELECT 1 FROM summaries m JOIN "
             "summary_deliveries d ON d.summary_id = m.id WHERE m.study_instance_uid = "
-            "s.study_instance_uid AND d.state != ? AND NOT (d.state = ? AND d.error IS NOT NULL "
-            "AND substr(d.error, 1, ?) = ?)) AND NOT EXISTS (SELECT 1 FROM jobs j JOIN "
+            f"s.study_instance_uid AND d.state != ? AND NOT {called_off('d')}) AND NOT EXISTS "
+            "(SELECT 1 FROM jobs j JOIN "
             "instances i USING (sop_instance_uid) WHERE i.study_instance_uid = "
             "s.study_instance_uid AND j.updated_at >= ?) AND NOT EXISTS (SELECT 1 FROM "
             "summaries m WHERE m.study_instance_uid = s.study_instance_uid AND m.made_at >= ?) "
@@ -244,9 +236,6 @@ class Studies:
                 JobState.SENT,
                 JobState.REPLACED,
                 DeliveryState.SENT,
-                DeliveryState.FAILED,
-                len(CALLED_OFF),
-                CALLED_OFF,
                 before,
                 before,
             ),
@@ -296,17 +285,9 @@ class Studies:
         rows = self._db.connection().execute(
             "SELECT sop_instance_uid FROM summaries m WHERE study_instance_uid = ? AND "
             "series_uid = ? AND (NOT EXISTS (SELECT 1 FROM summary_deliveries d WHERE "
-            "d.summary_id = m.id AND d.state = ? AND substr(d.error, 1, ?) = ?) OR EXISTS "
-            "(SELECT 1 FROM summary_deliveries d WHERE d.summary_id = m.id AND d.state = ?)) "
-            "ORDER BY id",
-            (
-                study_uid,
-                series_uid,
-                DeliveryState.FAILED,
-                len(CALLED_OFF),
-                CALLED_OFF,
-                DeliveryState.SENT,
-            ),
+            f"d.summary_id = m.id AND {called_off('d')}) OR EXISTS (SELECT 1 FROM "
+            "summary_deliveries d WHERE d.summary_id = m.id AND d.state = ?)) ORDER BY id",
+            (study_uid, series_uid, DeliveryState.SENT),
         )
         return [r[0] for r in rows]
 
