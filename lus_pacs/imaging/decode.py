@@ -334,11 +334,13 @@ def _check_inflated_size(path: Path, max_bytes: int) -> None:
 def inflates_past(deflated: BinaryIO, limit: int) -> bool:
     """Whether the deflated data set read from ``deflated`` (from where it stands) inflates to
     more than ``limit`` bytes: inflated a chunk at a time and counted, never held whole (the
-    listener asks it of a received data set before pynetdicom inflates it in one piece)."""
+    listener asks it of a received data set before pynetdicom inflates it in one piece).
+    Bytes after the end of the stream (pydicom pads an odd length with one) are not inflated:
+    zlib leaves them as the tail it did not take, and asking again inflated nothing for ever."""
     inflate = zlib.decompressobj(-zlib.MAX_WBITS)
     size = 0
-    while chunk := deflated.read(_CHUNK):
-        while chunk and size <= limit:
+    while not inflate.eof and (chunk := deflated.read(_CHUNK)):
+        while chunk and size <= limit and not inflate.eof:
             size += len(inflate.decompress(chunk, _CHUNK))
             chunk = inflate.unconsumed_tail
         if size > limit:

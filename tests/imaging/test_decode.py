@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import threading
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,7 @@ from lus_pacs.imaging.decode import (
     colour_frames,
     coloured_pixels,
     decode_dataset,
+    inflates_past,
     luminance,
     read_cine,
     read_header,
@@ -416,6 +420,27 @@ def test_a_deflated_data_set_that_inflates_past_the_limit_is_refused_before_it_i
     assert decode_dataset(header, "fits").n_frames == 2
     with pytest.raises(UnreadableImageError, match=r"bomb.dcm: .*inflates to more than 10000000"):
         read_header(tmp_path / "bomb.dcm", max_bytes=10_000_000)
+
+
+@pytest.mark.parametrize("inflated", [3 * 2**20, 3 * 2**20 + 12_345, 1000])
+def test_bytes_after_a_deflate_stream_end_its_measure(inflated: int) -> None:
+    """pydicom pads a deflated data set of odd length with a byte after the stream: inflated
+    in pieces, that byte stayed zlib's unconsumed tail and the measure asked for it again for
+    ever, holding the listener's thread and the interpreter's lock (CI's run timed out)."""
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    stream = deflate.compress(bytes(inflated)) + deflate.flush()
+    answers: list[bool] = []
+    for padded in (stream + b"\x00", stream + b"\x00" * 3, stream):
+        measure = threading.Thread(
+            target=lambda data=padded: answers.extend(
+                [inflates_past(io.BytesIO(data), inflated), inflates_past(io.BytesIO(data), 999)]
+            ),
+            daemon=True,
+        )
+        measure.start()
+        measure.join(timeout=20)
+        assert not measure.is_alive(), "the measure never ended"
+    assert answers == [False, True] * 3
 
 
 def _in_fragments(encoded: list[bytes], offsets: list[int] | None) -> bytes:
