@@ -339,13 +339,12 @@ def inflates_past(deflated: BinaryIO, limit: int) -> bool:
     zlib leaves them as the tail it did not take, and asking again inflated nothing for ever."""
     inflate = zlib.decompressobj(-zlib.MAX_WBITS)
     size = 0
-    while not inflate.eof and (chunk := deflated.read(_CHUNK)):
-        while chunk and size <= limit and not inflate.eof:
-            size += len(inflate.decompress(chunk, _CHUNK))
-            chunk = inflate.unconsumed_tail
-        if size > limit:
-            return True
-    return False
+    while not inflate.eof and size <= limit:
+        chunk = inflate.unconsumed_tail or deflated.read(_CHUNK)
+        if not chunk:
+            break
+        size += len(inflate.decompress(chunk, _CHUNK))
+    return size > limit
 
 
 _CHUNK = 1 << 20
