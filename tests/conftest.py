@@ -2,16 +2,84 @@
 
 from __future__ import annotations
 
+import faulthandler
 import fcntl
 import os
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 
 from lus_pacs.ingest.video import ImportReport
 from tests.tools import run_cli
+
+HANG_S = 900
+"""A test still running this long after it started (its fixtures included) is stopped with its
+process, every thread's stack written out. pytest-timeout (pyproject: 600 s) fails a test that
+hangs in Python; this ends one it cannot reach (a thread stuck in C with the interpreter's lock,
+a teardown that hangs after the timeout), where CI's limit ended the run with no word of where.
+pytest-xdist replaces the test process and the run goes on."""
+
+_HANGS = Path(__file__).resolve().parents[1] / "build" / "test-hangs"
+_hang_file: IO[str] | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A test process of pytest-xdist writes a hung test's stacks to a file of its own, which
+    the run's summary prints (its standard error comes out anywhere in the log); a run in one
+    process writes them to its standard error (a copy: capture is suspended here)."""
+    global _hang_file  # noqa: PLW0603 (one per test process)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        _HANGS.mkdir(parents=True, exist_ok=True)
+        _hang_file = (_HANGS / f"{os.getpid()}.txt").open("w")
+    else:
+        _hang_file = os.fdopen(os.dup(2), "w")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _hang_file is not None and _hang_file.seekable():
+        _hang_file.close()
+        Path(_hang_file.name).unlink(missing_ok=True)  # the process ended: no hang
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    if _hang_file is None:
+        return (yield)
+    if _hang_file.seekable():  # a worker's file names the test its stacks belong to
+        _hang_file.seek(0)
+        _hang_file.truncate()
+        _hang_file.write(f"{item.nodeid} still running after {HANG_S} s; its process ended:\n")
+        _hang_file.flush()
+    faulthandler.dump_traceback_later(HANG_S, exit=True, file=_hang_file)
+    try:
+        return (yield)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The stacks of tests that hung in test processes that have ended (pytest-xdist's)."""
+    for path in sorted(_HANGS.glob("*.txt")) if _HANGS.is_dir() else []:
+        if _alive(int(path.stem)):
+            continue  # another run's
+        if text := path.read_text():
+            terminalreporter.section("hung tests", sep="=", red=True, bold=True)
+            terminalreporter.write(text)
+        path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -335,7 +336,10 @@ def import_videos(
     )
     known = [hashes.get(path) for path in unique]
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        # Forked from a clean server process, not from the caller: a caller with threads
+        # (a trainer's, a test process's) forked as it is can leave a child waiting for good
+        # on a lock one of those threads held.
+        with ProcessPoolExecutor(workers, mp_context=get_context("forkserver")) as pool:
             results = dict(zip(unique, bar(pool.map(one, unique, known)), strict=True))
     else:
         results = dict(zip(unique, bar(map(one, unique, known)), strict=True))

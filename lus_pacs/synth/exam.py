@@ -18,6 +18,7 @@ import json
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,8 @@ def synthesize(
     jobs = [(out, options, p, z) for p in patients for z in range(len(p.zones))]
     records: list[CineRecord] = []
     if options.workers > 1:
-        with ProcessPoolExecutor(options.workers) as pool:
+        # Forked from a clean server process, not from a caller that may have threads.
+        with ProcessPoolExecutor(options.workers, mp_context=get_context("forkserver")) as pool:
             for record in pool.map(_write_zone_job, jobs):
                 records.append(record)
                 if progress:
