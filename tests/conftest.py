@@ -25,31 +25,35 @@ pytest-xdist replaces the test process and the run goes on."""
 
 _HANGS = Path(__file__).resolve().parents[1] / "build" / "test-hangs"
 _hang_file: IO[str] | None = None
+_hang_path: Path | None = None
+"""A pytest-xdist worker's file for a hung test's stacks (None in a run of one process)."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """A test process of pytest-xdist writes a hung test's stacks to a file of its own, which
     the run's summary prints (its standard error comes out anywhere in the log); a run in one
     process writes them to its standard error (a copy: capture is suspended here)."""
-    global _hang_file  # noqa: PLW0603 (one per test process)
+    global _hang_file, _hang_path  # noqa: PLW0603 (one per test process)
     if os.environ.get("PYTEST_XDIST_WORKER"):
         _HANGS.mkdir(parents=True, exist_ok=True)
-        _hang_file = (_HANGS / f"{os.getpid()}.txt").open("w")
+        _hang_path = _HANGS / f"{os.getpid()}.txt"
+        _hang_file = _hang_path.open("w")
     else:
         _hang_file = os.fdopen(os.dup(2), "w")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if _hang_file is not None and _hang_file.seekable():
+    if _hang_file is not None:
         _hang_file.close()
-        Path(_hang_file.name).unlink(missing_ok=True)  # the process ended: no hang
+    if _hang_path is not None:
+        _hang_path.unlink(missing_ok=True)  # the worker ended: no hang
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
     if _hang_file is None:
         return (yield)
-    if _hang_file.seekable():  # a worker's file names the test its stacks belong to
+    if _hang_path is not None:  # the worker's file names the test its stacks belong to
         _hang_file.seek(0)
         _hang_file.truncate()
         _hang_file.write(f"{item.nodeid} still running after {HANG_S} s; its process ended:\n")
