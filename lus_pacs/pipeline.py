@@ -558,7 +558,7 @@ class Encoder:
                 )
                 # The pool it was given to: if another worker has replaced it since, it broke
                 # and the standard library has ended its processes already.
-                _kill(_processes_of(pool))
+                kill_processes(pool_processes(pool))
                 self._replace(generation)
                 raise StageError(
                     name, "encode", f"its result objects were not made within {self.encode_s:.0f} s"
@@ -611,7 +611,7 @@ class Encoder:
         with self._lock:
             self._closed = True
             pool = self._pool
-        processes = _processes_of(pool)
+        processes = pool_processes(pool)
         pool.shutdown(wait=False, cancel_futures=True)
         if not wait:
             return
@@ -625,16 +625,17 @@ class Encoder:
                 len(left),
                 self.CLOSE_S,
             )
-            _kill(left)
+            kill_processes(left)
 
 
-def _processes_of(pool: ProcessPoolExecutor) -> list[multiprocessing.process.BaseProcess]:
+def pool_processes(pool: ProcessPoolExecutor) -> list[multiprocessing.process.BaseProcess]:
     """The pool's worker processes (the standard library keeps them by pid; none yet before
     its first call)."""
     return list((pool._processes or {}).values())
 
 
-def _kill(processes: Sequence[multiprocessing.process.BaseProcess]) -> None:
+def kill_processes(processes: Sequence[multiprocessing.process.BaseProcess]) -> None:
+    """Kill those still alive and wait up to 5 s for each to end."""
     for process in processes:
         if process.is_alive():
             process.kill()

@@ -65,6 +65,14 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
         faulthandler.cancel_dump_traceback_later()
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_exception_interact() -> None:
+    """Armed again after a failure: pytest's faulthandler plugin cancels the process's one
+    timer there (before a debugger), and the teardown that follows is what may hang."""
+    if _hang_file is not None:
+        faulthandler.dump_traceback_later(HANG_S, exit=True, file=_hang_file)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -298,7 +298,7 @@ def test_a_node_whose_encoding_processes_do_not_start_ends_them_and_works_withou
         try:
             start(encoder)
         finally:
-            stuck.extend(p.pid for p in pipeline._processes_of(encoder._pool) if p.pid)
+            stuck.extend(p.pid for p in pipeline.pool_processes(encoder._pool) if p.pid)
 
     monkeypatch.setattr(pipeline, "encoder_ready", _never_ready)  # by name, in them
     monkeypatch.setattr(Encoder, "start", starting)

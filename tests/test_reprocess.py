@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -388,21 +389,44 @@ def test_an_unreadable_file_is_not_forgotten_by_a_run_interrupted_while_reading_
     assert subject.endswith(f"/{damaged.name}")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """The processor time ``pid`` has used (Linux: utime and stime of /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _when_busy(pid: int, sent: signal.Signals, cpu_s: float = 0.3) -> threading.Thread:
+    """A thread that sends ``sent`` to ``pid`` once it has used ``cpu_s`` of processor time
+    more than now: a worker then is mid-cine, past its report of the start (a second of
+    processor time here). A fixed delay could land before that report on a loaded machine."""
+    baseline = _cpu_seconds(pid)
+
+    def watch() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and _cpu_seconds(pid) - baseline < cpu_s:
+            time.sleep(0.01)
+        os.kill(pid, sent)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
 def _signalled_run(
     settings: Settings, items: list[WorkItem], sent: signal.Signals
 ) -> tuple[list[Any], int]:
-    """A local run of one worker that gets ``sent`` half a second in (SIGKILL: the
-    out-of-memory killer; SIGSTOP: a cine that never returns): the outcomes and its pid."""
+    """A local run of one worker that gets ``sent`` once it is busy on its first cine
+    (SIGKILL: the out-of-memory killer; SIGSTOP: a cine that never returns): the outcomes
+    and its pid."""
     from lus_pacs.reprocess.engine import LocalEngine, _worker_pid
 
     engine = LocalEngine(settings, 1)
     try:
         engine.start()
         pid = engine._pool.submit(_worker_pid, 0.0).result()
-        sender = threading.Timer(0.5, os.kill, (pid, sent))
-        sender.start()
+        sender = _when_busy(pid, sent)
         outcomes = list(engine.run(items))
-        sender.join()
+        sender.join(5)
     finally:
         engine.close()
     return outcomes, pid
@@ -452,6 +476,60 @@ def test_a_worker_that_hangs_on_a_cine_is_stopped_past_max_cine_s(archive: Path)
     assert set(errors.values()) == {None}, errors
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # the hung process is gone
+
+
+def test_a_worker_stuck_before_it_takes_a_cine_stalls_nothing_for_good(
+    archive: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker stopped before it reported which cine it took (here stopped while idle):
+    no cine of it was ever timed, and the run waited for good. Past ``max_cine_s`` with no
+    start and no answer the pool is stalled: its processes are killed, its cines fail with it
+    and are tried again alone, by a new pool, and made."""
+    import logging
+
+    from lus_pacs.reprocess.engine import LocalEngine, _worker_pid
+
+    items = [
+        WorkItem(dcmread(p, stop_before_pixels=True).SOPInstanceUID, "study", p)
+        for p in sorted(archive.glob("synth/*/*.dcm"))[:2]
+    ]
+    engine = LocalEngine(Settings(models=tuple(MODELS.split(",")), max_cine_s=4), 1)
+    try:
+        engine.start()
+        pid = engine._pool.submit(_worker_pid, 0.0).result()
+        os.kill(pid, signal.SIGSTOP)
+        with caplog.at_level(logging.WARNING, logger="lus_pacs.reprocess.engine"):
+            outcomes = list(engine.run(items))
+    finally:
+        engine.close()
+    assert "No worker started or finished a cine" in caplog.text
+    assert sorted(o.item.sop_instance_uid for o in outcomes) == sorted(
+        i.sop_instance_uid for i in items
+    )
+    assert all(o.record is not None for o in outcomes), [o.error for o in outcomes]
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_closing_the_local_engine_ends_a_worker_that_does_not(
+    archive: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool's own shutdown waited for a worker that never ends (stopped, or on a cine
+    that never returns): a run interrupted then, or a test past its limit, hung in close."""
+    from lus_pacs.reprocess import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "CLOSE_S", 1.0)
+    engine = engine_module.LocalEngine(Settings(models=("b_lines",)), 1)
+    engine.start()
+    pid = engine._pool.submit(engine_module._worker_pid, 0.0).result()
+    os.kill(pid, signal.SIGSTOP)
+    engine._pool.submit(engine_module._worker_pid, 0.0)  # taken by no one
+    closing = threading.Thread(target=engine.close, daemon=True)
+    closing.start()
+    closing.join(30)
+    assert not closing.is_alive()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
 
 
 def test_a_ray_worker_that_hangs_on_a_cine_is_stopped_past_max_cine_s(archive: Path) -> None:

@@ -30,6 +30,7 @@ from lus_pacs.inference.threads import (
     limit_threads,
     threads_per_worker,
 )
+from lus_pacs.pipeline import kill_processes, pool_processes
 from lus_pacs.records import CineRecord
 from lus_pacs.settings import Settings
 
@@ -152,6 +153,10 @@ worker died with it beside others, or too large to share): a final failure, so t
 run sends it out beside other cines to kill them again."""
 
 
+CLOSE_S = 30.0
+"""Seconds a closed local engine's workers have to end before they are killed."""
+
+
 def overdue(limit: float) -> str:
     """The failure of a cine whose processing ran past ``limit`` seconds (``max_cine_s``): it
     hung its worker, which was stopped. Final, as in the node: ``--retry-failed`` tries it."""
@@ -168,7 +173,10 @@ class LocalEngine:
     in flight in it fail with :data:`WORKER_DIED`, a new pool is started and the run goes on.
     A worker still on one cine ``max_cine_s`` after it started it has hung (a decoder that
     never returns): it is killed, that cine fails (:func:`overdue`) and the pool it broke is
-    replaced in the same way; before, the run waited for it for good."""
+    replaced in the same way; before, the run waited for it for good. A pool that reports no
+    start and no answer for ``max_cine_s`` while cines are in flight, none of them started (a
+    worker stuck before it said which cine it took), is stalled: its processes are killed and
+    its cines fail with it, each tried again alone."""
 
     def __init__(self, settings: Settings, workers: int) -> None:
         self.workers = workers
@@ -218,6 +226,8 @@ class LocalEngine:
         """Each cine in flight: its future -> (SOP Instance UID, token, pool)."""
         started: dict[int, tuple[int, float]] = {}
         """Token of a cine a worker started -> (the worker's process id, when)."""
+        progress = time.monotonic()
+        """When a worker last reported a start or the pool an answer."""
         stopped: set[int] = set()  # the tokens of cines whose worker was killed as hung
         finished: list[tuple[str, _Result]] = []
         tokens = iter(range(1 << 62))
@@ -235,13 +245,24 @@ class LocalEngine:
         def stop_overdue() -> float:
             """Kill the workers of the cines past the limit; the seconds to the next one's
             limit (at most 5: a start may yet be reported)."""
+            nonlocal progress
             while not self._starts.empty():
                 token, pid, when = self._starts.get()
                 started[token] = (pid, when)
+                progress = time.monotonic()
             now, wait_s = time.monotonic(), 5.0
             live = {token for _, token, _ in running.values()}
             for token in [t for t in started if t not in live]:  # reported after its answer
                 del started[token]
+            if running and not started and now - progress > self._limit:
+                log.error(
+                    "No worker started or finished a cine for max_cine_s (%g s) with %d in "
+                    "flight; stopping the pool's processes",
+                    self._limit,
+                    len(running),
+                )
+                kill_processes(pool_processes(self._pool))
+                progress = now
             for future, (key, token, pool) in running.items():
                 if token not in started or token in stopped or pool is not self._pool:
                     continue
@@ -263,8 +284,11 @@ class LocalEngine:
             return max(wait_s, 0.01)
 
         def collect() -> tuple[str, _Result]:
+            nonlocal progress
             while not finished:
                 done, _ = wait(running, timeout=stop_overdue(), return_when=FIRST_COMPLETED)
+                if done:
+                    progress = time.monotonic()
                 for future in done:
                     key, token, pool = running.pop(future)
                     started.pop(token, None)
@@ -279,7 +303,14 @@ class LocalEngine:
         return _stream(items, 2 * self.workers, submit, collect, self._budget)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """No more cines; workers still busy after :data:`CLOSE_S` (a cine that never
+        returns, a worker stopped) are killed: the pool's own shutdown waited for them."""
+        processes = pool_processes(self._pool)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + CLOSE_S
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        kill_processes([p for p in processes if p.is_alive()])
 
 
 class RayEngine:
