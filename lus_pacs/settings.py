@@ -310,7 +310,9 @@ class Settings(BaseModel):
     still holds its core and memory; a restart frees it. Its pixels are no longer counted
     against ``concurrent_pixels`` (every cine that did not fit beside it waited, the whole node
     with them, until a restart). ``lus-pacs reprocess`` kills such a
-    worker process (or Ray actor) and goes on with a new one. The default is far above what
+    worker process (or Ray actor) and goes on with a new one; its local pool, when none of
+    its cines in flight was started and nothing started or ended for this long, is killed
+    whole and its cines tried again alone. The default is far above what
     the largest cine the limits admit takes on two cores."""
     concurrent_pixels: int = Field(default=100_000_000, ge=1)
     """The workers start a cine only while the cines in process hold at most this many pixels

@@ -389,6 +389,14 @@ def test_an_unreadable_file_is_not_forgotten_by_a_run_interrupted_while_reading_
     assert subject.endswith(f"/{damaged.name}")
 
 
+def _items(paths: Iterable[Path], first: int | None = None) -> list[WorkItem]:
+    """Work items of the ``first`` of ``paths`` in order (all by default), of one study."""
+    chosen = sorted(paths)[:first]
+    return [
+        WorkItem(dcmread(p, stop_before_pixels=True).SOPInstanceUID, "study", p) for p in chosen
+    ]
+
+
 def _cpu_seconds(pid: int) -> float:
     """The processor time ``pid`` has used (Linux: utime and stime of /proc/<pid>/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -439,10 +447,7 @@ def test_a_worker_that_dies_fails_the_cines_in_flight_and_the_run_goes_on(
     broken pool ended the run, and every run again at the same cine."""
     import logging
 
-    items = [
-        WorkItem(dcmread(p, stop_before_pixels=True).SOPInstanceUID, "study", p)
-        for p in sorted(archive.rglob("*.dcm"))
-    ]
+    items = _items(archive.rglob("*.dcm"))
     with caplog.at_level(logging.WARNING, logger="lus_pacs.reprocess.engine"):
         outcomes, _ = _signalled_run(
             Settings(models=tuple(MODELS.split(","))), items, signal.SIGKILL
@@ -463,10 +468,7 @@ def test_a_worker_that_hangs_on_a_cine_is_stopped_past_max_cine_s(archive: Path)
     from lus_pacs.reprocess.engine import overdue
 
     settings = Settings(models=tuple(MODELS.split(",")), max_cine_s=8)
-    items = [
-        WorkItem(dcmread(p, stop_before_pixels=True).SOPInstanceUID, "study", p)
-        for p in sorted(archive.glob("synth/*/*.dcm"))[:4]
-    ]
+    items = _items(archive.glob("synth/*/*.dcm"), 4)
     outcomes, pid = _signalled_run(settings, items, signal.SIGSTOP)
     errors = {o.item.sop_instance_uid: o.error for o in outcomes}
     assert set(errors) == {i.sop_instance_uid for i in items}
@@ -489,10 +491,7 @@ def test_a_worker_stuck_before_it_takes_a_cine_stalls_nothing_for_good(
 
     from lus_pacs.reprocess.engine import LocalEngine, _worker_pid
 
-    items = [
-        WorkItem(dcmread(p, stop_before_pixels=True).SOPInstanceUID, "study", p)
-        for p in sorted(archive.glob("synth/*/*.dcm"))[:2]
-    ]
+    items = _items(archive.glob("synth/*/*.dcm"), 2)
     engine = LocalEngine(Settings(models=tuple(MODELS.split(",")), max_cine_s=4), 1)
     try:
         engine.start()
@@ -538,10 +537,7 @@ def test_a_ray_worker_that_hangs_on_a_cine_is_stopped_past_max_cine_s(archive: P
     ray = pytest.importorskip("ray")
     from lus_pacs.reprocess.engine import RayEngine, overdue
 
-    items = [
-        WorkItem(dcmread(p, stop_before_pixels=True).SOPInstanceUID, "study", p)
-        for p in sorted(archive.glob("synth/*/*.dcm"))[:3]
-    ]
+    items = _items(archive.glob("synth/*/*.dcm"), 3)
     engine = RayEngine(Settings(models=tuple(MODELS.split(",")), max_cine_s=8), 1)
     try:
         engine.start()
@@ -659,10 +655,7 @@ def test_a_ray_worker_that_dies_fails_its_cines_and_another_takes_its_place(
     ray = pytest.importorskip("ray")
     from lus_pacs.reprocess.engine import RayEngine
 
-    items = [
-        WorkItem(dcmread(p, stop_before_pixels=True).SOPInstanceUID, "study", p)
-        for p in sorted(archive.glob("synth/*/*.dcm"))
-    ]
+    items = _items(archive.glob("synth/*/*.dcm"))
     engine = RayEngine(Settings(models=tuple(MODELS.split(","))), 1)
     try:
         engine.start()
@@ -692,10 +685,7 @@ def test_ray_workers_a_cluster_cannot_place_are_given_up_and_the_run_goes_on(
     ray = pytest.importorskip("ray")
     from lus_pacs.reprocess.engine import RayEngine
 
-    items = [
-        WorkItem(dcmread(p, stop_before_pixels=True).SOPInstanceUID, "study", p)
-        for p in sorted(archive.glob("synth/*/*.dcm"))[:2]
-    ]
+    items = _items(archive.glob("synth/*/*.dcm"), 2)
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     engine = RayEngine(Settings(models=("b_lines",)), 2)
     try:
