@@ -122,6 +122,7 @@ def _init_process(settings: Settings, threads: int, starts: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     _PROCESS_STARTS = starts
     _PROCESS_WORKER = _Worker(settings, threads)
+    starts.put((_READY, os.getpid(), time.monotonic()))  # models loaded
 
 
 def _worker_pid(pause: float) -> int:
@@ -156,6 +157,13 @@ run sends it out beside other cines to kill them again."""
 CLOSE_S = 30.0
 """Seconds a closed local engine's workers have to end before they are killed."""
 
+START_S = 300.0
+"""Seconds a local pool none of whose workers has loaded its models yet may take before it is
+held stalled (``max_cine_s`` if longer): loading is no cine's processing."""
+
+_READY = -1
+"""The token a worker process reports once its models are loaded."""
+
 
 def overdue(limit: float) -> str:
     """The failure of a cine whose processing ran past ``limit`` seconds (``max_cine_s``): it
@@ -174,9 +182,10 @@ class LocalEngine:
     A worker still on one cine ``max_cine_s`` after it started it has hung (a decoder that
     never returns): it is killed, that cine fails (:func:`overdue`) and the pool it broke is
     replaced in the same way; before, the run waited for it for good. A pool that reports no
-    start and no answer for ``max_cine_s`` while cines are in flight, none of them started (a
-    worker stuck before it said which cine it took), is stalled: its processes are killed and
-    its cines fail with it, each tried again alone."""
+    start, no loaded worker and no answer for ``max_cine_s`` (:data:`START_S` at least while
+    none of its workers has loaded its models) while cines are in flight, none of them
+    started (a worker stuck before it said which cine it took), is stalled: its processes are
+    killed and its cines fail with it, each tried again alone."""
 
     def __init__(self, settings: Settings, workers: int) -> None:
         self.workers = workers
@@ -227,7 +236,10 @@ class LocalEngine:
         started: dict[int, tuple[int, float]] = {}
         """Token of a cine a worker started -> (the worker's process id, when)."""
         progress = time.monotonic()
-        """When a worker last reported a start or the pool an answer."""
+        """When a worker last reported a start or its models loaded, or the pool an answer."""
+        loaded: set[int] = set()
+        """The process ids of the current pool's workers that have loaded their models."""
+        pool_of_loaded = self._pool
         stopped: set[int] = set()  # the tokens of cines whose worker was killed as hung
         finished: list[tuple[str, _Result]] = []
         tokens = iter(range(1 << 62))
@@ -245,16 +257,23 @@ class LocalEngine:
         def stop_overdue() -> float:
             """Kill the workers of the cines past the limit; the seconds to the next one's
             limit (at most 5: a start may yet be reported)."""
-            nonlocal progress
+            nonlocal progress, pool_of_loaded
+            if pool_of_loaded is not self._pool:  # replaced: its workers load again
+                loaded.clear()
+                pool_of_loaded = self._pool
             while not self._starts.empty():
                 token, pid, when = self._starts.get()
-                started[token] = (pid, when)
+                if token == _READY:
+                    loaded.add(pid)
+                else:
+                    started[token] = (pid, when)
                 progress = time.monotonic()
             now, wait_s = time.monotonic(), 5.0
             live = {token for _, token, _ in running.values()}
             for token in [t for t in started if t not in live]:  # reported after its answer
                 del started[token]
-            if running and not started and now - progress > self._limit:
+            stall_s = self._limit if loaded else max(self._limit, START_S)
+            if running and not started and now - progress > stall_s:
                 log.error(
                     "No worker started or finished a cine for max_cine_s (%g s) with %d in "
                     "flight; stopping the pool's processes",
