@@ -275,9 +275,10 @@ class LocalEngine:
             stall_s = self._limit if loaded else max(self._limit, START_S)
             if running and not started and now - progress > stall_s:
                 log.error(
-                    "No worker started or finished a cine for max_cine_s (%g s) with %d in "
-                    "flight; stopping the pool's processes",
-                    self._limit,
+                    "No worker started or finished a cine for %g s (%s) with %d in flight; "
+                    "stopping the pool's processes",
+                    stall_s,
+                    "max_cine_s" if loaded else "none had loaded its models",
                     len(running),
                 )
                 kill_processes(pool_processes(self._pool))
