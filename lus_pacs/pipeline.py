@@ -611,21 +611,28 @@ class Encoder:
         with self._lock:
             self._closed = True
             pool = self._pool
-        processes = pool_processes(pool)
-        pool.shutdown(wait=False, cancel_futures=True)
         if not wait:
+            pool.shutdown(wait=False, cancel_futures=True)
             return
-        deadline = time.monotonic() + self.CLOSE_S
-        for process in processes:
-            process.join(max(0.0, deadline - time.monotonic()))
-        left = [p for p in processes if p.is_alive()]
-        if left:
+        killed = end_pool(pool, self.CLOSE_S)
+        if killed:
             log.warning(
-                "%d encoding process(es) still busy after %.0f s are killed",
-                len(left),
-                self.CLOSE_S,
+                "%d encoding process(es) still busy after %.0f s are killed", killed, self.CLOSE_S
             )
-            kill_processes(left)
+
+
+def end_pool(pool: ProcessPoolExecutor, within_s: float) -> int:
+    """Shut ``pool`` down (its waiting calls cancelled) and wait up to ``within_s`` for its
+    processes to end; those still busy then are killed (the standard library's shutdown waited
+    for them for good). Returns how many were killed."""
+    processes = pool_processes(pool)
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + within_s
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    left = [p for p in processes if p.is_alive()]
+    kill_processes(left)
+    return len(left)
 
 
 def pool_processes(pool: ProcessPoolExecutor) -> list[multiprocessing.process.BaseProcess]:

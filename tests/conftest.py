@@ -16,12 +16,13 @@ import pytest
 from lus_pacs.ingest.video import ImportReport
 from tests.tools import run_cli
 
-HANG_S = 900
+HANG_S = float(os.environ.get("LUS_PACS_TEST_HANG_S", "900"))
 """A test still running this long after it started (its fixtures included) is stopped with its
 process, every thread's stack written out. pytest-timeout (pyproject: 600 s) fails a test that
 hangs in Python; this ends one it cannot reach (a thread stuck in C with the interpreter's lock,
 a teardown that hangs after the timeout), where CI's limit ended the run with no word of where.
-pytest-xdist replaces the test process and the run goes on."""
+pytest-xdist replaces the test process and the run goes on. ($LUS_PACS_TEST_HANG_S: another
+limit, for the test of this.)"""
 
 _HANGS = Path(__file__).resolve().parents[1] / "build" / "test-hangs"
 _hang_file: IO[str] | None = None
@@ -56,7 +57,7 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
     if _hang_path is not None:  # the worker's file names the test its stacks belong to
         _hang_file.seek(0)
         _hang_file.truncate()
-        _hang_file.write(f"{item.nodeid} still running after {HANG_S} s; its process ended:\n")
+        _hang_file.write(f"{item.nodeid} still running after {HANG_S:g} s; its process ended:\n")
         _hang_file.flush()
     faulthandler.dump_traceback_later(HANG_S, exit=True, file=_hang_file)
     try:

@@ -30,7 +30,7 @@ from lus_pacs.inference.threads import (
     limit_threads,
     threads_per_worker,
 )
-from lus_pacs.pipeline import kill_processes, pool_processes
+from lus_pacs.pipeline import end_pool, kill_processes, pool_processes
 from lus_pacs.records import CineRecord
 from lus_pacs.settings import Settings
 
@@ -199,12 +199,14 @@ class LocalEngine:
         for variable in THREAD_VARIABLES:
             os.environ[variable] = str(threads_per_worker(workers))
         self._starts: Any = None
+        self._loaded = False
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
         # A queue of its own for each pool: a worker killed while it wrote to the queue would
         # leave its lock held.
         self._starts = self._context.SimpleQueue()
+        self._loaded = False  # until one of its workers says its models are loaded
         return ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=self._context,
@@ -237,9 +239,6 @@ class LocalEngine:
         """Token of a cine a worker started -> (the worker's process id, when)."""
         progress = time.monotonic()
         """When a worker last reported a start or its models loaded, or the pool an answer."""
-        loaded: set[int] = set()
-        """The process ids of the current pool's workers that have loaded their models."""
-        pool_of_loaded = self._pool
         stopped: set[int] = set()  # the tokens of cines whose worker was killed as hung
         finished: list[tuple[str, _Result]] = []
         tokens = iter(range(1 << 62))
@@ -257,14 +256,11 @@ class LocalEngine:
         def stop_overdue() -> float:
             """Kill the workers of the cines past the limit; the seconds to the next one's
             limit (at most 5: a start may yet be reported)."""
-            nonlocal progress, pool_of_loaded
-            if pool_of_loaded is not self._pool:  # replaced: its workers load again
-                loaded.clear()
-                pool_of_loaded = self._pool
+            nonlocal progress
             while not self._starts.empty():
                 token, pid, when = self._starts.get()
                 if token == _READY:
-                    loaded.add(pid)
+                    self._loaded = True
                 else:
                     started[token] = (pid, when)
                 progress = time.monotonic()
@@ -272,13 +268,13 @@ class LocalEngine:
             live = {token for _, token, _ in running.values()}
             for token in [t for t in started if t not in live]:  # reported after its answer
                 del started[token]
-            stall_s = self._limit if loaded else max(self._limit, START_S)
+            stall_s = self._limit if self._loaded else max(self._limit, START_S)
             if running and not started and now - progress > stall_s:
                 log.error(
                     "No worker started or finished a cine for %g s (%s) with %d in flight; "
                     "stopping the pool's processes",
                     stall_s,
-                    "max_cine_s" if loaded else "none had loaded its models",
+                    "max_cine_s" if self._loaded else "none had loaded its models",
                     len(running),
                 )
                 kill_processes(pool_processes(self._pool))
@@ -325,12 +321,9 @@ class LocalEngine:
     def close(self) -> None:
         """No more cines; workers still busy after :data:`CLOSE_S` (a cine that never
         returns, a worker stopped) are killed: the pool's own shutdown waited for them."""
-        processes = pool_processes(self._pool)
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        deadline = time.monotonic() + CLOSE_S
-        for process in processes:
-            process.join(max(0.0, deadline - time.monotonic()))
-        kill_processes([p for p in processes if p.is_alive()])
+        killed = end_pool(self._pool, CLOSE_S)
+        if killed:
+            log.warning("%d worker process(es) still busy after %.0f s are killed", killed, CLOSE_S)
 
 
 class RayEngine:
